@@ -1,1 +1,109 @@
+//! csg-agent: the daemon inside each storage-gateway VM.
+//!
+//! The path of one request, top to bottom:
+//! `session` (MQTT, the only module that touches rumqttc) → `dispatch` (envelope, reply
+//! cache, deadline, admission) → `handlers::*` (params → spec → apply) → back through
+//! `dispatch` → `uplink` → `session`. `status` publishes heartbeats; `config` loads and
+//! validates the TOML file; `main.rs` wires it together with signals.
 
+pub mod backoff;
+pub mod config;
+pub mod dispatch;
+pub mod handlers;
+pub mod reply_cache;
+pub mod session;
+pub mod stats;
+pub mod status;
+pub mod uplink;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use csg_protocol::methods::sys::InfoResult;
+use csg_protocol::{now_ms, TopicMode, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, Limits};
+use crate::handlers::{Handlers, METHODS};
+use crate::session::Session;
+use crate::stats::Stats;
+use crate::status::StatusSource;
+use crate::uplink::Uplink;
+
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Commands waiting for the dispatcher. The dispatcher takes microseconds per message, so
+/// this only fills if it is wedged; beyond it commands are dropped (and re-sent by consoles).
+const INBOUND_QUEUE: usize = 4096;
+
+fn info_result(cfg: &Config) -> InfoResult {
+    InfoResult {
+        agent_version: AGENT_VERSION.into(),
+        protocol_version: PROTOCOL_VERSION,
+        group_id: cfg.client_id.group().to_string(),
+        instance_id: cfg.client_id.instance().to_string(),
+        client_id: cfg.client_id.to_string(),
+        hostname: sysinfo::System::host_name().unwrap_or_default(),
+        os: sysinfo::System::long_os_version().unwrap_or_default(),
+        kernel: sysinfo::System::kernel_version().unwrap_or_default(),
+        arch: std::env::consts::ARCH.into(),
+        topic_mode: match cfg.mode {
+            TopicMode::Standard => "standard".into(),
+            TopicMode::P2p { .. } => "p2p".into(),
+        },
+        methods: METHODS.iter().map(|m| m.to_string()).collect(),
+        max_payload: cfg.agent.max_payload_bytes,
+        started_ms: now_ms(),
+    }
+}
+
+/// Runs the agent until `shutdown` resolves, then stops in order: stop taking commands, let
+/// running ones finish (bounded), announce offline, disconnect.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) {
+    let stats = Arc::new(Stats::default());
+    let status = Arc::new(StatusSource::new(
+        cfg.client_id.instance().as_str(),
+        cfg.client_id.group().as_str(),
+        stats.clone(),
+    ));
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let session = Session::start(&cfg, inbound_tx);
+    let uplink: Arc<dyn Uplink> = session.uplink.clone();
+    let handlers = Arc::new(Handlers {
+        status: status.clone(),
+        info: info_result(&cfg),
+    });
+    let dispatcher = Dispatcher::new(
+        cfg.topics.clone(),
+        uplink.clone(),
+        handlers,
+        stats,
+        Limits {
+            max_payload: cfg.agent.max_payload_bytes,
+            max_in_flight: cfg.agent.max_in_flight,
+            reply_cache_ttl: cfg.agent.reply_cache_ttl,
+            reply_cache_max: cfg.agent.reply_cache_max,
+        },
+    );
+    let dispatch_task = tokio::spawn(dispatcher.clone().run(inbound_rx));
+    let heartbeat_task = tokio::spawn(status::heartbeat_loop(
+        status,
+        uplink,
+        cfg.topics.heartbeat.clone(),
+        cfg.agent.heartbeat_interval,
+        session.link.clone(),
+    ));
+
+    shutdown.await;
+    info!("shutting down");
+    // Commands that arrive from now on are not started; the console will re-send them.
+    dispatch_task.abort();
+    let left = dispatcher.drain(cfg.agent.shutdown_grace).await;
+    if left > 0 {
+        warn!(running = left, "stopping with requests still running; their ids were not answered");
+    }
+    heartbeat_task.abort();
+    session.shutdown().await;
+}

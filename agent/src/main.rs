@@ -1,1 +1,112 @@
-fn main(){}
+//! `csg-agent`: command line, logging, signals.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use csg_agent::config::{Config, ConfigError};
+use tracing_subscriber::EnvFilter;
+
+const DEFAULT_CONFIG: &str = "/etc/csg-agent/agent.toml";
+
+/// Cloud storage gateway agent: dials out to an MQTT broker, takes commands from the console,
+/// and reports heartbeats and presence.
+#[derive(Parser)]
+#[command(name = "csg-agent", version, about)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c', global = true, default_value = DEFAULT_CONFIG, value_name = "FILE")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Validate the configuration, print every problem at once, and exit.
+    CheckConfig,
+}
+
+/// Exit code for a configuration the agent refuses to run with.
+const EXIT_CONFIG: u8 = 2;
+
+fn init_logging(directives: &str) {
+    // RUST_LOG, when set, wins over the config file.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
+    // Under systemd the journal stamps each line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("csg-agent: {e}");
+        if matches!(e, ConfigError::Read { .. }) {
+            eprintln!("csg-agent: give the configuration file with --config FILE");
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => match load(&cli.config) {
+            Ok(cfg) => {
+                println!(
+                    "config OK: {} as {} (commands on {})",
+                    cfg.broker, cfg.client_id, cfg.topics.commands
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run => {
+            let cfg = match load(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&cfg.agent.log);
+            match run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("csg-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(cfg: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot install the SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        };
+        csg_agent::run(cfg, shutdown).await;
+        Ok(())
+    })
+}

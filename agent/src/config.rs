@@ -1,0 +1,452 @@
+//! Configuration: TOML → typed `Config`. Unknown keys are errors, and validation reports
+//! every problem at once, so an operator fixes a config in one pass.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use csg_protocol::{
+    AgentTopics, BrokerUrl, ClientId, GroupId, InstanceId, Scheme, TopicMode, TopicParents,
+};
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid TOML for this agent: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+/// The file as written. Every section and key has a default except identity and broker URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub identity: RawIdentity,
+    pub mqtt: RawMqtt,
+    #[serde(default)]
+    pub topics: RawTopics,
+    #[serde(default)]
+    pub agent: RawAgent,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub group_id: String,
+    pub instance_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMqtt {
+    pub url: String,
+    pub keep_alive_s: u64,
+    pub connect_timeout_s: u64,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// A connection that lasted this long resets the back-off.
+    pub stable_after_s: u64,
+    /// Largest MQTT packet accepted from the broker. Well above `max_payload_bytes`, so an
+    /// oversized command is refused by the agent instead of tearing the connection down.
+    pub max_packet_bytes: usize,
+}
+
+impl Default for RawMqtt {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            keep_alive_s: 60,
+            connect_timeout_s: 30,
+            reconnect_min_ms: 1_000,
+            reconnect_max_ms: 60_000,
+            stable_after_s: 60,
+            max_packet_bytes: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTopics {
+    pub down: String,
+    pub up: String,
+    pub status: String,
+    pub mode: RawMode,
+    pub subscribe_p2p: bool,
+    pub max_len: usize,
+}
+
+impl Default for RawTopics {
+    fn default() -> Self {
+        let p = TopicParents::default();
+        Self {
+            down: p.down,
+            up: p.up,
+            status: p.status,
+            mode: RawMode::Standard,
+            subscribe_p2p: false,
+            max_len: csg_protocol::DEFAULT_MAX_TOPIC_LEN,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawMode {
+    Standard,
+    P2p,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAgent {
+    pub heartbeat_interval_s: u64,
+    pub max_payload_bytes: usize,
+    pub max_in_flight: usize,
+    pub reply_cache_ttl_s: u64,
+    pub reply_cache_max: usize,
+    pub shutdown_grace_s: u64,
+    pub log: String,
+}
+
+impl Default for RawAgent {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_s: 30,
+            max_payload_bytes: csg_protocol::DEFAULT_MAX_PAYLOAD,
+            max_in_flight: 64,
+            reply_cache_ttl_s: 600,
+            reply_cache_max: 65_536,
+            shutdown_grace_s: 5,
+            log: "info".into(),
+        }
+    }
+}
+
+/// The validated configuration. Holding one means every rule below was checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub client_id: ClientId,
+    pub broker: BrokerUrl,
+    pub mqtt: MqttSettings,
+    pub parents: TopicParents,
+    pub mode: TopicMode,
+    pub topics: AgentTopics,
+    pub agent: AgentSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    pub keep_alive: Duration,
+    pub connect_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub stable_after: Duration,
+    pub max_packet_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub heartbeat_interval: Duration,
+    pub max_payload_bytes: usize,
+    pub max_in_flight: usize,
+    pub reply_cache_ttl: Duration,
+    pub reply_cache_max: usize,
+    pub shutdown_grace: Duration,
+    pub log: String,
+}
+
+/// The protocol promises that ids are remembered at least this long.
+pub const MIN_REPLY_CACHE_TTL_S: u64 = 600;
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            FromTomlError::Parse(message) => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            FromTomlError::Invalid(problems) => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            },
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, FromTomlError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| FromTomlError::Parse(e.to_string()))?;
+        raw.validate().map_err(FromTomlError::Invalid)
+    }
+}
+
+#[derive(Debug)]
+pub enum FromTomlError {
+    Parse(String),
+    Invalid(Vec<String>),
+}
+
+impl RawConfig {
+    /// Checks every rule and returns all problems, not just the first.
+    pub fn validate(self) -> Result<Config, Vec<String>> {
+        let mut p: Vec<String> = Vec::new();
+
+        let group = GroupId::new(self.identity.group_id.as_str())
+            .map_err(|e| p.push(format!("identity.group_id: {e}")))
+            .ok();
+        let instance = InstanceId::new(self.identity.instance_id.as_str())
+            .map_err(|e| p.push(format!("identity.instance_id: {e}")))
+            .ok();
+        let client_id = match (group, instance) {
+            (Some(g), Some(i)) => ClientId::new(g, i)
+                .map_err(|e| p.push(format!("identity: {e}")))
+                .ok(),
+            _ => None,
+        };
+
+        let broker = match BrokerUrl::parse(&self.mqtt.url) {
+            Ok(u) if u.scheme == Scheme::Mqtts => {
+                p.push(format!(
+                    "mqtt.url: {:?}: mqtts:// is reserved for TLS, which this build does not support yet; use mqtt://",
+                    self.mqtt.url
+                ));
+                None
+            }
+            Ok(u) => Some(u),
+            Err(e) => {
+                p.push(format!("mqtt.url: {e}"));
+                None
+            }
+        };
+        let m = &self.mqtt;
+        if !(5..=65_535).contains(&m.keep_alive_s) {
+            p.push(format!(
+                "mqtt.keep_alive_s = {}: must be from 5 to 65535",
+                m.keep_alive_s
+            ));
+        }
+        if !(1..=600).contains(&m.connect_timeout_s) {
+            p.push(format!(
+                "mqtt.connect_timeout_s = {}: must be from 1 to 600",
+                m.connect_timeout_s
+            ));
+        }
+        if m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms {
+            p.push(format!(
+                "mqtt.reconnect_min_ms = {} and reconnect_max_ms = {}: need 0 < min <= max",
+                m.reconnect_min_ms, m.reconnect_max_ms
+            ));
+        }
+        if m.reconnect_max_ms > 3_600_000 {
+            p.push(format!(
+                "mqtt.reconnect_max_ms = {}: the limit is 3600000 (one hour)",
+                m.reconnect_max_ms
+            ));
+        }
+
+        let a = &self.agent;
+        if !(4096..=(1 << 20)).contains(&a.max_payload_bytes) {
+            p.push(format!(
+                "agent.max_payload_bytes = {}: must be from 4096 to 1048576",
+                a.max_payload_bytes
+            ));
+        }
+        if m.max_packet_bytes < a.max_payload_bytes + 1024 || m.max_packet_bytes > (256 << 20) {
+            p.push(format!(
+                "mqtt.max_packet_bytes = {}: must exceed agent.max_payload_bytes ({}) by at least 1024 (so oversized commands are refused, not disconnected) and be at most 268435456",
+                m.max_packet_bytes, a.max_payload_bytes
+            ));
+        }
+        if !(1..=86_400).contains(&a.heartbeat_interval_s) {
+            p.push(format!(
+                "agent.heartbeat_interval_s = {}: must be from 1 to 86400",
+                a.heartbeat_interval_s
+            ));
+        }
+        if !(1..=65_536).contains(&a.max_in_flight) {
+            p.push(format!(
+                "agent.max_in_flight = {}: must be from 1 to 65536",
+                a.max_in_flight
+            ));
+        }
+        if a.reply_cache_ttl_s < MIN_REPLY_CACHE_TTL_S {
+            p.push(format!(
+                "agent.reply_cache_ttl_s = {}: the protocol promises at least {MIN_REPLY_CACHE_TTL_S} s",
+                a.reply_cache_ttl_s
+            ));
+        }
+        if a.reply_cache_max < 1024 {
+            p.push(format!(
+                "agent.reply_cache_max = {}: must be at least 1024",
+                a.reply_cache_max
+            ));
+        }
+        if a.shutdown_grace_s > 300 {
+            p.push(format!(
+                "agent.shutdown_grace_s = {}: the limit is 300",
+                a.shutdown_grace_s
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&a.log) {
+            p.push(format!("agent.log = {:?}: {e}", a.log));
+        }
+
+        let t = &self.topics;
+        let parents = TopicParents {
+            down: t.down.clone(),
+            up: t.up.clone(),
+            status: t.status.clone(),
+        };
+        let mode = match (t.mode, t.subscribe_p2p) {
+            (RawMode::Standard, true) => {
+                p.push("topics.subscribe_p2p = true needs topics.mode = \"p2p\"".into());
+                TopicMode::Standard
+            }
+            (RawMode::Standard, false) => TopicMode::Standard,
+            (RawMode::P2p, s) => TopicMode::P2p { subscribe: s },
+        };
+        if !(8..=65_535).contains(&t.max_len) {
+            p.push(format!(
+                "topics.max_len = {}: must be from 8 to 65535",
+                t.max_len
+            ));
+        }
+        let topics = client_id.as_ref().and_then(|c| {
+            AgentTopics::new(&parents, mode, c, t.max_len)
+                .map_err(|errs| {
+                    for e in errs {
+                        p.push(format!("topics: {e}"));
+                    }
+                })
+                .ok()
+        });
+
+        match (client_id, broker, topics) {
+            (Some(client_id), Some(broker), Some(topics)) if p.is_empty() => Ok(Config {
+                client_id,
+                broker,
+                mqtt: MqttSettings {
+                    keep_alive: Duration::from_secs(m.keep_alive_s),
+                    connect_timeout: Duration::from_secs(m.connect_timeout_s),
+                    reconnect_min: Duration::from_millis(m.reconnect_min_ms),
+                    reconnect_max: Duration::from_millis(m.reconnect_max_ms),
+                    stable_after: Duration::from_secs(m.stable_after_s),
+                    max_packet_bytes: m.max_packet_bytes,
+                },
+                parents,
+                mode,
+                topics,
+                agent: AgentSettings {
+                    heartbeat_interval: Duration::from_secs(a.heartbeat_interval_s),
+                    max_payload_bytes: a.max_payload_bytes,
+                    max_in_flight: a.max_in_flight,
+                    reply_cache_ttl: Duration::from_secs(a.reply_cache_ttl_s),
+                    reply_cache_max: a.reply_cache_max,
+                    shutdown_grace: Duration::from_secs(a.shutdown_grace_s),
+                    log: a.log.clone(),
+                },
+            }),
+            _ => Err(p),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[identity]
+group_id = "GID_csg"
+instance_id = "gw-001"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml(MIN).unwrap();
+        assert_eq!(c.client_id.as_str(), "GID_csg@@@gw-001");
+        assert_eq!(c.mqtt.keep_alive, Duration::from_secs(60));
+        assert_eq!(c.topics.commands, "csg-down/gw-001");
+        assert_eq!(c.agent.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.agent.max_payload_bytes, 65536);
+        assert_eq!(c.mode, TopicMode::Standard);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let text = format!("{MIN}\nbogus = 1\n");
+        assert!(matches!(
+            Config::from_toml(&text),
+            Err(FromTomlError::Parse(m)) if m.contains("bogus")
+        ));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+[identity]
+group_id = "GID csg"
+instance_id = "gw/1"
+[mqtt]
+url = "http://x"
+keep_alive_s = 1
+[agent]
+reply_cache_ttl_s = 5
+"#;
+        let Err(FromTomlError::Invalid(p)) = Config::from_toml(text) else {
+            panic!("expected problems")
+        };
+        assert_eq!(p.len(), 5, "{p:#?}");
+    }
+
+    #[test]
+    fn long_client_id_names_value_and_limit() {
+        let text = MIN.replace("gw-001", &"g".repeat(60));
+        let Err(FromTomlError::Invalid(p)) = Config::from_toml(&text) else {
+            panic!("expected problems")
+        };
+        assert!(p[0].contains("limit is 64"), "{p:?}");
+        assert!(p[0].contains("ggggg"), "{p:?}");
+    }
+
+    #[test]
+    fn long_topics_are_refused() {
+        let text = format!("{MIN}[topics]\nstatus = \"{}\"\n", "s".repeat(50));
+        let Err(FromTomlError::Invalid(p)) = Config::from_toml(&text) else {
+            panic!("expected problems")
+        };
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p.iter().all(|m| m.contains("limit is 64")));
+    }
+
+    #[test]
+    fn mqtts_is_reserved() {
+        let text = MIN.replace("mqtt://", "mqtts://");
+        let Err(FromTomlError::Invalid(p)) = Config::from_toml(&text) else {
+            panic!("expected problems")
+        };
+        assert!(p[0].contains("TLS"));
+    }
+
+    #[test]
+    fn p2p_mode() {
+        let text = format!("{MIN}[topics]\nmode = \"p2p\"\nsubscribe_p2p = true\n");
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.mode, TopicMode::P2p { subscribe: true });
+        assert_eq!(c.topics.commands, "csg-down/p2p/GID_csg@@@gw-001");
+        let text = format!("{MIN}[topics]\nsubscribe_p2p = true\n");
+        assert!(Config::from_toml(&text).is_err());
+    }
+}

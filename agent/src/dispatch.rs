@@ -1,0 +1,284 @@
+//! From a raw message to a reply: decode the envelope, check the reply topic, answer repeats
+//! from the reply cache, refuse expired requests, admit within the in-flight limit, run the
+//! handler on its own task, remember its reply, publish it.
+//!
+//! The dispatcher runs on its own task, fed by the session through a channel, so nothing here
+//! can stall the MQTT poll loop; each admitted request runs on a task of its own.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use csg_protocol::envelope::DecodeErrorKind;
+use csg_protocol::{
+    decode_request, now_ms, AgentTopics, ErrorCode, MethodName, Reply, ReplyTo, Request,
+    RequestId, RpcError,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::handlers::Handlers;
+use crate::reply_cache::{Lookup, ReplyCache};
+use crate::session::Inbound;
+use crate::stats::Stats;
+use crate::uplink::{OutMessage, Qos, Uplink};
+
+pub struct Limits {
+    pub max_payload: usize,
+    pub max_in_flight: usize,
+    pub reply_cache_ttl: Duration,
+    pub reply_cache_max: usize,
+}
+
+pub struct Dispatcher {
+    topics: AgentTopics,
+    uplink: Arc<dyn Uplink>,
+    handlers: Arc<Handlers>,
+    stats: Arc<Stats>,
+    cache: Mutex<ReplyCache>,
+    max_payload: usize,
+    max_in_flight: usize,
+    in_flight: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Dispatcher {
+    pub fn new(
+        topics: AgentTopics,
+        uplink: Arc<dyn Uplink>,
+        handlers: Arc<Handlers>,
+        stats: Arc<Stats>,
+        limits: Limits,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            topics,
+            uplink,
+            handlers,
+            stats,
+            cache: Mutex::new(ReplyCache::new(
+                limits.reply_cache_ttl,
+                limits.reply_cache_max,
+            )),
+            max_payload: limits.max_payload,
+            max_in_flight: limits.max_in_flight,
+            in_flight: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Serves messages until the channel closes.
+    pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Inbound>) {
+        while let Some(msg) = rx.recv().await {
+            self.on_message(msg);
+        }
+    }
+
+    /// Waits until no request is running, at most `grace`. Returns how many were still running.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.idle.notified();
+            let n = self.in_flight.load(Ordering::Acquire);
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.in_flight.load(Ordering::Acquire);
+            }
+        }
+    }
+
+    fn send(&self, topic: &str, payload: Bytes) {
+        let msg = OutMessage {
+            topic: topic.to_string(),
+            payload,
+            qos: Qos::AtLeastOnce,
+            retain: false,
+        };
+        if let Err(e) = self.uplink.publish(msg) {
+            Stats::inc(&self.stats.reply_lost);
+            debug!(topic, error = %e, "reply not queued; a retry of the request will recover it");
+        }
+    }
+
+    fn refuse(&self, topic: &str, id: Option<RequestId>, err: RpcError) {
+        self.send(topic, Bytes::from(Reply::err(id, err).to_json()));
+    }
+
+    /// Handles one message. Synchronous and quick: anything slow runs on a spawned task.
+    pub fn on_message(self: &Arc<Self>, msg: Inbound) {
+        Stats::inc(&self.stats.received);
+        let mut req = match decode_request(&msg.payload, self.max_payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let topic = e.reply_to.as_ref().and_then(ReplyTo::topic);
+                match topic.filter(|t| self.topics.check_reply_to(t).is_ok()) {
+                    Some(t) => {
+                        Stats::inc(&self.stats.bad_request);
+                        warn!(id = ?e.id.as_ref().map(RequestId::as_str), error = %e, "bad request");
+                        self.refuse(t, e.id.clone(), RpcError::bad_request(e.to_string()));
+                    }
+                    None => {
+                        Stats::inc(&self.stats.dropped);
+                        let level_note = match e.kind {
+                            DecodeErrorKind::Oversize => "oversized",
+                            _ => "unreadable",
+                        };
+                        warn!(topic = %msg.topic, bytes = msg.payload.len(), error = %e, "{level_note} message dropped: no reply topic to answer on");
+                    }
+                }
+                return;
+            }
+        };
+        let reply_topic = match std::mem::replace(&mut req.reply_to, ReplyTo::NoReply) {
+            ReplyTo::NoReply => None,
+            ReplyTo::Topic(t) => match self.topics.check_reply_to(&t) {
+                Ok(()) => Some(t),
+                Err(e) => {
+                    // We never publish outside our own topics, so there is nowhere to say so.
+                    Stats::inc(&self.stats.dropped);
+                    warn!(id = %req.id, error = %e, "request dropped: reply topic refused");
+                    return;
+                }
+            },
+        };
+        self.admit(req, reply_topic.as_deref());
+    }
+
+    fn admit(self: &Arc<Self>, req: Request, reply_topic: Option<&str>) {
+        let now = Instant::now();
+        let mut cache = self.cache.lock().expect("reply cache lock");
+        match cache.lookup(&req.id, &req.method, reply_topic, now) {
+            Lookup::New => {}
+            Lookup::Attached => {
+                Stats::inc(&self.stats.duplicates);
+                debug!(id = %req.id, "repeat of a running request: will answer when it ends");
+                return;
+            }
+            Lookup::Replay(reply) => {
+                Stats::inc(&self.stats.duplicates);
+                drop(cache);
+                debug!(id = %req.id, "repeat of a finished request: answering from memory");
+                if let Some(t) = reply_topic {
+                    self.send(t, reply);
+                }
+                return;
+            }
+            Lookup::MethodMismatch(first) => {
+                drop(cache);
+                Stats::inc(&self.stats.bad_request);
+                if let Some(t) = reply_topic {
+                    let msg = format!("request id {} was already used for {first}", req.id);
+                    self.refuse(t, Some(req.id), RpcError::bad_request(msg));
+                }
+                return;
+            }
+        }
+        // Refusals below are not remembered: nothing ran, so a retry may still run it.
+        if let Some(deadline) = req.deadline_ms {
+            let now_ms = now_ms();
+            if now_ms > deadline {
+                drop(cache);
+                Stats::inc(&self.stats.expired);
+                info!(id = %req.id, method = %req.method, late_ms = now_ms - deadline, "expired request not executed");
+                if let Some(t) = reply_topic {
+                    let msg = format!(
+                        "deadline {deadline} passed {} ms before the request arrived; not executed",
+                        now_ms - deadline
+                    );
+                    self.refuse(t, Some(req.id), RpcError::new(ErrorCode::Expired, msg));
+                }
+                return;
+            }
+        }
+        let busy = if self.in_flight.load(Ordering::Acquire) >= self.max_in_flight {
+            Some(format!(
+                "{} requests in flight (the limit); retry with the same id",
+                self.max_in_flight
+            ))
+        } else if !cache.has_room(now) {
+            Some("the request-id memory is full; retry with the same id".to_string())
+        } else {
+            None
+        };
+        if let Some(msg) = busy {
+            drop(cache);
+            Stats::inc(&self.stats.busy);
+            if let Some(t) = reply_topic {
+                self.refuse(t, Some(req.id), RpcError::new(ErrorCode::Busy, msg));
+            }
+            return;
+        }
+        cache.start(req.id.clone(), req.method.clone(), reply_topic, now);
+        drop(cache);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Stats::inc(&self.stats.executed);
+
+        let guard = Completion {
+            dispatcher: self.clone(),
+            id: req.id.clone(),
+            method: req.method.clone(),
+            done: false,
+        };
+        let handlers = self.handlers.clone();
+        tokio::spawn(async move {
+            let mut guard = guard;
+            let result = handlers.call(&req.method, req.params).await;
+            guard.complete(result);
+        });
+    }
+}
+
+/// Finishes a running request exactly once: with its result, or with `INTERNAL` if the
+/// handler panicked (the guard is dropped during unwinding), so an id can never stay
+/// "running" forever and the in-flight count never leaks.
+struct Completion {
+    dispatcher: Arc<Dispatcher>,
+    id: RequestId,
+    method: MethodName,
+    done: bool,
+}
+
+impl Completion {
+    fn complete(&mut self, result: Result<serde_json::Value, RpcError>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let d = &self.dispatcher;
+        if let Err(e) = &result {
+            debug!(id = %self.id, method = %self.method, code = %e.code, "request failed");
+        }
+        let reply = match result {
+            Ok(v) => Reply::ok(self.id.clone(), v),
+            Err(e) => Reply::err(Some(self.id.clone()), e),
+        };
+        let bytes = Bytes::from(reply.to_json());
+        let waiters = d
+            .cache
+            .lock()
+            .expect("reply cache lock")
+            .finish(&self.id, bytes.clone(), Instant::now());
+        for topic in &waiters {
+            d.send(topic, bytes.clone());
+        }
+        if d.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            d.idle.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::error!(id = %self.id, method = %self.method, "handler panicked");
+            self.complete(Err(RpcError::internal(format!(
+                "the handler of {} failed unexpectedly; see the agent's log",
+                self.method
+            ))));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,52 @@
+//! Method registry: routes a method name to its family's handler.
+//!
+//! Each family lives in its own file and follows one pattern: params → a validated, typed
+//! spec → apply. A handler never sees the MQTT client; it returns a result or an `RpcError`.
+
+pub mod sys;
+
+use std::sync::Arc;
+
+use csg_protocol::methods::sys as sysm;
+use csg_protocol::{ErrorCode, MethodName, RpcError};
+use serde_json::{Map, Value};
+
+use crate::status::StatusSource;
+
+/// Every method this agent answers, sorted (reported by `sys.info`).
+pub const METHODS: &[&str] = &[sysm::INFO, sysm::PING, sysm::STATUS];
+
+/// What handlers may use.
+pub struct Handlers {
+    pub status: Arc<StatusSource>,
+    pub info: sysm::InfoResult,
+}
+
+impl Handlers {
+    pub async fn call(&self, method: &MethodName, params: Map<String, Value>) -> Result<Value, RpcError> {
+        match method.as_str() {
+            sysm::PING => sys::ping(params),
+            sysm::INFO => sys::info(self, params),
+            sysm::STATUS => sys::status(self, params),
+            other => Err(RpcError::new(
+                ErrorCode::UnknownMethod,
+                format!("unknown method {other:?}; sys.info lists the methods this agent supports"),
+            )),
+        }
+    }
+}
+
+/// Refuses params a method does not take: a typo in a key must not pass silently.
+pub fn no_params(method: &str, params: &Map<String, Value>) -> Result<(), RpcError> {
+    match params.keys().next() {
+        None => Ok(()),
+        Some(k) => Err(RpcError::invalid_params(format!(
+            "{method} takes no params, got {:?}",
+            k.chars().take(64).collect::<String>()
+        ))),
+    }
+}
+
+pub fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, RpcError> {
+    serde_json::to_value(v).map_err(|e| RpcError::internal(format!("cannot encode result: {e}")))
+}

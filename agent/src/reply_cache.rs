@@ -1,0 +1,215 @@
+//! The id memory behind "at most once execution, at least once answer".
+//!
+//! Every request id the agent accepts for execution is remembered from the moment it starts
+//! until `ttl` after it finished, with its reply. A repeat of a finished id gets the
+//! remembered reply; a repeat of a running id is attached to it and answered when it ends.
+//! Memory is bounded by `max` entries: when every entry is still within its ttl, new ids are
+//! refused (`BUSY`, retryable) rather than forgetting an id early.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use csg_protocol::{MethodName, RequestId};
+
+#[derive(Debug)]
+struct Entry {
+    method: MethodName,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Reply topics waiting for the result (deduplicated; empty for one-way requests).
+    Running { waiters: Vec<String> },
+    Done { reply: Bytes, at: Instant },
+}
+
+/// What to do with an incoming request id.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Never seen (or forgotten after its ttl): the caller may execute it.
+    New,
+    /// Already running; the reply topic was attached and will get the reply.
+    Attached,
+    /// Already finished: send this reply again.
+    Replay(Bytes),
+    /// The id was used for another method: a console bug, refused.
+    MethodMismatch(MethodName),
+}
+
+#[derive(Debug)]
+pub struct ReplyCache {
+    entries: HashMap<RequestId, Entry>,
+    /// (time, id) in time order: when an id was started or finished. Purging pops from the
+    /// front and removes an entry only once it is finished and past its ttl.
+    order: VecDeque<(Instant, RequestId)>,
+    ttl: Duration,
+    max: usize,
+}
+
+impl ReplyCache {
+    pub fn new(ttl: Duration, max: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            ttl,
+            max,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn purge(&mut self, now: Instant) {
+        while let Some((t, _)) = self.order.front() {
+            if now.saturating_duration_since(*t) < self.ttl {
+                break;
+            }
+            let (_, id) = self.order.pop_front().expect("front exists");
+            let expired = matches!(
+                self.entries.get(&id),
+                Some(Entry { state: State::Done { at, .. }, .. })
+                    if now.saturating_duration_since(*at) >= self.ttl
+            );
+            if expired {
+                self.entries.remove(&id);
+            }
+        }
+    }
+
+    /// Looks an id up; for a running id, attaches `reply_to` to it.
+    pub fn lookup(
+        &mut self,
+        id: &RequestId,
+        method: &MethodName,
+        reply_to: Option<&str>,
+        now: Instant,
+    ) -> Lookup {
+        self.purge(now);
+        let Some(entry) = self.entries.get_mut(id) else {
+            return Lookup::New;
+        };
+        if &entry.method != method {
+            return Lookup::MethodMismatch(entry.method.clone());
+        }
+        match &mut entry.state {
+            State::Running { waiters } => {
+                if let Some(t) = reply_to {
+                    if !waiters.iter().any(|w| w == t) {
+                        waiters.push(t.to_string());
+                    }
+                }
+                Lookup::Attached
+            }
+            State::Done { reply, .. } => Lookup::Replay(reply.clone()),
+        }
+    }
+
+    /// Whether a new id can be remembered now.
+    pub fn has_room(&mut self, now: Instant) -> bool {
+        self.purge(now);
+        self.entries.len() < self.max
+    }
+
+    /// Marks a new id as running. Call only after `lookup` returned `New` and `has_room`.
+    pub fn start(
+        &mut self,
+        id: RequestId,
+        method: MethodName,
+        reply_to: Option<&str>,
+        now: Instant,
+    ) {
+        let waiters = reply_to.map(|t| vec![t.to_string()]).unwrap_or_default();
+        self.order.push_back((now, id.clone()));
+        self.entries.insert(
+            id,
+            Entry {
+                method,
+                state: State::Running { waiters },
+            },
+        );
+    }
+
+    /// Records the reply of a finished id and returns the topics waiting for it.
+    pub fn finish(&mut self, id: &RequestId, reply: Bytes, now: Instant) -> Vec<String> {
+        let Some(entry) = self.entries.get_mut(id) else {
+            return Vec::new();
+        };
+        let old = std::mem::replace(&mut entry.state, State::Done { reply, at: now });
+        self.order.push_back((now, id.clone()));
+        match old {
+            State::Running { waiters } => waiters,
+            State::Done { .. } => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> RequestId {
+        RequestId::new(s).unwrap()
+    }
+    fn m(s: &str) -> MethodName {
+        MethodName::new(s).unwrap()
+    }
+
+    #[test]
+    fn new_running_done_replay() {
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(Duration::from_secs(600), 10);
+        assert_eq!(c.lookup(&id("a"), &m("sys.ping"), Some("up/1"), t0), Lookup::New);
+        c.start(id("a"), m("sys.ping"), Some("up/1"), t0);
+        assert_eq!(c.lookup(&id("a"), &m("sys.ping"), Some("up/1"), t0), Lookup::Attached);
+        assert_eq!(c.lookup(&id("a"), &m("sys.ping"), Some("up/2"), t0), Lookup::Attached);
+        assert_eq!(c.lookup(&id("a"), &m("sys.ping"), None, t0), Lookup::Attached);
+        let waiters = c.finish(&id("a"), Bytes::from_static(b"r"), t0);
+        assert_eq!(waiters, ["up/1", "up/2"]);
+        assert_eq!(
+            c.lookup(&id("a"), &m("sys.ping"), Some("up/3"), t0),
+            Lookup::Replay(Bytes::from_static(b"r"))
+        );
+        assert_eq!(
+            c.lookup(&id("a"), &m("sys.info"), Some("up/3"), t0),
+            Lookup::MethodMismatch(m("sys.ping"))
+        );
+    }
+
+    #[test]
+    fn remembered_for_ttl_after_finishing_not_after_starting() {
+        let ttl = Duration::from_secs(600);
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(ttl, 10);
+        c.start(id("a"), m("x.y"), None, t0);
+        // A long-running request: it finishes 700 s after it started.
+        let t1 = t0 + Duration::from_secs(700);
+        assert_eq!(c.lookup(&id("a"), &m("x.y"), None, t1), Lookup::Attached);
+        c.finish(&id("a"), Bytes::from_static(b"r"), t1);
+        let t2 = t1 + ttl - Duration::from_secs(1);
+        assert!(matches!(c.lookup(&id("a"), &m("x.y"), None, t2), Lookup::Replay(_)));
+        let t3 = t1 + ttl;
+        assert_eq!(c.lookup(&id("a"), &m("x.y"), None, t3), Lookup::New);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn full_cache_refuses_rather_than_forgets() {
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(Duration::from_secs(600), 2);
+        for n in ["a", "b"] {
+            assert!(c.has_room(t0));
+            c.start(id(n), m("x.y"), None, t0);
+            c.finish(&id(n), Bytes::new(), t0);
+        }
+        assert!(!c.has_room(t0 + Duration::from_secs(599)));
+        assert!(c.has_room(t0 + Duration::from_secs(600)));
+        assert_eq!(c.len(), 0);
+    }
+}

@@ -1,0 +1,137 @@
+//! Heartbeats and `sys.status`: what the gateway looks like right now.
+//!
+//! One `StatusSource` samples the system (CPU, load, memory, disks) and the request counters.
+//! The heartbeat task publishes a sample at once after every (re)connect and then every
+//! interval while the link stays up; nothing is queued while offline, so a reconnect never
+//! floods the broker with stale heartbeats.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use csg_protocol::status::{Heartbeat, ServiceState, SystemStats};
+use csg_protocol::{now_ms, DiskInfo, PROTOCOL_VERSION};
+use sysinfo::{Disks, System};
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::session::LinkState;
+use crate::stats::Stats;
+use crate::uplink::{OutMessage, Qos, Uplink};
+use crate::AGENT_VERSION;
+
+pub struct StatusSource {
+    instance_id: String,
+    group_id: String,
+    started: Instant,
+    seq: AtomicU64,
+    system: Mutex<System>,
+    stats: Arc<Stats>,
+}
+
+impl StatusSource {
+    pub fn new(instance_id: &str, group_id: &str, stats: Arc<Stats>) -> Self {
+        let mut system = System::new();
+        // CPU use is a difference between two samples: take the first one now.
+        system.refresh_cpu_usage();
+        Self {
+            instance_id: instance_id.into(),
+            group_id: group_id.into(),
+            started: Instant::now(),
+            seq: AtomicU64::new(0),
+            system: Mutex::new(system),
+            stats,
+        }
+    }
+
+    fn sample(&self, seq: u64) -> Heartbeat {
+        let system = {
+            let mut s = self.system.lock().expect("sysinfo lock");
+            s.refresh_cpu_usage();
+            s.refresh_memory();
+            SystemStats {
+                cpu_pct: s.global_cpu_usage(),
+                load1: System::load_average().one,
+                mem_total: s.total_memory(),
+                mem_used: s.used_memory(),
+            }
+        };
+        let disks = Disks::new_with_refreshed_list()
+            .list()
+            .iter()
+            .map(|d| DiskInfo {
+                mount: d.mount_point().to_string_lossy().into_owned(),
+                fs: d.file_system().to_string_lossy().into_owned(),
+                total: d.total_space(),
+                avail: d.available_space(),
+            })
+            .collect();
+        Heartbeat {
+            v: PROTOCOL_VERSION,
+            kind: "heartbeat".into(),
+            instance_id: self.instance_id.clone(),
+            group_id: self.group_id.clone(),
+            seq,
+            ts_ms: now_ms(),
+            agent_version: AGENT_VERSION.into(),
+            uptime_s: self.started.elapsed().as_secs(),
+            system,
+            disks,
+            services: BTreeMap::<String, ServiceState>::new(),
+            counters: self.stats.snapshot(),
+        }
+    }
+
+    /// The next heartbeat: `seq` goes up by one.
+    pub fn next_heartbeat(&self) -> Heartbeat {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.sample(seq)
+    }
+
+    /// The body of `sys.status`: a fresh sample carrying the last heartbeat's `seq`.
+    pub fn snapshot(&self) -> Heartbeat {
+        self.sample(self.seq.load(Ordering::Relaxed))
+    }
+}
+
+/// Publishes heartbeats while the link is up. Ends when the link state channel closes.
+pub async fn heartbeat_loop(
+    source: Arc<StatusSource>,
+    uplink: Arc<dyn Uplink>,
+    topic: String,
+    interval: Duration,
+    mut link: watch::Receiver<LinkState>,
+) {
+    loop {
+        // Wait for the link to come up.
+        let epoch = loop {
+            if let LinkState::Online { epoch } = *link.borrow_and_update() {
+                break epoch;
+            }
+            if link.changed().await.is_err() {
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                // The first tick fires at once: a heartbeat right after each connect.
+                _ = tick.tick() => {
+                    let hb = source.next_heartbeat();
+                    let payload = Bytes::from(serde_json::to_vec(&hb).expect("heartbeat serializes"));
+                    let msg = OutMessage { topic: topic.clone(), payload, qos: Qos::AtMostOnce, retain: false };
+                    if let Err(e) = uplink.publish(msg) {
+                        debug!(error = %e, seq = hb.seq, "heartbeat not queued");
+                    }
+                }
+                changed = link.changed() => {
+                    if changed.is_err() { return; }
+                    if *link.borrow() != (LinkState::Online { epoch }) { break; }
+                }
+            }
+        }
+    }
+}
