@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use csg_protocol::envelope::DecodeErrorKind;
 use csg_protocol::{
-    decode_request, now_ms, AgentTopics, ErrorCode, MethodName, Reply, ReplyTo, Request,
-    RequestId, RpcError,
+    decode_request, now_ms, AgentTopics, ErrorCode, MethodName, Reply, ReplyTo, Request, RequestId,
+    RpcError,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -254,11 +254,11 @@ impl Completion {
             Err(e) => Reply::err(Some(self.id.clone()), e),
         };
         let bytes = Bytes::from(reply.to_json());
-        let waiters = d
-            .cache
-            .lock()
-            .expect("reply cache lock")
-            .finish(&self.id, bytes.clone(), Instant::now());
+        let waiters = d.cache.lock().expect("reply cache lock").finish(
+            &self.id,
+            bytes.clone(),
+            Instant::now(),
+        );
         for topic in &waiters {
             d.send(topic, bytes.clone());
         }

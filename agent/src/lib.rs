@@ -102,7 +102,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) {
     dispatch_task.abort();
     let left = dispatcher.drain(cfg.agent.shutdown_grace).await;
     if left > 0 {
-        warn!(running = left, "stopping with requests still running; their ids were not answered");
+        warn!(
+            running = left,
+            "stopping with requests still running; their ids were not answered"
+        );
     }
     heartbeat_task.abort();
     session.shutdown().await;

@@ -21,8 +21,13 @@ struct Entry {
 #[derive(Debug)]
 enum State {
     /// Reply topics waiting for the result (deduplicated; empty for one-way requests).
-    Running { waiters: Vec<String> },
-    Done { reply: Bytes, at: Instant },
+    Running {
+        waiters: Vec<String>,
+    },
+    Done {
+        reply: Bytes,
+        at: Instant,
+    },
 }
 
 /// What to do with an incoming request id.
@@ -165,11 +170,23 @@ mod tests {
     fn new_running_done_replay() {
         let t0 = Instant::now();
         let mut c = ReplyCache::new(Duration::from_secs(600), 10);
-        assert_eq!(c.lookup(&id("a"), &m("sys.ping"), Some("up/1"), t0), Lookup::New);
+        assert_eq!(
+            c.lookup(&id("a"), &m("sys.ping"), Some("up/1"), t0),
+            Lookup::New
+        );
         c.start(id("a"), m("sys.ping"), Some("up/1"), t0);
-        assert_eq!(c.lookup(&id("a"), &m("sys.ping"), Some("up/1"), t0), Lookup::Attached);
-        assert_eq!(c.lookup(&id("a"), &m("sys.ping"), Some("up/2"), t0), Lookup::Attached);
-        assert_eq!(c.lookup(&id("a"), &m("sys.ping"), None, t0), Lookup::Attached);
+        assert_eq!(
+            c.lookup(&id("a"), &m("sys.ping"), Some("up/1"), t0),
+            Lookup::Attached
+        );
+        assert_eq!(
+            c.lookup(&id("a"), &m("sys.ping"), Some("up/2"), t0),
+            Lookup::Attached
+        );
+        assert_eq!(
+            c.lookup(&id("a"), &m("sys.ping"), None, t0),
+            Lookup::Attached
+        );
         let waiters = c.finish(&id("a"), Bytes::from_static(b"r"), t0);
         assert_eq!(waiters, ["up/1", "up/2"]);
         assert_eq!(
@@ -193,7 +210,10 @@ mod tests {
         assert_eq!(c.lookup(&id("a"), &m("x.y"), None, t1), Lookup::Attached);
         c.finish(&id("a"), Bytes::from_static(b"r"), t1);
         let t2 = t1 + ttl - Duration::from_secs(1);
-        assert!(matches!(c.lookup(&id("a"), &m("x.y"), None, t2), Lookup::Replay(_)));
+        assert!(matches!(
+            c.lookup(&id("a"), &m("x.y"), None, t2),
+            Lookup::Replay(_)
+        ));
         let t3 = t1 + ttl;
         assert_eq!(c.lookup(&id("a"), &m("x.y"), None, t3), Lookup::New);
         assert!(c.is_empty());

@@ -42,7 +42,9 @@ pub enum LinkState {
     Offline,
     /// Subscribed and announced; `epoch` counts connections, so a watcher can tell a
     /// reconnect from a steady connection.
-    Online { epoch: u64 },
+    Online {
+        epoch: u64,
+    },
 }
 
 /// Size of rumqttc's request queue (the `cap` of `AsyncClient::new`; the options field of the
@@ -143,8 +145,8 @@ impl Session {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let _ = tokio::time::timeout(OFFLINE_ACK_WAIT + Duration::from_secs(2), &mut self.task)
-            .await;
+        let _ =
+            tokio::time::timeout(OFFLINE_ACK_WAIT + Duration::from_secs(2), &mut self.task).await;
     }
 }
 
@@ -224,7 +226,8 @@ impl SessionLoop {
             warn!(error = %e, "could not queue online presence");
         }
         info!(broker = %self.broker, epoch = self.epoch, "online");
-        self.link_tx.send_replace(LinkState::Online { epoch: self.epoch });
+        self.link_tx
+            .send_replace(LinkState::Online { epoch: self.epoch });
     }
 
     fn on_event(&mut self, ev: Event) {
@@ -284,11 +287,7 @@ impl SessionLoop {
 
     /// Handles a lost or failed connection: back off, then let the next poll reconnect.
     /// Returns true if shutdown was requested meanwhile.
-    async fn on_error(
-        &mut self,
-        e: ConnectionError,
-        shutdown: &mut oneshot::Receiver<()>,
-    ) -> bool {
+    async fn on_error(&mut self, e: ConnectionError, shutdown: &mut oneshot::Receiver<()>) -> bool {
         let was_online = matches!(*self.link_tx.borrow(), LinkState::Online { .. });
         self.link_tx.send_replace(LinkState::Offline);
         self.sub_pkid = None;

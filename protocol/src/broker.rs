@@ -112,7 +112,10 @@ mod tests {
     #[test]
     fn parses_and_prints() {
         let u = BrokerUrl::parse("mqtt://127.0.0.1:1884").unwrap();
-        assert_eq!((u.scheme, u.host.as_str(), u.port), (Scheme::Mqtt, "127.0.0.1", 1884));
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port),
+            (Scheme::Mqtt, "127.0.0.1", 1884)
+        );
         assert_eq!(u.to_string(), "mqtt://127.0.0.1:1884");
         assert_eq!(BrokerUrl::parse("mqtt://broker").unwrap().port, 1883);
         assert_eq!(BrokerUrl::parse("mqtts://broker").unwrap().port, 8883);

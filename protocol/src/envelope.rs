@@ -268,7 +268,9 @@ pub fn decode_request(payload: &[u8], max_payload: usize) -> Result<Request, Dec
         id: id.clone(),
         reply_to: reply_to.clone().ok(),
     };
-    let reply_to = reply_to.clone().map_err(|_| invalid("reply_to must be a string".into()))?;
+    let reply_to = reply_to
+        .clone()
+        .map_err(|_| invalid("reply_to must be a string".into()))?;
     match &raw.v {
         Some(Value::Number(n)) if n.as_u64() == Some(PROTOCOL_VERSION as u64) => {}
         Some(v) => {
@@ -511,6 +513,12 @@ mod tests {
             br#"{"v":1,"id":"a","ok":false,"error":{"code":"NEW_THING","message":"m","retryable":false}}"#,
         )
         .unwrap();
-        assert!(matches!(r.body, ReplyBody::Err(RpcError { code: ErrorCode::Unknown, .. })));
+        assert!(matches!(
+            r.body,
+            ReplyBody::Err(RpcError {
+                code: ErrorCode::Unknown,
+                ..
+            })
+        ));
     }
 }

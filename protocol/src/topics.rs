@@ -76,7 +76,9 @@ fn check_parent(what: &'static str, value: &str) -> Result<(), TopicError> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-' | '/'))
     {
-        return Err(bad("only [A-Za-z0-9_.:-] and '/' between levels are allowed"));
+        return Err(bad(
+            "only [A-Za-z0-9_.:-] and '/' between levels are allowed",
+        ));
     }
     Ok(())
 }
@@ -85,7 +87,11 @@ impl TopicParents {
     /// Checks all three parents and returns every problem found.
     pub fn validate(&self) -> Vec<TopicError> {
         let mut errs = Vec::new();
-        for (what, v) in [("down", &self.down), ("up", &self.up), ("status", &self.status)] {
+        for (what, v) in [
+            ("down", &self.down),
+            ("up", &self.up),
+            ("status", &self.status),
+        ] {
             if let Err(e) = check_parent(what, v) {
                 errs.push(e);
             }
@@ -254,7 +260,9 @@ impl AgentTopics {
             return Err(bad("it names no level below the parent"));
         }
         if rest.contains(['+', '#', '\0']) {
-            return Err(bad("wildcards and NUL are not allowed in a topic to publish to"));
+            return Err(bad(
+                "wildcards and NUL are not allowed in a topic to publish to",
+            ));
         }
         if rest.split('/').any(str::is_empty) {
             return Err(bad("it has an empty level"));
@@ -273,7 +281,11 @@ mod tests {
     use crate::identity::GroupId;
 
     fn client(i: &str) -> ClientId {
-        ClientId::new(GroupId::new("GID_csg").unwrap(), InstanceId::new(i).unwrap()).unwrap()
+        ClientId::new(
+            GroupId::new("GID_csg").unwrap(),
+            InstanceId::new(i).unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -301,7 +313,10 @@ mod tests {
         assert_eq!(t.subscription, None);
         assert!(!t.retain_and_will);
         let t = AgentTopics::new(&p, TopicMode::P2p { subscribe: true }, &c, 64).unwrap();
-        assert_eq!(t.subscription.as_deref(), Some("csg-down/p2p/GID_csg@@@gw-1"));
+        assert_eq!(
+            t.subscription.as_deref(),
+            Some("csg-down/p2p/GID_csg@@@gw-1")
+        );
         let console = client("console-1");
         assert_eq!(
             p.console_reply_topic(TopicMode::P2p { subscribe: true }, &console),
@@ -313,8 +328,8 @@ mod tests {
     fn every_long_topic_is_reported() {
         let long = "i".repeat(55);
         let c = ClientId::new(GroupId::new("G").unwrap(), InstanceId::new(long).unwrap()).unwrap();
-        let errs = AgentTopics::new(&TopicParents::default(), TopicMode::Standard, &c, 64)
-            .unwrap_err();
+        let errs =
+            AgentTopics::new(&TopicParents::default(), TopicMode::Standard, &c, 64).unwrap_err();
         // commands (64) fits; heartbeat (66) and presence (75) do not.
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs[0].to_string().contains("limit is 64"));

@@ -1,1 +1,249 @@
+//! Dispatcher behaviour without a broker: a recording uplink stands in for the session.
+//! Everything runs on a current-thread runtime, so requests handed in back to back are all
+//! admitted before any handler task runs: "still running" is deterministic, not a race.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use csg_protocol::{AgentTopics, ClientId, GroupId, InstanceId, TopicMode, TopicParents};
+use serde_json::{json, Value};
+
+use super::*;
+use crate::handlers::Handlers;
+use crate::session::Inbound;
+use crate::stats::Stats;
+use crate::status::StatusSource;
+use crate::uplink::fake::RecordingUplink;
+
+struct Rig {
+    d: Arc<Dispatcher>,
+    up: Arc<RecordingUplink>,
+    stats: Arc<Stats>,
+}
+
+fn rig(max_in_flight: usize) -> Rig {
+    let client = ClientId::new(GroupId::new("G").unwrap(), InstanceId::new("gw").unwrap()).unwrap();
+    let topics =
+        AgentTopics::new(&TopicParents::default(), TopicMode::Standard, &client, 64).unwrap();
+    let stats = Arc::new(Stats::default());
+    let up = Arc::new(RecordingUplink::default());
+    let handlers = Arc::new(Handlers {
+        status: Arc::new(StatusSource::new("gw", "G", stats.clone())),
+        info: serde_json::from_value(json!({
+            "agent_version":"t","protocol_version":1,"group_id":"G","instance_id":"gw",
+            "client_id":"G@@@gw","hostname":"h","os":"o","kernel":"k","arch":"a",
+            "topic_mode":"standard","methods":[],"max_payload":65536,"started_ms":0
+        }))
+        .unwrap(),
+    });
+    let d = Dispatcher::new(
+        topics,
+        up.clone(),
+        handlers,
+        stats.clone(),
+        Limits {
+            max_payload: 65536,
+            max_in_flight,
+            reply_cache_ttl: Duration::from_secs(600),
+            reply_cache_max: 1024,
+        },
+    );
+    Rig { d, up, stats }
+}
+
+impl Rig {
+    fn send(&self, v: Value) {
+        self.send_raw(serde_json::to_vec(&v).unwrap());
+    }
+    fn send_raw(&self, b: Vec<u8>) {
+        self.d.on_message(Inbound {
+            topic: "csg-down/gw".into(),
+            payload: Bytes::from(b),
+        });
+    }
+    async fn settle(&self) {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    fn replies(&self) -> Vec<(String, Value)> {
+        self.up
+            .take()
+            .into_iter()
+            .map(|m| (m.topic, serde_json::from_slice(&m.payload).unwrap()))
+            .collect()
+    }
+}
+
+fn ping(id: &str) -> Value {
+    json!({"v":1,"id":id,"method":"sys.ping","reply_to":"csg-up/c1"})
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn ping_is_answered_on_reply_to() {
+    let r = rig(8);
+    r.send(ping("p1"));
+    r.settle().await;
+    let replies = r.replies();
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].0, "csg-up/c1");
+    assert_eq!(replies[0].1["id"], "p1");
+    assert_eq!(replies[0].1["ok"], true);
+    assert_eq!(replies[0].1["result"]["pong"], true);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn one_way_request_runs_and_sends_nothing() {
+    let r = rig(8);
+    r.send(json!({"v":1,"id":"n1","method":"sys.ping","reply_to":"noreply"}));
+    r.send(json!({"v":1,"id":"n2","method":"sys.ping"}));
+    r.settle().await;
+    assert!(r.replies().is_empty());
+    assert_eq!(r.stats.snapshot().executed, 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn repeat_of_finished_id_is_replayed_not_rerun() {
+    let r = rig(8);
+    r.send(ping("dup"));
+    r.settle().await;
+    r.send(ping("dup"));
+    r.settle().await;
+    let replies = r.replies();
+    assert_eq!(replies.len(), 2);
+    assert_eq!(
+        replies[0].1, replies[1].1,
+        "same remembered reply, same ts_ms"
+    );
+    let s = r.stats.snapshot();
+    assert_eq!((s.executed, s.duplicates), (1, 1));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn repeat_while_running_gets_the_same_reply_once_per_topic() {
+    let r = rig(8);
+    r.send(ping("run"));
+    r.send(ping("run"));
+    r.send(json!({"v":1,"id":"run","method":"sys.ping","reply_to":"csg-up/c2"}));
+    r.settle().await;
+    let replies = r.replies();
+    let topics: Vec<_> = replies.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(topics, ["csg-up/c1", "csg-up/c2"]);
+    assert_eq!(replies[0].1, replies[1].1);
+    assert_eq!(r.stats.snapshot().executed, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn expired_is_refused_and_not_remembered() {
+    let r = rig(8);
+    r.send(json!({"v":1,"id":"e1","method":"sys.ping","reply_to":"csg-up/c1","deadline_ms":1}));
+    r.settle().await;
+    let replies = r.replies();
+    assert_eq!(replies[0].1["error"]["code"], "EXPIRED");
+    assert_eq!(r.stats.snapshot().executed, 0);
+    // The same id with a live deadline still runs: nothing ran the first time.
+    let later = csg_protocol::now_ms() + 60_000;
+    r.send(json!({"v":1,"id":"e1","method":"sys.ping","reply_to":"csg-up/c1","deadline_ms":later}));
+    r.settle().await;
+    assert_eq!(r.replies()[0].1["ok"], true);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn reply_topic_outside_the_up_parent_is_never_published_to() {
+    let r = rig(8);
+    for t in [
+        "csg-down/gw",
+        "csg-status/gw",
+        "elsewhere",
+        "csg-up/#",
+        &format!("csg-up/{}", "x".repeat(60)),
+    ] {
+        r.send(json!({"v":1,"id":"x1","method":"sys.ping","reply_to":t}));
+    }
+    r.settle().await;
+    assert!(r.replies().is_empty());
+    let s = r.stats.snapshot();
+    assert_eq!((s.dropped, s.executed), (5, 0));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn bad_input_is_answered_when_possible_and_dropped_otherwise() {
+    let r = rig(8);
+    r.send_raw(b"not json".to_vec());
+    r.send_raw(vec![0xff, 0xfe, 0x00]);
+    r.send_raw(vec![b'{'; 200_000]);
+    r.send(json!({"v":1,"id":"b1","method":"Bad Method","reply_to":"csg-up/c1"}));
+    r.send(json!({"v":1,"id":"b2","method":"sys.ping","params":{"pad":"x".repeat(70_000)},"reply_to":"csg-up/c1"}));
+    r.send(json!({"v":1,"id":"b3","method":"sys.ping","params":{"unexpected":1},"reply_to":"csg-up/c1"}));
+    r.send(json!({"v":1,"id":"b4","method":"no.such","reply_to":"csg-up/c1"}));
+    r.settle().await;
+    let codes: Vec<_> = r
+        .replies()
+        .into_iter()
+        .map(|(_, v)| {
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["error"]["code"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("b1".into(), "BAD_REQUEST".into()),
+            ("b2".into(), "BAD_REQUEST".into()),
+            ("b3".into(), "INVALID_PARAMS".into()),
+            ("b4".into(), "UNKNOWN_METHOD".into()),
+        ] as [(String, String); 4]
+    );
+    assert_eq!(r.stats.snapshot().dropped, 3);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn in_flight_limit_answers_busy_retryable() {
+    let r = rig(2);
+    for id in ["l1", "l2", "l3"] {
+        r.send(ping(id));
+    }
+    r.settle().await;
+    let replies = r.replies();
+    let busy: Vec<_> = replies.iter().filter(|(_, v)| v["ok"] == false).collect();
+    assert_eq!(busy.len(), 1);
+    assert_eq!(busy[0].1["id"], "l3");
+    assert_eq!(busy[0].1["error"]["code"], "BUSY");
+    assert_eq!(busy[0].1["error"]["retryable"], true);
+    // BUSY is not remembered: the retry runs.
+    r.send(ping("l3"));
+    r.settle().await;
+    assert_eq!(r.replies()[0].1["ok"], true);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn id_reused_for_another_method_is_refused() {
+    let r = rig(8);
+    r.send(ping("same"));
+    r.settle().await;
+    r.send(json!({"v":1,"id":"same","method":"sys.info","reply_to":"csg-up/c1"}));
+    r.settle().await;
+    let replies = r.replies();
+    assert_eq!(replies[1].1["error"]["code"], "BAD_REQUEST");
+    assert!(replies[1].1["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("sys.ping"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn panicking_handler_is_answered_internal_and_frees_its_slot() {
+    let r = rig(1);
+    r.send(json!({"v":1,"id":"boom","method":"test.panic","reply_to":"csg-up/c1"}));
+    r.settle().await;
+    let replies = r.replies();
+    assert_eq!(replies[0].1["error"]["code"], "INTERNAL");
+    // The in-flight slot was released: the next request is admitted.
+    r.send(ping("after"));
+    r.settle().await;
+    assert_eq!(r.replies()[0].1["ok"], true);
+    assert_eq!(r.d.drain(Duration::from_millis(10)).await, 0);
+}

@@ -23,11 +23,18 @@ pub struct Handlers {
 }
 
 impl Handlers {
-    pub async fn call(&self, method: &MethodName, params: Map<String, Value>) -> Result<Value, RpcError> {
+    pub async fn call(
+        &self,
+        method: &MethodName,
+        params: Map<String, Value>,
+    ) -> Result<Value, RpcError> {
         match method.as_str() {
             sysm::PING => sys::ping(params),
             sysm::INFO => sys::info(self, params),
             sysm::STATUS => sys::status(self, params),
+            // Lets the dispatcher's tests prove a panicking handler still gets answered.
+            #[cfg(test)]
+            "test.panic" => panic!("test handler panics on purpose"),
             other => Err(RpcError::new(
                 ErrorCode::UnknownMethod,
                 format!("unknown method {other:?}; sys.info lists the methods this agent supports"),
