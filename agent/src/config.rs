@@ -457,3 +457,18 @@ reply_cache_ttl_s = 5
         assert!(Config::from_toml(&text).is_err());
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    /// The example shipped in config/ must stay valid and show the real defaults.
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../config/agent.toml");
+        let c = super::Config::from_toml(text).expect("config/agent.toml is valid");
+        let d = super::Config::from_toml(
+            "[identity]\ngroup_id = \"GID_csg\"\ninstance_id = \"gw-001\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n",
+        )
+        .unwrap();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+}

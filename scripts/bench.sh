@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Benchmark: one release agent against a local Mosquitto (set_tcp_nodelay true), driven by
+# `csgctl bench`. Prints a table and writes it to docs/performance.md.
+#
+#   scripts/bench.sh [--count N] [--pipelined-count N] [--no-write]
+#
+# Figures, not assertions: the test suite checks behaviour; this script measures speed.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+count=10000
+pcount=200000
+write=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --count) count=$2; shift 2 ;;
+    --pipelined-count) pcount=$2; shift 2 ;;
+    --no-write) write=0; shift ;;
+    *) echo "usage: $0 [--count N] [--pipelined-count N] [--no-write]" >&2; exit 2 ;;
+  esac
+done
+
+"$root/scripts/install-deps.sh" >/dev/null
+cargo build --quiet --release --manifest-path "$root/Cargo.toml" --bins
+agent="$root/target/release/csg-agent"
+csgctl="$root/target/release/csgctl"
+
+# Backtrace capture keeps symbol data resident; a service runs without it.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
+
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT INT TERM
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$dir/mosquitto.conf" <<CONF
+listener $port 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+max_inflight_messages 0
+max_queued_messages 0
+CONF
+mosquitto -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
+pids+=($!)
+
+cat >"$dir/agent.toml" <<CONF
+[identity]
+group_id = "GID_csg"
+instance_id = "gw-bench"
+[mqtt]
+url = "mqtt://127.0.0.1:$port"
+reconnect_min_ms = 100
+reconnect_max_ms = 1000
+[agent]
+# Pipelined runs keep 64 requests outstanding; leave headroom.
+max_in_flight = 1024
+reply_cache_max = 1000000
+log = "warn"
+CONF
+"$agent" --config "$dir/agent.toml" 2>"$dir/agent.log" &
+agent_pid=$!
+pids+=($agent_pid)
+
+export CSG_BROKER="mqtt://127.0.0.1:$port"
+"$csgctl" call gw-bench sys.ping --timeout 15s >/dev/null
+sleep 2
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+idle_rss=$(rss_kb $agent_pid)
+
+seq_json=$("$csgctl" bench gw-bench --count "$count" --concurrency 1 --json)
+pipe_json=$("$csgctl" bench gw-bench --count "$pcount" --concurrency 64 --json)
+loaded_rss=$(rss_kb $agent_pid)
+bin_size=$(stat -c %s "$agent")
+ctl_size=$(stat -c %s "$csgctl")
+
+python3 - "$seq_json" "$pipe_json" "$idle_rss" "$loaded_rss" "$bin_size" "$ctl_size" "$count" "$pcount" "$write" "$root/docs/performance.md" <<'PY'
+import json, sys, platform, datetime, os, subprocess
+seq, pipe = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+idle, loaded, size, ctl = (int(x) for x in sys.argv[3:7])
+count, pcount, write, out = int(sys.argv[7]), int(sys.argv[8]), sys.argv[9] == "1", sys.argv[10]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mosq = subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[0]
+rows = [
+    ("sys.ping round trip p50 (sequential)", f"{seq['p50_us']} µs", "≤ 150 µs"),
+    ("sys.ping round trip p99", f"{seq['p99_us']} µs", "≤ 500 µs"),
+    ("sys.ping round trip p99.9", f"{seq['p999_us']} µs", ""),
+    ("sys.ping round trip max", f"{seq['max_us']} µs", ""),
+    ("pipelined throughput, 64 outstanding, QoS 1", f"{pipe['rps']:.0f} req/s", "≥ 25000 req/s"),
+    ("pipelined p50 / p99", f"{pipe['p50_us']} / {pipe['p99_us']} µs", ""),
+    ("errors / lost replies (both runs)", f"{seq['errors'] + pipe['errors']} / {seq['lost'] + pipe['lost']}", "0 / 0"),
+    ("agent idle RSS", f"{idle / 1024:.1f} MiB", "≤ 8 MB"),
+    ("agent RSS after the runs", f"{loaded / 1024:.1f} MiB", ""),
+    ("csg-agent binary, stripped release", f"{size / 1e6:.2f} MB", "≤ 6 MB"),
+    ("csgctl binary, stripped release", f"{ctl / 1e6:.2f} MB", ""),
+]
+w = max(len(r[0]) for r in rows)
+table = "\n".join(f"{a:<{w}}  {b:>18}  {c}" for a, b, c in rows)
+print(table)
+if write:
+    md = [
+        "# Performance",
+        "",
+        "Measured by `scripts/bench.sh` (one release agent, one local Mosquitto with",
+        "`set_tcp_nodelay true`, `csgctl bench` as the console; all on loopback). Figures, not",
+        "tests: the suite asserts behaviour only. Re-run the script to refresh this file.",
+        "",
+        f"- date: {datetime.date.today()}",
+        f"- machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}",
+        f"- broker: {mosq}",
+        f"- sequential: {count} requests, one outstanding; pipelined: {pcount} requests, 64 outstanding",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+    ] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    # Hand-written notes below the marker survive a re-run.
+    notes = ""
+    if os.path.exists(out):
+        prev = open(out).read()
+        if "<!-- notes -->" in prev:
+            notes = "\n<!-- notes -->" + prev.split("<!-- notes -->", 1)[1]
+    with open(out + ".new", "w") as f:
+        f.write("\n".join(md) + "\n" + notes)
+    os.replace(out + ".new", out)
+    print(f"\nwritten to {out}")
+PY
