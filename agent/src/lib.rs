@@ -9,6 +9,8 @@
 pub mod backoff;
 pub mod config;
 pub mod dispatch;
+pub mod exec;
+pub mod fsutil;
 pub mod handlers;
 pub mod reply_cache;
 pub mod session;

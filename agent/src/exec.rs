@@ -1,0 +1,226 @@
+//! Running external programs: an argument vector (never a shell), a timeout that kills the
+//! program, optional stdin (for secrets, which never appear in argv), and stdout/stderr
+//! captured up to a bound so a runaway program cannot exhaust memory.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+/// Captured output beyond this many bytes per stream is discarded (and said so).
+pub const MAX_CAPTURE: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub path: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    pub timeout: Duration,
+}
+
+impl Program {
+    pub fn new(path: impl Into<PathBuf>, timeout: Duration) -> Self {
+        Self {
+            path: path.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            timeout,
+        }
+    }
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, a: I) -> Self {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    /// The command line for logs and error messages (arguments are already validated values;
+    /// secrets only ever travel on stdin).
+    pub fn display(&self) -> String {
+        let mut s = self.path.display().to_string();
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(&a.to_string_lossy());
+        }
+        s
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+#[derive(Debug, Error)]
+pub enum ExecError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} did not finish within {timeout:?} and was killed")]
+    Timeout { program: String, timeout: Duration },
+    #[error("{program} failed: {source}")]
+    Io {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} was killed by a signal")]
+    Signaled { program: String },
+}
+
+async fn read_bounded<R: AsyncRead + Unpin>(mut r: R) -> std::io::Result<String> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut dropped = 0usize;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let room = MAX_CAPTURE.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        dropped += n.saturating_sub(room);
+    }
+    let mut s = String::from_utf8_lossy(&kept).into_owned();
+    if dropped > 0 {
+        s.push_str(&format!("… [{dropped} more bytes not kept]"));
+    }
+    Ok(s)
+}
+
+/// Runs the program to completion. A non-zero exit is not an error here: callers decide.
+pub async fn run(p: &Program, stdin: Option<&[u8]>) -> Result<Output, ExecError> {
+    let program = p.display();
+    let mut cmd = Command::new(&p.path);
+    cmd.args(&p.args)
+        .envs(p.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let io_err = |source| ExecError::Io {
+        program: program.clone(),
+        source,
+    };
+    let mut child_in = child.stdin.take();
+    let out = child.stdout.take().expect("stdout is piped");
+    let err = child.stderr.take().expect("stderr is piped");
+    let work = async {
+        let feed = async {
+            if let (Some(mut w), Some(data)) = (child_in.take(), stdin) {
+                // A program that exits without reading its stdin is not our error.
+                let _ = w.write_all(data).await;
+                let _ = w.shutdown().await;
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        let (_, stdout, stderr, status) =
+            tokio::try_join!(feed, read_bounded(out), read_bounded(err), child.wait())?;
+        Ok::<_, std::io::Error>((stdout, stderr, status))
+    };
+    match tokio::time::timeout(p.timeout, work).await {
+        Err(_) => Err(ExecError::Timeout {
+            program,
+            timeout: p.timeout,
+        }),
+        Ok(Err(e)) => Err(io_err(e)),
+        Ok(Ok((stdout, stderr, status))) => match status.code() {
+            Some(code) => Ok(Output {
+                status: code,
+                stdout,
+                stderr,
+            }),
+            None => Err(ExecError::Signaled { program }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Program {
+        // Tests only: /bin/sh is the program under test here, never a way to run agent commands.
+        Program::new("/bin/sh", Duration::from_secs(5)).args(["-c", script])
+    }
+
+    #[tokio::test]
+    async fn captures_status_and_streams() {
+        let o = run(&sh("echo out; echo err >&2; exit 3"), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (o.status, o.stdout.as_str(), o.stderr.as_str()),
+            (3, "out\n", "err\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn arguments_are_not_interpreted_by_a_shell() {
+        let o = run(
+            &Program::new("/bin/echo", Duration::from_secs(5)).arg("$(id); rm -rf /"),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(o.stdout, "$(id); rm -rf /\n");
+    }
+
+    #[tokio::test]
+    async fn stdin_is_fed() {
+        let o = run(
+            &Program::new("/bin/cat", Duration::from_secs(5)),
+            Some(b"secret\n"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(o.stdout, "secret\n");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills() {
+        let mut p = sh("sleep 30");
+        p.timeout = Duration::from_millis(200);
+        let t = std::time::Instant::now();
+        assert!(matches!(
+            run(&p, None).await,
+            Err(ExecError::Timeout { .. })
+        ));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn output_is_bounded() {
+        let o = run(&sh("head -c 1000000 /dev/zero | tr '\\0' x >&2"), None)
+            .await
+            .unwrap();
+        assert!(o.stderr.len() < MAX_CAPTURE + 100);
+        assert!(o.stderr.ends_with("more bytes not kept]"));
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_spawn_error() {
+        let p = Program::new("/nonexistent/prog", Duration::from_secs(1));
+        assert!(matches!(run(&p, None).await, Err(ExecError::Spawn { .. })));
+    }
+}
