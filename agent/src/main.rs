@@ -101,10 +101,14 @@ fn run(cfg: Config) -> anyhow::Result<()> {
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot install the SIGTERM handler")?;
+        // Both handlers are installed before anything starts: a signal that arrives early must
+        // still mean a clean stop, not death by the default disposition.
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("cannot install the SIGINT handler")?;
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
             }
         };
         csg_agent::run(cfg, shutdown).await;

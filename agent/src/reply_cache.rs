@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use csg_protocol::{MethodName, RequestId};
 
+/// Most replies owed for one running id (the first arrival and its repeats).
+pub const MAX_WAITERS: usize = 16;
+
 #[derive(Debug)]
 struct Entry {
     method: MethodName,
@@ -20,7 +23,7 @@ struct Entry {
 
 #[derive(Debug)]
 enum State {
-    /// Reply topics waiting for the result (deduplicated; empty for one-way requests).
+    /// Reply topics owed the result, one per arrival (empty for one-way requests).
     Running {
         waiters: Vec<String>,
     },
@@ -105,10 +108,10 @@ impl ReplyCache {
         }
         match &mut entry.state {
             State::Running { waiters } => {
-                if let Some(t) = reply_to {
-                    if !waiters.iter().any(|w| w == t) {
-                        waiters.push(t.to_string());
-                    }
+                // Every repeat is owed its own answer, but a flood of repeats must not turn
+                // into a flood of replies: past the cap, repeats share the answers already owed.
+                if let (Some(t), true) = (reply_to, waiters.len() < MAX_WAITERS) {
+                    waiters.push(t.to_string());
                 }
                 Lookup::Attached
             }
@@ -188,7 +191,7 @@ mod tests {
             Lookup::Attached
         );
         let waiters = c.finish(&id("a"), Bytes::from_static(b"r"), t0);
-        assert_eq!(waiters, ["up/1", "up/2"]);
+        assert_eq!(waiters, ["up/1", "up/1", "up/2"]);
         assert_eq!(
             c.lookup(&id("a"), &m("sys.ping"), Some("up/3"), t0),
             Lookup::Replay(Bytes::from_static(b"r"))
@@ -197,6 +200,17 @@ mod tests {
             c.lookup(&id("a"), &m("sys.info"), Some("up/3"), t0),
             Lookup::MethodMismatch(m("sys.ping"))
         );
+    }
+
+    #[test]
+    fn repeats_owed_replies_are_capped() {
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(Duration::from_secs(600), 10);
+        c.start(id("a"), m("x.y"), Some("up/1"), t0);
+        for _ in 0..100 {
+            c.lookup(&id("a"), &m("x.y"), Some("up/1"), t0);
+        }
+        assert_eq!(c.finish(&id("a"), Bytes::new(), t0).len(), MAX_WAITERS);
     }
 
     #[test]

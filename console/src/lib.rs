@@ -1,1 +1,54 @@
+//! The console side of csg-agent: send commands to storage gateways and watch their status
+//! over an MQTT broker.
+//!
+//! A [`Console`] holds one MQTT connection (plain TCP, MQTT 3.1.1, clean session) with the
+//! client ID `{group_id}@@@{console_id}`. Through it:
+//!
+//! * [`Console::call`] sends one request and waits for the reply, re-sending the same request id
+//!   on silence and on retryable errors; agents answer repeats from their reply cache, so a
+//!   request runs at most once however often it is sent;
+//! * [`Console::call_many`] fans one request out to many instances concurrently;
+//! * [`Console::watch`] streams heartbeats and presence.
+//!
+//! The connection is restored in the background after a drop, with its subscriptions.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use csg_console::{CallOptions, Console, ConsoleOptions};
+//! use csg_protocol::{BrokerUrl, GroupId, InstanceId, MethodName, ReplyBody};
+//!
+//! let opts = ConsoleOptions::new(
+//!     BrokerUrl::parse("mqtt://127.0.0.1:1883")?,
+//!     GroupId::new("GID_csg")?,
+//!     InstanceId::new("my-console")?,
+//! );
+//! let console = Console::connect(opts).await?;
+//! let reply = console
+//!     .call(
+//!         &InstanceId::new("gw-001")?,
+//!         &MethodName::new("sys.ping")?,
+//!         serde_json::Map::new(),
+//!         &CallOptions::default(),
+//!     )
+//!     .await?;
+//! match reply.body {
+//!     ReplyBody::Ok(result) => println!("{result}"),
+//!     ReplyBody::Err(e) => eprintln!("{e}"),
+//! }
+//! console.disconnect().await;
+//! # Ok(())
+//! # }
+//! ```
 
+mod backoff;
+pub mod call;
+pub mod client;
+pub mod fanout;
+pub mod ids;
+pub mod watch;
+
+pub use call::{CallError, CallOptions};
+pub use client::{Console, ConsoleError, ConsoleOptions};
+pub use fanout::{FanoutOptions, InstanceOutcome};
+pub use ids::{derive_instance_id, IdGenerator};
+pub use watch::{StatusEvent, Watch, WatchError, WatchEvent, WatchFilter};

@@ -1,0 +1,380 @@
+//! One request to one instance, with the protocol's retry policy.
+//!
+//! Agents remember each request id for at least ten minutes and answer a repeated id from their
+//! reply cache without running the request again. That makes re-sending the same bytes the
+//! right answer to every kind of uncertainty:
+//!
+//! * no reply within the attempt timeout: the request or its reply was lost, or the agent is
+//!   slow; re-send at once;
+//! * a new broker session started: anything published while the console was away is lost;
+//!   re-send at once;
+//! * a retryable error (`BUSY`, `UNAVAILABLE`, `TIMEOUT`): re-send after a back-off (100 ms
+//!   doubling to 2 s, with jitter).
+//!
+//! All of it stops at the overall timeout.
+
+use std::time::{Duration, Instant};
+
+use csg_protocol::{
+    now_ms, ClientId, IdentityError, InstanceId, MethodName, Reply, ReplyBody, ReplyTo, Request,
+    RequestId,
+};
+use serde_json::{Map, Value};
+use thiserror::Error;
+use tokio::sync::{oneshot, watch};
+use tokio::time::{sleep, sleep_until, timeout_at};
+
+use crate::backoff::Backoff;
+use crate::client::{Console, Inner, QueueError, ReplySlot, Session};
+
+/// Room the MQTT PUBLISH header needs besides topic and payload (fixed header, lengths, pkid).
+const PUBLISH_OVERHEAD: usize = 16;
+
+/// How long a queued publish waits for room in a full request channel before trying again.
+const CHANNEL_FULL_PAUSE: Duration = Duration::from_millis(1);
+
+/// How one call is made.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// Give up after this long (default 10 s).
+    pub timeout: Duration,
+    /// Re-send when no reply came within this long (default 2 s).
+    pub attempt_timeout: Duration,
+    /// The request id; a fresh unique one when `None`. Pass the id of an earlier call to repeat
+    /// it safely: the agent answers from its reply cache instead of running it again.
+    pub id: Option<RequestId>,
+    /// One-way: ask for no reply (`reply_to: "noreply"`). The call returns once the broker has
+    /// acknowledged the publish (its PUBACK), with `Reply { body: Ok(null) }`.
+    pub noreply: bool,
+    /// Ask the agent not to run the request after this much time from now (`deadline_ms`).
+    pub deadline: Option<Duration>,
+    /// Re-send after a retryable error (default true). Off, the first reply is returned as
+    /// is; with `attempt_timeout >= timeout` as well, a call sends exactly once (benchmarks).
+    pub retry_errors: bool,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(2),
+            id: None,
+            noreply: false,
+            deadline: None,
+            retry_errors: true,
+        }
+    }
+}
+
+/// Why a call ended without a reply.
+#[derive(Debug, Clone, Error)]
+pub enum CallError {
+    #[error(
+        "no reply from {instance} to request {id} within {waited:?} ({attempts} attempt(s)); \
+         the instance may be offline or unreachable"
+    )]
+    NoReply {
+        instance: InstanceId,
+        id: RequestId,
+        attempts: u32,
+        waited: Duration,
+    },
+    #[error(
+        "the broker did not acknowledge one-way request {id} for {instance} within {waited:?} \
+         ({attempts} attempt(s))"
+    )]
+    NotAcknowledged {
+        instance: InstanceId,
+        id: RequestId,
+        attempts: u32,
+        waited: Duration,
+    },
+    #[error("cannot address instance {instance}: {source}")]
+    Address {
+        instance: InstanceId,
+        #[source]
+        source: IdentityError,
+    },
+    #[error("request {id} for {instance} is {size} bytes with its topic; the MQTT packet limit is {limit}")]
+    TooLarge {
+        instance: InstanceId,
+        id: RequestId,
+        size: usize,
+        limit: usize,
+    },
+    #[error("request id {id} is already waiting for a reply on this console")]
+    DuplicateId { id: RequestId },
+    #[error("the console connection closed while request {id} for {instance} was pending")]
+    Closed { instance: InstanceId, id: RequestId },
+}
+
+impl CallError {
+    /// The request id concerned, when there is one.
+    pub fn request_id(&self) -> Option<&RequestId> {
+        match self {
+            CallError::NoReply { id, .. }
+            | CallError::NotAcknowledged { id, .. }
+            | CallError::TooLarge { id, .. }
+            | CallError::DuplicateId { id }
+            | CallError::Closed { id, .. } => Some(id),
+            CallError::Address { .. } => None,
+        }
+    }
+}
+
+/// A request ready to send: its topic and the bytes every attempt re-sends.
+struct Prepared {
+    id: RequestId,
+    topic: String,
+    payload: Vec<u8>,
+}
+
+impl Console {
+    /// Sends `method` to `instance` and waits for the reply, re-sending the same request (same
+    /// id) as described in the module docs.
+    ///
+    /// `Ok` whenever the agent answered, including remote errors (`reply.body` is then
+    /// [`ReplyBody::Err`]); when retryable errors persist until the timeout, the last one is
+    /// returned. `Err` only when no answer came or the request could not be sent.
+    pub async fn call(
+        &self,
+        instance: &InstanceId,
+        method: &MethodName,
+        params: Map<String, Value>,
+        opts: &CallOptions,
+    ) -> Result<Reply, CallError> {
+        let start = Instant::now();
+        let id = opts.id.clone().unwrap_or_else(|| self.inner.ids.next_id());
+        let req = self.prepare(instance, id, method, params, opts)?;
+        let deadline = start + opts.timeout;
+        if opts.noreply {
+            self.inner
+                .send_noreply(instance, req, opts, start, deadline)
+                .await
+        } else {
+            self.inner
+                .send_and_wait(instance, req, opts, start, deadline)
+                .await
+        }
+    }
+
+    fn prepare(
+        &self,
+        instance: &InstanceId,
+        id: RequestId,
+        method: &MethodName,
+        params: Map<String, Value>,
+        opts: &CallOptions,
+    ) -> Result<Prepared, CallError> {
+        let o = &self.inner.opts;
+        let target = ClientId::new(o.group_id.clone(), instance.clone()).map_err(|source| {
+            CallError::Address {
+                instance: instance.clone(),
+                source,
+            }
+        })?;
+        let topic = o.parents.command_topic(o.mode, &target);
+        let mut req = Request::new(id, method.clone(), params);
+        if !opts.noreply {
+            req.reply_to = ReplyTo::Topic(self.inner.reply_topic.clone());
+        }
+        req.deadline_ms = opts
+            .deadline
+            .map(|d| now_ms().saturating_add(d.as_millis() as u64));
+        let payload = req.to_json();
+        // rumqttc treats an oversized outgoing packet as a connection error, which would cut
+        // every other call short; refuse it here instead.
+        let size = payload.len() + topic.len() + PUBLISH_OVERHEAD;
+        if size > o.max_packet_size {
+            return Err(CallError::TooLarge {
+                instance: instance.clone(),
+                id: req.id,
+                size,
+                limit: o.max_packet_size,
+            });
+        }
+        Ok(Prepared {
+            id: req.id,
+            topic,
+            payload,
+        })
+    }
+}
+
+/// What ended a wait for a ready session.
+enum Ready {
+    Epoch(u64),
+    DeadlinePassed,
+    Closed,
+}
+
+async fn wait_ready(session: &mut watch::Receiver<Session>, deadline: Instant) -> Ready {
+    {
+        let s = session.borrow_and_update();
+        if s.ready {
+            return Ready::Epoch(s.epoch);
+        }
+    }
+    match timeout_at(deadline.into(), session.wait_for(|s| s.ready)).await {
+        Ok(Ok(s)) => Ready::Epoch(s.epoch),
+        Ok(Err(_)) => Ready::Closed,
+        Err(_) => Ready::DeadlinePassed,
+    }
+}
+
+impl Inner {
+    /// Queues a publish, waiting out a full request channel until the deadline.
+    /// `Ok(false)` means the deadline passed first.
+    async fn publish_until(
+        &self,
+        req: &Prepared,
+        mut ack: Option<oneshot::Sender<()>>,
+        deadline: Instant,
+    ) -> Result<bool, QueueError> {
+        loop {
+            match self.try_publish(&req.topic, &req.payload, &mut ack) {
+                Ok(()) => return Ok(true),
+                Err(QueueError::Full) if Instant::now() < deadline => {
+                    sleep(CHANNEL_FULL_PAUSE).await
+                }
+                Err(QueueError::Full) => return Ok(false),
+                Err(QueueError::Closed) => return Err(QueueError::Closed),
+            }
+        }
+    }
+
+    async fn send_and_wait(
+        &self,
+        instance: &InstanceId,
+        req: Prepared,
+        opts: &CallOptions,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<Reply, CallError> {
+        let closed = || CallError::Closed {
+            instance: instance.clone(),
+            id: req.id.clone(),
+        };
+        let slot = ReplySlot {
+            shared: &self.shared,
+            key: req.id.as_str(),
+        };
+        let (tx, mut rx) = oneshot::channel();
+        if !slot.register(tx, true) {
+            return Err(CallError::DuplicateId { id: req.id.clone() });
+        }
+        let mut session = self.session.clone();
+        let mut attempts = 0u32;
+        let mut backoff = Backoff::retry();
+        // The last retryable error, returned if the deadline passes before a better answer.
+        let mut last_retryable: Option<Reply> = None;
+
+        'attempt: while Instant::now() < deadline {
+            let epoch = match wait_ready(&mut session, deadline).await {
+                Ready::Epoch(e) => e,
+                Ready::DeadlinePassed => break,
+                Ready::Closed => return Err(closed()),
+            };
+            match self.publish_until(&req, None, deadline).await {
+                Ok(true) => attempts += 1,
+                Ok(false) => break,
+                Err(_) => return Err(closed()),
+            }
+            let attempt_end = (Instant::now() + opts.attempt_timeout).min(deadline);
+            // Session changes are mapped to a bool so no watch guard lives across an await.
+            let session_changed = async {
+                session
+                    .wait_for(|s| !s.ready || s.epoch != epoch)
+                    .await
+                    .is_ok()
+            };
+            tokio::select! {
+                biased;
+                reply = &mut rx => {
+                    let Ok(reply) = reply else { return Err(closed()) };
+                    let retryable = opts.retry_errors
+                        && matches!(&reply.body, ReplyBody::Err(e) if e.retryable);
+                    if !retryable {
+                        return Ok(reply);
+                    }
+                    tracing::debug!(id = %req.id, ?reply, "retryable error; re-sending after a back-off");
+                    last_retryable = Some(reply);
+                    let delay = backoff.next_delay();
+                    if Instant::now() + delay >= deadline {
+                        break 'attempt;
+                    }
+                    // Listen again before re-sending, so the next reply finds a slot.
+                    let (tx, new_rx) = oneshot::channel();
+                    rx = new_rx;
+                    slot.register(tx, false);
+                    sleep(delay).await;
+                }
+                _ = sleep_until(attempt_end.into()) => {
+                    tracing::debug!(id = %req.id, attempts, "no reply within the attempt timeout");
+                }
+                alive = session_changed => {
+                    if !alive {
+                        return Err(closed());
+                    }
+                    tracing::debug!(id = %req.id, "broker session changed; re-sending when ready");
+                }
+            }
+        }
+        if let Some(reply) = last_retryable {
+            return Ok(reply);
+        }
+        Err(CallError::NoReply {
+            instance: instance.clone(),
+            id: req.id.clone(),
+            attempts,
+            waited: start.elapsed(),
+        })
+    }
+
+    /// One-way request: re-publishes until the broker acknowledges one copy. Repeats are safe
+    /// because the agent runs each id once.
+    async fn send_noreply(
+        &self,
+        instance: &InstanceId,
+        req: Prepared,
+        opts: &CallOptions,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<Reply, CallError> {
+        let closed = || CallError::Closed {
+            instance: instance.clone(),
+            id: req.id.clone(),
+        };
+        let mut session = self.session.clone();
+        let mut attempts = 0u32;
+        while Instant::now() < deadline {
+            match wait_ready(&mut session, deadline).await {
+                Ready::Epoch(_) => {}
+                Ready::DeadlinePassed => break,
+                Ready::Closed => return Err(closed()),
+            }
+            let (tx, ack) = oneshot::channel();
+            match self.publish_until(&req, Some(tx), deadline).await {
+                Ok(true) => attempts += 1,
+                Ok(false) => break,
+                Err(_) => return Err(closed()),
+            }
+            let attempt_end = (Instant::now() + opts.attempt_timeout).min(deadline);
+            tokio::select! {
+                acked = ack => {
+                    if acked.is_ok() {
+                        return Ok(Reply::ok(req.id.clone(), Value::Null));
+                    }
+                    // The connection dropped before the PUBACK: publish again on the next session.
+                }
+                _ = sleep_until(attempt_end.into()) => {}
+            }
+        }
+        Err(CallError::NotAcknowledged {
+            instance: instance.clone(),
+            id: req.id.clone(),
+            attempts,
+            waited: start.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond a Rust toolchain, on Debian (12 and later):
+# Mosquitto (the tests start their own brokers) and the rustfmt/clippy components.
+# Idempotent: installs only what is missing, so it is cheap to run before every test run.
+set -euo pipefail
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+
+# Runs a command as root: directly when we are root, through sudo when it is there.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        log "need root (or sudo) to run: $*"
+        return 1
+    fi
+}
+
+have_mosquitto() {
+    # The broker lives in /usr/sbin, which is not on every user's PATH.
+    { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } &&
+        command -v mosquitto_sub >/dev/null 2>&1
+}
+
+if have_mosquitto; then
+    log "mosquitto present"
+else
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log "mosquitto is missing and this is not a Debian-like system: install mosquitto and mosquitto-clients by hand"
+        exit 1
+    fi
+    log "installing mosquitto and mosquitto-clients"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends mosquitto mosquitto-clients
+    # The package starts a system broker on port 1883. The tests start their own brokers on
+    # free ports and need none: stop and disable it. Without systemd (containers) there is
+    # nothing to stop, so failures of this step alone are ignored.
+    if command -v systemctl >/dev/null 2>&1; then
+        as_root systemctl disable --now mosquitto >/dev/null 2>&1 || true
+    fi
+    if command -v service >/dev/null 2>&1; then
+        as_root service mosquitto stop >/dev/null 2>&1 || true
+    fi
+    have_mosquitto || { log "mosquitto still missing after install"; exit 1; }
+fi
+
+if command -v rustup >/dev/null 2>&1; then
+    for component in rustfmt clippy; do
+        if rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+            log "$component present"
+        else
+            log "installing $component"
+            rustup component add "$component"
+        fi
+    done
+else
+    for tool in rustfmt cargo-clippy; do
+        command -v "$tool" >/dev/null 2>&1 || { log "$tool missing and rustup is not available"; exit 1; }
+    done
+fi

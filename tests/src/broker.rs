@@ -1,0 +1,270 @@
+//! A private Mosquitto per test, on a free loopback port, with its own config and log.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::bins;
+use crate::process::{read_lossy, ChildGuard};
+
+/// A running Mosquitto. Dropping it kills it.
+pub struct Broker {
+    // Declared before `dir`: the child's log lives there and is printed when a failing
+    // test drops the broker, so the directory must outlive it.
+    child: ChildGuard,
+    dir: tempfile::TempDir,
+    port: u16,
+    /// Bumped on every start so each incarnation has its own log file.
+    generation: u32,
+}
+
+/// How a start attempt failed.
+enum StartError {
+    /// Someone else holds the port (another test picked the same free port).
+    PortTaken(String),
+    Other(String),
+}
+
+impl Broker {
+    /// Starts a broker on a free port chosen by the OS.
+    pub fn start() -> Broker {
+        // Choosing a free port and then binding it is racy when tests run in parallel: retry
+        // with a fresh port when another test won the race.
+        let mut last = String::new();
+        for _ in 0..10 {
+            let port = free_port();
+            match Self::try_start(port, tempfile::tempdir().expect("temp dir"), 1) {
+                Ok(b) => return b,
+                Err(StartError::PortTaken(log)) => last = log,
+                Err(StartError::Other(msg)) => panic!("{msg}"),
+            }
+        }
+        panic!("mosquitto could not get a free port in 10 tries; last log:\n{last}");
+    }
+
+    /// Starts a broker on `port`, e.g. where an agent is already trying to connect. Retries
+    /// for a while if the port is still held (a broker that was just killed).
+    pub fn start_on(port: u16) -> Broker {
+        let end = Instant::now() + crate::TIMEOUT;
+        loop {
+            match Self::try_start(port, tempfile::tempdir().expect("temp dir"), 1) {
+                Ok(b) => return b,
+                Err(StartError::PortTaken(log)) if Instant::now() < end => {
+                    let _ = log;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(StartError::PortTaken(log)) => {
+                    panic!("port {port} stayed taken; mosquitto log:\n{log}")
+                }
+                Err(StartError::Other(msg)) => panic!("{msg}"),
+            }
+        }
+    }
+
+    /// Kills this broker (SIGKILL: no goodbye to its clients, no retained state kept, since
+    /// persistence is off) and starts a fresh one on the same port. The log of the old one
+    /// stays in the same directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        let end = Instant::now() + crate::TIMEOUT;
+        loop {
+            let generation = self.generation + 1;
+            match Self::spawn(self.port, self.dir.path(), generation) {
+                Ok(child) => {
+                    self.child = child;
+                    self.generation = generation;
+                    return;
+                }
+                Err(StartError::PortTaken(_)) if Instant::now() < end => {
+                    self.generation = generation;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(StartError::PortTaken(log)) => {
+                    panic!("port {} stayed taken after restart:\n{log}", self.port)
+                }
+                Err(StartError::Other(msg)) => panic!("{msg}"),
+            }
+        }
+    }
+
+    fn try_start(port: u16, dir: tempfile::TempDir, generation: u32) -> Result<Broker, StartError> {
+        let child = Self::spawn(port, dir.path(), generation)?;
+        Ok(Broker {
+            port,
+            dir,
+            child,
+            generation,
+        })
+    }
+
+    fn spawn(port: u16, dir: &Path, generation: u32) -> Result<ChildGuard, StartError> {
+        let conf = dir.join(format!("mosquitto-{generation}.conf"));
+        std::fs::write(&conf, config(port)).expect("write mosquitto config");
+        let mut cmd = Command::new(bins::mosquitto());
+        cmd.arg("-c").arg(&conf);
+        let name = format!("mosquitto-{generation}");
+        let mut child = ChildGuard::spawn(&name, cmd, dir)
+            .map_err(|e| StartError::Other(format!("cannot start mosquitto: {e}")))?;
+        // "running" is logged once every listener is open; a TCP probe would work too but
+        // would add a connection to the log of every test.
+        let end = Instant::now() + crate::TIMEOUT;
+        loop {
+            let log = child.stderr();
+            if log.contains(" running") {
+                return Ok(child);
+            }
+            if !child.is_running() {
+                child.set_dump_on_panic(false);
+                return Err(if log.contains("Address already in use") {
+                    StartError::PortTaken(log)
+                } else {
+                    StartError::Other(format!(
+                        "mosquitto exited at start ({:?}):\n{}",
+                        child.try_status(),
+                        child.log()
+                    ))
+                });
+            }
+            if Instant::now() >= end {
+                return Err(StartError::Other(format!(
+                    "mosquitto did not report running within {:?}:\n{}",
+                    crate::TIMEOUT,
+                    child.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The log of every incarnation of this broker, oldest first.
+    pub fn log(&self) -> String {
+        (1..=self.generation)
+            .map(|g| read_lossy(&self.log_path(g)))
+            .collect::<Vec<_>>()
+            .join("")
+    }
+
+    /// The log of the current incarnation only.
+    pub fn current_log(&self) -> String {
+        read_lossy(&self.log_path(self.generation))
+    }
+
+    fn log_path(&self, generation: u32) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("mosquitto-{generation}.stderr"))
+    }
+
+    /// How many times a client with this id completed CONNECT, across every incarnation.
+    pub fn connects_of(&self, client_id: &str) -> usize {
+        count_connects(&self.log(), client_id)
+    }
+
+    /// The `(p2, c1, k60)` part of the latest CONNECT of `client_id`: protocol, clean session
+    /// and keep-alive as the broker saw them.
+    pub fn connect_flags_of(&self, client_id: &str) -> Option<String> {
+        let needle = format!(" as {client_id} (");
+        self.log()
+            .lines()
+            .rfind(|l| l.contains("New client connected") && l.contains(&needle))
+            .and_then(|l| l.split(&needle).nth(1))
+            .map(|rest| rest.trim_end_matches('.').trim_end_matches(')').to_string())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_running()
+    }
+
+    /// The broker's process id, e.g. to freeze it with SIGSTOP (a peer that is there but
+    /// answers nothing, as a hung broker or a black-holed link looks).
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// SIGKILL. Clients see their connection reset.
+    pub fn kill(&mut self) {
+        self.child.kill9();
+    }
+}
+
+/// Counts "New client connected from … as ID (" lines for exactly this client id.
+pub fn count_connects(log: &str, client_id: &str) -> usize {
+    let needle = format!(" as {client_id} (");
+    log.lines()
+        .filter(|l| l.contains("New client connected") && l.contains(&needle))
+        .count()
+}
+
+/// The broker config every test uses: loopback only, anonymous, Nagle off (without it every
+/// round trip costs ~44 ms), nothing kept across restarts (a restarted broker must really be
+/// empty, as a crashed one would be), and everything logged so a failure can be explained.
+pub fn config(port: u16) -> String {
+    format!(
+        "listener {port} 127.0.0.1\n\
+         allow_anonymous true\n\
+         set_tcp_nodelay true\n\
+         persistence false\n\
+         log_type all\n\
+         log_dest stderr\n\
+         log_timestamp true\n\
+         log_timestamp_format %H:%M:%S\n\
+         connection_messages true\n"
+    )
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_connects_of_one_client_only() {
+        let log = "\
+06:13:43: New client connected from 127.0.0.1:1 as G@@@gw-1 (p2, c1, k5).
+06:13:43: New client connected from 127.0.0.1:2 as G@@@gw-10 (p2, c1, k5).
+06:13:44: New client connected from 127.0.0.1:3 as G@@@gw-1 (p2, c1, k5).
+";
+        assert_eq!(count_connects(log, "G@@@gw-1"), 2);
+        assert_eq!(count_connects(log, "G@@@gw-10"), 1);
+        assert_eq!(count_connects(log, "G@@@gw"), 0);
+    }
+
+    #[test]
+    fn broker_starts_logs_and_restarts_on_the_same_port() {
+        let mut b = Broker::start();
+        assert!(b.is_running());
+        let port = b.port();
+        assert!(b.log().contains(&format!("port {port}")), "{}", b.log());
+        b.restart();
+        assert_eq!(b.port(), port);
+        assert!(b.is_running());
+        assert_eq!(b.log().matches(" running").count(), 2, "{}", b.log());
+    }
+
+    #[test]
+    fn parallel_brokers_get_distinct_ports() {
+        let a = Broker::start();
+        let b = Broker::start();
+        assert_ne!(a.port(), b.port());
+    }
+}
