@@ -93,8 +93,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: every request crosses session → dispatcher → handler → session, and on one
+    // thread those hand-offs cost no cross-thread wake-ups. Handlers never block (programs run
+    // as async child processes), so one thread is not a bottleneck; it also keeps RSS small.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
