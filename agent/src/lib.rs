@@ -14,8 +14,10 @@ pub mod fsutil;
 pub mod handlers;
 pub mod reply_cache;
 pub mod session;
+pub mod state;
 pub mod stats;
 pub mod status;
+pub mod storage;
 pub mod uplink;
 
 use std::future::Future;
@@ -28,10 +30,11 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, Limits};
-use crate::handlers::{Handlers, METHODS};
+use crate::handlers::Handlers;
 use crate::session::Session;
 use crate::stats::Stats;
 use crate::status::StatusSource;
+use crate::storage::Storage;
 use crate::uplink::Uplink;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -40,7 +43,7 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// this only fills if it is wedged; beyond it commands are dropped (and re-sent by consoles).
 const INBOUND_QUEUE: usize = 4096;
 
-fn info_result(cfg: &Config) -> InfoResult {
+fn info_result(cfg: &Config, storage: &Storage) -> InfoResult {
     InfoResult {
         agent_version: AGENT_VERSION.into(),
         protocol_version: PROTOCOL_VERSION,
@@ -55,7 +58,7 @@ fn info_result(cfg: &Config) -> InfoResult {
             TopicMode::Standard => "standard".into(),
             TopicMode::P2p { .. } => "p2p".into(),
         },
-        methods: METHODS.iter().map(|m| m.to_string()).collect(),
+        methods: handlers::methods(storage),
         max_payload: cfg.agent.max_payload_bytes,
         started_ms: now_ms(),
     }
@@ -63,19 +66,33 @@ fn info_result(cfg: &Config) -> InfoResult {
 
 /// Runs the agent until `shutdown` resolves, then stops in order: stop taking commands, let
 /// running ones finish (bounded), announce offline, disconnect.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) {
+///
+/// `storage` is built by the caller (`Storage::new`), so a state directory or backend that
+/// cannot start stops the agent before it connects.
+pub async fn run(cfg: Config, storage: Storage, shutdown: impl Future<Output = ()>) {
     let stats = Arc::new(Stats::default());
+    let storage = Arc::new(storage);
     let status = Arc::new(StatusSource::new(
         cfg.client_id.instance().as_str(),
         cfg.client_id.group().as_str(),
         stats.clone(),
+        storage.clone(),
     ));
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     let session = Session::start(&cfg, inbound_tx);
     let uplink: Arc<dyn Uplink> = session.uplink.clone();
     let handlers = Arc::new(Handlers {
         status: status.clone(),
-        info: info_result(&cfg),
+        info: info_result(&cfg, &storage),
+        storage: storage.clone(),
+    });
+    // Put the desired state back on the OS (after a reboot, a daemon restart, a crash in the
+    // middle of an apply) without holding up the connection.
+    let reconcile_task = tokio::spawn({
+        let storage = storage.clone();
+        async move {
+            storage.reconcile().await;
+        }
     });
     let dispatcher = Dispatcher::new(
         cfg.topics.clone(),
@@ -110,5 +127,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) {
         );
     }
     heartbeat_task.abort();
+    reconcile_task.abort();
     session.shutdown().await;
 }

@@ -93,6 +93,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
+    let storage = csg_agent::storage::Storage::new(&cfg).context("cannot start storage")?;
     // One thread: every request crosses session → dispatcher → handler → session, and on one
     // thread those hand-offs cost no cross-thread wake-ups. Handlers never block (programs run
     // as async child processes), so one thread is not a bottleneck; it also keeps RSS small.
@@ -113,7 +114,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
                 _ = int.recv() => tracing::info!("SIGINT received"),
             }
         };
-        csg_agent::run(cfg, shutdown).await;
+        csg_agent::run(cfg, storage, shutdown).await;
         Ok(())
     })
 }

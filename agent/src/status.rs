@@ -5,13 +5,12 @@
 //! interval while the link stays up; nothing is queued while offline, so a reconnect never
 //! floods the broker with stale heartbeats.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use csg_protocol::status::{Heartbeat, ServiceState, SystemStats};
+use csg_protocol::status::{Heartbeat, SystemStats};
 use csg_protocol::{now_ms, DiskInfo, PROTOCOL_VERSION};
 use sysinfo::{Disks, System};
 use tokio::sync::watch;
@@ -19,6 +18,7 @@ use tracing::debug;
 
 use crate::session::LinkState;
 use crate::stats::Stats;
+use crate::storage::Storage;
 use crate::uplink::{OutMessage, Qos, Uplink};
 use crate::AGENT_VERSION;
 
@@ -29,10 +29,16 @@ pub struct StatusSource {
     seq: AtomicU64,
     system: Mutex<System>,
     stats: Arc<Stats>,
+    storage: Arc<Storage>,
 }
 
 impl StatusSource {
-    pub fn new(instance_id: &str, group_id: &str, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        instance_id: &str,
+        group_id: &str,
+        stats: Arc<Stats>,
+        storage: Arc<Storage>,
+    ) -> Self {
         let mut system = System::new();
         // CPU use is a difference between two samples: take the first one now.
         system.refresh_cpu_usage();
@@ -43,10 +49,14 @@ impl StatusSource {
             seq: AtomicU64::new(0),
             system: Mutex::new(system),
             stats,
+            storage,
         }
     }
 
-    fn sample(&self, seq: u64) -> Heartbeat {
+    async fn sample(&self, seq: u64) -> Heartbeat {
+        // Backend probes first: they may run programs, and the system sample should be fresh.
+        let services = self.storage.services().await;
+        let storage = self.storage.summaries().await;
         let system = {
             let mut s = self.system.lock().expect("sysinfo lock");
             s.refresh_cpu_usage();
@@ -79,20 +89,21 @@ impl StatusSource {
             uptime_s: self.started.elapsed().as_secs(),
             system,
             disks,
-            services: BTreeMap::<String, ServiceState>::new(),
+            services,
+            storage,
             counters: self.stats.snapshot(),
         }
     }
 
     /// The next heartbeat: `seq` goes up by one.
-    pub fn next_heartbeat(&self) -> Heartbeat {
+    pub async fn next_heartbeat(&self) -> Heartbeat {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        self.sample(seq)
+        self.sample(seq).await
     }
 
     /// The body of `sys.status`: a fresh sample carrying the last heartbeat's `seq`.
-    pub fn snapshot(&self) -> Heartbeat {
-        self.sample(self.seq.load(Ordering::Relaxed))
+    pub async fn snapshot(&self) -> Heartbeat {
+        self.sample(self.seq.load(Ordering::Relaxed)).await
     }
 }
 
@@ -120,7 +131,7 @@ pub async fn heartbeat_loop(
             tokio::select! {
                 // The first tick fires at once: a heartbeat right after each connect.
                 _ = tick.tick() => {
-                    let hb = source.next_heartbeat();
+                    let hb = source.next_heartbeat().await;
                     let payload = Bytes::from(serde_json::to_vec(&hb).expect("heartbeat serializes"));
                     let msg = OutMessage { topic: topic.clone(), payload, qos: Qos::AtMostOnce, retain: false };
                     if let Err(e) = uplink.publish(msg) {

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod methods;
 pub mod status;
 pub mod topics;
+pub mod validate;
 
 pub use broker::{BrokerUrl, BrokerUrlError, Scheme};
 pub use envelope::{

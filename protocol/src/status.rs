@@ -21,11 +21,24 @@ pub struct Heartbeat {
     pub uptime_s: u64,
     pub system: SystemStats,
     pub disks: Vec<DiskInfo>,
-    /// One entry per configured storage backend: name → state. Empty until backends exist.
+    /// One entry per configured storage family (`nfs`, `smb`, `iscsi`): its backend and whether
+    /// its daemon is up. Empty when no storage backend is configured.
     pub services: BTreeMap<String, ServiceState>,
+    /// Per storage family: resources managed and how many drifted from the desired state.
+    #[serde(default)]
+    pub storage: BTreeMap<String, FamilySummary>,
     /// Request counters since the agent started.
     #[serde(default)]
     pub counters: Counters,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FamilySummary {
+    /// Resources in the desired state.
+    pub count: u64,
+    /// Resources whose state on the backend differs from the desired state (missing, changed
+    /// or unexpected).
+    pub drift: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

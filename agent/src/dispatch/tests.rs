@@ -28,8 +28,10 @@ fn rig(max_in_flight: usize) -> Rig {
         AgentTopics::new(&TopicParents::default(), TopicMode::Standard, &client, 64).unwrap();
     let stats = Arc::new(Stats::default());
     let up = Arc::new(RecordingUplink::default());
+    let storage = Arc::new(crate::storage::Storage::none());
     let handlers = Arc::new(Handlers {
-        status: Arc::new(StatusSource::new("gw", "G", stats.clone())),
+        status: Arc::new(StatusSource::new("gw", "G", stats.clone(), storage.clone())),
+        storage,
         info: serde_json::from_value(json!({
             "agent_version":"t","protocol_version":1,"group_id":"G","instance_id":"gw",
             "client_id":"G@@@gw","hostname":"h","os":"o","kernel":"k","arch":"a",

@@ -3,6 +3,9 @@
 //! Each family lives in its own file and follows one pattern: params → a validated, typed
 //! spec → apply. A handler never sees the MQTT client; it returns a result or an `RpcError`.
 
+pub mod iscsi;
+pub mod nfs;
+pub mod smb;
 pub mod sys;
 
 use std::sync::Arc;
@@ -12,14 +15,28 @@ use csg_protocol::{ErrorCode, MethodName, RpcError};
 use serde_json::{Map, Value};
 
 use crate::status::StatusSource;
+use crate::storage::Storage;
 
-/// Every method this agent answers, sorted (reported by `sys.info`).
-pub const METHODS: &[&str] = &[sysm::INFO, sysm::PING, sysm::STATUS];
+/// The agent's own methods (storage families add theirs).
+pub const SYS_METHODS: &[&str] = &[sysm::INFO, sysm::PING, sysm::RECONCILE, sysm::STATUS];
 
 /// What handlers may use.
 pub struct Handlers {
     pub status: Arc<StatusSource>,
+    pub storage: Arc<Storage>,
     pub info: sysm::InfoResult,
+}
+
+/// Every method answered with this storage configuration, sorted (reported by `sys.info`).
+pub fn methods(storage: &Storage) -> Vec<String> {
+    let mut m: Vec<String> = SYS_METHODS
+        .iter()
+        .copied()
+        .chain(storage.methods())
+        .map(String::from)
+        .collect();
+    m.sort();
+    m
 }
 
 impl Handlers {
@@ -31,14 +48,20 @@ impl Handlers {
         match method.as_str() {
             sysm::PING => sys::ping(params),
             sysm::INFO => sys::info(self, params),
-            sysm::STATUS => sys::status(self, params),
+            sysm::STATUS => sys::status(self, params).await,
+            sysm::RECONCILE => sys::reconcile(self, params).await,
             // Lets the dispatcher's tests prove a panicking handler still gets answered.
             #[cfg(test)]
             "test.panic" => panic!("test handler panics on purpose"),
-            other => Err(RpcError::new(
-                ErrorCode::UnknownMethod,
-                format!("unknown method {other:?}; sys.info lists the methods this agent supports"),
-            )),
+            other => match self.storage.call(other, params).await {
+                Some(r) => r,
+                None => Err(RpcError::new(
+                    ErrorCode::UnknownMethod,
+                    format!(
+                        "unknown method {other:?}; sys.info lists the methods this agent supports"
+                    ),
+                )),
+            },
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `sys.ping`, `sys.info`, `sys.status`: the agent itself.
 
-use csg_protocol::methods::sys::{PingResult, INFO, PING, STATUS};
+use csg_protocol::methods::sys::{PingResult, INFO, PING, RECONCILE, STATUS};
 use csg_protocol::{now_ms, RpcError};
 use serde_json::{Map, Value};
 
@@ -19,7 +19,14 @@ pub fn info(h: &Handlers, params: Map<String, Value>) -> Result<Value, RpcError>
     to_value(&h.info)
 }
 
-pub fn status(h: &Handlers, params: Map<String, Value>) -> Result<Value, RpcError> {
+pub async fn status(h: &Handlers, params: Map<String, Value>) -> Result<Value, RpcError> {
     no_params(STATUS, &params)?;
-    to_value(&h.status.snapshot())
+    to_value(&h.status.snapshot().await)
+}
+
+/// Re-applies the whole desired state of every storage family; the result names, per family,
+/// what it changed (or why it could not).
+pub async fn reconcile(h: &Handlers, params: Map<String, Value>) -> Result<Value, RpcError> {
+    no_params(RECONCILE, &params)?;
+    Ok(h.storage.reconcile().await)
 }

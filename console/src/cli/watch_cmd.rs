@@ -268,6 +268,7 @@ mod tests {
             },
             disks: vec![],
             services: Default::default(),
+            storage: Default::default(),
             counters: Default::default(),
         }
     }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 pub const PING: &str = "sys.ping";
 pub const INFO: &str = "sys.info";
 pub const STATUS: &str = "sys.status";
+pub const RECONCILE: &str = "sys.reconcile";
 
 /// Result of `sys.ping` (no params).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

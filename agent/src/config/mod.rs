@@ -1,6 +1,11 @@
 //! Configuration: TOML → typed `Config`. Unknown keys are errors, and validation reports
 //! every problem at once, so an operator fixes a config in one pass.
 
+pub mod iscsi;
+pub mod nfs;
+pub mod smb;
+pub mod storage;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,6 +41,14 @@ pub struct RawConfig {
     pub topics: RawTopics,
     #[serde(default)]
     pub agent: RawAgent,
+    #[serde(default)]
+    pub storage: storage::RawStorage,
+    #[serde(default)]
+    pub nfs: nfs::RawNfs,
+    #[serde(default)]
+    pub smb: smb::RawSmb,
+    #[serde(default)]
+    pub iscsi: iscsi::RawIscsi,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +155,10 @@ pub struct Config {
     pub mode: TopicMode,
     pub topics: AgentTopics,
     pub agent: AgentSettings,
+    pub storage: storage::StorageSettings,
+    pub nfs: nfs::NfsSettings,
+    pub smb: smb::SmbSettings,
+    pub iscsi: iscsi::IscsiSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -334,6 +351,11 @@ impl RawConfig {
                 .ok()
         });
 
+        let storage = self.storage.validate(&mut p);
+        let nfs = self.nfs.validate(&mut p);
+        let smb = self.smb.validate(&mut p);
+        let iscsi = self.iscsi.validate(&mut p);
+
         match (client_id, broker, topics) {
             (Some(client_id), Some(broker), Some(topics)) if p.is_empty() => Ok(Config {
                 client_id,
@@ -358,6 +380,10 @@ impl RawConfig {
                     shutdown_grace: Duration::from_secs(a.shutdown_grace_s),
                     log: a.log.clone(),
                 },
+                storage,
+                nfs,
+                smb,
+                iscsi,
             }),
             _ => Err(p),
         }
@@ -463,7 +489,7 @@ mod example_file {
     /// The example shipped in config/ must stay valid and show the real defaults.
     #[test]
     fn example_config_is_valid() {
-        let text = include_str!("../../config/agent.toml");
+        let text = include_str!("../../../config/agent.toml");
         let c = super::Config::from_toml(text).expect("config/agent.toml is valid");
         let d = super::Config::from_toml(
             "[identity]\ngroup_id = \"GID_csg\"\ninstance_id = \"gw-001\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n",

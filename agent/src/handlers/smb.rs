@@ -1,0 +1,12 @@
+//! `smb.*` methods. Not built yet in this release: a configured backend is refused at start.
+
+use crate::config::smb::{SmbBackendKind, SmbSettings};
+use crate::storage::{Family, StorageCtx};
+
+/// Builds the family for the configured backend (`None` when disabled).
+pub fn build(cfg: &SmbSettings, _ctx: &StorageCtx) -> Result<Option<Box<dyn Family>>, String> {
+    match cfg.backend {
+        SmbBackendKind::Disabled => Ok(None),
+        other => Err(format!("backend {other:?} is not available in this build")),
+    }
+}

@@ -1,0 +1,189 @@
+//! The desired state: what the console asked for, in one versioned JSON file under the state
+//! directory, written atomically. Each method family owns one part of it (its own schema,
+//! serialized by the family), so families evolve their specs without touching this file.
+//! Never holds secrets: families strip passwords and CHAP secrets before storing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::Mutex;
+
+use crate::fsutil::{write_atomic, WriteError};
+
+pub const STATE_VERSION: u32 = 1;
+const FILE_NAME: &str = "state.json";
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("cannot create state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read state file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state file {path} is corrupt: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("state file {path} has version {found}; this agent reads version {STATE_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("state of {family} does not match its schema: {message}")]
+    Schema { family: String, message: String },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    /// Family name (`nfs`, `smb`, `iscsi`) → that family's desired state.
+    #[serde(default)]
+    families: BTreeMap<String, Value>,
+}
+
+pub struct StateStore {
+    path: PathBuf,
+    file: Mutex<StateFile>,
+}
+
+impl StateStore {
+    /// Opens (or starts) the state file in `dir`, creating the directory (mode 0700) if needed.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StateError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let path = dir.join(FILE_NAME);
+        let file = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let f: StateFile =
+                    serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                if f.version != STATE_VERSION {
+                    return Err(StateError::Version {
+                        path,
+                        found: f.version,
+                    });
+                }
+                f
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile {
+                version: STATE_VERSION,
+                families: BTreeMap::new(),
+            },
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        Ok(Self {
+            path,
+            file: Mutex::new(file),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// One family's desired state (its default when it has none yet).
+    pub async fn get<T: DeserializeOwned + Default>(&self, family: &str) -> Result<T, StateError> {
+        let f = self.file.lock().await;
+        match f.families.get(family) {
+            None => Ok(T::default()),
+            Some(v) => T::deserialize(v).map_err(|e| StateError::Schema {
+                family: family.into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Replaces one family's desired state and writes the whole file atomically. On a write
+    /// failure (disk full, read-only) the in-memory state is left as it was.
+    pub async fn put<T: Serialize>(&self, family: &str, value: &T) -> Result<(), StateError> {
+        let v = serde_json::to_value(value).map_err(|e| StateError::Schema {
+            family: family.into(),
+            message: e.to_string(),
+        })?;
+        let mut f = self.file.lock().await;
+        let mut next = f.clone();
+        next.families.insert(family.to_string(), v);
+        let bytes = serde_json::to_vec_pretty(&next).expect("state serializes");
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes, 0o600))
+            .await
+            .expect("state writer does not panic")?;
+        *f = next;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    struct Fam {
+        items: BTreeMap<String, u32>,
+    }
+
+    #[tokio::test]
+    async fn survives_a_reopen_and_keeps_families_apart() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateStore::open(d.path()).unwrap();
+        assert_eq!(s.get::<Fam>("nfs").await.unwrap(), Fam::default());
+        let mut a = Fam::default();
+        a.items.insert("vol1".into(), 1);
+        s.put("nfs", &a).await.unwrap();
+        s.put("smb", &Fam::default()).await.unwrap();
+        drop(s);
+        let s = StateStore::open(d.path()).unwrap();
+        assert_eq!(s.get::<Fam>("nfs").await.unwrap(), a);
+        let text = std::fs::read_to_string(d.path().join("state.json")).unwrap();
+        assert!(text.contains("\"version\": 1"));
+    }
+
+    #[tokio::test]
+    async fn corrupt_or_future_files_are_refused_not_overwritten() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("state.json"), b"{\"version\":1,\"fam").unwrap();
+        assert!(matches!(
+            StateStore::open(d.path()),
+            Err(StateError::Corrupt { .. })
+        ));
+        std::fs::write(d.path().join("state.json"), b"{\"version\":9}").unwrap();
+        assert!(matches!(
+            StateStore::open(d.path()),
+            Err(StateError::Version { found: 9, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_keeps_the_old_state() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateStore::open(d.path()).unwrap();
+        let mut a = Fam::default();
+        a.items.insert("x".into(), 1);
+        s.put("nfs", &a).await.unwrap();
+        // Make the directory unwritable to the temp file by replacing it with a file path.
+        let s2 = StateStore {
+            path: d.path().join("no-such-dir").join("state.json"),
+            file: Mutex::new(s.file.lock().await.clone()),
+        };
+        let mut b = Fam::default();
+        b.items.insert("y".into(), 2);
+        assert!(s2.put("nfs", &b).await.is_err());
+        assert_eq!(s2.get::<Fam>("nfs").await.unwrap(), a);
+    }
+}

@@ -1,0 +1,179 @@
+//! Storage families (NFS, SMB, iSCSI) behind one small trait, and what they share: the export
+//! roots, path resolution, the desired-state store, and the command timeout.
+//!
+//! A family turns `{family}.*` requests into changes on the OS through its backend, keeps its
+//! part of the desired state, re-applies it on `sys.reconcile` and at start, and reports its
+//! daemon's health and its drift for heartbeats.
+
+pub mod paths;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use csg_protocol::status::{FamilySummary, ServiceState};
+use csg_protocol::{ErrorCode, RpcError};
+use serde_json::{Map, Value};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::state::{StateError, StateStore};
+use paths::Roots;
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What every family gets.
+#[derive(Clone)]
+pub struct StorageCtx {
+    pub roots: Roots,
+    pub state: Arc<StateStore>,
+    pub timeout: Duration,
+    pub allow_devices: bool,
+}
+
+pub trait Family: Send + Sync {
+    /// `nfs`, `smb` or `iscsi`: the first level of its method names and its key in the state.
+    fn name(&self) -> &'static str;
+    /// Every method it answers, e.g. `nfs.export.create`.
+    fn methods(&self) -> &'static [&'static str];
+    /// Runs one of its methods (`method` is the full name).
+    fn call<'a>(
+        &'a self,
+        method: &'a str,
+        params: Map<String, Value>,
+    ) -> BoxFut<'a, Result<Value, RpcError>>;
+    /// Re-applies the whole desired state; returns what it changed.
+    fn reconcile(&self) -> BoxFut<'_, Result<Value, RpcError>>;
+    /// The backend and whether its daemon is up.
+    fn service(&self) -> BoxFut<'_, ServiceState>;
+    /// How many resources it manages and how many have drifted from the desired state.
+    fn summary(&self) -> BoxFut<'_, FamilySummary>;
+}
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("[{family}] cannot start its backend: {message}")]
+    Backend {
+        family: &'static str,
+        message: String,
+    },
+}
+
+/// The configured families.
+pub struct Storage {
+    families: Vec<Box<dyn Family>>,
+}
+
+impl Storage {
+    /// No families at all (tests of the agent core).
+    pub fn none() -> Self {
+        Self {
+            families: Vec::new(),
+        }
+    }
+
+    pub fn new(cfg: &Config) -> Result<Self, StorageError> {
+        use crate::config::{iscsi::IscsiBackendKind, nfs::NfsBackendKind, smb::SmbBackendKind};
+        // An agent without storage backends needs no state directory at all.
+        if cfg.nfs.backend == NfsBackendKind::Disabled
+            && cfg.smb.backend == SmbBackendKind::Disabled
+            && cfg.iscsi.backend == IscsiBackendKind::Disabled
+        {
+            return Ok(Self::none());
+        }
+        let s = &cfg.storage;
+        let ctx = StorageCtx {
+            roots: Roots::new(s.roots.clone()),
+            state: Arc::new(StateStore::open(&s.state_dir)?),
+            timeout: s.command_timeout,
+            allow_devices: s.allow_devices,
+        };
+        let mut families: Vec<Box<dyn Family>> = Vec::new();
+        let built = [
+            ("nfs", crate::handlers::nfs::build(&cfg.nfs, &ctx)),
+            ("smb", crate::handlers::smb::build(&cfg.smb, &ctx)),
+            ("iscsi", crate::handlers::iscsi::build(&cfg.iscsi, &ctx)),
+        ];
+        for (family, b) in built {
+            match b {
+                Ok(Some(f)) => families.push(f),
+                Ok(None) => {}
+                Err(message) => return Err(StorageError::Backend { family, message }),
+            }
+        }
+        Ok(Self { families })
+    }
+
+    pub fn methods(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.families
+            .iter()
+            .flat_map(|f| f.methods().iter().copied())
+    }
+
+    fn family_of(&self, method: &str) -> Option<&dyn Family> {
+        let first = method.split('.').next()?;
+        self.families
+            .iter()
+            .find(|f| f.name() == first)
+            .map(|f| f.as_ref())
+    }
+
+    /// Routes a storage method; `None` when no configured family owns it.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: Map<String, Value>,
+    ) -> Option<Result<Value, RpcError>> {
+        let f = self.family_of(method)?;
+        if !f.methods().contains(&method) {
+            return Some(Err(RpcError::new(
+                ErrorCode::UnknownMethod,
+                format!(
+                    "unknown method {method:?}; sys.info lists the methods this agent supports"
+                ),
+            )));
+        }
+        Some(f.call(method, params).await)
+    }
+
+    /// `sys.reconcile` and the start-up pass: every family, each reporting its own changes or
+    /// its own error, so one broken backend does not hide what the others did.
+    pub async fn reconcile(&self) -> Value {
+        let mut out = Map::new();
+        for f in &self.families {
+            let r = match f.reconcile().await {
+                Ok(changes) => {
+                    info!(family = f.name(), changes = %changes, "reconciled");
+                    serde_json::json!({"ok": true, "changes": changes})
+                }
+                Err(e) => {
+                    warn!(family = f.name(), error = %e, "reconcile failed");
+                    serde_json::json!({"ok": false, "error": e})
+                }
+            };
+            out.insert(f.name().to_string(), r);
+        }
+        Value::Object(out)
+    }
+
+    pub async fn services(&self) -> BTreeMap<String, ServiceState> {
+        let mut m = BTreeMap::new();
+        for f in &self.families {
+            m.insert(f.name().to_string(), f.service().await);
+        }
+        m
+    }
+
+    pub async fn summaries(&self) -> BTreeMap<String, FamilySummary> {
+        let mut m = BTreeMap::new();
+        for f in &self.families {
+            m.insert(f.name().to_string(), f.summary().await);
+        }
+        m
+    }
+}

@@ -1,0 +1,229 @@
+//! Pure validators shared by several method families: paths, network addresses, free text.
+//! No I/O: whether a path exists or lies under an export root is the agent's check.
+//!
+//! Strict allow-lists rather than escaping: a value that passes can go into any backend's
+//! config grammar or argument vector as is.
+
+use std::net::IpAddr;
+
+use thiserror::Error;
+
+/// Longest path accepted (nfs-utils keeps paths in a 1024-byte buffer).
+pub const MAX_PATH_BYTES: usize = 1023;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ValueError {
+    #[error("{what} {value:?} is invalid: {reason}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+pub fn invalid(what: &'static str, value: &str, reason: impl Into<String>) -> ValueError {
+    ValueError::Invalid {
+        what,
+        value: value.chars().take(120).collect(),
+        reason: reason.into(),
+    }
+}
+
+/// An absolute, normalised path of `[A-Za-z0-9._/-]`: no `.`/`..` components, no empty
+/// component, no component starting with `-`, at most 1023 bytes, not `/` itself.
+pub fn check_path(what: &'static str, p: &str) -> Result<(), ValueError> {
+    if p.len() > MAX_PATH_BYTES {
+        return Err(invalid(
+            what,
+            p,
+            format!("{} bytes; the limit is {MAX_PATH_BYTES}", p.len()),
+        ));
+    }
+    let rest = p
+        .strip_prefix('/')
+        .ok_or_else(|| invalid(what, p, "it must be absolute"))?;
+    if let Some(c) = p
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-')))
+    {
+        return Err(invalid(
+            what,
+            p,
+            format!("the character {c:?} is not allowed; use [A-Za-z0-9._/-]"),
+        ));
+    }
+    if rest.is_empty() {
+        return Err(invalid(what, p, "the root directory itself cannot be used"));
+    }
+    for comp in rest.split('/') {
+        match comp {
+            "" => return Err(invalid(what, p, "empty component (// or a trailing /)")),
+            "." | ".." => return Err(invalid(what, p, "'.' and '..' components are not allowed")),
+            c if c.starts_with('-') => {
+                return Err(invalid(what, p, "a component may not start with '-'"))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// An IP address or CIDR network: `10.0.0.0/8`, `192.0.2.7`, `2001:db8::/32`. Host bits set
+/// in a CIDR are refused, so a rule never means something other than it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
+        const WHAT: &str = "address or CIDR";
+        if s.len() > 43 {
+            return Err(invalid(WHAT, s, "too long"));
+        }
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| invalid(WHAT, s, "not an IPv4 or IPv6 address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => {
+                let n: u8 = p
+                    .parse()
+                    .map_err(|_| invalid(WHAT, s, "bad prefix length"))?;
+                if n > max {
+                    return Err(invalid(WHAT, s, format!("prefix length above {max}")));
+                }
+                n
+            }
+            Some(_) => return Err(invalid(WHAT, s, "bad prefix length")),
+        };
+        let host_bits_clear = match addr {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4);
+                prefix == 32 || bits & (u32::MAX >> prefix) == 0
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                prefix == 128 || bits & (u128::MAX >> prefix) == 0
+            }
+        };
+        if !host_bits_clear {
+            return Err(invalid(
+                WHAT,
+                s,
+                "host bits are set after the prefix (did you mean the network address?)",
+            ));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.prefix == if self.addr.is_ipv4() { 32 } else { 128 }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_host() {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+/// Free text (comments): printable, no control characters, no `%` (Samba substitutes
+/// `%u`, `%m`, … in many parameters), no `"` or `\` (config quoting), at most `max` characters.
+pub fn check_text(what: &'static str, s: &str, max: usize) -> Result<(), ValueError> {
+    if s.chars().count() > max {
+        return Err(invalid(what, s, format!("longer than {max} characters")));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '%' | '"' | '\\'))
+    {
+        return Err(invalid(
+            what,
+            s,
+            format!(
+                "the character {c:?} is not allowed (control characters, %, \" and \\ are refused)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        for good in ["/srv/csg/vol1", "/a", "/srv/csg/a.b_c-d"] {
+            check_path("path", good).unwrap();
+        }
+        for bad in [
+            "",
+            "/",
+            "relative/x",
+            "/srv/../etc",
+            "/srv/./x",
+            "/srv//x",
+            "/srv/x/",
+            "/srv/-rf",
+            "/srv/a b",
+            "/srv/a\nb",
+            "/srv/%u",
+            "/srv/é",
+            "/srv/a\"b",
+        ] {
+            assert!(check_path("path", bad).is_err(), "{bad:?} accepted");
+        }
+        let long = format!("/{}", "a".repeat(1023));
+        assert!(check_path("path", &long).is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        assert_eq!(Cidr::parse("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(Cidr::parse("192.0.2.7").unwrap().to_string(), "192.0.2.7");
+        assert_eq!(
+            Cidr::parse("192.0.2.7/32").unwrap().to_string(),
+            "192.0.2.7"
+        );
+        assert_eq!(
+            Cidr::parse("2001:db8::/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().prefix, 0);
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0.0/8(rw,no_root_squash)",
+            "10.0.0.0/8 *",
+            "host.example",
+            "*",
+            "@netgroup",
+            "10.0.0.0/+8",
+            "",
+        ] {
+            assert!(Cidr::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn text() {
+        check_text("comment", "Finance share, 2026", 256).unwrap();
+        for bad in ["a\nb", "100%", "a\"b", "a\\b", "\u{7}"] {
+            assert!(check_text("comment", bad, 256).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_text("comment", &"x".repeat(257), 256).is_err());
+    }
+}
