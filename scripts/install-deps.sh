@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond a Rust toolchain, on Debian (12 and later):
-# Mosquitto (the tests start their own brokers) and the rustfmt/clippy components.
+# Mosquitto (the tests start their own brokers), the storage daemons and their clients (the
+# tests start private smbd, tgtd and ganesha.nfsd), and the rustfmt/clippy components.
 # Idempotent: installs only what is missing, so it is cheap to run before every test run.
 set -euo pipefail
 
@@ -46,6 +47,29 @@ else
     fi
     have_mosquitto || { log "mosquitto still missing after install"; exit 1; }
 fi
+
+# Storage daemons and the real clients the tests check them with. dpkg-query tells which are
+# missing, so a machine that has them all costs no apt run.
+storage_pkgs=(samba smbclient tgt nfs-ganesha nfs-ganesha-vfs libnfs-utils libiscsi-bin dbus nfs-kernel-server)
+missing=()
+for p in "${storage_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    log "storage daemons present"
+else
+    command -v apt-get >/dev/null 2>&1 || { log "missing ${missing[*]} and this is not a Debian-like system"; exit 1; }
+    log "installing ${missing[*]}"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+# The packages start system daemons where an init system runs; the tests start private ones
+# on their own ports and sockets. Stop the system ones so they hold no port or lock.
+for svc in smbd nmbd samba-ad-dc tgt nfs-ganesha nfs-kernel-server; do
+    if command -v systemctl >/dev/null 2>&1; then
+        as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    fi
+done
 
 if command -v rustup >/dev/null 2>&1; then
     for component in rustfmt clippy; do
