@@ -6,6 +6,7 @@
 //! `dispatch` → `uplink` → `session`. `status` publishes heartbeats; `config` loads and
 //! validates the TOML file; `main.rs` wires it together with signals.
 
+pub mod backends;
 pub mod backoff;
 pub mod config;
 pub mod dispatch;

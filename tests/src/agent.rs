@@ -33,6 +33,8 @@ pub struct AgentConfig {
     pub max_in_flight: u64,
     pub reply_cache_ttl_s: u64,
     pub log: String,
+    /// Appended as is: more sections, e.g. `[storage]` and a backend's section.
+    pub extra_toml: String,
 }
 
 impl AgentConfig {
@@ -58,6 +60,7 @@ impl AgentConfig {
             max_in_flight: 64,
             reply_cache_ttl_s: 600,
             log: "info,csg_agent=debug".into(),
+            extra_toml: String::new(),
         }
     }
 
@@ -110,7 +113,8 @@ impl AgentConfig {
              max_payload_bytes = {}\n\
              max_in_flight = {}\n\
              reply_cache_ttl_s = {}\n\
-             log = {}\n",
+             log = {}\n\
+             {}",
             s(&self.group_id),
             s(&self.instance_id),
             s(&self.url),
@@ -129,6 +133,7 @@ impl AgentConfig {
             self.max_in_flight,
             self.reply_cache_ttl_s,
             s(&self.log),
+            self.extra_toml,
         )
     }
 }

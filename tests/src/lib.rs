@@ -11,9 +11,12 @@ pub mod bed;
 pub mod bins;
 pub mod broker;
 pub mod csgctl;
+pub mod ganesha;
 pub mod process;
 pub mod recorder;
 pub mod rpc;
+pub mod smbd;
+pub mod tgtd;
 
 use std::time::{Duration, Instant};
 

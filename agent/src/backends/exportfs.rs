@@ -1,0 +1,1 @@
+//! The exportfs backend (being built).

@@ -1,0 +1,1 @@
+//! The ganesha backend (being built).

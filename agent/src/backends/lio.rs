@@ -1,0 +1,1 @@
+//! The lio backend (being built).

@@ -1,0 +1,1 @@
+//! The samba backend (being built).

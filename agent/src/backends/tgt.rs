@@ -1,0 +1,1 @@
+//! The tgt backend (being built).

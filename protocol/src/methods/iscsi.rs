@@ -1,0 +1,1 @@
+//! `iscsi.*` params and results (filled in with the iscsi family).

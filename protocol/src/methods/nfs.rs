@@ -1,0 +1,1 @@
+//! `nfs.*` params and results (filled in with the nfs family).

@@ -1,0 +1,1 @@
+//! `smb.*` params and results (filled in with the smb family).

@@ -1,0 +1,1 @@
+//! Harness for a private ganesha (being built).

@@ -1,0 +1,1 @@
+//! Harness for a private smbd (being built).
