@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::handlers::Handlers;
+use crate::journal::{Journal, Record};
 use crate::reply_cache::{Lookup, ReplyCache};
 use crate::session::Inbound;
 use crate::stats::Stats;
@@ -41,6 +42,38 @@ pub struct Dispatcher {
     max_in_flight: usize,
     in_flight: AtomicUsize,
     idle: tokio::sync::Notify,
+    journal: Option<Arc<Journal>>,
+}
+
+/// Puts ids finished before a restart back into the id memory, with their age.
+fn restore(cache: &mut ReplyCache, records: Vec<Record>) {
+    let (now, now_ms) = (Instant::now(), now_ms());
+    let mut restored = 0usize;
+    for r in records {
+        let (Ok(id), Ok(method)) = (RequestId::new(r.id), MethodName::new(r.method)) else {
+            continue;
+        };
+        let age = Duration::from_millis(now_ms.saturating_sub(r.finished_ms));
+        cache.restore(
+            id,
+            method,
+            Bytes::from(r.reply),
+            now.checked_sub(age).unwrap_or(now),
+        );
+        restored += 1;
+    }
+    if restored > 0 {
+        info!(restored, "request ids remembered from before the restart");
+    }
+}
+
+/// Whether a method may change the gateway: its reply is journaled so that a repeat after a
+/// restart is answered, not run again. Reads are cheap and harmless to run twice.
+pub fn is_mutation(method: &str) -> bool {
+    !matches!(
+        method.rsplit('.').next(),
+        Some("get" | "list" | "ping" | "info" | "status")
+    )
 }
 
 impl Dispatcher {
@@ -50,20 +83,24 @@ impl Dispatcher {
         handlers: Arc<Handlers>,
         stats: Arc<Stats>,
         limits: Limits,
+        journal: Option<(Arc<Journal>, Vec<Record>)>,
     ) -> Arc<Self> {
+        let mut cache = ReplyCache::new(limits.reply_cache_ttl, limits.reply_cache_max);
+        let journal = journal.map(|(journal, records)| {
+            restore(&mut cache, records);
+            journal
+        });
         Arc::new(Self {
             topics,
             uplink,
             handlers,
             stats,
-            cache: Mutex::new(ReplyCache::new(
-                limits.reply_cache_ttl,
-                limits.reply_cache_max,
-            )),
+            cache: Mutex::new(cache),
             max_payload: limits.max_payload,
             max_in_flight: limits.max_in_flight,
             in_flight: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
+            journal,
         })
     }
 
@@ -225,7 +262,12 @@ impl Dispatcher {
         tokio::spawn(async move {
             let mut guard = guard;
             let result = handlers.call(&req.method, req.params).await;
-            guard.complete(result);
+            if let Err(e) = &result {
+                debug!(id = %guard.id, method = %guard.method, code = %e.code, "request failed");
+            }
+            let reply = guard.reply_bytes(result);
+            guard.journal(&reply).await;
+            guard.complete(reply);
         });
     }
 }
@@ -241,19 +283,41 @@ struct Completion {
 }
 
 impl Completion {
-    fn complete(&mut self, result: Result<serde_json::Value, RpcError>) {
-        if std::mem::replace(&mut self.done, true) {
-            return;
-        }
-        let d = &self.dispatcher;
-        if let Err(e) = &result {
-            debug!(id = %self.id, method = %self.method, code = %e.code, "request failed");
-        }
+    fn reply_bytes(&self, result: Result<serde_json::Value, RpcError>) -> Bytes {
         let reply = match result {
             Ok(v) => Reply::ok(self.id.clone(), v),
             Err(e) => Reply::err(Some(self.id.clone()), e),
         };
-        let bytes = Bytes::from(reply.to_json());
+        Bytes::from(reply.to_json())
+    }
+
+    /// Makes a mutation's reply durable before anyone can see it.
+    async fn journal(&self, reply: &Bytes) {
+        let Some(journal) = self.dispatcher.journal.clone() else {
+            return;
+        };
+        if !is_mutation(self.method.as_str()) {
+            return;
+        }
+        let record = Record {
+            id: self.id.to_string(),
+            method: self.method.to_string(),
+            finished_ms: now_ms(),
+            reply: reply.to_vec(),
+        };
+        let error = match tokio::task::spawn_blocking(move || journal.append(&record)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        warn!(id = %self.id, %error, "reply journal not written: a repeat after a restart would run again");
+    }
+
+    fn complete(&mut self, bytes: Bytes) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let d = &self.dispatcher;
         let waiters = d.cache.lock().expect("reply cache lock").finish(
             &self.id,
             bytes.clone(),
@@ -272,10 +336,11 @@ impl Drop for Completion {
     fn drop(&mut self) {
         if !self.done {
             tracing::error!(id = %self.id, method = %self.method, "handler panicked");
-            self.complete(Err(RpcError::internal(format!(
+            let reply = self.reply_bytes(Err(RpcError::internal(format!(
                 "the handler of {} failed unexpectedly; see the agent's log",
                 self.method
             ))));
+            self.complete(reply);
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod exec;
 pub mod fsutil;
 pub mod handlers;
+pub mod journal;
 pub mod reply_cache;
 pub mod session;
 pub mod state;
@@ -70,8 +71,9 @@ fn info_result(cfg: &Config, storage: &Storage) -> InfoResult {
 ///
 /// `storage` is built by the caller (`Storage::new`), so a state directory or backend that
 /// cannot start stops the agent before it connects.
-pub async fn run(cfg: Config, storage: Storage, shutdown: impl Future<Output = ()>) {
+pub async fn run(cfg: Config, mut storage: Storage, shutdown: impl Future<Output = ()>) {
     let stats = Arc::new(Stats::default());
+    let journal = storage.take_journal();
     let storage = Arc::new(storage);
     let status = Arc::new(StatusSource::new(
         cfg.client_id.instance().as_str(),
@@ -106,6 +108,7 @@ pub async fn run(cfg: Config, storage: Storage, shutdown: impl Future<Output = (
             reply_cache_ttl: cfg.agent.reply_cache_ttl,
             reply_cache_max: cfg.agent.reply_cache_max,
         },
+        journal,
     );
     let dispatch_task = tokio::spawn(dispatcher.clone().run(inbound_rx));
     let heartbeat_task = tokio::spawn(status::heartbeat_loop(

@@ -144,6 +144,18 @@ impl ReplyCache {
         );
     }
 
+    /// Puts back an id finished before a restart (from the reply journal).
+    pub fn restore(&mut self, id: RequestId, method: MethodName, reply: Bytes, at: Instant) {
+        self.order.push_back((at, id.clone()));
+        self.entries.insert(
+            id,
+            Entry {
+                method,
+                state: State::Done { reply, at },
+            },
+        );
+    }
+
     /// Records the reply of a finished id and returns the topics waiting for it.
     pub fn finish(&mut self, id: &RequestId, reply: Bytes, now: Instant) -> Vec<String> {
         let Some(entry) = self.entries.get_mut(id) else {

@@ -23,6 +23,13 @@ struct Rig {
 }
 
 fn rig(max_in_flight: usize) -> Rig {
+    rig_with(max_in_flight, None)
+}
+
+fn rig_with(
+    max_in_flight: usize,
+    journal: Option<(Arc<crate::journal::Journal>, Vec<crate::journal::Record>)>,
+) -> Rig {
     let client = ClientId::new(GroupId::new("G").unwrap(), InstanceId::new("gw").unwrap()).unwrap();
     let topics =
         AgentTopics::new(&TopicParents::default(), TopicMode::Standard, &client, 64).unwrap();
@@ -50,6 +57,7 @@ fn rig(max_in_flight: usize) -> Rig {
             reply_cache_ttl: Duration::from_secs(600),
             reply_cache_max: 1024,
         },
+        journal,
     );
     Rig { d, up, stats }
 }
@@ -248,4 +256,67 @@ async fn panicking_handler_is_answered_internal_and_frees_its_slot() {
     r.settle().await;
     assert_eq!(r.replies()[0].1["ok"], true);
     assert_eq!(r.d.drain(Duration::from_millis(10)).await, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn mutations_are_remembered_across_a_restart_reads_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let (j, live) =
+            crate::journal::Journal::open(dir.path(), 600_000, csg_protocol::now_ms()).unwrap();
+        Some((Arc::new(j), live))
+    };
+    let r = rig_with(8, open());
+    r.send(json!({"v":1,"id":"m1","method":"sys.reconcile","reply_to":"csg-up/c1"}));
+    r.send(ping("p1"));
+    // The journal write runs on a blocking thread: wait for both replies.
+    for _ in 0..200 {
+        if r.up.sent.lock().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = r.replies();
+    assert_eq!(first.len(), 2);
+    drop(r);
+
+    // A new agent process: same state directory, empty memory.
+    let r = rig_with(8, open());
+    r.send(json!({"v":1,"id":"m1","method":"sys.reconcile","reply_to":"csg-up/c1"}));
+    r.send(ping("p1"));
+    r.settle().await;
+    let again = r.replies();
+    let m1 = |v: &Vec<(String, Value)>| v.iter().find(|(_, x)| x["id"] == "m1").unwrap().1.clone();
+    assert_eq!(
+        m1(&again),
+        m1(&first),
+        "the remembered reply, byte for byte"
+    );
+    let s = r.stats.snapshot();
+    assert_eq!(
+        (s.executed, s.duplicates),
+        (1, 1),
+        "only the read ran again"
+    );
+}
+
+#[test]
+fn mutation_rule() {
+    for m in [
+        "nfs.export.create",
+        "smb.user.set",
+        "iscsi.target.delete",
+        "sys.reconcile",
+    ] {
+        assert!(is_mutation(m), "{m}");
+    }
+    for m in [
+        "nfs.export.get",
+        "smb.share.list",
+        "sys.ping",
+        "sys.info",
+        "sys.status",
+    ] {
+        assert!(!is_mutation(m), "{m}");
+    }
 }

@@ -20,6 +20,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::journal::{Journal, JournalError, Record};
 use crate::state::{StateError, StateStore};
 use paths::Roots;
 
@@ -57,6 +58,8 @@ pub trait Family: Send + Sync {
 pub enum StorageError {
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     #[error("[{family}] cannot start its backend: {message}")]
     Backend {
         family: &'static str,
@@ -67,6 +70,8 @@ pub enum StorageError {
 /// The configured families.
 pub struct Storage {
     families: Vec<Box<dyn Family>>,
+    /// Replies of executed mutations, kept across restarts (only with storage configured).
+    journal: Option<(Arc<Journal>, Vec<Record>)>,
 }
 
 impl Storage {
@@ -74,6 +79,7 @@ impl Storage {
     pub fn none() -> Self {
         Self {
             families: Vec::new(),
+            journal: None,
         }
     }
 
@@ -106,7 +112,17 @@ impl Storage {
                 Err(message) => return Err(StorageError::Backend { family, message }),
             }
         }
-        Ok(Self { families })
+        let ttl_ms = cfg.agent.reply_cache_ttl.as_millis() as u64;
+        let (journal, live) = Journal::open(&s.state_dir, ttl_ms, csg_protocol::now_ms())?;
+        Ok(Self {
+            families,
+            journal: Some((Arc::new(journal), live)),
+        })
+    }
+
+    /// The reply journal and the records it still held at start (to restore into the cache).
+    pub fn take_journal(&mut self) -> Option<(Arc<Journal>, Vec<Record>)> {
+        self.journal.take()
     }
 
     pub fn methods(&self) -> impl Iterator<Item = &'static str> + '_ {
