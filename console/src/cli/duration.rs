@@ -88,7 +88,7 @@ pub fn format_duration(d: Duration) -> String {
     if ms < 60_000 {
         // Tenths are enough for messages; 2000.4 ms reads better as `2s` than as `2.0s`.
         let tenths = (ms + 50) / 100;
-        return if tenths % 10 == 0 {
+        return if tenths.is_multiple_of(10) {
             format!("{}s", tenths / 10)
         } else {
             format!("{}.{}s", tenths / 10, tenths % 10)

@@ -4,6 +4,7 @@ mod bench_cmd;
 mod call_cmd;
 mod duration;
 mod instances;
+mod storage_cmd;
 mod table;
 mod watch_cmd;
 
@@ -132,6 +133,15 @@ enum Command {
     Watch(WatchArgs),
     /// Measure request/reply latency and throughput against one instance
     Bench(BenchArgs),
+    /// NFS exports: create, update, delete, get, list
+    #[command(subcommand)]
+    Nfs(storage_cmd::NfsCmd),
+    /// SMB shares and users
+    #[command(subcommand)]
+    Smb(storage_cmd::SmbCmd),
+    /// iSCSI targets
+    #[command(subcommand)]
+    Iscsi(storage_cmd::IscsiCmd),
 }
 
 #[derive(Debug, Args)]
@@ -327,7 +337,17 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
             console.disconnect().await;
             exit
         }
+        Command::Nfs(cmd) => storage(&cli, storage_cmd::nfs(cmd)?).await,
+        Command::Smb(cmd) => storage(&cli, storage_cmd::smb(cmd)?).await,
+        Command::Iscsi(cmd) => storage(&cli, storage_cmd::iscsi(cmd)?).await,
     }
+}
+
+async fn storage(cli: &Cli, req: storage_cmd::Request<'_>) -> anyhow::Result<Exit> {
+    let console = connect(cli).await?;
+    let exit = storage_cmd::run(&console, req).await;
+    console.disconnect().await;
+    exit
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Console> {

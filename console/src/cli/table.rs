@@ -4,15 +4,15 @@
 /// right-aligned; the last column is not padded, so lines carry no trailing spaces.
 #[derive(Debug, Clone)]
 pub struct Table {
-    headers: Vec<&'static str>,
+    headers: Vec<String>,
     right: Vec<bool>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    pub fn new(headers: &[&'static str]) -> Self {
+    pub fn new(headers: &[&str]) -> Self {
         Self {
-            headers: headers.to_vec(),
+            headers: headers.iter().map(|h| h.to_string()).collect(),
             right: vec![false; headers.len()],
             rows: Vec::new(),
         }
