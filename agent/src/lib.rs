@@ -61,9 +61,46 @@ fn info_result(cfg: &Config, storage: &Storage) -> InfoResult {
             TopicMode::P2p { .. } => "p2p".into(),
         },
         methods: handlers::methods(storage),
+        storage_backends: storage_backends(cfg),
         max_payload: cfg.agent.max_payload_bytes,
         started_ms: now_ms(),
     }
+}
+
+fn storage_backends(cfg: &Config) -> std::collections::BTreeMap<String, String> {
+    use crate::config::{
+        iscsi::IscsiBackendKind as I, nfs::NfsBackendKind as N, smb::SmbBackendKind as S,
+    };
+    let mut m = std::collections::BTreeMap::new();
+    let mut put = |family: &str, backend: Option<&str>| {
+        if let Some(b) = backend {
+            m.insert(family.to_string(), b.to_string());
+        }
+    };
+    put(
+        "nfs",
+        match cfg.nfs.backend {
+            N::Disabled => None,
+            N::Kernel => Some("kernel"),
+            N::Ganesha => Some("ganesha"),
+        },
+    );
+    put(
+        "smb",
+        match cfg.smb.backend {
+            S::Disabled => None,
+            S::Samba => Some("samba"),
+        },
+    );
+    put(
+        "iscsi",
+        match cfg.iscsi.backend {
+            I::Disabled => None,
+            I::Tgt => Some("tgt"),
+            I::Lio => Some("lio"),
+        },
+    );
+    m
 }
 
 /// Runs the agent until `shutdown` resolves, then stops in order: stop taking commands, let

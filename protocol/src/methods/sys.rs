@@ -32,6 +32,11 @@ pub struct InfoResult {
     pub topic_mode: String,
     /// Every method this agent answers, sorted.
     pub methods: Vec<String>,
+    /// Storage family → configured backend (`nfs: kernel|ganesha`, `smb: samba`,
+    /// `iscsi: tgt|lio`); families that are disabled are absent. Their daemons' health is in
+    /// heartbeats and `sys.status` (`services`).
+    #[serde(default)]
+    pub storage_backends: std::collections::BTreeMap<String, String>,
     /// Largest request payload accepted, bytes.
     pub max_payload: usize,
     pub started_ms: u64,
