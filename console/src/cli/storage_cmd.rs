@@ -239,6 +239,14 @@ pub struct Request<'a> {
     pub params: Map<String, Value>,
 }
 
+fn req<'a>(common: &'a Common, method: &'static str, params: Map<String, Value>) -> Request<'a> {
+    Request {
+        common,
+        method,
+        params,
+    }
+}
+
 fn obj(v: Value) -> Map<String, Value> {
     match v {
         Value::Object(m) => m,
@@ -333,31 +341,11 @@ pub fn nfs(cmd: &NfsCmd) -> Result<Request<'_>, Usage> {
         Ok(m)
     };
     Ok(match cmd {
-        NfsCmd::Create(s) => Request {
-            common: &s.common,
-            method: "nfs.export.create",
-            params: spec(s)?,
-        },
-        NfsCmd::Update(s) => Request {
-            common: &s.common,
-            method: "nfs.export.update",
-            params: spec(s)?,
-        },
-        NfsCmd::Delete(a) => Request {
-            common: &a.common,
-            method: "nfs.export.delete",
-            params: name_params(&a.name),
-        },
-        NfsCmd::Get(a) => Request {
-            common: &a.common,
-            method: "nfs.export.get",
-            params: name_params(&a.name),
-        },
-        NfsCmd::List(c) => Request {
-            common: c,
-            method: "nfs.export.list",
-            params: Map::new(),
-        },
+        NfsCmd::Create(s) => req(&s.common, "nfs.export.create", spec(s)?),
+        NfsCmd::Update(s) => req(&s.common, "nfs.export.update", spec(s)?),
+        NfsCmd::Delete(a) => req(&a.common, "nfs.export.delete", name_params(&a.name)),
+        NfsCmd::Get(a) => req(&a.common, "nfs.export.get", name_params(&a.name)),
+        NfsCmd::List(c) => req(c, "nfs.export.list", Map::new()),
     })
 }
 
@@ -386,31 +374,13 @@ pub fn smb(cmd: &SmbCmd) -> anyhow::Result<Request<'_>> {
         m
     };
     Ok(match cmd {
-        SmbCmd::Share(SmbShareCmd::Create(s)) => Request {
-            common: &s.common,
-            method: "smb.share.create",
-            params: spec(s),
-        },
-        SmbCmd::Share(SmbShareCmd::Update(s)) => Request {
-            common: &s.common,
-            method: "smb.share.update",
-            params: spec(s),
-        },
-        SmbCmd::Share(SmbShareCmd::Delete(a)) => Request {
-            common: &a.common,
-            method: "smb.share.delete",
-            params: name_params(&a.name),
-        },
-        SmbCmd::Share(SmbShareCmd::Get(a)) => Request {
-            common: &a.common,
-            method: "smb.share.get",
-            params: name_params(&a.name),
-        },
-        SmbCmd::Share(SmbShareCmd::List(c)) => Request {
-            common: c,
-            method: "smb.share.list",
-            params: Map::new(),
-        },
+        SmbCmd::Share(SmbShareCmd::Create(s)) => req(&s.common, "smb.share.create", spec(s)),
+        SmbCmd::Share(SmbShareCmd::Update(s)) => req(&s.common, "smb.share.update", spec(s)),
+        SmbCmd::Share(SmbShareCmd::Delete(a)) => {
+            req(&a.common, "smb.share.delete", name_params(&a.name))
+        }
+        SmbCmd::Share(SmbShareCmd::Get(a)) => req(&a.common, "smb.share.get", name_params(&a.name)),
+        SmbCmd::Share(SmbShareCmd::List(c)) => req(c, "smb.share.list", Map::new()),
         SmbCmd::User(SmbUserCmd::Set(u)) => {
             let password = match (&u.password_file, u.password_stdin) {
                 (Some(f), _) => first_line(&read_arg_file(f)?),
@@ -422,22 +392,18 @@ pub fn smb(cmd: &SmbCmd) -> anyhow::Result<Request<'_>> {
                     .into())
                 }
             };
-            Request {
-                common: &u.common,
-                method: "smb.user.set",
-                params: obj(json!({"username": u.username, "password": password})),
-            }
+            req(
+                &u.common,
+                "smb.user.set",
+                obj(json!({"username": u.username, "password": password})),
+            )
         }
-        SmbCmd::User(SmbUserCmd::Delete(u)) => Request {
-            common: &u.common,
-            method: "smb.user.delete",
-            params: obj(json!({"username": u.username})),
-        },
-        SmbCmd::User(SmbUserCmd::List(c)) => Request {
-            common: c,
-            method: "smb.user.list",
-            params: Map::new(),
-        },
+        SmbCmd::User(SmbUserCmd::Delete(u)) => req(
+            &u.common,
+            "smb.user.delete",
+            obj(json!({"username": u.username})),
+        ),
+        SmbCmd::User(SmbUserCmd::List(c)) => req(c, "smb.user.list", Map::new()),
     })
 }
 
@@ -467,31 +433,15 @@ pub fn iscsi(cmd: &IscsiCmd) -> anyhow::Result<Request<'_>> {
         Ok(m)
     };
     Ok(match cmd {
-        IscsiTargetCmd::Create(s) => Request {
-            common: &s.common,
-            method: "iscsi.target.create",
-            params: spec(s)?,
-        },
-        IscsiTargetCmd::Update(s) => Request {
-            common: &s.common,
-            method: "iscsi.target.update",
-            params: spec(s)?,
-        },
-        IscsiTargetCmd::Delete(d) => Request {
-            common: &d.common,
-            method: "iscsi.target.delete",
-            params: obj(json!({"name": d.name, "delete_backing_files": d.delete_backing_files})),
-        },
-        IscsiTargetCmd::Get(a) => Request {
-            common: &a.common,
-            method: "iscsi.target.get",
-            params: name_params(&a.name),
-        },
-        IscsiTargetCmd::List(c) => Request {
-            common: c,
-            method: "iscsi.target.list",
-            params: Map::new(),
-        },
+        IscsiTargetCmd::Create(s) => req(&s.common, "iscsi.target.create", spec(s)?),
+        IscsiTargetCmd::Update(s) => req(&s.common, "iscsi.target.update", spec(s)?),
+        IscsiTargetCmd::Delete(d) => req(
+            &d.common,
+            "iscsi.target.delete",
+            obj(json!({"name": d.name, "delete_backing_files": d.delete_backing_files})),
+        ),
+        IscsiTargetCmd::Get(a) => req(&a.common, "iscsi.target.get", name_params(&a.name)),
+        IscsiTargetCmd::List(c) => req(c, "iscsi.target.list", Map::new()),
     })
 }
 
