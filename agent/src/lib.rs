@@ -14,6 +14,7 @@ pub mod exec;
 pub mod fsutil;
 pub mod handlers;
 pub mod journal;
+pub mod notify;
 pub mod reply_cache;
 pub mod session;
 pub mod state;
@@ -156,8 +157,16 @@ pub async fn run(cfg: Config, mut storage: Storage, shutdown: impl Future<Output
         session.link.clone(),
     ));
 
+    // Running: config valid, session started. Not "connected": a broker that cannot be
+    // reached must not hold up boot; STATUS= lines say how the connection is doing.
+    notify::status(&format!("connecting to {}", cfg.broker));
+    notify::ready();
+    let watchdog_task = notify::watchdog_interval().map(|i| tokio::spawn(notify::watchdog_loop(i)));
+
     shutdown.await;
     info!("shutting down");
+    notify::stopping();
+    notify::status("stopping: finishing running requests, announcing offline");
     // Commands that arrive from now on are not started; the console will re-send them.
     dispatch_task.abort();
     let left = dispatcher.drain(cfg.agent.shutdown_grace).await;
@@ -170,4 +179,7 @@ pub async fn run(cfg: Config, mut storage: Storage, shutdown: impl Future<Output
     heartbeat_task.abort();
     reconcile_task.abort();
     session.shutdown().await;
+    if let Some(t) = watchdog_task {
+        t.abort();
+    }
 }

@@ -226,6 +226,7 @@ impl SessionLoop {
             warn!(error = %e, "could not queue online presence");
         }
         info!(broker = %self.broker, epoch = self.epoch, "online");
+        crate::notify::status(&format!("connected to {}", self.broker));
         self.link_tx
             .send_replace(LinkState::Online { epoch: self.epoch });
     }
@@ -304,6 +305,18 @@ impl SessionLoop {
                 .set_last_will(will(&self.topics));
         }
         let delay = self.backoff.next_delay();
+        let secs = delay.as_secs_f64();
+        crate::notify::status(&if was_online {
+            format!(
+                "connection to {} lost ({e}), retrying in {secs:.1} s",
+                self.broker
+            )
+        } else {
+            format!(
+                "broker {} unreachable ({e}), retrying in {secs:.1} s",
+                self.broker
+            )
+        });
         if was_online {
             warn!(broker = %self.broker, error = %e, retry_in_ms = delay.as_millis() as u64, "connection lost");
         } else {
