@@ -19,8 +19,17 @@ struct Cli {
     /// Configuration file (TOML).
     #[arg(long, short = 'c', global = true, default_value = DEFAULT_CONFIG, value_name = "FILE")]
     config: PathBuf,
+    /// Log line format on stderr: plain text, or one JSON object per line for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -34,7 +43,7 @@ enum Command {
 /// Exit code for a configuration the agent refuses to run with.
 const EXIT_CONFIG: u8 = 2;
 
-fn init_logging(directives: &str) {
+fn init_logging(directives: &str, format: LogFormat) {
     // RUST_LOG, when set, wins over the config file.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"))
@@ -42,13 +51,15 @@ fn init_logging(directives: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal());
-    // Under systemd the journal stamps each line itself.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
-    } else {
-        builder.init();
+        .with_target(false);
+    match format {
+        // Log shippers want every field, and a timestamp of their own.
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        // Under systemd the journal stamps each line itself.
+        LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => {
+            builder.with_ansi(false).without_time().init()
+        }
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
 
@@ -80,7 +91,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logging(&cfg.agent.log);
+            init_logging(&cfg.agent.log, cli.log_format);
             match run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
