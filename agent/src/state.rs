@@ -35,6 +35,13 @@ pub enum StateError {
     Version { path: PathBuf, found: u32 },
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error("another csg-agent (pid {holder}) already uses the state directory {dir}; one agent per state directory")]
+    Locked { dir: PathBuf, holder: String },
+    #[error("cannot lock the state directory {dir}: {source}")]
+    Lock {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state of {family} does not match its schema: {message}")]
     Schema { family: String, message: String },
 }
@@ -51,6 +58,47 @@ struct StateFile {
 pub struct StateStore {
     path: PathBuf,
     file: Mutex<StateFile>,
+    /// Held for the life of the process: a second agent on the same directory is refused.
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
+const LOCK_NAME: &str = "agent.lock";
+
+/// Takes the directory's lock (flock, released by the kernel when the process dies, so a crash
+/// never leaves a stale lock) and writes our pid into it for the next one's error message.
+fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StateError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(LOCK_NAME);
+    let err = |source| StateError::Lock {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(err)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0).map_err(err)?;
+            lock.rewind().map_err(err)?;
+            write!(lock, "{}", std::process::id()).map_err(err)?;
+            Ok(lock)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(StateError::Locked {
+                dir: dir.to_path_buf(),
+                holder: holder.trim().to_string(),
+            })
+        }
+        Err((_, errno)) => Err(err(std::io::Error::from(errno))),
+    }
 }
 
 impl StateStore {
@@ -65,6 +113,7 @@ impl StateStore {
                 path: dir.to_path_buf(),
                 source,
             })?;
+        let lock = lock_dir(dir)?;
         let path = dir.join(FILE_NAME);
         let file = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -90,6 +139,7 @@ impl StateStore {
         Ok(Self {
             path,
             file: Mutex::new(file),
+            _lock: Some(lock),
         })
     }
 
@@ -155,6 +205,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn one_store_per_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let first = StateStore::open(d.path()).unwrap();
+        let e = StateStore::open(d.path()).err().expect("second open refused");
+        let msg = e.to_string();
+        assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+        assert!(msg.contains("one agent per state directory"), "{msg}");
+        drop(first);
+        StateStore::open(d.path()).expect("free again once the first is gone");
+    }
+
+    #[tokio::test]
     async fn corrupt_or_future_files_are_refused_not_overwritten() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("state.json"), b"{\"version\":1,\"fam").unwrap();
@@ -180,6 +242,7 @@ mod tests {
         let s2 = StateStore {
             path: d.path().join("no-such-dir").join("state.json"),
             file: Mutex::new(s.file.lock().await.clone()),
+            _lock: None,
         };
         let mut b = Fam::default();
         b.items.insert("y".into(), 2);
