@@ -38,6 +38,9 @@ enum Command {
     Run,
     /// Validate the configuration, print every problem at once, and exit.
     CheckConfig,
+    /// Write man pages and shell completions into DIR (used when building packages).
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 /// Exit code for a configuration the agent refuses to run with.
@@ -63,6 +66,22 @@ fn init_logging(directives: &str, format: LogFormat) {
     }
 }
 
+/// Man pages (one per subcommand) and bash/zsh/fish completions, from the clap definition, so
+/// they never drift from the real flags.
+fn generate_docs(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(Cli::command(), dir)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "csg-agent", dir)?;
+    }
+    Ok(())
+}
+
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("csg-agent: {e}");
@@ -85,6 +104,13 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(code) => code,
+        },
+        Command::GenerateDocs { dir } => match generate_docs(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("csg-agent: cannot write docs into {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
         },
         Command::Run => {
             let cfg = match load(&cli.config) {

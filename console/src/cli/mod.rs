@@ -142,6 +142,9 @@ enum Command {
     /// iSCSI targets
     #[command(subcommand)]
     Iscsi(storage_cmd::IscsiCmd),
+    /// Write man pages and shell completions into DIR (used when building packages)
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -317,6 +320,11 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<Exit> {
     // Validate a command's arguments before connecting, so usage errors never wait on a broker.
     match &cli.command {
+        Command::GenerateDocs { dir } => {
+            generate_docs(dir)
+                .with_context(|| format!("cannot write docs into {}", dir.display()))?;
+            Ok(Exit::Ok)
+        }
         Command::Call(args) => {
             let plan = call_cmd::plan(args, &cli.group_id)?;
             let console = connect(&cli).await?;
@@ -348,6 +356,21 @@ async fn storage(cli: &Cli, req: storage_cmd::Request<'_>) -> anyhow::Result<Exi
     let exit = storage_cmd::run(&console, req).await;
     console.disconnect().await;
     exit
+}
+
+/// Man pages (one per subcommand) and bash/zsh/fish completions, from the clap definition.
+fn generate_docs(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    clap_mangen::generate_to(Cli::command(), dir)?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "csgctl", dir)?;
+    }
+    Ok(())
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Console> {
