@@ -19,10 +19,22 @@ pub enum NfsBackendKind {
 #[serde(deny_unknown_fields, default)]
 pub struct RawNfs {
     pub backend: NfsBackendKind,
+    /// Kernel: the one exports file the agent owns (must end in `.exports`).
     pub exports_file: String,
+    /// Kernel: the exportfs program.
     pub exportfs: String,
     /// Clients may be host names, wildcards and @netgroups (not only IPs and CIDRs).
     pub allow_hostnames: bool,
+    /// Ganesha: the directory of the agent's EXPORT files; ganesha.conf must contain
+    /// `%dir <ganesha_dir>/*.conf` (or `%dir <ganesha_dir>`).
+    pub ganesha_dir: String,
+    /// Ganesha: the dbus-send program.
+    pub dbus_send: String,
+    /// Ganesha: the D-Bus address Ganesha listens on; empty means the system bus.
+    pub dbus_address: String,
+    /// Ganesha: the first Export_Id the agent hands out (ids below it are left to the
+    /// operator's own exports in ganesha.conf).
+    pub first_export_id: u32,
 }
 
 impl Default for RawNfs {
@@ -32,6 +44,10 @@ impl Default for RawNfs {
             exports_file: "/etc/exports.d/csg-agent.exports".into(),
             exportfs: "/usr/sbin/exportfs".into(),
             allow_hostnames: false,
+            ganesha_dir: "/etc/ganesha/csg-agent.d".into(),
+            dbus_send: "/usr/bin/dbus-send".into(),
+            dbus_address: String::new(),
+            first_export_id: 10000,
         }
     }
 }
@@ -42,6 +58,21 @@ pub struct NfsSettings {
     pub exports_file: PathBuf,
     pub exportfs: PathBuf,
     pub allow_hostnames: bool,
+    pub ganesha_dir: PathBuf,
+    pub dbus_send: PathBuf,
+    /// `None`: the system bus.
+    pub dbus_address: Option<String>,
+    pub first_export_id: u16,
+}
+
+/// A D-Bus address as dbus-send takes it after `--bus=`: `unix:path=/run/x/bus`,
+/// `tcp:host=127.0.0.1,port=1234`, … (a strict character set; no spaces or quotes).
+fn dbus_address_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 512
+        && s.contains(':')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,%".contains(&b))
 }
 
 impl RawNfs {
@@ -49,6 +80,8 @@ impl RawNfs {
         for (k, v) in [
             ("nfs.exports_file", &self.exports_file),
             ("nfs.exportfs", &self.exportfs),
+            ("nfs.ganesha_dir", &self.ganesha_dir),
+            ("nfs.dbus_send", &self.dbus_send),
         ] {
             if let Err(e) = check_path(k, v) {
                 p.push(e.to_string());
@@ -60,11 +93,61 @@ impl RawNfs {
                 self.exports_file
             ));
         }
+        if !self.dbus_address.is_empty() && !dbus_address_ok(&self.dbus_address) {
+            p.push(format!(
+                "nfs.dbus_address = {:?}: not a D-Bus address such as unix:path=/run/ganesha/bus \
+                 (characters [A-Za-z0-9-_./:=,%])",
+                self.dbus_address
+            ));
+        }
+        if !(1..=65000).contains(&self.first_export_id) {
+            p.push(format!(
+                "nfs.first_export_id = {}: must be from 1 to 65000 (0 is Ganesha's pseudo root)",
+                self.first_export_id
+            ));
+        }
         NfsSettings {
             backend: self.backend,
             exports_file: PathBuf::from(&self.exports_file),
             exportfs: PathBuf::from(&self.exportfs),
             allow_hostnames: self.allow_hostnames,
+            ganesha_dir: PathBuf::from(&self.ganesha_dir),
+            dbus_send: PathBuf::from(&self.dbus_send),
+            dbus_address: (!self.dbus_address.is_empty()).then(|| self.dbus_address.clone()),
+            first_export_id: self.first_export_id.clamp(1, 65000) as u16,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        let mut p = Vec::new();
+        let s = RawNfs::default().validate(&mut p);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(s.dbus_address, None);
+        let raw = RawNfs {
+            backend: NfsBackendKind::Kernel,
+            exports_file: "/etc/exports.d/x.conf".into(),
+            dbus_address: "unix:path=/x y".into(),
+            first_export_id: 0,
+            ganesha_dir: "relative".into(),
+            ..RawNfs::default()
+        };
+        let mut p = Vec::new();
+        raw.validate(&mut p);
+        let all = p.join("\n");
+        for k in [
+            "nfs.exports_file",
+            "nfs.dbus_address",
+            "nfs.first_export_id",
+            "nfs.ganesha_dir",
+        ] {
+            assert!(all.contains(k), "{k} not named in {all}");
+        }
+        assert!(dbus_address_ok("unix:path=/tmp/t/bus.sock,guid=abc"));
     }
 }

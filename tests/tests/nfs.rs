@@ -1,0 +1,730 @@
+//! NFS exports end to end: the real agent over MQTT, with
+//! - NFS-Ganesha: a private ganesha.nfsd + dbus-daemon per test, checked from the client side
+//!   with `nfs-ls` over NFSv4;
+//! - kernel nfsd: this kernel has no nfsd, so `exportfs` cannot apply anything here (and the
+//!   real one would rewrite the host's /var/lib/nfs/etab, shared by parallel tests). These
+//!   tests point `nfs.exportfs` at a recording stand-in (see `Stub`) and check the exports
+//!   file the agent writes and the argv it runs, rollback included.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use csg_e2e::ganesha::Ganesha;
+use csg_e2e::{rpc, wait_until, Bed, TIMEOUT};
+use serde_json::{json, Value};
+
+/// A temp dir with a storage root (`srv/vol1`, `srv/vol2`, a file, a symlink that leads out)
+/// and a state dir.
+struct World {
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let w = World { dir };
+        for v in ["vol1", "vol2", "vol3"] {
+            std::fs::create_dir_all(w.root().join(v)).unwrap();
+            std::fs::write(w.root().join(v).join(format!("hello-{v}.txt")), "hi\n").unwrap();
+        }
+        std::fs::create_dir_all(w.base().join("outside")).unwrap();
+        std::fs::write(w.root().join("file.txt"), "x").unwrap();
+        std::os::unix::fs::symlink(w.base().join("outside"), w.root().join("escape")).unwrap();
+        w
+    }
+    fn base(&self) -> PathBuf {
+        std::fs::canonicalize(self.dir.path()).unwrap()
+    }
+    fn root(&self) -> PathBuf {
+        self.base().join("srv")
+    }
+    fn vol(&self, v: &str) -> String {
+        self.root().join(v).display().to_string()
+    }
+    fn state_file(&self) -> PathBuf {
+        self.base().join("state").join("state.json")
+    }
+    fn storage_toml(&self) -> String {
+        format!(
+            "\n[storage]\nroots = [{:?}]\nstate_dir = {:?}\ncommand_timeout_s = 10\n",
+            self.root().display().to_string(),
+            self.base().join("state").display().to_string()
+        )
+    }
+    fn state(&self) -> String {
+        std::fs::read_to_string(self.state_file()).unwrap_or_default()
+    }
+}
+
+/// Stand-in for exportfs(8) (a mock, because this kernel has no nfsd: see the file comment).
+/// It records each argv as one line, keeps an "export table" built from the agent's file on
+/// `-ra` (one `path client(options)` line per client, as `exportfs -s` prints), prints it on
+/// `-s`, and fails the next `-ra` (exit 1, a message on stderr) when told to.
+struct Stub {
+    dir: PathBuf,
+    exports: PathBuf,
+}
+
+impl Stub {
+    fn new(w: &World) -> Stub {
+        let dir = w.base().join("stub");
+        std::fs::create_dir_all(&dir).unwrap();
+        let exports = w.base().join("exports.d").join("csg-agent.exports");
+        let script = format!(
+            "#!/bin/sh\n\
+             D={dir}\n\
+             printf '%s\\n' \"$*\" >> \"$D/argv\"\n\
+             case \"$1\" in\n\
+             -ra)\n\
+             \x20 if [ -f \"$D/fail-once\" ]; then cat \"$D/fail-once\" >&2; rm -f \"$D/fail-once\"; exit 1; fi\n\
+             \x20 if [ -f {exports} ]; then\n\
+             \x20   grep -v '^#' {exports} | awk '{{ for (i = 2; i <= NF; i++) print $1 \" \" $i }}' > \"$D/etab\"\n\
+             \x20 else\n\
+             \x20   : > \"$D/etab\"\n\
+             \x20 fi\n\
+             \x20 ;;\n\
+             -s) cat \"$D/etab\" 2>/dev/null; exit 0 ;;\n\
+             *) echo \"stub exportfs: unexpected arguments: $*\" >&2; exit 2 ;;\n\
+             esac\n",
+            dir = dir.display(),
+            exports = exports.display()
+        );
+        let path = dir.join("exportfs");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Stub { dir, exports }
+    }
+    fn program(&self) -> PathBuf {
+        self.dir.join("exportfs")
+    }
+    fn argv(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("argv"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+    fn fail_next_reexport(&self, stderr: &str) {
+        std::fs::write(self.dir.join("fail-once"), stderr).unwrap();
+    }
+    fn file(&self) -> Option<String> {
+        std::fs::read_to_string(&self.exports).ok()
+    }
+    fn etab(&self) -> String {
+        std::fs::read_to_string(self.dir.join("etab")).unwrap_or_default()
+    }
+}
+
+const HEADER: &str =
+    "# Managed by csg-agent: this file is rewritten on every change; edits here are lost.\n";
+
+fn kernel_bed(name: &str, w: &World, stub: &Stub) -> Bed {
+    let toml = format!(
+        "{}\n[nfs]\nbackend = \"kernel\"\nexports_file = {:?}\nexportfs = {:?}\n",
+        w.storage_toml(),
+        stub.exports.display().to_string(),
+        stub.program().display().to_string()
+    );
+    let bed = Bed::start_with(name, |c| c.extra_toml = toml);
+    // The start-up reconcile reads the table once; wait for it so argv checks start clean.
+    assert!(
+        wait_until(TIMEOUT, || !stub.argv().is_empty()),
+        "start-up reconcile did not run exportfs\n{}",
+        bed.agent.log()
+    );
+    bed.barrier();
+    bed
+}
+
+fn err(bed: &Bed, method: &str, params: Value, code: &str) -> Value {
+    let id = csg_e2e::unique("nfs");
+    let reply = bed.call_raw(&id, method, params);
+    rpc::expect_err(&reply, Some(&id), code)
+}
+
+fn line(path: &str, clients: &[&str]) -> String {
+    let mut s = path.to_string();
+    for c in clients {
+        s.push(' ');
+        s.push_str(c);
+    }
+    s.push('\n');
+    s
+}
+
+const OPTS_RW_ROOT: &str = "(rw,sync,root_squash,no_subtree_check,anonuid=65534,anongid=65534)";
+const OPTS_RO_ROOT: &str = "(ro,sync,root_squash,no_subtree_check,anonuid=65534,anongid=65534)";
+
+#[test]
+fn kernel_writes_the_exports_file_and_runs_exportfs() {
+    let w = World::new();
+    let stub = Stub::new(&w);
+    let bed = kernel_bed("nfs-k1", &w, &stub);
+    assert_eq!(stub.file(), None, "no exports yet: no file written");
+    let base = stub.argv().len();
+
+    let spec = json!({"name": "vol1", "path": w.vol("vol1"), "clients": [
+        {"match": "10.0.0.0/8", "access": "rw"},
+        {"match": "192.0.2.7/32"},
+        {"match": "2001:db8::/32", "access": "rw", "squash": "all", "anonuid": 1000, "anongid": 1001}]});
+    let r = bed.call_ok("nfs.export.create", spec.clone());
+    assert_eq!(r["changed"], json!(true), "{r}");
+    assert_eq!(r["export"]["drift"], json!([]), "{r}");
+    assert_eq!(
+        r["export"]["actual"]["clients"].as_array().unwrap().len(),
+        3,
+        "{r}"
+    );
+    let vol1_line = line(
+        &w.vol("vol1"),
+        &[
+            &format!("10.0.0.0/8{OPTS_RW_ROOT}"),
+            &format!("192.0.2.7{OPTS_RO_ROOT}"),
+            "2001:db8::/32(rw,sync,all_squash,no_subtree_check,anonuid=1000,anongid=1001)",
+        ],
+    );
+    assert_eq!(
+        stub.file().unwrap(),
+        format!("{HEADER}# export vol1\n{vol1_line}")
+    );
+    // Re-export, verify with -s, then -s again for the result.
+    assert_eq!(stub.argv()[base..], ["-ra", "-s", "-s"]);
+    assert!(stub
+        .etab()
+        .contains(&format!("{} 10.0.0.0/8(rw,", w.vol("vol1"))));
+
+    // The same spec again: nothing applied.
+    let n = stub.argv().len();
+    let r = bed.call_ok("nfs.export.create", spec.clone());
+    assert_eq!(r["changed"], json!(false), "{r}");
+    assert!(
+        !stub.argv()[n..].contains(&"-ra".to_string()),
+        "{:?}",
+        stub.argv()
+    );
+
+    // A different spec under the same name: CONFLICT, file unchanged.
+    let before = stub.file();
+    let mut other = spec.clone();
+    other["clients"] = json!([{"match": "10.0.0.0/8"}]);
+    err(&bed, "nfs.export.create", other.clone(), "CONFLICT");
+    assert_eq!(stub.file(), before);
+    // The same path under another name: CONFLICT.
+    let mut dup = other.clone();
+    dup["name"] = json!("vol1b");
+    err(&bed, "nfs.export.create", dup, "CONFLICT");
+
+    // A second export, then an update of the first.
+    bed.call_ok(
+        "nfs.export.create",
+        json!({"name": "vol2", "path": w.vol("vol2"), "sync": false,
+               "clients": [{"match": "192.0.2.0/24", "access": "rw", "squash": "none"}]}),
+    );
+    let r = bed.call_ok("nfs.export.update", other);
+    assert_eq!(r["changed"], json!(true), "{r}");
+    let vol2_line = line(
+        &w.vol("vol2"),
+        &["192.0.2.0/24(rw,async,no_root_squash,no_subtree_check,anonuid=65534,anongid=65534)"],
+    );
+    assert_eq!(
+        stub.file().unwrap(),
+        format!(
+            "{HEADER}# export vol1\n{}# export vol2\n{vol2_line}",
+            line(&w.vol("vol1"), &[&format!("10.0.0.0/8{OPTS_RO_ROOT}")])
+        )
+    );
+    let l = bed.call_ok("nfs.export.list", json!({}));
+    assert_eq!(l["backend"], json!("kernel"), "{l}");
+    let names: Vec<&str> = l["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vol1", "vol2"], "{l}");
+    assert!(w.state().contains("\"vol2\""), "{}", w.state());
+
+    // Drift: the kernel table loses a client behind the agent's back; get names it and
+    // sys.reconcile re-exports.
+    std::fs::write(stub.dir.join("etab"), "").unwrap();
+    let g = bed.call_ok("nfs.export.get", json!({"name": "vol2"}));
+    assert_eq!(g["actual"], Value::Null, "{g}");
+    assert_eq!(g["drift"], json!(["missing on the server"]), "{g}");
+    let n = stub.argv().len();
+    let rec = bed.call_ok("sys.reconcile", json!({}));
+    assert!(rec.to_string().contains("vol2"), "{rec}");
+    assert!(stub.argv()[n..].contains(&"-ra".to_string()));
+    let g = bed.call_ok("nfs.export.get", json!({"name": "vol2"}));
+    assert_eq!(g["drift"], json!([]), "{g}");
+
+    // Delete: the line goes; a second delete finds nothing; update of a missing one.
+    let d = bed.call_ok("nfs.export.delete", json!({"name": "vol2"}));
+    assert_eq!(d, json!({"name": "vol2", "existed": true}));
+    assert!(!stub.file().unwrap().contains("vol2"));
+    let d = bed.call_ok("nfs.export.delete", json!({"name": "vol2"}));
+    assert_eq!(d, json!({"name": "vol2", "existed": false}));
+    err(
+        &bed,
+        "nfs.export.update",
+        json!({"name": "vol2", "path": w.vol("vol2"), "clients": [{"match": "10.0.0.0/8"}]}),
+        "NOT_FOUND",
+    );
+    err(&bed, "nfs.export.get", json!({"name": "vol2"}), "NOT_FOUND");
+    bed.call_ok("nfs.export.delete", json!({"name": "vol1"}));
+    assert_eq!(stub.file().unwrap(), HEADER);
+}
+
+#[test]
+fn kernel_rolls_back_when_exportfs_fails() {
+    let w = World::new();
+    let stub = Stub::new(&w);
+    let bed = kernel_bed("nfs-k2", &w, &stub);
+    bed.call_ok(
+        "nfs.export.create",
+        json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "10.0.0.0/8"}]}),
+    );
+    let file_before = stub.file().unwrap();
+    let state_before = w.state();
+    let n = stub.argv().len();
+
+    stub.fail_next_reexport(&format!("exportfs: {}: bad option list\n", w.vol("vol2")));
+    let e = err(
+        &bed,
+        "nfs.export.create",
+        json!({"name": "vol2", "path": w.vol("vol2"), "clients": [{"match": "10.0.0.0/8"}]}),
+        "BACKEND_ERROR",
+    );
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("bad option list"), "{e}");
+    assert!(msg.contains("the previous state was restored"), "{e}");
+    // The failed -ra, then the old file written back and re-exported.
+    assert_eq!(stub.argv()[n..], ["-ra", "-ra"], "{:?}", stub.argv());
+    assert_eq!(stub.file().unwrap(), file_before);
+    assert_eq!(w.state(), state_before, "desired state restored too");
+    assert!(!stub.etab().contains("vol2"), "{}", stub.etab());
+    let l = bed.call_ok("nfs.export.list", json!({}));
+    assert_eq!(l["exports"].as_array().unwrap().len(), 1, "{l}");
+    assert_eq!(l["exports"][0]["drift"], json!([]), "{l}");
+
+    // The next try (exportfs healthy again) works.
+    bed.call_ok(
+        "nfs.export.create",
+        json!({"name": "vol2", "path": w.vol("vol2"), "clients": [{"match": "10.0.0.0/8"}]}),
+    );
+    assert!(stub.file().unwrap().contains(&w.vol("vol2")));
+}
+
+/// Params that must be refused before anything is written or run.
+fn hostile(w: &World) -> Vec<(&'static str, Value)> {
+    let ok = |name: &str, path: String, m: &str| json!({"name": name, "path": path, "clients": [{"match": m, "access": "rw"}]});
+    vec![
+        (
+            "dotdot",
+            ok(
+                "vol9",
+                format!("{}/vol1/../vol2", w.root().display()),
+                "10.0.0.0/8",
+            ),
+        ),
+        ("symlink out", ok("vol9", w.vol("escape"), "10.0.0.0/8")),
+        ("outside roots", ok("vol9", "/etc".into(), "10.0.0.0/8")),
+        (
+            "the root itself",
+            ok("vol9", w.root().display().to_string(), "10.0.0.0/8"),
+        ),
+        ("a file", ok("vol9", w.vol("file.txt"), "10.0.0.0/8")),
+        ("missing dir", ok("vol9", w.vol("nope"), "10.0.0.0/8")),
+        (
+            "smuggled options",
+            ok("vol9", w.vol("vol3"), "10.0.0.0/8(rw,no_root_squash)"),
+        ),
+        (
+            "world with options",
+            ok("vol9", w.vol("vol3"), "*(rw,no_root_squash)"),
+        ),
+        (
+            "hostname, not allowed",
+            ok("vol9", w.vol("vol3"), "evil.example.com"),
+        ),
+        (
+            "newline in match",
+            ok("vol9", w.vol("vol3"), "10.0.0.0/8\n/ *(rw)"),
+        ),
+        (
+            "newline in path",
+            ok("vol9", format!("{}\n/ *(rw)", w.vol("vol3")), "10.0.0.0/8"),
+        ),
+        ("newline in name", ok("vol9\n", w.vol("vol3"), "10.0.0.0/8")),
+        (
+            "space in path",
+            ok("vol9", format!("{} x", w.vol("vol3")), "10.0.0.0/8"),
+        ),
+        ("upper-case name", ok("Vol9", w.vol("vol3"), "10.0.0.0/8")),
+        (
+            "no clients",
+            json!({"name": "vol9", "path": w.vol("vol3"), "clients": []}),
+        ),
+        (
+            "unknown param",
+            json!({"name": "vol9", "path": w.vol("vol3"), "clients": [{"match": "10.0.0.0/8"}], "options": "rw"}),
+        ),
+        (
+            "unknown access",
+            json!({"name": "vol9", "path": w.vol("vol3"), "clients": [{"match": "10.0.0.0/8", "access": "rw,no_root_squash"}]}),
+        ),
+        (
+            "anonuid -1",
+            json!({"name": "vol9", "path": w.vol("vol3"), "clients": [{"match": "10.0.0.0/8", "anonuid": 4294967295u32}]}),
+        ),
+        (
+            "newline in pseudo",
+            json!({"name": "vol9", "path": w.vol("vol3"), "pseudo": "/x\n}", "clients": [{"match": "10.0.0.0/8"}]}),
+        ),
+    ]
+}
+
+#[test]
+fn kernel_hostile_input_changes_nothing() {
+    let w = World::new();
+    let stub = Stub::new(&w);
+    let bed = kernel_bed("nfs-k3", &w, &stub);
+    bed.call_ok(
+        "nfs.export.create",
+        json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "10.0.0.0/8"}]}),
+    );
+    let (file, state, n) = (stub.file(), w.state(), stub.argv().len());
+    let mut cases = hostile(&w);
+    cases.push((
+        "pseudo on kernel",
+        json!({"name": "vol9", "path": w.vol("vol3"), "pseudo": "/vol9", "clients": [{"match": "10.0.0.0/8"}]}),
+    ));
+    cases.push((
+        "protocols on kernel",
+        json!({"name": "vol9", "path": w.vol("vol3"), "protocols": [4], "clients": [{"match": "10.0.0.0/8"}]}),
+    ));
+    for (why, params) in cases {
+        for method in ["nfs.export.create", "nfs.export.update"] {
+            let e = err(&bed, method, params.clone(), "INVALID_PARAMS");
+            assert!(!e["message"].as_str().unwrap().is_empty(), "{why}: {e}");
+        }
+    }
+    err(
+        &bed,
+        "nfs.export.delete",
+        json!({"name": "../vol1"}),
+        "INVALID_PARAMS",
+    );
+    err(
+        &bed,
+        "nfs.export.get",
+        json!({"name": "vol1", "x": 1}),
+        "INVALID_PARAMS",
+    );
+    err(&bed, "nfs.export.list", json!({"x": 1}), "INVALID_PARAMS");
+    assert_eq!(stub.file(), file);
+    assert_eq!(w.state(), state);
+    assert_eq!(stub.argv().len(), n, "no exportfs run: {:?}", stub.argv());
+    assert_eq!(
+        std::fs::read_dir(stub.exports.parent().unwrap())
+            .unwrap()
+            .count(),
+        1,
+        "no temp files left next to the exports file"
+    );
+}
+
+#[test]
+fn kernel_restart_reconciles_the_file() {
+    let w = World::new();
+    let stub = Stub::new(&w);
+    let mut bed = kernel_bed("nfs-k4", &w, &stub);
+    bed.call_ok(
+        "nfs.export.create",
+        json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "10.0.0.0/8"}]}),
+    );
+    let want = stub.file().unwrap();
+    bed.agent.kill9();
+    // Someone edits the agent's file while it is down.
+    std::fs::write(&stub.exports, "/ *(rw,no_root_squash)\n").unwrap();
+    let toml = bed.config().extra_toml.clone();
+    let _agent = bed.spawn_agent("nfs-k4", |c| c.extra_toml = toml);
+    assert!(
+        wait_until(TIMEOUT, || stub.file().as_deref() == Some(want.as_str())),
+        "the restarted agent did not rewrite the file: {:?}",
+        stub.file()
+    );
+    assert!(wait_until(TIMEOUT, || stub.etab().contains(&w.vol("vol1"))));
+    let _ = Path::new("");
+}
+
+// ----- NFS-Ganesha -----
+
+fn ganesha_bed(name: &str, w: &World, g: &Ganesha, extra: &str) -> Bed {
+    let toml = format!(
+        "{}\n[nfs]\nbackend = \"ganesha\"\nganesha_dir = {:?}\ndbus_address = {:?}\n{extra}",
+        w.storage_toml(),
+        g.exports_dir().display().to_string(),
+        g.bus_address()
+    );
+    Bed::start_with(name, |c| c.extra_toml = toml)
+}
+
+fn conf_files(g: &Ganesha) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(g.exports_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn ganesha_export_is_served_then_removed() {
+    let w = World::new();
+    let g = Ganesha::start();
+    let bed = ganesha_bed("nfs-g1", &w, &g, "");
+    // Nothing is served before the agent creates it.
+    assert_ne!(g.nfs_ls("/vol1").code(), Some(0));
+
+    let spec = json!({"name": "vol1", "path": w.vol("vol1"),
+                      "clients": [{"match": "127.0.0.1", "access": "rw", "squash": "none"}]});
+    let r = bed.call_ok("nfs.export.create", spec.clone());
+    assert_eq!(r["changed"], json!(true), "{r}");
+    assert_eq!(r["export"]["drift"], json!([]), "{r}");
+    assert_eq!(r["export"]["actual"]["export_id"], json!(10000), "{r}");
+    assert_eq!(r["export"]["actual"]["pseudo"], json!("/vol1"), "{r}");
+    assert_eq!(r["export"]["desired"]["protocols"], json!([3, 4]), "{r}");
+    let ls = g.nfs_ls("/vol1");
+    assert!(
+        ls.code() == Some(0) && ls.stdout.contains("hello-vol1.txt"),
+        "{}\n{}",
+        ls.describe(),
+        g.log()
+    );
+    assert_eq!(conf_files(&g), ["vol1.conf"]);
+    let conf = std::fs::read_to_string(g.exports_dir().join("vol1.conf")).unwrap();
+    assert!(
+        conf.contains("Export_Id = 10000;") && conf.contains("Clients = 127.0.0.1;"),
+        "{conf}"
+    );
+    assert_eq!(g.export_ids(), [10000]);
+
+    // Identical → no-op; different → CONFLICT (and nothing changes).
+    let r = bed.call_ok("nfs.export.create", spec.clone());
+    assert_eq!(r["changed"], json!(false), "{r}");
+    let mut other = spec.clone();
+    other["clients"] = json!([{"match": "10.0.0.0/8"}]);
+    err(&bed, "nfs.export.create", other.clone(), "CONFLICT");
+    assert_eq!(
+        std::fs::read_to_string(g.exports_dir().join("vol1.conf")).unwrap(),
+        conf
+    );
+
+    // Update to clients that exclude 127.0.0.1: the client loses it; back again: it sees it.
+    let r = bed.call_ok("nfs.export.update", other);
+    assert_eq!(r["export"]["drift"], json!([]), "{r}");
+    assert_ne!(
+        g.nfs_ls("/vol1").code(),
+        Some(0),
+        "10.0.0.0/8 only, yet 127.0.0.1 sees it"
+    );
+    bed.call_ok("nfs.export.update", spec.clone());
+    g.nfs_ls("/vol1").assert_code(0);
+
+    // A second export on a new pseudo path, and a path change (new Export_Id).
+    bed.call_ok(
+        "nfs.export.create",
+        json!({"name": "vol2", "path": w.vol("vol2"), "pseudo": "/exports/two", "protocols": [4],
+               "clients": [{"match": "127.0.0.0/8"}]}),
+    );
+    let ls = g.nfs_ls("/exports/two");
+    assert!(ls.stdout.contains("hello-vol2.txt"), "{}", ls.describe());
+    let r = bed.call_ok(
+        "nfs.export.update",
+        json!({"name": "vol2", "path": w.vol("vol3"), "pseudo": "/exports/two", "protocols": [4],
+               "clients": [{"match": "127.0.0.0/8"}]}),
+    );
+    assert_eq!(r["export"]["actual"]["export_id"], json!(10002), "{r}");
+    let ls = g.nfs_ls("/exports/two");
+    assert!(ls.stdout.contains("hello-vol3.txt"), "{}", ls.describe());
+    assert_eq!(g.export_ids(), [10000, 10002]);
+
+    // Delete: gone for the client, file gone; again: existed false.
+    let d = bed.call_ok("nfs.export.delete", json!({"name": "vol1"}));
+    assert_eq!(d["existed"], json!(true));
+    assert_ne!(g.nfs_ls("/vol1").code(), Some(0));
+    assert_eq!(conf_files(&g), ["vol2.conf"]);
+    assert_eq!(g.export_ids(), [10002]);
+    let d = bed.call_ok("nfs.export.delete", json!({"name": "vol1"}));
+    assert_eq!(d["existed"], json!(false));
+    let s = bed.call_ok("sys.status", json!({}));
+    assert_eq!(
+        s["services"]["nfs"],
+        json!({"backend": "ganesha", "up": true}),
+        "{s}"
+    );
+    assert_eq!(s["storage"]["nfs"], json!({"count": 1, "drift": 0}), "{s}");
+}
+
+#[test]
+fn ganesha_hostile_input_changes_nothing() {
+    let w = World::new();
+    let g = Ganesha::start();
+    let bed = ganesha_bed("nfs-g2", &w, &g, "");
+    bed.call_ok(
+        "nfs.export.create",
+        json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "127.0.0.1"}]}),
+    );
+    let conf = std::fs::read_to_string(g.exports_dir().join("vol1.conf")).unwrap();
+    let state = w.state();
+    let mut cases = hostile(&w);
+    cases.push((
+        "async on ganesha",
+        json!({"name": "vol9", "path": w.vol("vol3"), "sync": false, "clients": [{"match": "127.0.0.1"}]}),
+    ));
+    cases.push((
+        "pseudo with a quote",
+        json!({"name": "vol9", "path": w.vol("vol3"), "pseudo": "/x\";}", "clients": [{"match": "127.0.0.1"}]}),
+    ));
+    cases.push((
+        "protocol 2",
+        json!({"name": "vol9", "path": w.vol("vol3"), "protocols": [2], "clients": [{"match": "127.0.0.1"}]}),
+    ));
+    for (why, params) in cases {
+        let e = err(&bed, "nfs.export.create", params, "INVALID_PARAMS");
+        assert!(!e["message"].as_str().unwrap().is_empty(), "{why}: {e}");
+    }
+    assert_eq!(conf_files(&g), ["vol1.conf"]);
+    assert_eq!(
+        std::fs::read_to_string(g.exports_dir().join("vol1.conf")).unwrap(),
+        conf
+    );
+    assert_eq!(w.state(), state);
+    assert_eq!(g.export_ids(), [10000]);
+    // Pseudo path taken by another export: CONFLICT.
+    err(
+        &bed,
+        "nfs.export.create",
+        json!({"name": "vol2", "path": w.vol("vol2"), "pseudo": "/vol1", "clients": [{"match": "127.0.0.1"}]}),
+        "CONFLICT",
+    );
+    assert_eq!(conf_files(&g), ["vol1.conf"]);
+}
+
+#[test]
+fn ganesha_failed_apply_is_rolled_back() {
+    let w = World::new();
+    let g = Ganesha::start();
+    let bed = ganesha_bed("nfs-g3", &w, &g, "allow_hostnames = true\n");
+    let spec = json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "127.0.0.1"}]});
+    bed.call_ok("nfs.export.create", spec.clone());
+    let conf = std::fs::read_to_string(g.exports_dir().join("vol1.conf")).unwrap();
+    let state = w.state();
+
+    // Ganesha itself refuses a client it cannot resolve ("Errors found"): the update is
+    // undone (old file, old export), and so is the desired state.
+    let mut bad = spec.clone();
+    bad["clients"] = json!([{"match": "127.0.0.1"}, {"match": "no-such-host.invalid"}]);
+    let e = err(&bed, "nfs.export.update", bad.clone(), "BACKEND_ERROR");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("no-such-host.invalid"), "{e}");
+    assert!(msg.contains("the previous state was restored"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(g.exports_dir().join("vol1.conf")).unwrap(),
+        conf
+    );
+    assert_eq!(w.state(), state);
+    let got = bed.call_ok("nfs.export.get", json!({"name": "vol1"}));
+    assert_eq!(got["drift"], json!([]), "{got}");
+    g.nfs_ls("/vol1").assert_code(0);
+
+    // The same on create: no file, no export, no state left behind.
+    let mut bad2 = bad.clone();
+    bad2["name"] = json!("vol2");
+    bad2["path"] = json!(w.vol("vol2"));
+    let e = err(&bed, "nfs.export.create", bad2, "BACKEND_ERROR");
+    assert!(e["message"].as_str().unwrap().contains("restored"), "{e}");
+    assert_eq!(conf_files(&g), ["vol1.conf"]);
+    assert_eq!(g.export_ids(), [10000]);
+    assert_eq!(w.state(), state);
+}
+
+#[test]
+fn ganesha_drift_is_reported_and_reconciled() {
+    let w = World::new();
+    let mut g = Ganesha::start();
+    let bed = ganesha_bed("nfs-g4", &w, &g, "");
+    bed.call_ok(
+        "nfs.export.create",
+        json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "127.0.0.1", "access": "rw"}]}),
+    );
+    // Removed behind the agent's back (Ganesha keeps no record of D-Bus changes).
+    g.export_mgr("RemoveExport", &["uint16:10000"])
+        .assert_code(0);
+    assert_ne!(g.nfs_ls("/vol1").code(), Some(0));
+    let got = bed.call_ok("nfs.export.get", json!({"name": "vol1"}));
+    assert_eq!(got["drift"], json!(["missing on the server"]), "{got}");
+    let s = bed.call_ok("sys.status", json!({}));
+    assert_eq!(s["storage"]["nfs"], json!({"count": 1, "drift": 1}), "{s}");
+
+    let rec = bed.call_ok("sys.reconcile", json!({}));
+    assert_eq!(rec["nfs"]["ok"], json!(true), "{rec}");
+    let changes = rec["nfs"]["changes"].to_string();
+    assert!(
+        changes.contains("vol1") && changes.contains("missing"),
+        "{rec}"
+    );
+    g.nfs_ls("/vol1").assert_code(0);
+    let got = bed.call_ok("nfs.export.get", json!({"name": "vol1"}));
+    assert_eq!(got["drift"], json!([]), "{got}");
+    // A second pass has nothing to do.
+    let rec = bed.call_ok("sys.reconcile", json!({}));
+    assert_eq!(rec["nfs"]["changes"], json!([]), "{rec}");
+    assert!(g.is_running(), "{}", g.log());
+}
+
+#[test]
+fn ganesha_never_touches_an_export_it_does_not_own() {
+    let w = World::new();
+    let g = Ganesha::start();
+    // The operator's own export, on the id the agent would hand out first.
+    let own = g.dir().join("operator.conf");
+    std::fs::write(
+        &own,
+        format!(
+            "EXPORT {{ Export_Id = 10000; Path = \"{}\"; Pseudo = \"/operator\"; \
+             Access_Type = None; CLIENT {{ Clients = 127.0.0.1; Access_Type = RO; }} \
+             FSAL {{ Name = VFS; }} }}\n",
+            w.vol("vol3")
+        ),
+    )
+    .unwrap();
+    g.export_mgr(
+        "AddExport",
+        &[
+            &format!("string:{}", own.display()),
+            "string:EXPORT(Export_Id=10000)",
+        ],
+    )
+    .assert_code(0);
+    g.nfs_ls("/operator").assert_code(0);
+
+    let bed = ganesha_bed("nfs-g5", &w, &g, "");
+    // The agent skips the id Ganesha already serves.
+    let r = bed.call_ok(
+        "nfs.export.create",
+        json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "127.0.0.1"}]}),
+    );
+    assert_eq!(r["export"]["actual"]["export_id"], json!(10001), "{r}");
+    assert_eq!(r["export"]["drift"], json!([]), "{r}");
+    g.nfs_ls("/vol1").assert_code(0);
+    let ls = g.nfs_ls("/operator");
+    assert!(ls.stdout.contains("hello-vol3.txt"), "{}", ls.describe());
+    // Nor does reconcile or delete touch it.
+    let rec = bed.call_ok("sys.reconcile", json!({}));
+    assert_eq!(rec["nfs"]["changes"], json!([]), "{rec}");
+    bed.call_ok("nfs.export.delete", json!({"name": "vol1"}));
+    assert_eq!(conf_files(&g), Vec::<String>::new());
+    assert_eq!(g.export_ids(), [10000]);
+    g.nfs_ls("/operator").assert_code(0);
+}
