@@ -1,12 +1,879 @@
-//! `smb.*` methods. Not built yet in this release: a configured backend is refused at start.
+//! `smb.*` methods: Samba shares (in Samba's registry) and Samba users.
+//!
+//! Ownership: the agent manages only what it created, i.e. what is in its desired state.
+//! Registry shares and passdb users it did not create are reported (`managed: false`) and
+//! counted as drift, but never changed: a create, update or delete naming one is `CONFLICT`.
+//!
+//! Every mutation runs under one lock: check smbd is up (`UNAVAILABLE` otherwise, nothing
+//! changed), save the new desired state, apply it, reload smbd, read it back; on any failure the
+//! previous registry section and the previous desired state are put back and the error says so.
+//! Reads (`get`, `list`) take no lock and read the registry directly.
+//!
+//! Users: the password goes to `smbpasswd` on stdin and nowhere else (not logged, not stored,
+//! not in any reply). A Samba user needs a Unix account: when there is none the agent creates a
+//! system account with no home and no login shell (`smb.create_unix_users`, default true) and
+//! removes it again on `smb.user.delete`; an existing account it did not create is accepted only
+//! with a uid of at least `smb.min_existing_uid` (1000), so root and system accounts cannot be
+//! given an SMB password.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use csg_protocol::methods::smb::{
+    self as m, parse_params, DeleteResult, ShareInfo, ShareList, ShareName, ShareRef, ShareResult,
+    ShareSpec, UserInfo, UserList, UserName, UserRef, UserSet, UserSetResult,
+};
+use csg_protocol::status::{FamilySummary, ServiceState};
+use csg_protocol::{ErrorCode, RpcError};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::backends::samba::{drift, share_param_map, Params, Samba, SambaError};
 use crate::config::smb::{SmbBackendKind, SmbSettings};
-use crate::storage::{Family, StorageCtx};
+use crate::handlers::to_value;
+use crate::storage::paths::PathKind;
+use crate::storage::{BoxFut, Family, StorageCtx};
+
+const FAMILY: &str = "smb";
+
+const REMOVING: &str = "deleted by the console but still in Samba (the agent stopped half-way); \
+                        the next delete or sys.reconcile removes it";
+
+/// Existing accounts from here up (Debian's UID_MAX is 60000; 65534 is `nobody`) are not
+/// regular users and cannot get an SMB password.
+const MAX_EXISTING_UID: u32 = 60000;
 
 /// Builds the family for the configured backend (`None` when disabled).
-pub fn build(cfg: &SmbSettings, _ctx: &StorageCtx) -> Result<Option<Box<dyn Family>>, String> {
+pub fn build(cfg: &SmbSettings, ctx: &StorageCtx) -> Result<Option<Box<dyn Family>>, String> {
     match cfg.backend {
         SmbBackendKind::Disabled => Ok(None),
-        other => Err(format!("backend {other:?} is not available in this build")),
+        SmbBackendKind::Samba => {
+            for (k, p) in [
+                ("smb.smb_conf", &cfg.smb_conf),
+                ("smb.net", &cfg.net),
+                ("smb.smbcontrol", &cfg.smbcontrol),
+                ("smb.smbpasswd", &cfg.smbpasswd),
+                ("smb.pdbedit", &cfg.pdbedit),
+                ("smb.testparm", &cfg.testparm),
+            ] {
+                if !p.exists() {
+                    return Err(format!(
+                        "{k} = {:?} does not exist (is Samba installed?)",
+                        p.display().to_string()
+                    ));
+                }
+            }
+            let state_dir = ctx
+                .state
+                .path()
+                .parent()
+                .ok_or("the state file has no directory")?
+                .to_path_buf();
+            Ok(Some(Box::new(SmbFamily {
+                samba: Samba::new(cfg.clone(), ctx.timeout, &state_dir),
+                cfg: cfg.clone(),
+                ctx: ctx.clone(),
+                lock: Mutex::new(()),
+            })))
+        }
+    }
+}
+
+/// The family's part of the desired state. No passwords, ever.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmbState {
+    /// Lower-case share name → the share as the console asked for it.
+    #[serde(default)]
+    shares: BTreeMap<String, ShareSpec>,
+    /// Users the agent set up.
+    #[serde(default)]
+    users: BTreeMap<UserName, ManagedUser>,
+    /// Shares and users deleted from the desired state whose removal from Samba is not
+    /// confirmed yet (the agent may die in between): still the agent's, and the next delete
+    /// or reconcile finishes the job.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    removing_shares: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    removing_users: BTreeMap<UserName, ManagedUser>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManagedUser {
+    /// The agent created the Unix account (and removes it with the Samba user).
+    unix_user_created: bool,
+}
+
+struct SmbFamily {
+    samba: Samba,
+    cfg: SmbSettings,
+    ctx: StorageCtx,
+    /// Serializes mutations (and reconcile).
+    lock: Mutex<()>,
+}
+
+fn invalid(e: impl std::fmt::Display) -> RpcError {
+    RpcError::invalid_params(e.to_string())
+}
+
+fn backend(e: SambaError) -> RpcError {
+    use crate::exec::ExecError;
+    let code = match &e {
+        SambaError::Unavailable(_) => ErrorCode::Unavailable,
+        SambaError::Exec(ExecError::Timeout { .. }) => ErrorCode::Timeout,
+        _ => ErrorCode::BackendError,
+    };
+    RpcError::new(code, e.to_string())
+}
+
+fn state_err(e: crate::state::StateError) -> RpcError {
+    RpcError::internal(format!("desired state: {e}"))
+}
+
+/// A failed apply, after the rollback: says whether the previous state is back.
+fn rolled_back(e: RpcError, restore: Result<(), String>) -> RpcError {
+    let tail = match restore {
+        Ok(()) => "; the previous state was restored".to_string(),
+        Err(r) => format!("; restoring the previous state failed too: {r}"),
+    };
+    RpcError::new(e.code, format!("{}{tail}", e.message))
+}
+
+fn find_reg<'a>(reg: &'a [(String, Params)], name: &ShareName) -> Option<&'a (String, Params)> {
+    reg.iter().find(|(n, _)| name.same(n))
+}
+
+fn unmanaged_share(name: &str) -> RpcError {
+    RpcError::new(
+        ErrorCode::Conflict,
+        format!(
+            "share {name:?} exists in Samba's registry but was not created by this agent; \
+             the agent leaves it alone"
+        ),
+    )
+}
+
+impl SmbFamily {
+    async fn state(&self) -> Result<SmbState, RpcError> {
+        self.ctx.state.get(FAMILY).await.map_err(state_err)
+    }
+
+    async fn put_state(&self, s: &SmbState) -> Result<(), RpcError> {
+        self.ctx.state.put(FAMILY, s).await.map_err(state_err)
+    }
+
+    /// smbd answers, and its smb.conf serves registry shares.
+    async fn preflight(&self) -> Result<(), RpcError> {
+        self.samba.ping().await.map_err(backend)?;
+        self.samba.check_registry().await.map_err(backend)
+    }
+
+    /// The checks on the host: the path (inside a root, a directory, no symlinks) and the
+    /// accounts named by force_user / force_group.
+    async fn check_host(&self, spec: &ShareSpec) -> Result<(), RpcError> {
+        self.ctx
+            .roots
+            .resolve("path", spec.path.as_str(), PathKind::Dir)
+            .map_err(invalid)?;
+        // Forcing root would make every client of the share root inside it.
+        if let Some(u) = &spec.force_user {
+            match self.samba.unix_uid(u).await.map_err(backend)? {
+                None => return Err(invalid(format!("force_user \"{u}\": no such Unix user"))),
+                Some(0) => {
+                    return Err(invalid(format!("force_user \"{u}\": uid 0 is not allowed")))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(g) = &spec.force_group {
+            match self.samba.unix_gid(g).await.map_err(backend)? {
+                None => return Err(invalid(format!("force_group \"{g}\": no such Unix group"))),
+                Some(0) => {
+                    return Err(invalid(format!(
+                        "force_group \"{g}\": gid 0 is not allowed"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn info(name: &str, desired: Option<&ShareSpec>, actual: Option<&Params>) -> ShareInfo {
+        let drift = match desired {
+            Some(d) => drift(&share_param_map(d), actual),
+            None => vec!["not created by this agent (unmanaged)".to_string()],
+        };
+        ShareInfo {
+            name: desired.map(|d| d.name.to_string()).unwrap_or(name.into()),
+            managed: desired.is_some(),
+            desired: desired.cloned(),
+            actual: actual.cloned(),
+            drift,
+        }
+    }
+
+    /// A registry share the agent was deleting is still its own.
+    fn mark_removing(st: &SmbState, info: &mut ShareInfo) {
+        if info.desired.is_none() && st.removing_shares.contains(&info.name.to_ascii_lowercase()) {
+            info.managed = true;
+            info.drift = vec![REMOVING.to_string()];
+        }
+    }
+
+    /// Saves `next`, makes the registry section `name` match `want` (`None`: deleted), reloads
+    /// and reads it back; on failure puts back `prev_backend` and `prev_state`.
+    async fn apply_share(
+        &self,
+        prev_state: &SmbState,
+        next_state: &SmbState,
+        name: &ShareName,
+        want: Option<&ShareSpec>,
+        prev_backend: Option<&Params>,
+    ) -> Result<(), RpcError> {
+        self.put_state(next_state).await?;
+        let apply = async {
+            match want {
+                Some(spec) => self.samba.import(name, &share_param_map(spec)).await?,
+                None => {
+                    if prev_backend.is_some() {
+                        self.samba.delete(name).await?;
+                    }
+                    self.samba.close_share(name.as_str()).await?;
+                }
+            }
+            self.samba.reload().await?;
+            let actual = self.samba.show(name).await?;
+            let d = match (want, &actual) {
+                (Some(spec), a) => drift(&share_param_map(spec), a.as_ref().map(|(_, p)| p)),
+                (None, Some(_)) => vec!["still in the registry after delshare".into()],
+                (None, None) => vec![],
+            };
+            if !d.is_empty() {
+                return Err(SambaError::Setup(format!(
+                    "read back from the registry differs: {}",
+                    d.join("; ")
+                )));
+            }
+            Ok(())
+        };
+        let Err(e) = apply.await else {
+            return Ok(());
+        };
+        let restore = async {
+            match prev_backend {
+                Some(p) => self.samba.import(name, p).await?,
+                None => {
+                    if self.samba.show(name).await?.is_some() {
+                        self.samba.delete(name).await?;
+                    }
+                }
+            }
+            self.samba.reload().await
+        };
+        let mut r = restore.await.map_err(|e| e.to_string());
+        if let Err(se) = self.put_state(prev_state).await {
+            r = Err(format!(
+                "{}{se}",
+                r.err().map(|x| x + "; ").unwrap_or_default()
+            ));
+        }
+        Err(rolled_back(backend(e), r))
+    }
+
+    async fn share_create(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
+        let spec = ShareSpec::from_params(params).map_err(invalid)?;
+        let _g = self.lock.lock().await;
+        self.preflight().await?;
+        let st = self.state().await?;
+        let reg = self.samba.list().await.map_err(backend)?;
+        let actual = find_reg(&reg, &spec.name).map(|(_, p)| p);
+        match st.shares.get(&spec.name.key()) {
+            Some(cur) if *cur != spec => {
+                return Err(RpcError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "share {:?} already exists with a different spec; use smb.share.update \
+                         to change it",
+                        cur.name.as_str()
+                    ),
+                ))
+            }
+            Some(cur) if drift(&share_param_map(cur), actual).is_empty() => {
+                return to_value(&ShareResult {
+                    changed: false,
+                    share: Self::info(spec.name.as_str(), Some(cur), actual),
+                });
+            }
+            // Identical, but Samba lost or changed it: apply it again.
+            Some(_) => {}
+            None if actual.is_some() && !st.removing_shares.contains(&spec.name.key()) => {
+                return Err(unmanaged_share(spec.name.as_str()))
+            }
+            None => {}
+        }
+        self.check_host(&spec).await?;
+        let mut next = st.clone();
+        next.shares.insert(spec.name.key(), spec.clone());
+        next.removing_shares.remove(&spec.name.key());
+        self.apply_share(&st, &next, &spec.name, Some(&spec), actual)
+            .await?;
+        self.share_result(&spec).await
+    }
+
+    async fn share_result(&self, spec: &ShareSpec) -> Result<Value, RpcError> {
+        let actual = self.samba.show(&spec.name).await.map_err(backend)?;
+        to_value(&ShareResult {
+            changed: true,
+            share: Self::info(
+                spec.name.as_str(),
+                Some(spec),
+                actual.as_ref().map(|a| &a.1),
+            ),
+        })
+    }
+
+    async fn share_update(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
+        let mut spec = ShareSpec::from_params(params).map_err(invalid)?;
+        let _g = self.lock.lock().await;
+        self.preflight().await?;
+        let st = self.state().await?;
+        let reg = self.samba.list().await.map_err(backend)?;
+        let actual = find_reg(&reg, &spec.name).map(|(_, p)| p);
+        let Some(cur) = st.shares.get(&spec.name.key()) else {
+            return Err(match actual {
+                Some(_) => unmanaged_share(spec.name.as_str()),
+                None => RpcError::new(
+                    ErrorCode::NotFound,
+                    format!("no share {:?}", spec.name.as_str()),
+                ),
+            });
+        };
+        // Names are case-insensitive: the share keeps the spelling it was created with.
+        spec.name = cur.name.clone();
+        if spec == *cur && drift(&share_param_map(cur), actual).is_empty() {
+            return to_value(&ShareResult {
+                changed: false,
+                share: Self::info(spec.name.as_str(), Some(cur), actual),
+            });
+        }
+        self.check_host(&spec).await?;
+        let mut next = st.clone();
+        next.shares.insert(spec.name.key(), spec.clone());
+        self.apply_share(&st, &next, &spec.name, Some(&spec), actual)
+            .await?;
+        self.share_result(&spec).await
+    }
+
+    async fn share_delete(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
+        let r: ShareRef = parse_params(params).map_err(invalid)?;
+        let _g = self.lock.lock().await;
+        self.preflight().await?;
+        let st = self.state().await?;
+        let reg = self.samba.list().await.map_err(backend)?;
+        let actual = find_reg(&reg, &r.name).map(|(_, p)| p);
+        let key = r.name.key();
+        let name = match (st.shares.get(&key), actual) {
+            (Some(cur), _) => cur.name.clone(),
+            (None, Some(_)) if st.removing_shares.contains(&key) => r.name.clone(),
+            (None, Some(_)) => return Err(unmanaged_share(r.name.as_str())),
+            (None, None) => return to_value(&DeleteResult { existed: false }),
+        };
+        let mut next = st.clone();
+        next.shares.remove(&key);
+        next.removing_shares.insert(key.clone());
+        self.apply_share(&st, &next, &name, None, actual).await?;
+        // Gone from Samba: the tombstone goes too (if this write fails, reconcile drops it).
+        next.removing_shares.remove(&key);
+        if let Err(e) = self.put_state(&next).await {
+            warn!(share = %name, error = %e.message, "cannot drop the share's tombstone");
+        }
+        to_value(&DeleteResult { existed: true })
+    }
+
+    async fn share_get(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
+        let r: ShareRef = parse_params(params).map_err(invalid)?;
+        let st = self.state().await?;
+        let reg = self.samba.list().await.map_err(backend)?;
+        let actual = find_reg(&reg, &r.name);
+        let desired = st.shares.get(&r.name.key());
+        if desired.is_none() && actual.is_none() {
+            return Err(RpcError::new(
+                ErrorCode::NotFound,
+                format!("no share {:?}", r.name.as_str()),
+            ));
+        }
+        let name = actual.map(|a| a.0.as_str()).unwrap_or(r.name.as_str());
+        let mut info = Self::info(name, desired, actual.map(|a| &a.1));
+        Self::mark_removing(&st, &mut info);
+        to_value(&info)
+    }
+
+    async fn shares(&self) -> Result<Vec<ShareInfo>, RpcError> {
+        let st = self.state().await?;
+        let reg = self.samba.list().await.map_err(backend)?;
+        let mut out: BTreeMap<String, ShareInfo> = BTreeMap::new();
+        for (key, spec) in &st.shares {
+            let actual = find_reg(&reg, &spec.name).map(|(_, p)| p);
+            out.insert(
+                key.clone(),
+                Self::info(spec.name.as_str(), Some(spec), actual),
+            );
+        }
+        for (name, p) in &reg {
+            let key = name.to_ascii_lowercase();
+            if key == "global" || out.contains_key(&key) {
+                continue;
+            }
+            let mut info = Self::info(name, None, Some(p));
+            Self::mark_removing(&st, &mut info);
+            out.insert(key, info);
+        }
+        Ok(out.into_values().collect())
+    }
+
+    async fn share_list(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
+        crate::handlers::no_params(m::SHARE_LIST, &params)?;
+        to_value(&ShareList {
+            shares: self.shares().await?,
+        })
+    }
+
+    // ----- users -----
+
+    async fn user_set(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
+        let p: UserSet = parse_params(params).map_err(invalid)?;
+        let user = &p.username;
+        let _g = self.lock.lock().await;
+        self.preflight().await?;
+        let st = self.state().await?;
+        let passdb = self.samba.passdb_users().await.map_err(backend)?;
+        let in_passdb = passdb.iter().any(|n| n == user.as_str());
+        let managed = st
+            .users
+            .get(user)
+            .or_else(|| st.removing_users.get(user))
+            .copied();
+        if managed.is_none() && in_passdb {
+            return Err(RpcError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "user \"{user}\" is in Samba's passdb but was not set up by this agent; \
+                     the agent leaves it alone"
+                ),
+            ));
+        }
+        let ours = managed.is_some_and(|m| m.unix_user_created);
+        let mut create_unix = false;
+        match self.samba.unix_uid(user).await.map_err(backend)? {
+            None if !self.cfg.create_unix_users => {
+                return Err(invalid(format!(
+                    "username \"{user}\": no such Unix user, and smb.create_unix_users is false"
+                )))
+            }
+            None => create_unix = true,
+            Some(0) => {
+                return Err(invalid(format!(
+                    "username \"{user}\": uid 0 cannot get an SMB password"
+                )))
+            }
+            Some(uid) if !ours && !(self.cfg.min_existing_uid..MAX_EXISTING_UID).contains(&uid) => {
+                return Err(invalid(format!(
+                    "username \"{user}\": an existing account with uid {uid} cannot get an SMB \
+                     password (only uids from smb.min_existing_uid = {} below {MAX_EXISTING_UID}: \
+                     not system accounts, not nobody)",
+                    self.cfg.min_existing_uid
+                )))
+            }
+            Some(_) => {}
+        }
+        let mut next = st.clone();
+        next.removing_users.remove(user);
+        next.users.insert(
+            user.clone(),
+            ManagedUser {
+                unix_user_created: ours || create_unix,
+            },
+        );
+        self.put_state(&next).await?;
+        let apply = async {
+            if create_unix {
+                self.samba.useradd(user).await?;
+            }
+            self.samba.set_password(user, &p.password).await?;
+            if !self
+                .samba
+                .passdb_users()
+                .await?
+                .iter()
+                .any(|n| n == user.as_str())
+            {
+                return Err(SambaError::Setup(format!(
+                    "smbpasswd succeeded but {user} is not in passdb"
+                )));
+            }
+            Ok(())
+        };
+        if let Err(e) = apply.await {
+            // smbpasswd changes nothing when it fails; what may need undoing is a new passdb
+            // entry and the Unix account made for it.
+            let restore = async {
+                if !in_passdb
+                    && self
+                        .samba
+                        .passdb_users()
+                        .await?
+                        .iter()
+                        .any(|n| n == user.as_str())
+                {
+                    self.samba.delete_user(user).await?;
+                }
+                if create_unix && self.samba.unix_uid(user).await?.is_some() {
+                    self.samba.userdel(user).await?;
+                }
+                Ok::<_, SambaError>(())
+            };
+            let mut r = restore.await.map_err(|e| e.to_string());
+            if let Err(se) = self.put_state(&st).await {
+                r = Err(format!(
+                    "{}{se}",
+                    r.err().map(|x| x + "; ").unwrap_or_default()
+                ));
+            }
+            return Err(rolled_back(backend(e), r));
+        }
+        to_value(&UserSetResult {
+            username: user.to_string(),
+            created: !in_passdb,
+            unix_user_created: create_unix,
+        })
+    }
+
+    async fn user_delete(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
+        let r: UserRef = parse_params(params).map_err(invalid)?;
+        let user = &r.username;
+        let _g = self.lock.lock().await;
+        self.preflight().await?;
+        let st = self.state().await?;
+        let passdb = self.samba.passdb_users().await.map_err(backend)?;
+        let in_passdb = passdb.iter().any(|n| n == user.as_str());
+        let managed = st.users.get(user).copied();
+        let tombstone = st.removing_users.get(user).copied();
+        let Some(managed) = managed.or(tombstone.filter(|_| in_passdb)) else {
+            return if in_passdb {
+                Err(RpcError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "user \"{user}\" is in Samba's passdb but was not set up by this agent; \
+                         the agent leaves it alone"
+                    ),
+                ))
+            } else {
+                to_value(&DeleteResult { existed: false })
+            };
+        };
+        let mut next = st.clone();
+        next.users.remove(user);
+        next.removing_users.insert(user.clone(), managed);
+        self.put_state(&next).await?;
+        if in_passdb {
+            if let Err(e) = self.samba.delete_user(user).await {
+                let r = self.put_state(&st).await.map_err(|e| e.message);
+                return Err(rolled_back(backend(e), r));
+            }
+        }
+        if managed.unix_user_created && self.samba.unix_uid(user).await.map_err(backend)?.is_some()
+        {
+            self.userdel_retrying(user).await.map_err(|e| {
+                RpcError::new(
+                    ErrorCode::BackendError,
+                    format!(
+                        "the Samba account {user} was removed, but its Unix account was not: {e}"
+                    ),
+                )
+            })?;
+        }
+        next.removing_users.remove(user);
+        if let Err(e) = self.put_state(&next).await {
+            warn!(user = %user, error = %e.message, "cannot drop the user's tombstone");
+        }
+        to_value(&DeleteResult { existed: true })
+    }
+
+    /// userdel refuses while a process (an smbd serving a session that just ended) still runs
+    /// as the user: try a few times.
+    async fn userdel_retrying(&self, user: &UserName) -> Result<(), SambaError> {
+        let mut last = None;
+        for _ in 0..5 {
+            match self.samba.userdel(user).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        Err(last.expect("tried at least once"))
+    }
+
+    async fn users(&self) -> Result<Vec<UserInfo>, RpcError> {
+        let st = self.state().await?;
+        let passdb = self.samba.passdb_users().await.map_err(backend)?;
+        let mut out: BTreeMap<String, UserInfo> = BTreeMap::new();
+        for (u, mu) in &st.users {
+            let in_passdb = passdb.iter().any(|n| n == u.as_str());
+            out.insert(
+                u.to_string(),
+                UserInfo {
+                    username: u.to_string(),
+                    managed: true,
+                    in_passdb,
+                    unix_user_created: mu.unix_user_created,
+                    drift: if in_passdb {
+                        vec![]
+                    } else {
+                        vec!["missing from Samba's passdb: set its password again".into()]
+                    },
+                },
+            );
+        }
+        for n in passdb {
+            let removing = UserName::parse(&n)
+                .ok()
+                .and_then(|u| st.removing_users.get(&u).copied());
+            out.entry(n.clone()).or_insert_with(|| UserInfo {
+                username: n,
+                managed: removing.is_some(),
+                in_passdb: true,
+                unix_user_created: removing.is_some_and(|m| m.unix_user_created),
+                drift: vec![match removing {
+                    Some(_) => REMOVING.into(),
+                    None => "not set up by this agent (unmanaged)".into(),
+                }],
+            });
+        }
+        Ok(out.into_values().collect())
+    }
+
+    async fn user_list(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
+        crate::handlers::no_params(m::USER_LIST, &params)?;
+        to_value(&UserList {
+            users: self.users().await?,
+        })
+    }
+
+    async fn do_reconcile(&self) -> Result<Value, RpcError> {
+        let _g = self.lock.lock().await;
+        self.preflight().await?;
+        let st = self.state().await?;
+        let reg = self.samba.list().await.map_err(backend)?;
+        let mut changes = Vec::new();
+        let mut reload = false;
+        for spec in st.shares.values() {
+            let actual = find_reg(&reg, &spec.name).map(|(_, p)| p);
+            let d = drift(&share_param_map(spec), actual);
+            if d.is_empty() {
+                continue;
+            }
+            let action = if actual.is_some() {
+                "updated"
+            } else {
+                "created"
+            };
+            let r = match self.check_host(spec).await {
+                Ok(()) => self
+                    .samba
+                    .import(&spec.name, &share_param_map(spec))
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.message),
+            };
+            match r {
+                Ok(()) => {
+                    reload = true;
+                    info!(share = %spec.name, action, "smb reconcile");
+                    changes.push(json!({"share": spec.name, "action": action, "drift": d}));
+                }
+                Err(e) => {
+                    warn!(share = %spec.name, error = %e, "smb reconcile failed");
+                    changes.push(
+                        json!({"share": spec.name, "action": "failed", "drift": d, "error": e}),
+                    );
+                }
+            }
+        }
+        let mut done = st.clone();
+        for key in &st.removing_shares {
+            let Some((rname, _)) = reg.iter().find(|(n, _)| n.eq_ignore_ascii_case(key)) else {
+                done.removing_shares.remove(key);
+                continue;
+            };
+            let r = match ShareName::parse(rname) {
+                Ok(n) => self.samba.delete(&n).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match r {
+                Ok(()) => {
+                    let _ = self.samba.close_share(rname).await;
+                    reload = true;
+                    done.removing_shares.remove(key);
+                    info!(share = %rname, action = "deleted", "smb reconcile");
+                    changes.push(json!({"share": rname, "action": "deleted"}));
+                }
+                Err(e) => changes.push(json!({"share": rname, "action": "failed", "error": e})),
+            }
+        }
+        if reload {
+            self.samba.reload().await.map_err(backend)?;
+        }
+        let passdb = self.samba.passdb_users().await.map_err(backend)?;
+        for (u, mu) in &st.removing_users {
+            let mut r = Ok(());
+            if passdb.iter().any(|n| n == u.as_str()) {
+                r = self.samba.delete_user(u).await;
+            }
+            if r.is_ok() && mu.unix_user_created {
+                r = match self.samba.unix_uid(u).await {
+                    Ok(Some(_)) => self.samba.userdel(u).await,
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+            }
+            match r {
+                Ok(()) => {
+                    done.removing_users.remove(u);
+                    changes.push(json!({"user": u, "action": "deleted"}));
+                }
+                Err(e) => {
+                    changes.push(json!({"user": u, "action": "failed", "error": e.to_string()}))
+                }
+            }
+        }
+        if done != st {
+            self.put_state(&done).await?;
+        }
+        for u in st.users.keys() {
+            if !passdb.iter().any(|n| n == u.as_str()) {
+                changes.push(json!({
+                    "user": u,
+                    "action": "failed",
+                    "error": "missing from Samba's passdb; the agent keeps no passwords: \
+                              set it again with smb.user.set"
+                }));
+            }
+        }
+        Ok(Value::Array(changes))
+    }
+
+    async fn do_summary(&self) -> Result<FamilySummary, RpcError> {
+        let shares = self.shares().await?;
+        let users = self.users().await?;
+        let st = self.state().await?;
+        Ok(FamilySummary {
+            count: (st.shares.len() + st.users.len()) as u64,
+            drift: (shares.iter().filter(|s| !s.drift.is_empty()).count()
+                + users.iter().filter(|u| !u.drift.is_empty()).count()) as u64,
+        })
+    }
+}
+
+/// The resource a request names, for the audit line (params are not trusted yet: bounded).
+fn resource(params: &Map<String, Value>) -> String {
+    params
+        .get("name")
+        .or_else(|| params.get("username"))
+        .and_then(Value::as_str)
+        .map(|s| {
+            s.chars()
+                .take(80)
+                .collect::<String>()
+                .escape_debug()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+impl Family for SmbFamily {
+    fn name(&self) -> &'static str {
+        FAMILY
+    }
+
+    fn methods(&self) -> &'static [&'static str] {
+        m::METHODS
+    }
+
+    fn call<'a>(
+        &'a self,
+        method: &'a str,
+        params: Map<String, Value>,
+    ) -> BoxFut<'a, Result<Value, RpcError>> {
+        Box::pin(async move {
+            let what = resource(&params);
+            let r = match method {
+                m::SHARE_CREATE => self.share_create(params).await,
+                m::SHARE_UPDATE => self.share_update(params).await,
+                m::SHARE_DELETE => self.share_delete(params).await,
+                m::SHARE_GET => return self.share_get(params).await,
+                m::SHARE_LIST => return self.share_list(params).await,
+                m::USER_SET => self.user_set(params).await,
+                m::USER_DELETE => self.user_delete(params).await,
+                m::USER_LIST => return self.user_list(params).await,
+                other => {
+                    return Err(RpcError::new(
+                        ErrorCode::UnknownMethod,
+                        format!("unknown method {other:?}"),
+                    ))
+                }
+            };
+            // One audit line per mutation; never the params themselves (passwords).
+            match &r {
+                Ok(v) => {
+                    let outcome = match (v.get("changed"), v.get("existed")) {
+                        (Some(Value::Bool(false)), _) => "unchanged",
+                        (_, Some(Value::Bool(false))) => "absent",
+                        _ => "applied",
+                    };
+                    info!(method, resource = %what, outcome, "smb mutation");
+                }
+                Err(e) => {
+                    info!(method, resource = %what, outcome = %e.code, error = %e.message, "smb mutation")
+                }
+            }
+            r
+        })
+    }
+
+    fn reconcile(&self) -> BoxFut<'_, Result<Value, RpcError>> {
+        Box::pin(self.do_reconcile())
+    }
+
+    fn service(&self) -> BoxFut<'_, ServiceState> {
+        Box::pin(async move {
+            ServiceState {
+                backend: "samba".into(),
+                up: self.samba.ping().await.is_ok(),
+            }
+        })
+    }
+
+    fn summary(&self) -> BoxFut<'_, FamilySummary> {
+        Box::pin(async move {
+            match self.do_summary().await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e.message, "smb summary: cannot read Samba's state");
+                    let count = self
+                        .state()
+                        .await
+                        .map(|s| (s.shares.len() + s.users.len()) as u64)
+                        .unwrap_or(0);
+                    // Unverifiable counts as drifted.
+                    FamilySummary {
+                        count,
+                        drift: count,
+                    }
+                }
+            }
+        })
     }
 }
