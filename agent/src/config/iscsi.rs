@@ -21,7 +21,14 @@ pub struct RawIscsi {
     pub iqn_prefix: String,
     /// TGT_IPC_SOCKET for tgtadm (tgtd appends ".0"), so a private tgtd can be driven.
     pub tgt_socket: String,
+    /// The tgtadm program (tgt backend).
     pub tgtadm: String,
+    /// The targetcli program (lio backend).
+    pub targetcli: String,
+    /// How often the agent checks that tgtd still has every desired target (a restarted tgtd
+    /// has none) and puts them back; 0 turns the watcher off (start-up and `sys.reconcile`
+    /// still re-apply).
+    pub watch_interval_s: u64,
 }
 
 impl Default for RawIscsi {
@@ -31,6 +38,8 @@ impl Default for RawIscsi {
             iqn_prefix: "iqn.2026-11.com.example.csg".into(),
             tgt_socket: "/var/run/tgtd/socket".into(),
             tgtadm: "/usr/sbin/tgtadm".into(),
+            targetcli: "/usr/bin/targetcli".into(),
+            watch_interval_s: 5,
         }
     }
 }
@@ -41,6 +50,8 @@ pub struct IscsiSettings {
     pub iqn_prefix: String,
     pub tgt_socket: PathBuf,
     pub tgtadm: PathBuf,
+    pub targetcli: PathBuf,
+    pub watch_interval: Option<std::time::Duration>,
 }
 
 impl RawIscsi {
@@ -48,16 +59,26 @@ impl RawIscsi {
         for (k, v) in [
             ("iscsi.tgt_socket", &self.tgt_socket),
             ("iscsi.tgtadm", &self.tgtadm),
+            ("iscsi.targetcli", &self.targetcli),
         ] {
             if let Err(e) = check_path(k, v) {
                 p.push(e.to_string());
             }
         }
-        // The IQN grammar itself is checked by the iSCSI family when it builds names.
-        if !self.iqn_prefix.starts_with("iqn.") || self.iqn_prefix.len() > 200 {
+        // The prefix must make a valid IQN with any name appended.
+        let iqn_ok = csg_protocol::methods::iscsi::Iqn::parse("iscsi.iqn_prefix", &self.iqn_prefix)
+            .is_ok_and(|_| !self.iqn_prefix.contains(':'));
+        if !self.iqn_prefix.starts_with("iqn.") || self.iqn_prefix.len() > 150 || !iqn_ok {
             p.push(format!(
-                "iscsi.iqn_prefix = {:?}: must start with \"iqn.\" and leave room for a name (at most 200 bytes)",
+                "iscsi.iqn_prefix = {:?}: must be an iqn. name without a ':' part \
+                 (iqn.YYYY-MM.reversed.domain, lowercase), at most 150 bytes so names fit",
                 self.iqn_prefix
+            ));
+        }
+        if self.watch_interval_s > 3600 {
+            p.push(format!(
+                "iscsi.watch_interval_s = {}: must be from 0 (off) to 3600",
+                self.watch_interval_s
             ));
         }
         IscsiSettings {
@@ -65,6 +86,56 @@ impl RawIscsi {
             iqn_prefix: self.iqn_prefix.clone(),
             tgt_socket: PathBuf::from(&self.tgt_socket),
             tgtadm: PathBuf::from(&self.tgtadm),
+            targetcli: PathBuf::from(&self.targetcli),
+            watch_interval: (self.watch_interval_s > 0)
+                .then(|| std::time::Duration::from_secs(self.watch_interval_s)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_are_named() {
+        let mut p = Vec::new();
+        let s = RawIscsi::default().validate(&mut p);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(s.watch_interval, Some(std::time::Duration::from_secs(5)));
+        for (raw, key) in [
+            (
+                RawIscsi {
+                    iqn_prefix: "iqn.2026-11.com.example:x".into(),
+                    ..Default::default()
+                },
+                "iscsi.iqn_prefix",
+            ),
+            (
+                RawIscsi {
+                    iqn_prefix: "IQN.2026-11.com.example".into(),
+                    ..Default::default()
+                },
+                "iscsi.iqn_prefix",
+            ),
+            (
+                RawIscsi {
+                    tgt_socket: "/run/tgt sock".into(),
+                    ..Default::default()
+                },
+                "iscsi.tgt_socket",
+            ),
+            (
+                RawIscsi {
+                    watch_interval_s: 4000,
+                    ..Default::default()
+                },
+                "iscsi.watch_interval_s",
+            ),
+        ] {
+            let mut p = Vec::new();
+            raw.validate(&mut p);
+            assert!(p.len() == 1 && p[0].contains(key), "{key}: {p:?}");
         }
     }
 }
