@@ -208,7 +208,9 @@ mod tests {
     async fn one_store_per_directory() {
         let d = tempfile::tempdir().unwrap();
         let first = StateStore::open(d.path()).unwrap();
-        let e = StateStore::open(d.path()).err().expect("second open refused");
+        let e = StateStore::open(d.path())
+            .err()
+            .expect("second open refused");
         let msg = e.to_string();
         assert!(msg.contains(&std::process::id().to_string()), "{msg}");
         assert!(msg.contains("one agent per state directory"), "{msg}");

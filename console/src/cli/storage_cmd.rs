@@ -200,7 +200,8 @@ pub struct IscsiSpec {
     pub name: String,
     #[arg(long)]
     pub iqn: Option<String>,
-    /// LUN:PATH:SIZE_BYTES[:ro], e.g. 1:/srv/csg/disk1.img:10737418240 (repeatable)
+    /// LUN:PATH[:SIZE_BYTES][:ro], e.g. 1:/srv/csg/disk1.img:10737418240 (repeatable; the size
+    /// is needed when the file does not exist yet, and must match it when it does)
     #[arg(long = "lun", value_name = "LUN", required = true)]
     pub luns: Vec<String>,
     /// Initiator IQN allowed to log in (repeatable)
@@ -306,18 +307,25 @@ pub fn parse_client(s: &str) -> Result<Value, Usage> {
 pub fn parse_lun(s: &str) -> Result<Value, Usage> {
     let bad = || {
         Usage(format!(
-            "--lun {s:?}: expected LUN:PATH:SIZE_BYTES[:ro], e.g. 1:/srv/csg/disk1.img:10737418240"
+            "--lun {s:?}: expected LUN:PATH[:SIZE_BYTES][:ro], e.g. 1:/srv/csg/disk1.img:10737418240 \
+             (SIZE_BYTES is needed when the file does not exist yet)"
         ))
     };
     let parts: Vec<&str> = s.split(':').collect();
     let (lun, path, size, ro) = match parts.as_slice() {
-        [l, p, z] => (l, p, z, false),
-        [l, p, z, "ro"] => (l, p, z, true),
+        [l, p] => (l, p, None, false),
+        [l, p, "ro"] => (l, p, None, true),
+        [l, p, z] => (l, p, Some(z), false),
+        [l, p, z, "ro"] => (l, p, Some(z), true),
         _ => return Err(bad()),
     };
     let lun: u32 = lun.parse().map_err(|_| bad())?;
-    let size: u64 = size.parse().map_err(|_| bad())?;
-    Ok(json!({"lun": lun, "path": path, "size_bytes": size, "readonly": ro}))
+    let mut m = obj(json!({"lun": lun, "path": path, "readonly": ro}));
+    if let Some(z) = size {
+        let size: u64 = z.parse().map_err(|_| bad())?;
+        m.insert("size_bytes".into(), size.into());
+    }
+    Ok(Value::Object(m))
 }
 
 fn name_params(name: &str) -> Map<String, Value> {
@@ -423,9 +431,10 @@ pub fn iscsi(cmd: &IscsiCmd) -> anyhow::Result<Request<'_>> {
             let mut chap =
                 obj(json!({"username": user, "secret": first_line(&read_arg_file(file)?)}));
             if let (Some(mu), Some(mf)) = (&s.mutual_chap_user, &s.mutual_chap_secret_file) {
+                chap.insert("mutual_username".into(), mu.as_str().into());
                 chap.insert(
-                    "mutual".into(),
-                    json!({"username": mu, "secret": first_line(&read_arg_file(mf)?)}),
+                    "mutual_secret".into(),
+                    first_line(&read_arg_file(mf)?).into(),
                 );
             }
             m.insert("chap".into(), Value::Object(chap));
@@ -587,7 +596,11 @@ mod tests {
             parse_lun("1:/srv/csg/d.img:1048576:ro").unwrap(),
             json!({"lun":1,"path":"/srv/csg/d.img","size_bytes":1048576,"readonly":true})
         );
-        for bad in ["1:/p", "x:/p:1", "1:/p:big", "1:/p:1:rw"] {
+        assert_eq!(
+            parse_lun("2:/srv/csg/e.img").unwrap(),
+            json!({"lun":2,"path":"/srv/csg/e.img","readonly":false})
+        );
+        for bad in ["1", "x:/p:1", "1:/p:big", "1:/p:1:rw"] {
             assert!(parse_lun(bad).is_err(), "{bad}");
         }
     }
