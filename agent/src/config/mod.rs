@@ -486,11 +486,17 @@ reply_cache_ttl_s = 5
 
 #[cfg(test)]
 mod example_file {
-    /// The example shipped in config/ must stay valid and show the real defaults.
+    /// The example shipped in config/ is refused until it gets an instance id, and is then
+    /// valid and shows the real defaults.
     #[test]
     fn example_config_is_valid() {
         let text = include_str!("../../../config/agent.toml");
-        let c = super::Config::from_toml(text).expect("config/agent.toml is valid");
+        let Err(super::FromTomlError::Invalid(p)) = super::Config::from_toml(text) else {
+            panic!("the shipped config must not start an agent before it has an identity")
+        };
+        assert!(p.len() == 1 && p[0].contains("instance_id"), "{p:?}");
+        let text = text.replace("instance_id = \"\"", "instance_id = \"gw-001\"");
+        let c = super::Config::from_toml(&text).expect("config/agent.toml is valid");
         let d = super::Config::from_toml(
             "[identity]\ngroup_id = \"GID_csg\"\ninstance_id = \"gw-001\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n",
         )
