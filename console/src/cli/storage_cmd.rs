@@ -466,55 +466,98 @@ fn cell(v: &Value) -> String {
     }
 }
 
-/// Tables for people, whatever the result's shape: a list of objects becomes rows (columns
-/// from the first object's keys), an object becomes FIELD/VALUE lines.
-pub fn render(result: &Value) -> String {
-    let rows: Option<&Vec<Value>> = match result {
-        Value::Array(a) => Some(a),
+/// Tables for people, whatever the result's shape. The list of objects in a result (`exports`,
+/// `shares`, `targets`, …) becomes rows, with one column per plain field of its items: nested
+/// specs (`desired`, `actual`) are left to `--json`, and `drift` shows what differs. The
+/// result's other plain fields follow as `field: value` lines; an object without a list becomes
+/// FIELD/VALUE rows.
+pub fn render(result: &Value, listing: bool) -> String {
+    let (rows, rest): (Option<&Vec<Value>>, Vec<(&String, &Value)>) = match result {
+        Value::Object(m) if !listing => (None, m.iter().collect()),
+        Value::Array(a) => (Some(a), Vec::new()),
         Value::Object(m) => {
-            let arrays: Vec<&Vec<Value>> = m
-                .values()
-                .filter_map(Value::as_array)
-                .filter(|a| a.iter().all(Value::is_object))
+            let lists: Vec<&String> = m
+                .iter()
+                .filter(|(_, v)| {
+                    v.as_array()
+                        .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_object))
+                })
+                .map(|(k, _)| k)
                 .collect();
-            // `{"exports": [...]}` and the like: a single list of objects is the content.
-            if m.len() == 1 && arrays.len() == 1 {
-                Some(arrays[0])
-            } else {
-                None
+            let empty_lists = m
+                .values()
+                .filter(|v| v.as_array().is_some_and(Vec::is_empty))
+                .count();
+            match lists.as_slice() {
+                [one] => (
+                    m.get(one.as_str()).and_then(Value::as_array),
+                    m.iter().filter(|(k, _)| k != one).collect(),
+                ),
+                // A listing with nothing in it: say so, then the other fields.
+                [] if empty_lists > 0 => {
+                    let mut out = "(none)\n".to_string();
+                    for (k, v) in m
+                        .iter()
+                        .filter(|(_, v)| !v.as_array().is_some_and(Vec::is_empty))
+                    {
+                        out.push_str(&format!("{k}: {}\n", cell(v)));
+                    }
+                    return out;
+                }
+                _ => (None, m.iter().collect()),
             }
         }
-        _ => None,
+        other => return format!("{other}\n"),
     };
-    match (rows, result) {
-        (Some(rows), _) => {
-            let Some(Value::Object(first)) = rows.first() else {
-                return "(none)\n".into();
-            };
-            // Identifying columns first, the rest in key order.
-            let mut keys: Vec<&String> = first.keys().collect();
-            keys.sort_by_key(|k| !matches!(k.as_str(), "name" | "username" | "iqn"));
-            let headers: Vec<String> = keys.iter().map(|k| k.to_uppercase()).collect();
-            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-            let mut t = Table::new(&headers);
-            for r in rows {
-                t.push(
-                    keys.iter()
-                        .map(|k| cell(r.get(k.as_str()).unwrap_or(&Value::Null)))
-                        .collect(),
-                );
-            }
-            t.render()
+    let Some(rows) = rows else {
+        if rest.is_empty() {
+            return "(none)\n".into();
         }
-        (None, Value::Object(m)) => {
-            let mut t = Table::new(&["FIELD", "VALUE"]);
-            for (k, v) in m {
-                t.push(vec![k.clone(), cell(v)]);
-            }
-            t.render()
+        let mut t = Table::new(&["FIELD", "VALUE"]);
+        for (k, v) in rest {
+            t.push(vec![k.clone(), cell(v)]);
         }
-        (None, other) => format!("{other}\n"),
+        return t.render();
+    };
+    let plain =
+        |v: &Value| !v.is_object() && !v.as_array().is_some_and(|a| a.iter().any(Value::is_object));
+    let mut keys: Vec<String> = Vec::new();
+    for r in rows.iter().filter_map(Value::as_object) {
+        for (k, v) in r {
+            if plain(v) && !keys.contains(k) {
+                keys.push(k.clone());
+            }
+        }
     }
+    // Identifying columns first, the rest in key order.
+    keys.sort_by_key(|k| {
+        (
+            !matches!(k.as_str(), "name" | "username" | "iqn"),
+            k.clone(),
+        )
+    });
+    let headers: Vec<String> = keys.iter().map(|k| k.to_uppercase()).collect();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let mut t = Table::new(&headers);
+    for r in rows {
+        t.push(
+            keys.iter()
+                .map(|k| match r.get(k.as_str()) {
+                    Some(Value::Array(a)) if a.is_empty() => "-".to_string(),
+                    Some(v) => cell(v),
+                    None => "-".to_string(),
+                })
+                .collect(),
+        );
+    }
+    let mut out = t.render();
+    for (k, v) in rest {
+        let empty = v.as_array().is_some_and(Vec::is_empty) || v.is_null();
+        if !empty {
+            out.push_str(&format!("{k}: {}\n", cell(v)));
+        }
+    }
+    out
 }
 
 /// Sends the request with `csgctl call`'s retry policy and prints the outcome.
@@ -539,7 +582,7 @@ pub async fn run(console: &Console, req: Request<'_>) -> anyhow::Result<Exit> {
                 if c.json {
                     out(&format!("{}\n", serde_json::to_string_pretty(&result)?));
                 } else {
-                    out(&render(&result));
+                    out(&render(&result, req.method.ends_with(".list")));
                 }
                 Ok(Exit::Ok)
             }
@@ -607,12 +650,19 @@ mod tests {
 
     #[test]
     fn render_lists_and_objects() {
-        let list = json!({"exports": [{"name":"a","path":"/srv/a","drift":[]},{"name":"b","path":"/srv/b","drift":["missing"]}]});
-        let t = render(&list);
-        assert!(t.starts_with("NAME"), "{t}");
-        assert!(t.contains("missing"), "{t}");
-        let one = render(&json!({"existed": false}));
+        let list = json!({"backend": "tgt", "unexpected": [], "targets": [
+            {"name":"a","managed":true,"desired":{"path":"/srv/a"},"drift":[]},
+            {"name":"b","managed":true,"desired":{"path":"/srv/b"},"drift":["missing on the server"]}]});
+        let t = render(&list, true);
+        assert_eq!(
+            t,
+            "NAME  DRIFT                  MANAGED\n\
+             a     -                      true\n\
+             b     missing on the server  true\n\
+             backend: tgt\n"
+        );
+        let one = render(&json!({"existed": false, "deleted_files": []}), false);
         assert!(one.contains("existed") && one.contains("false"), "{one}");
-        assert_eq!(render(&json!({"exports": []})), "(none)\n");
+        assert_eq!(render(&json!({"exports": []}), true), "(none)\n");
     }
 }
