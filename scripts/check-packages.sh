@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Checks the packages in dist/ (built by scripts/package.sh): file lists, modes, config-file
+# markings, dependencies, maintainer scripts, lintian, rpm metadata, an install into a
+# throwaway root, and systemd-analyze on the unit. Exits non-zero on the first failed check
+# group, after printing every check of that group.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+passed=0
+failed=0
+check() { # description command...
+    local what=$1
+    shift
+    if "$@" >/dev/null 2>&1; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        printf 'FAILED: %s\n' "$what" >&2
+    fi
+}
+has_line() { # file regex
+    grep -Eq -- "$2" "$1"
+}
+
+shopt -s nullglob
+agent_deb=(dist/csg-agent_*.deb)
+console_deb=(dist/csg-console_*.deb)
+agent_rpm=(dist/csg-agent-*.rpm)
+console_rpm=(dist/csg-console-*.rpm)
+for f in agent_deb console_deb agent_rpm console_rpm; do
+    declare -n arr=$f
+    [ ${#arr[@]} -eq 1 ] || { echo "expected one $f in dist/ (run scripts/package.sh)" >&2; exit 1; }
+done
+version=$(cargo metadata --no-deps --format-version 1 |
+    python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="csg-agent"))')
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# --- deb: csg-agent
+dpkg-deb -c "${agent_deb[0]}" >"$tmp/agent.list"
+dpkg-deb -I "${agent_deb[0]}" >"$tmp/agent.info"
+dpkg-deb -e "${agent_deb[0]}" "$tmp/agent.control"
+check "deb version is $version" has_line "$tmp/agent.info" "^ Version: $version"
+check "deb: /usr/bin/csg-agent 0755" has_line "$tmp/agent.list" '^-rwxr-xr-x .* \./usr/bin/csg-agent$'
+check "deb: config 0640" has_line "$tmp/agent.list" '^-rw-r----- .* \./etc/csg-agent/agent\.toml$'
+check "deb: unit" has_line "$tmp/agent.list" '\./usr/lib/systemd/system/csg-agent\.service$'
+check "deb: man page" has_line "$tmp/agent.list" '\./usr/share/man/man1/csg-agent\.1\.gz$'
+check "deb: bash completion" has_line "$tmp/agent.list" '\./usr/share/bash-completion/completions/csg-agent$'
+check "deb: zsh completion" has_line "$tmp/agent.list" '\./usr/share/zsh/vendor-completions/_csg-agent$'
+check "deb: README" has_line "$tmp/agent.list" '\./usr/share/doc/csg-agent/README\.md'
+check "deb: copyright" has_line "$tmp/agent.list" '\./usr/share/doc/csg-agent/copyright$'
+check "deb: conffile marked" has_line "$tmp/agent.control/conffiles" '^/etc/csg-agent/agent\.toml$'
+check "deb: depends on libc" has_line "$tmp/agent.info" '^ Depends: .*libc6'
+for s in postinst prerm postrm; do
+    check "deb: $s present and executable" test -x "$tmp/agent.control/$s"
+    check "deb: $s passes sh -n" sh -n "$tmp/agent.control/$s"
+done
+check "deb: postinst starts only with a valid config" has_line "$tmp/agent.control/postinst" 'check-config'
+check "deb: postrm purges config and state" has_line "$tmp/agent.control/postrm" 'rm -rf /etc/csg-agent /var/lib/csg-agent'
+
+# --- deb: csg-console
+dpkg-deb -c "${console_deb[0]}" >"$tmp/console.list"
+check "deb: /usr/bin/csgctl 0755" has_line "$tmp/console.list" '^-rwxr-xr-x .* \./usr/bin/csgctl$'
+check "deb: csgctl man page" has_line "$tmp/console.list" '\./usr/share/man/man1/csgctl\.1\.gz$'
+
+# --- lintian: no errors (warnings are reported, not fatal)
+check "lintian csg-agent: no errors" lintian --fail-on error "${agent_deb[0]}"
+check "lintian csg-console: no errors" lintian --fail-on error "${console_deb[0]}"
+
+# --- rpm
+rpm -qpi "${agent_rpm[0]}" >"$tmp/rpm.info" 2>/dev/null
+rpm -qpl "${agent_rpm[0]}" >"$tmp/rpm.list" 2>/dev/null
+rpm -qp --configfiles "${agent_rpm[0]}" >"$tmp/rpm.conf" 2>/dev/null
+rpm -qp --scripts "${agent_rpm[0]}" >"$tmp/rpm.scripts" 2>/dev/null
+check "rpm version is $version" has_line "$tmp/rpm.info" "^Version *: $version"
+check "rpm: binary listed" has_line "$tmp/rpm.list" '^/usr/bin/csg-agent$'
+check "rpm: unit listed" has_line "$tmp/rpm.list" '^/usr/lib/systemd/system/csg-agent\.service$'
+check "rpm: config is a config file" has_line "$tmp/rpm.conf" '^/etc/csg-agent/agent\.toml$'
+check "rpm: post-install script" has_line "$tmp/rpm.scripts" 'check-config'
+check "rpm: pre-uninstall script" has_line "$tmp/rpm.scripts" 'preuninstall'
+
+# Install both rpms into a throwaway root (scripts off: the root has no shell or systemd).
+mkdir -p "$tmp/root"
+rpm --root "$tmp/root" --initdb
+check "rpm: installs into a throwaway root" rpm --root "$tmp/root" -i --nodeps --noscripts "${agent_rpm[0]}" "${console_rpm[0]}"
+check "rpm root: binary is executable" test -x "$tmp/root/usr/bin/csg-agent"
+check "rpm root: config mode 0640" test "$(stat -c %a "$tmp/root/etc/csg-agent/agent.toml")" = 640
+check "rpm root: rpm -q knows it" rpm --root "$tmp/root" -q csg-agent csg-console
+
+# --- the unit
+# Verified as installed, with ExecStart pointing at the installed binary of the throwaway root
+# (the root itself has no systemd to resolve targets against).
+sed "s#/usr/bin/csg-agent#$tmp/root/usr/bin/csg-agent#g" systemd/csg-agent.service >"$tmp/csg-agent.service"
+check "systemd-analyze verify" systemd-analyze verify --man=no "$tmp/csg-agent.service"
+exposure=$(systemd-analyze security --offline=true systemd/csg-agent.service 2>/dev/null | sed -n 's/.*Overall exposure level for csg-agent.service: \([0-9.]*\).*/\1/p')
+check "systemd-analyze security exposure $exposure <= 3.0" python3 -c "import sys; sys.exit(0 if float('${exposure:-99}') <= 3.0 else 1)"
+
+echo "package checks: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds the packages into dist/: csg-agent and csg-console, each as .deb and .rpm, with the
+# version from Cargo.toml.
+#
+#   scripts/package.sh
+#
+# Reproducible: file times come from SOURCE_DATE_EPOCH (the last commit's time), the build
+# is --locked, and source paths are remapped out of the binaries.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+# Exact tool versions, so a package built next year is built the same way.
+CARGO_DEB_VERSION=3.8.0
+CARGO_GENERATE_RPM_VERSION=0.21.1
+
+log() { printf 'package: %s\n' "$*" >&2; }
+
+ensure_tool() { # subcommand crate version
+    if ! cargo "$1" --version 2>/dev/null | grep -qF "$3"; then
+        log "installing $2 $3"
+        cargo install --locked --quiet "$2@$3"
+    fi
+}
+ensure_tool deb cargo-deb "$CARGO_DEB_VERSION"
+ensure_tool generate-rpm cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION"
+
+SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 1764115200)
+export SOURCE_DATE_EPOCH
+export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$root=/build/csg-agent --remap-path-prefix=$HOME/.cargo=/cargo"
+
+cargo build --release --locked -p csg-agent -p csg-console
+rm -rf target/release/package-docs
+target/release/csg-agent generate-docs target/release/package-docs
+target/release/csgctl generate-docs target/release/package-docs
+# Man pages ship compressed; -n keeps the time stamp out, so the archive is reproducible.
+gzip -9n target/release/package-docs/*.1
+
+rm -rf dist
+mkdir -p dist
+for pkg in csg-agent csg-console; do
+    cargo deb --no-build --no-strip -p "$pkg" --output dist/ >/dev/null
+done
+cargo generate-rpm -p agent -o dist/ >/dev/null
+cargo generate-rpm -p console -o dist/ >/dev/null
+ls -1 dist
