@@ -50,13 +50,16 @@ fi
 
 # Storage daemons and the real clients the tests check them with. dpkg-query tells which are
 # missing, so a machine that has them all costs no apt run.
-storage_pkgs=(samba smbclient tgt nfs-ganesha nfs-ganesha-vfs libnfs-utils libiscsi-bin dbus nfs-kernel-server)
+# lintian, rpm and systemd (systemd-analyze) check the packages; python3 picks free ports in
+# the scripts.
+storage_pkgs=(samba smbclient tgt nfs-ganesha nfs-ganesha-vfs libnfs-utils libiscsi-bin dbus nfs-kernel-server
+    lintian rpm systemd python3)
 missing=()
 for p in "${storage_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-    log "storage daemons present"
+    log "storage daemons and package tools present"
 else
     command -v apt-get >/dev/null 2>&1 || { log "missing ${missing[*]} and this is not a Debian-like system"; exit 1; }
     log "installing ${missing[*]}"

@@ -23,6 +23,12 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build --bins"
 cargo build --workspace --bins
 
+# The packages are part of what ships: build them and check their contents, scripts and unit.
+# (Before the test suite, so the suite's summary is the last thing printed.)
+step "packages"
+scripts/package.sh
+scripts/check-packages.sh
+
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
     # nextest does not run doctests: run them first, so the last summary printed is the
