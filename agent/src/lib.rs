@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use csg_protocol::methods::sys::InfoResult;
 use csg_protocol::{now_ms, TopicMode, PROTOCOL_VERSION};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -37,7 +37,7 @@ use crate::handlers::Handlers;
 use crate::session::Session;
 use crate::stats::Stats;
 use crate::status::StatusSource;
-use crate::storage::Storage;
+use crate::storage::{SharedStorage, Storage};
 use crate::uplink::Uplink;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -104,15 +104,131 @@ fn storage_backends(cfg: &Config) -> std::collections::BTreeMap<String, String> 
     m
 }
 
+/// How a run ended.
+pub enum RunEnd {
+    /// SIGTERM/SIGINT: the process exits.
+    Stopped,
+    /// A reloaded config changes what a session is (identity, broker, topics, limits, state
+    /// directory): the caller starts a fresh run with it. The session is dropped and made again.
+    Restart(Box<Config>),
+}
+
+/// Replaces the log filter at run time (`agent.log` reloaded); errors say why not.
+pub type SetLog = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What a run takes from its caller besides the config.
+pub struct Control<S> {
+    /// Resolves on SIGTERM/SIGINT.
+    pub shutdown: S,
+    /// Validated configs re-read on SIGHUP.
+    pub reloads: mpsc::Receiver<Config>,
+    /// Replaces the log filter (`agent.log`).
+    pub set_log: SetLog,
+}
+
+/// Whether `new` can be applied to a running session, or needs a new one.
+fn needs_restart(old: &Config, new: &Config) -> bool {
+    let agent_limits = |c: &Config| {
+        let a = &c.agent;
+        (
+            a.max_payload_bytes,
+            a.max_in_flight,
+            a.reply_cache_ttl,
+            a.reply_cache_max,
+            a.shutdown_grace,
+        )
+    };
+    old.client_id != new.client_id
+        || old.broker != new.broker
+        || old.mqtt != new.mqtt
+        || old.parents != new.parents
+        || old.mode != new.mode
+        || old.topics != new.topics
+        || agent_limits(old) != agent_limits(new)
+        || old.storage.state_dir != new.storage.state_dir
+        || Storage::enabled(old) != Storage::enabled(new)
+}
+
+fn storage_changed(old: &Config, new: &Config) -> bool {
+    old.storage != new.storage || old.nfs != new.nfs || old.smb != new.smb || old.iscsi != new.iscsi
+}
+
+enum Reload {
+    Applied(Vec<&'static str>),
+    Restart,
+    Refused(String),
+}
+
+/// Applies a reloaded config to the running agent: log filter, heartbeat interval, backend
+/// settings. Backends are rebuilt first, because they are the part that can fail; a refused
+/// reload changes nothing.
+async fn reload(
+    cfg: &mut Config,
+    new: Config,
+    ctl_set_log: &(dyn Fn(&str) -> Result<(), String> + Send + Sync),
+    storage: &SharedStorage,
+    handlers: &Handlers,
+    interval: &watch::Sender<std::time::Duration>,
+) -> Reload {
+    if needs_restart(cfg, &new) {
+        return Reload::Restart;
+    }
+    let mut applied = Vec::new();
+    if storage_changed(cfg, &new) {
+        let mut guard = storage.write().await;
+        match guard.rebuild(&new) {
+            Some(Ok(rebuilt)) => {
+                *guard = rebuilt;
+                *handlers.info.write().expect("info lock") = info_result(&new, &guard);
+                applied.push("storage backends");
+            }
+            Some(Err(e)) => return Reload::Refused(e.to_string()),
+            None => {}
+        }
+    }
+    if cfg.agent.log != new.agent.log {
+        if let Err(e) = ctl_set_log(&new.agent.log) {
+            warn!(error = %e, "log filter not changed");
+        } else {
+            applied.push("log filter");
+        }
+    }
+    if cfg.agent.heartbeat_interval != new.agent.heartbeat_interval {
+        interval.send_replace(new.agent.heartbeat_interval);
+        applied.push("heartbeat interval");
+    }
+    let backends = applied.contains(&"storage backends");
+    *cfg = new;
+    if backends {
+        // New roots or backend paths: put the desired state onto what is configured now.
+        let storage = storage.clone();
+        tokio::spawn(async move {
+            storage.read().await.reconcile().await;
+        });
+    }
+    Reload::Applied(applied)
+}
+
 /// Runs the agent until `shutdown` resolves, then stops in order: stop taking commands, let
-/// running ones finish (bounded), announce offline, disconnect.
+/// running ones finish (bounded), announce offline, disconnect. SIGHUP's configs apply live
+/// when they can, or end the run with `RunEnd::Restart`.
 ///
 /// `storage` is built by the caller (`Storage::new`), so a state directory or backend that
 /// cannot start stops the agent before it connects.
-pub async fn run(cfg: Config, mut storage: Storage, shutdown: impl Future<Output = ()>) {
+pub async fn run<S: Future<Output = ()>>(
+    mut cfg: Config,
+    mut storage: Storage,
+    ctl: Control<S>,
+) -> RunEnd {
+    let Control {
+        shutdown,
+        mut reloads,
+        set_log,
+    } = ctl;
     let stats = Arc::new(Stats::default());
     let journal = storage.take_journal();
-    let storage = Arc::new(storage);
+    let info = info_result(&cfg, &storage);
+    let storage: SharedStorage = Arc::new(tokio::sync::RwLock::new(storage));
     let status = Arc::new(StatusSource::new(
         cfg.client_id.instance().as_str(),
         cfg.client_id.group().as_str(),
@@ -124,7 +240,7 @@ pub async fn run(cfg: Config, mut storage: Storage, shutdown: impl Future<Output
     let uplink: Arc<dyn Uplink> = session.uplink.clone();
     let handlers = Arc::new(Handlers {
         status: status.clone(),
-        info: info_result(&cfg, &storage),
+        info: std::sync::RwLock::new(info),
         storage: storage.clone(),
     });
     // Put the desired state back on the OS (after a reboot, a daemon restart, a crash in the
@@ -132,13 +248,13 @@ pub async fn run(cfg: Config, mut storage: Storage, shutdown: impl Future<Output
     let reconcile_task = tokio::spawn({
         let storage = storage.clone();
         async move {
-            storage.reconcile().await;
+            storage.read().await.reconcile().await;
         }
     });
     let dispatcher = Dispatcher::new(
         cfg.topics.clone(),
         uplink.clone(),
-        handlers,
+        handlers.clone(),
         stats,
         Limits {
             max_payload: cfg.agent.max_payload_bytes,
@@ -149,11 +265,12 @@ pub async fn run(cfg: Config, mut storage: Storage, shutdown: impl Future<Output
         journal,
     );
     let dispatch_task = tokio::spawn(dispatcher.clone().run(inbound_rx));
+    let (interval_tx, interval_rx) = watch::channel(cfg.agent.heartbeat_interval);
     let heartbeat_task = tokio::spawn(status::heartbeat_loop(
         status,
         uplink,
         cfg.topics.heartbeat.clone(),
-        cfg.agent.heartbeat_interval,
+        interval_rx,
         session.link.clone(),
     ));
 
@@ -163,7 +280,31 @@ pub async fn run(cfg: Config, mut storage: Storage, shutdown: impl Future<Output
     notify::ready();
     let watchdog_task = notify::watchdog_interval().map(|i| tokio::spawn(notify::watchdog_loop(i)));
 
-    shutdown.await;
+    tokio::pin!(shutdown);
+    let end = loop {
+        tokio::select! {
+            _ = &mut shutdown => break RunEnd::Stopped,
+            Some(new) = reloads.recv() => {
+                notify::reloading();
+                match reload(&mut cfg, new.clone(), &*set_log, &storage, &handlers, &interval_tx).await {
+                    Reload::Restart => {
+                        info!("reloaded config changes identity, broker, topics, limits or the state directory: starting a new session");
+                        break RunEnd::Restart(Box::new(new));
+                    }
+                    Reload::Applied(what) => {
+                        info!(applied = ?what, "configuration reloaded");
+                        notify::status(&format!("configuration reloaded ({}); connected to {}",
+                            if what.is_empty() { "no change".to_string() } else { what.join(", ") }, cfg.broker));
+                    }
+                    Reload::Refused(e) => {
+                        tracing::error!(error = %e, "configuration reload refused; running with the previous configuration");
+                        notify::status(&format!("configuration reload refused ({e}); running with the previous configuration"));
+                    }
+                }
+                notify::ready();
+            }
+        }
+    };
     info!("shutting down");
     notify::stopping();
     notify::status("stopping: finishing running requests, announcing offline");
@@ -182,4 +323,5 @@ pub async fn run(cfg: Config, mut storage: Storage, shutdown: impl Future<Output
     if let Some(t) = watchdog_task {
         t.abort();
     }
+    end
 }

@@ -46,23 +46,43 @@ enum Command {
 /// Exit code for a configuration the agent refuses to run with.
 const EXIT_CONFIG: u8 = 2;
 
-fn init_logging(directives: &str, format: LogFormat) {
-    // RUST_LOG, when set, wins over the config file.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+use csg_agent::SetLog;
+
+fn init_logging(directives: &str, format: LogFormat) -> SetLog {
+    // RUST_LOG, when set, wins over the config file (also over a reloaded one).
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| {
         EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
+    // Each format is its own subscriber type, hence its own handle type: box the setter.
+    macro_rules! install {
+        ($b:expr) => {{
+            // Reloading wraps the finished formatter, so it comes last.
+            let b = $b.with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            Box::new(move |d: &str| {
+                if pinned {
+                    return Err("RUST_LOG is set and takes precedence".to_string());
+                }
+                let f = EnvFilter::try_new(d).map_err(|e| e.to_string())?;
+                handle.reload(f).map_err(|e| e.to_string())
+            }) as SetLog
+        }};
+    }
     match format {
         // Log shippers want every field, and a timestamp of their own.
-        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Json => install!(builder.json().with_current_span(false)),
         // Under systemd the journal stamps each line itself.
         LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => {
-            builder.with_ansi(false).without_time().init()
+            install!(builder.with_ansi(false).without_time())
         }
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => install!(builder.with_ansi(std::io::stderr().is_terminal())),
     }
 }
 
@@ -117,8 +137,8 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logging(&cfg.agent.log, cli.log_format);
-            match run(cfg) {
+            let set_log = init_logging(&cfg.agent.log, cli.log_format);
+            match run(cfg, cli.config.clone(), set_log) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("csg-agent: {e:#}");
@@ -129,29 +149,93 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: Config) -> anyhow::Result<()> {
-    let storage = csg_agent::storage::Storage::new(&cfg).context("cannot start storage")?;
-    // One thread: every request crosses session → dispatcher → handler → session, and on one
-    // thread those hand-offs cost no cross-thread wake-ups. Handlers never block (programs run
-    // as async child processes), so one thread is not a bottleneck; it also keeps RSS small.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot install the SIGTERM handler")?;
-        // Both handlers are installed before anything starts: a signal that arrives early must
-        // still mean a clean stop, not death by the default disposition.
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-            .context("cannot install the SIGINT handler")?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
+fn run(mut cfg: Config, path: PathBuf, set_log: SetLog) -> anyhow::Result<()> {
+    let mut set_log = Some(set_log);
+    loop {
+        let storage = csg_agent::storage::Storage::new(&cfg).context("cannot start storage")?;
+        // One thread: every request crosses session → dispatcher → handler → session, and on one
+        // thread those hand-offs cost no cross-thread wake-ups. Handlers never block (programs run
+        // as async child processes), so one thread is not a bottleneck; it also keeps RSS small.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        let setter = set_log
+            .take()
+            .expect("the log setter is handed back after every run");
+        let (end, setter) = rt.block_on(run_once(cfg, storage, path.clone(), setter))?;
+        // Dropping the runtime ends every task of the run, so nothing of it (the state lock
+        // included) outlives it into the next one.
+        drop(rt);
+        set_log = Some(setter);
+        match end {
+            csg_agent::RunEnd::Stopped => return Ok(()),
+            csg_agent::RunEnd::Restart(new) => {
+                cfg = *new;
+                if let Some(set) = &set_log {
+                    let _ = set(&cfg.agent.log);
+                }
             }
-        };
-        csg_agent::run(cfg, storage, shutdown).await;
-        Ok(())
-    })
+        }
+    }
+}
+
+async fn run_once(
+    cfg: Config,
+    storage: csg_agent::storage::Storage,
+    path: PathBuf,
+    set_log: SetLog,
+) -> anyhow::Result<(csg_agent::RunEnd, SetLog)> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Every handler is installed before anything starts: a signal that arrives early must mean
+    // what it says, not death by the default disposition.
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+    // SIGHUP: re-read and validate the file here; only a valid config reaches the agent.
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    let reader = tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP received: reloading the configuration");
+            match Config::load(&path) {
+                Ok(c) => {
+                    if reload_tx.send(c).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration reload refused; running with the previous configuration");
+                    csg_agent::notify::status(&format!(
+                        "configuration reload refused ({}); running with the previous configuration",
+                        e.to_string().lines().next().unwrap_or_default()
+                    ));
+                    csg_agent::notify::ready();
+                }
+            }
+        }
+    });
+    // The setter goes into the run and must come back for the next one: share it.
+    let set_log = std::sync::Arc::new(set_log);
+    let shared = set_log.clone();
+    let end = csg_agent::run(
+        cfg,
+        storage,
+        csg_agent::Control {
+            shutdown,
+            reloads: reload_rx,
+            set_log: Box::new(move |d: &str| shared(d)),
+        },
+    )
+    .await;
+    reader.abort();
+    let _ = reader.await;
+    let set_log = std::sync::Arc::try_unwrap(set_log)
+        .unwrap_or_else(|_| unreachable!("the run dropped its copy of the log setter"));
+    Ok((end, set_log))
 }

@@ -18,7 +18,7 @@ use tracing::debug;
 
 use crate::session::LinkState;
 use crate::stats::Stats;
-use crate::storage::Storage;
+use crate::storage::SharedStorage;
 use crate::uplink::{OutMessage, Qos, Uplink};
 use crate::AGENT_VERSION;
 
@@ -29,7 +29,7 @@ pub struct StatusSource {
     seq: AtomicU64,
     system: Mutex<System>,
     stats: Arc<Stats>,
-    storage: Arc<Storage>,
+    storage: SharedStorage,
 }
 
 impl StatusSource {
@@ -37,7 +37,7 @@ impl StatusSource {
         instance_id: &str,
         group_id: &str,
         stats: Arc<Stats>,
-        storage: Arc<Storage>,
+        storage: SharedStorage,
     ) -> Self {
         let mut system = System::new();
         // CPU use is a difference between two samples: take the first one now.
@@ -55,8 +55,10 @@ impl StatusSource {
 
     async fn sample(&self, seq: u64) -> Heartbeat {
         // Backend probes first: they may run programs, and the system sample should be fresh.
-        let services = self.storage.services().await;
-        let storage = self.storage.summaries().await;
+        let (services, storage) = {
+            let s = self.storage.read().await;
+            (s.services().await, s.summaries().await)
+        };
         let system = {
             let mut s = self.system.lock().expect("sysinfo lock");
             s.refresh_cpu_usage();
@@ -112,7 +114,7 @@ pub async fn heartbeat_loop(
     source: Arc<StatusSource>,
     uplink: Arc<dyn Uplink>,
     topic: String,
-    interval: Duration,
+    mut interval: watch::Receiver<Duration>,
     mut link: watch::Receiver<LinkState>,
 ) {
     loop {
@@ -125,7 +127,7 @@ pub async fn heartbeat_loop(
                 return;
             }
         };
-        let mut tick = tokio::time::interval(interval);
+        let mut tick = tokio::time::interval(*interval.borrow_and_update());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -141,6 +143,13 @@ pub async fn heartbeat_loop(
                 changed = link.changed() => {
                     if changed.is_err() { return; }
                     if *link.borrow() != (LinkState::Online { epoch }) { break; }
+                }
+                // A reloaded interval applies from the next heartbeat on, without a reconnect.
+                changed = interval.changed() => {
+                    if changed.is_err() { return; }
+                    let every = *interval.borrow_and_update();
+                    tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 }
             }
         }

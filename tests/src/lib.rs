@@ -11,6 +11,7 @@ pub mod bed;
 pub mod bins;
 pub mod broker;
 pub mod csgctl;
+pub mod exportfs_stub;
 pub mod ganesha;
 pub mod process;
 pub mod recorder;

@@ -6,9 +6,9 @@
 //!   tests point `nfs.exportfs` at a recording stand-in (see `Stub`) and check the exports
 //!   file the agent writes and the argv it runs, rollback included.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use csg_e2e::exportfs_stub::ExportfsStub as Stub;
 use csg_e2e::ganesha::Ganesha;
 use csg_e2e::{rpc, wait_until, Bed, TIMEOUT};
 use serde_json::{json, Value};
@@ -56,65 +56,6 @@ impl World {
     }
 }
 
-/// Stand-in for exportfs(8) (a mock, because this kernel has no nfsd: see the file comment).
-/// It records each argv as one line, keeps an "export table" built from the agent's file on
-/// `-ra` (one `path client(options)` line per client, as `exportfs -s` prints), prints it on
-/// `-s`, and fails the next `-ra` (exit 1, a message on stderr) when told to.
-struct Stub {
-    dir: PathBuf,
-    exports: PathBuf,
-}
-
-impl Stub {
-    fn new(w: &World) -> Stub {
-        let dir = w.base().join("stub");
-        std::fs::create_dir_all(&dir).unwrap();
-        let exports = w.base().join("exports.d").join("csg-agent.exports");
-        let script = format!(
-            "#!/bin/sh\n\
-             D={dir}\n\
-             printf '%s\\n' \"$*\" >> \"$D/argv\"\n\
-             case \"$1\" in\n\
-             -ra)\n\
-             \x20 if [ -f \"$D/fail-once\" ]; then cat \"$D/fail-once\" >&2; rm -f \"$D/fail-once\"; exit 1; fi\n\
-             \x20 if [ -f {exports} ]; then\n\
-             \x20   grep -v '^#' {exports} | awk '{{ for (i = 2; i <= NF; i++) print $1 \" \" $i }}' > \"$D/etab\"\n\
-             \x20 else\n\
-             \x20   : > \"$D/etab\"\n\
-             \x20 fi\n\
-             \x20 ;;\n\
-             -s) cat \"$D/etab\" 2>/dev/null; exit 0 ;;\n\
-             *) echo \"stub exportfs: unexpected arguments: $*\" >&2; exit 2 ;;\n\
-             esac\n",
-            dir = dir.display(),
-            exports = exports.display()
-        );
-        let path = dir.join("exportfs");
-        std::fs::write(&path, script).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Stub { dir, exports }
-    }
-    fn program(&self) -> PathBuf {
-        self.dir.join("exportfs")
-    }
-    fn argv(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("argv"))
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect()
-    }
-    fn fail_next_reexport(&self, stderr: &str) {
-        std::fs::write(self.dir.join("fail-once"), stderr).unwrap();
-    }
-    fn file(&self) -> Option<String> {
-        std::fs::read_to_string(&self.exports).ok()
-    }
-    fn etab(&self) -> String {
-        std::fs::read_to_string(self.dir.join("etab")).unwrap_or_default()
-    }
-}
-
 const HEADER: &str =
     "# Managed by csg-agent: this file is rewritten on every change; edits here are lost.\n";
 
@@ -158,7 +99,7 @@ const OPTS_RO_ROOT: &str = "(ro,sync,root_squash,no_subtree_check,anonuid=65534,
 #[test]
 fn kernel_writes_the_exports_file_and_runs_exportfs() {
     let w = World::new();
-    let stub = Stub::new(&w);
+    let stub = Stub::new(&w.base());
     let bed = kernel_bed("nfs-k1", &w, &stub);
     assert_eq!(stub.file(), None, "no exports yet: no file written");
     let base = stub.argv().len();
@@ -277,7 +218,7 @@ fn kernel_writes_the_exports_file_and_runs_exportfs() {
 #[test]
 fn kernel_rolls_back_when_exportfs_fails() {
     let w = World::new();
-    let stub = Stub::new(&w);
+    let stub = Stub::new(&w.base());
     let bed = kernel_bed("nfs-k2", &w, &stub);
     bed.call_ok(
         "nfs.export.create",
@@ -386,7 +327,7 @@ fn hostile(w: &World) -> Vec<(&'static str, Value)> {
 #[test]
 fn kernel_hostile_input_changes_nothing() {
     let w = World::new();
-    let stub = Stub::new(&w);
+    let stub = Stub::new(&w.base());
     let bed = kernel_bed("nfs-k3", &w, &stub);
     bed.call_ok(
         "nfs.export.create",
@@ -436,7 +377,7 @@ fn kernel_hostile_input_changes_nothing() {
 #[test]
 fn kernel_restart_reconciles_the_file() {
     let w = World::new();
-    let stub = Stub::new(&w);
+    let stub = Stub::new(&w.base());
     let mut bed = kernel_bed("nfs-k4", &w, &stub);
     bed.call_ok(
         "nfs.export.create",

@@ -44,7 +44,7 @@ impl Default for RawIscsi {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IscsiSettings {
     pub backend: IscsiBackendKind,
     pub iqn_prefix: String,

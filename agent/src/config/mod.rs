@@ -146,7 +146,7 @@ impl Default for RawAgent {
 }
 
 /// The validated configuration. Holding one means every rule below was checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub client_id: ClientId,
     pub broker: BrokerUrl,
@@ -161,7 +161,7 @@ pub struct Config {
     pub iscsi: iscsi::IscsiSettings,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MqttSettings {
     pub keep_alive: Duration,
     pub connect_timeout: Duration,
@@ -171,7 +171,7 @@ pub struct MqttSettings {
     pub max_packet_bytes: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgentSettings {
     pub heartbeat_interval: Duration,
     pub max_payload_bytes: usize,

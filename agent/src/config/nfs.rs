@@ -52,7 +52,7 @@ impl Default for RawNfs {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NfsSettings {
     pub backend: NfsBackendKind,
     pub exports_file: PathBuf,

@@ -55,7 +55,7 @@ impl Default for RawSmb {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SmbSettings {
     pub backend: SmbBackendKind,
     pub smb_conf: PathBuf,

@@ -30,7 +30,7 @@ impl Default for RawStorage {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StorageSettings {
     pub roots: Vec<PathBuf>,
     pub state_dir: PathBuf,

@@ -35,16 +35,18 @@ fn rig_with(
         AgentTopics::new(&TopicParents::default(), TopicMode::Standard, &client, 64).unwrap();
     let stats = Arc::new(Stats::default());
     let up = Arc::new(RecordingUplink::default());
-    let storage = Arc::new(crate::storage::Storage::none());
+    let storage = Arc::new(tokio::sync::RwLock::new(crate::storage::Storage::none()));
     let handlers = Arc::new(Handlers {
         status: Arc::new(StatusSource::new("gw", "G", stats.clone(), storage.clone())),
         storage,
-        info: serde_json::from_value(json!({
-            "agent_version":"t","protocol_version":1,"group_id":"G","instance_id":"gw",
-            "client_id":"G@@@gw","hostname":"h","os":"o","kernel":"k","arch":"a",
-            "topic_mode":"standard","methods":[],"max_payload":65536,"started_ms":0
-        }))
-        .unwrap(),
+        info: std::sync::RwLock::new(
+            serde_json::from_value(json!({
+                "agent_version":"t","protocol_version":1,"group_id":"G","instance_id":"gw",
+                "client_id":"G@@@gw","hostname":"h","os":"o","kernel":"k","arch":"a",
+                "topic_mode":"standard","methods":[],"max_payload":65536,"started_ms":0
+            }))
+            .unwrap(),
+        ),
     });
     let d = Dispatcher::new(
         topics,

@@ -321,7 +321,7 @@ impl Family for IscsiFamily {
         Box::pin(async move {
             if let Some(every) = self.inner.watch_interval {
                 if !self.watcher.swap(true, Ordering::SeqCst) {
-                    tokio::spawn(watch(self.inner.clone(), every));
+                    tokio::spawn(watch(Arc::downgrade(&self.inner), every));
                 }
             }
             self.inner.reconcile().await
@@ -363,10 +363,15 @@ impl Family for IscsiFamily {
 }
 
 /// Puts the targets back when tgtd loses them (a restarted tgtd starts empty).
-async fn watch(inner: Arc<Inner>, every: Duration) {
+/// Holds the family weakly: when a reload replaces it (or the agent stops), the watcher ends
+/// instead of keeping an old backend alive.
+async fn watch(weak: std::sync::Weak<Inner>, every: Duration) {
     let mut last = String::new();
     loop {
         tokio::time::sleep(every).await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
         let Ok(state) = inner.ctx.state.get::<IscsiState>(FAMILY).await else {
             continue;
         };

@@ -15,7 +15,7 @@ use csg_protocol::{ErrorCode, MethodName, RpcError};
 use serde_json::{Map, Value};
 
 use crate::status::StatusSource;
-use crate::storage::Storage;
+use crate::storage::{SharedStorage, Storage};
 
 /// The agent's own methods (storage families add theirs).
 pub const SYS_METHODS: &[&str] = &[sysm::INFO, sysm::PING, sysm::RECONCILE, sysm::STATUS];
@@ -23,8 +23,9 @@ pub const SYS_METHODS: &[&str] = &[sysm::INFO, sysm::PING, sysm::RECONCILE, sysm
 /// What handlers may use.
 pub struct Handlers {
     pub status: Arc<StatusSource>,
-    pub storage: Arc<Storage>,
-    pub info: sysm::InfoResult,
+    pub storage: SharedStorage,
+    /// Swapped with the storage on a reload (the methods and backends it reports change).
+    pub info: std::sync::RwLock<sysm::InfoResult>,
 }
 
 /// Every method answered with this storage configuration, sorted (reported by `sys.info`).
@@ -53,7 +54,7 @@ impl Handlers {
             // Lets the dispatcher's tests prove a panicking handler still gets answered.
             #[cfg(test)]
             "test.panic" => panic!("test handler panics on purpose"),
-            other => match self.storage.call(other, params).await {
+            other => match self.storage.read().await.call(other, params).await {
                 Some(r) => r,
                 None => Err(RpcError::new(
                     ErrorCode::UnknownMethod,

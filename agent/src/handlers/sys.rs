@@ -16,7 +16,7 @@ pub fn ping(params: Map<String, Value>) -> Result<Value, RpcError> {
 
 pub fn info(h: &Handlers, params: Map<String, Value>) -> Result<Value, RpcError> {
     no_params(INFO, &params)?;
-    to_value(&h.info)
+    to_value(&*h.info.read().expect("info lock"))
 }
 
 pub async fn status(h: &Handlers, params: Map<String, Value>) -> Result<Value, RpcError> {
@@ -28,5 +28,5 @@ pub async fn status(h: &Handlers, params: Map<String, Value>) -> Result<Value, R
 /// what it changed (or why it could not).
 pub async fn reconcile(h: &Handlers, params: Map<String, Value>) -> Result<Value, RpcError> {
     no_params(RECONCILE, &params)?;
-    Ok(h.storage.reconcile().await)
+    Ok(h.storage.read().await.reconcile().await)
 }

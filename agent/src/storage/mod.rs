@@ -67,9 +67,16 @@ pub enum StorageError {
     },
 }
 
+/// The storage families in use, shared by handlers and heartbeats. A reload swaps the whole
+/// `Storage` under the write lock: every storage call holds the read lock while it runs, so the
+/// swap waits for running calls and no call ever sees two backends for one family.
+pub type SharedStorage = Arc<tokio::sync::RwLock<Storage>>;
+
 /// The configured families.
 pub struct Storage {
     families: Vec<Box<dyn Family>>,
+    /// Kept so a reload can rebuild the families on the same state store (and its lock).
+    ctx: Option<StorageCtx>,
     /// Replies of executed mutations, kept across restarts (only with storage configured).
     journal: Option<(Arc<Journal>, Vec<Record>)>,
 }
@@ -79,23 +86,45 @@ impl Storage {
     pub fn none() -> Self {
         Self {
             families: Vec::new(),
+            ctx: None,
             journal: None,
         }
     }
 
     pub fn new(cfg: &Config) -> Result<Self, StorageError> {
-        use crate::config::{iscsi::IscsiBackendKind, nfs::NfsBackendKind, smb::SmbBackendKind};
         // An agent without storage backends needs no state directory at all.
-        if cfg.nfs.backend == NfsBackendKind::Disabled
-            && cfg.smb.backend == SmbBackendKind::Disabled
-            && cfg.iscsi.backend == IscsiBackendKind::Disabled
-        {
+        if !Self::enabled(cfg) {
             return Ok(Self::none());
         }
         let s = &cfg.storage;
+        let state = Arc::new(StateStore::open(&s.state_dir)?);
+        let mut storage = Self::with_state(cfg, state)?;
+        let ttl_ms = cfg.agent.reply_cache_ttl.as_millis() as u64;
+        let (journal, live) = Journal::open(&s.state_dir, ttl_ms, csg_protocol::now_ms())?;
+        storage.journal = Some((Arc::new(journal), live));
+        Ok(storage)
+    }
+
+    /// Whether any storage family is enabled in `cfg`.
+    pub fn enabled(cfg: &Config) -> bool {
+        use crate::config::{iscsi::IscsiBackendKind, nfs::NfsBackendKind, smb::SmbBackendKind};
+        cfg.nfs.backend != NfsBackendKind::Disabled
+            || cfg.smb.backend != SmbBackendKind::Disabled
+            || cfg.iscsi.backend != IscsiBackendKind::Disabled
+    }
+
+    /// The families for `cfg` on the state store this one already holds (a reload of backend
+    /// settings: the store, its lock and the journal stay). `None` when this one has no store.
+    pub fn rebuild(&self, cfg: &Config) -> Option<Result<Self, StorageError>> {
+        let state = self.ctx.as_ref()?.state.clone();
+        Some(Self::with_state(cfg, state))
+    }
+
+    fn with_state(cfg: &Config, state: Arc<StateStore>) -> Result<Self, StorageError> {
+        let s = &cfg.storage;
         let ctx = StorageCtx {
             roots: Roots::new(s.roots.clone()),
-            state: Arc::new(StateStore::open(&s.state_dir)?),
+            state,
             timeout: s.command_timeout,
             allow_devices: s.allow_devices,
         };
@@ -112,11 +141,10 @@ impl Storage {
                 Err(message) => return Err(StorageError::Backend { family, message }),
             }
         }
-        let ttl_ms = cfg.agent.reply_cache_ttl.as_millis() as u64;
-        let (journal, live) = Journal::open(&s.state_dir, ttl_ms, csg_protocol::now_ms())?;
         Ok(Self {
             families,
-            journal: Some((Arc::new(journal), live)),
+            ctx: Some(ctx),
+            journal: None,
         })
     }
 
