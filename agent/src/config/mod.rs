@@ -1,10 +1,13 @@
 //! Configuration: TOML → typed `Config`. Unknown keys are errors, and validation reports
 //! every problem at once, so an operator fixes a config in one pass.
 
+pub mod auth;
 pub mod iscsi;
 pub mod nfs;
+pub mod security;
 pub mod smb;
 pub mod storage;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -49,6 +52,8 @@ pub struct RawConfig {
     pub smb: smb::RawSmb,
     #[serde(default)]
     pub iscsi: iscsi::RawIscsi,
+    #[serde(default)]
+    pub security: security::RawSecurity,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +76,8 @@ pub struct RawMqtt {
     /// Largest MQTT packet accepted from the broker. Well above `max_payload_bytes`, so an
     /// oversized command is refused by the agent instead of tearing the connection down.
     pub max_packet_bytes: usize,
+    pub tls: tls::RawTls,
+    pub auth: auth::RawAuth,
 }
 
 impl Default for RawMqtt {
@@ -83,6 +90,8 @@ impl Default for RawMqtt {
             reconnect_max_ms: 60_000,
             stable_after_s: 60,
             max_packet_bytes: 1 << 20,
+            tls: tls::RawTls::default(),
+            auth: auth::RawAuth::default(),
         }
     }
 }
@@ -159,6 +168,7 @@ pub struct Config {
     pub nfs: nfs::NfsSettings,
     pub smb: smb::SmbSettings,
     pub iscsi: iscsi::IscsiSettings,
+    pub security: security::SecuritySettings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -169,6 +179,8 @@ pub struct MqttSettings {
     pub reconnect_max: Duration,
     pub stable_after: Duration,
     pub max_packet_bytes: usize,
+    pub tls: tls::TlsSettings,
+    pub auth: auth::AuthSettings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -355,6 +367,9 @@ impl RawConfig {
         let nfs = self.nfs.validate(&mut p);
         let smb = self.smb.validate(&mut p);
         let iscsi = self.iscsi.validate(&mut p);
+        let security = self.security.validate(&mut p);
+        let mqtt_tls = self.mqtt.tls.validate(&mut p);
+        let mqtt_auth = self.mqtt.auth.validate(&mut p);
 
         match (client_id, broker, topics) {
             (Some(client_id), Some(broker), Some(topics)) if p.is_empty() => Ok(Config {
@@ -367,6 +382,8 @@ impl RawConfig {
                     reconnect_max: Duration::from_millis(m.reconnect_max_ms),
                     stable_after: Duration::from_secs(m.stable_after_s),
                     max_packet_bytes: m.max_packet_bytes,
+                    tls: mqtt_tls,
+                    auth: mqtt_auth,
                 },
                 parents,
                 mode,
@@ -384,6 +401,7 @@ impl RawConfig {
                 nfs,
                 smb,
                 iscsi,
+                security,
             }),
             _ => Err(p),
         }
