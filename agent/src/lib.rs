@@ -6,6 +6,7 @@
 //! `dispatch` → `uplink` → `session`. `status` publishes heartbeats; `config` loads and
 //! validates the TOML file; `main.rs` wires it together with signals.
 
+pub mod auth;
 pub mod backends;
 pub mod backoff;
 pub mod config;
@@ -44,7 +45,7 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Commands waiting for the dispatcher. The dispatcher takes microseconds per message, so
 /// this only fills if it is wedged; beyond it commands are dropped (and re-sent by consoles).
-const INBOUND_QUEUE: usize = 4096;
+const INBOUND_QUEUE: usize = 1024;
 
 fn info_result(cfg: &Config, storage: &Storage) -> InfoResult {
     InfoResult {
@@ -133,6 +134,7 @@ fn needs_restart(old: &Config, new: &Config) -> bool {
         (
             a.max_payload_bytes,
             a.max_in_flight,
+            a.max_per_family,
             a.reply_cache_ttl,
             a.reply_cache_max,
             a.shutdown_grace,
@@ -240,6 +242,7 @@ pub async fn run<S: Future<Output = ()>>(
     let uplink: Arc<dyn Uplink> = session.uplink.clone();
     let handlers = Arc::new(Handlers {
         status: status.clone(),
+        limits: handlers::FamilyLimits::new(cfg.agent.max_per_family),
         info: std::sync::RwLock::new(info),
         storage: storage.clone(),
     });
@@ -264,6 +267,7 @@ pub async fn run<S: Future<Output = ()>>(
         },
         journal,
     );
+    dispatcher.set_policy(auth::Policy::new(&cfg.security, cfg.client_id.as_str()));
     let dispatch_task = tokio::spawn(dispatcher.clone().run(inbound_rx));
     let (interval_tx, interval_rx) = watch::channel(cfg.agent.heartbeat_interval);
     let heartbeat_task = tokio::spawn(status::heartbeat_loop(
@@ -286,12 +290,19 @@ pub async fn run<S: Future<Output = ()>>(
             _ = &mut shutdown => break RunEnd::Stopped,
             Some(new) = reloads.recv() => {
                 notify::reloading();
+                let old_security = cfg.security.clone();
                 match reload(&mut cfg, new.clone(), &*set_log, &storage, &handlers, &interval_tx).await {
                     Reload::Restart => {
                         info!("reloaded config changes identity, broker, topics, limits or the state directory: starting a new session");
                         break RunEnd::Restart(Box::new(new));
                     }
-                    Reload::Applied(what) => {
+                    Reload::Applied(mut what) => {
+                        if cfg.security != old_security {
+                            // Key files were read again with the config: rotation needs no restart.
+                            let policy = auth::Policy::new(&cfg.security, cfg.client_id.as_str());
+                            dispatcher.set_policy(policy);
+                            what.push("signed-command keys");
+                        }
                         info!(applied = ?what, "configuration reloaded");
                         notify::status(&format!("configuration reloaded ({}); connected to {}",
                             if what.is_empty() { "no change".to_string() } else { what.join(", ") }, cfg.broker));

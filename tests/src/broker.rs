@@ -221,7 +221,8 @@ pub fn config(port: u16) -> String {
          log_dest stderr\n\
          log_timestamp true\n\
          log_timestamp_format %H:%M:%S\n\
-         connection_messages true\n"
+         connection_messages true\n\
+         max_queued_messages 100000\n"
     )
 }
 

@@ -76,6 +76,9 @@ pub struct RawMqtt {
     /// Largest MQTT packet accepted from the broker. Well above `max_payload_bytes`, so an
     /// oversized command is refused by the agent instead of tearing the connection down.
     pub max_packet_bytes: usize,
+    /// Back-off after a failure retrying cannot fix (TLS verification, refused credentials):
+    /// long, so a misconfigured fleet does not hammer the broker.
+    pub auth_failure_backoff_s: u64,
     pub tls: tls::RawTls,
     pub auth: auth::RawAuth,
 }
@@ -90,6 +93,7 @@ impl Default for RawMqtt {
             reconnect_max_ms: 60_000,
             stable_after_s: 60,
             max_packet_bytes: 1 << 20,
+            auth_failure_backoff_s: 300,
             tls: tls::RawTls::default(),
             auth: auth::RawAuth::default(),
         }
@@ -134,6 +138,9 @@ pub struct RawAgent {
     pub heartbeat_interval_s: u64,
     pub max_payload_bytes: usize,
     pub max_in_flight: usize,
+    /// Requests of one method family (`sys`, `nfs`, …) executing at once; the rest wait
+    /// (within `max_in_flight`), so one busy family cannot starve the others.
+    pub max_per_family: usize,
     pub reply_cache_ttl_s: u64,
     pub reply_cache_max: usize,
     pub shutdown_grace_s: u64,
@@ -146,6 +153,7 @@ impl Default for RawAgent {
             heartbeat_interval_s: 30,
             max_payload_bytes: csg_protocol::DEFAULT_MAX_PAYLOAD,
             max_in_flight: 64,
+            max_per_family: 8,
             reply_cache_ttl_s: 600,
             reply_cache_max: 65_536,
             shutdown_grace_s: 5,
@@ -179,6 +187,7 @@ pub struct MqttSettings {
     pub reconnect_max: Duration,
     pub stable_after: Duration,
     pub max_packet_bytes: usize,
+    pub auth_failure_backoff: Duration,
     pub tls: tls::TlsSettings,
     pub auth: auth::AuthSettings,
 }
@@ -188,6 +197,7 @@ pub struct AgentSettings {
     pub heartbeat_interval: Duration,
     pub max_payload_bytes: usize,
     pub max_in_flight: usize,
+    pub max_per_family: usize,
     pub reply_cache_ttl: Duration,
     pub reply_cache_max: usize,
     pub shutdown_grace: Duration,
@@ -247,13 +257,6 @@ impl RawConfig {
         };
 
         let broker = match BrokerUrl::parse(&self.mqtt.url) {
-            Ok(u) if u.scheme == Scheme::Mqtts => {
-                p.push(format!(
-                    "mqtt.url: {:?}: mqtts:// is reserved for TLS, which this build does not support yet; use mqtt://",
-                    self.mqtt.url
-                ));
-                None
-            }
             Ok(u) => Some(u),
             Err(e) => {
                 p.push(format!("mqtt.url: {e}"));
@@ -277,6 +280,12 @@ impl RawConfig {
             p.push(format!(
                 "mqtt.reconnect_min_ms = {} and reconnect_max_ms = {}: need 0 < min <= max",
                 m.reconnect_min_ms, m.reconnect_max_ms
+            ));
+        }
+        if !(1..=86_400).contains(&m.auth_failure_backoff_s) {
+            p.push(format!(
+                "mqtt.auth_failure_backoff_s = {}: must be from 1 to 86400",
+                m.auth_failure_backoff_s
             ));
         }
         if m.reconnect_max_ms > 3_600_000 {
@@ -309,6 +318,12 @@ impl RawConfig {
             p.push(format!(
                 "agent.max_in_flight = {}: must be from 1 to 65536",
                 a.max_in_flight
+            ));
+        }
+        if !(1..=1024).contains(&a.max_per_family) {
+            p.push(format!(
+                "agent.max_per_family = {}: must be from 1 to 1024",
+                a.max_per_family
             ));
         }
         if a.reply_cache_ttl_s < MIN_REPLY_CACHE_TTL_S {
@@ -368,7 +383,8 @@ impl RawConfig {
         let smb = self.smb.validate(&mut p);
         let iscsi = self.iscsi.validate(&mut p);
         let security = self.security.validate(&mut p);
-        let mqtt_tls = self.mqtt.tls.validate(&mut p);
+        let tls_url = broker.as_ref().is_some_and(|b| b.scheme == Scheme::Mqtts);
+        let mqtt_tls = self.mqtt.tls.validate(tls_url, &mut p);
         let mqtt_auth = self.mqtt.auth.validate(&mut p);
 
         match (client_id, broker, topics) {
@@ -382,6 +398,7 @@ impl RawConfig {
                     reconnect_max: Duration::from_millis(m.reconnect_max_ms),
                     stable_after: Duration::from_secs(m.stable_after_s),
                     max_packet_bytes: m.max_packet_bytes,
+                    auth_failure_backoff: Duration::from_secs(m.auth_failure_backoff_s),
                     tls: mqtt_tls,
                     auth: mqtt_auth,
                 },
@@ -392,6 +409,7 @@ impl RawConfig {
                     heartbeat_interval: Duration::from_secs(a.heartbeat_interval_s),
                     max_payload_bytes: a.max_payload_bytes,
                     max_in_flight: a.max_in_flight,
+                    max_per_family: a.max_per_family,
                     reply_cache_ttl: Duration::from_secs(a.reply_cache_ttl_s),
                     reply_cache_max: a.reply_cache_max,
                     shutdown_grace: Duration::from_secs(a.shutdown_grace_s),
@@ -483,12 +501,29 @@ reply_cache_ttl_s = 5
     }
 
     #[test]
-    fn mqtts_is_reserved() {
-        let text = MIN.replace("mqtt://", "mqtts://");
+    fn mqtts_takes_tls_settings_and_plain_mqtt_refuses_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let tls = format!("[mqtt.tls]\nca_file = {:?}\n", ca.display().to_string());
+        let text = format!("{}{tls}", MIN.replace("mqtt://", "mqtts://"));
+        // A CA file that is missing is a config error, named.
         let Err(FromTomlError::Invalid(p)) = Config::from_toml(&text) else {
             panic!("expected problems")
         };
-        assert!(p[0].contains("TLS"));
+        assert!(p.len() == 1 && p[0].contains("ca.pem"), "{p:?}");
+        let text = format!("{MIN}{tls}");
+        let Err(FromTomlError::Invalid(p)) = Config::from_toml(&text) else {
+            panic!("expected problems")
+        };
+        assert!(p.iter().any(|m| m.contains("mqtts://")), "{p:?}");
+        let text = format!(
+            "{}[mqtt.tls]\nclient_cert_file = \"/c.pem\"\nserver_name = \"no such name!\"\n",
+            MIN.replace("mqtt://", "mqtts://")
+        );
+        let Err(FromTomlError::Invalid(p)) = Config::from_toml(&text) else {
+            panic!("expected problems")
+        };
+        assert!(p.iter().any(|m| m.contains("server name")), "{p:?}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ fn rig_with(
     let up = Arc::new(RecordingUplink::default());
     let storage = Arc::new(tokio::sync::RwLock::new(crate::storage::Storage::none()));
     let handlers = Arc::new(Handlers {
+        limits: crate::handlers::FamilyLimits::new(8),
         status: Arc::new(StatusSource::new("gw", "G", stats.clone(), storage.clone())),
         storage,
         info: std::sync::RwLock::new(

@@ -20,9 +20,43 @@ use crate::storage::{SharedStorage, Storage};
 /// The agent's own methods (storage families add theirs).
 pub const SYS_METHODS: &[&str] = &[sysm::INFO, sysm::PING, sysm::RECONCILE, sysm::STATUS];
 
+/// One bound per method family: a flood of one kind of request (say `nfs.export.list`)
+/// queues behind its own family's permits and never takes every execution slot from the
+/// others (`sys.ping` keeps answering). The total is bounded by the dispatcher's in-flight
+/// limit, beyond which requests are answered `BUSY`.
+pub struct FamilyLimits {
+    per_family: usize,
+    families: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl FamilyLimits {
+    pub fn new(per_family: usize) -> Self {
+        Self {
+            per_family,
+            families: Default::default(),
+        }
+    }
+
+    /// Waits for a slot of `method`'s family (its first segment: `nfs` for `nfs.export.list`).
+    pub async fn acquire(&self, method: &str) -> tokio::sync::OwnedSemaphorePermit {
+        let family = method.split('.').next().unwrap_or(method);
+        let sem = self
+            .families
+            .lock()
+            .expect("family limits lock")
+            .entry(family.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_family)))
+            .clone();
+        sem.acquire_owned()
+            .await
+            .expect("family semaphores are never closed")
+    }
+}
+
 /// What handlers may use.
 pub struct Handlers {
     pub status: Arc<StatusSource>,
+    pub limits: FamilyLimits,
     pub storage: SharedStorage,
     /// Swapped with the storage on a reload (the methods and backends it reports change).
     pub info: std::sync::RwLock<sysm::InfoResult>,
@@ -46,6 +80,7 @@ impl Handlers {
         method: &MethodName,
         params: Map<String, Value>,
     ) -> Result<Value, RpcError> {
+        let _slot = self.limits.acquire(method.as_str()).await;
         match method.as_str() {
             sysm::PING => sys::ping(params),
             sysm::INFO => sys::info(self, params),
