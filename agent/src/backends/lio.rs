@@ -1,32 +1,33 @@
-//! The LIO backend: the kernel iSCSI target, configured with `targetcli` one-shot commands
-//! and persisted with `targetcli saveconfig` (restored at boot by `target.service`).
+//! The LIO backend: the kernel iSCSI target, configured with one-shot `targetcli` commands
+//! (one argument vector each, never a shell) and persisted with `targetcli saveconfig`
+//! (`/etc/target/saveconfig.json`, restored at boot by `target.service`). What LIO really has
+//! is read back from its configfs tree (`<configfs_root>/iscsi/…`, `<configfs_root>/core/…`),
+//! never from targetcli's human-readable output.
 //!
-//! This build has the command builders only: they turn a validated target (the same
-//! [`WantTarget`] the tgt backend takes) into the exact `targetcli` argument vectors, and are
-//! unit-tested down to those vectors. They are not wired to a runtime backend yet: the test
-//! machine has no configfs (`/sys/kernel/config/target`), so nothing could check a runtime
-//! backend end to end, and `build` refuses `backend = "lio"` with a clear message.
-//!
-//! Model differences from tgt, decided here:
-//! * LIO has no address ACLs: `networks` cannot be honoured and is refused ([`LioError`]).
-//! * Initiators listed → `generate_node_acls=0` and one node ACL per initiator with each LUN
-//!   mapped explicitly (`write_protect=1` for read-only LUNs); CHAP is set on every node ACL.
-//! * No initiators but CHAP → "demo mode" with TPG-level CHAP (`generate_node_acls=1`,
-//!   `authentication=1`): any initiator that knows the secret; read-only LUNs make the whole
-//!   TPG write-protected (`demo_mode_write_protect=1`), so mixing is refused.
-//! * No initiators and no CHAP → no node ACLs and `generate_node_acls=0`: nobody can log in
-//!   (the same as tgt with empty lists).
-//! * Backstores are named `csg-<target>-<lun>`; files are `fileio` (the agent creates them
-//!   sparse beforehand, so no size is passed), devices are `block`.
-//! * `update` is delete + create in one batch (sessions are dropped), then `saveconfig`.
+//! Model, decided here (see docs/methods/iscsi.md, "LIO"):
+//! * LIO has no address-based access rules: `networks` is refused ([`LioError::Networks`]).
+//! * The access list is the list of initiators, exactly as on tgt: `generate_node_acls=0`
+//!   ("demo mode", which lets every initiator in, is never used), one node ACL per initiator,
+//!   every LUN mapped explicitly with `write_protect=1` for read-only LUNs. No initiators:
+//!   nobody can log in.
+//! * CHAP: `authentication=1` on the TPG and the credentials (with the mutual pair) on every
+//!   node ACL; also on the TPG itself, so that the target's CHAP user is visible (and kept by
+//!   `saveconfig`) even while it has no initiators.
+//! * Backstores are named `csg-<target name>-<lun>`; files are `fileio` (the agent creates
+//!   them sparse beforehand, so no size is passed), devices are `block`.
+//! * A target that differs from what is wanted in any way is deleted and created again in one
+//!   batch (sessions are dropped), followed by one `saveconfig`. An identical one is left
+//!   alone: no command at all.
 
-// Not called outside the tests until a runtime LIO backend exists (see above).
-#![cfg_attr(not(test), allow(dead_code))]
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use csg_protocol::methods::iscsi::TargetName;
+use csg_protocol::methods::iscsi::{Chap, Iqn, TargetName};
 use thiserror::Error;
 
-use crate::backends::tgt::WantTarget;
+use crate::backends::tgt::{SeenLun, SeenSecrets, SeenTarget, WantTarget};
+use crate::exec::{self, ExecError, Program};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LioError {
@@ -34,11 +35,26 @@ pub enum LioError {
         "networks: the lio backend has no address-based access rules; list initiators instead"
     )]
     Networks,
-    #[error(
-        "luns: without initiators (demo mode) the lio backend can only make all LUNs read-only \
-         or none"
-    )]
-    MixedReadonly,
+}
+
+/// Running targetcli or reading configfs failed.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// No configfs target tree, or no targetcli program.
+    #[error("LIO is not available: {0}")]
+    Unavailable(String),
+    #[error("{command} did not finish within {timeout:?} and was killed")]
+    Timeout { command: String, timeout: Duration },
+    #[error("{command} failed (exit {status}): {stderr}")]
+    Failed {
+        command: String,
+        status: i32,
+        stderr: String,
+    },
+    #[error("cannot run {command}: {message}")]
+    Exec { command: String, message: String },
+    #[error("cannot read the LIO configfs tree: {0}")]
+    Read(String),
 }
 
 /// One `targetcli` invocation (arguments after the program name).
@@ -62,6 +78,20 @@ impl Cmd {
             .collect();
         format!("targetcli {}", parts.join(" "))
     }
+
+    /// The secret values this command carries (to keep them out of error messages).
+    fn secrets(&self) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter_map(|a| a.split_once('='))
+            .filter(|(k, v)| k.ends_with("password") && !v.is_empty())
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    pub fn is_saveconfig(&self) -> bool {
+        self.0.len() == 1 && self.0[0] == "saveconfig"
+    }
 }
 
 impl std::fmt::Debug for Cmd {
@@ -70,10 +100,17 @@ impl std::fmt::Debug for Cmd {
     }
 }
 
+/// The backstore of LUN `lun` of target `name`: (`/backstores/<kind>`, object name).
 fn backstore(name: &TargetName, lun: u16, device: bool) -> (String, String) {
     let so = format!("csg-{name}-{lun}");
     let kind = if device { "block" } else { "fileio" };
     (format!("/backstores/{kind}"), so)
+}
+
+/// Whether `so` is a backstore this agent made for target `name` (`csg-<name>-<digits>`).
+fn is_ours_for(name: &TargetName, so: &str) -> bool {
+    so.strip_prefix(&format!("csg-{name}-"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn bool_s(b: bool) -> &'static str {
@@ -84,21 +121,26 @@ fn bool_s(b: bool) -> &'static str {
     }
 }
 
-/// The commands that create `t` from nothing, ending with `saveconfig`.
-pub fn create(name: &TargetName, t: &WantTarget) -> Result<Vec<Cmd>, LioError> {
-    let mut v = create_body(name, t)?;
-    v.push(Cmd::new(&["saveconfig"]));
-    Ok(v)
+fn auth_args(c: &Chap) -> Vec<String> {
+    let mut a = vec![
+        "set".to_string(),
+        "auth".to_string(),
+        format!("userid={}", c.username.as_str()),
+        format!("password={}", c.secret.expose()),
+    ];
+    if let Some((u, s)) = &c.mutual {
+        a.push(format!("mutual_userid={}", u.as_str()));
+        a.push(format!("mutual_password={}", s.expose()));
+    }
+    a
 }
 
-fn create_body(name: &TargetName, t: &WantTarget) -> Result<Vec<Cmd>, LioError> {
+/// The commands that create `t` from nothing (no `saveconfig`). The order keeps a new target
+/// closed until it is complete: with `generate_node_acls=0` and no node ACL nobody can log in,
+/// and each ACL gets its CHAP credentials before its LUNs are mapped.
+pub fn create_body(name: &TargetName, t: &WantTarget) -> Result<Vec<Cmd>, LioError> {
     if !t.networks.is_empty() {
         return Err(LioError::Networks);
-    }
-    let demo = t.initiators.is_empty() && t.chap.is_some();
-    let all_ro = t.luns.iter().all(|l| l.readonly);
-    if demo && !all_ro && t.luns.iter().any(|l| l.readonly) {
-        return Err(LioError::MixedReadonly);
     }
     let iqn = t.iqn.as_str();
     let tpg = format!("/iscsi/{iqn}/tpg1");
@@ -123,6 +165,19 @@ fn create_body(name: &TargetName, t: &WantTarget) -> Result<Vec<Cmd>, LioError> 
         }
     }
     v.push(Cmd::new(&["/iscsi", "create", &format!("wwn={iqn}")]));
+    v.push(Cmd::new(&[
+        &tpg,
+        "set",
+        "attribute",
+        &format!("authentication={}", bool_s(t.chap.is_some())),
+        "generate_node_acls=0",
+        "demo_mode_write_protect=1",
+    ]));
+    if let Some(c) = &t.chap {
+        let mut a = vec![tpg.clone()];
+        a.extend(auth_args(c));
+        v.push(Cmd(a));
+    }
     for l in &t.luns {
         let (dir, so) = backstore(name, l.lun, l.path.is_device);
         v.push(Cmd::new(&[
@@ -133,49 +188,6 @@ fn create_body(name: &TargetName, t: &WantTarget) -> Result<Vec<Cmd>, LioError> 
             "add_mapped_luns=false",
         ]));
     }
-    let auth = bool_s(t.chap.is_some());
-    if demo {
-        v.push(Cmd::new(&[
-            &tpg,
-            "set",
-            "attribute",
-            &format!("authentication={auth}"),
-            "generate_node_acls=1",
-            "cache_dynamic_acls=1",
-            &format!(
-                "demo_mode_write_protect={}",
-                bool_s(!t.luns.is_empty() && all_ro)
-            ),
-        ]));
-    } else {
-        v.push(Cmd::new(&[
-            &tpg,
-            "set",
-            "attribute",
-            &format!("authentication={auth}"),
-            "generate_node_acls=0",
-            "demo_mode_write_protect=1",
-        ]));
-    }
-    let auth_args = |c: &csg_protocol::methods::iscsi::Chap| {
-        let mut a = vec![
-            "set".to_string(),
-            "auth".to_string(),
-            format!("userid={}", c.username.as_str()),
-            format!("password={}", c.secret.expose()),
-        ];
-        if let Some((u, s)) = &c.mutual {
-            a.push(format!("mutual_userid={}", u.as_str()));
-            a.push(format!("mutual_password={}", s.expose()));
-        }
-        a
-    };
-    if demo {
-        let c = t.chap.as_ref().expect("demo mode has CHAP");
-        let mut a = vec![tpg.clone()];
-        a.extend(auth_args(c));
-        v.push(Cmd(a));
-    }
     for i in &t.initiators {
         let acl = format!("{tpg}/acls/{i}");
         v.push(Cmd::new(&[
@@ -184,6 +196,11 @@ fn create_body(name: &TargetName, t: &WantTarget) -> Result<Vec<Cmd>, LioError> 
             &format!("wwn={i}"),
             "add_mapped_luns=false",
         ]));
+        if let Some(c) = &t.chap {
+            let mut a = vec![acl.clone()];
+            a.extend(auth_args(c));
+            v.push(Cmd(a));
+        }
         for l in &t.luns {
             v.push(Cmd::new(&[
                 &acl,
@@ -193,50 +210,556 @@ fn create_body(name: &TargetName, t: &WantTarget) -> Result<Vec<Cmd>, LioError> 
                 &format!("write_protect={}", bool_s(l.readonly)),
             ]));
         }
-        if let Some(c) = &t.chap {
-            let mut a = vec![acl.clone()];
-            a.extend(auth_args(c));
-            v.push(Cmd(a));
+    }
+    Ok(v)
+}
+
+/// The commands that remove a target LIO has (the target with its TPG, LUNs and ACLs, then
+/// the agent's backstores it used), without `saveconfig`.
+pub fn remove_body(t: &LioTarget) -> Vec<Cmd> {
+    let mut v = vec![Cmd::new(&["/iscsi", "delete", &format!("wwn={}", t.iqn)])];
+    let mut done = BTreeSet::new();
+    for l in &t.luns {
+        if let Some(b) = &l.backstore {
+            if b.ours() && done.insert(b.name.clone()) {
+                v.push(b.delete());
+            }
         }
     }
-    Ok(v)
-}
-
-/// The commands that remove `t` (the target, then its backstores), ending with `saveconfig`.
-pub fn delete(name: &TargetName, t: &WantTarget) -> Vec<Cmd> {
-    let mut v = delete_body(name, t);
-    v.push(Cmd::new(&["saveconfig"]));
     v
 }
 
-fn delete_body(name: &TargetName, t: &WantTarget) -> Vec<Cmd> {
-    let mut v = vec![Cmd::new(&[
-        "/iscsi",
-        "delete",
-        &format!("wwn={}", t.iqn.as_str()),
-    ])];
-    for l in &t.luns {
-        let (dir, so) = backstore(name, l.lun, l.path.is_device);
-        v.push(Cmd::new(&[&dir, "delete", &format!("name={so}")]));
-    }
-    v
-}
-
-/// The commands that turn `prev` into `next`: delete and create again, one `saveconfig`.
-pub fn update(
+/// The commands that turn what LIO has (`cfs`) into what is wanted for target `name`:
+/// `prev_iqn` is the IQN it had before (when it changes, the old target goes), `want` the
+/// target it must be (None: deleted), and `keep` whether LIO's copy of `want` is already
+/// exactly right (the family decides that from its read-back comparison). Ends with
+/// `saveconfig` when anything changes; empty when nothing does.
+pub fn plan(
     name: &TargetName,
-    prev: &WantTarget,
-    next: &WantTarget,
+    cfs: &Configfs,
+    prev_iqn: Option<&Iqn>,
+    want: Option<&WantTarget>,
+    keep: bool,
 ) -> Result<Vec<Cmd>, LioError> {
-    let mut v = delete_body(name, prev);
-    v.extend(create_body(name, next)?);
-    v.push(Cmd::new(&["saveconfig"]));
+    let mut v = Vec::new();
+    let mut removed: BTreeSet<String> = BTreeSet::new();
+    let remove = |iqn: &str, v: &mut Vec<Cmd>, removed: &mut BTreeSet<String>| {
+        if let Some(t) = cfs.target(iqn) {
+            for c in remove_body(t) {
+                if let Some(so) = c.0.iter().find_map(|a| a.strip_prefix("name=")) {
+                    removed.insert(so.to_string());
+                }
+                v.push(c);
+            }
+        }
+    };
+    if let Some(p) = prev_iqn {
+        if want.map(|w| &w.iqn) != Some(p) {
+            remove(p.as_str(), &mut v, &mut removed);
+        }
+    }
+    match want {
+        Some(w) if keep && cfs.target(w.iqn.as_str()).is_some() => {}
+        Some(w) => {
+            remove(w.iqn.as_str(), &mut v, &mut removed);
+            // Leftovers with our names (a crash between two commands) would make the
+            // backstore creation fail.
+            for b in &cfs.backstores {
+                if is_ours_for(name, &b.name) && !removed.contains(&b.name) {
+                    removed.insert(b.name.clone());
+                    v.push(b.delete());
+                }
+            }
+            v.extend(create_body(name, w)?);
+        }
+        None => {
+            for b in &cfs.backstores {
+                if is_ours_for(name, &b.name) && !removed.contains(&b.name) {
+                    removed.insert(b.name.clone());
+                    v.push(b.delete());
+                }
+            }
+        }
+    }
+    if !v.is_empty() {
+        v.push(Cmd::new(&["saveconfig"]));
+    }
     Ok(v)
 }
 
-/// Whether this host can run LIO at all (configfs with the target core mounted).
-pub fn configfs_present() -> bool {
-    std::path::Path::new("/sys/kernel/config/target").is_dir()
+// ---------------------------------------------------------------------------------------------
+// Read-back: the configfs tree
+
+/// What LIO has, read from configfs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Configfs {
+    /// Every iSCSI target whose directory name is a valid iSCSI name, sorted.
+    pub targets: Vec<LioTarget>,
+    /// Every storage object under `core/<hba>/`, sorted.
+    pub backstores: Vec<Backstore>,
+}
+
+impl Configfs {
+    pub fn target(&self, iqn: &str) -> Option<&LioTarget> {
+        self.targets.iter().find(|t| t.iqn == iqn)
+    }
+}
+
+/// One storage object (`core/<hba>/<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Backstore {
+    /// The HBA directory, e.g. `fileio_0`, `iblock_0`.
+    pub hba: String,
+    pub name: String,
+    /// Its `udev_path`: the backing file or device.
+    pub path: Option<String>,
+}
+
+impl Backstore {
+    /// targetcli's name for the backstore type (`/backstores/<kind>`).
+    pub fn kind(&self) -> Option<&'static str> {
+        match self.hba.rsplit_once('_').map(|(k, _)| k) {
+            Some("fileio") => Some("fileio"),
+            Some("iblock") => Some("block"),
+            _ => None,
+        }
+    }
+
+    /// Made by this agent (so it may be deleted), and safe to put into an argv.
+    pub fn ours(&self) -> bool {
+        self.kind().is_some()
+            && self.name.starts_with("csg-")
+            && self.name.len() <= 80
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    }
+
+    fn delete(&self) -> Cmd {
+        Cmd::new(&[
+            &format!("/backstores/{}", self.kind().unwrap_or("fileio")),
+            "delete",
+            &format!("name={}", self.name),
+        ])
+    }
+}
+
+/// CHAP credentials as configfs shows them (`auth/userid`, `password`, `userid_mutual`,
+/// `password_mutual`); empty when unset.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Auth {
+    pub userid: String,
+    pub password: String,
+    pub mutual_userid: String,
+    pub mutual_password: String,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("userid", &self.userid)
+            .field("mutual_userid", &self.mutual_userid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A LUN of the TPG (`tpgt_1/lun/lun_<index>`, a link to its storage object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LioLun {
+    pub index: u16,
+    pub backstore: Option<Backstore>,
+}
+
+/// A LUN mapped into a node ACL (`acls/<initiator>/lun_<index>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedLun {
+    pub index: u16,
+    /// The TPG LUN it links to.
+    pub tpg_lun: Option<u16>,
+    pub write_protect: bool,
+}
+
+/// A node ACL (`tpgt_1/acls/<initiator>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LioAcl {
+    pub initiator: String,
+    pub auth: Auth,
+    pub mapped: Vec<MappedLun>,
+    /// An initiator with this name is logged in (its `info` is not "No active …").
+    pub session: bool,
+}
+
+/// One iSCSI target and its TPG 1 (the only TPG the agent uses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LioTarget {
+    pub iqn: String,
+    /// `tpgt_1` exists.
+    pub has_tpg: bool,
+    pub enabled: bool,
+    /// `tpgt_1/attrib/*` (only the ones the agent sets or checks).
+    pub attrib: BTreeMap<String, String>,
+    /// TPG-level credentials.
+    pub auth: Auth,
+    pub luns: Vec<LioLun>,
+    pub acls: Vec<LioAcl>,
+}
+
+fn read_value(p: &Path) -> String {
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn read_auth(dir: &Path) -> Auth {
+    Auth {
+        userid: read_value(&dir.join("userid")),
+        password: read_value(&dir.join("password")),
+        mutual_userid: read_value(&dir.join("userid_mutual")),
+        mutual_password: read_value(&dir.join("password_mutual")),
+    }
+}
+
+/// Sorted names of the entries of `dir` (empty when it does not exist).
+fn entries(dir: &Path) -> std::io::Result<Vec<(String, std::fs::FileType)>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut v = Vec::new();
+    for e in rd {
+        let e = e?;
+        if let Some(n) = e.file_name().to_str() {
+            v.push((n.to_string(), e.file_type()?));
+        }
+    }
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
+}
+
+/// The last two components of the link in `dir` (LIO puts one symlink into each LUN
+/// directory, under a generated name): `(parent, name)` of what it points at.
+fn link_in(dir: &Path) -> std::io::Result<Option<(String, String)>> {
+    for (n, ft) in entries(dir)? {
+        if !ft.is_symlink() {
+            continue;
+        }
+        let to = std::fs::read_link(dir.join(&n))?;
+        let name = to.file_name().and_then(|s| s.to_str()).map(String::from);
+        let parent = to
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|s| s.to_str())
+            .map(String::from);
+        if let (Some(p), Some(n)) = (parent, name) {
+            return Ok(Some((p, n)));
+        }
+    }
+    Ok(None)
+}
+
+fn lun_index(dir_name: &str) -> Option<u16> {
+    dir_name.strip_prefix("lun_")?.parse().ok()
+}
+
+/// Reads `<root>/core` and `<root>/iscsi`. Pure file reads: no program runs.
+pub fn read_configfs(root: &Path) -> std::io::Result<Configfs> {
+    let mut backstores = Vec::new();
+    for (hba, ft) in entries(&root.join("core"))? {
+        if !ft.is_dir() || hba == "alua" {
+            continue;
+        }
+        for (name, ft) in entries(&root.join("core").join(&hba))? {
+            if !ft.is_dir() {
+                continue;
+            }
+            let path = read_value(&root.join("core").join(&hba).join(&name).join("udev_path"));
+            backstores.push(Backstore {
+                hba: hba.clone(),
+                name,
+                path: (!path.is_empty()).then_some(path),
+            });
+        }
+    }
+    backstores.sort();
+    let mut targets = Vec::new();
+    for (iqn, ft) in entries(&root.join("iscsi"))? {
+        if !ft.is_dir() || Iqn::parse("target", &iqn).is_err() {
+            continue; // discovery_auth, lio_version, anything not a target
+        }
+        let tpg = root.join("iscsi").join(&iqn).join("tpgt_1");
+        let mut t = LioTarget {
+            iqn: iqn.clone(),
+            has_tpg: tpg.is_dir(),
+            enabled: read_value(&tpg.join("enable")) == "1",
+            attrib: BTreeMap::new(),
+            auth: read_auth(&tpg.join("auth")),
+            luns: Vec::new(),
+            acls: Vec::new(),
+        };
+        for k in [
+            "authentication",
+            "generate_node_acls",
+            "demo_mode_write_protect",
+        ] {
+            let v = read_value(&tpg.join("attrib").join(k));
+            if !v.is_empty() {
+                t.attrib.insert(k.to_string(), v);
+            }
+        }
+        for (d, ft) in entries(&tpg.join("lun"))? {
+            let (true, Some(index)) = (ft.is_dir(), lun_index(&d)) else {
+                continue;
+            };
+            let backstore = link_in(&tpg.join("lun").join(&d))?.map(|(hba, name)| {
+                backstores
+                    .iter()
+                    .find(|b| b.hba == hba && b.name == name)
+                    .cloned()
+                    .unwrap_or(Backstore {
+                        hba,
+                        name,
+                        path: None,
+                    })
+            });
+            t.luns.push(LioLun { index, backstore });
+        }
+        t.luns.sort_by_key(|l| l.index);
+        for (init, ft) in entries(&tpg.join("acls"))? {
+            if !ft.is_dir() {
+                continue;
+            }
+            let dir = tpg.join("acls").join(&init);
+            let info = read_value(&dir.join("info"));
+            let mut acl = LioAcl {
+                initiator: init.clone(),
+                auth: read_auth(&dir.join("auth")),
+                mapped: Vec::new(),
+                session: !info.is_empty() && !info.starts_with("No active"),
+            };
+            for (d, ft) in entries(&dir)? {
+                let (true, Some(index)) = (ft.is_dir(), lun_index(&d)) else {
+                    continue;
+                };
+                let tpg_lun = link_in(&dir.join(&d))?.and_then(|(_, n)| lun_index(&n));
+                acl.mapped.push(MappedLun {
+                    index,
+                    tpg_lun,
+                    write_protect: read_value(&dir.join(&d).join("write_protect")) == "1",
+                });
+            }
+            acl.mapped.sort_by_key(|m| m.index);
+            t.acls.push(acl);
+        }
+        targets.push(t);
+    }
+    Ok(Configfs {
+        targets,
+        backstores,
+    })
+}
+
+/// The target in the family's backend-neutral form. Initiator names are its access rules (and
+/// `ALL` when `generate_node_acls=1` lets any initiator in); everything LIO-specific that
+/// differs from the agent's model is named in `notes`.
+pub fn to_seen(t: &LioTarget) -> SeenTarget {
+    let attr = |k: &str| t.attrib.get(k).map(String::as_str) == Some("1");
+    let auth_on = attr("authentication");
+    let mut notes = Vec::new();
+    if !t.has_tpg {
+        notes.push("the target has no TPG 1".to_string());
+    } else if !t.enabled {
+        notes.push("TPG 1 is disabled".to_string());
+    }
+    let indexes: BTreeSet<u16> = t.luns.iter().map(|l| l.index).collect();
+    let mut luns = Vec::new();
+    for l in &t.luns {
+        let wps: Vec<bool> = t
+            .acls
+            .iter()
+            .flat_map(|a| a.mapped.iter())
+            .filter(|m| m.tpg_lun == Some(l.index))
+            .map(|m| m.write_protect)
+            .collect();
+        if wps.iter().any(|w| *w) && wps.iter().any(|w| !*w) {
+            notes.push(format!(
+                "LUN {} is read-only for some initiators and writable for others",
+                l.index
+            ));
+        }
+        luns.push(SeenLun {
+            lun: l.index,
+            path: l.backstore.as_ref().and_then(|b| b.path.clone()),
+            readonly: !wps.is_empty() && wps.iter().all(|w| *w),
+        });
+    }
+    let mut acl: Vec<String> = Vec::new();
+    let mut users = BTreeSet::new();
+    let mut mutual = BTreeSet::new();
+    let mut secrets: BTreeMap<String, String> = BTreeMap::new();
+    let mut note_secret = |u: &str, s: &str| {
+        if u.is_empty() {
+            return;
+        }
+        let e = secrets
+            .entry(u.to_string())
+            .or_insert_with(|| s.to_string());
+        if e != s {
+            e.clear(); // two different secrets for one user: matches nothing
+        }
+    };
+    for a in [&t.auth].into_iter().chain(t.acls.iter().map(|a| &a.auth)) {
+        note_secret(&a.userid, &a.password);
+        note_secret(&a.mutual_userid, &a.mutual_password);
+        if auth_on && !a.userid.is_empty() {
+            users.insert(a.userid.clone());
+        }
+        if auth_on && !a.mutual_userid.is_empty() {
+            mutual.insert(a.mutual_userid.clone());
+        }
+    }
+    for a in &t.acls {
+        acl.push(a.initiator.clone());
+        for i in &indexes {
+            if !a.mapped.iter().any(|m| m.tpg_lun == Some(*i)) {
+                notes.push(format!(
+                    "initiator {} has no mapping for LUN {i}",
+                    a.initiator
+                ));
+            }
+        }
+        for m in &a.mapped {
+            match m.tpg_lun {
+                Some(l) if indexes.contains(&l) && l == m.index => {}
+                Some(l) if indexes.contains(&l) => notes.push(format!(
+                    "initiator {} sees LUN {l} as LUN {}",
+                    a.initiator, m.index
+                )),
+                _ => notes.push(format!(
+                    "initiator {} has a mapped LUN {} that leads to no LUN of the target",
+                    a.initiator, m.index
+                )),
+            }
+        }
+        if auth_on && a.auth.userid.is_empty() {
+            notes.push(format!("initiator {} has no CHAP credentials", a.initiator));
+        }
+    }
+    if attr("generate_node_acls") {
+        acl.push("ALL".into());
+    }
+    if auth_on && users.is_empty() {
+        notes.push("authentication is required but no CHAP credentials are set".into());
+    }
+    if mutual.len() > 1 {
+        notes.push(format!(
+            "mutual CHAP users differ between initiators: {}",
+            mutual.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    SeenTarget {
+        tid: 0,
+        iqn: t.iqn.clone(),
+        luns,
+        accounts: users.into_iter().collect(),
+        outgoing: mutual.into_iter().next(),
+        acl,
+        sessions: t.acls.iter().filter(|a| a.session).count() as u32,
+        readonly_unobservable: t.acls.is_empty(),
+        notes,
+        secrets: SeenSecrets(secrets),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+
+/// targetcli and the configfs tree of one host.
+#[derive(Debug, Clone)]
+pub struct Lio {
+    pub targetcli: PathBuf,
+    /// `/sys/kernel/config/target` on a real host.
+    pub root: PathBuf,
+    pub timeout: Duration,
+}
+
+impl Lio {
+    /// Up: the configfs target tree exists and targetcli is an executable file.
+    pub fn available(&self) -> Result<(), RunError> {
+        use std::os::unix::fs::PermissionsExt;
+        if !self.root.is_dir() {
+            return Err(RunError::Unavailable(format!(
+                "{} does not exist (configfs not mounted, or the target_core_mod module not loaded)",
+                self.root.display()
+            )));
+        }
+        match std::fs::metadata(&self.targetcli) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+            _ => Err(RunError::Unavailable(format!(
+                "{} is not an executable program (install targetcli / targetcli-fb)",
+                self.targetcli.display()
+            ))),
+        }
+    }
+
+    /// What LIO has now. Unavailable also when targetcli is missing: nothing could be changed,
+    /// so nothing is started (the family checks this before any change).
+    pub async fn read(&self) -> Result<Configfs, RunError> {
+        self.available()?;
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || read_configfs(&root))
+            .await
+            .map_err(|e| RunError::Read(e.to_string()))?
+            .map_err(|e| RunError::Read(e.to_string()))
+    }
+
+    pub async fn run(&self, c: &Cmd) -> Result<(), RunError> {
+        self.available()?;
+        let shown = c.redacted();
+        let p = Program::new(&self.targetcli, self.timeout).args(c.0.iter());
+        // Errors are rebuilt from `shown`: the exec error's own text would carry the argv.
+        let out = exec::run(&p, None).await.map_err(|e| match e {
+            ExecError::Timeout { timeout, .. } => RunError::Timeout {
+                command: shown.clone(),
+                timeout,
+            },
+            ExecError::Spawn { source, .. } | ExecError::Io { source, .. } => RunError::Exec {
+                command: shown.clone(),
+                message: source.to_string(),
+            },
+            ExecError::Signaled { .. } => RunError::Exec {
+                command: shown.clone(),
+                message: "killed by a signal".into(),
+            },
+        })?;
+        if out.status == 0 {
+            return Ok(());
+        }
+        // targetcli prints some errors on stdout.
+        let mut text = if out.stderr.trim().is_empty() {
+            out.stdout.trim().to_string()
+        } else {
+            out.stderr.trim().to_string()
+        };
+        for s in c.secrets() {
+            text = text.replace(s, "<hidden>");
+        }
+        Err(RunError::Failed {
+            command: shown,
+            status: out.status,
+            stderr: text,
+        })
+    }
+
+    /// Runs `cmds` in order, stopping at the first failure; returns how many ran.
+    pub async fn apply_all(&self, cmds: &[Cmd]) -> Result<usize, (usize, RunError)> {
+        for (i, c) in cmds.iter().enumerate() {
+            tracing::debug!(command = %c.redacted(), "targetcli");
+            self.run(c).await.map_err(|e| (i, e))?;
+        }
+        Ok(cmds.len())
+    }
 }
 
 #[cfg(test)]
@@ -244,8 +767,7 @@ mod tests {
     use super::*;
     use crate::backends::tgt::WantLun;
     use crate::storage::paths::{PathKind, Roots};
-    use csg_protocol::methods::iscsi::{Chap, ChapSecret, ChapUser, CidrKey, Iqn};
-    use std::collections::BTreeSet;
+    use csg_protocol::methods::iscsi::{ChapSecret, ChapUser, CidrKey};
 
     fn fixture() -> (tempfile::TempDir, String, WantTarget) {
         let d = tempfile::tempdir().unwrap();
@@ -295,65 +817,240 @@ mod tests {
         v.iter().map(|c| c.0.join(" ")).collect()
     }
 
+    fn name() -> TargetName {
+        TargetName::parse("vol1").unwrap()
+    }
+
+    const TPG: &str = "/iscsi/iqn.2026-11.com.example.csg:vol1/tpg1";
+
+    /// A configfs tree as LIO builds it for `fixture()` (what `create` makes), in `dir`.
+    fn fake_tree(dir: &Path, r: &str) -> PathBuf {
+        let root = dir.join("target");
+        let w = |p: &str, v: &str| {
+            let p = root.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, format!("{v}\n")).unwrap();
+        };
+        let ln = |to: &str, at: &str| {
+            let at = root.join(at);
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(root.join(to), at).unwrap();
+        };
+        w("core/fileio_0/csg-vol1-1/udev_path", &format!("{r}/a.img"));
+        w("core/fileio_1/csg-vol1-2/udev_path", &format!("{r}/b.img"));
+        w("core/fileio_2/csg-old-1/udev_path", &format!("{r}/old.img"));
+        w("iscsi/lio_version", "Datera Inc. iSCSI Target v4.1.0");
+        w("iscsi/discovery_auth/enforce_discovery_auth", "0");
+        let t = "iscsi/iqn.2026-11.com.example.csg:vol1/tpgt_1";
+        w(&format!("{t}/enable"), "1");
+        w(&format!("{t}/attrib/authentication"), "1");
+        w(&format!("{t}/attrib/generate_node_acls"), "0");
+        w(&format!("{t}/attrib/demo_mode_write_protect"), "1");
+        for (k, v) in [
+            ("userid", "alice"),
+            ("password", "Secret12chars"),
+            ("userid_mutual", "gw"),
+            ("password_mutual", "Mutual12chars"),
+        ] {
+            w(&format!("{t}/auth/{k}"), v);
+            w(&format!("{t}/acls/iqn.1994-05.com.redhat:c1/auth/{k}"), v);
+        }
+        w(&format!("{t}/np/0.0.0.0:3260/iser"), "0");
+        ln(
+            "core/fileio_0/csg-vol1-1",
+            &format!("{t}/lun/lun_1/7f3a9c01e2"),
+        );
+        ln(
+            "core/fileio_1/csg-vol1-2",
+            &format!("{t}/lun/lun_2/0b44de9a1c"),
+        );
+        let acl = format!("{t}/acls/iqn.1994-05.com.redhat:c1");
+        w(
+            &format!("{acl}/info"),
+            "No active iSCSI Session for Initiator Endpoint: iqn.1994-05.com.redhat:c1",
+        );
+        for (m, wp) in [(1, "0"), (2, "1")] {
+            w(&format!("{acl}/lun_{m}/write_protect"), wp);
+            ln(
+                &format!("{t}/lun/lun_{m}"),
+                &format!("{acl}/lun_{m}/5e1c7d0a{m}"),
+            );
+        }
+        root
+    }
+
     #[test]
-    fn create_with_initiators_and_mutual_chap() {
+    fn create_with_luns_initiators_and_mutual_chap() {
         let (_d, r, t) = fixture();
-        let name = TargetName::parse("vol1").unwrap();
-        let got = lines(&create(&name, &t).unwrap());
-        let tpg = "/iscsi/iqn.2026-11.com.example.csg:vol1/tpg1";
-        let acl = format!("{tpg}/acls/iqn.1994-05.com.redhat:c1");
+        let got = plan(&name(), &Configfs::default(), None, Some(&t), false).unwrap();
+        let acl = format!("{TPG}/acls/iqn.1994-05.com.redhat:c1");
         assert_eq!(
-            got,
+            lines(&got),
             vec![
                 format!("/backstores/fileio create name=csg-vol1-1 file_or_dev={r}/a.img write_back=false"),
                 format!("/backstores/fileio create name=csg-vol1-2 file_or_dev={r}/b.img write_back=false"),
                 "/iscsi create wwn=iqn.2026-11.com.example.csg:vol1".to_string(),
-                format!("{tpg}/luns create storage_object=/backstores/fileio/csg-vol1-1 lun=1 add_mapped_luns=false"),
-                format!("{tpg}/luns create storage_object=/backstores/fileio/csg-vol1-2 lun=2 add_mapped_luns=false"),
-                format!("{tpg} set attribute authentication=1 generate_node_acls=0 demo_mode_write_protect=1"),
-                format!("{tpg}/acls create wwn=iqn.1994-05.com.redhat:c1 add_mapped_luns=false"),
+                format!("{TPG} set attribute authentication=1 generate_node_acls=0 demo_mode_write_protect=1"),
+                format!("{TPG} set auth userid=alice password=Secret12chars mutual_userid=gw mutual_password=Mutual12chars"),
+                format!("{TPG}/luns create storage_object=/backstores/fileio/csg-vol1-1 lun=1 add_mapped_luns=false"),
+                format!("{TPG}/luns create storage_object=/backstores/fileio/csg-vol1-2 lun=2 add_mapped_luns=false"),
+                format!("{TPG}/acls create wwn=iqn.1994-05.com.redhat:c1 add_mapped_luns=false"),
+                format!("{acl} set auth userid=alice password=Secret12chars mutual_userid=gw mutual_password=Mutual12chars"),
                 format!("{acl} create mapped_lun=1 tpg_lun_or_backstore=1 write_protect=0"),
                 format!("{acl} create mapped_lun=2 tpg_lun_or_backstore=2 write_protect=1"),
-                format!("{acl} set auth userid=alice password=Secret12chars mutual_userid=gw mutual_password=Mutual12chars"),
                 "saveconfig".to_string(),
             ]
         );
-        let shown = format!("{:?}", create(&name, &t).unwrap());
+        let shown = format!("{got:?}");
         assert!(
             !shown.contains("Secret12") && !shown.contains("Mutual12"),
             "{shown}"
         );
         assert!(shown.contains("password=<hidden> mutual_userid=gw mutual_password=<hidden>"));
-    }
-
-    #[test]
-    fn demo_mode_chap_delete_update_and_refusals() {
-        let (_d, r, mut t) = fixture();
-        let name = TargetName::parse("vol1").unwrap();
-        let tpg = "/iscsi/iqn.2026-11.com.example.csg:vol1/tpg1";
-        // No initiators: TPG-level CHAP; mixing read-only and writable LUNs is refused.
-        t.initiators.clear();
-        assert_eq!(create(&name, &t), Err(LioError::MixedReadonly));
-        t.luns[1].readonly = false;
-        t.chap.as_mut().unwrap().mutual = None;
-        let got = lines(&create(&name, &t).unwrap());
-        assert_eq!(
-            got[5..],
-            [
-                format!("{tpg} set attribute authentication=1 generate_node_acls=1 cache_dynamic_acls=1 demo_mode_write_protect=0"),
-                format!("{tpg} set auth userid=alice password=Secret12chars"),
-                "saveconfig".to_string(),
-            ]
-        );
+        assert_eq!(got[4].secrets(), vec!["Secret12chars", "Mutual12chars"]);
+        // No CHAP, no initiators: closed (no ACL, no demo mode), nothing about auth.
+        let mut closed = t.clone();
+        closed.chap = None;
+        closed.initiators.clear();
+        let c = lines(&plan(&name(), &Configfs::default(), None, Some(&closed), false).unwrap());
+        assert!(c.contains(&format!(
+            "{TPG} set attribute authentication=0 generate_node_acls=0 demo_mode_write_protect=1"
+        )));
+        assert!(!c.iter().any(|l| l.contains("/acls") || l.contains("auth ")));
         // Address rules cannot be expressed.
         let mut n = t.clone();
         n.networks.insert(CidrKey(
             csg_protocol::validate::Cidr::parse("10.0.0.0/8").unwrap(),
         ));
-        assert_eq!(create(&name, &n), Err(LioError::Networks));
-        // delete: target first, then its backstores.
         assert_eq!(
-            lines(&delete(&name, &t)),
+            plan(&name(), &Configfs::default(), None, Some(&n), false),
+            Err(LioError::Networks)
+        );
+    }
+
+    #[test]
+    fn the_configfs_tree_is_read_back() {
+        let (d, r, t) = fixture();
+        let root = fake_tree(d.path(), &r);
+        let cfs = read_configfs(&root).unwrap();
+        assert_eq!(cfs.targets.len(), 1, "{cfs:?}");
+        assert_eq!(
+            cfs.backstores
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["csg-vol1-1", "csg-vol1-2", "csg-old-1"]
+        );
+        let lt = &cfs.targets[0];
+        assert!(lt.has_tpg && lt.enabled);
+        assert_eq!(
+            lt.luns[1].backstore.as_ref().unwrap().path,
+            Some(format!("{r}/b.img"))
+        );
+        assert_eq!(
+            lt.acls[0].mapped[1],
+            MappedLun {
+                index: 2,
+                tpg_lun: Some(2),
+                write_protect: true
+            }
+        );
+        assert!(!format!("{cfs:?}").contains("Secret12"));
+        let s = to_seen(lt);
+        assert_eq!(s.iqn, t.iqn.as_str());
+        assert_eq!(
+            s.luns,
+            vec![
+                SeenLun {
+                    lun: 1,
+                    path: Some(format!("{r}/a.img")),
+                    readonly: false
+                },
+                SeenLun {
+                    lun: 2,
+                    path: Some(format!("{r}/b.img")),
+                    readonly: true
+                },
+            ]
+        );
+        assert_eq!(s.acl, vec!["iqn.1994-05.com.redhat:c1"]);
+        assert_eq!(s.accounts, vec!["alice"]);
+        assert_eq!(s.outgoing.as_deref(), Some("gw"));
+        assert_eq!(s.sessions, 0);
+        assert!(s.notes.is_empty(), "{:?}", s.notes);
+        assert!(!s.readonly_unobservable);
+        assert_eq!(
+            s.secrets.0.get("alice").map(String::as_str),
+            Some("Secret12chars")
+        );
+
+        // Edited behind the agent's back: every LIO-specific difference is named.
+        let t1 = root.join("iscsi/iqn.2026-11.com.example.csg:vol1/tpgt_1");
+        std::fs::write(t1.join("attrib/generate_node_acls"), "1\n").unwrap();
+        std::fs::write(
+            t1.join("acls/iqn.1994-05.com.redhat:c1/lun_1/write_protect"),
+            "1\n",
+        )
+        .unwrap();
+        std::fs::remove_dir_all(t1.join("acls/iqn.1994-05.com.redhat:c1/lun_2")).unwrap();
+        std::fs::write(
+            t1.join("acls/iqn.1994-05.com.redhat:c1/auth/password"),
+            "Changed12char\n",
+        )
+        .unwrap();
+        std::fs::write(
+            t1.join("acls/iqn.1994-05.com.redhat:c1/info"),
+            "InitiatorName: iqn.1994-05.com.redhat:c1\n",
+        )
+        .unwrap();
+        let s = to_seen(&read_configfs(&root).unwrap().targets[0]);
+        assert_eq!(s.acl, vec!["iqn.1994-05.com.redhat:c1", "ALL"]);
+        assert_eq!(
+            s.notes,
+            vec!["initiator iqn.1994-05.com.redhat:c1 has no mapping for LUN 2"]
+        );
+        assert!(s.luns[0].readonly && !s.luns[1].readonly);
+        assert_eq!(s.secrets.0.get("alice").map(String::as_str), Some(""));
+        assert_eq!(s.sessions, 1);
+        // No tree at all: nothing, not an error (the family checks that the root exists).
+        assert_eq!(
+            read_configfs(&d.path().join("none")).unwrap(),
+            Configfs::default()
+        );
+    }
+
+    #[test]
+    fn update_delete_and_rollback_plans() {
+        let (d, r, t) = fixture();
+        let cfs = read_configfs(&fake_tree(d.path(), &r)).unwrap();
+        // In sync: nothing at all, not even saveconfig.
+        assert_eq!(
+            plan(&name(), &cfs, Some(&t.iqn), Some(&t), true).unwrap(),
+            vec![]
+        );
+        // update: the target and its backstores go, the new one is created, one saveconfig.
+        let mut next = t.clone();
+        next.luns.truncate(1);
+        next.chap = None;
+        let u = lines(&plan(&name(), &cfs, Some(&t.iqn), Some(&next), false).unwrap());
+        assert_eq!(
+            u,
+            vec![
+                "/iscsi delete wwn=iqn.2026-11.com.example.csg:vol1".to_string(),
+                "/backstores/fileio delete name=csg-vol1-1".into(),
+                "/backstores/fileio delete name=csg-vol1-2".into(),
+                format!("/backstores/fileio create name=csg-vol1-1 file_or_dev={r}/a.img write_back=false"),
+                "/iscsi create wwn=iqn.2026-11.com.example.csg:vol1".into(),
+                format!("{TPG} set attribute authentication=0 generate_node_acls=0 demo_mode_write_protect=1"),
+                format!("{TPG}/luns create storage_object=/backstores/fileio/csg-vol1-1 lun=1 add_mapped_luns=false"),
+                format!("{TPG}/acls create wwn=iqn.1994-05.com.redhat:c1 add_mapped_luns=false"),
+                format!("{TPG}/acls/iqn.1994-05.com.redhat:c1 create mapped_lun=1 tpg_lun_or_backstore=1 write_protect=0"),
+                "saveconfig".into(),
+            ]
+        );
+        // delete: the target, then its backstores; a foreign backstore (csg-old-1) stays.
+        assert_eq!(
+            lines(&plan(&name(), &cfs, Some(&t.iqn), None, false).unwrap()),
             vec![
                 "/iscsi delete wwn=iqn.2026-11.com.example.csg:vol1",
                 "/backstores/fileio delete name=csg-vol1-1",
@@ -361,26 +1058,80 @@ mod tests {
                 "saveconfig",
             ]
         );
-        // update: delete then create, one saveconfig at the end.
-        let mut next = t.clone();
-        next.luns.truncate(1);
-        let u = lines(&update(&name, &t, &next).unwrap());
-        assert_eq!(u[0], "/iscsi delete wwn=iqn.2026-11.com.example.csg:vol1");
+        // Rollback of a create that failed half-way: only backstores exist; they go.
+        let mut half = cfs.clone();
+        half.targets.clear();
         assert_eq!(
-            u[3],
-            format!(
-                "/backstores/fileio create name=csg-vol1-1 file_or_dev={r}/a.img write_back=false"
-            )
+            lines(&plan(&name(), &half, Some(&t.iqn), None, false).unwrap()),
+            vec![
+                "/backstores/fileio delete name=csg-vol1-1",
+                "/backstores/fileio delete name=csg-vol1-2",
+                "saveconfig",
+            ]
         );
-        assert_eq!(u.iter().filter(|l| *l == "saveconfig").count(), 1);
-        assert_eq!(u.last().unwrap(), "saveconfig");
-        // No initiators and no CHAP: nobody gets in.
-        let mut closed = t.clone();
-        closed.chap = None;
-        let c = lines(&create(&name, &closed).unwrap());
-        assert!(c.contains(&format!(
-            "{tpg} set attribute authentication=0 generate_node_acls=0 demo_mode_write_protect=1"
-        )));
-        assert!(!c.iter().any(|l| l.contains("/acls")));
+        // Rollback of an update that failed half-way (the new target, without its LUN 2 and
+        // ACLs, is there): it goes and the previous one is created again.
+        let mut partial = cfs.clone();
+        partial.targets[0].acls.clear();
+        partial.targets[0].luns.truncate(1);
+        let back = lines(&plan(&name(), &partial, Some(&next.iqn), Some(&t), false).unwrap());
+        assert_eq!(
+            back[..3],
+            [
+                "/iscsi delete wwn=iqn.2026-11.com.example.csg:vol1".to_string(),
+                "/backstores/fileio delete name=csg-vol1-1".into(),
+                // the leftover of LUN 2, not linked any more, still has our name
+                "/backstores/fileio delete name=csg-vol1-2".into(),
+            ]
+        );
+        assert_eq!(
+            back[3..].to_vec(),
+            lines(&create_body(&name(), &t).unwrap())
+                .into_iter()
+                .chain(["saveconfig".to_string()])
+                .collect::<Vec<_>>()
+        );
+        // A new IQN: the old target goes first.
+        let mut renamed = t.clone();
+        renamed.iqn = Iqn::parse("i", "iqn.2026-11.com.example.csg:other").unwrap();
+        let rn = lines(&plan(&name(), &cfs, Some(&t.iqn), Some(&renamed), false).unwrap());
+        assert_eq!(rn[0], "/iscsi delete wwn=iqn.2026-11.com.example.csg:vol1");
+        assert!(rn.contains(&"/iscsi create wwn=iqn.2026-11.com.example.csg:other".to_string()));
+        assert_eq!(rn.iter().filter(|l| *l == "saveconfig").count(), 1);
+        // Names: only csg-<name>-<digits> belongs to target <name>.
+        assert!(is_ours_for(&name(), "csg-vol1-12"));
+        assert!(!is_ours_for(&name(), "csg-vol1-1-2") && !is_ours_for(&name(), "csg-vol1-"));
+    }
+
+    #[tokio::test]
+    async fn errors_never_carry_a_secret_and_a_missing_tree_is_unavailable() {
+        let d = tempfile::tempdir().unwrap();
+        let prog = d.path().join("targetcli");
+        std::fs::write(&prog, "#!/bin/sh\necho \"bad value: $*\" >&2\nexit 1\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let lio = Lio {
+            targetcli: prog,
+            root: d.path().to_path_buf(),
+            timeout: Duration::from_secs(5),
+        };
+        let c = Cmd::new(&[
+            "/iscsi/x/tpg1",
+            "set",
+            "auth",
+            "userid=u",
+            "password=Secret12chars",
+        ]);
+        let e = lio.run(&c).await.unwrap_err().to_string();
+        assert!(
+            !e.contains("Secret12chars") && e.contains("password=<hidden>"),
+            "{e}"
+        );
+        let gone = Lio {
+            root: d.path().join("nope"),
+            ..lio.clone()
+        };
+        assert!(matches!(gone.read().await, Err(RunError::Unavailable(_))));
+        assert!(matches!(gone.run(&c).await, Err(RunError::Unavailable(_))));
     }
 }

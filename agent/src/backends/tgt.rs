@@ -1,6 +1,10 @@
 //! The tgt backend: a userspace iSCSI target (tgtd) driven by `tgtadm` only, one argument
 //! vector per change, on the control socket `TGT_IPC_SOCKET` (tgtd appends `.0`).
 //!
+//! [`WantTarget`] and [`SeenTarget`] are also the backend-neutral forms the family works with:
+//! the LIO backend plans from the same [`WantTarget`] and reports its read-back as a
+//! [`SeenTarget`].
+//!
 //! Never `tgt-admin`: it runs every value through a shell and binds `ALL` when a target has no
 //! address rule, and tgt's access rules are OR-ed, so one `ALL` opens a target to everyone.
 //! This backend binds exactly the initiator names and networks asked for, nothing else.
@@ -77,6 +81,27 @@ pub struct SeenTarget {
     /// Access rules exactly as tgtd lists them (addresses and names mixed).
     pub acl: Vec<String>,
     pub sessions: u32,
+    /// LIO only: no initiator has the LUNs mapped, so whether they are read-only cannot be
+    /// seen (tgt: always false).
+    pub readonly_unobservable: bool,
+    /// Backend-specific differences from the agent's model, in words (LIO only; tgt: none).
+    pub notes: Vec<String>,
+    /// CHAP user → secret as the backend shows it (LIO only: tgt never shows secrets).
+    pub secrets: SeenSecrets,
+}
+
+/// Secrets read back from a backend; `Debug` never shows them.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SeenSecrets(pub std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for SeenSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SeenSecrets({:?} <hidden>)",
+            self.0.keys().collect::<Vec<_>>()
+        )
+    }
 }
 
 /// An access rule as read back, sorted into what it is.
@@ -999,6 +1024,7 @@ Target 2: iqn.2024-05.test.gw:vol2
                 "iqn.1994-05.com.redhat:c1".into(),
             ],
             sessions: 0,
+            ..Default::default()
         };
         let acc = Accounts {
             existing: ["u1".to_string()].into(),

@@ -25,9 +25,11 @@ pub struct RawIscsi {
     pub tgtadm: String,
     /// The targetcli program (lio backend).
     pub targetcli: String,
+    /// Where configfs shows the LIO target core (lio backend): read back, never written.
+    pub configfs_root: String,
     /// How often the agent checks that tgtd still has every desired target (a restarted tgtd
     /// has none) and puts them back; 0 turns the watcher off (start-up and `sys.reconcile`
-    /// still re-apply).
+    /// still re-apply). tgt only: LIO keeps its targets while the kernel runs.
     pub watch_interval_s: u64,
 }
 
@@ -39,6 +41,7 @@ impl Default for RawIscsi {
             tgt_socket: "/var/run/tgtd/socket".into(),
             tgtadm: "/usr/sbin/tgtadm".into(),
             targetcli: "/usr/bin/targetcli".into(),
+            configfs_root: "/sys/kernel/config/target".into(),
             watch_interval_s: 5,
         }
     }
@@ -51,6 +54,7 @@ pub struct IscsiSettings {
     pub tgt_socket: PathBuf,
     pub tgtadm: PathBuf,
     pub targetcli: PathBuf,
+    pub configfs_root: PathBuf,
     pub watch_interval: Option<std::time::Duration>,
 }
 
@@ -60,6 +64,7 @@ impl RawIscsi {
             ("iscsi.tgt_socket", &self.tgt_socket),
             ("iscsi.tgtadm", &self.tgtadm),
             ("iscsi.targetcli", &self.targetcli),
+            ("iscsi.configfs_root", &self.configfs_root),
         ] {
             if let Err(e) = check_path(k, v) {
                 p.push(e.to_string());
@@ -87,6 +92,7 @@ impl RawIscsi {
             tgt_socket: PathBuf::from(&self.tgt_socket),
             tgtadm: PathBuf::from(&self.tgtadm),
             targetcli: PathBuf::from(&self.targetcli),
+            configfs_root: PathBuf::from(&self.configfs_root),
             watch_interval: (self.watch_interval_s > 0)
                 .then(|| std::time::Duration::from_secs(self.watch_interval_s)),
         }
@@ -124,6 +130,13 @@ mod tests {
                     ..Default::default()
                 },
                 "iscsi.tgt_socket",
+            ),
+            (
+                RawIscsi {
+                    configfs_root: "sys/kernel/config/target".into(),
+                    ..Default::default()
+                },
+                "iscsi.configfs_root",
             ),
             (
                 RawIscsi {

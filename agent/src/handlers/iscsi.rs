@@ -1,10 +1,16 @@
-//! `iscsi.target.*`: iSCSI targets on tgt.
+//! `iscsi.target.*`: iSCSI targets on tgt or LIO.
 //!
 //! params → [`TargetSpec`] (pure checks, protocol crate) → backing paths resolved under the
 //! storage roots → under the family's mutation lock: compare with the desired state (no-op,
 //! CONFLICT, NOT_FOUND), create missing backing files, save the desired state, plan and run the
-//! tgtadm calls, read tgtd back and compare. On any failure the previous target (as it was
-//! desired before), the previous desired state and the files this request created are put back.
+//! backend's commands, read the backend back and compare. On any failure the previous target
+//! (as it was desired before), the previous desired state and the files this request created
+//! are put back.
+//!
+//! The family semantics live here once; [`Backend`] is the small part that differs: how to
+//! read the backend back (as [`SeenTarget`]s), how to plan and run a change (tgtadm calls
+//! computed step by step, or a targetcli batch that replaces the target and ends with
+//! `saveconfig`), and whether the backend is up.
 //!
 //! CHAP secrets never go to the state file: they live in a separate file,
 //! `iscsi-chap-secrets.json` (mode 0600) in the state directory, so that the agent can put a
@@ -29,6 +35,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
+use crate::backends::lio::{self, Lio, RunError};
 use crate::backends::tgt::{
     self, Accounts, Op, Rule, SeenTarget, Tgt, TgtError, WantLun, WantTarget,
 };
@@ -42,43 +49,94 @@ const SECRETS_FILE: &str = "iscsi-chap-secrets.json";
 
 /// Builds the family for the configured backend (`None` when disabled).
 pub fn build(cfg: &IscsiSettings, ctx: &StorageCtx) -> Result<Option<Box<dyn Family>>, String> {
-    match cfg.backend {
-        IscsiBackendKind::Disabled => Ok(None),
-        IscsiBackendKind::Lio => Err(format!(
-            "backend \"lio\" is not available in this build (its targetcli command builders \
-             exist but are not wired to a runtime backend yet; configfs target core {}); use \
-             backend = \"tgt\"",
-            if crate::backends::lio::configfs_present() {
-                "present"
-            } else {
-                "absent on this host"
+    let backend = match cfg.backend {
+        IscsiBackendKind::Disabled => return Ok(None),
+        IscsiBackendKind::Lio => Backend::Lio(Lio {
+            targetcli: cfg.targetcli.clone(),
+            root: cfg.configfs_root.clone(),
+            timeout: ctx.timeout,
+        }),
+        IscsiBackendKind::Tgt => Backend::Tgt(Tgt {
+            tgtadm: cfg.tgtadm.clone(),
+            socket: cfg.tgt_socket.clone(),
+            timeout: ctx.timeout,
+        }),
+    };
+    let dir = ctx
+        .state
+        .path()
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let secrets_path = dir.join(SECRETS_FILE);
+    let secrets = load_secrets(&secrets_path)?;
+    // Only tgtd forgets its targets while the agent runs (a restart); LIO keeps them in the
+    // kernel, and target.service restores saveconfig.json at boot before the agent starts.
+    let watch_interval = match backend {
+        Backend::Tgt(_) => cfg.watch_interval,
+        Backend::Lio(_) => None,
+    };
+    Ok(Some(Box::new(IscsiFamily {
+        inner: Arc::new(Inner {
+            backend,
+            prefix: cfg.iqn_prefix.clone(),
+            ctx: ctx.clone(),
+            lock: Mutex::new(()),
+            secrets_path,
+            secrets: Mutex::new(secrets),
+            watch_interval,
+        }),
+        watcher: AtomicBool::new(false),
+    })))
+}
+
+/// The part of the family that differs between the two iSCSI targets.
+enum Backend {
+    /// tgtd through tgtadm: changes planned call by call from the read-back ([`tgt::plan`]).
+    Tgt(Tgt),
+    /// The kernel target through targetcli, read back from configfs: a target that differs is
+    /// replaced in one batch ending with `saveconfig` ([`lio::plan`]).
+    Lio(Lio),
+}
+
+impl Backend {
+    fn label(&self) -> &'static str {
+        match self {
+            Backend::Tgt(_) => "tgt",
+            Backend::Lio(_) => "lio",
+        }
+    }
+
+    /// What is read back, for messages.
+    fn daemon(&self) -> &'static str {
+        match self {
+            Backend::Tgt(_) => "tgtd",
+            Backend::Lio(_) => "LIO (configfs)",
+        }
+    }
+
+    /// Every target the backend has, and (tgt) the CHAP accounts it has.
+    async fn observe(&self) -> Result<(Vec<SeenTarget>, BTreeSet<String>), RpcError> {
+        match self {
+            Backend::Tgt(t) => {
+                let seen = t.show().await.map_err(tgt_err)?;
+                let accounts = t.accounts().await.map_err(tgt_err)?;
+                Ok((seen, accounts))
             }
-        )),
-        IscsiBackendKind::Tgt => {
-            let dir = ctx
-                .state
-                .path()
-                .parent()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("."));
-            let secrets_path = dir.join(SECRETS_FILE);
-            let secrets = load_secrets(&secrets_path)?;
-            Ok(Some(Box::new(IscsiFamily {
-                inner: Arc::new(Inner {
-                    tgt: Tgt {
-                        tgtadm: cfg.tgtadm.clone(),
-                        socket: cfg.tgt_socket.clone(),
-                        timeout: ctx.timeout,
-                    },
-                    prefix: cfg.iqn_prefix.clone(),
-                    ctx: ctx.clone(),
-                    lock: Mutex::new(()),
-                    secrets_path,
-                    secrets: Mutex::new(secrets),
-                    watch_interval: cfg.watch_interval,
-                }),
-                watcher: AtomicBool::new(false),
-            })))
+            Backend::Lio(l) => {
+                let cfs = l.read().await.map_err(lio_err)?;
+                Ok((
+                    cfs.targets.iter().map(lio::to_seen).collect(),
+                    BTreeSet::new(),
+                ))
+            }
+        }
+    }
+
+    async fn up(&self) -> bool {
+        match self {
+            Backend::Tgt(t) => t.show().await.is_ok(),
+            Backend::Lio(l) => l.available().is_ok(),
         }
     }
 }
@@ -213,10 +271,10 @@ struct IscsiFamily {
 }
 
 struct Inner {
-    tgt: Tgt,
+    backend: Backend,
     prefix: String,
     ctx: StorageCtx,
-    /// Serializes every change to tgtd, the desired state and the secrets.
+    /// Serializes every change to the backend, the desired state and the secrets.
     lock: Mutex<()>,
     secrets_path: PathBuf,
     secrets: Mutex<BTreeMap<String, Secrets>>,
@@ -232,6 +290,17 @@ fn tgt_err(e: TgtError) -> RpcError {
         TgtError::Unavailable { .. } => ErrorCode::Unavailable,
         TgtError::Timeout { .. } => ErrorCode::Timeout,
         TgtError::Failed { .. } | TgtError::Exec { .. } => ErrorCode::BackendError,
+    };
+    RpcError::new(code, e.to_string())
+}
+
+fn lio_err(e: RunError) -> RpcError {
+    let code = match &e {
+        RunError::Unavailable(_) => ErrorCode::Unavailable,
+        RunError::Timeout { .. } => ErrorCode::Timeout,
+        RunError::Failed { .. } | RunError::Exec { .. } | RunError::Read(_) => {
+            ErrorCode::BackendError
+        }
     };
     RpcError::new(code, e.to_string())
 }
@@ -331,8 +400,8 @@ impl Family for IscsiFamily {
     fn service(&self) -> BoxFut<'_, ServiceState> {
         Box::pin(async move {
             ServiceState {
-                backend: "tgt".into(),
-                up: self.inner.tgt.show().await.is_ok(),
+                backend: self.inner.backend.label().into(),
+                up: self.inner.backend.up().await,
             }
         })
     }
@@ -346,7 +415,7 @@ impl Family for IscsiFamily {
                         + l.unexpected.len()) as u64,
                 },
                 Err(_) => {
-                    // tgtd down: every desired target is missing.
+                    // Backend down: every desired target is missing.
                     let n = self
                         .inner
                         .ctx
@@ -378,7 +447,7 @@ async fn watch(weak: std::sync::Weak<Inner>, every: Duration) {
         if state.targets.is_empty() {
             continue;
         }
-        let Ok(seen) = inner.tgt.show().await else {
+        let Ok((seen, _)) = inner.backend.observe().await else {
             continue; // down: nothing to put back yet
         };
         let missing: Vec<&String> = state
@@ -453,12 +522,10 @@ impl Inner {
     }
 
     async fn observe(&self) -> Result<(Vec<SeenTarget>, BTreeSet<String>), RpcError> {
-        let seen = self.tgt.show().await.map_err(tgt_err)?;
-        let accounts = self.tgt.accounts().await.map_err(tgt_err)?;
-        Ok((seen, accounts))
+        self.backend.observe().await
     }
 
-    /// The target as tgtd must have it: every path resolved again (a symlink may have
+    /// The target as the backend must have it: every path resolved again (a symlink may have
     /// appeared since) and present.
     fn want(&self, f: &Full) -> Result<WantTarget, String> {
         let mut luns = Vec::new();
@@ -495,10 +562,55 @@ impl Inner {
         })
     }
 
-    /// Turns tgtd's copy of one target from what it is into `next` (None: deleted), given
-    /// what was desired before (`prev`) and the other targets' desired accounts.
+    /// Turns the backend's copy of target `name` from what it is into `next` (None: deleted),
+    /// given what was desired before (`prev`) and the other targets' desired accounts.
     async fn converge(
         &self,
+        name: &str,
+        prev: Option<&Full>,
+        next: Option<&Full>,
+        others: &BTreeMap<String, String>,
+        force: bool,
+    ) -> Result<(), RpcError> {
+        match &self.backend {
+            Backend::Tgt(t) => self.converge_tgt(t, prev, next, others, force).await,
+            // `/iscsi delete` ends the target's sessions itself.
+            Backend::Lio(l) => self.converge_lio(l, name, prev, next).await,
+        }
+    }
+
+    async fn converge_lio(
+        &self,
+        lio: &Lio,
+        name: &str,
+        prev: Option<&Full>,
+        next: Option<&Full>,
+    ) -> Result<(), RpcError> {
+        let backend = |e: String| RpcError::new(ErrorCode::BackendError, e);
+        let tname = m::TargetName::parse(name).map_err(|e| backend(e.to_string()))?;
+        let cfs = lio.read().await.map_err(lio_err)?;
+        let want = next.map(|n| self.want(n)).transpose().map_err(backend)?;
+        let keep = next.is_some_and(|n| {
+            cfs.target(n.stored.iqn.as_str())
+                .is_some_and(|t| in_sync(n, &lio::to_seen(t)))
+        });
+        let cmds = lio::plan(
+            &tname,
+            &cfs,
+            prev.map(|p| &p.stored.iqn),
+            want.as_ref(),
+            keep,
+        )
+        .map_err(|e| backend(e.to_string()))?;
+        lio.apply_all(&cmds)
+            .await
+            .map(|_| ())
+            .map_err(|(_, e)| lio_err(e))
+    }
+
+    async fn converge_tgt(
+        &self,
+        tgt: &Tgt,
         prev: Option<&Full>,
         next: Option<&Full>,
         others: &BTreeMap<String, String>,
@@ -512,7 +624,7 @@ impl Inner {
             if next.map(|n| &n.stored.iqn) != Some(&p.stored.iqn) {
                 if let Some(t) = find(&p.stored.iqn) {
                     if force && t.sessions > 0 {
-                        let conns = self.tgt.connections(t.tid).await.map_err(tgt_err)?;
+                        let conns = tgt.connections(t.tid).await.map_err(tgt_err)?;
                         ops.extend(tgt::evict(t, &conns));
                     }
                     ops.push(Op::DeleteTarget { tid: t.tid, force });
@@ -565,34 +677,41 @@ impl Inner {
         for op in &ops {
             tracing::debug!(command = %op.redacted(), "tgtadm");
         }
-        self.tgt
-            .apply_all(&ops)
+        tgt.apply_all(&ops)
             .await
             .map(|_| ())
             .map_err(|(_, e)| tgt_err(e))
     }
 
-    /// Reads tgtd back and names how `target` differs from `f` (None: must be absent).
+    /// Reads the backend back and names how `target` differs from `f` (None: must be absent).
     async fn verify(&self, iqn: &Iqn, f: Option<&Full>) -> Result<(), RpcError> {
         let (seen, _) = self.observe().await?;
         let t = seen.iter().find(|t| t.iqn == iqn.as_str());
         let drift = match (f, t) {
             (None, None) => vec![],
             (None, Some(_)) => vec!["the target is still there".to_string()],
-            (Some(f), t) => drift(&f.stored, t, false),
+            (Some(f), t) => {
+                let mut d = drift(&f.stored, t, false);
+                d.extend(t.map(|t| secret_drift(f, t)).unwrap_or_default());
+                d
+            }
         };
         if drift.is_empty() {
             Ok(())
         } else {
             Err(RpcError::new(
                 ErrorCode::BackendError,
-                format!("tgtd does not show what was applied: {}", drift.join("; ")),
+                format!(
+                    "{} does not show what was applied: {}",
+                    self.backend.daemon(),
+                    drift.join("; ")
+                ),
             ))
         }
     }
 
-    /// One transaction on one target: desired state first, then tgtd, then a read-back;
-    /// on failure tgtd, the desired state and the secrets go back to `prev`.
+    /// One transaction on one target: desired state first, then the backend, then a read-back;
+    /// on failure the backend, the desired state and the secrets go back to `prev`.
     async fn transact(
         &self,
         name: &str,
@@ -601,7 +720,7 @@ impl Inner {
         next: Option<&Full>,
         force: bool,
     ) -> Result<(), RpcError> {
-        // Nothing changes while tgtd is down.
+        // Nothing changes while the backend is down.
         self.observe().await?;
         let mut next_state = state.clone();
         match next {
@@ -618,7 +737,7 @@ impl Inner {
             .map(|f| f.stored.iqn.clone())
             .expect("prev or next");
         let applied = async {
-            self.converge(prev, next, &others, force).await?;
+            self.converge(name, prev, next, &others, force).await?;
             self.verify(&iqn, next).await?;
             if let (Some(p), Some(n)) = (prev, next) {
                 if p.stored.iqn != n.stored.iqn {
@@ -631,9 +750,9 @@ impl Inner {
         let Err(e) = applied else {
             return Ok(());
         };
-        // Roll back: tgtd to what was desired before, then the desired state.
+        // Roll back: the backend to what was desired before, then the desired state.
         let back = async {
-            self.converge(next, prev, &others, true).await?;
+            self.converge(name, next, prev, &others, true).await?;
             if let Some(p) = prev {
                 self.verify(&p.stored.iqn, Some(p)).await?;
             }
@@ -669,6 +788,9 @@ impl Inner {
             m::TARGET_CREATE
         };
         let spec = p.validate(&self.prefix).map_err(invalid)?;
+        if matches!(self.backend, Backend::Lio(_)) && !spec.networks.is_empty() {
+            return Err(invalid(lio::LioError::Networks));
+        }
         let name = spec.name.to_string();
         let r = self.create_locked(&spec, update).await;
         match &r {
@@ -765,8 +887,10 @@ impl Inner {
                 }
             }
         }
+        // tgt's accounts are shared by all targets; LIO keeps credentials per node ACL.
+        let shared = matches!(self.backend, Backend::Tgt(_));
         for (u, sec) in next.accounts() {
-            if others.get(&u).is_some_and(|o| *o != sec) {
+            if shared && others.get(&u).is_some_and(|o| *o != sec) {
                 return Err(RpcError::new(
                     ErrorCode::Conflict,
                     format!(
@@ -776,7 +900,7 @@ impl Inner {
                 ));
             }
         }
-        // Nothing is created while tgtd is down (UNAVAILABLE, retryable).
+        // Nothing is created while the backend is down (UNAVAILABLE, retryable).
         self.observe().await?;
         // Backing files that do not exist yet: created sparse, removed again on failure.
         let mut created: Vec<PathBuf> = Vec::new();
@@ -887,7 +1011,7 @@ impl Inner {
 
     async fn list(&self, only: Option<&str>) -> Result<ListResult, RpcError> {
         let state = self.load().await?;
-        let seen = self.tgt.show().await.map_err(tgt_err)?;
+        let (seen, _) = self.observe().await?;
         let secrets = self.secrets.lock().await.clone();
         let mut targets = Vec::new();
         for (name, s) in &state.targets {
@@ -898,6 +1022,13 @@ impl Inner {
             let mut d = drift(s, t, true);
             if s.chap_username.is_some() && !secrets.contains_key(name) {
                 d.push("the CHAP secret is unknown to the agent; send iscsi.target.update".into());
+            }
+            if let Some(t) = t {
+                let f = Full {
+                    stored: s.clone(),
+                    secrets: secrets.get(name).cloned(),
+                };
+                d.extend(secret_drift(&f, t));
             }
             targets.push(TargetView {
                 name: name.clone(),
@@ -945,29 +1076,42 @@ impl Inner {
                 }
             };
             let seen_t = seen.iter().find(|t| t.iqn == s.iqn.as_str());
-            let tid = seen_t
-                .map(|t| t.tid)
-                .unwrap_or_else(|| tgt::next_tid(&seen));
             let action = if seen_t.is_some() {
                 "repaired"
             } else {
                 "created"
             };
-            let ops = tgt::plan(
-                seen_t,
-                &want,
-                tid,
-                &Accounts {
-                    existing: existing.clone(),
-                    reset: BTreeSet::new(),
-                    guard_secret: None,
-                },
-            );
-            if ops.is_empty() {
-                continue;
-            }
-            let r = self.tgt.apply_all(&ops).await;
-            // What tgtd has now, for the next target's tid and accounts.
+            let r = match &self.backend {
+                Backend::Tgt(tgt) => {
+                    let tid = seen_t
+                        .map(|t| t.tid)
+                        .unwrap_or_else(|| tgt::next_tid(&seen));
+                    let ops = tgt::plan(
+                        seen_t,
+                        &want,
+                        tid,
+                        &Accounts {
+                            existing: existing.clone(),
+                            reset: BTreeSet::new(),
+                            guard_secret: None,
+                        },
+                    );
+                    if ops.is_empty() {
+                        continue;
+                    }
+                    tgt.apply_all(&ops).await.map_err(|(_, e)| tgt_err(e))
+                }
+                Backend::Lio(lio) => {
+                    if seen_t.is_some_and(|t| in_sync(&f, t)) {
+                        continue;
+                    }
+                    match self.lio_replan(lio, name, &want).await {
+                        Ok(cmds) => lio.apply_all(&cmds).await.map_err(|(_, e)| lio_err(e)),
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            // What the backend has now, for the next target's tid and accounts.
             match self.observe().await {
                 Ok((s2, e2)) => {
                     seen = s2;
@@ -980,9 +1124,9 @@ impl Inner {
                     info!(target = %name, action, commands = n, "audit: reconcile");
                     changed.push(json!({"target": name, "action": action, "commands": n}));
                 }
-                Err((_, e)) => {
+                Err(e) => {
                     warn!(target = %name, error = %e, "reconcile of a target failed");
-                    failed.push(json!({"target": name, "error": e.to_string()}));
+                    failed.push(json!({"target": name, "error": e.message}));
                 }
             }
         }
@@ -998,23 +1142,67 @@ impl Inner {
                 failed.push(json!({"target": t.iqn, "error": "not in the desired state but has sessions; left alone"}));
                 continue;
             }
-            match self
-                .tgt
-                .apply(&Op::DeleteTarget {
-                    tid: t.tid,
-                    force: false,
-                })
-                .await
-            {
+            let r = match &self.backend {
+                Backend::Tgt(tgt) => tgt
+                    .apply(&Op::DeleteTarget {
+                        tid: t.tid,
+                        force: false,
+                    })
+                    .await
+                    .map_err(tgt_err),
+                Backend::Lio(lio) => match lio.read().await.map_err(lio_err) {
+                    Ok(cfs) => {
+                        let mut cmds = cfs.target(&t.iqn).map(lio::remove_body).unwrap_or_default();
+                        cmds.push(lio::Cmd(vec!["saveconfig".into()]));
+                        lio.apply_all(&cmds)
+                            .await
+                            .map(|_| ())
+                            .map_err(|(_, e)| lio_err(e))
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match r {
                 Ok(()) => {
                     info!(iqn = %t.iqn, "audit: reconcile removed an unexpected target");
                     changed.push(json!({"target": t.iqn, "action": "removed"}));
                 }
-                Err(e) => failed.push(json!({"target": t.iqn, "error": e.to_string()})),
+                Err(e) => failed.push(json!({"target": t.iqn, "error": e.message})),
             }
         }
         Ok(json!({"changed": changed, "failed": failed}))
     }
+
+    /// The targetcli batch that replaces LIO's copy of target `name` with `want`.
+    async fn lio_replan(
+        &self,
+        lio: &Lio,
+        name: &str,
+        want: &WantTarget,
+    ) -> Result<Vec<lio::Cmd>, RpcError> {
+        let backend = |e: String| RpcError::new(ErrorCode::BackendError, e);
+        let tname = m::TargetName::parse(name).map_err(|e| backend(e.to_string()))?;
+        let cfs = lio.read().await.map_err(lio_err)?;
+        lio::plan(&tname, &cfs, None, Some(want), false).map_err(|e| backend(e.to_string()))
+    }
+}
+
+/// Whether the backend's copy of a target is exactly the desired one (LIO: nothing to run).
+fn in_sync(f: &Full, t: &SeenTarget) -> bool {
+    drift(&f.stored, Some(t), false).is_empty() && secret_drift(f, t).is_empty()
+}
+
+/// Secrets the backend shows (LIO) that differ from the ones the agent holds. Never names a
+/// secret, only its user.
+fn secret_drift(f: &Full, t: &SeenTarget) -> Vec<String> {
+    if t.secrets.0.is_empty() {
+        return Vec::new(); // tgt shows no secrets
+    }
+    f.accounts()
+        .into_iter()
+        .filter(|(u, s)| t.secrets.0.get(u).is_some_and(|have| have != s))
+        .map(|(u, _)| format!("the CHAP secret of {u} differs from the one the agent holds"))
+        .collect()
 }
 
 fn actual(t: &SeenTarget) -> TargetActual {
@@ -1032,7 +1220,8 @@ fn actual(t: &SeenTarget) -> TargetActual {
         }
     }
     TargetActual {
-        tid: Some(t.tid),
+        // LIO has no target ids (0 in the read-back).
+        tid: (t.tid != 0).then_some(t.tid),
         iqn: t.iqn.clone(),
         luns: t
             .data_luns()
@@ -1054,7 +1243,7 @@ fn actual(t: &SeenTarget) -> TargetActual {
     }
 }
 
-/// Every difference between the desired target and what tgtd has, in words. `sizes` also
+/// Every difference between the desired target and what the backend has, in words. `sizes` also
 /// compares backing file sizes with the requested ones.
 fn drift(s: &Stored, t: Option<&SeenTarget>, sizes: bool) -> Vec<String> {
     let Some(t) = t else {
@@ -1073,7 +1262,7 @@ fn drift(s: &Stored, t: Option<&SeenTarget>, sizes: bool) -> Vec<String> {
                         l.path
                     ));
                 }
-                if x.readonly != l.readonly {
+                if x.readonly != l.readonly && !t.readonly_unobservable {
                     d.push(format!(
                         "LUN {} readonly is {}, not {}",
                         l.lun, x.readonly, l.readonly
@@ -1141,6 +1330,7 @@ fn drift(s: &Stored, t: Option<&SeenTarget>, sizes: bool) -> Vec<String> {
             want_out.as_deref().unwrap_or("none")
         ));
     }
+    d.extend(t.notes.iter().cloned());
     d
 }
 
@@ -1184,6 +1374,7 @@ mod tests {
             outgoing: None,
             acl: vec!["10.0.0.0/8".into(), "iqn.1994-05.com.redhat:c1".into()],
             sessions: 2,
+            ..Default::default()
         };
         assert!(drift(&s, Some(&ok), false).is_empty());
         let mut bad = ok.clone();
@@ -1205,6 +1396,49 @@ mod tests {
                 "CHAP accounts are [], not [u1]",
             ]
         );
+    }
+
+    #[test]
+    fn lio_read_back_notes_unobservable_readonly_and_secrets() {
+        let mut s = stored();
+        s.networks.clear();
+        s.initiators.clear();
+        s.luns[0].readonly = true;
+        let f = Full {
+            stored: s.clone(),
+            secrets: Some(Secrets {
+                secret: "Secret12chars".into(),
+                mutual_secret: None,
+            }),
+        };
+        // No initiator: LIO maps the LUN to nobody, so read-only cannot be seen; not drift.
+        let t = SeenTarget {
+            iqn: s.iqn.to_string(),
+            luns: vec![tgt::SeenLun {
+                lun: 1,
+                path: Some("/srv/csg/vol1.img".into()),
+                readonly: false,
+            }],
+            accounts: vec!["u1".into()],
+            readonly_unobservable: true,
+            secrets: tgt::SeenSecrets([("u1".to_string(), "Secret12chars".to_string())].into()),
+            ..Default::default()
+        };
+        assert!(in_sync(&f, &t), "{:?}", drift(&s, Some(&t), false));
+        assert_eq!(actual(&t).tid, None);
+        let mut bad = t.clone();
+        bad.secrets.0.insert("u1".into(), "Other12secret".into());
+        bad.notes.push("TPG 1 is disabled".into());
+        assert!(!in_sync(&f, &bad));
+        assert_eq!(
+            secret_drift(&f, &bad),
+            vec!["the CHAP secret of u1 differs from the one the agent holds"]
+        );
+        assert_eq!(drift(&s, Some(&bad), false), vec!["TPG 1 is disabled"]);
+        // tgt shows no secrets: nothing to compare.
+        let mut tgt_seen = t.clone();
+        tgt_seen.secrets = Default::default();
+        assert!(secret_drift(&f, &tgt_seen).is_empty());
     }
 
     #[test]

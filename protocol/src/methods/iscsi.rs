@@ -606,7 +606,7 @@ pub struct LunActual {
 /// The target as the backend really has it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetActual {
-    /// tgt's target id (not stable across tgtd restarts).
+    /// tgt's target id (not stable across tgtd restarts); absent on LIO, which has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tid: Option<u32>,
     pub iqn: String,
