@@ -1,6 +1,11 @@
-//! From a raw message to a reply: decode the envelope, check the reply topic, answer repeats
-//! from the reply cache, refuse expired requests, admit within the in-flight limit, run the
-//! handler on its own task, remember its reply, publish it.
+//! From a raw message to a reply: open a signed request (verify its JWS), decode the envelope,
+//! check the reply topic, authorize the sender, answer repeats from the reply cache, refuse
+//! expired requests, admit within the in-flight limit, run the handler on its own task,
+//! remember its reply, publish it, and write an audit line for every mutation.
+//!
+//! The order keeps replays useless: authorization comes before the reply cache (a key that may
+//! not call a method never sees its remembered reply), and the cache before the deadline (a
+//! repeat of an executed id gets the remembered reply, never a second run).
 //!
 //! The dispatcher runs on its own task, fed by the session through a channel, so nothing here
 //! can stall the MQTT poll loop; each admitted request runs on a task of its own.
@@ -18,6 +23,7 @@ use csg_protocol::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::auth::{Opened, Policy, Sender};
 use crate::handlers::Handlers;
 use crate::journal::{Journal, Record};
 use crate::reply_cache::{Lookup, ReplyCache};
@@ -43,6 +49,8 @@ pub struct Dispatcher {
     in_flight: AtomicUsize,
     idle: tokio::sync::Notify,
     journal: Option<Arc<Journal>>,
+    /// Signed-command rules; replaced when a reloaded config changes `[security]`.
+    policy: std::sync::RwLock<Arc<Policy>>,
 }
 
 /// Puts ids finished before a restart back into the id memory, with their age.
@@ -101,7 +109,32 @@ impl Dispatcher {
             in_flight: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
             journal,
+            policy: std::sync::RwLock::new(Arc::new(Policy::open_door())),
         })
+    }
+
+    /// Installs the signed-command rules (at start and on a reload).
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().expect("policy lock") = Arc::new(policy);
+    }
+
+    /// Refuses a request for lack of authority: `UNAUTHORIZED` on its reply topic when one can
+    /// be read from `readable` (unverified, so only if it passes the normal reply_to rules),
+    /// counted and logged (the reason is ours, never an echo of the input).
+    fn unauthorized(&self, readable: Option<&[u8]>, reason: &str) {
+        Stats::inc(&self.stats.unauthorized);
+        let (id, reply_to) = match readable.map(|b| decode_request(b, self.max_payload)) {
+            Some(Ok(r)) => (Some(r.id), Some(r.reply_to)),
+            Some(Err(e)) => (e.id, e.reply_to),
+            None => (None, None),
+        };
+        let topic = reply_to.as_ref().and_then(ReplyTo::topic);
+        let topic = topic.filter(|t| self.topics.check_reply_to(t).is_ok());
+        warn!(id = ?id.as_ref().map(RequestId::as_str), answered = topic.is_some(), %reason, "unauthorized request refused, not executed");
+        if let Some(t) = topic {
+            let msg = format!("{reason}; not executed");
+            self.refuse(t, id, RpcError::new(ErrorCode::Unauthorized, msg));
+        }
     }
 
     /// Serves messages until the channel closes.
@@ -146,7 +179,22 @@ impl Dispatcher {
     /// Handles one message. Synchronous and quick: anything slow runs on a spawned task.
     pub fn on_message(self: &Arc<Self>, msg: Inbound) {
         Stats::inc(&self.stats.received);
-        let mut req = match decode_request(&msg.payload, self.max_payload) {
+        let policy = self.policy.read().expect("policy lock").clone();
+        let (sender, signed_payload) = match policy.open(&msg.payload, self.max_payload) {
+            Opened::Plain => (Sender::Unsigned, None),
+            Opened::Signed { kid, payload } => (Sender::Key(kid), Some(payload)),
+            Opened::Refused { reason, payload } => {
+                self.unauthorized(payload.as_deref(), &reason);
+                return;
+            }
+        };
+        let bytes: &[u8] = signed_payload.as_deref().unwrap_or(&msg.payload);
+        if sender == Sender::Unsigned && policy.requires_signatures() {
+            // Refused before anything else, malformed or not: nothing unsigned gets further.
+            self.unauthorized(Some(bytes), "this gateway accepts signed commands only");
+            return;
+        }
+        let mut req = match decode_request(bytes, self.max_payload) {
             Ok(r) => r,
             Err(e) => {
                 let topic = e.reply_to.as_ref().and_then(ReplyTo::topic);
@@ -180,10 +228,19 @@ impl Dispatcher {
                 }
             },
         };
-        self.admit(req, reply_topic.as_deref());
+        if let Err(reason) = policy.authorize(&sender, &req, now_ms()) {
+            Stats::inc(&self.stats.unauthorized);
+            warn!(id = %req.id, method = %req.method, key = sender.key_id(), %reason, "unauthorized request refused, not executed");
+            if let Some(t) = reply_topic.as_deref() {
+                let msg = format!("{reason}; not executed");
+                self.refuse(t, Some(req.id), RpcError::new(ErrorCode::Unauthorized, msg));
+            }
+            return;
+        }
+        self.admit(req, reply_topic.as_deref(), sender);
     }
 
-    fn admit(self: &Arc<Self>, req: Request, reply_topic: Option<&str>) {
+    fn admit(self: &Arc<Self>, req: Request, reply_topic: Option<&str>, sender: Sender) {
         let now = Instant::now();
         let mut cache = self.cache.lock().expect("reply cache lock");
         match cache.lookup(&req.id, &req.method, reply_topic, now) {
@@ -256,6 +313,7 @@ impl Dispatcher {
             dispatcher: self.clone(),
             id: req.id.clone(),
             method: req.method.clone(),
+            key_id: sender.key_id().to_string(),
             done: false,
         };
         let handlers = self.handlers.clone();
@@ -265,6 +323,10 @@ impl Dispatcher {
             if let Err(e) = &result {
                 debug!(id = %guard.id, method = %guard.method, code = %e.code, "request failed");
             }
+            guard.audit(match &result {
+                Ok(_) => "ok",
+                Err(e) => e.code.as_str(),
+            });
             let reply = guard.reply_bytes(result);
             guard.journal(&reply).await;
             guard.complete(reply);
@@ -279,10 +341,19 @@ struct Completion {
     dispatcher: Arc<Dispatcher>,
     id: RequestId,
     method: MethodName,
+    /// The key that signed the request, or `unsigned`.
+    key_id: String,
     done: bool,
 }
 
 impl Completion {
+    /// The audit trail: one info line per executed mutation, with who asked and how it ended.
+    fn audit(&self, outcome: &str) {
+        if is_mutation(self.method.as_str()) {
+            info!(id = %self.id, method = %self.method, key = %self.key_id, outcome, "audit: mutation executed");
+        }
+    }
+
     fn reply_bytes(&self, result: Result<serde_json::Value, RpcError>) -> Bytes {
         let reply = match result {
             Ok(v) => Reply::ok(self.id.clone(), v),
@@ -336,11 +407,36 @@ impl Drop for Completion {
     fn drop(&mut self) {
         if !self.done {
             tracing::error!(id = %self.id, method = %self.method, "handler panicked");
+            self.audit(ErrorCode::Internal.as_str());
             let reply = self.reply_bytes(Err(RpcError::internal(format!(
                 "the handler of {} failed unexpectedly; see the agent's log",
                 self.method
             ))));
             self.complete(reply);
+        }
+    }
+}
+
+impl Dispatcher {
+    /// A command that found the dispatcher's queue full: answered `BUSY` (retryable) right
+    /// away, from the poll task, so a flood never turns into silently lost requests. Only the
+    /// envelope is read; nothing is executed or remembered.
+    pub fn refuse_busy(&self, msg: Inbound) {
+        Stats::inc(&self.stats.received);
+        let (id, topic) = match decode_request(&msg.payload, self.max_payload) {
+            Ok(r) => (Some(r.id), r.reply_to.topic().map(str::to_string)),
+            Err(e) => (e.id, e.reply_to.and_then(|r| r.topic().map(str::to_string))),
+        };
+        match topic.filter(|t| self.topics.check_reply_to(t).is_ok()) {
+            Some(t) => {
+                Stats::inc(&self.stats.busy);
+                let err = RpcError::new(
+                    ErrorCode::Busy,
+                    "the agent's command queue is full; retry with the same id",
+                );
+                self.refuse(&t, id, err);
+            }
+            None => Stats::inc(&self.stats.dropped),
         }
     }
 }

@@ -238,7 +238,17 @@ pub async fn run<S: Future<Output = ()>>(
         storage.clone(),
     ));
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-    let session = Session::start(&cfg, inbound_tx);
+    // Commands the dispatcher has no room for are answered BUSY by it, from the poll task;
+    // the dispatcher exists only once the session does, hence the late binding.
+    let overflow_to: Arc<std::sync::OnceLock<Arc<Dispatcher>>> = Arc::default();
+    let session = Session::start(&cfg, inbound_tx, {
+        let overflow_to = overflow_to.clone();
+        Arc::new(move |msg| {
+            if let Some(d) = overflow_to.get() {
+                d.refuse_busy(msg);
+            }
+        })
+    });
     let uplink: Arc<dyn Uplink> = session.uplink.clone();
     let handlers = Arc::new(Handlers {
         status: status.clone(),
@@ -268,6 +278,7 @@ pub async fn run<S: Future<Output = ()>>(
         journal,
     );
     dispatcher.set_policy(auth::Policy::new(&cfg.security, cfg.client_id.as_str()));
+    let _ = overflow_to.set(dispatcher.clone());
     let dispatch_task = tokio::spawn(dispatcher.clone().run(inbound_rx));
     let (interval_tx, interval_rx) = watch::channel(cfg.agent.heartbeat_interval);
     let heartbeat_task = tokio::spawn(status::heartbeat_loop(

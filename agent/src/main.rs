@@ -114,6 +114,8 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One rustls crypto provider (ring) for the whole process, before anything uses TLS.
+    csg_transport::install_crypto_provider();
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => match load(&cli.config) {
             Ok(cfg) => {
@@ -213,7 +215,11 @@ async fn run_once(
                     tracing::error!(error = %e, "configuration reload refused; running with the previous configuration");
                     csg_agent::notify::status(&format!(
                         "configuration reload refused ({}); running with the previous configuration",
-                        e.to_string().lines().next().unwrap_or_default()
+                        e.to_string()
+                            .lines()
+                            .map(str::trim)
+                            .collect::<Vec<_>>()
+                            .join(" ")
                     ));
                     csg_agent::notify::ready();
                 }

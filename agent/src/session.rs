@@ -6,6 +6,13 @@
 //! network error, and on shutdown publishes "offline", waits for the broker's PubAck (bounded),
 //! and disconnects cleanly.
 //!
+//! Before every connect it reads the TLS files and the broker secret again (rotation needs no
+//! restart) and puts them into rumqttc; the password is wiped from rumqttc's options again
+//! once the attempt is over. A failure that retrying cannot fix (the broker's certificate
+//! expired, unknown CA, name mismatch, our client certificate refused, credentials refused)
+//! is logged as such, shown in systemd's STATUS=, and followed by the long
+//! `mqtt.auth_failure_backoff_s` instead of the normal back-off.
+//!
 //! The poll loop never waits on anything but the network: inbound commands are handed to the
 //! dispatcher with `try_send`, and all publishing goes through `SessionUplink`, which queues
 //! with `try_publish` (rumqtt issues 263/910: awaiting the client from the poll task deadlocks).
@@ -17,9 +24,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use csg_protocol::status::{Presence, PresenceState};
 use csg_protocol::{now_ms, AgentTopics};
+use csg_transport::{Auth, TlsOptions};
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, NetworkOptions,
-    Outgoing, Packet, QoS, SubscribeReasonCode,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
+    NetworkOptions, Outgoing, Packet, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
@@ -36,6 +44,9 @@ pub struct Inbound {
     pub payload: Bytes,
 }
 
+/// Takes a command the dispatcher has no room for (see `Session::start`).
+pub type Overflow = Arc<dyn Fn(Inbound) + Send + Sync>;
+
 /// Link state seen by the rest of the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
@@ -48,10 +59,14 @@ pub enum LinkState {
 }
 
 /// Size of rumqttc's request queue (the `cap` of `AsyncClient::new`; the options field of the
-/// same name is ignored by the v4 client).
-const REQUEST_QUEUE: usize = 4096;
+/// same name is ignored by the v4 client). Under a flood every request is answered (with BUSY if
+/// need be), and the answers wait here while the broker takes them in: large enough to hold a
+/// flood's worth (~32k replies of ~300 bytes: ~10 MB at most), so none is dropped.
+const REQUEST_QUEUE: usize = 32_768;
 /// Packets in flight towards the broker before rumqttc holds further publishes back.
 const INFLIGHT: u16 = 1024;
+/// Urgent messages (heartbeats) waiting for the poll task: a couple at most in practice.
+const URGENT_QUEUE: usize = 16;
 /// How long a clean shutdown waits for the broker to acknowledge "offline".
 const OFFLINE_ACK_WAIT: Duration = Duration::from_secs(3);
 
@@ -60,6 +75,9 @@ pub struct SessionUplink {
     /// `None` once shutdown began. The lock makes "offline" the last message queued: nothing
     /// can slip in between the closing check and the queueing.
     client: Mutex<Option<AsyncClient>>,
+    /// Messages that jump the queue (heartbeats): the poll task puts them in front of rumqttc's
+    /// pending requests, which it sends before anything waiting in its request channel.
+    urgent: mpsc::Sender<OutMessage>,
 }
 
 fn qos(q: Qos) -> QoS {
@@ -77,6 +95,12 @@ impl Uplink for SessionUplink {
             .try_publish(msg.topic, qos(msg.qos), msg.retain, msg.payload)
             .map_err(|_| UplinkError::Full)
     }
+
+    fn publish_urgent(&self, msg: OutMessage) -> Result<(), UplinkError> {
+        let guard = self.client.lock().expect("uplink lock");
+        guard.as_ref().ok_or(UplinkError::Closed)?;
+        self.urgent.try_send(msg).map_err(|_| UplinkError::Full)
+    }
 }
 
 /// Handle to a running session.
@@ -89,7 +113,9 @@ pub struct Session {
 
 impl Session {
     /// Starts the session task. Commands received are sent to `inbound`.
-    pub fn start(cfg: &Config, inbound: mpsc::Sender<Inbound>) -> Session {
+    /// `overflow` gets the commands that find the dispatcher's queue full: it must answer them
+    /// cheaply (BUSY), because it runs on the poll task.
+    pub fn start(cfg: &Config, inbound: mpsc::Sender<Inbound>, overflow: Overflow) -> Session {
         let mut opts = MqttOptions::new(
             cfg.client_id.as_str(),
             cfg.broker.host.clone(),
@@ -109,8 +135,10 @@ impl Session {
         net.set_connection_timeout(cfg.mqtt.connect_timeout.as_secs());
         eventloop.set_network_options(net);
 
+        let (urgent_tx, urgent_rx) = mpsc::channel(URGENT_QUEUE);
         let uplink = Arc::new(SessionUplink {
             client: Mutex::new(Some(client.clone())),
+            urgent: urgent_tx,
         });
         let (link_tx, link) = watch::channel(LinkState::Offline);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -118,12 +146,19 @@ impl Session {
             SessionLoop {
                 eventloop,
                 client,
+                urgent_rx,
                 uplink: uplink.clone(),
                 topics: cfg.topics.clone(),
                 broker: cfg.broker.to_string(),
                 backoff: Backoff::new(cfg.mqtt.reconnect_min, cfg.mqtt.reconnect_max),
+                tls: cfg.mqtt.tls.options.clone(),
+                auth: cfg.mqtt.auth.method.clone(),
+                client_id: cfg.client_id.to_string(),
+                auth_failure_backoff: cfg.mqtt.auth_failure_backoff,
+                need_connect: true,
                 stable_after: cfg.mqtt.stable_after,
                 inbound,
+                overflow,
                 link_tx,
                 epoch: 0,
                 connected_at: None,
@@ -169,16 +204,50 @@ fn will(topics: &AgentTopics) -> LastWill {
     )
 }
 
+/// A connection failure that retrying will not fix, as (kind for the log, explanation):
+/// refused credentials, and TLS verification on either side.
+fn refusal(e: &ConnectionError) -> Option<(&'static str, String)> {
+    if let ConnectionError::ConnectionRefused(code) = e {
+        return match code {
+            ConnectReturnCode::BadUserNamePassword => Some((
+                "bad_credentials",
+                "the broker refused our credentials (bad username or password; check [mqtt.auth])"
+                    .to_string(),
+            )),
+            ConnectReturnCode::NotAuthorized => Some((
+                "not_authorized",
+                "the broker refused the connection as not authorized (check [mqtt.auth] and the broker's rules for this client id)"
+                    .to_string(),
+            )),
+            ConnectReturnCode::BadClientId => Some((
+                "client_id_rejected",
+                "the broker rejected our client id (check [identity])".to_string(),
+            )),
+            _ => None,
+        };
+    }
+    csg_transport::tls::classify(e).map(|f| (f.kind(), f.describe()))
+}
+
 struct SessionLoop {
     eventloop: EventLoop,
     /// The poll task's own handle: used only with `try_*` calls.
     client: AsyncClient,
+    urgent_rx: mpsc::Receiver<OutMessage>,
     uplink: Arc<SessionUplink>,
     topics: AgentTopics,
     broker: String,
     backoff: Backoff,
+    /// TLS files to read before each connect (`None`: plain TCP).
+    tls: Option<TlsOptions>,
+    auth: Auth,
+    client_id: String,
+    auth_failure_backoff: Duration,
+    /// The next poll opens a new connection: prepare TLS and credentials first.
+    need_connect: bool,
     stable_after: Duration,
     inbound: mpsc::Sender<Inbound>,
+    overflow: Overflow,
     link_tx: watch::Sender<LinkState>,
     epoch: u64,
     connected_at: Option<Instant>,
@@ -197,21 +266,93 @@ impl SessionLoop {
     async fn run(mut self, mut shutdown: oneshot::Receiver<()>) {
         info!(broker = %self.broker, client_id = %self.eventloop.mqtt_options.client_id(), "connecting");
         loop {
+            if self.need_connect {
+                if let Err(problem) = self.prepare_connect() {
+                    let delay = self.long_delay();
+                    error!(broker = %self.broker, problem = "local_config", retry_in_ms = delay.as_millis() as u64,
+                        "cannot prepare the connection: {problem}");
+                    crate::notify::status(&format!(
+                        "cannot connect to {}: {problem}; retrying in {:.0} s",
+                        self.broker,
+                        delay.as_secs_f64()
+                    ));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => continue,
+                        _ = &mut shutdown => return,
+                    }
+                }
+                self.need_connect = false;
+            }
             let step = tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                Some(msg) = self.urgent_rx.recv() => { self.queue_urgent(msg); Step::Continue }
                 ev = self.eventloop.poll() => match ev {
                     Ok(ev) => { self.on_event(ev); Step::Continue }
                     Err(e) => Step::Failed(e),
                 },
             };
             if let Step::Failed(e) = step {
+                self.need_connect = true;
+                self.scrub_credentials();
                 if self.on_error(e, &mut shutdown).await {
                     return; // shutdown requested while offline: nothing to announce
                 }
             }
         }
         self.graceful_shutdown().await;
+    }
+
+    /// Reads the TLS files and the broker secret again and puts them into rumqttc's options
+    /// for the next connect. The error names what is wrong, never a secret.
+    fn prepare_connect(&mut self) -> Result<(), String> {
+        if let Some(tls) = &self.tls {
+            let config = tls.client_config().map_err(|e| format!("mqtt.tls: {e}"))?;
+            self.eventloop
+                .mqtt_options
+                .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        }
+        let creds = self
+            .auth
+            .credentials(&self.client_id)
+            .map_err(|e| format!("mqtt.auth: {e}"))?;
+        if let Some(c) = creds {
+            // rumqttc keeps its own copy until `scrub_credentials`; ours is zeroed here.
+            self.eventloop
+                .mqtt_options
+                .set_credentials(c.username.as_str(), c.password.as_str());
+        }
+        Ok(())
+    }
+
+    /// Replaces the password in rumqttc's options once a connect attempt is over, so it does
+    /// not stay in memory for the life of the connection.
+    fn scrub_credentials(&mut self) {
+        if self.auth != Auth::None {
+            self.eventloop.mqtt_options.set_credentials("", "");
+        }
+    }
+
+    /// The back-off after a failure retrying will not fix: between half and all of
+    /// `mqtt.auth_failure_backoff_s`, jittered so a fleet does not come back in step.
+    fn long_delay(&self) -> Duration {
+        let full = self.auth_failure_backoff.as_millis() as u64;
+        Duration::from_millis(fastrand::u64(full / 2..=full))
+    }
+
+    /// Puts a message in front of rumqttc's pending requests: the event loop sends pending
+    /// requests before it reads its request channel, where replies may be queued by the
+    /// thousand under a flood. Offline, there is nothing to jump ahead of: it is dropped (a
+    /// heartbeat follows every connect anyway).
+    fn queue_urgent(&mut self, msg: OutMessage) {
+        if !matches!(*self.link_tx.borrow(), LinkState::Online { .. }) {
+            return;
+        }
+        let mut p = rumqttc::Publish::from_bytes(msg.topic, qos(msg.qos), msg.payload);
+        p.retain = msg.retain;
+        self.eventloop
+            .pending
+            .push_front(rumqttc::Request::Publish(p));
     }
 
     fn set_online(&mut self) {
@@ -234,6 +375,7 @@ impl SessionLoop {
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::Incoming(Packet::ConnAck(_)) => {
+                self.scrub_credentials();
                 self.connected_at = Some(Instant::now());
                 self.unacked.clear();
                 debug!("connack");
@@ -271,9 +413,14 @@ impl SessionLoop {
                     topic: p.topic,
                     payload: p.payload,
                 };
-                if let Err(e) = self.inbound.try_send(msg) {
-                    // Dispatcher saturated or stopping: the console's retry will bring it again.
-                    debug!(error = %e, "inbound queue refused a command");
+                match self.inbound.try_send(msg) {
+                    Ok(()) => {}
+                    // Dispatcher saturated: answered BUSY at once, so the console retries.
+                    Err(mpsc::error::TrySendError::Full(msg)) => (self.overflow)(msg),
+                    // Stopping: the console's retry will bring it to the next run.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        debug!("inbound queue closed; command not taken")
+                    }
                 }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
@@ -303,6 +450,20 @@ impl SessionLoop {
             self.eventloop
                 .mqtt_options
                 .set_last_will(will(&self.topics));
+        }
+        if let Some((kind, what)) = refusal(&e) {
+            let delay = self.long_delay();
+            error!(broker = %self.broker, problem = kind, retry_in_ms = delay.as_millis() as u64,
+                "connection to the broker refused: {what}; waiting mqtt.auth_failure_backoff_s before the next attempt");
+            crate::notify::status(&format!(
+                "{what}; broker {}; retrying in {:.0} s",
+                self.broker,
+                delay.as_secs_f64()
+            ));
+            return tokio::select! {
+                _ = tokio::time::sleep(delay) => false,
+                _ = shutdown => true,
+            };
         }
         let delay = self.backoff.next_delay();
         let secs = delay.as_secs_f64();
@@ -389,5 +550,42 @@ impl SessionLoop {
         })
         .await;
         info!("disconnected");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_that_retrying_cannot_fix_are_named() {
+        let kind = |e: ConnectionError| refusal(&e).map(|(k, _)| k);
+        assert_eq!(
+            kind(ConnectionError::ConnectionRefused(
+                ConnectReturnCode::BadUserNamePassword
+            )),
+            Some("bad_credentials")
+        );
+        assert_eq!(
+            kind(ConnectionError::ConnectionRefused(
+                ConnectReturnCode::NotAuthorized
+            )),
+            Some("not_authorized")
+        );
+        // Worth retrying soon: the broker is busy, or the network failed.
+        assert_eq!(
+            kind(ConnectionError::ConnectionRefused(
+                ConnectReturnCode::ServiceUnavailable
+            )),
+            None
+        );
+        assert_eq!(
+            kind(ConnectionError::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "refused"
+            ))),
+            None
+        );
+        assert_eq!(kind(ConnectionError::NetworkTimeout), None);
     }
 }

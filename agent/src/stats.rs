@@ -14,6 +14,7 @@ pub struct Stats {
     pub bad_request: AtomicU64,
     pub dropped: AtomicU64,
     pub reply_lost: AtomicU64,
+    pub unauthorized: AtomicU64,
 }
 
 impl Stats {
@@ -31,6 +32,7 @@ impl Stats {
             bad_request: self.bad_request.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             reply_lost: self.reply_lost.load(Relaxed),
+            unauthorized: self.unauthorized.load(Relaxed),
         }
     }
 }

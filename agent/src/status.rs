@@ -136,7 +136,7 @@ pub async fn heartbeat_loop(
                     let hb = source.next_heartbeat().await;
                     let payload = Bytes::from(serde_json::to_vec(&hb).expect("heartbeat serializes"));
                     let msg = OutMessage { topic: topic.clone(), payload, qos: Qos::AtMostOnce, retain: false };
-                    if let Err(e) = uplink.publish(msg) {
+                    if let Err(e) = uplink.publish_urgent(msg) {
                         debug!(error = %e, seq = hb.seq, "heartbeat not queued");
                     }
                 }

@@ -33,6 +33,12 @@ pub enum UplinkError {
 /// which the reply cache answers.
 pub trait Uplink: Send + Sync + 'static {
     fn publish(&self, msg: OutMessage) -> Result<(), UplinkError>;
+
+    /// Like `publish`, ahead of everything already queued: for heartbeats, which must keep
+    /// their cadence even while thousands of replies wait to go out.
+    fn publish_urgent(&self, msg: OutMessage) -> Result<(), UplinkError> {
+        self.publish(msg)
+    }
 }
 
 #[cfg(test)]

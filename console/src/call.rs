@@ -26,6 +26,7 @@ use tokio::time::{sleep, sleep_until, timeout_at};
 
 use crate::backoff::Backoff;
 use crate::client::{Console, Inner, QueueError, ReplySlot, Session};
+use crate::sign::Signer;
 
 /// Room the MQTT PUBLISH header needs besides topic and payload (fixed header, lengths, pkid).
 const PUBLISH_OVERHEAD: usize = 16;
@@ -51,6 +52,10 @@ pub struct CallOptions {
     /// Re-send after a retryable error (default true). Off, the first reply is returned as
     /// is; with `attempt_timeout >= timeout` as well, a call sends exactly once (benchmarks).
     pub retry_errors: bool,
+    /// Sign the request (JWS, `docs/protocol.md` "Signed commands") for gateways that require
+    /// signed commands. A signed request always carries a deadline: `deadline` when set, else
+    /// [`Signer::default_deadline`] of `timeout`.
+    pub signer: Option<Signer>,
 }
 
 impl Default for CallOptions {
@@ -62,6 +67,7 @@ impl Default for CallOptions {
             noreply: false,
             deadline: None,
             retry_errors: true,
+            signer: None,
         }
     }
 }
@@ -178,10 +184,17 @@ impl Console {
         if !opts.noreply {
             req.reply_to = ReplyTo::Topic(self.inner.reply_topic.clone());
         }
-        req.deadline_ms = opts
-            .deadline
-            .map(|d| now_ms().saturating_add(d.as_millis() as u64));
-        let payload = req.to_json();
+        let deadline = match (&opts.deadline, &opts.signer) {
+            (Some(d), _) => Some(*d),
+            (None, Some(s)) => Some(s.default_deadline(opts.timeout)),
+            (None, None) => None,
+        };
+        req.deadline_ms = deadline.map(|d| now_ms().saturating_add(d.as_millis() as u64));
+        // Every attempt re-sends these bytes, so a signed request is signed once.
+        let payload = match &opts.signer {
+            Some(s) => s.sign(&req.to_json(), target.as_str()).into_bytes(),
+            None => req.to_json(),
+        };
         // rumqttc treats an oversized outgoing packet as a connection error, which would cut
         // every other call short; refuse it here instead.
         let size = payload.len() + topic.len() + PUBLISH_OVERHEAD;

@@ -26,9 +26,11 @@ use csg_protocol::{
     BrokerUrl, ClientId, GroupId, IdentityError, InstanceId, Reply, RequestId, Scheme, StatusTopic,
     TopicMode, TopicParents,
 };
+use csg_transport::{Auth, TlsOptions};
 use rumqttc::{
     AsyncClient, ClientError, ConnectionError, Event, EventLoop, Incoming, MqttOptions,
     NetworkOptions, Outgoing, QoS, Request, Subscribe, SubscribeFilter, SubscribeReasonCode,
+    TlsConfiguration, Transport,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -60,8 +62,14 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// How a console connects and which topics it uses.
 #[derive(Debug, Clone)]
 pub struct ConsoleOptions {
-    /// `mqtt://host[:port]`. `mqtts://` is refused until TLS support is added.
+    /// `mqtt://host[:port]` (plain TCP) or `mqtts://host[:port]` (TLS 1.2+, port 8883 by
+    /// default).
     pub broker: BrokerUrl,
+    /// TLS settings for `mqtts://` (CA file or system roots, server-name override, client
+    /// certificate). Files are read once, by [`Console::connect`].
+    pub tls: TlsOptions,
+    /// Broker credentials. The secret file is read once, by [`Console::connect`].
+    pub auth: Auth,
     /// The Alibaba Cloud MQTT group: the first half of the client ID.
     pub group_id: GroupId,
     /// This console's id: the second half of the client ID and the end of its reply topic.
@@ -84,6 +92,8 @@ impl ConsoleOptions {
     pub fn new(broker: BrokerUrl, group_id: GroupId, console_id: InstanceId) -> Self {
         Self {
             broker,
+            tls: TlsOptions::default(),
+            auth: Auth::None,
             group_id,
             console_id,
             parents: TopicParents::default(),
@@ -100,8 +110,10 @@ impl ConsoleOptions {
 /// Why a console could not be set up or connected.
 #[derive(Debug, Clone, Error)]
 pub enum ConsoleError {
-    #[error("broker {broker}: TLS (mqtts://) is not supported yet; use mqtt://")]
-    TlsNotSupported { broker: String },
+    #[error("broker {broker}: {reason}")]
+    Tls { broker: String, reason: String },
+    #[error("broker credentials: {0}")]
+    Auth(String),
     #[error("invalid console identity: {0}")]
     Identity(#[from] IdentityError),
     #[error("invalid topic parents: {0}")]
@@ -295,8 +307,24 @@ impl Console {
     /// restored in the background whenever it drops.
     pub async fn connect(opts: ConsoleOptions) -> Result<Console, ConsoleError> {
         let broker = opts.broker.to_string();
-        if opts.broker.scheme == Scheme::Mqtts {
-            return Err(ConsoleError::TlsNotSupported { broker });
+        let tls_config = match opts.broker.scheme {
+            Scheme::Mqtts => Some(opts.tls.client_config().map_err(|e| ConsoleError::Tls {
+                broker: broker.clone(),
+                reason: e.to_string(),
+            })?),
+            Scheme::Mqtt if opts.tls.is_set() => {
+                return Err(ConsoleError::Tls {
+                    broker,
+                    reason:
+                        "TLS options are given but the URL is mqtt:// (plain TCP); use mqtts://"
+                            .into(),
+                })
+            }
+            Scheme::Mqtt => None,
+        };
+        let auth_problems = opts.auth.check_shape("");
+        if !auth_problems.is_empty() {
+            return Err(ConsoleError::Auth(auth_problems.join("; ")));
         }
         let errs = opts.parents.validate();
         if !errs.is_empty() {
@@ -322,6 +350,18 @@ impl Console {
             d if d.is_zero() => Duration::ZERO,
             d => d.max(Duration::from_secs(1)),
         };
+        if let Some(config) = tls_config {
+            mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        }
+        // Our copy of the password is zeroed when `creds` drops; rumqttc keeps its own for
+        // reconnects, for the life of this console.
+        if let Some(creds) = opts
+            .auth
+            .credentials(client_id.as_str())
+            .map_err(ConsoleError::Auth)?
+        {
+            mqtt.set_credentials(creds.username.as_str(), creds.password.as_str());
+        }
         mqtt.set_clean_session(true)
             .set_keep_alive(keep_alive)
             .set_max_packet_size(opts.max_packet_size, opts.max_packet_size)
@@ -569,8 +609,15 @@ async fn run_event_loop(
                 {
                     backoff.reset();
                 }
-                let msg: Arc<str> = e.to_string().into();
-                let refused = matches!(e, ConnectionError::ConnectionRefused(_));
+                // A TLS verification failure will not go away by retrying: report it as a
+                // refusal, in words, so `connect` fails at once.
+                let tls_failure = csg_transport::tls::classify(&e);
+                let msg: Arc<str> = match &tls_failure {
+                    Some(f) => f.describe().into(),
+                    None => e.to_string().into(),
+                };
+                let refused =
+                    matches!(e, ConnectionError::ConnectionRefused(_)) || tls_failure.is_some();
                 session.send_modify(|s| {
                     s.ready = false;
                     s.last_error = Some(msg.clone());
@@ -807,14 +854,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tls_urls_are_refused_before_any_io() {
-        let err = Console::connect(options("mqtts://127.0.0.1", "c1"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, ConsoleError::TlsNotSupported { .. }), "{err}");
-        assert!(err
-            .to_string()
-            .contains("TLS (mqtts://) is not supported yet"));
+    async fn tls_setup_problems_are_reported_before_any_io() {
+        let mut o = options("mqtts://127.0.0.1:1", "c1");
+        o.tls.ca_file = Some("/nonexistent/ca.pem".into());
+        let err = Console::connect(o).await.unwrap_err();
+        assert!(matches!(err, ConsoleError::Tls { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        let mut o = options("mqtt://127.0.0.1:1", "c1");
+        o.tls.server_name = Some("broker.example".into());
+        let err = Console::connect(o).await.unwrap_err();
+        assert!(err.to_string().contains("use mqtts://"), "{err}");
+        let mut o = options("mqtt://127.0.0.1:1", "c1");
+        o.auth = Auth::Password {
+            username: "u".into(),
+            password_file: "/nonexistent/pw".into(),
+        };
+        let err = Console::connect(o).await.unwrap_err();
+        assert!(matches!(err, ConsoleError::Auth(_)), "{err}");
     }
 
     #[tokio::test]

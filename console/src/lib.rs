@@ -1,7 +1,7 @@
 //! The console side of csg-agent: send commands to storage gateways and watch their status
 //! over an MQTT broker.
 //!
-//! A [`Console`] holds one MQTT connection (plain TCP, MQTT 3.1.1, clean session) with the
+//! A [`Console`] holds one MQTT connection (plain TCP or TLS, MQTT 3.1.1, clean session) with the
 //! client ID `{group_id}@@@{console_id}`. Through it:
 //!
 //! * [`Console::call`] sends one request and waits for the reply, re-sending the same request id
@@ -9,6 +9,10 @@
 //!   request runs at most once however often it is sent;
 //! * [`Console::call_many`] fans one request out to many instances concurrently;
 //! * [`Console::watch`] streams heartbeats and presence.
+//!
+//! For gateways that require signed commands, set [`CallOptions::signer`] (a [`Signer`] made
+//! from an Ed25519 private key): every request of the call, fan-out included, is then sent as
+//! a JWS signed with that key.
 //!
 //! The connection is restored in the background after a drop, with its subscriptions.
 //!
@@ -45,10 +49,12 @@ pub mod call;
 pub mod client;
 pub mod fanout;
 pub mod ids;
+pub mod sign;
 pub mod watch;
 
 pub use call::{CallError, CallOptions};
 pub use client::{Console, ConsoleError, ConsoleOptions};
 pub use fanout::{FanoutOptions, InstanceOutcome};
 pub use ids::{derive_instance_id, IdGenerator};
+pub use sign::Signer;
 pub use watch::{StatusEvent, Watch, WatchError, WatchEvent, WatchFilter};

@@ -9,6 +9,7 @@
 pub mod broker;
 pub mod envelope;
 pub mod identity;
+pub mod jws;
 pub mod methods;
 pub mod status;
 pub mod topics;

@@ -89,6 +89,9 @@ pub struct Counters {
     pub dropped: u64,
     /// Replies that could not be queued for publishing (the console's retry recovers them).
     pub reply_lost: u64,
+    /// Requests refused with `UNAUTHORIZED` (unsigned where signing is required, a bad or
+    /// unknown signature, a method the key may not call, a bad signed deadline), answered or not.
+    pub unauthorized: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,8 +33,10 @@ pub struct AgentConfig {
     pub max_in_flight: u64,
     pub reply_cache_ttl_s: u64,
     pub log: String,
-    /// Appended as is: more sections, e.g. `[storage]` and a backend's section.
+    /// Appended as is: more sections, e.g. `[storage]` and a backend's section, `[mqtt.tls]`.
     pub extra_toml: String,
+    /// Appended as is inside `[mqtt]`: more keys of that section (one per line).
+    pub mqtt_extra: String,
 }
 
 impl AgentConfig {
@@ -61,6 +63,7 @@ impl AgentConfig {
             reply_cache_ttl_s: 600,
             log: "info,csg_agent=debug".into(),
             extra_toml: String::new(),
+            mqtt_extra: String::new(),
         }
     }
 
@@ -99,6 +102,7 @@ impl AgentConfig {
              connect_timeout_s = {}\n\
              reconnect_min_ms = {}\n\
              reconnect_max_ms = {}\n\
+             {}\
              \n\
              [topics]\n\
              down = {}\n\
@@ -122,6 +126,7 @@ impl AgentConfig {
             self.connect_timeout_s,
             self.reconnect_min_ms,
             self.reconnect_max_ms,
+            self.mqtt_extra,
             s(&self.down),
             s(&self.up),
             s(&self.status),

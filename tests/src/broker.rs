@@ -3,6 +3,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bins;
@@ -17,7 +18,12 @@ pub struct Broker {
     port: u16,
     /// Bumped on every start so each incarnation has its own log file.
     generation: u32,
+    /// Makes the config file for a port: [`config`] unless the test gave its own.
+    make_config: MakeConfig,
 }
+
+/// Builds a Mosquitto config for a port.
+pub type MakeConfig = Arc<dyn Fn(u16) -> String + Send + Sync>;
 
 /// How a start attempt failed.
 enum StartError {
@@ -29,12 +35,19 @@ enum StartError {
 impl Broker {
     /// Starts a broker on a free port chosen by the OS.
     pub fn start() -> Broker {
+        Self::start_with(config)
+    }
+
+    /// Starts a broker on a free port with a config of the test's own making (e.g. a TLS
+    /// listener, a password file), given the port. [`config`] is a good base.
+    pub fn start_with(make: impl Fn(u16) -> String + Send + Sync + 'static) -> Broker {
+        let make: MakeConfig = Arc::new(make);
         // Choosing a free port and then binding it is racy when tests run in parallel: retry
         // with a fresh port when another test won the race.
         let mut last = String::new();
         for _ in 0..10 {
             let port = free_port();
-            match Self::try_start(port, tempfile::tempdir().expect("temp dir"), 1) {
+            match Self::try_start(port, tempfile::tempdir().expect("temp dir"), 1, &make) {
                 Ok(b) => return b,
                 Err(StartError::PortTaken(log)) => last = log,
                 Err(StartError::Other(msg)) => panic!("{msg}"),
@@ -46,9 +59,10 @@ impl Broker {
     /// Starts a broker on `port`, e.g. where an agent is already trying to connect. Retries
     /// for a while if the port is still held (a broker that was just killed).
     pub fn start_on(port: u16) -> Broker {
+        let make: MakeConfig = Arc::new(config);
         let end = Instant::now() + crate::TIMEOUT;
         loop {
-            match Self::try_start(port, tempfile::tempdir().expect("temp dir"), 1) {
+            match Self::try_start(port, tempfile::tempdir().expect("temp dir"), 1, &make) {
                 Ok(b) => return b,
                 Err(StartError::PortTaken(log)) if Instant::now() < end => {
                     let _ = log;
@@ -70,7 +84,7 @@ impl Broker {
         let end = Instant::now() + crate::TIMEOUT;
         loop {
             let generation = self.generation + 1;
-            match Self::spawn(self.port, self.dir.path(), generation) {
+            match Self::spawn(self.port, self.dir.path(), generation, &self.make_config) {
                 Ok(child) => {
                     self.child = child;
                     self.generation = generation;
@@ -88,19 +102,30 @@ impl Broker {
         }
     }
 
-    fn try_start(port: u16, dir: tempfile::TempDir, generation: u32) -> Result<Broker, StartError> {
-        let child = Self::spawn(port, dir.path(), generation)?;
+    fn try_start(
+        port: u16,
+        dir: tempfile::TempDir,
+        generation: u32,
+        make: &MakeConfig,
+    ) -> Result<Broker, StartError> {
+        let child = Self::spawn(port, dir.path(), generation, make)?;
         Ok(Broker {
             port,
             dir,
             child,
             generation,
+            make_config: make.clone(),
         })
     }
 
-    fn spawn(port: u16, dir: &Path, generation: u32) -> Result<ChildGuard, StartError> {
+    fn spawn(
+        port: u16,
+        dir: &Path,
+        generation: u32,
+        make: &MakeConfig,
+    ) -> Result<ChildGuard, StartError> {
         let conf = dir.join(format!("mosquitto-{generation}.conf"));
-        std::fs::write(&conf, config(port)).expect("write mosquitto config");
+        std::fs::write(&conf, make(port)).expect("write mosquitto config");
         let mut cmd = Command::new(bins::mosquitto());
         cmd.arg("-c").arg(&conf);
         let name = format!("mosquitto-{generation}");
@@ -143,6 +168,11 @@ impl Broker {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL for a broker whose listener speaks TLS.
+    pub fn tls_url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.port)
     }
 
     pub fn dir(&self) -> &Path {

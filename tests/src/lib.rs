@@ -10,6 +10,7 @@ pub mod agent;
 pub mod bed;
 pub mod bins;
 pub mod broker;
+pub mod certs;
 pub mod csgctl;
 pub mod exportfs_stub;
 pub mod ganesha;
@@ -17,6 +18,7 @@ pub mod process;
 pub mod recorder;
 pub mod rpc;
 pub mod smbd;
+pub mod targetcli_stub;
 pub mod tgtd;
 
 use std::time::{Duration, Instant};

@@ -34,9 +34,14 @@ struct Report {
     lost: u64,
 }
 
-pub async fn run(console: &Console, args: &BenchArgs) -> anyhow::Result<Exit> {
+pub async fn run(
+    console: &Console,
+    args: &BenchArgs,
+    signer: Option<csg_console::Signer>,
+) -> anyhow::Result<Exit> {
+    let signer = signer.as_ref();
     if args.warmup > 0 {
-        let warm = phase(console, args, args.warmup).await;
+        let warm = phase(console, args, args.warmup, signer).await;
         if warm.latencies_us.is_empty() {
             eprintln!(
                 "error: none of the {} warm-up requests to {} was answered ok ({} errors, {} lost); \
@@ -50,7 +55,7 @@ pub async fn run(console: &Console, args: &BenchArgs) -> anyhow::Result<Exit> {
             });
         }
     }
-    let sample = phase(console, args, args.count).await;
+    let sample = phase(console, args, args.count, signer).await;
     let report = Report::from_sample(args.count, args.concurrency, sample);
     if args.json {
         out(&format!("{}\n", report.to_json()));
@@ -67,12 +72,18 @@ pub async fn run(console: &Console, args: &BenchArgs) -> anyhow::Result<Exit> {
 /// Sends `count` requests with `concurrency` of them outstanding; each has a fresh id and is
 /// sent once: a lost reply or an error is counted, not retried, so it cannot hide in the
 /// latencies.
-async fn phase(console: &Console, args: &BenchArgs, count: u64) -> Sample {
+async fn phase(
+    console: &Console,
+    args: &BenchArgs,
+    count: u64,
+    signer: Option<&csg_console::Signer>,
+) -> Sample {
     let next = Arc::new(AtomicU64::new(0));
     let opts = CallOptions {
         timeout: args.timeout,
         attempt_timeout: args.timeout,
         retry_errors: false,
+        signer: signer.cloned(),
         ..CallOptions::default()
     };
     let workers = (args.concurrency as u64).min(count).max(1);

@@ -114,7 +114,12 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-pub async fn run(console: &Console, args: &CallArgs, plan: Plan) -> anyhow::Result<Exit> {
+pub async fn run(
+    console: &Console,
+    args: &CallArgs,
+    plan: Plan,
+    signer: Option<csg_console::Signer>,
+) -> anyhow::Result<Exit> {
     let opts = CallOptions {
         timeout: args.timeout,
         attempt_timeout: args.attempt_timeout,
@@ -122,6 +127,7 @@ pub async fn run(console: &Console, args: &CallArgs, plan: Plan) -> anyhow::Resu
         noreply: args.noreply,
         deadline: args.deadline,
         retry_errors: true,
+        signer,
     };
     if plan.fanout || args.json {
         Ok(many(console, args, plan, opts).await)

@@ -4,6 +4,7 @@ mod bench_cmd;
 mod call_cmd;
 mod duration;
 mod instances;
+mod keys_cmd;
 mod storage_cmd;
 mod table;
 mod watch_cmd;
@@ -47,7 +48,7 @@ Output:
 struct Cli {
     #[arg(
         long,
-        help = "Broker URL (mqtt://host[:port]; mqtts:// is not supported yet)",
+        help = "Broker URL: mqtt://host[:port] (plain TCP, port 1883) or mqtts://host[:port] (TLS, port 8883)",
         global = true,
         help_heading = "Global options",
         env = "CSG_BROKER",
@@ -114,6 +115,12 @@ struct Cli {
         help_heading = "Global options", default_value = "5s", value_parser = positive_duration)]
     connect_timeout: Duration,
 
+    #[command(flatten)]
+    security: SecurityArgs,
+
+    #[command(flatten)]
+    signing: keys_cmd::SignArgs,
+
     /// Debug logs on stderr (-vv: include the MQTT client's); RUST_LOG overrides
     #[arg(short, long, global = true,
         help_heading = "Global options", action = ArgAction::Count)]
@@ -121,6 +128,171 @@ struct Cli {
 
     #[command(subcommand)]
     command: Command,
+}
+
+/// TLS and broker authentication: the same choices as the agent's `[mqtt.tls]` and
+/// `[mqtt.auth]`. The authentication mode follows from the flags given.
+#[derive(Debug, Args)]
+struct SecurityArgs {
+    /// mqtts://: PEM bundle of the CAs to trust [default: the system's roots]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Broker security",
+        env = "CSG_CA_FILE",
+        value_name = "FILE"
+    )]
+    ca_file: Option<PathBuf>,
+
+    /// mqtts://: verify the broker's certificate against NAME instead of the URL's host
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Broker security",
+        env = "CSG_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    server_name: Option<String>,
+
+    /// mqtts://: client certificate (PEM) for mutual TLS
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Broker security",
+        env = "CSG_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+
+    /// mqtts://: the client certificate's private key (PEM)
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Broker security",
+        env = "CSG_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
+
+    /// Password authentication: the username
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Broker security",
+        env = "CSG_USERNAME",
+        requires = "password_file"
+    )]
+    username: Option<String>,
+
+    /// Password authentication: file holding the password (one line; never printed)
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Broker security",
+        env = "CSG_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "username"
+    )]
+    password_file: Option<PathBuf>,
+
+    /// Alibaba Cloud MQTT: the AccessKey ID (signature or token mode)
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Broker security",
+        env = "CSG_ALIBABA_ACCESS_KEY_ID",
+        value_name = "ID",
+        requires = "alibaba_instance_id"
+    )]
+    alibaba_access_key_id: Option<String>,
+
+    /// Alibaba Cloud MQTT: the MQTT instance id (e.g. mqtt-cn-…)
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Broker security",
+        env = "CSG_ALIBABA_INSTANCE_ID",
+        value_name = "ID",
+        requires = "alibaba_access_key_id"
+    )]
+    alibaba_instance_id: Option<String>,
+
+    /// Alibaba signature mode: file holding the AccessKey secret
+    #[arg(long, global = true, help_heading = "Broker security", env = "CSG_ALIBABA_SECRET_FILE",
+        value_name = "FILE", requires = "alibaba_access_key_id",
+        conflicts_with_all = ["alibaba_token_file", "password_file"])]
+    alibaba_secret_file: Option<PathBuf>,
+
+    /// Alibaba token mode: file holding the token string (R|…, W|…, RW|… pairs)
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Broker security",
+        env = "CSG_ALIBABA_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "alibaba_access_key_id",
+        conflicts_with = "password_file"
+    )]
+    alibaba_token_file: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    fn tls(&self) -> csg_transport::TlsOptions {
+        csg_transport::TlsOptions {
+            ca_file: self.ca_file.clone(),
+            server_name: self.server_name.clone(),
+            client_cert_file: self.client_cert.clone(),
+            client_key_file: self.client_key.clone(),
+        }
+    }
+
+    fn auth(&self) -> anyhow::Result<csg_transport::Auth> {
+        use csg_transport::Auth;
+        let alibaba = || {
+            (
+                self.alibaba_access_key_id.clone().unwrap_or_default(),
+                self.alibaba_instance_id.clone().unwrap_or_default(),
+            )
+        };
+        Ok(match (&self.password_file, &self.alibaba_secret_file, &self.alibaba_token_file) {
+            (Some(password_file), None, None) => Auth::Password {
+                username: self.username.clone().unwrap_or_default(),
+                password_file: password_file.clone(),
+            },
+            (None, Some(secret), None) => {
+                let (access_key_id, instance_id) = alibaba();
+                Auth::AlibabaSignature {
+                    access_key_id,
+                    instance_id,
+                    access_key_secret_file: secret.clone(),
+                }
+            }
+            (None, None, Some(token)) => {
+                let (access_key_id, instance_id) = alibaba();
+                Auth::AlibabaToken {
+                    access_key_id,
+                    instance_id,
+                    token_file: token.clone(),
+                }
+            }
+            (None, None, None) if self.alibaba_access_key_id.is_some() => {
+                return Err(Usage(
+                    "--alibaba-access-key-id needs --alibaba-secret-file (signature mode) or --alibaba-token-file (token mode)"
+                        .into(),
+                )
+                .into())
+            }
+            (None, None, None) => Auth::None,
+            _ => {
+                return Err(
+                    Usage("choose one authentication mode: --password-file, --alibaba-secret-file or --alibaba-token-file".into())
+                        .into(),
+                )
+            }
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +314,8 @@ enum Command {
     /// iSCSI targets
     #[command(subcommand)]
     Iscsi(storage_cmd::IscsiCmd),
+    /// Make an Ed25519 key pair for signed commands (PREFIX.key and PREFIX.pub)
+    Keygen(keys_cmd::KeygenArgs),
     /// Write man pages and shell completions into DIR (used when building packages)
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
@@ -291,6 +465,8 @@ impl std::error::Error for Usage {}
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One rustls crypto provider (ring) for the whole process, before anything uses TLS.
+    csg_transport::install_crypto_provider();
     init_logging(cli.verbose);
     // One thread: the console's work per request is tiny, and keeping the caller and the
     // connection task on one thread saves a cross-thread wake-up on every send and reply.
@@ -325,10 +501,12 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
                 .with_context(|| format!("cannot write docs into {}", dir.display()))?;
             Ok(Exit::Ok)
         }
+        Command::Keygen(args) => keys_cmd::keygen(args),
         Command::Call(args) => {
             let plan = call_cmd::plan(args, &cli.group_id)?;
+            let signer = keys_cmd::signer(&cli.signing)?;
             let console = connect(&cli).await?;
-            let exit = call_cmd::run(&console, args, plan).await;
+            let exit = call_cmd::run(&console, args, plan, signer).await;
             console.disconnect().await;
             exit
         }
@@ -340,8 +518,9 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
             exit
         }
         Command::Bench(args) => {
+            let signer = keys_cmd::signer(&cli.signing)?;
             let console = connect(&cli).await?;
-            let exit = bench_cmd::run(&console, args).await;
+            let exit = bench_cmd::run(&console, args, signer).await;
             console.disconnect().await;
             exit
         }
@@ -352,8 +531,9 @@ async fn run(cli: Cli) -> anyhow::Result<Exit> {
 }
 
 async fn storage(cli: &Cli, req: storage_cmd::Request<'_>) -> anyhow::Result<Exit> {
+    let signer = keys_cmd::signer(&cli.signing)?;
     let console = connect(cli).await?;
-    let exit = storage_cmd::run(&console, req).await;
+    let exit = storage_cmd::run(&console, req, signer).await;
     console.disconnect().await;
     exit
 }
@@ -396,9 +576,12 @@ async fn connect(cli: &Cli) -> anyhow::Result<Console> {
         TopicMode::Standard
     };
     opts.connect_timeout = cli.connect_timeout;
+    opts.tls = cli.security.tls();
+    opts.auth = cli.security.auth()?;
     match Console::connect(opts).await {
         Ok(c) => Ok(c),
-        Err(e @ csg_console::ConsoleError::TlsNotSupported { .. })
+        Err(e @ csg_console::ConsoleError::Tls { .. })
+        | Err(e @ csg_console::ConsoleError::Auth(_))
         | Err(e @ csg_console::ConsoleError::Identity(_)) => Err(Usage(e.to_string()).into()),
         Err(e) => Err(e.into()),
     }
@@ -499,6 +682,61 @@ mod tests {
         assert!(Cli::try_parse_from(["csgctl", "watch", "--subscribe-p2p"]).is_err());
         assert!(Cli::try_parse_from(["csgctl", "call", "a", "m", "{}", "extra"]).is_err());
         assert!(Cli::try_parse_from(["csgctl", "call", "a", "m", "--timeout", "5"]).is_err());
+    }
+
+    #[test]
+    fn security_flags_choose_the_auth_mode() {
+        use csg_transport::Auth;
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["csgctl", "call", "gw-1", "sys.ping"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+        };
+        let cli = parse(&[]).unwrap();
+        assert_eq!(cli.security.auth().unwrap(), Auth::None);
+        assert!(!cli.security.tls().is_set());
+        let cli = parse(&["--username", "u", "--password-file", "/p"]).unwrap();
+        assert!(matches!(
+            cli.security.auth().unwrap(),
+            Auth::Password { .. }
+        ));
+        let cli = parse(&[
+            "--alibaba-access-key-id",
+            "AK",
+            "--alibaba-instance-id",
+            "mqtt-cn-1",
+            "--alibaba-secret-file",
+            "/s",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.security.auth().unwrap(),
+            Auth::AlibabaSignature { .. }
+        ));
+        let cli = parse(&[
+            "--alibaba-access-key-id",
+            "AK",
+            "--alibaba-instance-id",
+            "mqtt-cn-1",
+        ])
+        .unwrap();
+        assert!(cli.security.auth().is_err());
+        // Half a client identity, a password without a user, or two modes at once.
+        assert!(parse(&["--client-cert", "/c"]).is_err());
+        assert!(parse(&["--password-file", "/p"]).is_err());
+        assert!(parse(&[
+            "--username",
+            "u",
+            "--password-file",
+            "/p",
+            "--alibaba-access-key-id",
+            "AK",
+            "--alibaba-instance-id",
+            "i",
+            "--alibaba-token-file",
+            "/t"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -561,7 +561,11 @@ pub fn render(result: &Value, listing: bool) -> String {
 }
 
 /// Sends the request with `csgctl call`'s retry policy and prints the outcome.
-pub async fn run(console: &Console, req: Request<'_>) -> anyhow::Result<Exit> {
+pub async fn run(
+    console: &Console,
+    req: Request<'_>,
+    signer: Option<csg_console::Signer>,
+) -> anyhow::Result<Exit> {
     let c = req.common;
     let id = c.id.clone().unwrap_or_else(|| console.new_request_id());
     let opts = CallOptions {
@@ -571,6 +575,7 @@ pub async fn run(console: &Console, req: Request<'_>) -> anyhow::Result<Exit> {
         noreply: false,
         deadline: None,
         retry_errors: true,
+        signer,
     };
     let method = MethodName::new(req.method).expect("static method names are valid");
     let again = format!(
