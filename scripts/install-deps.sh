@@ -51,9 +51,10 @@ fi
 # Storage daemons and the real clients the tests check them with. dpkg-query tells which are
 # missing, so a machine that has them all costs no apt run.
 # lintian, rpm and systemd (systemd-analyze) check the packages; python3 picks free ports in
-# the scripts.
+# the scripts; the openssl command computes the Alibaba signature in the TLS tests
+# independently of the agent's own code.
 storage_pkgs=(samba smbclient tgt nfs-ganesha nfs-ganesha-vfs libnfs-utils libiscsi-bin dbus nfs-kernel-server
-    lintian rpm systemd python3)
+    lintian rpm systemd python3 debootstrap systemd-container openssl)
 missing=()
 for p in "${storage_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -29,6 +29,11 @@ step "packages"
 scripts/package.sh
 scripts/check-packages.sh
 
+# The .deb on a real Debian 12 booted with systemd (systemd-nspawn): install, start, restart
+# after kill -9, reload, upgrade, purge.
+step "system test"
+scripts/system-test.sh
+
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
     # nextest does not run doctests: run them first, so the last summary printed is the
