@@ -113,7 +113,18 @@ impl StateStore {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        let lock = lock_dir(dir)?;
+        // A previous agent that was just killed may still be letting go of the lock (its last
+        // child process between fork and exec holds the descriptor for a moment): wait briefly
+        // before calling it a second agent.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let lock = loop {
+            match lock_dir(dir) {
+                Err(StateError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => break other?,
+            }
+        };
         let path = dir.join(FILE_NAME);
         let file = match std::fs::read(&path) {
             Ok(bytes) => {
