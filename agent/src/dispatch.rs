@@ -357,7 +357,8 @@ impl Completion {
     fn reply_bytes(&self, result: Result<serde_json::Value, RpcError>) -> Bytes {
         let reply = match result {
             Ok(v) => Reply::ok(self.id.clone(), v),
-            Err(e) => Reply::err(Some(self.id.clone()), e),
+            // Every handler's error passes here: cap what it quotes, however it was built.
+            Err(e) => Reply::err(Some(self.id.clone()), e.capped()),
         };
         Bytes::from(reply.to_json())
     }

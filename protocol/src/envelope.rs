@@ -90,12 +90,21 @@ pub struct RpcError {
 }
 
 impl RpcError {
+    /// Messages are for people and may quote input: they are cut to `MAX_ERROR_MESSAGE` bytes
+    /// here, so no hostile value can turn into a large reply or log line.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: cap_message(message.into()),
             retryable: code.default_retryable(),
         }
+    }
+
+    /// The same error with its message cut to `MAX_ERROR_MESSAGE` bytes (for errors built
+    /// field by field).
+    pub fn capped(mut self) -> Self {
+        self.message = cap_message(std::mem::take(&mut self.message));
+        self
     }
     pub fn bad_request(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, m)
@@ -106,6 +115,16 @@ impl RpcError {
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, m)
     }
+}
+
+/// Longest error message sent in a reply.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+fn cap_message(m: String) -> String {
+    if m.len() <= MAX_ERROR_MESSAGE {
+        return m;
+    }
+    crate::validate::excerpt(&m, MAX_ERROR_MESSAGE)
 }
 
 /// Where the reply goes.
@@ -218,11 +237,81 @@ struct RawEnvelope {
 }
 
 /// Just the two fields needed to answer an oversized request; serde skips every other
-/// field without building it.
+/// field without building it, and keeps these two only when they are short strings: an
+/// oversized payload must not make the agent build a large tree before refusing it.
 #[derive(Deserialize)]
 struct AddressOnly {
-    id: Option<Value>,
-    reply_to: Option<Value>,
+    id: Option<ShortString>,
+    reply_to: Option<ShortString>,
+}
+
+/// A string of at most `SHORT` bytes; any other value (or a longer string) is skipped
+/// without being built and reads as `None`.
+struct ShortString(Option<String>);
+
+const SHORT: usize = 1024;
+
+impl<'de> Deserialize<'de> for ShortString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ShortString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ShortString, E> {
+                Ok(ShortString((v.len() <= SHORT).then(|| v.to_string())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<ShortString, E> {
+                Ok(ShortString(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<ShortString, E> {
+                Ok(ShortString(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<ShortString, E> {
+                Ok(ShortString(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<ShortString, E> {
+                Ok(ShortString(None))
+            }
+            fn visit_unit<E>(self) -> Result<ShortString, E> {
+                Ok(ShortString(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<ShortString, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(ShortString(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<ShortString, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(ShortString(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Error text from the JSON parser can quote the input (a top-level string, a bad value):
+/// keep a short excerpt only, so a hostile payload cannot bloat a reply or a log line.
+fn excerpt(s: &str) -> String {
+    crate::validate::excerpt(s, 200)
+}
+
+/// True when the first non-blank byte opens an object: serde would also accept a struct
+/// written as a JSON array (`[1,"id",…]`), which is not a request.
+fn starts_as_object(payload: &[u8]) -> bool {
+    payload
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{')
 }
 
 fn read_id(v: &Option<Value>) -> Option<RequestId> {
@@ -243,22 +332,44 @@ fn read_reply_to(v: &Option<Value>) -> Result<ReplyTo, ()> {
 pub fn decode_request(payload: &[u8], max_payload: usize) -> Result<Request, DecodeError> {
     if payload.len() > max_payload {
         // Still try to find where to say so; the MQTT packet limit bounds this parse.
-        let addr = serde_json::from_slice::<AddressOnly>(payload).ok();
+        let addr = starts_as_object(payload)
+            .then(|| serde_json::from_slice::<AddressOnly>(payload).ok())
+            .flatten();
+        let (id, reply_to) = match addr {
+            Some(a) => (
+                a.id.and_then(|s| s.0).and_then(|s| RequestId::new(s).ok()),
+                a.reply_to
+                    .and_then(|s| s.0)
+                    .map(|s| ReplyTo::from_wire(Some(s))),
+            ),
+            None => (None, None),
+        };
         return Err(DecodeError {
             kind: DecodeErrorKind::Oversize,
             message: format!(
                 "payload is {} bytes; the limit is {max_payload}",
                 payload.len()
             ),
-            id: addr.as_ref().and_then(|a| read_id(&a.id)),
-            reply_to: addr.and_then(|a| read_reply_to(&a.reply_to).ok()),
+            id,
+            reply_to,
         });
     }
-    let raw: RawEnvelope = serde_json::from_slice(payload).map_err(|e| DecodeError {
+    let malformed = |message: String| DecodeError {
         kind: DecodeErrorKind::Malformed,
-        message: format!("not a JSON request object: {e}"),
+        message,
         id: None,
         reply_to: None,
+    };
+    if !starts_as_object(payload) {
+        return Err(malformed(
+            "not a JSON request object: it must start with '{'".into(),
+        ));
+    }
+    let raw: RawEnvelope = serde_json::from_slice(payload).map_err(|e| {
+        malformed(format!(
+            "not a JSON request object: {}",
+            excerpt(&e.to_string())
+        ))
     })?;
     let reply_to = read_reply_to(&raw.reply_to);
     let id = read_id(&raw.id);
@@ -275,7 +386,8 @@ pub fn decode_request(payload: &[u8], max_payload: usize) -> Result<Request, Dec
         Some(Value::Number(n)) if n.as_u64() == Some(PROTOCOL_VERSION as u64) => {}
         Some(v) => {
             return Err(invalid(format!(
-                "unsupported protocol version {v}; this agent speaks v{PROTOCOL_VERSION}"
+                "unsupported protocol version {}; this agent speaks v{PROTOCOL_VERSION}",
+                excerpt(&v.to_string())
             )))
         }
         None => return Err(invalid("missing \"v\"".into())),

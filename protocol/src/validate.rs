@@ -21,6 +21,22 @@ pub enum ValueError {
     },
 }
 
+/// A short excerpt of a message that may quote input (serde's own errors do): at most `max`
+/// bytes, cut on a character boundary, with the number of bytes left out.
+pub fn excerpt(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} more bytes]", &s[..end], s.len() - end)
+}
+
+/// Longest excerpt of a parser's error kept in a params error.
+pub const ERROR_EXCERPT: usize = 400;
+
 pub fn invalid(what: &'static str, value: &str, reason: impl Into<String>) -> ValueError {
     ValueError::Invalid {
         what,

@@ -313,8 +313,11 @@ fn parse<T: serde::de::DeserializeOwned>(
     method: &str,
     p: Map<String, Value>,
 ) -> Result<T, RpcError> {
-    serde_json::from_value(Value::Object(p))
-        .map_err(|e| RpcError::invalid_params(format!("{method}: {e}")))
+    serde_json::from_value(Value::Object(p)).map_err(|e| {
+        let e =
+            csg_protocol::validate::excerpt(&e.to_string(), csg_protocol::validate::ERROR_EXCERPT);
+        RpcError::invalid_params(format!("{method}: {e}"))
+    })
 }
 
 /// 16 random characters of `[A-Za-z0-9]` from the kernel's CSPRNG: the guard account's
@@ -365,6 +368,9 @@ impl Family for IscsiFamily {
                 m::TARGET_DELETE => i.delete(parse(method, params)?).await,
                 m::TARGET_GET => {
                     let p: GetParams = parse(method, params)?;
+                    // A name that cannot exist is refused as such, not looked up and quoted.
+                    csg_protocol::methods::iscsi::TargetName::parse(&p.name)
+                        .map_err(|e| RpcError::invalid_params(e.to_string()))?;
                     let l = i.list(Some(&p.name)).await?;
                     match l.targets.into_iter().next() {
                         Some(t) => to_value(&t),

@@ -294,8 +294,11 @@ struct Nfs {
 }
 
 fn parse<T: DeserializeOwned>(method: &str, params: Map<String, Value>) -> Result<T, RpcError> {
-    serde_json::from_value(Value::Object(params))
-        .map_err(|e| RpcError::invalid_params(format!("{method}: {e}")))
+    serde_json::from_value(Value::Object(params)).map_err(|e| {
+        let e =
+            csg_protocol::validate::excerpt(&e.to_string(), csg_protocol::validate::ERROR_EXCERPT);
+        RpcError::invalid_params(format!("{method}: {e}"))
+    })
 }
 
 fn internal(e: impl std::fmt::Display) -> RpcError {

@@ -502,7 +502,9 @@ impl ShareSpec {
 fn check_fields(params: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
     use serde::de::DeserializeOwned;
     fn one<T: DeserializeOwned>(v: &serde_json::Value) -> Result<(), String> {
-        T::deserialize(v).map(|_| ()).map_err(|e| e.to_string())
+        T::deserialize(v)
+            .map(|_| ())
+            .map_err(|e| crate::validate::excerpt(&e.to_string(), crate::validate::ERROR_EXCERPT))
     }
     for (k, v) in params {
         let r = match k.as_str() {
@@ -663,7 +665,8 @@ pub struct UserList {
 pub fn parse_params<T: serde::de::DeserializeOwned>(
     params: serde_json::Map<String, serde_json::Value>,
 ) -> Result<T, String> {
-    serde_json::from_value(serde_json::Value::Object(params)).map_err(|e| e.to_string())
+    serde_json::from_value(serde_json::Value::Object(params))
+        .map_err(|e| crate::validate::excerpt(&e.to_string(), crate::validate::ERROR_EXCERPT))
 }
 
 #[cfg(test)]
