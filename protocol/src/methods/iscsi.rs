@@ -266,6 +266,13 @@ impl ChapSecret {
     }
 }
 
+/// Secrets are wiped from memory when dropped, not left for the allocator to hand out.
+impl Drop for ChapSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl std::fmt::Debug for ChapSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ChapSecret(<hidden>)")
@@ -303,6 +310,15 @@ pub struct ChapParams {
     pub mutual_username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mutual_secret: Option<String>,
+}
+
+impl Drop for ChapParams {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+        if let Some(s) = &mut self.mutual_secret {
+            zeroize::Zeroize::zeroize(s);
+        }
+    }
 }
 
 impl std::fmt::Debug for ChapParams {

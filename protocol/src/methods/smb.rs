@@ -602,13 +602,21 @@ impl Password {
 }
 impl TryFrom<String> for Password {
     type Error = ValueError;
-    fn try_from(s: String) -> Result<Self, ValueError> {
-        Self::parse(&s)
+    fn try_from(mut s: String) -> Result<Self, ValueError> {
+        let p = Self::parse(&s);
+        zeroize::Zeroize::zeroize(&mut s);
+        p
     }
 }
 impl From<Password> for String {
-    fn from(p: Password) -> String {
-        p.0
+    fn from(mut p: Password) -> String {
+        std::mem::take(&mut p.0)
+    }
+}
+/// Wiped from memory when dropped, not left for the allocator to hand out.
+impl Drop for Password {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 impl fmt::Debug for Password {
