@@ -61,6 +61,25 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), WriteErro
     result
 }
 
+/// Writes `content` to `path` atomically (creating its directory), or removes `path` when
+/// `content` is `None` (a file already gone is fine). Blocking: call from a blocking thread.
+pub fn write_or_remove(path: &Path, content: Option<&[u8]>, mode: u32) -> Result<(), String> {
+    match content {
+        Some(c) => {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            write_atomic(path, c, mode).map_err(|e| e.to_string())
+        }
+        None => match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot remove {}: {e}", path.display())),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,6 @@ use csg_protocol::methods::nfs::{Access, ActualClient, ActualExport, Squash};
 use tracing::warn;
 
 use crate::exec::{self, Program};
-use crate::fsutil::write_atomic;
 use crate::handlers::nfs::{drift, ApplyError, DesiredSet};
 
 pub const HEADER: &str = "# Managed by csg-agent: this file is rewritten on every change; \
@@ -202,21 +201,8 @@ impl Exportfs {
     async fn write(&self, content: Option<&[u8]>) -> Result<(), ApplyError> {
         let file = self.file.clone();
         let content = content.map(|c| c.to_vec());
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            match content {
-                Some(c) => {
-                    if let Some(dir) = file.parent() {
-                        std::fs::create_dir_all(dir)
-                            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                    }
-                    write_atomic(&file, &c, 0o644).map_err(|e| e.to_string())
-                }
-                None => match std::fs::remove_file(&file) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(format!("cannot remove {}: {e}", file.display())),
-                },
-            }
+        tokio::task::spawn_blocking(move || {
+            crate::fsutil::write_or_remove(&file, content.as_deref(), 0o644)
         })
         .await
         .map_err(|e| ApplyError::Internal(e.to_string()))?

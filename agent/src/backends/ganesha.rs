@@ -18,7 +18,6 @@ use csg_protocol::methods::nfs::{
 };
 
 use crate::exec::{self, Program};
-use crate::fsutil::write_atomic;
 use crate::handlers::nfs::{drift, ApplyError, DesiredSet, Managed};
 
 pub const HEADER: &str = "# Managed by csg-agent: this file is rewritten on every change; \
@@ -342,20 +341,8 @@ impl Ganesha {
 
     async fn write_file(&self, name: &str, content: Option<Vec<u8>>) -> Result<(), ApplyError> {
         let file = self.file_for(name);
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            match content {
-                Some(c) => {
-                    std::fs::create_dir_all(&dir)
-                        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                    write_atomic(&file, &c, 0o644).map_err(|e| e.to_string())
-                }
-                None => match std::fs::remove_file(&file) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(format!("cannot remove {}: {e}", file.display())),
-                },
-            }
+        tokio::task::spawn_blocking(move || {
+            crate::fsutil::write_or_remove(&file, content.as_deref(), 0o644)
         })
         .await
         .map_err(|e| ApplyError::Internal(e.to_string()))?
