@@ -80,6 +80,26 @@ pub enum ExecError {
     Signaled { program: String },
 }
 
+/// What went wrong, without the command line: callers whose argv carries a secret (CHAP on
+/// tgtadm and targetcli) rebuild their message from this and their own redacted command.
+#[derive(Debug)]
+pub enum Failure {
+    Timeout(Duration),
+    Exec(String),
+}
+
+impl ExecError {
+    pub fn without_argv(self) -> Failure {
+        match self {
+            ExecError::Timeout { timeout, .. } => Failure::Timeout(timeout),
+            ExecError::Spawn { source, .. } | ExecError::Io { source, .. } => {
+                Failure::Exec(source.to_string())
+            }
+            ExecError::Signaled { .. } => Failure::Exec("killed by a signal".into()),
+        }
+    }
+}
+
 async fn read_bounded<R: AsyncRead + Unpin>(mut r: R) -> std::io::Result<String> {
     let mut kept = Vec::new();
     let mut buf = [0u8; 8192];

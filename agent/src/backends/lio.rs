@@ -27,7 +27,7 @@ use csg_protocol::methods::iscsi::{Chap, Iqn, TargetName};
 use thiserror::Error;
 
 use crate::backends::tgt::{SeenLun, SeenSecrets, SeenTarget, WantTarget};
-use crate::exec::{self, ExecError, Program};
+use crate::exec::{self, Program};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LioError {
@@ -719,20 +719,18 @@ impl Lio {
         let shown = c.redacted();
         let p = Program::new(&self.targetcli, self.timeout).args(c.0.iter());
         // Errors are rebuilt from `shown`: the exec error's own text would carry the argv.
-        let out = exec::run(&p, None).await.map_err(|e| match e {
-            ExecError::Timeout { timeout, .. } => RunError::Timeout {
-                command: shown.clone(),
-                timeout,
-            },
-            ExecError::Spawn { source, .. } | ExecError::Io { source, .. } => RunError::Exec {
-                command: shown.clone(),
-                message: source.to_string(),
-            },
-            ExecError::Signaled { .. } => RunError::Exec {
-                command: shown.clone(),
-                message: "killed by a signal".into(),
-            },
-        })?;
+        let out = exec::run(&p, None)
+            .await
+            .map_err(|e| match e.without_argv() {
+                exec::Failure::Timeout(timeout) => RunError::Timeout {
+                    command: shown.clone(),
+                    timeout,
+                },
+                exec::Failure::Exec(message) => RunError::Exec {
+                    command: shown.clone(),
+                    message,
+                },
+            })?;
         if out.status == 0 {
             return Ok(());
         }

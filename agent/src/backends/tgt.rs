@@ -22,7 +22,7 @@ use csg_protocol::methods::iscsi::{Chap, ChapUser, CidrKey, Iqn};
 use csg_protocol::validate::Cidr;
 use thiserror::Error;
 
-use crate::exec::{self, ExecError, Program};
+use crate::exec::{self, Program};
 use crate::storage::paths::SafePath;
 
 #[derive(Debug, Error)]
@@ -761,20 +761,18 @@ impl Tgt {
             .args(argv)
             .env("TGT_IPC_SOCKET", &self.socket);
         // Errors are rebuilt from `shown`: the exec error's own text would carry the argv.
-        let out = exec::run(&p, None).await.map_err(|e| match e {
-            ExecError::Timeout { timeout, .. } => TgtError::Timeout {
-                command: shown.clone(),
-                timeout,
-            },
-            ExecError::Spawn { source, .. } | ExecError::Io { source, .. } => TgtError::Exec {
-                command: shown.clone(),
-                message: source.to_string(),
-            },
-            ExecError::Signaled { .. } => TgtError::Exec {
-                command: shown.clone(),
-                message: "killed by a signal".into(),
-            },
-        })?;
+        let out = exec::run(&p, None)
+            .await
+            .map_err(|e| match e.without_argv() {
+                exec::Failure::Timeout(timeout) => TgtError::Timeout {
+                    command: shown.clone(),
+                    timeout,
+                },
+                exec::Failure::Exec(message) => TgtError::Exec {
+                    command: shown.clone(),
+                    message,
+                },
+            })?;
         if out.status == 0 {
             return Ok(out.stdout);
         }
