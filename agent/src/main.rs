@@ -48,6 +48,33 @@ const EXIT_CONFIG: u8 = 2;
 
 use csg_agent::SetLog;
 
+/// Prefixes each line with its syslog priority (`<3>` error … `<7>` debug), which the journal
+/// turns into the entry's level, so `journalctl -p warning` works.
+struct JournalPrefix<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalPrefix<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let prio = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+        };
+        write!(writer, "<{prio}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
 fn init_logging(directives: &str, format: LogFormat) -> SetLog {
     // RUST_LOG, when set, wins over the config file (also over a reloaded one).
     let from_env = EnvFilter::try_from_default_env().ok();
@@ -78,9 +105,14 @@ fn init_logging(directives: &str, format: LogFormat) -> SetLog {
     match format {
         // Log shippers want every field, and a timestamp of their own.
         LogFormat::Json => install!(builder.json().with_current_span(false)),
-        // Under systemd the journal stamps each line itself.
+        // Under systemd the journal stamps each line itself, and reads the level from a
+        // `<N>` syslog prefix (SyslogLevelPrefix=, on by default).
         LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => {
-            install!(builder.with_ansi(false).without_time())
+            let inner = tracing_subscriber::fmt::format()
+                .without_time()
+                .with_target(false)
+                .with_ansi(false);
+            install!(builder.event_format(JournalPrefix(inner)))
         }
         LogFormat::Text => install!(builder.with_ansi(std::io::stderr().is_terminal())),
     }
