@@ -33,6 +33,8 @@ pub struct Pki {
     pub server: Pair,
     /// Broker: SAN `broker.csg.test` only (no IP): reached by IP it needs a name override.
     pub server_dns_only: Pair,
+    /// Broker: like `server`, but it expired in 2021.
+    pub server_expired: Pair,
     /// A valid client certificate.
     pub client: Pair,
     /// A client certificate that expired in 2021.
@@ -112,6 +114,20 @@ impl Pki {
                     &[dns.clone(), ip],
                     server_usage.clone(),
                     false,
+                ),
+            ),
+            server_expired: write_pair(
+                d,
+                "server-expired",
+                leaf(
+                    &ca,
+                    "broker",
+                    &[
+                        dns.clone(),
+                        SanType::IpAddress("127.0.0.1".parse().expect("IP")),
+                    ],
+                    server_usage.clone(),
+                    true,
                 ),
             ),
             server_dns_only: write_pair(

@@ -217,6 +217,30 @@ fn an_unknown_ca_is_refused_named_and_backed_off_long() {
 }
 
 #[test]
+fn an_expired_server_certificate_is_refused_named_and_backed_off_long() {
+    let pki = Pki::new();
+    let broker = start_broker(
+        &pki,
+        BrokerSetup {
+            tls: Some(pki.server_expired.clone()),
+            ..Default::default()
+        },
+    );
+    let mut c = agent_config("gw-expired-server", &broker.tls_url(), 40);
+    c.extra_toml = tls_section(&pki.ca, "");
+    let mut agent = Agent::spawn(&c);
+    assert_backs_off_long(&mut agent, &broker, "server_cert_expired", 40);
+
+    let out = ctl(&broker, &["--ca-file", &pki.ca.display().to_string()]).run(&[
+        "call",
+        "gw-expired-server",
+        "sys.ping",
+    ]);
+    out.assert_code(4);
+    assert!(out.stderr.contains("expired"), "{}", out.describe());
+}
+
+#[test]
 fn a_name_mismatch_is_refused_and_the_server_name_override_fixes_it() {
     let pki = Pki::new();
     // The broker's certificate names only broker.csg.test, and we reach it by IP.
