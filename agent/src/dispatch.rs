@@ -315,6 +315,7 @@ impl Dispatcher {
             method: req.method.clone(),
             key_id: sender.key_id().to_string(),
             done: false,
+            forget: false,
         };
         let handlers = self.handlers.clone();
         tokio::spawn(async move {
@@ -327,6 +328,10 @@ impl Dispatcher {
                 Ok(_) => "ok",
                 Err(e) => e.code.as_str(),
             });
+            // A retryable error (the daemon was down, a program timed out) is answered but not
+            // remembered: the console re-sends the same id after one (protocol, section 11),
+            // and that re-send must run again once the daemon is back.
+            guard.forget = matches!(&result, Err(e) if e.retryable);
             let reply = guard.reply_bytes(result);
             guard.journal(&reply).await;
             guard.complete(reply);
@@ -344,6 +349,8 @@ struct Completion {
     /// The key that signed the request, or `unsigned`.
     key_id: String,
     done: bool,
+    /// The reply is a retryable error: not journaled, and the id is forgotten once answered.
+    forget: bool,
 }
 
 impl Completion {
@@ -368,7 +375,7 @@ impl Completion {
         let Some(journal) = self.dispatcher.journal.clone() else {
             return;
         };
-        if !is_mutation(self.method.as_str()) {
+        if !is_mutation(self.method.as_str()) || self.forget {
             return;
         }
         let record = Record {
@@ -390,11 +397,14 @@ impl Completion {
             return;
         }
         let d = &self.dispatcher;
-        let waiters = d.cache.lock().expect("reply cache lock").finish(
-            &self.id,
-            bytes.clone(),
-            Instant::now(),
-        );
+        let waiters = {
+            let mut cache = d.cache.lock().expect("reply cache lock");
+            let waiters = cache.finish(&self.id, bytes.clone(), Instant::now());
+            if self.forget {
+                cache.forget(&self.id);
+            }
+            waiters
+        };
         for topic in &waiters {
             d.send(topic, bytes.clone());
         }

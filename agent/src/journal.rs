@@ -10,6 +10,11 @@
 //! Format: a sequence of records `[len: u32 LE][crc32: u32 LE][postcard(Record)]`. A torn or
 //! corrupt tail (a crash mid-append) ends the journal there; the file is rewritten
 //! (compacted, atomically) at every start, keeping only live records.
+//!
+//! A full disk: an append that fails (or writes only part of its record) is cut off again, so
+//! the records appended after it are not hidden behind a torn one; and a compaction that cannot
+//! be written (at start, or every `COMPACT_AFTER` appends) keeps the file as it is instead of
+//! failing, so an agent on a full state directory still starts and answers.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -18,6 +23,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tracing::warn;
 
 use crate::fsutil::{write_atomic, WriteError};
 
@@ -62,6 +68,8 @@ pub struct Journal {
 struct Inner {
     file: File,
     appended: usize,
+    /// Where the last whole record ends: anything past it is the remains of a failed append.
+    len: u64,
 }
 
 fn encode(r: &Record) -> Vec<u8> {
@@ -74,7 +82,13 @@ fn encode(r: &Record) -> Vec<u8> {
 }
 
 /// Decodes records until the end or the first torn/corrupt one.
-fn decode_all(mut bytes: &[u8]) -> Vec<Record> {
+fn decode_all(bytes: &[u8]) -> Vec<Record> {
+    decode_prefix(bytes).0
+}
+
+/// The records up to the first torn/corrupt one, and how many bytes they take.
+fn decode_prefix(all: &[u8]) -> (Vec<Record>, usize) {
+    let mut bytes = all;
     let mut out = Vec::new();
     while bytes.len() >= 8 {
         let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
@@ -92,7 +106,7 @@ fn decode_all(mut bytes: &[u8]) -> Vec<Record> {
         }
         bytes = &bytes[8 + len..];
     }
-    out
+    (out, all.len() - bytes.len())
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
@@ -114,21 +128,43 @@ impl Journal {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(source) => return Err(JournalError::Read { path, source }),
         };
-        let live: Vec<Record> = decode_all(&bytes)
+        let (all, whole) = decode_prefix(&bytes);
+        let live: Vec<Record> = all
             .into_iter()
             .filter(|r| now_ms.saturating_sub(r.finished_ms) < ttl_ms)
             .collect();
         let compacted: Vec<u8> = live.iter().flat_map(encode).collect();
-        write_atomic(&path, &compacted, 0o600)?;
-        let file = open_append(&path).map_err(|source| JournalError::Append {
+        let append_err = |source| JournalError::Append {
             path: path.clone(),
             source,
-        })?;
+        };
+        let (file, len) = match write_atomic(&path, &compacted, 0o600) {
+            Ok(()) => (open_append(&path).map_err(append_err)?, compacted.len()),
+            Err(e) => {
+                // The rewrite needs room for a second copy; a full state directory must not
+                // keep the agent from starting (it could not even report why). Keep the file,
+                // cut after its last whole record (truncating needs no space), compact later.
+                // Expired records stay in it until then; they are skipped when read.
+                let kept = open_append(&path).and_then(|f| {
+                    f.set_len(whole as u64)?;
+                    Ok(f)
+                });
+                let Ok(file) = kept else {
+                    return Err(e.into());
+                };
+                warn!(error = %e, "reply journal not compacted; appending to it as it is");
+                (file, whole)
+            }
+        };
         Ok((
             Self {
                 path,
                 ttl_ms,
-                inner: Mutex::new(Inner { file, appended: 0 }),
+                inner: Mutex::new(Inner {
+                    file,
+                    appended: 0,
+                    len: len as u64,
+                }),
             },
             live,
         ))
@@ -141,21 +177,51 @@ impl Journal {
             source,
         };
         let mut inner = self.inner.lock().expect("journal lock");
-        inner.file.write_all(&encode(r)).map_err(err)?;
-        inner.file.sync_data().map_err(err)?;
+        let inner = &mut *inner;
+        // A failed append whose remains could not be cut (below) is cut now: a record written
+        // behind a torn one would be lost at the next start, which stops reading there.
+        if inner.file.metadata().map_err(err)?.len() != inner.len {
+            inner.file.set_len(inner.len).map_err(err)?;
+        }
+        let bytes = encode(r);
+        let written = inner
+            .file
+            .write_all(&bytes)
+            .and_then(|()| inner.file.sync_data());
+        if let Err(e) = written {
+            // Disk full: part of the record may be on disk. Cut it off (truncating needs no
+            // space), so the next record goes where this one started.
+            let _ = inner.file.set_len(inner.len);
+            return Err(err(e));
+        }
+        inner.len += bytes.len() as u64;
         inner.appended += 1;
         if inner.appended >= COMPACT_AFTER {
-            // Rewrite with only live records, then append to the new file.
-            let bytes = std::fs::read(&self.path).map_err(err)?;
-            let live: Vec<u8> = decode_all(&bytes)
-                .iter()
-                .filter(|x| r.finished_ms.saturating_sub(x.finished_ms) < self.ttl_ms)
-                .flat_map(encode)
-                .collect();
-            write_atomic(&self.path, &live, 0o600)?;
-            inner.file = open_append(&self.path).map_err(err)?;
             inner.appended = 0;
+            // Rewrite with only live records, then append to the new file. The record is
+            // already durable: a compaction that fails (disk full) is tried again later, and
+            // is not this append's failure.
+            if let Err(e) = self.compact(inner, r.finished_ms) {
+                warn!(error = %e, "reply journal not compacted; appending to it as it is");
+            }
         }
+        Ok(())
+    }
+
+    fn compact(&self, inner: &mut Inner, now_ms: u64) -> Result<(), JournalError> {
+        let err = |source| JournalError::Append {
+            path: self.path.clone(),
+            source,
+        };
+        let bytes = std::fs::read(&self.path).map_err(err)?;
+        let live: Vec<u8> = decode_all(&bytes)
+            .iter()
+            .filter(|x| now_ms.saturating_sub(x.finished_ms) < self.ttl_ms)
+            .flat_map(encode)
+            .collect();
+        write_atomic(&self.path, &live, 0o600)?;
+        inner.file = open_append(&self.path).map_err(err)?;
+        inner.len = live.len() as u64;
         Ok(())
     }
 }
@@ -213,6 +279,48 @@ mod tests {
         std::fs::write(d.path().join(FILE_NAME), &bytes).unwrap();
         let (_j, live) = Journal::open(d.path(), 600_000, 10).unwrap();
         assert_eq!(live, vec![rec("a", 5)]);
+    }
+
+    #[test]
+    fn the_remains_of_a_failed_append_do_not_hide_later_records() {
+        let d = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(d.path(), 600_000, 10).unwrap();
+        j.append(&rec("a", 5)).unwrap();
+        // What a write cut short by a full disk leaves: the first part of a record.
+        let torn = encode(&rec("lost", 6));
+        let mut f = open_append(&d.path().join(FILE_NAME)).unwrap();
+        f.write_all(&torn[..torn.len() / 2]).unwrap();
+        drop(f);
+        j.append(&rec("b", 7)).unwrap();
+        drop(j);
+        let (_j, live) = Journal::open(d.path(), 600_000, 10).unwrap();
+        assert_eq!(live, vec![rec("a", 5), rec("b", 7)]);
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_rewritten_still_opens_and_appends() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join(FILE_NAME);
+        let mut bytes = encode(&rec("old", 1));
+        bytes.extend_from_slice(&encode(&rec("a", 500_000)));
+        bytes.extend_from_slice(&encode(&rec("torn", 500_001))[..5]);
+        std::fs::write(&path, &bytes).unwrap();
+        // A directory squatting on the temp name makes the atomic rewrite fail, as a full
+        // disk would.
+        let squat = crate::fsutil::temp_path(&path);
+        std::fs::create_dir(&squat).unwrap();
+        let (j, live) = Journal::open(d.path(), 600_000, 700_000).unwrap();
+        assert_eq!(live, vec![rec("a", 500_000)]);
+        // Kept as it was up to its last whole record (the expired one too), torn tail cut.
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len() as usize,
+            bytes.len() - 5
+        );
+        j.append(&rec("b", 600_000)).unwrap();
+        drop(j);
+        std::fs::remove_dir(&squat).unwrap();
+        let (_j, live) = Journal::open(d.path(), 600_000, 700_000).unwrap();
+        assert_eq!(live, vec![rec("a", 500_000), rec("b", 600_000)]);
     }
 
     #[test]

@@ -156,6 +156,13 @@ impl ReplyCache {
         );
     }
 
+    /// Forgets an id at once: its reply was a retryable error, and a re-send with the same id
+    /// (what a console does with a retryable error) must run it again, not get that error back.
+    /// Its place in `order` stays; `purge` skips ids that are gone or were started again.
+    pub fn forget(&mut self, id: &RequestId) {
+        self.entries.remove(id);
+    }
+
     /// Records the reply of a finished id and returns the topics waiting for it.
     pub fn finish(&mut self, id: &RequestId, reply: Bytes, now: Instant) -> Vec<String> {
         let Some(entry) = self.entries.get_mut(id) else {
@@ -243,6 +250,27 @@ mod tests {
         let t3 = t1 + ttl;
         assert_eq!(c.lookup(&id("a"), &m("x.y"), None, t3), Lookup::New);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_forgotten_id_runs_again_and_its_old_place_does_not_purge_the_new_run() {
+        let s = Duration::from_secs;
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(s(600), 10);
+        c.start(id("a"), m("x.y"), Some("up/1"), t0);
+        assert_eq!(c.finish(&id("a"), Bytes::from_static(b"e"), t0), ["up/1"]);
+        c.forget(&id("a"));
+        assert_eq!(c.lookup(&id("a"), &m("x.y"), None, t0), Lookup::New);
+        c.start(id("a"), m("x.y"), None, t0 + s(1));
+        c.finish(&id("a"), Bytes::from_static(b"ok"), t0 + s(2));
+        assert_eq!(
+            c.lookup(&id("a"), &m("x.y"), None, t0 + s(600)),
+            Lookup::Replay(Bytes::from_static(b"ok"))
+        );
+        assert_eq!(
+            c.lookup(&id("a"), &m("x.y"), None, t0 + s(602)),
+            Lookup::New
+        );
     }
 
     #[test]

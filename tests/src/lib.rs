@@ -13,6 +13,7 @@ pub mod broker;
 pub mod certs;
 pub mod csgctl;
 pub mod exportfs_stub;
+pub mod fsfault;
 pub mod ganesha;
 pub mod process;
 pub mod recorder;

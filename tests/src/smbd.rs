@@ -198,6 +198,22 @@ impl Smbd {
         self.stop_dcerpcd();
     }
 
+    /// Kills smbd as a crash would: SIGKILL to its whole process group (the parent and the
+    /// helpers it forked; no clean shutdown, its pid file stays behind), reaped at once so its
+    /// pid is really gone. [`restart`](Self::restart) brings it back.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // smbd runs in a process group of its own (see `try_spawn`): -pid is that group.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(-(c.pid() as i32)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            c.kill9();
+            c.set_dump_on_panic(false);
+        }
+        self.stop_dcerpcd();
+    }
+
     /// Starts smbd again on the same port and state.
     pub fn restart(&mut self) {
         self.stop();
