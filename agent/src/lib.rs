@@ -29,15 +29,15 @@ use std::sync::Arc;
 
 use csg_protocol::methods::sys::InfoResult;
 use csg_protocol::{now_ms, TopicMode, PROTOCOL_VERSION};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, Limits};
 use crate::handlers::Handlers;
-use crate::session::Session;
+use crate::session::{LinkState, Session};
 use crate::stats::Stats;
-use crate::status::StatusSource;
+use crate::status::{HostSampler, StatusSource};
 use crate::storage::{SharedStorage, Storage};
 use crate::uplink::Uplink;
 
@@ -47,23 +47,37 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// this only fills if it is wedged; beyond it commands are dropped (and re-sent by consoles).
 const INBOUND_QUEUE: usize = 1024;
 
+/// Host name, OS and kernel: read once per process (they do not change while it runs, and the
+/// fleet simulator's thousands of agents would otherwise each read them).
+fn host_facts() -> &'static (String, String, String) {
+    static FACTS: std::sync::OnceLock<(String, String, String)> = std::sync::OnceLock::new();
+    FACTS.get_or_init(|| {
+        (
+            sysinfo::System::host_name().unwrap_or_default(),
+            sysinfo::System::long_os_version().unwrap_or_default(),
+            sysinfo::System::kernel_version().unwrap_or_default(),
+        )
+    })
+}
+
 fn info_result(cfg: &Config, storage: &Storage) -> InfoResult {
+    let (hostname, os, kernel) = host_facts().clone();
     InfoResult {
         agent_version: AGENT_VERSION.into(),
         protocol_version: PROTOCOL_VERSION,
         group_id: cfg.client_id.group().to_string(),
         instance_id: cfg.client_id.instance().to_string(),
         client_id: cfg.client_id.to_string(),
-        hostname: sysinfo::System::host_name().unwrap_or_default(),
-        os: sysinfo::System::long_os_version().unwrap_or_default(),
-        kernel: sysinfo::System::kernel_version().unwrap_or_default(),
+        hostname,
+        os,
+        kernel,
         arch: std::env::consts::ARCH.into(),
         topic_mode: match cfg.mode {
             TopicMode::Standard => "standard".into(),
             TopicMode::P2p { .. } => "p2p".into(),
         },
         methods: handlers::methods(storage),
-        storage_backends: storage_backends(cfg),
+        storage_backends: storage.backends().unwrap_or_else(|| storage_backends(cfg)),
         max_payload: cfg.agent.max_payload_bytes,
         started_ms: now_ms(),
     }
@@ -121,10 +135,17 @@ pub type SetLog = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 pub struct Control<S> {
     /// Resolves on SIGTERM/SIGINT.
     pub shutdown: S,
-    /// Validated configs re-read on SIGHUP.
-    pub reloads: mpsc::Receiver<Config>,
+    /// Validated configs re-read on SIGHUP; `None`: this run is never reloaded (a simulated
+    /// agent; a channel would cost a block of 32 configs, ~45 KB, per agent).
+    pub reloads: Option<mpsc::Receiver<Config>>,
     /// Replaces the log filter (`agent.log`).
     pub set_log: SetLog,
+    /// Samples the host for heartbeats; `None`: the run makes its own. The fleet simulator's
+    /// agents share one.
+    pub host: Option<Arc<HostSampler>>,
+    /// Gets the session's link state once the session has started (the fleet simulator paces
+    /// its connects by it).
+    pub link: Option<oneshot::Sender<watch::Receiver<LinkState>>>,
 }
 
 /// Whether `new` can be applied to a running session, or needs a new one.
@@ -211,14 +232,71 @@ async fn reload(
     Reload::Applied(applied)
 }
 
+/// Applies a config re-read on SIGHUP and reports how it went (log, STATUS=); `Some` ends
+/// the run when the new config needs a new session.
+async fn apply_reload(
+    cfg: &mut Config,
+    new: Config,
+    set_log: &(dyn Fn(&str) -> Result<(), String> + Send + Sync),
+    storage: &SharedStorage,
+    handlers: &Handlers,
+    dispatcher: &Dispatcher,
+    interval_tx: &watch::Sender<std::time::Duration>,
+) -> Option<RunEnd> {
+    notify::reloading();
+    let old_security = cfg.security.clone();
+    match reload(cfg, new.clone(), set_log, storage, handlers, interval_tx).await {
+        Reload::Restart => {
+            info!("reloaded config changes identity, broker, topics, limits or the state directory: starting a new session");
+            return Some(RunEnd::Restart(Box::new(new)));
+        }
+        Reload::Applied(mut what) => {
+            if cfg.security != old_security {
+                // Key files were read again with the config: rotation needs no restart.
+                let policy = auth::Policy::new(&cfg.security, cfg.client_id.as_str());
+                dispatcher.set_policy(policy);
+                what.push("signed-command keys");
+            }
+            info!(applied = ?what, "configuration reloaded");
+            notify::status(&format!(
+                "configuration reloaded ({}); connected to {}",
+                if what.is_empty() {
+                    "no change".to_string()
+                } else {
+                    what.join(", ")
+                },
+                cfg.broker
+            ));
+        }
+        Reload::Refused(e) => {
+            tracing::error!(error = %e, "configuration reload refused; running with the previous configuration");
+            notify::status(&format!(
+                "configuration reload refused ({e}); running with the previous configuration"
+            ));
+        }
+    }
+    notify::ready();
+    None
+}
+
+/// The next reloaded config; never, when the run takes no reloads.
+async fn next_reload(reloads: &mut Option<mpsc::Receiver<Config>>) -> Option<Config> {
+    match reloads {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the agent until `shutdown` resolves, then stops in order: stop taking commands, let
 /// running ones finish (bounded), announce offline, disconnect. SIGHUP's configs apply live
 /// when they can, or end the run with `RunEnd::Restart`.
 ///
 /// `storage` is built by the caller (`Storage::new`), so a state directory or backend that
 /// cannot start stops the agent before it connects.
+/// The config comes boxed: the run future lives as long as the agent (once per agent; thousands
+/// of times in the fleet simulator), and a config inline would add 1.4 KB to each.
 pub async fn run<S: Future<Output = ()>>(
-    mut cfg: Config,
+    cfg: Box<Config>,
     mut storage: Storage,
     ctl: Control<S>,
 ) -> RunEnd {
@@ -226,16 +304,20 @@ pub async fn run<S: Future<Output = ()>>(
         shutdown,
         mut reloads,
         set_log,
+        host,
+        link,
     } = ctl;
+    let mut cfg = cfg;
     let stats = Arc::new(Stats::default());
     let journal = storage.take_journal();
     let info = info_result(&cfg, &storage);
     let storage: SharedStorage = Arc::new(tokio::sync::RwLock::new(storage));
-    let status = Arc::new(StatusSource::new(
+    let status = Arc::new(StatusSource::with_host(
         cfg.client_id.instance().as_str(),
         cfg.client_id.group().as_str(),
         stats.clone(),
         storage.clone(),
+        host.unwrap_or_else(|| Arc::new(HostSampler::new(std::time::Duration::ZERO))),
     ));
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     // Commands the dispatcher has no room for are answered BUSY by it, from the poll task;
@@ -249,6 +331,9 @@ pub async fn run<S: Future<Output = ()>>(
             }
         })
     });
+    if let Some(tx) = link {
+        let _ = tx.send(session.link.clone());
+    }
     let uplink: Arc<dyn Uplink> = session.uplink.clone();
     let handlers = Arc::new(Handlers {
         status: status.clone(),
@@ -299,31 +384,14 @@ pub async fn run<S: Future<Output = ()>>(
     let end = loop {
         tokio::select! {
             _ = &mut shutdown => break RunEnd::Stopped,
-            Some(new) = reloads.recv() => {
-                notify::reloading();
-                let old_security = cfg.security.clone();
-                match reload(&mut cfg, new.clone(), &*set_log, &storage, &handlers, &interval_tx).await {
-                    Reload::Restart => {
-                        info!("reloaded config changes identity, broker, topics, limits or the state directory: starting a new session");
-                        break RunEnd::Restart(Box::new(new));
-                    }
-                    Reload::Applied(mut what) => {
-                        if cfg.security != old_security {
-                            // Key files were read again with the config: rotation needs no restart.
-                            let policy = auth::Policy::new(&cfg.security, cfg.client_id.as_str());
-                            dispatcher.set_policy(policy);
-                            what.push("signed-command keys");
-                        }
-                        info!(applied = ?what, "configuration reloaded");
-                        notify::status(&format!("configuration reloaded ({}); connected to {}",
-                            if what.is_empty() { "no change".to_string() } else { what.join(", ") }, cfg.broker));
-                    }
-                    Reload::Refused(e) => {
-                        tracing::error!(error = %e, "configuration reload refused; running with the previous configuration");
-                        notify::status(&format!("configuration reload refused ({e}); running with the previous configuration"));
-                    }
+            Some(new) = next_reload(&mut reloads) => {
+                // Boxed: a reload handles two configs, and inline they would make every run
+                // future (one per agent; thousands in the fleet simulator) that much larger
+                // for an event that rarely happens.
+                let applied = Box::pin(apply_reload(&mut cfg, new, &*set_log, &storage, &handlers, &dispatcher, &interval_tx)).await;
+                if let Some(end) = applied {
+                    break end;
                 }
-                notify::ready();
             }
         }
     };

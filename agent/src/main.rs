@@ -262,12 +262,14 @@ async fn run_once(
     let set_log = std::sync::Arc::new(set_log);
     let shared = set_log.clone();
     let end = csg_agent::run(
-        cfg,
+        Box::new(cfg),
         storage,
         csg_agent::Control {
             shutdown,
-            reloads: reload_rx,
+            reloads: Some(reload_rx),
             set_log: Box::new(move |d: &str| shared(d)),
+            host: None,
+            link: None,
         },
     )
     .await;

@@ -63,8 +63,6 @@ pub enum LinkState {
 /// need be), and the answers wait here while the broker takes them in: large enough to hold a
 /// flood's worth (~32k replies of ~300 bytes: ~10 MB at most), so none is dropped.
 const REQUEST_QUEUE: usize = 32_768;
-/// Packets in flight towards the broker before rumqttc holds further publishes back.
-const INFLIGHT: u16 = 1024;
 /// Urgent messages (heartbeats) waiting for the poll task: a couple at most in practice.
 const URGENT_QUEUE: usize = 16;
 /// How long a clean shutdown waits for the broker to acknowledge "offline".
@@ -124,11 +122,15 @@ impl Session {
         opts.set_clean_session(true)
             .set_keep_alive(cfg.mqtt.keep_alive)
             .set_max_packet_size(cfg.mqtt.max_packet_bytes, cfg.mqtt.max_packet_bytes)
-            .set_inflight(INFLIGHT);
+            .set_inflight(cfg.mqtt.max_inflight);
         if cfg.topics.retain_and_will {
             opts.set_last_will(will(&cfg.topics));
         }
         let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_QUEUE);
+        // rumqttc reserves room for 100 buffered events (~14 KB) per session; it is drained at
+        // every poll and holds at most a read batch (10 packets), so let it grow on demand.
+        // One agent does not notice; a fleet simulator running 10k sessions does.
+        eventloop.state.events = std::collections::VecDeque::new();
         let mut net = NetworkOptions::new();
         // Without it every request/reply round trip pays Nagle + delayed ACK (~44 ms).
         net.set_tcp_nodelay(true);

@@ -46,6 +46,19 @@ pub enum StateError {
     Schema { family: String, message: String },
 }
 
+impl StateError {
+    /// The reply to a request this error stopped. Writing the state file failed (disk full,
+    /// read-only file system): the gateway's own storage refused the change, which is
+    /// `BACKEND_ERROR` with the reason, not a bug (`INTERNAL`); nothing was applied.
+    pub fn to_rpc(&self) -> csg_protocol::RpcError {
+        let code = match self {
+            StateError::Write(_) => csg_protocol::ErrorCode::BackendError,
+            _ => csg_protocol::ErrorCode::Internal,
+        };
+        csg_protocol::RpcError::new(code, format!("desired state: {self}"))
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateFile {
@@ -56,7 +69,9 @@ struct StateFile {
 }
 
 pub struct StateStore {
-    path: PathBuf,
+    /// Where the file lives; `None` for a store kept in memory only (the fleet simulator's
+    /// agents, which have no disk of their own).
+    path: Option<PathBuf>,
     file: Mutex<StateFile>,
     /// Held for the life of the process: a second agent on the same directory is refused.
     _lock: Option<nix::fcntl::Flock<std::fs::File>>,
@@ -148,14 +163,27 @@ impl StateStore {
             Err(source) => return Err(StateError::Read { path, source }),
         };
         Ok(Self {
-            path,
+            path: Some(path),
             file: Mutex::new(file),
             _lock: Some(lock),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// A store that lives in memory only: nothing survives the process. For simulated agents.
+    pub fn in_memory() -> Self {
+        Self {
+            path: None,
+            file: Mutex::new(StateFile {
+                version: STATE_VERSION,
+                families: BTreeMap::new(),
+            }),
+            _lock: None,
+        }
+    }
+
+    /// The state file; `None` for a store in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// One family's desired state (its default when it has none yet).
@@ -180,11 +208,12 @@ impl StateStore {
         let mut f = self.file.lock().await;
         let mut next = f.clone();
         next.families.insert(family.to_string(), v);
-        let bytes = serde_json::to_vec_pretty(&next).expect("state serializes");
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes, 0o600))
-            .await
-            .expect("state writer does not panic")?;
+        if let Some(path) = self.path.clone() {
+            let bytes = serde_json::to_vec_pretty(&next).expect("state serializes");
+            tokio::task::spawn_blocking(move || write_atomic(&path, &bytes, 0o600))
+                .await
+                .expect("state writer does not panic")?;
+        }
         *f = next;
         Ok(())
     }
@@ -253,7 +282,7 @@ mod tests {
         s.put("nfs", &a).await.unwrap();
         // Make the directory unwritable to the temp file by replacing it with a file path.
         let s2 = StateStore {
-            path: d.path().join("no-such-dir").join("state.json"),
+            path: Some(d.path().join("no-such-dir").join("state.json")),
             file: Mutex::new(s.file.lock().await.clone()),
             _lock: None,
         };

@@ -22,32 +22,107 @@ use crate::storage::SharedStorage;
 use crate::uplink::{OutMessage, Qos, Uplink};
 use crate::AGENT_VERSION;
 
+/// Samples the host: CPU, load, memory, disks.
+///
+/// An agent has its own and samples afresh for every heartbeat (`max_age` zero). The fleet
+/// simulator's agents share one that answers from a sample up to `max_age` old: thousands of
+/// agents on one machine describe the same host, and reading /proc and every mount for each
+/// of them would measure the sampler rather than the agents.
+pub struct HostSampler {
+    max_age: Duration,
+    inner: Mutex<HostInner>,
+}
+
+struct HostInner {
+    system: System,
+    last: Option<(Instant, SystemStats, Vec<DiskInfo>)>,
+}
+
+impl HostSampler {
+    pub fn new(max_age: Duration) -> Self {
+        let mut system = System::new();
+        // CPU use is a difference between two samples: take the first one now.
+        system.refresh_cpu_usage();
+        Self {
+            max_age,
+            inner: Mutex::new(HostInner { system, last: None }),
+        }
+    }
+
+    fn sample(&self) -> (SystemStats, Vec<DiskInfo>) {
+        let mut g = self.inner.lock().expect("sysinfo lock");
+        if let Some((at, sys, disks)) = &g.last {
+            if at.elapsed() < self.max_age {
+                return (sys.clone(), disks.clone());
+            }
+        }
+        let s = &mut g.system;
+        s.refresh_cpu_usage();
+        s.refresh_memory();
+        let system = SystemStats {
+            cpu_pct: s.global_cpu_usage(),
+            load1: System::load_average().one,
+            mem_total: s.total_memory(),
+            mem_used: s.used_memory(),
+        };
+        let disks: Vec<DiskInfo> = Disks::new_with_refreshed_list()
+            .list()
+            .iter()
+            .map(|d| DiskInfo {
+                mount: d.mount_point().to_string_lossy().into_owned(),
+                fs: d.file_system().to_string_lossy().into_owned(),
+                total: d.total_space(),
+                avail: d.available_space(),
+            })
+            .collect();
+        if !self.max_age.is_zero() {
+            g.last = Some((Instant::now(), system.clone(), disks.clone()));
+        }
+        (system, disks)
+    }
+}
+
 pub struct StatusSource {
     instance_id: String,
     group_id: String,
     started: Instant,
     seq: AtomicU64,
-    system: Mutex<System>,
+    host: Arc<HostSampler>,
     stats: Arc<Stats>,
     storage: SharedStorage,
 }
 
 impl StatusSource {
+    /// A source with its own host sampler.
     pub fn new(
         instance_id: &str,
         group_id: &str,
         stats: Arc<Stats>,
         storage: SharedStorage,
     ) -> Self {
-        let mut system = System::new();
-        // CPU use is a difference between two samples: take the first one now.
-        system.refresh_cpu_usage();
+        Self::with_host(
+            instance_id,
+            group_id,
+            stats,
+            storage,
+            Arc::new(HostSampler::new(Duration::ZERO)),
+        )
+    }
+
+    /// A source that reads the host through `host` (shared by the simulator's agents).
+    pub fn with_host(
+        instance_id: &str,
+        group_id: &str,
+        stats: Arc<Stats>,
+        storage: SharedStorage,
+        host: Arc<HostSampler>,
+    ) -> Self {
         Self {
             instance_id: instance_id.into(),
             group_id: group_id.into(),
             started: Instant::now(),
             seq: AtomicU64::new(0),
-            system: Mutex::new(system),
+            host,
             stats,
             storage,
         }
@@ -59,27 +134,7 @@ impl StatusSource {
             let s = self.storage.read().await;
             (s.services().await, s.summaries().await)
         };
-        let system = {
-            let mut s = self.system.lock().expect("sysinfo lock");
-            s.refresh_cpu_usage();
-            s.refresh_memory();
-            SystemStats {
-                cpu_pct: s.global_cpu_usage(),
-                load1: System::load_average().one,
-                mem_total: s.total_memory(),
-                mem_used: s.used_memory(),
-            }
-        };
-        let disks = Disks::new_with_refreshed_list()
-            .list()
-            .iter()
-            .map(|d| DiskInfo {
-                mount: d.mount_point().to_string_lossy().into_owned(),
-                fs: d.file_system().to_string_lossy().into_owned(),
-                total: d.total_space(),
-                avail: d.available_space(),
-            })
-            .collect();
+        let (system, disks) = self.host.sample();
         Heartbeat {
             v: PROTOCOL_VERSION,
             kind: "heartbeat".into(),

@@ -4,5 +4,6 @@
 pub mod exportfs;
 pub mod ganesha;
 pub mod lio;
+pub mod memory;
 pub mod samba;
 pub mod tgt;

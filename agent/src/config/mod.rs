@@ -76,6 +76,10 @@ pub struct RawMqtt {
     /// Largest MQTT packet accepted from the broker. Well above `max_payload_bytes`, so an
     /// oversized command is refused by the agent instead of tearing the connection down.
     pub max_packet_bytes: usize,
+    /// QoS 1 publishes written to the broker and not yet acknowledged before further ones
+    /// wait. rumqttc keeps a slot table of this size per connection (about 80 bytes a slot),
+    /// which matters only when many sessions share a process (the fleet simulator).
+    pub max_inflight: u16,
     /// Back-off after a failure retrying cannot fix (TLS verification, refused credentials):
     /// long, so a misconfigured fleet does not hammer the broker.
     pub auth_failure_backoff_s: u64,
@@ -93,6 +97,7 @@ impl Default for RawMqtt {
             reconnect_max_ms: 60_000,
             stable_after_s: 60,
             max_packet_bytes: 1 << 20,
+            max_inflight: 1024,
             auth_failure_backoff_s: 300,
             tls: tls::RawTls::default(),
             auth: auth::RawAuth::default(),
@@ -187,6 +192,7 @@ pub struct MqttSettings {
     pub reconnect_max: Duration,
     pub stable_after: Duration,
     pub max_packet_bytes: usize,
+    pub max_inflight: u16,
     pub auth_failure_backoff: Duration,
     pub tls: tls::TlsSettings,
     pub auth: auth::AuthSettings,
@@ -281,6 +287,9 @@ impl RawConfig {
                 "mqtt.reconnect_min_ms = {} and reconnect_max_ms = {}: need 0 < min <= max",
                 m.reconnect_min_ms, m.reconnect_max_ms
             ));
+        }
+        if m.max_inflight == 0 {
+            p.push("mqtt.max_inflight = 0: must be from 1 to 65535".to_string());
         }
         if !(1..=86_400).contains(&m.auth_failure_backoff_s) {
             p.push(format!(
@@ -398,6 +407,7 @@ impl RawConfig {
                     reconnect_max: Duration::from_millis(m.reconnect_max_ms),
                     stable_after: Duration::from_secs(m.stable_after_s),
                     max_packet_bytes: m.max_packet_bytes,
+                    max_inflight: m.max_inflight,
                     auth_failure_backoff: Duration::from_secs(m.auth_failure_backoff_s),
                     tls: mqtt_tls,
                     auth: mqtt_auth,

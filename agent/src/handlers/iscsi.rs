@@ -62,12 +62,14 @@ pub fn build(cfg: &IscsiSettings, ctx: &StorageCtx) -> Result<Option<Box<dyn Fam
             timeout: ctx.timeout,
         }),
     };
+    // The secrets needed to re-apply targets live beside the state file, so iSCSI needs a
+    // state directory on disk (an in-memory store has none).
     let dir = ctx
         .state
         .path()
-        .parent()
+        .and_then(std::path::Path::parent)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
+        .ok_or("iSCSI needs a state directory on disk for its CHAP secrets")?;
     let secrets_path = dir.join(SECRETS_FILE);
     let secrets = load_secrets(&secrets_path)?;
     // Only tgtd forgets its targets while the agent runs (a restart); LIO keeps them in the
@@ -305,8 +307,8 @@ fn lio_err(e: RunError) -> RpcError {
     RpcError::new(code, e.to_string())
 }
 
-fn state_err(e: impl std::fmt::Display) -> RpcError {
-    RpcError::internal(format!("desired state: {e}"))
+fn state_err(e: crate::state::StateError) -> RpcError {
+    e.to_rpc()
 }
 
 fn parse<T: serde::de::DeserializeOwned>(
@@ -515,12 +517,12 @@ impl Inner {
                 version: 1,
                 targets: next.clone(),
             })
-            .map_err(state_err)?;
+            .map_err(|e| RpcError::internal(format!("CHAP secrets: {e}")))?;
             let path = self.secrets_path.clone();
             tokio::task::spawn_blocking(move || crate::fsutil::write_atomic(&path, &bytes, 0o600))
                 .await
-                .map_err(state_err)?
-                .map_err(state_err)?;
+                .map_err(|e| RpcError::internal(format!("CHAP secrets: {e}")))?
+                .map_err(|e| crate::state::StateError::Write(e).to_rpc())?;
             *all = next;
         }
         drop(all);

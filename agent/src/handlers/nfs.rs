@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::backends::exportfs::Exportfs;
 use crate::backends::ganesha::Ganesha;
+use crate::backends::memory::MemoryExports;
 use crate::config::nfs::{NfsBackendKind, NfsSettings};
 use crate::exec::ExecError;
 use crate::storage::paths::PathKind;
@@ -52,6 +53,18 @@ pub fn build(cfg: &NfsSettings, ctx: &StorageCtx) -> Result<Option<Box<dyn Famil
         first_id: cfg.first_export_id,
         lock: Mutex::new(()),
     })))
+}
+
+/// The family on an in-memory export table (the fleet simulator): the kernel backend's rules,
+/// rendering and read-back, without nfsd.
+pub fn build_in_memory(cfg: &NfsSettings, ctx: &StorageCtx) -> Box<dyn Family> {
+    Box::new(Nfs {
+        backend: Backend::Memory(MemoryExports::new()),
+        ctx: ctx.clone(),
+        allow_hostnames: cfg.allow_hostnames,
+        first_id: cfg.first_export_id,
+        lock: Mutex::new(()),
+    })
 }
 
 /// Why an apply or a read failed.
@@ -199,6 +212,8 @@ pub fn drift(spec: &ExportSpec, actual: Option<&ActualExport>, ganesha: bool) ->
 enum Backend {
     Kernel(Exportfs),
     Ganesha(Ganesha),
+    /// The kernel backend's table kept in memory (fleet simulator).
+    Memory(MemoryExports),
 }
 
 impl Backend {
@@ -206,6 +221,7 @@ impl Backend {
         match self {
             Backend::Kernel(_) => "kernel",
             Backend::Ganesha(_) => "ganesha",
+            Backend::Memory(_) => "memory",
         }
     }
     fn is_ganesha(&self) -> bool {
@@ -221,6 +237,7 @@ impl Backend {
         match self {
             Backend::Kernel(k) => k.apply(prev, next).await,
             Backend::Ganesha(g) => g.apply(name, prev.get(name), next.get(name)).await,
+            Backend::Memory(m) => m.apply(next),
         }
     }
 
@@ -231,6 +248,7 @@ impl Backend {
         match self {
             Backend::Kernel(k) => k.read(set).await,
             Backend::Ganesha(g) => g.read(set).await,
+            Backend::Memory(m) => m.read(set),
         }
     }
 
@@ -238,6 +256,7 @@ impl Backend {
         match self {
             Backend::Kernel(k) => k.reconcile(set).await,
             Backend::Ganesha(g) => g.reconcile(set).await,
+            Backend::Memory(m) => m.reconcile(set),
         }
     }
 
@@ -245,6 +264,7 @@ impl Backend {
         match self {
             Backend::Kernel(k) => k.up(),
             Backend::Ganesha(g) => g.up().await,
+            Backend::Memory(_) => true,
         }
     }
 }
@@ -301,17 +321,13 @@ fn parse<T: DeserializeOwned>(method: &str, params: Map<String, Value>) -> Resul
     })
 }
 
-fn internal(e: impl std::fmt::Display) -> RpcError {
-    RpcError::internal(e.to_string())
-}
-
 impl Nfs {
     /// Params → a spec this backend can serve, with the path checked on disk.
     fn spec_of(&self, p: &ExportParams) -> Result<ExportSpec, RpcError> {
         let bad = |e: &dyn std::fmt::Display| RpcError::invalid_params(e.to_string());
         let spec = p.validate(self.allow_hostnames).map_err(|e| bad(&e))?;
         match self.backend {
-            Backend::Kernel(_) => {
+            Backend::Kernel(_) | Backend::Memory(_) => {
                 if p.pseudo.is_some() {
                     return Err(RpcError::invalid_params(
                         "pseudo: the kernel backend takes no pseudo path (NFSv4 clients see \
@@ -363,7 +379,7 @@ impl Nfs {
             .state
             .get::<NfsState>(FAMILY)
             .await
-            .map_err(internal)
+            .map_err(|e| e.to_rpc())
     }
 
     /// The state as backends take it; a stored spec that no longer validates is an error
@@ -419,7 +435,11 @@ impl Nfs {
         next: &NfsState,
     ) -> Result<(), RpcError> {
         let (pset, nset) = (self.desired(prev)?, self.desired(next)?);
-        self.ctx.state.put(FAMILY, next).await.map_err(internal)?;
+        self.ctx
+            .state
+            .put(FAMILY, next)
+            .await
+            .map_err(|e| e.to_rpc())?;
         if let Err(e) = self.backend.apply(name, &pset, &nset).await {
             if let Err(se) = self.ctx.state.put(FAMILY, prev).await {
                 warn!(error = %se, "cannot restore the previous NFS desired state");
@@ -509,7 +529,7 @@ impl Nfs {
                 next.export_ids.remove(&name);
                 let live = match &self.backend {
                     Backend::Ganesha(g) => g.live_ids().await.map_err(|e| e.to_rpc())?,
-                    Backend::Kernel(_) => Vec::new(),
+                    Backend::Kernel(_) | Backend::Memory(_) => Vec::new(),
                 };
                 let id = allocate_id(&mut next, self.first_id, &live)?;
                 next.export_ids.insert(name.clone(), id);

@@ -67,8 +67,8 @@ pub fn build(cfg: &SmbSettings, ctx: &StorageCtx) -> Result<Option<Box<dyn Famil
             let state_dir = ctx
                 .state
                 .path()
-                .parent()
-                .ok_or("the state file has no directory")?
+                .and_then(std::path::Path::parent)
+                .ok_or("SMB needs a state directory on disk")?
                 .to_path_buf();
             Ok(Some(Box::new(SmbFamily {
                 samba: Samba::new(cfg.clone(), ctx.timeout, &state_dir),
@@ -129,7 +129,7 @@ fn backend(e: SambaError) -> RpcError {
 }
 
 fn state_err(e: crate::state::StateError) -> RpcError {
-    RpcError::internal(format!("desired state: {e}"))
+    e.to_rpc()
 }
 
 /// A failed apply, after the rollback: says whether the previous state is back.
@@ -280,6 +280,18 @@ impl SmbFamily {
                 r.err().map(|x| x + "; ").unwrap_or_default()
             ));
         }
+        // smbd gone in the middle (killed, crashed): what failed is its absence (smbcontrol
+        // finds no smbd to reload), not a refusal. Say so as a daemon down before the change
+        // would be: UNAVAILABLE, retryable.
+        let e = match e {
+            SambaError::Failed { .. } | SambaError::Setup(_) => match self.samba.ping().await {
+                Err(SambaError::Unavailable(m)) => {
+                    SambaError::Unavailable(format!("{m} (it stopped during the change: {e})"))
+                }
+                _ => e,
+            },
+            e => e,
+        };
         Err(rolled_back(backend(e), r))
     }
 

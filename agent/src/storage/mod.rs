@@ -79,6 +79,8 @@ pub struct Storage {
     ctx: Option<StorageCtx>,
     /// Replies of executed mutations, kept across restarts (only with storage configured).
     journal: Option<(Arc<Journal>, Vec<Record>)>,
+    /// Built by `in_memory`: not what the config's backends say.
+    simulated: bool,
 }
 
 impl Storage {
@@ -88,6 +90,7 @@ impl Storage {
             families: Vec::new(),
             ctx: None,
             journal: None,
+            simulated: false,
         }
     }
 
@@ -103,6 +106,27 @@ impl Storage {
         let (journal, live) = Journal::open(&s.state_dir, ttl_ms, csg_protocol::now_ms())?;
         storage.journal = Some((Arc::new(journal), live));
         Ok(storage)
+    }
+
+    /// NFS on an in-memory export table and an in-memory desired state, for the fleet
+    /// simulator: requests go through the same validation, comparison and read-back as on a
+    /// kernel-NFS gateway (paths are still resolved under `storage.roots`, on this disk), but
+    /// nothing is written and no program runs. No journal: a simulated agent's id memory is
+    /// its reply cache.
+    pub fn in_memory(cfg: &Config) -> Self {
+        let s = &cfg.storage;
+        let ctx = StorageCtx {
+            roots: Roots::new(s.roots.clone()),
+            state: Arc::new(StateStore::in_memory()),
+            timeout: s.command_timeout,
+            allow_devices: s.allow_devices,
+        };
+        Self {
+            families: vec![crate::handlers::nfs::build_in_memory(&cfg.nfs, &ctx)],
+            ctx: None,
+            journal: None,
+            simulated: true,
+        }
     }
 
     /// Whether any storage family is enabled in `cfg`.
@@ -145,6 +169,18 @@ impl Storage {
             families,
             ctx: Some(ctx),
             journal: None,
+            simulated: false,
+        })
+    }
+
+    /// Family → backend, when the families are not the configured ones (the simulator's
+    /// in-memory storage); `None` means the config says it.
+    pub fn backends(&self) -> Option<BTreeMap<String, String>> {
+        self.simulated.then(|| {
+            self.families
+                .iter()
+                .map(|f| (f.name().to_string(), "memory".to_string()))
+                .collect()
         })
     }
 
