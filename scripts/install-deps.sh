@@ -52,9 +52,10 @@ fi
 # missing, so a machine that has them all costs no apt run.
 # lintian, rpm and systemd (systemd-analyze) check the packages; python3 picks free ports in
 # the scripts; the openssl command computes the Alibaba signature in the TLS tests
-# independently of the agent's own code.
+# independently of the agent's own code; iproute2 (ip netns, veth) and nftables (nft) break
+# the agent's link to the broker in the network fault tests.
 storage_pkgs=(samba smbclient tgt nfs-ganesha nfs-ganesha-vfs libnfs-utils libiscsi-bin dbus nfs-kernel-server
-    lintian rpm systemd python3 debootstrap systemd-container openssl)
+    lintian rpm systemd python3 debootstrap systemd-container openssl iproute2 nftables)
 missing=()
 for p in "${storage_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -192,8 +192,33 @@ impl Agent {
         }
     }
 
+    /// `{wrapper…} csg-agent --config FILE`: the agent started through a program that sets
+    /// something up and then execs it, e.g. `ip netns exec NS` to run it in a network
+    /// namespace (see [`crate::netns`]). Such a wrapper execs, so the process id is the
+    /// agent's and killing the guard kills the agent.
+    pub fn spawn_wrapped(config: &AgentConfig, wrapper: &[&str]) -> Agent {
+        let file = ConfigFile::write(&config.to_toml());
+        let child = Self::spawn_cmd(&file, wrapper, &[]);
+        Agent {
+            child,
+            file,
+            config: config.clone(),
+        }
+    }
+
     fn spawn_file(file: &ConfigFile, args_before: &[&str]) -> ChildGuard {
-        let mut cmd = Command::new(bins::agent());
+        Self::spawn_cmd(file, &[], args_before)
+    }
+
+    fn spawn_cmd(file: &ConfigFile, wrapper: &[&str], args_before: &[&str]) -> ChildGuard {
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bins::agent()),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bins::agent());
+                c
+            }
+        };
         cmd.args(args_before).arg("--config").arg(file.path());
         child_env(&mut cmd);
         ChildGuard::spawn("csg-agent", cmd, file.dir())

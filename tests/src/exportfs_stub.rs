@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 /// Stand-in for exportfs(8) (a mock, because this kernel has no nfsd: see the file comment).
 /// It records each argv as one line, keeps an "export table" built from the agent's file on
 /// `-ra` (one `path client(options)` line per client, as `exportfs -s` prints), prints it on
-/// `-s`, and fails the next `-ra` (exit 1, a message on stderr) when told to.
+/// `-s`, fails the next `-ra` (exit 1, a message on stderr) when told to, and makes `-ra`
+/// slow when told to.
 pub struct ExportfsStub {
     pub dir: PathBuf,
     pub exports: PathBuf,
@@ -25,6 +26,7 @@ impl ExportfsStub {
              printf '%s\\n' \"$*\" >> \"$D/argv\"\n\
              case \"$1\" in\n\
              -ra)\n\
+             \x20 if [ -f \"$D/delay\" ]; then sleep \"$(cat \"$D/delay\")\"; fi\n\
              \x20 if [ -f \"$D/fail-once\" ]; then cat \"$D/fail-once\" >&2; rm -f \"$D/fail-once\"; exit 1; fi\n\
              \x20 if [ -f {exports} ]; then\n\
              \x20   grep -v '^#' {exports} | awk '{{ for (i = 2; i <= NF; i++) print $1 \" \" $i }}' > \"$D/etab\"\n\
@@ -52,6 +54,17 @@ impl ExportfsStub {
             .lines()
             .map(String::from)
             .collect()
+    }
+    /// Makes every later `-ra` take this long (after its argv line is recorded, before it
+    /// applies anything), e.g. so a test can break the network while a change is being
+    /// applied; `Duration::ZERO` makes it fast again.
+    pub fn set_reexport_delay(&self, delay: std::time::Duration) {
+        let path = self.dir.join("delay");
+        if delay.is_zero() {
+            let _ = std::fs::remove_file(path);
+        } else {
+            std::fs::write(path, format!("{:.3}", delay.as_secs_f64())).unwrap();
+        }
     }
     pub fn fail_next_reexport(&self, stderr: &str) {
         std::fs::write(self.dir.join("fail-once"), stderr).unwrap();

@@ -15,6 +15,7 @@ pub mod csgctl;
 pub mod exportfs_stub;
 pub mod fsfault;
 pub mod ganesha;
+pub mod netns;
 pub mod process;
 pub mod recorder;
 pub mod rpc;
