@@ -18,11 +18,18 @@ pub struct FanoutOptions {
     /// flight to one client (Mosquitto: `max_inflight_messages`, `max_queued_messages`) and
     /// drop the excess, which the retries then recover at the cost of time.
     pub concurrency: usize,
+    /// Give each instance its own id `{base}:{instance}` (default true). Off, every instance
+    /// gets the base id itself: for a single instance, whose id must not depend on how the
+    /// result is printed (a re-run with the same id must be recognised).
+    pub derive_ids: bool,
 }
 
 impl Default for FanoutOptions {
     fn default() -> Self {
-        Self { concurrency: 1024 }
+        Self {
+            concurrency: 1024,
+            derive_ids: true,
+        }
     }
 }
 
@@ -74,7 +81,11 @@ impl Console {
                 let method = method.clone();
                 let params = params.clone();
                 let mut opts = opts.clone();
-                let id = derive_instance_id(&base, &instance);
+                let id = if fanout.derive_ids {
+                    derive_instance_id(&base, &instance)
+                } else {
+                    base.clone()
+                };
                 opts.id = Some(id.clone());
                 let index = next;
                 tasks.spawn(async move {

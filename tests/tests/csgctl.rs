@@ -89,7 +89,21 @@ fn calls_with_the_same_id_execute_once() {
         a.describe(),
         b.describe()
     );
-    bed.assert_growth(&base, &[("executed", 1), ("duplicates", 1)]);
+    // `--json` prints differently but must send the same id: a script and a person re-running
+    // the same command must not execute it twice.
+    let c = ctl.run(&[
+        "call",
+        "gw-ctl-id",
+        "sys.ping",
+        "--id",
+        "ctl-fixed-1",
+        "--json",
+    ]);
+    c.assert_code(0);
+    let line = &json_lines(&c)[0];
+    assert_eq!(line["id"], json!("ctl-fixed-1"), "{}", c.describe());
+    assert_eq!(line["result"], json_stdout(&a), "{}", c.describe());
+    bed.assert_growth(&base, &[("executed", 1), ("duplicates", 2)]);
 }
 
 #[test]

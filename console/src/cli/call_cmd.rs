@@ -216,6 +216,8 @@ async fn many(console: &Console, args: &CallArgs, plan: Plan, opts: CallOptions)
     let mut totals = Totals::default();
     let fanout = FanoutOptions {
         concurrency: args.concurrency as usize,
+        // `--json` on one instance comes this way too; its id must be the same as without it.
+        derive_ids: plan.fanout,
     };
     let outcomes = console
         .call_many(
