@@ -76,9 +76,11 @@ struct Cli {
     /// Interval of the progress lines on stdout (0: none).
     #[arg(long, default_value_t = 1000)]
     report_ms: u64,
-    /// Worker threads (default: one per CPU; 0: everything on the main thread).
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Worker threads; 0 (the default) runs everything on the main thread, as a real agent
+    /// does: on a small machine shared with brokers that is cheaper than waking threads
+    /// (10k agents on 2 cores: 1.08 s of CPU to come online instead of 1.51 s with 2).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// Stop by itself after this many seconds (0: run until SIGTERM/SIGINT).
     #[arg(long, default_value_t = 0)]
     duration_s: u64,
@@ -170,14 +172,13 @@ fn main() -> anyhow::Result<()> {
         std::env::remove_var("WATCHDOG_USEC");
     }
     // One thread: the agents' tasks run on the main thread, like a real agent's.
-    let mut rt = if cli.threads == Some(0) {
+    let mut rt = if cli.threads == 0 {
         tokio::runtime::Builder::new_current_thread()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cli.threads);
+        b
     };
-    if let Some(t) = cli.threads.filter(|t| *t > 0) {
-        rt.worker_threads(t);
-    }
     let rt = rt
         .enable_all()
         .build()

@@ -93,7 +93,9 @@ impl Default for RawMqtt {
             url: String::new(),
             keep_alive_s: 60,
             connect_timeout_s: 30,
-            reconnect_min_ms: 1_000,
+            // A fleet that lost its broker comes back spread over this window (full jitter):
+            // 10k gateways at ~2k connects/s, under what one Mosquitto accepts (~6k/s here).
+            reconnect_min_ms: 5_000,
             reconnect_max_ms: 60_000,
             stable_after_s: 60,
             max_packet_bytes: 1 << 20,

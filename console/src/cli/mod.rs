@@ -386,6 +386,16 @@ pub struct WatchArgs {
     /// Exit after N events
     #[arg(long, value_name = "N")]
     count: Option<u64>,
+
+    /// Wait until N instances are online (their latest presence, retained ones included, says
+    /// online), print one JSON line {"online":N,"elapsed_ms":…} and exit 0. For scripts that
+    /// wait for a fleet to come up.
+    #[arg(long, value_name = "N", conflicts_with = "count")]
+    until_online: Option<usize>,
+
+    /// With --until-online: give up after this long (exit 3, with the count reached)
+    #[arg(long, value_parser = positive_duration, requires = "until_online")]
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

@@ -35,6 +35,9 @@ enum Mode {
 
 pub async fn run(console: &Console, args: &WatchArgs, filter: WatchFilter) -> anyhow::Result<Exit> {
     let mut watch = console.watch(filter).await?;
+    if let Some(n) = args.until_online {
+        return until_online(&mut watch, n, args.timeout).await;
+    }
     let mode = if args.json {
         Mode::Json
     } else if std::io::stdout().is_terminal() {
@@ -85,6 +88,53 @@ pub async fn run(console: &Console, args: &WatchArgs, filter: WatchFilter) -> an
             _ = &mut ctrl_c => break,
         }
     }
+    Ok(Exit::Ok)
+}
+
+/// `--until-online N`: counts instances whose latest presence is online until there are N.
+/// Only presence matters (a heartbeat alone does not say the command subscription is live).
+async fn until_online(
+    watch: &mut csg_console::Watch,
+    want: usize,
+    timeout: Option<Duration>,
+) -> anyhow::Result<Exit> {
+    let start = Instant::now();
+    let mut online = std::collections::HashSet::new();
+    let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(deadline);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let report = |online: usize, reached: bool| {
+        let line = json!({"online": online, "wanted": want, "reached": reached,
+                          "elapsed_ms": start.elapsed().as_millis() as u64});
+        let _ = writeln!(std::io::stdout(), "{line}");
+    };
+    while online.len() < want {
+        tokio::select! {
+            event = watch.next() => {
+                let Some(event) = event else {
+                    eprintln!("error: the broker connection closed");
+                    return Ok(Exit::Failure);
+                };
+                if let WatchEvent::Presence(p) = &event.event {
+                    match p.state {
+                        PresenceState::Online => online.insert(event.instance),
+                        PresenceState::Offline => online.remove(&event.instance),
+                    };
+                }
+            }
+            _ = &mut deadline => {
+                report(online.len(), false);
+                eprintln!("error: {} of {want} instances online when the timeout passed", online.len());
+                return Ok(Exit::NoReply);
+            }
+            _ = &mut ctrl_c => {
+                report(online.len(), false);
+                return Ok(Exit::Failure);
+            }
+        }
+    }
+    report(online.len(), true);
     Ok(Exit::Ok)
 }
 
