@@ -54,14 +54,19 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// identity.group_id when no template is given.
-    #[arg(long, default_value = "GID_csg")]
+    #[arg(long, conflicts_with = "config", default_value = "GID_csg")]
     group: String,
     /// storage.roots when no template is given: in-memory NFS exports must name real
     /// directories under it.
-    #[arg(long, value_name = "DIR", default_value = "/srv/csg")]
+    #[arg(
+        long,
+        conflicts_with = "config",
+        value_name = "DIR",
+        default_value = "/srv/csg"
+    )]
     export_root: String,
     /// agent.heartbeat_interval_s when no template is given.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, conflicts_with = "config", default_value_t = 30)]
     heartbeat_s: u64,
     /// mqtt.max_inflight for every agent (rumqttc keeps a slot table of this size per
     /// session; an agent's replies are few, so a small table is enough).
@@ -156,12 +161,23 @@ fn main() -> anyhow::Result<()> {
     if cli.connects_in_flight == 0 {
         bail!("--connects-in-flight must be at least 1");
     }
+    if cli.first.checked_add(cli.count - 1).is_none() {
+        bail!(
+            "--first {} --count {}: agent numbers must stay below {}",
+            cli.first,
+            cli.count,
+            u64::from(u32::MAX) + 1
+        );
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, as the agent does: a log file or a
+        // pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     csg_transport::install_crypto_provider();
@@ -191,6 +207,11 @@ async fn simulate(cli: Cli) -> anyhow::Result<()> {
     let base_rss = proc_status_kb("VmRSS:");
     let t0 = Instant::now();
     let configs = configs(&cli)?;
+    // Before any agent runs: a SIGTERM from then on must stop the agents cleanly (offline
+    // presence, DISCONNECT), not kill the process with their sessions open (worker threads
+    // start connecting at once).
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let count = configs.len();
     let host = Arc::new(HostSampler::new(Duration::from_millis(cli.host_sample_ms)));
     let gates: Vec<Arc<Semaphore>> = cli
@@ -226,13 +247,6 @@ async fn simulate(cli: Cli) -> anyhow::Result<()> {
                 host: Some(host),
                 link: Some(link_tx),
             };
-            if std::env::var_os("SIM_SIZES").is_some() && instance.ends_with("00000") {
-                eprintln!(
-                    "size Config {} Storage {} ",
-                    std::mem::size_of::<Config>(),
-                    std::mem::size_of::<Storage>()
-                );
-            }
             let span = tracing::info_span!("agent", id = %instance);
             let run = tokio::spawn(csg_agent::run(cfg, storage, ctl).instrument(span));
             if let Ok(mut link) = link_rx.await {
@@ -249,8 +263,6 @@ async fn simulate(cli: Cli) -> anyhow::Result<()> {
     }
     drop(links_tx);
 
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let until = (cli.duration_s > 0).then(|| Instant::now() + Duration::from_secs(cli.duration_s));
     let report_every = Duration::from_millis(if cli.report_ms == 0 {
         1000
@@ -317,5 +329,9 @@ async fn simulate(cli: Cli) -> anyhow::Result<()> {
         "all_stopped": drained,
         "stop_ms": stopping.elapsed().as_millis() as u64,
     }));
+    if !drained {
+        // Scripts must notice: some agents did not announce offline in time.
+        bail!("some agents did not stop within 30 s");
+    }
     Ok(())
 }

@@ -15,6 +15,10 @@ pub fn csgctl() -> PathBuf {
     locate("CSGCTL_BIN", "csgctl")
 }
 
+pub fn sim() -> PathBuf {
+    locate("CSG_SIM_BIN", "csg-sim")
+}
+
 /// `mosquitto` is in /usr/sbin on Debian, which is not on every user's PATH.
 pub fn mosquitto() -> PathBuf {
     if let Ok(p) = std::env::var("MOSQUITTO_BIN") {
