@@ -561,11 +561,16 @@ async fn run_event_loop(
     let _close = CloseOnDrop(shared.clone());
     let mut backoff = Backoff::reconnect();
     let mut connected_at: Option<Instant> = None;
+    // Until the first CONNACK someone is waiting in `connect` with a deadline: retry at least
+    // every second then, so a broker back after 3 s is found before a 5 s deadline (a doubling
+    // back-off would next try at 6 s). One console is not a fleet; it cannot storm a broker.
+    let mut connected_once = false;
     loop {
         match eventloop.poll().await {
             Ok(event) => {
                 if let Event::Incoming(Incoming::ConnAck(_)) = event {
                     connected_at = Some(Instant::now());
+                    connected_once = true;
                 }
                 if handle_event(
                     event,
@@ -625,7 +630,10 @@ async fn run_event_loop(
                         s.connect_refused = Some(msg.clone());
                     }
                 });
-                let delay = backoff.next_delay();
+                let mut delay = backoff.next_delay();
+                if !connected_once {
+                    delay = delay.min(Duration::from_secs(1));
+                }
                 if was_up {
                     warn!("lost the broker connection: {e}; reconnecting");
                 } else {

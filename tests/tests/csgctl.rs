@@ -355,3 +355,29 @@ fn custom_parent_topics_work_end_to_end() {
         "default parents used despite the config: {strays:?}"
     );
 }
+
+#[test]
+fn a_broker_back_within_the_connect_timeout_is_found_before_the_deadline() {
+    // A broker that is down when csgctl starts and back before its connect deadline is found:
+    // csgctl keeps retrying while it waits (its back-off doubles from 200 ms, capped at 1 s
+    // until the first connection, so it does not sleep past a broker that is back).
+    let mut bed = Bed::start("gw-ctl-late-broker");
+    bed.broker.kill();
+    let ctl = bed.csgctl();
+    let call = std::thread::spawn(move || {
+        ctl.run(&[
+            "--connect-timeout",
+            "5s",
+            "call",
+            "gw-ctl-late-broker",
+            "sys.ping",
+            "--timeout",
+            "10s",
+        ])
+    });
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    bed.broker.restart();
+    let out = call.join().expect("csgctl thread");
+    out.assert_code(0);
+    assert_eq!(json_stdout(&out)["pong"], json!(true), "{}", out.describe());
+}
