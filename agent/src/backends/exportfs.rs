@@ -53,6 +53,24 @@ pub fn render(exports: &DesiredSet) -> String {
     s
 }
 
+/// What an export table (`exportfs -s` output) holds of each desired export, by name:
+/// `None` where its path is not exported.
+pub fn actual_exports(table: &str, exports: &DesiredSet) -> BTreeMap<String, Option<ActualExport>> {
+    let table = parse_table(table);
+    exports
+        .iter()
+        .map(|(name, m)| {
+            let a = table.get(m.spec.path()).map(|clients| ActualExport {
+                path: m.spec.path().to_string(),
+                pseudo: None,
+                export_id: None,
+                clients: clients.clone(),
+            });
+            (name.clone(), a)
+        })
+        .collect()
+}
+
 /// Parses `exportfs -s` (exports(5) syntax, one `path client(options)` per line) into
 /// path → clients. Options the agent does not manage are ignored.
 pub fn parse_table(out: &str) -> BTreeMap<String, Vec<ActualClient>> {
@@ -183,19 +201,7 @@ impl Exportfs {
                 o.stderr.trim()
             )));
         }
-        let table = parse_table(&o.stdout);
-        Ok(exports
-            .iter()
-            .map(|(name, m)| {
-                let a = table.get(m.spec.path()).map(|clients| ActualExport {
-                    path: m.spec.path().to_string(),
-                    pseudo: None,
-                    export_id: None,
-                    clients: clients.clone(),
-                });
-                (name.clone(), a)
-            })
-            .collect())
+        Ok(actual_exports(&o.stdout, exports))
     }
 
     async fn write(&self, content: Option<&[u8]>) -> Result<(), ApplyError> {

@@ -3,7 +3,7 @@
 //! has no nfsd and cannot hold thousands of export tables.
 //!
 //! It renders and reads back through the kernel backend's own functions (`render`,
-//! `parse_table`), so a simulated agent validates, stores, compares and reports drift exactly
+//! `actual_exports`), so a simulated agent validates, stores, compares and reports drift exactly
 //! as a real kernel-NFS agent does; only the file write and the `exportfs` runs are gone.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use csg_protocol::methods::nfs::ActualExport;
 
-use crate::backends::exportfs::{parse_table, render};
+use crate::backends::exportfs::{actual_exports, render};
 use crate::handlers::nfs::{ApplyError, DesiredSet};
 
 /// The export table of one simulated host.
@@ -43,19 +43,7 @@ impl MemoryExports {
         &self,
         exports: &DesiredSet,
     ) -> Result<BTreeMap<String, Option<ActualExport>>, ApplyError> {
-        let table = parse_table(&self.table());
-        Ok(exports
-            .iter()
-            .map(|(name, m)| {
-                let a = table.get(m.spec.path()).map(|clients| ActualExport {
-                    path: m.spec.path().to_string(),
-                    pseudo: None,
-                    export_id: None,
-                    clients: clients.clone(),
-                });
-                (name.clone(), a)
-            })
-            .collect())
+        Ok(actual_exports(&self.table(), exports))
     }
 
     pub fn reconcile(&self, desired: &DesiredSet) -> Result<Vec<String>, ApplyError> {
