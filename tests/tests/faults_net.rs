@@ -105,9 +105,7 @@ fn executions(bed: &Bed, id: &str) -> usize {
 }
 
 /// `csgctl call INSTANCE METHOD PARAMS --id ID {extra}`: one instance, the human output (the
-/// result as JSON on stdout). Not `--json`: with it csgctl sends `ID:INSTANCE` on the wire
-/// even for one instance (the fan-out's per-instance id), while these tests check what the
-/// agent does with the very id the console was given.
+/// result as JSON on stdout), the way an operator re-runs a command by hand.
 fn call(
     ctl: &Csgctl,
     instance: &str,
@@ -119,6 +117,18 @@ fn call(
     let mut args = vec!["call", instance, method, params, "--id", id];
     args.extend_from_slice(extra);
     ctl.run(&args)
+}
+
+/// [`call`] `nfs.export.create` on a thread of its own, for a console that waits while the
+/// test breaks the link.
+fn spawn_create(
+    bed: &Bed,
+    params: String,
+    id: &str,
+    extra: &'static [&'static str],
+) -> thread::JoinHandle<CmdOutput> {
+    let (ctl, inst, id) = (bed.csgctl(), bed.instance().to_string(), id.to_string());
+    thread::spawn(move || call(&ctl, &inst, "nfs.export.create", &params, &id, extra))
 }
 
 /// The result of a call that must have succeeded (exit 0, the result on stdout).
@@ -189,24 +199,12 @@ fn a_partition_beyond_twice_the_keep_alive_is_survived_and_a_resent_command_runs
     // A console sends a change while the link is down; csgctl re-sends it (same id) every
     // 2 s until it gets an answer.
     let id = unique("part");
-    let call_thread = {
-        let (ctl, inst, params, id) = (
-            bed.csgctl(),
-            bed.instance().to_string(),
-            w.export("vol1"),
-            id.clone(),
-        );
-        thread::spawn(move || {
-            call(
-                &ctl,
-                &inst,
-                "nfs.export.create",
-                &params,
-                &id,
-                &["--timeout", "45s", "--attempt-timeout", "2s"],
-            )
-        })
-    };
+    let call_thread = spawn_create(
+        &bed,
+        w.export("vol1"),
+        &id,
+        &["--timeout", "45s", "--attempt-timeout", "2s"],
+    );
 
     // The broker hears nothing from the agent for 1.5 × keep-alive, drops it and publishes
     // its Will: the fleet sees the gateway offline.
@@ -306,24 +304,12 @@ fn a_reply_lost_with_the_link_is_recovered_by_a_retry_with_the_same_id_without_a
 
     let id = unique("lost");
     let ctl = bed.csgctl();
-    let first = {
-        let (ctl, inst, params, id) = (
-            ctl.clone(),
-            bed.instance().to_string(),
-            w.export("vol1"),
-            id.clone(),
-        );
-        thread::spawn(move || {
-            call(
-                &ctl,
-                &inst,
-                "nfs.export.create",
-                &params,
-                &id,
-                &["--timeout", "5s", "--attempt-timeout", "2s"],
-            )
-        })
-    };
+    let first = spawn_create(
+        &bed,
+        w.export("vol1"),
+        &id,
+        &["--timeout", "5s", "--attempt-timeout", "2s"],
+    );
     // The agent has the command and is applying it (the stub logs its argv first, then
     // takes its time) when the link goes.
     assert!(
