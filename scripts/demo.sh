@@ -18,6 +18,11 @@
 # and removed on exit, also after a failure or Ctrl-C.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# The private daemons (shared with scripts/soak.sh), and die.
+# shellcheck source-path=SCRIPTDIR source=lib/daemons.sh
+source "$root/scripts/lib/daemons.sh"
+prog=demo
+daemons_init
 
 usage() { echo "usage: $0 [--keep]" >&2; exit 2; }
 keep=0
@@ -50,23 +55,10 @@ quote() {
   printf '%s' "${words[*]}"
 }
 
-# The logs that explain a failure in the current step (set as the demo goes along).
-failure_logs=()
-
-# Prints the end of the logs of the current step, then the message, and exits non-zero (the
-# EXIT trap cleans up).
-die() {
-  local f
-  if [ "${#failure_logs[@]}" -gt 0 ]; then
-    for f in "${failure_logs[@]}"; do
-      [ -s "$f" ] || continue
-      printf '\n----- last lines of %s -----\n' "$(basename "$f")" >&2
-      tail -n 40 "$f" >&2
-    done
-  fi
-  printf '\ndemo: FAILED: %s\n' "$*" >&2
-  exit 1
-}
+# die (scripts/lib/daemons.sh) prints the end of the logs in failure_logs, the logs that explain
+# a failure in the current step (set as the demo goes along), then the message, and exits
+# non-zero (the EXIT trap cleans up). A daemon that does not start ends the demo.
+daemon_failed() { die "$@"; }
 
 section() { printf '\n=== %s ===\n' "$*"; }
 
@@ -88,75 +80,6 @@ client() {
 }
 
 ok() { printf '  ok: %s\n' "$*"; }
-
-# ---------------------------------------------------------------------------------------------
-# Process helpers
-
-# Whether a process runs (a zombie does not count: our children stay zombies until reaped).
-alive() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [ "${stat%% *}" != Z ]
-}
-
-# start NAME LOG CMD...: starts CMD in the background, output to LOG, in its own session: so
-# that Ctrl-C in the terminal reaches only this script (whose trap then stops everything in
-# order), and so that smbd, which signals its whole process group when it stops, cannot hit
-# this script. setsid does not fork here (a background child is no group leader), so $! is
-# the daemon itself.
-names=()
-pids=()
-started=
-start() {
-  local name=$1 log=$2
-  shift 2
-  failure_logs=("$log")
-  setsid "$@" </dev/null >>"$log" 2>&1 &
-  started=$!
-  names+=("$name")
-  pids+=("$started")
-}
-
-# stop PID SIGNAL GRACE: sends SIGNAL to the daemon's process group (smbd's children are in
-# it), SIGKILL after GRACE seconds, then reaps it.
-stop() {
-  local pid=$1 sig=$2 grace=$3 i
-  kill "-$sig" -- "-$pid" 2>/dev/null || true
-  for ((i = 0; i < grace * 10; i++)); do
-    alive "$pid" || break
-    sleep 0.1
-  done
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
-# wait_ready NAME PID SECONDS CMD...: polls CMD until it succeeds; fails with its log when the
-# daemon exits or does not get ready in time.
-wait_ready() {
-  local name=$1 pid=$2 secs=$3
-  shift 3
-  local end=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    alive "$pid" || die "$name exited at start"
-    [ "$SECONDS" -lt "$end" ] || die "$name not ready within ${secs}s"
-    sleep 0.1
-  done
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# free_ports N: N distinct free loopback ports, on one line (the kernel picks them, all held
-# at once so none repeats; the daemons bind them a moment later).
-free_ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
 
 # ---------------------------------------------------------------------------------------------
 # Preconditions, packages, build
@@ -197,7 +120,7 @@ print(" ".join(u["username"] for u in json.load(sys.stdin)["users"] if u["unix_u
 }
 
 cleanup() {
-  local rc=$? i
+  local rc=$?
   # Finish cleaning up even if Ctrl-C is pressed again.
   trap '' INT TERM
   set +e
@@ -214,25 +137,8 @@ cleanup() {
       "$csgctl" smb user delete "$instance" --username "$u" --timeout 30s >/dev/null 2>&1
     done
   fi
-  # Reverse start order: the agent before the daemons it drives, the broker last. tgtd
-  # ignores SIGTERM while it has targets, and its state is in memory only: SIGKILL it.
-  # (stderr muted: bash would report every daemon it reaps after a SIGKILL as "Killed".)
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    case ${names[i]} in
-      tgtd) stop "${pids[i]}" KILL 1 ;;
-      *) stop "${pids[i]}" TERM 10 ;;
-    esac
-  done 2>/dev/null
-  # smbd starts samba-dcerpcd on demand (for share listings) and it daemonizes: stop it by its
-  # pid file, after checking that the pid really is the one of our smb.conf.
-  local pidfile=$dir/smbd/run/samba-dcerpcd.pid pid
-  if [ -f "$pidfile" ]; then
-    pid=$(tr -dc 0-9 <"$pidfile")
-    if [ -n "$pid" ] &&
-      tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$dir/smbd/smb.conf"; then
-      kill -TERM "$pid" 2>/dev/null
-    fi
-  fi
+  # The agent before the daemons it drives, the broker last; and smbd's samba-dcerpcd.
+  stop_daemons
   # If the agent could not delete csgdemo, do it here: it did not exist before this run.
   if [ "$smb_user_made" = 1 ] && getent passwd "$smb_user" >/dev/null; then
     userdel -- "$smb_user" ||
@@ -245,12 +151,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# smbd (running as the SMB user) and Ganesha (root squashed to nobody) must be able to walk
-# down to the shares.
-chmod 755 "$dir"
-srv=$dir/srv      # the agent's storage root: every share, export and LUN lives below it
-mkdir -p "$srv/smb" "$srv/nfs" "$srv/iscsi" "$dir/state"
-chmod 755 "$srv" "$srv/smb" "$srv/nfs" "$srv/iscsi"
+make_storage_root # $srv: every share, export and LUN lives below it
 printf 'Hello over SMB from csg-agent (%s)\n' "$(date -u +%FT%TZ)" >"$srv/smb/hello.txt"
 printf 'Hello over NFS from csg-agent\n' >"$srv/nfs/hello-nfs.txt"
 chmod 644 "$srv/smb/hello.txt" "$srv/nfs/hello-nfs.txt"
@@ -264,172 +165,36 @@ smb_password="Demo-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 )
 
 # ---------------------------------------------------------------------------------------------
-# Private daemons
+# Private daemons (their configuration, start and readiness checks: scripts/lib/daemons.sh)
 
 section "Starting private daemons in $dir"
-ports=$(free_ports 5)
-read -r mqtt_port smb_port iscsi_port nfs_port mnt_port <<<"$ports"
+pick_ports
 
-# Mosquitto, as scripts/dev.sh runs it.
-cat >"$dir/mosquitto.conf" <<CONF
-listener $mqtt_port 127.0.0.1
-allow_anonymous true
-set_tcp_nodelay true
-persistence false
-CONF
-start mosquitto "$dir/mosquitto.log" mosquitto -c "$dir/mosquitto.conf"
-wait_ready mosquitto "$started" 15 port_open "$mqtt_port"
-broker="mqtt://127.0.0.1:$mqtt_port"
+mosquitto_conf
+start_mosquitto
 echo "mosquitto    $broker"
 
-# smbd: standalone, loopback only, its own lock/state/cache/private/pid directories (so its
-# registry and passdb are its own). The agent adds shares to the registry (include = registry).
-s=$dir/smbd
-smb_conf=$s/smb.conf
-mkdir -p "$s/lock" "$s/state" "$s/cache" "$s/private" "$s/run" "$s/ncalrpc"
-cat >"$smb_conf" <<CONF
-[global]
-	server role = standalone server
-	smb ports = $smb_port
-	interfaces = lo
-	bind interfaces only = yes
-	disable netbios = yes
-	map to guest = Bad User
-	load printers = no
-	printing = bsd
-	printcap name = /dev/null
-	disable spoolss = yes
-	lock directory = $s/lock
-	state directory = $s/state
-	cache directory = $s/cache
-	private dir = $s/private
-	pid directory = $s/run
-	ncalrpc dir = $s/ncalrpc
-	passdb backend = tdbsam:$s/private/passdb.tdb
-	include = registry
-CONF
-smbd_ready() { port_open "$smb_port" && smbcontrol -s "$smb_conf" smbd ping; }
-start smbd "$s/smbd.log" smbd -F --no-process-group --debug-stdout -d 1 -s "$smb_conf"
-wait_ready smbd "$started" 30 smbd_ready
+smbd_conf
+start_smbd
 echo "smbd         127.0.0.1:$smb_port (smb.conf $smb_conf)"
 
-# tgtd: in the foreground, its own control socket (tgtd appends ".0") and portal.
-t=$dir/tgtd
-mkdir -p "$t"
-tgt_socket=$t/socket
-tgtd_ready() {
-  local o
-  o=$(TGT_IPC_SOCKET=$tgt_socket tgtadm --lld iscsi --mode portal --op show) &&
-    [[ $o == *"Portal: 127.0.0.1:$iscsi_port,"* ]]
-}
-start tgtd "$t/tgtd.log" env "TGT_IPC_SOCKET=$tgt_socket" \
-  tgtd -f --iscsi "portal=127.0.0.1:$iscsi_port"
-wait_ready tgtd "$started" 30 tgtd_ready
+tgtd_conf
+start_tgtd
 portal="iscsi://127.0.0.1:$iscsi_port"
 echo "tgtd         $portal"
 
-# NFS-Ganesha talks D-Bus: give it a private "system" bus that lets it own org.ganesha.nfsd.
-g=$dir/ganesha
-mkdir -p "$g/agent.d" "$g/recov"
-bus_address="unix:path=$g/bus.sock"
-cat >"$g/bus.conf" <<CONF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>$bus_address</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-CONF
-start dbus-daemon "$g/dbus.log" \
-  dbus-daemon "--config-file=$g/bus.conf" --nofork --nopidfile --print-address
-wait_ready dbus-daemon "$started" 15 test -S "$g/bus.sock"
-
-# ganesha.nfsd: FSAL VFS, NFSv4 only (NFSv3 would need rpcbind, which cannot be private: it
-# binds port 111), loopback, private recovery directory, and the agent's EXPORT files from
-# agent.d. NFSv4 needs no portmapper: clients name the port.
-plugins=
-for d in /usr/lib/*/ganesha /usr/lib64/ganesha /usr/lib/ganesha; do
-  if [ -e "$d/libfsalvfs.so" ]; then plugins=$d; break; fi
-done
-[ -n "$plugins" ] || die "Ganesha's VFS plugin libfsalvfs.so is missing (package nfs-ganesha-vfs)"
-cat >"$g/ganesha.conf" <<CONF
-NFS_CORE_PARAM {
-    Protocols = 4;
-    NFS_Port = $nfs_port;
-    MNT_Port = $mnt_port;
-    Bind_addr = 127.0.0.1;
-    Enable_NLM = false;
-    Enable_RQUOTA = false;
-    Enable_UDP = false;
-    mount_path_pseudo = true;
-    Plugins_Dir = "$plugins";
-}
-NFSv4 {
-    Graceless = true;
-    RecoveryRoot = "$g/recov";
-}
-%dir $g/agent.d/*.conf
-CONF
-ganesha_ready() {
-  port_open "$nfs_port" &&
-    dbus-send "--bus=$bus_address" --print-reply --dest=org.ganesha.nfsd \
-      /org/ganesha/nfsd/ExportMgr org.ganesha.nfsd.exportmgr.ShowExports
-}
-# Started from its own directory, where anything it writes relative to its cwd stays private.
-cd "$g"
-start ganesha.nfsd "$g/ganesha.log" env "DBUS_SYSTEM_BUS_ADDRESS=$bus_address" \
-  ganesha.nfsd -F -f "$g/ganesha.conf" -L /dev/stderr -p "$g/ganesha.pid" -N NIV_EVENT
-cd - >/dev/null
-wait_ready ganesha.nfsd "$started" 30 ganesha_ready
+dbus_conf
+start_dbus
+ganesha_conf
+start_ganesha
 echo "ganesha.nfsd 127.0.0.1:$nfs_port (NFSv4, D-Bus $bus_address)"
 
 # ---------------------------------------------------------------------------------------------
 # The agent: all three storage backends, pointed at the private daemons
 
-cat >"$dir/agent.toml" <<CONF
-[identity]
-group_id = "GID_csg"
-instance_id = "$instance"
-
-[mqtt]
-url = "$broker"
-reconnect_min_ms = 200
-reconnect_max_ms = 5000
-
-[agent]
-heartbeat_interval_s = 5
-log = "info"
-
-[storage]
-roots = ["$srv"]
-state_dir = "$dir/state"
-command_timeout_s = 20
-
-[smb]
-backend = "samba"
-smb_conf = "$smb_conf"
-
-[nfs]
-backend = "ganesha"
-ganesha_dir = "$g/agent.d"
-dbus_address = "$bus_address"
-
-[iscsi]
-backend = "tgt"
-iqn_prefix = "$iqn_prefix"
-tgt_socket = "$tgt_socket"
-CONF
+agent_conf 5
 export CSG_BROKER=$broker
-start csg-agent "$dir/agent.log" "$agent" --config "$dir/agent.toml"
-agent_pid=$started
-wait_ready csg-agent "$agent_pid" 30 "$csgctl" call "$instance" sys.ping --timeout 2s
+start_agent
 echo "csg-agent    $instance (config $dir/agent.toml)"
 
 # ---------------------------------------------------------------------------------------------

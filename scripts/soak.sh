@@ -56,6 +56,11 @@
 # still prints the summary so far); the out dir stays.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# The private daemons (shared with scripts/demo.sh), and die.
+# shellcheck source-path=SCRIPTDIR source=lib/daemons.sh
+source "$root/scripts/lib/daemons.sh"
+prog=soak
+daemons_init
 
 usage() {
   awk '/^#   scripts\/soak.sh/ { p = 1 } /^# Run as root/ { exit } p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -178,86 +183,10 @@ now() { date -u +%FT%TZ; }
 event() { printf '%s %s\n' "$(now)" "$*" >>"$events"; }
 say() { printf 'soak: %s\n' "$*"; }
 
-# The logs that explain a setup failure.
-failure_logs=()
-die() {
-  local f
-  for f in "${failure_logs[@]}"; do
-    [ -s "$f" ] || continue
-    printf '\n----- last lines of %s -----\n' "$(basename "$f")" >&2
-    tail -n 40 "$f" >&2
-  done
-  printf '\nsoak: FAILED: %s\n' "$*" >&2
-  exit 1
-}
-
-# Whether a process runs (a zombie does not count: our children stay zombies until reaped).
-alive() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [ "${stat%% *}" != Z ]
-}
-
-# start NAME LOG CMD...: starts a daemon in the background, in its own session (as demo.sh does:
-# Ctrl-C reaches only this script, and smbd, which signals its process group when it stops,
-# cannot hit us). setsid does not fork here (a background child is no group leader), so $! is
-# the daemon. A restarted daemon replaces its predecessor in pid_of.
-declare -A pid_of=()
-started=
-start() {
-  local name=$1 log=$2
-  shift 2
-  failure_logs=("$log")
-  if [ -n "$lock_fd" ]; then
-    # A daemon restarted under the storage lock must not inherit it: it would hold the lock
-    # for as long as it runs.
-    setsid "$@" </dev/null >>"$log" 2>&1 {lock_fd}>&- &
-  else
-    setsid "$@" </dev/null >>"$log" 2>&1 &
-  fi
-  started=$!
-  pid_of[$name]=$started
-}
-
-# stop PID SIGNAL GRACE: SIGNAL to the daemon's process group, SIGKILL after GRACE seconds,
-# then reaps it.
-stop() {
-  local pid=$1 sig=$2 grace=$3 i
-  kill "-$sig" -- "-$pid" 2>/dev/null || true
-  for ((i = 0; i < grace * 10; i++)); do
-    alive "$pid" || break
-    sleep 0.1
-  done
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-
-# wait_ready NAME PID SECONDS CMD...: polls CMD until it succeeds; returns 1 when the daemon
-# exits or is not ready in time.
-wait_ready() {
-  local name=$1 pid=$2 secs=$3
-  shift 3
-  local end=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    alive "$pid" || { echo "$name exited at start" >&2; return 1; }
-    [ "$SECONDS" -lt "$end" ] || { echo "$name not ready within ${secs}s" >&2; return 1; }
-    sleep 0.1
-  done
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# free_ports N: N distinct free loopback ports (all held at once so none repeats).
-free_ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
-}
+# die (scripts/lib/daemons.sh) prints the end of the logs in failure_logs, the logs that explain
+# a setup failure, then the message, and exits 1. A daemon that does not start is reported on
+# stderr; the caller decides (setup: die; a restart: counted as a failure, the load goes on).
+daemon_failed() { echo "$*" >&2; }
 
 # jcheck FILE EXPR: the JSON document in FILE satisfies the Python expression EXPR over r (the
 # document) and e (the environment: names of the current cycle).
@@ -369,7 +298,7 @@ summarized=0
 lock_fd=
 
 cleanup() {
-  local rc=$? i name
+  local rc=$? i
   # Finish cleaning up even if Ctrl-C is pressed again.
   trap '' INT TERM
   set +e
@@ -381,26 +310,8 @@ cleanup() {
   if [ "$load_started" = 1 ] && [ "$summarized" = 0 ]; then
     summarize "interrupted (exit $rc)" >&2
   fi
-  # Reverse start order: the agent before the daemons it drives, the broker last. tgtd ignores
-  # SIGTERM while it has targets and keeps its state in memory only: SIGKILL it. (stderr muted:
-  # bash reports every daemon it reaps after a SIGKILL as "Killed".)
-  for name in csg-agent ganesha.nfsd dbus-daemon tgtd smbd mosquitto; do
-    [ -n "${pid_of[$name]:-}" ] || continue
-    case $name in
-      tgtd) stop "${pid_of[$name]}" KILL 1 ;;
-      *) stop "${pid_of[$name]}" TERM 10 ;;
-    esac
-  done 2>/dev/null
-  # smbd starts samba-dcerpcd on demand and it daemonizes: stop it by its pid file, after
-  # checking that the pid really is the one of our smb.conf.
-  local pidfile=$dir/smbd/run/samba-dcerpcd.pid pid
-  if [ -f "$pidfile" ]; then
-    pid=$(tr -dc 0-9 <"$pidfile")
-    if [ -n "$pid" ] &&
-      tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$dir/smbd/smb.conf"; then
-      kill -TERM "$pid" 2>/dev/null
-    fi
-  fi
+  # The agent before the daemons it drives, the broker last; and smbd's samba-dcerpcd.
+  stop_daemons
   # The logs stay with the results (compressed: the agent logs every request).
   mkdir -p "$out/logs"
   for f in "$dir/agent.log" "$dir/mosquitto.log" "$dir/smbd/smbd.log" "$dir/tgtd/tgtd.log" \
@@ -414,147 +325,24 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# smbd and Ganesha (root squashed to nobody) must be able to walk down to the shares.
-chmod 755 "$dir"
-srv=$dir/srv # the agent's storage root: every share, export and LUN lives below it
-mkdir -p "$srv/smb" "$srv/nfs" "$srv/iscsi" "$dir/state"
-chmod 755 "$srv" "$srv/smb" "$srv/nfs" "$srv/iscsi"
-
 # ---------------------------------------------------------------------------------------------
-# Private daemons, as scripts/demo.sh starts them (each start function is reused on restarts)
+# Private daemons, as scripts/demo.sh starts them (scripts/lib/daemons.sh; each start function is
+# reused on restarts)
 
 say "binaries $agent, $csgctl"
 say "starting private daemons in $dir"
-read -r mqtt_port smb_port iscsi_port nfs_port mnt_port <<<"$(free_ports 5)"
-
-cat >"$dir/mosquitto.conf" <<CONF
-listener $mqtt_port 127.0.0.1
-allow_anonymous true
-set_tcp_nodelay true
-persistence false
-CONF
-start_mosquitto() {
-  start mosquitto "$dir/mosquitto.log" mosquitto -c "$dir/mosquitto.conf"
-  wait_ready mosquitto "$started" 15 port_open "$mqtt_port"
-}
+make_storage_root # $srv: every share, export and LUN lives below it
+pick_ports
+mosquitto_conf
 start_mosquitto || die "mosquitto did not start"
-broker="mqtt://127.0.0.1:$mqtt_port"
 export CSG_BROKER=$broker
-
-# smbd: standalone, loopback only, its own lock/state/cache/private/pid directories; the agent
-# adds shares to its registry (include = registry), which lives in the state directory and so
-# survives an smbd restart.
-s=$dir/smbd
-smb_conf=$s/smb.conf
-mkdir -p "$s/lock" "$s/state" "$s/cache" "$s/private" "$s/run" "$s/ncalrpc"
-cat >"$smb_conf" <<CONF
-[global]
-	server role = standalone server
-	smb ports = $smb_port
-	interfaces = lo
-	bind interfaces only = yes
-	disable netbios = yes
-	map to guest = Bad User
-	load printers = no
-	printing = bsd
-	printcap name = /dev/null
-	disable spoolss = yes
-	lock directory = $s/lock
-	state directory = $s/state
-	cache directory = $s/cache
-	private dir = $s/private
-	pid directory = $s/run
-	ncalrpc dir = $s/ncalrpc
-	passdb backend = tdbsam:$s/private/passdb.tdb
-	include = registry
-CONF
-smbd_ready() { port_open "$smb_port" && smbcontrol -s "$smb_conf" smbd ping; }
-start_smbd() {
-  start smbd "$s/smbd.log" smbd -F --no-process-group --debug-stdout -d 1 -s "$smb_conf"
-  wait_ready smbd "$started" 30 smbd_ready
-}
+smbd_conf
 start_smbd || die "smbd did not start"
-
-# tgtd: in the foreground, its own control socket (tgtd appends ".0") and portal. Its targets
-# live in memory only: after a restart the agent must re-create them (iscsi.watch_interval_s).
-t=$dir/tgtd
-mkdir -p "$t"
-tgt_socket=$t/socket
-tgtd_ready() {
-  local o
-  o=$(TGT_IPC_SOCKET=$tgt_socket tgtadm --lld iscsi --mode portal --op show) &&
-    [[ $o == *"Portal: 127.0.0.1:$iscsi_port,"* ]]
-}
-start_tgtd() {
-  start tgtd "$t/tgtd.log" env "TGT_IPC_SOCKET=$tgt_socket" \
-    tgtd -f --iscsi "portal=127.0.0.1:$iscsi_port"
-  wait_ready tgtd "$started" 30 tgtd_ready
-}
+tgtd_conf
 start_tgtd || die "tgtd did not start"
-
-# NFS-Ganesha on a private "system" D-Bus, NFSv4 only (NFSv3 would need rpcbind on port 111),
-# reading the agent's EXPORT files from agent.d at every start.
-g=$dir/ganesha
-mkdir -p "$g/agent.d" "$g/recov"
-bus_address="unix:path=$g/bus.sock"
-cat >"$g/bus.conf" <<CONF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>$bus_address</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-CONF
-start_dbus() {
-  rm -f "$g/bus.sock"
-  start dbus-daemon "$g/dbus.log" \
-    dbus-daemon "--config-file=$g/bus.conf" --nofork --nopidfile --print-address
-  wait_ready dbus-daemon "$started" 15 test -S "$g/bus.sock"
-}
+dbus_conf
 start_dbus || die "dbus-daemon did not start"
-plugins=
-for d in /usr/lib/*/ganesha /usr/lib64/ganesha /usr/lib/ganesha; do
-  if [ -e "$d/libfsalvfs.so" ]; then plugins=$d; break; fi
-done
-[ -n "$plugins" ] || die "Ganesha's VFS plugin libfsalvfs.so is missing (package nfs-ganesha-vfs)"
-cat >"$g/ganesha.conf" <<CONF
-NFS_CORE_PARAM {
-    Protocols = 4;
-    NFS_Port = $nfs_port;
-    MNT_Port = $mnt_port;
-    Bind_addr = 127.0.0.1;
-    Enable_NLM = false;
-    Enable_RQUOTA = false;
-    Enable_UDP = false;
-    mount_path_pseudo = true;
-    Plugins_Dir = "$plugins";
-}
-NFSv4 {
-    Graceless = true;
-    RecoveryRoot = "$g/recov";
-}
-%dir $g/agent.d/*.conf
-CONF
-ganesha_ready() {
-  port_open "$nfs_port" &&
-    dbus-send "--bus=$bus_address" --print-reply --dest=org.ganesha.nfsd \
-      /org/ganesha/nfsd/ExportMgr org.ganesha.nfsd.exportmgr.ShowExports
-}
-start_ganesha() {
-  # Started from its own directory, where anything it writes relative to its cwd stays private.
-  cd "$g"
-  start ganesha.nfsd "$g/ganesha.log" env "DBUS_SYSTEM_BUS_ADDRESS=$bus_address" \
-    ganesha.nfsd -F -f "$g/ganesha.conf" -L /dev/stderr -p "$g/ganesha.pid" -N NIV_EVENT
-  cd - >/dev/null
-  wait_ready ganesha.nfsd "$started" 30 ganesha_ready
-}
+ganesha_conf
 start_ganesha || die "ganesha.nfsd did not start"
 say "mosquitto $broker, smbd :$smb_port, tgtd :$iscsi_port, ganesha.nfsd :$nfs_port"
 
@@ -562,43 +350,8 @@ say "mosquitto $broker, smbd :$smb_port, tgtd :$iscsi_port, ganesha.nfsd :$nfs_p
 # The agent: all three storage backends, 1 s heartbeats, the default reply memory (10 minutes,
 # 65536 ids) so that its memory is what a production agent would hold
 
-cat >"$dir/agent.toml" <<CONF
-[identity]
-group_id = "GID_csg"
-instance_id = "$instance"
-
-[mqtt]
-url = "$broker"
-reconnect_min_ms = 200
-reconnect_max_ms = 5000
-
-[agent]
-heartbeat_interval_s = 1
-log = "info"
-
-[storage]
-roots = ["$srv"]
-state_dir = "$dir/state"
-command_timeout_s = 20
-
-[smb]
-backend = "samba"
-smb_conf = "$smb_conf"
-
-[nfs]
-backend = "ganesha"
-ganesha_dir = "$g/agent.d"
-dbus_address = "$bus_address"
-
-[iscsi]
-backend = "tgt"
-iqn_prefix = "$iqn_prefix"
-tgt_socket = "$tgt_socket"
-CONF
-start csg-agent "$dir/agent.log" "$agent" --config "$dir/agent.toml"
-agent_pid=$started
-wait_ready csg-agent "$agent_pid" 30 "$csgctl" call "$instance" sys.ping --timeout 2s ||
-  die "the agent did not answer sys.ping"
+agent_conf 1
+start_agent || die "the agent did not answer sys.ping"
 say "csg-agent $instance, pid $agent_pid (config $dir/agent.toml)"
 failure_logs=("$dir/agent.log")
 
