@@ -293,10 +293,11 @@ async fn next_reload(reloads: &mut Option<mpsc::Receiver<Config>>) -> Option<Con
 ///
 /// `storage` is built by the caller (`Storage::new`), so a state directory or backend that
 /// cannot start stops the agent before it connects.
+///
 /// The config comes boxed: the run future lives as long as the agent (once per agent; thousands
 /// of times in the fleet simulator), and a config inline would add 1.4 KB to each.
 pub async fn run<S: Future<Output = ()>>(
-    cfg: Box<Config>,
+    mut cfg: Box<Config>,
     mut storage: Storage,
     ctl: Control<S>,
 ) -> RunEnd {
@@ -307,7 +308,6 @@ pub async fn run<S: Future<Output = ()>>(
         host,
         link,
     } = ctl;
-    let mut cfg = cfg;
     let stats = Arc::new(Stats::default());
     let journal = storage.take_journal();
     let info = info_result(&cfg, &storage);

@@ -264,11 +264,7 @@ async fn simulate(cli: Cli) -> anyhow::Result<()> {
     drop(links_tx);
 
     let until = (cli.duration_s > 0).then(|| Instant::now() + Duration::from_secs(cli.duration_s));
-    let report_every = Duration::from_millis(if cli.report_ms == 0 {
-        1000
-    } else {
-        cli.report_ms
-    });
+    let report_every = (cli.report_ms > 0).then(|| Duration::from_millis(cli.report_ms));
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut links: Vec<watch::Receiver<LinkState>> = Vec::with_capacity(count);
@@ -286,7 +282,7 @@ async fn simulate(cli: Cli) -> anyhow::Result<()> {
         if until.is_some_and(|u| Instant::now() >= u) {
             break "duration";
         }
-        let due = cli.report_ms > 0 && last_report.elapsed() >= report_every;
+        let due = report_every.is_some_and(|every| last_report.elapsed() >= every);
         if ramp_done && !due {
             continue;
         }
