@@ -54,8 +54,9 @@ fi
 # the scripts; the openssl command computes the Alibaba signature in the TLS tests
 # independently of the agent's own code; iproute2 (ip netns, veth) and nftables (nft) break
 # the agent's link to the broker in the network fault tests.
+# socat forwards the broker into the kernel storage test's guest (qemu: below).
 storage_pkgs=(samba smbclient tgt nfs-ganesha nfs-ganesha-vfs libnfs-utils libiscsi-bin dbus nfs-kernel-server
-    lintian rpm systemd python3 debootstrap systemd-container openssl iproute2 nftables)
+    lintian rpm systemd python3 debootstrap systemd-container openssl iproute2 nftables socat)
 missing=()
 for p in "${storage_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -68,6 +69,23 @@ else
     as_root apt-get update
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+# qemu boots the Debian guest of the kernel storage test (scripts/kernel-test.sh), whose kernel
+# has the nfsd and configfs this machine's may lack. A machine may carry qemu-utils from
+# backports, which the suite's qemu-system-x86 cannot stand beside: apt removes it to install
+# qemu-system-x86. So qemu-system-x86 comes first, then qemu-utils (qemu-img) of its release.
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for p in qemu-system-x86 qemu-utils; do
+    if installed "$p"; then
+        log "$p present"
+    else
+        log "installing $p"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$p" ||
+            { as_root apt-get update && as_root env DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y --no-install-recommends "$p"; }
+    fi
+done
+command -v qemu-img >/dev/null 2>&1 || { log "qemu-img missing after installing qemu-utils"; exit 1; }
+
 # The packages start system daemons where an init system runs; the tests start private ones
 # on their own ports and sockets. Stop the system ones so they hold no port or lock.
 for svc in smbd nmbd samba-ad-dc tgt nfs-ganesha nfs-kernel-server; do

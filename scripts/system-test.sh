@@ -27,8 +27,8 @@
 # architecture and package list; every run unpacks a fresh copy, so runs never see each other.
 # Environment:
 #   CSG_SYSTEST_CACHE   where the root tarball is kept
-#   CSG_SYSTEST_MIRROR  Debian mirror for debootstrap (default: the host's apt source for the
-#                       suite, else http://deb.debian.org/debian)
+#   CSG_SYSTEST_MIRROR  Debian mirror for debootstrap (default: the one this machine's apt
+#                       sources use for the suite)
 #
 # Every process, mount and temporary directory it makes is removed on exit. The last line is
 # "system test: N passed, M failed" (", K skipped" when a check could not run; a skipped
@@ -190,48 +190,8 @@ include=$(printf '%s\n' systemd dbus "${depends//,/$'\n'}" | sed '/^$/d' | sort 
 key=$(printf 'v1 %s %s minbase %s' "$suite" "$arch" "$include" | sha256sum | cut -c1-12)
 tarball="$cache/debian-$suite-$arch-$key.tar"
 
-mirror=${CSG_SYSTEST_MIRROR:-$(python3 - "$suite" <<'PY'
-import glob, re, sys
-suite = sys.argv[1]
-def entries():
-    for f in ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*.list")):
-        try:
-            lines = open(f).read().splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            w = line.split("#", 1)[0].split()
-            if len(w) < 3 or w[0] != "deb":
-                continue
-            w = w[1:]
-            if w[0].startswith("["):
-                while w and not w[0].endswith("]"):
-                    w = w[1:]
-                w = w[1:]
-            if len(w) >= 2:
-                yield w[0], [w[1]]
-    for f in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
-        try:
-            text = open(f).read()
-        except OSError:
-            continue
-        for para in re.split(r"\n\s*\n", text):
-            fields = {}
-            for line in para.splitlines():
-                if line.startswith("#") or ":" not in line or line[0].isspace():
-                    continue
-                k, v = line.split(":", 1)
-                fields[k.strip().lower()] = v.split()
-            if "deb" in fields.get("types", []) and fields.get("enabled", ["yes"])[0].lower() != "no":
-                for uri in fields.get("uris", []):
-                    yield uri, fields.get("suites", [])
-for uri, suites in entries():
-    if suite in suites:
-        print(uri)
-        break
-PY
-)}
-mirror=${mirror:-http://deb.debian.org/debian}
+mirror=${CSG_SYSTEST_MIRROR:-$(python3 scripts/lib/debian-mirror.py "$suite")}
+[ -n "$mirror" ] || die "a Debian mirror" "no apt source on this machine names Debian $suite: set CSG_SYSTEST_MIRROR"
 
 mkdir -p "$cache"
 exec 9>"$cache/.lock"

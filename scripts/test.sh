@@ -34,6 +34,12 @@ scripts/check-packages.sh
 step "system test"
 scripts/system-test.sh
 
+# The same .deb on a real kernel: a Debian 12 guest under qemu with kernel NFS and LIO, the
+# agent under its real unit with every storage backend, checked with real clients. Skipped,
+# and said so, where the machine cannot run qemu.
+step "kernel storage test"
+scripts/kernel-test.sh
+
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then
     # nextest does not run doctests: run them first, so the last summary printed is the

@@ -675,12 +675,20 @@ pub fn to_seen(t: &LioTarget) -> SeenTarget {
 // ---------------------------------------------------------------------------------------------
 // Running
 
+/// targetcli's own directory (preferences, history, backups of saveconfig.json) under the
+/// agent's state directory.
+pub const TARGETCLI_HOME_DIR: &str = "targetcli";
+
 /// targetcli and the configfs tree of one host.
 #[derive(Debug, Clone)]
 pub struct Lio {
     pub targetcli: PathBuf,
     /// `/sys/kernel/config/target` on a real host.
     pub root: PathBuf,
+    /// `TARGETCLI_HOME` for every run. targetcli writes its preferences and history to
+    /// `~/.targetcli` by default, and the agent's unit makes /root unreachable
+    /// (`ProtectHome=yes`): without this, every targetcli command fails.
+    pub home: PathBuf,
     pub timeout: Duration,
 }
 
@@ -717,7 +725,20 @@ impl Lio {
     pub async fn run(&self, c: &Cmd) -> Result<(), RunError> {
         self.available()?;
         let shown = c.redacted();
-        let p = Program::new(&self.targetcli, self.timeout).args(c.0.iter());
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.home)
+                .map_err(|e| RunError::Exec {
+                    command: shown.clone(),
+                    message: format!("cannot create {}: {e}", self.home.display()),
+                })?;
+        }
+        let p = Program::new(&self.targetcli, self.timeout)
+            .args(c.0.iter())
+            .env("TARGETCLI_HOME", &self.home);
         // Errors are rebuilt from `shown`: the exec error's own text would carry the argv.
         let out = exec::run(&p, None)
             .await
@@ -1101,6 +1122,39 @@ mod tests {
         assert!(!is_ours_for(&name(), "csg-vol1-1-2") && !is_ours_for(&name(), "csg-vol1-"));
     }
 
+    /// The unit's ProtectHome=yes hides /root, where targetcli keeps its files by default:
+    /// every run must point it at the agent's own directory, made private on first use.
+    #[tokio::test]
+    async fn targetcli_runs_with_its_home_in_the_state_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let prog = d.path().join("targetcli");
+        let seen = d.path().join("seen");
+        std::fs::write(
+            &prog,
+            format!(
+                "#!/bin/sh\nprintf '%s' \"$TARGETCLI_HOME\" > {}\n",
+                seen.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let home = d.path().join("state").join(TARGETCLI_HOME_DIR);
+        let lio = Lio {
+            targetcli: prog,
+            root: d.path().to_path_buf(),
+            home: home.clone(),
+            timeout: Duration::from_secs(5),
+        };
+        lio.run(&Cmd::new(&["saveconfig"])).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&seen).unwrap(),
+            home.to_str().unwrap()
+        );
+        let mode = std::fs::metadata(&home).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
     #[tokio::test]
     async fn errors_never_carry_a_secret_and_a_missing_tree_is_unavailable() {
         let d = tempfile::tempdir().unwrap();
@@ -1111,6 +1165,7 @@ mod tests {
         let lio = Lio {
             targetcli: prog,
             root: d.path().to_path_buf(),
+            home: d.path().join("home"),
             timeout: Duration::from_secs(5),
         };
         let c = Cmd::new(&[

@@ -49,19 +49,9 @@ const SECRETS_FILE: &str = "iscsi-chap-secrets.json";
 
 /// Builds the family for the configured backend (`None` when disabled).
 pub fn build(cfg: &IscsiSettings, ctx: &StorageCtx) -> Result<Option<Box<dyn Family>>, String> {
-    let backend = match cfg.backend {
-        IscsiBackendKind::Disabled => return Ok(None),
-        IscsiBackendKind::Lio => Backend::Lio(Lio {
-            targetcli: cfg.targetcli.clone(),
-            root: cfg.configfs_root.clone(),
-            timeout: ctx.timeout,
-        }),
-        IscsiBackendKind::Tgt => Backend::Tgt(Tgt {
-            tgtadm: cfg.tgtadm.clone(),
-            socket: cfg.tgt_socket.clone(),
-            timeout: ctx.timeout,
-        }),
-    };
+    if cfg.backend == IscsiBackendKind::Disabled {
+        return Ok(None);
+    }
     // The secrets needed to re-apply targets live beside the state file, so iSCSI needs a
     // state directory on disk (an in-memory store has none).
     let dir = ctx
@@ -70,6 +60,20 @@ pub fn build(cfg: &IscsiSettings, ctx: &StorageCtx) -> Result<Option<Box<dyn Fam
         .and_then(std::path::Path::parent)
         .map(PathBuf::from)
         .ok_or("iSCSI needs a state directory on disk for its CHAP secrets")?;
+    let backend = match cfg.backend {
+        IscsiBackendKind::Disabled => return Ok(None),
+        IscsiBackendKind::Lio => Backend::Lio(Lio {
+            targetcli: cfg.targetcli.clone(),
+            root: cfg.configfs_root.clone(),
+            home: dir.join(lio::TARGETCLI_HOME_DIR),
+            timeout: ctx.timeout,
+        }),
+        IscsiBackendKind::Tgt => Backend::Tgt(Tgt {
+            tgtadm: cfg.tgtadm.clone(),
+            socket: cfg.tgt_socket.clone(),
+            timeout: ctx.timeout,
+        }),
+    };
     let secrets_path = dir.join(SECRETS_FILE);
     let secrets = load_secrets(&secrets_path)?;
     // Only tgtd forgets its targets while the agent runs (a restart); LIO keeps them in the

@@ -118,6 +118,22 @@ fn invalid(e: impl std::fmt::Display) -> RpcError {
     RpcError::invalid_params(e.to_string())
 }
 
+/// Where useradd keeps the account databases and takes its lock files.
+const ACCOUNTS_DIR: &str = "/etc";
+
+/// Why no Unix account can be created, when that is known before trying: the agent's unit
+/// mounts /etc read-only (`ProtectSystem=strict`), and useradd would only fail with "cannot
+/// lock /etc/passwd; try again later", which reads as if a retry could help.
+fn accounts_read_only() -> Option<String> {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    match statvfs(ACCOUNTS_DIR) {
+        Ok(st) if st.flags().contains(FsFlags::ST_RDONLY) => Some(format!(
+            "{ACCOUNTS_DIR} is read-only for the agent (its systemd unit's ProtectSystem=strict)"
+        )),
+        _ => None,
+    }
+}
+
 fn backend(e: SambaError) -> RpcError {
     use crate::exec::ExecError;
     let code = match &e {
@@ -485,7 +501,22 @@ impl SmbFamily {
                     "username \"{user}\": no such Unix user, and smb.create_unix_users is false"
                 )))
             }
-            None => create_unix = true,
+            None => {
+                if let Some(why) = accounts_read_only() {
+                    return Err(RpcError::new(
+                        ErrorCode::BackendError,
+                        format!(
+                            "username \"{user}\": no such Unix user, and it cannot be created \
+                             here: {why}. Create the account first (uid from \
+                             smb.min_existing_uid = {}), or let the agent create accounts with \
+                             the drop-in in docs/operations.md (\"Samba users\"); nothing was \
+                             changed",
+                            self.cfg.min_existing_uid
+                        ),
+                    ));
+                }
+                create_unix = true
+            }
             Some(0) => {
                 return Err(invalid(format!(
                     "username \"{user}\": uid 0 cannot get an SMB password"
