@@ -59,6 +59,10 @@ for s in postinst prerm postrm; do
 done
 check "deb: postinst starts only with a valid config" has_line "$tmp/agent.control/postinst" 'check-config'
 check "deb: postrm purges config and state" has_line "$tmp/agent.control/postrm" 'rm -rf /etc/csg-agent /var/lib/csg-agent'
+check "deb: postinst makes /etc/exports.d (Debian ships none; the unit skips a missing path)" \
+    has_line "$tmp/agent.control/postinst" 'install -d -m 0755 /etc/exports.d'
+check "deb: postinst enables the unit without a running systemd (chroot image builds)" \
+    has_line "$tmp/agent.control/postinst" 'deb-systemd-helper enable csg-agent.service'
 
 # --- deb: csg-console
 dpkg-deb -c "${console_deb[0]}" >"$tmp/console.list"
@@ -93,6 +97,10 @@ check "rpm root: rpm -q knows it" rpm --root "$tmp/root" -q csg-agent csg-consol
 # Verified as installed, with ExecStart pointing at the installed binary of the throwaway root
 # (the root itself has no systemd to resolve targets against).
 sed "s#/usr/bin/csg-agent#$tmp/root/usr/bin/csg-agent#g" systemd/csg-agent.service >"$tmp/csg-agent.service"
+check "unit: ordered after the storage services (start-up reconcile)" \
+    has_line systemd/csg-agent.service '^After=.*rtslib-fb-targetctl\.service.*target\.service.*nfs-server\.service'
+check "unit: LIO's saved configuration writable (Debian and RHEL)" \
+    has_line systemd/csg-agent.service '^ReadWritePaths=.*-/etc/target -/etc/rtslib-fb-target'
 check "systemd-analyze verify" systemd-analyze verify --man=no "$tmp/csg-agent.service"
 exposure=$(systemd-analyze security --offline=true systemd/csg-agent.service 2>/dev/null | sed -n 's/.*Overall exposure level for csg-agent.service: \([0-9.]*\).*/\1/p')
 check "systemd-analyze security exposure $exposure <= 3.0" python3 -c "import sys; sys.exit(0 if float('${exposure:-99}') <= 3.0 else 1)"

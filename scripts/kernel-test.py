@@ -682,6 +682,9 @@ def phase_iscsi(vm, console, backend):
     iqn = f"{IQN_PREFIX}:{name}"
     size = 64 * 1024 * 1024
     spec = target_spec(name, f"/srv/csg/luns/{name}.img", size, CHAP, [GUEST_IQN, HOST_IQN])
+    if backend == "lio":
+        r = g.sh("lsmod | grep -o '^iscsi_target_mod' || echo not loaded", timeout=30)
+        R.note(f"iscsi_target_mod before the first target: {r.out.strip()}")
     ok, res, dt = console.call("iscsi.target.create", spec)
     if not R.check(f"iscsi.target.create {name} ({dt:.1f} s)", ok and res.get("changed") is True, reply_text(res)):
         R.note(g.sh("journalctl -u csg-agent --no-pager -n 40").out)

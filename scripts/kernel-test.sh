@@ -121,9 +121,9 @@ if [ "$accel" = auto ]; then
     if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
         # The kernel alone, no root file system: under a working KVM it reaches "VFS: Unable to
         # mount root fs", panics and, with -no-reboot, qemu exits, in a few seconds.
-        timeout 30 qemu-system-x86_64 -nodefaults -no-user-config -display none -accel kvm -cpu host \
+        (timeout 30 qemu-system-x86_64 -nodefaults -no-user-config -display none -accel kvm -cpu host \
             -m 256 -no-reboot -kernel "$image/vmlinuz" -append "console=ttyS0 panic=1" \
-            -serial "file:$work/kvm-probe.log" >"$work/kvm-probe.out" 2>&1
+            -serial "file:$work/kvm-probe.log") >"$work/kvm-probe.out" 2>&1
         if grep -q "Kernel panic" "$work/kvm-probe.log" 2>/dev/null; then
             accel=kvm
         else

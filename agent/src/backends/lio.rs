@@ -1,6 +1,8 @@
 //! The LIO backend: the kernel iSCSI target, configured with one-shot `targetcli` commands
 //! (one argument vector each, never a shell) and persisted with `targetcli saveconfig`
-//! (`/etc/target/saveconfig.json`, restored at boot by `target.service`). What LIO really has
+//! (`/etc/rtslib-fb-target/saveconfig.json` on Debian, restored at boot by
+//! `rtslib-fb-targetctl.service`; `/etc/target/saveconfig.json` and `target.service` on RHEL).
+//! What LIO really has
 //! is read back from its configfs tree (`<configfs_root>/iscsi/…`, `<configfs_root>/core/…`),
 //! never from targetcli's human-readable output.
 //!

@@ -77,7 +77,8 @@ pub fn build(cfg: &IscsiSettings, ctx: &StorageCtx) -> Result<Option<Box<dyn Fam
     let secrets_path = dir.join(SECRETS_FILE);
     let secrets = load_secrets(&secrets_path)?;
     // Only tgtd forgets its targets while the agent runs (a restart); LIO keeps them in the
-    // kernel, and target.service restores saveconfig.json at boot before the agent starts.
+    // kernel, and rtslib-fb-targetctl.service (Debian) or target.service (RHEL) restores
+    // saveconfig.json at boot before the agent starts (the unit is ordered after both).
     let watch_interval = match backend {
         Backend::Tgt(_) => cfg.watch_interval,
         Backend::Lio(_) => None,
