@@ -56,13 +56,16 @@ class Report:
         for line in str(text).splitlines():
             print(f"   {line}", flush=True)
 
+    def at(self):
+        return f"[{time.monotonic() - self.started:4.0f} s]"
+
     def ok(self, what):
         self.passed += 1
-        print(f"  ok    {what}", flush=True)
+        print(f"  ok    {self.at()} {what}", flush=True)
 
     def fail(self, what, details=""):
         self.failed += 1
-        print(f"  FAIL  {what}", flush=True)
+        print(f"  FAIL  {self.at()} {what}", flush=True)
         lines = str(details).rstrip().splitlines()[-30:]
         for line in lines:
             print(f"        | {line}", flush=True)
@@ -100,6 +103,10 @@ R = Report()
 
 class Fatal(Exception):
     """A step every later check depends on failed: reported, then the run stops."""
+
+
+class Interrupted(Exception):
+    """SIGTERM, SIGINT or SIGHUP: the run stops, qemu is stopped, the summary is printed."""
 
 
 # --- the guest agent (qemu-ga) --------------------------------------------------------------
@@ -320,7 +327,7 @@ class Console:
         self.csgctl = csgctl
         self.broker = f"mqtt://127.0.0.1:{BROKER_PORT}"
 
-    def call(self, method, params=None, timeout=240, rid=None, instance=INSTANCE):
+    def call(self, method, params=None, timeout=150, rid=None, instance=INSTANCE):
         """One request through the broker; returns (ok, result or error, seconds)."""
         cmd = [self.csgctl, "--broker", self.broker, "call", instance, method]
         if params is not None:
@@ -498,6 +505,14 @@ def wait_online(console, timeout=180):
     return wait_until(ping, timeout, step=2)
 
 
+def require_online(vm, console, what="it answers"):
+    """The agent answers through the broker, or the run stops here: every later check would
+    only wait out its own timeout."""
+    if not R.check(what, wait_online(console), "no answer within 180 s"):
+        raise Fatal("the agent does not answer:\n" +
+                    vm.qga.sh("journalctl -u csg-agent --no-pager -n 40", timeout=60).text())
+
+
 def reply_text(res):
     return json.dumps(res, indent=1)[:3000]
 
@@ -506,7 +521,7 @@ def phase_boot(vm, report_fig=True):
     R.section("boot the guest")
     t0 = time.monotonic()
     vm.start()
-    secs, state = vm.wait_booted(900)
+    secs, state = vm.wait_booted(300)
     R.ok(f"systemd up in the guest ({state}) {secs:.0f} s after qemu started")
     if report_fig:
         R.figure("boot to multi-user (s)", f"{secs:.0f}")
@@ -527,13 +542,14 @@ def phase_install(vm, console):
     R.note(f"csg-agent {lines[0] if lines else '?'}, kernel {lines[2] if len(lines) > 2 else '?'}")
     R.check("the unit is enabled by the package installed in a chroot (image build)",
             len(lines) > 1 and lines[1].strip() == "enabled", r.text())
+    r = g.sh("cat /proc/fs/nfsd/nfsv4gracetime /proc/fs/nfsd/nfsv4leasetime | tr '\\n' ' '", timeout=30)
+    R.note(f"nfsd grace and lease time (s): {r.out.strip()}")
     r = g.sh("test -d /etc/exports.d && test -d /sys/kernel/config/target && echo ok", timeout=30)
     R.check("/etc/exports.d exists (the package makes it); configfs has the target core", r.ok, r.text())
     r = configure(vm, "lio")
     if not R.check("configured (kernel NFS, Samba, LIO) and started with systemctl", r.ok, r.text()):
         raise Fatal("the agent did not start:\n" + g.sh("journalctl -u csg-agent --no-pager -n 40").out)
-    if not R.check("sys.ping through the broker", wait_online(console), "no answer within 180 s"):
-        raise Fatal("the agent does not answer:\n" + g.sh("journalctl -u csg-agent --no-pager -n 40").out)
+    require_online(vm, console, "sys.ping through the broker")
     ok, res, _ = console.call("sys.info")
     R.check("sys.info lists the nfs, smb and iscsi methods",
             ok and all(any(m.startswith(f) for m in res.get("methods", [])) for f in ("nfs.", "smb.", "iscsi.")),
@@ -619,7 +635,7 @@ def phase_smb(vm, console):
     g.write("/etc/systemd/system/csg-agent.service.d/unix-users.conf", UNIX_USERS_DROPIN)
     r = g.sh("systemctl daemon-reload && systemctl restart csg-agent && systemctl is-active csg-agent", timeout=120)
     R.check("with the unix-users drop-in (docs/operations.md) the agent restarts", r.ok, r.text())
-    wait_online(console)
+    require_online(vm, console)
     ok, res, _ = console.call("smb.user.set", {"username": "bob", "password": "Bob-pw-2026x"})
     R.check("smb.user.set bob creates the Unix account", ok and res.get("unix_user_created") is True,
             reply_text(res))
@@ -630,7 +646,7 @@ def phase_smb(vm, console):
     r = g.sh("rm /etc/systemd/system/csg-agent.service.d/unix-users.conf && systemctl daemon-reload && "
              "systemctl restart csg-agent && systemctl is-active csg-agent", timeout=120)
     R.check("back to the shipped unit", r.ok, r.text())
-    wait_online(console)
+    require_online(vm, console)
     return True
 
 
@@ -754,7 +770,7 @@ def phase_kill_during_apply(vm, console):
     R.note(f"the first attempt: {'ok' if ok1 else 'no reply'} ({reply_text(res1)[:200]})")
     r = g.sh("sleep 3; systemctl is-active csg-agent; systemctl show -P NRestarts csg-agent", timeout=120)
     R.check("systemd restarted the agent", r.ok and r.out.startswith("active"), r.text())
-    R.check("it answers again", wait_online(console), "no answer within 180 s")
+    require_online(vm, console, "it answers again")
     ok, res, _ = console.call("iscsi.target.get", {"name": name})
     R.check("the start-up reconcile finished the target from the desired state",
             ok and res.get("actual") and not res.get("drift"), reply_text(res))
@@ -780,7 +796,7 @@ def phase_reboot(vm, console):
     time.sleep(5)
     t0 = time.monotonic()
     try:
-        secs, state = vm.wait_booted(900)
+        secs, state = vm.wait_booted(300)
     except Fatal as e:
         R.fail("the guest comes back after a reboot", str(e))
         raise
@@ -791,7 +807,7 @@ def phase_reboot(vm, console):
              "b=$(systemctl show -P ExecMainStartTimestampMonotonic csg-agent); echo $a $b; [ $a -gt 0 ] && [ $b -gt $a ]",
              timeout=60)
     R.check("the agent started after the kernel target's configuration was restored", r.ok, r.text())
-    R.check("it answers", wait_online(console), "no answer within 180 s")
+    require_online(vm, console)
     r = g.sh("journalctl -b -u csg-agent --no-pager | grep -i -e reconcil -e error | tail -n 5", timeout=60)
     R.note(r.out.strip())
     ok, res, _ = console.call("nfs.export.get", {"name": "vol1"})
@@ -841,7 +857,7 @@ def phase_tgt(vm, console):
     r = configure(vm, "tgt")
     if not R.check("agent reconfigured with iscsi.backend = tgt", r.ok, r.text()):
         return
-    R.check("it answers", wait_online(console), "no answer within 180 s")
+    require_online(vm, console)
     if phase_iscsi(vm, console, "tgt"):
         iqn = f"{IQN_PREFIX}:tgtdb"
         r = g.sh("systemctl restart tgt; sleep 1; i=0; "
@@ -888,7 +904,7 @@ def main():
     broker = None
 
     def on_signal(sig, _frame):
-        raise SystemExit(128 + sig)
+        raise Interrupted(f"stopped by signal {sig}")
 
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, on_signal)
@@ -908,6 +924,8 @@ def main():
         phase_tgt(vm, console)
     except Fatal as e:
         R.fail("cannot go on", str(e))
+    except Interrupted as e:
+        R.fail("the run was interrupted", str(e))
     except Exception as e:  # a bug here must not be a pass
         import traceback
         R.fail("the test driver failed", traceback.format_exc())
