@@ -97,6 +97,9 @@ check "rpm root: rpm -q knows it" rpm --root "$tmp/root" -q csg-agent csg-consol
 # Verified as installed, with ExecStart pointing at the installed binary of the throwaway root
 # (the root itself has no systemd to resolve targets against).
 sed "s#/usr/bin/csg-agent#$tmp/root/usr/bin/csg-agent#g" systemd/csg-agent.service >"$tmp/csg-agent.service"
+dpkg-deb -x "${agent_deb[0]}" "$tmp/agent.files"
+check "deb: the packaged unit is systemd/csg-agent.service" \
+    cmp -s "$tmp/agent.files/usr/lib/systemd/system/csg-agent.service" systemd/csg-agent.service
 check "unit: ordered after the storage services (start-up reconcile)" \
     has_line systemd/csg-agent.service '^After=.*rtslib-fb-targetctl\.service.*target\.service.*nfs-server\.service'
 check "unit: LIO's saved configuration writable (Debian and RHEL)" \

@@ -55,8 +55,10 @@ include=$(printf '%s\n' "${packages[@]}" "${depends//,/$'\n'}" | sed '/^$/d' | s
 key1=$(printf 'v1 %s %s minbase %s' "$suite" "$arch" "$include" | sha256sum | cut -c1-16)
 tarball="$cache/rootfs-$suite-$arch-$key1.tar"
 
+# The .deb, this script, and the guest's files with their modes and links.
 inputs=$( (sha256sum "$deb" "${BASH_SOURCE[0]}" | cut -d' ' -f1
-    cd tests/guest/rootfs && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16)
+    cd tests/guest/rootfs && find . -printf '%M %p %l\n' | sort
+    find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16)
 key2="$key1-$inputs"
 image_dir="$cache/image-$key2"
 
@@ -131,7 +133,8 @@ ln -sf /dev/null "$r/etc/systemd/system/getty@tty1.service"
 # Every guest boots with the same machine id; that is fine for a test guest that is never
 # on a network with another.
 chroot "$r" systemd-machine-id-setup >/dev/null 2>&1 || true
-chroot "$r" systemctl enable systemd-networkd.service >/dev/null 2>&1
+chroot "$r" systemctl enable systemd-networkd.service >/dev/null 2>&1 ||
+    die "cannot enable systemd-networkd in the image"
 # Each run picks its iSCSI target: LIO first (rtslib-fb-targetctl restores it at boot), tgt in
 # a second phase. Both listen on port 3260, so tgt starts disabled, as a host using LIO has it.
 chroot "$r" systemctl disable tgt.service >/dev/null 2>&1 || true

@@ -94,16 +94,25 @@ sed 's/^/   manifest: /' "$image/manifest"
 # --- the accelerator -------------------------------------------------------------------------
 
 work=$(mktemp -d /var/tmp/csg-kernel-test.XXXXXX)
+driver=
 cleanup() {
-    # Whatever happened to the driver, qemu goes: it wrote its PID here.
-    if [ -s "$work/qemu.pid" ]; then
-        pid=$(cat "$work/qemu.pid")
-        if kill -0 "$pid" 2>/dev/null; then
+    # The driver first (it stops qemu and prints its summary), then whatever it left: qemu and
+    # Mosquitto wrote their PIDs here, and the driver removes qemu's once it has reaped it.
+    if [ -n "$driver" ] && kill -0 "$driver" 2>/dev/null; then
+        kill -TERM "$driver" 2>/dev/null
+        for _ in $(seq 1 30); do kill -0 "$driver" 2>/dev/null || break; sleep 1; done
+    fi
+    for name in qemu mosquitto; do
+        [ -s "$work/$name.pid" ] || continue
+        pid=$(cat "$work/$name.pid")
+        # Only the process this run started: its command line names this run's directory or
+        # is that program.
+        if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -e "$work"; then
             kill -TERM "$pid" 2>/dev/null
             sleep 2
             kill -KILL "$pid" 2>/dev/null
         fi
-    fi
+    done
     if [ -n "${CSG_GUEST_KEEP_LOGS:-}" ]; then
         echo "logs kept in $work"
         rm -f "$work/overlay.qcow2"
@@ -136,8 +145,13 @@ printf '   accelerator: %s\n' "$accel"
 
 # --- the run, in a network namespace of its own ----------------------------------------------
 
-unshare --net --kill-child -- python3 scripts/kernel-test.py --image "$image" --work "$work" \
-    --csgctl "$csgctl" --accel "$accel"
+# In the background and waited for, so that a signal to this script runs its trap at once
+# (bash runs traps only between commands), which stops the driver and qemu.
+unshare --net --kill-child=TERM -- python3 scripts/kernel-test.py --image "$image" --work "$work" \
+    --csgctl "$csgctl" --accel "$accel" &
+driver=$!
+wait "$driver"
 rc=$?
+driver=
 printf '(kernel test, image included: %s s)\n' "$(($(date +%s) - started))"
 exit $rc

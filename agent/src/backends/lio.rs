@@ -677,8 +677,8 @@ pub fn to_seen(t: &LioTarget) -> SeenTarget {
 // ---------------------------------------------------------------------------------------------
 // Running
 
-/// targetcli's own directory (preferences, history, backups of saveconfig.json) under the
-/// agent's state directory.
+/// targetcli's own directory (preferences, command history, its log) under the agent's state
+/// directory. (Backups of saveconfig.json go beside that file, in `backup/`.)
 pub const TARGETCLI_HOME_DIR: &str = "targetcli";
 
 /// targetcli and the configfs tree of one host.
