@@ -129,6 +129,8 @@ cp -a tests/guest/rootfs/. "$r/"
 # No root password and no login on any console: the tests reach the guest through qemu's guest
 # agent only. A getty on the serial console would also take it over from the kernel's log.
 ln -sf /dev/null "$r/etc/systemd/system/serial-getty@ttyS0.service"
+# A persistent journal: what happened before a reboot can be read after it.
+mkdir -p "$r/var/log/journal"
 ln -sf /dev/null "$r/etc/systemd/system/getty@tty1.service"
 # Every guest boots with the same machine id; that is fine for a test guest that is never
 # on a network with another.

@@ -841,6 +841,12 @@ def phase_reboot(vm, console):
         R.fail("the guest comes back after a reboot", str(e))
         raise
     R.ok(f"the guest is up again with a new boot id ({state}, {time.monotonic() - t0:.0f} s after systemctl reboot)")
+    # How long the old boot took to stop, and what it waited for (gaps over 3 s).
+    r = g.sh("journalctl -b -1 -o short-monotonic --no-pager | awk 'match($0, /^\\[ *[0-9.]+\\]/) { "
+             "t = substr($0, 2, RLENGTH - 2) + 0; if ($0 ~ /will reboot now/) { start = t; on = 1 } "
+             "if (on && t > start && t - last > 3) printf \"%.1f s before: %s\\n\", t - last, $0; last = t; end = t } "
+             "END { if (on) printf \"the old boot stopped in %.1f s\\n\", end - start }'", timeout=120)
+    R.note(r.out.strip()[-1500:] or r.text())
     r = g.sh("systemctl is-active csg-agent rtslib-fb-targetctl nfs-server smbd", timeout=60)
     R.check("csg-agent, the kernel target, nfsd and smbd all started at boot", r.ok, r.text())
     r = g.sh("b=$(systemctl show -P ExecMainStartTimestampMonotonic csg-agent); "
