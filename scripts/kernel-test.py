@@ -222,7 +222,7 @@ class Qga:
             pid = self.call("guest-exec", args, timeout=30)["pid"]
             deadline = time.monotonic() + timeout + 20
             while True:
-                st = self.call("guest-exec-status", {"pid": pid}, timeout=30)
+                st = self.call("guest-exec-status", {"pid": pid}, timeout=10)
                 if st.get("exited"):
                     out = base64.b64decode(st.get("out-data", "")).decode(errors="replace")
                     err = base64.b64decode(st.get("err-data", "")).decode(errors="replace")
@@ -789,7 +789,7 @@ def phase_kill_during_apply(vm, console):
     t = threading.Thread(target=lambda: box.update(r=g.sh(killer, 120)))
     t.start()
     time.sleep(0.5)
-    ok1, res1, _ = console.call("iscsi.target.create", spec, rid=rid, timeout=30)
+    ok1, res1, _ = console.call("iscsi.target.create", spec, rid=rid, timeout=20)
     t.join()
     kr = box.get("r")
     R.check("the agent was killed while targetcli was building the new target (no LUN, no ACL yet)",
@@ -823,7 +823,11 @@ def phase_reboot(vm, console):
     boot_id = lambda: g.sh("cat /proc/sys/kernel/random/boot_id", timeout=30).out.strip()
     before = boot_id()
     t0 = time.monotonic()
-    g.sh("systemctl reboot", timeout=10)
+    # --no-block: the command returns before the guest agent goes away with the old boot
+    # (otherwise its status is waited for until a time-out).
+    r = g.sh("systemctl --no-block reboot", timeout=10)
+    if not r.ok:
+        raise Fatal(f"systemctl reboot in the guest: {r.text()}")
     g.close()
     # Until the guest agent answers from the new boot (the old one may still answer while the
     # system stops).
