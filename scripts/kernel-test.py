@@ -746,11 +746,9 @@ def phase_iscsi(vm, console, backend):
         r = g.sh(block_io_script(iqn, name), timeout=240)
         R.check("the LUN is a block device in the guest: mkfs, write, read back", r.ok, r.text())
     g.sh(iscsi_logout_script(iqn), timeout=60)
-    bad = dict(CHAP, secret="WrongSecret000")
-    r = g.sh(iscsi_login_script(iqn, bad), timeout=120)
-    # iscsiadm's exit status 24: "iSCSI login failed due to authorization failure".
-    R.check("a login with the wrong CHAP secret is refused", r.rc == 24, r.text())
-    g.sh(iscsi_logout_script(iqn), timeout=60)
+    # Wrong secrets are tried with libiscsi below, not with the guest's own initiator: a failed
+    # login's connection teardown in this guest kernel's iscsi_tcp (6.1) once oopsed under
+    # emulation (NULL dereference in iscsi_sw_tcp_conn_stop) and took the guest down with it.
     port = FWD["iscsi"][0]
     url = f"iscsi://127.0.0.1:{port}/{iqn}/1"
     r = host(["iscsi-inq", "-i", HOST_IQN, url], env=host_iscsi_env(CHAP), timeout=60)
@@ -762,6 +760,10 @@ def phase_iscsi(vm, console, backend):
     r = host(["iscsi-inq", "-i", HOST_IQN, url], env=host_iscsi_env(dict(CHAP, secret="WrongSecret000")), timeout=60)
     R.check("libiscsi with a wrong CHAP secret is refused", not r.ok and "Authentication failure" in r.text(),
             r.text())
+    r = host(["iscsi-inq", "-i", HOST_IQN, url],
+             env=host_iscsi_env(dict(CHAP, mutual_secret="WrongSecret000")), timeout=60)
+    R.check("libiscsi refuses the target when it cannot prove the mutual CHAP secret",
+            not r.ok and "Invalid CHAP_R response from the target" in r.text(), r.text())
     return True
 
 

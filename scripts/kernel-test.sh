@@ -22,8 +22,8 @@
 #     exportfs -u behind the agent's back is drift, sys.reconcile repairs it;
 #   * Samba: a registry share and a user, smbclient writes and reads through the forward;
 #   * LIO: iscsi.target.create with a file LUN and mutual CHAP; open-iscsi in the guest logs in,
-#     mkfs, write, read back; a wrong secret is refused; iscsi-inq and iscsi-readcapacity16 from
-#     outside with mutual CHAP;
+#     mkfs, write, read back; iscsi-inq and iscsi-readcapacity16 from outside with mutual CHAP,
+#     and refused with a wrong secret either way;
 #   * kill -9 of the agent while targetcli applies a new target: systemd restarts it, the
 #     console's re-send with the same id succeeds, the target is whole;
 #   * a guest reboot: the agent starts on its own after the kernel target, nfsd and smbd; the
