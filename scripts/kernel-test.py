@@ -219,7 +219,7 @@ class Qga:
         if stdin is not None:
             args["input-data"] = base64.b64encode(stdin.encode()).decode()
         try:
-            pid = self.call("guest-exec", args, timeout=30)["pid"]
+            pid = self.call("guest-exec", args, timeout=15)["pid"]
             deadline = time.monotonic() + timeout + 20
             while True:
                 st = self.call("guest-exec-status", {"pid": pid}, timeout=10)
