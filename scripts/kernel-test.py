@@ -926,9 +926,17 @@ def phase_tgt(vm, console):
                  f"while ! tgtadm --lld iscsi --op show --mode target | grep -q {shlex.quote(iqn)}; do "
                  "sleep 1; i=$((i+1)); [ $i -lt 60 ] || exit 1; done; echo restored after ${i} s", timeout=120)
         R.check("tgtd restarted: the agent's watcher puts the target back", r.ok, r.text())
-        ok, res, _ = console.call("iscsi.target.get", {"name": "tgtdb"})
-        R.check("… whole: LUN, ACLs and CHAP, no drift", ok and res.get("actual") and not res.get("drift"),
-                reply_text(res))
+        # The watcher re-applies the target one tgtadm call at a time: whole once the drift
+        # is gone.
+        t0, last = time.monotonic(), {}
+
+        def whole():
+            ok, res, _ = console.call("iscsi.target.get", {"name": "tgtdb"})
+            last["res"] = res
+            return ok and res.get("actual") and not res.get("drift")
+        done = wait_until(whole, 60)
+        R.check(f"… whole again: LUN, ACLs and CHAP, no drift (after {time.monotonic() - t0:.1f} s; at most 60)",
+                done, reply_text(last.get("res")))
         ok, res, _ = console.call("iscsi.target.delete", {"name": "tgtdb", "delete_backing_files": True})
         R.check("iscsi.target.delete tgtdb", ok and res.get("existed") is True, reply_text(res))
 
