@@ -57,9 +57,10 @@ fi
 # socat forwards the broker into the kernel storage test's guest (qemu: below).
 storage_pkgs=(samba smbclient tgt nfs-ganesha nfs-ganesha-vfs libnfs-utils libiscsi-bin dbus nfs-kernel-server
     lintian rpm systemd python3 debootstrap systemd-container openssl iproute2 nftables socat)
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${storage_pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    installed "$p" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
     log "storage daemons and package tools present"
@@ -73,7 +74,6 @@ fi
 # has the nfsd and configfs this machine's may lack. A machine may carry qemu-utils from
 # backports, which the suite's qemu-system-x86 cannot stand beside: apt removes it to install
 # qemu-system-x86. So qemu-system-x86 comes first, then qemu-utils (qemu-img) of its release.
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for p in qemu-system-x86 qemu-utils; do
     if installed "$p"; then
         log "$p present"

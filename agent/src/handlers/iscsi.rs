@@ -49,23 +49,21 @@ const SECRETS_FILE: &str = "iscsi-chap-secrets.json";
 
 /// Builds the family for the configured backend (`None` when disabled).
 pub fn build(cfg: &IscsiSettings, ctx: &StorageCtx) -> Result<Option<Box<dyn Family>>, String> {
-    if cfg.backend == IscsiBackendKind::Disabled {
-        return Ok(None);
-    }
-    // The secrets needed to re-apply targets live beside the state file, so iSCSI needs a
-    // state directory on disk (an in-memory store has none).
-    let dir = ctx
-        .state
-        .path()
-        .and_then(std::path::Path::parent)
-        .map(PathBuf::from)
-        .ok_or("iSCSI needs a state directory on disk for its CHAP secrets")?;
+    // The secrets needed to re-apply targets (and targetcli's own files) live beside the state
+    // file, so iSCSI needs a state directory on disk (an in-memory store has none).
+    let state_dir = || {
+        ctx.state
+            .path()
+            .and_then(std::path::Path::parent)
+            .map(PathBuf::from)
+            .ok_or("iSCSI needs a state directory on disk for its CHAP secrets")
+    };
     let backend = match cfg.backend {
         IscsiBackendKind::Disabled => return Ok(None),
         IscsiBackendKind::Lio => Backend::Lio(Lio {
             targetcli: cfg.targetcli.clone(),
             root: cfg.configfs_root.clone(),
-            home: dir.join(lio::TARGETCLI_HOME_DIR),
+            home: state_dir()?.join(lio::TARGETCLI_HOME_DIR),
             timeout: ctx.timeout,
         }),
         IscsiBackendKind::Tgt => Backend::Tgt(Tgt {
@@ -74,7 +72,7 @@ pub fn build(cfg: &IscsiSettings, ctx: &StorageCtx) -> Result<Option<Box<dyn Fam
             timeout: ctx.timeout,
         }),
     };
-    let secrets_path = dir.join(SECRETS_FILE);
+    let secrets_path = state_dir()?.join(SECRETS_FILE);
     let secrets = load_secrets(&secrets_path)?;
     // Only tgtd forgets its targets while the agent runs (a restart); LIO keeps them in the
     // kernel, and rtslib-fb-targetctl.service (Debian) or target.service (RHEL) restores
