@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use csg_protocol::envelope::DecodeErrorKind;
+use csg_protocol::methods::{self, Kind, Method};
 use csg_protocol::{
-    decode_request, now_ms, AgentTopics, ErrorCode, MethodName, Reply, ReplyTo, Request, RequestId,
-    RpcError,
+    decode_request, now_ms, AgentTopics, ErrorCode, Reply, ReplyTo, Request, RequestId, RpcError,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -58,7 +58,10 @@ fn restore(cache: &mut ReplyCache, records: Vec<Record>) {
     let (now, now_ms) = (Instant::now(), now_ms());
     let mut restored = 0usize;
     for r in records {
-        let (Ok(id), Ok(method)) = (RequestId::new(r.id), MethodName::new(r.method)) else {
+        // Only mutations are journaled; a name this build does not know cannot be repeated
+        // to it either (it would be refused as unknown), so its record is not needed.
+        let method = methods::ALL.iter().copied().find(|m| *m == r.method);
+        let (Ok(id), Some(method)) = (RequestId::new(r.id), method) else {
             continue;
         };
         let age = Duration::from_millis(now_ms.saturating_sub(r.finished_ms));
@@ -73,15 +76,6 @@ fn restore(cache: &mut ReplyCache, records: Vec<Record>) {
     if restored > 0 {
         info!(restored, "request ids remembered from before the restart");
     }
-}
-
-/// Whether a method may change the gateway: its reply is journaled so that a repeat after a
-/// restart is answered, not run again. Reads are cheap and harmless to run twice.
-pub fn is_mutation(method: &str) -> bool {
-    !matches!(
-        method.rsplit('.').next(),
-        Some("get" | "list" | "ping" | "info" | "status")
-    )
 }
 
 impl Dispatcher {
@@ -237,13 +231,33 @@ impl Dispatcher {
             }
             return;
         }
-        self.admit(req, reply_topic.as_deref(), sender);
+        // The method and its params, typed: nothing below sees a method name or raw params.
+        // A refusal here is not remembered: nothing ran, and a corrected re-send may run.
+        let method = match Method::parse(req.method.as_str(), std::mem::take(&mut req.params)) {
+            Ok(m) => m,
+            Err(e) => {
+                Stats::inc(&self.stats.bad_request);
+                debug!(id = %req.id, method = %req.method, error = %e, "request refused: unknown method or invalid params");
+                if let Some(t) = reply_topic.as_deref() {
+                    self.refuse(t, Some(req.id), RpcError::from(e));
+                }
+                return;
+            }
+        };
+        self.admit(req, method, reply_topic.as_deref(), sender);
     }
 
-    fn admit(self: &Arc<Self>, req: Request, reply_topic: Option<&str>, sender: Sender) {
+    fn admit(
+        self: &Arc<Self>,
+        req: Request,
+        method: Method,
+        reply_topic: Option<&str>,
+        sender: Sender,
+    ) {
         let now = Instant::now();
+        let name = method.name();
         let mut cache = self.cache.lock().expect("reply cache lock");
-        match cache.lookup(&req.id, &req.method, reply_topic, now) {
+        match cache.lookup(&req.id, name, reply_topic, now) {
             Lookup::New => {}
             Lookup::Attached => {
                 Stats::inc(&self.stats.duplicates);
@@ -275,7 +289,7 @@ impl Dispatcher {
             if now_ms > deadline {
                 drop(cache);
                 Stats::inc(&self.stats.expired);
-                info!(id = %req.id, method = %req.method, late_ms = now_ms - deadline, "expired request not executed");
+                info!(id = %req.id, method = name, late_ms = now_ms - deadline, "expired request not executed");
                 if let Some(t) = reply_topic {
                     let msg = format!(
                         "deadline {deadline} passed {} ms before the request arrived; not executed",
@@ -304,34 +318,39 @@ impl Dispatcher {
             }
             return;
         }
-        cache.start(req.id.clone(), req.method.clone(), reply_topic, now);
+        cache.start(req.id.clone(), name, reply_topic, now);
         drop(cache);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Stats::inc(&self.stats.executed);
 
+        let kind = method.kind();
         let guard = Completion {
             dispatcher: self.clone(),
-            id: req.id.clone(),
-            method: req.method.clone(),
+            id: req.id,
+            method: name,
+            resource: method.resource().map(Into::into),
+            kind,
             key_id: sender.key_id().to_string(),
             done: false,
-            forget: false,
+            // A read is not remembered once answered: running it again is harmless, and
+            // remembering every finished read is what fills the id memory under load.
+            forget: kind == Kind::Read,
         };
         let handlers = self.handlers.clone();
         tokio::spawn(async move {
             let mut guard = guard;
-            let result = handlers.call(&req.method, req.params).await;
+            let result = handlers.call(method).await;
             if let Err(e) = &result {
-                debug!(id = %guard.id, method = %guard.method, code = %e.code, "request failed");
+                debug!(id = %guard.id, method = guard.method, code = %e.code, "request failed");
             }
             guard.audit(match &result {
-                Ok(_) => "ok",
-                Err(e) => e.code.as_str(),
+                Ok(_) => Outcome::Ok,
+                Err(e) => Outcome::Failed(e.code),
             });
             // A retryable error (the daemon was down, a program timed out) is answered but not
             // remembered: the console re-sends the same id after one (protocol, section 11),
             // and that re-send must run again once the daemon is back.
-            guard.forget = matches!(&result, Err(e) if e.retryable);
+            guard.forget |= matches!(&result, Err(e) if e.retryable);
             let reply = guard.reply_bytes(result);
             guard.journal(&reply).await;
             guard.complete(reply);
@@ -345,19 +364,40 @@ impl Dispatcher {
 struct Completion {
     dispatcher: Arc<Dispatcher>,
     id: RequestId,
-    method: MethodName,
+    method: &'static str,
+    /// The export, share, user or target the request names, for the audit line.
+    resource: Option<Box<str>>,
+    kind: Kind,
     /// The key that signed the request, or `unsigned`.
     key_id: String,
     done: bool,
-    /// The reply is a retryable error: not journaled, and the id is forgotten once answered.
+    /// A read, or a retryable error: not journaled, and the id is forgotten once answered.
     forget: bool,
 }
 
+/// How an executed request ended, for its audit line.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Ok,
+    Failed(ErrorCode),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Ok => f.write_str("ok"),
+            Outcome::Failed(code) => f.write_str(code.as_str()),
+        }
+    }
+}
+
 impl Completion {
-    /// The audit trail: one info line per executed mutation, with who asked and how it ended.
-    fn audit(&self, outcome: &str) {
-        if is_mutation(self.method.as_str()) {
-            info!(id = %self.id, method = %self.method, key = %self.key_id, outcome, "audit: mutation executed");
+    /// The audit trail, written here and nowhere else: one info line per executed mutation,
+    /// with who asked, what it named and how it ended.
+    fn audit(&self, outcome: Outcome) {
+        if self.kind == Kind::Mutation {
+            let resource = self.resource.as_deref().unwrap_or("-");
+            info!(id = %self.id, method = self.method, resource, key = %self.key_id, outcome = %outcome, "audit: mutation executed");
         }
     }
 
@@ -375,7 +415,7 @@ impl Completion {
         let Some(journal) = self.dispatcher.journal.clone() else {
             return;
         };
-        if !is_mutation(self.method.as_str()) || self.forget {
+        if self.kind == Kind::Read || self.forget {
             return;
         }
         let record = Record {
@@ -417,8 +457,8 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         if !self.done {
-            tracing::error!(id = %self.id, method = %self.method, "handler panicked");
-            self.audit(ErrorCode::Internal.as_str());
+            tracing::error!(id = %self.id, method = self.method, "handler panicked");
+            self.audit(Outcome::Failed(ErrorCode::Internal));
             let reply = self.reply_bytes(Err(RpcError::internal(format!(
                 "the handler of {} failed unexpectedly; see the agent's log",
                 self.method

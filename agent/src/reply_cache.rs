@@ -3,21 +3,27 @@
 //! Every request id the agent accepts for execution is remembered from the moment it starts
 //! until `ttl` after it finished, with its reply. A repeat of a finished id gets the
 //! remembered reply; a repeat of a running id is attached to it and answered when it ends.
+//! The dispatcher forgets reads as soon as they are answered (running one again is harmless),
+//! so what stays is the mutations' memory.
+//!
+//! Entries are kept small: the id is stored once and shared with the time order, the method is
+//! a `&'static str` of the protocol's, and a finished entry holds only its reply bytes.
 //! Memory is bounded by `max` entries: when every entry is still within its ttl, new ids are
 //! refused (`BUSY`, retryable) rather than forgetting an id early.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use csg_protocol::{MethodName, RequestId};
+use csg_protocol::RequestId;
 
 /// Most replies owed for one running id (the first arrival and its repeats).
 pub const MAX_WAITERS: usize = 16;
 
 #[derive(Debug)]
 struct Entry {
-    method: MethodName,
+    method: &'static str,
     state: State,
 }
 
@@ -43,15 +49,16 @@ pub enum Lookup {
     /// Already finished: send this reply again.
     Replay(Bytes),
     /// The id was used for another method: a console bug, refused.
-    MethodMismatch(MethodName),
+    MethodMismatch(&'static str),
 }
 
 #[derive(Debug)]
 pub struct ReplyCache {
-    entries: HashMap<RequestId, Entry>,
+    entries: HashMap<Arc<str>, Entry>,
     /// (time, id) in time order: when an id was started or finished. Purging pops from the
-    /// front and removes an entry only once it is finished and past its ttl.
-    order: VecDeque<(Instant, RequestId)>,
+    /// front and removes an entry only once it is finished and past its ttl. The id is the
+    /// entry's own key, shared, not a copy.
+    order: VecDeque<(Instant, Arc<str>)>,
     ttl: Duration,
     max: usize,
 }
@@ -81,12 +88,12 @@ impl ReplyCache {
             }
             let (_, id) = self.order.pop_front().expect("front exists");
             let expired = matches!(
-                self.entries.get(&id),
+                self.entries.get(&*id),
                 Some(Entry { state: State::Done { at, .. }, .. })
                     if now.saturating_duration_since(*at) >= self.ttl
             );
             if expired {
-                self.entries.remove(&id);
+                self.entries.remove(&*id);
             }
         }
     }
@@ -95,16 +102,16 @@ impl ReplyCache {
     pub fn lookup(
         &mut self,
         id: &RequestId,
-        method: &MethodName,
+        method: &str,
         reply_to: Option<&str>,
         now: Instant,
     ) -> Lookup {
         self.purge(now);
-        let Some(entry) = self.entries.get_mut(id) else {
+        let Some(entry) = self.entries.get_mut(id.as_str()) else {
             return Lookup::New;
         };
-        if &entry.method != method {
-            return Lookup::MethodMismatch(entry.method.clone());
+        if entry.method != method {
+            return Lookup::MethodMismatch(entry.method);
         }
         match &mut entry.state {
             State::Running { waiters } => {
@@ -129,11 +136,12 @@ impl ReplyCache {
     pub fn start(
         &mut self,
         id: RequestId,
-        method: MethodName,
+        method: &'static str,
         reply_to: Option<&str>,
         now: Instant,
     ) {
         let waiters = reply_to.map(|t| vec![t.to_string()]).unwrap_or_default();
+        let id: Arc<str> = id.as_str().into();
         self.order.push_back((now, id.clone()));
         self.entries.insert(
             id,
@@ -145,7 +153,8 @@ impl ReplyCache {
     }
 
     /// Puts back an id finished before a restart (from the reply journal).
-    pub fn restore(&mut self, id: RequestId, method: MethodName, reply: Bytes, at: Instant) {
+    pub fn restore(&mut self, id: RequestId, method: &'static str, reply: Bytes, at: Instant) {
+        let id: Arc<str> = id.as_str().into();
         self.order.push_back((at, id.clone()));
         self.entries.insert(
             id,
@@ -160,16 +169,24 @@ impl ReplyCache {
     /// (what a console does with a retryable error) must run it again, not get that error back.
     /// Its place in `order` stays; `purge` skips ids that are gone or were started again.
     pub fn forget(&mut self, id: &RequestId) {
-        self.entries.remove(id);
+        self.entries.remove(id.as_str());
     }
 
     /// Records the reply of a finished id and returns the topics waiting for it.
     pub fn finish(&mut self, id: &RequestId, reply: Bytes, now: Instant) -> Vec<String> {
-        let Some(entry) = self.entries.get_mut(id) else {
+        // The order gets the entry's own key (shared), not a new copy of the id.
+        let Some(key) = self
+            .entries
+            .get_key_value(id.as_str())
+            .map(|(k, _)| k.clone())
+        else {
+            return Vec::new();
+        };
+        let Some(entry) = self.entries.get_mut(&*key) else {
             return Vec::new();
         };
         let old = std::mem::replace(&mut entry.state, State::Done { reply, at: now });
-        self.order.push_back((now, id.clone()));
+        self.order.push_back((now, key));
         match old {
             State::Running { waiters } => waiters,
             State::Done { .. } => Vec::new(),
@@ -184,8 +201,8 @@ mod tests {
     fn id(s: &str) -> RequestId {
         RequestId::new(s).unwrap()
     }
-    fn m(s: &str) -> MethodName {
-        MethodName::new(s).unwrap()
+    fn m(s: &'static str) -> &'static str {
+        s
     }
 
     #[test]
@@ -193,30 +210,30 @@ mod tests {
         let t0 = Instant::now();
         let mut c = ReplyCache::new(Duration::from_secs(600), 10);
         assert_eq!(
-            c.lookup(&id("a"), &m("sys.ping"), Some("up/1"), t0),
+            c.lookup(&id("a"), m("sys.ping"), Some("up/1"), t0),
             Lookup::New
         );
         c.start(id("a"), m("sys.ping"), Some("up/1"), t0);
         assert_eq!(
-            c.lookup(&id("a"), &m("sys.ping"), Some("up/1"), t0),
+            c.lookup(&id("a"), m("sys.ping"), Some("up/1"), t0),
             Lookup::Attached
         );
         assert_eq!(
-            c.lookup(&id("a"), &m("sys.ping"), Some("up/2"), t0),
+            c.lookup(&id("a"), m("sys.ping"), Some("up/2"), t0),
             Lookup::Attached
         );
         assert_eq!(
-            c.lookup(&id("a"), &m("sys.ping"), None, t0),
+            c.lookup(&id("a"), m("sys.ping"), None, t0),
             Lookup::Attached
         );
         let waiters = c.finish(&id("a"), Bytes::from_static(b"r"), t0);
         assert_eq!(waiters, ["up/1", "up/1", "up/2"]);
         assert_eq!(
-            c.lookup(&id("a"), &m("sys.ping"), Some("up/3"), t0),
+            c.lookup(&id("a"), m("sys.ping"), Some("up/3"), t0),
             Lookup::Replay(Bytes::from_static(b"r"))
         );
         assert_eq!(
-            c.lookup(&id("a"), &m("sys.info"), Some("up/3"), t0),
+            c.lookup(&id("a"), m("sys.info"), Some("up/3"), t0),
             Lookup::MethodMismatch(m("sys.ping"))
         );
     }
@@ -227,7 +244,7 @@ mod tests {
         let mut c = ReplyCache::new(Duration::from_secs(600), 10);
         c.start(id("a"), m("x.y"), Some("up/1"), t0);
         for _ in 0..100 {
-            c.lookup(&id("a"), &m("x.y"), Some("up/1"), t0);
+            c.lookup(&id("a"), m("x.y"), Some("up/1"), t0);
         }
         assert_eq!(c.finish(&id("a"), Bytes::new(), t0).len(), MAX_WAITERS);
     }
@@ -240,15 +257,15 @@ mod tests {
         c.start(id("a"), m("x.y"), None, t0);
         // A long-running request: it finishes 700 s after it started.
         let t1 = t0 + Duration::from_secs(700);
-        assert_eq!(c.lookup(&id("a"), &m("x.y"), None, t1), Lookup::Attached);
+        assert_eq!(c.lookup(&id("a"), m("x.y"), None, t1), Lookup::Attached);
         c.finish(&id("a"), Bytes::from_static(b"r"), t1);
         let t2 = t1 + ttl - Duration::from_secs(1);
         assert!(matches!(
-            c.lookup(&id("a"), &m("x.y"), None, t2),
+            c.lookup(&id("a"), m("x.y"), None, t2),
             Lookup::Replay(_)
         ));
         let t3 = t1 + ttl;
-        assert_eq!(c.lookup(&id("a"), &m("x.y"), None, t3), Lookup::New);
+        assert_eq!(c.lookup(&id("a"), m("x.y"), None, t3), Lookup::New);
         assert!(c.is_empty());
     }
 
@@ -260,17 +277,14 @@ mod tests {
         c.start(id("a"), m("x.y"), Some("up/1"), t0);
         assert_eq!(c.finish(&id("a"), Bytes::from_static(b"e"), t0), ["up/1"]);
         c.forget(&id("a"));
-        assert_eq!(c.lookup(&id("a"), &m("x.y"), None, t0), Lookup::New);
+        assert_eq!(c.lookup(&id("a"), m("x.y"), None, t0), Lookup::New);
         c.start(id("a"), m("x.y"), None, t0 + s(1));
         c.finish(&id("a"), Bytes::from_static(b"ok"), t0 + s(2));
         assert_eq!(
-            c.lookup(&id("a"), &m("x.y"), None, t0 + s(600)),
+            c.lookup(&id("a"), m("x.y"), None, t0 + s(600)),
             Lookup::Replay(Bytes::from_static(b"ok"))
         );
-        assert_eq!(
-            c.lookup(&id("a"), &m("x.y"), None, t0 + s(602)),
-            Lookup::New
-        );
+        assert_eq!(c.lookup(&id("a"), m("x.y"), None, t0 + s(602)), Lookup::New);
     }
 
     #[test]

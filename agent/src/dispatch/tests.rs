@@ -118,17 +118,16 @@ async fn one_way_request_runs_and_sends_nothing() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn repeat_of_finished_id_is_replayed_not_rerun() {
+    // A mutation's id (a read's is forgotten once answered).
     let r = rig(8);
-    r.send(ping("dup"));
+    let reconcile = json!({"v":1,"id":"dup","method":"sys.reconcile","reply_to":"csg-up/c1"});
+    r.send(reconcile.clone());
     r.settle().await;
-    r.send(ping("dup"));
+    r.send(reconcile);
     r.settle().await;
     let replies = r.replies();
     assert_eq!(replies.len(), 2);
-    assert_eq!(
-        replies[0].1, replies[1].1,
-        "same remembered reply, same ts_ms"
-    );
+    assert_eq!(replies[0].1, replies[1].1, "same remembered reply");
     let s = r.stats.snapshot();
     assert_eq!((s.executed, s.duplicates), (1, 1));
 }
@@ -234,8 +233,9 @@ async fn in_flight_limit_answers_busy_retryable() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn id_reused_for_another_method_is_refused() {
+    // Only a mutation's id is remembered once it has finished (a read's is forgotten).
     let r = rig(8);
-    r.send(ping("same"));
+    r.send(json!({"v":1,"id":"same","method":"sys.reconcile","reply_to":"csg-up/c1"}));
     r.settle().await;
     r.send(json!({"v":1,"id":"same","method":"sys.info","reply_to":"csg-up/c1"}));
     r.settle().await;
@@ -244,13 +244,14 @@ async fn id_reused_for_another_method_is_refused() {
     assert!(replies[1].1["error"]["message"]
         .as_str()
         .unwrap()
-        .contains("sys.ping"));
+        .contains("sys.reconcile"));
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn panicking_handler_is_answered_internal_and_frees_its_slot() {
     let r = rig(1);
-    r.send(json!({"v":1,"id":"boom","method":"test.panic","reply_to":"csg-up/c1"}));
+    crate::handlers::PANIC_ON_PING.with(|p| p.set(true));
+    r.send(ping("boom"));
     r.settle().await;
     let replies = r.replies();
     assert_eq!(replies[0].1["error"]["code"], "INTERNAL");
@@ -303,23 +304,47 @@ async fn mutations_are_remembered_across_a_restart_reads_are_not() {
     );
 }
 
-#[test]
-fn mutation_rule() {
-    for m in [
-        "nfs.export.create",
-        "smb.user.set",
-        "iscsi.target.delete",
-        "sys.reconcile",
-    ] {
-        assert!(is_mutation(m), "{m}");
-    }
-    for m in [
-        "nfs.export.get",
-        "smb.share.list",
-        "sys.ping",
-        "sys.info",
-        "sys.status",
-    ] {
-        assert!(!is_mutation(m), "{m}");
-    }
+#[tokio::test(flavor = "current_thread")]
+async fn a_finished_read_runs_again_a_finished_mutation_is_answered_from_memory() {
+    let r = rig(8);
+    r.send(ping("p"));
+    r.settle().await;
+    r.send(ping("p"));
+    r.settle().await;
+    let s = r.stats.snapshot();
+    assert_eq!((s.executed, s.duplicates), (2, 0), "the read ran twice");
+    assert_eq!(r.d.cache.lock().unwrap().len(), 0, "no read is remembered");
+
+    r.send(json!({"v":1,"id":"m","method":"sys.reconcile","reply_to":"csg-up/c1"}));
+    r.settle().await;
+    r.send(json!({"v":1,"id":"m","method":"sys.reconcile","reply_to":"csg-up/c1"}));
+    r.settle().await;
+    let s = r.stats.snapshot();
+    assert_eq!((s.executed, s.duplicates), (3, 1), "the mutation ran once");
+    assert_eq!(r.d.cache.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_repeat_of_a_running_read_is_attached_to_it() {
+    let r = rig(8);
+    // Both arrive before the first runs (current-thread runtime): one execution, two answers.
+    r.send(ping("p"));
+    r.send(ping("p"));
+    r.settle().await;
+    let s = r.stats.snapshot();
+    assert_eq!((s.executed, s.duplicates), (1, 1));
+    assert_eq!(r.replies().len(), 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unknown_methods_and_bad_params_are_refused_before_running_and_not_remembered() {
+    let r = rig(8);
+    r.send(json!({"v":1,"id":"u","method":"nfs.export.frob","reply_to":"csg-up/c1"}));
+    r.send(json!({"v":1,"id":"b","method":"sys.ping","params":{"x":1},"reply_to":"csg-up/c1"}));
+    r.settle().await;
+    let replies = r.replies();
+    assert_eq!(replies[0].1["error"]["code"], "UNKNOWN_METHOD");
+    assert_eq!(replies[1].1["error"]["code"], "INVALID_PARAMS");
+    assert_eq!(r.stats.snapshot().executed, 0);
+    assert_eq!(r.d.cache.lock().unwrap().len(), 0);
 }

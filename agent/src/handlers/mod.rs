@@ -11,7 +11,8 @@ pub mod sys;
 use std::sync::Arc;
 
 use csg_protocol::methods::sys as sysm;
-use csg_protocol::{ErrorCode, MethodName, RpcError};
+use csg_protocol::methods::{Method, SysMethod};
+use csg_protocol::{ErrorCode, RpcError};
 use serde_json::{Map, Value};
 
 use crate::status::StatusSource;
@@ -37,9 +38,8 @@ impl FamilyLimits {
         }
     }
 
-    /// Waits for a slot of `method`'s family (its first segment: `nfs` for `nfs.export.list`).
-    pub async fn acquire(&self, method: &str) -> tokio::sync::OwnedSemaphorePermit {
-        let family = method.split('.').next().unwrap_or(method);
+    /// Waits for a slot of `family` (`nfs` for `nfs.export.list`).
+    pub async fn acquire(&self, family: &'static str) -> tokio::sync::OwnedSemaphorePermit {
         let sem = self
             .families
             .lock()
@@ -74,30 +74,47 @@ pub fn methods(storage: &Storage) -> Vec<String> {
     m
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Makes the next `sys.ping` on this thread panic: lets the dispatcher's tests prove a
+    /// panicking handler is still answered (their runtime runs handlers on the test's thread).
+    pub static PANIC_ON_PING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Handlers {
-    pub async fn call(
-        &self,
-        method: &MethodName,
-        params: Map<String, Value>,
-    ) -> Result<Value, RpcError> {
-        let _slot = self.limits.acquire(method.as_str()).await;
-        match method.as_str() {
-            sysm::PING => sys::ping(params),
-            sysm::INFO => sys::info(self, params),
-            sysm::STATUS => sys::status(self, params).await,
-            sysm::RECONCILE => sys::reconcile(self, params).await,
-            // Lets the dispatcher's tests prove a panicking handler still gets answered.
-            #[cfg(test)]
-            "test.panic" => panic!("test handler panics on purpose"),
-            other => match self.storage.read().await.call(other, params).await {
-                Some(r) => r,
-                None => Err(RpcError::new(
-                    ErrorCode::UnknownMethod,
-                    format!(
-                        "unknown method {other:?}; sys.info lists the methods this agent supports"
-                    ),
-                )),
-            },
+    /// Runs one parsed method. Storage methods of a family that is not configured are
+    /// `UNKNOWN_METHOD`, as `sys.info` does not list them.
+    pub async fn call(&self, method: Method) -> Result<Value, RpcError> {
+        let _slot = self.limits.acquire(method.family()).await;
+        match method {
+            Method::Sys(SysMethod::Ping) => {
+                #[cfg(test)]
+                if PANIC_ON_PING.with(|p| p.replace(false)) {
+                    panic!("test handler panics on purpose");
+                }
+                sys::ping()
+            }
+            Method::Sys(SysMethod::Info) => sys::info(self),
+            Method::Sys(SysMethod::Status) => sys::status(self).await,
+            Method::Sys(SysMethod::Reconcile) => sys::reconcile(self).await,
+            storage => {
+                let name = storage.name();
+                match self
+                    .storage
+                    .read()
+                    .await
+                    .call(name, storage.params())
+                    .await
+                {
+                    Some(r) => r,
+                    None => Err(RpcError::new(
+                        ErrorCode::UnknownMethod,
+                        format!(
+                            "unknown method {name:?}; sys.info lists the methods this agent supports"
+                        ),
+                    )),
+                }
+            }
         }
     }
 }

@@ -1,32 +1,28 @@
-//! `sys.ping`, `sys.info`, `sys.status`: the agent itself.
+//! `sys.ping`, `sys.info`, `sys.status`, `sys.reconcile`: the agent itself.
 
-use csg_protocol::methods::sys::{PingResult, INFO, PING, RECONCILE, STATUS};
+use csg_protocol::methods::sys::PingResult;
 use csg_protocol::{now_ms, RpcError};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::{no_params, to_value, Handlers};
+use super::{to_value, Handlers};
 
-pub fn ping(params: Map<String, Value>) -> Result<Value, RpcError> {
-    no_params(PING, &params)?;
+pub fn ping() -> Result<Value, RpcError> {
     to_value(&PingResult {
         pong: true,
         ts_ms: now_ms(),
     })
 }
 
-pub fn info(h: &Handlers, params: Map<String, Value>) -> Result<Value, RpcError> {
-    no_params(INFO, &params)?;
+pub fn info(h: &Handlers) -> Result<Value, RpcError> {
     to_value(&*h.info.read().expect("info lock"))
 }
 
-pub async fn status(h: &Handlers, params: Map<String, Value>) -> Result<Value, RpcError> {
-    no_params(STATUS, &params)?;
+pub async fn status(h: &Handlers) -> Result<Value, RpcError> {
     to_value(&h.status.snapshot().await)
 }
 
 /// Re-applies the whole desired state of every storage family; the result names, per family,
 /// what it changed (or why it could not).
-pub async fn reconcile(h: &Handlers, params: Map<String, Value>) -> Result<Value, RpcError> {
-    no_params(RECONCILE, &params)?;
+pub async fn reconcile(h: &Handlers) -> Result<Value, RpcError> {
     Ok(h.storage.read().await.reconcile().await)
 }

@@ -286,6 +286,29 @@ impl Method {
         }
     }
 
+    /// The export, share, user or target the request names, as sent (not yet validated: for
+    /// logs, which quote it).
+    pub fn resource(&self) -> Option<&str> {
+        use IscsiMethod as I;
+        use NfsMethod as N;
+        use SmbMethod as S;
+        match self {
+            Method::Sys(_)
+            | Method::Nfs(N::ExportList)
+            | Method::Smb(S::ShareList | S::UserList)
+            | Method::Iscsi(I::TargetList) => None,
+            Method::Nfs(N::ExportCreate(p) | N::ExportUpdate(p)) => Some(&p.name),
+            Method::Nfs(N::ExportDelete(p) | N::ExportGet(p)) => Some(&p.name),
+            Method::Smb(S::ShareCreate(p) | S::ShareUpdate(p)) => Some(p.name.as_str()),
+            Method::Smb(S::ShareDelete(p) | S::ShareGet(p)) => Some(p.name.as_str()),
+            Method::Smb(S::UserSet(p)) => Some(p.username.as_str()),
+            Method::Smb(S::UserDelete(p)) => Some(p.username.as_str()),
+            Method::Iscsi(I::TargetCreate(p) | I::TargetUpdate(p)) => Some(&p.name),
+            Method::Iscsi(I::TargetDelete(p)) => Some(&p.name),
+            Method::Iscsi(I::TargetGet(p)) => Some(&p.name),
+        }
+    }
+
     /// The params as they go on the wire (an empty object for methods that take none).
     pub fn params(&self) -> Map<String, Value> {
         use IscsiMethod as I;
