@@ -100,6 +100,149 @@ impl ExecError {
     }
 }
 
+/// Why running a program did not give the result asked for: the one error every backend
+/// returns for its programs, mapped to an error code in one place ([`ToolError::to_rpc`]).
+///
+/// `program` is the command line for people. Where argv carries a secret (tgtadm has no other
+/// way to take a CHAP secret), the caller builds the error with [`ToolError::redacted`] so the
+/// secret never reaches a reply or a log.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ToolError {
+    /// The program, or the daemon it talks to, is not there: retryable once it is back.
+    #[error("{program}: {detail}")]
+    Unavailable { program: String, detail: String },
+    /// Killed after its timeout: retryable.
+    #[error("{program} did not finish within {timeout:?} and was killed")]
+    Timeout { program: String, timeout: Duration },
+    /// It ran and refused or failed.
+    #[error("{program} failed (exit status {status}): {stderr}")]
+    Failed {
+        program: String,
+        status: i32,
+        stderr: String,
+    },
+    /// It could not be started or waited for (permissions, I/O, killed by a signal).
+    #[error("{program}: {detail}")]
+    Spawn { program: String, detail: String },
+}
+
+impl ToolError {
+    /// The error code a reply carries for it (the only place this mapping is written).
+    pub fn code(&self) -> csg_protocol::ErrorCode {
+        use csg_protocol::ErrorCode;
+        match self {
+            ToolError::Unavailable { .. } => ErrorCode::Unavailable,
+            ToolError::Timeout { .. } => ErrorCode::Timeout,
+            ToolError::Failed { .. } | ToolError::Spawn { .. } => ErrorCode::BackendError,
+        }
+    }
+
+    pub fn to_rpc(&self) -> csg_protocol::RpcError {
+        csg_protocol::RpcError::new(self.code(), self.to_string())
+    }
+
+    /// The same error with every occurrence of each secret replaced by `<redacted>`, in the
+    /// command line and in whatever the program printed.
+    pub fn redacted(self, secrets: &[&str]) -> Self {
+        let r = |s: String| redact(s, secrets);
+        match self {
+            ToolError::Unavailable { program, detail } => ToolError::Unavailable {
+                program: r(program),
+                detail: r(detail),
+            },
+            ToolError::Timeout { program, timeout } => ToolError::Timeout {
+                program: r(program),
+                timeout,
+            },
+            ToolError::Failed {
+                program,
+                status,
+                stderr,
+            } => ToolError::Failed {
+                program: r(program),
+                status,
+                stderr: r(stderr),
+            },
+            ToolError::Spawn { program, detail } => ToolError::Spawn {
+                program: r(program),
+                detail: r(detail),
+            },
+        }
+    }
+}
+
+impl From<ExecError> for ToolError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::Spawn { program, source }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                ToolError::Unavailable {
+                    program,
+                    detail: format!("not installed ({source})"),
+                }
+            }
+            ExecError::Spawn { program, source } | ExecError::Io { program, source } => {
+                ToolError::Spawn {
+                    program,
+                    detail: source.to_string(),
+                }
+            }
+            ExecError::Timeout { program, timeout } => ToolError::Timeout { program, timeout },
+            ExecError::Signaled { program } => ToolError::Spawn {
+                program,
+                detail: "killed by a signal".into(),
+            },
+        }
+    }
+}
+
+/// `s` with each non-empty secret replaced by `<redacted>`.
+pub fn redact(mut s: String, secrets: &[&str]) -> String {
+    for secret in secrets.iter().filter(|x| !x.is_empty()) {
+        if s.contains(secret) {
+            s = s.replace(secret, "<redacted>");
+        }
+    }
+    s
+}
+
+/// A failed change, with how restoring the previous state went appended: the one wording of
+/// "rolled back" every family uses.
+pub fn rolled_back(
+    err: csg_protocol::RpcError,
+    restore: Result<(), csg_protocol::RpcError>,
+) -> csg_protocol::RpcError {
+    let suffix = match restore {
+        Ok(()) => "; the previous state was restored".to_string(),
+        Err(r) => format!("; restoring the previous state failed too: {}", r.message),
+    };
+    csg_protocol::RpcError {
+        message: err.message + &suffix,
+        ..err
+    }
+    .capped()
+}
+
+/// Runs the program and treats a non-zero exit as [`ToolError::Failed`] (with its stderr, or
+/// its stdout when stderr is empty).
+pub async fn run_ok(p: &Program, stdin: Option<&[u8]>) -> Result<Output, ToolError> {
+    let out = run(p, stdin).await?;
+    if out.status == 0 {
+        return Ok(out);
+    }
+    let said = if out.stderr.trim().is_empty() {
+        &out.stdout
+    } else {
+        &out.stderr
+    };
+    Err(ToolError::Failed {
+        program: p.display(),
+        status: out.status,
+        stderr: said.trim().to_string(),
+    })
+}
+
 async fn read_bounded<R: AsyncRead + Unpin>(mut r: R) -> std::io::Result<String> {
     let mut kept = Vec::new();
     let mut buf = [0u8; 8192];
@@ -236,6 +379,44 @@ mod tests {
             .unwrap();
         assert!(o.stderr.len() < MAX_CAPTURE + 100);
         assert!(o.stderr.ends_with("more bytes not kept]"));
+    }
+
+    #[tokio::test]
+    async fn tool_errors_map_to_codes_and_redact_secrets() {
+        use csg_protocol::ErrorCode;
+        let missing = Program::new("/nonexistent/prog", Duration::from_secs(1));
+        let e = run_ok(&missing, None).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        let e = run_ok(&sh("echo 'bad s3cret!' >&2; exit 2"), None)
+            .await
+            .unwrap_err()
+            .redacted(&["s3cret!"]);
+        assert_eq!(e.code(), ErrorCode::BackendError);
+        let text = e.to_string();
+        assert!(
+            !text.contains("s3cret!") && text.contains("<redacted>"),
+            "{text}"
+        );
+        let mut slow = sh("sleep 30");
+        slow.timeout = Duration::from_millis(100);
+        assert_eq!(
+            run_ok(&slow, None).await.unwrap_err().code(),
+            ErrorCode::Timeout
+        );
+    }
+
+    #[test]
+    fn rolled_back_says_how_the_restore_went() {
+        let e = csg_protocol::RpcError::new(csg_protocol::ErrorCode::BackendError, "x failed");
+        assert_eq!(
+            rolled_back(e.clone(), Ok(())).message,
+            "x failed; the previous state was restored"
+        );
+        let r = csg_protocol::RpcError::internal("y");
+        assert_eq!(
+            rolled_back(e, Err(r)).message,
+            "x failed; restoring the previous state failed too: y"
+        );
     }
 
     #[tokio::test]
