@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use csg_protocol::jws::{self, ed25519_dalek::SigningKey};
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 /// A signed request may be valid for at most this long by default (the agent's
 /// `security.max_command_validity_s` default).
@@ -76,14 +77,12 @@ impl Signer {
                 message: format!("{} bytes is too large for a key file", meta.len()),
             });
         }
-        let mut text = std::fs::read_to_string(path).map_err(|e| SignError::Read {
+        // The key text is not kept: wiped when dropped.
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| SignError::Read {
             path: shown.clone(),
             message: e.to_string(),
-        })?;
-        let parsed = jws::parse_private_key(&text);
-        // The key text is not kept: zeroed before it is dropped.
-        zero_string(&mut text);
-        let key = parsed.map_err(|e| SignError::Invalid {
+        })?);
+        let key = jws::parse_private_key(&text).map_err(|e| SignError::Invalid {
             path: shown,
             message: e.to_string(),
         })?;
@@ -108,12 +107,6 @@ impl Signer {
     pub fn default_deadline(&self, timeout: Duration) -> Duration {
         timeout.max(MIN_SIGNED_DEADLINE).min(self.max_validity)
     }
-}
-
-fn zero_string(s: &mut String) {
-    let mut bytes = std::mem::take(s).into_bytes();
-    bytes.iter_mut().for_each(|b| *b = 0);
-    drop(bytes);
 }
 
 /// A fresh key pair from the operating system's random source.
@@ -170,12 +163,15 @@ pub fn write_key_pair(
             }
         }
     }
-    let mut pem = jws::private_key_pem(key);
-    let written = write(&priv_path, 0o600, &pem);
-    zero_string(&mut pem);
-    written?;
+    let encode = |e: jws::KeyFileError| SignError::Invalid {
+        path: priv_path.display().to_string(),
+        message: e.to_string(),
+    };
+    // Wiped from memory when dropped.
+    let pem = jws::private_key_pem(key).map_err(encode)?;
+    write(&priv_path, 0o600, &pem)?;
     let vk = key.verifying_key();
-    write(&pub_path, 0o644, &jws::public_key_pem(&vk))?;
+    write(&pub_path, 0o644, &jws::public_key_pem(&vk).map_err(encode)?)?;
     Ok((jws::suggested_key_id(&vk), priv_path, pub_path))
 }
 

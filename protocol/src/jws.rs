@@ -10,11 +10,16 @@
 //! parameters only (`crit` and anything else unknown are refused), bounded sizes throughout.
 //! `docs/protocol.md` ("Signed commands") is the same contract in prose.
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 pub use ed25519_dalek;
 
@@ -303,16 +308,6 @@ pub fn sign(payload: &[u8], kid: &str, aud: Option<&str>, key: &SigningKey) -> S
     out
 }
 
-/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): the 32 key bytes follow.
-const SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
-
-/// DER prefix of an Ed25519 PKCS#8 v1 private key (RFC 8410): the 32 seed bytes follow.
-const PKCS8_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
-
 /// Why a key file could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{0}")]
@@ -321,73 +316,67 @@ pub struct KeyFileError(String);
 /// Longest key file read, in bytes: a PEM key is about 120.
 pub const MAX_KEY_FILE: usize = 4096;
 
-fn pem_body(text: &str, label: &str) -> Result<Option<Vec<u8>>, KeyFileError> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let Some(start) = text.find(&begin) else {
-        return Ok(None);
-    };
-    let rest = &text[start + begin.len()..];
-    let Some(stop) = rest.find(&end) else {
-        return Err(KeyFileError(format!("PEM block has no {end} line")));
-    };
-    let b64: String = rest[..stop]
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    STANDARD
-        .decode(b64.as_bytes())
-        .map(Some)
-        .map_err(|_| KeyFileError("PEM body is not valid base64".into()))
-}
-
-fn raw_key_line(text: &str) -> Result<[u8; 32], KeyFileError> {
-    let line = text.trim();
-    let bytes = URL_SAFE_NO_PAD
-        .decode(
-            line.trim_end_matches('=')
-                .replace('+', "-")
-                .replace('/', "_"),
-        )
-        .map_err(|_| {
-            KeyFileError("neither a PEM block nor one line of base64 (32 raw key bytes)".into())
-        })?;
-    bytes.try_into().map_err(|b: Vec<u8>| {
-        KeyFileError(format!(
-            "one line of base64 must hold 32 key bytes, got {}",
-            b.len()
-        ))
-    })
-}
-
-/// Reads an Ed25519 public key: PEM `-----BEGIN PUBLIC KEY-----` (SubjectPublicKeyInfo, what
-/// `openssl pkey -pubout` writes), or one line of base64 (standard or url-safe, padding
-/// optional) holding the 32 raw key bytes.
-pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyFileError> {
+fn check_size(text: &str) -> Result<(), KeyFileError> {
     if text.len() > MAX_KEY_FILE {
         return Err(KeyFileError(format!(
             "{} bytes; a key file is at most {MAX_KEY_FILE}",
             text.len()
         )));
     }
-    let raw: [u8; 32] = match pem_body(text, "PUBLIC KEY")? {
-        Some(der) => {
-            if der.len() != SPKI_PREFIX.len() + 32 || der[..SPKI_PREFIX.len()] != SPKI_PREFIX {
-                return Err(KeyFileError(
-                    "PEM PUBLIC KEY is not an Ed25519 key (OID 1.3.101.112)".into(),
-                ));
-            }
-            der[SPKI_PREFIX.len()..].try_into().expect("32 bytes")
-        }
+    Ok(())
+}
+
+/// The PEM block labelled `label` in `text` (from its BEGIN line to its END line), if any.
+fn pem_block<'a>(text: &'a str, label: &str) -> Result<Option<&'a str>, KeyFileError> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let Some(start) = text.find(&begin) else {
+        return Ok(None);
+    };
+    let Some(stop) = text[start..].find(&end) else {
+        return Err(KeyFileError(format!("PEM block has no {end} line")));
+    };
+    Ok(Some(&text[start..start + stop + end.len()]))
+}
+
+/// 32 raw key bytes from one line of base64 (standard or url-safe, padding optional), wiped
+/// from memory when dropped.
+fn raw_key_line(text: &str) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
+    let line = Zeroizing::new(
+        text.trim()
+            .trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_"),
+    );
+    let bytes = Zeroizing::new(URL_SAFE_NO_PAD.decode(line.as_bytes()).map_err(|_| {
+        KeyFileError("neither a PEM block nor one line of base64 (32 raw key bytes)".into())
+    })?);
+    let raw: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+        KeyFileError(format!(
+            "one line of base64 must hold 32 key bytes, got {}",
+            bytes.len()
+        ))
+    })?;
+    Ok(Zeroizing::new(raw))
+}
+
+/// Reads an Ed25519 public key: PEM `-----BEGIN PUBLIC KEY-----` (SubjectPublicKeyInfo, what
+/// `openssl pkey -pubout` writes), or one line of base64 (standard or url-safe, padding
+/// optional) holding the 32 raw key bytes.
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyFileError> {
+    check_size(text)?;
+    let key = match pem_block(text, "PUBLIC KEY")? {
+        Some(block) => VerifyingKey::from_public_key_pem(block).map_err(|_| {
+            KeyFileError("PEM PUBLIC KEY is not an Ed25519 key (OID 1.3.101.112)".into())
+        })?,
         None if text.contains("-----BEGIN") => {
             return Err(KeyFileError(
                 "PEM block is not a PUBLIC KEY (a private key where a public key belongs?)".into(),
             ))
         }
-        None => raw_key_line(text)?,
+        None => VerifyingKey::from_bytes(&*raw_key_line(text)?)
+            .map_err(|_| KeyFileError("not a valid Ed25519 public key".into()))?,
     };
-    let key = VerifyingKey::from_bytes(&raw)
-        .map_err(|_| KeyFileError("not a valid Ed25519 public key".into()))?;
     if key.is_weak() {
         return Err(KeyFileError(
             "a weak (small-order) Ed25519 public key".into(),
@@ -398,53 +387,36 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyFileError> {
 
 /// Reads an Ed25519 private key: PEM `-----BEGIN PRIVATE KEY-----` (PKCS#8, what
 /// `openssl genpkey -algorithm ed25519` writes), or one line of base64 holding the 32-byte seed.
+/// PKCS#8 and PEM are decoded by the RustCrypto `pkcs8` crate through ed25519-dalek, which
+/// wipes the decoded key material; the signing key wipes itself when dropped.
 pub fn parse_private_key(text: &str) -> Result<SigningKey, KeyFileError> {
-    if text.len() > MAX_KEY_FILE {
-        return Err(KeyFileError(format!(
-            "{} bytes; a key file is at most {MAX_KEY_FILE}",
-            text.len()
-        )));
-    }
-    let mut seed: [u8; 32] = match pem_body(text, "PRIVATE KEY")? {
-        Some(mut der) => {
-            let ok =
-                der.len() == PKCS8_PREFIX.len() + 32 && der[..PKCS8_PREFIX.len()] == PKCS8_PREFIX;
-            let seed = ok.then(|| <[u8; 32]>::try_from(&der[PKCS8_PREFIX.len()..]).expect("32"));
-            der.iter_mut().for_each(|b| *b = 0);
-            seed.ok_or_else(|| KeyFileError("PEM PRIVATE KEY is not an Ed25519 PKCS#8 key".into()))?
-        }
+    check_size(text)?;
+    match pem_block(text, "PRIVATE KEY")? {
+        Some(block) => SigningKey::from_pkcs8_pem(block)
+            .map_err(|_| KeyFileError("PEM PRIVATE KEY is not an Ed25519 PKCS#8 key".into())),
         None if text.contains("-----BEGIN") => {
-            return Err(KeyFileError("PEM block is not a PRIVATE KEY".into()))
+            Err(KeyFileError("PEM block is not a PRIVATE KEY".into()))
         }
-        None => raw_key_line(text)?,
-    };
-    let key = SigningKey::from_bytes(&seed);
-    seed.iter_mut().for_each(|b| *b = 0);
-    Ok(key)
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        STANDARD.encode(der)
-    )
+        None => Ok(SigningKey::from_bytes(&*raw_key_line(text)?)),
+    }
 }
 
 /// The PEM SubjectPublicKeyInfo form of a public key (readable by openssl and most libraries).
-pub fn public_key_pem(key: &VerifyingKey) -> String {
-    let mut der = SPKI_PREFIX.to_vec();
-    der.extend_from_slice(key.as_bytes());
-    pem("PUBLIC KEY", &der)
+pub fn public_key_pem(key: &VerifyingKey) -> Result<String, KeyFileError> {
+    key.to_public_key_pem(LineEnding::LF)
+        .map_err(|e| KeyFileError(format!("cannot encode the public key: {e}")))
 }
 
-/// The PEM PKCS#8 form of a private key. The caller should not keep the string longer than it
-/// takes to write it.
-pub fn private_key_pem(key: &SigningKey) -> String {
-    let mut der = PKCS8_PREFIX.to_vec();
-    der.extend_from_slice(key.as_bytes());
-    let out = pem("PRIVATE KEY", &der);
-    der.iter_mut().for_each(|b| *b = 0);
-    out
+/// The PEM PKCS#8 form of a private key, wiped from memory when dropped. Version 1 (the seed
+/// alone, as `openssl genpkey -algorithm ed25519` writes it), not v2 with the public key
+/// appended: what every reader of Ed25519 keys takes.
+pub fn private_key_pem(key: &SigningKey) -> Result<Zeroizing<String>, KeyFileError> {
+    let v1 = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    v1.to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| KeyFileError(format!("cannot encode the private key: {e}")))
 }
 
 /// A key id derived from a public key: `ed25519-` and the first 12 bytes of the key in
@@ -456,6 +428,7 @@ pub fn suggested_key_id(key: &VerifyingKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
 
     const MAX: usize = 64 * 1024;
 
@@ -671,10 +644,10 @@ mod tests {
     fn key_files() {
         let k = key(7);
         let vk = k.verifying_key();
-        let pub_pem = public_key_pem(&vk);
+        let pub_pem = public_key_pem(&vk).unwrap();
         assert!(pub_pem.starts_with("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA"));
         assert_eq!(parse_public_key(&pub_pem).unwrap(), vk);
-        let priv_pem = private_key_pem(&k);
+        let priv_pem = private_key_pem(&k).unwrap();
         assert!(priv_pem.starts_with("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI"));
         assert_eq!(
             parse_private_key(&priv_pem).unwrap().to_bytes(),
@@ -722,11 +695,11 @@ mod docs_example {
         let k = SigningKey::from_bytes(&[1; 32]);
         let payload = br#"{"v":1,"id":"c1-0001","method":"sys.ping","params":{},"reply_to":"csg-up/console-1","deadline_ms":1764133200000}"#;
         assert_eq!(
-            private_key_pem(&k),
+            private_key_pem(&k).unwrap().as_str(),
             "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEB\n-----END PRIVATE KEY-----\n"
         );
         assert_eq!(
-            public_key_pem(&k.verifying_key()),
+            public_key_pem(&k.verifying_key()).unwrap(),
             "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAiojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w=\n-----END PUBLIC KEY-----\n"
         );
         let docs = include_str!("../../docs/protocol.md");
