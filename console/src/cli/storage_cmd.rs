@@ -280,32 +280,29 @@ pub fn parse_client(s: &str) -> Result<nfs::ClientParams, Usage> {
             "--client {s:?}: expected MATCH:ACCESS:SQUASH[:ANONUID:ANONGID], e.g. 10.0.0.0/8:rw:root"
         ))
     };
-    let access = |x: &str| wire_enum::<nfs::Access>(x);
     let n = parts.len();
-    let (matched, access, squash, ids) = match n {
-        _ if n >= 5 && access(parts[n - 4]).is_some() => (
-            parts[..n - 4].join(":"),
-            access(parts[n - 4]),
-            parts[n - 3],
-            Some((parts[n - 2], parts[n - 1])),
-        ),
-        _ if n >= 3 && access(parts[n - 2]).is_some() => (
-            parts[..n - 2].join(":"),
-            access(parts[n - 2]),
-            parts[n - 1],
-            None,
-        ),
-        _ => return Err(bad()),
+    // ACCESS is 4th from the right when the ids are given, else 2nd.
+    let with_ids = n >= 5 && wire_enum::<nfs::Access>(parts[n - 4]).is_some();
+    let at = if with_ids {
+        n - 4
+    } else if n >= 3 {
+        n - 2
+    } else {
+        return Err(bad());
     };
-    let access = access.ok_or_else(bad)?;
-    let squash = wire_enum::<nfs::Squash>(squash)
+    let access: nfs::Access = wire_enum(parts[at]).ok_or_else(bad)?;
+    let squash: nfs::Squash = wire_enum(parts[at + 1])
         .ok_or_else(|| Usage(format!("--client {s:?}: SQUASH is root, all or none")))?;
-    let (anonuid, anongid) = match ids {
-        Some((u, g)) => (u.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?),
-        None => (nfs::DEFAULT_ANON_ID, nfs::DEFAULT_ANON_ID),
+    let (anonuid, anongid) = if with_ids {
+        (
+            parts[n - 2].parse().map_err(|_| bad())?,
+            parts[n - 1].parse().map_err(|_| bad())?,
+        )
+    } else {
+        (nfs::DEFAULT_ANON_ID, nfs::DEFAULT_ANON_ID)
     };
     Ok(nfs::ClientParams {
-        matches: matched,
+        matches: parts[..at].join(":"),
         access,
         squash,
         anonuid,
