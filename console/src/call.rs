@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use csg_protocol::methods::Method;
 use csg_protocol::{
     now_ms, ClientId, IdentityError, InstanceId, MethodName, Reply, ReplyBody, ReplyTo, Request,
     RequestId,
@@ -164,6 +165,19 @@ impl Console {
         }
     }
 
+    /// [`Console::call`] with a typed [`Method`]: sends its name and its params exactly as the
+    /// protocol writes them. A successful reply's result decodes with
+    /// [`MethodResult::decode`](csg_protocol::methods::MethodResult::decode)`(method.name(), …)`.
+    pub async fn call_method(
+        &self,
+        instance: &InstanceId,
+        method: &Method,
+        opts: &CallOptions,
+    ) -> Result<Reply, CallError> {
+        self.call(instance, &method_name(method), method.params(), opts)
+            .await
+    }
+
     fn prepare(
         &self,
         instance: &InstanceId,
@@ -212,6 +226,14 @@ impl Console {
             payload,
         })
     }
+}
+
+/// The wire name of a typed method.
+pub(crate) fn method_name(method: &Method) -> MethodName {
+    // Infallible: every name the protocol defines is lowercase letters, digits and dots, well
+    // within the length limit (the test `every_protocol_method_name_is_valid` checks them all).
+    #[allow(clippy::expect_used)]
+    MethodName::new(method.name()).expect("protocol method names are valid")
 }
 
 /// What ended a wait for a ready session.
@@ -389,5 +411,18 @@ impl Inner {
             attempts,
             waited: start.elapsed(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use csg_protocol::methods::ALL;
+    use csg_protocol::MethodName;
+
+    #[test]
+    fn every_protocol_method_name_is_valid() {
+        for m in ALL {
+            MethodName::new(*m).unwrap_or_else(|e| panic!("{m}: {e}"));
+        }
     }
 }

@@ -2,11 +2,12 @@
 
 use std::time::{Duration, Instant};
 
+use csg_protocol::methods::Method;
 use csg_protocol::{InstanceId, MethodName, Reply, RequestId};
 use serde_json::{Map, Value};
 use tokio::task::JoinSet;
 
-use crate::call::{CallError, CallOptions};
+use crate::call::{method_name, CallError, CallOptions};
 use crate::client::Console;
 use crate::ids::derive_instance_id;
 
@@ -45,6 +46,31 @@ pub struct InstanceOutcome {
 }
 
 impl Console {
+    /// [`Console::call_many`] with a typed [`Method`]: its name and params as the protocol writes
+    /// them.
+    pub async fn call_many_method<F>(
+        &self,
+        instances: &[InstanceId],
+        method: &Method,
+        opts: &CallOptions,
+        fanout: &FanoutOptions,
+        progress: F,
+    ) -> Vec<InstanceOutcome>
+    where
+        F: FnMut(&InstanceOutcome, usize, usize),
+    {
+        let params = method.params();
+        self.call_many(
+            instances,
+            &method_name(method),
+            &params,
+            opts,
+            fanout,
+            progress,
+        )
+        .await
+    }
+
     /// Sends the same request to every instance concurrently and returns the outcomes in the
     /// order of `instances`.
     ///

@@ -8,6 +8,9 @@
 //!   on silence and on retryable errors; agents answer repeats from their reply cache, so a
 //!   request runs at most once however often it is sent;
 //! * [`Console::call_many`] fans one request out to many instances concurrently;
+//! * [`Console::call_method`] and [`Console::call_many_method`] do the same for a typed
+//!   [`Method`](csg_protocol::methods::Method), whose reply result decodes with
+//!   [`MethodResult::decode`](csg_protocol::methods::MethodResult::decode);
 //! * [`Console::watch`] streams heartbeats and presence.
 //!
 //! For gateways that require signed commands, set [`CallOptions::signer`] (a [`Signer`] made

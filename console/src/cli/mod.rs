@@ -5,6 +5,7 @@ mod call_cmd;
 mod duration;
 mod instances;
 mod keys_cmd;
+mod render;
 mod storage_cmd;
 mod table;
 mod watch_cmd;

@@ -1,17 +1,23 @@
 //! `csgctl nfs …`, `csgctl smb …`, `csgctl iscsi …`: friendly front ends to the storage
-//! methods. Each turns flags into the method's params, sends it like `csgctl call` (same
-//! retries, ids, exit codes and hints), and prints a table for people or `--json` for scripts.
+//! methods. Each turns flags into the protocol's typed [`Method`], sends it like `csgctl call`
+//! (same retries, ids, exit codes and hints), and prints a table made from the typed result for
+//! people, or the result's JSON for scripts (`--json`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use csg_console::{CallError, CallOptions, Console};
-use csg_protocol::{InstanceId, MethodName, ReplyBody, RequestId};
-use serde_json::{json, Map, Value};
+use csg_protocol::methods::{
+    iscsi, nfs, smb, IscsiMethod, Method, MethodResult, NfsMethod, SmbMethod,
+};
+use csg_protocol::validate::{Cidr, ValueError};
+use csg_protocol::{InstanceId, ReplyBody, RequestId};
+use serde::de::value::StrDeserializer;
+use serde::de::DeserializeOwned;
 
 use super::duration::{format_duration, positive_duration};
-use super::table::Table;
+use super::render::render;
 use super::{out, read_arg_file, read_stdin, Exit, Usage};
 
 /// Options every storage subcommand takes.
@@ -236,43 +242,37 @@ pub struct IscsiDelete {
 /// A storage command reduced to what is sent.
 pub struct Request<'a> {
     pub common: &'a Common,
-    pub method: &'static str,
-    pub params: Map<String, Value>,
+    pub method: Method,
 }
 
-fn req<'a>(common: &'a Common, method: &'static str, params: Map<String, Value>) -> Request<'a> {
-    Request {
-        common,
-        method,
-        params,
+fn req(common: &Common, method: Method) -> Request<'_> {
+    Request { common, method }
+}
+
+/// A usage error naming the flag, from a protocol value's own message.
+fn flag(name: &'static str) -> impl Fn(ValueError) -> Usage {
+    move |e| Usage(format!("{name}: {e}"))
+}
+
+/// A flag value in one of the protocol's enums (`rw`, `root`, `desired`, …), spelt on the
+/// command line as on the wire.
+fn wire_enum<T: DeserializeOwned>(s: &str) -> Option<T> {
+    T::deserialize(StrDeserializer::<serde::de::value::Error>::new(s)).ok()
+}
+
+/// The first line of a secret's text, cut in place so that the secret is not copied: the
+/// buffer moves into a zeroizing protocol type.
+fn first_line(mut text: String) -> String {
+    if let Some(end) = text.find('\n') {
+        text.truncate(end);
+        if text.ends_with('\r') {
+            text.pop();
+        }
     }
+    text
 }
 
-fn obj(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!("built from json!({{…}})"),
-    }
-}
-
-/// Inserts `key` only when the flag was given, so the agent's defaults apply otherwise.
-fn put<T: Into<Value>>(m: &mut Map<String, Value>, key: &str, v: Option<T>) {
-    if let Some(v) = v {
-        m.insert(key.into(), v.into());
-    }
-}
-
-fn put_list(m: &mut Map<String, Value>, key: &str, v: &[String]) {
-    if !v.is_empty() {
-        m.insert(key.into(), json!(v));
-    }
-}
-
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or("").to_string()
-}
-
-pub fn parse_client(s: &str) -> Result<Value, Usage> {
+pub fn parse_client(s: &str) -> Result<nfs::ClientParams, Usage> {
     let parts: Vec<&str> = s.split(':').collect();
     // IPv6 addresses contain ':' themselves: the fields are taken from the right.
     let bad = || {
@@ -280,31 +280,37 @@ pub fn parse_client(s: &str) -> Result<Value, Usage> {
             "--client {s:?}: expected MATCH:ACCESS:SQUASH[:ANONUID:ANONGID], e.g. 10.0.0.0/8:rw:root"
         ))
     };
-    let is_access = |x: &str| x == "rw" || x == "ro";
     let n = parts.len();
-    let (matched, access, squash, ids) = if n >= 5 && is_access(parts[n - 4]) {
-        (
-            parts[..n - 4].join(":"),
-            parts[n - 4],
-            parts[n - 3],
-            Some((parts[n - 2], parts[n - 1])),
-        )
-    } else if n >= 3 && is_access(parts[n - 2]) {
-        (parts[..n - 2].join(":"), parts[n - 2], parts[n - 1], None)
+    // ACCESS is 4th from the right when the ids are given, else 2nd.
+    let with_ids = n >= 5 && wire_enum::<nfs::Access>(parts[n - 4]).is_some();
+    let at = if with_ids {
+        n - 4
+    } else if n >= 3 {
+        n - 2
     } else {
         return Err(bad());
     };
-    let mut c = obj(json!({"match": matched, "access": access, "squash": squash}));
-    if let Some((u, g)) = ids {
-        let u: u32 = u.parse().map_err(|_| bad())?;
-        let g: u32 = g.parse().map_err(|_| bad())?;
-        c.insert("anonuid".into(), u.into());
-        c.insert("anongid".into(), g.into());
-    }
-    Ok(Value::Object(c))
+    let access: nfs::Access = wire_enum(parts[at]).ok_or_else(bad)?;
+    let squash: nfs::Squash = wire_enum(parts[at + 1])
+        .ok_or_else(|| Usage(format!("--client {s:?}: SQUASH is root, all or none")))?;
+    let (anonuid, anongid) = if with_ids {
+        (
+            parts[n - 2].parse().map_err(|_| bad())?,
+            parts[n - 1].parse().map_err(|_| bad())?,
+        )
+    } else {
+        (nfs::DEFAULT_ANON_ID, nfs::DEFAULT_ANON_ID)
+    };
+    Ok(nfs::ClientParams {
+        matches: parts[..at].join(":"),
+        access,
+        squash,
+        anonuid,
+        anongid,
+    })
 }
 
-pub fn parse_lun(s: &str) -> Result<Value, Usage> {
+pub fn parse_lun(s: &str) -> Result<iscsi::LunParams, Usage> {
     let bad = || {
         Usage(format!(
             "--lun {s:?}: expected LUN:PATH[:SIZE_BYTES][:ro], e.g. 1:/srv/csg/disk1.img:10737418240 \
@@ -312,87 +318,128 @@ pub fn parse_lun(s: &str) -> Result<Value, Usage> {
         ))
     };
     let parts: Vec<&str> = s.split(':').collect();
-    let (lun, path, size, ro) = match parts.as_slice() {
+    let (lun, path, size, readonly) = match parts.as_slice() {
         [l, p] => (l, p, None, false),
         [l, p, "ro"] => (l, p, None, true),
         [l, p, z] => (l, p, Some(z), false),
         [l, p, z, "ro"] => (l, p, Some(z), true),
         _ => return Err(bad()),
     };
-    let lun: u32 = lun.parse().map_err(|_| bad())?;
-    let mut m = obj(json!({"lun": lun, "path": path, "readonly": ro}));
-    if let Some(z) = size {
-        let size: u64 = z.parse().map_err(|_| bad())?;
-        m.insert("size_bytes".into(), size.into());
-    }
-    Ok(Value::Object(m))
-}
-
-fn name_params(name: &str) -> Map<String, Value> {
-    obj(json!({ "name": name }))
-}
-
-pub fn nfs(cmd: &NfsCmd) -> Result<Request<'_>, Usage> {
-    let spec = |s: &NfsSpec| -> Result<Map<String, Value>, Usage> {
-        let clients = s
-            .clients
-            .iter()
-            .map(|c| parse_client(c))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut m = obj(
-            json!({"name": s.name, "path": s.path, "clients": clients, "sync": !s.async_writes}),
-        );
-        put(&mut m, "pseudo", s.pseudo.clone());
-        if !s.protocols.is_empty() {
-            m.insert("protocols".into(), json!(s.protocols));
-        }
-        Ok(m)
-    };
-    Ok(match cmd {
-        NfsCmd::Create(s) => req(&s.common, "nfs.export.create", spec(s)?),
-        NfsCmd::Update(s) => req(&s.common, "nfs.export.update", spec(s)?),
-        NfsCmd::Delete(a) => req(&a.common, "nfs.export.delete", name_params(&a.name)),
-        NfsCmd::Get(a) => req(&a.common, "nfs.export.get", name_params(&a.name)),
-        NfsCmd::List(c) => req(c, "nfs.export.list", Map::new()),
+    Ok(iscsi::LunParams {
+        lun: lun.parse().map_err(|_| bad())?,
+        path: path.to_string(),
+        size_bytes: size.map(|z| z.parse()).transpose().map_err(|_| bad())?,
+        readonly,
     })
 }
 
-pub fn smb(cmd: &SmbCmd) -> anyhow::Result<Request<'_>> {
-    let spec = |s: &SmbShareSpec| {
-        let mut m = obj(json!({"name": s.name, "path": s.path}));
-        put(&mut m, "comment", s.comment.clone());
-        put(&mut m, "read_only", s.read_only);
-        put(&mut m, "browseable", s.browseable);
-        put(&mut m, "guest_ok", s.guest_ok);
-        put_list(&mut m, "valid_users", &s.valid_users);
-        put_list(&mut m, "write_list", &s.write_list);
-        put_list(&mut m, "admin_users", &s.admin_users);
-        put_list(&mut m, "hosts_allow", &s.hosts_allow);
-        put_list(&mut m, "hosts_deny", &s.hosts_deny);
-        put(&mut m, "create_mask", s.create_mask.clone());
-        put(&mut m, "directory_mask", s.directory_mask.clone());
-        put(&mut m, "force_user", s.force_user.clone());
-        put(&mut m, "force_group", s.force_group.clone());
-        put(
-            &mut m,
-            "access_based_enumeration",
-            s.access_based_enumeration,
-        );
-        put(&mut m, "encrypt", s.encrypt.clone());
-        m
+fn export_spec(s: &NfsSpec) -> Result<nfs::ExportParams, Usage> {
+    Ok(nfs::ExportParams {
+        name: s.name.clone(),
+        path: s.path.clone(),
+        clients: s
+            .clients
+            .iter()
+            .map(|c| parse_client(c))
+            .collect::<Result<_, _>>()?,
+        sync: !s.async_writes,
+        pseudo: s.pseudo.clone(),
+        protocols: (!s.protocols.is_empty()).then(|| s.protocols.clone()),
+    })
+}
+
+pub fn nfs(cmd: &NfsCmd) -> Result<Request<'_>, Usage> {
+    use NfsMethod as M;
+    let name = |a: &NameArgs| nfs::NameParams {
+        name: a.name.clone(),
     };
     Ok(match cmd {
-        SmbCmd::Share(SmbShareCmd::Create(s)) => req(&s.common, "smb.share.create", spec(s)),
-        SmbCmd::Share(SmbShareCmd::Update(s)) => req(&s.common, "smb.share.update", spec(s)),
-        SmbCmd::Share(SmbShareCmd::Delete(a)) => {
-            req(&a.common, "smb.share.delete", name_params(&a.name))
+        NfsCmd::Create(s) => req(&s.common, Method::Nfs(M::ExportCreate(export_spec(s)?))),
+        NfsCmd::Update(s) => req(&s.common, Method::Nfs(M::ExportUpdate(export_spec(s)?))),
+        NfsCmd::Delete(a) => req(&a.common, Method::Nfs(M::ExportDelete(name(a)))),
+        NfsCmd::Get(a) => req(&a.common, Method::Nfs(M::ExportGet(name(a)))),
+        NfsCmd::List(c) => req(c, Method::Nfs(M::ExportList)),
+    })
+}
+
+/// The protocol's share spec from the flags: a flag left out takes the agent's default.
+fn share_spec(s: &SmbShareSpec) -> Result<smb::ShareSpec, Usage> {
+    fn principals(name: &'static str, v: &[String]) -> Result<Vec<smb::Principal>, Usage> {
+        v.iter()
+            .map(|p| smb::Principal::parse(p).map_err(flag(name)))
+            .collect()
+    }
+    fn hosts(name: &'static str, v: &[String]) -> Result<Vec<smb::HostRule>, Usage> {
+        v.iter()
+            .map(|h| Cidr::parse(h).map(smb::HostRule).map_err(flag(name)))
+            .collect()
+    }
+    let mut spec = smb::ShareSpec::new(
+        smb::ShareName::parse(&s.name).map_err(flag("--name"))?,
+        smb::SharePath::parse(&s.path).map_err(flag("--path"))?,
+    );
+    if let Some(c) = &s.comment {
+        spec.comment = smb::Comment::parse(c).map_err(flag("--comment"))?;
+    }
+    spec.read_only = s.read_only.unwrap_or(spec.read_only);
+    spec.browseable = s.browseable.unwrap_or(spec.browseable);
+    spec.guest_ok = s.guest_ok.unwrap_or(spec.guest_ok);
+    spec.valid_users = principals("--valid-users", &s.valid_users)?;
+    spec.write_list = principals("--write-list", &s.write_list)?;
+    spec.admin_users = principals("--admin-users", &s.admin_users)?;
+    spec.hosts_allow = hosts("--hosts-allow", &s.hosts_allow)?;
+    spec.hosts_deny = hosts("--hosts-deny", &s.hosts_deny)?;
+    if let Some(m) = &s.create_mask {
+        spec.create_mask = smb::Mask::parse(m).map_err(flag("--create-mask"))?;
+    }
+    if let Some(m) = &s.directory_mask {
+        spec.directory_mask = smb::Mask::parse(m).map_err(flag("--directory-mask"))?;
+    }
+    if let Some(u) = &s.force_user {
+        spec.force_user = Some(smb::UserName::parse(u).map_err(flag("--force-user"))?);
+    }
+    if let Some(g) = &s.force_group {
+        spec.force_group = Some(smb::GroupName::parse(g).map_err(flag("--force-group"))?);
+    }
+    spec.access_based_enumeration = s
+        .access_based_enumeration
+        .unwrap_or(spec.access_based_enumeration);
+    if let Some(e) = &s.encrypt {
+        spec.encrypt = wire_enum(e).ok_or_else(|| {
+            Usage(format!(
+                "--encrypt {e:?}: expected default, off, if_required, desired or required"
+            ))
+        })?;
+    }
+    spec.check().map_err(|e| Usage(e.to_string()))?;
+    Ok(spec)
+}
+
+pub fn smb(cmd: &SmbCmd) -> anyhow::Result<Request<'_>> {
+    use SmbMethod as M;
+    let share = |a: &NameArgs| -> Result<smb::ShareRef, Usage> {
+        Ok(smb::ShareRef {
+            name: smb::ShareName::parse(&a.name).map_err(flag("--name"))?,
+        })
+    };
+    let username = |u: &str| smb::UserName::parse(u).map_err(flag("--username"));
+    Ok(match cmd {
+        SmbCmd::Share(SmbShareCmd::Create(s)) => {
+            req(&s.common, Method::Smb(M::ShareCreate(share_spec(s)?)))
         }
-        SmbCmd::Share(SmbShareCmd::Get(a)) => req(&a.common, "smb.share.get", name_params(&a.name)),
-        SmbCmd::Share(SmbShareCmd::List(c)) => req(c, "smb.share.list", Map::new()),
+        SmbCmd::Share(SmbShareCmd::Update(s)) => {
+            req(&s.common, Method::Smb(M::ShareUpdate(share_spec(s)?)))
+        }
+        SmbCmd::Share(SmbShareCmd::Delete(a)) => {
+            req(&a.common, Method::Smb(M::ShareDelete(share(a)?)))
+        }
+        SmbCmd::Share(SmbShareCmd::Get(a)) => req(&a.common, Method::Smb(M::ShareGet(share(a)?))),
+        SmbCmd::Share(SmbShareCmd::List(c)) => req(c, Method::Smb(M::ShareList)),
         SmbCmd::User(SmbUserCmd::Set(u)) => {
-            let password = match (&u.password_file, u.password_stdin) {
-                (Some(f), _) => first_line(&read_arg_file(f)?),
-                (None, true) => first_line(&read_stdin()?),
+            let username = username(&u.username)?;
+            let text = match (&u.password_file, u.password_stdin) {
+                (Some(f), _) => read_arg_file(f)?,
+                (None, true) => read_stdin()?,
                 (None, false) => {
                     return Err(Usage(
                         "give the password with --password-file FILE or --password-stdin".into(),
@@ -400,164 +447,84 @@ pub fn smb(cmd: &SmbCmd) -> anyhow::Result<Request<'_>> {
                     .into())
                 }
             };
+            // The conversion wipes the text it is given, valid or not.
+            let password =
+                smb::Password::try_from(first_line(text)).map_err(|e| Usage(e.to_string()))?;
             req(
                 &u.common,
-                "smb.user.set",
-                obj(json!({"username": u.username, "password": password})),
+                Method::Smb(M::UserSet(smb::UserSet { username, password })),
             )
         }
         SmbCmd::User(SmbUserCmd::Delete(u)) => req(
             &u.common,
-            "smb.user.delete",
-            obj(json!({"username": u.username})),
+            Method::Smb(M::UserDelete(smb::UserRef {
+                username: username(&u.username)?,
+            })),
         ),
-        SmbCmd::User(SmbUserCmd::List(c)) => req(c, "smb.user.list", Map::new()),
+        SmbCmd::User(SmbUserCmd::List(c)) => req(c, Method::Smb(M::UserList)),
+    })
+}
+
+fn target_spec(s: &IscsiSpec) -> anyhow::Result<iscsi::TargetParams> {
+    let luns = s
+        .luns
+        .iter()
+        .map(|l| parse_lun(l))
+        .collect::<Result<Vec<_>, _>>()?;
+    let chap = match (&s.chap_user, &s.chap_secret_file) {
+        (Some(user), Some(file)) => {
+            // Each secret goes straight into `ChapParams`, which wipes it when dropped, even
+            // when reading the next file fails.
+            let mut chap = iscsi::ChapParams {
+                username: user.clone(),
+                secret: first_line(read_arg_file(file)?),
+                mutual_username: None,
+                mutual_secret: None,
+            };
+            if let (Some(mu), Some(mf)) = (&s.mutual_chap_user, &s.mutual_chap_secret_file) {
+                chap.mutual_secret = Some(first_line(read_arg_file(mf)?));
+                chap.mutual_username = Some(mu.clone());
+            }
+            Some(chap)
+        }
+        _ => None,
+    };
+    Ok(iscsi::TargetParams {
+        name: s.name.clone(),
+        iqn: s.iqn.clone(),
+        luns,
+        initiators: s.initiators.clone(),
+        networks: s.networks.clone(),
+        chap,
     })
 }
 
 pub fn iscsi(cmd: &IscsiCmd) -> anyhow::Result<Request<'_>> {
+    use IscsiMethod as M;
     let IscsiCmd::Target(cmd) = cmd;
-    let spec = |s: &IscsiSpec| -> anyhow::Result<Map<String, Value>> {
-        let luns = s
-            .luns
-            .iter()
-            .map(|l| parse_lun(l))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut m = obj(json!({"name": s.name, "luns": luns}));
-        put(&mut m, "iqn", s.iqn.clone());
-        put_list(&mut m, "initiators", &s.initiators);
-        put_list(&mut m, "networks", &s.networks);
-        if let (Some(user), Some(file)) = (&s.chap_user, &s.chap_secret_file) {
-            let mut chap =
-                obj(json!({"username": user, "secret": first_line(&read_arg_file(file)?)}));
-            if let (Some(mu), Some(mf)) = (&s.mutual_chap_user, &s.mutual_chap_secret_file) {
-                chap.insert("mutual_username".into(), mu.as_str().into());
-                chap.insert(
-                    "mutual_secret".into(),
-                    first_line(&read_arg_file(mf)?).into(),
-                );
-            }
-            m.insert("chap".into(), Value::Object(chap));
-        }
-        Ok(m)
-    };
     Ok(match cmd {
-        IscsiTargetCmd::Create(s) => req(&s.common, "iscsi.target.create", spec(s)?),
-        IscsiTargetCmd::Update(s) => req(&s.common, "iscsi.target.update", spec(s)?),
+        IscsiTargetCmd::Create(s) => {
+            req(&s.common, Method::Iscsi(M::TargetCreate(target_spec(s)?)))
+        }
+        IscsiTargetCmd::Update(s) => {
+            req(&s.common, Method::Iscsi(M::TargetUpdate(target_spec(s)?)))
+        }
         IscsiTargetCmd::Delete(d) => req(
             &d.common,
-            "iscsi.target.delete",
-            obj(json!({"name": d.name, "delete_backing_files": d.delete_backing_files})),
+            Method::Iscsi(M::TargetDelete(iscsi::DeleteParams {
+                name: d.name.clone(),
+                delete_backing_files: d.delete_backing_files,
+                force: false,
+            })),
         ),
-        IscsiTargetCmd::Get(a) => req(&a.common, "iscsi.target.get", name_params(&a.name)),
-        IscsiTargetCmd::List(c) => req(c, "iscsi.target.list", Map::new()),
+        IscsiTargetCmd::Get(a) => req(
+            &a.common,
+            Method::Iscsi(M::TargetGet(iscsi::GetParams {
+                name: a.name.clone(),
+            })),
+        ),
+        IscsiTargetCmd::List(c) => req(c, Method::Iscsi(M::TargetList)),
     })
-}
-
-/// A cell: strings as they are, lists joined by commas, objects as compact JSON.
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
-            a.iter().map(cell).collect::<Vec<_>>().join(",")
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Tables for people, whatever the result's shape. The list of objects in a result (`exports`,
-/// `shares`, `targets`, …) becomes rows, with one column per plain field of its items: nested
-/// specs (`desired`, `actual`) are left to `--json`, and `drift` shows what differs. The
-/// result's other plain fields follow as `field: value` lines; an object without a list becomes
-/// FIELD/VALUE rows.
-pub fn render(result: &Value, listing: bool) -> String {
-    let (rows, rest): (Option<&Vec<Value>>, Vec<(&String, &Value)>) = match result {
-        Value::Object(m) if !listing => (None, m.iter().collect()),
-        Value::Array(a) => (Some(a), Vec::new()),
-        Value::Object(m) => {
-            let lists: Vec<&String> = m
-                .iter()
-                .filter(|(_, v)| {
-                    v.as_array()
-                        .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_object))
-                })
-                .map(|(k, _)| k)
-                .collect();
-            let empty_lists = m
-                .values()
-                .filter(|v| v.as_array().is_some_and(Vec::is_empty))
-                .count();
-            match lists.as_slice() {
-                [one] => (
-                    m.get(one.as_str()).and_then(Value::as_array),
-                    m.iter().filter(|(k, _)| k != one).collect(),
-                ),
-                // A listing with nothing in it: say so, then the other fields.
-                [] if empty_lists > 0 => {
-                    let mut out = "(none)\n".to_string();
-                    for (k, v) in m
-                        .iter()
-                        .filter(|(_, v)| !v.as_array().is_some_and(Vec::is_empty))
-                    {
-                        out.push_str(&format!("{k}: {}\n", cell(v)));
-                    }
-                    return out;
-                }
-                _ => (None, m.iter().collect()),
-            }
-        }
-        other => return format!("{other}\n"),
-    };
-    let Some(rows) = rows else {
-        if rest.is_empty() {
-            return "(none)\n".into();
-        }
-        let mut t = Table::new(&["FIELD", "VALUE"]);
-        for (k, v) in rest {
-            t.push(vec![k.clone(), cell(v)]);
-        }
-        return t.render();
-    };
-    let plain =
-        |v: &Value| !v.is_object() && !v.as_array().is_some_and(|a| a.iter().any(Value::is_object));
-    let mut keys: Vec<String> = Vec::new();
-    for r in rows.iter().filter_map(Value::as_object) {
-        for (k, v) in r {
-            if plain(v) && !keys.contains(k) {
-                keys.push(k.clone());
-            }
-        }
-    }
-    // Identifying columns first, the rest in key order.
-    keys.sort_by_key(|k| {
-        (
-            !matches!(k.as_str(), "name" | "username" | "iqn"),
-            k.clone(),
-        )
-    });
-    let headers: Vec<String> = keys.iter().map(|k| k.to_uppercase()).collect();
-    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-    let mut t = Table::new(&headers);
-    for r in rows {
-        t.push(
-            keys.iter()
-                .map(|k| match r.get(k.as_str()) {
-                    Some(Value::Array(a)) if a.is_empty() => "-".to_string(),
-                    Some(v) => cell(v),
-                    None => "-".to_string(),
-                })
-                .collect(),
-        );
-    }
-    let mut out = t.render();
-    for (k, v) in rest {
-        let empty = v.as_array().is_some_and(Vec::is_empty) || v.is_null();
-        if !empty {
-            out.push_str(&format!("{k}: {}\n", cell(v)));
-        }
-    }
-    out
 }
 
 /// Sends the request with `csgctl call`'s retry policy and prints the outcome.
@@ -577,17 +544,31 @@ pub async fn run(
         retry_errors: true,
         signer,
     };
-    let method = MethodName::new(req.method).expect("static method names are valid");
     let again = format!(
         "running the same command again with --id {id} is safe: the request will not run twice"
     );
-    match console.call(&c.instance, &method, req.params, &opts).await {
+    match console.call_method(&c.instance, &req.method, &opts).await {
         Ok(reply) => match reply.body {
             ReplyBody::Ok(result) => {
-                if c.json {
-                    out(&format!("{}\n", serde_json::to_string_pretty(&result)?));
+                // `--json` prints the result as it came: fields a newer agent added included.
+                let table = if c.json {
+                    None
                 } else {
-                    out(&render(&result, req.method.ends_with(".list")));
+                    match MethodResult::decode(req.method.name(), result.clone()) {
+                        Ok(typed) => render(&typed),
+                        Err(e) => {
+                            eprintln!(
+                                "warning: the {} result is not what this csgctl knows ({e}); \
+                                 showing it as JSON",
+                                req.method.name()
+                            );
+                            None
+                        }
+                    }
+                };
+                match table {
+                    Some(t) => out(&t),
+                    None => out(&format!("{}\n", serde_json::to_string_pretty(&result)?)),
                 }
                 Ok(Exit::Ok)
             }
@@ -622,52 +603,430 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+    use serde_json::{json, Map, Value};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        top: Top,
+    }
+
+    #[derive(Debug, Subcommand)]
+    enum Top {
+        #[command(subcommand)]
+        Nfs(NfsCmd),
+        #[command(subcommand)]
+        Smb(SmbCmd),
+        #[command(subcommand)]
+        Iscsi(IscsiCmd),
+    }
+
+    fn method(args: &[&str]) -> anyhow::Result<Method> {
+        let argv = std::iter::once("csgctl").chain(args.iter().copied());
+        let cli = Cli::try_parse_from(argv)?;
+        Ok(match &cli.top {
+            Top::Nfs(c) => nfs(c)?.method,
+            Top::Smb(c) => smb(c)?.method,
+            Top::Iscsi(c) => iscsi(c)?.method,
+        })
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
 
     #[test]
     fn clients_parse_from_the_right() {
+        let j = |c: nfs::ClientParams| serde_json::to_value(c).unwrap();
         assert_eq!(
-            parse_client("10.0.0.0/8:rw:root").unwrap(),
-            json!({"match":"10.0.0.0/8","access":"rw","squash":"root"})
+            j(parse_client("10.0.0.0/8:rw:root").unwrap()),
+            json!({"match":"10.0.0.0/8","access":"rw","squash":"root","anonuid":65534,"anongid":65534})
         );
         assert_eq!(
-            parse_client("2001:db8::/32:ro:all:65534:65534").unwrap(),
-            json!({"match":"2001:db8::/32","access":"ro","squash":"all","anonuid":65534,"anongid":65534})
+            j(parse_client("2001:db8::/32:ro:all:1000:1001").unwrap()),
+            json!({"match":"2001:db8::/32","access":"ro","squash":"all","anonuid":1000,"anongid":1001})
         );
-        for bad in ["10.0.0.0/8", "10.0.0.0/8:rx:root", "x:rw:root:a:b", ""] {
+        for bad in [
+            "10.0.0.0/8",
+            "10.0.0.0/8:rx:root",
+            "x:rw:root:a:b",
+            "",
+            "10.0.0.0/8:rw:no_root_squash",
+        ] {
             assert!(parse_client(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn luns_parse() {
+        let j = |l: iscsi::LunParams| serde_json::to_value(l).unwrap();
         assert_eq!(
-            parse_lun("1:/srv/csg/d.img:1048576:ro").unwrap(),
+            j(parse_lun("1:/srv/csg/d.img:1048576:ro").unwrap()),
             json!({"lun":1,"path":"/srv/csg/d.img","size_bytes":1048576,"readonly":true})
         );
         assert_eq!(
-            parse_lun("2:/srv/csg/e.img").unwrap(),
+            j(parse_lun("2:/srv/csg/e.img").unwrap()),
             json!({"lun":2,"path":"/srv/csg/e.img","readonly":false})
         );
-        for bad in ["1", "x:/p:1", "1:/p:big", "1:/p:1:rw"] {
+        for bad in ["1", "x:/p:1", "1:/p:big", "1:/p:1:rw", "70000:/p"] {
             assert!(parse_lun(bad).is_err(), "{bad}");
         }
     }
 
+    /// Each command's typed method means what the params it sent as JSON meant: the agent
+    /// parses both to the same `Method`.
     #[test]
-    fn render_lists_and_objects() {
-        let list = json!({"backend": "tgt", "unexpected": [], "targets": [
-            {"name":"a","managed":true,"desired":{"path":"/srv/a"},"drift":[]},
-            {"name":"b","managed":true,"desired":{"path":"/srv/b"},"drift":["missing on the server"]}]});
-        let t = render(&list, true);
-        assert_eq!(
-            t,
-            "NAME  DRIFT                  MANAGED\n\
-             a     -                      true\n\
-             b     missing on the server  true\n\
-             backend: tgt\n"
-        );
-        let one = render(&json!({"existed": false, "deleted_files": []}), false);
-        assert!(one.contains("existed") && one.contains("false"), "{one}");
-        assert_eq!(render(&json!({"exports": []}), true), "(none)\n");
+    fn commands_send_what_they_sent_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("chap");
+        let mutual = dir.path().join("mutual");
+        std::fs::write(&secret, "Secret12chars\nnot this line\n").unwrap();
+        std::fs::write(&mutual, "Mutual12chars\r\n").unwrap();
+        let (secret, mutual) = (secret.to_str().unwrap(), mutual.to_str().unwrap());
+        let cases: Vec<(Vec<&str>, &str, Value)> = vec![
+            (
+                vec![
+                    "nfs",
+                    "create",
+                    "gw",
+                    "--name",
+                    "v1",
+                    "--path",
+                    "/srv/csg/v1",
+                    "--client",
+                    "10.0.0.0/8:rw:root",
+                    "--client",
+                    "::1:ro:all:1:2",
+                ],
+                "nfs.export.create",
+                json!({"name": "v1", "path": "/srv/csg/v1", "sync": true, "clients": [
+                    {"match": "10.0.0.0/8", "access": "rw", "squash": "root"},
+                    {"match": "::1", "access": "ro", "squash": "all", "anonuid": 1, "anongid": 2}]}),
+            ),
+            (
+                vec![
+                    "nfs",
+                    "update",
+                    "gw",
+                    "--name",
+                    "v1",
+                    "--path",
+                    "/srv/csg/v1",
+                    "--async",
+                    "--client",
+                    "10.0.0.0/8:ro:none",
+                    "--pseudo",
+                    "/p/v1",
+                    "--protocols",
+                    "4",
+                ],
+                "nfs.export.update",
+                json!({"name": "v1", "path": "/srv/csg/v1", "sync": false, "pseudo": "/p/v1",
+                       "protocols": [4], "clients": [{"match": "10.0.0.0/8", "access": "ro", "squash": "none"}]}),
+            ),
+            (
+                vec!["nfs", "delete", "gw", "--name", "v1"],
+                "nfs.export.delete",
+                json!({"name": "v1"}),
+            ),
+            (
+                vec!["nfs", "get", "gw", "--name", "v1"],
+                "nfs.export.get",
+                json!({"name": "v1"}),
+            ),
+            (vec!["nfs", "list", "gw"], "nfs.export.list", json!({})),
+            (
+                vec![
+                    "smb",
+                    "share",
+                    "create",
+                    "gw",
+                    "--name",
+                    "data",
+                    "--path",
+                    "/srv/csg/data",
+                ],
+                "smb.share.create",
+                json!({"name": "data", "path": "/srv/csg/data"}),
+            ),
+            (
+                vec![
+                    "smb",
+                    "share",
+                    "update",
+                    "gw",
+                    "--name",
+                    "Data",
+                    "--path",
+                    "/srv/csg/data",
+                    "--comment",
+                    "Finance, 2026",
+                    "--read-only",
+                    "false",
+                    "--browseable",
+                    "false",
+                    "--guest-ok",
+                    "true",
+                    "--valid-users",
+                    "alice,@staff",
+                    "--write-list",
+                    "bob",
+                    "--admin-users",
+                    "carol",
+                    "--hosts-allow",
+                    "10.0.0.0/8,192.0.2.7",
+                    "--hosts-deny",
+                    "0.0.0.0/0",
+                    "--create-mask",
+                    "644",
+                    "--directory-mask",
+                    "0750",
+                    "--force-user",
+                    "svc",
+                    "--force-group",
+                    "svcg",
+                    "--access-based-enumeration",
+                    "true",
+                    "--encrypt",
+                    "required",
+                ],
+                "smb.share.update",
+                json!({"name": "Data", "path": "/srv/csg/data", "comment": "Finance, 2026",
+                       "read_only": false, "browseable": false, "guest_ok": true,
+                       "valid_users": ["alice", "@staff"], "write_list": ["bob"],
+                       "admin_users": ["carol"], "hosts_allow": ["10.0.0.0/8", "192.0.2.7"],
+                       "hosts_deny": ["0.0.0.0/0"], "create_mask": "644", "directory_mask": "0750",
+                       "force_user": "svc", "force_group": "svcg",
+                       "access_based_enumeration": true, "encrypt": "required"}),
+            ),
+            (
+                vec!["smb", "share", "delete", "gw", "--name", "data"],
+                "smb.share.delete",
+                json!({"name": "data"}),
+            ),
+            (
+                vec!["smb", "share", "get", "gw", "--name", "data"],
+                "smb.share.get",
+                json!({"name": "data"}),
+            ),
+            (
+                vec!["smb", "share", "list", "gw"],
+                "smb.share.list",
+                json!({}),
+            ),
+            (
+                vec![
+                    "smb",
+                    "user",
+                    "set",
+                    "gw",
+                    "--username",
+                    "alice",
+                    "--password-file",
+                    secret,
+                ],
+                "smb.user.set",
+                json!({"username": "alice", "password": "Secret12chars"}),
+            ),
+            (
+                vec!["smb", "user", "delete", "gw", "--username", "alice"],
+                "smb.user.delete",
+                json!({"username": "alice"}),
+            ),
+            (
+                vec!["smb", "user", "list", "gw"],
+                "smb.user.list",
+                json!({}),
+            ),
+            (
+                vec![
+                    "iscsi",
+                    "target",
+                    "create",
+                    "gw",
+                    "--name",
+                    "vol1",
+                    "--lun",
+                    "1:/srv/csg/a.img:1048576",
+                ],
+                "iscsi.target.create",
+                json!({"name": "vol1", "luns": [{"lun": 1, "path": "/srv/csg/a.img", "size_bytes": 1048576, "readonly": false}]}),
+            ),
+            (
+                vec![
+                    "iscsi",
+                    "target",
+                    "update",
+                    "gw",
+                    "--name",
+                    "vol1",
+                    "--iqn",
+                    "eui.02004567a425678d",
+                    "--lun",
+                    "1:/srv/csg/a.img:ro",
+                    "--initiator",
+                    "iqn.1994-05.com.redhat:db1",
+                    "--network",
+                    "10.0.0.0/8",
+                    "--chap-user",
+                    "u1",
+                    "--chap-secret-file",
+                    secret,
+                    "--mutual-chap-user",
+                    "m1",
+                    "--mutual-chap-secret-file",
+                    mutual,
+                ],
+                "iscsi.target.update",
+                json!({"name": "vol1", "iqn": "eui.02004567a425678d",
+                       "luns": [{"lun": 1, "path": "/srv/csg/a.img", "readonly": true}],
+                       "initiators": ["iqn.1994-05.com.redhat:db1"], "networks": ["10.0.0.0/8"],
+                       "chap": {"username": "u1", "secret": "Secret12chars",
+                                "mutual_username": "m1", "mutual_secret": "Mutual12chars"}}),
+            ),
+            (
+                vec![
+                    "iscsi",
+                    "target",
+                    "delete",
+                    "gw",
+                    "--name",
+                    "vol1",
+                    "--delete-backing-files",
+                ],
+                "iscsi.target.delete",
+                json!({"name": "vol1", "delete_backing_files": true}),
+            ),
+            (
+                vec!["iscsi", "target", "get", "gw", "--name", "vol1"],
+                "iscsi.target.get",
+                json!({"name": "vol1"}),
+            ),
+            (
+                vec!["iscsi", "target", "list", "gw"],
+                "iscsi.target.list",
+                json!({}),
+            ),
+        ];
+        let mut seen: Vec<&str> = Vec::new();
+        for (args, name, before) in cases {
+            let typed = method(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(typed.name(), name, "{args:?}");
+            let agent_saw =
+                Method::parse(name, obj(before)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(typed, agent_saw, "{args:?}");
+            // And what goes on the wire parses back to it.
+            assert_eq!(
+                Method::parse(name, typed.params()).unwrap(),
+                typed,
+                "{args:?}"
+            );
+            seen.push(name);
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        let storage: Vec<&str> = csg_protocol::methods::ALL
+            .iter()
+            .copied()
+            .filter(|m| !m.starts_with("sys."))
+            .collect();
+        assert_eq!(seen, storage, "every storage method has a command");
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors_naming_the_flag() {
+        for (args, flag) in [
+            (
+                vec![
+                    "smb", "share", "create", "gw", "--name", "global", "--path", "/srv/a",
+                ],
+                "--name",
+            ),
+            (
+                vec![
+                    "smb", "share", "create", "gw", "--name", "a", "--path", "rel",
+                ],
+                "--path",
+            ),
+            (
+                vec![
+                    "smb",
+                    "share",
+                    "create",
+                    "gw",
+                    "--name",
+                    "a",
+                    "--path",
+                    "/srv/a",
+                    "--hosts-allow",
+                    "host.example",
+                ],
+                "--hosts-allow",
+            ),
+            (
+                vec![
+                    "smb",
+                    "share",
+                    "create",
+                    "gw",
+                    "--name",
+                    "a",
+                    "--path",
+                    "/srv/a",
+                    "--encrypt",
+                    "maybe",
+                ],
+                "--encrypt",
+            ),
+            (
+                vec![
+                    "smb",
+                    "share",
+                    "create",
+                    "gw",
+                    "--name",
+                    "a",
+                    "--path",
+                    "/srv/a",
+                    "--create-mask",
+                    "999",
+                ],
+                "--create-mask",
+            ),
+            (
+                vec!["smb", "user", "delete", "gw", "--username", "Root"],
+                "--username",
+            ),
+        ] {
+            let e = method(&args).unwrap_err();
+            let usage = e
+                .downcast_ref::<Usage>()
+                .unwrap_or_else(|| panic!("{args:?}: {e}"));
+            assert!(usage.0.starts_with(flag), "{args:?}: {usage}");
+        }
+    }
+
+    #[test]
+    fn a_bad_password_is_refused_without_showing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "short\n").unwrap();
+        let e = method(&[
+            "smb",
+            "user",
+            "set",
+            "gw",
+            "--username",
+            "alice",
+            "--password-file",
+            f.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(e.downcast_ref::<Usage>().is_some(), "{e}");
+        assert!(!e.to_string().contains("short"), "{e}");
     }
 }

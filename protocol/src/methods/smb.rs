@@ -461,6 +461,30 @@ pub struct ShareSpec {
 }
 
 impl ShareSpec {
+    /// A share with every optional param at its default (what the agent fills in when a
+    /// console leaves them out).
+    pub fn new(name: ShareName, path: SharePath) -> Self {
+        Self {
+            name,
+            path,
+            comment: Comment::default(),
+            read_only: yes(),
+            browseable: yes(),
+            guest_ok: false,
+            valid_users: Vec::new(),
+            write_list: Vec::new(),
+            admin_users: Vec::new(),
+            hosts_allow: Vec::new(),
+            hosts_deny: Vec::new(),
+            create_mask: default_create_mask(),
+            directory_mask: default_directory_mask(),
+            force_user: None,
+            force_group: None,
+            access_based_enumeration: false,
+            encrypt: Encrypt::default(),
+        }
+    }
+
     /// Checks what serde cannot: list sizes and duplicates.
     pub fn check(&self) -> Result<(), ValueError> {
         fn list<T: PartialEq + fmt::Display>(
@@ -803,6 +827,16 @@ mod tests {
         // Round trip through the desired-state form.
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(ShareSpec::from_params(obj(v)).unwrap(), s);
+    }
+
+    #[test]
+    fn new_has_the_defaults_of_omitted_params() {
+        let parsed = ShareSpec::from_params(obj(base())).unwrap();
+        let built = ShareSpec::new(
+            ShareName::parse("data").unwrap(),
+            SharePath::parse("/srv/csg/data").unwrap(),
+        );
+        assert_eq!(built, parsed);
     }
 
     #[test]
