@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::broker::free_port;
+use crate::config::{AgentConfig, SmbSection, StorageSection};
 use crate::process::{self, read_lossy, ChildGuard, CmdOutput};
 use crate::TIMEOUT;
 
@@ -315,16 +316,11 @@ impl Smbd {
             .collect()
     }
 
-    /// The `[storage]` and `[smb]` sections for an agent driving this smbd; the agent keeps
-    /// its state in `state_dir`.
-    pub fn agent_toml(&self, state_dir: &Path) -> String {
-        format!(
-            "\n[storage]\nroots = [{:?}]\nstate_dir = {:?}\ncommand_timeout_s = 20\n\n\
-             [smb]\nbackend = \"samba\"\nsmb_conf = {:?}\n",
-            self.root().display().to_string(),
-            state_dir.display().to_string(),
-            self.conf().display().to_string(),
-        )
+    /// Points an agent at this smbd: `[storage]` (this smbd's share root, the agent's state in
+    /// `state_dir`) and `[smb]`.
+    pub fn configure(&self, c: &mut AgentConfig, state_dir: &Path) {
+        c.storage = Some(StorageSection::new(&self.root(), state_dir).command_timeout_s(20));
+        c.smb = Some(SmbSection::samba(&self.conf()));
     }
 }
 

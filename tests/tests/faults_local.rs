@@ -20,7 +20,7 @@ use csg_e2e::fsfault::{Gate, Tmpfs};
 use csg_e2e::rpc::{self, expect_err, expect_ok};
 use csg_e2e::smbd::Smbd;
 use csg_e2e::tgtd::Tgtd;
-use csg_e2e::{unique, wait_until, Bed, TIMEOUT};
+use csg_e2e::{unique, wait_until, Bed, IscsiSection, StorageSection, TIMEOUT};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------
@@ -90,11 +90,12 @@ fn smb_world(instance: &str, tmpfs: Option<u64>, gate: bool) -> SmbWorld {
             &["-T"],
         )
     });
-    let mut toml = smbd.agent_toml(&state);
-    if let Some(g) = &gate {
-        toml.push_str(&format!("net = {:?}\n", g.program().display().to_string()));
-    }
-    let bed = Bed::start_with(instance, |c| c.extra_toml = toml);
+    let bed = Bed::start_with(instance, |c| {
+        smbd.configure(c, &state);
+        if let (Some(smb), Some(g)) = (&mut c.smb, &gate) {
+            smb.net = Some(g.program().into());
+        }
+    });
     SmbWorld {
         bed,
         smbd,
@@ -260,16 +261,14 @@ fn tgt_world(instance: &str) -> TgtWorld {
         &["logicalunit", "new"],
         &[],
     );
-    let toml = format!(
-        "\n[storage]\nroots = [{:?}]\nstate_dir = {:?}\ncommand_timeout_s = 10\n\n\
-         [iscsi]\nbackend = \"tgt\"\niqn_prefix = \"{PREFIX}\"\ntgt_socket = {:?}\n\
-         tgtadm = {:?}\nwatch_interval_s = 1\n",
-        root.display().to_string(),
-        state.display().to_string(),
-        tgtd.socket(),
-        gate.program().display().to_string(),
-    );
-    let bed = Bed::start_with(instance, |c| c.extra_toml = toml);
+    let bed = Bed::start_with(instance, |c| {
+        c.storage = Some(StorageSection::new(&root, &state).command_timeout_s(10));
+        c.iscsi = Some(IscsiSection {
+            tgtadm: Some(gate.program().into()),
+            watch_interval_s: Some(1),
+            ..tgtd.iscsi_section(PREFIX)
+        });
+    });
     TgtWorld {
         bed,
         tgtd,

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use csg_e2e::csgctl::json_stdout;
 use csg_e2e::exportfs_stub::ExportfsStub as Stub;
 use csg_e2e::netns::{DelayRelay, Netns};
-use csg_e2e::{unique, wait_until, Bed, Broker, CmdOutput, Csgctl, Mark, TIMEOUT};
+use csg_e2e::{
+    unique, wait_until, AgentConfig, Bed, Broker, CmdOutput, Csgctl, Mark, StorageSection, TIMEOUT,
+};
 use serde_json::{json, Value};
 
 /// The shortest keep-alive the agent accepts: a dead link is noticed by the broker after
@@ -61,15 +63,11 @@ impl World {
         self.root().join(v).display().to_string()
     }
     /// `[storage]` and the kernel NFS backend with the exportfs stand-in.
-    fn kernel_toml(&self, stub: &Stub) -> String {
-        format!(
-            "\n[storage]\nroots = [{:?}]\nstate_dir = {:?}\ncommand_timeout_s = 10\n\
-             \n[nfs]\nbackend = \"kernel\"\nexports_file = {:?}\nexportfs = {:?}\n",
-            self.root().display().to_string(),
-            self.base().join("state").display().to_string(),
-            stub.exports.display().to_string(),
-            stub.program().display().to_string()
-        )
+    fn configure(&self, c: &mut AgentConfig, stub: &Stub) {
+        c.storage = Some(
+            StorageSection::new(&self.root(), &self.base().join("state")).command_timeout_s(10),
+        );
+        c.nfs = Some(stub.nfs_section());
     }
     /// `nfs.export.create` params for `vol`, one client.
     fn export(&self, vol: &str) -> String {
@@ -176,10 +174,9 @@ fn a_partition_beyond_twice_the_keep_alive_is_survived_and_a_resent_command_runs
     let net = Netns::create();
     let w = World::new(1);
     let stub = Stub::new(&w.base());
-    let toml = w.kernel_toml(&stub);
     let mut bed = net.bed("gw-net-part", |c| {
         c.keep_alive_s = KEEP_ALIVE_S;
-        c.extra_toml = toml;
+        w.configure(c, &stub);
     });
     settle(&bed, &stub);
     let cid = bed.client_id();
@@ -292,10 +289,9 @@ fn a_reply_lost_with_the_link_is_recovered_by_a_retry_with_the_same_id_without_a
     let net = Netns::create();
     let w = World::new(1);
     let stub = Stub::new(&w.base());
-    let toml = w.kernel_toml(&stub);
     let mut bed = net.bed("gw-net-lost", |c| {
         c.keep_alive_s = KEEP_ALIVE_S;
-        c.extra_toml = toml;
+        w.configure(c, &stub);
     });
     settle(&bed, &stub);
     let ra = reexports(&stub);
@@ -383,7 +379,6 @@ fn with_30_percent_loss_and_500_ms_latency_each_way_commands_complete_within_the
         ([127, 0, 0, 1], broker.port()).into(),
         Duration::ZERO,
     );
-    let toml = w.kernel_toml(&stub);
     let bed = net.bed_on(
         broker,
         &format!("mqtt://{}", relay.addr()),
@@ -393,7 +388,7 @@ fn with_30_percent_loss_and_500_ms_latency_each_way_commands_complete_within_the
             // and room for a connect whose packets are lost (as the README advises for WAN).
             c.keep_alive_s = 10;
             c.connect_timeout_s = 30;
-            c.extra_toml = toml;
+            w.configure(c, &stub);
         },
     );
     settle(&bed, &stub);
@@ -468,8 +463,7 @@ fn broker_restarts_amid_a_stream_of_changes_each_is_answered_or_safely_retried_a
     const N: usize = 8;
     let w = World::new(N);
     let stub = Stub::new(&w.base());
-    let toml = w.kernel_toml(&stub);
-    let mut bed = Bed::start_with("gw-net-restarts", |c| c.extra_toml = toml);
+    let mut bed = Bed::start_with("gw-net-restarts", |c| w.configure(c, &stub));
     settle(&bed, &stub);
     // Each change takes a moment to apply, so crashes also land while one is running.
     stub.set_reexport_delay(Duration::from_millis(500));

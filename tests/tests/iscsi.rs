@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use csg_e2e::rpc::{expect_err, expect_ok};
 use csg_e2e::tgtd::Tgtd;
-use csg_e2e::{unique, wait_until, Bed};
+use csg_e2e::{unique, wait_until, Bed, IscsiSection, StorageSection};
 use serde_json::{json, Value};
 
 const PREFIX: &str = "iqn.2026-11.test.csg";
@@ -33,15 +33,13 @@ fn world(instance: &str, watch_s: u64) -> World {
     let state = base.join("state");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(base.join("outside")).unwrap();
-    let toml = format!(
-        "\n[storage]\nroots = [{:?}]\nstate_dir = {:?}\ncommand_timeout_s = 10\n\n\
-         [iscsi]\nbackend = \"tgt\"\niqn_prefix = \"{PREFIX}\"\ntgt_socket = {:?}\n\
-         watch_interval_s = {watch_s}\n",
-        root.display().to_string(),
-        state.display().to_string(),
-        tgtd.socket(),
-    );
-    let bed = Bed::start_with(instance, |c| c.extra_toml = toml);
+    let bed = Bed::start_with(instance, |c| {
+        c.storage = Some(StorageSection::new(&root, &state).command_timeout_s(10));
+        c.iscsi = Some(IscsiSection {
+            watch_interval_s: Some(watch_s),
+            ..tgtd.iscsi_section(PREFIX)
+        });
+    });
     World {
         bed,
         tgtd,

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use csg_e2e::rpc::{expect_err, expect_ok};
 use csg_e2e::targetcli_stub::TargetcliStub as Stub;
-use csg_e2e::{unique, Bed};
+use csg_e2e::{unique, Bed, StorageSection};
 use serde_json::{json, Value};
 
 const PREFIX: &str = "iqn.2026-11.test.csg";
@@ -35,16 +35,10 @@ fn world(instance: &str) -> World {
     let state = base.join("state");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::create_dir_all(base.join("outside")).unwrap();
-    let toml = format!(
-        "\n[storage]\nroots = [{:?}]\nstate_dir = {:?}\ncommand_timeout_s = 10\n\n\
-         [iscsi]\nbackend = \"lio\"\niqn_prefix = \"{PREFIX}\"\ntargetcli = {:?}\n\
-         configfs_root = {:?}\n",
-        root.display().to_string(),
-        state.display().to_string(),
-        stub.program().display().to_string(),
-        stub.root.display().to_string(),
-    );
-    let bed = Bed::start_with(instance, |c| c.extra_toml = toml);
+    let bed = Bed::start_with(instance, |c| {
+        c.storage = Some(StorageSection::new(&root, &state).command_timeout_s(10));
+        c.iscsi = Some(stub.iscsi_section(PREFIX));
+    });
     // The start-up reconcile has nothing to do: no targetcli call at all.
     bed.barrier();
     assert_eq!(stub.argv(), Vec::<String>::new());

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use csg_e2e::exportfs_stub::ExportfsStub as Stub;
 use csg_e2e::ganesha::Ganesha;
-use csg_e2e::{rpc, wait_until, Bed, TIMEOUT};
+use csg_e2e::{rpc, wait_until, Bed, NfsSection, StorageSection, TIMEOUT};
 use serde_json::{json, Value};
 
 /// A temp dir with a storage root (`srv/vol1`, `srv/vol2`, a file, a symlink that leads out)
@@ -44,12 +44,8 @@ impl World {
     fn state_file(&self) -> PathBuf {
         self.base().join("state").join("state.json")
     }
-    fn storage_toml(&self) -> String {
-        format!(
-            "\n[storage]\nroots = [{:?}]\nstate_dir = {:?}\ncommand_timeout_s = 10\n",
-            self.root().display().to_string(),
-            self.base().join("state").display().to_string()
-        )
+    fn storage(&self) -> StorageSection {
+        StorageSection::new(&self.root(), &self.base().join("state")).command_timeout_s(10)
     }
     fn state(&self) -> String {
         std::fs::read_to_string(self.state_file()).unwrap_or_default()
@@ -60,13 +56,10 @@ const HEADER: &str =
     "# Managed by csg-agent: this file is rewritten on every change; edits here are lost.\n";
 
 fn kernel_bed(name: &str, w: &World, stub: &Stub) -> Bed {
-    let toml = format!(
-        "{}\n[nfs]\nbackend = \"kernel\"\nexports_file = {:?}\nexportfs = {:?}\n",
-        w.storage_toml(),
-        stub.exports.display().to_string(),
-        stub.program().display().to_string()
-    );
-    let bed = Bed::start_with(name, |c| c.extra_toml = toml);
+    let bed = Bed::start_with(name, |c| {
+        c.storage = Some(w.storage());
+        c.nfs = Some(stub.nfs_section());
+    });
     // The start-up reconcile reads the table once; wait for it so argv checks start clean.
     assert!(
         wait_until(TIMEOUT, || !stub.argv().is_empty()),
@@ -387,8 +380,8 @@ fn kernel_restart_reconciles_the_file() {
     bed.agent.kill9();
     // Someone edits the agent's file while it is down.
     std::fs::write(&stub.exports, "/ *(rw,no_root_squash)\n").unwrap();
-    let toml = bed.config().extra_toml.clone();
-    let _agent = bed.spawn_agent("nfs-k4", |c| c.extra_toml = toml);
+    let first = bed.config().clone();
+    let _agent = bed.spawn_agent("nfs-k4", |c| c.storage_of(&first));
     assert!(
         wait_until(TIMEOUT, || stub.file().as_deref() == Some(want.as_str())),
         "the restarted agent did not rewrite the file: {:?}",
@@ -400,14 +393,15 @@ fn kernel_restart_reconciles_the_file() {
 
 // ----- NFS-Ganesha -----
 
-fn ganesha_bed(name: &str, w: &World, g: &Ganesha, extra: &str) -> Bed {
-    let toml = format!(
-        "{}\n[nfs]\nbackend = \"ganesha\"\nganesha_dir = {:?}\ndbus_address = {:?}\n{extra}",
-        w.storage_toml(),
-        g.exports_dir().display().to_string(),
-        g.bus_address()
-    );
-    Bed::start_with(name, |c| c.extra_toml = toml)
+/// `allow_hostnames`: `nfs.allow_hostnames`, the agent's default when `None`.
+fn ganesha_bed(name: &str, w: &World, g: &Ganesha, allow_hostnames: Option<bool>) -> Bed {
+    Bed::start_with(name, |c| {
+        c.storage = Some(w.storage());
+        c.nfs = Some(NfsSection {
+            allow_hostnames,
+            ..g.nfs_section()
+        });
+    })
 }
 
 fn conf_files(g: &Ganesha) -> Vec<String> {
@@ -423,7 +417,7 @@ fn conf_files(g: &Ganesha) -> Vec<String> {
 fn ganesha_export_is_served_then_removed() {
     let w = World::new();
     let g = Ganesha::start();
-    let bed = ganesha_bed("nfs-g1", &w, &g, "");
+    let bed = ganesha_bed("nfs-g1", &w, &g, None);
     // Nothing is served before the agent creates it.
     assert_ne!(g.nfs_ls("/vol1").code(), Some(0));
 
@@ -511,7 +505,7 @@ fn ganesha_export_is_served_then_removed() {
 fn ganesha_hostile_input_changes_nothing() {
     let w = World::new();
     let g = Ganesha::start();
-    let bed = ganesha_bed("nfs-g2", &w, &g, "");
+    let bed = ganesha_bed("nfs-g2", &w, &g, None);
     bed.call_ok(
         "nfs.export.create",
         json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "127.0.0.1"}]}),
@@ -556,7 +550,7 @@ fn ganesha_hostile_input_changes_nothing() {
 fn ganesha_failed_apply_is_rolled_back() {
     let w = World::new();
     let g = Ganesha::start();
-    let bed = ganesha_bed("nfs-g3", &w, &g, "allow_hostnames = true\n");
+    let bed = ganesha_bed("nfs-g3", &w, &g, Some(true));
     let spec = json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "127.0.0.1"}]});
     bed.call_ok("nfs.export.create", spec.clone());
     let conf = std::fs::read_to_string(g.exports_dir().join("vol1.conf")).unwrap();
@@ -594,7 +588,7 @@ fn ganesha_failed_apply_is_rolled_back() {
 fn ganesha_drift_is_reported_and_reconciled() {
     let w = World::new();
     let mut g = Ganesha::start();
-    let bed = ganesha_bed("nfs-g4", &w, &g, "");
+    let bed = ganesha_bed("nfs-g4", &w, &g, None);
     bed.call_ok(
         "nfs.export.create",
         json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "127.0.0.1", "access": "rw"}]}),
@@ -650,7 +644,7 @@ fn ganesha_never_touches_an_export_it_does_not_own() {
     .assert_code(0);
     g.nfs_ls("/operator").assert_code(0);
 
-    let bed = ganesha_bed("nfs-g5", &w, &g, "");
+    let bed = ganesha_bed("nfs-g5", &w, &g, None);
     // The agent skips the id Ganesha already serves.
     let r = bed.call_ok(
         "nfs.export.create",
