@@ -13,6 +13,7 @@ pub mod broker;
 pub mod certs;
 pub mod config;
 pub mod csgctl;
+pub mod duration;
 pub mod exportfs_stub;
 pub mod fsfault;
 pub mod ganesha;
