@@ -1,7 +1,7 @@
 //! The agent's TOML config as typed sections, rendered in one place by serde.
 //!
-//! The keys are the agent's own (see `config/agent.toml`); a section left `None` is left out
-//! of the file, so the agent's default applies. Paths and strings go through the TOML
+//! The keys are the agent's own (see `config/agent.toml`); a section or key left `None` is left
+//! out of the file (the TOML serializer skips `None` fields), so the agent's default applies. Paths and strings go through the TOML
 //! serializer, so quoting is always right whatever a temp dir is called.
 
 use std::collections::BTreeMap;
@@ -159,15 +159,10 @@ struct Doc<'a> {
     mqtt: Mqtt<'a>,
     topics: Topics<'a>,
     agent: Agent<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     storage: Option<&'a StorageSection>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     nfs: Option<&'a NfsSection>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     smb: Option<&'a SmbSection>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     iscsi: Option<&'a IscsiSection>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     security: Option<&'a SecuritySection>,
 }
 
@@ -184,11 +179,8 @@ struct Mqtt<'a> {
     connect_timeout_s: u64,
     reconnect_min_ms: u64,
     reconnect_max_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     auth_failure_backoff_s: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     tls: Option<&'a TlsSection>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     auth: Option<&'a AuthSection>,
 }
 
@@ -214,13 +206,9 @@ struct Agent<'a> {
 /// `[mqtt.tls]`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TlsSection {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_cert_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_key_file: Option<PathBuf>,
 }
 
@@ -250,17 +238,11 @@ impl TlsSection {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct AuthSection {
     pub mode: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub access_key_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub access_key_secret_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
 }
 
@@ -303,7 +285,6 @@ impl AuthSection {
 pub struct StorageSection {
     pub roots: Vec<PathBuf>,
     pub state_dir: PathBuf,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub command_timeout_s: Option<u64>,
 }
 
@@ -328,15 +309,10 @@ impl StorageSection {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NfsSection {
     pub backend: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exports_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exportfs: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ganesha_dir: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dbus_address: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_hostnames: Option<bool>,
 }
 
@@ -366,7 +342,6 @@ pub struct SmbSection {
     pub backend: String,
     pub smb_conf: PathBuf,
     /// The `net` program; the agent's default when `None`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub net: Option<PathBuf>,
 }
 
@@ -385,15 +360,10 @@ impl SmbSection {
 pub struct IscsiSection {
     pub backend: String,
     pub iqn_prefix: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub tgt_socket: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub tgtadm: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub targetcli: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub configfs_root: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub watch_interval_s: Option<u64>,
 }
 
@@ -422,9 +392,7 @@ impl IscsiSection {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SecuritySection {
     pub require_signed_commands: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_command_validity_s: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub clock_skew_s: Option<u64>,
     pub trusted_keys: BTreeMap<String, TrustedKey>,
 }
@@ -527,6 +495,10 @@ mod tests {
         assert_eq!(v["storage"]["command_timeout_s"].as_integer(), Some(10));
         assert_eq!(v["nfs"]["backend"].as_str(), Some("kernel"));
         assert!(v["nfs"].get("ganesha_dir").is_none(), "{text}");
+        assert!(
+            v.get("smb").is_none() && v["mqtt"].get("auth").is_none(),
+            "{text}"
+        );
         assert_eq!(
             v["security"]["trusted_keys"]["k-1"]["allow"][0].as_str(),
             Some("sys.*")

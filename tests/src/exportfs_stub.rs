@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::NfsSection;
+use crate::stubs;
 
 /// Stand-in for exportfs(8) (a mock, because this kernel has no nfsd: see the file comment).
 /// It records each argv as one line, keeps an "export table" built from the agent's file on
@@ -18,16 +19,12 @@ pub struct ExportfsStub {
 impl ExportfsStub {
     /// A stub under `base` (its own `stub/` folder) that serves `base/exports.d/csg-agent.exports`.
     pub fn new(base: &Path) -> ExportfsStub {
-        let dir = base.join("stub");
-        std::fs::create_dir_all(&dir).unwrap();
         let exports = base.join("exports.d").join("csg-agent.exports");
-        crate::stubs::write(
-            &dir.join("exportfs"),
-            crate::stubs::EXPORTFS,
-            &[
-                ("DIR", &dir.display().to_string()),
-                ("EXPORTS", &exports.display().to_string()),
-            ],
+        let dir = stubs::install(
+            base,
+            "exportfs",
+            stubs::EXPORTFS,
+            &[("EXPORTS", &exports.display().to_string())],
         );
         ExportfsStub { dir, exports }
     }
@@ -39,11 +36,7 @@ impl ExportfsStub {
         NfsSection::kernel(&self.exports, &self.program())
     }
     pub fn argv(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("argv"))
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect()
+        stubs::argv(&self.dir)
     }
     /// Makes every later `-ra` take this long (after its argv line is recorded, before it
     /// applies anything), e.g. so a test can break the network while a change is being

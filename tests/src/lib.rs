@@ -13,6 +13,7 @@ pub mod broker;
 pub mod certs;
 pub mod config;
 pub mod csgctl;
+pub mod dirs;
 pub mod duration;
 pub mod exportfs_stub;
 pub mod fsfault;
@@ -36,6 +37,7 @@ pub use config::{
     StorageSection, TlsSection,
 };
 pub use csgctl::Csgctl;
+pub use dirs::StorageDirs;
 pub use process::CmdOutput;
 pub use recorder::{Mark, Msg, Recorder};
 

@@ -2,7 +2,7 @@
 //! executable with their `@NAME@` placeholders filled in.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// exportfs(8): see [`crate::exportfs_stub`].
 pub const EXPORTFS: &str = include_str!("../stubs/exportfs");
@@ -23,4 +23,26 @@ pub fn write(path: &Path, template: &str, vars: &[(&str, &str)]) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// A recording stand-in installed as `{base}/stub/{name}`: `@DIR@` in its script is that
+/// folder, where the script keeps its files (`argv`: one line per call, the arguments joined
+/// by spaces) and where the test leaves it instructions.
+pub fn install(base: &Path, name: &str, template: &str, vars: &[(&str, &str)]) -> PathBuf {
+    let dir = base.join("stub");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    let dir_text = dir.display().to_string();
+    let mut all = vec![("DIR", dir_text.as_str())];
+    all.extend_from_slice(vars);
+    write(&dir.join(name), template, &all);
+    dir
+}
+
+/// Every argv a stand-in [`install`]ed in `dir` recorded so far, one line each.
+pub fn argv(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("argv"))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
 }

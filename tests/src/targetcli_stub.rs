@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::IscsiSection;
+use crate::stubs;
 
 pub struct TargetcliStub {
     pub dir: PathBuf,
@@ -23,19 +24,15 @@ impl TargetcliStub {
     /// A stub under `base` (its own `stub/` folder) with an empty fake configfs at
     /// `base/configfs/target` (as after the target modules are loaded).
     pub fn new(base: &Path) -> TargetcliStub {
-        let dir = base.join("stub");
         let root = base.join("configfs").join("target");
-        std::fs::create_dir_all(&dir).unwrap();
         std::fs::create_dir_all(root.join("core")).unwrap();
         std::fs::create_dir_all(root.join("iscsi").join("discovery_auth")).unwrap();
         std::fs::write(root.join("iscsi").join("lio_version"), "stub\n").unwrap();
-        crate::stubs::write(
-            &dir.join("targetcli"),
-            crate::stubs::TARGETCLI,
-            &[
-                ("DIR", &dir.display().to_string()),
-                ("ROOT", &root.display().to_string()),
-            ],
+        let dir = stubs::install(
+            base,
+            "targetcli",
+            stubs::TARGETCLI,
+            &[("ROOT", &root.display().to_string())],
         );
         TargetcliStub { dir, root }
     }
@@ -51,11 +48,7 @@ impl TargetcliStub {
 
     /// Every argv so far, one line each (arguments joined by spaces).
     pub fn argv(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("argv"))
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect()
+        stubs::argv(&self.dir)
     }
 
     /// The argvs after the first `n`.
