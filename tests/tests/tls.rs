@@ -15,7 +15,9 @@ use base64::Engine as _;
 use csg_e2e::agent::check_config;
 use csg_e2e::certs::{Pair, Pki, BROKER_DNS_NAME};
 use csg_e2e::csgctl::json_stdout;
-use csg_e2e::{wait_until, Agent, AgentConfig, AuthSection, Broker, Csgctl, TlsSection, TIMEOUT};
+use csg_e2e::{
+    wait_until, Agent, AgentConfig, AuthSection, Broker, CmdOutput, Csgctl, TlsSection, TIMEOUT,
+};
 use serde_json::json;
 
 /// How the test broker's listener is set up.
@@ -60,6 +62,35 @@ fn agent_config(instance: &str, url: &str, long_s: u64) -> AgentConfig {
     c.reconnect_max_ms = 1000;
     c.auth_failure_backoff_s = Some(long_s);
     c
+}
+
+/// A TLS broker with this server certificate, no client certificates asked for.
+fn tls_broker(pki: &Pki, server: &Pair) -> Broker {
+    start_broker(
+        pki,
+        BrokerSetup {
+            tls: Some(server.clone()),
+            ..Default::default()
+        },
+    )
+}
+
+/// An agent on the broker's TLS URL trusting `ca`, with the long back-off `long_s`.
+fn tls_agent(instance: &str, broker: &Broker, ca: &Path, long_s: u64) -> Agent {
+    let mut c = agent_config(instance, &broker.tls_url(), long_s);
+    c.tls = tls(ca);
+    Agent::spawn(&c)
+}
+
+/// `csgctl --ca-file CA call INSTANCE sys.ping`.
+fn ping_with_ca(broker: &Broker, ca: &Path, instance: &str) -> CmdOutput {
+    ctl(broker, &["--ca-file", &ca.display().to_string()]).run(&["call", instance, "sys.ping"])
+}
+
+/// csgctl exited 4 (broker unreachable), saying why with `says`.
+fn assert_unreachable(out: &CmdOutput, says: &str) {
+    out.assert_code(4);
+    assert!(out.stderr.contains(says), "{}", out.describe());
 }
 
 /// `[mqtt.tls]` trusting `ca`.
@@ -157,16 +188,8 @@ fn ping_ok(ctl: &Csgctl, instance: &str) {
 #[test]
 fn plain_tls_works_for_the_agent_and_csgctl() {
     let pki = Pki::new();
-    let broker = start_broker(
-        &pki,
-        BrokerSetup {
-            tls: Some(pki.server.clone()),
-            ..Default::default()
-        },
-    );
-    let mut c = agent_config("gw-tls", &broker.tls_url(), 300);
-    c.tls = tls(&pki.ca);
-    let mut agent = Agent::spawn(&c);
+    let broker = tls_broker(&pki, &pki.server);
+    let mut agent = tls_agent("gw-tls", &broker, &pki.ca, 300);
     wait_online(&mut agent, &broker);
     let ca = pki.ca.display().to_string();
     ping_ok(&ctl(&broker, &["--ca-file", &ca]), "gw-tls");
@@ -184,70 +207,32 @@ fn plain_tls_works_for_the_agent_and_csgctl() {
 #[test]
 fn an_unknown_ca_is_refused_named_and_backed_off_long() {
     let pki = Pki::new();
-    let broker = start_broker(
-        &pki,
-        BrokerSetup {
-            tls: Some(pki.server.clone()),
-            ..Default::default()
-        },
-    );
-    let mut c = agent_config("gw-rogue-ca", &broker.tls_url(), 40);
-    c.tls = tls(&pki.rogue_ca);
-    let mut agent = Agent::spawn(&c);
+    let broker = tls_broker(&pki, &pki.server);
+    let mut agent = tls_agent("gw-rogue-ca", &broker, &pki.rogue_ca, 40);
     assert_backs_off_long(&mut agent, &broker, "unknown_ca", 40);
     assert!(agent.stderr().contains("not signed by a trusted CA"));
 
-    let out = ctl(&broker, &["--ca-file", &pki.rogue_ca.display().to_string()]).run(&[
-        "call",
-        "gw-rogue-ca",
-        "sys.ping",
-    ]);
-    out.assert_code(4);
-    assert!(
-        out.stderr.contains("not signed by a trusted CA"),
-        "{}",
-        out.describe()
-    );
+    let out = ping_with_ca(&broker, &pki.rogue_ca, "gw-rogue-ca");
+    assert_unreachable(&out, "not signed by a trusted CA");
 }
 
 #[test]
 fn an_expired_server_certificate_is_refused_named_and_backed_off_long() {
     let pki = Pki::new();
-    let broker = start_broker(
-        &pki,
-        BrokerSetup {
-            tls: Some(pki.server_expired.clone()),
-            ..Default::default()
-        },
-    );
-    let mut c = agent_config("gw-expired-server", &broker.tls_url(), 40);
-    c.tls = tls(&pki.ca);
-    let mut agent = Agent::spawn(&c);
+    let broker = tls_broker(&pki, &pki.server_expired);
+    let mut agent = tls_agent("gw-expired-server", &broker, &pki.ca, 40);
     assert_backs_off_long(&mut agent, &broker, "server_cert_expired", 40);
 
-    let out = ctl(&broker, &["--ca-file", &pki.ca.display().to_string()]).run(&[
-        "call",
-        "gw-expired-server",
-        "sys.ping",
-    ]);
-    out.assert_code(4);
-    assert!(out.stderr.contains("expired"), "{}", out.describe());
+    let out = ping_with_ca(&broker, &pki.ca, "gw-expired-server");
+    assert_unreachable(&out, "expired");
 }
 
 #[test]
 fn a_name_mismatch_is_refused_and_the_server_name_override_fixes_it() {
     let pki = Pki::new();
     // The broker's certificate names only broker.csg.test, and we reach it by IP.
-    let broker = start_broker(
-        &pki,
-        BrokerSetup {
-            tls: Some(pki.server_dns_only.clone()),
-            ..Default::default()
-        },
-    );
-    let mut c = agent_config("gw-name", &broker.tls_url(), 30);
-    c.tls = tls(&pki.ca);
-    let mut agent = Agent::spawn(&c);
+    let broker = tls_broker(&pki, &pki.server_dns_only);
+    let mut agent = tls_agent("gw-name", &broker, &pki.ca, 30);
     assert_backs_off_long(&mut agent, &broker, "name_mismatch", 30);
 
     let mut c = agent_config("gw-name-ok", &broker.tls_url(), 30);
@@ -257,12 +242,7 @@ fn a_name_mismatch_is_refused_and_the_server_name_override_fixes_it() {
 
     let ca = pki.ca.display().to_string();
     let out = ctl(&broker, &["--ca-file", &ca]).run(&["call", "gw-name-ok", "sys.ping"]);
-    out.assert_code(4);
-    assert!(
-        out.stderr.contains("does not match the broker's name"),
-        "{}",
-        out.describe()
-    );
+    assert_unreachable(&out, "does not match the broker's name");
     ping_ok(
         &ctl(
             &broker,
@@ -275,13 +255,7 @@ fn a_name_mismatch_is_refused_and_the_server_name_override_fixes_it() {
 #[test]
 fn a_wrong_server_name_override_is_a_mismatch_too() {
     let pki = Pki::new();
-    let broker = start_broker(
-        &pki,
-        BrokerSetup {
-            tls: Some(pki.server.clone()),
-            ..Default::default()
-        },
-    );
+    let broker = tls_broker(&pki, &pki.server);
     let mut c = agent_config("gw-wrong-name", &broker.tls_url(), 30);
     c.tls = Some(TlsSection::ca(&pki.ca).server_name("other.csg.test"));
     let mut agent = Agent::spawn(&c);
@@ -304,9 +278,7 @@ fn mutual_tls_works_and_refuses_a_missing_or_expired_client_certificate() {
     let mut agent = Agent::spawn(&c);
     wait_online(&mut agent, &broker);
 
-    let mut c = agent_config("gw-mtls-none", &broker.tls_url(), 30);
-    c.tls = tls(&pki.ca);
-    let mut none = Agent::spawn(&c);
+    let mut none = tls_agent("gw-mtls-none", &broker, &pki.ca, 30);
     assert_backs_off_long(&mut none, &broker, "client_cert_refused", 30);
 
     let mut c = agent_config("gw-mtls-expired", &broker.tls_url(), 30);
@@ -339,12 +311,7 @@ fn mutual_tls_works_and_refuses_a_missing_or_expired_client_certificate() {
         "gw-mtls",
     );
     let out = ctl(&broker, &["--ca-file", &ca]).run(&["call", "gw-mtls", "sys.ping"]);
-    out.assert_code(4);
-    assert!(
-        out.stderr.contains("refused our client certificate"),
-        "{}",
-        out.describe()
-    );
+    assert_unreachable(&out, "refused our client certificate");
 }
 
 #[test]
@@ -382,26 +349,18 @@ fn rotated_client_certificate_files_are_used_on_the_next_connect_without_a_resta
 #[test]
 fn sighup_after_a_certificate_rotation_starts_a_new_session_at_once() {
     let pki = Pki::new();
-    let broker = start_broker(
-        &pki,
-        BrokerSetup {
-            tls: Some(pki.server.clone()),
-            ..Default::default()
-        },
-    );
+    let broker = tls_broker(&pki, &pki.server);
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::copy(&pki.ca, &ca).unwrap();
-    let mut c = agent_config("gw-hup", &broker.tls_url(), 30);
-    c.tls = tls(&ca);
-    let mut agent = Agent::spawn(&c);
+    let mut agent = tls_agent("gw-hup", &broker, &ca, 30);
     wait_online(&mut agent, &broker);
     // Same config text, rotated file: the reload is a change, so a new session uses it.
     let tmp = dir.path().join("ca.new");
     std::fs::copy(&pki.ca, &tmp).unwrap();
     std::fs::rename(&tmp, &ca).unwrap();
     agent.signal(nix::sys::signal::Signal::SIGHUP);
-    let client_id = c.client_id();
+    let client_id = agent.config.client_id();
     assert!(
         wait_until(TIMEOUT, || broker.connects_of(&client_id) == 2),
         "no new session after SIGHUP\n{}\n{}",
