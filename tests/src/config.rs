@@ -260,21 +260,24 @@ impl AuthSection {
     /// `mode = "alibaba_signature"`.
     pub fn alibaba_signature(access_key_id: &str, instance_id: &str, secret_file: &Path) -> Self {
         Self {
-            mode: "alibaba_signature".into(),
-            access_key_id: Some(access_key_id.into()),
-            instance_id: Some(instance_id.into()),
             access_key_secret_file: Some(secret_file.into()),
-            ..Self::default()
+            ..Self::alibaba("alibaba_signature", access_key_id, instance_id)
         }
     }
 
     /// `mode = "alibaba_token"`.
     pub fn alibaba_token(access_key_id: &str, instance_id: &str, token_file: &Path) -> Self {
         Self {
-            mode: "alibaba_token".into(),
+            token_file: Some(token_file.into()),
+            ..Self::alibaba("alibaba_token", access_key_id, instance_id)
+        }
+    }
+
+    fn alibaba(mode: &str, access_key_id: &str, instance_id: &str) -> Self {
+        Self {
+            mode: mode.into(),
             access_key_id: Some(access_key_id.into()),
             instance_id: Some(instance_id.into()),
-            token_file: Some(token_file.into()),
             ..Self::default()
         }
     }
