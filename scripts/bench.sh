@@ -4,6 +4,9 @@
 #
 #   scripts/bench.sh [--count N] [--pipelined-count N] [--no-write]
 #
+# Binaries: built in release mode from this checkout (target/release, or $CARGO_TARGET_DIR),
+# unless CSG_BIN_DIR names a directory of prebuilt ones (csg-agent, csgctl, csg-bed).
+#
 # Figures, not assertions: the test suite checks behaviour; this script measures speed.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,9 +23,17 @@ while [ $# -gt 0 ]; do
 done
 
 "$root/scripts/install-deps.sh" >/dev/null
-cargo build --quiet --release --manifest-path "$root/Cargo.toml" --bins
-agent="$root/target/release/csg-agent"
-csgctl="$root/target/release/csgctl"
+if [ -n "${CSG_BIN_DIR:-}" ]; then
+  bin_dir=$CSG_BIN_DIR
+else
+  cargo build --quiet --release --manifest-path "$root/Cargo.toml" --bins
+  # Where cargo put them: target/, unless CARGO_TARGET_DIR moved it.
+  bin_dir=${CARGO_TARGET_DIR:-$root/target}/release
+fi
+agent="$bin_dir/csg-agent"
+csgctl="$bin_dir/csgctl"
+# The test harness's broker start-up (tests/src/bin/csg-bed.rs).
+bed="$bin_dir/csg-bed"
 
 # Backtrace capture keeps symbol data resident; a service runs without it.
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE
@@ -32,21 +43,15 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  "$bed" broker stop "$dir/broker" 2>/dev/null || true
   rm -rf "$dir"
 }
 trap cleanup EXIT INT TERM
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$dir/mosquitto.conf" <<CONF
-listener $port 127.0.0.1
-allow_anonymous true
-set_tcp_nodelay true
-persistence false
-max_inflight_messages 0
-max_queued_messages 0
-CONF
-mosquitto -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
-pids+=($!)
+# Pipelined runs keep 64 requests in flight: no per-client cap on QoS 1 messages in flight or
+# queued, or the excess is dropped.
+port=$("$bed" broker start "$dir/broker" \
+  --line 'max_inflight_messages 0' --line 'max_queued_messages 0')
 
 cat >"$dir/agent.toml" <<CONF
 [identity]

@@ -23,7 +23,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,12 +37,50 @@ GROUP = "GID_csg"
 PER_PROCESS = 19000  # open files are capped at 20000 per process (brokers and simulators)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+def bed(*args):
+    """The test harness's command-line tools (tests/src/bin/csg-bed.rs): its output."""
+    r = subprocess.run([str(BIN / "csg-bed"), *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"csg-bed {' '.join(args)}: {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
+def free_ports(n):
+    """n distinct free loopback ports."""
+    return [int(p) for p in bed("free-ports", str(n)).split()]
+
+
+class Detached:
+    """A daemon csg-bed started and left running (it is not our child): the part of Popen
+    that stop() and cleanup() use, by pid."""
+
+    def __init__(self, name, pid):
+        self.name, self.pid = name, pid
+
+    def poll(self):
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                # A zombie has exited; whoever adopted it reaps it.
+                return None if f.read().rsplit(") ", 1)[1][0] != "Z" else 0
+        except (OSError, IndexError):
+            return 0
+
+    def send_signal(self, sig):
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.05)
+        return 0
 
 
 def rss_kb(pid):
@@ -125,13 +162,9 @@ class Bench:
             print(f"kept {self.dir}", file=sys.stderr)
 
     def broker(self, name, port, tls=None):
-        conf = self.dir / f"{name}.conf"
+        """Mosquitto on port, started by csg-bed (loopback, anonymous, Nagle off, no
+        persistence) with what a fleet needs on top; returns once it runs."""
         lines = [
-            f"listener {port} 127.0.0.1",
-            "allow_anonymous true",
-            # Without it every request/reply round trip pays Nagle + delayed ACK.
-            "set_tcp_nodelay true",
-            "persistence false",
             # The console receives thousands of replies at once: no per-client cap on
             # QoS 1 messages in flight or queued, or the excess is dropped.
             "max_inflight_messages 0",
@@ -143,27 +176,26 @@ class Bench:
             "log_type warning",
             "log_type notice",
             "log_timestamp true",
-            "log_dest stderr",
         ]
         if tls:
             lines += [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}"]
-        conf.write_text("\n".join(lines) + "\n")
-        p = self.spawn(name, ["mosquitto", "-c", str(conf)])
+        args = ["broker", "start", str(self.dir / name), "--port", str(port)]
+        for line in lines:
+            args += ["--line", line]
+        bed(*args)
+        pid = int((self.dir / name / "mosquitto.pid").read_text())
+        p = Detached(name, pid)
         p.port = port
-        p.conf = conf
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return p
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit(f"mosquitto {name} did not start: {(self.dir / (name + '.log')).read_text()[-2000:]}")
+        self.procs.append(p)
+        return p
+
+    def broker_log(self, name):
+        return self.dir / name / "mosquitto-1.stderr"
 
     def connects_per_second(self, name, since=0.0):
         """Connects the broker logged, per whole second (its log has epoch seconds)."""
         counts = {}
-        with open(self.dir / f"{name}.log", errors="replace") as f:
+        with open(self.broker_log(name), errors="replace") as f:
             for line in f:
                 if "New client connected" not in line:
                     continue
@@ -257,7 +289,7 @@ class Bench:
         return wall, ok, errors, lost
 
     def ramp(self, n, nbrokers, label):
-        ports = [free_port() for _ in range(nbrokers)]
+        ports = free_ports(nbrokers)
         brokers = [self.broker(f"broker-{label}-{i}", p) for i, p in enumerate(ports)]
         per = -(-n // nbrokers)
         # One simulator per broker, each under the open-files cap.
@@ -297,9 +329,8 @@ class Bench:
         return brokers, sims, shards, max(rates)
 
     def idle_agent_rss(self):
-        port = free_port()
+        port, tls_port = free_ports(2)
         b = self.broker("broker-idle", port)
-        tls_port = free_port()
         tls = self.make_tls()
         bt = self.broker("broker-idle-tls", tls_port, tls=tls)
         out = []

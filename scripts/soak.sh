@@ -49,7 +49,8 @@
 # that period measures the reply memory filling up, not a leak.
 #
 # Binaries: built in release mode from this checkout (target/release, or $CARGO_TARGET_DIR), like
-# scripts/bench.sh, unless CSG_AGENT_BIN and CSGCTL_BIN name prebuilt ones.
+# scripts/bench.sh, unless CSG_AGENT_BIN and CSGCTL_BIN name prebuilt ones (and CSG_BED_BIN the
+# harness's csg-bed, which reads the durations; built when not given).
 #
 # Nothing system-wide is touched (no SMB user is created: the shares need none). Everything
 # stops and the temporary directory is removed on exit, also after a failure or Ctrl-C (which
@@ -65,22 +66,6 @@ daemons_init
 usage() {
   awk '/^#   scripts\/soak.sh/ { p = 1 } /^# Run as root/ { exit } p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
-}
-
-# Seconds in a duration such as 90, 90s, 30m, 24h, 1d or 1h30m.
-secs() {
-  local s=$1 total=0 n u
-  [[ $s =~ ^([0-9]+[smhd]?)+$ ]] || return 1
-  while [[ $s =~ ^([0-9]+)([smhd]?)(.*)$ ]]; do
-    n=$((10#${BASH_REMATCH[1]})) u=${BASH_REMATCH[2]} s=${BASH_REMATCH[3]}
-    case $u in
-      '' | s) total=$((total + n)) ;;
-      m) total=$((total + n * 60)) ;;
-      h) total=$((total + n * 3600)) ;;
-      d) total=$((total + n * 86400)) ;;
-    esac
-  done
-  echo "$total"
 }
 
 # "1h02m03s" for a number of seconds.
@@ -112,21 +97,8 @@ while [ $# -gt 0 ]; do
   esac
   shift 2
 done
-for v in duration sample_every cycle_every broker_every daemon_every ${warmup:+warmup}; do
-  s=$(secs "${!v}") || { echo "soak: --${v//_/-}: not a duration: ${!v}" >&2; usage; }
-  printf -v "$v" '%s' "$s"
-done
-[ "$duration" -gt 0 ] && [ "$sample_every" -gt 0 ] && [ "$cycle_every" -gt 0 ] ||
-  { echo "soak: --duration, --sample-every and --cycle-every must be positive" >&2; exit 2; }
 [[ $rate =~ ^[0-9]+([.][0-9]+)?$ ]] && [ "$rate" != 0 ] ||
   { echo "soak: --rate: a positive number of calls per second" >&2; exit 2; }
-# The default warm-up: 10 % of the run, but at least the reply memory's 10 minutes plus 2 once
-# the run is long enough to keep half of it for the slope.
-if [ -z "$warmup" ]; then
-  warmup=$((duration / 10))
-  w=$((720 < duration / 2 ? 720 : duration / 2))
-  ((warmup >= w)) || warmup=$w
-fi
 
 instance=gw-soak
 iqn_prefix=iqn.2026-11.com.example.csg
@@ -148,21 +120,41 @@ command -v python3 >/dev/null || { echo "soak: python3 is needed (ports, checks,
 # The interpreter itself, not a wrapper such as a pyenv shim (which costs ten times the CPU of
 # the check it runs), started without site packages: the checks need only json.
 py=$(python3 -c 'import sys; print(sys.executable)')
+# Where cargo puts them: target/, unless CARGO_TARGET_DIR moved it.
+bin_dir=${CARGO_TARGET_DIR:-$root/target}/release
 if [ -n "${CSG_AGENT_BIN:-}" ] && [ -n "${CSGCTL_BIN:-}" ]; then
   agent=$CSG_AGENT_BIN
   csgctl=$CSGCTL_BIN
+  [ -n "${CSG_BED_BIN:-}" ] ||
+    cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p csg-e2e --bin csg-bed
 else
   cargo build --quiet --release --manifest-path "$root/Cargo.toml" --bins
-  # Where cargo put them: target/, unless CARGO_TARGET_DIR moved it.
-  bin_dir=${CARGO_TARGET_DIR:-$root/target}/release
   agent=${CSG_AGENT_BIN:-$bin_dir/csg-agent}
   csgctl=${CSGCTL_BIN:-$bin_dir/csgctl}
 fi
-for b in "$agent" "$csgctl"; do
+# The test harness's command-line tools (tests/src/bin/csg-bed.rs): durations here.
+bed=${CSG_BED_BIN:-$bin_dir/csg-bed}
+for b in "$agent" "$csgctl" "$bed"; do
   [ -x "$b" ] || { echo "soak: not an executable: $b" >&2; exit 1; }
 done
 agent=$(realpath "$agent")
 csgctl=$(realpath "$csgctl")
+
+# The durations, now that csg-bed is at hand: seconds from 90, 90s, 30m, 24h, 1d, 1h30m ...
+for v in duration sample_every cycle_every broker_every daemon_every ${warmup:+warmup}; do
+  s=$("$bed" duration "${!v}" 2>/dev/null) ||
+    { echo "soak: --${v//_/-}: not a duration: ${!v}" >&2; usage; }
+  printf -v "$v" '%s' "$s"
+done
+[ "$duration" -gt 0 ] && [ "$sample_every" -gt 0 ] && [ "$cycle_every" -gt 0 ] ||
+  { echo "soak: --duration, --sample-every and --cycle-every must be positive" >&2; exit 2; }
+# The default warm-up: 10 % of the run, but at least the reply memory's 10 minutes plus 2 once
+# the run is long enough to keep half of it for the slope.
+if [ -z "$warmup" ]; then
+  warmup=$((duration / 10))
+  w=$((720 < duration / 2 ? 720 : duration / 2))
+  ((warmup >= w)) || warmup=$w
+fi
 
 # Backtrace capture keeps ~30 MB of symbol data resident after the first captured error; a
 # service runs without it, and so must a memory measurement.

@@ -12,6 +12,20 @@ use crate::recorder::{Mark, Msg, Recorder};
 use crate::rpc;
 use crate::TIMEOUT;
 
+/// The first online presence of the agent with `config` that `rec` saw after `mark`, waiting up
+/// to `timeout` for it. By contract, online means its command subscription is live.
+pub fn wait_online(
+    rec: &Recorder,
+    mark: Mark,
+    config: &AgentConfig,
+    timeout: Duration,
+) -> Option<Msg> {
+    let presence = config.presence_topic();
+    rec.wait_for_since(mark, timeout, |m| {
+        m.topic == presence && m.field("state").as_deref() == Some("online")
+    })
+}
+
 pub struct Bed {
     // Field order is drop order: the agent goes first so its Will (if any) reaches a
     // live broker, and the broker's log is printed last on failure.
@@ -32,12 +46,25 @@ impl Bed {
     /// Like [`start`](Self::start), with the config adjusted first.
     pub fn start_with(instance: &str, adjust: impl FnOnce(&mut AgentConfig)) -> Bed {
         let broker = Broker::start();
+        let url = broker.url();
+        Self::start_on(broker, &url, instance, adjust, Agent::spawn)
+    }
+
+    /// A bed on a broker the caller started, with the agent connecting to `url` (e.g. a relay
+    /// in front of the broker) and started by `spawn` (e.g. inside a network namespace).
+    pub fn start_on(
+        broker: Broker,
+        url: &str,
+        instance: &str,
+        adjust: impl FnOnce(&mut AgentConfig),
+        spawn: impl FnOnce(&AgentConfig) -> Agent,
+    ) -> Bed {
         // Subscribed before the agent exists, so its very first messages are seen.
         let rec = Recorder::connect(broker.port(), &["#"]);
-        let mut config = AgentConfig::new(instance, &broker.url());
+        let mut config = AgentConfig::new(instance, url);
         adjust(&mut config);
         let reply_to = format!("{}/{}", config.up, crate::unique("e2e-console"));
-        let agent = Agent::spawn(&config);
+        let agent = spawn(&config);
         let mut bed = Bed {
             agent,
             rec,
@@ -76,18 +103,16 @@ impl Bed {
     /// Waits for an online presence after `mark`; fails with the agent's log (and exit
     /// status if it died) otherwise.
     pub fn wait_online(&mut self, mark: Mark) -> Msg {
-        let presence = self.config().presence_topic();
-        let found = self.rec.wait_for_since(mark, TIMEOUT, |m| {
-            m.topic == presence && m.field("state").as_deref() == Some("online")
-        });
+        let found = wait_online(&self.rec, mark, self.config(), TIMEOUT);
         match found {
             Some(m) => m,
             None => {
                 let status = self.agent.try_status();
                 panic!(
-                    "agent {} did not publish online presence on {presence} within {TIMEOUT:?} \
+                    "agent {} did not publish online presence on {} within {TIMEOUT:?} \
                      (process: {})\n{}\n{}\n----- broker log -----\n{}",
                     self.instance(),
+                    self.config().presence_topic(),
                     match status {
                         Some(s) => format!("exited, {s}"),
                         None => "still running".into(),
@@ -139,6 +164,13 @@ impl Bed {
         let id = crate::unique("call");
         let reply = self.call_raw(&id, method, params);
         rpc::expect_ok(&reply, &id)
+    }
+
+    /// Calls `method` expecting an error reply with `code`; returns the error object.
+    pub fn call_err(&self, method: &str, params: Value, code: &str) -> Value {
+        let id = crate::unique("call");
+        let reply = self.call_raw(&id, method, params);
+        rpc::expect_err(&reply, Some(&id), code)
     }
 
     /// `sys.status` result.
@@ -220,14 +252,7 @@ base: {base}
         adjust(&mut config);
         let mark = self.rec.mark();
         let mut agent = Agent::spawn(&config);
-        let presence = config.presence_topic();
-        if self
-            .rec
-            .wait_for_since(mark, TIMEOUT, |m| {
-                m.topic == presence && m.field("state").as_deref() == Some("online")
-            })
-            .is_none()
-        {
+        if wait_online(&self.rec, mark, &config, TIMEOUT).is_none() {
             let status = agent.try_status();
             panic!(
                 "agent {instance} not online within {TIMEOUT:?} (exit: {status:?})

@@ -26,7 +26,7 @@ pub struct Broker {
 pub type MakeConfig = Arc<dyn Fn(u16) -> String + Send + Sync>;
 
 /// How a start attempt failed.
-enum StartError {
+pub enum StartError {
     /// Someone else holds the port (another test picked the same free port).
     PortTaken(String),
     Other(String),
@@ -84,7 +84,7 @@ impl Broker {
         let end = Instant::now() + crate::TIMEOUT;
         loop {
             let generation = self.generation + 1;
-            match Self::spawn(self.port, self.dir.path(), generation, &self.make_config) {
+            match spawn(self.port, self.dir.path(), generation, &self.make_config) {
                 Ok(child) => {
                     self.child = child;
                     self.generation = generation;
@@ -108,7 +108,7 @@ impl Broker {
         generation: u32,
         make: &MakeConfig,
     ) -> Result<Broker, StartError> {
-        let child = Self::spawn(port, dir.path(), generation, make)?;
+        let child = spawn(port, dir.path(), generation, make)?;
         Ok(Broker {
             port,
             dir,
@@ -116,50 +116,6 @@ impl Broker {
             generation,
             make_config: make.clone(),
         })
-    }
-
-    fn spawn(
-        port: u16,
-        dir: &Path,
-        generation: u32,
-        make: &MakeConfig,
-    ) -> Result<ChildGuard, StartError> {
-        let conf = dir.join(format!("mosquitto-{generation}.conf"));
-        std::fs::write(&conf, make(port)).expect("write mosquitto config");
-        let mut cmd = Command::new(bins::mosquitto());
-        cmd.arg("-c").arg(&conf);
-        let name = format!("mosquitto-{generation}");
-        let mut child = ChildGuard::spawn(&name, cmd, dir)
-            .map_err(|e| StartError::Other(format!("cannot start mosquitto: {e}")))?;
-        // "running" is logged once every listener is open; a TCP probe would work too but
-        // would add a connection to the log of every test.
-        let end = Instant::now() + crate::TIMEOUT;
-        loop {
-            let log = child.stderr();
-            if log.contains(" running") {
-                return Ok(child);
-            }
-            if !child.is_running() {
-                child.set_dump_on_panic(false);
-                return Err(if log.contains("Address already in use") {
-                    StartError::PortTaken(log)
-                } else {
-                    StartError::Other(format!(
-                        "mosquitto exited at start ({:?}):\n{}",
-                        child.try_status(),
-                        child.log()
-                    ))
-                });
-            }
-            if Instant::now() >= end {
-                return Err(StartError::Other(format!(
-                    "mosquitto did not report running within {:?}:\n{}",
-                    crate::TIMEOUT,
-                    child.log()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 
     pub fn port(&self) -> u16 {
@@ -230,6 +186,53 @@ impl Broker {
     }
 }
 
+/// Starts mosquitto on `port` with the config `make(port)`, its files in `dir` named
+/// `mosquitto-{generation}.*`, and returns once it reports running.
+pub fn spawn(
+    port: u16,
+    dir: &Path,
+    generation: u32,
+    make: &MakeConfig,
+) -> Result<ChildGuard, StartError> {
+    let conf = dir.join(format!("mosquitto-{generation}.conf"));
+    std::fs::write(&conf, make(port))
+        .map_err(|e| StartError::Other(format!("cannot write {}: {e}", conf.display())))?;
+    let mut cmd = Command::new(bins::mosquitto());
+    cmd.arg("-c").arg(&conf);
+    let name = format!("mosquitto-{generation}");
+    let mut child = ChildGuard::spawn(&name, cmd, dir)
+        .map_err(|e| StartError::Other(format!("cannot start mosquitto: {e}")))?;
+    // "running" is logged once every listener is open; a TCP probe would work too but
+    // would add a connection to the log of every test.
+    let end = Instant::now() + crate::TIMEOUT;
+    loop {
+        let log = child.stderr();
+        if log.contains(" running") {
+            return Ok(child);
+        }
+        if !child.is_running() {
+            child.set_dump_on_panic(false);
+            return Err(if log.contains("Address already in use") {
+                StartError::PortTaken(log)
+            } else {
+                StartError::Other(format!(
+                    "mosquitto exited at start ({:?}):\n{}",
+                    child.try_status(),
+                    child.log()
+                ))
+            });
+        }
+        if Instant::now() >= end {
+            return Err(StartError::Other(format!(
+                "mosquitto did not report running within {:?}:\n{}",
+                crate::TIMEOUT,
+                child.log()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Counts "New client connected from … as ID (" lines for exactly this client id.
 pub fn count_connects(log: &str, client_id: &str) -> usize {
     let needle = format!(" as {client_id} (");
@@ -243,16 +246,26 @@ pub fn count_connects(log: &str, client_id: &str) -> usize {
 /// empty, as a crashed one would be), and everything logged so a failure can be explained.
 pub fn config(port: u16) -> String {
     format!(
-        "listener {port} 127.0.0.1\n\
-         allow_anonymous true\n\
-         set_tcp_nodelay true\n\
-         persistence false\n\
+        "{}\
          log_type all\n\
          log_dest stderr\n\
          log_timestamp true\n\
          log_timestamp_format %H:%M:%S\n\
          connection_messages true\n\
-         max_queued_messages 100000\n"
+         max_queued_messages 100000\n",
+        base_config(port)
+    )
+}
+
+/// What every private broker has, the tests' and the scripts' (see `csg-bed broker`):
+/// loopback only, anonymous, Nagle off (without it every round trip costs ~44 ms), and nothing
+/// kept across restarts.
+pub fn base_config(port: u16) -> String {
+    format!(
+        "listener {port} 127.0.0.1\n\
+         allow_anonymous true\n\
+         set_tcp_nodelay true\n\
+         persistence false\n"
     )
 }
 
@@ -262,6 +275,17 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind an ephemeral loopback port")
+}
+
+/// `n` distinct loopback ports nobody listens on right now: all held at once while they are
+/// chosen, so none repeats (the caller binds them a moment later).
+pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    held.iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -290,6 +314,14 @@ mod tests {
         assert_eq!(b.port(), port);
         assert!(b.is_running());
         assert_eq!(b.log().matches(" running").count(), 2, "{}", b.log());
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let mut p = free_ports(5).unwrap();
+        p.sort_unstable();
+        p.dedup();
+        assert_eq!(p.len(), 5);
     }
 
     #[test]

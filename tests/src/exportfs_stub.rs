@@ -1,8 +1,10 @@
 //! A stand-in for exportfs(8), for the kernel NFS backend's tests: a mock, because this
 //! kernel has no nfsd, so the real exportfs cannot run here.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use crate::config::NfsSection;
+use crate::stubs;
 
 /// Stand-in for exportfs(8) (a mock, because this kernel has no nfsd: see the file comment).
 /// It records each argv as one line, keeps an "export table" built from the agent's file on
@@ -17,43 +19,24 @@ pub struct ExportfsStub {
 impl ExportfsStub {
     /// A stub under `base` (its own `stub/` folder) that serves `base/exports.d/csg-agent.exports`.
     pub fn new(base: &Path) -> ExportfsStub {
-        let dir = base.join("stub");
-        std::fs::create_dir_all(&dir).unwrap();
         let exports = base.join("exports.d").join("csg-agent.exports");
-        let script = format!(
-            "#!/bin/sh\n\
-             D={dir}\n\
-             printf '%s\\n' \"$*\" >> \"$D/argv\"\n\
-             case \"$1\" in\n\
-             -ra)\n\
-             \x20 if [ -f \"$D/delay\" ]; then sleep \"$(cat \"$D/delay\")\"; fi\n\
-             \x20 if [ -f \"$D/fail-once\" ]; then cat \"$D/fail-once\" >&2; rm -f \"$D/fail-once\"; exit 1; fi\n\
-             \x20 if [ -f {exports} ]; then\n\
-             \x20   grep -v '^#' {exports} | awk '{{ for (i = 2; i <= NF; i++) print $1 \" \" $i }}' > \"$D/etab\"\n\
-             \x20 else\n\
-             \x20   : > \"$D/etab\"\n\
-             \x20 fi\n\
-             \x20 ;;\n\
-             -s) cat \"$D/etab\" 2>/dev/null; exit 0 ;;\n\
-             *) echo \"stub exportfs: unexpected arguments: $*\" >&2; exit 2 ;;\n\
-             esac\n",
-            dir = dir.display(),
-            exports = exports.display()
+        let dir = stubs::install(
+            base,
+            "exportfs",
+            stubs::EXPORTFS,
+            &[("EXPORTS", &exports.display().to_string())],
         );
-        let path = dir.join("exportfs");
-        std::fs::write(&path, script).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         ExportfsStub { dir, exports }
     }
     pub fn program(&self) -> PathBuf {
         self.dir.join("exportfs")
     }
+    /// `[nfs]` for the kernel backend on this stub and its exports file.
+    pub fn nfs_section(&self) -> NfsSection {
+        NfsSection::kernel(&self.exports, &self.program())
+    }
     pub fn argv(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("argv"))
-            .unwrap_or_default()
-            .lines()
-            .map(String::from)
-            .collect()
+        stubs::argv(&self.dir)
     }
     /// Makes every later `-ra` take this long (after its argv line is recorded, before it
     /// applies anything), e.g. so a test can break the network while a change is being

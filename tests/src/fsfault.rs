@@ -164,35 +164,17 @@ impl Gate {
         );
         let gate = dir.join(format!("{name}.gate"));
         std::fs::create_dir_all(&gate).expect("gate dir");
-        let mut test = String::new();
-        for w in when {
-            test.push_str(&format!("case \"$A\" in *\" {w} \"*) ;; *) M=0;; esac\n"));
-        }
-        for w in unless {
-            test.push_str(&format!("case \"$A\" in *\" {w} \"*) M=0;; esac\n"));
-        }
-        // `mv` of the armed file is atomic: of concurrent matching calls exactly one stops.
-        let script = format!(
-            "#!/bin/sh\n\
-             G={gate}\n\
-             A=\" $* \"\n\
-             M=1\n\
-             {test}\
-             if [ $M = 1 ] && mv \"$G/armed\" \"$G/taken\" 2>/dev/null; then\n\
-             \x20 : > \"$G/reached\"\n\
-             \x20 i=0\n\
-             \x20 while [ ! -e \"$G/go\" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\n\
-             \x20 rm -f \"$G/go\"\n\
-             fi\n\
-             exec {real} \"$@\"\n",
-            gate = gate.display(),
-            real = real.display(),
-        );
         let program = dir.join(name);
-        std::fs::write(&program, script).expect("write the wrapper");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod the wrapper");
+        crate::stubs::write(
+            &program,
+            crate::stubs::GATE,
+            &[
+                ("GATE", &gate.display().to_string()),
+                ("WHEN", &when.join(" ")),
+                ("UNLESS", &unless.join(" ")),
+                ("REAL", &real.display().to_string()),
+            ],
+        );
         Gate { dir: gate, program }
     }
 

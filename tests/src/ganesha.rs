@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::config::NfsSection;
 use crate::process::{self, read_lossy, ChildGuard, CmdOutput};
 
 pub const GANESHA: &str = "/usr/bin/ganesha.nfsd";
@@ -161,6 +162,11 @@ impl Ganesha {
     }
 
     /// `nfs.dbus_address` for the agent.
+    /// `[nfs]` for the Ganesha backend on this daemon.
+    pub fn nfs_section(&self) -> NfsSection {
+        NfsSection::ganesha(&self.exports_dir(), self.bus_address())
+    }
+
     pub fn bus_address(&self) -> &str {
         &self.bus_address
     }

@@ -11,7 +11,10 @@ pub mod bed;
 pub mod bins;
 pub mod broker;
 pub mod certs;
+pub mod config;
 pub mod csgctl;
+pub mod dirs;
+pub mod duration;
 pub mod exportfs_stub;
 pub mod fsfault;
 pub mod ganesha;
@@ -20,15 +23,21 @@ pub mod process;
 pub mod recorder;
 pub mod rpc;
 pub mod smbd;
+pub mod stubs;
 pub mod targetcli_stub;
 pub mod tgtd;
 
 use std::time::{Duration, Instant};
 
-pub use agent::{Agent, AgentConfig};
+pub use agent::Agent;
 pub use bed::Bed;
 pub use broker::Broker;
+pub use config::{
+    AgentConfig, AuthSection, IscsiSection, NfsSection, SecuritySection, SmbSection,
+    StorageSection, TlsSection,
+};
 pub use csgctl::Csgctl;
+pub use dirs::StorageDirs;
 pub use process::CmdOutput;
 pub use recorder::{Mark, Msg, Recorder};
 

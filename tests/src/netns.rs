@@ -48,7 +48,6 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::agent::{Agent, AgentConfig};
 use crate::bed::Bed;
 use crate::broker::{self, Broker};
-use crate::recorder::{Mark, Recorder};
 
 /// Slots: 55 × 256 × 64 /30 subnets in 10.200.0.0–10.254.255.255.
 const SLOTS: u64 = 55 * 256 * 64;
@@ -206,20 +205,7 @@ impl Netns {
         instance: &str,
         adjust: impl FnOnce(&mut AgentConfig),
     ) -> Bed {
-        // Subscribed before the agent exists, so its very first messages are seen.
-        let rec = Recorder::connect(broker.port(), &["#"]);
-        let mut config = AgentConfig::new(instance, url);
-        adjust(&mut config);
-        let reply_to = format!("{}/{}", config.up, crate::unique("e2e-console"));
-        let agent = self.spawn_agent(&config);
-        let mut bed = Bed {
-            agent,
-            rec,
-            broker,
-            reply_to,
-        };
-        bed.wait_online(Mark::default());
-        bed
+        Bed::start_on(broker, url, instance, adjust, |c| self.spawn_agent(c))
     }
 
     /// Drops every packet on the link, both ways, silently.

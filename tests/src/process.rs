@@ -18,6 +18,8 @@ pub struct ChildGuard {
     stderr: PathBuf,
     /// Print the log to the test's output if the test is panicking when this is dropped.
     dump_on_panic: bool,
+    /// Left running on drop: see [`detach`](Self::detach).
+    detached: bool,
 }
 
 impl ChildGuard {
@@ -38,6 +40,7 @@ impl ChildGuard {
             stdout,
             stderr,
             dump_on_panic: true,
+            detached: false,
         })
     }
 
@@ -114,10 +117,20 @@ impl ChildGuard {
     pub fn set_dump_on_panic(&mut self, on: bool) {
         self.dump_on_panic = on;
     }
+
+    /// Lets the child outlive this guard (a daemon started for a script, which stops it by
+    /// its pid); returns the pid.
+    pub fn detach(mut self) -> u32 {
+        self.detached = true;
+        self.pid()
+    }
 }
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         let was_running = self.status.is_none();
         self.kill9();
         if self.dump_on_panic && std::thread::panicking() {

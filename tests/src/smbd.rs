@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::broker::free_port;
+use crate::config::{AgentConfig, SmbSection, StorageSection};
 use crate::process::{self, read_lossy, ChildGuard, CmdOutput};
 use crate::TIMEOUT;
 
@@ -264,24 +265,17 @@ impl Smbd {
     /// `smbclient -p PORT -A AUTH //127.0.0.1/SHARE -c CMD` (the password in a 0600 file,
     /// never on the command line).
     pub fn smbclient(&self, share: &str, user: &str, password: &str, cmd: &str) -> CmdOutput {
-        let auth = self.auth_file(user, password);
-        let mut c = Command::new("smbclient");
-        c.arg("-s")
-            .arg(self.conf())
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-A")
-            .arg(&auth)
-            .arg(format!("//127.0.0.1/{share}"))
-            .arg("-c")
-            .arg(cmd);
-        let out = process::run(c, TIMEOUT);
-        let _ = std::fs::remove_file(auth);
-        out
+        let target = format!("//127.0.0.1/{share}");
+        self.run_smbclient(user, password, &[&target, "-c", cmd])
     }
 
     /// `smbclient -g -L`: the share list as `Disk|name|comment` lines.
     pub fn list_shares(&self, user: &str, password: &str) -> CmdOutput {
+        self.run_smbclient(user, password, &["-g", "-L", "127.0.0.1"])
+    }
+
+    /// `smbclient -s CONF -p PORT -A AUTH ARGS`, the credentials in a file removed afterwards.
+    fn run_smbclient(&self, user: &str, password: &str, args: &[&str]) -> CmdOutput {
         let auth = self.auth_file(user, password);
         let mut c = Command::new("smbclient");
         c.arg("-s")
@@ -290,7 +284,7 @@ impl Smbd {
             .arg(self.port.to_string())
             .arg("-A")
             .arg(&auth)
-            .args(["-g", "-L", "127.0.0.1"]);
+            .args(args);
         let out = process::run(c, TIMEOUT);
         let _ = std::fs::remove_file(auth);
         out
@@ -315,16 +309,11 @@ impl Smbd {
             .collect()
     }
 
-    /// The `[storage]` and `[smb]` sections for an agent driving this smbd; the agent keeps
-    /// its state in `state_dir`.
-    pub fn agent_toml(&self, state_dir: &Path) -> String {
-        format!(
-            "\n[storage]\nroots = [{:?}]\nstate_dir = {:?}\ncommand_timeout_s = 20\n\n\
-             [smb]\nbackend = \"samba\"\nsmb_conf = {:?}\n",
-            self.root().display().to_string(),
-            state_dir.display().to_string(),
-            self.conf().display().to_string(),
-        )
+    /// Points an agent at this smbd: `[storage]` (this smbd's share root, the agent's state in
+    /// `state_dir`) and `[smb]`.
+    pub fn configure(&self, c: &mut AgentConfig, state_dir: &Path) {
+        c.storage = Some(StorageSection::new(&self.root(), state_dir).command_timeout_s(20));
+        c.smb = Some(SmbSection::samba(&self.conf()));
     }
 }
 

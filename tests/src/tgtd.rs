@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::broker::free_port;
+use crate::config::IscsiSection;
 use crate::process::{self, ChildGuard, CmdOutput};
 use crate::TIMEOUT;
 
@@ -121,6 +122,11 @@ impl Tgtd {
     /// The value for the agent's `iscsi.tgt_socket`.
     pub fn socket(&self) -> String {
         self.dir.path().join("socket").display().to_string()
+    }
+
+    /// `[iscsi]` for the tgt backend on this tgtd.
+    pub fn iscsi_section(&self, iqn_prefix: &str) -> IscsiSection {
+        IscsiSection::tgt(iqn_prefix, &self.socket())
     }
 
     pub fn port(&self) -> u16 {

@@ -20,7 +20,7 @@ use csg_e2e::fsfault::{Gate, Tmpfs};
 use csg_e2e::rpc::{self, expect_err, expect_ok};
 use csg_e2e::smbd::Smbd;
 use csg_e2e::tgtd::Tgtd;
-use csg_e2e::{unique, wait_until, Bed, TIMEOUT};
+use csg_e2e::{unique, wait_until, Bed, IscsiSection, StorageDirs, TIMEOUT};
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------
@@ -90,11 +90,12 @@ fn smb_world(instance: &str, tmpfs: Option<u64>, gate: bool) -> SmbWorld {
             &["-T"],
         )
     });
-    let mut toml = smbd.agent_toml(&state);
-    if let Some(g) = &gate {
-        toml.push_str(&format!("net = {:?}\n", g.program().display().to_string()));
-    }
-    let bed = Bed::start_with(instance, |c| c.extra_toml = toml);
+    let bed = Bed::start_with(instance, |c| {
+        smbd.configure(c, &state);
+        if let (Some(smb), Some(g)) = (&mut c.smb, &gate) {
+            smb.net = Some(g.program().into());
+        }
+    });
     SmbWorld {
         bed,
         smbd,
@@ -238,9 +239,7 @@ struct TgtWorld {
     bed: Bed,
     tgtd: Tgtd,
     gate: Gate,
-    root: PathBuf,
-    state: PathBuf,
-    _dir: tempfile::TempDir,
+    dirs: StorageDirs,
 }
 
 /// tgtd plus an agent whose `tgtadm` stops at the first `--mode logicalunit --op new` once
@@ -248,41 +247,33 @@ struct TgtWorld {
 /// after a tgtd restart checking every second.
 fn tgt_world(instance: &str) -> TgtWorld {
     let tgtd = Tgtd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let base = std::fs::canonicalize(dir.path()).unwrap();
-    let root = base.join("root");
-    let state = base.join("state");
-    std::fs::create_dir_all(&root).unwrap();
+    let dirs = StorageDirs::new();
     let gate = Gate::wrap(
-        &base,
+        dirs.base(),
         "tgtadm",
         Path::new("/usr/sbin/tgtadm"),
         &["logicalunit", "new"],
         &[],
     );
-    let toml = format!(
-        "\n[storage]\nroots = [{:?}]\nstate_dir = {:?}\ncommand_timeout_s = 10\n\n\
-         [iscsi]\nbackend = \"tgt\"\niqn_prefix = \"{PREFIX}\"\ntgt_socket = {:?}\n\
-         tgtadm = {:?}\nwatch_interval_s = 1\n",
-        root.display().to_string(),
-        state.display().to_string(),
-        tgtd.socket(),
-        gate.program().display().to_string(),
-    );
-    let bed = Bed::start_with(instance, |c| c.extra_toml = toml);
+    let bed = Bed::start_with(instance, |c| {
+        c.storage = Some(dirs.section());
+        c.iscsi = Some(IscsiSection {
+            tgtadm: Some(gate.program().into()),
+            watch_interval_s: Some(1),
+            ..tgtd.iscsi_section(PREFIX)
+        });
+    });
     TgtWorld {
         bed,
         tgtd,
         gate,
-        root,
-        state,
-        _dir: dir,
+        dirs,
     }
 }
 
 impl TgtWorld {
     fn img(&self, name: &str) -> PathBuf {
-        self.root.join(format!("{name}.img"))
+        self.dirs.root().join(format!("{name}.img"))
     }
 
     fn spec(&self, name: &str) -> Value {
@@ -324,7 +315,7 @@ fn tgtd_killed_mid_command_is_unavailable_and_its_targets_come_back_with_it() {
         ls.contains(&iqn("pre1")) && ls.contains(&iqn("pre2")),
         "{ls}"
     );
-    let state_path = w.state.join("state.json");
+    let state_path = w.dirs.state().join("state.json");
     let state_before = read(&state_path);
 
     // "mid" stops between creating its target and adding its LUN; a create, an update and a

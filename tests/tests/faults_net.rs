@@ -10,14 +10,15 @@
 //! applied change). A second run of an `nfs.export.create` would also betray itself in its
 //! reply, `changed: false` (the export was already there).
 
-use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use csg_e2e::csgctl::json_stdout;
 use csg_e2e::exportfs_stub::ExportfsStub as Stub;
 use csg_e2e::netns::{DelayRelay, Netns};
-use csg_e2e::{unique, wait_until, Bed, Broker, CmdOutput, Csgctl, Mark, TIMEOUT};
+use csg_e2e::{
+    unique, wait_until, AgentConfig, Bed, Broker, CmdOutput, Csgctl, Mark, StorageDirs, TIMEOUT,
+};
 use serde_json::{json, Value};
 
 /// The shortest keep-alive the agent accepts: a dead link is noticed by the broker after
@@ -36,44 +37,30 @@ const NOTICE_WAIT: Duration = Duration::from_secs(4 * KEEP_ALIVE_S);
 /// then back-off (at most 1 s in tests), then CONNECT, SUBSCRIBE, online.
 const BACK_WAIT: Duration = Duration::from_secs(20);
 
-/// A temp dir with a storage root holding `vol1`…`volN` and a state dir.
+/// Storage dirs whose root `srv/` holds `vol1`…`volN`.
 struct World {
-    dir: tempfile::TempDir,
+    dirs: StorageDirs,
 }
 
 impl World {
     fn new(vols: usize) -> World {
-        let w = World {
-            dir: tempfile::tempdir().unwrap(),
-        };
+        let dirs = StorageDirs::with_root("srv");
         for i in 1..=vols {
-            std::fs::create_dir_all(w.root().join(format!("vol{i}"))).unwrap();
+            std::fs::create_dir_all(dirs.root().join(format!("vol{i}"))).unwrap();
         }
-        w
+        World { dirs }
     }
-    fn base(&self) -> PathBuf {
-        std::fs::canonicalize(self.dir.path()).unwrap()
-    }
-    fn root(&self) -> PathBuf {
-        self.base().join("srv")
-    }
-    fn vol(&self, v: &str) -> String {
-        self.root().join(v).display().to_string()
+    fn base(&self) -> &std::path::Path {
+        self.dirs.base()
     }
     /// `[storage]` and the kernel NFS backend with the exportfs stand-in.
-    fn kernel_toml(&self, stub: &Stub) -> String {
-        format!(
-            "\n[storage]\nroots = [{:?}]\nstate_dir = {:?}\ncommand_timeout_s = 10\n\
-             \n[nfs]\nbackend = \"kernel\"\nexports_file = {:?}\nexportfs = {:?}\n",
-            self.root().display().to_string(),
-            self.base().join("state").display().to_string(),
-            stub.exports.display().to_string(),
-            stub.program().display().to_string()
-        )
+    fn configure(&self, c: &mut AgentConfig, stub: &Stub) {
+        c.storage = Some(self.dirs.section());
+        c.nfs = Some(stub.nfs_section());
     }
     /// `nfs.export.create` params for `vol`, one client.
     fn export(&self, vol: &str) -> String {
-        json!({"name": vol, "path": self.vol(vol), "clients": [{"match": "10.0.0.0/8", "access": "rw"}]})
+        json!({"name": vol, "path": self.dirs.path(vol), "clients": [{"match": "10.0.0.0/8", "access": "rw"}]})
             .to_string()
     }
 }
@@ -155,14 +142,7 @@ fn connects_from(log: &str, client_id: &str, addr: &str) -> usize {
 
 /// Waits for the agent's online presence after `mark`, allowing for a reconnect.
 fn wait_back_online(bed: &Bed, mark: Mark, why: &str) {
-    let presence = bed.config().presence_topic();
-    if bed
-        .rec
-        .wait_for_since(mark, BACK_WAIT, |m| {
-            m.topic == presence && m.field("state").as_deref() == Some("online")
-        })
-        .is_none()
-    {
+    if csg_e2e::bed::wait_online(&bed.rec, mark, bed.config(), BACK_WAIT).is_none() {
         panic!(
             "agent not back online within {BACK_WAIT:?} {why}\n{}\n{}",
             bed.agent.log(),
@@ -175,11 +155,10 @@ fn wait_back_online(bed: &Bed, mark: Mark, why: &str) {
 fn a_partition_beyond_twice_the_keep_alive_is_survived_and_a_resent_command_runs_once() {
     let net = Netns::create();
     let w = World::new(1);
-    let stub = Stub::new(&w.base());
-    let toml = w.kernel_toml(&stub);
+    let stub = Stub::new(w.base());
     let mut bed = net.bed("gw-net-part", |c| {
         c.keep_alive_s = KEEP_ALIVE_S;
-        c.extra_toml = toml;
+        w.configure(c, &stub);
     });
     settle(&bed, &stub);
     let cid = bed.client_id();
@@ -291,11 +270,10 @@ fn a_partition_beyond_twice_the_keep_alive_is_survived_and_a_resent_command_runs
 fn a_reply_lost_with_the_link_is_recovered_by_a_retry_with_the_same_id_without_a_second_run() {
     let net = Netns::create();
     let w = World::new(1);
-    let stub = Stub::new(&w.base());
-    let toml = w.kernel_toml(&stub);
+    let stub = Stub::new(w.base());
     let mut bed = net.bed("gw-net-lost", |c| {
         c.keep_alive_s = KEEP_ALIVE_S;
-        c.extra_toml = toml;
+        w.configure(c, &stub);
     });
     settle(&bed, &stub);
     let ra = reexports(&stub);
@@ -375,7 +353,7 @@ fn a_reply_lost_with_the_link_is_recovered_by_a_retry_with_the_same_id_without_a
 fn with_30_percent_loss_and_500_ms_latency_each_way_commands_complete_within_the_retry_budget() {
     let net = Netns::create();
     let w = World::new(2);
-    let stub = Stub::new(&w.base());
+    let stub = Stub::new(w.base());
     // Mosquitto on loopback only: the agent's one way in is the relay on the link.
     let broker = Broker::start();
     let relay = DelayRelay::start(
@@ -383,7 +361,6 @@ fn with_30_percent_loss_and_500_ms_latency_each_way_commands_complete_within_the
         ([127, 0, 0, 1], broker.port()).into(),
         Duration::ZERO,
     );
-    let toml = w.kernel_toml(&stub);
     let bed = net.bed_on(
         broker,
         &format!("mqtt://{}", relay.addr()),
@@ -393,7 +370,7 @@ fn with_30_percent_loss_and_500_ms_latency_each_way_commands_complete_within_the
             // and room for a connect whose packets are lost (as the README advises for WAN).
             c.keep_alive_s = 10;
             c.connect_timeout_s = 30;
-            c.extra_toml = toml;
+            w.configure(c, &stub);
         },
     );
     settle(&bed, &stub);
@@ -467,9 +444,8 @@ fn broker_restarts_amid_a_stream_of_changes_each_is_answered_or_safely_retried_a
     // No namespace needed: a broker crash is a fault of its own.
     const N: usize = 8;
     let w = World::new(N);
-    let stub = Stub::new(&w.base());
-    let toml = w.kernel_toml(&stub);
-    let mut bed = Bed::start_with("gw-net-restarts", |c| c.extra_toml = toml);
+    let stub = Stub::new(w.base());
+    let mut bed = Bed::start_with("gw-net-restarts", |c| w.configure(c, &stub));
     settle(&bed, &stub);
     // Each change takes a moment to apply, so crashes also land while one is running.
     stub.set_reexport_delay(Duration::from_millis(500));

@@ -6,9 +6,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use csg_e2e::rpc::{expect_err, expect_ok};
+use csg_e2e::rpc::expect_ok;
 use csg_e2e::tgtd::Tgtd;
-use csg_e2e::{unique, wait_until, Bed};
+use csg_e2e::{unique, wait_until, Bed, IscsiSection, StorageDirs};
 use serde_json::{json, Value};
 
 const PREFIX: &str = "iqn.2026-11.test.csg";
@@ -19,43 +19,23 @@ const MIB: u64 = 1 << 20;
 struct World {
     bed: Bed,
     tgtd: Tgtd,
-    _dir: tempfile::TempDir,
-    /// The storage root (canonical).
-    root: PathBuf,
-    state: PathBuf,
+    dirs: StorageDirs,
 }
 
 fn world(instance: &str, watch_s: u64) -> World {
     let tgtd = Tgtd::start();
-    let dir = tempfile::tempdir().unwrap();
-    let base = std::fs::canonicalize(dir.path()).unwrap();
-    let root = base.join("root");
-    let state = base.join("state");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(base.join("outside")).unwrap();
-    let toml = format!(
-        "\n[storage]\nroots = [{:?}]\nstate_dir = {:?}\ncommand_timeout_s = 10\n\n\
-         [iscsi]\nbackend = \"tgt\"\niqn_prefix = \"{PREFIX}\"\ntgt_socket = {:?}\n\
-         watch_interval_s = {watch_s}\n",
-        root.display().to_string(),
-        state.display().to_string(),
-        tgtd.socket(),
-    );
-    let bed = Bed::start_with(instance, |c| c.extra_toml = toml);
-    World {
-        bed,
-        tgtd,
-        _dir: dir,
-        root,
-        state,
-    }
+    let dirs = StorageDirs::new();
+    let bed = Bed::start_with(instance, |c| {
+        c.storage = Some(dirs.section());
+        c.iscsi = Some(IscsiSection {
+            watch_interval_s: Some(watch_s),
+            ..tgtd.iscsi_section(PREFIX)
+        });
+    });
+    World { bed, tgtd, dirs }
 }
 
 impl World {
-    fn path(&self, name: &str) -> String {
-        self.root.join(name).display().to_string()
-    }
-
     fn call(&self, method: &str, params: Value) -> Value {
         let id = unique("iscsi");
         self.bed.call_raw(&id, method, params)
@@ -74,16 +54,6 @@ impl World {
         expect_ok(&r, &id)
     }
 
-    fn err(&self, method: &str, params: Value, code: &str) -> Value {
-        let id = unique("iscsi");
-        let r = self.bed.call_raw(&id, method, params);
-        expect_err(&r, Some(&id), code)
-    }
-
-    fn state_text(&self) -> String {
-        std::fs::read_to_string(self.state.join("state.json")).unwrap_or_default()
-    }
-
     fn listed(&self, initiator: &str, chap: Option<(&str, &str)>) -> String {
         let o = self.tgtd.iscsi_ls(initiator, chap);
         o.stdout + &o.stderr
@@ -97,7 +67,7 @@ fn iqn(name: &str) -> String {
 #[test]
 fn a_target_serves_its_lun_to_listed_initiators_only_and_goes_away_on_delete() {
     let w = world("gw-iscsi-basic", 0);
-    let img = w.path("vol1.img");
+    let img = w.dirs.path("vol1.img");
     let spec = json!({
         "name": "vol1",
         "luns": [{"lun": 1, "path": img, "size_bytes": 8 * MIB}],
@@ -144,7 +114,8 @@ fn a_target_serves_its_lun_to_listed_initiators_only_and_goes_away_on_delete() {
     assert_eq!(again["changed"], json!(false), "{again}");
     let mut other = spec.clone();
     other["initiators"] = json!([C2]);
-    w.err("iscsi.target.create", other.clone(), "CONFLICT");
+    w.bed
+        .call_err("iscsi.target.create", other.clone(), "CONFLICT");
     assert!(w.tgtd.show().contains(C1));
 
     // update: C2 instead of C1, the LUN read-only.
@@ -192,8 +163,9 @@ fn a_target_serves_its_lun_to_listed_initiators_only_and_goes_away_on_delete() {
     let mut missing = other.clone();
     missing["name"] = json!("nope");
     missing["luns"] = json!([]);
-    w.err("iscsi.target.update", missing, "NOT_FOUND");
-    w.err("iscsi.target.get", json!({"name": "nope"}), "NOT_FOUND");
+    w.bed.call_err("iscsi.target.update", missing, "NOT_FOUND");
+    w.bed
+        .call_err("iscsi.target.get", json!({"name": "nope"}), "NOT_FOUND");
 
     // delete, with the backing file; again: existed false.
     let d = w.ok(
@@ -215,7 +187,7 @@ fn chap_login_needs_the_secret_which_is_never_stored_in_state_or_logged() {
     let secret = "Chap12Secret99";
     let spec = json!({
         "name": "secure",
-        "luns": [{"lun": 1, "path": w.path("secure.img"), "size_bytes": 4 * MIB}],
+        "luns": [{"lun": 1, "path": w.dirs.path("secure.img"), "size_bytes": 4 * MIB}],
         "networks": ["127.0.0.1"],
         "chap": {"username": "alice", "secret": secret},
     });
@@ -252,10 +224,10 @@ fn chap_login_needs_the_secret_which_is_never_stored_in_state_or_logged() {
         w.ok("iscsi.target.create", changed)["changed"],
         json!(false)
     );
-    w.err("iscsi.target.create", spec, "CONFLICT");
+    w.bed.call_err("iscsi.target.create", spec, "CONFLICT");
 
     // Never in the state file, any reply or the agent's log; the secrets file is 0600.
-    let state = w.state_text();
+    let state = w.dirs.state_text();
     assert!(state.contains("alice"), "{state}");
     for s in [secret, "Other12Secret7"] {
         assert!(!state.contains(s), "secret in the state file: {state}");
@@ -265,7 +237,7 @@ fn chap_login_needs_the_secret_which_is_never_stored_in_state_or_logged() {
     assert!(!g.to_string().contains("Secret"), "{g}");
     assert_eq!(g["desired"]["chap_username"], json!("alice"), "{g}");
     assert_eq!(g["actual"]["chap_usernames"], json!(["alice"]), "{g}");
-    let sec = w.state.join("iscsi-chap-secrets.json");
+    let sec = w.dirs.state().join("iscsi-chap-secrets.json");
     assert_eq!(
         std::fs::metadata(&sec).unwrap().mode() & 0o777,
         0o600,
@@ -274,7 +246,7 @@ fn chap_login_needs_the_secret_which_is_never_stored_in_state_or_logged() {
 
     // A second target may not reuse the user name with another secret (tgt accounts are
     // shared by all targets).
-    w.err(
+    w.bed.call_err(
         "iscsi.target.create",
         json!({"name": "b", "chap": {"username": "alice", "secret": "Another12Secr"}}),
         "CONFLICT",
@@ -282,7 +254,7 @@ fn chap_login_needs_the_secret_which_is_never_stored_in_state_or_logged() {
     // With the same secret it may, and deleting the first target keeps the shared account.
     w.ok(
         "iscsi.target.create",
-        json!({"name": "b", "luns": [{"lun": 1, "path": w.path("b.img"), "size_bytes": MIB}],
+        json!({"name": "b", "luns": [{"lun": 1, "path": w.dirs.path("b.img"), "size_bytes": MIB}],
                "networks": ["127.0.0.1"],
                "chap": {"username": "alice", "secret": "Other12Secret7"}}),
     );
@@ -303,8 +275,8 @@ fn a_restarted_tgtd_gets_its_targets_back_without_restarting_the_agent() {
     let mut w = world("gw-iscsi-restart", 1);
     let spec = json!({
         "name": "vol1",
-        "luns": [{"lun": 1, "path": w.path("a.img"), "size_bytes": 2 * MIB},
-                 {"lun": 2, "path": w.path("b.img"), "size_bytes": 3 * MIB, "readonly": true}],
+        "luns": [{"lun": 1, "path": w.dirs.path("a.img"), "size_bytes": 2 * MIB},
+                 {"lun": 2, "path": w.dirs.path("b.img"), "size_bytes": 3 * MIB, "readonly": true}],
         "initiators": [C1],
         "chap": {"username": "bob", "secret": "Restart12Sec",
                  "mutual_username": "gw", "mutual_secret": "Mutual12Secre"},
@@ -342,14 +314,18 @@ fn a_restarted_tgtd_gets_its_targets_back_without_restarting_the_agent() {
 fn hostile_input_is_refused_and_nothing_changes() {
     let w = world("gw-iscsi-hostile", 0);
     std::os::unix::fs::symlink(
-        w.root.parent().unwrap().join("outside"),
-        w.root.join("escape"),
+        w.dirs.root().parent().unwrap().join("outside"),
+        w.dirs.root().join("escape"),
     )
     .unwrap();
-    std::fs::write(w.root.parent().unwrap().join("outside/secret.img"), b"x").unwrap();
+    std::fs::write(
+        w.dirs.root().parent().unwrap().join("outside/secret.img"),
+        b"x",
+    )
+    .unwrap();
     std::os::unix::fs::symlink(
-        w.root.parent().unwrap().join("outside/secret.img"),
-        w.root.join("link.img"),
+        w.dirs.root().parent().unwrap().join("outside/secret.img"),
+        w.dirs.root().join("link.img"),
     )
     .unwrap();
     let lun = |p: String| json!([{"lun": 1, "path": p, "size_bytes": MIB}]);
@@ -362,43 +338,50 @@ fn hostile_input_is_refused_and_nothing_changes() {
         json!({"name": "v", "networks": ["10.0.0.0/8,ALL"]}),
         json!({"name": "v", "networks": ["ALL"]}),
         json!({"name": "v", "networks": ["10.0.0.1/8"]}),
-        json!({"name": "v", "luns": lun(format!("{}/../outside/x.img", w.root.display()))}),
-        json!({"name": "v", "luns": lun(w.path("escape/x.img"))}),
-        json!({"name": "v", "luns": lun(w.path("link.img"))}),
+        json!({"name": "v", "luns": lun(format!("{}/../outside/x.img", w.dirs.root().display()))}),
+        json!({"name": "v", "luns": lun(w.dirs.path("escape/x.img"))}),
+        json!({"name": "v", "luns": lun(w.dirs.path("link.img"))}),
         json!({"name": "v", "luns": lun("/etc/passwd".into())}),
-        json!({"name": "v", "luns": lun(w.path("new.img") + "\n")}),
-        json!({"name": "v", "luns": [{"lun": 1, "path": w.path("nosize.img")}]}),
-        json!({"name": "v", "luns": [{"lun": 0, "path": w.path("x.img"), "size_bytes": MIB}]}),
+        json!({"name": "v", "luns": lun(w.dirs.path("new.img") + "\n")}),
+        json!({"name": "v", "luns": [{"lun": 1, "path": w.dirs.path("nosize.img")}]}),
+        json!({"name": "v", "luns": [{"lun": 0, "path": w.dirs.path("x.img"), "size_bytes": MIB}]}),
         json!({"name": "v\nx"}),
         json!({"name": "v", "chap": {"username": "u", "secret": "short"}}),
         json!({"name": "v", "chap": {"username": "u;id", "secret": "Secret12chars"}}),
         json!({"name": "v", "acl": "ALL"}),
     ];
-    let before: Vec<_> = std::fs::read_dir(&w.root)
+    let before: Vec<_> = std::fs::read_dir(w.dirs.root())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     for c in cases {
-        let e = w.err("iscsi.target.create", c.clone(), "INVALID_PARAMS");
+        let e = w
+            .bed
+            .call_err("iscsi.target.create", c.clone(), "INVALID_PARAMS");
         assert!(!e["message"].as_str().unwrap().is_empty(), "{c}: {e}");
     }
-    w.err(
+    w.bed.call_err(
         "iscsi.target.delete",
         json!({"name": "../x"}),
         "INVALID_PARAMS",
     );
-    w.err("iscsi.target.list", json!({"x": 1}), "INVALID_PARAMS");
-    let after: Vec<_> = std::fs::read_dir(&w.root)
+    w.bed
+        .call_err("iscsi.target.list", json!({"x": 1}), "INVALID_PARAMS");
+    let after: Vec<_> = std::fs::read_dir(w.dirs.root())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(before, after, "files changed in the root");
     assert_eq!(
-        std::fs::read(w.root.parent().unwrap().join("outside/secret.img")).unwrap(),
+        std::fs::read(w.dirs.root().parent().unwrap().join("outside/secret.img")).unwrap(),
         b"x"
     );
     assert!(!w.tgtd.show().contains("Target"), "{}", w.tgtd.show());
-    assert!(!w.state_text().contains("\"v\""), "{}", w.state_text());
+    assert!(
+        !w.dirs.state_text().contains("\"v\""),
+        "{}",
+        w.dirs.state_text()
+    );
 }
 
 #[test]
@@ -409,8 +392,8 @@ fn tgtd_down_is_unavailable_retryable_and_nothing_changes() {
         json!({"backend": "tgt", "up": true})
     );
     w.tgtd.kill();
-    let img = w.path("vol1.img");
-    let e = w.err(
+    let img = w.dirs.path("vol1.img");
+    let e = w.bed.call_err(
         "iscsi.target.create",
         json!({"name": "vol1", "luns": [{"lun": 1, "path": img, "size_bytes": MIB}]}),
         "UNAVAILABLE",
@@ -420,8 +403,13 @@ fn tgtd_down_is_unavailable_retryable_and_nothing_changes() {
         !std::path::Path::new(&img).exists(),
         "backing file left behind"
     );
-    assert!(!w.state_text().contains("vol1"), "{}", w.state_text());
-    w.err("iscsi.target.list", json!({}), "UNAVAILABLE");
+    assert!(
+        !w.dirs.state_text().contains("vol1"),
+        "{}",
+        w.dirs.state_text()
+    );
+    w.bed
+        .call_err("iscsi.target.list", json!({}), "UNAVAILABLE");
     let st = w.bed.status();
     assert_eq!(st["services"]["iscsi"]["up"], json!(false), "{st}");
 
@@ -478,9 +466,9 @@ impl Drop for Immutable {
 #[test]
 fn a_failed_apply_restores_the_previous_target_state_and_files() {
     let w = world("gw-iscsi-rollback", 0);
-    let bad = Immutable::new(w.root.join("locked.img"), MIB);
+    let bad = Immutable::new(w.dirs.root().join("locked.img"), MIB);
     let bad_path = bad.0.display().to_string();
-    let good = w.path("good.img");
+    let good = w.dirs.path("good.img");
     let spec = json!({
         "name": "vol1",
         "luns": [{"lun": 1, "path": good, "size_bytes": 2 * MIB}],
@@ -497,7 +485,7 @@ fn a_failed_apply_restores_the_previous_target_state_and_files() {
         .as_array_mut()
         .unwrap()
         .push(json!({"lun": 2, "path": bad_path, "size_bytes": MIB}));
-    let e = w.err("iscsi.target.update", next, "BACKEND_ERROR");
+    let e = w.bed.call_err("iscsi.target.update", next, "BACKEND_ERROR");
     let msg = e["message"].as_str().unwrap();
     assert!(msg.contains("previous state was restored"), "{e}");
     assert!(msg.contains("tgtadm"), "{e}");
@@ -508,8 +496,8 @@ fn a_failed_apply_restores_the_previous_target_state_and_files() {
     assert!(w.tgtd.capacity(&t, 1, C2, None).is_err());
 
     // create: a new file plus the bad one. The target goes, and so does the new file.
-    let fresh = w.path("fresh.img");
-    let e = w.err(
+    let fresh = w.dirs.path("fresh.img");
+    let e = w.bed.call_err(
         "iscsi.target.create",
         json!({"name": "vol2", "luns": [
             {"lun": 1, "path": fresh, "size_bytes": MIB},
@@ -528,8 +516,13 @@ fn a_failed_apply_restores_the_previous_target_state_and_files() {
         "created file left behind"
     );
     assert!(!w.tgtd.show().contains(&iqn("vol2")), "{}", w.tgtd.show());
-    assert!(!w.state_text().contains("vol2"), "{}", w.state_text());
-    w.err("iscsi.target.get", json!({"name": "vol2"}), "NOT_FOUND");
+    assert!(
+        !w.dirs.state_text().contains("vol2"),
+        "{}",
+        w.dirs.state_text()
+    );
+    w.bed
+        .call_err("iscsi.target.get", json!({"name": "vol2"}), "NOT_FOUND");
 }
 
 #[test]
@@ -538,7 +531,7 @@ fn an_agent_started_after_tgtd_lost_its_targets_puts_them_back() {
     let mut w = world("gw-iscsi-start", 0);
     w.ok(
         "iscsi.target.create",
-        json!({"name": "vol1", "luns": [{"lun": 1, "path": w.path("a.img"), "size_bytes": MIB}],
+        json!({"name": "vol1", "luns": [{"lun": 1, "path": w.dirs.path("a.img"), "size_bytes": MIB}],
                "initiators": [C1], "chap": {"username": "carol", "secret": "Startup12Sec"}}),
     );
     w.bed.agent.kill9();
@@ -584,7 +577,7 @@ fn crash_round(w: &mut World, round: u32, delay_ms: u64) {
         let n = format!("r{round}t{i}");
         let params = json!({
             "name": n,
-            "luns": [{"lun": 1, "path": w.path(&format!("{n}.img")), "size_bytes": MIB}],
+            "luns": [{"lun": 1, "path": w.dirs.path(&format!("{n}.img")), "size_bytes": MIB}],
             "initiators": [C1],
             "chap": {"username": format!("user-{n}"), "secret": "Crash12Secret"},
         });
@@ -601,9 +594,9 @@ fn crash_round(w: &mut World, round: u32, delay_ms: u64) {
     w.bed.agent.kill9();
 
     // Whatever the agent owned on disk is whole.
-    let state: Value = serde_json::from_str(&w.state_text()).expect("state.json is whole");
+    let state: Value = serde_json::from_str(&w.dirs.state_text()).expect("state.json is whole");
     assert_eq!(state["version"], json!(1), "{state}");
-    let secrets = std::fs::read_to_string(w.state.join("iscsi-chap-secrets.json")).unwrap();
+    let secrets = std::fs::read_to_string(w.dirs.state().join("iscsi-chap-secrets.json")).unwrap();
     let secrets: Value = serde_json::from_str(&secrets).expect("secrets file is whole");
     let desired = state["families"]["iscsi"]["targets"]
         .as_object()
@@ -669,7 +662,7 @@ fn a_target_with_sessions_is_deleted_only_with_force() {
     let w = world("gw-iscsi-force", 0);
     w.ok(
         "iscsi.target.create",
-        json!({"name": "busy", "luns": [{"lun": 1, "path": w.path("busy.img"), "size_bytes": MIB}],
+        json!({"name": "busy", "luns": [{"lun": 1, "path": w.dirs.path("busy.img"), "size_bytes": MIB}],
                "initiators": [C1]}),
     );
     let t = iqn("busy");
@@ -681,7 +674,9 @@ fn a_target_with_sessions_is_deleted_only_with_force() {
         "no session seen\n{}",
         perf.log()
     );
-    let e = w.err("iscsi.target.delete", json!({"name": "busy"}), "CONFLICT");
+    let e = w
+        .bed
+        .call_err("iscsi.target.delete", json!({"name": "busy"}), "CONFLICT");
     assert!(e["message"].as_str().unwrap().contains("force"), "{e}");
     assert!(w.tgtd.show().contains(&t));
 

@@ -6,11 +6,9 @@
 //! LIO would, and at that tree as `iscsi.configfs_root`, so the agent's read-back works. The
 //! tests check the argv sequences the agent runs, what it reads back, rollback, and drift.
 
-use std::path::PathBuf;
-
-use csg_e2e::rpc::{expect_err, expect_ok};
+use csg_e2e::rpc::expect_ok;
 use csg_e2e::targetcli_stub::TargetcliStub as Stub;
-use csg_e2e::{unique, Bed};
+use csg_e2e::{unique, Bed, StorageDirs};
 use serde_json::{json, Value};
 
 const PREFIX: &str = "iqn.2026-11.test.csg";
@@ -21,47 +19,23 @@ const MIB: u64 = 1 << 20;
 struct World {
     bed: Bed,
     stub: Stub,
-    _dir: tempfile::TempDir,
-    /// The storage root (canonical).
-    root: PathBuf,
-    state: PathBuf,
+    dirs: StorageDirs,
 }
 
 fn world(instance: &str) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let base = std::fs::canonicalize(dir.path()).unwrap();
-    let stub = Stub::new(&base);
-    let root = base.join("root");
-    let state = base.join("state");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::create_dir_all(base.join("outside")).unwrap();
-    let toml = format!(
-        "\n[storage]\nroots = [{:?}]\nstate_dir = {:?}\ncommand_timeout_s = 10\n\n\
-         [iscsi]\nbackend = \"lio\"\niqn_prefix = \"{PREFIX}\"\ntargetcli = {:?}\n\
-         configfs_root = {:?}\n",
-        root.display().to_string(),
-        state.display().to_string(),
-        stub.program().display().to_string(),
-        stub.root.display().to_string(),
-    );
-    let bed = Bed::start_with(instance, |c| c.extra_toml = toml);
+    let dirs = StorageDirs::new();
+    let stub = Stub::new(dirs.base());
+    let bed = Bed::start_with(instance, |c| {
+        c.storage = Some(dirs.section());
+        c.iscsi = Some(stub.iscsi_section(PREFIX));
+    });
     // The start-up reconcile has nothing to do: no targetcli call at all.
     bed.barrier();
     assert_eq!(stub.argv(), Vec::<String>::new());
-    World {
-        bed,
-        stub,
-        _dir: dir,
-        root,
-        state,
-    }
+    World { bed, stub, dirs }
 }
 
 impl World {
-    fn path(&self, name: &str) -> String {
-        self.root.join(name).display().to_string()
-    }
-
     fn ok(&self, method: &str, params: Value) -> Value {
         let id = unique("lio");
         let r = self.bed.call_raw(&id, method, params);
@@ -73,16 +47,6 @@ impl World {
             );
         }
         expect_ok(&r, &id)
-    }
-
-    fn err(&self, method: &str, params: Value, code: &str) -> Value {
-        let id = unique("lio");
-        let r = self.bed.call_raw(&id, method, params);
-        expect_err(&r, Some(&id), code)
-    }
-
-    fn state_text(&self) -> String {
-        std::fs::read_to_string(self.state.join("state.json")).unwrap_or_default()
     }
 
     fn get(&self, name: &str) -> Value {
@@ -164,7 +128,7 @@ fn delete_argv(name: &str, luns: &[u16]) -> Vec<String> {
 #[test]
 fn create_get_update_delete_run_exact_targetcli_argv_and_read_configfs_back() {
     let w = world("gw-lio-basic");
-    let (a, b) = (w.path("a.img"), w.path("b.img"));
+    let (a, b) = (w.dirs.path("a.img"), w.dirs.path("b.img"));
     let spec = json!({
         "name": "vol1",
         "luns": [{"lun": 1, "path": a, "size_bytes": 8 * MIB},
@@ -190,7 +154,7 @@ fn create_get_update_delete_run_exact_targetcli_argv_and_read_configfs_back() {
         "{saved}"
     );
     // Secrets go to targetcli only: not into the state file, a reply or the agent's log.
-    assert!(!w.state_text().contains("Secret12chars"));
+    assert!(!w.dirs.state_text().contains("Secret12chars"));
     assert!(!w.bed.agent.log().contains("Secret12chars"));
     assert!(!w.bed.agent.log().contains("Mutual12chars"));
 
@@ -235,9 +199,10 @@ fn create_get_update_delete_run_exact_targetcli_argv_and_read_configfs_back() {
     );
     let mut other = spec.clone();
     other["initiators"] = json!([C1]);
-    w.err("iscsi.target.create", other.clone(), "CONFLICT");
+    w.bed
+        .call_err("iscsi.target.create", other.clone(), "CONFLICT");
     // A shared CHAP user is fine on LIO (credentials are per node ACL), a shared path is not.
-    w.err(
+    w.bed.call_err(
         "iscsi.target.create",
         json!({"name": "vol2", "luns": [{"lun": 1, "path": a}]}),
         "CONFLICT",
@@ -273,8 +238,9 @@ fn create_get_update_delete_run_exact_targetcli_argv_and_read_configfs_back() {
     let mut missing = other.clone();
     missing["name"] = json!("nope");
     missing["luns"] = json!([]);
-    w.err("iscsi.target.update", missing, "NOT_FOUND");
-    w.err("iscsi.target.get", json!({"name": "nope"}), "NOT_FOUND");
+    w.bed.call_err("iscsi.target.update", missing, "NOT_FOUND");
+    w.bed
+        .call_err("iscsi.target.get", json!({"name": "nope"}), "NOT_FOUND");
     assert_eq!(w.stub.argv().len(), n);
 
     // delete with the backing files; again: existed false, nothing runs.
@@ -306,8 +272,8 @@ fn create_get_update_delete_run_exact_targetcli_argv_and_read_configfs_back() {
 fn hostile_input_and_networks_are_refused_without_running_targetcli() {
     let w = world("gw-lio-hostile");
     std::os::unix::fs::symlink(
-        w.root.parent().unwrap().join("outside"),
-        w.root.join("escape"),
+        w.dirs.root().parent().unwrap().join("outside"),
+        w.dirs.root().join("escape"),
     )
     .unwrap();
     let lun = |p: String| json!([{"lun": 1, "path": p, "size_bytes": MIB}]);
@@ -316,45 +282,51 @@ fn hostile_input_and_networks_are_refused_without_running_targetcli() {
         json!({"name": "v", "iqn": "iqn.2026-11.test:x/tpg1"}),
         json!({"name": "v", "initiators": ["iqn.2026-11.test.client:c1 password=x"]}),
         json!({"name": "v", "initiators": ["ALL"]}),
-        json!({"name": "v", "luns": lun(format!("{}/../outside/x.img", w.root.display()))}),
-        json!({"name": "v", "luns": lun(w.path("escape/x.img"))}),
+        json!({"name": "v", "luns": lun(format!("{}/../outside/x.img", w.dirs.root().display()))}),
+        json!({"name": "v", "luns": lun(w.dirs.path("escape/x.img"))}),
         json!({"name": "v", "luns": lun("/etc/passwd".into())}),
-        json!({"name": "v", "luns": lun(w.path("new.img") + " write_back=true")}),
-        json!({"name": "v", "luns": [{"lun": 1, "path": w.path("nosize.img")}]}),
+        json!({"name": "v", "luns": lun(w.dirs.path("new.img") + " write_back=true")}),
+        json!({"name": "v", "luns": [{"lun": 1, "path": w.dirs.path("nosize.img")}]}),
         json!({"name": "v\nx"}),
         json!({"name": "v", "chap": {"username": "u", "secret": "short"}}),
         json!({"name": "v", "chap": {"username": "u password=x", "secret": "Secret12chars"}}),
         json!({"name": "v", "acl": "ALL"}),
     ];
     for c in cases {
-        let e = w.err("iscsi.target.create", c.clone(), "INVALID_PARAMS");
+        let e = w
+            .bed
+            .call_err("iscsi.target.create", c.clone(), "INVALID_PARAMS");
         assert!(!e["message"].as_str().unwrap().is_empty(), "{c}: {e}");
     }
     // networks: LIO has no address-based access rules.
-    let e = w.err(
+    let e = w.bed.call_err(
         "iscsi.target.create",
-        json!({"name": "v", "luns": lun(w.path("n.img")), "networks": ["10.0.0.0/8"]}),
+        json!({"name": "v", "luns": lun(w.dirs.path("n.img")), "networks": ["10.0.0.0/8"]}),
         "INVALID_PARAMS",
     );
     assert!(e["message"].as_str().unwrap().contains("networks"), "{e}");
-    w.err(
+    w.bed.call_err(
         "iscsi.target.delete",
         json!({"name": "../x"}),
         "INVALID_PARAMS",
     );
     assert_eq!(w.stub.argv(), Vec::<String>::new());
     assert_eq!(
-        std::fs::read_dir(&w.root).unwrap().count(),
+        std::fs::read_dir(w.dirs.root()).unwrap().count(),
         1,
         "files created in the root"
     );
-    assert!(!w.state_text().contains("\"v\""), "{}", w.state_text());
+    assert!(
+        !w.dirs.state_text().contains("\"v\""),
+        "{}",
+        w.dirs.state_text()
+    );
 }
 
 #[test]
 fn a_failure_mid_apply_is_rolled_back_and_says_so() {
     let w = world("gw-lio-rollback");
-    let a = w.path("a.img");
+    let a = w.dirs.path("a.img");
     let spec = json!({
         "name": "vol1",
         "luns": [{"lun": 1, "path": a, "size_bytes": 2 * MIB}],
@@ -362,12 +334,12 @@ fn a_failure_mid_apply_is_rolled_back_and_says_so() {
         "chap": {"username": "alice", "secret": "Secret12chars"},
     });
     w.ok("iscsi.target.create", spec.clone());
-    let state_before = w.state_text();
+    let state_before = w.dirs.state_text();
     let tree_before = w.stub.listing();
     let n = w.stub.argv().len();
 
     // update: a second initiator and a new LUN; targetcli fails on the second ACL.
-    let fresh = w.path("fresh.img");
+    let fresh = w.dirs.path("fresh.img");
     let mut next = spec.clone();
     next["initiators"] = json!([C1, C2]);
     next["luns"]
@@ -375,7 +347,7 @@ fn a_failure_mid_apply_is_rolled_back_and_says_so() {
         .unwrap()
         .push(json!({"lun": 2, "path": fresh, "size_bytes": MIB}));
     w.stub.fail_on(&format!("acls create wwn={C2}"));
-    let e = w.err("iscsi.target.update", next, "BACKEND_ERROR");
+    let e = w.bed.call_err("iscsi.target.update", next, "BACKEND_ERROR");
     let msg = e["message"].as_str().unwrap();
     assert!(msg.contains("previous state was restored"), "{e}");
     assert!(
@@ -403,7 +375,7 @@ fn a_failure_mid_apply_is_rolled_back_and_says_so() {
     ));
     assert_eq!(ran[fail_at + 1..].to_vec(), rollback, "{ran:#?}");
     // Desired state, configfs and files as before.
-    assert_eq!(w.state_text(), state_before);
+    assert_eq!(w.dirs.state_text(), state_before);
     assert_eq!(w.stub.listing(), tree_before);
     assert!(
         !std::path::Path::new(&fresh).exists(),
@@ -415,10 +387,10 @@ fn a_failure_mid_apply_is_rolled_back_and_says_so() {
 
     // create: fails on the target itself; the backstore it made goes, and so does its file.
     let n = w.stub.argv().len();
-    let b = w.path("b.img");
+    let b = w.dirs.path("b.img");
     w.stub
         .fail_on(&format!("/iscsi create wwn={}", iqn("vol2")));
-    let e = w.err(
+    let e = w.bed.call_err(
         "iscsi.target.create",
         json!({"name": "vol2", "luns": [{"lun": 1, "path": b, "size_bytes": MIB}]}),
         "BACKEND_ERROR",
@@ -440,15 +412,16 @@ fn a_failure_mid_apply_is_rolled_back_and_says_so() {
         ]
     );
     assert!(!std::path::Path::new(&b).exists());
-    assert_eq!(w.state_text(), state_before);
+    assert_eq!(w.dirs.state_text(), state_before);
     assert_eq!(w.stub.listing(), tree_before);
-    w.err("iscsi.target.get", json!({"name": "vol2"}), "NOT_FOUND");
+    w.bed
+        .call_err("iscsi.target.get", json!({"name": "vol2"}), "NOT_FOUND");
 }
 
 #[test]
 fn drift_made_behind_the_agents_back_is_reported_and_repaired_by_reconcile() {
     let w = world("gw-lio-drift");
-    let a = w.path("a.img");
+    let a = w.dirs.path("a.img");
     let spec = json!({
         "name": "vol1",
         "luns": [{"lun": 1, "path": a, "size_bytes": MIB, "readonly": true}],
@@ -553,13 +526,16 @@ fn without_configfs_lio_is_unavailable_and_nothing_changes() {
         json!({"backend": "lio", "up": false}),
         "{st}"
     );
-    let img = w.path("vol1.img");
+    let img = w.dirs.path("vol1.img");
     let spec = json!({"name": "vol1", "luns": [{"lun": 1, "path": img, "size_bytes": MIB}]});
-    let e = w.err("iscsi.target.create", spec.clone(), "UNAVAILABLE");
+    let e = w
+        .bed
+        .call_err("iscsi.target.create", spec.clone(), "UNAVAILABLE");
     assert_eq!(e["retryable"], json!(true), "{e}");
-    w.err("iscsi.target.list", json!({}), "UNAVAILABLE");
+    w.bed
+        .call_err("iscsi.target.list", json!({}), "UNAVAILABLE");
     assert!(!std::path::Path::new(&img).exists());
-    assert!(!w.state_text().contains("vol1"));
+    assert!(!w.dirs.state_text().contains("vol1"));
     assert_eq!(w.stub.argv(), Vec::<String>::new());
 
     std::fs::rename(&hidden, &w.stub.root).unwrap();

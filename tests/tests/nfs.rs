@@ -6,67 +6,34 @@
 //!   tests point `nfs.exportfs` at a recording stand-in (see `Stub`) and check the exports
 //!   file the agent writes and the argv it runs, rollback included.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use csg_e2e::exportfs_stub::ExportfsStub as Stub;
 use csg_e2e::ganesha::Ganesha;
-use csg_e2e::{rpc, wait_until, Bed, TIMEOUT};
+use csg_e2e::{wait_until, Bed, NfsSection, StorageDirs as World, TIMEOUT};
 use serde_json::{json, Value};
 
-/// A temp dir with a storage root (`srv/vol1`, `srv/vol2`, a file, a symlink that leads out)
-/// and a state dir.
-struct World {
-    dir: tempfile::TempDir,
-}
-
-impl World {
-    fn new() -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let w = World { dir };
-        for v in ["vol1", "vol2", "vol3"] {
-            std::fs::create_dir_all(w.root().join(v)).unwrap();
-            std::fs::write(w.root().join(v).join(format!("hello-{v}.txt")), "hi\n").unwrap();
-        }
-        std::fs::create_dir_all(w.base().join("outside")).unwrap();
-        std::fs::write(w.root().join("file.txt"), "x").unwrap();
-        std::os::unix::fs::symlink(w.base().join("outside"), w.root().join("escape")).unwrap();
-        w
+/// A storage root `srv/` with `vol1`..`vol3` (each with a file), a file, and a symlink that leads
+/// out, next to the state dir.
+fn world() -> World {
+    let w = World::with_root("srv");
+    for v in ["vol1", "vol2", "vol3"] {
+        std::fs::create_dir_all(w.root().join(v)).unwrap();
+        std::fs::write(w.root().join(v).join(format!("hello-{v}.txt")), "hi\n").unwrap();
     }
-    fn base(&self) -> PathBuf {
-        std::fs::canonicalize(self.dir.path()).unwrap()
-    }
-    fn root(&self) -> PathBuf {
-        self.base().join("srv")
-    }
-    fn vol(&self, v: &str) -> String {
-        self.root().join(v).display().to_string()
-    }
-    fn state_file(&self) -> PathBuf {
-        self.base().join("state").join("state.json")
-    }
-    fn storage_toml(&self) -> String {
-        format!(
-            "\n[storage]\nroots = [{:?}]\nstate_dir = {:?}\ncommand_timeout_s = 10\n",
-            self.root().display().to_string(),
-            self.base().join("state").display().to_string()
-        )
-    }
-    fn state(&self) -> String {
-        std::fs::read_to_string(self.state_file()).unwrap_or_default()
-    }
+    std::fs::write(w.root().join("file.txt"), "x").unwrap();
+    std::os::unix::fs::symlink(w.base().join("outside"), w.root().join("escape")).unwrap();
+    w
 }
 
 const HEADER: &str =
     "# Managed by csg-agent: this file is rewritten on every change; edits here are lost.\n";
 
 fn kernel_bed(name: &str, w: &World, stub: &Stub) -> Bed {
-    let toml = format!(
-        "{}\n[nfs]\nbackend = \"kernel\"\nexports_file = {:?}\nexportfs = {:?}\n",
-        w.storage_toml(),
-        stub.exports.display().to_string(),
-        stub.program().display().to_string()
-    );
-    let bed = Bed::start_with(name, |c| c.extra_toml = toml);
+    let bed = Bed::start_with(name, |c| {
+        c.storage = Some(w.section());
+        c.nfs = Some(stub.nfs_section());
+    });
     // The start-up reconcile reads the table once; wait for it so argv checks start clean.
     assert!(
         wait_until(TIMEOUT, || !stub.argv().is_empty()),
@@ -75,12 +42,6 @@ fn kernel_bed(name: &str, w: &World, stub: &Stub) -> Bed {
     );
     bed.barrier();
     bed
-}
-
-fn err(bed: &Bed, method: &str, params: Value, code: &str) -> Value {
-    let id = csg_e2e::unique("nfs");
-    let reply = bed.call_raw(&id, method, params);
-    rpc::expect_err(&reply, Some(&id), code)
 }
 
 fn line(path: &str, clients: &[&str]) -> String {
@@ -98,13 +59,13 @@ const OPTS_RO_ROOT: &str = "(ro,sync,root_squash,no_subtree_check,anonuid=65534,
 
 #[test]
 fn kernel_writes_the_exports_file_and_runs_exportfs() {
-    let w = World::new();
-    let stub = Stub::new(&w.base());
+    let w = world();
+    let stub = Stub::new(w.base());
     let bed = kernel_bed("nfs-k1", &w, &stub);
     assert_eq!(stub.file(), None, "no exports yet: no file written");
     let base = stub.argv().len();
 
-    let spec = json!({"name": "vol1", "path": w.vol("vol1"), "clients": [
+    let spec = json!({"name": "vol1", "path": w.path("vol1"), "clients": [
         {"match": "10.0.0.0/8", "access": "rw"},
         {"match": "192.0.2.7/32"},
         {"match": "2001:db8::/32", "access": "rw", "squash": "all", "anonuid": 1000, "anongid": 1001}]});
@@ -117,7 +78,7 @@ fn kernel_writes_the_exports_file_and_runs_exportfs() {
         "{r}"
     );
     let vol1_line = line(
-        &w.vol("vol1"),
+        &w.path("vol1"),
         &[
             &format!("10.0.0.0/8{OPTS_RW_ROOT}"),
             &format!("192.0.2.7{OPTS_RO_ROOT}"),
@@ -132,7 +93,7 @@ fn kernel_writes_the_exports_file_and_runs_exportfs() {
     assert_eq!(stub.argv()[base..], ["-ra", "-s", "-s"]);
     assert!(stub
         .etab()
-        .contains(&format!("{} 10.0.0.0/8(rw,", w.vol("vol1"))));
+        .contains(&format!("{} 10.0.0.0/8(rw,", w.path("vol1"))));
 
     // The same spec again: nothing applied.
     let n = stub.argv().len();
@@ -148,30 +109,30 @@ fn kernel_writes_the_exports_file_and_runs_exportfs() {
     let before = stub.file();
     let mut other = spec.clone();
     other["clients"] = json!([{"match": "10.0.0.0/8"}]);
-    err(&bed, "nfs.export.create", other.clone(), "CONFLICT");
+    bed.call_err("nfs.export.create", other.clone(), "CONFLICT");
     assert_eq!(stub.file(), before);
     // The same path under another name: CONFLICT.
     let mut dup = other.clone();
     dup["name"] = json!("vol1b");
-    err(&bed, "nfs.export.create", dup, "CONFLICT");
+    bed.call_err("nfs.export.create", dup, "CONFLICT");
 
     // A second export, then an update of the first.
     bed.call_ok(
         "nfs.export.create",
-        json!({"name": "vol2", "path": w.vol("vol2"), "sync": false,
+        json!({"name": "vol2", "path": w.path("vol2"), "sync": false,
                "clients": [{"match": "192.0.2.0/24", "access": "rw", "squash": "none"}]}),
     );
     let r = bed.call_ok("nfs.export.update", other);
     assert_eq!(r["changed"], json!(true), "{r}");
     let vol2_line = line(
-        &w.vol("vol2"),
+        &w.path("vol2"),
         &["192.0.2.0/24(rw,async,no_root_squash,no_subtree_check,anonuid=65534,anongid=65534)"],
     );
     assert_eq!(
         stub.file().unwrap(),
         format!(
             "{HEADER}# export vol1\n{}# export vol2\n{vol2_line}",
-            line(&w.vol("vol1"), &[&format!("10.0.0.0/8{OPTS_RO_ROOT}")])
+            line(&w.path("vol1"), &[&format!("10.0.0.0/8{OPTS_RO_ROOT}")])
         )
     );
     let l = bed.call_ok("nfs.export.list", json!({}));
@@ -183,7 +144,7 @@ fn kernel_writes_the_exports_file_and_runs_exportfs() {
         .map(|e| e["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["vol1", "vol2"], "{l}");
-    assert!(w.state().contains("\"vol2\""), "{}", w.state());
+    assert!(w.state_text().contains("\"vol2\""), "{}", w.state_text());
 
     // Drift: the kernel table loses a client behind the agent's back; get names it and
     // sys.reconcile re-exports.
@@ -204,35 +165,33 @@ fn kernel_writes_the_exports_file_and_runs_exportfs() {
     assert!(!stub.file().unwrap().contains("vol2"));
     let d = bed.call_ok("nfs.export.delete", json!({"name": "vol2"}));
     assert_eq!(d, json!({"name": "vol2", "existed": false}));
-    err(
-        &bed,
+    bed.call_err(
         "nfs.export.update",
-        json!({"name": "vol2", "path": w.vol("vol2"), "clients": [{"match": "10.0.0.0/8"}]}),
+        json!({"name": "vol2", "path": w.path("vol2"), "clients": [{"match": "10.0.0.0/8"}]}),
         "NOT_FOUND",
     );
-    err(&bed, "nfs.export.get", json!({"name": "vol2"}), "NOT_FOUND");
+    bed.call_err("nfs.export.get", json!({"name": "vol2"}), "NOT_FOUND");
     bed.call_ok("nfs.export.delete", json!({"name": "vol1"}));
     assert_eq!(stub.file().unwrap(), HEADER);
 }
 
 #[test]
 fn kernel_rolls_back_when_exportfs_fails() {
-    let w = World::new();
-    let stub = Stub::new(&w.base());
+    let w = world();
+    let stub = Stub::new(w.base());
     let bed = kernel_bed("nfs-k2", &w, &stub);
     bed.call_ok(
         "nfs.export.create",
-        json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "10.0.0.0/8"}]}),
+        json!({"name": "vol1", "path": w.path("vol1"), "clients": [{"match": "10.0.0.0/8"}]}),
     );
     let file_before = stub.file().unwrap();
-    let state_before = w.state();
+    let state_before = w.state_text();
     let n = stub.argv().len();
 
-    stub.fail_next_reexport(&format!("exportfs: {}: bad option list\n", w.vol("vol2")));
-    let e = err(
-        &bed,
+    stub.fail_next_reexport(&format!("exportfs: {}: bad option list\n", w.path("vol2")));
+    let e = bed.call_err(
         "nfs.export.create",
-        json!({"name": "vol2", "path": w.vol("vol2"), "clients": [{"match": "10.0.0.0/8"}]}),
+        json!({"name": "vol2", "path": w.path("vol2"), "clients": [{"match": "10.0.0.0/8"}]}),
         "BACKEND_ERROR",
     );
     let msg = e["message"].as_str().unwrap();
@@ -241,7 +200,7 @@ fn kernel_rolls_back_when_exportfs_fails() {
     // The failed -ra, then the old file written back and re-exported.
     assert_eq!(stub.argv()[n..], ["-ra", "-ra"], "{:?}", stub.argv());
     assert_eq!(stub.file().unwrap(), file_before);
-    assert_eq!(w.state(), state_before, "desired state restored too");
+    assert_eq!(w.state_text(), state_before, "desired state restored too");
     assert!(!stub.etab().contains("vol2"), "{}", stub.etab());
     let l = bed.call_ok("nfs.export.list", json!({}));
     assert_eq!(l["exports"].as_array().unwrap().len(), 1, "{l}");
@@ -250,9 +209,9 @@ fn kernel_rolls_back_when_exportfs_fails() {
     // The next try (exportfs healthy again) works.
     bed.call_ok(
         "nfs.export.create",
-        json!({"name": "vol2", "path": w.vol("vol2"), "clients": [{"match": "10.0.0.0/8"}]}),
+        json!({"name": "vol2", "path": w.path("vol2"), "clients": [{"match": "10.0.0.0/8"}]}),
     );
-    assert!(stub.file().unwrap().contains(&w.vol("vol2")));
+    assert!(stub.file().unwrap().contains(&w.path("vol2")));
 }
 
 /// Params that must be refused before anything is written or run.
@@ -267,103 +226,104 @@ fn hostile(w: &World) -> Vec<(&'static str, Value)> {
                 "10.0.0.0/8",
             ),
         ),
-        ("symlink out", ok("vol9", w.vol("escape"), "10.0.0.0/8")),
+        ("symlink out", ok("vol9", w.path("escape"), "10.0.0.0/8")),
         ("outside roots", ok("vol9", "/etc".into(), "10.0.0.0/8")),
         (
             "the root itself",
             ok("vol9", w.root().display().to_string(), "10.0.0.0/8"),
         ),
-        ("a file", ok("vol9", w.vol("file.txt"), "10.0.0.0/8")),
-        ("missing dir", ok("vol9", w.vol("nope"), "10.0.0.0/8")),
+        ("a file", ok("vol9", w.path("file.txt"), "10.0.0.0/8")),
+        ("missing dir", ok("vol9", w.path("nope"), "10.0.0.0/8")),
         (
             "smuggled options",
-            ok("vol9", w.vol("vol3"), "10.0.0.0/8(rw,no_root_squash)"),
+            ok("vol9", w.path("vol3"), "10.0.0.0/8(rw,no_root_squash)"),
         ),
         (
             "world with options",
-            ok("vol9", w.vol("vol3"), "*(rw,no_root_squash)"),
+            ok("vol9", w.path("vol3"), "*(rw,no_root_squash)"),
         ),
         (
             "hostname, not allowed",
-            ok("vol9", w.vol("vol3"), "evil.example.com"),
+            ok("vol9", w.path("vol3"), "evil.example.com"),
         ),
         (
             "newline in match",
-            ok("vol9", w.vol("vol3"), "10.0.0.0/8\n/ *(rw)"),
+            ok("vol9", w.path("vol3"), "10.0.0.0/8\n/ *(rw)"),
         ),
         (
             "newline in path",
-            ok("vol9", format!("{}\n/ *(rw)", w.vol("vol3")), "10.0.0.0/8"),
+            ok("vol9", format!("{}\n/ *(rw)", w.path("vol3")), "10.0.0.0/8"),
         ),
-        ("newline in name", ok("vol9\n", w.vol("vol3"), "10.0.0.0/8")),
+        (
+            "newline in name",
+            ok("vol9\n", w.path("vol3"), "10.0.0.0/8"),
+        ),
         (
             "space in path",
-            ok("vol9", format!("{} x", w.vol("vol3")), "10.0.0.0/8"),
+            ok("vol9", format!("{} x", w.path("vol3")), "10.0.0.0/8"),
         ),
-        ("upper-case name", ok("Vol9", w.vol("vol3"), "10.0.0.0/8")),
+        ("upper-case name", ok("Vol9", w.path("vol3"), "10.0.0.0/8")),
         (
             "no clients",
-            json!({"name": "vol9", "path": w.vol("vol3"), "clients": []}),
+            json!({"name": "vol9", "path": w.path("vol3"), "clients": []}),
         ),
         (
             "unknown param",
-            json!({"name": "vol9", "path": w.vol("vol3"), "clients": [{"match": "10.0.0.0/8"}], "options": "rw"}),
+            json!({"name": "vol9", "path": w.path("vol3"), "clients": [{"match": "10.0.0.0/8"}], "options": "rw"}),
         ),
         (
             "unknown access",
-            json!({"name": "vol9", "path": w.vol("vol3"), "clients": [{"match": "10.0.0.0/8", "access": "rw,no_root_squash"}]}),
+            json!({"name": "vol9", "path": w.path("vol3"), "clients": [{"match": "10.0.0.0/8", "access": "rw,no_root_squash"}]}),
         ),
         (
             "anonuid -1",
-            json!({"name": "vol9", "path": w.vol("vol3"), "clients": [{"match": "10.0.0.0/8", "anonuid": 4294967295u32}]}),
+            json!({"name": "vol9", "path": w.path("vol3"), "clients": [{"match": "10.0.0.0/8", "anonuid": 4294967295u32}]}),
         ),
         (
             "newline in pseudo",
-            json!({"name": "vol9", "path": w.vol("vol3"), "pseudo": "/x\n}", "clients": [{"match": "10.0.0.0/8"}]}),
+            json!({"name": "vol9", "path": w.path("vol3"), "pseudo": "/x\n}", "clients": [{"match": "10.0.0.0/8"}]}),
         ),
     ]
 }
 
 #[test]
 fn kernel_hostile_input_changes_nothing() {
-    let w = World::new();
-    let stub = Stub::new(&w.base());
+    let w = world();
+    let stub = Stub::new(w.base());
     let bed = kernel_bed("nfs-k3", &w, &stub);
     bed.call_ok(
         "nfs.export.create",
-        json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "10.0.0.0/8"}]}),
+        json!({"name": "vol1", "path": w.path("vol1"), "clients": [{"match": "10.0.0.0/8"}]}),
     );
-    let (file, state, n) = (stub.file(), w.state(), stub.argv().len());
+    let (file, state, n) = (stub.file(), w.state_text(), stub.argv().len());
     let mut cases = hostile(&w);
     cases.push((
         "pseudo on kernel",
-        json!({"name": "vol9", "path": w.vol("vol3"), "pseudo": "/vol9", "clients": [{"match": "10.0.0.0/8"}]}),
+        json!({"name": "vol9", "path": w.path("vol3"), "pseudo": "/vol9", "clients": [{"match": "10.0.0.0/8"}]}),
     ));
     cases.push((
         "protocols on kernel",
-        json!({"name": "vol9", "path": w.vol("vol3"), "protocols": [4], "clients": [{"match": "10.0.0.0/8"}]}),
+        json!({"name": "vol9", "path": w.path("vol3"), "protocols": [4], "clients": [{"match": "10.0.0.0/8"}]}),
     ));
     for (why, params) in cases {
         for method in ["nfs.export.create", "nfs.export.update"] {
-            let e = err(&bed, method, params.clone(), "INVALID_PARAMS");
+            let e = bed.call_err(method, params.clone(), "INVALID_PARAMS");
             assert!(!e["message"].as_str().unwrap().is_empty(), "{why}: {e}");
         }
     }
-    err(
-        &bed,
+    bed.call_err(
         "nfs.export.delete",
         json!({"name": "../vol1"}),
         "INVALID_PARAMS",
     );
-    err(
-        &bed,
+    bed.call_err(
         "nfs.export.get",
         json!({"name": "vol1", "x": 1}),
         "INVALID_PARAMS",
     );
-    err(&bed, "nfs.export.list", json!({"x": 1}), "INVALID_PARAMS");
+    bed.call_err("nfs.export.list", json!({"x": 1}), "INVALID_PARAMS");
     assert_eq!(stub.file(), file);
-    assert_eq!(w.state(), state);
+    assert_eq!(w.state_text(), state);
     assert_eq!(stub.argv().len(), n, "no exportfs run: {:?}", stub.argv());
     assert_eq!(
         std::fs::read_dir(stub.exports.parent().unwrap())
@@ -376,38 +336,41 @@ fn kernel_hostile_input_changes_nothing() {
 
 #[test]
 fn kernel_restart_reconciles_the_file() {
-    let w = World::new();
-    let stub = Stub::new(&w.base());
+    let w = world();
+    let stub = Stub::new(w.base());
     let mut bed = kernel_bed("nfs-k4", &w, &stub);
     bed.call_ok(
         "nfs.export.create",
-        json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "10.0.0.0/8"}]}),
+        json!({"name": "vol1", "path": w.path("vol1"), "clients": [{"match": "10.0.0.0/8"}]}),
     );
     let want = stub.file().unwrap();
     bed.agent.kill9();
     // Someone edits the agent's file while it is down.
     std::fs::write(&stub.exports, "/ *(rw,no_root_squash)\n").unwrap();
-    let toml = bed.config().extra_toml.clone();
-    let _agent = bed.spawn_agent("nfs-k4", |c| c.extra_toml = toml);
+    let first = bed.config().clone();
+    let _agent = bed.spawn_agent("nfs-k4", |c| c.storage_of(&first));
     assert!(
         wait_until(TIMEOUT, || stub.file().as_deref() == Some(want.as_str())),
         "the restarted agent did not rewrite the file: {:?}",
         stub.file()
     );
-    assert!(wait_until(TIMEOUT, || stub.etab().contains(&w.vol("vol1"))));
+    assert!(wait_until(TIMEOUT, || stub
+        .etab()
+        .contains(&w.path("vol1"))));
     let _ = Path::new("");
 }
 
 // ----- NFS-Ganesha -----
 
-fn ganesha_bed(name: &str, w: &World, g: &Ganesha, extra: &str) -> Bed {
-    let toml = format!(
-        "{}\n[nfs]\nbackend = \"ganesha\"\nganesha_dir = {:?}\ndbus_address = {:?}\n{extra}",
-        w.storage_toml(),
-        g.exports_dir().display().to_string(),
-        g.bus_address()
-    );
-    Bed::start_with(name, |c| c.extra_toml = toml)
+/// `allow_hostnames`: `nfs.allow_hostnames`, the agent's default when `None`.
+fn ganesha_bed(name: &str, w: &World, g: &Ganesha, allow_hostnames: Option<bool>) -> Bed {
+    Bed::start_with(name, |c| {
+        c.storage = Some(w.section());
+        c.nfs = Some(NfsSection {
+            allow_hostnames,
+            ..g.nfs_section()
+        });
+    })
 }
 
 fn conf_files(g: &Ganesha) -> Vec<String> {
@@ -421,13 +384,13 @@ fn conf_files(g: &Ganesha) -> Vec<String> {
 
 #[test]
 fn ganesha_export_is_served_then_removed() {
-    let w = World::new();
+    let w = world();
     let g = Ganesha::start();
-    let bed = ganesha_bed("nfs-g1", &w, &g, "");
+    let bed = ganesha_bed("nfs-g1", &w, &g, None);
     // Nothing is served before the agent creates it.
     assert_ne!(g.nfs_ls("/vol1").code(), Some(0));
 
-    let spec = json!({"name": "vol1", "path": w.vol("vol1"),
+    let spec = json!({"name": "vol1", "path": w.path("vol1"),
                       "clients": [{"match": "127.0.0.1", "access": "rw", "squash": "none"}]});
     let r = bed.call_ok("nfs.export.create", spec.clone());
     assert_eq!(r["changed"], json!(true), "{r}");
@@ -455,7 +418,7 @@ fn ganesha_export_is_served_then_removed() {
     assert_eq!(r["changed"], json!(false), "{r}");
     let mut other = spec.clone();
     other["clients"] = json!([{"match": "10.0.0.0/8"}]);
-    err(&bed, "nfs.export.create", other.clone(), "CONFLICT");
+    bed.call_err("nfs.export.create", other.clone(), "CONFLICT");
     assert_eq!(
         std::fs::read_to_string(g.exports_dir().join("vol1.conf")).unwrap(),
         conf
@@ -475,14 +438,14 @@ fn ganesha_export_is_served_then_removed() {
     // A second export on a new pseudo path, and a path change (new Export_Id).
     bed.call_ok(
         "nfs.export.create",
-        json!({"name": "vol2", "path": w.vol("vol2"), "pseudo": "/exports/two", "protocols": [4],
+        json!({"name": "vol2", "path": w.path("vol2"), "pseudo": "/exports/two", "protocols": [4],
                "clients": [{"match": "127.0.0.0/8"}]}),
     );
     let ls = g.nfs_ls("/exports/two");
     assert!(ls.stdout.contains("hello-vol2.txt"), "{}", ls.describe());
     let r = bed.call_ok(
         "nfs.export.update",
-        json!({"name": "vol2", "path": w.vol("vol3"), "pseudo": "/exports/two", "protocols": [4],
+        json!({"name": "vol2", "path": w.path("vol3"), "pseudo": "/exports/two", "protocols": [4],
                "clients": [{"match": "127.0.0.0/8"}]}),
     );
     assert_eq!(r["export"]["actual"]["export_id"], json!(10002), "{r}");
@@ -509,30 +472,30 @@ fn ganesha_export_is_served_then_removed() {
 
 #[test]
 fn ganesha_hostile_input_changes_nothing() {
-    let w = World::new();
+    let w = world();
     let g = Ganesha::start();
-    let bed = ganesha_bed("nfs-g2", &w, &g, "");
+    let bed = ganesha_bed("nfs-g2", &w, &g, None);
     bed.call_ok(
         "nfs.export.create",
-        json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "127.0.0.1"}]}),
+        json!({"name": "vol1", "path": w.path("vol1"), "clients": [{"match": "127.0.0.1"}]}),
     );
     let conf = std::fs::read_to_string(g.exports_dir().join("vol1.conf")).unwrap();
-    let state = w.state();
+    let state = w.state_text();
     let mut cases = hostile(&w);
     cases.push((
         "async on ganesha",
-        json!({"name": "vol9", "path": w.vol("vol3"), "sync": false, "clients": [{"match": "127.0.0.1"}]}),
+        json!({"name": "vol9", "path": w.path("vol3"), "sync": false, "clients": [{"match": "127.0.0.1"}]}),
     ));
     cases.push((
         "pseudo with a quote",
-        json!({"name": "vol9", "path": w.vol("vol3"), "pseudo": "/x\";}", "clients": [{"match": "127.0.0.1"}]}),
+        json!({"name": "vol9", "path": w.path("vol3"), "pseudo": "/x\";}", "clients": [{"match": "127.0.0.1"}]}),
     ));
     cases.push((
         "protocol 2",
-        json!({"name": "vol9", "path": w.vol("vol3"), "protocols": [2], "clients": [{"match": "127.0.0.1"}]}),
+        json!({"name": "vol9", "path": w.path("vol3"), "protocols": [2], "clients": [{"match": "127.0.0.1"}]}),
     ));
     for (why, params) in cases {
-        let e = err(&bed, "nfs.export.create", params, "INVALID_PARAMS");
+        let e = bed.call_err("nfs.export.create", params, "INVALID_PARAMS");
         assert!(!e["message"].as_str().unwrap().is_empty(), "{why}: {e}");
     }
     assert_eq!(conf_files(&g), ["vol1.conf"]);
@@ -540,13 +503,11 @@ fn ganesha_hostile_input_changes_nothing() {
         std::fs::read_to_string(g.exports_dir().join("vol1.conf")).unwrap(),
         conf
     );
-    assert_eq!(w.state(), state);
+    assert_eq!(w.state_text(), state);
     assert_eq!(g.export_ids(), [10000]);
     // Pseudo path taken by another export: CONFLICT.
-    err(
-        &bed,
-        "nfs.export.create",
-        json!({"name": "vol2", "path": w.vol("vol2"), "pseudo": "/vol1", "clients": [{"match": "127.0.0.1"}]}),
+    bed.call_err("nfs.export.create",
+        json!({"name": "vol2", "path": w.path("vol2"), "pseudo": "/vol1", "clients": [{"match": "127.0.0.1"}]}),
         "CONFLICT",
     );
     assert_eq!(conf_files(&g), ["vol1.conf"]);
@@ -554,19 +515,19 @@ fn ganesha_hostile_input_changes_nothing() {
 
 #[test]
 fn ganesha_failed_apply_is_rolled_back() {
-    let w = World::new();
+    let w = world();
     let g = Ganesha::start();
-    let bed = ganesha_bed("nfs-g3", &w, &g, "allow_hostnames = true\n");
-    let spec = json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "127.0.0.1"}]});
+    let bed = ganesha_bed("nfs-g3", &w, &g, Some(true));
+    let spec = json!({"name": "vol1", "path": w.path("vol1"), "clients": [{"match": "127.0.0.1"}]});
     bed.call_ok("nfs.export.create", spec.clone());
     let conf = std::fs::read_to_string(g.exports_dir().join("vol1.conf")).unwrap();
-    let state = w.state();
+    let state = w.state_text();
 
     // Ganesha itself refuses a client it cannot resolve ("Errors found"): the update is
     // undone (old file, old export), and so is the desired state.
     let mut bad = spec.clone();
     bad["clients"] = json!([{"match": "127.0.0.1"}, {"match": "no-such-host.invalid"}]);
-    let e = err(&bed, "nfs.export.update", bad.clone(), "BACKEND_ERROR");
+    let e = bed.call_err("nfs.export.update", bad.clone(), "BACKEND_ERROR");
     let msg = e["message"].as_str().unwrap();
     assert!(msg.contains("no-such-host.invalid"), "{e}");
     assert!(msg.contains("the previous state was restored"), "{e}");
@@ -574,7 +535,7 @@ fn ganesha_failed_apply_is_rolled_back() {
         std::fs::read_to_string(g.exports_dir().join("vol1.conf")).unwrap(),
         conf
     );
-    assert_eq!(w.state(), state);
+    assert_eq!(w.state_text(), state);
     let got = bed.call_ok("nfs.export.get", json!({"name": "vol1"}));
     assert_eq!(got["drift"], json!([]), "{got}");
     g.nfs_ls("/vol1").assert_code(0);
@@ -582,22 +543,22 @@ fn ganesha_failed_apply_is_rolled_back() {
     // The same on create: no file, no export, no state left behind.
     let mut bad2 = bad.clone();
     bad2["name"] = json!("vol2");
-    bad2["path"] = json!(w.vol("vol2"));
-    let e = err(&bed, "nfs.export.create", bad2, "BACKEND_ERROR");
+    bad2["path"] = json!(w.path("vol2"));
+    let e = bed.call_err("nfs.export.create", bad2, "BACKEND_ERROR");
     assert!(e["message"].as_str().unwrap().contains("restored"), "{e}");
     assert_eq!(conf_files(&g), ["vol1.conf"]);
     assert_eq!(g.export_ids(), [10000]);
-    assert_eq!(w.state(), state);
+    assert_eq!(w.state_text(), state);
 }
 
 #[test]
 fn ganesha_drift_is_reported_and_reconciled() {
-    let w = World::new();
+    let w = world();
     let mut g = Ganesha::start();
-    let bed = ganesha_bed("nfs-g4", &w, &g, "");
+    let bed = ganesha_bed("nfs-g4", &w, &g, None);
     bed.call_ok(
         "nfs.export.create",
-        json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "127.0.0.1", "access": "rw"}]}),
+        json!({"name": "vol1", "path": w.path("vol1"), "clients": [{"match": "127.0.0.1", "access": "rw"}]}),
     );
     // Removed behind the agent's back (Ganesha keeps no record of D-Bus changes).
     g.export_mgr("RemoveExport", &["uint16:10000"])
@@ -626,7 +587,7 @@ fn ganesha_drift_is_reported_and_reconciled() {
 
 #[test]
 fn ganesha_never_touches_an_export_it_does_not_own() {
-    let w = World::new();
+    let w = world();
     let g = Ganesha::start();
     // The operator's own export, on the id the agent would hand out first.
     let own = g.dir().join("operator.conf");
@@ -636,7 +597,7 @@ fn ganesha_never_touches_an_export_it_does_not_own() {
             "EXPORT {{ Export_Id = 10000; Path = \"{}\"; Pseudo = \"/operator\"; \
              Access_Type = None; CLIENT {{ Clients = 127.0.0.1; Access_Type = RO; }} \
              FSAL {{ Name = VFS; }} }}\n",
-            w.vol("vol3")
+            w.path("vol3")
         ),
     )
     .unwrap();
@@ -650,11 +611,11 @@ fn ganesha_never_touches_an_export_it_does_not_own() {
     .assert_code(0);
     g.nfs_ls("/operator").assert_code(0);
 
-    let bed = ganesha_bed("nfs-g5", &w, &g, "");
+    let bed = ganesha_bed("nfs-g5", &w, &g, None);
     // The agent skips the id Ganesha already serves.
     let r = bed.call_ok(
         "nfs.export.create",
-        json!({"name": "vol1", "path": w.vol("vol1"), "clients": [{"match": "127.0.0.1"}]}),
+        json!({"name": "vol1", "path": w.path("vol1"), "clients": [{"match": "127.0.0.1"}]}),
     );
     assert_eq!(r["export"]["actual"]["export_id"], json!(10001), "{r}");
     assert_eq!(r["export"]["drift"], json!([]), "{r}");

@@ -1,8 +1,9 @@
 //! Presence: online (retained) once the command subscription is live, the broker's Last Will
 //! when the agent dies, and the agent's own offline on a clean stop.
 
+use csg_e2e::bed::wait_online;
 use csg_e2e::rpc::{self, check_presence, expect_ok, request};
-use csg_e2e::{wait_until, Bed, Recorder, TIMEOUT};
+use csg_e2e::{wait_until, Bed, Mark, Recorder, TIMEOUT};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
@@ -55,13 +56,7 @@ fn a_request_sent_the_moment_online_is_seen_is_answered() {
     let rec = Recorder::connect(broker.port(), &["#"]);
     let cfg = csg_e2e::AgentConfig::new("gw-first", &broker.url());
     let mut agent = csg_e2e::Agent::spawn(&cfg);
-    let presence = cfg.presence_topic();
-    if rec
-        .wait_for(TIMEOUT, |m| {
-            m.topic == presence && m.field("state").as_deref() == Some("online")
-        })
-        .is_none()
-    {
+    if wait_online(&rec, Mark::default(), &cfg, TIMEOUT).is_none() {
         panic!(
             "agent not online (exit: {:?})\n{}",
             agent.try_status(),

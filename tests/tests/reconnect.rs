@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use csg_e2e::{wait_until, Agent, AgentConfig, Bed, Broker, Recorder, TIMEOUT};
+use csg_e2e::bed::wait_online;
+use csg_e2e::{wait_until, Agent, AgentConfig, Bed, Broker, Mark, Recorder, TIMEOUT};
 use serde_json::json;
 
 /// Position of the first line of `log` at or after byte `from` containing all of `parts`.
@@ -95,13 +96,7 @@ fn with_the_broker_absent_at_start_the_agent_waits_and_connects_when_it_appears(
 
     let broker = Broker::start_on(port);
     let rec = Recorder::connect(broker.port(), &["#"]);
-    let presence = cfg.presence_topic();
-    if rec
-        .wait_for(TIMEOUT, |m| {
-            m.topic == presence && m.field("state").as_deref() == Some("online")
-        })
-        .is_none()
-    {
+    if wait_online(&rec, Mark::default(), &cfg, TIMEOUT).is_none() {
         panic!(
             "agent did not connect within {TIMEOUT:?} of the broker appearing (exit: {:?})\n{}\n{}",
             agent.try_status(),

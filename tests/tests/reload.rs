@@ -145,20 +145,15 @@ fn new_backend_settings_apply_without_a_reconnect() {
     }
     // A mock exportfs: this kernel has no nfsd (see tests/src/exportfs_stub.rs).
     let stub = ExportfsStub::new(&base);
-    let storage = |roots: &[&str]| {
-        let roots: Vec<String> = roots
-            .iter()
-            .map(|r| format!("{:?}", base.join(r).display().to_string()))
-            .collect();
-        format!(
-            "\n[storage]\nroots = [{}]\nstate_dir = {:?}\n\n[nfs]\nbackend = \"kernel\"\nexports_file = {:?}\nexportfs = {:?}\n",
-            roots.join(", "),
-            base.join("state").display().to_string(),
-            stub.exports.display().to_string(),
-            stub.program().display().to_string(),
-        )
+    let storage = |c: &mut csg_e2e::AgentConfig, roots: &[&str]| {
+        c.storage = Some(csg_e2e::StorageSection {
+            roots: roots.iter().map(|r| base.join(r)).collect(),
+            state_dir: base.join("state"),
+            command_timeout_s: None,
+        });
+        c.nfs = Some(stub.nfs_section());
     };
-    let mut bed = Bed::start_with("gw-reload-nfs", |c| c.extra_toml = storage(&["srv-a"]));
+    let mut bed = Bed::start_with("gw-reload-nfs", |c| storage(c, &["srv-a"]));
     let export = |vol: &str, root: &str| {
         json!({"name": vol, "path": base.join(root).join(vol).display().to_string(),
                "clients": [{"match": "10.0.0.0/8", "access": "rw", "squash": "root"}]})
@@ -166,7 +161,7 @@ fn new_backend_settings_apply_without_a_reconnect() {
     let refused = bed.call_raw("r1", "nfs.export.create", export("vol2", "srv-b"));
     assert_eq!(refused["error"]["code"], "INVALID_PARAMS", "{refused}");
 
-    reload(&mut bed, |c| c.extra_toml = storage(&["srv-a", "srv-b"]));
+    reload(&mut bed, |c| storage(c, &["srv-a", "srv-b"]));
     wait_log(&mut bed, "configuration reloaded");
     let created = bed.call_raw("r2", "nfs.export.create", export("vol2", "srv-b"));
     assert_eq!(created["ok"], true, "{created}");

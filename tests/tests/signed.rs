@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use csg_e2e::exportfs_stub::ExportfsStub;
-use csg_e2e::{now_ms, rpc, unique, Bed, Mark};
+use csg_e2e::{now_ms, rpc, unique, Bed, Mark, SecuritySection, StorageSection};
 use csg_protocol::jws::{self, ed25519_dalek::Signer as _, ed25519_dalek::SigningKey};
 use serde_json::{json, Value};
 
@@ -55,22 +55,18 @@ fn world(instance: &str) -> World {
     let admin = Key::new(&keys, "admin-2026a", 1);
     let admin2 = Key::new(&keys, "admin-2026b", 2);
     let ro = Key::new(&keys, "monitoring", 3);
-    let s = |p: &Path| format!("{:?}", p.display().to_string());
-    let extra = format!(
-        "\n[storage]\nroots = [{}]\nstate_dir = {}\n\n[nfs]\nbackend = \"kernel\"\nexports_file = {}\nexportfs = {}\n\
-         \n[security]\nrequire_signed_commands = true\nmax_command_validity_s = 300\nclock_skew_s = 30\n\
-         [security.trusted_keys.admin-2026a]\npublic_key_file = {}\nallow = [\"*\"]\n\
-         [security.trusted_keys.admin-2026b]\npublic_key_file = {}\nallow = [\"*\"]\n\
-         [security.trusted_keys.monitoring]\npublic_key_file = {}\nallow = [\"sys.*\", \"*.get\", \"*.list\"]\n",
-        s(&base.join("srv")),
-        s(&base.join("state")),
-        s(&stub.exports),
-        s(&stub.program()),
-        s(&admin.public_file),
-        s(&admin2.public_file),
-        s(&ro.public_file),
-    );
-    let bed = Bed::start_with(instance, |c| c.extra_toml = extra);
+    let bed = Bed::start_with(instance, |c| {
+        c.storage = Some(StorageSection::new(&base.join("srv"), &base.join("state")));
+        c.nfs = Some(stub.nfs_section());
+        c.security = Some(SecuritySection {
+            max_command_validity_s: Some(300),
+            clock_skew_s: Some(30),
+            ..SecuritySection::signed()
+                .trust(&admin.kid, &admin.public_file, &["*"])
+                .trust(&admin2.kid, &admin2.public_file, &["*"])
+                .trust(&ro.kid, &ro.public_file, &["sys.*", "*.get", "*.list"])
+        });
+    });
     World {
         bed,
         stub,
@@ -441,15 +437,10 @@ fn csgctl_keygen_and_sign_key() {
     assert_eq!(again.code(), Some(2), "{}", again.describe());
 
     // Two gateways trust the key (under the printed id), one more under another id.
-    let security = |kid: &str| {
-        format!(
-            "\n[security]\nrequire_signed_commands = true\n[security.trusted_keys.{kid:?}]\npublic_key_file = {:?}\nallow = [\"sys.*\"]\n",
-            pub_file.display().to_string()
-        )
-    };
-    let bed = Bed::start_with("gw-ctl-1", |c| c.extra_toml = security(&kid));
-    let _other = bed.spawn_agent("gw-ctl-2", |c| c.extra_toml = security(&kid));
-    let _renamed = bed.spawn_agent("gw-ctl-3", |c| c.extra_toml = security("ops-2026"));
+    let security = |kid: &str| Some(SecuritySection::signed().trust(kid, &pub_file, &["sys.*"]));
+    let bed = Bed::start_with("gw-ctl-1", |c| c.security = security(&kid));
+    let _other = bed.spawn_agent("gw-ctl-2", |c| c.security = security(&kid));
+    let _renamed = bed.spawn_agent("gw-ctl-3", |c| c.security = security("ops-2026"));
     let ctl = bed.csgctl();
     let sign = ["--sign-key", key_file.to_str().unwrap()];
 
@@ -507,12 +498,16 @@ fn keys_are_rotated_by_a_reload_without_a_restart() {
     w.ok(&w.admin, "sys.ping", json!({}));
     // Retire the old admin key: its table goes from the config, and SIGHUP re-reads it.
     let mut cfg = w.bed.agent.config.clone();
-    let old = format!(
-        "[security.trusted_keys.admin-2026a]\npublic_key_file = {:?}\nallow = [\"*\"]\n",
-        w.admin.public_file.display().to_string()
+    let keys = &mut cfg
+        .security
+        .as_mut()
+        .expect("a [security] section")
+        .trusted_keys;
+    let old = keys.remove(&w.admin.kid);
+    assert!(
+        old.is_some_and(|k| k.public_key_file == w.admin.public_file),
+        "{keys:?}"
     );
-    assert!(cfg.extra_toml.contains(&old), "{}", cfg.extra_toml);
-    cfg.extra_toml = cfg.extra_toml.replace(&old, "");
     std::fs::write(w.bed.agent.config_path(), cfg.to_toml()).unwrap();
     w.bed.agent.config = cfg;
     w.bed.agent.signal(nix::sys::signal::Signal::SIGHUP);

@@ -22,8 +22,7 @@ struct World {
 fn world(instance: &str) -> World {
     let smbd = Smbd::start();
     let state = tempfile::tempdir().expect("state dir");
-    let toml = smbd.agent_toml(state.path());
-    let bed = Bed::start_with(instance, |c| c.extra_toml = toml);
+    let bed = Bed::start_with(instance, |c| smbd.configure(c, state.path()));
     World {
         bed,
         smbd,
@@ -453,26 +452,17 @@ fn a_failed_apply_restores_the_previous_share() {
     let state = tempfile::tempdir().unwrap();
     let fail_flag = state.path().join("fail-import");
     let wrapper = state.path().join("net-wrapper");
-    std::fs::write(
+    csg_e2e::stubs::write(
         &wrapper,
-        format!(
-            "#!/bin/sh\n\
-             case \" $* \" in *\" import \"*) case \" $* \" in *\" -T \"*) ;; *)\n\
-               if [ -e {flag} ]; then rm -f {flag}; echo 'injected import failure' >&2; exit 255; fi;;\n\
-             esac;; esac\n\
-             exec /usr/bin/net \"$@\"\n",
-            flag = fail_flag.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let toml = format!(
-        "{}net = {:?}\n",
-        smbd.agent_toml(state.path()),
-        wrapper.display().to_string()
+        csg_e2e::stubs::NET_FAIL_IMPORT,
+        &[("FLAG", &fail_flag.display().to_string())],
     );
-    let bed = Bed::start_with("gw-smb-rollback", |c| c.extra_toml = toml);
+    let bed = Bed::start_with("gw-smb-rollback", |c| {
+        smbd.configure(c, state.path());
+        if let Some(smb) = &mut c.smb {
+            smb.net = Some(wrapper.clone());
+        }
+    });
     let w = World {
         bed,
         smbd,

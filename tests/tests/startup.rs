@@ -2,7 +2,8 @@
 //! 64-character rules, and the MQTT session the agent opens.
 
 use csg_e2e::agent::{check_config, run_args, run_to_exit};
-use csg_e2e::{Agent, AgentConfig, Bed, Broker, Recorder, TIMEOUT};
+use csg_e2e::bed::wait_online;
+use csg_e2e::{Agent, AgentConfig, Bed, Broker, Mark, Recorder, TIMEOUT};
 use serde_json::json;
 
 /// A config no broker is behind: validation must not need one.
@@ -165,13 +166,7 @@ fn the_run_subcommand_runs_the_agent_too() {
     let rec = Recorder::connect(broker.port(), &["#"]);
     let c = AgentConfig::new("gw-run", &broker.url());
     let mut agent = Agent::spawn_with(&c, &["run"]);
-    let presence = c.presence_topic();
-    if rec
-        .wait_for(TIMEOUT, |m| {
-            m.topic == presence && m.field("state").as_deref() == Some("online")
-        })
-        .is_none()
-    {
+    if wait_online(&rec, Mark::default(), &c, TIMEOUT).is_none() {
         panic!(
             "`csg-agent run --config` did not come online (exit: {:?})",
             agent.try_status()

@@ -15,7 +15,9 @@ use base64::Engine as _;
 use csg_e2e::agent::check_config;
 use csg_e2e::certs::{Pair, Pki, BROKER_DNS_NAME};
 use csg_e2e::csgctl::json_stdout;
-use csg_e2e::{wait_until, Agent, AgentConfig, Broker, Csgctl, TIMEOUT};
+use csg_e2e::{
+    wait_until, Agent, AgentConfig, AuthSection, Broker, CmdOutput, Csgctl, TlsSection, TIMEOUT,
+};
 use serde_json::json;
 
 /// How the test broker's listener is set up.
@@ -58,24 +60,47 @@ fn agent_config(instance: &str, url: &str, long_s: u64) -> AgentConfig {
     let mut c = AgentConfig::new(instance, url);
     c.reconnect_min_ms = 100;
     c.reconnect_max_ms = 1000;
-    c.mqtt_extra = format!("auth_failure_backoff_s = {long_s}\n");
+    c.auth_failure_backoff_s = Some(long_s);
     c
 }
 
-fn q(p: &Path) -> String {
-    serde_json::to_string(&p.display().to_string()).unwrap()
-}
-
-fn tls_section(ca: &Path, extra: &str) -> String {
-    format!("\n[mqtt.tls]\nca_file = {}\n{extra}", q(ca))
-}
-
-fn client_identity(pair: &Pair) -> String {
-    format!(
-        "client_cert_file = {}\nclient_key_file = {}\n",
-        q(&pair.cert),
-        q(&pair.key)
+/// A TLS broker with this server certificate, no client certificates asked for.
+fn tls_broker(pki: &Pki, server: &Pair) -> Broker {
+    start_broker(
+        pki,
+        BrokerSetup {
+            tls: Some(server.clone()),
+            ..Default::default()
+        },
     )
+}
+
+/// An agent on the broker's TLS URL trusting `ca`, with the long back-off `long_s`.
+fn tls_agent(instance: &str, broker: &Broker, ca: &Path, long_s: u64) -> Agent {
+    let mut c = agent_config(instance, &broker.tls_url(), long_s);
+    c.tls = tls(ca);
+    Agent::spawn(&c)
+}
+
+/// `csgctl --ca-file CA call INSTANCE sys.ping`.
+fn ping_with_ca(broker: &Broker, ca: &Path, instance: &str) -> CmdOutput {
+    ctl(broker, &["--ca-file", &ca.display().to_string()]).run(&["call", instance, "sys.ping"])
+}
+
+/// csgctl exited 4 (broker unreachable), saying why with `says`.
+fn assert_unreachable(out: &CmdOutput, says: &str) {
+    out.assert_code(4);
+    assert!(out.stderr.contains(says), "{}", out.describe());
+}
+
+/// `[mqtt.tls]` trusting `ca`.
+fn tls(ca: &Path) -> Option<TlsSection> {
+    Some(TlsSection::ca(ca))
+}
+
+/// `[mqtt.tls]` trusting `ca` and presenting `pair` as the client's identity.
+fn tls_client(ca: &Path, pair: &Pair) -> Option<TlsSection> {
+    Some(TlsSection::ca(ca).client(&pair.cert, &pair.key))
 }
 
 fn wait_online(agent: &mut Agent, broker: &Broker) {
@@ -163,16 +188,8 @@ fn ping_ok(ctl: &Csgctl, instance: &str) {
 #[test]
 fn plain_tls_works_for_the_agent_and_csgctl() {
     let pki = Pki::new();
-    let broker = start_broker(
-        &pki,
-        BrokerSetup {
-            tls: Some(pki.server.clone()),
-            ..Default::default()
-        },
-    );
-    let mut c = agent_config("gw-tls", &broker.tls_url(), 300);
-    c.extra_toml = tls_section(&pki.ca, "");
-    let mut agent = Agent::spawn(&c);
+    let broker = tls_broker(&pki, &pki.server);
+    let mut agent = tls_agent("gw-tls", &broker, &pki.ca, 300);
     wait_online(&mut agent, &broker);
     let ca = pki.ca.display().to_string();
     ping_ok(&ctl(&broker, &["--ca-file", &ca]), "gw-tls");
@@ -190,88 +207,42 @@ fn plain_tls_works_for_the_agent_and_csgctl() {
 #[test]
 fn an_unknown_ca_is_refused_named_and_backed_off_long() {
     let pki = Pki::new();
-    let broker = start_broker(
-        &pki,
-        BrokerSetup {
-            tls: Some(pki.server.clone()),
-            ..Default::default()
-        },
-    );
-    let mut c = agent_config("gw-rogue-ca", &broker.tls_url(), 40);
-    c.extra_toml = tls_section(&pki.rogue_ca, "");
-    let mut agent = Agent::spawn(&c);
+    let broker = tls_broker(&pki, &pki.server);
+    let mut agent = tls_agent("gw-rogue-ca", &broker, &pki.rogue_ca, 40);
     assert_backs_off_long(&mut agent, &broker, "unknown_ca", 40);
     assert!(agent.stderr().contains("not signed by a trusted CA"));
 
-    let out = ctl(&broker, &["--ca-file", &pki.rogue_ca.display().to_string()]).run(&[
-        "call",
-        "gw-rogue-ca",
-        "sys.ping",
-    ]);
-    out.assert_code(4);
-    assert!(
-        out.stderr.contains("not signed by a trusted CA"),
-        "{}",
-        out.describe()
-    );
+    let out = ping_with_ca(&broker, &pki.rogue_ca, "gw-rogue-ca");
+    assert_unreachable(&out, "not signed by a trusted CA");
 }
 
 #[test]
 fn an_expired_server_certificate_is_refused_named_and_backed_off_long() {
     let pki = Pki::new();
-    let broker = start_broker(
-        &pki,
-        BrokerSetup {
-            tls: Some(pki.server_expired.clone()),
-            ..Default::default()
-        },
-    );
-    let mut c = agent_config("gw-expired-server", &broker.tls_url(), 40);
-    c.extra_toml = tls_section(&pki.ca, "");
-    let mut agent = Agent::spawn(&c);
+    let broker = tls_broker(&pki, &pki.server_expired);
+    let mut agent = tls_agent("gw-expired-server", &broker, &pki.ca, 40);
     assert_backs_off_long(&mut agent, &broker, "server_cert_expired", 40);
 
-    let out = ctl(&broker, &["--ca-file", &pki.ca.display().to_string()]).run(&[
-        "call",
-        "gw-expired-server",
-        "sys.ping",
-    ]);
-    out.assert_code(4);
-    assert!(out.stderr.contains("expired"), "{}", out.describe());
+    let out = ping_with_ca(&broker, &pki.ca, "gw-expired-server");
+    assert_unreachable(&out, "expired");
 }
 
 #[test]
 fn a_name_mismatch_is_refused_and_the_server_name_override_fixes_it() {
     let pki = Pki::new();
     // The broker's certificate names only broker.csg.test, and we reach it by IP.
-    let broker = start_broker(
-        &pki,
-        BrokerSetup {
-            tls: Some(pki.server_dns_only.clone()),
-            ..Default::default()
-        },
-    );
-    let mut c = agent_config("gw-name", &broker.tls_url(), 30);
-    c.extra_toml = tls_section(&pki.ca, "");
-    let mut agent = Agent::spawn(&c);
+    let broker = tls_broker(&pki, &pki.server_dns_only);
+    let mut agent = tls_agent("gw-name", &broker, &pki.ca, 30);
     assert_backs_off_long(&mut agent, &broker, "name_mismatch", 30);
 
     let mut c = agent_config("gw-name-ok", &broker.tls_url(), 30);
-    c.extra_toml = tls_section(
-        &pki.ca,
-        &format!("server_name = {}\n", q(Path::new(BROKER_DNS_NAME))),
-    );
+    c.tls = Some(TlsSection::ca(&pki.ca).server_name(BROKER_DNS_NAME));
     let mut fixed = Agent::spawn(&c);
     wait_online(&mut fixed, &broker);
 
     let ca = pki.ca.display().to_string();
     let out = ctl(&broker, &["--ca-file", &ca]).run(&["call", "gw-name-ok", "sys.ping"]);
-    out.assert_code(4);
-    assert!(
-        out.stderr.contains("does not match the broker's name"),
-        "{}",
-        out.describe()
-    );
+    assert_unreachable(&out, "does not match the broker's name");
     ping_ok(
         &ctl(
             &broker,
@@ -284,15 +255,9 @@ fn a_name_mismatch_is_refused_and_the_server_name_override_fixes_it() {
 #[test]
 fn a_wrong_server_name_override_is_a_mismatch_too() {
     let pki = Pki::new();
-    let broker = start_broker(
-        &pki,
-        BrokerSetup {
-            tls: Some(pki.server.clone()),
-            ..Default::default()
-        },
-    );
+    let broker = tls_broker(&pki, &pki.server);
     let mut c = agent_config("gw-wrong-name", &broker.tls_url(), 30);
-    c.extra_toml = tls_section(&pki.ca, "server_name = \"other.csg.test\"\n");
+    c.tls = Some(TlsSection::ca(&pki.ca).server_name("other.csg.test"));
     let mut agent = Agent::spawn(&c);
     wait_refused(&mut agent, &broker, "name_mismatch");
 }
@@ -309,17 +274,15 @@ fn mutual_tls_works_and_refuses_a_missing_or_expired_client_certificate() {
         },
     );
     let mut c = agent_config("gw-mtls", &broker.tls_url(), 30);
-    c.extra_toml = tls_section(&pki.ca, &client_identity(&pki.client));
+    c.tls = tls_client(&pki.ca, &pki.client);
     let mut agent = Agent::spawn(&c);
     wait_online(&mut agent, &broker);
 
-    let mut c = agent_config("gw-mtls-none", &broker.tls_url(), 30);
-    c.extra_toml = tls_section(&pki.ca, "");
-    let mut none = Agent::spawn(&c);
+    let mut none = tls_agent("gw-mtls-none", &broker, &pki.ca, 30);
     assert_backs_off_long(&mut none, &broker, "client_cert_refused", 30);
 
     let mut c = agent_config("gw-mtls-expired", &broker.tls_url(), 30);
-    c.extra_toml = tls_section(&pki.ca, &client_identity(&pki.client_expired));
+    c.tls = tls_client(&pki.ca, &pki.client_expired);
     let mut expired = Agent::spawn(&c);
     wait_refused(&mut expired, &broker, "client_cert_refused");
     assert!(
@@ -348,12 +311,7 @@ fn mutual_tls_works_and_refuses_a_missing_or_expired_client_certificate() {
         "gw-mtls",
     );
     let out = ctl(&broker, &["--ca-file", &ca]).run(&["call", "gw-mtls", "sys.ping"]);
-    out.assert_code(4);
-    assert!(
-        out.stderr.contains("refused our client certificate"),
-        "{}",
-        out.describe()
-    );
+    assert_unreachable(&out, "refused our client certificate");
 }
 
 #[test]
@@ -376,7 +334,7 @@ fn rotated_client_certificate_files_are_used_on_the_next_connect_without_a_resta
     std::fs::copy(&pki.client_expired.cert, &id.cert).unwrap();
     std::fs::copy(&pki.client_expired.key, &id.key).unwrap();
     let mut c = agent_config("gw-rotate", &broker.tls_url(), 2);
-    c.extra_toml = tls_section(&pki.ca, &client_identity(&id));
+    c.tls = tls_client(&pki.ca, &id);
     let mut agent = Agent::spawn(&c);
     wait_refused(&mut agent, &broker, "client_cert_refused");
     // Rotate the way a deployment tool does: write new files, rename them into place.
@@ -391,26 +349,18 @@ fn rotated_client_certificate_files_are_used_on_the_next_connect_without_a_resta
 #[test]
 fn sighup_after_a_certificate_rotation_starts_a_new_session_at_once() {
     let pki = Pki::new();
-    let broker = start_broker(
-        &pki,
-        BrokerSetup {
-            tls: Some(pki.server.clone()),
-            ..Default::default()
-        },
-    );
+    let broker = tls_broker(&pki, &pki.server);
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::copy(&pki.ca, &ca).unwrap();
-    let mut c = agent_config("gw-hup", &broker.tls_url(), 30);
-    c.extra_toml = tls_section(&ca, "");
-    let mut agent = Agent::spawn(&c);
+    let mut agent = tls_agent("gw-hup", &broker, &ca, 30);
     wait_online(&mut agent, &broker);
     // Same config text, rotated file: the reload is a change, so a new session uses it.
     let tmp = dir.path().join("ca.new");
     std::fs::copy(&pki.ca, &tmp).unwrap();
     std::fs::rename(&tmp, &ca).unwrap();
     agent.signal(nix::sys::signal::Signal::SIGHUP);
-    let client_id = c.client_id();
+    let client_id = agent.config.client_id();
     assert!(
         wait_until(TIMEOUT, || broker.connects_of(&client_id) == 2),
         "no new session after SIGHUP\n{}\n{}",
@@ -481,19 +431,16 @@ fn password_authentication_connects_and_a_wrong_password_backs_off_long() {
     );
     let good = write_secret(dir.path(), "good", "correct horse");
     let bad = write_secret(dir.path(), "bad", "battery staple");
-    let auth = |file: &Path| {
-        format!(
-            "\n[mqtt.auth]\nmode = \"password\"\nusername = \"gateway\"\npassword_file = {}\n",
-            q(file)
-        )
-    };
+    let auth = |file: &Path| AuthSection::password("gateway", file);
     let mut c = agent_config("gw-pw", &broker.tls_url(), 30);
-    c.extra_toml = format!("{}{}", tls_section(&pki.ca, ""), auth(&good));
+    c.tls = tls(&pki.ca);
+    c.auth = Some(auth(&good));
     let mut agent = Agent::spawn(&c);
     wait_online(&mut agent, &broker);
 
     let mut c = agent_config("gw-pw-bad", &broker.tls_url(), 30);
-    c.extra_toml = format!("{}{}", tls_section(&pki.ca, ""), auth(&bad));
+    c.tls = tls(&pki.ca);
+    c.auth = Some(auth(&bad));
     let mut wrong = Agent::spawn(&c);
     assert_backs_off_long(&mut wrong, &broker, "not_authorized", 30);
     assert!(
@@ -543,15 +490,11 @@ fn alibaba_signature_mode_matches_an_independent_hmac_sha1() {
             ..Default::default()
         },
     );
-    let auth = |file: &Path| {
-        format!(
-            "\n[mqtt.auth]\nmode = \"alibaba_signature\"\naccess_key_id = \"{ak}\"\ninstance_id = \"{instance}\"\naccess_key_secret_file = {}\n",
-            q(file)
-        )
-    };
+    let auth = |file: &Path| AuthSection::alibaba_signature(ak, instance, file);
     let good = write_secret(dir.path(), "ak-secret", secret);
     let mut c = agent_config("gw-ali", &broker.tls_url(), 30);
-    c.extra_toml = format!("{}{}", tls_section(&pki.ca, ""), auth(&good));
+    c.tls = tls(&pki.ca);
+    c.auth = Some(auth(&good));
     let mut agent = Agent::spawn(&c);
     wait_online(&mut agent, &broker);
     assert!(
@@ -568,14 +511,16 @@ fn alibaba_signature_mode_matches_an_independent_hmac_sha1() {
     // the password differs, which is what a wrong secret gives.)
     let bad = write_secret(dir.path(), "ak-wrong", "not-the-secret");
     let mut c = agent_config("gw-ali", &broker.tls_url(), 30);
-    c.extra_toml = format!("{}{}", tls_section(&pki.ca, ""), auth(&bad));
+    c.tls = tls(&pki.ca);
+    c.auth = Some(auth(&bad));
     drop(agent);
     let mut wrong = Agent::spawn(&c);
     assert_backs_off_long(&mut wrong, &broker, "not_authorized", 30);
 
     let ca = pki.ca.display().to_string();
     let mut c = agent_config("gw-ali", &broker.tls_url(), 30);
-    c.extra_toml = format!("{}{}", tls_section(&pki.ca, ""), auth(&good));
+    c.tls = tls(&pki.ca);
+    c.auth = Some(auth(&good));
     drop(wrong);
     let mut agent = Agent::spawn(&c);
     wait_online(&mut agent, &broker);
@@ -653,11 +598,8 @@ fn alibaba_token_mode_sends_the_token_string_as_password() {
     );
     let token_file = write_secret(dir.path(), "token", token);
     let mut c = agent_config("gw-token", &broker.tls_url(), 30);
-    c.extra_toml = format!(
-        "{}\n[mqtt.auth]\nmode = \"alibaba_token\"\naccess_key_id = \"{ak}\"\ninstance_id = \"{instance}\"\ntoken_file = {}\n",
-        tls_section(&pki.ca, ""),
-        q(&token_file)
-    );
+    c.tls = tls(&pki.ca);
+    c.auth = Some(AuthSection::alibaba_token(ak, instance, &token_file));
     let mut agent = Agent::spawn(&c);
     wait_online(&mut agent, &broker);
     assert!(!agent.log().contains("LzMT"), "the token reached the log");
@@ -666,15 +608,18 @@ fn alibaba_token_mode_sends_the_token_string_as_password() {
 #[test]
 fn check_config_reports_every_missing_tls_and_secret_file_at_once() {
     let mut c = agent_config("gw-files", "mqtts://127.0.0.1:1", 300);
-    c.extra_toml = "\n[mqtt.tls]\nca_file = \"/nonexistent/ca.pem\"\nclient_cert_file = \"/nonexistent/c.pem\"\n\n\
-                    [mqtt.auth]\nmode = \"password\"\nusername = \"gw\"\npassword_file = \"/nonexistent/pw\"\n"
-        .into();
+    c.tls = Some(TlsSection {
+        client_cert_file: Some("/nonexistent/c.pem".into()),
+        ..TlsSection::ca(Path::new("/nonexistent/ca.pem"))
+    });
+    c.auth = Some(AuthSection::password("gw", Path::new("/nonexistent/pw")));
     let out = check_config(&c.to_toml());
     out.assert_code(2);
     for want in ["both or neither", "/nonexistent/pw"] {
         assert!(out.stderr.contains(want), "{want}\n{}", out.describe());
     }
-    c.extra_toml = "\n[mqtt.tls]\nca_file = \"/nonexistent/ca.pem\"\n".into();
+    c.tls = tls(Path::new("/nonexistent/ca.pem"));
+    c.auth = None;
     let out = check_config(&c.to_toml());
     out.assert_code(2);
     assert!(
@@ -683,7 +628,7 @@ fn check_config_reports_every_missing_tls_and_secret_file_at_once() {
         out.describe()
     );
     let mut plain = agent_config("gw-files", "mqtt://127.0.0.1:1", 300);
-    plain.extra_toml = "\n[mqtt.tls]\nserver_name = \"broker.example\"\n".into();
+    plain.tls = Some(TlsSection::default().server_name("broker.example"));
     let out = check_config(&plain.to_toml());
     out.assert_code(2);
     assert!(out.stderr.contains("use mqtts://"), "{}", out.describe());
