@@ -236,7 +236,8 @@ impl Dispatcher {
         let method = match Method::parse(req.method.as_str(), std::mem::take(&mut req.params)) {
             Ok(m) => m,
             Err(e) => {
-                Stats::inc(&self.stats.bad_request);
+                // Answered like any error of a method (these were never BAD_REQUESTs, which
+                // count envelopes nobody can act on); not counted as executed: nothing ran.
                 debug!(id = %req.id, method = %req.method, error = %e, "request refused: unknown method or invalid params");
                 if let Some(t) = reply_topic.as_deref() {
                     self.refuse(t, Some(req.id), RpcError::from(e));
@@ -397,7 +398,7 @@ impl Completion {
     fn audit(&self, outcome: Outcome) {
         if self.kind == Kind::Mutation {
             let resource = self.resource.as_deref().unwrap_or("-");
-            info!(id = %self.id, method = self.method, resource, key = %self.key_id, outcome = %outcome, "audit: mutation executed");
+            info!(id = %self.id, method = %self.method, resource, key = %self.key_id, outcome = %outcome, "audit: mutation executed");
         }
     }
 

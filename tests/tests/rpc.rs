@@ -406,10 +406,11 @@ fn unknown_method_is_answered_unknown_method() {
 fn a_repeated_id_is_answered_from_memory_not_executed_again() {
     let bed = Bed::start("gw-dup");
     let base = bed.counters();
-    let first = bed.call_raw("dup-1", "sys.ping", json!({}));
+    // A mutation (only mutations are remembered once finished; a read simply runs again).
+    let first = bed.call_raw("dup-1", "sys.reconcile", json!({}));
     expect_ok(&first, "dup-1");
-    let second = bed.call_raw("dup-1", "sys.ping", json!({}));
-    // The remembered reply, byte for byte in meaning: same ts_ms, so not run again.
+    let second = bed.call_raw("dup-1", "sys.reconcile", json!({}));
+    // The remembered reply, and the counters say it was not run again.
     assert_eq!(first, second, "a repeat must get the remembered reply");
     bed.assert_growth(
         &base,
@@ -422,6 +423,8 @@ fn a_repeat_arriving_while_the_first_runs_gets_the_same_reply() {
     let bed = Bed::start("gw-dup2");
     let base = bed.counters();
     let mark = bed.rec.mark();
+    // A mutation: a finished read is not remembered (it simply runs again), so only a
+    // mutation's repeat is answered from memory whichever way the race goes.
     // Queued together, the two copies reach the agent back to back: the second usually
     // arrives while the first is still being handled. Each names its own reply topic (a
     // console that restarted, or a second console), so each must be answered.
@@ -429,7 +432,7 @@ fn a_repeat_arriving_while_the_first_runs_gets_the_same_reply() {
     for t in &topics {
         bed.send_raw(rpc::bytes(&request(
             "dup-bb",
-            "sys.ping",
+            "sys.reconcile",
             json!({}),
             Some(t),
         )));
@@ -443,7 +446,7 @@ fn a_repeat_arriving_while_the_first_runs_gets_the_same_reply() {
     let mark = bed.rec.mark();
     bed.send_raw(rpc::bytes(&request(
         "dup-bb",
-        "sys.ping",
+        "sys.reconcile",
         json!({}),
         Some(&topics[0]),
     )));
@@ -461,7 +464,7 @@ fn a_repeat_on_the_same_reply_topic_sent_back_to_back_is_executed_once() {
     let mark = bed.rec.mark();
     let req = rpc::bytes(&request(
         "dup-same",
-        "sys.ping",
+        "sys.reconcile",
         json!({}),
         Some(&bed.reply_to),
     ));

@@ -24,7 +24,11 @@ impl Key {
     fn new(dir: &Path, kid: &str, seed: u8) -> Key {
         let sk = SigningKey::from_bytes(&[seed; 32]);
         let public_file = dir.join(format!("{kid}.pub"));
-        std::fs::write(&public_file, jws::public_key_pem(&sk.verifying_key())).unwrap();
+        std::fs::write(
+            &public_file,
+            jws::public_key_pem(&sk.verifying_key()).unwrap(),
+        )
+        .unwrap();
         Key {
             kid: kid.into(),
             sk,

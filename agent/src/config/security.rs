@@ -238,7 +238,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let k = SigningKey::from_bytes(&[3; 32]).verifying_key();
         let pem = dir.path().join("a.pub");
-        std::fs::write(&pem, jws::public_key_pem(&k)).unwrap();
+        std::fs::write(&pem, jws::public_key_pem(&k).unwrap()).unwrap();
         let text = format!(
             r#"[security]
 require_signed_commands = true
