@@ -2,7 +2,8 @@
 //! configfs (`/sys/kernel/config/target` does not exist), so neither LIO nor the real targetcli
 //! can run here.
 //!
-//! It records every argv, one line per call, and keeps a fake configfs tree the way LIO would
+//! It records every command (its argv, or each line it reads on stdin when run without
+//! arguments, as targetcli does), one line per command, and keeps a fake configfs tree the way LIO would
 //! (`core/<hba>/<object>/udev_path`, `iscsi/<iqn>/tpgt_1/{enable,attrib,auth,lun,acls,np}`, LUN
 //! and mapped-LUN symlinks, ACL `auth` and `info`), so that the agent's read-back works. Like
 //! the real one it refuses to create what exists and to delete what does not. `saveconfig`
@@ -22,8 +23,9 @@ const SCRIPT: &str = r#"#!/bin/sh
 # Stand-in for targetcli: see tests/src/targetcli_stub.rs.
 D=@DIR@
 R=@ROOT@
-printf '%s\n' "$*" >> "$D/argv"
 die() { echo "stub targetcli: $*" >&2; exit 1; }
+main() {
+printf '%s\n' "$*" >> "$D/argv"
 if [ -f "$D/fail-on" ]; then
   pat=$(cat "$D/fail-on")
   case "$*" in *"$pat"*) rm -f "$D/fail-on"; die "injected failure on: $pat" ;; esac
@@ -153,6 +155,20 @@ saveconfig)
   ;;
 *) die "unexpected: $p $*" ;;
 esac
+}
+# Like targetcli: without arguments it reads one command per line on stdin, reports a failed
+# one on stderr and goes on (exit 0). A secret never comes in argv.
+if [ $# -gt 0 ]; then
+  case "$*" in *password=*) die "a secret in argv: $*" ;; esac
+  main "$@"
+else
+  set -f
+  while IFS= read -r line; do
+    case "$line" in ""|exit|"set global "*) continue ;; esac
+    # shellcheck disable=SC2086
+    ( main $line ) || true
+  done
+fi
 "#;
 
 impl TargetcliStub {
