@@ -857,10 +857,16 @@ pub fn plan_request(
             })
             .map(|(u, _)| u)
             .collect();
-        let guard_secret = if reset.is_empty() {
-            None
-        } else {
+        // The guard is needed (and a secret made for it) only when the target's bound
+        // incoming account is re-created; see `plan`.
+        let needs_guard = n.want.chap.as_ref().is_some_and(|c| {
+            let u = c.username.as_str();
+            reset.contains(u) && seen.is_some_and(|s| s.shown.accounts.iter().any(|a| a == u))
+        });
+        let guard_secret = if needs_guard {
             Some(guard_secret().map_err(PlanError::Internal)?)
+        } else {
+            None
         };
         let acc = Accounts {
             existing: existing.clone(),
@@ -1201,5 +1207,191 @@ Target 2: iqn.2024-05.test.gw:vol2
             .join(" "),
             "--lld iscsi --mode target --op delete --force --tid 2"
         );
+    }
+
+    /// A desired target `vol1` with one LUN (a real file under `d`) and CHAP user `chapuser`.
+    fn target(d: &tempfile::TempDir, secret: &str, iqn_name: &str) -> crate::model::iscsi::Target {
+        let want = WantTarget {
+            iqn: iqn(&format!("iqn.2024-05.test.gw:{iqn_name}")),
+            luns: vec![WantLun {
+                lun: 1,
+                path: path(d, "/srv/csg/vol1.img"),
+                readonly: false,
+            }],
+            initiators: BTreeSet::new(),
+            networks: BTreeSet::new(),
+            chap: Some(Chap {
+                username: ChapUser::parse("u", "chapuser").unwrap(),
+                secret: ChapSecret::parse("s", secret).unwrap(),
+                mutual: None,
+            }),
+        };
+        let spec = serde_json::from_value::<csg_protocol::methods::iscsi::TargetParams>(
+            serde_json::json!({
+                "name": "vol1", "iqn": want.iqn.as_str(),
+                "luns": [{"lun": 1, "path": want.luns[0].path.as_str()}],
+                "chap": {"username": "chapuser", "secret": secret},
+            }),
+        )
+        .unwrap()
+        .validate("iqn.2024-05.test.gw")
+        .unwrap();
+        crate::model::iscsi::Target {
+            desired: crate::model::iscsi::Desired::from_spec(&spec),
+            want,
+        }
+    }
+
+    fn snapshot(show: &str, accounts: &[&str]) -> Snapshot {
+        Snapshot {
+            targets: parse_show(show).into_iter().map(Seen::Tgt).collect(),
+            raw: Raw::Tgt {
+                accounts: accounts.iter().map(|a| a.to_string()).collect(),
+            },
+        }
+    }
+
+    fn request(change: Change, force: bool) -> Request {
+        Request {
+            name: Some(csg_protocol::methods::iscsi::TargetName::parse("vol1").unwrap()),
+            change,
+            others: BTreeMap::new(),
+            force,
+        }
+    }
+
+    fn shown(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| match s {
+                Step::Run(op) => op.redacted(),
+                Step::Evict(t) => format!("evict {}", t.tid),
+            })
+            .collect()
+    }
+
+    fn no_guard() -> Result<ChapSecret, String> {
+        Err("no guard secret was expected".into())
+    }
+
+    #[test]
+    fn one_snapshot_plans_a_whole_change() {
+        let d = tempfile::tempdir().unwrap();
+        let pp = path(&d, "/srv/csg/vol1.img");
+        let pp = pp.as_str();
+        // Create on a tgtd that has target 1 already: the next id, nothing read again.
+        let t = target(&d, "Secret12chars", "vol3");
+        let steps = plan_request(
+            &snapshot(SHOW, &["chapuser", "mutu"]),
+            &request(Change::Create(Box::new(t.clone())), false),
+            no_guard,
+        )
+        .unwrap();
+        assert_eq!(
+            shown(&steps),
+            vec![
+                "tgtadm --lld iscsi --mode target --op new --tid 3 --targetname iqn.2024-05.test.gw:vol3".to_string(),
+                // tgtd has the account (another secret, perhaps): it is made ours.
+                "tgtadm --lld iscsi --mode account --op delete --user chapuser".into(),
+                "tgtadm --lld iscsi --mode account --op new --user chapuser --password <hidden>".into(),
+                "tgtadm --lld iscsi --mode account --op bind --tid 3 --user chapuser".into(),
+                format!("tgtadm --lld iscsi --mode logicalunit --op new --tid 3 --lun 1 --backing-store {pp}"),
+            ]
+        );
+        // A renamed target with sessions, forced: evicted, deleted, made under the new IQN;
+        // the account keeps its secret, so no guard is needed.
+        let from = target(&d, "Secret12chars", "vol1").desired;
+        let steps = plan_request(
+            &snapshot(SHOW, &["chapuser"]),
+            &request(
+                Change::Update {
+                    from,
+                    to: Box::new(t.clone()),
+                },
+                true,
+            ),
+            no_guard,
+        )
+        .unwrap();
+        assert_eq!(
+            shown(&steps)[..3],
+            [
+                "evict 1".to_string(),
+                "tgtadm --lld iscsi --mode target --op delete --force --tid 1".into(),
+                "tgtadm --lld iscsi --mode target --op new --tid 3 --targetname iqn.2024-05.test.gw:vol3".into(),
+            ]
+        );
+        // A new secret for an account in use: the guard comes from the given source, and
+        // without a source the change fails instead of going on without the guard.
+        let mut seen = SHOW.to_string();
+        seen = seen.replace("        mutu (outgoing)\n", "");
+        let from = target(&d, "Secret12chars", "vol1").desired;
+        let to = target(&d, "NewSecret12ch", "vol1");
+        let change = Change::Update {
+            from,
+            to: Box::new(to),
+        };
+        let snap = snapshot(&seen, &["chapuser"]);
+        let steps = plan_request(&snap, &request(change.clone(), false), || {
+            Ok(ChapSecret::parse("g", "Guard123secret").unwrap())
+        })
+        .unwrap();
+        assert!(
+            shown(&steps).contains(
+                &"tgtadm --lld iscsi --mode account --op bind --tid 1 --user csg-guard-1"
+                    .to_string()
+            ),
+            "{:?}",
+            shown(&steps)
+        );
+        assert_eq!(
+            plan_request(&snap, &request(change, false), no_guard),
+            Err(PlanError::Internal("no guard secret was expected".into()))
+        );
+        // Delete: the target and the account nobody else uses.
+        let steps = plan_request(
+            &snapshot(SHOW, &["chapuser"]),
+            &request(
+                Change::Delete(target(&d, "Secret12chars", "vol1").desired),
+                false,
+            ),
+            no_guard,
+        )
+        .unwrap();
+        assert_eq!(
+            shown(&steps),
+            vec![
+                "tgtadm --lld iscsi --mode target --op delete --tid 1",
+                "tgtadm --lld iscsi --mode account --op delete --user chapuser",
+            ]
+        );
+        // A stray target goes without force; a LIO snapshot is refused.
+        let steps = plan_request(
+            &snapshot(SHOW, &[]),
+            &request(Change::Stray("iqn.2024-05.test.gw:vol2".into()), false),
+            no_guard,
+        )
+        .unwrap();
+        assert_eq!(
+            shown(&steps),
+            vec!["tgtadm --lld iscsi --mode target --op delete --tid 2"]
+        );
+        let lio = Snapshot {
+            targets: vec![],
+            raw: Raw::Lio(Default::default()),
+        };
+        assert!(matches!(
+            plan_request(&lio, &request(Change::Stray("x".into()), false), no_guard),
+            Err(PlanError::Internal(_))
+        ));
+    }
+
+    #[test]
+    fn random_secrets_come_from_the_os_and_are_valid_chap_secrets() {
+        let a = random_secret().unwrap();
+        let b = random_secret().unwrap();
+        assert_eq!(a.expose().len(), 16);
+        assert!(a.expose().bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
     }
 }

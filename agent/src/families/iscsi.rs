@@ -909,7 +909,135 @@ fn actual(t: &Seen) -> TargetActual {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::iscsi::{LioSeen, Shown};
+    use crate::model::iscsi::tgt::{Op, Step};
+    use crate::model::iscsi::{LioSeen, Plan, Raw, SeenLun, Shown, TgtTarget};
+    use csg_protocol::methods::iscsi::TargetSpec;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A backend in memory that counts how often it is read.
+    #[derive(Default)]
+    struct Counting {
+        targets: std::sync::Mutex<Vec<Seen>>,
+        planned: std::sync::Mutex<Option<Option<WantTarget>>>,
+        observes: AtomicUsize,
+        reads: AtomicUsize,
+    }
+
+    impl IscsiBackend for Arc<Counting> {
+        fn kind(&self) -> &'static str {
+            "tgt"
+        }
+        fn daemon(&self) -> &'static str {
+            "fake"
+        }
+        fn shared_accounts(&self) -> bool {
+            true
+        }
+        fn forgets_targets(&self) -> bool {
+            false
+        }
+        fn check(&self, _: &TargetSpec) -> Result<(), String> {
+            Ok(())
+        }
+        fn observe(&self) -> BoxFut<'_, Result<Snapshot, crate::exec::ToolError>> {
+            self.observes.fetch_add(1, Ordering::SeqCst);
+            let targets = self.targets.lock().unwrap().clone();
+            Box::pin(async move {
+                Ok(Snapshot {
+                    targets,
+                    raw: Raw::Tgt {
+                        accounts: BTreeSet::new(),
+                    },
+                })
+            })
+        }
+        fn targets(&self) -> BoxFut<'_, Result<Vec<Seen>, crate::exec::ToolError>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let targets = self.targets.lock().unwrap().clone();
+            Box::pin(async move { Ok(targets) })
+        }
+        fn plan(&self, _: &Snapshot, req: &Request) -> Result<Plan, PlanError> {
+            *self.planned.lock().unwrap() = Some(req.change.to().map(|t| t.want.clone()));
+            Ok(Plan::Tgt(vec![Step::Run(Op::DeleteAccount {
+                user: "placeholder".into(),
+            })]))
+        }
+        fn apply<'a>(&'a self, _: &'a Plan) -> BoxFut<'a, Result<usize, crate::exec::ToolError>> {
+            let want = self.planned.lock().unwrap().take().flatten();
+            *self.targets.lock().unwrap() = want
+                .map(|w| {
+                    Seen::Tgt(TgtTarget {
+                        tid: 1,
+                        shown: Shown {
+                            iqn: w.iqn.to_string(),
+                            luns: w
+                                .luns
+                                .iter()
+                                .map(|l| SeenLun {
+                                    lun: l.lun,
+                                    path: Some(l.path.as_str().into()),
+                                    readonly: l.readonly,
+                                })
+                                .collect(),
+                            ..Default::default()
+                        },
+                    })
+                })
+                .into_iter()
+                .collect();
+            Box::pin(async move { Ok(1) })
+        }
+        fn up(&self) -> BoxFut<'_, bool> {
+            Box::pin(async move { true })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mutation_reads_the_backend_once_and_reads_back_once() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        let state_dir = root.join("state");
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let ctx = StorageCtx {
+            roots: crate::storage::paths::Roots::new(vec![root.clone()]),
+            state: Arc::new(crate::state::StateStore::open(&state_dir).unwrap()),
+            timeout: Duration::from_secs(5),
+            allow_devices: false,
+        };
+        let backend = Arc::new(Counting::default());
+        let family = Iscsi {
+            inner: Arc::new(Inner {
+                backend: Box::new(backend.clone()),
+                prefix: "iqn.2026-11.com.example.csg".into(),
+                ctx,
+                lock: Mutex::new(()),
+                secrets_path: state_dir.join(SECRETS_FILE),
+                secrets: Mutex::new(BTreeMap::new()),
+                watch_interval: None,
+            }),
+            watcher: AtomicBool::new(false),
+        };
+        let img = root.join("vol1.img").display().to_string();
+        let params: TargetParams = serde_json::from_value(serde_json::json!({
+            "name": "vol1", "luns": [{"lun": 1, "path": img, "size_bytes": 4096}],
+        }))
+        .unwrap();
+        let r = family
+            .call(IscsiMethod::TargetCreate(params))
+            .await
+            .unwrap();
+        assert!(matches!(
+            r,
+            MethodResult::IscsiApply(ApplyResult { changed: true, .. })
+        ));
+        assert_eq!(backend.observes.load(Ordering::SeqCst), 1);
+        assert_eq!(backend.reads.load(Ordering::SeqCst), 1);
+        let del: DeleteParams =
+            serde_json::from_value(serde_json::json!({"name": "vol1"})).unwrap();
+        family.call(IscsiMethod::TargetDelete(del)).await.unwrap();
+        assert_eq!(backend.observes.load(Ordering::SeqCst), 2);
+        assert_eq!(backend.reads.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn lio_shows_no_target_id() {
