@@ -254,7 +254,10 @@ fn read_value(p: &Path) -> String {
 }
 
 fn read_auth(dir: &Path) -> Auth {
-    let secret = |f: &str| SecretText::new(&Zeroizing::new(read_value(&dir.join(f))));
+    let secret = |f: &str| {
+        let text = Zeroizing::new(std::fs::read_to_string(dir.join(f)).unwrap_or_default());
+        SecretText::new(text.trim())
+    };
     Auth {
         userid: read_value(&dir.join("userid")),
         password: secret("password"),
@@ -596,7 +599,12 @@ impl Lio {
             return exec::run_ok(&p.args(c.0.iter()), None).await.map(|_| ());
         }
         let mut script = Zeroizing::new(String::from(STDIN_PREAMBLE));
-        script.push_str(&c.0.join(" "));
+        for (i, word) in c.0.iter().enumerate() {
+            if i > 0 {
+                script.push(' ');
+            }
+            script.push_str(word);
+        }
         script.push_str("\nexit\n");
         let out = exec::run(&p, Some(script.as_bytes()))
             .await
