@@ -2,13 +2,14 @@
 //! configfs (`/sys/kernel/config/target` does not exist), so neither LIO nor the real targetcli
 //! can run here.
 //!
-//! It records every command (its argv, or each line it reads on stdin when run without
-//! arguments, as targetcli does), one line per command, and keeps a fake configfs tree the way LIO would
+//! It records every argv, one line per call, and keeps a fake configfs tree the way LIO would
 //! (`core/<hba>/<object>/udev_path`, `iscsi/<iqn>/tpgt_1/{enable,attrib,auth,lun,acls,np}`, LUN
 //! and mapped-LUN symlinks, ACL `auth` and `info`), so that the agent's read-back works. Like
 //! the real one it refuses to create what exists and to delete what does not. `saveconfig`
 //! records a listing of the tree. It can be told to fail the next call whose argv contains a
-//! given text (exit 1, a message on stderr, nothing changed).
+//! given text (exit 1, a message on stderr, nothing changed). Run without arguments it reads
+//! one command per line on stdin, as targetcli does, recording each like an argv; it refuses a
+//! secret (`password=`) in argv.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
