@@ -7,7 +7,9 @@
 //! and mapped-LUN symlinks, ACL `auth` and `info`), so that the agent's read-back works. Like
 //! the real one it refuses to create what exists and to delete what does not. `saveconfig`
 //! records a listing of the tree. It can be told to fail the next call whose argv contains a
-//! given text (exit 1, a message on stderr, nothing changed).
+//! given text (exit 1, a message on stderr, nothing changed). Run without arguments it reads
+//! one command per line on stdin, as targetcli does, recording each like an argv; it refuses a
+//! secret (`password=`) in argv.
 
 use std::path::{Path, PathBuf};
 

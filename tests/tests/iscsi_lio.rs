@@ -495,7 +495,7 @@ fn drift_made_behind_the_agents_back_is_reported_and_repaired_by_reconcile() {
     assert_eq!(changed[0]["action"], json!("created"), "{rec}");
     assert_eq!(
         changed[1],
-        json!({"target": iqn("stray"), "action": "removed"}),
+        json!({"target": iqn("stray"), "action": "removed", "commands": 2}),
         "{rec}"
     );
     let ran = w.stub.argv_since(n);

@@ -1,5 +1,7 @@
 //! The LIO backend: the kernel iSCSI target, configured with one-shot `targetcli` commands
-//! (one argument vector each, never a shell) and persisted with `targetcli saveconfig`
+//! (one argument vector each, never a shell; a command that carries a CHAP secret goes to
+//! targetcli on stdin instead, so the secret never shows in /proc) and persisted with
+//! `targetcli saveconfig`
 //! (`/etc/rtslib-fb-target/saveconfig.json` on Debian, restored at boot by
 //! `rtslib-fb-targetctl.service`; `/etc/target/saveconfig.json` and `target.service` on RHEL).
 //! What LIO really has
@@ -7,7 +9,7 @@
 //! never from targetcli's human-readable output.
 //!
 //! Model, decided here (see docs/methods/iscsi.md, "LIO"):
-//! * LIO has no address-based access rules: `networks` is refused ([`LioError::Networks`]).
+//! * LIO has no address-based access rules: `networks` is refused ([`NETWORKS_UNSUPPORTED`]).
 //! * The access list is the list of initiators, exactly as on tgt: `generate_node_acls=0`
 //!   ("demo mode", which lets every initiator in, is never used), one node ACL per initiator,
 //!   every LUN mapped explicitly with `write_protect=1` for read-only LUNs. No initiators:
@@ -25,82 +27,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use csg_protocol::methods::iscsi::{Chap, Iqn, TargetName};
-use thiserror::Error;
+use csg_protocol::methods::iscsi::{Chap, Iqn, TargetName, TargetSpec};
+use zeroize::Zeroizing;
 
-use crate::backends::tgt::{SeenLun, SeenSecrets, SeenTarget, WantTarget};
-use crate::exec::{self, Program};
+use crate::exec::{self, Program, ToolError};
+use crate::model::iscsi::lio::{
+    Auth, Backstore, Cmd, Configfs, LioAcl, LioLun, LioTarget, MappedLun,
+};
+use crate::model::iscsi::{
+    in_sync, BoxFut, Change, IscsiBackend, LioSeen, Plan, PlanError, Raw, Request, SecretText,
+    Seen, SeenLun, SeenSecrets, Shown, Snapshot, WantTarget,
+};
 
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum LioError {
-    #[error(
-        "networks: the lio backend has no address-based access rules; list initiators instead"
-    )]
-    Networks,
-}
+/// Why a `networks` list is refused.
+pub const NETWORKS_UNSUPPORTED: &str =
+    "networks: the lio backend has no address-based access rules; list initiators instead";
 
-/// Running targetcli or reading configfs failed.
-#[derive(Debug, Error)]
-pub enum RunError {
-    /// No configfs target tree, or no targetcli program.
-    #[error("LIO is not available: {0}")]
-    Unavailable(String),
-    #[error("{command} did not finish within {timeout:?} and was killed")]
-    Timeout { command: String, timeout: Duration },
-    #[error("{command} failed (exit {status}): {stderr}")]
-    Failed {
-        command: String,
-        status: i32,
-        stderr: String,
-    },
-    #[error("cannot run {command}: {message}")]
-    Exec { command: String, message: String },
-    #[error("cannot read the LIO configfs tree: {0}")]
-    Read(String),
-}
-
-/// One `targetcli` invocation (arguments after the program name).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Cmd(pub Vec<String>);
-
-impl Cmd {
-    fn new(parts: &[&str]) -> Self {
-        Cmd(parts.iter().map(|s| s.to_string()).collect())
-    }
-
-    /// For logs and errors: `password=` and `mutual_password=` values hidden.
-    pub fn redacted(&self) -> String {
-        let parts: Vec<String> = self
-            .0
-            .iter()
-            .map(|a| match a.split_once('=') {
-                Some((k, _)) if k.ends_with("password") => format!("{k}=<hidden>"),
-                _ => a.clone(),
-            })
-            .collect();
-        format!("targetcli {}", parts.join(" "))
-    }
-
-    /// The secret values this command carries (to keep them out of error messages).
-    fn secrets(&self) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter_map(|a| a.split_once('='))
-            .filter(|(k, v)| k.ends_with("password") && !v.is_empty())
-            .map(|(_, v)| v)
-            .collect()
-    }
-
-    pub fn is_saveconfig(&self) -> bool {
-        self.0.len() == 1 && self.0[0] == "saveconfig"
-    }
-}
-
-impl std::fmt::Debug for Cmd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
+/// What targetcli reads on stdin before a command that carries a secret: without it, the end
+/// of input (`exit`) would run `saveconfig` in the middle of a batch (targetcli's
+/// `auto_save_on_exit`). The preference lands in the agent's own `TARGETCLI_HOME`.
+const STDIN_PREAMBLE: &str = "set global auto_save_on_exit=false\n";
 
 /// The backstore of LUN `lun` of target `name`: (`/backstores/<kind>`, object name).
 fn backstore(name: &TargetName, lun: u16, device: bool) -> (String, String) {
@@ -140,9 +86,9 @@ fn auth_args(c: &Chap) -> Vec<String> {
 /// The commands that create `t` from nothing (no `saveconfig`). The order keeps a new target
 /// closed until it is complete: with `generate_node_acls=0` and no node ACL nobody can log in,
 /// and each ACL gets its CHAP credentials before its LUNs are mapped.
-pub fn create_body(name: &TargetName, t: &WantTarget) -> Result<Vec<Cmd>, LioError> {
+pub fn create_body(name: &TargetName, t: &WantTarget) -> Result<Vec<Cmd>, PlanError> {
     if !t.networks.is_empty() {
-        return Err(LioError::Networks);
+        return Err(PlanError::Unsupported(NETWORKS_UNSUPPORTED.into()));
     }
     let iqn = t.iqn.as_str();
     let tpg = format!("/iscsi/{iqn}/tpg1");
@@ -224,7 +170,7 @@ pub fn remove_body(t: &LioTarget) -> Vec<Cmd> {
     for l in &t.luns {
         if let Some(b) = &l.backstore {
             if b.ours() && done.insert(b.name.clone()) {
-                v.push(b.delete());
+                v.push(delete_backstore(b));
             }
         }
     }
@@ -242,7 +188,7 @@ pub fn plan(
     prev_iqn: Option<&Iqn>,
     want: Option<&WantTarget>,
     keep: bool,
-) -> Result<Vec<Cmd>, LioError> {
+) -> Result<Vec<Cmd>, PlanError> {
     let mut v = Vec::new();
     let mut removed: BTreeSet<String> = BTreeSet::new();
     let remove = |iqn: &str, v: &mut Vec<Cmd>, removed: &mut BTreeSet<String>| {
@@ -269,7 +215,7 @@ pub fn plan(
             for b in &cfs.backstores {
                 if is_ours_for(name, &b.name) && !removed.contains(&b.name) {
                     removed.insert(b.name.clone());
-                    v.push(b.delete());
+                    v.push(delete_backstore(b));
                 }
             }
             v.extend(create_body(name, w)?);
@@ -278,7 +224,7 @@ pub fn plan(
             for b in &cfs.backstores {
                 if is_ours_for(name, &b.name) && !removed.contains(&b.name) {
                     removed.insert(b.name.clone());
-                    v.push(b.delete());
+                    v.push(delete_backstore(b));
                 }
             }
         }
@@ -292,119 +238,13 @@ pub fn plan(
 // ---------------------------------------------------------------------------------------------
 // Read-back: the configfs tree
 
-/// What LIO has, read from configfs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Configfs {
-    /// Every iSCSI target whose directory name is a valid iSCSI name, sorted.
-    pub targets: Vec<LioTarget>,
-    /// Every storage object under `core/<hba>/`, sorted.
-    pub backstores: Vec<Backstore>,
-}
-
-impl Configfs {
-    pub fn target(&self, iqn: &str) -> Option<&LioTarget> {
-        self.targets.iter().find(|t| t.iqn == iqn)
-    }
-}
-
-/// One storage object (`core/<hba>/<name>`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Backstore {
-    /// The HBA directory, e.g. `fileio_0`, `iblock_0`.
-    pub hba: String,
-    pub name: String,
-    /// Its `udev_path`: the backing file or device.
-    pub path: Option<String>,
-}
-
-impl Backstore {
-    /// targetcli's name for the backstore type (`/backstores/<kind>`).
-    pub fn kind(&self) -> Option<&'static str> {
-        match self.hba.rsplit_once('_').map(|(k, _)| k) {
-            Some("fileio") => Some("fileio"),
-            Some("iblock") => Some("block"),
-            _ => None,
-        }
-    }
-
-    /// Made by this agent (so it may be deleted), and safe to put into an argv.
-    pub fn ours(&self) -> bool {
-        self.kind().is_some()
-            && self.name.starts_with("csg-")
-            && self.name.len() <= 80
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    }
-
-    fn delete(&self) -> Cmd {
-        Cmd::new(&[
-            &format!("/backstores/{}", self.kind().unwrap_or("fileio")),
-            "delete",
-            &format!("name={}", self.name),
-        ])
-    }
-}
-
-/// CHAP credentials as configfs shows them (`auth/userid`, `password`, `userid_mutual`,
-/// `password_mutual`); empty when unset.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Auth {
-    pub userid: String,
-    pub password: String,
-    pub mutual_userid: String,
-    pub mutual_password: String,
-}
-
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth")
-            .field("userid", &self.userid)
-            .field("mutual_userid", &self.mutual_userid)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A LUN of the TPG (`tpgt_1/lun/lun_<index>`, a link to its storage object).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LioLun {
-    pub index: u16,
-    pub backstore: Option<Backstore>,
-}
-
-/// A LUN mapped into a node ACL (`acls/<initiator>/lun_<index>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MappedLun {
-    pub index: u16,
-    /// The TPG LUN it links to.
-    pub tpg_lun: Option<u16>,
-    pub write_protect: bool,
-}
-
-/// A node ACL (`tpgt_1/acls/<initiator>`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LioAcl {
-    pub initiator: String,
-    pub auth: Auth,
-    pub mapped: Vec<MappedLun>,
-    /// An initiator with this name is logged in (its `info` is not "No active …").
-    pub session: bool,
-}
-
-/// One iSCSI target and its TPG 1 (the only TPG the agent uses).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LioTarget {
-    pub iqn: String,
-    /// `tpgt_1` exists.
-    pub has_tpg: bool,
-    pub enabled: bool,
-    /// `tpgt_1/attrib/*` (only the ones the agent sets or checks).
-    pub attrib: BTreeMap<String, String>,
-    /// TPG-level credentials.
-    pub auth: Auth,
-    pub luns: Vec<LioLun>,
-    pub acls: Vec<LioAcl>,
+/// The command that deletes a backstore of the agent's.
+fn delete_backstore(b: &Backstore) -> Cmd {
+    Cmd::new(&[
+        &format!("/backstores/{}", b.kind().unwrap_or("fileio")),
+        "delete",
+        &format!("name={}", b.name),
+    ])
 }
 
 fn read_value(p: &Path) -> String {
@@ -414,11 +254,15 @@ fn read_value(p: &Path) -> String {
 }
 
 fn read_auth(dir: &Path) -> Auth {
+    let secret = |f: &str| {
+        let text = Zeroizing::new(std::fs::read_to_string(dir.join(f)).unwrap_or_default());
+        SecretText::new(text.trim())
+    };
     Auth {
         userid: read_value(&dir.join("userid")),
-        password: read_value(&dir.join("password")),
+        password: secret("password"),
         mutual_userid: read_value(&dir.join("userid_mutual")),
-        mutual_password: read_value(&dir.join("password_mutual")),
+        mutual_password: secret("password_mutual"),
     }
 }
 
@@ -565,7 +409,7 @@ pub fn read_configfs(root: &Path) -> std::io::Result<Configfs> {
 /// The target in the family's backend-neutral form. Initiator names are its access rules (and
 /// `ALL` when `generate_node_acls=1` lets any initiator in); everything LIO-specific that
 /// differs from the agent's model is named in `notes`.
-pub fn to_seen(t: &LioTarget) -> SeenTarget {
+pub fn to_seen(t: &LioTarget) -> LioSeen {
     let attr = |k: &str| t.attrib.get(k).map(String::as_str) == Some("1");
     let auth_on = attr("authentication");
     let mut notes = Vec::new();
@@ -599,16 +443,14 @@ pub fn to_seen(t: &LioTarget) -> SeenTarget {
     let mut acl: Vec<String> = Vec::new();
     let mut users = BTreeSet::new();
     let mut mutual = BTreeSet::new();
-    let mut secrets: BTreeMap<String, String> = BTreeMap::new();
-    let mut note_secret = |u: &str, s: &str| {
+    let mut secrets: BTreeMap<String, SecretText> = BTreeMap::new();
+    let mut note_secret = |u: &str, s: &SecretText| {
         if u.is_empty() {
             return;
         }
-        let e = secrets
-            .entry(u.to_string())
-            .or_insert_with(|| s.to_string());
+        let e = secrets.entry(u.to_string()).or_insert_with(|| s.clone());
         if e != s {
-            e.clear(); // two different secrets for one user: matches nothing
+            *e = SecretText::default(); // two different secrets for one user: matches nothing
         }
     };
     for a in [&t.auth].into_iter().chain(t.acls.iter().map(|a| &a.auth)) {
@@ -660,14 +502,15 @@ pub fn to_seen(t: &LioTarget) -> SeenTarget {
             mutual.iter().cloned().collect::<Vec<_>>().join(", ")
         ));
     }
-    SeenTarget {
-        tid: 0,
-        iqn: t.iqn.clone(),
-        luns,
-        accounts: users.into_iter().collect(),
-        outgoing: mutual.into_iter().next(),
-        acl,
-        sessions: t.acls.iter().filter(|a| a.session).count() as u32,
+    LioSeen {
+        shown: Shown {
+            iqn: t.iqn.clone(),
+            luns,
+            accounts: users.into_iter().collect(),
+            outgoing: mutual.into_iter().next(),
+            acl,
+            sessions: t.acls.iter().filter(|a| a.session).count() as u32,
+        },
         readonly_unobservable: t.acls.is_empty(),
         notes,
         secrets: SeenSecrets(secrets),
@@ -696,97 +539,208 @@ pub struct Lio {
 
 impl Lio {
     /// Up: the configfs target tree exists and targetcli is an executable file.
-    pub fn available(&self) -> Result<(), RunError> {
+    pub fn available(&self) -> Result<(), ToolError> {
         use std::os::unix::fs::PermissionsExt;
         if !self.root.is_dir() {
-            return Err(RunError::Unavailable(format!(
-                "{} does not exist (configfs not mounted, or the target_core_mod module not loaded)",
-                self.root.display()
-            )));
+            return Err(ToolError::Unavailable {
+                program: "LIO".into(),
+                detail: format!(
+                    "{} does not exist (configfs not mounted, or the target_core_mod module not loaded)",
+                    self.root.display()
+                ),
+            });
         }
         match std::fs::metadata(&self.targetcli) {
             Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
-            _ => Err(RunError::Unavailable(format!(
-                "{} is not an executable program (install targetcli / targetcli-fb)",
-                self.targetcli.display()
-            ))),
+            _ => Err(ToolError::Unavailable {
+                program: "LIO".into(),
+                detail: format!(
+                    "{} is not an executable program (install targetcli / targetcli-fb)",
+                    self.targetcli.display()
+                ),
+            }),
         }
     }
 
     /// What LIO has now. Unavailable also when targetcli is missing: nothing could be changed,
     /// so nothing is started (the family checks this before any change).
-    pub async fn read(&self) -> Result<Configfs, RunError> {
+    pub async fn read(&self) -> Result<Configfs, ToolError> {
         self.available()?;
         let root = self.root.clone();
+        let failed = |detail: String| ToolError::Spawn {
+            program: "LIO".into(),
+            detail: format!("cannot read the configfs tree: {detail}"),
+        };
         tokio::task::spawn_blocking(move || read_configfs(&root))
             .await
-            .map_err(|e| RunError::Read(e.to_string()))?
-            .map_err(|e| RunError::Read(e.to_string()))
+            .map_err(|e| failed(e.to_string()))?
+            .map_err(|e| failed(e.to_string()))
     }
 
-    pub async fn run(&self, c: &Cmd) -> Result<(), RunError> {
+    /// Runs one command. One that carries a secret goes to targetcli on stdin (targetcli reads
+    /// commands from stdin when it is started without one), so the secret never shows in
+    /// /proc; the rest go in argv, where a failure shows in the exit status.
+    pub async fn run(&self, c: &Cmd) -> Result<(), ToolError> {
         self.available()?;
-        let shown = c.redacted();
         {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(&self.home)
-                .map_err(|e| RunError::Exec {
-                    command: shown.clone(),
-                    message: format!("cannot create {}: {e}", self.home.display()),
+                .map_err(|e| ToolError::Spawn {
+                    program: c.redacted(),
+                    detail: format!("cannot create {}: {e}", self.home.display()),
                 })?;
         }
-        let p = Program::new(&self.targetcli, self.timeout)
-            .args(c.0.iter())
-            .env("TARGETCLI_HOME", &self.home);
-        // Errors are rebuilt from `shown`: the exec error's own text would carry the argv.
-        let out = exec::run(&p, None)
+        let p = Program::new(&self.targetcli, self.timeout).env("TARGETCLI_HOME", &self.home);
+        let secrets = c.secrets();
+        if secrets.is_empty() {
+            return exec::run_ok(&p.args(c.0.iter()), None).await.map(|_| ());
+        }
+        let mut script = Zeroizing::new(String::from(STDIN_PREAMBLE));
+        for (i, word) in c.0.iter().enumerate() {
+            if i > 0 {
+                script.push(' ');
+            }
+            script.push_str(word);
+        }
+        script.push_str("\nexit\n");
+        let out = exec::run(&p, Some(script.as_bytes()))
             .await
-            .map_err(|e| match e.without_argv() {
-                exec::Failure::Timeout(timeout) => RunError::Timeout {
-                    command: shown.clone(),
-                    timeout,
-                },
-                exec::Failure::Exec(message) => RunError::Exec {
-                    command: shown.clone(),
-                    message,
-                },
-            })?;
-        if out.status == 0 {
+            .map_err(|e| ToolError::from(e).redacted(&secrets))?;
+        // Reading stdin, targetcli reports a failed command on stderr, goes on with the next
+        // line and exits 0: any error text is a failure.
+        if out.status == 0 && out.stderr.trim().is_empty() {
             return Ok(());
         }
-        // targetcli prints some errors on stdout.
-        let mut text = if out.stderr.trim().is_empty() {
-            out.stdout.trim().to_string()
+        let said = if out.stderr.trim().is_empty() {
+            &out.stdout
         } else {
-            out.stderr.trim().to_string()
+            &out.stderr
         };
-        for s in c.secrets() {
-            text = text.replace(s, "<hidden>");
-        }
-        Err(RunError::Failed {
-            command: shown,
+        Err(ToolError::Failed {
+            program: c.redacted(),
             status: out.status,
-            stderr: text,
-        })
+            stderr: said.trim().to_string(),
+        }
+        .redacted(&secrets))
     }
 
     /// Runs `cmds` in order, stopping at the first failure; returns how many ran.
-    pub async fn apply_all(&self, cmds: &[Cmd]) -> Result<usize, (usize, RunError)> {
-        for (i, c) in cmds.iter().enumerate() {
+    pub async fn run_all(&self, cmds: &[Cmd]) -> Result<usize, ToolError> {
+        for c in cmds {
             tracing::debug!(command = %c.redacted(), "targetcli");
-            self.run(c).await.map_err(|e| (i, e))?;
+            self.run(c).await?;
         }
         Ok(cmds.len())
     }
 }
 
+impl IscsiBackend for Lio {
+    fn kind(&self) -> &'static str {
+        "lio"
+    }
+
+    fn daemon(&self) -> &'static str {
+        "LIO (configfs)"
+    }
+
+    // LIO keeps credentials per node ACL.
+    fn shared_accounts(&self) -> bool {
+        false
+    }
+
+    // LIO keeps its targets in the kernel, and rtslib-fb-targetctl.service (Debian) or
+    // target.service (RHEL) restores saveconfig.json at boot before the agent starts (the
+    // unit is ordered after both).
+    fn forgets_targets(&self) -> bool {
+        false
+    }
+
+    fn check(&self, spec: &TargetSpec) -> Result<(), String> {
+        if spec.networks.is_empty() {
+            Ok(())
+        } else {
+            Err(NETWORKS_UNSUPPORTED.into())
+        }
+    }
+
+    fn observe(&self) -> BoxFut<'_, Result<Snapshot, ToolError>> {
+        Box::pin(async move {
+            let cfs = self.read().await?;
+            Ok(Snapshot {
+                targets: cfs.targets.iter().map(|t| Seen::Lio(to_seen(t))).collect(),
+                raw: Raw::Lio(cfs),
+            })
+        })
+    }
+
+    fn targets(&self) -> BoxFut<'_, Result<Vec<Seen>, ToolError>> {
+        Box::pin(async move {
+            let cfs = self.read().await?;
+            Ok(cfs.targets.iter().map(|t| Seen::Lio(to_seen(t))).collect())
+        })
+    }
+
+    fn plan(&self, snap: &Snapshot, req: &Request) -> Result<Plan, PlanError> {
+        plan_request(snap, req).map(Plan::Lio)
+    }
+
+    fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFut<'a, Result<usize, ToolError>> {
+        Box::pin(async move {
+            match plan {
+                Plan::Lio(cmds) => self.run_all(cmds).await,
+                Plan::Tgt(_) => Err(ToolError::Spawn {
+                    program: "targetcli".into(),
+                    detail: "internal error: a tgtadm plan was given to LIO".into(),
+                }),
+            }
+        })
+    }
+
+    fn up(&self) -> BoxFut<'_, bool> {
+        Box::pin(async move { self.available().is_ok() })
+    }
+}
+
+/// The targetcli batch of one change, from the snapshot: a target that differs from what is
+/// wanted is replaced, one that is exactly right is left alone.
+pub fn plan_request(snap: &Snapshot, req: &Request) -> Result<Vec<Cmd>, PlanError> {
+    let Raw::Lio(cfs) = &snap.raw else {
+        return Err(PlanError::Internal(
+            "internal error: LIO was given another backend's snapshot".into(),
+        ));
+    };
+    if let Change::Stray(iqn) = &req.change {
+        let mut cmds = cfs.target(iqn).map(remove_body).unwrap_or_default();
+        if !cmds.is_empty() {
+            cmds.push(Cmd::new(&["saveconfig"]));
+        }
+        return Ok(cmds);
+    }
+    let next = req.change.to();
+    let keep = next.is_some_and(|n| {
+        snap.find(n.want.iqn.as_str())
+            .is_some_and(|s| in_sync(&n.desired, s))
+    });
+    // A re-apply replaces LIO's copy as it is (what was desired before is the same target).
+    let prev_iqn = match &req.change {
+        Change::Reapply(_) => None,
+        c => c.from().map(|p| p.iqn()),
+    };
+    let Some(name) = &req.name else {
+        return Err(PlanError::Internal(
+            "internal error: a LIO change without a target name".into(),
+        ));
+    };
+    plan(name, cfs, prev_iqn, next.map(|n| &n.want), keep)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backends::tgt::WantLun;
+    use crate::model::iscsi::WantLun;
     use crate::storage::paths::{PathKind, Roots};
     use csg_protocol::methods::iscsi::{ChapSecret, ChapUser, CidrKey};
 
@@ -945,7 +899,7 @@ mod tests {
         ));
         assert_eq!(
             plan(&name(), &Configfs::default(), None, Some(&n), false),
-            Err(LioError::Networks)
+            Err(PlanError::Unsupported(NETWORKS_UNSUPPORTED.into()))
         );
     }
 
@@ -977,7 +931,8 @@ mod tests {
             }
         );
         assert!(!format!("{cfs:?}").contains("Secret12"));
-        let s = to_seen(lt);
+        let seen = to_seen(lt);
+        let s = &seen.shown;
         assert_eq!(s.iqn, t.iqn.as_str());
         assert_eq!(
             s.luns,
@@ -998,10 +953,10 @@ mod tests {
         assert_eq!(s.accounts, vec!["alice"]);
         assert_eq!(s.outgoing.as_deref(), Some("gw"));
         assert_eq!(s.sessions, 0);
-        assert!(s.notes.is_empty(), "{:?}", s.notes);
-        assert!(!s.readonly_unobservable);
+        assert!(seen.notes.is_empty(), "{:?}", seen.notes);
+        assert!(!seen.readonly_unobservable);
         assert_eq!(
-            s.secrets.0.get("alice").map(String::as_str),
+            seen.secrets.0.get("alice").map(SecretText::expose),
             Some("Secret12chars")
         );
 
@@ -1024,14 +979,18 @@ mod tests {
             "InitiatorName: iqn.1994-05.com.redhat:c1\n",
         )
         .unwrap();
-        let s = to_seen(&read_configfs(&root).unwrap().targets[0]);
+        let seen = to_seen(&read_configfs(&root).unwrap().targets[0]);
+        let s = &seen.shown;
         assert_eq!(s.acl, vec!["iqn.1994-05.com.redhat:c1", "ALL"]);
         assert_eq!(
-            s.notes,
+            seen.notes,
             vec!["initiator iqn.1994-05.com.redhat:c1 has no mapping for LUN 2"]
         );
         assert!(s.luns[0].readonly && !s.luns[1].readonly);
-        assert_eq!(s.secrets.0.get("alice").map(String::as_str), Some(""));
+        assert_eq!(
+            seen.secrets.0.get("alice").map(SecretText::expose),
+            Some("")
+        );
         assert_eq!(s.sessions, 1);
         // No tree at all: nothing, not an error (the family checks that the root exists).
         assert_eq!(
@@ -1158,10 +1117,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn errors_never_carry_a_secret_and_a_missing_tree_is_unavailable() {
+    async fn secrets_go_on_stdin_and_errors_never_carry_them() {
         let d = tempfile::tempdir().unwrap();
         let prog = d.path().join("targetcli");
-        std::fs::write(&prog, "#!/bin/sh\necho \"bad value: $*\" >&2\nexit 1\n").unwrap();
+        let argv = d.path().join("argv");
+        let stdin = d.path().join("stdin");
+        // Like targetcli reading stdin: the failure is printed, the exit status stays 0.
+        std::fs::write(
+            &prog,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$*\" >> {}\ntee {} | sed 's/^/bad value: /' >&2\n",
+                argv.display(),
+                stdin.display()
+            ),
+        )
+        .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
         let lio = Lio {
@@ -1177,16 +1147,33 @@ mod tests {
             "userid=u",
             "password=Secret12chars",
         ]);
-        let e = lio.run(&c).await.unwrap_err().to_string();
+        let e = lio.run(&c).await.unwrap_err();
+        assert!(matches!(e, ToolError::Failed { .. }), "{e:?}");
+        let e = e.to_string();
         assert!(
             !e.contains("Secret12chars") && e.contains("password=<hidden>"),
             "{e}"
         );
+        assert_eq!(std::fs::read_to_string(&argv).unwrap(), "\n");
+        assert_eq!(
+            std::fs::read_to_string(&stdin).unwrap(),
+            "set global auto_save_on_exit=false\n\
+             /iscsi/x/tpg1 set auth userid=u password=Secret12chars\nexit\n"
+        );
+        // Commands without a secret go in argv.
+        let _ = lio.run(&Cmd::new(&["saveconfig"])).await;
+        assert_eq!(std::fs::read_to_string(&argv).unwrap(), "\nsaveconfig\n");
         let gone = Lio {
             root: d.path().join("nope"),
             ..lio.clone()
         };
-        assert!(matches!(gone.read().await, Err(RunError::Unavailable(_))));
-        assert!(matches!(gone.run(&c).await, Err(RunError::Unavailable(_))));
+        assert!(matches!(
+            gone.read().await,
+            Err(ToolError::Unavailable { .. })
+        ));
+        assert!(matches!(
+            gone.run(&c).await,
+            Err(ToolError::Unavailable { .. })
+        ));
     }
 }

@@ -1,139 +1,35 @@
 //! The tgt backend: a userspace iSCSI target (tgtd) driven by `tgtadm` only, one argument
 //! vector per change, on the control socket `TGT_IPC_SOCKET` (tgtd appends `.0`).
 //!
-//! [`WantTarget`] and [`SeenTarget`] are also the backend-neutral forms the family works with:
-//! the LIO backend plans from the same [`WantTarget`] and reports its read-back as a
-//! [`SeenTarget`].
-//!
 //! Never `tgt-admin`: it runs every value through a shell and binds `ALL` when a target has no
 //! address rule, and tgt's access rules are OR-ed, so one `ALL` opens a target to everyone.
 //! This backend binds exactly the initiator names and networks asked for, nothing else.
 //!
 //! tgtd keeps everything in memory: after a restart it has no targets. The family re-applies
-//! its desired state then; this module only knows how to read tgtd's state (`--op show`), how
-//! to plan the tgtadm calls that turn what tgtd has into what is wanted ([`plan`], pure), and
-//! how to run them.
+//! its desired state then; this module reads tgtd's state (`--op show`), plans the tgtadm
+//! calls that turn what tgtd has into what is wanted ([`plan`], pure), and runs them.
+//!
+//! tgtadm takes a CHAP secret only in its argv (`--password`), where every local user who can
+//! read the process list sees it while the call runs. Each account is therefore set in its own
+//! call, which does nothing else and has a short timeout of its own (see docs/security.md).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use csg_protocol::methods::iscsi::{Chap, ChapUser, CidrKey, Iqn};
-use csg_protocol::validate::Cidr;
-use thiserror::Error;
+use csg_protocol::methods::iscsi::{ChapSecret, ChapUser, CidrKey, TargetSpec};
+use zeroize::{Zeroize, Zeroizing};
 
-use crate::exec::{self, Program};
-use crate::storage::paths::SafePath;
+use crate::exec::{self, Program, ToolError};
+use crate::model::iscsi::tgt::{Op, Step};
+use crate::model::iscsi::{
+    classify_rule, looks_like_name, BoxFut, Change, IscsiBackend, Plan, PlanError, Raw, Request,
+    Rule, Seen, SeenLun, Shown, Snapshot, TgtTarget, WantTarget,
+};
 
-#[derive(Debug, Error)]
-pub enum TgtError {
-    /// tgtd is not running, or its control socket is not there.
-    #[error("tgtd is not reachable on control socket {socket}.0: {message}")]
-    Unavailable { socket: String, message: String },
-    #[error("{command} did not finish within {timeout:?} and was killed")]
-    Timeout { command: String, timeout: Duration },
-    #[error("{command} failed (exit {status}): {stderr}")]
-    Failed {
-        command: String,
-        status: i32,
-        stderr: String,
-    },
-    #[error("cannot run {command}: {message}")]
-    Exec { command: String, message: String },
-}
-
-/// A LUN as it must be on tgtd: the path passed the root and symlink checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WantLun {
-    pub lun: u16,
-    pub path: SafePath,
-    pub readonly: bool,
-}
-
-/// A target as it must be on tgtd.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WantTarget {
-    pub iqn: Iqn,
-    pub luns: Vec<WantLun>,
-    pub initiators: BTreeSet<Iqn>,
-    pub networks: BTreeSet<CidrKey>,
-    pub chap: Option<Chap>,
-}
-
-/// One LUN as tgtd reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SeenLun {
-    pub lun: u16,
-    /// `None` for the controller LUN 0 (`Backing store path: None`).
-    pub path: Option<String>,
-    pub readonly: bool,
-}
-
-/// One target as tgtd reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SeenTarget {
-    pub tid: u32,
-    pub iqn: String,
-    pub luns: Vec<SeenLun>,
-    /// Incoming accounts bound to the target.
-    pub accounts: Vec<String>,
-    pub outgoing: Option<String>,
-    /// Access rules exactly as tgtd lists them (addresses and names mixed).
-    pub acl: Vec<String>,
-    pub sessions: u32,
-    /// LIO only: no initiator has the LUNs mapped, so whether they are read-only cannot be
-    /// seen (tgt: always false).
-    pub readonly_unobservable: bool,
-    /// Backend-specific differences from the agent's model, in words (LIO only; tgt: none).
-    pub notes: Vec<String>,
-    /// CHAP user → secret as the backend shows it (LIO only: tgt never shows secrets).
-    pub secrets: SeenSecrets,
-}
-
-/// Secrets read back from a backend; `Debug` never shows them.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct SeenSecrets(pub std::collections::BTreeMap<String, String>);
-
-impl std::fmt::Debug for SeenSecrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "SeenSecrets({:?} <hidden>)",
-            self.0.keys().collect::<Vec<_>>()
-        )
-    }
-}
-
-/// An access rule as read back, sorted into what it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rule {
-    Name(Iqn),
-    Net(CidrKey),
-    /// `ALL`, or anything this agent would never bind.
-    Other(String),
-}
-
-impl SeenTarget {
-    pub fn data_luns(&self) -> impl Iterator<Item = &SeenLun> {
-        self.luns.iter().filter(|l| l.lun != 0)
-    }
-
-    pub fn rules(&self) -> Vec<Rule> {
-        self.acl.iter().map(|r| classify_rule(r)).collect()
-    }
-}
-
-pub fn classify_rule(r: &str) -> Rule {
-    if let Ok(i) = Iqn::parse("rule", r) {
-        return Rule::Name(i);
-    }
-    // IPv6 rules are bound as `[addr]/len`.
-    let plain: String = r.chars().filter(|c| !matches!(c, '[' | ']')).collect();
-    match Cidr::parse(&plain) {
-        Ok(c) => Rule::Net(CidrKey(c)),
-        Err(_) => Rule::Other(r.to_string()),
-    }
-}
+/// The longest a tgtadm call that carries a secret may run: it talks to a local socket and
+/// answers in milliseconds, and while it runs its argv (with the secret) is in /proc.
+const ACCOUNT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a network is written for tgtd: IPv6 in brackets.
 pub fn net_arg(c: &CidrKey) -> String {
@@ -146,7 +42,7 @@ pub fn net_arg(c: &CidrKey) -> String {
 }
 
 /// Parses `tgtadm --lld iscsi --mode target --op show`.
-pub fn parse_show(out: &str) -> Vec<SeenTarget> {
+pub fn parse_show(out: &str) -> Vec<TgtTarget> {
     #[derive(PartialEq)]
     enum Sec {
         None,
@@ -155,23 +51,25 @@ pub fn parse_show(out: &str) -> Vec<SeenTarget> {
         Account,
         Acl,
     }
-    let mut targets: Vec<SeenTarget> = Vec::new();
+    let mut targets: Vec<TgtTarget> = Vec::new();
     let mut sec = Sec::None;
     for line in out.lines() {
         if let Some(rest) = line.strip_prefix("Target ") {
             if let Some((tid, iqn)) = rest.split_once(": ") {
                 if let Ok(tid) = tid.trim().parse() {
-                    targets.push(SeenTarget {
+                    targets.push(TgtTarget {
                         tid,
-                        iqn: iqn.trim().to_string(),
-                        ..Default::default()
+                        shown: Shown {
+                            iqn: iqn.trim().to_string(),
+                            ..Default::default()
+                        },
                     });
                     sec = Sec::None;
                     continue;
                 }
             }
         }
-        let Some(t) = targets.last_mut() else {
+        let Some(t) = targets.last_mut().map(|t| &mut t.shown) else {
             continue;
         };
         let indent = line.len() - line.trim_start().len();
@@ -228,74 +126,6 @@ pub fn parse_accounts(out: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// One tgtadm call.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Op {
-    NewTarget {
-        tid: u32,
-        iqn: Iqn,
-    },
-    DeleteTarget {
-        tid: u32,
-        force: bool,
-    },
-    /// Closes one initiator connection (`--mode conn --op show` lists them).
-    DeleteConn {
-        tid: u32,
-        sid: u64,
-        cid: u64,
-    },
-    NewLun {
-        tid: u32,
-        lun: u16,
-        path: String,
-    },
-    DeleteLun {
-        tid: u32,
-        lun: u16,
-    },
-    SetReadonly {
-        tid: u32,
-        lun: u16,
-        readonly: bool,
-    },
-    BindName {
-        tid: u32,
-        iqn: Iqn,
-    },
-    BindNet {
-        tid: u32,
-        net: CidrKey,
-    },
-    /// Unbinds a rule exactly as tgtd listed it (addresses, names, `ALL`): only rules whose
-    /// text is `[A-Za-z0-9:./\[\]-]` are ever put into an argv (see [`plan`]).
-    UnbindName {
-        tid: u32,
-        rule: String,
-    },
-    UnbindNet {
-        tid: u32,
-        rule: String,
-    },
-    NewAccount {
-        user: ChapUser,
-        secret: String,
-    },
-    DeleteAccount {
-        user: String,
-    },
-    BindAccount {
-        tid: u32,
-        user: String,
-        outgoing: bool,
-    },
-    UnbindAccount {
-        tid: u32,
-        user: String,
-        outgoing: bool,
-    },
-}
-
 impl std::fmt::Debug for Op {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.redacted())
@@ -304,8 +134,8 @@ impl std::fmt::Debug for Op {
 
 impl Op {
     /// The arguments after `tgtadm`. Contains the secret for `NewAccount` (tgtadm takes it
-    /// only in argv): never log this, log [`redacted`](Self::redacted).
-    pub fn argv(&self) -> Vec<String> {
+    /// only in argv): never log this, log [`redacted`](Self::redacted). Wiped when dropped.
+    pub fn argv(&self) -> Zeroizing<Vec<String>> {
         let mut a: Vec<String> = vec!["--lld".into(), "iscsi".into()];
         let mut push = |v: &[&str]| a.extend(v.iter().map(|s| s.to_string()));
         match self {
@@ -424,7 +254,7 @@ impl Op {
                 "--user",
                 user.as_str(),
                 "--password",
-                secret,
+                secret.expose(),
             ]),
             Op::DeleteAccount { user } => {
                 push(&["--mode", "account", "--op", "delete", "--user", user])
@@ -459,12 +289,20 @@ impl Op {
                 }
             }
         }
-        a
+        Zeroizing::new(a)
+    }
+
+    /// The secret this call carries in its argv (only `NewAccount`).
+    fn secret(&self) -> Option<&str> {
+        match self {
+            Op::NewAccount { secret, .. } => Some(secret.expose()),
+            _ => None,
+        }
     }
 
     /// The command line for logs and errors: the CHAP secret replaced by `<hidden>`.
     pub fn redacted(&self) -> String {
-        let mut argv = self.argv();
+        let mut argv = self.argv().to_vec();
         if matches!(self, Op::NewAccount { .. }) {
             if let Some(p) = argv.iter().position(|a| a == "--password") {
                 if let Some(v) = argv.get_mut(p + 1) {
@@ -474,16 +312,6 @@ impl Op {
         }
         format!("tgtadm {}", argv.join(" "))
     }
-}
-
-/// Text that may be echoed back into an unbind argv: tgtd's own listing, restricted to the
-/// characters of addresses and names, never starting with `-`.
-fn safe_rule_text(r: &str) -> bool {
-    !r.is_empty()
-        && !r.starts_with('-')
-        && r.len() <= 256
-        && r.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b":./[]-".contains(&b))
 }
 
 /// What the account side of a plan needs to know beyond the target itself.
@@ -496,7 +324,7 @@ pub struct Accounts {
     /// A random secret for the guard account that keeps CHAP required on the target while its
     /// incoming account is re-created (tgt cannot change a password in place). Without it
     /// there is a moment with no incoming account bound, when logins need no CHAP at all.
-    pub guard_secret: Option<String>,
+    pub guard_secret: Option<ChapSecret>,
 }
 
 /// The guard account's name for target `tid`.
@@ -508,9 +336,9 @@ pub fn guard_user(tid: u32) -> String {
 /// target id `tid`. Pure; the order is the safe one: the target and its LUNs, then rules
 /// removed before new ones are bound, CHAP before rules so a new target is never reachable
 /// without its CHAP account.
-pub fn plan(seen: Option<&SeenTarget>, want: &WantTarget, tid: u32, acc: &Accounts) -> Vec<Op> {
+pub fn plan(seen: Option<&Shown>, want: &WantTarget, tid: u32, acc: &Accounts) -> Vec<Op> {
     let mut ops = Vec::new();
-    let empty = SeenTarget::default();
+    let empty = Shown::default();
     let seen = match seen {
         Some(s) => s,
         None => {
@@ -540,12 +368,10 @@ pub fn plan(seen: Option<&SeenTarget>, want: &WantTarget, tid: u32, acc: &Accoun
                 tid,
                 rule: rule.clone(),
             },
-            Rule::Other(_) if rule.contains(':') && !rule.contains('[') && rule.contains('.') => {
-                Op::UnbindName {
-                    tid,
-                    rule: rule.clone(),
-                }
-            }
+            Rule::Other(_) if looks_like_name(rule) => Op::UnbindName {
+                tid,
+                rule: rule.clone(),
+            },
             Rule::Other(_) => Op::UnbindNet {
                 tid,
                 rule: rule.clone(),
@@ -559,6 +385,9 @@ pub fn plan(seen: Option<&SeenTarget>, want: &WantTarget, tid: u32, acc: &Accoun
     // first, so CHAP stays required throughout.
     let guard = match (&want_in, &acc.guard_secret) {
         (Some(u), Some(secret)) if acc.reset.contains(u) && seen.accounts.contains(u) => {
+            // Infallible: `csg-guard-<digits>` is ASCII letters, digits and `-`, well within
+            // the user name rules (the planner's tests run it).
+            #[allow(clippy::expect_used)]
             let user = ChapUser::parse("guard", &guard_user(tid)).expect("guard name is valid");
             ops.push(Op::NewAccount {
                 user: user.clone(),
@@ -610,7 +439,7 @@ pub fn plan(seen: Option<&SeenTarget>, want: &WantTarget, tid: u32, acc: &Accoun
             if reset || !acc.existing.contains(&name) {
                 ops.push(Op::NewAccount {
                     user: user.clone(),
-                    secret: secret.expose().to_string(),
+                    secret: secret.clone(),
                 });
             }
             let bound = if outgoing {
@@ -711,21 +540,19 @@ pub fn parse_conns(out: &str) -> Vec<(u64, u64)> {
 
 /// Before a forced delete: no rule may let the initiators back in, then every connection is
 /// closed (tgtd refuses to delete a target whose LUNs still have commands in flight).
-pub fn evict(seen: &SeenTarget, conns: &[(u64, u64)]) -> Vec<Op> {
+pub fn evict(seen: &TgtTarget, conns: &[(u64, u64)]) -> Vec<Op> {
     let tid = seen.tid;
     let mut ops = Vec::new();
-    for rule in seen.acl.iter().filter(|r| safe_rule_text(r)) {
+    for rule in seen.shown.acl.iter().filter(|r| safe_rule_text(r)) {
         ops.push(match classify_rule(rule) {
             Rule::Name(_) => Op::UnbindName {
                 tid,
                 rule: rule.clone(),
             },
-            _ if rule.contains(':') && !rule.contains('[') && rule.contains('.') => {
-                Op::UnbindName {
-                    tid,
-                    rule: rule.clone(),
-                }
-            }
+            _ if looks_like_name(rule) => Op::UnbindName {
+                tid,
+                rule: rule.clone(),
+            },
             _ => Op::UnbindNet {
                 tid,
                 rule: rule.clone(),
@@ -743,8 +570,43 @@ pub fn evict(seen: &SeenTarget, conns: &[(u64, u64)]) -> Vec<Op> {
 }
 
 /// The lowest target id above every one tgtd uses.
-pub fn next_tid(seen: &[SeenTarget]) -> u32 {
-    seen.iter().map(|t| t.tid).max().unwrap_or(0) + 1
+pub fn next_tid(tids: impl IntoIterator<Item = u32>) -> u32 {
+    tids.into_iter().max().unwrap_or(0) + 1
+}
+
+/// Text that may be echoed back into an unbind argv: tgtd's own listing, restricted to the
+/// characters of addresses and names, never starting with `-`.
+fn safe_rule_text(r: &str) -> bool {
+    !r.is_empty()
+        && !r.starts_with('-')
+        && r.len() <= 256
+        && r.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":./[]-".contains(&b))
+}
+
+/// 16 random characters of `[A-Za-z0-9]` from the operating system's random source: the guard
+/// account's secret, never stored or shown. No fallback: without the OS generator there is
+/// no guard account, and the change fails.
+pub fn random_secret() -> Result<ChapSecret, String> {
+    use rand_core::{OsRng, RngCore};
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    // Bytes at or above the largest multiple of 62 are drawn again, so every character is
+    // equally likely.
+    const LIMIT: u8 = (256 / ALNUM.len() * ALNUM.len()) as u8;
+    let mut out = Zeroizing::new(String::with_capacity(16));
+    let mut buf = Zeroizing::new([0u8; 32]);
+    while out.len() < 16 {
+        OsRng
+            .try_fill_bytes(&mut buf[..])
+            .map_err(|e| format!("no secure random source for a CHAP secret: {e}"))?;
+        for b in buf.iter().filter(|b| **b < LIMIT) {
+            if out.len() == 16 {
+                break;
+            }
+            out.push(char::from(ALNUM[usize::from(*b) % ALNUM.len()]));
+        }
+    }
+    ChapSecret::parse("guard secret", &out).map_err(|e| e.to_string())
 }
 
 /// The tgtadm runner for one tgtd.
@@ -756,64 +618,75 @@ pub struct Tgt {
 }
 
 impl Tgt {
-    async fn run(&self, argv: Vec<String>, shown: String) -> Result<String, TgtError> {
-        let p = Program::new(&self.tgtadm, self.timeout)
-            .args(argv)
+    /// Runs tgtadm with `args`; `secret` (in `args`) is kept out of the error and wiped from
+    /// the argument copies the agent holds once the call is over.
+    async fn run(&self, args: &[String], secret: Option<&str>) -> Result<String, ToolError> {
+        let timeout = match secret {
+            Some(_) => self.timeout.min(ACCOUNT_TIMEOUT),
+            None => self.timeout,
+        };
+        let mut p = Program::new(&self.tgtadm, timeout)
+            .args(args)
             .env("TGT_IPC_SOCKET", &self.socket);
-        // Errors are rebuilt from `shown`: the exec error's own text would carry the argv.
-        let out = exec::run(&p, None)
-            .await
-            .map_err(|e| match e.without_argv() {
-                exec::Failure::Timeout(timeout) => TgtError::Timeout {
-                    command: shown.clone(),
-                    timeout,
-                },
-                exec::Failure::Exec(message) => TgtError::Exec {
-                    command: shown.clone(),
-                    message,
-                },
-            })?;
-        if out.status == 0 {
-            return Ok(out.stdout);
+        let r = exec::run_ok(&p, None).await;
+        if secret.is_some() {
+            for a in &mut p.args {
+                std::os::unix::ffi::OsStringExt::into_vec(std::mem::take(a)).zeroize();
+            }
         }
-        let stderr = out.stderr.trim().to_string();
-        // tgtd's own refusals exit with EINVAL (22); a missing daemon gives ENOTCONN/ECONNREFUSED.
-        if out.status != 22 && (stderr.contains("tgt daemon") || stderr.contains("connect")) {
-            return Err(TgtError::Unavailable {
-                socket: self.socket.display().to_string(),
-                message: stderr,
-            });
+        let secrets: Vec<&str> = secret.into_iter().collect();
+        match r.map_err(|e| e.redacted(&secrets)) {
+            Ok(out) => Ok(out.stdout),
+            // tgtd's own refusals exit with EINVAL (22); a missing daemon gives ENOTCONN or
+            // ECONNREFUSED.
+            Err(ToolError::Failed { status, stderr, .. })
+                if status != 22
+                    && (stderr.contains("tgt daemon") || stderr.contains("connect")) =>
+            {
+                Err(ToolError::Unavailable {
+                    program: "tgtd".into(),
+                    detail: format!(
+                        "not reachable on control socket {}.0: {stderr}",
+                        self.socket.display()
+                    ),
+                })
+            }
+            Err(e) => Err(e),
         }
-        Err(TgtError::Failed {
-            command: shown,
-            status: out.status,
-            stderr,
-        })
     }
 
-    pub async fn show(&self) -> Result<Vec<SeenTarget>, TgtError> {
-        let argv: Vec<String> = ["--lld", "iscsi", "--mode", "target", "--op", "show"]
+    async fn show_mode(&self, mode: &str, tid: Option<u32>) -> Result<String, ToolError> {
+        let mut argv: Vec<String> = ["--lld", "iscsi", "--mode", mode, "--op", "show"]
             .map(String::from)
             .to_vec();
-        let shown = format!("tgtadm {}", argv.join(" "));
-        Ok(parse_show(&self.run(argv, shown).await?))
+        if let Some(tid) = tid {
+            argv.extend(["--tid".to_string(), tid.to_string()]);
+        }
+        self.run(&argv, None).await
     }
 
-    pub async fn accounts(&self) -> Result<BTreeSet<String>, TgtError> {
-        let argv: Vec<String> = ["--lld", "iscsi", "--mode", "account", "--op", "show"]
-            .map(String::from)
-            .to_vec();
-        let shown = format!("tgtadm {}", argv.join(" "));
-        Ok(parse_accounts(&self.run(argv, shown).await?))
+    pub async fn show(&self) -> Result<Vec<TgtTarget>, ToolError> {
+        Ok(parse_show(&self.show_mode("target", None).await?))
     }
 
-    pub async fn apply(&self, op: &Op) -> Result<(), TgtError> {
+    pub async fn accounts(&self) -> Result<BTreeSet<String>, ToolError> {
+        Ok(parse_accounts(&self.show_mode("account", None).await?))
+    }
+
+    /// The connections of target `tid`.
+    pub async fn connections(&self, tid: u32) -> Result<Vec<(u64, u64)>, ToolError> {
+        Ok(parse_conns(&self.show_mode("conn", Some(tid)).await?))
+    }
+
+    pub async fn apply_op(&self, op: &Op) -> Result<(), ToolError> {
+        tracing::debug!(command = %op.redacted(), "tgtadm");
+        let argv = op.argv();
         let mut tries = 0;
         loop {
-            match self.run(op.argv(), op.redacted()).await {
+            match self.run(&argv, op.secret()).await {
                 // A forced delete right after closing connections: tgtd finishes the
                 // commands in flight first.
-                Err(TgtError::Failed { stderr, .. })
+                Err(ToolError::Failed { stderr, .. })
                     if matches!(op, Op::DeleteTarget { force: true, .. })
                         && stderr.contains("still active")
                         && tries < 30 =>
@@ -826,30 +699,204 @@ impl Tgt {
         }
     }
 
-    /// The connections of target `tid`.
-    pub async fn connections(&self, tid: u32) -> Result<Vec<(u64, u64)>, TgtError> {
-        let argv: Vec<String> = ["--lld", "iscsi", "--mode", "conn", "--op", "show", "--tid"]
-            .map(String::from)
-            .into_iter()
-            .chain([tid.to_string()])
-            .collect();
-        let shown = format!("tgtadm {}", argv.join(" "));
-        Ok(parse_conns(&self.run(argv, shown).await?))
+    /// Runs `steps` in order, stopping at the first failure; returns how many calls ran.
+    async fn run_steps(&self, steps: &[Step]) -> Result<usize, ToolError> {
+        let mut n = 0;
+        for s in steps {
+            match s {
+                Step::Run(op) => {
+                    self.apply_op(op).await?;
+                    n += 1;
+                }
+                Step::Evict(t) => {
+                    let conns = self.connections(t.tid).await?;
+                    for op in evict(t, &conns) {
+                        self.apply_op(&op).await?;
+                        n += 1;
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl IscsiBackend for Tgt {
+    fn kind(&self) -> &'static str {
+        "tgt"
     }
 
-    /// Runs `ops` in order, stopping at the first failure; returns how many ran.
-    pub async fn apply_all(&self, ops: &[Op]) -> Result<usize, (usize, TgtError)> {
-        for (i, op) in ops.iter().enumerate() {
-            self.apply(op).await.map_err(|e| (i, e))?;
-        }
-        Ok(ops.len())
+    fn daemon(&self) -> &'static str {
+        "tgtd"
     }
+
+    fn shared_accounts(&self) -> bool {
+        true
+    }
+
+    fn forgets_targets(&self) -> bool {
+        true
+    }
+
+    fn check(&self, _spec: &TargetSpec) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn observe(&self) -> BoxFut<'_, Result<Snapshot, ToolError>> {
+        Box::pin(async move {
+            let targets = self.show().await?.into_iter().map(Seen::Tgt).collect();
+            let accounts = self.accounts().await?;
+            Ok(Snapshot {
+                targets,
+                raw: Raw::Tgt { accounts },
+            })
+        })
+    }
+
+    fn targets(&self) -> BoxFut<'_, Result<Vec<Seen>, ToolError>> {
+        Box::pin(async move { Ok(self.show().await?.into_iter().map(Seen::Tgt).collect()) })
+    }
+
+    fn plan(&self, snap: &Snapshot, req: &Request) -> Result<Plan, PlanError> {
+        plan_request(snap, req, random_secret).map(Plan::Tgt)
+    }
+
+    fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFut<'a, Result<usize, ToolError>> {
+        Box::pin(async move {
+            match plan {
+                Plan::Tgt(steps) => self.run_steps(steps).await,
+                Plan::Lio(_) => Err(ToolError::Spawn {
+                    program: "tgtadm".into(),
+                    detail: "internal error: a targetcli plan was given to tgt".into(),
+                }),
+            }
+        })
+    }
+
+    fn up(&self) -> BoxFut<'_, bool> {
+        Box::pin(async move { self.show().await.is_ok() })
+    }
+}
+
+/// The steps of one change on tgtd, from the snapshot. `guard_secret` makes the secret of
+/// the guard account, asked for only when an account in use is re-created.
+pub fn plan_request(
+    snap: &Snapshot,
+    req: &Request,
+    guard_secret: impl Fn() -> Result<ChapSecret, String>,
+) -> Result<Vec<Step>, PlanError> {
+    let Raw::Tgt { accounts: existing } = &snap.raw else {
+        return Err(PlanError::Internal(
+            "internal error: tgt was given another backend's snapshot".into(),
+        ));
+    };
+    let find = |iqn: &str| {
+        snap.targets.iter().find_map(|s| match s {
+            Seen::Tgt(t) if t.shown.iqn == iqn => Some(t),
+            _ => None,
+        })
+    };
+    let new_tid = || next_tid(snap.targets.iter().filter_map(Seen::tid));
+    let mut steps = Vec::new();
+    match &req.change {
+        Change::Stray(iqn) => {
+            if let Some(t) = find(iqn) {
+                steps.push(Step::Run(Op::DeleteTarget {
+                    tid: t.tid,
+                    force: false,
+                }));
+            }
+            return Ok(steps);
+        }
+        Change::Reapply(t) => {
+            let seen = find(t.want.iqn.as_str());
+            let tid = seen.map_or_else(new_tid, |s| s.tid);
+            let acc = Accounts {
+                existing: existing.clone(),
+                reset: BTreeSet::new(),
+                guard_secret: None,
+            };
+            let ops = plan(seen.map(|s| &s.shown), &t.want, tid, &acc);
+            steps.extend(ops.into_iter().map(Step::Run));
+            return Ok(steps);
+        }
+        Change::Create(_) | Change::Update { .. } | Change::Delete(_) => {}
+    }
+    let prev = req.change.from();
+    let next = req.change.to();
+    // The old target goes when it is deleted or renamed.
+    if let Some(p) = prev {
+        if next.map(|n| &n.want.iqn) != Some(p.iqn()) {
+            if let Some(t) = find(p.iqn().as_str()) {
+                if req.force && t.shown.sessions > 0 {
+                    steps.push(Step::Evict(t.clone()));
+                }
+                steps.push(Step::Run(Op::DeleteTarget {
+                    tid: t.tid,
+                    force: req.force,
+                }));
+            }
+        }
+    }
+    if let Some(n) = next {
+        let seen = find(n.want.iqn.as_str());
+        let tid = seen.map_or_else(new_tid, |s| s.tid);
+        // An account is (re)created with our secret unless another target shares it (the
+        // secret is then the same, by the CONFLICT rule) and tgtd has it.
+        let before: BTreeMap<String, _> = prev
+            .map(|p| p.accounts())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let reset: BTreeSet<String> = n
+            .desired
+            .accounts()
+            .into_iter()
+            .filter(|(u, s)| {
+                !req.others.contains_key(u) && existing.contains(u) && before.get(u) != Some(s)
+            })
+            .map(|(u, _)| u)
+            .collect();
+        // The guard is needed (and a secret made for it) only when the target's bound
+        // incoming account is re-created; see `plan`.
+        let needs_guard = n.want.chap.as_ref().is_some_and(|c| {
+            let u = c.username.as_str();
+            reset.contains(u) && seen.is_some_and(|s| s.shown.accounts.iter().any(|a| a == u))
+        });
+        let guard_secret = if needs_guard {
+            Some(guard_secret().map_err(PlanError::Internal)?)
+        } else {
+            None
+        };
+        let acc = Accounts {
+            existing: existing.clone(),
+            reset,
+            guard_secret,
+        };
+        let ops = plan(seen.map(|s| &s.shown), &n.want, tid, &acc);
+        steps.extend(ops.into_iter().map(Step::Run));
+    }
+    // Accounts nobody uses any more.
+    let now: BTreeSet<String> = next
+        .map(|n| n.desired.accounts().into_iter().map(|(u, _)| u).collect())
+        .unwrap_or_default();
+    if let Some(p) = prev {
+        for (u, _) in p.accounts() {
+            if !now.contains(&u) && !req.others.contains_key(&u) && existing.contains(&u) {
+                steps.push(Step::Run(Op::DeleteAccount { user: u }));
+            }
+        }
+    }
+    Ok(steps)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use csg_protocol::methods::iscsi::ChapSecret;
+    use crate::model::iscsi::WantLun;
+    use crate::storage::paths::SafePath;
+    use csg_protocol::methods::iscsi::{Chap, Iqn};
+    use csg_protocol::validate::Cidr;
 
     const SHOW: &str = "Target 1: iqn.2024-05.test.gw:vol1
     System information:
@@ -920,12 +967,12 @@ Target 2: iqn.2024-05.test.gw:vol2
         let t = parse_show(SHOW);
         assert_eq!(t.len(), 2);
         assert_eq!(
-            (t[0].tid, t[0].iqn.as_str()),
+            (t[0].tid, t[0].shown.iqn.as_str()),
             (1, "iqn.2024-05.test.gw:vol1")
         );
-        assert_eq!(t[0].sessions, 1);
+        assert_eq!(t[0].shown.sessions, 1);
         assert_eq!(
-            t[0].luns,
+            t[0].shown.luns,
             vec![
                 SeenLun {
                     lun: 0,
@@ -939,23 +986,25 @@ Target 2: iqn.2024-05.test.gw:vol2
                 },
             ]
         );
-        assert_eq!(t[0].accounts, vec!["chapuser".to_string()]);
-        assert_eq!(t[0].outgoing.as_deref(), Some("mutu"));
+        assert_eq!(t[0].shown.accounts, vec!["chapuser".to_string()]);
+        assert_eq!(t[0].shown.outgoing.as_deref(), Some("mutu"));
         assert_eq!(
-            t[0].acl,
+            t[0].shown.acl,
             vec!["10.0.0.0/24", "ALL", "iqn.2024-05.test.client:c1"]
         );
         assert_eq!(
-            t[0].rules()[..2],
+            t[0].shown.rules()[..2],
             [
                 Rule::Net(CidrKey(Cidr::parse("10.0.0.0/24").unwrap())),
                 Rule::Other("ALL".into())
             ]
         );
         assert_eq!(t[1].tid, 2);
-        assert!(t[1].acl.is_empty() && t[1].accounts.is_empty() && t[1].sessions == 0);
-        assert_eq!(next_tid(&t), 3);
-        assert_eq!(next_tid(&[]), 1);
+        assert!(
+            t[1].shown.acl.is_empty() && t[1].shown.accounts.is_empty() && t[1].shown.sessions == 0
+        );
+        assert_eq!(next_tid(t.iter().map(|x| x.tid)), 3);
+        assert_eq!(next_tid([]), 1);
         assert_eq!(
             parse_accounts("Account list:\n    mutu\n    chapuser\n"),
             ["chapuser", "mutu"].map(String::from).into_iter().collect()
@@ -1006,8 +1055,7 @@ Target 2: iqn.2024-05.test.gw:vol2
         assert!(!shown.contains("Secret12chars"), "{shown}");
         assert!(shown.contains("--password <hidden>"), "{shown}");
         // Applied as planned, the target needs nothing more.
-        let seen = SeenTarget {
-            tid: 7,
+        let seen = Shown {
             iqn: want.iqn.to_string(),
             luns: vec![SeenLun {
                 lun: 1,
@@ -1022,7 +1070,6 @@ Target 2: iqn.2024-05.test.gw:vol2
                 "iqn.1994-05.com.redhat:c1".into(),
             ],
             sessions: 0,
-            ..Default::default()
         };
         let acc = Accounts {
             existing: ["u1".to_string()].into(),
@@ -1047,7 +1094,7 @@ Target 2: iqn.2024-05.test.gw:vol2
             networks: [CidrKey(Cidr::parse("10.0.0.0/24").unwrap())].into(),
             chap: None,
         };
-        let seen = &parse_show(SHOW)[0];
+        let seen = &parse_show(SHOW)[0].shown;
         let lines: Vec<String> = plan(Some(seen), &want, 1, &Accounts::default())
             .iter()
             .map(|o| o.redacted())
@@ -1082,13 +1129,13 @@ Target 2: iqn.2024-05.test.gw:vol2
                 )),
             }),
         };
-        let mut seen = parse_show(SHOW)[0].clone();
+        let mut seen = parse_show(SHOW)[0].shown.clone();
         seen.acl.clear();
         seen.luns.truncate(1);
         let acc = Accounts {
             existing: ["chapuser", "mutu"].map(String::from).into(),
             reset: ["chapuser".to_string()].into(),
-            guard_secret: Some("Guard123secret".into()),
+            guard_secret: Some(ChapSecret::parse("g", "Guard123secret").unwrap()),
         };
         let lines: Vec<String> = plan(Some(&seen), &want, 1, &acc)
             .iter()
@@ -1141,8 +1188,7 @@ Target 2: iqn.2024-05.test.gw:vol2
             networks: BTreeSet::new(),
             chap: None,
         };
-        let seen = SeenTarget {
-            tid: 1,
+        let seen = Shown {
             iqn: want.iqn.to_string(),
             acl: vec!["-x".into(), "a b".into(), "IQN.2001-04.COM.X:Y".into()],
             ..Default::default()
@@ -1161,5 +1207,191 @@ Target 2: iqn.2024-05.test.gw:vol2
             .join(" "),
             "--lld iscsi --mode target --op delete --force --tid 2"
         );
+    }
+
+    /// A desired target `vol1` with one LUN (a real file under `d`) and CHAP user `chapuser`.
+    fn target(d: &tempfile::TempDir, secret: &str, iqn_name: &str) -> crate::model::iscsi::Target {
+        let want = WantTarget {
+            iqn: iqn(&format!("iqn.2024-05.test.gw:{iqn_name}")),
+            luns: vec![WantLun {
+                lun: 1,
+                path: path(d, "/srv/csg/vol1.img"),
+                readonly: false,
+            }],
+            initiators: BTreeSet::new(),
+            networks: BTreeSet::new(),
+            chap: Some(Chap {
+                username: ChapUser::parse("u", "chapuser").unwrap(),
+                secret: ChapSecret::parse("s", secret).unwrap(),
+                mutual: None,
+            }),
+        };
+        let spec = serde_json::from_value::<csg_protocol::methods::iscsi::TargetParams>(
+            serde_json::json!({
+                "name": "vol1", "iqn": want.iqn.as_str(),
+                "luns": [{"lun": 1, "path": want.luns[0].path.as_str()}],
+                "chap": {"username": "chapuser", "secret": secret},
+            }),
+        )
+        .unwrap()
+        .validate("iqn.2024-05.test.gw")
+        .unwrap();
+        crate::model::iscsi::Target {
+            desired: crate::model::iscsi::Desired::from_spec(&spec),
+            want,
+        }
+    }
+
+    fn snapshot(show: &str, accounts: &[&str]) -> Snapshot {
+        Snapshot {
+            targets: parse_show(show).into_iter().map(Seen::Tgt).collect(),
+            raw: Raw::Tgt {
+                accounts: accounts.iter().map(|a| a.to_string()).collect(),
+            },
+        }
+    }
+
+    fn request(change: Change, force: bool) -> Request {
+        Request {
+            name: Some(csg_protocol::methods::iscsi::TargetName::parse("vol1").unwrap()),
+            change,
+            others: BTreeMap::new(),
+            force,
+        }
+    }
+
+    fn shown(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| match s {
+                Step::Run(op) => op.redacted(),
+                Step::Evict(t) => format!("evict {}", t.tid),
+            })
+            .collect()
+    }
+
+    fn no_guard() -> Result<ChapSecret, String> {
+        Err("no guard secret was expected".into())
+    }
+
+    #[test]
+    fn one_snapshot_plans_a_whole_change() {
+        let d = tempfile::tempdir().unwrap();
+        let pp = path(&d, "/srv/csg/vol1.img");
+        let pp = pp.as_str();
+        // Create on a tgtd that has target 1 already: the next id, nothing read again.
+        let t = target(&d, "Secret12chars", "vol3");
+        let steps = plan_request(
+            &snapshot(SHOW, &["chapuser", "mutu"]),
+            &request(Change::Create(Box::new(t.clone())), false),
+            no_guard,
+        )
+        .unwrap();
+        assert_eq!(
+            shown(&steps),
+            vec![
+                "tgtadm --lld iscsi --mode target --op new --tid 3 --targetname iqn.2024-05.test.gw:vol3".to_string(),
+                // tgtd has the account (another secret, perhaps): it is made ours.
+                "tgtadm --lld iscsi --mode account --op delete --user chapuser".into(),
+                "tgtadm --lld iscsi --mode account --op new --user chapuser --password <hidden>".into(),
+                "tgtadm --lld iscsi --mode account --op bind --tid 3 --user chapuser".into(),
+                format!("tgtadm --lld iscsi --mode logicalunit --op new --tid 3 --lun 1 --backing-store {pp}"),
+            ]
+        );
+        // A renamed target with sessions, forced: evicted, deleted, made under the new IQN;
+        // the account keeps its secret, so no guard is needed.
+        let from = target(&d, "Secret12chars", "vol1").desired;
+        let steps = plan_request(
+            &snapshot(SHOW, &["chapuser"]),
+            &request(
+                Change::Update {
+                    from,
+                    to: Box::new(t.clone()),
+                },
+                true,
+            ),
+            no_guard,
+        )
+        .unwrap();
+        assert_eq!(
+            shown(&steps)[..3],
+            [
+                "evict 1".to_string(),
+                "tgtadm --lld iscsi --mode target --op delete --force --tid 1".into(),
+                "tgtadm --lld iscsi --mode target --op new --tid 3 --targetname iqn.2024-05.test.gw:vol3".into(),
+            ]
+        );
+        // A new secret for an account in use: the guard comes from the given source, and
+        // without a source the change fails instead of going on without the guard.
+        let mut seen = SHOW.to_string();
+        seen = seen.replace("        mutu (outgoing)\n", "");
+        let from = target(&d, "Secret12chars", "vol1").desired;
+        let to = target(&d, "NewSecret12ch", "vol1");
+        let change = Change::Update {
+            from,
+            to: Box::new(to),
+        };
+        let snap = snapshot(&seen, &["chapuser"]);
+        let steps = plan_request(&snap, &request(change.clone(), false), || {
+            Ok(ChapSecret::parse("g", "Guard123secret").unwrap())
+        })
+        .unwrap();
+        assert!(
+            shown(&steps).contains(
+                &"tgtadm --lld iscsi --mode account --op bind --tid 1 --user csg-guard-1"
+                    .to_string()
+            ),
+            "{:?}",
+            shown(&steps)
+        );
+        assert_eq!(
+            plan_request(&snap, &request(change, false), no_guard),
+            Err(PlanError::Internal("no guard secret was expected".into()))
+        );
+        // Delete: the target and the account nobody else uses.
+        let steps = plan_request(
+            &snapshot(SHOW, &["chapuser"]),
+            &request(
+                Change::Delete(target(&d, "Secret12chars", "vol1").desired),
+                false,
+            ),
+            no_guard,
+        )
+        .unwrap();
+        assert_eq!(
+            shown(&steps),
+            vec![
+                "tgtadm --lld iscsi --mode target --op delete --tid 1",
+                "tgtadm --lld iscsi --mode account --op delete --user chapuser",
+            ]
+        );
+        // A stray target goes without force; a LIO snapshot is refused.
+        let steps = plan_request(
+            &snapshot(SHOW, &[]),
+            &request(Change::Stray("iqn.2024-05.test.gw:vol2".into()), false),
+            no_guard,
+        )
+        .unwrap();
+        assert_eq!(
+            shown(&steps),
+            vec!["tgtadm --lld iscsi --mode target --op delete --tid 2"]
+        );
+        let lio = Snapshot {
+            targets: vec![],
+            raw: Raw::Lio(Default::default()),
+        };
+        assert!(matches!(
+            plan_request(&lio, &request(Change::Stray("x".into()), false), no_guard),
+            Err(PlanError::Internal(_))
+        ));
+    }
+
+    #[test]
+    fn random_secrets_come_from_the_os_and_are_valid_chap_secrets() {
+        let a = random_secret().unwrap();
+        let b = random_secret().unwrap();
+        assert_eq!(a.expose().len(), 16);
+        assert!(a.expose().bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
     }
 }

@@ -3,7 +3,6 @@
 //! Each family lives in its own file and follows one pattern: params → a validated, typed
 //! spec → apply. A handler never sees the MQTT client; it returns a result or an `RpcError`.
 
-pub mod iscsi;
 pub mod nfs;
 pub mod smb;
 pub mod sys;
@@ -97,6 +96,16 @@ impl Handlers {
             Method::Sys(SysMethod::Info) => sys::info(self),
             Method::Sys(SysMethod::Status) => sys::status(self).await,
             Method::Sys(SysMethod::Reconcile) => sys::reconcile(self).await,
+            Method::Iscsi(m) => match self.storage.read().await.iscsi() {
+                Some(f) => f.call(m).await?.to_value(),
+                None => Err(RpcError::new(
+                    ErrorCode::UnknownMethod,
+                    format!(
+                        "unknown method {:?}; sys.info lists the methods this agent supports",
+                        Method::Iscsi(m).name()
+                    ),
+                )),
+            },
             storage => {
                 let name = storage.name();
                 match self

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use csg_protocol::status::{FamilySummary, ServiceState};
 use csg_protocol::{ErrorCode, RpcError};
@@ -26,14 +25,8 @@ use paths::Roots;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What every family gets.
-#[derive(Clone)]
-pub struct StorageCtx {
-    pub roots: Roots,
-    pub state: Arc<StateStore>,
-    pub timeout: Duration,
-    pub allow_devices: bool,
-}
+pub use crate::families::StorageCtx;
+use crate::families::{iscsi::Iscsi, Family as _};
 
 pub trait Family: Send + Sync {
     /// `nfs`, `smb` or `iscsi`: the first level of its method names and its key in the state.
@@ -75,6 +68,7 @@ pub type SharedStorage = Arc<tokio::sync::RwLock<Storage>>;
 /// The configured families.
 pub struct Storage {
     families: Vec<Box<dyn Family>>,
+    iscsi: Option<Iscsi>,
     /// Kept so a reload can rebuild the families on the same state store (and its lock).
     ctx: Option<StorageCtx>,
     /// Replies of executed mutations, kept across restarts (only with storage configured).
@@ -88,6 +82,7 @@ impl Storage {
     pub fn none() -> Self {
         Self {
             families: Vec::new(),
+            iscsi: None,
             ctx: None,
             journal: None,
             simulated: false,
@@ -123,6 +118,7 @@ impl Storage {
         };
         Self {
             families: vec![crate::handlers::nfs::build_in_memory(&cfg.nfs, &ctx)],
+            iscsi: None,
             ctx: None,
             journal: None,
             simulated: true,
@@ -156,7 +152,6 @@ impl Storage {
         let built = [
             ("nfs", crate::handlers::nfs::build(&cfg.nfs, &ctx)),
             ("smb", crate::handlers::smb::build(&cfg.smb, &ctx)),
-            ("iscsi", crate::handlers::iscsi::build(&cfg.iscsi, &ctx)),
         ];
         for (family, b) in built {
             match b {
@@ -165,8 +160,15 @@ impl Storage {
                 Err(message) => return Err(StorageError::Backend { family, message }),
             }
         }
+        let iscsi = crate::families::iscsi::build(&cfg.iscsi, &ctx).map_err(|message| {
+            StorageError::Backend {
+                family: "iscsi",
+                message,
+            }
+        })?;
         Ok(Self {
             families,
+            iscsi,
             ctx: Some(ctx),
             journal: None,
             simulated: false,
@@ -193,6 +195,12 @@ impl Storage {
         self.families
             .iter()
             .flat_map(|f| f.methods().iter().copied())
+            .chain(self.iscsi.iter().flat_map(|f| f.methods().iter().copied()))
+    }
+
+    /// The iSCSI family, when configured.
+    pub fn iscsi(&self) -> Option<&Iscsi> {
+        self.iscsi.as_ref()
     }
 
     fn family_of(&self, method: &str) -> Option<&dyn Family> {
@@ -238,6 +246,22 @@ impl Storage {
             };
             out.insert(f.name().to_string(), r);
         }
+        if let Some(f) = &self.iscsi {
+            let r = match f.reconcile().await {
+                Ok(changes) => {
+                    info!(family = f.name(), changes = ?changes, "reconciled");
+                    csg_protocol::methods::FamilyReconcile::done(changes)
+                }
+                Err(e) => {
+                    warn!(family = f.name(), error = %e, "reconcile failed");
+                    csg_protocol::methods::FamilyReconcile::failed(e)
+                }
+            };
+            out.insert(
+                f.name().to_string(),
+                serde_json::to_value(r).unwrap_or(Value::Null),
+            );
+        }
         Value::Object(out)
     }
 
@@ -246,12 +270,18 @@ impl Storage {
         for f in &self.families {
             m.insert(f.name().to_string(), f.service().await);
         }
+        if let Some(f) = &self.iscsi {
+            m.insert(f.name().to_string(), f.service().await);
+        }
         m
     }
 
     pub async fn summaries(&self) -> BTreeMap<String, FamilySummary> {
         let mut m = BTreeMap::new();
         for f in &self.families {
+            m.insert(f.name().to_string(), f.summary().await);
+        }
+        if let Some(f) = &self.iscsi {
             m.insert(f.name().to_string(), f.summary().await);
         }
         m

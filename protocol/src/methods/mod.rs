@@ -367,7 +367,8 @@ pub struct IscsiChanged {
     pub target: String,
     /// `created`, `repaired` or `removed`.
     pub action: String,
-    /// How many backend commands it took (absent for a removed target).
+    /// How many backend commands it took (optional when decoding: earlier builds left it out
+    /// for a removed target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commands: Option<u64>,
 }
