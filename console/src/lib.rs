@@ -44,7 +44,6 @@
 //! # }
 //! ```
 
-mod backoff;
 pub mod call;
 pub mod client;
 pub mod fanout;
