@@ -296,12 +296,15 @@ pub struct Queues {
     pub events: usize,
 }
 
+/// The event buffer rumqttc 0.25 reserves in `MqttState::new`.
+const RUMQTTC_EVENT_RESERVE: usize = 100;
+
 impl Default for Queues {
     fn default() -> Self {
         Self {
             requests: 8192,
             urgent: 16,
-            events: 100,
+            events: RUMQTTC_EVENT_RESERVE,
         }
     }
 }
@@ -564,8 +567,8 @@ impl Session {
         // The `cap` here sizes the request channel; rumqttc ignores the options' field of the
         // same name.
         let (client, mut eventloop) = AsyncClient::new(opts, cfg.queues.requests.max(1));
-        if cfg.queues.events != 100 {
-            // rumqttc reserves room for 100 buffered events per session up front.
+        if cfg.queues.events != RUMQTTC_EVENT_RESERVE {
+            // rumqttc reserves its event buffer up front, whatever the use; the field is public.
             eventloop.state.events = VecDeque::with_capacity(cfg.queues.events);
         }
         let mut net = NetworkOptions::new();
@@ -878,6 +881,7 @@ impl Loop {
     /// After an established connection ended: handles what rumqttc read before the failure,
     /// and drops what the connection took with it.
     fn connection_ended(&mut self) {
+        self.subscription_refused = None;
         if self.connected_at.is_none() {
             // A failed connect: nothing left the channel, and what waits there goes out
             // after the next connect.
