@@ -19,12 +19,11 @@ use csg_protocol::{
     now_ms, ClientId, IdentityError, InstanceId, MethodName, Reply, ReplyBody, ReplyTo, Request,
     RequestId,
 };
+use csg_transport::{Backoff, LinkState};
 use serde_json::{Map, Value};
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep, sleep_until, timeout_at};
-
-use csg_transport::{Backoff, LinkState};
 
 use crate::client::{Console, Inner, QueueError, ReplySlot};
 use crate::sign::Signer;
