@@ -27,9 +27,9 @@ use crate::auth::{Opened, Policy, Sender};
 use crate::handlers::Handlers;
 use crate::journal::{Journal, Record};
 use crate::reply_cache::{Lookup, ReplyCache};
-use crate::session::Inbound;
 use crate::stats::Stats;
 use crate::uplink::{OutMessage, Qos, Uplink};
+use csg_transport::Inbound;
 
 pub struct Limits {
     pub max_payload: usize,

@@ -1,14 +1,13 @@
 //! csg-agent: the daemon inside each storage-gateway VM.
 //!
 //! The path of one request, top to bottom:
-//! `session` (MQTT, the only module that touches rumqttc) → `dispatch` (envelope, reply
+//! `session` (MQTT, through `csg_transport`'s session) → `dispatch` (envelope, reply
 //! cache, deadline, admission) → `handlers::*` (params → spec → apply) → back through
 //! `dispatch` → `uplink` → `session`. `status` publishes heartbeats; `config` loads and
 //! validates the TOML file; `main.rs` wires it together with signals.
 
 pub mod auth;
 pub mod backends;
-pub mod backoff;
 pub mod config;
 pub mod dispatch;
 pub mod exec;
@@ -148,6 +147,8 @@ pub struct Control<S> {
     /// Gets the session's link state once the session has started (the fleet simulator paces
     /// its connects by it).
     pub link: Option<oneshot::Sender<watch::Receiver<LinkState>>>,
+    /// The MQTT session's queue sizes; `None`: the agent's defaults.
+    pub queues: Option<csg_transport::Queues>,
 }
 
 /// Whether `new` can be applied to a running session, or needs a new one.
@@ -309,6 +310,7 @@ pub async fn run<S: Future<Output = ()>>(
         set_log,
         host,
         link,
+        queues,
     } = ctl;
     let stats = Arc::new(Stats::default());
     let journal = storage.take_journal();
@@ -325,7 +327,7 @@ pub async fn run<S: Future<Output = ()>>(
     // Commands the dispatcher has no room for are answered BUSY by it, from the poll task;
     // the dispatcher exists only once the session does, hence the late binding.
     let overflow_to: Arc<std::sync::OnceLock<Arc<Dispatcher>>> = Arc::default();
-    let session = Session::start(&cfg, inbound_tx, {
+    let session = Session::start(&cfg, queues, inbound_tx, {
         let overflow_to = overflow_to.clone();
         Arc::new(move |msg| {
             if let Some(d) = overflow_to.get() {

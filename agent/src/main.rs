@@ -270,6 +270,7 @@ async fn run_once(
             set_log: Box::new(move |d: &str| shared(d)),
             host: None,
             link: None,
+            queues: None,
         },
     )
     .await;

@@ -175,7 +175,7 @@ pub async fn heartbeat_loop(
     loop {
         // Wait for the link to come up.
         let epoch = loop {
-            if let LinkState::Online { epoch } = *link.borrow_and_update() {
+            if let LinkState::Ready(epoch) = *link.borrow_and_update() {
                 break epoch;
             }
             if link.changed().await.is_err() {
@@ -197,7 +197,7 @@ pub async fn heartbeat_loop(
                 }
                 changed = link.changed() => {
                     if changed.is_err() { return; }
-                    if *link.borrow() != (LinkState::Online { epoch }) { break; }
+                    if *link.borrow() != LinkState::Ready(epoch) { break; }
                 }
                 // A reloaded interval applies from the next heartbeat on, without a reconnect.
                 changed = interval.changed() => {

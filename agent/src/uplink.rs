@@ -1,32 +1,9 @@
 //! What the rest of the agent may ask of the MQTT session: queue a message for publishing.
 //!
-//! A trait, so the dispatcher and status code are tested without a broker, and so nothing
-//! outside `session.rs` ever touches the MQTT client.
+//! A trait, so the dispatcher and status code are tested without a broker; the MQTT session
+//! of `csg_transport` implements it.
 
-use bytes::Bytes;
-use thiserror::Error;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Qos {
-    AtMostOnce,
-    AtLeastOnce,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutMessage {
-    pub topic: String,
-    pub payload: Bytes,
-    pub qos: Qos,
-    pub retain: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum UplinkError {
-    #[error("the session is shutting down")]
-    Closed,
-    #[error("the outgoing queue is full")]
-    Full,
-}
+pub use csg_transport::session::{Message as OutMessage, PublishError as UplinkError, Qos};
 
 /// Never blocks: a message that cannot be queued is refused at once, so no caller can stall
 /// on a dead link. Replies refused here are recovered by the console re-sending the request,
@@ -38,6 +15,16 @@ pub trait Uplink: Send + Sync + 'static {
     /// their cadence even while thousands of replies wait to go out.
     fn publish_urgent(&self, msg: OutMessage) -> Result<(), UplinkError> {
         self.publish(msg)
+    }
+}
+
+impl Uplink for csg_transport::Session {
+    fn publish(&self, msg: OutMessage) -> Result<(), UplinkError> {
+        csg_transport::Session::publish(self, msg)
+    }
+
+    fn publish_urgent(&self, msg: OutMessage) -> Result<(), UplinkError> {
+        csg_transport::Session::publish_urgent(self, msg)
     }
 }
 

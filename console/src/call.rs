@@ -8,8 +8,8 @@
 //!   slow; re-send at once;
 //! * a new broker session started: anything published while the console was away is lost;
 //!   re-send at once;
-//! * a retryable error (`BUSY`, `UNAVAILABLE`, `TIMEOUT`): re-send after a back-off (100 ms
-//!   doubling to 2 s, with jitter).
+//! * a retryable error (`BUSY`, `UNAVAILABLE`, `TIMEOUT`): re-send after a back-off (up to
+//!   100 ms doubling to 2 s, with full jitter).
 //!
 //! All of it stops at the overall timeout.
 
@@ -20,13 +20,13 @@ use csg_protocol::{
     now_ms, ClientId, IdentityError, InstanceId, MethodName, Reply, ReplyBody, ReplyTo, Request,
     RequestId,
 };
+use csg_transport::{Backoff, LinkState};
 use serde_json::{Map, Value};
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{sleep, sleep_until, timeout_at};
 
-use crate::backoff::Backoff;
-use crate::client::{Console, Inner, QueueError, ReplySlot, Session};
+use crate::client::{Console, Inner, QueueError, ReplySlot};
 use crate::sign::Signer;
 
 /// Room the MQTT PUBLISH header needs besides topic and payload (fixed header, lengths, pkid).
@@ -209,8 +209,8 @@ impl Console {
             Some(s) => s.sign(&req.to_json(), target.as_str()).into_bytes(),
             None => req.to_json(),
         };
-        // rumqttc treats an oversized outgoing packet as a connection error, which would cut
-        // every other call short; refuse it here instead.
+        // The MQTT client treats an oversized outgoing packet as a connection error, which
+        // would cut every other call short; refuse it here instead.
         let size = payload.len() + topic.len() + PUBLISH_OVERHEAD;
         if size > o.max_packet_size {
             return Err(CallError::TooLarge {
@@ -243,15 +243,12 @@ enum Ready {
     Closed,
 }
 
-async fn wait_ready(session: &mut watch::Receiver<Session>, deadline: Instant) -> Ready {
-    {
-        let s = session.borrow_and_update();
-        if s.ready {
-            return Ready::Epoch(s.epoch);
-        }
+async fn wait_ready(session: &mut watch::Receiver<LinkState>, deadline: Instant) -> Ready {
+    if let Some(epoch) = session.borrow_and_update().epoch() {
+        return Ready::Epoch(epoch);
     }
-    match timeout_at(deadline.into(), session.wait_for(|s| s.ready)).await {
-        Ok(Ok(s)) => Ready::Epoch(s.epoch),
+    match timeout_at(deadline.into(), session.wait_for(LinkState::is_ready)).await {
+        Ok(Ok(s)) => Ready::Epoch(s.epoch().unwrap_or_default()),
         Ok(Err(_)) => Ready::Closed,
         Err(_) => Ready::DeadlinePassed,
     }
@@ -300,7 +297,7 @@ impl Inner {
         }
         let mut session = self.session.clone();
         let mut attempts = 0u32;
-        let mut backoff = Backoff::retry();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         // The last retryable error, returned if the deadline passes before a better answer.
         let mut last_retryable: Option<Reply> = None;
 
@@ -317,12 +314,8 @@ impl Inner {
             }
             let attempt_end = (Instant::now() + opts.attempt_timeout).min(deadline);
             // Session changes are mapped to a bool so no watch guard lives across an await.
-            let session_changed = async {
-                session
-                    .wait_for(|s| !s.ready || s.epoch != epoch)
-                    .await
-                    .is_ok()
-            };
+            let session_changed =
+                async { session.wait_for(|s| s.epoch() != Some(epoch)).await.is_ok() };
             tokio::select! {
                 biased;
                 reply = &mut rx => {

@@ -47,7 +47,6 @@
 //! # }
 //! ```
 
-mod backoff;
 pub mod call;
 pub mod client;
 pub mod fanout;

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use csg_protocol::{Heartbeat, InstanceId, Presence};
+use csg_transport::SubscribeError;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::client::{lock, Console, QueueError, Watcher};
+use crate::client::{lock, Console, Watcher};
 
 /// Events buffered per watch before new ones are dropped (the event loop never waits).
 const WATCH_QUEUE: usize = 4096;
@@ -122,7 +123,7 @@ impl Console {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         // Register before subscribing so retained presence sent right after the SUBACK is kept.
-        let (id, version) = {
+        let id = {
             let mut subs = lock(&self.inner.shared.subs);
             let id = subs.next_watcher;
             subs.next_watcher += 1;
@@ -132,14 +133,7 @@ impl Console {
                 tx,
                 dropped: dropped.clone(),
             });
-            let mut added = false;
-            for f in &filters {
-                added |= subs.filters.insert(f.clone());
-            }
-            if added {
-                subs.version += 1;
-            }
-            (id, subs.version)
+            id
         };
         let watch = Watch {
             console: self.clone(),
@@ -147,62 +141,17 @@ impl Console {
             rx,
             dropped,
         };
-        self.confirm_subscription(&filters, version).await?;
-        Ok(watch)
-    }
-
-    /// Waits until `filters` are subscribed: either a session's initial SUBSCRIBE covered
-    /// subscription-set `version`, or our own SUBSCRIBE is acknowledged.
-    async fn confirm_subscription(
-        &self,
-        filters: &[String],
-        version: u64,
-    ) -> Result<(), WatchError> {
-        let waited = self.inner.opts.connect_timeout;
-        let deadline = Instant::now() + waited;
-        let mut session = self.inner.session.clone();
-        let timeout = || WatchError::Timeout { waited };
-        loop {
-            let s = match tokio::time::timeout_at(deadline.into(), session.wait_for(|s| s.ready))
-                .await
-            {
-                Ok(Ok(s)) => s.clone(),
-                Ok(Err(_)) => return Err(WatchError::Closed),
-                Err(_) => return Err(timeout()),
-            };
-            if s.subs_version >= version {
-                return match filters.iter().find(|f| s.refused.contains(f)) {
-                    Some(f) => Err(WatchError::Refused { filter: f.clone() }),
-                    None => Ok(()),
-                };
-            }
-            let (tx, rx) = oneshot::channel();
-            match self.inner.try_subscribe(filters, tx) {
-                Ok(()) => {}
-                Err(QueueError::Closed) => return Err(WatchError::Closed),
-                Err(QueueError::Full) => {
-                    if Instant::now() >= deadline {
-                        return Err(timeout());
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-            }
-            match tokio::time::timeout_at(deadline.into(), rx).await {
-                Ok(Ok(codes)) => {
-                    let refused = filters
-                        .iter()
-                        .zip(&codes)
-                        .find(|(_, c)| matches!(c, rumqttc::SubscribeReasonCode::Failure));
-                    return match refused {
-                        Some((f, _)) => Err(WatchError::Refused { filter: f.clone() }),
-                        None => Ok(()),
-                    };
-                }
-                // Lost with the connection: the next session's initial SUBSCRIBE covers it.
-                Ok(Err(_)) => continue,
-                Err(_) => return Err(timeout()),
-            }
+        // The session keeps the filters and restores them after every reconnect.
+        match self
+            .inner
+            .mqtt
+            .subscribe(&filters, self.inner.opts.connect_timeout)
+            .await
+        {
+            Ok(()) => Ok(watch),
+            Err(SubscribeError::Refused { filter }) => Err(WatchError::Refused { filter }),
+            Err(SubscribeError::Timeout { waited }) => Err(WatchError::Timeout { waited }),
+            Err(SubscribeError::Closed) => Err(WatchError::Closed),
         }
     }
 }

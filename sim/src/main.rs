@@ -1,7 +1,7 @@
 //! `csg-sim`: a fleet of csg-agents in one process, for fleet-scale benchmarks and tests.
 //!
 //! Each simulated agent is the real thing, run through `csg_agent::run`: its own MQTT
-//! session (rumqttc, clean session, Will, re-subscribe, back-off with jitter), dispatcher
+//! session (clean session, Will, re-subscribe, back-off with jitter), dispatcher
 //! (id memory, deadlines, admission), heartbeats and presence, with its own identity
 //! `{group}@@@{prefix}{n:05}`. Only storage differs: NFS runs on an in-memory export table
 //! and an in-memory desired state (`Storage::in_memory`), which keeps the kernel backend's
@@ -68,7 +68,7 @@ struct Cli {
     /// agent.heartbeat_interval_s when no template is given.
     #[arg(long, conflicts_with = "config", default_value_t = 30)]
     heartbeat_s: u64,
-    /// mqtt.max_inflight for every agent (rumqttc keeps a slot table of this size per
+    /// mqtt.max_inflight for every agent (the MQTT client keeps a slot table of this size per
     /// session; an agent's replies are few, so a small table is enough).
     #[arg(long, default_value_t = 16)]
     max_inflight: u16,
@@ -246,6 +246,12 @@ async fn simulate(cli: Cli) -> anyhow::Result<()> {
                 set_log: Box::new(|_| Err("the simulator's log filter is RUST_LOG".into())),
                 host: Some(host),
                 link: Some(link_tx),
+                // Thousands of sessions in one process: let the MQTT client's event buffer grow on
+                // demand instead of reserving room for 100 events (~14 KB) in each.
+                queues: Some(csg_transport::Queues {
+                    events: 0,
+                    ..csg_agent::session::default_queues()
+                }),
             };
             let span = tracing::info_span!("agent", id = %instance);
             let run = tokio::spawn(csg_agent::run(cfg, storage, ctl).instrument(span));
@@ -253,7 +259,7 @@ async fn simulate(cli: Cli) -> anyhow::Result<()> {
                 let _ = links_tx.send(link.clone());
                 let _ = tokio::time::timeout(
                     Duration::from_secs(30),
-                    link.wait_for(|s| matches!(s, LinkState::Online { .. })),
+                    link.wait_for(LinkState::is_ready),
                 )
                 .await;
             }
@@ -286,10 +292,7 @@ async fn simulate(cli: Cli) -> anyhow::Result<()> {
         if ramp_done && !due {
             continue;
         }
-        let online = links
-            .iter()
-            .filter(|l| matches!(*l.borrow(), LinkState::Online { .. }))
-            .count();
+        let online = links.iter().filter(|l| l.borrow().is_ready()).count();
         if !ramp_done && online == count {
             ramp_done = true;
             let rss = proc_status_kb("VmRSS:");

@@ -4,13 +4,15 @@
 //! payloads with it, and observe the agent's replies, heartbeats and presence — including the
 //! retain flag and QoS the broker delivered them with, and when they arrived.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use bytes::Bytes;
+pub use csg_transport::Qos;
+use csg_transport::{LinkState, Message, NoHooks, PublishError, Queues, Session, SessionConfig};
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 
 /// One received PUBLISH.
 #[derive(Debug, Clone)]
@@ -72,16 +74,22 @@ impl Msg {
 #[derive(Default)]
 struct State {
     msgs: Vec<Msg>,
-    connacks: u32,
-    subacks: u32,
-    pubacks: u64,
+    /// Sessions that became ready (connected and subscribed): more than one after a broker
+    /// restart.
+    sessions: u32,
     last_error: Option<String>,
-    stop: bool,
 }
 
 struct Shared {
     state: Mutex<State>,
     cv: Condvar,
+}
+
+impl Shared {
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.state.lock().unwrap());
+        self.cv.notify_all();
+    }
 }
 
 /// Position in the recording, to look only at what arrived after it.
@@ -90,11 +98,11 @@ pub struct Mark(usize);
 
 /// A recording MQTT client. Dropping it disconnects it.
 pub struct Recorder {
-    client: Client,
+    session: Arc<Session>,
     shared: Arc<Shared>,
     client_id: String,
     started: Instant,
-    qos1_queued: AtomicU64,
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl Recorder {
@@ -103,90 +111,89 @@ impl Recorder {
     /// be missed.
     pub fn connect(port: u16, filters: &[&str]) -> Recorder {
         let client_id = crate::unique("e2e-rec");
-        let mut opts = MqttOptions::new(client_id.clone(), "127.0.0.1", port);
-        opts.set_clean_session(true)
-            .set_keep_alive(Duration::from_secs(30))
-            // Large enough to inject payloads far over the agent's 64 KiB cap, and to receive
-            // whatever the agent might wrongly send back.
-            .set_max_packet_size(4 << 20, 4 << 20);
-        // Big enough that a burst of test publishes never blocks on the request channel.
-        let (client, mut connection) = Client::new(opts, 1024);
-        let mut net = connection.eventloop.network_options();
-        net.set_tcp_nodelay(true);
-        connection.eventloop.set_network_options(net);
+        let mut cfg = SessionConfig::new(client_id.clone(), "127.0.0.1", port);
+        cfg.keep_alive = Duration::from_secs(30);
+        cfg.connect_timeout = Duration::from_secs(5);
+        // Large enough to inject payloads far over the agent's 64 KiB cap, and to receive
+        // whatever the agent might wrongly send back.
+        cfg.max_packet_size = 4 << 20;
+        cfg.reconnect_min = Duration::from_millis(50);
+        cfg.reconnect_max = Duration::from_millis(200);
+        cfg.stable_after = Duration::ZERO;
+        cfg.refusal_backoff = Duration::from_millis(200);
+        cfg.subscriptions = filters.iter().map(|f| f.to_string()).collect();
+        // Big enough that a burst of test publishes never finds the queue full.
+        cfg.queues = Queues {
+            requests: 1024,
+            ..Queues::default()
+        };
 
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             cv: Condvar::new(),
         });
-        let subs: Vec<(String, QoS)> = filters
-            .iter()
-            .map(|f| (f.to_string(), QoS::AtLeastOnce))
-            .collect();
-        if !subs.is_empty() {
-            client
-                .subscribe_many(
-                    subs.iter()
-                        .map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), *q)),
-                )
-                .expect("queue subscribe");
-        }
-        let poll_client = client.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("recorder runtime");
+        // Room for any burst a test makes: a message that found it full would be dropped.
+        let (inbound_tx, mut inbound) = mpsc::channel(1 << 16);
+        let session = {
+            let _in_rt = rt.enter();
+            Arc::new(Session::start(cfg, Arc::new(NoHooks), inbound_tx))
+        };
+        let (stop_tx, mut stop) = oneshot::channel::<()>();
+        let poll_session = session.clone();
         let poll_shared = shared.clone();
         thread::Builder::new()
             .name(format!("rec-{client_id}"))
             .spawn(move || {
-                for event in connection.iter() {
-                    let mut st = poll_shared.state.lock().unwrap();
-                    if st.stop {
-                        break;
-                    }
-                    match event {
-                        Ok(Event::Incoming(Packet::Publish(p))) => st.msgs.push(Msg {
-                            topic: p.topic.clone(),
-                            payload: p.payload.to_vec(),
-                            retain: p.retain,
-                            qos: p.qos as u8,
-                            at: Instant::now(),
-                        }),
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                            st.connacks += 1;
-                            // Clean session: after a reconnect the broker has forgotten our
-                            // subscriptions, and rumqttc does not restore them.
-                            if st.connacks > 1 && !subs.is_empty() {
-                                let _ = poll_client
-                                    .try_subscribe_many(subs.iter().map(|(f, q)| {
-                                        rumqttc::SubscribeFilter::new(f.clone(), *q)
-                                    }));
+                rt.block_on(async move {
+                    let mut link = poll_session.link();
+                    loop {
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            msg = inbound.recv() => match msg {
+                                Some(m) => poll_shared.update(|st| st.msgs.push(Msg {
+                                    topic: m.topic,
+                                    payload: m.payload.to_vec(),
+                                    retain: m.retain,
+                                    qos: match m.qos {
+                                        Qos::AtMostOnce => 0,
+                                        Qos::AtLeastOnce => 1,
+                                    },
+                                    at: Instant::now(),
+                                })),
+                                None => break,
+                            },
+                            changed = link.changed() => {
+                                if changed.is_err() {
+                                    break;
+                                }
+                                let state = link.borrow_and_update().clone();
+                                poll_shared.update(|st| match state {
+                                    LinkState::Ready(epoch) => {
+                                        st.sessions = u32::try_from(epoch).unwrap_or(u32::MAX)
+                                    }
+                                    LinkState::Down(Some(f)) => st.last_error = Some(f.describe()),
+                                    LinkState::Down(None) => {}
+                                });
                             }
                         }
-                        Ok(Event::Incoming(Packet::SubAck(_))) => st.subacks += 1,
-                        Ok(Event::Incoming(Packet::PubAck(_))) => st.pubacks += 1,
-                        Ok(_) => {}
-                        Err(e) => {
-                            st.last_error = Some(e.to_string());
-                            drop(st);
-                            poll_shared.cv.notify_all();
-                            // rumqttc reconnects on the next poll without any pause.
-                            thread::sleep(Duration::from_millis(50));
-                            continue;
-                        }
                     }
-                    drop(st);
-                    poll_shared.cv.notify_all();
-                }
+                    poll_session.shutdown().await;
+                });
             })
             .expect("spawn recorder thread");
 
         let rec = Recorder {
-            client,
+            session,
             shared,
             client_id,
             started: Instant::now(),
-            qos1_queued: AtomicU64::new(0),
+            stop: Some(stop_tx),
         };
-        let want = u32::from(!filters.is_empty());
-        let ok = rec.wait_state(crate::TIMEOUT, |st| st.connacks >= 1 && st.subacks >= want);
+        let ok = rec.wait_state(crate::TIMEOUT, |st| st.sessions >= 1);
         if !ok {
             let err = rec.shared.state.lock().unwrap().last_error.clone();
             panic!(
@@ -216,44 +223,68 @@ impl Recorder {
         }
     }
 
-    /// Times the broker accepted our CONNECT (more than one after a broker restart).
-    pub fn connacks(&self) -> u32 {
-        self.shared.state.lock().unwrap().connacks
-    }
-
-    /// Waits until the recorder has reconnected and re-subscribed after a broker restart.
-    pub fn wait_resubscribed(&self, connacks: u32) -> bool {
-        self.wait_state(crate::TIMEOUT, |st| {
-            st.connacks >= connacks && st.subacks >= connacks
-        })
+    /// Waits until the recorder has reconnected and re-subscribed after a broker restart:
+    /// its `sessions`-th session is ready.
+    pub fn wait_resubscribed(&self, sessions: u32) -> bool {
+        self.wait_state(crate::TIMEOUT, |st| st.sessions >= sessions)
     }
 
     /// Publishes at QoS 1, not retained. Returns at once; MQTT keeps the order of one
     /// client's QoS 1 messages, which the tests rely on for barriers.
     pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.publish_with(topic, QoS::AtLeastOnce, false, payload);
+        self.publish_with(topic, Qos::AtLeastOnce, false, payload);
     }
 
-    pub fn publish_with(&self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
-        if qos != QoS::AtMostOnce {
-            self.qos1_queued.fetch_add(1, Ordering::SeqCst);
+    /// Waits while the outgoing queue is full: a flood goes out as fast as the broker takes it.
+    pub fn publish_with(&self, topic: &str, qos: Qos, retain: bool, payload: impl Into<Vec<u8>>) {
+        let msg = Self::message(topic, qos, retain, payload);
+        loop {
+            match self.session.publish(msg.clone()) {
+                Ok(()) => return,
+                Err(PublishError::Full) => thread::sleep(Duration::from_micros(200)),
+                Err(e) => panic!("cannot publish to {topic}: {e}"),
+            }
         }
-        self.client
-            .publish(topic, qos, retain, payload.into())
-            .expect("queue publish");
+    }
+
+    fn message(topic: &str, qos: Qos, retain: bool, payload: impl Into<Vec<u8>>) -> Message {
+        Message {
+            topic: topic.to_string(),
+            payload: Bytes::from(payload.into()),
+            qos,
+            retain,
+        }
     }
 
     /// Publishes at QoS 1 and waits for the broker's PUBACK: the message is at the broker.
-    /// Mosquitto acknowledges one client's publishes in order, so the n-th QoS 1 publish is
-    /// acknowledged once n PUBACKs have come back.
     pub fn publish_acked(&self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.publish(topic, payload);
-        let n = self.qos1_queued.load(Ordering::SeqCst);
-        assert!(
-            self.wait_state(crate::TIMEOUT, |st| st.pubacks >= n),
-            "no PUBACK for a publish to {topic} within {:?}",
-            crate::TIMEOUT
-        );
+        let (tx, rx) = oneshot::channel();
+        let msg = Self::message(topic, Qos::AtLeastOnce, false, payload);
+        let mut ack = Some(tx);
+        loop {
+            match self.session.publish_with_ack(msg.clone(), &mut ack) {
+                Ok(()) => break,
+                Err(PublishError::Full) => thread::sleep(Duration::from_micros(200)),
+                Err(e) => panic!("cannot publish to {topic}: {e}"),
+            }
+        }
+        let end = Instant::now() + crate::TIMEOUT;
+        let mut rx = rx;
+        loop {
+            match rx.try_recv() {
+                Ok(()) => return,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    panic!("the connection dropped before the PUBACK for a publish to {topic}")
+                }
+                Err(oneshot::error::TryRecvError::Empty) if Instant::now() < end => {
+                    thread::sleep(Duration::from_millis(2))
+                }
+                Err(oneshot::error::TryRecvError::Empty) => panic!(
+                    "no PUBACK for a publish to {topic} within {:?}",
+                    crate::TIMEOUT
+                ),
+            }
+        }
     }
 
     /// Where the recording is now.
@@ -348,10 +379,10 @@ impl Recorder {
     pub fn dump(&self) -> String {
         let st = self.shared.state.lock().unwrap();
         let mut s = format!(
-            "recorder {} saw {} message(s) (connacks {}, last error {:?}):\n",
+            "recorder {} saw {} message(s) (sessions {}, last error {:?}):\n",
             self.client_id,
             st.msgs.len(),
-            st.connacks,
+            st.sessions,
             st.last_error
         );
         for m in &st.msgs {
@@ -364,10 +395,10 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        self.shared.state.lock().unwrap().stop = true;
-        // The poll thread ends on its own once the DISCONNECT is out or every client handle
-        // is gone (rumqttc then reports RequestsDone); nobody waits for it.
-        let _ = self.client.try_disconnect();
+        // The recorder's thread disconnects cleanly and ends; nobody waits for it.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
@@ -380,9 +411,9 @@ mod tests {
     fn records_topic_payload_retain_qos_and_order() {
         let broker = Broker::start();
         let a = Recorder::connect(broker.port(), &["t/#"]);
-        a.publish_with("t/retained", QoS::AtLeastOnce, true, &b"kept"[..]);
+        a.publish_with("t/retained", Qos::AtLeastOnce, true, &b"kept"[..]);
         a.publish("t/one", &b"\xff\xfe not utf-8"[..]);
-        a.publish_with("t/zero", QoS::AtMostOnce, false, "{\"n\":1}");
+        a.publish_with("t/zero", Qos::AtMostOnce, false, "{\"n\":1}");
         let zero = a.expect("t/zero", crate::TIMEOUT, |m| m.topic == "t/zero");
         assert_eq!(zero.qos, 0);
         assert_eq!(zero.json().unwrap()["n"], 1);

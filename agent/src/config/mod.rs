@@ -77,8 +77,8 @@ pub struct RawMqtt {
     /// oversized command is refused by the agent instead of tearing the connection down.
     pub max_packet_bytes: usize,
     /// QoS 1 publishes written to the broker and not yet acknowledged before further ones
-    /// wait. rumqttc keeps a slot table of this size per connection (about 80 bytes a slot),
-    /// which matters only when many sessions share a process (the fleet simulator).
+    /// wait. The MQTT client keeps a slot table of this size per connection (about 80 bytes a
+    /// slot), which matters only when many sessions share a process (the fleet simulator).
     pub max_inflight: u16,
     /// Back-off after a failure retrying cannot fix (TLS verification, refused credentials):
     /// long, so a misconfigured fleet does not hammer the broker.

@@ -73,6 +73,7 @@ impl Rig {
         self.d.on_message(Inbound {
             topic: "csg-down/gw".into(),
             payload: Bytes::from(b),
+            ..Default::default()
         });
     }
     async fn settle(&self) {
