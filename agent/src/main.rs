@@ -3,10 +3,14 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use csg_agent::config::{Config, ConfigError};
+use csg_agent::notify::{Notifier, SystemdEnv};
+use csg_agent::status::Host;
 use tracing_subscriber::EnvFilter;
 
 const DEFAULT_CONFIG: &str = "/etc/csg-agent/agent.toml";
@@ -185,6 +189,12 @@ fn main() -> ExitCode {
 
 fn run(mut cfg: Config, path: PathBuf, set_log: SetLog) -> anyhow::Result<()> {
     let mut set_log = Some(set_log);
+    // What outlives a run: systemd's variables are read once, here, and the host's facts once.
+    let notifier = Notifier::systemd(
+        &SystemdEnv::read(|k| std::env::var_os(k)),
+        std::process::id(),
+    );
+    let host = Arc::new(Host::read(Duration::ZERO));
     loop {
         let storage = csg_agent::storage::Storage::new(&cfg).context("cannot start storage")?;
         // One thread: every request crosses session → dispatcher → handler → session, and on one
@@ -197,7 +207,13 @@ fn run(mut cfg: Config, path: PathBuf, set_log: SetLog) -> anyhow::Result<()> {
         let setter = set_log
             .take()
             .expect("the log setter is handed back after every run");
-        let (end, setter) = rt.block_on(run_once(cfg, storage, path.clone(), setter))?;
+        let outside = Outside {
+            path: path.clone(),
+            set_log: setter,
+            notifier: notifier.clone(),
+            host: host.clone(),
+        };
+        let (end, setter) = rt.block_on(run_once(cfg, storage, outside))?;
         // Dropping the runtime ends every task of the run, so nothing of it (the state lock
         // included) outlives it into the next one.
         drop(rt);
@@ -214,12 +230,26 @@ fn run(mut cfg: Config, path: PathBuf, set_log: SetLog) -> anyhow::Result<()> {
     }
 }
 
+/// What one run gets from the process around it.
+struct Outside {
+    /// The configuration file, re-read on SIGHUP.
+    path: PathBuf,
+    set_log: SetLog,
+    notifier: Notifier,
+    host: Arc<Host>,
+}
+
 async fn run_once(
     cfg: Config,
     storage: csg_agent::storage::Storage,
-    path: PathBuf,
-    set_log: SetLog,
+    outside: Outside,
 ) -> anyhow::Result<(csg_agent::RunEnd, SetLog)> {
+    let Outside {
+        path,
+        set_log,
+        notifier,
+        host,
+    } = outside;
     use tokio::signal::unix::{signal, SignalKind};
     // Every handler is installed before anything starts: a signal that arrives early must mean
     // what it says, not death by the default disposition.
@@ -234,32 +264,35 @@ async fn run_once(
     };
     // SIGHUP: re-read and validate the file here; only a valid config reaches the agent.
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
-    let reader = tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::info!(config = %path.display(), "SIGHUP received: reloading the configuration");
-            match Config::load(&path) {
-                Ok(c) => {
-                    if reload_tx.send(c).await.is_err() {
-                        return;
+    let reader = tokio::spawn({
+        let notifier = notifier.clone();
+        async move {
+            while hup.recv().await.is_some() {
+                tracing::info!(config = %path.display(), "SIGHUP received: reloading the configuration");
+                match Config::load(&path) {
+                    Ok(c) => {
+                        if reload_tx.send(c).await.is_err() {
+                            return;
+                        }
                     }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "configuration reload refused; running with the previous configuration");
-                    csg_agent::notify::status(&format!(
-                        "configuration reload refused ({}); running with the previous configuration",
-                        e.to_string()
-                            .lines()
-                            .map(str::trim)
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    ));
-                    csg_agent::notify::ready();
+                    Err(e) => {
+                        tracing::error!(error = %e, "configuration reload refused; running with the previous configuration");
+                        notifier.status(&format!(
+                            "configuration reload refused ({}); running with the previous configuration",
+                            e.to_string()
+                                .lines()
+                                .map(str::trim)
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ));
+                        notifier.ready();
+                    }
                 }
             }
         }
     });
     // The setter goes into the run and must come back for the next one: share it.
-    let set_log = std::sync::Arc::new(set_log);
+    let set_log = Arc::new(set_log);
     let shared = set_log.clone();
     let end = csg_agent::run(
         Box::new(cfg),
@@ -268,14 +301,15 @@ async fn run_once(
             shutdown,
             reloads: Some(reload_rx),
             set_log: Box::new(move |d: &str| shared(d)),
-            host: None,
-            link: None,
+            notifier,
+            host,
+            started: None,
         },
     )
     .await;
     reader.abort();
     let _ = reader.await;
-    let set_log = std::sync::Arc::try_unwrap(set_log)
+    let set_log = Arc::try_unwrap(set_log)
         .unwrap_or_else(|_| unreachable!("the run dropped its copy of the log setter"));
     Ok((end, set_log))
 }

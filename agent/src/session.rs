@@ -10,7 +10,7 @@
 //! restart) and puts them into rumqttc; the password is wiped from rumqttc's options again
 //! once the attempt is over. A failure that retrying cannot fix (the broker's certificate
 //! expired, unknown CA, name mismatch, our client certificate refused, credentials refused)
-//! is logged as such, shown in systemd's STATUS=, and followed by the long
+//! is logged as such, reported in `Session::status` (systemd's STATUS=), and followed by the long
 //! `mqtt.auth_failure_backoff_s` instead of the normal back-off.
 //!
 //! The poll loop never waits on anything but the network: inbound commands are handed to the
@@ -105,6 +105,9 @@ impl Uplink for SessionUplink {
 pub struct Session {
     pub uplink: Arc<SessionUplink>,
     pub link: watch::Receiver<LinkState>,
+    /// One line saying how the connection is doing ("connected to …", "broker … unreachable,
+    /// retrying in …"), for whoever reports to a service manager; only the latest matters.
+    pub status: watch::Receiver<String>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -143,6 +146,7 @@ impl Session {
             urgent: urgent_tx,
         });
         let (link_tx, link) = watch::channel(LinkState::Offline);
+        let (status_tx, status) = watch::channel(String::new());
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let task = tokio::spawn(
             SessionLoop {
@@ -162,6 +166,7 @@ impl Session {
                 inbound,
                 overflow,
                 link_tx,
+                status_tx,
                 epoch: 0,
                 connected_at: None,
                 sub_pkid: None,
@@ -172,6 +177,7 @@ impl Session {
         Session {
             uplink,
             link,
+            status,
             shutdown: Some(shutdown_tx),
             task,
         }
@@ -251,6 +257,7 @@ struct SessionLoop {
     inbound: mpsc::Sender<Inbound>,
     overflow: Overflow,
     link_tx: watch::Sender<LinkState>,
+    status_tx: watch::Sender<String>,
     epoch: u64,
     connected_at: Option<Instant>,
     /// Packet id of our SUBSCRIBE, to match its SUBACK.
@@ -273,7 +280,7 @@ impl SessionLoop {
                     let delay = self.long_delay();
                     error!(broker = %self.broker, problem = "local_config", retry_in_ms = delay.as_millis() as u64,
                         "cannot prepare the connection: {problem}");
-                    crate::notify::status(&format!(
+                    self.status_tx.send_replace(format!(
                         "cannot connect to {}: {problem}; retrying in {:.0} s",
                         self.broker,
                         delay.as_secs_f64()
@@ -369,7 +376,8 @@ impl SessionLoop {
             warn!(error = %e, "could not queue online presence");
         }
         info!(broker = %self.broker, epoch = self.epoch, "online");
-        crate::notify::status(&format!("connected to {}", self.broker));
+        self.status_tx
+            .send_replace(format!("connected to {}", self.broker));
         self.link_tx
             .send_replace(LinkState::Online { epoch: self.epoch });
     }
@@ -457,7 +465,7 @@ impl SessionLoop {
             let delay = self.long_delay();
             error!(broker = %self.broker, problem = kind, retry_in_ms = delay.as_millis() as u64,
                 "connection to the broker refused: {what}; waiting mqtt.auth_failure_backoff_s before the next attempt");
-            crate::notify::status(&format!(
+            self.status_tx.send_replace(format!(
                 "{what}; broker {}; retrying in {:.0} s",
                 self.broker,
                 delay.as_secs_f64()
@@ -469,7 +477,7 @@ impl SessionLoop {
         }
         let delay = self.backoff.next_delay();
         let secs = delay.as_secs_f64();
-        crate::notify::status(&if was_online {
+        self.status_tx.send_replace(if was_online {
             format!(
                 "connection to {} lost ({e}), retrying in {secs:.1} s",
                 self.broker
