@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod backends;
 pub mod backoff;
+pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod exec;

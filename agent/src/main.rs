@@ -7,45 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use csg_agent::cli::{Cli, Command, LogFormat};
 use csg_agent::config::{Config, ConfigError};
 use csg_agent::notify::{Notifier, SystemdEnv};
 use csg_agent::status::Host;
 use tracing_subscriber::EnvFilter;
-
-const DEFAULT_CONFIG: &str = "/etc/csg-agent/agent.toml";
-
-/// Cloud storage gateway agent: dials out to an MQTT broker, takes commands from the console,
-/// and reports heartbeats and presence.
-#[derive(Parser)]
-#[command(name = "csg-agent", version, about)]
-struct Cli {
-    /// Configuration file (TOML).
-    #[arg(long, short = 'c', global = true, default_value = DEFAULT_CONFIG, value_name = "FILE")]
-    config: PathBuf,
-    /// Log line format on stderr: plain text, or one JSON object per line for log shippers.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the agent (the default).
-    Run,
-    /// Validate the configuration, print every problem at once, and exit.
-    CheckConfig,
-    /// Write man pages and shell completions into DIR (used when building packages).
-    #[command(hide = true)]
-    GenerateDocs { dir: PathBuf },
-}
 
 /// Exit code for a configuration the agent refuses to run with.
 const EXIT_CONFIG: u8 = 2;
@@ -122,22 +89,6 @@ fn init_logging(directives: &str, format: LogFormat) -> SetLog {
     }
 }
 
-/// Man pages (one per subcommand) and bash/zsh/fish completions, from the clap definition, so
-/// they never drift from the real flags.
-fn generate_docs(dir: &std::path::Path) -> std::io::Result<()> {
-    use clap::CommandFactory;
-    std::fs::create_dir_all(dir)?;
-    clap_mangen::generate_to(Cli::command(), dir)?;
-    for shell in [
-        clap_complete::Shell::Bash,
-        clap_complete::Shell::Zsh,
-        clap_complete::Shell::Fish,
-    ] {
-        clap_complete::generate_to(shell, &mut Cli::command(), "csg-agent", dir)?;
-    }
-    Ok(())
-}
-
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("csg-agent: {e}");
@@ -162,13 +113,6 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(code) => code,
-        },
-        Command::GenerateDocs { dir } => match generate_docs(&dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("csg-agent: cannot write docs into {}: {e}", dir.display());
-                ExitCode::FAILURE
-            }
         },
         Command::Run => {
             let cfg = match load(&cli.config) {
