@@ -200,7 +200,7 @@ enum Reload {
     Refused(String),
 }
 
-/// The parts of a running agent a reloaded config can change.
+/// What applying a reloaded config works on: the running agent's parts, and how to report.
 struct Live<'a> {
     set_log: &'a (dyn Fn(&str) -> Result<(), String> + Send + Sync),
     notifier: &'a Notifier,
