@@ -22,6 +22,9 @@ check() { # description command...
 has_line() { # file regex
     grep -Eq -- "$2" "$1"
 }
+fails() { # command...: succeeds when the command fails
+    ! "$@"
+}
 
 shopt -s nullglob
 agent_deb=(dist/csg-agent_*.deb)
@@ -68,6 +71,10 @@ check "deb: postinst enables the unit without a running systemd (chroot image bu
 dpkg-deb -c "${console_deb[0]}" >"$tmp/console.list"
 check "deb: /usr/bin/csgctl 0755" has_line "$tmp/console.list" '^-rwxr-xr-x .* \./usr/bin/csgctl$'
 check "deb: csgctl man page" has_line "$tmp/console.list" '\./usr/share/man/man1/csgctl\.1\.gz$'
+check "deb: csgctl subcommand man page" has_line "$tmp/console.list" '\./usr/share/man/man1/csgctl-call\.1\.gz$'
+check "deb: csgctl bash completion" has_line "$tmp/console.list" '\./usr/share/bash-completion/completions/csgctl$'
+check "deb: csgctl zsh completion" has_line "$tmp/console.list" '\./usr/share/zsh/vendor-completions/_csgctl$'
+check "deb: csgctl fish completion" has_line "$tmp/console.list" '\./usr/share/fish/vendor_completions\.d/csgctl\.fish$'
 
 # --- lintian: no errors (warnings are reported, not fatal)
 check "lintian csg-agent: no errors" lintian --fail-on error "${agent_deb[0]}"
@@ -81,6 +88,8 @@ rpm -qp --scripts "${agent_rpm[0]}" >"$tmp/rpm.scripts" 2>/dev/null
 check "rpm version is $version" has_line "$tmp/rpm.info" "^Version *: $version"
 check "rpm: binary listed" has_line "$tmp/rpm.list" '^/usr/bin/csg-agent$'
 check "rpm: unit listed" has_line "$tmp/rpm.list" '^/usr/lib/systemd/system/csg-agent\.service$'
+check "rpm: man page listed" has_line "$tmp/rpm.list" '^/usr/share/man/man1/csg-agent\.1\.gz$'
+check "rpm: bash completion listed" has_line "$tmp/rpm.list" '^/usr/share/bash-completion/completions/csg-agent$'
 check "rpm: config is a config file" has_line "$tmp/rpm.conf" '^/etc/csg-agent/agent\.toml$'
 check "rpm: post-install script" has_line "$tmp/rpm.scripts" 'check-config'
 check "rpm: pre-uninstall script" has_line "$tmp/rpm.scripts" 'preuninstall'
@@ -98,6 +107,10 @@ check "rpm root: rpm -q knows it" rpm --root "$tmp/root" -q csg-agent csg-consol
 # (the root itself has no systemd to resolve targets against).
 sed "s#/usr/bin/csg-agent#$tmp/root/usr/bin/csg-agent#g" systemd/csg-agent.service >"$tmp/csg-agent.service"
 dpkg-deb -x "${agent_deb[0]}" "$tmp/agent.files"
+# The docs are built by the xtask at packaging time; the shipped binary carries no generator.
+check "deb: csg-agent has no doc generator" \
+    fails "$tmp/agent.files/usr/bin/csg-agent" generate-docs "$tmp/generated"
+check "deb: csg-agent --version runs" "$tmp/agent.files/usr/bin/csg-agent" --version
 check "deb: the packaged unit is systemd/csg-agent.service" \
     cmp -s "$tmp/agent.files/usr/lib/systemd/system/csg-agent.service" systemd/csg-agent.service
 check "unit: ordered after the storage services (start-up reconcile)" \

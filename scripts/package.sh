@@ -5,7 +5,8 @@
 #   scripts/package.sh
 #
 # Reproducible: file times come from SOURCE_DATE_EPOCH (the last commit's time), the build
-# is --locked, and source paths are remapped out of the binaries.
+# is --locked, and source paths are remapped out of the binaries. Works with CARGO_TARGET_DIR
+# set: the binaries and generated docs are taken from cargo's own target directory.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -27,20 +28,31 @@ ensure_tool generate-rpm cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION"
 
 SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 1764115200)
 export SOURCE_DATE_EPOCH
-export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$root=/build/csg-agent --remap-path-prefix=$HOME/.cargo=/cargo"
 
-cargo build --release --locked -p csg-agent -p csg-console
-rm -rf target/release/package-docs
-target/release/csg-agent generate-docs target/release/package-docs
-target/release/csgctl generate-docs target/release/package-docs
+# Where cargo puts what it builds: target/ unless CARGO_TARGET_DIR, --config build.target-dir
+# or a config file says otherwise (shared build caches). cargo-deb asks cargo the same way, and
+# both tools read the asset paths `target/release/...` in Cargo.toml as "in this directory".
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+docs=$target_dir/release/package-docs
+
+# Man pages and completions come from the clap definitions, by the xtask (a debug build: it
+# shares the workspace's usual build cache, and the files do not depend on the build).
+rm -rf "$docs"
+cargo run --locked --quiet -p xtask -- package-docs "$docs"
 # Man pages ship compressed; -n keeps the time stamp out, so the archive is reproducible.
-gzip -9n target/release/package-docs/*.1
+gzip -9n "$docs"/*.1
+
+# Source paths are remapped out of the shipped binaries only.
+RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$root=/build/csg-agent --remap-path-prefix=$HOME/.cargo=/cargo" \
+    cargo build --release --locked -p csg-agent -p csg-console
 
 rm -rf dist
 mkdir -p dist
 for pkg in csg-agent csg-console; do
     cargo deb --no-build --no-strip -p "$pkg" --output dist/ >/dev/null
 done
-cargo generate-rpm -p agent -o dist/ >/dev/null
-cargo generate-rpm -p console -o dist/ >/dev/null
+# cargo-generate-rpm reads CARGO_TARGET_DIR but not cargo's configuration: tell it.
+cargo generate-rpm -p agent --target-dir "$target_dir" -o dist/ >/dev/null
+cargo generate-rpm -p console --target-dir "$target_dir" -o dist/ >/dev/null
 ls -1 dist

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod backends;
+pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod exec;
@@ -36,9 +37,10 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, Limits};
 use crate::handlers::Handlers;
+use crate::notify::Notifier;
 use crate::session::{LinkState, Session};
 use crate::stats::Stats;
-use crate::status::{HostSampler, StatusSource};
+use crate::status::{Host, HostFacts, StatusSource};
 use crate::storage::{SharedStorage, Storage};
 use crate::uplink::Uplink;
 
@@ -48,21 +50,12 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// this only fills if it is wedged; beyond it commands are dropped (and re-sent by consoles).
 const INBOUND_QUEUE: usize = 1024;
 
-/// Host name, OS and kernel: read once per process (they do not change while it runs, and the
-/// fleet simulator's thousands of agents would otherwise each read them).
-fn host_facts() -> &'static (String, String, String) {
-    static FACTS: std::sync::OnceLock<(String, String, String)> = std::sync::OnceLock::new();
-    FACTS.get_or_init(|| {
-        (
-            sysinfo::System::host_name().unwrap_or_default(),
-            sysinfo::System::long_os_version().unwrap_or_default(),
-            sysinfo::System::kernel_version().unwrap_or_default(),
-        )
-    })
-}
-
-fn info_result(cfg: &Config, storage: &Storage) -> InfoResult {
-    let (hostname, os, kernel) = host_facts().clone();
+fn info_result(cfg: &Config, storage: &Storage, host: &HostFacts) -> InfoResult {
+    let HostFacts {
+        hostname,
+        os,
+        kernel,
+    } = host.clone();
     InfoResult {
         agent_version: AGENT_VERSION.into(),
         protocol_version: PROTOCOL_VERSION,
@@ -132,23 +125,50 @@ pub enum RunEnd {
 /// Replaces the log filter at run time (`agent.log` reloaded); errors say why not.
 pub type SetLog = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
-/// What a run takes from its caller besides the config.
+/// What a run takes from its caller besides the config and storage: everything outside the
+/// run that it reads or tells, so a run holds no process-global state and many can share one
+/// process.
 pub struct Control<S> {
-    /// Resolves on SIGTERM/SIGINT.
+    /// Resolves when the run is to stop (SIGTERM/SIGINT in the agent).
     pub shutdown: S,
-    /// Validated configs re-read on SIGHUP; `None`: this run is never reloaded (a simulated
-    /// agent; a channel would cost a block of 32 configs, ~45 KB, per agent).
+    /// Validated configs to apply (re-read on SIGHUP in the agent); `None`: this run is never
+    /// reloaded, and holds no channel (tokio allocates a block of 32 configs, ~45 KB, per
+    /// channel).
     pub reloads: Option<mpsc::Receiver<Config>>,
     /// Replaces the log filter (`agent.log`).
     pub set_log: SetLog,
-    /// Samples the host for heartbeats; `None`: the run makes its own. The fleet simulator's
-    /// agents share one.
-    pub host: Option<Arc<HostSampler>>,
-    /// Gets the session's link state once the session has started (the fleet simulator paces
-    /// its connects by it).
-    pub link: Option<oneshot::Sender<watch::Receiver<LinkState>>>,
-    /// The MQTT session's queue sizes; `None`: the agent's defaults.
+    /// Tells the service manager how the run is doing.
+    pub notifier: Notifier,
+    /// The host it reports on (`sys.info`, heartbeats).
+    pub host: Arc<Host>,
+    /// Receives what the caller can watch once the session has started; `None`: nobody.
+    pub started: Option<oneshot::Sender<Started>>,
+    /// The MQTT session's queue sizes; `None`: the agent's defaults (the fleet simulator's
+    /// agents take smaller ones).
     pub queues: Option<csg_transport::Queues>,
+}
+
+impl<S> Control<S> {
+    /// A run that stops when `shutdown` resolves, reports to `notifier` and describes `host`;
+    /// no reloads, a fixed log filter, nobody watching. Set the other fields to change that.
+    pub fn new(shutdown: S, notifier: Notifier, host: Arc<Host>) -> Self {
+        Self {
+            shutdown,
+            reloads: None,
+            set_log: Box::new(|_| Err("the log filter of this run is fixed".into())),
+            notifier,
+            host,
+            started: None,
+            queues: None,
+        }
+    }
+}
+
+/// What a started run lets its caller watch.
+#[derive(Debug)]
+pub struct Started {
+    /// The session's link state (online with its epoch, or offline).
+    pub link: watch::Receiver<LinkState>,
 }
 
 /// Whether `new` can be applied to a running session, or needs a new one.
@@ -185,17 +205,29 @@ enum Reload {
     Refused(String),
 }
 
+/// What applying a reloaded config works on: the running agent's parts, and how to report.
+struct Live<'a> {
+    set_log: &'a (dyn Fn(&str) -> Result<(), String> + Send + Sync),
+    notifier: &'a Notifier,
+    host: &'a HostFacts,
+    storage: &'a SharedStorage,
+    handlers: &'a Handlers,
+    dispatcher: &'a Dispatcher,
+    interval: &'a watch::Sender<std::time::Duration>,
+}
+
 /// Applies a reloaded config to the running agent: log filter, heartbeat interval, backend
 /// settings. Backends are rebuilt first, because they are the part that can fail; a refused
 /// reload changes nothing.
-async fn reload(
-    cfg: &mut Config,
-    new: Config,
-    ctl_set_log: &(dyn Fn(&str) -> Result<(), String> + Send + Sync),
-    storage: &SharedStorage,
-    handlers: &Handlers,
-    interval: &watch::Sender<std::time::Duration>,
-) -> Reload {
+async fn reload(cfg: &mut Config, new: Config, live: &Live<'_>) -> Reload {
+    let Live {
+        set_log,
+        host,
+        storage,
+        handlers,
+        interval,
+        ..
+    } = *live;
     if needs_restart(cfg, &new) {
         return Reload::Restart;
     }
@@ -205,7 +237,7 @@ async fn reload(
         match guard.rebuild(&new) {
             Some(Ok(rebuilt)) => {
                 *guard = rebuilt;
-                *handlers.info.write().expect("info lock") = info_result(&new, &guard);
+                *handlers.info.write().expect("info lock") = info_result(&new, &guard, host);
                 applied.push("storage backends");
             }
             Some(Err(e)) => return Reload::Refused(e.to_string()),
@@ -213,7 +245,7 @@ async fn reload(
         }
     }
     if cfg.agent.log != new.agent.log {
-        if let Err(e) = ctl_set_log(&new.agent.log) {
+        if let Err(e) = set_log(&new.agent.log) {
             warn!(error = %e, "log filter not changed");
         } else {
             applied.push("log filter");
@@ -237,18 +269,11 @@ async fn reload(
 
 /// Applies a config re-read on SIGHUP and reports how it went (log, STATUS=); `Some` ends
 /// the run when the new config needs a new session.
-async fn apply_reload(
-    cfg: &mut Config,
-    new: Config,
-    set_log: &(dyn Fn(&str) -> Result<(), String> + Send + Sync),
-    storage: &SharedStorage,
-    handlers: &Handlers,
-    dispatcher: &Dispatcher,
-    interval_tx: &watch::Sender<std::time::Duration>,
-) -> Option<RunEnd> {
-    notify::reloading();
+async fn apply_reload(cfg: &mut Config, new: Config, live: Live<'_>) -> Option<RunEnd> {
+    let notifier = live.notifier;
+    notifier.reloading();
     let old_security = cfg.security.clone();
-    match reload(cfg, new.clone(), set_log, storage, handlers, interval_tx).await {
+    match reload(cfg, new.clone(), &live).await {
         Reload::Restart => {
             info!("reloaded config changes identity, broker, topics, limits or the state directory: starting a new session");
             return Some(RunEnd::Restart(Box::new(new)));
@@ -257,11 +282,11 @@ async fn apply_reload(
             if cfg.security != old_security {
                 // Key files were read again with the config: rotation needs no restart.
                 let policy = auth::Policy::new(&cfg.security, cfg.client_id.as_str());
-                dispatcher.set_policy(policy);
+                live.dispatcher.set_policy(policy);
                 what.push("signed-command keys");
             }
             info!(applied = ?what, "configuration reloaded");
-            notify::status(&format!(
+            notifier.status(&format!(
                 "configuration reloaded ({}); connected to {}",
                 if what.is_empty() {
                     "no change".to_string()
@@ -273,13 +298,21 @@ async fn apply_reload(
         }
         Reload::Refused(e) => {
             tracing::error!(error = %e, "configuration reload refused; running with the previous configuration");
-            notify::status(&format!(
+            notifier.status(&format!(
                 "configuration reload refused ({e}); running with the previous configuration"
             ));
         }
     }
-    notify::ready();
+    notifier.ready();
     None
+}
+
+/// Passes the session's status lines on to the service manager (`systemctl status`).
+async fn forward_status(mut lines: watch::Receiver<String>, notifier: Notifier) {
+    while lines.changed().await.is_ok() {
+        let line = lines.borrow_and_update().clone();
+        notifier.status(&line);
+    }
 }
 
 /// The next reloaded config; never, when the run takes no reloads.
@@ -308,20 +341,21 @@ pub async fn run<S: Future<Output = ()>>(
         shutdown,
         mut reloads,
         set_log,
+        notifier,
         host,
-        link,
+        started,
         queues,
     } = ctl;
     let stats = Arc::new(Stats::default());
     let journal = storage.take_journal();
-    let info = info_result(&cfg, &storage);
+    let info = info_result(&cfg, &storage, &host.facts);
     let storage: SharedStorage = Arc::new(tokio::sync::RwLock::new(storage));
     let status = Arc::new(StatusSource::with_host(
         cfg.client_id.instance().as_str(),
         cfg.client_id.group().as_str(),
         stats.clone(),
         storage.clone(),
-        host.unwrap_or_else(|| Arc::new(HostSampler::new(std::time::Duration::ZERO))),
+        host.sampler.clone(),
     ));
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
     // Commands the dispatcher has no room for are answered BUSY by it, from the poll task;
@@ -335,9 +369,15 @@ pub async fn run<S: Future<Output = ()>>(
             }
         })
     });
-    if let Some(tx) = link {
-        let _ = tx.send(session.link.clone());
+    if let Some(tx) = started {
+        let _ = tx.send(Started {
+            link: session.link.clone(),
+        });
     }
+    // Only spawned when someone listens: the fleet simulator's agents report to nobody.
+    let status_task = notifier
+        .is_active()
+        .then(|| tokio::spawn(forward_status(session.status.clone(), notifier.clone())));
     let uplink: Arc<dyn Uplink> = session.uplink.clone();
     let handlers = Arc::new(Handlers {
         status: status.clone(),
@@ -380,9 +420,11 @@ pub async fn run<S: Future<Output = ()>>(
 
     // Running: config valid, session started. Not "connected": a broker that cannot be
     // reached must not hold up boot; STATUS= lines say how the connection is doing.
-    notify::status(&format!("connecting to {}", cfg.broker));
-    notify::ready();
-    let watchdog_task = notify::watchdog_interval().map(|i| tokio::spawn(notify::watchdog_loop(i)));
+    notifier.status(&format!("connecting to {}", cfg.broker));
+    notifier.ready();
+    let watchdog_task = notifier
+        .watchdog_interval()
+        .map(|i| tokio::spawn(notifier.clone().watchdog_loop(i)));
 
     tokio::pin!(shutdown);
     let end = loop {
@@ -392,7 +434,16 @@ pub async fn run<S: Future<Output = ()>>(
                 // Boxed: a reload handles two configs, and inline they would make every run
                 // future (one per agent; thousands in the fleet simulator) that much larger
                 // for an event that rarely happens.
-                let applied = Box::pin(apply_reload(&mut cfg, new, &*set_log, &storage, &handlers, &dispatcher, &interval_tx)).await;
+                let live = Live {
+                    set_log: &*set_log,
+                    notifier: &notifier,
+                    host: &host.facts,
+                    storage: &storage,
+                    handlers: &handlers,
+                    dispatcher: &dispatcher,
+                    interval: &interval_tx,
+                };
+                let applied = Box::pin(apply_reload(&mut cfg, new, live)).await;
                 if let Some(end) = applied {
                     break end;
                 }
@@ -400,8 +451,12 @@ pub async fn run<S: Future<Output = ()>>(
         }
     };
     info!("shutting down");
-    notify::stopping();
-    notify::status("stopping: finishing running requests, announcing offline");
+    // From here on the connection's ups and downs are part of stopping, not news.
+    if let Some(t) = status_task {
+        t.abort();
+    }
+    notifier.stopping();
+    notifier.status("stopping: finishing running requests, announcing offline");
     // Commands that arrive from now on are not started; the console will re-send them.
     dispatch_task.abort();
     let left = dispatcher.drain(cfg.agent.shutdown_grace).await;
@@ -418,4 +473,99 @@ pub async fn run<S: Future<Output = ()>>(
         t.abort();
     }
     end
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::notify::tests::Recorder;
+
+    /// Nothing listens on port 1: the session keeps failing to connect, which is all a run
+    /// needs to start and stop.
+    const UNREACHABLE: &str = r#"
+[identity]
+group_id = "GID_csg"
+instance_id = "gw-001"
+[mqtt]
+url = "mqtt://127.0.0.1:1"
+"#;
+
+    fn facts() -> HostFacts {
+        HostFacts {
+            hostname: "gw-host".into(),
+            os: "Debian GNU/Linux 13".into(),
+            kernel: "6.12.0".into(),
+        }
+    }
+
+    #[test]
+    fn sys_info_describes_the_host_the_caller_gave() {
+        let cfg = Config::from_toml(UNREACHABLE).unwrap();
+        let storage = Storage::new(&cfg).unwrap();
+        let info = info_result(&cfg, &storage, &facts());
+        assert_eq!(info.hostname, "gw-host");
+        assert_eq!(info.os, "Debian GNU/Linux 13");
+        assert_eq!(info.kernel, "6.12.0");
+    }
+
+    #[tokio::test]
+    async fn a_run_tells_its_notifier_ready_then_stopping_in_order() {
+        let cfg = Config::from_toml(UNREACHABLE).unwrap();
+        let storage = Storage::new(&cfg).unwrap();
+        let rec = Arc::new(Recorder::default());
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (started_tx, started_rx) = oneshot::channel();
+        let host = Arc::new(Host {
+            facts: facts(),
+            sampler: Arc::new(status::HostSampler::new(Duration::ZERO)),
+        });
+        let mut ctl = Control::new(
+            async {
+                let _ = stop_rx.await;
+            },
+            Notifier::to_sink(rec.clone(), None),
+            host,
+        );
+        ctl.started = Some(started_tx);
+        let run = tokio::spawn(run(Box::new(cfg), storage, ctl));
+
+        let started = started_rx.await.unwrap();
+        assert!(!started.link.borrow().is_ready());
+        // The session's own lines reach the notifier too.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !rec.lines().iter().any(|l| l.contains("unreachable")) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no status line about the unreachable broker: {:?}",
+                rec.lines()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop_tx.send(()).unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(end, RunEnd::Stopped));
+
+        let lines = rec.lines();
+        let at = |want: &str| {
+            lines
+                .iter()
+                .position(|l| l.starts_with(want))
+                .unwrap_or_else(|| panic!("no {want:?} in {lines:?}"))
+        };
+        assert!(at("STATUS=connecting to mqtt://127.0.0.1:1") < at("READY=1"));
+        assert!(at("READY=1") < at("STATUS=broker mqtt://127.0.0.1:1 unreachable"));
+        assert_eq!(
+            &lines[lines.len() - 2..],
+            [
+                "STOPPING=1",
+                "STATUS=stopping: finishing running requests, announcing offline"
+            ],
+            "stopping comes last: {lines:?}"
+        );
+    }
 }

@@ -3,45 +3,16 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use csg_agent::cli::{Cli, Command, LogFormat};
 use csg_agent::config::{Config, ConfigError};
+use csg_agent::notify::{Notifier, SystemdEnv};
+use csg_agent::status::Host;
 use tracing_subscriber::EnvFilter;
-
-const DEFAULT_CONFIG: &str = "/etc/csg-agent/agent.toml";
-
-/// Cloud storage gateway agent: dials out to an MQTT broker, takes commands from the console,
-/// and reports heartbeats and presence.
-#[derive(Parser)]
-#[command(name = "csg-agent", version, about)]
-struct Cli {
-    /// Configuration file (TOML).
-    #[arg(long, short = 'c', global = true, default_value = DEFAULT_CONFIG, value_name = "FILE")]
-    config: PathBuf,
-    /// Log line format on stderr: plain text, or one JSON object per line for log shippers.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the agent (the default).
-    Run,
-    /// Validate the configuration, print every problem at once, and exit.
-    CheckConfig,
-    /// Write man pages and shell completions into DIR (used when building packages).
-    #[command(hide = true)]
-    GenerateDocs { dir: PathBuf },
-}
 
 /// Exit code for a configuration the agent refuses to run with.
 const EXIT_CONFIG: u8 = 2;
@@ -118,22 +89,6 @@ fn init_logging(directives: &str, format: LogFormat) -> SetLog {
     }
 }
 
-/// Man pages (one per subcommand) and bash/zsh/fish completions, from the clap definition, so
-/// they never drift from the real flags.
-fn generate_docs(dir: &std::path::Path) -> std::io::Result<()> {
-    use clap::CommandFactory;
-    std::fs::create_dir_all(dir)?;
-    clap_mangen::generate_to(Cli::command(), dir)?;
-    for shell in [
-        clap_complete::Shell::Bash,
-        clap_complete::Shell::Zsh,
-        clap_complete::Shell::Fish,
-    ] {
-        clap_complete::generate_to(shell, &mut Cli::command(), "csg-agent", dir)?;
-    }
-    Ok(())
-}
-
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("csg-agent: {e}");
@@ -159,13 +114,6 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::GenerateDocs { dir } => match generate_docs(&dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("csg-agent: cannot write docs into {}: {e}", dir.display());
-                ExitCode::FAILURE
-            }
-        },
         Command::Run => {
             let cfg = match load(&cli.config) {
                 Ok(c) => c,
@@ -185,6 +133,12 @@ fn main() -> ExitCode {
 
 fn run(mut cfg: Config, path: PathBuf, set_log: SetLog) -> anyhow::Result<()> {
     let mut set_log = Some(set_log);
+    // What outlives a run: systemd's variables are read once, here, and the host's facts once.
+    let notifier = Notifier::systemd(
+        &SystemdEnv::read(|k| std::env::var_os(k)),
+        std::process::id(),
+    );
+    let host = Arc::new(Host::read(Duration::ZERO));
     loop {
         let storage = csg_agent::storage::Storage::new(&cfg).context("cannot start storage")?;
         // One thread: every request crosses session → dispatcher → handler → session, and on one
@@ -197,7 +151,13 @@ fn run(mut cfg: Config, path: PathBuf, set_log: SetLog) -> anyhow::Result<()> {
         let setter = set_log
             .take()
             .expect("the log setter is handed back after every run");
-        let (end, setter) = rt.block_on(run_once(cfg, storage, path.clone(), setter))?;
+        let outside = Outside {
+            path: path.clone(),
+            set_log: setter,
+            notifier: notifier.clone(),
+            host: host.clone(),
+        };
+        let (end, setter) = rt.block_on(run_once(cfg, storage, outside))?;
         // Dropping the runtime ends every task of the run, so nothing of it (the state lock
         // included) outlives it into the next one.
         drop(rt);
@@ -214,12 +174,26 @@ fn run(mut cfg: Config, path: PathBuf, set_log: SetLog) -> anyhow::Result<()> {
     }
 }
 
+/// What one run gets from the process around it.
+struct Outside {
+    /// The configuration file, re-read on SIGHUP.
+    path: PathBuf,
+    set_log: SetLog,
+    notifier: Notifier,
+    host: Arc<Host>,
+}
+
 async fn run_once(
     cfg: Config,
     storage: csg_agent::storage::Storage,
-    path: PathBuf,
-    set_log: SetLog,
+    outside: Outside,
 ) -> anyhow::Result<(csg_agent::RunEnd, SetLog)> {
+    let Outside {
+        path,
+        set_log,
+        notifier,
+        host,
+    } = outside;
     use tokio::signal::unix::{signal, SignalKind};
     // Every handler is installed before anything starts: a signal that arrives early must mean
     // what it says, not death by the default disposition.
@@ -234,32 +208,35 @@ async fn run_once(
     };
     // SIGHUP: re-read and validate the file here; only a valid config reaches the agent.
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
-    let reader = tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::info!(config = %path.display(), "SIGHUP received: reloading the configuration");
-            match Config::load(&path) {
-                Ok(c) => {
-                    if reload_tx.send(c).await.is_err() {
-                        return;
+    let reader = tokio::spawn({
+        let notifier = notifier.clone();
+        async move {
+            while hup.recv().await.is_some() {
+                tracing::info!(config = %path.display(), "SIGHUP received: reloading the configuration");
+                match Config::load(&path) {
+                    Ok(c) => {
+                        if reload_tx.send(c).await.is_err() {
+                            return;
+                        }
                     }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "configuration reload refused; running with the previous configuration");
-                    csg_agent::notify::status(&format!(
-                        "configuration reload refused ({}); running with the previous configuration",
-                        e.to_string()
-                            .lines()
-                            .map(str::trim)
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    ));
-                    csg_agent::notify::ready();
+                    Err(e) => {
+                        tracing::error!(error = %e, "configuration reload refused; running with the previous configuration");
+                        notifier.status(&format!(
+                            "configuration reload refused ({}); running with the previous configuration",
+                            e.to_string()
+                                .lines()
+                                .map(str::trim)
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ));
+                        notifier.ready();
+                    }
                 }
             }
         }
     });
     // The setter goes into the run and must come back for the next one: share it.
-    let set_log = std::sync::Arc::new(set_log);
+    let set_log = Arc::new(set_log);
     let shared = set_log.clone();
     let end = csg_agent::run(
         Box::new(cfg),
@@ -268,15 +245,16 @@ async fn run_once(
             shutdown,
             reloads: Some(reload_rx),
             set_log: Box::new(move |d: &str| shared(d)),
-            host: None,
-            link: None,
+            notifier,
+            host,
+            started: None,
             queues: None,
         },
     )
     .await;
     reader.abort();
     let _ = reader.await;
-    let set_log = std::sync::Arc::try_unwrap(set_log)
+    let set_log = Arc::try_unwrap(set_log)
         .unwrap_or_else(|_| unreachable!("the run dropped its copy of the log setter"));
     Ok((end, set_log))
 }

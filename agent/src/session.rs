@@ -45,9 +45,12 @@ pub struct Session {
     /// Publishing handle given to the dispatcher and the heartbeat task.
     pub uplink: Arc<csg_transport::Session>,
     pub link: watch::Receiver<LinkState>,
+    /// How the connection is doing, in words (the latest line; systemd's STATUS=).
+    pub status: watch::Receiver<String>,
 }
 
 struct AgentHooks {
+    status: watch::Sender<String>,
     topics: AgentTopics,
     instance: String,
     overflow: Overflow,
@@ -90,7 +93,8 @@ impl Hooks for AgentHooks {
     }
 
     fn status(&self, line: &str) {
-        crate::notify::status(line);
+        // The run forwards it to its notifier (systemd's STATUS=) when it has one.
+        self.status.send_replace(line.to_string());
     }
 
     fn overflow(&self, msg: Inbound) {
@@ -128,7 +132,9 @@ impl Session {
         sc.require_subscriptions = true;
         sc.farewell_wait = OFFLINE_ACK_WAIT;
         sc.queues = queues.unwrap_or_else(default_queues);
+        let (status_tx, status) = watch::channel(String::new());
         let hooks = AgentHooks {
+            status: status_tx,
             topics: cfg.topics.clone(),
             instance: cfg.client_id.instance().as_str().to_string(),
             overflow,
@@ -136,6 +142,7 @@ impl Session {
         let session = csg_transport::Session::start(sc, Arc::new(hooks), inbound);
         Session {
             link: session.link(),
+            status,
             uplink: Arc::new(session),
         }
     }

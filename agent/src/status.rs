@@ -22,6 +22,42 @@ use crate::storage::SharedStorage;
 use crate::uplink::{OutMessage, Qos, Uplink};
 use crate::AGENT_VERSION;
 
+/// Host name, OS and kernel, for `sys.info`: they do not change while the process runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+}
+
+impl HostFacts {
+    /// This machine's (empty where the system does not say).
+    pub fn read() -> Self {
+        Self {
+            hostname: System::host_name().unwrap_or_default(),
+            os: System::long_os_version().unwrap_or_default(),
+            kernel: System::kernel_version().unwrap_or_default(),
+        }
+    }
+}
+
+/// The host a run describes: its facts and its sampler. The caller builds it, so many runs in
+/// one process (the fleet simulator) can share one instead of each reading the system.
+pub struct Host {
+    pub facts: HostFacts,
+    pub sampler: Arc<HostSampler>,
+}
+
+impl Host {
+    /// This machine, sampled afresh whenever a sample is older than `max_age`.
+    pub fn read(max_age: Duration) -> Self {
+        Self {
+            facts: HostFacts::read(),
+            sampler: Arc::new(HostSampler::new(max_age)),
+        }
+    }
+}
+
 /// Samples the host: CPU, load, memory, disks.
 ///
 /// An agent has its own and samples afresh for every heartbeat (`max_age` zero). The fleet

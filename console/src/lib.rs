@@ -47,7 +47,11 @@
 //! # }
 //! ```
 
+// The command-line modules name this library by its crate name, as a separate program would.
+extern crate self as csg_console;
+
 pub mod call;
+mod cli;
 pub mod client;
 pub mod fanout;
 pub mod ids;
@@ -60,3 +64,8 @@ pub use fanout::{FanoutOptions, InstanceOutcome};
 pub use ids::{derive_instance_id, IdGenerator};
 pub use sign::Signer;
 pub use watch::{StatusEvent, Watch, WatchError, WatchEvent, WatchFilter};
+
+/// The `csgctl` program: its entry point and its command-line definition.
+pub mod csgctl {
+    pub use crate::cli::{command, main};
+}

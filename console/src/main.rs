@@ -1,7 +1,5 @@
 //! `csgctl`: send commands to csg-agent gateways and watch their status over MQTT.
 
-mod cli;
-
 fn main() -> std::process::ExitCode {
-    cli::main()
+    csg_console::csgctl::main()
 }

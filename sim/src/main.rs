@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use csg_agent::config::{Config, RawConfig};
+use csg_agent::notify::Notifier;
 use csg_agent::session::LinkState;
-use csg_agent::status::HostSampler;
+use csg_agent::status::Host;
 use csg_agent::storage::Storage;
 use serde_json::json;
 use tokio::sync::{oneshot, watch, Semaphore};
@@ -181,12 +182,6 @@ fn main() -> anyhow::Result<()> {
         .with_target(false)
         .init();
     csg_transport::install_crypto_provider();
-    // The agents are not services of this process's supervisor: they must not talk to it.
-    // SAFETY: still single-threaded here; nothing else reads the environment concurrently.
-    unsafe {
-        std::env::remove_var("NOTIFY_SOCKET");
-        std::env::remove_var("WATCHDOG_USEC");
-    }
     // One thread: the agents' tasks run on the main thread, like a real agent's.
     let mut rt = if cli.threads == 0 {
         tokio::runtime::Builder::new_current_thread()
@@ -213,7 +208,8 @@ async fn simulate(cli: Cli) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let count = configs.len();
-    let host = Arc::new(HostSampler::new(Duration::from_millis(cli.host_sample_ms)));
+    // Every agent describes this one host: one read of its facts, one shared sample.
+    let host = Arc::new(Host::read(Duration::from_millis(cli.host_sample_ms)));
     let gates: Vec<Arc<Semaphore>> = cli
         .brokers
         .iter()
@@ -237,25 +233,23 @@ async fn simulate(cli: Cli) -> anyhow::Result<()> {
                 return;
             }
             let storage = Storage::in_memory(&cfg);
-            let (link_tx, link_rx) = oneshot::channel();
-            let ctl = csg_agent::Control {
-                shutdown: async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-                reloads: None,
-                set_log: Box::new(|_| Err("the simulator's log filter is RUST_LOG".into())),
-                host: Some(host),
-                link: Some(link_tx),
-                // Thousands of sessions in one process: let the MQTT client's event buffer grow on
-                // demand instead of reserving room for 100 events (~14 KB) in each.
-                queues: Some(csg_transport::Queues {
-                    events: 0,
-                    ..csg_agent::session::default_queues()
-                }),
+            let (started_tx, started_rx) = oneshot::channel();
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
             };
+            // The agents are not services of this process's supervisor: they tell it nothing.
+            let mut ctl = csg_agent::Control::new(shutdown, Notifier::none(), host);
+            ctl.set_log = Box::new(|_| Err("the simulator's log filter is RUST_LOG".into()));
+            ctl.started = Some(started_tx);
+            // Thousands of sessions in one process: let the MQTT client's event buffer grow on
+            // demand instead of reserving room for 100 events (~14 KB) in each.
+            ctl.queues = Some(csg_transport::Queues {
+                events: 0,
+                ..csg_agent::session::default_queues()
+            });
             let span = tracing::info_span!("agent", id = %instance);
             let run = tokio::spawn(csg_agent::run(cfg, storage, ctl).instrument(span));
-            if let Ok(mut link) = link_rx.await {
+            if let Ok(csg_agent::Started { mut link }) = started_rx.await {
                 let _ = links_tx.send(link.clone());
                 let _ = tokio::time::timeout(
                     Duration::from_secs(30),

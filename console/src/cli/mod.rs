@@ -1,4 +1,7 @@
-//! The `csgctl` command line (modules of the binary only, not of the library).
+//! The `csgctl` command line. It sits in the library, private but for [`main`] and
+//! [`command`], so that the packaging task builds the man pages and shell completions from the
+//! very definitions the binary parses; it uses the rest of the library only through its public
+//! API, as any other program would.
 
 mod bench_cmd;
 mod call_cmd;
@@ -317,9 +320,6 @@ enum Command {
     Iscsi(storage_cmd::IscsiCmd),
     /// Make an Ed25519 key pair for signed commands (PREFIX.key and PREFIX.pub)
     Keygen(keys_cmd::KeygenArgs),
-    /// Write man pages and shell completions into DIR (used when building packages)
-    #[command(hide = true)]
-    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Debug, Args)]
@@ -474,6 +474,7 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
+/// The `csgctl` program.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // One rustls crypto provider (ring) for the whole process, before anything uses TLS.
@@ -507,11 +508,6 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<Exit> {
     // Validate a command's arguments before connecting, so usage errors never wait on a broker.
     match &cli.command {
-        Command::GenerateDocs { dir } => {
-            generate_docs(dir)
-                .with_context(|| format!("cannot write docs into {}", dir.display()))?;
-            Ok(Exit::Ok)
-        }
         Command::Keygen(args) => keys_cmd::keygen(args),
         Command::Call(args) => {
             let plan = call_cmd::plan(args, &cli.group_id)?;
@@ -549,19 +545,9 @@ async fn storage(cli: &Cli, req: storage_cmd::Request<'_>) -> anyhow::Result<Exi
     exit
 }
 
-/// Man pages (one per subcommand) and bash/zsh/fish completions, from the clap definition.
-fn generate_docs(dir: &std::path::Path) -> std::io::Result<()> {
-    use clap::CommandFactory;
-    std::fs::create_dir_all(dir)?;
-    clap_mangen::generate_to(Cli::command(), dir)?;
-    for shell in [
-        clap_complete::Shell::Bash,
-        clap_complete::Shell::Zsh,
-        clap_complete::Shell::Fish,
-    ] {
-        clap_complete::generate_to(shell, &mut Cli::command(), "csgctl", dir)?;
-    }
-    Ok(())
+/// The clap definition of `csgctl`, for generated documentation.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 async fn connect(cli: &Cli) -> anyhow::Result<Console> {
