@@ -186,7 +186,7 @@ fn main() -> ExitCode {
 fn run(mut cfg: Config, path: PathBuf, set_log: SetLog) -> anyhow::Result<()> {
     let mut set_log = Some(set_log);
     loop {
-        let storage = csg_agent::storage::Storage::new(&cfg).context("cannot start storage")?;
+        let storage = csg_agent::families::Storage::new(&cfg).context("cannot start storage")?;
         // One thread: every request crosses session → dispatcher → handler → session, and on one
         // thread those hand-offs cost no cross-thread wake-ups. Handlers never block (programs run
         // as async child processes), so one thread is not a bottleneck; it also keeps RSS small.
@@ -216,7 +216,7 @@ fn run(mut cfg: Config, path: PathBuf, set_log: SetLog) -> anyhow::Result<()> {
 
 async fn run_once(
     cfg: Config,
-    storage: csg_agent::storage::Storage,
+    storage: csg_agent::families::Storage,
     path: PathBuf,
     set_log: SetLog,
 ) -> anyhow::Result<(csg_agent::RunEnd, SetLog)> {
