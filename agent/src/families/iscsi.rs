@@ -60,7 +60,10 @@ impl Family for Iscsi {
         self.inner.methods()
     }
     fn reconcile(&self) -> BoxFut<'_, Result<Changes, RpcError>> {
-        Box::pin(async move { Ok(Changes::Iscsi(decode(self.inner.reconcile().await?)?)) })
+        Box::pin(async move {
+            let v = self.inner.reconcile().await?;
+            Ok(Changes::Iscsi(decode(v)?))
+        })
     }
     fn service(&self) -> BoxFut<'_, ServiceState> {
         self.inner.service()

@@ -367,8 +367,9 @@ pub struct IscsiChanged {
     pub target: String,
     /// `created`, `repaired` or `removed`.
     pub action: String,
-    /// How many backend commands it took.
-    pub commands: u64,
+    /// How many backend commands it took (not given for a removed target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands: Option<u64>,
 }
 
 /// A target reconcile could not put right.
