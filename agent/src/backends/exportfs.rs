@@ -17,7 +17,7 @@ use csg_protocol::RpcError;
 use tracing::warn;
 
 use crate::exec::{self, Program, ToolError};
-use crate::model::nfs::{drift, Actual, DesiredSet, Dialect, Managed, NfsBackend, Plan, Snapshot};
+use crate::model::nfs::{drift, Actual, DesiredSet, Managed, NfsBackend, Plan, Snapshot};
 use crate::model::{BoxFut, Change};
 
 pub const HEADER: &str = "# Managed by csg-agent: this file is rewritten on every change; \
@@ -287,10 +287,6 @@ impl NfsBackend for Exportfs {
         "kernel"
     }
 
-    fn dialect(&self) -> Dialect {
-        Dialect::Kernel
-    }
-
     /// Whether nfsd is running (its export channel exists).
     fn up(&self) -> BoxFut<'_, bool> {
         let up = std::path::Path::new("/proc/fs/nfsd/threads").exists()
@@ -307,21 +303,9 @@ impl NfsBackend for Exportfs {
         })
     }
 
-    fn plan(
-        &self,
-        snap: Snapshot,
-        change: Change<Managed>,
-        before: DesiredSet,
-        after: DesiredSet,
-    ) -> Plan {
-        let write = Some(render(&after).into_bytes());
-        Plan {
-            change,
-            before,
-            after,
-            saved: snap.saved,
-            write,
-        }
+    /// The whole file: it holds every export.
+    fn rewrite(&self, _change: &Change<Managed>, after: &DesiredSet) -> Option<Vec<u8>> {
+        Some(render(after).into_bytes())
     }
 
     fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFut<'a, Result<(), ToolError>> {

@@ -518,21 +518,9 @@ impl NfsBackend for Ganesha {
         Box::pin(self.export_ids())
     }
 
-    fn plan(
-        &self,
-        snap: Snapshot,
-        change: Change<Managed>,
-        before: DesiredSet,
-        after: DesiredSet,
-    ) -> Plan {
-        let write = change.after().map(|m| render(&m.spec, m.id).into_bytes());
-        Plan {
-            change,
-            before,
-            after,
-            saved: snap.saved,
-            write,
-        }
+    /// The export's own file, gone with the export.
+    fn rewrite(&self, change: &Change<Managed>, _after: &DesiredSet) -> Option<Vec<u8>> {
+        change.after().map(|m| render(&m.spec, m.id).into_bytes())
     }
 
     fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFut<'a, Result<(), ToolError>> {

@@ -12,7 +12,7 @@ use csg_protocol::RpcError;
 
 use crate::backends::exportfs::{actual_exports, render};
 use crate::exec::ToolError;
-use crate::model::nfs::{Actual, DesiredSet, Dialect, Managed, NfsBackend, Plan, Snapshot};
+use crate::model::nfs::{Actual, DesiredSet, Managed, NfsBackend, Plan, Snapshot};
 use crate::model::{BoxFut, Change};
 
 /// The export table of one simulated host.
@@ -53,10 +53,6 @@ impl NfsBackend for MemoryExports {
         "memory"
     }
 
-    fn dialect(&self) -> Dialect {
-        Dialect::Kernel
-    }
-
     fn up(&self) -> BoxFut<'_, bool> {
         Box::pin(async { true })
     }
@@ -66,21 +62,8 @@ impl NfsBackend for MemoryExports {
         Box::pin(async move { Ok(Snapshot { saved }) })
     }
 
-    fn plan(
-        &self,
-        snap: Snapshot,
-        change: Change<Managed>,
-        before: DesiredSet,
-        after: DesiredSet,
-    ) -> Plan {
-        let write = Some(table_for(&after).into_bytes());
-        Plan {
-            change,
-            before,
-            after,
-            saved: snap.saved,
-            write,
-        }
+    fn rewrite(&self, _change: &Change<Managed>, after: &DesiredSet) -> Option<Vec<u8>> {
+        Some(table_for(after).into_bytes())
     }
 
     fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFut<'a, Result<(), ToolError>> {

@@ -421,7 +421,6 @@ impl Family for Nfs {
 mod tests {
     use super::*;
     use crate::backends::memory::MemoryExports;
-    use crate::model::nfs::{Actual, Plan, Snapshot};
     use crate::state::StateStore;
     use crate::storage::paths::Roots;
     use csg_protocol::methods::nfs::NameParams;
@@ -456,8 +455,16 @@ mod tests {
         .unwrap()
     }
 
-    fn name(n: &str) -> NameParams {
-        NameParams { name: n.into() }
+    async fn mutate(nfs: &Nfs, m: NfsMethod) -> Result<MutateResult, RpcError> {
+        match nfs.call(m).await? {
+            MethodResult::NfsMutate(r) => Ok(*r),
+            other => panic!("not a mutate result: {other:?}"),
+        }
+    }
+
+    async fn delete(nfs: &Nfs, n: &str) -> MethodResult {
+        let p = NameParams { name: n.into() };
+        nfs.call(NfsMethod::ExportDelete(p)).await.unwrap()
     }
 
     #[tokio::test]
@@ -466,159 +473,67 @@ mod tests {
         let root = root.path().canonicalize().unwrap();
         let nfs = family(&root, Box::new(MemoryExports::new()));
         let vol1 = export(&root, "vol1", "10.0.0.0/8");
-        let MethodResult::NfsMutate(r) = nfs
-            .call(NfsMethod::ExportCreate(vol1.clone()))
+        let r = mutate(&nfs, NfsMethod::ExportCreate(vol1.clone()))
             .await
-            .unwrap()
-        else {
-            panic!("not a mutate result");
-        };
-        assert!(r.changed);
-        assert_eq!(r.export.drift, Vec::<String>::new());
-        assert!(r.export.actual.is_some());
+            .unwrap();
+        assert!(
+            r.changed && r.export.drift.is_empty() && r.export.actual.is_some(),
+            "{r:?}"
+        );
         // The same again changes nothing; a different spec under the same name is refused.
-        let MethodResult::NfsMutate(r) = nfs
-            .call(NfsMethod::ExportCreate(vol1.clone()))
-            .await
-            .unwrap()
-        else {
-            panic!("not a mutate result");
-        };
+        let r = mutate(&nfs, NfsMethod::ExportCreate(vol1)).await.unwrap();
         assert!(!r.changed);
         let other = export(&root, "vol1", "192.0.2.0/24");
-        let e = nfs
-            .call(NfsMethod::ExportCreate(other.clone()))
+        let e = mutate(&nfs, NfsMethod::ExportCreate(other.clone()))
             .await
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::Conflict);
-        let MethodResult::NfsMutate(r) = nfs.call(NfsMethod::ExportUpdate(other)).await.unwrap()
-        else {
-            panic!("not a mutate result");
-        };
+        let r = mutate(&nfs, NfsMethod::ExportUpdate(other)).await.unwrap();
         assert!(r.changed && r.export.drift.is_empty(), "{r:?}");
         let MethodResult::NfsList(l) = nfs.call(NfsMethod::ExportList).await.unwrap() else {
             panic!("not a list");
         };
         assert_eq!((l.backend.as_str(), l.exports.len()), ("memory", 1));
         assert_eq!(nfs.reconcile().await.unwrap(), Changes::Nfs(Vec::new()));
-        let d = nfs
-            .call(NfsMethod::ExportDelete(name("vol1")))
-            .await
-            .unwrap();
-        assert_eq!(
-            d,
+        let gone = |existed| {
             MethodResult::NfsDelete(DeleteResult {
                 name: "vol1".into(),
-                existed: true
+                existed,
             })
-        );
-        let d = nfs
-            .call(NfsMethod::ExportDelete(name("vol1")))
-            .await
-            .unwrap();
-        assert_eq!(
-            d,
-            MethodResult::NfsDelete(DeleteResult {
-                name: "vol1".into(),
-                existed: false
-            })
-        );
-        let e = nfs
-            .call(NfsMethod::ExportGet(name("vol1")))
-            .await
-            .unwrap_err();
+        };
+        assert_eq!(delete(&nfs, "vol1").await, gone(true));
+        assert_eq!(delete(&nfs, "vol1").await, gone(false));
+        let p = NameParams {
+            name: "vol1".into(),
+        };
+        let e = nfs.call(NfsMethod::ExportGet(p)).await.unwrap_err();
         assert_eq!(e.code, ErrorCode::NotFound);
-    }
-
-    /// The in-memory table, except that every apply is refused after it half-happened.
-    struct Refusing {
-        table: Arc<MemoryExports>,
-        undone: Arc<std::sync::atomic::AtomicUsize>,
-    }
-
-    impl NfsBackend for Refusing {
-        fn kind(&self) -> &'static str {
-            "memory"
-        }
-        fn dialect(&self) -> Dialect {
-            Dialect::Kernel
-        }
-        fn up(&self) -> BoxFut<'_, bool> {
-            self.table.up()
-        }
-        fn observe<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<Snapshot, exec::ToolError>> {
-            self.table.observe(name)
-        }
-        fn plan(
-            &self,
-            snap: Snapshot,
-            change: Change<Managed>,
-            before: DesiredSet,
-            after: DesiredSet,
-        ) -> Plan {
-            self.table.plan(snap, change, before, after)
-        }
-        fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFut<'a, Result<(), exec::ToolError>> {
-            Box::pin(async move {
-                // Half-applied, then refused: the undo must put the table back.
-                self.table.apply(plan).await?;
-                Err(exec::ToolError::Failed {
-                    program: "exportfs -ra".into(),
-                    status: 1,
-                    stderr: "bad option list".into(),
-                })
-            })
-        }
-        fn undo<'a>(&'a self, plan: &'a Plan) -> BoxFut<'a, Result<(), exec::ToolError>> {
-            self.undone
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.table.undo(plan)
-        }
-        fn read<'a>(&'a self, set: &'a DesiredSet) -> BoxFut<'a, Result<Actual, exec::ToolError>> {
-            self.table.read(set)
-        }
-        fn reconcile<'a>(
-            &'a self,
-            desired: &'a DesiredSet,
-        ) -> BoxFut<'a, Result<Vec<String>, RpcError>> {
-            self.table.reconcile(desired)
-        }
     }
 
     #[tokio::test]
     async fn a_failed_apply_is_undone_and_the_desired_state_restored() {
+        // The kernel backend with no exportfs to run: the file is written, re-exporting fails,
+        // and the undo takes the file away again (its own re-export fails too, and says so).
         let root = tempfile::tempdir().unwrap();
         let root = root.path().canonicalize().unwrap();
-        let table = Arc::new(MemoryExports::new());
-        let undone = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let backend = Refusing {
-            table: table.clone(),
-            undone: undone.clone(),
-        };
-        let nfs = family(&root, Box::new(backend));
-        let e = nfs
-            .call(NfsMethod::ExportCreate(export(&root, "vol1", "10.0.0.0/8")))
+        let file = root.join("csg.exports");
+        let exportfs = root.join("no-exportfs");
+        let kernel = Exportfs::new(file.clone(), exportfs, std::time::Duration::from_secs(5));
+        let nfs = family(&root, Box::new(kernel));
+        let vol1 = export(&root, "vol1", "10.0.0.0/8");
+        let e = mutate(&nfs, NfsMethod::ExportCreate(vol1))
             .await
             .unwrap_err();
-        assert_eq!(e.code, ErrorCode::BackendError);
-        assert!(e.message.contains("bad option list"), "{}", e.message);
+        assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+        assert!(e.message.contains("no-exportfs"), "{}", e.message);
         assert!(
-            e.message.ends_with("the previous state was restored"),
+            e.message
+                .contains("restoring the previous state failed too"),
             "{}",
             e.message
         );
-        assert_eq!(undone.load(std::sync::atomic::Ordering::SeqCst), 1);
-        // Neither the desired state nor the table keeps the export.
+        assert!(!file.exists(), "the exports file was not taken back");
         assert_eq!(nfs.load().await.unwrap(), NfsState::default());
-        let set: DesiredSet = [(
-            "vol1".to_string(),
-            Managed {
-                spec: export(&root, "vol1", "10.0.0.0/8").validate(false).unwrap(),
-                id: 0,
-            },
-        )]
-        .into();
-        assert_eq!(table.read(&set).await.unwrap()["vol1"], None);
     }
 
     #[test]

@@ -465,13 +465,18 @@ impl<B: SmbBackend> Smb<B> {
 
     // ----- users -----
 
-    async fn user_set(&self, p: UserSet) -> Result<MethodResult, RpcError> {
-        let user = &p.username;
-        let _g = self.lock.lock().await;
+    /// smbd is up, the desired state, and whether `user` is in the passdb (under the lock).
+    async fn user_now(&self, user: &UserName) -> Result<(SmbState, bool), RpcError> {
         self.preflight().await?;
         let st = self.state().await?;
         let passdb = self.samba.passdb_users().await.map_err(backend)?;
-        let in_passdb = passdb.iter().any(|n| n == user.as_str());
+        Ok((st, passdb.iter().any(|n| n == user.as_str())))
+    }
+
+    async fn user_set(&self, p: UserSet) -> Result<MethodResult, RpcError> {
+        let user = &p.username;
+        let _g = self.lock.lock().await;
+        let (st, in_passdb) = self.user_now(user).await?;
         let managed = st
             .users
             .get(user)
@@ -585,10 +590,7 @@ impl<B: SmbBackend> Smb<B> {
     async fn user_delete(&self, r: UserRef) -> Result<MethodResult, RpcError> {
         let user = &r.username;
         let _g = self.lock.lock().await;
-        self.preflight().await?;
-        let st = self.state().await?;
-        let passdb = self.samba.passdb_users().await.map_err(backend)?;
-        let in_passdb = passdb.iter().any(|n| n == user.as_str());
+        let (st, in_passdb) = self.user_now(user).await?;
         let managed = st.users.get(user).copied();
         let tombstone = st.removing_users.get(user).copied();
         let Some(managed) = managed.or(tombstone.filter(|_| in_passdb)) else {

@@ -142,7 +142,9 @@ impl Plan {
 pub trait NfsBackend: Send + Sync {
     /// `kernel`, `ganesha` or `memory`.
     fn kind(&self) -> &'static str;
-    fn dialect(&self) -> Dialect;
+    fn dialect(&self) -> Dialect {
+        Dialect::Kernel
+    }
     /// Whether the server is running.
     fn up(&self) -> BoxFut<'_, bool>;
     /// The state a change of export `name` would rewrite.
@@ -151,14 +153,25 @@ pub trait NfsBackend: Send + Sync {
     fn live_ids(&self) -> BoxFut<'_, Result<Vec<u16>, ToolError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
-    /// What carrying out `change` takes, from `snap`.
+    /// What the file the change rewrites will hold (`None`: it is removed).
+    fn rewrite(&self, change: &Change<Managed>, after: &DesiredSet) -> Option<Vec<u8>>;
+    /// What carrying out `change` takes, from `snap`: pure, nothing runs.
     fn plan(
         &self,
         snap: Snapshot,
         change: Change<Managed>,
         before: DesiredSet,
         after: DesiredSet,
-    ) -> Plan;
+    ) -> Plan {
+        let write = self.rewrite(&change, &after);
+        Plan {
+            change,
+            before,
+            after,
+            saved: snap.saved,
+            write,
+        }
+    }
     /// Carries out the plan and reads it back.
     fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFut<'a, Result<(), ToolError>>;
     /// Puts back what the plan's snapshot held, after a failed `apply`.
