@@ -178,6 +178,10 @@ impl Samba {
 }
 
 impl SmbBackend for Samba {
+    fn kind(&self) -> &'static str {
+        "samba"
+    }
+
     /// Whether smbd answers `smbcontrol smbd ping` (it finds smbd through the pid file of the
     /// configured smb.conf).
     async fn ping(&self) -> Result<(), ToolError> {

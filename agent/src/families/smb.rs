@@ -807,7 +807,7 @@ impl<B: SmbBackend> Family for Smb<B> {
     }
 
     fn backend(&self) -> &'static str {
-        "samba"
+        self.samba.kind()
     }
 
     fn methods(&self) -> &'static [&'static str] {
@@ -821,7 +821,7 @@ impl<B: SmbBackend> Family for Smb<B> {
     fn service(&self) -> BoxFut<'_, ServiceState> {
         Box::pin(async move {
             ServiceState {
-                backend: "samba".into(),
+                backend: self.samba.kind().into(),
                 up: self.samba.ping().await.is_ok(),
             }
         })

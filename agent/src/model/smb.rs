@@ -139,6 +139,8 @@ impl SharePlan {
 
 /// A Samba-like server: registry shares, a passdb, and the Unix accounts behind its users.
 pub trait SmbBackend: Send + Sync {
+    /// `samba`.
+    fn kind(&self) -> &'static str;
     /// Whether smbd answers; `Unavailable` when it does not.
     fn ping(&self) -> impl Future<Output = Result<(), ToolError>> + Send;
     /// Refuses unless the server serves registry shares.
@@ -179,4 +181,33 @@ pub trait SmbBackend: Send + Sync {
     /// A system account with no home and no login shell, for an SMB user.
     fn useradd(&self, user: &UserName) -> impl Future<Output = Result<(), ToolError>> + Send;
     fn userdel(&self, user: &UserName) -> impl Future<Output = Result<(), ToolError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> ShareSpec {
+        let m = serde_json::json!({"name": name, "path": "/srv/csg/data"});
+        let serde_json::Value::Object(m) = m else {
+            unreachable!()
+        };
+        ShareSpec::from_params(m).unwrap()
+    }
+
+    #[test]
+    fn a_share_plan_goes_from_the_registry_to_the_spec() {
+        let data = ShareName::parse("data").unwrap();
+        let held = share_param_map(&spec("data"));
+        let reg: Registry = vec![("Data".into(), held.clone())];
+        // Names match whatever case the registry spells them in.
+        assert_eq!(find(&reg, &data).map(|(n, _)| n.as_str()), Some("Data"));
+        let p = SharePlan::new(&reg, &data, Some(&spec("data")));
+        assert_eq!((p.before(), p.after()), (Some(&held), Some(&held)));
+        let p = SharePlan::new(&reg, &data, None);
+        assert_eq!(p.change, Some(Change::Delete(held.clone())));
+        let p = SharePlan::new(&Registry::new(), &data, Some(&spec("data")));
+        assert_eq!(p.change, Some(Change::Create(held)));
+        assert_eq!(SharePlan::new(&Registry::new(), &data, None).change, None);
+    }
 }
