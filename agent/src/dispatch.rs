@@ -340,7 +340,7 @@ impl Dispatcher {
         let handlers = self.handlers.clone();
         tokio::spawn(async move {
             let mut guard = guard;
-            let result = handlers.call(method).await;
+            let result = handlers.call(method).await.and_then(|r| r.to_value());
             if let Err(e) = &result {
                 debug!(id = %guard.id, method = guard.method, code = %e.code, "request failed");
             }

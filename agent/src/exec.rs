@@ -124,6 +124,11 @@ pub enum ToolError {
     /// It could not be started or waited for (permissions, I/O, killed by a signal).
     #[error("{program}: {detail}")]
     Spawn { program: String, detail: String },
+    /// It ran without an error, yet what it left is not what was asked for: the read-back
+    /// differs, the daemon listed errors in its reply, or a file it reads could not be
+    /// written. The message says which.
+    #[error("{0}")]
+    Unexpected(String),
 }
 
 impl ToolError {
@@ -133,7 +138,9 @@ impl ToolError {
         match self {
             ToolError::Unavailable { .. } => ErrorCode::Unavailable,
             ToolError::Timeout { .. } => ErrorCode::Timeout,
-            ToolError::Failed { .. } | ToolError::Spawn { .. } => ErrorCode::BackendError,
+            ToolError::Failed { .. } | ToolError::Spawn { .. } | ToolError::Unexpected(_) => {
+                ErrorCode::BackendError
+            }
         }
     }
 
@@ -167,6 +174,7 @@ impl ToolError {
                 program: r(program),
                 detail: r(detail),
             },
+            ToolError::Unexpected(m) => ToolError::Unexpected(r(m)),
         }
     }
 }

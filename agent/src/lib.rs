@@ -36,12 +36,12 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::dispatch::{Dispatcher, Limits};
+use crate::families::{SharedStorage, Storage};
 use crate::handlers::Handlers;
 use crate::notify::Notifier;
 use crate::session::{LinkState, Session};
 use crate::stats::Stats;
 use crate::status::{Host, HostFacts, StatusSource};
-use crate::storage::{SharedStorage, Storage};
 use crate::uplink::Uplink;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -71,46 +71,10 @@ fn info_result(cfg: &Config, storage: &Storage, host: &HostFacts) -> InfoResult 
             TopicMode::P2p { .. } => "p2p".into(),
         },
         methods: handlers::methods(storage),
-        storage_backends: storage.backends().unwrap_or_else(|| storage_backends(cfg)),
+        storage_backends: storage.backends(),
         max_payload: cfg.agent.max_payload_bytes,
         started_ms: now_ms(),
     }
-}
-
-fn storage_backends(cfg: &Config) -> std::collections::BTreeMap<String, String> {
-    use crate::config::{
-        iscsi::IscsiBackendKind as I, nfs::NfsBackendKind as N, smb::SmbBackendKind as S,
-    };
-    let mut m = std::collections::BTreeMap::new();
-    let mut put = |family: &str, backend: Option<&str>| {
-        if let Some(b) = backend {
-            m.insert(family.to_string(), b.to_string());
-        }
-    };
-    put(
-        "nfs",
-        match cfg.nfs.backend {
-            N::Disabled => None,
-            N::Kernel => Some("kernel"),
-            N::Ganesha => Some("ganesha"),
-        },
-    );
-    put(
-        "smb",
-        match cfg.smb.backend {
-            S::Disabled => None,
-            S::Samba => Some("samba"),
-        },
-    );
-    put(
-        "iscsi",
-        match cfg.iscsi.backend {
-            I::Disabled => None,
-            I::Tgt => Some("tgt"),
-            I::Lio => Some("lio"),
-        },
-    );
-    m
 }
 
 /// How a run ended.

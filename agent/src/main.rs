@@ -140,7 +140,7 @@ fn run(mut cfg: Config, path: PathBuf, set_log: SetLog) -> anyhow::Result<()> {
     );
     let host = Arc::new(Host::read(Duration::ZERO));
     loop {
-        let storage = csg_agent::storage::Storage::new(&cfg).context("cannot start storage")?;
+        let storage = csg_agent::families::Storage::new(&cfg).context("cannot start storage")?;
         // One thread: every request crosses session → dispatcher → handler → session, and on one
         // thread those hand-offs cost no cross-thread wake-ups. Handlers never block (programs run
         // as async child processes), so one thread is not a bottleneck; it also keeps RSS small.
@@ -185,7 +185,7 @@ struct Outside {
 
 async fn run_once(
     cfg: Config,
-    storage: csg_agent::storage::Storage,
+    storage: csg_agent::families::Storage,
     outside: Outside,
 ) -> anyhow::Result<(csg_agent::RunEnd, SetLog)> {
     let Outside {

@@ -16,9 +16,9 @@ use sysinfo::{Disks, System};
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::families::SharedStorage;
 use crate::session::LinkState;
 use crate::stats::Stats;
-use crate::storage::SharedStorage;
 use crate::uplink::{OutMessage, Qos, Uplink};
 use crate::AGENT_VERSION;
 

@@ -4,7 +4,7 @@
 //! session (clean session, Will, re-subscribe, back-off with jitter), dispatcher
 //! (id memory, deadlines, admission), heartbeats and presence, with its own identity
 //! `{group}@@@{prefix}{n:05}`. Only storage differs: NFS runs on an in-memory export table
-//! and an in-memory desired state (`Storage::in_memory`), which keeps the kernel backend's
+//! and an in-memory desired state (handed to `Storage::builder`), which keeps the kernel backend's
 //! validation, comparison and read-back, because thousands of agents on one machine cannot
 //! each own an nfsd.
 //!
@@ -23,11 +23,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use csg_agent::backends::memory::MemoryExports;
 use csg_agent::config::{Config, RawConfig};
+use csg_agent::families::Storage;
 use csg_agent::notify::Notifier;
 use csg_agent::session::LinkState;
+use csg_agent::state::StateStore;
 use csg_agent::status::Host;
-use csg_agent::storage::Storage;
 use serde_json::json;
 use tokio::sync::{oneshot, watch, Semaphore};
 use tracing::Instrument;
@@ -232,7 +234,17 @@ async fn simulate(cli: Cli) -> anyhow::Result<()> {
             if *stop.borrow() {
                 return;
             }
-            let storage = Storage::in_memory(&cfg);
+            let storage = Storage::builder(&cfg)
+                .state(std::sync::Arc::new(StateStore::in_memory()))
+                .nfs(Box::new(MemoryExports::new()))
+                .build();
+            let storage = match storage {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot build the agent's storage");
+                    return;
+                }
+            };
             let (started_tx, started_rx) = oneshot::channel();
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;

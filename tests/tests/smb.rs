@@ -222,7 +222,13 @@ fn shares_and_users_work_through_smbclient() {
         assert!(!log.contains(pw), "password in the agent log");
         assert!(!w.state_file().contains(pw), "password in the state file");
     }
-    assert!(log.contains("smb mutation"), "audit lines missing:\n{log}");
+    for method in ["smb.share.create", "smb.user.set", "smb.user.delete"] {
+        assert!(
+            log.lines().any(|l| l.contains("audit: mutation executed")
+                && l.contains(&format!("method={method}"))),
+            "no audit line for {method}:\n{log}"
+        );
+    }
 }
 
 #[test]

@@ -13,10 +13,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use csg_protocol::methods::nfs::{Access, ActualClient, ActualExport, Squash};
+use csg_protocol::RpcError;
 use tracing::warn;
 
-use crate::exec::{self, Program};
-use crate::handlers::nfs::{drift, ApplyError, DesiredSet};
+use crate::exec::{self, Program, ToolError};
+use crate::model::nfs::{drift, Actual, DesiredSet, Managed, NfsBackend, Plan, Snapshot};
+use crate::model::{BoxFut, Change};
 
 pub const HEADER: &str = "# Managed by csg-agent: this file is rewritten on every change; \
 edits here are lost.\n";
@@ -55,7 +57,7 @@ pub fn render(exports: &DesiredSet) -> String {
 
 /// What an export table (`exportfs -s` output) holds of each desired export, by name:
 /// `None` where its path is not exported.
-pub fn actual_exports(table: &str, exports: &DesiredSet) -> BTreeMap<String, Option<ActualExport>> {
+pub fn actual_exports(table: &str, exports: &DesiredSet) -> Actual {
     let table = parse_table(table);
     exports
         .iter()
@@ -152,34 +154,26 @@ impl Exportfs {
         ["-ra"]
     }
 
-    /// Whether nfsd is running (its export channel exists).
-    pub fn up(&self) -> bool {
-        std::path::Path::new("/proc/fs/nfsd/threads").exists()
-            || std::path::Path::new("/proc/net/rpc/nfsd").exists()
-    }
-
-    async fn run(&self, args: &[&str]) -> Result<exec::Output, ApplyError> {
-        let p = Program::new(&self.exportfs, self.timeout).args(args.iter().copied());
-        exec::run(&p, None).await.map_err(ApplyError::from_exec)
+    fn program(&self, args: &[&str]) -> Program {
+        Program::new(&self.exportfs, self.timeout).args(args.iter().copied())
     }
 
     /// `exportfs -ra`: any exit other than 0, or a complaint about the agent's file or one of
     /// its paths, is a failure (exportfs also warns about other files; those are logged).
-    async fn reexport(&self, exports: &DesiredSet) -> Result<(), ApplyError> {
-        let o = self.run(&Self::reexport_argv()).await?;
+    async fn reexport(&self, exports: &DesiredSet) -> Result<(), ToolError> {
+        let p = self.program(&Self::reexport_argv());
+        let o = exec::run(&p, None).await?;
         let file = self.file.display().to_string();
-        let ours: Vec<&str> = o
+        let ours = o
             .stderr
             .lines()
-            .filter(|l| l.contains(&file) || exports.values().any(|m| l.contains(m.spec.path())))
-            .collect();
-        if o.status != 0 || !ours.is_empty() {
-            return Err(ApplyError::Failed(format!(
-                "{} -ra exited with {}: {}",
-                self.exportfs.display(),
-                o.status,
-                o.stderr.trim()
-            )));
+            .any(|l| l.contains(&file) || exports.values().any(|m| l.contains(m.spec.path())));
+        if o.status != 0 || ours {
+            return Err(ToolError::Failed {
+                program: p.display(),
+                status: o.status,
+                stderr: o.stderr.trim().to_string(),
+            });
         }
         if !o.stderr.trim().is_empty() {
             warn!(stderr = %o.stderr.trim(), "exportfs -ra warned about exports the agent does not own");
@@ -188,68 +182,42 @@ impl Exportfs {
     }
 
     /// The kernel's export table (`exportfs -s`), keyed by export name.
-    pub async fn read(
-        &self,
-        exports: &DesiredSet,
-    ) -> Result<BTreeMap<String, Option<ActualExport>>, ApplyError> {
-        let o = self.run(&["-s"]).await?;
-        if o.status != 0 {
-            return Err(ApplyError::Failed(format!(
-                "{} -s exited with {}: {}",
-                self.exportfs.display(),
-                o.status,
-                o.stderr.trim()
-            )));
-        }
+    async fn table(&self, exports: &DesiredSet) -> Result<Actual, ToolError> {
+        let o = exec::run_ok(&self.program(&["-s"]), None).await?;
         Ok(actual_exports(&o.stdout, exports))
     }
 
-    async fn write(&self, content: Option<&[u8]>) -> Result<(), ApplyError> {
+    async fn write(&self, content: Option<&[u8]>) -> Result<(), ToolError> {
         let file = self.file.clone();
-        let content = content.map(|c| c.to_vec());
+        let content = content.map(<[u8]>::to_vec);
         tokio::task::spawn_blocking(move || {
             crate::fsutil::write_or_remove(&file, content.as_deref(), 0o644)
         })
         .await
-        .map_err(|e| ApplyError::Internal(e.to_string()))?
-        .map_err(ApplyError::Failed)
+        .map_err(|e| ToolError::Unexpected(e.to_string()))?
+        .map_err(ToolError::Unexpected)
     }
 
-    fn current(&self) -> Result<Option<Vec<u8>>, ApplyError> {
+    fn current(&self) -> Result<Option<Vec<u8>>, ToolError> {
         match std::fs::read(&self.file) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ApplyError::Failed(format!(
+            Err(e) => Err(ToolError::Unexpected(format!(
                 "cannot read {}: {e}",
                 self.file.display()
             ))),
         }
     }
 
-    /// Makes the file and the kernel table match `next`; on failure puts the previous file
-    /// back and re-exports it. `prev` is the previous desired set (what the old file held).
-    pub async fn apply(&self, prev: &DesiredSet, next: &DesiredSet) -> Result<(), ApplyError> {
-        let old = self.current()?;
-        let new = render(next);
-        let attempt = async {
-            self.write(Some(new.as_bytes())).await?;
-            self.reexport(next).await?;
-            self.verify(next).await
-        };
-        match attempt.await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let restore = async {
-                    self.write(old.as_deref()).await?;
-                    self.reexport(prev).await
-                };
-                Err(e.rolled_back(restore.await))
-            }
-        }
+    /// Writes the file, re-exports and reads the table back.
+    async fn put(&self, content: &[u8], set: &DesiredSet) -> Result<(), ToolError> {
+        self.write(Some(content)).await?;
+        self.reexport(set).await?;
+        self.verify(set).await
     }
 
-    async fn verify(&self, next: &DesiredSet) -> Result<(), ApplyError> {
-        let actual = self.read(next).await?;
+    async fn verify(&self, next: &DesiredSet) -> Result<(), ToolError> {
+        let actual = self.table(next).await?;
         let mut problems = Vec::new();
         for (name, m) in next {
             let d = drift(&m.spec, actual.get(name).and_then(|a| a.as_ref()), false);
@@ -260,19 +228,17 @@ impl Exportfs {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(ApplyError::Failed(format!(
+            Err(ToolError::Unexpected(format!(
                 "exportfs -s does not show what was applied: {}",
                 problems.join(" | ")
             )))
         }
     }
 
-    /// Re-applies when the file or the kernel table differs from `desired`; returns what
-    /// was wrong.
-    pub async fn reconcile(&self, desired: &DesiredSet) -> Result<Vec<String>, ApplyError> {
+    async fn repair(&self, desired: &DesiredSet) -> Result<Vec<String>, RpcError> {
         let mut changes = Vec::new();
         let want = render(desired);
-        let have = self.current()?;
+        let have = self.current().map_err(|e| e.to_rpc())?;
         // No exports and no file: nothing to own yet.
         let nothing = desired.is_empty() && have.is_none();
         if !nothing && have.as_deref() != Some(want.as_bytes()) {
@@ -286,7 +252,7 @@ impl Exportfs {
                 }
             ));
         }
-        match self.read(desired).await {
+        match self.table(desired).await {
             Ok(actual) => {
                 for (name, m) in desired {
                     let d = drift(&m.spec, actual.get(name).and_then(|a| a.as_ref()), false);
@@ -302,33 +268,78 @@ impl Exportfs {
         if changes.is_empty() {
             return Ok(changes);
         }
-        // The previous "desired" for a rollback is whatever the file held: restore it as is.
-        let old = have;
-        let attempt = async {
-            self.write(Some(want.as_bytes())).await?;
-            self.reexport(desired).await?;
-            self.verify(desired).await
-        };
-        if let Err(e) = attempt.await {
+        if let Err(e) = self.put(want.as_bytes(), desired).await {
+            // The previous "desired" for a rollback is whatever the file held: restore it as is.
             let restore = async {
-                self.write(old.as_deref()).await?;
-                let o = self.run(&Self::reexport_argv()).await?;
-                if o.status == 0 {
-                    Ok(())
-                } else {
-                    Err(ApplyError::Failed(o.stderr))
-                }
+                self.write(have.as_deref()).await?;
+                exec::run_ok(&self.program(&Self::reexport_argv()), None).await?;
+                Ok::<_, ToolError>(())
             };
-            return Err(e.rolled_back(restore.await));
+            let restored = restore.await.map_err(|e| e.to_rpc());
+            return Err(exec::rolled_back(e.to_rpc(), restored));
         }
         Ok(changes)
+    }
+}
+
+impl NfsBackend for Exportfs {
+    fn kind(&self) -> &'static str {
+        "kernel"
+    }
+
+    /// Whether nfsd is running (its export channel exists).
+    fn up(&self) -> BoxFut<'_, bool> {
+        let up = std::path::Path::new("/proc/fs/nfsd/threads").exists()
+            || std::path::Path::new("/proc/net/rpc/nfsd").exists();
+        Box::pin(async move { up })
+    }
+
+    /// The agent's exports file: one file holds every export, whichever one changes.
+    fn observe<'a>(&'a self, _name: &'a str) -> BoxFut<'a, Result<Snapshot, ToolError>> {
+        Box::pin(async move {
+            Ok(Snapshot {
+                saved: self.current()?,
+            })
+        })
+    }
+
+    /// The whole file: it holds every export.
+    fn rewrite(&self, _change: &Change<Managed>, after: &DesiredSet) -> Option<Vec<u8>> {
+        Some(render(after).into_bytes())
+    }
+
+    fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFut<'a, Result<(), ToolError>> {
+        Box::pin(async move {
+            let content = plan.write.as_deref().unwrap_or_default();
+            self.put(content, &plan.after).await
+        })
+    }
+
+    /// The previous file back, re-exported.
+    fn undo<'a>(&'a self, plan: &'a Plan) -> BoxFut<'a, Result<(), ToolError>> {
+        Box::pin(async move {
+            self.write(plan.saved.as_deref()).await?;
+            self.reexport(&plan.before).await
+        })
+    }
+
+    fn read<'a>(&'a self, set: &'a DesiredSet) -> BoxFut<'a, Result<Actual, ToolError>> {
+        Box::pin(self.table(set))
+    }
+
+    /// Re-applies when the file or the kernel table differs from `desired`; returns what
+    /// was wrong.
+    fn reconcile<'a>(
+        &'a self,
+        desired: &'a DesiredSet,
+    ) -> BoxFut<'a, Result<Vec<String>, RpcError>> {
+        Box::pin(self.repair(desired))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::nfs::Managed;
     use csg_protocol::methods::nfs::ExportParams;
     use serde_json::json;
 

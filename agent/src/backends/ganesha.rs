@@ -17,8 +17,11 @@ use csg_protocol::methods::nfs::{
     Access, ActualClient, ActualExport, ClientMatch, ExportSpec, Squash,
 };
 
-use crate::exec::{self, Program};
-use crate::handlers::nfs::{drift, ApplyError, DesiredSet, Managed};
+use csg_protocol::RpcError;
+
+use crate::exec::{self, Program, ToolError};
+use crate::model::nfs::{drift, Actual, DesiredSet, Dialect, Managed, NfsBackend, Plan, Snapshot};
+use crate::model::{BoxFut, Change};
 
 pub const HEADER: &str = "# Managed by csg-agent: this file is rewritten on every change; \
 edits here are lost.\n";
@@ -245,9 +248,10 @@ impl Ganesha {
         v
     }
 
-    async fn call(&self, method: &str, args: &[String]) -> Result<exec::Output, ApplyError> {
+    async fn call(&self, method: &str, args: &[String]) -> Result<exec::Output, ToolError> {
         let p = Program::new(&self.dbus_send, self.timeout).args(self.argv(method, args));
-        let o = exec::run(&p, None).await.map_err(ApplyError::from_exec)?;
+        let program = format!("Ganesha {method}");
+        let o = exec::run(&p, None).await?;
         if o.status != 0 {
             let err = o.stderr.trim().to_string();
             // No bus, no Ganesha on it, or Ganesha busy with another admin operation: all
@@ -258,23 +262,22 @@ impl Ganesha {
                 || err.contains("Could not connect")
                 || err.contains("another export admin operation is in progress")
             {
-                return Err(ApplyError::Unavailable(format!(
-                    "NFS-Ganesha is not reachable over D-Bus ({method}): {err}"
-                )));
+                return Err(ToolError::Unavailable {
+                    program,
+                    detail: format!("NFS-Ganesha is not reachable over D-Bus: {err}"),
+                });
             }
-            return Err(ApplyError::Failed(format!(
-                "Ganesha {method} failed: {err}"
-            )));
+            return Err(ToolError::Failed {
+                program,
+                status: o.status,
+                stderr: err,
+            });
         }
         Ok(o)
     }
 
-    pub async fn up(&self) -> bool {
-        self.call("ShowExports", &[]).await.is_ok()
-    }
-
     /// Every Export_Id Ganesha serves now (`ShowExports`), the agent's and others'.
-    pub async fn live_ids(&self) -> Result<Vec<u16>, ApplyError> {
+    async fn export_ids(&self) -> Result<Vec<u16>, ToolError> {
         let o = self.call("ShowExports", &[]).await?;
         Ok(o.stdout
             .lines()
@@ -283,7 +286,7 @@ impl Ganesha {
             .collect())
     }
 
-    async fn add_or_update(&self, method: &str, name: &str, id: u16) -> Result<(), ApplyError> {
+    async fn add_or_update(&self, method: &str, name: &str, id: u16) -> Result<(), ToolError> {
         let file = self.file_for(name).display().to_string();
         let o = self
             .call(
@@ -298,7 +301,7 @@ impl Ganesha {
         let reply = parse_reply(&o.stdout);
         if let Some(DVal::Str(s)) = reply.first() {
             if s.contains("Errors found") {
-                return Err(ApplyError::Failed(format!(
+                return Err(ToolError::Unexpected(format!(
                     "Ganesha {method} reported errors: {}",
                     s.trim()
                 )));
@@ -308,10 +311,10 @@ impl Ganesha {
     }
 
     /// `RemoveExport`; false when Ganesha had no such export.
-    async fn remove(&self, id: u16) -> Result<bool, ApplyError> {
+    async fn remove(&self, id: u16) -> Result<bool, ToolError> {
         match self.call("RemoveExport", &[format!("uint16:{id}")]).await {
             Ok(_) => Ok(true),
-            Err(ApplyError::Failed(m)) if m.contains("not found") => Ok(false),
+            Err(ToolError::Failed { stderr, .. }) if stderr.contains("not found") => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -320,18 +323,15 @@ impl Ganesha {
         &self,
         id: u16,
         spec: Option<&ExportSpec>,
-    ) -> Result<Option<ActualExport>, ApplyError> {
+    ) -> Result<Option<ActualExport>, ToolError> {
         match self.call("DisplayExport", &[format!("uint16:{id}")]).await {
             Ok(o) => Ok(parse_display(&o.stdout, spec)),
-            Err(ApplyError::Failed(m)) if m.contains("not found") => Ok(None),
+            Err(ToolError::Failed { stderr, .. }) if stderr.contains("not found") => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    pub async fn read(
-        &self,
-        exports: &DesiredSet,
-    ) -> Result<BTreeMap<String, Option<ActualExport>>, ApplyError> {
+    async fn read_all(&self, exports: &DesiredSet) -> Result<Actual, ToolError> {
         let mut out = BTreeMap::new();
         for (name, m) in exports {
             out.insert(name.clone(), self.display(m.id, Some(&m.spec)).await?);
@@ -339,27 +339,27 @@ impl Ganesha {
         Ok(out)
     }
 
-    async fn write_file(&self, name: &str, content: Option<Vec<u8>>) -> Result<(), ApplyError> {
+    async fn write_file(&self, name: &str, content: Option<Vec<u8>>) -> Result<(), ToolError> {
         let file = self.file_for(name);
         tokio::task::spawn_blocking(move || {
             crate::fsutil::write_or_remove(&file, content.as_deref(), 0o644)
         })
         .await
-        .map_err(|e| ApplyError::Internal(e.to_string()))?
-        .map_err(ApplyError::Failed)
+        .map_err(|e| ToolError::Unexpected(e.to_string()))?
+        .map_err(ToolError::Unexpected)
     }
 
     fn read_file(&self, name: &str) -> Option<Vec<u8>> {
         std::fs::read(self.file_for(name)).ok()
     }
 
-    async fn verify(&self, m: &Managed) -> Result<(), ApplyError> {
+    async fn verify(&self, m: &Managed) -> Result<(), ToolError> {
         let a = self.display(m.id, Some(&m.spec)).await?;
         let d = drift(&m.spec, a.as_ref(), true);
         if d.is_empty() {
             Ok(())
         } else {
-            Err(ApplyError::Failed(format!(
+            Err(ToolError::Unexpected(format!(
                 "Ganesha does not show what was applied: {}",
                 d.join("; ")
             )))
@@ -368,7 +368,7 @@ impl Ganesha {
 
     /// Puts one export in place as `m` says, from whatever state Ganesha is in: the file is
     /// written, then the export added, updated, or (new path, new id) replaced.
-    async fn put(&self, m: &Managed, old_id: Option<u16>) -> Result<(), ApplyError> {
+    async fn put(&self, m: &Managed, old_id: Option<u16>) -> Result<(), ToolError> {
         let name = m.spec.name().as_str();
         self.write_file(name, Some(render(&m.spec, m.id).into_bytes()))
             .await?;
@@ -381,7 +381,7 @@ impl Ganesha {
             Some(a) if a.path != m.spec.path() => {
                 // The agent gives a new path a new id, so this id belongs to an export the
                 // agent does not manage (e.g. one in ganesha.conf): never touch it.
-                return Err(ApplyError::Failed(format!(
+                return Err(ToolError::Unexpected(format!(
                     "Export_Id {} is already used by another export (path {}); give the \
                      agent's exports a range of their own with nfs.first_export_id",
                     m.id, a.path
@@ -392,57 +392,46 @@ impl Ganesha {
         self.verify(m).await
     }
 
-    /// Makes one export go from `prev` to `next` (either may be absent); on failure puts the
-    /// previous file and export back.
-    pub async fn apply(
-        &self,
-        name: &str,
-        prev: Option<&Managed>,
-        next: Option<&Managed>,
-    ) -> Result<(), ApplyError> {
-        let old_file = self.read_file(name);
-        let attempt = async {
-            match next {
-                Some(n) => self.put(n, prev.map(|p| p.id)).await,
-                None => {
-                    if let Some(p) = prev {
-                        self.remove(p.id).await?;
-                    }
-                    self.write_file(name, None).await
+    /// Makes one export go as the change says.
+    async fn carry_out(&self, change: &Change<Managed>) -> Result<(), ToolError> {
+        match change {
+            Change::Create(n) => self.put(n, None).await,
+            Change::Update { from, to } => self.put(to, Some(from.id)).await,
+            Change::Delete(p) => {
+                self.remove(p.id).await?;
+                self.write_file(p.spec.name().as_str(), None).await
+            }
+        }
+    }
+
+    /// Puts the previous file and export back after a failed change.
+    async fn restore(&self, plan: &Plan) -> Result<(), ToolError> {
+        let (prev, next) = (plan.change.before(), plan.change.after());
+        match prev {
+            Some(p) => {
+                if let Some(n) = next.filter(|n| n.id != p.id) {
+                    self.remove(n.id).await?;
+                }
+                self.put(p, None).await
+            }
+            None => {
+                // The file first: even if Ganesha cannot be reached now, it must not
+                // load this export when it next starts.
+                self.write_file(plan.name(), plan.saved.clone()).await?;
+                match next {
+                    Some(n) => match self.remove(n.id).await {
+                        Ok(_) | Err(ToolError::Unavailable { .. }) => Ok(()),
+                        Err(e) => Err(e),
+                    },
+                    None => Ok(()),
                 }
             }
-        };
-        let Err(e) = attempt.await else {
-            return Ok(());
-        };
-        let restore = async {
-            match prev {
-                Some(p) => {
-                    if let Some(n) = next.filter(|n| n.id != p.id) {
-                        self.remove(n.id).await?;
-                    }
-                    self.put(p, None).await
-                }
-                None => {
-                    // The file first: even if Ganesha cannot be reached now, it must not
-                    // load this export when it next starts.
-                    self.write_file(name, old_file).await?;
-                    match next {
-                        Some(n) => match self.remove(n.id).await {
-                            Ok(_) | Err(ApplyError::Unavailable(_)) => Ok(()),
-                            Err(e) => Err(e),
-                        },
-                        None => Ok(()),
-                    }
-                }
-            }
-        };
-        Err(e.rolled_back(restore.await))
+        }
     }
 
     /// Re-applies every export whose file or live state differs from `desired`, and removes
     /// the agent's files (and exports) that are no longer desired.
-    pub async fn reconcile(&self, desired: &DesiredSet) -> Result<Vec<String>, ApplyError> {
+    async fn repair(&self, desired: &DesiredSet) -> Result<Vec<String>, ToolError> {
         let mut changes = Vec::new();
         for (name, m) in desired {
             let want = render(&m.spec, m.id);
@@ -500,6 +489,59 @@ impl Ganesha {
             out.push((stem.to_string(), id));
         }
         out
+    }
+}
+
+impl NfsBackend for Ganesha {
+    fn kind(&self) -> &'static str {
+        "ganesha"
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Ganesha
+    }
+
+    fn up(&self) -> BoxFut<'_, bool> {
+        Box::pin(async move { self.call("ShowExports", &[]).await.is_ok() })
+    }
+
+    /// The export's own file: each export has one.
+    fn observe<'a>(&'a self, name: &'a str) -> BoxFut<'a, Result<Snapshot, ToolError>> {
+        Box::pin(async move {
+            Ok(Snapshot {
+                saved: self.read_file(name),
+            })
+        })
+    }
+
+    fn live_ids(&self) -> BoxFut<'_, Result<Vec<u16>, ToolError>> {
+        Box::pin(self.export_ids())
+    }
+
+    /// The export's own file, gone with the export.
+    fn rewrite(&self, change: &Change<Managed>, _after: &DesiredSet) -> Option<Vec<u8>> {
+        change.after().map(|m| render(&m.spec, m.id).into_bytes())
+    }
+
+    fn apply<'a>(&'a self, plan: &'a Plan) -> BoxFut<'a, Result<(), ToolError>> {
+        Box::pin(self.carry_out(&plan.change))
+    }
+
+    fn undo<'a>(&'a self, plan: &'a Plan) -> BoxFut<'a, Result<(), ToolError>> {
+        Box::pin(self.restore(plan))
+    }
+
+    fn read<'a>(&'a self, set: &'a DesiredSet) -> BoxFut<'a, Result<Actual, ToolError>> {
+        Box::pin(self.read_all(set))
+    }
+
+    /// Re-applies every export whose file or live state differs from `desired`, and removes
+    /// the agent's files (and exports) that are no longer desired.
+    fn reconcile<'a>(
+        &'a self,
+        desired: &'a DesiredSet,
+    ) -> BoxFut<'a, Result<Vec<String>, RpcError>> {
+        Box::pin(async move { self.repair(desired).await.map_err(|e| e.to_rpc()) })
     }
 }
 

@@ -12,43 +12,21 @@
 //! whole registry first: this file never builds such a command (see `import_argv`).
 //!
 //! This module renders parameters and argument vectors (pure, unit-tested) and runs them; the
-//! rules of what may be changed (ownership, idempotence, rollback) live in `handlers/smb.rs`.
+//! rules of what may be changed (ownership, idempotence, rollback) live in `families/smb.rs`.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use csg_protocol::methods::smb::{GroupName, Password, ShareName, ShareSpec, UserName};
-use thiserror::Error;
+use csg_protocol::methods::smb::{GroupName, Password, ShareName, UserName};
 
 use crate::config::smb::SmbSettings;
-use crate::exec::{self, ExecError, Program};
+use crate::exec::{self, Program, ToolError};
+use crate::model::smb::{drift, Params, Registry, SharePlan, SmbBackend};
+use crate::model::Change;
 
 /// Most stderr kept in an error message.
 const MAX_STDERR: usize = 2000;
-
-/// One share's parameters: lower-case name → value, as the registry holds them.
-pub type Params = BTreeMap<String, String>;
-
-#[derive(Debug, Error)]
-pub enum SambaError {
-    /// smbd is not running (or cannot be reached through its pid file).
-    #[error("smbd is not running: {0}")]
-    Unavailable(String),
-    #[error(transparent)]
-    Exec(#[from] ExecError),
-    /// A tool ran and failed.
-    #[error("{program} exited with status {status}: {stderr}")]
-    Failed {
-        program: String,
-        status: i32,
-        stderr: String,
-    },
-    /// The host is not set up the way the agent needs.
-    #[error("{0}")]
-    Setup(String),
-}
 
 fn bounded(s: &str) -> String {
     let s = s.trim();
@@ -59,73 +37,6 @@ fn bounded(s: &str) -> String {
         t.push_str(" …");
         t
     }
-}
-
-fn yes_no(b: bool) -> String {
-    if b { "yes" } else { "no" }.to_string()
-}
-
-fn join<T: std::fmt::Display>(l: &[T]) -> String {
-    l.iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The registry parameters for `spec`, in a fixed order. Empty lists and unset options are left
-/// out (Samba's defaults apply); `wide links = no` is always set so no symlink inside the share
-/// can lead out of it.
-pub fn share_params(spec: &ShareSpec) -> Vec<(&'static str, String)> {
-    let mut p = vec![("path", spec.path.as_str().to_string())];
-    if !spec.comment.is_empty() {
-        p.push(("comment", spec.comment.as_str().to_string()));
-    }
-    p.push(("read only", yes_no(spec.read_only)));
-    p.push(("browseable", yes_no(spec.browseable)));
-    p.push(("guest ok", yes_no(spec.guest_ok)));
-    for (k, l) in [
-        ("valid users", &spec.valid_users),
-        ("write list", &spec.write_list),
-        ("admin users", &spec.admin_users),
-    ] {
-        if !l.is_empty() {
-            p.push((k, join(l)));
-        }
-    }
-    for (k, l) in [
-        ("hosts allow", &spec.hosts_allow),
-        ("hosts deny", &spec.hosts_deny),
-    ] {
-        if !l.is_empty() {
-            p.push((k, join(l)));
-        }
-    }
-    p.push(("create mask", spec.create_mask.to_string()));
-    p.push(("directory mask", spec.directory_mask.to_string()));
-    if let Some(u) = &spec.force_user {
-        p.push(("force user", u.to_string()));
-    }
-    if let Some(g) = &spec.force_group {
-        p.push(("force group", g.to_string()));
-    }
-    p.push((
-        "access based share enum",
-        yes_no(spec.access_based_enumeration),
-    ));
-    if let Some(e) = spec.encrypt.samba_value() {
-        // `smb encrypt` is stored under its canonical name.
-        p.push(("server smb encrypt", e.to_string()));
-    }
-    p.push(("wide links", "no".to_string()));
-    p
-}
-
-/// The same parameters as a map, to compare with what the registry reports.
-pub fn share_param_map(spec: &ShareSpec) -> Params {
-    share_params(spec)
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
 }
 
 /// One share in smb.conf format, for `net conf import`. Only validated values reach this (no
@@ -147,8 +58,8 @@ pub fn render_section<'a>(
 
 /// Parses `net conf list` / `net conf showshare` output: `[name]` lines, then `\tkey = value`.
 /// Returns the sections in order, names as the registry spells them.
-pub fn parse_conf(text: &str) -> Vec<(String, Params)> {
-    let mut out: Vec<(String, Params)> = Vec::new();
+pub fn parse_conf(text: &str) -> Registry {
+    let mut out = Registry::new();
     for line in text.lines() {
         let t = line.trim();
         if t.is_empty() {
@@ -162,27 +73,6 @@ pub fn parse_conf(text: &str) -> Vec<(String, Params)> {
         }
     }
     out
-}
-
-/// Every difference between the parameters the agent wants and those the registry has.
-pub fn drift(desired: &Params, actual: Option<&Params>) -> Vec<String> {
-    let Some(actual) = actual else {
-        return vec!["missing from Samba's registry".to_string()];
-    };
-    let mut d = Vec::new();
-    for (k, want) in desired {
-        match actual.get(k) {
-            None => d.push(format!("{k}: not set, want {want:?}")),
-            Some(have) if have != want => d.push(format!("{k}: {have:?}, want {want:?}")),
-            _ => {}
-        }
-    }
-    for (k, have) in actual {
-        if !desired.contains_key(k) {
-            d.push(format!("{k}: {have:?} is set, want it unset"));
-        }
-    }
-    d
 }
 
 /// `net -s CONF conf import [-T] FILE SHARE`: always with the share name. (Without it, net
@@ -233,48 +123,83 @@ impl Samba {
             .arg("conf")
     }
 
-    /// Runs `p`; a non-zero exit is an error carrying its stderr.
-    async fn run_ok(&self, p: &Program, stdin: Option<&[u8]>) -> Result<String, SambaError> {
-        let out = exec::run(p, stdin).await?;
-        if out.status != 0 {
-            let msg = if out.stderr.trim().is_empty() {
-                &out.stdout
-            } else {
-                &out.stderr
-            };
-            return Err(SambaError::Failed {
-                program: p.display(),
-                status: out.status,
-                stderr: bounded(msg),
-            });
+    /// Runs `p`; a non-zero exit is an error carrying its stderr (bounded).
+    async fn run_ok(&self, p: &Program, stdin: Option<&[u8]>) -> Result<String, ToolError> {
+        match exec::run_ok(p, stdin).await {
+            Ok(o) => Ok(o.stdout),
+            Err(ToolError::Failed {
+                program,
+                status,
+                stderr,
+            }) => Err(ToolError::Failed {
+                program,
+                status,
+                stderr: bounded(&stderr),
+            }),
+            Err(e) => Err(e),
         }
-        Ok(out.stdout)
+    }
+
+    /// The share's registry parameters, `None` if the registry has no such share.
+    async fn show(&self, name: &ShareName) -> Result<Option<(String, Params)>, ToolError> {
+        Ok(self
+            .observe()
+            .await?
+            .into_iter()
+            .find(|(n, _)| name.same(n)))
+    }
+
+    fn smbcontrol(&self) -> Program {
+        self.program(&self.cfg.smbcontrol)
+            .arg("-s")
+            .arg(&self.cfg.smb_conf)
+            .arg("smbd")
+    }
+
+    /// `getent DB NAME`: the entry's third field (uid or gid), `None` when there is none.
+    async fn getent(&self, db: &str, name: &str) -> Result<Option<u32>, ToolError> {
+        let p = self.program(&self.cfg.getent).arg(db).arg(name);
+        let out = exec::run(&p, None).await?;
+        match out.status {
+            0 => Ok(out
+                .stdout
+                .lines()
+                .next()
+                .and_then(|l| l.split(':').nth(2))
+                .and_then(|id| id.trim().parse().ok())),
+            2 => Ok(None),
+            status => Err(ToolError::Failed {
+                program: p.display(),
+                status,
+                stderr: bounded(&out.stderr),
+            }),
+        }
+    }
+}
+
+impl SmbBackend for Samba {
+    fn kind(&self) -> &'static str {
+        "samba"
     }
 
     /// Whether smbd answers `smbcontrol smbd ping` (it finds smbd through the pid file of the
     /// configured smb.conf).
-    pub async fn ping(&self) -> Result<(), SambaError> {
-        let p = self
-            .program(&self.cfg.smbcontrol)
-            .arg("-s")
-            .arg(&self.cfg.smb_conf)
-            .args(["smbd", "ping"]);
-        match exec::run(&p, None).await {
-            Ok(o) if o.status == 0 => Ok(()),
-            Ok(o) => Err(SambaError::Unavailable(format!(
-                "{}: {}",
-                p.display(),
-                bounded(&format!("{}{}", o.stderr, o.stdout))
-            ))),
-            Err(ExecError::Spawn { program, source }) => Err(SambaError::Unavailable(format!(
-                "cannot start {program}: {source}"
-            ))),
-            Err(e) => Err(e.into()),
-        }
+    async fn ping(&self) -> Result<(), ToolError> {
+        let p = self.smbcontrol().arg("ping");
+        let detail = match exec::run(&p, None).await {
+            Ok(o) if o.status == 0 => return Ok(()),
+            Ok(o) => bounded(&format!("{}{}", o.stderr, o.stdout)),
+            Err(e @ exec::ExecError::Spawn { .. }) => e.to_string(),
+            Err(e) => return Err(e.into()),
+        };
+        Err(ToolError::Unavailable {
+            program: p.display(),
+            detail: format!("smbd is not running: {detail}"),
+        })
     }
 
     /// Refuses to go on unless smb.conf enables registry shares (`include = registry`).
-    pub async fn check_registry(&self) -> Result<(), SambaError> {
+    async fn check_registry(&self) -> Result<(), ToolError> {
         let p = self
             .program(&self.cfg.testparm)
             .args(["-s", "--parameter-name=registry shares"])
@@ -283,7 +208,7 @@ impl Samba {
         if out.trim().eq_ignore_ascii_case("yes") {
             Ok(())
         } else {
-            Err(SambaError::Setup(format!(
+            Err(ToolError::Unexpected(format!(
                 "{} does not enable registry shares: add `include = registry` at the end of its \
                  [global] section (testparm says registry shares = {:?})",
                 self.cfg.smb_conf.display(),
@@ -293,18 +218,50 @@ impl Samba {
     }
 
     /// Every section of the registry config (`[global]` included when it has one).
-    pub async fn list(&self) -> Result<Vec<(String, Params)>, SambaError> {
+    async fn observe(&self) -> Result<Registry, ToolError> {
         let out = self.run_ok(&self.net().arg("list"), None).await?;
         Ok(parse_conf(&out))
     }
 
-    /// The share's registry parameters, `None` if the registry has no such share.
-    pub async fn show(&self, name: &ShareName) -> Result<Option<(String, Params)>, SambaError> {
-        Ok(self.list().await?.into_iter().find(|(n, _)| name.same(n)))
+    async fn apply(&self, plan: &SharePlan) -> Result<(), ToolError> {
+        let name = &plan.name;
+        match &plan.change {
+            Some(Change::Create(to) | Change::Update { to, .. }) => self.import(name, to).await?,
+            Some(Change::Delete(_)) => {
+                self.delete(name).await?;
+                self.close_share(name.as_str()).await?;
+            }
+            None => self.close_share(name.as_str()).await?,
+        }
+        self.reload().await?;
+        let actual = self.show(name).await?;
+        let d = match (plan.after(), &actual) {
+            (Some(want), a) => drift(want, a.as_ref().map(|(_, p)| p)),
+            (None, Some(_)) => vec!["still in the registry after delshare".into()],
+            (None, None) => vec![],
+        };
+        if !d.is_empty() {
+            return Err(ToolError::Unexpected(format!(
+                "read back from the registry differs: {}",
+                d.join("; ")
+            )));
+        }
+        Ok(())
     }
 
-    /// Replaces the share `name` with exactly `params`, in one registry transaction.
-    pub async fn import(&self, name: &ShareName, params: &Params) -> Result<(), SambaError> {
+    async fn undo(&self, plan: &SharePlan) -> Result<(), ToolError> {
+        match plan.before() {
+            Some(p) => self.import(&plan.name, p).await?,
+            None => {
+                if self.show(&plan.name).await?.is_some() {
+                    self.delete(&plan.name).await?;
+                }
+            }
+        }
+        self.reload().await
+    }
+
+    async fn import(&self, name: &ShareName, params: &Params) -> Result<(), ToolError> {
         let text = render_section(
             name.as_str(),
             params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
@@ -316,8 +273,8 @@ impl Samba {
             move || crate::fsutil::write_atomic(&file, &bytes, 0o600)
         })
         .await
-        .expect("writer does not panic")
-        .map_err(|e| SambaError::Setup(format!("cannot write {}: {e}", file.display())))?;
+        .map_err(|e| ToolError::Unexpected(e.to_string()))?
+        .map_err(|e| ToolError::Unexpected(format!("cannot write {}: {e}", file.display())))?;
         let run = async {
             for test in [true, false] {
                 let p = self.program(&self.cfg.net).args(import_argv(
@@ -335,36 +292,26 @@ impl Samba {
         r
     }
 
-    pub async fn delete(&self, name: &ShareName) -> Result<(), SambaError> {
+    async fn delete(&self, name: &ShareName) -> Result<(), ToolError> {
         self.run_ok(&self.net().arg("delshare").arg(name.as_str()), None)
             .await
             .map(|_| ())
     }
 
-    fn smbcontrol(&self) -> Program {
-        self.program(&self.cfg.smbcontrol)
-            .arg("-s")
-            .arg(&self.cfg.smb_conf)
-            .arg("smbd")
-    }
-
-    pub async fn reload(&self) -> Result<(), SambaError> {
-        self.run_ok(&self.smbcontrol().arg("reload-config"), None)
-            .await
-            .map(|_| ())
-    }
-
-    /// Drops the sessions on a deleted share.
-    pub async fn close_share(&self, name: &str) -> Result<(), SambaError> {
+    async fn close_share(&self, name: &str) -> Result<(), ToolError> {
         self.run_ok(&self.smbcontrol().arg("close-share").arg(name), None)
             .await
             .map(|_| ())
     }
 
-    // ----- users -----
+    async fn reload(&self) -> Result<(), ToolError> {
+        self.run_ok(&self.smbcontrol().arg("reload-config"), None)
+            .await
+            .map(|_| ())
+    }
 
     /// Names in Samba's passdb (`pdbedit -L`: `name:uid:full name`).
-    pub async fn passdb_users(&self) -> Result<Vec<String>, SambaError> {
+    async fn passdb_users(&self) -> Result<Vec<String>, ToolError> {
         let p = self
             .program(&self.cfg.pdbedit)
             .arg("-s")
@@ -380,8 +327,8 @@ impl Samba {
             .collect())
     }
 
-    /// Adds the user to passdb or changes its password; the password goes on stdin only.
-    pub async fn set_password(&self, user: &UserName, pw: &Password) -> Result<(), SambaError> {
+    /// The password goes on stdin only.
+    async fn set_password(&self, user: &UserName, pw: &Password) -> Result<(), ToolError> {
         let p = self
             .program(&self.cfg.smbpasswd)
             .arg("-c")
@@ -392,7 +339,7 @@ impl Samba {
         self.run_ok(&p, Some(&stdin)).await.map(|_| ())
     }
 
-    pub async fn delete_user(&self, user: &UserName) -> Result<(), SambaError> {
+    async fn delete_user(&self, user: &UserName) -> Result<(), ToolError> {
         let p = self
             .program(&self.cfg.smbpasswd)
             .arg("-c")
@@ -402,37 +349,17 @@ impl Samba {
         self.run_ok(&p, None).await.map(|_| ())
     }
 
-    /// `getent DB NAME`: the entry's third field (uid or gid), `None` when there is none.
-    async fn getent(&self, db: &str, name: &str) -> Result<Option<u32>, SambaError> {
-        let p = self.program(&self.cfg.getent).arg(db).arg(name);
-        let out = exec::run(&p, None).await?;
-        match out.status {
-            0 => Ok(out
-                .stdout
-                .lines()
-                .next()
-                .and_then(|l| l.split(':').nth(2))
-                .and_then(|id| id.trim().parse().ok())),
-            2 => Ok(None),
-            status => Err(SambaError::Failed {
-                program: p.display(),
-                status,
-                stderr: bounded(&out.stderr),
-            }),
-        }
-    }
-
-    pub async fn unix_uid(&self, user: &UserName) -> Result<Option<u32>, SambaError> {
+    async fn unix_uid(&self, user: &UserName) -> Result<Option<u32>, ToolError> {
         self.getent("passwd", user.as_str()).await
     }
 
-    pub async fn unix_gid(&self, g: &GroupName) -> Result<Option<u32>, SambaError> {
+    async fn unix_gid(&self, g: &GroupName) -> Result<Option<u32>, ToolError> {
         self.getent("group", g.as_str()).await
     }
 
     /// A system account with no home and no login shell: it exists only so Samba can map the
     /// SMB user to a uid.
-    pub async fn useradd(&self, user: &UserName) -> Result<(), SambaError> {
+    async fn useradd(&self, user: &UserName) -> Result<(), ToolError> {
         let p = self
             .program(&self.cfg.useradd)
             .args([
@@ -448,7 +375,7 @@ impl Samba {
         self.run_ok(&p, None).await.map(|_| ())
     }
 
-    pub async fn userdel(&self, user: &UserName) -> Result<(), SambaError> {
+    async fn userdel(&self, user: &UserName) -> Result<(), ToolError> {
         let p = self.program(&self.cfg.userdel).arg("--").arg(user.as_str());
         self.run_ok(&p, None).await.map(|_| ())
     }
@@ -457,6 +384,8 @@ impl Samba {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::smb::{share_param_map, share_params};
+    use csg_protocol::methods::smb::ShareSpec;
     use serde_json::json;
 
     fn spec(extra: serde_json::Value) -> ShareSpec {

@@ -35,7 +35,7 @@ fn rig_with(
         AgentTopics::new(&TopicParents::default(), TopicMode::Standard, &client, 64).unwrap();
     let stats = Arc::new(Stats::default());
     let up = Arc::new(RecordingUplink::default());
-    let storage = Arc::new(tokio::sync::RwLock::new(crate::storage::Storage::none()));
+    let storage = Arc::new(tokio::sync::RwLock::new(crate::families::Storage::none()));
     let handlers = Arc::new(Handlers {
         limits: crate::handlers::FamilyLimits::new(8),
         status: Arc::new(StatusSource::new("gw", "G", stats.clone(), storage.clone())),

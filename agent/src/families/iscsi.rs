@@ -43,8 +43,8 @@ use crate::model::iscsi::{
     PlanError, Request, Rule, SecretText, Secrets, SecretsFile, Seen, Snapshot, Stored, Target,
     WantLun, WantTarget,
 };
+use crate::model::BoxFut;
 use crate::storage::paths::PathKind;
-use crate::storage::BoxFut;
 
 const FAMILY: &str = "iscsi";
 const SECRETS_FILE: &str = "iscsi-chap-secrets.json";

@@ -1,21 +1,16 @@
-//! Method registry: routes a method name to its family's handler.
-//!
-//! Each family lives in its own file and follows one pattern: params → a validated, typed
-//! spec → apply. A handler never sees the MQTT client; it returns a result or an `RpcError`.
+//! Routes a typed [`Method`]: `sys.*` to the agent itself, the rest to [`Storage::call`].
+//! A handler never sees the MQTT client; it returns a typed result or an `RpcError`.
 
-pub mod nfs;
-pub mod smb;
 pub mod sys;
 
 use std::sync::Arc;
 
 use csg_protocol::methods::sys as sysm;
-use csg_protocol::methods::{Method, SysMethod};
+use csg_protocol::methods::{Method, MethodResult, SysMethod};
 use csg_protocol::{ErrorCode, RpcError};
-use serde_json::{Map, Value};
 
+use crate::families::{SharedStorage, Storage};
 use crate::status::StatusSource;
-use crate::storage::{SharedStorage, Storage};
 
 /// The agent's own methods (storage families add theirs).
 pub const SYS_METHODS: &[&str] = &[sysm::INFO, sysm::PING, sysm::RECONCILE, sysm::STATUS];
@@ -83,7 +78,7 @@ thread_local! {
 impl Handlers {
     /// Runs one parsed method. Storage methods of a family that is not configured are
     /// `UNKNOWN_METHOD`, as `sys.info` does not list them.
-    pub async fn call(&self, method: Method) -> Result<Value, RpcError> {
+    pub async fn call(&self, method: Method) -> Result<MethodResult, RpcError> {
         let _slot = self.limits.acquire(method.family()).await;
         match method {
             Method::Sys(SysMethod::Ping) => {
@@ -91,30 +86,14 @@ impl Handlers {
                 if PANIC_ON_PING.with(|p| p.replace(false)) {
                     panic!("test handler panics on purpose");
                 }
-                sys::ping()
+                Ok(sys::ping())
             }
-            Method::Sys(SysMethod::Info) => sys::info(self),
-            Method::Sys(SysMethod::Status) => sys::status(self).await,
-            Method::Sys(SysMethod::Reconcile) => sys::reconcile(self).await,
-            Method::Iscsi(m) => match self.storage.read().await.iscsi() {
-                Some(f) => f.call(m).await?.to_value(),
-                None => Err(RpcError::new(
-                    ErrorCode::UnknownMethod,
-                    format!(
-                        "unknown method {:?}; sys.info lists the methods this agent supports",
-                        Method::Iscsi(m).name()
-                    ),
-                )),
-            },
+            Method::Sys(SysMethod::Info) => Ok(sys::info(self)),
+            Method::Sys(SysMethod::Status) => Ok(sys::status(self).await),
+            Method::Sys(SysMethod::Reconcile) => Ok(sys::reconcile(self).await),
             storage => {
                 let name = storage.name();
-                match self
-                    .storage
-                    .read()
-                    .await
-                    .call(name, storage.params())
-                    .await
-                {
+                match self.storage.read().await.call(storage).await {
                     Some(r) => r,
                     None => Err(RpcError::new(
                         ErrorCode::UnknownMethod,
@@ -126,19 +105,4 @@ impl Handlers {
             }
         }
     }
-}
-
-/// Refuses params a method does not take: a typo in a key must not pass silently.
-pub fn no_params(method: &str, params: &Map<String, Value>) -> Result<(), RpcError> {
-    match params.keys().next() {
-        None => Ok(()),
-        Some(k) => Err(RpcError::invalid_params(format!(
-            "{method} takes no params, got {:?}",
-            k.chars().take(64).collect::<String>()
-        ))),
-    }
-}
-
-pub fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, RpcError> {
-    serde_json::to_value(v).map_err(|e| RpcError::internal(format!("cannot encode result: {e}")))
 }

@@ -15,8 +15,7 @@ use zeroize::Zeroizing;
 use crate::exec::ToolError;
 use crate::storage::paths::SafePath;
 
-/// A boxed future: the backend trait is used as `dyn IscsiBackend`.
-pub type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+pub use super::BoxFut;
 
 // ---------------------------------------------------------------------------------------------
 // Desired state (no secrets) and the secrets kept beside it

@@ -1,4 +1,4 @@
-//! `smb.*` methods: Samba shares (in Samba's registry) and Samba users.
+//! `smb.*`: Samba shares (in Samba's registry) and Samba users.
 //!
 //! Ownership: the agent manages only what it created, i.e. what is in its desired state.
 //! Registry shares and passdb users it did not create are reported (`managed: false`) and
@@ -19,21 +19,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use csg_protocol::methods::smb::{
-    self as m, parse_params, DeleteResult, ShareInfo, ShareList, ShareName, ShareRef, ShareResult,
-    ShareSpec, UserInfo, UserList, UserName, UserRef, UserSet, UserSetResult,
+    self as m, DeleteResult, ShareInfo, ShareList, ShareName, ShareRef, ShareResult, ShareSpec,
+    UserInfo, UserList, UserName, UserRef, UserSet, UserSetResult,
 };
+use csg_protocol::methods::{Changes, MethodResult, SmbChange, SmbMethod};
 use csg_protocol::status::{FamilySummary, ServiceState};
 use csg_protocol::{ErrorCode, RpcError};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::backends::samba::{drift, share_param_map, Params, Samba, SambaError};
+use super::{BoxFut, Family, StorageCtx};
+use crate::backends::samba::Samba;
 use crate::config::smb::{SmbBackendKind, SmbSettings};
-use crate::handlers::to_value;
+use crate::exec::{self, ToolError};
+use crate::model::smb::{drift, find, share_param_map, Params, Registry, SharePlan, SmbBackend};
 use crate::storage::paths::PathKind;
-use crate::storage::{BoxFut, Family, StorageCtx};
 
 const FAMILY: &str = "smb";
 
@@ -45,7 +46,7 @@ const REMOVING: &str = "deleted by the console but still in Samba (the agent sto
 const MAX_EXISTING_UID: u32 = 60000;
 
 /// Builds the family for the configured backend (`None` when disabled).
-pub fn build(cfg: &SmbSettings, ctx: &StorageCtx) -> Result<Option<Box<dyn Family>>, String> {
+pub fn build(cfg: &SmbSettings, ctx: &StorageCtx) -> Result<Option<Smb>, String> {
     match cfg.backend {
         SmbBackendKind::Disabled => Ok(None),
         SmbBackendKind::Samba => {
@@ -70,12 +71,12 @@ pub fn build(cfg: &SmbSettings, ctx: &StorageCtx) -> Result<Option<Box<dyn Famil
                 .and_then(std::path::Path::parent)
                 .ok_or("SMB needs a state directory on disk")?
                 .to_path_buf();
-            Ok(Some(Box::new(SmbFamily {
+            Ok(Some(Smb {
                 samba: Samba::new(cfg.clone(), ctx.timeout, &state_dir),
                 cfg: cfg.clone(),
                 ctx: ctx.clone(),
                 lock: Mutex::new(()),
-            })))
+            }))
         }
     }
 }
@@ -106,8 +107,9 @@ struct ManagedUser {
     unix_user_created: bool,
 }
 
-struct SmbFamily {
-    samba: Samba,
+/// The family, on Samba or another [`SmbBackend`].
+pub struct Smb<B: SmbBackend = Samba> {
+    samba: B,
     cfg: SmbSettings,
     ctx: StorageCtx,
     /// Serializes mutations (and reconcile).
@@ -134,31 +136,58 @@ fn accounts_read_only() -> Option<String> {
     }
 }
 
-fn backend(e: SambaError) -> RpcError {
-    use crate::exec::ExecError;
-    let code = match &e {
-        SambaError::Unavailable(_) => ErrorCode::Unavailable,
-        SambaError::Exec(ExecError::Timeout { .. }) => ErrorCode::Timeout,
-        _ => ErrorCode::BackendError,
-    };
-    RpcError::new(code, e.to_string())
+fn backend(e: ToolError) -> RpcError {
+    e.to_rpc()
 }
 
 fn state_err(e: crate::state::StateError) -> RpcError {
     e.to_rpc()
 }
 
-/// A failed apply, after the rollback: says whether the previous state is back.
-fn rolled_back(e: RpcError, restore: Result<(), String>) -> RpcError {
-    let tail = match restore {
-        Ok(()) => "; the previous state was restored".to_string(),
-        Err(r) => format!("; restoring the previous state failed too: {r}"),
-    };
-    RpcError::new(e.code, format!("{}{tail}", e.message))
+/// How a restore went: the backend's part, then the desired state's.
+fn restore_outcome(
+    backend: Result<(), ToolError>,
+    state: Result<(), RpcError>,
+) -> Result<(), RpcError> {
+    let mut problems: Vec<String> = Vec::new();
+    if let Err(e) = backend {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = state {
+        problems.push(e.message);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(RpcError::internal(problems.join("; ")))
+    }
 }
 
-fn find_reg<'a>(reg: &'a [(String, Params)], name: &ShareName) -> Option<&'a (String, Params)> {
-    reg.iter().find(|(n, _)| name.same(n))
+/// One entry of a reconcile report about a share.
+fn share_change(
+    name: &str,
+    action: &str,
+    drift: Option<Vec<String>>,
+    error: Option<String>,
+) -> SmbChange {
+    SmbChange {
+        share: Some(name.to_string()),
+        user: None,
+        action: action.to_string(),
+        drift,
+        error,
+    }
+}
+
+/// One entry of a reconcile report about a user.
+fn user_change(name: &str, action: &str, error: Option<String>) -> SmbChange {
+    SmbChange {
+        share: None,
+        user: Some(name.to_string()),
+        action: action.to_string(),
+        drift: None,
+        error,
+    }
 }
 
 fn unmanaged_share(name: &str) -> RpcError {
@@ -171,7 +200,24 @@ fn unmanaged_share(name: &str) -> RpcError {
     )
 }
 
-impl SmbFamily {
+impl<B: SmbBackend> Smb<B> {
+    pub async fn call(&self, method: SmbMethod) -> Result<MethodResult, RpcError> {
+        match method {
+            SmbMethod::ShareCreate(spec) => self.share_create(spec).await,
+            SmbMethod::ShareUpdate(spec) => self.share_update(spec).await,
+            SmbMethod::ShareDelete(r) => self.share_delete(r).await,
+            SmbMethod::ShareGet(r) => self.share_get(r).await,
+            SmbMethod::ShareList => Ok(MethodResult::SmbShareList(ShareList {
+                shares: self.shares().await?,
+            })),
+            SmbMethod::UserSet(p) => self.user_set(p).await,
+            SmbMethod::UserDelete(r) => self.user_delete(r).await,
+            SmbMethod::UserList => Ok(MethodResult::SmbUserList(UserList {
+                users: self.users().await?,
+            })),
+        }
+    }
+
     async fn state(&self) -> Result<SmbState, RpcError> {
         self.ctx.state.get(FAMILY).await.map_err(state_err)
     }
@@ -239,85 +285,46 @@ impl SmbFamily {
         }
     }
 
-    /// Saves `next`, makes the registry section `name` match `want` (`None`: deleted), reloads
-    /// and reads it back; on failure puts back `prev_backend` and `prev_state`.
+    /// Saves `next`, takes the registry section `name` from the snapshot `reg` to `want`
+    /// (`None`: deleted), reloads and reads it back; on failure the backend undoes the plan and
+    /// `prev_state` is saved again.
     async fn apply_share(
         &self,
         prev_state: &SmbState,
         next_state: &SmbState,
+        reg: &Registry,
         name: &ShareName,
         want: Option<&ShareSpec>,
-        prev_backend: Option<&Params>,
     ) -> Result<(), RpcError> {
+        let plan = SharePlan::new(reg, name, want);
         self.put_state(next_state).await?;
-        let apply = async {
-            match want {
-                Some(spec) => self.samba.import(name, &share_param_map(spec)).await?,
-                None => {
-                    if prev_backend.is_some() {
-                        self.samba.delete(name).await?;
-                    }
-                    self.samba.close_share(name.as_str()).await?;
-                }
-            }
-            self.samba.reload().await?;
-            let actual = self.samba.show(name).await?;
-            let d = match (want, &actual) {
-                (Some(spec), a) => drift(&share_param_map(spec), a.as_ref().map(|(_, p)| p)),
-                (None, Some(_)) => vec!["still in the registry after delshare".into()],
-                (None, None) => vec![],
-            };
-            if !d.is_empty() {
-                return Err(SambaError::Setup(format!(
-                    "read back from the registry differs: {}",
-                    d.join("; ")
-                )));
-            }
-            Ok(())
-        };
-        let Err(e) = apply.await else {
+        let Err(e) = self.samba.apply(&plan).await else {
             return Ok(());
         };
-        let restore = async {
-            match prev_backend {
-                Some(p) => self.samba.import(name, p).await?,
-                None => {
-                    if self.samba.show(name).await?.is_some() {
-                        self.samba.delete(name).await?;
-                    }
-                }
-            }
-            self.samba.reload().await
-        };
-        let mut r = restore.await.map_err(|e| e.to_string());
-        if let Err(se) = self.put_state(prev_state).await {
-            r = Err(format!(
-                "{}{se}",
-                r.err().map(|x| x + "; ").unwrap_or_default()
-            ));
-        }
+        let undone = self.samba.undo(&plan).await;
+        let restored = restore_outcome(undone, self.put_state(prev_state).await);
         // smbd gone in the middle (killed, crashed): what failed is its absence (smbcontrol
         // finds no smbd to reload), not a refusal. Say so as a daemon down before the change
         // would be: UNAVAILABLE, retryable.
         let e = match e {
-            SambaError::Failed { .. } | SambaError::Setup(_) => match self.samba.ping().await {
-                Err(SambaError::Unavailable(m)) => {
-                    SambaError::Unavailable(format!("{m} (it stopped during the change: {e})"))
-                }
+            ToolError::Failed { .. } | ToolError::Unexpected(_) => match self.samba.ping().await {
+                Err(ToolError::Unavailable { program, detail }) => ToolError::Unavailable {
+                    program,
+                    detail: format!("{detail} (it stopped during the change: {e})"),
+                },
                 _ => e,
             },
             e => e,
         };
-        Err(rolled_back(backend(e), r))
+        Err(exec::rolled_back(backend(e), restored))
     }
 
-    async fn share_create(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
-        let spec = ShareSpec::from_params(params).map_err(invalid)?;
+    async fn share_create(&self, spec: ShareSpec) -> Result<MethodResult, RpcError> {
         let _g = self.lock.lock().await;
         self.preflight().await?;
         let st = self.state().await?;
-        let reg = self.samba.list().await.map_err(backend)?;
-        let actual = find_reg(&reg, &spec.name).map(|(_, p)| p);
+        let reg = self.samba.observe().await.map_err(backend)?;
+        let actual = find(&reg, &spec.name).map(|(_, p)| p);
         match st.shares.get(&spec.name.key()) {
             Some(cur) if *cur != spec => {
                 return Err(RpcError::new(
@@ -330,10 +337,10 @@ impl SmbFamily {
                 ))
             }
             Some(cur) if drift(&share_param_map(cur), actual).is_empty() => {
-                return to_value(&ShareResult {
+                return Ok(MethodResult::SmbShare(Box::new(ShareResult {
                     changed: false,
                     share: Self::info(spec.name.as_str(), Some(cur), actual),
-                });
+                })));
             }
             // Identical, but Samba lost or changed it: apply it again.
             Some(_) => {}
@@ -346,30 +353,26 @@ impl SmbFamily {
         let mut next = st.clone();
         next.shares.insert(spec.name.key(), spec.clone());
         next.removing_shares.remove(&spec.name.key());
-        self.apply_share(&st, &next, &spec.name, Some(&spec), actual)
+        self.apply_share(&st, &next, &reg, &spec.name, Some(&spec))
             .await?;
         self.share_result(&spec).await
     }
 
-    async fn share_result(&self, spec: &ShareSpec) -> Result<Value, RpcError> {
-        let actual = self.samba.show(&spec.name).await.map_err(backend)?;
-        to_value(&ShareResult {
+    async fn share_result(&self, spec: &ShareSpec) -> Result<MethodResult, RpcError> {
+        let reg = self.samba.observe().await.map_err(backend)?;
+        let actual = find(&reg, &spec.name).map(|(_, p)| p);
+        Ok(MethodResult::SmbShare(Box::new(ShareResult {
             changed: true,
-            share: Self::info(
-                spec.name.as_str(),
-                Some(spec),
-                actual.as_ref().map(|a| &a.1),
-            ),
-        })
+            share: Self::info(spec.name.as_str(), Some(spec), actual),
+        })))
     }
 
-    async fn share_update(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
-        let mut spec = ShareSpec::from_params(params).map_err(invalid)?;
+    async fn share_update(&self, mut spec: ShareSpec) -> Result<MethodResult, RpcError> {
         let _g = self.lock.lock().await;
         self.preflight().await?;
         let st = self.state().await?;
-        let reg = self.samba.list().await.map_err(backend)?;
-        let actual = find_reg(&reg, &spec.name).map(|(_, p)| p);
+        let reg = self.samba.observe().await.map_err(backend)?;
+        let actual = find(&reg, &spec.name).map(|(_, p)| p);
         let Some(cur) = st.shares.get(&spec.name.key()) else {
             return Err(match actual {
                 Some(_) => unmanaged_share(spec.name.as_str()),
@@ -382,50 +385,48 @@ impl SmbFamily {
         // Names are case-insensitive: the share keeps the spelling it was created with.
         spec.name = cur.name.clone();
         if spec == *cur && drift(&share_param_map(cur), actual).is_empty() {
-            return to_value(&ShareResult {
+            return Ok(MethodResult::SmbShare(Box::new(ShareResult {
                 changed: false,
                 share: Self::info(spec.name.as_str(), Some(cur), actual),
-            });
+            })));
         }
         self.check_host(&spec).await?;
         let mut next = st.clone();
         next.shares.insert(spec.name.key(), spec.clone());
-        self.apply_share(&st, &next, &spec.name, Some(&spec), actual)
+        self.apply_share(&st, &next, &reg, &spec.name, Some(&spec))
             .await?;
         self.share_result(&spec).await
     }
 
-    async fn share_delete(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
-        let r: ShareRef = parse_params(params).map_err(invalid)?;
+    async fn share_delete(&self, r: ShareRef) -> Result<MethodResult, RpcError> {
         let _g = self.lock.lock().await;
         self.preflight().await?;
         let st = self.state().await?;
-        let reg = self.samba.list().await.map_err(backend)?;
-        let actual = find_reg(&reg, &r.name).map(|(_, p)| p);
+        let reg = self.samba.observe().await.map_err(backend)?;
+        let actual = find(&reg, &r.name).map(|(_, p)| p);
         let key = r.name.key();
         let name = match (st.shares.get(&key), actual) {
             (Some(cur), _) => cur.name.clone(),
             (None, Some(_)) if st.removing_shares.contains(&key) => r.name.clone(),
             (None, Some(_)) => return Err(unmanaged_share(r.name.as_str())),
-            (None, None) => return to_value(&DeleteResult { existed: false }),
+            (None, None) => return Ok(MethodResult::SmbDelete(DeleteResult { existed: false })),
         };
         let mut next = st.clone();
         next.shares.remove(&key);
         next.removing_shares.insert(key.clone());
-        self.apply_share(&st, &next, &name, None, actual).await?;
+        self.apply_share(&st, &next, &reg, &name, None).await?;
         // Gone from Samba: the tombstone goes too (if this write fails, reconcile drops it).
         next.removing_shares.remove(&key);
         if let Err(e) = self.put_state(&next).await {
             warn!(share = %name, error = %e.message, "cannot drop the share's tombstone");
         }
-        to_value(&DeleteResult { existed: true })
+        Ok(MethodResult::SmbDelete(DeleteResult { existed: true }))
     }
 
-    async fn share_get(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
-        let r: ShareRef = parse_params(params).map_err(invalid)?;
+    async fn share_get(&self, r: ShareRef) -> Result<MethodResult, RpcError> {
         let st = self.state().await?;
-        let reg = self.samba.list().await.map_err(backend)?;
-        let actual = find_reg(&reg, &r.name);
+        let reg = self.samba.observe().await.map_err(backend)?;
+        let actual = find(&reg, &r.name);
         let desired = st.shares.get(&r.name.key());
         if desired.is_none() && actual.is_none() {
             return Err(RpcError::new(
@@ -436,15 +437,15 @@ impl SmbFamily {
         let name = actual.map(|a| a.0.as_str()).unwrap_or(r.name.as_str());
         let mut info = Self::info(name, desired, actual.map(|a| &a.1));
         Self::mark_removing(&st, &mut info);
-        to_value(&info)
+        Ok(MethodResult::SmbShareGet(Box::new(info)))
     }
 
     async fn shares(&self) -> Result<Vec<ShareInfo>, RpcError> {
         let st = self.state().await?;
-        let reg = self.samba.list().await.map_err(backend)?;
+        let reg = self.samba.observe().await.map_err(backend)?;
         let mut out: BTreeMap<String, ShareInfo> = BTreeMap::new();
         for (key, spec) in &st.shares {
-            let actual = find_reg(&reg, &spec.name).map(|(_, p)| p);
+            let actual = find(&reg, &spec.name).map(|(_, p)| p);
             out.insert(
                 key.clone(),
                 Self::info(spec.name.as_str(), Some(spec), actual),
@@ -462,23 +463,20 @@ impl SmbFamily {
         Ok(out.into_values().collect())
     }
 
-    async fn share_list(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
-        crate::handlers::no_params(m::SHARE_LIST, &params)?;
-        to_value(&ShareList {
-            shares: self.shares().await?,
-        })
-    }
-
     // ----- users -----
 
-    async fn user_set(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
-        let p: UserSet = parse_params(params).map_err(invalid)?;
-        let user = &p.username;
-        let _g = self.lock.lock().await;
+    /// smbd is up, the desired state, and whether `user` is in the passdb (under the lock).
+    async fn user_now(&self, user: &UserName) -> Result<(SmbState, bool), RpcError> {
         self.preflight().await?;
         let st = self.state().await?;
         let passdb = self.samba.passdb_users().await.map_err(backend)?;
-        let in_passdb = passdb.iter().any(|n| n == user.as_str());
+        Ok((st, passdb.iter().any(|n| n == user.as_str())))
+    }
+
+    async fn user_set(&self, p: UserSet) -> Result<MethodResult, RpcError> {
+        let user = &p.username;
+        let _g = self.lock.lock().await;
+        let (st, in_passdb) = self.user_now(user).await?;
         let managed = st
             .users
             .get(user)
@@ -553,7 +551,7 @@ impl SmbFamily {
                 .iter()
                 .any(|n| n == user.as_str())
             {
-                return Err(SambaError::Setup(format!(
+                return Err(ToolError::Unexpected(format!(
                     "smbpasswd succeeded but {user} is not in passdb"
                 )));
             }
@@ -576,32 +574,23 @@ impl SmbFamily {
                 if create_unix && self.samba.unix_uid(user).await?.is_some() {
                     self.samba.userdel(user).await?;
                 }
-                Ok::<_, SambaError>(())
+                Ok::<_, ToolError>(())
             };
-            let mut r = restore.await.map_err(|e| e.to_string());
-            if let Err(se) = self.put_state(&st).await {
-                r = Err(format!(
-                    "{}{se}",
-                    r.err().map(|x| x + "; ").unwrap_or_default()
-                ));
-            }
-            return Err(rolled_back(backend(e), r));
+            let undone = restore.await;
+            let restored = restore_outcome(undone, self.put_state(&st).await);
+            return Err(exec::rolled_back(backend(e), restored));
         }
-        to_value(&UserSetResult {
+        Ok(MethodResult::SmbUserSet(UserSetResult {
             username: user.to_string(),
             created: !in_passdb,
             unix_user_created: create_unix,
-        })
+        }))
     }
 
-    async fn user_delete(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
-        let r: UserRef = parse_params(params).map_err(invalid)?;
+    async fn user_delete(&self, r: UserRef) -> Result<MethodResult, RpcError> {
         let user = &r.username;
         let _g = self.lock.lock().await;
-        self.preflight().await?;
-        let st = self.state().await?;
-        let passdb = self.samba.passdb_users().await.map_err(backend)?;
-        let in_passdb = passdb.iter().any(|n| n == user.as_str());
+        let (st, in_passdb) = self.user_now(user).await?;
         let managed = st.users.get(user).copied();
         let tombstone = st.removing_users.get(user).copied();
         let Some(managed) = managed.or(tombstone.filter(|_| in_passdb)) else {
@@ -614,7 +603,7 @@ impl SmbFamily {
                     ),
                 ))
             } else {
-                to_value(&DeleteResult { existed: false })
+                Ok(MethodResult::SmbDelete(DeleteResult { existed: false }))
             };
         };
         let mut next = st.clone();
@@ -623,8 +612,8 @@ impl SmbFamily {
         self.put_state(&next).await?;
         if in_passdb {
             if let Err(e) = self.samba.delete_user(user).await {
-                let r = self.put_state(&st).await.map_err(|e| e.message);
-                return Err(rolled_back(backend(e), r));
+                let restored = self.put_state(&st).await;
+                return Err(exec::rolled_back(backend(e), restored));
             }
         }
         if managed.unix_user_created && self.samba.unix_uid(user).await.map_err(backend)?.is_some()
@@ -642,21 +631,21 @@ impl SmbFamily {
         if let Err(e) = self.put_state(&next).await {
             warn!(user = %user, error = %e.message, "cannot drop the user's tombstone");
         }
-        to_value(&DeleteResult { existed: true })
+        Ok(MethodResult::SmbDelete(DeleteResult { existed: true }))
     }
 
     /// userdel refuses while a process (an smbd serving a session that just ended) still runs
     /// as the user: try a few times.
-    async fn userdel_retrying(&self, user: &UserName) -> Result<(), SambaError> {
-        let mut last = None;
-        for _ in 0..5 {
+    async fn userdel_retrying(&self, user: &UserName) -> Result<(), ToolError> {
+        let mut tries = 1;
+        loop {
             match self.samba.userdel(user).await {
                 Ok(()) => return Ok(()),
-                Err(e) => last = Some(e),
+                Err(e) if tries == 5 => return Err(e),
+                Err(_) => tries += 1,
             }
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
-        Err(last.expect("tried at least once"))
     }
 
     async fn users(&self) -> Result<Vec<UserInfo>, RpcError> {
@@ -698,22 +687,15 @@ impl SmbFamily {
         Ok(out.into_values().collect())
     }
 
-    async fn user_list(&self, params: Map<String, Value>) -> Result<Value, RpcError> {
-        crate::handlers::no_params(m::USER_LIST, &params)?;
-        to_value(&UserList {
-            users: self.users().await?,
-        })
-    }
-
-    async fn do_reconcile(&self) -> Result<Value, RpcError> {
+    async fn do_reconcile(&self) -> Result<Vec<SmbChange>, RpcError> {
         let _g = self.lock.lock().await;
         self.preflight().await?;
         let st = self.state().await?;
-        let reg = self.samba.list().await.map_err(backend)?;
+        let reg = self.samba.observe().await.map_err(backend)?;
         let mut changes = Vec::new();
         let mut reload = false;
         for spec in st.shares.values() {
-            let actual = find_reg(&reg, &spec.name).map(|(_, p)| p);
+            let actual = find(&reg, &spec.name).map(|(_, p)| p);
             let d = drift(&share_param_map(spec), actual);
             if d.is_empty() {
                 continue;
@@ -735,13 +717,11 @@ impl SmbFamily {
                 Ok(()) => {
                     reload = true;
                     info!(share = %spec.name, action, "smb reconcile");
-                    changes.push(json!({"share": spec.name, "action": action, "drift": d}));
+                    changes.push(share_change(spec.name.as_str(), action, Some(d), None));
                 }
                 Err(e) => {
                     warn!(share = %spec.name, error = %e, "smb reconcile failed");
-                    changes.push(
-                        json!({"share": spec.name, "action": "failed", "drift": d, "error": e}),
-                    );
+                    changes.push(share_change(spec.name.as_str(), "failed", Some(d), Some(e)));
                 }
             }
         }
@@ -761,9 +741,9 @@ impl SmbFamily {
                     reload = true;
                     done.removing_shares.remove(key);
                     info!(share = %rname, action = "deleted", "smb reconcile");
-                    changes.push(json!({"share": rname, "action": "deleted"}));
+                    changes.push(share_change(rname, "deleted", None, None));
                 }
-                Err(e) => changes.push(json!({"share": rname, "action": "failed", "error": e})),
+                Err(e) => changes.push(share_change(rname, "failed", None, Some(e))),
             }
         }
         if reload {
@@ -785,11 +765,9 @@ impl SmbFamily {
             match r {
                 Ok(()) => {
                     done.removing_users.remove(u);
-                    changes.push(json!({"user": u, "action": "deleted"}));
+                    changes.push(user_change(u.as_str(), "deleted", None));
                 }
-                Err(e) => {
-                    changes.push(json!({"user": u, "action": "failed", "error": e.to_string()}))
-                }
+                Err(e) => changes.push(user_change(u.as_str(), "failed", Some(e.to_string()))),
             }
         }
         if done != st {
@@ -797,15 +775,18 @@ impl SmbFamily {
         }
         for u in st.users.keys() {
             if !passdb.iter().any(|n| n == u.as_str()) {
-                changes.push(json!({
-                    "user": u,
-                    "action": "failed",
-                    "error": "missing from Samba's passdb; the agent keeps no passwords: \
-                              set it again with smb.user.set"
-                }));
+                changes.push(user_change(
+                    u.as_str(),
+                    "failed",
+                    Some(
+                        "missing from Samba's passdb; the agent keeps no passwords: set it again \
+                         with smb.user.set"
+                            .into(),
+                    ),
+                ));
             }
         }
-        Ok(Value::Array(changes))
+        Ok(changes)
     }
 
     async fn do_summary(&self) -> Result<FamilySummary, RpcError> {
@@ -820,80 +801,27 @@ impl SmbFamily {
     }
 }
 
-/// The resource a request names, for the audit line (params are not trusted yet: bounded).
-fn resource(params: &Map<String, Value>) -> String {
-    params
-        .get("name")
-        .or_else(|| params.get("username"))
-        .and_then(Value::as_str)
-        .map(|s| {
-            s.chars()
-                .take(80)
-                .collect::<String>()
-                .escape_debug()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
-impl Family for SmbFamily {
+impl<B: SmbBackend> Family for Smb<B> {
     fn name(&self) -> &'static str {
         FAMILY
+    }
+
+    fn backend(&self) -> &'static str {
+        self.samba.kind()
     }
 
     fn methods(&self) -> &'static [&'static str] {
         m::METHODS
     }
 
-    fn call<'a>(
-        &'a self,
-        method: &'a str,
-        params: Map<String, Value>,
-    ) -> BoxFut<'a, Result<Value, RpcError>> {
-        Box::pin(async move {
-            let what = resource(&params);
-            let r = match method {
-                m::SHARE_CREATE => self.share_create(params).await,
-                m::SHARE_UPDATE => self.share_update(params).await,
-                m::SHARE_DELETE => self.share_delete(params).await,
-                m::SHARE_GET => return self.share_get(params).await,
-                m::SHARE_LIST => return self.share_list(params).await,
-                m::USER_SET => self.user_set(params).await,
-                m::USER_DELETE => self.user_delete(params).await,
-                m::USER_LIST => return self.user_list(params).await,
-                other => {
-                    return Err(RpcError::new(
-                        ErrorCode::UnknownMethod,
-                        format!("unknown method {other:?}"),
-                    ))
-                }
-            };
-            // One audit line per mutation; never the params themselves (passwords).
-            match &r {
-                Ok(v) => {
-                    let outcome = match (v.get("changed"), v.get("existed")) {
-                        (Some(Value::Bool(false)), _) => "unchanged",
-                        (_, Some(Value::Bool(false))) => "absent",
-                        _ => "applied",
-                    };
-                    info!(method, resource = %what, outcome, "smb mutation");
-                }
-                Err(e) => {
-                    info!(method, resource = %what, outcome = %e.code, error = %e.message, "smb mutation")
-                }
-            }
-            r
-        })
-    }
-
-    fn reconcile(&self) -> BoxFut<'_, Result<Value, RpcError>> {
-        Box::pin(self.do_reconcile())
+    fn reconcile(&self) -> BoxFut<'_, Result<Changes, RpcError>> {
+        Box::pin(async move { self.do_reconcile().await.map(Changes::Smb) })
     }
 
     fn service(&self) -> BoxFut<'_, ServiceState> {
         Box::pin(async move {
             ServiceState {
-                backend: "samba".into(),
+                backend: self.samba.kind().into(),
                 up: self.samba.ping().await.is_ok(),
             }
         })
