@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::handlers::Handlers;
-use crate::session::Inbound;
+use csg_transport::Inbound;
 use crate::stats::Stats;
 use crate::status::StatusSource;
 use crate::uplink::fake::RecordingUplink;
