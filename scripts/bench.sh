@@ -2,7 +2,12 @@
 # Benchmark: one release agent against a local Mosquitto (set_tcp_nodelay true), driven by
 # `csgctl bench`. Prints a table and writes it to docs/performance.md.
 #
-#   scripts/bench.sh [--count N] [--pipelined-count N] [--no-write]
+#   scripts/bench.sh [--count N] [--pipelined-count N] [--memory-count N] [--no-write]
+#
+# The id-memory phase: RSS of a fresh agent with the default id memory after N sys.ping
+# (reads are forgotten once answered), and of one simulated agent (csg-sim: the in-memory NFS
+# backend) after N nfs.export.update (mutations: each id is remembered with its reply, up to the
+# default cap of 65536; requests beyond it are refused BUSY and counted as errors).
 #
 # Binaries: built in release mode from this checkout (target/release, or $CARGO_TARGET_DIR),
 # unless CSG_BIN_DIR names a directory of prebuilt ones (csg-agent, csgctl, csg-bed).
@@ -12,13 +17,15 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 count=10000
 pcount=200000
+mcount=70000
 write=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --count) count=$2; shift 2 ;;
     --pipelined-count) pcount=$2; shift 2 ;;
+    --memory-count) mcount=$2; shift 2 ;;
     --no-write) write=0; shift ;;
-    *) echo "usage: $0 [--count N] [--pipelined-count N] [--no-write]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--count N] [--pipelined-count N] [--memory-count N] [--no-write]" >&2; exit 2 ;;
   esac
 done
 
@@ -32,6 +39,7 @@ else
 fi
 agent="$bin_dir/csg-agent"
 csgctl="$bin_dir/csgctl"
+sim="$bin_dir/csg-sim"
 # The test harness's broker start-up (tests/src/bin/csg-bed.rs).
 bed="$bin_dir/csg-bed"
 
@@ -80,12 +88,41 @@ idle_rss=$(rss_kb $agent_pid)
 seq_json=$("$csgctl" bench gw-bench --count "$count" --concurrency 1 --json)
 pipe_json=$("$csgctl" bench gw-bench --count "$pcount" --concurrency 64 --json)
 loaded_rss=$(rss_kb $agent_pid)
+kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true
+
+# The id memory: a fresh agent with the default limits, N reads.
+sed -e 's/^reply_cache_max = .*$//' -e 's/^instance_id = .*$/instance_id = "gw-mem"/' \
+  "$dir/agent.toml" >"$dir/agent-mem.toml"
+"$agent" --config "$dir/agent-mem.toml" 2>"$dir/agent-mem.log" &
+mem_pid=$!
+pids+=($mem_pid)
+"$csgctl" call gw-mem sys.ping --timeout 15s >/dev/null
+ping_json=$("$csgctl" bench gw-mem --count "$mcount" --concurrency 64 --json)
+ping_rss=$(rss_kb $mem_pid)
+
+# ... and one simulated agent (in-memory NFS, default limits), N mutations of one export.
+mkdir -p "$dir/exports/vol1"
+"$sim" --broker "mqtt://127.0.0.1:$port" --count 1 --prefix gw-sim- \
+  --export-root "$dir/exports" --report-ms 0 >"$dir/sim.log" 2>&1 &
+sim_pid=$!
+pids+=($sim_pid)
+spec="{\"name\":\"vol1\",\"path\":\"$dir/exports/vol1\",\"clients\":[{\"match\":\"10.0.0.0/8\",\"access\":\"rw\"}]}"
+"$csgctl" call gw-sim-00000 sys.ping --timeout 30s >/dev/null
+"$csgctl" call gw-sim-00000 nfs.export.create "$spec" --timeout 15s >/dev/null
+sim_idle_rss=$(rss_kb $sim_pid)
+mut_json=$("$csgctl" bench gw-sim-00000 --method nfs.export.update --params "$spec" \
+  --count "$mcount" --concurrency 16 --warmup 0 --json || true)
+sim_rss=$(rss_kb $sim_pid)
+
 bin_size=$(stat -c %s "$agent")
 ctl_size=$(stat -c %s "$csgctl")
 
-python3 - "$seq_json" "$pipe_json" "$idle_rss" "$loaded_rss" "$bin_size" "$ctl_size" "$count" "$pcount" "$write" "$root/docs/performance.md" <<'PY'
+python3 - "$seq_json" "$pipe_json" "$idle_rss" "$loaded_rss" "$bin_size" "$ctl_size" "$count" "$pcount" "$write" "$root/docs/performance.md" \
+  "$mcount" "$ping_json" "$ping_rss" "$mut_json" "$sim_idle_rss" "$sim_rss" <<'PY'
 import json, sys, platform, datetime, os, subprocess
 seq, pipe = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+mcount, ping_mem, ping_rss = int(sys.argv[11]), json.loads(sys.argv[12]), int(sys.argv[13])
+mut, sim_idle, sim_rss = json.loads(sys.argv[14]), int(sys.argv[15]), int(sys.argv[16])
 idle, loaded, size, ctl = (int(x) for x in sys.argv[3:7])
 count, pcount, write, out = int(sys.argv[7]), int(sys.argv[8]), sys.argv[9] == "1", sys.argv[10]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -100,6 +137,9 @@ rows = [
     ("errors / lost replies (both runs)", f"{seq['errors'] + pipe['errors']} / {seq['lost'] + pipe['lost']}", "0 / 0"),
     ("agent idle RSS", f"{idle / 1024:.1f} MiB", "≤ 8 MB"),
     ("agent RSS after the runs", f"{loaded / 1024:.1f} MiB", ""),
+    (f"agent RSS after {mcount} sys.ping, default id memory ({ping_mem['errors']} errors)", f"{ping_rss / 1024:.1f} MiB", "≤ 12 MB"),
+    (f"simulated agent RSS before / after {mcount} nfs.export.update, default cap", f"{sim_idle / 1024:.1f} / {sim_rss / 1024:.1f} MiB", "≤ 40 MB"),
+    ("mutations: p50 / rps / errors (BUSY beyond the cap)", f"{mut['p50_us']} µs / {mut['rps']:.0f} / {mut['errors']}", ""),
     ("csg-agent binary, stripped release", f"{size / 1e6:.2f} MB", "≤ 6 MB"),
     ("csgctl binary, stripped release", f"{ctl / 1e6:.2f} MB", ""),
 ]
@@ -118,6 +158,7 @@ if write:
         f"- machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}",
         f"- broker: {mosq}",
         f"- sequential: {count} requests, one outstanding; pipelined: {pcount} requests, 64 outstanding",
+        f"- id memory: {mcount} sys.ping (64 outstanding) on a fresh agent; {mcount} nfs.export.update (16 outstanding) on one simulated agent",
         "",
         "| measure | value | target |",
         "|---|---|---|",

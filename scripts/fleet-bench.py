@@ -538,7 +538,7 @@ def main():
     ap.add_argument("--big", type=int, default=50000, help="agents for the 3-broker ramp (0: skip)")
     ap.add_argument("--mix-minutes", type=float, default=10)
     ap.add_argument("--mix-warmup-minutes", type=float, default=10,
-                    help="command stream before the measured mix: the id memory's 10 minutes")
+                    help="command stream before the measured mix, to warm the processes up (the mix's reads are not kept in the id memory once answered)")
     ap.add_argument("--skip-restart", action="store_true")
     ap.add_argument("--write", action="store_true", help="write the table into docs/performance.md")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")

@@ -44,9 +44,10 @@
 # failures/ (each failed command with its output), heartbeats.txt ("seq ts_ms" per heartbeat
 # csgctl watch saw), final-status.json (the agent's last sys.status), logs/ (daemon logs, gzip).
 #
-# Warm-up: the agent remembers every request id with its reply for 10 minutes (the at-most-once
-# guarantee), so its memory rises by design for the first 10 minutes of steady load; a slope over
-# that period measures the reply memory filling up, not a leak.
+# Warm-up: the agent remembers every mutation's id with its reply for 10 minutes (the at-most-once
+# guarantee; reads are forgotten once answered), so its memory rises by design for the first 10
+# minutes of the storage cycles; a slope over that period measures the id memory filling up, not
+# a leak.
 #
 # Binaries: built in release mode from this checkout (target/release, or $CARGO_TARGET_DIR), like
 # scripts/bench.sh, unless CSG_AGENT_BIN and CSGCTL_BIN name prebuilt ones (and CSG_BED_BIN the
@@ -148,7 +149,7 @@ for v in duration sample_every cycle_every broker_every daemon_every ${warmup:+w
 done
 [ "$duration" -gt 0 ] && [ "$sample_every" -gt 0 ] && [ "$cycle_every" -gt 0 ] ||
   { echo "soak: --duration, --sample-every and --cycle-every must be positive" >&2; exit 2; }
-# The default warm-up: 10 % of the run, but at least the reply memory's 10 minutes plus 2 once
+# The default warm-up: 10 % of the run, but at least the id memory's 10 minutes plus 2 once
 # the run is long enough to keep half of it for the slope.
 if [ -z "$warmup" ]; then
   warmup=$((duration / 10))
@@ -339,7 +340,7 @@ start_ganesha || die "ganesha.nfsd did not start"
 say "mosquitto $broker, smbd :$smb_port, tgtd :$iscsi_port, ganesha.nfsd :$nfs_port"
 
 # ---------------------------------------------------------------------------------------------
-# The agent: all three storage backends, 1 s heartbeats, the default reply memory (10 minutes,
+# The agent: all three storage backends, 1 s heartbeats, the default id memory (10 minutes,
 # 65536 ids) so that its memory is what a production agent would hold
 
 agent_conf 1

@@ -351,7 +351,10 @@ impl Dispatcher {
             // A retryable error (the daemon was down, a program timed out) is answered but not
             // remembered: the console re-sends the same id after one (protocol, section 11),
             // and that re-send must run again once the daemon is back.
-            guard.forget |= matches!(&result, Err(e) if e.retryable);
+            // UNKNOWN_METHOD here is a family this configuration does not have: nothing ran,
+            // and a reload that enables the family must let the same id run.
+            guard.forget |=
+                matches!(&result, Err(e) if e.retryable || e.code == ErrorCode::UnknownMethod);
             let reply = guard.reply_bytes(result);
             guard.journal(&reply).await;
             guard.complete(reply);

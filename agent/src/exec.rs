@@ -1,6 +1,7 @@
 //! Running external programs: an argument vector (never a shell), a timeout that kills the
-//! program, optional stdin (for secrets, which never appear in argv), and stdout/stderr
-//! captured up to a bound so a runaway program cannot exhaust memory.
+//! program, optional stdin (the way secrets travel wherever the program can take them there:
+//! Samba passwords, targetcli's CHAP commands; tgtadm has no such way, see docs/security.md),
+//! and stdout/stderr captured up to a bound so a runaway program cannot exhaust memory.
 
 use std::ffi::OsString;
 use std::path::PathBuf;

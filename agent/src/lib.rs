@@ -1,30 +1,35 @@
 //! csg-agent: the daemon inside each storage-gateway VM.
 //!
-//! The path of one request, top to bottom:
-//! `session` (MQTT, through `csg_transport`'s session) → `dispatch` (envelope, reply
-//! cache, deadline, admission) → `handlers::*` (params → spec → apply) → back through
+//! The path of one request, top to bottom, each module importing only from those below it:
+//! `session` (the agent's use of `csg_transport`'s MQTT session) → `dispatch` (signature,
+//! envelope, typed `Method`, authorization, id memory, deadline, admission, the one audit
+//! line) → `handlers` (sys methods; storage methods to `families::Storage`) → `families`
+//! (validate → one snapshot under the family lock → plan → apply → desired state) →
+//! `backends` (exportfs, Ganesha, Samba, tgt, LIO, memory: each implements its family's trait
+//! from `model`) → `exec` (argv, timeout, bounded output, `ToolError`), with `state`,
+//! `journal`, `fsutil` and `storage::paths` at the bottom. The reply goes back through
 //! `dispatch` → `uplink` → `session`. `status` publishes heartbeats; `config` loads and
-//! validates the TOML file; `main.rs` wires it together with signals.
+//! validates the TOML file; `main.rs` wires it together with signals and systemd.
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod backends;
 pub mod cli;
 pub mod config;
-pub mod dispatch;
-pub mod exec;
+pub(crate) mod dispatch;
+pub(crate) mod exec;
 pub mod families;
-pub mod fsutil;
-pub mod handlers;
-pub mod journal;
-pub mod model;
+pub(crate) mod fsutil;
+pub(crate) mod handlers;
+pub(crate) mod journal;
+pub(crate) mod model;
 pub mod notify;
-pub mod reply_cache;
+pub(crate) mod reply_cache;
 pub mod session;
 pub mod state;
-pub mod stats;
+pub(crate) mod stats;
 pub mod status;
 pub mod storage;
-pub mod uplink;
+pub(crate) mod uplink;
 
 use std::future::Future;
 use std::sync::Arc;

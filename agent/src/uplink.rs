@@ -6,8 +6,8 @@
 pub use csg_transport::session::{Message as OutMessage, PublishError as UplinkError, Qos};
 
 /// Never blocks: a message that cannot be queued is refused at once, so no caller can stall
-/// on a dead link. Replies refused here are recovered by the console re-sending the request,
-/// which the reply cache answers.
+/// on a dead link. Replies refused here are recovered by the console re-sending the request:
+/// a mutation's repeat is answered from the id memory, a read simply runs again.
 pub trait Uplink: Send + Sync + 'static {
     fn publish(&self, msg: OutMessage) -> Result<(), UplinkError>;
 

@@ -1,8 +1,9 @@
 //! One request to one instance, with the protocol's retry policy.
 //!
-//! Agents remember each request id for at least ten minutes and answer a repeated id from their
-//! reply cache without running the request again. That makes re-sending the same bytes the
-//! right answer to every kind of uncertainty:
+//! Agents remember the id of every mutation for at least ten minutes after it finished and
+//! answer a repeat from that memory without running it again; a read (get, list, ping, info,
+//! status) changes nothing, so its repeat simply runs again once the first has finished. That
+//! makes re-sending the same bytes the right answer to every kind of uncertainty:
 //!
 //! * no reply within the attempt timeout: the request or its reply was lost, or the agent is
 //!   slow; re-send at once;
@@ -43,7 +44,8 @@ pub struct CallOptions {
     /// Re-send when no reply came within this long (default 2 s).
     pub attempt_timeout: Duration,
     /// The request id; a fresh unique one when `None`. Pass the id of an earlier call to repeat
-    /// it safely: the agent answers from its reply cache instead of running it again.
+    /// it safely: the agent answers a mutation from its id memory instead of running it again
+    /// (a read it simply runs again).
     pub id: Option<RequestId>,
     /// One-way: ask for no reply (`reply_to: "noreply"`). The call returns once the broker has
     /// acknowledged the publish (its PUBACK), with `Reply { body: Ok(null) }`.
@@ -267,7 +269,7 @@ impl Inner {
             match self.try_publish(&req.topic, &req.payload, &mut ack) {
                 Ok(()) => return Ok(true),
                 Err(QueueError::Full) if Instant::now() < deadline => {
-                    sleep(CHANNEL_FULL_PAUSE).await
+                    sleep(CHANNEL_FULL_PAUSE).await;
                 }
                 Err(QueueError::Full) => return Ok(false),
                 Err(QueueError::Closed) => return Err(QueueError::Closed),

@@ -189,7 +189,7 @@ pub(crate) struct Watcher {
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these short locks cannot leave a half-made update behind
     // that matters more than stopping every call, so poisoning is ignored.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Console {
@@ -299,7 +299,7 @@ impl Console {
             waited,
             session.wait_for(|s| match s {
                 LinkState::Ready(_) => true,
-                LinkState::Down(f) => f.as_ref().is_some_and(|f| f.is_refusal()),
+                LinkState::Down(f) => f.as_ref().is_some_and(csg_transport::Failure::is_refusal),
             }),
         )
         .await
@@ -417,7 +417,7 @@ fn route_publish(shared: &Shared, p: Inbound) {
                             let _ = tx.send(reply);
                         }
                         None => {
-                            debug!(%id, "reply for a request nobody waits for (a late duplicate?)")
+                            debug!(%id, "reply for a request nobody waits for (a late duplicate?)");
                         }
                     }
                 }
@@ -551,7 +551,7 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_millis(300));
         match err {
             ConsoleError::Connect { last_error, .. } => {
-                assert!(last_error.contains("refused"), "{last_error}")
+                assert!(last_error.contains("refused"), "{last_error}");
             }
             other => panic!("unexpected {other}"),
         }

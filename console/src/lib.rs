@@ -5,8 +5,8 @@
 //! client ID `{group_id}@@@{console_id}`. Through it:
 //!
 //! * [`Console::call`] sends one request and waits for the reply, re-sending the same request id
-//!   on silence and on retryable errors; agents answer repeats from their reply cache, so a
-//!   request runs at most once however often it is sent;
+//!   on silence and on retryable errors; agents answer a mutation's repeats from their id
+//!   memory, so it runs at most once however often it is sent (a read may run again);
 //! * [`Console::call_many`] fans one request out to many instances concurrently;
 //! * [`Console::call_method`] and [`Console::call_many_method`] do the same for a typed
 //!   [`Method`](csg_protocol::methods::Method), whose reply result decodes with

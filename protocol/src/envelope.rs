@@ -383,7 +383,7 @@ pub fn decode_request(payload: &[u8], max_payload: usize) -> Result<Request, Dec
         .clone()
         .map_err(|_| invalid("reply_to must be a string".into()))?;
     match &raw.v {
-        Some(Value::Number(n)) if n.as_u64() == Some(PROTOCOL_VERSION as u64) => {}
+        Some(Value::Number(n)) if n.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
         Some(v) => {
             return Err(invalid(format!(
                 "unsupported protocol version {}; this agent speaks v{PROTOCOL_VERSION}",

@@ -220,7 +220,7 @@ impl MethodName {
     }
     /// The family is the part before the last dot: `nfs.export` for `nfs.export.create`.
     pub fn family(&self) -> &str {
-        self.0.rsplit_once('.').map(|(f, _)| f).unwrap_or(&self.0)
+        self.0.rsplit_once('.').map_or(&self.0, |(f, _)| f)
     }
 }
 

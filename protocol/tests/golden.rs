@@ -12,6 +12,9 @@
 //!
 //! JSON is compared as `serde_json::Value`: the same objects, whatever the key order.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

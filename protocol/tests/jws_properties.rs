@@ -3,6 +3,9 @@
 //! token, of any byte, is refused; only the one header shape is accepted; and refusals are
 //! cheap and never echo the input.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use proptest::collection::{btree_map, vec};

@@ -9,6 +9,9 @@
 //! in a few seconds; the fuzz targets under `fuzz/` run the same entry points for as long as
 //! one likes (see `docs/fuzzing.md`).
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::collection::{btree_map, vec};
@@ -752,11 +755,11 @@ fn ip() -> impl Strategy<Value = IpAddr> {
 fn masked(addr: IpAddr, prefix: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
-            let m = u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
+            let m = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
             IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
         }
         IpAddr::V6(a) => {
-            let m = u128::MAX.checked_shl(128 - prefix as u32).unwrap_or(0);
+            let m = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
             IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
         }
     }
@@ -843,7 +846,7 @@ proptest! {
         // A bare address is a host rule.
         prop_assert_eq!(Cidr::parse(&a.to_string()).unwrap().prefix, max_prefix(a));
         if zero {
-            let too_long = format!("{net}/{}", max_prefix(a) as u32 + 1 + p as u32);
+            let too_long = format!("{net}/{}", u32::from(max_prefix(a)) + 1 + u32::from(p));
             prop_assert!(Cidr::parse(&too_long).is_err());
         }
     }
@@ -982,7 +985,7 @@ fn check_nfs_spec(s: &nfs::ExportSpec, allow_hostnames: bool) -> Result<(), Test
         }
         prop_assert!(c.anonuid <= nfs::MAX_ANON_ID && c.anongid <= nfs::MAX_ANON_ID);
     }
-    prop_assert!(matches!(s.protocols(), [3] | [4] | [3, 4]));
+    prop_assert!(matches!(s.protocols(), [3 | 4] | [3, 4]));
     // The stored form (defaults filled in) goes through JSON and validates to the same spec.
     let v = serde_json::to_value(s.to_params()).unwrap();
     let again = nfs_validate(v.as_object().unwrap().clone(), allow_hostnames);
@@ -1163,8 +1166,8 @@ fn target_params_of(s: &iscsi::TargetSpec) -> Value {
         "name": s.name.as_str(),
         "iqn": s.iqn.as_str(),
         "luns": s.luns.iter().map(|l| serde_json::to_value(l).unwrap()).collect::<Vec<_>>(),
-        "initiators": s.initiators.iter().map(|i| i.as_str()).collect::<Vec<_>>(),
-        "networks": s.networks.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        "initiators": s.initiators.iter().map(csg_protocol::methods::iscsi::Iqn::as_str).collect::<Vec<_>>(),
+        "networks": s.networks.iter().map(std::string::ToString::to_string).collect::<Vec<_>>(),
     });
     if let Some(c) = &s.chap {
         let mut cj = json!({"username": c.username.as_str(), "secret": c.secret.expose()});

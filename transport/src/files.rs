@@ -50,9 +50,7 @@ pub fn read_zeroizing(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
 
 /// Whether a file's permissions let its group or others read it.
 pub fn readable_by_others(path: &Path) -> bool {
-    std::fs::metadata(path)
-        .map(|m| m.mode() & 0o044 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(path).is_ok_and(|m| m.mode() & 0o044 != 0)
 }
 
 /// Warns (once per call) when a file holding a secret is readable by its group or others.

@@ -376,7 +376,7 @@ impl SessionConfig {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every lock here is held for a few map or queue operations and never across an await;
     // a panic while holding one leaves nothing half-made that matters more than going on.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Matches broker acknowledgements to the callers that wait for them, and holds the
@@ -744,7 +744,7 @@ impl Session {
                     };
                 }
                 // Lost with the connection: the next session's first SUBSCRIBE covers it.
-                Ok(Err(_)) => continue,
+                Ok(Err(_)) => {}
                 Err(_) => return Err(timeout()),
             }
         }
@@ -989,7 +989,7 @@ impl Loop {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(msg)) => self.hooks.overflow(msg),
                     Err(mpsc::error::TrySendError::Closed(_)) => {
-                        debug!("inbound channel closed; message not taken")
+                        debug!("inbound channel closed; message not taken");
                     }
                 }
             }
@@ -1001,7 +1001,7 @@ impl Loop {
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => lock(&self.shared.track).publish_left(pkid),
             Event::Outgoing(Outgoing::Subscribe(pkid)) => {
-                lock(&self.shared.track).subscribe_left(pkid)
+                lock(&self.shared.track).subscribe_left(pkid);
             }
             Event::Incoming(Incoming::SubAck(ack)) => self.on_suback(ack),
             Event::Incoming(Incoming::ConnAck(_)) => self.on_connack(),
@@ -1366,7 +1366,7 @@ mod tests {
         .clone();
         match state {
             LinkState::Down(Some(f @ Failure::Setup(_))) => {
-                assert!(f.describe().contains("/nonexistent/ca.pem"), "{f}")
+                assert!(f.describe().contains("/nonexistent/ca.pem"), "{f}");
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -41,7 +41,11 @@ const OPT_WRITE_ACCESS: u64 = 0x40;
 /// (`Access_Type = None`); each client entry is a CLIENT block with every permission spelled out.
 pub fn render(spec: &ExportSpec, id: u16) -> String {
     let mut s = String::from(HEADER);
-    let protocols: Vec<String> = spec.protocols().iter().map(|p| p.to_string()).collect();
+    let protocols: Vec<String> = spec
+        .protocols()
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect();
     let _ = write!(
         s,
         "EXPORT {{\n\

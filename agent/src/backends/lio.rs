@@ -727,7 +727,7 @@ pub fn plan_request(snap: &Snapshot, req: &Request) -> Result<Vec<Cmd>, PlanErro
     // A re-apply replaces LIO's copy as it is (what was desired before is the same target).
     let prev_iqn = match &req.change {
         Change::Reapply(_) => None,
-        c => c.from().map(|p| p.iqn()),
+        c => c.from().map(super::super::model::iscsi::Desired::iqn),
     };
     let Some(name) = &req.name else {
         return Err(PlanError::Internal(

@@ -137,7 +137,7 @@ impl Op {
     /// only in argv): never log this, log [`redacted`](Self::redacted). Wiped when dropped.
     pub fn argv(&self) -> Zeroizing<Vec<String>> {
         let mut a: Vec<String> = vec!["--lld".into(), "iscsi".into()];
-        let mut push = |v: &[&str]| a.extend(v.iter().map(|s| s.to_string()));
+        let mut push = |v: &[&str]| a.extend(v.iter().map(std::string::ToString::to_string));
         match self {
             Op::NewTarget { tid, iqn } => push(&[
                 "--mode",
@@ -257,7 +257,7 @@ impl Op {
                 secret.expose(),
             ]),
             Op::DeleteAccount { user } => {
-                push(&["--mode", "account", "--op", "delete", "--user", user])
+                push(&["--mode", "account", "--op", "delete", "--user", user]);
             }
             Op::BindAccount {
                 tid,
@@ -844,7 +844,7 @@ pub fn plan_request(
         // An account is (re)created with our secret unless another target shares it (the
         // secret is then the same, by the CONFLICT rule) and tgtd has it.
         let before: BTreeMap<String, _> = prev
-            .map(|p| p.accounts())
+            .map(super::super::model::iscsi::Desired::accounts)
             .unwrap_or_default()
             .into_iter()
             .collect();
@@ -1051,7 +1051,7 @@ Target 2: iqn.2024-05.test.gw:vol2
             ]
         );
         assert!(lines.iter().all(|l| !l.contains("ALL")));
-        let shown = format!("{:?}", ops);
+        let shown = format!("{ops:?}");
         assert!(!shown.contains("Secret12chars"), "{shown}");
         assert!(shown.contains("--password <hidden>"), "{shown}");
         // Applied as planned, the target needs nothing more.
@@ -1097,7 +1097,7 @@ Target 2: iqn.2024-05.test.gw:vol2
         let seen = &parse_show(SHOW)[0].shown;
         let lines: Vec<String> = plan(Some(seen), &want, 1, &Accounts::default())
             .iter()
-            .map(|o| o.redacted())
+            .map(crate::model::iscsi::tgt::Op::redacted)
             .collect();
         let pp = p.as_str();
         assert_eq!(
@@ -1139,7 +1139,7 @@ Target 2: iqn.2024-05.test.gw:vol2
         };
         let lines: Vec<String> = plan(Some(&seen), &want, 1, &acc)
             .iter()
-            .map(|o| o.redacted())
+            .map(crate::model::iscsi::tgt::Op::redacted)
             .collect();
         assert_eq!(
             lines,
@@ -1165,7 +1165,7 @@ Target 2: iqn.2024-05.test.gw:vol2
         let seen = &parse_show(SHOW)[0];
         let lines: Vec<String> = evict(seen, &parse_conns(out))
             .iter()
-            .map(|o| o.redacted())
+            .map(crate::model::iscsi::tgt::Op::redacted)
             .collect();
         assert_eq!(
             lines,
@@ -1195,7 +1195,7 @@ Target 2: iqn.2024-05.test.gw:vol2
         };
         let ops = plan(Some(&seen), &want, 1, &Accounts::default());
         assert_eq!(
-            ops.iter().map(|o| o.redacted()).collect::<Vec<_>>(),
+            ops.iter().map(crate::model::iscsi::tgt::Op::redacted).collect::<Vec<_>>(),
             vec!["tgtadm --lld iscsi --mode target --op unbind --tid 1 --initiator-name IQN.2001-04.COM.X:Y"]
         );
         assert_eq!(
@@ -1246,7 +1246,10 @@ Target 2: iqn.2024-05.test.gw:vol2
         Snapshot {
             targets: parse_show(show).into_iter().map(Seen::Tgt).collect(),
             raw: Raw::Tgt {
-                accounts: accounts.iter().map(|a| a.to_string()).collect(),
+                accounts: accounts
+                    .iter()
+                    .map(std::string::ToString::to_string)
+                    .collect(),
             },
         }
     }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use csg_protocol::jws::{self, ed25519_dalek::VerifyingKey};
 use serde::Deserialize;
 
-use crate::auth::MethodPattern;
+use csg_protocol::methods::MethodPattern;
 
 /// The id memory lasts at least this long (`agent.reply_cache_ttl_s` is never below it), so a
 /// signed request can never outlive the memory of its id.

@@ -11,10 +11,10 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::handlers::Handlers;
-use csg_transport::Inbound;
 use crate::stats::Stats;
 use crate::status::StatusSource;
 use crate::uplink::fake::RecordingUplink;
+use csg_transport::Inbound;
 
 struct Rig {
     d: Arc<Dispatcher>,

@@ -207,8 +207,7 @@ impl Family for Iscsi {
                         .inner
                         .load()
                         .await
-                        .map(|s| s.targets.len() as u64)
-                        .unwrap_or(0);
+                        .map_or(0, |s| s.targets.len() as u64);
                     FamilySummary { count: n, drift: n }
                 }
             }
@@ -737,8 +736,16 @@ impl Inner {
                 desired: TargetDesired {
                     iqn: s.iqn.to_string(),
                     luns: s.luns.clone(),
-                    initiators: s.initiators.iter().map(|i| i.to_string()).collect(),
-                    networks: s.networks.iter().map(|n| n.to_string()).collect(),
+                    initiators: s
+                        .initiators
+                        .iter()
+                        .map(std::string::ToString::to_string)
+                        .collect(),
+                    networks: s
+                        .networks
+                        .iter()
+                        .map(std::string::ToString::to_string)
+                        .collect(),
                     chap_username: s.chap_username.as_ref().map(|u| u.as_str().into()),
                     chap_mutual_username: s
                         .chap_mutual_username

@@ -6,9 +6,9 @@
 //! the desired state, re-applies it on `sys.reconcile` and at start, and reports its daemon's
 //! health and its drift for heartbeats.
 
-pub mod iscsi;
-pub mod nfs;
-pub mod smb;
+pub(crate) mod iscsi;
+pub(crate) mod nfs;
+pub(crate) mod smb;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

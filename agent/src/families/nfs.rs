@@ -403,11 +403,7 @@ impl Family for Nfs {
 
     fn summary(&self) -> BoxFut<'_, FamilySummary> {
         Box::pin(async move {
-            let count = self
-                .load()
-                .await
-                .map(|s| s.exports.len() as u64)
-                .unwrap_or(0);
+            let count = self.load().await.map_or(0, |s| s.exports.len() as u64);
             let drift = match self.list_status().await {
                 Ok(v) => v.iter().filter(|s| !s.drift.is_empty()).count() as u64,
                 Err(_) => count,

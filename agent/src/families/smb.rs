@@ -434,7 +434,7 @@ impl<B: SmbBackend> Smb<B> {
                 format!("no share {:?}", r.name.as_str()),
             ));
         }
-        let name = actual.map(|a| a.0.as_str()).unwrap_or(r.name.as_str());
+        let name = actual.map_or(r.name.as_str(), |a| a.0.as_str());
         let mut info = Self::info(name, desired, actual.map(|a| &a.1));
         Self::mark_removing(&st, &mut info);
         Ok(MethodResult::SmbShareGet(Box::new(info)))
@@ -513,7 +513,7 @@ impl<B: SmbBackend> Smb<B> {
                         ),
                     ));
                 }
-                create_unix = true
+                create_unix = true;
             }
             Some(0) => {
                 return Err(invalid(format!(
@@ -836,8 +836,7 @@ impl<B: SmbBackend> Family for Smb<B> {
                     let count = self
                         .state()
                         .await
-                        .map(|s| (s.shares.len() + s.users.len()) as u64)
-                        .unwrap_or(0);
+                        .map_or(0, |s| (s.shares.len() + s.users.len()) as u64);
                     // Unverifiable counts as drifted.
                     FamilySummary {
                         count,

@@ -614,7 +614,7 @@ pub mod lio {
 
     impl Cmd {
         pub fn new(parts: &[&str]) -> Self {
-            Cmd(parts.iter().map(|s| s.to_string()).collect())
+            Cmd(parts.iter().map(std::string::ToString::to_string).collect())
         }
 
         /// For logs and errors: `password=` and `mutual_password=` values hidden.

@@ -19,7 +19,7 @@ fn yes_no(b: bool) -> String {
 
 fn join<T: std::fmt::Display>(l: &[T]) -> String {
     l.iter()
-        .map(|x| x.to_string())
+        .map(std::string::ToString::to_string)
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use csg_console::{CallError, CallOptions, Console};
 use csg_protocol::ReplyBody;
-use serde_json::{json, Map};
+use serde_json::json;
 
 use super::{out, BenchArgs, Exit};
 
@@ -86,13 +86,14 @@ async fn phase(
         signer: signer.cloned(),
         ..CallOptions::default()
     };
-    let workers = (args.concurrency as u64).min(count).max(1);
+    let workers = u64::from(args.concurrency).min(count).max(1);
     let per_worker = (count / workers + 1) as usize;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
         let (console, next, opts) = (console.clone(), next.clone(), opts.clone());
         let (instance, method) = (args.instance.clone(), args.method.clone());
+        let params = args.params.clone().unwrap_or_default();
         tasks.spawn(async move {
             let mut s = Sample {
                 latencies_us: Vec::with_capacity(per_worker),
@@ -100,8 +101,10 @@ async fn phase(
             };
             while next.fetch_add(1, Ordering::Relaxed) < count {
                 let t0 = Instant::now();
-                let r = console.call(&instance, &method, Map::new(), &opts).await;
-                let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                let r = console
+                    .call(&instance, &method, params.clone(), &opts)
+                    .await;
+                let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
                 match r {
                     Ok(reply) if matches!(reply.body, ReplyBody::Ok(_)) => s.latencies_us.push(us),
                     Ok(_) => s.errors += 1,

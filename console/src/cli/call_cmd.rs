@@ -92,7 +92,7 @@ pub fn plan(args: &CallArgs, group: &GroupId) -> anyhow::Result<Plan> {
     })
 }
 
-fn parse_params(text: &str) -> Result<Map<String, Value>, Usage> {
+pub(super) fn parse_params(text: &str) -> Result<Map<String, Value>, Usage> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(other) => Err(Usage(format!(

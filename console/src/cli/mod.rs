@@ -412,9 +412,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_535))]
     concurrency: u32,
 
-    /// Method to call (with empty params)
+    /// Method to call
     #[arg(long, default_value = "sys.ping", value_parser = parse_method)]
     method: MethodName,
+
+    /// Params of every request, a JSON object (default: none)
+    #[arg(long, value_name = "JSON", value_parser = parse_params_object)]
+    params: Option<serde_json::Map<String, serde_json::Value>>,
 
     /// Unmeasured requests sent first
     #[arg(long, default_value_t = 200)]
@@ -577,9 +581,11 @@ async fn connect(cli: &Cli) -> anyhow::Result<Console> {
     opts.auth = cli.security.auth()?;
     match Console::connect(opts).await {
         Ok(c) => Ok(c),
-        Err(e @ csg_console::ConsoleError::Tls { .. })
-        | Err(e @ csg_console::ConsoleError::Auth(_))
-        | Err(e @ csg_console::ConsoleError::Identity(_)) => Err(Usage(e.to_string()).into()),
+        Err(
+            e @ (csg_console::ConsoleError::Tls { .. }
+            | csg_console::ConsoleError::Auth(_)
+            | csg_console::ConsoleError::Identity(_)),
+        ) => Err(Usage(e.to_string()).into()),
         Err(e) => Err(e.into()),
     }
 }
@@ -596,6 +602,10 @@ fn default_console_id() -> InstanceId {
 
 fn parse_broker(s: &str) -> Result<BrokerUrl, String> {
     BrokerUrl::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_params_object(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    call_cmd::parse_params(s).map_err(|u| u.0)
 }
 
 fn parse_method(s: &str) -> Result<MethodName, String> {

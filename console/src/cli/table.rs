@@ -12,7 +12,10 @@ pub struct Table {
 impl Table {
     pub fn new(headers: &[&str]) -> Self {
         Self {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
+            headers: headers
+                .iter()
+                .map(std::string::ToString::to_string)
+                .collect(),
             right: vec![false; headers.len()],
             rows: Vec::new(),
         }
@@ -38,7 +41,7 @@ impl Table {
             }
         }
         let mut out = String::new();
-        let header: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
+        let header: Vec<String> = self.headers.clone();
         for row in std::iter::once(&header).chain(&self.rows) {
             let mut line = String::new();
             for (i, cell) in row.iter().enumerate() {

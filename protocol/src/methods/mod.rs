@@ -8,8 +8,11 @@
 
 pub mod iscsi;
 pub mod nfs;
+mod pattern;
 pub mod smb;
 pub mod sys;
+
+pub use pattern::MethodPattern;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -277,9 +280,12 @@ impl Method {
             Method::Sys(Y::Reconcile)
             | Method::Nfs(N::ExportCreate(_) | N::ExportUpdate(_) | N::ExportDelete(_))
             | Method::Smb(
-                S::ShareCreate(_) | S::ShareUpdate(_) | S::ShareDelete(_) | S::UserSet(_),
+                S::ShareCreate(_)
+                | S::ShareUpdate(_)
+                | S::ShareDelete(_)
+                | S::UserSet(_)
+                | S::UserDelete(_),
             )
-            | Method::Smb(S::UserDelete(_))
             | Method::Iscsi(I::TargetCreate(_) | I::TargetUpdate(_) | I::TargetDelete(_)) => {
                 Kind::Mutation
             }

@@ -614,7 +614,7 @@ impl Password {
         if s.len() < 8 || s.len() > 127 {
             return Err(err("it must be 8 to 127 bytes long"));
         }
-        if s.chars().any(|c| c.is_control()) {
+        if s.chars().any(char::is_control) {
             return Err(err("control characters (newline, NUL, …) are not allowed"));
         }
         Ok(Self(s.to_string()))
