@@ -65,12 +65,7 @@ fn restore(cache: &mut ReplyCache, records: Vec<Record>) {
             continue;
         };
         let age = Duration::from_millis(now_ms.saturating_sub(r.finished_ms));
-        cache.restore(
-            id,
-            method,
-            Bytes::from(r.reply),
-            now.checked_sub(age).unwrap_or(now),
-        );
+        cache.restore(id, method, &r.reply, now.checked_sub(age).unwrap_or(now));
         restored += 1;
     }
     if restored > 0 {
@@ -319,7 +314,7 @@ impl Dispatcher {
             }
             return;
         }
-        cache.start(req.id.clone(), name, reply_topic, now);
+        cache.start(req.id.clone(), name, reply_topic);
         drop(cache);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Stats::inc(&self.stats.executed);
@@ -443,11 +438,7 @@ impl Completion {
         let d = &self.dispatcher;
         let waiters = {
             let mut cache = d.cache.lock().expect("reply cache lock");
-            let waiters = cache.finish(&self.id, bytes.clone(), Instant::now());
-            if self.forget {
-                cache.forget(&self.id);
-            }
-            waiters
+            cache.finish(&self.id, &bytes, Instant::now(), !self.forget)
         };
         for topic in &waiters {
             d.send(topic, bytes.clone());

@@ -7,7 +7,10 @@
 //! so what stays is the mutations' memory.
 //!
 //! Entries are kept small: the id is stored once and shared with the time order, the method is
-//! a `&'static str` of the protocol's, and a finished entry holds only its reply bytes.
+//! one byte (its place in the protocol's list), a finished entry's time is kept only in the
+//! time order, and a finished entry holds only its reply, compressed
+//! (LZ4: a storage reply repeats its keys and values — desired and actual — and shrinks by
+//! about a third; a replay, which is rare, pays the decompression).
 //! Memory is bounded by `max` entries: when every entry is still within its ttl, new ids are
 //! refused (`BUSY`, retryable) rather than forgetting an id early.
 
@@ -16,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use csg_protocol::methods;
 use csg_protocol::RequestId;
 
 /// Most replies owed for one running id (the first arrival and its repeats).
@@ -23,20 +27,54 @@ pub const MAX_WAITERS: usize = 16;
 
 #[derive(Debug)]
 struct Entry {
-    method: &'static str,
+    method: MethodIndex,
     state: State,
+}
+
+/// A method by its place in the protocol's list of methods (`csg_protocol::methods::ALL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MethodIndex(u8);
+
+impl MethodIndex {
+    /// Names outside the protocol's list (never given by the dispatcher, which passes a parsed
+    /// method's name) share one index.
+    fn of(name: &str) -> Self {
+        let i = methods::ALL.iter().position(|m| *m == name);
+        Self(i.and_then(|i| u8::try_from(i).ok()).unwrap_or(u8::MAX))
+    }
+
+    fn name(self) -> &'static str {
+        methods::ALL
+            .get(usize::from(self.0))
+            .copied()
+            .unwrap_or("an unknown method")
+    }
 }
 
 #[derive(Debug)]
 enum State {
     /// Reply topics owed the result, one per arrival (empty for one-way requests).
-    Running {
-        waiters: Vec<String>,
-    },
-    Done {
-        reply: Bytes,
-        at: Instant,
-    },
+    Running { waiters: Vec<String> },
+    /// Its time is its place in `order`.
+    Done(Packed),
+}
+
+/// A remembered reply, LZ4-compressed, in a buffer of exactly its size.
+#[derive(Debug)]
+struct Packed(Box<[u8]>);
+
+impl Packed {
+    fn new(reply: &[u8]) -> Self {
+        Self(lz4_flex::compress_prepend_size(reply).into_boxed_slice())
+    }
+
+    fn unpack(&self) -> Bytes {
+        // Only this cache compresses these buffers, and it never changes one afterwards.
+        Bytes::from(
+            lz4_flex::decompress_size_prepended(&self.0)
+                .expect("a reply this cache compressed decompresses"),
+        )
+    }
 }
 
 /// What to do with an incoming request id.
@@ -55,9 +93,10 @@ pub enum Lookup {
 #[derive(Debug)]
 pub struct ReplyCache {
     entries: HashMap<Arc<str>, Entry>,
-    /// (time, id) in time order: when an id was started or finished. Purging pops from the
-    /// front and removes an entry only once it is finished and past its ttl. The id is the
-    /// entry's own key, shared, not a copy.
+    /// (time, id) in time order: when a remembered id finished. Purging pops from the front and
+    /// removes an entry only once it is finished and past its ttl. The id is the entry's own
+    /// key, shared, not a copy. Running ids are not here: they are never purged, and a read
+    /// (forgotten when it finishes) never gets a place at all.
     order: VecDeque<(Instant, Arc<str>)>,
     ttl: Duration,
     max: usize,
@@ -89,10 +128,12 @@ impl ReplyCache {
                 break;
             }
             let (_, id) = self.order.pop_front().expect("front exists");
+            // The place is the entry's only if it holds the very key the entry was inserted
+            // with: a later entry for the same id (one restored twice from the journal) has
+            // its own key and its own, later place.
             let expired = matches!(
-                self.entries.get(&*id),
-                Some(Entry { state: State::Done { at, .. }, .. })
-                    if now.saturating_duration_since(*at) >= self.ttl
+                self.entries.get_key_value(&*id),
+                Some((key, Entry { state: State::Done(_), .. })) if Arc::ptr_eq(key, &id)
             );
             if expired {
                 self.entries.remove(&*id);
@@ -112,8 +153,8 @@ impl ReplyCache {
         let Some(entry) = self.entries.get_mut(id.as_str()) else {
             return Lookup::New;
         };
-        if entry.method != method {
-            return Lookup::MethodMismatch(entry.method);
+        if entry.method != MethodIndex::of(method) {
+            return Lookup::MethodMismatch(entry.method.name());
         }
         match &mut entry.state {
             State::Running { waiters } => {
@@ -124,7 +165,7 @@ impl ReplyCache {
                 }
                 Lookup::Attached
             }
-            State::Done { reply, .. } => Lookup::Replay(reply.clone()),
+            State::Done(reply) => Lookup::Replay(reply.unpack()),
         }
     }
 
@@ -135,47 +176,54 @@ impl ReplyCache {
     }
 
     /// Marks a new id as running. Call only after `lookup` returned `New` and `has_room`.
-    pub fn start(
-        &mut self,
-        id: RequestId,
-        method: &'static str,
-        reply_to: Option<&str>,
-        now: Instant,
-    ) {
+    pub fn start(&mut self, id: RequestId, method: &'static str, reply_to: Option<&str>) {
         let waiters = reply_to.map(|t| vec![t.to_string()]).unwrap_or_default();
         let id: Arc<str> = id.as_str().into();
-        self.order.push_back((now, id.clone()));
         self.entries.insert(
             id,
             Entry {
-                method,
+                method: MethodIndex::of(method),
                 state: State::Running { waiters },
             },
         );
     }
 
     /// Puts back an id finished before a restart (from the reply journal).
-    pub fn restore(&mut self, id: RequestId, method: &'static str, reply: Bytes, at: Instant) {
+    pub fn restore(&mut self, id: RequestId, method: &'static str, reply: &[u8], at: Instant) {
         let id: Arc<str> = id.as_str().into();
         self.order.push_back((at, id.clone()));
+        // Removed first: `insert` would keep an earlier entry's key, and the key is what ties
+        // an entry to its place in `order`.
+        self.entries.remove(&*id);
         self.entries.insert(
             id,
             Entry {
-                method,
-                state: State::Done { reply, at },
+                method: MethodIndex::of(method),
+                state: State::Done(Packed::new(reply)),
             },
         );
     }
 
-    /// Forgets an id at once: its reply was a retryable error, and a re-send with the same id
-    /// (what a console does with a retryable error) must run it again, not get that error back.
-    /// Its place in `order` stays; `purge` skips ids that are gone or were started again.
-    pub fn forget(&mut self, id: &RequestId) {
-        self.entries.remove(id.as_str());
-    }
-
-    /// Records the reply of a finished id and returns the topics waiting for it.
-    pub fn finish(&mut self, id: &RequestId, reply: Bytes, now: Instant) -> Vec<String> {
+    /// Ends a running id and returns the topics owed its reply. With `keep` the reply is
+    /// remembered for the ttl (a mutation); without, the id is forgotten at once: a read, or a
+    /// retryable error, whose re-send with the same id (what a console does after one) must
+    /// run again, not get that error back.
+    pub fn finish(
+        &mut self,
+        id: &RequestId,
+        reply: &[u8],
+        now: Instant,
+        keep: bool,
+    ) -> Vec<String> {
+        if !keep {
+            return match self.entries.remove(id.as_str()) {
+                Some(Entry {
+                    state: State::Running { waiters },
+                    ..
+                }) => waiters,
+                _ => Vec::new(),
+            };
+        }
         // The order gets the entry's own key (shared), not a new copy of the id.
         let Some(key) = self
             .entries
@@ -187,11 +235,11 @@ impl ReplyCache {
         let Some(entry) = self.entries.get_mut(&*key) else {
             return Vec::new();
         };
-        let old = std::mem::replace(&mut entry.state, State::Done { reply, at: now });
+        let old = std::mem::replace(&mut entry.state, State::Done(Packed::new(reply)));
         self.order.push_back((now, key));
         match old {
             State::Running { waiters } => waiters,
-            State::Done { .. } => Vec::new(),
+            State::Done(_) => Vec::new(),
         }
     }
 }
@@ -215,7 +263,7 @@ mod tests {
             c.lookup(&id("a"), m("sys.ping"), Some("up/1"), t0),
             Lookup::New
         );
-        c.start(id("a"), m("sys.ping"), Some("up/1"), t0);
+        c.start(id("a"), m("sys.ping"), Some("up/1"));
         assert_eq!(
             c.lookup(&id("a"), m("sys.ping"), Some("up/1"), t0),
             Lookup::Attached
@@ -228,7 +276,7 @@ mod tests {
             c.lookup(&id("a"), m("sys.ping"), None, t0),
             Lookup::Attached
         );
-        let waiters = c.finish(&id("a"), Bytes::from_static(b"r"), t0);
+        let waiters = c.finish(&id("a"), b"r", t0, true);
         assert_eq!(waiters, ["up/1", "up/1", "up/2"]);
         assert_eq!(
             c.lookup(&id("a"), m("sys.ping"), Some("up/3"), t0),
@@ -244,11 +292,11 @@ mod tests {
     fn repeats_owed_replies_are_capped() {
         let t0 = Instant::now();
         let mut c = ReplyCache::new(Duration::from_secs(600), 10);
-        c.start(id("a"), m("x.y"), Some("up/1"), t0);
+        c.start(id("a"), m("nfs.export.create"), Some("up/1"));
         for _ in 0..100 {
-            c.lookup(&id("a"), m("x.y"), Some("up/1"), t0);
+            c.lookup(&id("a"), m("nfs.export.create"), Some("up/1"), t0);
         }
-        assert_eq!(c.finish(&id("a"), Bytes::new(), t0).len(), MAX_WAITERS);
+        assert_eq!(c.finish(&id("a"), b"", t0, true).len(), MAX_WAITERS);
     }
 
     #[test]
@@ -256,18 +304,24 @@ mod tests {
         let ttl = Duration::from_secs(600);
         let t0 = Instant::now();
         let mut c = ReplyCache::new(ttl, 10);
-        c.start(id("a"), m("x.y"), None, t0);
+        c.start(id("a"), m("nfs.export.create"), None);
         // A long-running request: it finishes 700 s after it started.
         let t1 = t0 + Duration::from_secs(700);
-        assert_eq!(c.lookup(&id("a"), m("x.y"), None, t1), Lookup::Attached);
-        c.finish(&id("a"), Bytes::from_static(b"r"), t1);
+        assert_eq!(
+            c.lookup(&id("a"), m("nfs.export.create"), None, t1),
+            Lookup::Attached
+        );
+        c.finish(&id("a"), b"r", t1, true);
         let t2 = t1 + ttl - Duration::from_secs(1);
         assert!(matches!(
-            c.lookup(&id("a"), m("x.y"), None, t2),
+            c.lookup(&id("a"), m("nfs.export.create"), None, t2),
             Lookup::Replay(_)
         ));
         let t3 = t1 + ttl;
-        assert_eq!(c.lookup(&id("a"), m("x.y"), None, t3), Lookup::New);
+        assert_eq!(
+            c.lookup(&id("a"), m("nfs.export.create"), None, t3),
+            Lookup::New
+        );
         assert!(c.is_empty());
     }
 
@@ -276,17 +330,52 @@ mod tests {
         let s = Duration::from_secs;
         let t0 = Instant::now();
         let mut c = ReplyCache::new(s(600), 10);
-        c.start(id("a"), m("x.y"), Some("up/1"), t0);
-        assert_eq!(c.finish(&id("a"), Bytes::from_static(b"e"), t0), ["up/1"]);
-        c.forget(&id("a"));
-        assert_eq!(c.lookup(&id("a"), m("x.y"), None, t0), Lookup::New);
-        c.start(id("a"), m("x.y"), None, t0 + s(1));
-        c.finish(&id("a"), Bytes::from_static(b"ok"), t0 + s(2));
+        c.start(id("a"), m("nfs.export.create"), Some("up/1"));
+        assert_eq!(c.finish(&id("a"), b"e", t0, false), ["up/1"]);
         assert_eq!(
-            c.lookup(&id("a"), m("x.y"), None, t0 + s(600)),
+            c.lookup(&id("a"), m("nfs.export.create"), None, t0),
+            Lookup::New
+        );
+        c.start(id("a"), m("nfs.export.create"), None);
+        c.finish(&id("a"), b"ok", t0 + s(2), true);
+        assert_eq!(
+            c.lookup(&id("a"), m("nfs.export.create"), None, t0 + s(600)),
             Lookup::Replay(Bytes::from_static(b"ok"))
         );
-        assert_eq!(c.lookup(&id("a"), m("x.y"), None, t0 + s(602)), Lookup::New);
+        assert_eq!(
+            c.lookup(&id("a"), m("nfs.export.create"), None, t0 + s(602)),
+            Lookup::New
+        );
+    }
+
+    #[test]
+    fn an_id_restored_twice_lives_by_its_later_time_and_replays_its_later_reply() {
+        let s = Duration::from_secs;
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(s(600), 10);
+        c.restore(id("a"), "nfs.export.create", b"first", t0);
+        c.restore(id("a"), "nfs.export.create", b"second", t0 + s(300));
+        fn c_lookup(c: &mut ReplyCache, t: Instant) -> Lookup {
+            c.lookup(&id("a"), "nfs.export.create", None, t)
+        }
+        assert_eq!(
+            c_lookup(&mut c, t0 + s(601)),
+            Lookup::Replay(Bytes::from_static(b"second"))
+        );
+        assert_eq!(c_lookup(&mut c, t0 + s(900)), Lookup::New);
+    }
+
+    #[test]
+    fn a_reply_comes_back_byte_for_byte() {
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(Duration::from_secs(600), 10);
+        let reply = br#"{"v":1,"id":"a","ok":true,"result":{"changed":false,"export":{"name":"vol1","desired":{"name":"vol1","path":"/srv/a"},"actual":{"path":"/srv/a"}}}}"#;
+        c.start(id("a"), "nfs.export.update", None);
+        c.finish(&id("a"), reply, t0, true);
+        assert_eq!(
+            c.lookup(&id("a"), "nfs.export.update", None, t0),
+            Lookup::Replay(Bytes::copy_from_slice(reply))
+        );
     }
 
     #[test]
@@ -295,8 +384,8 @@ mod tests {
         let mut c = ReplyCache::new(Duration::from_secs(600), 2);
         for n in ["a", "b"] {
             assert!(c.has_room(t0));
-            c.start(id(n), m("x.y"), None, t0);
-            c.finish(&id(n), Bytes::new(), t0);
+            c.start(id(n), m("nfs.export.create"), None);
+            c.finish(&id(n), b"", t0, true);
         }
         assert!(!c.has_room(t0 + Duration::from_secs(599)));
         assert!(c.has_room(t0 + Duration::from_secs(600)));
