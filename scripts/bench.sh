@@ -97,7 +97,7 @@ sed -e 's/^reply_cache_max = .*$//' -e 's/^instance_id = .*$/instance_id = "gw-m
 mem_pid=$!
 pids+=($mem_pid)
 "$csgctl" call gw-mem sys.ping --timeout 15s >/dev/null
-ping_json=$("$csgctl" bench gw-mem --count "$mcount" --concurrency 64 --json)
+ping_json=$("$csgctl" bench gw-mem --count "$mcount" --concurrency 64 --json || true)
 ping_rss=$(rss_kb $mem_pid)
 
 # ... and one simulated agent (in-memory NFS, default limits), N mutations of one export.
