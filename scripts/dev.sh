@@ -13,26 +13,25 @@ once=${1:-}
 
 "$root/scripts/install-deps.sh" >/dev/null
 cargo build --quiet --manifest-path "$root/Cargo.toml" --bins
-agent="$root/target/debug/csg-agent"
-csgctl="$root/target/debug/csgctl"
+# Where cargo put them: target/, unless CARGO_TARGET_DIR moved it.
+bin_dir=${CARGO_TARGET_DIR:-$root/target}/debug
+agent="$bin_dir/csg-agent"
+csgctl="$bin_dir/csgctl"
+# The test harness's broker start-up (tests/src/bin/csg-bed.rs): private state, waits until
+# Mosquitto is running.
+bed="$bin_dir/csg-bed"
 
 dir=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  "$bed" broker stop "$dir/broker" 2>/dev/null || true
   rm -rf "$dir"
 }
 trap cleanup EXIT INT TERM
 
-cat >"$dir/mosquitto.conf" <<CONF
-listener $port 127.0.0.1
-allow_anonymous true
-set_tcp_nodelay true
-persistence false
-CONF
-mosquitto -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
-pids+=($!)
+"$bed" broker start "$dir/broker" --port "$port" >/dev/null
 
 cat >"$dir/agent.toml" <<CONF
 [identity]
