@@ -99,10 +99,13 @@ if getent passwd "$smb_user" >/dev/null; then
 fi
 
 "$root/scripts/install-deps.sh" >/dev/null
-command -v python3 >/dev/null || { echo "demo: python3 is needed to pick free ports" >&2; exit 1; }
 cargo build --quiet --manifest-path "$root/Cargo.toml" --bins
-agent="$root/target/debug/csg-agent"
-csgctl="$root/target/debug/csgctl"
+# Where cargo put them: target/, unless CARGO_TARGET_DIR moved it.
+bin_dir=${CARGO_TARGET_DIR:-$root/target}/debug
+agent="$bin_dir/csg-agent"
+csgctl="$bin_dir/csgctl"
+# The test harness's command-line tools (tests/src/bin/csg-bed.rs): free ports here.
+bed="$bin_dir/csg-bed"
 
 # ---------------------------------------------------------------------------------------------
 # One temporary directory for everything, removed on exit

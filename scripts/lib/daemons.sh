@@ -15,6 +15,7 @@
 #   prog              its name, for die's "PROG: FAILED: ..." line (demo, soak)
 #   dir               the work directory (absolute): configs, state and logs go below it
 #   agent, csgctl     the csg-agent and csgctl binaries (for agent_conf / start_agent)
+#   bed               the test harness's csg-bed (free_ports)
 #   instance          the agent's instance id; iqn_prefix: its iSCSI IQN prefix
 #   lock_fd           optional: a file descriptor that no daemon may inherit (soak.sh's storage
 #                     lock, held while it restarts a daemon); empty or unset for none
@@ -33,7 +34,8 @@
 #   stop PID SIGNAL GRACE    SIGNAL to its process group, SIGKILL after GRACE s, reaped
 #   wait_ready NAME PID SECONDS CMD...   polls CMD until it succeeds
 #   port_open PORT    whether something accepts on 127.0.0.1:PORT
-#   free_ports N      N distinct free loopback ports, on one line
+#   free_ports N      N distinct free loopback ports, on one line (from the test harness's
+#                     csg-bed, which the caller names in $bed)
 #   pick_ports        sets mqtt_port smb_port iscsi_port nfs_port mnt_port (free_ports 5)
 #   make_storage_root sets srv=$dir/srv (the agent's storage root) and makes its smb/nfs/iscsi
 #                     directories and $dir/state (the agent's state directory)
@@ -132,16 +134,11 @@ wait_ready() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# free_ports N: N distinct free loopback ports, on one line (the kernel picks them, all held
-# at once so none repeats; the daemons bind them a moment later).
+# free_ports N: N distinct free loopback ports, on one line, picked the way the tests pick theirs
+# (tests/src/bin/csg-bed.rs: the kernel picks them, all held at once so none repeats; the
+# daemons bind them a moment later).
 free_ports() {
-  python3 - "$1" <<'PY'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-PY
+  "$bed" free-ports "$1"
 }
 
 # The ports of the daemons. (An assignment first, so that a failure of free_ports stops a
