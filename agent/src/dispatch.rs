@@ -269,6 +269,19 @@ impl Dispatcher {
                 }
                 return;
             }
+            Lookup::Unreadable => {
+                drop(cache);
+                Stats::inc(&self.stats.duplicates);
+                tracing::error!(id = %req.id, "repeat of a finished request whose remembered reply cannot be read");
+                if let Some(t) = reply_topic {
+                    let msg = format!(
+                        "request id {} already ran; its reply cannot be read back, and it is not run again",
+                        req.id
+                    );
+                    self.refuse(t, Some(req.id), RpcError::internal(msg));
+                }
+                return;
+            }
             Lookup::MethodMismatch(first) => {
                 drop(cache);
                 Stats::inc(&self.stats.bad_request);

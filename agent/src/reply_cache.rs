@@ -68,12 +68,12 @@ impl Packed {
         Self(lz4_flex::compress_prepend_size(reply).into_boxed_slice())
     }
 
-    fn unpack(&self) -> Bytes {
-        // Only this cache compresses these buffers, and it never changes one afterwards.
-        Bytes::from(
-            lz4_flex::decompress_size_prepended(&self.0)
-                .expect("a reply this cache compressed decompresses"),
-        )
+    /// `None` only if the buffer was damaged in memory: only this cache compresses these
+    /// buffers, and it never changes one afterwards.
+    fn unpack(&self) -> Option<Bytes> {
+        lz4_flex::decompress_size_prepended(&self.0)
+            .ok()
+            .map(Bytes::from)
     }
 }
 
@@ -86,6 +86,9 @@ pub enum Lookup {
     Attached,
     /// Already finished: send this reply again.
     Replay(Bytes),
+    /// Already finished, but its remembered reply cannot be read back: it must not run again,
+    /// and there is nothing to replay.
+    Unreadable,
     /// The id was used for another method: a console bug, refused.
     MethodMismatch(&'static str),
 }
@@ -165,7 +168,7 @@ impl ReplyCache {
                 }
                 Lookup::Attached
             }
-            State::Done(reply) => Lookup::Replay(reply.unpack()),
+            State::Done(reply) => reply.unpack().map_or(Lookup::Unreadable, Lookup::Replay),
         }
     }
 

@@ -302,15 +302,19 @@ impl Op {
 
     /// The command line for logs and errors: the CHAP secret replaced by `<hidden>`.
     pub fn redacted(&self) -> String {
-        let mut argv = self.argv().to_vec();
-        if matches!(self, Op::NewAccount { .. }) {
-            if let Some(p) = argv.iter().position(|a| a == "--password") {
-                if let Some(v) = argv.get_mut(p + 1) {
-                    *v = "<hidden>".into();
-                }
-            }
+        let argv = self.argv();
+        let secret = self.secret();
+        // Built word by word, so no copy of the secret is made (and left unwiped).
+        let mut line = String::from("tgtadm");
+        for a in argv.iter() {
+            line.push(' ');
+            line.push_str(if Some(a.as_str()) == secret {
+                "<hidden>"
+            } else {
+                a
+            });
         }
-        format!("tgtadm {}", argv.join(" "))
+        line
     }
 }
 

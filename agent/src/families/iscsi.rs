@@ -286,28 +286,41 @@ impl Inner {
             Some(s) => next.insert(name.to_string(), s.clone()),
             None => next.remove(name),
         };
-        if next != *all {
-            let file = SecretsFile {
-                version: 1,
-                targets: next,
-            };
-            let bytes = Zeroizing::new(
-                serde_json::to_vec_pretty(&file)
-                    .map_err(|e| RpcError::internal(format!("CHAP secrets: {e}")))?,
-            );
-            let path = self.secrets_path.clone();
-            tokio::task::spawn_blocking(move || crate::fsutil::write_atomic(&path, &bytes, 0o600))
-                .await
-                .map_err(|e| RpcError::internal(format!("CHAP secrets: {e}")))?
-                .map_err(|e| crate::state::StateError::Write(e).to_rpc())?;
-            *all = file.targets;
+        let changed = next != *all;
+        if changed {
+            self.write_secrets(next.clone()).await?;
         }
-        drop(all);
-        self.ctx
-            .state
-            .put(FAMILY, state)
+        if let Err(e) = self.ctx.state.put(FAMILY, state).await {
+            // The desired state stays as it was, so the secrets must too: a secret the console
+            // was told failed must never be applied later by a reconcile or the tgt watcher.
+            if changed {
+                if let Err(r) = self.write_secrets(all.clone()).await {
+                    warn!(error = %r.message, "cannot put the previous CHAP secrets back");
+                }
+            }
+            return Err(e.to_rpc());
+        }
+        if changed {
+            *all = next;
+        }
+        Ok(())
+    }
+
+    /// Writes the secrets file (atomically, mode 0600).
+    async fn write_secrets(&self, targets: BTreeMap<String, Secrets>) -> Result<(), RpcError> {
+        let file = SecretsFile {
+            version: 1,
+            targets,
+        };
+        let bytes = Zeroizing::new(
+            serde_json::to_vec_pretty(&file)
+                .map_err(|e| RpcError::internal(format!("CHAP secrets: {e}")))?,
+        );
+        let path = self.secrets_path.clone();
+        tokio::task::spawn_blocking(move || crate::fsutil::write_atomic(&path, &bytes, 0o600))
             .await
-            .map_err(|e| e.to_rpc())
+            .map_err(|e| RpcError::internal(format!("CHAP secrets: {e}")))?
+            .map_err(|e| crate::state::StateError::Write(e).to_rpc())
     }
 
     /// The target as the backend must have it: every path resolved again (a symlink may have
