@@ -21,6 +21,9 @@ pub struct Program {
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub timeout: Duration,
+    /// Arguments (by position) shown as `<hidden>` in the command line of logs and errors: a
+    /// secret that must travel in argv (tgtadm's CHAP password) is never copied into one.
+    pub hide: Vec<usize>,
 }
 
 impl Program {
@@ -30,7 +33,13 @@ impl Program {
             args: Vec::new(),
             env: Vec::new(),
             timeout,
+            hide: Vec::new(),
         }
+    }
+    /// Shows the argument at position `i` (counted from 0) as `<hidden>` in logs and errors.
+    pub fn hide_arg(mut self, i: usize) -> Self {
+        self.hide.push(i);
+        self
     }
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
         self.args.push(a.into());
@@ -45,12 +54,16 @@ impl Program {
         self
     }
     /// The command line for logs and error messages (arguments are already validated values;
-    /// secrets only ever travel on stdin).
+    /// a secret travels on stdin, or, where a program has no such way, in a hidden argument).
     pub fn display(&self) -> String {
         let mut s = self.path.display().to_string();
-        for a in &self.args {
+        for (i, a) in self.args.iter().enumerate() {
             s.push(' ');
-            s.push_str(&a.to_string_lossy());
+            if self.hide.contains(&i) {
+                s.push_str("<hidden>");
+            } else {
+                s.push_str(&a.to_string_lossy());
+            }
         }
         s
     }
@@ -412,6 +425,16 @@ mod tests {
             run_ok(&slow, None).await.unwrap_err().code(),
             ErrorCode::Timeout
         );
+    }
+
+    #[tokio::test]
+    async fn a_hidden_argument_never_shows_in_the_command_line() {
+        let p = Program::new("/bin/sh", Duration::from_secs(5))
+            .args(["-c", "exit 3", "sh", "s3cret!"])
+            .hide_arg(3);
+        assert_eq!(p.display(), "/bin/sh -c exit 3 sh <hidden>");
+        let e = run_ok(&p, None).await.unwrap_err().to_string();
+        assert!(!e.contains("s3cret!") && e.contains("<hidden>"), "{e}");
     }
 
     #[test]

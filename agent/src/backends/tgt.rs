@@ -632,6 +632,12 @@ impl Tgt {
         let mut p = Program::new(&self.tgtadm, timeout)
             .args(args)
             .env("TGT_IPC_SOCKET", &self.socket);
+        // The command line in an error never holds the secret, not even for a moment.
+        for (i, a) in args.iter().enumerate() {
+            if Some(a.as_str()) == secret {
+                p = p.hide_arg(i);
+            }
+        }
         let r = exec::run_ok(&p, None).await;
         if secret.is_some() {
             for a in &mut p.args {
