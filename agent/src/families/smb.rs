@@ -319,11 +319,18 @@ impl<B: SmbBackend> Smb<B> {
         Err(exec::rolled_back(backend(e), restored))
     }
 
-    async fn share_create(&self, spec: ShareSpec) -> Result<MethodResult, RpcError> {
-        let _g = self.lock.lock().await;
+    /// smbd is up, the desired state, and the one registry snapshot a share change is planned
+    /// from (under the lock).
+    async fn share_now(&self) -> Result<(SmbState, Registry), RpcError> {
         self.preflight().await?;
         let st = self.state().await?;
         let reg = self.samba.observe().await.map_err(backend)?;
+        Ok((st, reg))
+    }
+
+    async fn share_create(&self, spec: ShareSpec) -> Result<MethodResult, RpcError> {
+        let _g = self.lock.lock().await;
+        let (st, reg) = self.share_now().await?;
         let actual = find(&reg, &spec.name).map(|(_, p)| p);
         match st.shares.get(&spec.name.key()) {
             Some(cur) if *cur != spec => {
@@ -369,9 +376,7 @@ impl<B: SmbBackend> Smb<B> {
 
     async fn share_update(&self, mut spec: ShareSpec) -> Result<MethodResult, RpcError> {
         let _g = self.lock.lock().await;
-        self.preflight().await?;
-        let st = self.state().await?;
-        let reg = self.samba.observe().await.map_err(backend)?;
+        let (st, reg) = self.share_now().await?;
         let actual = find(&reg, &spec.name).map(|(_, p)| p);
         let Some(cur) = st.shares.get(&spec.name.key()) else {
             return Err(match actual {
@@ -400,9 +405,7 @@ impl<B: SmbBackend> Smb<B> {
 
     async fn share_delete(&self, r: ShareRef) -> Result<MethodResult, RpcError> {
         let _g = self.lock.lock().await;
-        self.preflight().await?;
-        let st = self.state().await?;
-        let reg = self.samba.observe().await.map_err(backend)?;
+        let (st, reg) = self.share_now().await?;
         let actual = find(&reg, &r.name).map(|(_, p)| p);
         let key = r.name.key();
         let name = match (st.shares.get(&key), actual) {
@@ -689,9 +692,7 @@ impl<B: SmbBackend> Smb<B> {
 
     async fn do_reconcile(&self) -> Result<Vec<SmbChange>, RpcError> {
         let _g = self.lock.lock().await;
-        self.preflight().await?;
-        let st = self.state().await?;
-        let reg = self.samba.observe().await.map_err(backend)?;
+        let (st, reg) = self.share_now().await?;
         let mut changes = Vec::new();
         let mut reload = false;
         for spec in st.shares.values() {
@@ -1011,37 +1012,30 @@ mod tests {
         assert_eq!(f.samba.applies.load(Ordering::SeqCst), 1);
     }
 
+    /// Runs `m` with an apply that fails; the error names the failure and the restore.
+    async fn fails_and_restores(f: &Smb<Fake>, m: SmbMethod) {
+        f.samba.fail_apply.store(true, Ordering::SeqCst);
+        let e = f.call(m).await.unwrap_err();
+        f.samba.fail_apply.store(false, Ordering::SeqCst);
+        assert!(
+            e.message.contains("reload refused")
+                && e.message.ends_with("; the previous state was restored"),
+            "{}",
+            e.message
+        );
+    }
+
     #[tokio::test]
     async fn a_failed_apply_restores_the_previous_state_and_says_so() {
         let (f, _d, path) = family();
         let first = spec(&path, "");
-        f.samba.fail_apply.store(true, Ordering::SeqCst);
-        let e = f
-            .call(SmbMethod::ShareCreate(first.clone()))
-            .await
-            .unwrap_err();
-        assert!(
-            e.message.ends_with("; the previous state was restored"),
-            "{}",
-            e.message
-        );
+        fails_and_restores(&f, SmbMethod::ShareCreate(first.clone())).await;
         assert_eq!(f.state().await.unwrap(), SmbState::default());
         assert!(f.samba.reg.lock().unwrap().is_empty());
 
-        f.samba.fail_apply.store(false, Ordering::SeqCst);
         f.call(SmbMethod::ShareCreate(first.clone())).await.unwrap();
         let before = f.state().await.unwrap();
-        f.samba.fail_apply.store(true, Ordering::SeqCst);
-        let e = f
-            .call(SmbMethod::ShareUpdate(spec(&path, "changed")))
-            .await
-            .unwrap_err();
-        assert!(
-            e.message.ends_with("; the previous state was restored"),
-            "{}",
-            e.message
-        );
-        assert!(e.message.contains("reload refused"), "{}", e.message);
+        fails_and_restores(&f, SmbMethod::ShareUpdate(spec(&path, "changed"))).await;
         assert_eq!(f.samba.undos.load(Ordering::SeqCst), 2);
         assert_eq!(f.state().await.unwrap(), before);
         assert_eq!(
