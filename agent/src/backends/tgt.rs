@@ -411,8 +411,11 @@ pub fn plan(seen: Option<&Shown>, want: &WantTarget, tid: u32, acc: &Accounts) -
         .as_ref()
         .and_then(|c| c.mutual.as_ref())
         .map(|(u, _)| u.as_str().to_string());
-    let bound =
-        (seen.accounts.iter().map(|a| (a, false))).chain(seen.outgoing.iter().map(|o| (o, true)));
+    let bound = seen
+        .accounts
+        .iter()
+        .map(|a| (a, false))
+        .chain(seen.outgoing.iter().map(|o| (o, true)));
     for (user, outgoing) in bound {
         let wanted = if outgoing { &want_out } else { &want_in };
         if wanted.as_ref() != Some(user) || acc.reset.contains(user) {
