@@ -76,6 +76,18 @@ pub struct Output {
     pub stderr: String,
 }
 
+impl Output {
+    /// What a failed run said: its stderr, or its stdout when stderr is empty (some tools
+    /// report errors there), trimmed.
+    pub fn said(&self) -> &str {
+        if self.stderr.trim().is_empty() {
+            self.stdout.trim()
+        } else {
+            self.stderr.trim()
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ExecError {
     #[error("cannot start {program}: {source}")]
@@ -253,15 +265,10 @@ pub async fn run_ok(p: &Program, stdin: Option<&[u8]>) -> Result<Output, ToolErr
     if out.status == 0 {
         return Ok(out);
     }
-    let said = if out.stderr.trim().is_empty() {
-        &out.stdout
-    } else {
-        &out.stderr
-    };
     Err(ToolError::Failed {
         program: p.display(),
         status: out.status,
-        stderr: said.trim().to_string(),
+        stderr: out.said().to_string(),
     })
 }
 

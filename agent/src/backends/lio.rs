@@ -614,15 +614,10 @@ impl Lio {
         if out.status == 0 && out.stderr.trim().is_empty() {
             return Ok(());
         }
-        let said = if out.stderr.trim().is_empty() {
-            &out.stdout
-        } else {
-            &out.stderr
-        };
         Err(ToolError::Failed {
             program: c.redacted(),
             status: out.status,
-            stderr: said.trim().to_string(),
+            stderr: out.said().to_string(),
         }
         .redacted(&secrets))
     }

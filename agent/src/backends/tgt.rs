@@ -411,21 +411,18 @@ pub fn plan(seen: Option<&Shown>, want: &WantTarget, tid: u32, acc: &Accounts) -
         .as_ref()
         .and_then(|c| c.mutual.as_ref())
         .map(|(u, _)| u.as_str().to_string());
-    for a in &seen.accounts {
-        if Some(a) != want_in.as_ref() || acc.reset.contains(a) {
+    let bound = seen
+        .accounts
+        .iter()
+        .map(|a| (a, false))
+        .chain(seen.outgoing.iter().map(|o| (o, true)));
+    for (user, outgoing) in bound {
+        let wanted = if outgoing { &want_out } else { &want_in };
+        if wanted.as_ref() != Some(user) || acc.reset.contains(user) {
             ops.push(Op::UnbindAccount {
                 tid,
-                user: a.clone(),
-                outgoing: false,
-            });
-        }
-    }
-    if let Some(o) = &seen.outgoing {
-        if Some(o) != want_out.as_ref() || acc.reset.contains(o) {
-            ops.push(Op::UnbindAccount {
-                tid,
-                user: o.clone(),
-                outgoing: true,
+                user: user.clone(),
+                outgoing,
             });
         }
     }

@@ -44,7 +44,7 @@ use crate::model::iscsi::{
     WantLun, WantTarget,
 };
 use crate::model::BoxFut;
-use crate::storage::paths::PathKind;
+use crate::storage::paths::{PathError, PathKind, SafePath};
 
 const FAMILY: &str = "iscsi";
 const SECRETS_FILE: &str = "iscsi-chap-secrets.json";
@@ -323,22 +323,23 @@ impl Inner {
             .map_err(|e| crate::state::StateError::Write(e).to_rpc())
     }
 
+    /// A LUN's backing file inside the roots (a block device only where devices are allowed).
+    fn resolve_lun(&self, path: &str) -> Result<SafePath, PathError> {
+        self.ctx.roots.resolve(
+            "LUN path",
+            path,
+            PathKind::BackingFile {
+                devices: self.ctx.allow_devices,
+            },
+        )
+    }
+
     /// The target as the backend must have it: every path resolved again (a symlink may have
     /// appeared since) and present.
     fn target(&self, d: &Desired) -> Result<Target, String> {
         let mut luns = Vec::new();
         for l in &d.stored.luns {
-            let p = self
-                .ctx
-                .roots
-                .resolve(
-                    "LUN path",
-                    &l.path,
-                    PathKind::BackingFile {
-                        devices: self.ctx.allow_devices,
-                    },
-                )
-                .map_err(|e| e.to_string())?;
+            let p = self.resolve_lun(&l.path).map_err(|e| e.to_string())?;
             if !p.exists {
                 return Err(format!(
                     "LUN {} backing file {} is missing (it is not re-created empty)",
@@ -527,15 +528,7 @@ impl Inner {
         let mut to_create = Vec::new();
         for (i, l) in spec.luns.iter().enumerate() {
             let sp = self
-                .ctx
-                .roots
-                .resolve(
-                    "LUN path",
-                    &l.path,
-                    PathKind::BackingFile {
-                        devices: self.ctx.allow_devices,
-                    },
-                )
+                .resolve_lun(&l.path)
                 .map_err(|e| invalid(format!("luns[{i}].path (LUN {}): {e}", l.lun)))?;
             if sp.exists {
                 let have = backing_size(sp.as_path());

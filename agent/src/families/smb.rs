@@ -319,11 +319,18 @@ impl<B: SmbBackend> Smb<B> {
         Err(exec::rolled_back(backend(e), restored))
     }
 
-    async fn share_create(&self, spec: ShareSpec) -> Result<MethodResult, RpcError> {
-        let _g = self.lock.lock().await;
+    /// smbd is up, the desired state, and the one registry snapshot a share change is planned
+    /// from (under the lock).
+    async fn share_now(&self) -> Result<(SmbState, Registry), RpcError> {
         self.preflight().await?;
         let st = self.state().await?;
         let reg = self.samba.observe().await.map_err(backend)?;
+        Ok((st, reg))
+    }
+
+    async fn share_create(&self, spec: ShareSpec) -> Result<MethodResult, RpcError> {
+        let _g = self.lock.lock().await;
+        let (st, reg) = self.share_now().await?;
         let actual = find(&reg, &spec.name).map(|(_, p)| p);
         match st.shares.get(&spec.name.key()) {
             Some(cur) if *cur != spec => {
@@ -369,9 +376,7 @@ impl<B: SmbBackend> Smb<B> {
 
     async fn share_update(&self, mut spec: ShareSpec) -> Result<MethodResult, RpcError> {
         let _g = self.lock.lock().await;
-        self.preflight().await?;
-        let st = self.state().await?;
-        let reg = self.samba.observe().await.map_err(backend)?;
+        let (st, reg) = self.share_now().await?;
         let actual = find(&reg, &spec.name).map(|(_, p)| p);
         let Some(cur) = st.shares.get(&spec.name.key()) else {
             return Err(match actual {
@@ -400,9 +405,7 @@ impl<B: SmbBackend> Smb<B> {
 
     async fn share_delete(&self, r: ShareRef) -> Result<MethodResult, RpcError> {
         let _g = self.lock.lock().await;
-        self.preflight().await?;
-        let st = self.state().await?;
-        let reg = self.samba.observe().await.map_err(backend)?;
+        let (st, reg) = self.share_now().await?;
         let actual = find(&reg, &r.name).map(|(_, p)| p);
         let key = r.name.key();
         let name = match (st.shares.get(&key), actual) {
@@ -689,9 +692,7 @@ impl<B: SmbBackend> Smb<B> {
 
     async fn do_reconcile(&self) -> Result<Vec<SmbChange>, RpcError> {
         let _g = self.lock.lock().await;
-        self.preflight().await?;
-        let st = self.state().await?;
-        let reg = self.samba.observe().await.map_err(backend)?;
+        let (st, reg) = self.share_now().await?;
         let mut changes = Vec::new();
         let mut reload = false;
         for spec in st.shares.values() {
@@ -845,5 +846,218 @@ impl<B: SmbBackend> Family for Smb<B> {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::smb::RawSmb;
+    use crate::state::StateStore;
+    use crate::storage::paths::Roots;
+    use csg_protocol::methods::smb::{GroupName, Password};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A registry in memory that counts its reads and applies; only what the share flows call
+    /// is implemented, the rest answers an error.
+    #[derive(Default)]
+    struct Fake {
+        reg: std::sync::Mutex<Registry>,
+        observes: AtomicUsize,
+        applies: AtomicUsize,
+        undos: AtomicUsize,
+        fail_apply: AtomicBool,
+    }
+
+    fn not_faked(what: &str) -> ToolError {
+        ToolError::Unexpected(format!("{what} is not part of the fake"))
+    }
+
+    impl Fake {
+        /// Sets the registry section of `name` to `params` (`None`: removes it).
+        fn put(&self, name: &ShareName, params: Option<&Params>) {
+            let mut reg = self.reg.lock().unwrap();
+            reg.retain(|(n, _)| !name.same(n));
+            if let Some(p) = params {
+                reg.push((name.to_string(), p.clone()));
+            }
+        }
+    }
+
+    impl SmbBackend for Fake {
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        async fn ping(&self) -> Result<(), ToolError> {
+            Ok(())
+        }
+        async fn check_registry(&self) -> Result<(), ToolError> {
+            Ok(())
+        }
+        async fn observe(&self) -> Result<Registry, ToolError> {
+            self.observes.fetch_add(1, Ordering::SeqCst);
+            Ok(self.reg.lock().unwrap().clone())
+        }
+        async fn apply(&self, plan: &SharePlan) -> Result<(), ToolError> {
+            self.applies.fetch_add(1, Ordering::SeqCst);
+            // A failure half-way: the section is written, then the reload fails.
+            self.put(&plan.name, plan.after());
+            if self.fail_apply.load(Ordering::SeqCst) {
+                return Err(ToolError::Failed {
+                    program: "smbcontrol".into(),
+                    status: 1,
+                    stderr: "reload refused".into(),
+                });
+            }
+            Ok(())
+        }
+        async fn undo(&self, plan: &SharePlan) -> Result<(), ToolError> {
+            self.undos.fetch_add(1, Ordering::SeqCst);
+            self.put(&plan.name, plan.before());
+            Ok(())
+        }
+        async fn import(&self, _: &ShareName, _: &Params) -> Result<(), ToolError> {
+            Err(not_faked("import"))
+        }
+        async fn delete(&self, _: &ShareName) -> Result<(), ToolError> {
+            Err(not_faked("delete"))
+        }
+        async fn close_share(&self, _: &str) -> Result<(), ToolError> {
+            Ok(())
+        }
+        async fn reload(&self) -> Result<(), ToolError> {
+            Err(not_faked("reload"))
+        }
+        async fn passdb_users(&self) -> Result<Vec<String>, ToolError> {
+            Err(not_faked("passdb_users"))
+        }
+        async fn set_password(&self, _: &UserName, _: &Password) -> Result<(), ToolError> {
+            Err(not_faked("set_password"))
+        }
+        async fn delete_user(&self, _: &UserName) -> Result<(), ToolError> {
+            Err(not_faked("delete_user"))
+        }
+        async fn unix_uid(&self, _: &UserName) -> Result<Option<u32>, ToolError> {
+            Err(not_faked("unix_uid"))
+        }
+        async fn unix_gid(&self, _: &GroupName) -> Result<Option<u32>, ToolError> {
+            Err(not_faked("unix_gid"))
+        }
+        async fn useradd(&self, _: &UserName) -> Result<(), ToolError> {
+            Err(not_faked("useradd"))
+        }
+        async fn userdel(&self, _: &UserName) -> Result<(), ToolError> {
+            Err(not_faked("userdel"))
+        }
+    }
+
+    /// The family on the fake, a root in a temp dir holding `data/`, and the state in memory.
+    fn family() -> (Smb<Fake>, tempfile::TempDir, String) {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        let data = root.join("data");
+        std::fs::create_dir(&data).unwrap();
+        let mut problems = Vec::new();
+        let cfg = RawSmb::default().validate(&mut problems);
+        let family = Smb {
+            samba: Fake::default(),
+            cfg,
+            ctx: StorageCtx {
+                roots: Roots::new(vec![root]),
+                state: Arc::new(StateStore::in_memory()),
+                timeout: Duration::from_secs(5),
+                allow_devices: false,
+            },
+            lock: Mutex::new(()),
+        };
+        (family, d, data.display().to_string())
+    }
+
+    fn spec(path: &str, comment: &str) -> ShareSpec {
+        let serde_json::Value::Object(m) =
+            serde_json::json!({"name": "data", "path": path, "comment": comment})
+        else {
+            unreachable!()
+        };
+        ShareSpec::from_params(m).unwrap()
+    }
+
+    fn changed(r: MethodResult) -> bool {
+        match r {
+            MethodResult::SmbShare(r) => r.changed,
+            other => panic!("not a share result: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_create_reads_the_registry_once_saves_and_applies_and_a_repeat_changes_nothing() {
+        let (f, _d, path) = family();
+        let s = spec(&path, "");
+        let r = f.call(SmbMethod::ShareCreate(s.clone())).await.unwrap();
+        assert!(changed(r));
+        // One snapshot under the lock, plus the read-back for the reply.
+        assert_eq!(f.samba.observes.load(Ordering::SeqCst), 2);
+        assert_eq!(f.samba.applies.load(Ordering::SeqCst), 1);
+        assert_eq!(f.state().await.unwrap().shares.get("data"), Some(&s));
+        assert_eq!(
+            find(&f.samba.reg.lock().unwrap(), &s.name).map(|(_, p)| p.clone()),
+            Some(share_param_map(&s))
+        );
+
+        let r = f.call(SmbMethod::ShareCreate(s.clone())).await.unwrap();
+        assert!(!changed(r));
+        assert_eq!(f.samba.observes.load(Ordering::SeqCst), 3);
+        assert_eq!(f.samba.applies.load(Ordering::SeqCst), 1);
+    }
+
+    /// Runs `m` with an apply that fails; the error names the failure and the restore.
+    async fn fails_and_restores(f: &Smb<Fake>, m: SmbMethod) {
+        f.samba.fail_apply.store(true, Ordering::SeqCst);
+        let e = f.call(m).await.unwrap_err();
+        f.samba.fail_apply.store(false, Ordering::SeqCst);
+        assert!(
+            e.message.contains("reload refused")
+                && e.message.ends_with("; the previous state was restored"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_apply_restores_the_previous_state_and_says_so() {
+        let (f, _d, path) = family();
+        let first = spec(&path, "");
+        fails_and_restores(&f, SmbMethod::ShareCreate(first.clone())).await;
+        assert_eq!(f.state().await.unwrap(), SmbState::default());
+        assert!(f.samba.reg.lock().unwrap().is_empty());
+
+        f.call(SmbMethod::ShareCreate(first.clone())).await.unwrap();
+        let before = f.state().await.unwrap();
+        fails_and_restores(&f, SmbMethod::ShareUpdate(spec(&path, "changed"))).await;
+        assert_eq!(f.samba.undos.load(Ordering::SeqCst), 2);
+        assert_eq!(f.state().await.unwrap(), before);
+        assert_eq!(
+            find(&f.samba.reg.lock().unwrap(), &first.name).map(|(_, p)| p.clone()),
+            Some(share_param_map(&first))
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_a_missing_share_answers_existed_false_without_applying() {
+        let (f, _d, _path) = family();
+        let r = f
+            .call(SmbMethod::ShareDelete(ShareRef {
+                name: ShareName::parse("nothing").unwrap(),
+            }))
+            .await
+            .unwrap();
+        assert!(matches!(
+            r,
+            MethodResult::SmbDelete(DeleteResult { existed: false })
+        ));
+        assert_eq!(f.samba.applies.load(Ordering::SeqCst), 0);
+        assert_eq!(f.state().await.unwrap(), SmbState::default());
     }
 }

@@ -856,6 +856,21 @@ mod tests {
         }
     }
 
+    /// What a backend shows of `stored()`'s target: its one LUN writable, CHAP user u1 bound,
+    /// no access rules.
+    fn shown(s: &Stored) -> Shown {
+        Shown {
+            iqn: s.iqn.to_string(),
+            luns: vec![SeenLun {
+                lun: 1,
+                path: Some("/srv/csg/vol1.img".into()),
+                readonly: false,
+            }],
+            accounts: vec!["u1".into()],
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn drift_names_every_difference() {
         let s = stored();
@@ -866,16 +881,9 @@ mod tests {
         let ok = TgtTarget {
             tid: 1,
             shown: Shown {
-                iqn: s.iqn.to_string(),
-                luns: vec![SeenLun {
-                    lun: 1,
-                    path: Some("/srv/csg/vol1.img".into()),
-                    readonly: false,
-                }],
-                accounts: vec!["u1".into()],
-                outgoing: None,
                 acl: vec!["10.0.0.0/8".into(), "iqn.1994-05.com.redhat:c1".into()],
                 sessions: 2,
+                ..shown(&s)
             },
         };
         assert!(drift(&s, Some(&Seen::Tgt(ok.clone())), false).is_empty());
@@ -915,16 +923,7 @@ mod tests {
         };
         // No initiator: LIO maps the LUN to nobody, so read-only cannot be seen; not drift.
         let t = LioSeen {
-            shown: Shown {
-                iqn: s.iqn.to_string(),
-                luns: vec![SeenLun {
-                    lun: 1,
-                    path: Some("/srv/csg/vol1.img".into()),
-                    readonly: false,
-                }],
-                accounts: vec!["u1".into()],
-                ..Default::default()
-            },
+            shown: shown(&s),
             readonly_unobservable: true,
             secrets: SeenSecrets([("u1".to_string(), SecretText::new("Secret12chars"))].into()),
             ..Default::default()
