@@ -84,6 +84,27 @@ fn check_config_lists_every_problem_at_once() {
 }
 
 #[test]
+fn check_config_refuses_an_exports_file_the_system_exportfs_never_reads() {
+    let mut c = cfg("gw-exports");
+    // Storage needs its roots and state directory; nothing is created by check-config.
+    c.storage = Some(csg_e2e::config::StorageSection::new(
+        std::path::Path::new("/srv/csg"),
+        std::path::Path::new("/var/lib/csg-agent"),
+    ));
+    c.nfs = Some(csg_e2e::config::NfsSection::kernel(
+        std::path::Path::new("/srv/nfs/csg-agent.exports"),
+        std::path::Path::new("/usr/sbin/exportfs"),
+    ));
+    let out = check_config(&c.to_toml());
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("nfs.exports_file") && out.stderr.contains("/etc/exports.d"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
 fn check_config_refuses_unknown_keys() {
     let toml = cfg("gw-1")
         .to_toml()

@@ -65,6 +65,14 @@ pub struct NfsSettings {
     pub first_export_id: u16,
 }
 
+/// Where nfs-utils' exportfs reads the files of other programs (besides `/etc/exports`).
+const EXPORTS_DIR: &str = "/etc/exports.d";
+
+/// The system's exportfs, by the paths distributions install it at. Another program (a wrapper,
+/// a test's stand-in) may read its exports from elsewhere, so only these are held to
+/// `EXPORTS_DIR`.
+const SYSTEM_EXPORTFS: &[&str] = &["/usr/sbin/exportfs", "/sbin/exportfs"];
+
 /// A D-Bus address as dbus-send takes it after `--bus=`: `unix:path=/run/x/bus`,
 /// `tcp:host=127.0.0.1,port=1234`, … (a strict character set; no spaces or quotes).
 fn dbus_address_ok(s: &str) -> bool {
@@ -90,6 +98,18 @@ impl RawNfs {
         if self.backend == NfsBackendKind::Kernel && !self.exports_file.ends_with(".exports") {
             p.push(format!(
                 "nfs.exports_file = {:?}: exportfs only reads files ending in .exports",
+                self.exports_file
+            ));
+        }
+        if self.backend == NfsBackendKind::Kernel
+            && SYSTEM_EXPORTFS.contains(&self.exportfs.as_str())
+            && std::path::Path::new(&self.exports_file).parent()
+                != Some(std::path::Path::new(EXPORTS_DIR))
+        {
+            // Every create would apply, fail its read-back and roll back: refuse it here.
+            p.push(format!(
+                "nfs.exports_file = {:?}: the system's exportfs reads /etc/exports and the \
+                 *.exports files in {EXPORTS_DIR} only; put the file in {EXPORTS_DIR}",
                 self.exports_file
             ));
         }
@@ -149,5 +169,28 @@ mod tests {
             assert!(all.contains(k), "{k} not named in {all}");
         }
         assert!(dbus_address_ok("unix:path=/tmp/t/bus.sock,guid=abc"));
+    }
+
+    #[test]
+    fn the_system_exportfs_needs_the_file_in_exports_d() {
+        let raw = |file: &str, exportfs: &str| RawNfs {
+            backend: NfsBackendKind::Kernel,
+            exports_file: file.into(),
+            exportfs: exportfs.into(),
+            ..RawNfs::default()
+        };
+        let mut p = Vec::new();
+        raw("/srv/nfs/csg.exports", "/usr/sbin/exportfs").validate(&mut p);
+        assert!(p.len() == 1 && p[0].contains("/etc/exports.d"), "{p:?}");
+        let mut p = Vec::new();
+        raw("/etc/exports.d/sub/csg.exports", "/sbin/exportfs").validate(&mut p);
+        assert_eq!(p.len(), 1, "{p:?}");
+        // Another exportfs program reads where it reads.
+        let mut p = Vec::new();
+        raw("/srv/nfs/csg.exports", "/opt/test/exportfs").validate(&mut p);
+        assert!(p.is_empty(), "{p:?}");
+        let mut p = Vec::new();
+        raw("/etc/exports.d/csg.exports", "/usr/sbin/exportfs").validate(&mut p);
+        assert!(p.is_empty(), "{p:?}");
     }
 }
