@@ -125,10 +125,7 @@ impl Policy {
         match header.aud.as_deref() {
             Some(a) if a == self.audience => {}
             Some(_) => {
-                let reason = format!(
-                    "signed for another gateway (aud is not {}); not executed",
-                    self.audience
-                );
+                let reason = format!("signed for another gateway (aud is not {})", self.audience);
                 return Opened::Refused {
                     reason,
                     payload: Some(c.payload),
