@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::auth::{Opened, Policy, Sender};
 use crate::handlers::Handlers;
 use crate::journal::{Journal, Record};
-use crate::reply_cache::{Lookup, ReplyCache};
+use crate::reply_cache::{Lookup, ReplyCache, MAX_WAITERS};
 use crate::stats::Stats;
 use crate::uplink::{OutMessage, Qos, Uplink};
 use csg_transport::Inbound;
@@ -191,7 +191,10 @@ impl Dispatcher {
                     Some(t) => {
                         Stats::inc(&self.stats.bad_request);
                         warn!(id = ?e.id.as_ref().map(RequestId::as_str), error = %e, "bad request");
-                        self.refuse(t, e.id.clone(), RpcError::bad_request(e.to_string()));
+                        // An id that is not valid is echoed as sent, so a console can match it.
+                        let reply = Reply::err(e.id.clone(), RpcError::bad_request(e.to_string()))
+                            .with_raw_id(e.raw_id.clone());
+                        self.send(t, Bytes::from(reply.to_json()));
                     }
                     None => {
                         Stats::inc(&self.stats.dropped);
@@ -258,6 +261,21 @@ impl Dispatcher {
             Lookup::Attached => {
                 Stats::inc(&self.stats.duplicates);
                 debug!(id = %req.id, "repeat of a running request: will answer when it ends");
+                return;
+            }
+            Lookup::WaitersFull => {
+                // Answered now rather than never: the request still runs, and a later repeat
+                // gets its remembered reply (or attaches, once the run's replies are sent).
+                drop(cache);
+                Stats::inc(&self.stats.busy);
+                debug!(id = %req.id, "repeat of a running request past the waiter cap: busy");
+                if let Some(t) = reply_topic {
+                    let msg = format!(
+                        "request id {} is still running and already owes {MAX_WAITERS} replies; retry with the same id",
+                        req.id
+                    );
+                    self.refuse(t, Some(req.id), RpcError::new(ErrorCode::Busy, msg));
+                }
                 return;
             }
             Lookup::Replay(reply) => {

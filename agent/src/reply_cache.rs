@@ -2,7 +2,8 @@
 //!
 //! Every request id the agent accepts for execution is remembered from the moment it starts
 //! until `ttl` after it finished, with its reply. A repeat of a finished id gets the
-//! remembered reply; a repeat of a running id is attached to it and answered when it ends.
+//! remembered reply; a repeat of a running id is attached to it and answered when it ends
+//! (up to `MAX_WAITERS` replies owed per run; past that the caller answers `BUSY`).
 //! The dispatcher forgets reads as soon as they are answered (running one again is harmless),
 //! so what stays is the mutations' memory.
 //!
@@ -84,6 +85,9 @@ pub enum Lookup {
     New,
     /// Already running; the reply topic was attached and will get the reply.
     Attached,
+    /// Already running and already owing `MAX_WAITERS` replies: this repeat's reply topic
+    /// was not attached, and the caller answers it `BUSY` (retryable).
+    WaitersFull,
     /// Already finished: send this reply again.
     Replay(Bytes),
     /// Already finished, but its remembered reply cannot be read back: it must not run again,
@@ -161,12 +165,17 @@ impl ReplyCache {
         }
         match &mut entry.state {
             State::Running { waiters } => {
-                // Every repeat is owed its own answer, but a flood of repeats must not turn
-                // into a flood of replies: past the cap, repeats share the answers already owed.
-                if let (Some(t), true) = (reply_to, waiters.len() < MAX_WAITERS) {
-                    waiters.push(t.to_string());
+                // Every repeat is owed its own answer, but the answers owed to one run are
+                // capped: past the cap a repeat is told to retry instead of being remembered.
+                // A one-way repeat is owed nothing, so it never counts against the cap.
+                match reply_to {
+                    Some(_) if waiters.len() >= MAX_WAITERS => Lookup::WaitersFull,
+                    Some(t) => {
+                        waiters.push(t.to_string());
+                        Lookup::Attached
+                    }
+                    None => Lookup::Attached,
                 }
-                Lookup::Attached
             }
             State::Done(reply) => reply.unpack().map_or(Lookup::Unreadable, Lookup::Replay),
         }
@@ -296,9 +305,22 @@ mod tests {
         let t0 = Instant::now();
         let mut c = ReplyCache::new(Duration::from_secs(600), 10);
         c.start(id("a"), m("nfs.export.create"), Some("up/1"));
-        for _ in 0..100 {
-            c.lookup(&id("a"), m("nfs.export.create"), Some("up/1"), t0);
+        for n in 1..100 {
+            let want = if n < MAX_WAITERS {
+                Lookup::Attached
+            } else {
+                Lookup::WaitersFull
+            };
+            assert_eq!(
+                c.lookup(&id("a"), m("nfs.export.create"), Some("up/1"), t0),
+                want
+            );
         }
+        // One-way repeats are owed nothing: attached, whatever the count.
+        assert_eq!(
+            c.lookup(&id("a"), m("nfs.export.create"), None, t0),
+            Lookup::Attached
+        );
         assert_eq!(c.finish(&id("a"), b"", t0, true).len(), MAX_WAITERS);
     }
 

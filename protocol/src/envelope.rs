@@ -2,7 +2,9 @@
 //!
 //! Decoding is lenient in one way only: when a request is wrong, the decoder still tries to
 //! read `id` and `reply_to`, so the agent can answer `BAD_REQUEST` instead of dropping the
-//! message silently. Everything else is strict.
+//! message silently. Everything else is strict: the payload must be UTF-8 throughout (unknown
+//! fields included), and no JSON object in it, however deep, may name a key twice (serde_json
+//! would silently keep the last one, so two readers could disagree on what was asked).
 
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
@@ -200,6 +202,10 @@ pub struct DecodeError {
     pub message: String,
     /// The request id, when it could be read and is valid.
     pub id: Option<RequestId>,
+    /// The id as sent when it is present but not a valid id (a string, or a number or boolean
+    /// in its JSON form), cut to `MAX_RAW_ID` characters: echoed so a console can still match
+    /// the refusal to what it sent.
+    pub raw_id: Option<String>,
     /// `reply_to`, when it could be read; `None` means nowhere to answer.
     pub reply_to: Option<ReplyTo>,
 }
@@ -225,7 +231,7 @@ impl std::fmt::Display for DecodeErrorKind {
 }
 
 /// Envelope fields as they came, before any rule is applied. Unknown fields are ignored so
-/// that newer consoles can add fields; a duplicated field is an error (serde refuses it).
+/// that newer consoles can add fields; duplicated keys were refused before this is read.
 #[derive(Deserialize)]
 struct RawEnvelope {
     v: Option<Value>,
@@ -320,6 +326,159 @@ fn read_id(v: &Option<Value>) -> Option<RequestId> {
         .and_then(|s| RequestId::new(s).ok())
 }
 
+/// Longest `raw_id` echoed, in characters.
+pub const MAX_RAW_ID: usize = 128;
+
+fn cap_raw_id(s: &str) -> String {
+    s.chars().take(MAX_RAW_ID).collect()
+}
+
+/// The id as sent, when it is there but not a valid id and can be shown as text.
+fn read_raw_id(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if RequestId::new(s.as_str()).is_err() => Some(cap_raw_id(s)),
+        Value::Number(n) => Some(cap_raw_id(&n.to_string())),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Walks a whole JSON value and returns the path of the first key found twice in one object
+/// (`params.name`, `id`), or `None`. Keys are held borrowed from the payload where it has no
+/// escapes, and only for the objects being walked; `"\u0069d"` and `"id"` are the same key.
+struct Walk;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk {
+    type Value = Option<String>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk {
+    type Value = Option<String>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut first = None;
+        let mut i = 0usize;
+        while let Some(inner) = a.next_element_seed(Walk)? {
+            if first.is_none() {
+                first = inner.map(|p| format!("[{i}]{}", dotted(&p)));
+            }
+            i += 1;
+        }
+        Ok(first)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        let mut first = None;
+        while let Some(Key(key)) = a.next_key()? {
+            let inner = a.next_value_seed(Walk)?;
+            if first.is_none() {
+                if seen.contains(&key) {
+                    first = Some(key.into_owned());
+                    continue;
+                }
+                first = inner.map(|p| format!("{key}{}", dotted(&p)));
+            }
+            if first.is_none() {
+                seen.insert(key);
+            }
+        }
+        Ok(first)
+    }
+}
+
+/// Joins a path below a key: `.name` after a key, `[2]` kept as is.
+fn dotted(p: &str) -> String {
+    if p.starts_with('[') {
+        p.to_string()
+    } else {
+        format!(".{p}")
+    }
+}
+
+/// An object key, borrowed from the payload when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Every value given for `id` and for `reply_to` at the top level, to find where to refuse a
+/// request with duplicated keys; other fields are skipped.
+struct Address {
+    id: Vec<Value>,
+    reply_to: Vec<Value>,
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Address;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Address, A::Error> {
+                let mut addr = Address {
+                    id: Vec::new(),
+                    reply_to: Vec::new(),
+                };
+                while let Some(Key(key)) = a.next_key()? {
+                    match &*key {
+                        "id" => addr.id.push(a.next_value()?),
+                        "reply_to" => addr.reply_to.push(a.next_value()?),
+                        _ => {
+                            a.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(addr)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 fn read_reply_to(v: &Option<Value>) -> Result<ReplyTo, ()> {
     match v {
         None | Some(Value::Null) => Ok(ReplyTo::NoReply),
@@ -332,17 +491,22 @@ fn read_reply_to(v: &Option<Value>) -> Result<ReplyTo, ()> {
 pub fn decode_request(payload: &[u8], max_payload: usize) -> Result<Request, DecodeError> {
     if payload.len() > max_payload {
         // Still try to find where to say so; the MQTT packet limit bounds this parse.
-        let addr = starts_as_object(payload)
+        // Non-UTF-8 is dropped, oversized or not: no address is looked for in it.
+        let addr = (starts_as_object(payload) && std::str::from_utf8(payload).is_ok())
             .then(|| serde_json::from_slice::<AddressOnly>(payload).ok())
             .flatten();
-        let (id, reply_to) = match addr {
-            Some(a) => (
-                a.id.and_then(|s| s.0).and_then(|s| RequestId::new(s).ok()),
-                a.reply_to
+        let (id, raw_id, reply_to) = match addr {
+            Some(a) => {
+                let sent = a.id.and_then(|s| s.0);
+                let id = sent.as_deref().and_then(|s| RequestId::new(s).ok());
+                let raw_id = sent.filter(|_| id.is_none()).map(|s| cap_raw_id(&s));
+                let reply_to = a
+                    .reply_to
                     .and_then(|s| s.0)
-                    .map(|s| ReplyTo::from_wire(Some(s))),
-            ),
-            None => (None, None),
+                    .map(|s| ReplyTo::from_wire(Some(s)));
+                (id, raw_id, reply_to)
+            }
+            None => (None, None, None),
         };
         return Err(DecodeError {
             kind: DecodeErrorKind::Oversize,
@@ -351,6 +515,7 @@ pub fn decode_request(payload: &[u8], max_payload: usize) -> Result<Request, Dec
                 payload.len()
             ),
             id,
+            raw_id,
             reply_to,
         });
     }
@@ -358,6 +523,7 @@ pub fn decode_request(payload: &[u8], max_payload: usize) -> Result<Request, Dec
         kind: DecodeErrorKind::Malformed,
         message,
         id: None,
+        raw_id: None,
         reply_to: None,
     };
     if !starts_as_object(payload) {
@@ -365,18 +531,57 @@ pub fn decode_request(payload: &[u8], max_payload: usize) -> Result<Request, Dec
             "not a JSON request object: it must start with '{'".into(),
         ));
     }
-    let raw: RawEnvelope = serde_json::from_slice(payload).map_err(|e| {
+    // Checked on the whole payload: serde_json does not check the bytes of a value it skips.
+    let text = std::str::from_utf8(payload).map_err(|e| {
+        malformed(format!(
+            "not UTF-8: invalid byte sequence at offset {}",
+            e.valid_up_to()
+        ))
+    })?;
+    let not_json = |e: serde_json::Error| {
         malformed(format!(
             "not a JSON request object: {}",
             excerpt(&e.to_string())
         ))
-    })?;
+    };
+    // One pass over every value (strings parsed, so a lone surrogate escape is refused too),
+    // within serde_json's depth limit; it holds only the keys of the objects it is inside.
+    let duplicate = {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let dup = serde::de::DeserializeSeed::deserialize(Walk, &mut de).map_err(not_json)?;
+        de.end().map_err(not_json)?;
+        dup
+    };
+    if let Some(path) = duplicate {
+        let addr: Address = serde_json::from_str(text).map_err(not_json)?;
+        let reply_to = match &addr.reply_to[..] {
+            [one] => read_reply_to(&Some(one.clone())).ok(),
+            _ => None,
+        };
+        let (id, raw_id) = match &addr.id[..] {
+            [one] => (read_id(&Some(one.clone())), read_raw_id(one)),
+            _ => (None, None),
+        };
+        return Err(DecodeError {
+            kind: DecodeErrorKind::Invalid,
+            message: format!(
+                "duplicate key {:?}: every key of a JSON object must be unique",
+                excerpt(&path)
+            ),
+            id,
+            raw_id,
+            reply_to,
+        });
+    }
+    let raw: RawEnvelope = serde_json::from_str(text).map_err(not_json)?;
     let reply_to = read_reply_to(&raw.reply_to);
     let id = read_id(&raw.id);
+    let raw_id = raw.id.as_ref().and_then(read_raw_id);
     let invalid = |message: String| DecodeError {
         kind: DecodeErrorKind::Invalid,
         message,
         id: id.clone(),
+        raw_id: raw_id.clone(),
         reply_to: reply_to.clone().ok(),
     };
     let reply_to = reply_to
@@ -427,10 +632,13 @@ pub fn decode_request(payload: &[u8], max_payload: usize) -> Result<Request, Dec
 }
 
 /// A reply: `{"v":1,"id":…,"ok":true,"result":…}` or `{"v":1,"id":…,"ok":false,"error":…}`.
-/// `id` is `null` only when the request carried no valid id.
+/// `id` is `null` only when the request carried no valid id; a `BAD_REQUEST` then carries the
+/// id as sent in `raw_id` when it could be read, and the field is absent otherwise.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     pub id: Option<RequestId>,
+    /// The request's id as sent, when it is not a valid id (capped at `MAX_RAW_ID` characters).
+    pub raw_id: Option<String>,
     pub body: ReplyBody,
 }
 
@@ -444,14 +652,21 @@ impl Reply {
     pub fn ok(id: RequestId, result: Value) -> Self {
         Self {
             id: Some(id),
+            raw_id: None,
             body: ReplyBody::Ok(result),
         }
     }
     pub fn err(id: Option<RequestId>, error: RpcError) -> Self {
         Self {
             id,
+            raw_id: None,
             body: ReplyBody::Err(error),
         }
+    }
+    /// The same reply echoing the request's id as sent (capped at `MAX_RAW_ID` characters).
+    pub fn with_raw_id(mut self, raw_id: Option<String>) -> Self {
+        self.raw_id = raw_id.map(|s| cap_raw_id(&s));
+        self
     }
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a reply always serializes")
@@ -462,6 +677,7 @@ impl Reply {
             #[allow(dead_code)]
             v: u32,
             id: Option<RequestId>,
+            raw_id: Option<String>,
             ok: bool,
             result: Option<Value>,
             error: Option<RpcError>,
@@ -474,15 +690,22 @@ impl Reply {
                 return Err(serde::de::Error::custom("ok is false but error is missing"))
             }
         };
-        Ok(Reply { id: w.id, body })
+        Ok(Reply {
+            id: w.id,
+            raw_id: w.raw_id,
+            body,
+        })
     }
 }
 
 impl Serialize for Reply {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(4))?;
+        let mut m = s.serialize_map(Some(4 + usize::from(self.raw_id.is_some())))?;
         m.serialize_entry("v", &PROTOCOL_VERSION)?;
         m.serialize_entry("id", &self.id)?;
+        if let Some(raw) = &self.raw_id {
+            m.serialize_entry("raw_id", raw)?;
+        }
         match &self.body {
             ReplyBody::Ok(r) => {
                 m.serialize_entry("ok", &true)?;
@@ -572,14 +795,7 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed_without_address() {
-        for bad in [
-            &b"not json"[..],
-            b"\xff\xfe\x00",
-            b"[1,2]",
-            b"\"str\"",
-            br#"{"v":1,"id":"a","id":"b"}"#,
-            b"",
-        ] {
+        for bad in [&b"not json"[..], b"\xff\xfe\x00", b"[1,2]", b"\"str\"", b""] {
             let e = decode_request(bad, MAX).unwrap_err();
             assert_eq!(e.kind, DecodeErrorKind::Malformed);
             assert!(e.reply_to.is_none());
@@ -587,6 +803,114 @@ mod tests {
         // Deep nesting hits serde_json's recursion limit instead of the stack.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(decode_request(deep.as_bytes(), 1 << 20).is_err());
+    }
+
+    #[test]
+    fn a_duplicate_key_anywhere_is_invalid_and_keeps_an_unambiguous_address() {
+        for (bad, path) in [
+            (
+                r#"{"v":1,"id":"a","method":"sys.ping","method":"sys.info","reply_to":"up/c"}"#,
+                "method",
+            ),
+            (
+                r#"{"v":1,"id":"a","method":"m","params":{"x":1,"x":2},"reply_to":"up/c"}"#,
+                "params.x",
+            ),
+            (
+                r#"{"v":1,"id":"a","method":"m","params":{"l":[0,{"k":1,"k":1}]},"reply_to":"up/c"}"#,
+                "params.l[1].k",
+            ),
+            // The same key, written once with an escape.
+            (
+                r#"{"v":1,"id":"a","method":"m","\u0076":1,"reply_to":"up/c"}"#,
+                "v",
+            ),
+            (
+                r#"{"v":1,"id":"a","method":"m","zz":{"q":{},"q":null},"reply_to":"up/c"}"#,
+                "zz.q",
+            ),
+        ] {
+            let e = decode_request(bad.as_bytes(), MAX).unwrap_err();
+            assert_eq!(e.kind, DecodeErrorKind::Invalid, "{bad}");
+            assert!(
+                e.message.contains(&format!("{path:?}")),
+                "{bad}: {}",
+                e.message
+            );
+            assert_eq!(e.id.unwrap().as_str(), "a", "{bad}");
+            assert_eq!(e.reply_to, Some(ReplyTo::Topic("up/c".into())), "{bad}");
+        }
+        // A duplicated id or reply_to is no address at all: which one was meant is unknown.
+        let e = decode_request(
+            br#"{"v":1,"id":"a","id":"b","method":"m","reply_to":"up/c"}"#,
+            MAX,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::Invalid);
+        assert_eq!((e.id, e.raw_id), (None, None));
+        assert_eq!(e.reply_to, Some(ReplyTo::Topic("up/c".into())));
+        let e = decode_request(
+            br#"{"v":1,"id":"a","method":"m","reply_to":"up/c","reply_to":"up/d"}"#,
+            MAX,
+        )
+        .unwrap_err();
+        assert_eq!(e.reply_to, None);
+        assert_eq!(e.id.unwrap().as_str(), "a");
+        // Duplicate values in an array are not duplicate keys.
+        assert!(decode_request(
+            br#"{"v":1,"id":"a","method":"m","params":{"l":[1,1],"m":{"a":1},"n":{"a":1}}}"#,
+            MAX
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn non_utf8_anywhere_is_malformed_without_address() {
+        for bad in [
+            &b"{\"v\":1,\"id\":\"a\",\"method\":\"m\",\"zz\":\"\xff\",\"reply_to\":\"up/c\"}"[..],
+            b"{\"v\":1,\"id\":\"a\",\"method\":\"m\",\"params\":{\"x\":\"\xed\xa0\x80\"},\"reply_to\":\"up/c\"}",
+            b"{\"v\":1,\"id\":\"a\",\"method\":\"m\",\"z\xc0\x80\":1,\"reply_to\":\"up/c\"}",
+            // A lone surrogate escape is not text either.
+            br#"{"v":1,"id":"a","method":"m","zz":"\udc00","reply_to":"up/c"}"#,
+        ] {
+            let e = decode_request(bad, MAX).unwrap_err();
+            assert_eq!(e.kind, DecodeErrorKind::Malformed, "{}", String::from_utf8_lossy(bad));
+            assert!(e.id.is_none() && e.reply_to.is_none());
+        }
+        // Over the cap, no address is read from non-UTF-8 either.
+        let mut big = br#"{"id":"a","reply_to":"up/c","zz":""#.to_vec();
+        big.extend(std::iter::repeat_n(0xffu8, 100));
+        big.extend(br#""}"#);
+        let e = decode_request(&big, 64).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::Oversize);
+        assert!(e.id.is_none() && e.reply_to.is_none());
+    }
+
+    #[test]
+    fn an_invalid_id_is_echoed_raw_and_capped() {
+        for (id, raw) in [
+            (json!("a b"), Some("a b".to_string())),
+            (json!(7), Some("7".into())),
+            (json!(true), Some("true".into())),
+            (json!("é".repeat(300)), Some("é".repeat(MAX_RAW_ID))),
+            (json!(null), None),
+            (json!({"x":1}), None),
+        ] {
+            let bytes =
+                serde_json::to_vec(&json!({"v":1,"id":id,"method":"m","reply_to":"up/c"})).unwrap();
+            let e = decode_request(&bytes, MAX).unwrap_err();
+            assert_eq!(e.kind, DecodeErrorKind::Invalid);
+            assert_eq!(e.id, None);
+            assert_eq!(e.raw_id, raw, "{id}");
+        }
+        // A valid id is never repeated as raw_id, even when something else is wrong.
+        let e = decode_request(br#"{"v":2,"id":"ok","reply_to":"up/c"}"#, MAX).unwrap_err();
+        assert_eq!((e.id.unwrap().as_str(), e.raw_id), ("ok", None));
+        // Oversized: the raw id is read from the address-only parse.
+        let big = json!({"v":1,"id":"a b","pad":"x".repeat(100),"reply_to":"up/c"});
+        let e = decode_request(&serde_json::to_vec(&big).unwrap(), 64).unwrap_err();
+        assert_eq!(e.kind, DecodeErrorKind::Oversize);
+        assert_eq!(e.raw_id.as_deref(), Some("a b"));
     }
 
     #[test]
@@ -617,6 +941,12 @@ mod tests {
         );
         assert_eq!(Reply::from_json(&ok.to_json()).unwrap(), ok);
         assert_eq!(Reply::from_json(&err.to_json()).unwrap(), err);
+        let raw = Reply::err(None, RpcError::bad_request("bad id"))
+            .with_raw_id(Some("x".repeat(MAX_RAW_ID + 10)));
+        let v: Value = serde_json::from_slice(&raw.to_json()).unwrap();
+        assert_eq!(v["raw_id"], "x".repeat(MAX_RAW_ID));
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(Reply::from_json(&raw.to_json()).unwrap(), raw);
     }
 
     #[test]

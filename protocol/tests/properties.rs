@@ -497,10 +497,159 @@ proptest! {
     }
 }
 
-/// Arrays and objects nested far deeper than any request needs never exhaust the stack: a
-/// value the decoder builds hits the JSON parser's depth limit (`Malformed`), an unknown field
-/// is skipped without being built, and over the cap only the address is looked for. The
-/// decoder runs on a thread with half the stack of a tokio worker (2 MiB), in a debug build.
+/// A JSON object's text from its entries' texts, in order (duplicates kept, as sent).
+fn object_text(entries: &[(String, String)]) -> String {
+    let body: Vec<String> = entries.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    format!("{{{}}}", body.join(","))
+}
+
+/// A key's JSON text, its first character written as a `\uXXXX` escape when asked (and when
+/// it has a four-digit one): the same key to any JSON reader.
+fn key_text(key: &str, escaped: bool) -> String {
+    let plain = serde_json::to_string(key).unwrap();
+    match key.chars().next() {
+        Some(c) if escaped && u32::from(c) <= 0xFFFF => {
+            let rest = serde_json::to_string(&key[c.len_utf8()..]).unwrap();
+            format!("\"\\u{:04x}{}", u32::from(c), &rest[1..])
+        }
+        _ => plain,
+    }
+}
+
+/// Sequences that are never UTF-8, and the bytes no UTF-8 text holds anywhere.
+fn not_utf8() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        select(vec![
+            vec![0x80],
+            vec![0xbf, 0x80],
+            vec![0xc3],
+            vec![0xe2, 0x82],
+            vec![0xed, 0xa0, 0x80],
+            vec![0xf0, 0x90, 0x80],
+            vec![0xf4, 0x90, 0x80, 0x80],
+        ]),
+        select(vec![0xc0u8, 0xc1, 0xf5, 0xf8, 0xfe, 0xff]).prop_map(|b| vec![b]),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// Whichever object names a key twice (the envelope or `params`, the second value equal
+    /// or not, the key spelled the same or escaped), the request is refused as invalid, never
+    /// executed; it keeps its address unless the key given twice is the address itself.
+    #[test]
+    fn a_duplicate_key_is_never_accepted(
+        id in valid_id(64),
+        method in valid_method(),
+        params in btree_map(any_text(8), json_exact(), 1..5),
+        reply_to in prop_oneof![Just("csg-up/c1".to_string()), any_text(40)]
+            .prop_filter("a topic", |s| s != "noreply"),
+        in_params in any::<bool>(),
+        which in any::<Index>(),
+        at in any::<Index>(),
+        same in any::<bool>(),
+        escaped in any::<bool>(),
+        other in json_leaf(),
+    ) {
+        let text = |v: &Value| serde_json::to_string(v).unwrap();
+        let mut params: Vec<(String, String, String)> = params
+            .into_iter()
+            .map(|(k, v)| (k.clone(), serde_json::to_string(&k).unwrap(), text(&v)))
+            .collect();
+        let top_of = |params: &[(String, String, String)]| -> Vec<(String, String, String)> {
+            let p: Vec<_> = params.iter().map(|(_, k, v)| (k.clone(), v.clone())).collect();
+            [
+                ("v", json!(1).to_string()),
+                ("id", text(&json!(id))),
+                ("method", text(&json!(method))),
+                ("params", object_text(&p)),
+                ("reply_to", text(&json!(reply_to))),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), format!("\"{k}\""), v))
+            .collect()
+        };
+        let mut dup_at_top = None;
+        if in_params {
+            let (key, _, value) = which.get(&params).clone();
+            let value = if same { value } else { text(&other) };
+            let pos = at.index(params.len() + 1);
+            params.insert(pos, (key.clone(), key_text(&key, escaped), value));
+        }
+        let mut top = top_of(&params);
+        if !in_params {
+            let (key, _, value) = which.get(&top).clone();
+            let value = if same { value } else { text(&other) };
+            let pos = at.index(top.len() + 1);
+            top.insert(pos, (key.clone(), key_text(&key, escaped), value));
+            dup_at_top = Some(key);
+        }
+        let entries: Vec<_> = top.into_iter().map(|(_, k, v)| (k, v)).collect();
+        let payload = object_text(&entries);
+        let r = decode_request(payload.as_bytes(), usize::MAX);
+        check_decoded(payload.as_bytes(), usize::MAX, &r);
+        let e = r.expect_err("a duplicate key was accepted");
+        prop_assert_eq!(e.kind, DecodeErrorKind::Invalid);
+        prop_assert!(e.message.contains("duplicate key"), "{}", e.message);
+        let want_id = (dup_at_top.as_deref() != Some("id")).then_some(id.as_str());
+        prop_assert_eq!(e.id.as_ref().map(RequestId::as_str), want_id);
+        let want_reply_to = (dup_at_top.as_deref() != Some("reply_to"))
+            .then(|| ReplyTo::Topic(reply_to.clone()));
+        prop_assert_eq!(e.reply_to, want_reply_to);
+    }
+
+    /// Bytes that are not UTF-8, anywhere in a payload (inside an unknown field, or at any
+    /// place), make it malformed with no address: never executed, never answered. Over the
+    /// cap it is oversized, with no address either.
+    #[test]
+    fn non_utf8_is_never_accepted(
+        id in valid_id(64),
+        method in valid_method(),
+        params in btree_map(any_text(8), json_exact(), 0..4),
+        bad in not_utf8(),
+        anywhere in any::<bool>(),
+        at in any::<Index>(),
+    ) {
+        let mut r = Request::new(
+            RequestId::new(id).unwrap(),
+            MethodName::new(method).unwrap(),
+            params.into_iter().collect(),
+        );
+        r.reply_to = ReplyTo::Topic("csg-up/c1".into());
+        let good = r.to_json();
+        let payload = if anywhere {
+            // Only the bytes no UTF-8 text holds can go anywhere and stay invalid.
+            let byte = bad.iter().copied().find(|b| [0xc0, 0xc1].contains(b) || *b >= 0xf5);
+            let byte = byte.unwrap_or(0xff);
+            let mut p = good.clone();
+            p.insert(at.index(p.len() + 1), byte);
+            p
+        } else {
+            let mut p = b"{\"zz_unknown\":\"".to_vec();
+            p.extend(&bad);
+            p.extend(b"\",");
+            p.extend(&good[1..]);
+            p
+        };
+        prop_assert!(std::str::from_utf8(&payload).is_err());
+        for max in [usize::MAX, payload.len() - 1] {
+            let r = decode_request(&payload, max);
+            check_decoded(&payload, max, &r);
+            let e = r.expect_err("non-UTF-8 was accepted");
+            prop_assert!(e.id.is_none() && e.raw_id.is_none() && e.reply_to.is_none());
+            if max == usize::MAX {
+                prop_assert_eq!(e.kind, DecodeErrorKind::Malformed);
+            }
+        }
+    }
+}
+
+/// Arrays and objects nested far deeper than any request needs never exhaust the stack: every
+/// value, an unknown field's included, is walked (for duplicate keys) within the JSON parser's
+/// depth limit and refused past it (`Malformed`), and over the cap only the address is looked
+/// for. The decoder runs on a thread with half the stack of a tokio worker (2 MiB), in a debug
+/// build.
 #[test]
 fn deep_nesting_is_refused_without_blowing_the_stack() {
     use DecodeErrorKind::*;
@@ -511,22 +660,14 @@ fn deep_nesting_is_refused_without_blowing_the_stack() {
     // (payload, cap, expected outcome: None for Ok)
     let mut cases: Vec<(String, usize, Option<DecodeErrorKind>)> = vec![
         (arrays.clone(), 1 << 20, Some(Malformed)),
-        // Its one key is unknown and skipped; then "v" is missing.
-        (objects.clone(), 1 << 20, Some(Invalid)),
+        (objects.clone(), 1 << 20, Some(Malformed)),
         (unclosed.clone(), 1 << 20, Some(Malformed)),
     ];
     for deep in [&arrays, &objects, &unclosed] {
         for field in ["params", "id", "reply_to", "zz_unknown"] {
             let p =
                 format!(r#"{{"v":1,"id":"a","method":"m","reply_to":"up/c","{field}":{deep}}}"#);
-            let within = if deep == &unclosed {
-                Some(Malformed)
-            } else if field == "zz_unknown" {
-                None
-            } else {
-                Some(Malformed)
-            };
-            cases.push((p.clone(), 1 << 20, within));
+            cases.push((p.clone(), 1 << 20, Some(Malformed)));
             // Over the cap: the address-only parse of an oversized payload.
             cases.push((p, 1024, Some(Oversize)));
         }

@@ -491,3 +491,150 @@ fn a_repeat_on_the_same_reply_topic_sent_back_to_back_is_executed_once() {
         &[("executed", 2), ("duplicates", 1), ("received", 3)],
     );
 }
+
+/// A key given twice anywhere in the envelope is refused, never executed: `BAD_REQUEST` when
+/// the one `reply_to` can be read (with `id` when that was given once), dropped and counted
+/// when `reply_to` itself is the key given twice.
+#[test]
+fn a_duplicate_key_gets_bad_request_or_is_dropped_never_executed() {
+    let bed = Bed::start("gw-dupkey");
+    let base = bed.counters();
+    let mark = bed.rec.mark();
+    let to = |n: usize| format!("{}-dup{n}", bed.reply_to);
+    // (payload, reply topic it names, id expected on the BAD_REQUEST)
+    let answered: Vec<(String, String, Value)> = vec![
+        (
+            format!(
+                r#"{{"v":1,"id":"dup-m","method":"sys.ping","method":"sys.reconcile","reply_to":"{}"}}"#,
+                to(0)
+            ),
+            to(0),
+            json!("dup-m"),
+        ),
+        (
+            format!(
+                r#"{{"v":1,"id":"dup-p","method":"sys.ping","params":{{"a":1,"a":2}},"reply_to":"{}"}}"#,
+                to(1)
+            ),
+            to(1),
+            json!("dup-p"),
+        ),
+        (
+            format!(
+                r#"{{"v":1,"id":"dup-i","id":"dup-j","method":"sys.ping","reply_to":"{}"}}"#,
+                to(2)
+            ),
+            to(2),
+            Value::Null,
+        ),
+    ];
+    for (payload, _, _) in &answered {
+        bed.send_raw(payload.as_bytes().to_vec());
+    }
+    let dropped = format!(
+        r#"{{"v":1,"id":"dup-r","method":"sys.ping","reply_to":"{}","reply_to":"{}"}}"#,
+        to(3),
+        to(4)
+    );
+    bed.send_raw(dropped.into_bytes());
+    for (payload, topic, id) in &answered {
+        let m = bed
+            .rec
+            .expect_since(mark, &format!("BAD_REQUEST for {payload}"), TIMEOUT, |m| {
+                m.topic == *topic
+            });
+        let reply = m.json_or_panic();
+        expect_err(&reply, None, "BAD_REQUEST");
+        assert_eq!(reply["id"], *id, "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("duplicate key"), "{reply}");
+    }
+    bed.barrier();
+    let stray: Vec<_> = bed
+        .agent_publications_since(mark)
+        .into_iter()
+        .filter(|m| m.topic == to(3) || m.topic == to(4))
+        .map(|m| m.summary())
+        .collect();
+    assert!(stray.is_empty(), "answered a doubled reply_to: {stray:?}");
+    bed.assert_growth(
+        &base,
+        &[("bad_request", 3), ("dropped", 1), ("executed", 1)],
+    );
+}
+
+/// Bytes that are not UTF-8, even inside a field the agent does not know, make the message
+/// unreadable: dropped and counted, never executed, never answered, though its `reply_to`
+/// is readable.
+#[test]
+fn non_utf8_anywhere_is_dropped_never_executed() {
+    let bed = Bed::start("gw-utf8");
+    let base = bed.counters();
+    let mark = bed.rec.mark();
+    let mut unknown_field = br#"{"v":1,"id":"u8-a","method":"sys.ping","zz":""#.to_vec();
+    unknown_field.extend(b"\xff\xfe");
+    unknown_field.extend(format!(r#"","reply_to":"{}"}}"#, bed.reply_to).as_bytes());
+    let mut in_params = br#"{"v":1,"id":"u8-b","method":"sys.ping","params":{"x":""#.to_vec();
+    in_params.extend(b"\xed\xa0\x80");
+    in_params.extend(format!(r#""}},"reply_to":"{}"}}"#, bed.reply_to).as_bytes());
+    let surrogate = format!(
+        r#"{{"v":1,"id":"u8-c","method":"sys.ping","zz":"\udc00","reply_to":"{}"}}"#,
+        bed.reply_to
+    );
+    let sent = [unknown_field, in_params, surrogate.into_bytes()];
+    for p in &sent {
+        bed.send_raw(p.clone());
+    }
+    bed.barrier();
+    let answered: Vec<_> = bed
+        .agent_publications_since(mark)
+        .into_iter()
+        .filter(|m| m.field("id").is_some_and(|id| id.starts_with("u8-")))
+        .map(|m| m.summary())
+        .collect();
+    assert!(answered.is_empty(), "non-UTF-8 was answered: {answered:?}");
+    bed.assert_growth(&base, &[("dropped", sent.len() as u64), ("executed", 1)]);
+}
+
+/// A `BAD_REQUEST` for an id that is not a valid id carries `id: null` and the id as sent in
+/// `raw_id` (capped at 128 characters); a refusal with a valid id has no `raw_id`.
+#[test]
+fn a_bad_request_echoes_an_unreadable_id_as_raw_id() {
+    let bed = Bed::start("gw-rawid");
+    let cases: Vec<(Value, Option<String>)> = vec![
+        (json!("bad id!"), Some("bad id!".into())),
+        (json!(17), Some("17".into())),
+        (json!("é".repeat(200)), Some("é".repeat(128))),
+        (json!(null), None),
+        (json!("good-id"), None),
+    ];
+    let mark = bed.rec.mark();
+    let topics: Vec<String> = (0..cases.len())
+        .map(|i| format!("{}-raw{i}", bed.reply_to))
+        .collect();
+    for ((id, _), topic) in cases.iter().zip(&topics) {
+        // v 2: refused whatever the id, so every case is a BAD_REQUEST.
+        let req = json!({"v": 2, "id": id, "method": "sys.ping", "reply_to": topic});
+        bed.send_raw(rpc::bytes(&req));
+    }
+    for ((id, raw), topic) in cases.iter().zip(&topics) {
+        let m = bed
+            .rec
+            .expect_since(mark, &format!("BAD_REQUEST for id {id}"), TIMEOUT, |m| {
+                m.topic == *topic
+            });
+        let reply = m.json_or_panic();
+        expect_err(&reply, None, "BAD_REQUEST");
+        assert_eq!(
+            reply.get("raw_id").cloned(),
+            raw.clone().map(Value::from),
+            "{reply}"
+        );
+        let want_id = if raw.is_none() && id.is_string() {
+            id.clone()
+        } else {
+            Value::Null
+        };
+        assert_eq!(reply["id"], want_id, "{reply}");
+    }
+}

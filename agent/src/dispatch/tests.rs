@@ -349,3 +349,93 @@ async fn unknown_methods_and_bad_params_are_refused_before_running_and_not_remem
     assert_eq!(r.stats.snapshot().executed, 0);
     assert_eq!(r.d.cache.lock().unwrap().len(), 0);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn repeats_past_the_waiter_cap_are_answered_busy_not_ignored() {
+    let r = rig(8);
+    for _ in 0..MAX_WAITERS + 4 {
+        r.send(ping("cap"));
+    }
+    // One-way repeats are owed nothing and get nothing.
+    r.send(json!({"v":1,"id":"cap","method":"sys.ping"}));
+    r.settle().await;
+    let replies = r.replies();
+    assert_eq!(replies.len(), MAX_WAITERS + 4);
+    let (busy, ok): (Vec<_>, Vec<_>) = replies.iter().partition(|(_, v)| v["ok"] == false);
+    assert_eq!(ok.len(), MAX_WAITERS);
+    assert_eq!(busy.len(), 4);
+    for (topic, v) in busy {
+        assert_eq!(topic, "csg-up/c1");
+        assert_eq!(v["id"], "cap");
+        assert_eq!(v["error"]["code"], "BUSY");
+        assert_eq!(v["error"]["retryable"], true);
+        assert_eq!(
+            v["error"]["message"],
+            "request id cap is still running and already owes 16 replies; retry with the same id"
+        );
+    }
+    let s = r.stats.snapshot();
+    assert_eq!((s.executed, s.busy), (1, 4));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn duplicate_keys_and_non_utf8_are_never_executed() {
+    let r = rig(8);
+    // Answerable: BAD_REQUEST, with the id when it was given once.
+    r.send_raw(
+        br#"{"v":1,"id":"d1","method":"sys.ping","method":"sys.reconcile","reply_to":"csg-up/c1"}"#
+            .to_vec(),
+    );
+    r.send_raw(
+        br#"{"v":1,"id":"d2","method":"sys.ping","params":{"a":1,"a":1},"reply_to":"csg-up/c1"}"#
+            .to_vec(),
+    );
+    r.send_raw(
+        br#"{"v":1,"id":"d3","id":"d4","method":"sys.ping","reply_to":"csg-up/c1"}"#.to_vec(),
+    );
+    // Not answerable: dropped.
+    r.send_raw(
+        br#"{"v":1,"id":"d5","method":"sys.ping","reply_to":"csg-up/c1","reply_to":"csg-up/c2"}"#
+            .to_vec(),
+    );
+    r.send_raw(b"{\"v\":1,\"id\":\"u1\",\"method\":\"sys.ping\",\"zz\":\"\xff\",\"reply_to\":\"csg-up/c1\"}".to_vec());
+    r.settle().await;
+    let got: Vec<_> = r
+        .replies()
+        .into_iter()
+        .map(|(_, v)| (v["id"].clone(), v["error"]["code"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!("d1"), json!("BAD_REQUEST")),
+            (json!("d2"), json!("BAD_REQUEST")),
+            (Value::Null, json!("BAD_REQUEST")),
+        ]
+    );
+    let s = r.stats.snapshot();
+    assert_eq!((s.executed, s.bad_request, s.dropped), (0, 3, 2));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_bad_request_with_an_invalid_id_echoes_it_raw() {
+    let r = rig(8);
+    r.send(json!({"v":1,"id":"has space","method":"sys.ping","reply_to":"csg-up/c1"}));
+    r.send(json!({"v":1,"id":42,"method":"sys.ping","reply_to":"csg-up/c1"}));
+    r.send(json!({"v":1,"id":"x".repeat(500),"method":"sys.ping","reply_to":"csg-up/c1"}));
+    r.send(json!({"v":1,"method":"sys.ping","reply_to":"csg-up/c1"}));
+    r.settle().await;
+    let replies = r.replies();
+    assert_eq!(replies.len(), 4);
+    for (_, v) in &replies {
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(v["error"]["code"], "BAD_REQUEST");
+    }
+    assert_eq!(replies[0].1["raw_id"], "has space");
+    assert_eq!(replies[1].1["raw_id"], "42");
+    assert_eq!(replies[2].1["raw_id"], "x".repeat(128));
+    assert!(
+        replies[3].1.get("raw_id").is_none(),
+        "absent when no id was sent"
+    );
+}
