@@ -355,7 +355,10 @@ impl Dispatcher {
             dispatcher: self.clone(),
             id: req.id,
             method: name,
-            resource: method.resource().map(Into::into),
+            // Only a mutation's audit line names it: a read need not copy it.
+            resource: (kind == Kind::Mutation)
+                .then(|| method.resource().map(Into::into))
+                .flatten(),
             kind,
             key_id: sender.key_id().to_string(),
             done: false,
