@@ -1314,11 +1314,8 @@ mod tests {
         assert!(t.sub_inflight.contains_key(&2));
     }
 
-    #[tokio::test]
-    async fn an_unreachable_broker_reports_network_failures() {
-        let mut cfg = SessionConfig::new("t1", "127.0.0.1", 1);
-        cfg.reconnect_min = Duration::from_millis(10);
-        cfg.reconnect_max = Duration::from_millis(20);
+    /// Starts a session and waits (at most 5 s) for the first failure it reports.
+    async fn first_failure(cfg: SessionConfig) -> (Session, LinkState) {
         let (tx, _rx) = mpsc::channel(1);
         let s = Session::start(cfg, Arc::new(NoHooks), tx);
         let mut link = s.link();
@@ -1330,6 +1327,15 @@ mod tests {
         .unwrap()
         .unwrap()
         .clone();
+        (s, state)
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_reports_network_failures() {
+        let mut cfg = SessionConfig::new("t1", "127.0.0.1", 1);
+        cfg.reconnect_min = Duration::from_millis(10);
+        cfg.reconnect_max = Duration::from_millis(20);
+        let (s, state) = first_failure(cfg).await;
         match state {
             LinkState::Down(Some(Failure::Network(e))) => assert!(e.contains("refused"), "{e}"),
             other => panic!("unexpected {other:?}"),
@@ -1353,17 +1359,7 @@ mod tests {
             ca_file: Some("/nonexistent/ca.pem".into()),
             ..Default::default()
         });
-        let (tx, _rx) = mpsc::channel(1);
-        let s = Session::start(cfg, Arc::new(NoHooks), tx);
-        let mut link = s.link();
-        let state = tokio::time::timeout(
-            Duration::from_secs(5),
-            link.wait_for(|l| matches!(l, LinkState::Down(Some(_)))),
-        )
-        .await
-        .unwrap()
-        .unwrap()
-        .clone();
+        let (_s, state) = first_failure(cfg).await;
         match state {
             LinkState::Down(Some(f @ Failure::Setup(_))) => {
                 assert!(f.describe().contains("/nonexistent/ca.pem"), "{f}");
