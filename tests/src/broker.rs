@@ -1,4 +1,7 @@
-//! A private Mosquitto per test, on a free loopback port, with its own config and log.
+//! A private broker per test, on a free loopback port, with its own config and log.
+//!
+//! Mosquitto by default; `CSG_TEST_BROKER=aedes` (or `rumqttd`) runs the same tests against
+//! another broker (see [`BrokerKind`]), so the contract is checked on more than one.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -9,16 +12,65 @@ use std::time::{Duration, Instant};
 use crate::bins;
 use crate::process::{read_lossy, ChildGuard};
 
-/// A running Mosquitto. Dropping it kills it.
+/// Which broker the tests run against, from `CSG_TEST_BROKER`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// Mosquitto 2 (Debian's package): the default.
+    Mosquitto,
+    /// aedes (npm), run by `tests/brokers/aedes/server.js`: MQTT 3.1.1 only.
+    Aedes,
+}
+
+impl BrokerKind {
+    /// The kind named by `CSG_TEST_BROKER` (unset or empty: Mosquitto). An unknown name fails
+    /// the test rather than quietly testing Mosquitto again.
+    pub fn from_env() -> BrokerKind {
+        match std::env::var("CSG_TEST_BROKER").as_deref() {
+            Err(_) | Ok("") | Ok("mosquitto") => BrokerKind::Mosquitto,
+            Ok("aedes") => BrokerKind::Aedes,
+            Ok(other) => panic!("CSG_TEST_BROKER={other:?}: not one of mosquitto, aedes"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BrokerKind::Mosquitto => "mosquitto",
+            BrokerKind::Aedes => "aedes",
+        }
+    }
+
+    /// Whether the broker accepts an MQTT 5 CONNECT.
+    pub fn speaks_mqtt5(self) -> bool {
+        match self {
+            BrokerKind::Mosquitto => true,
+            BrokerKind::Aedes => false,
+        }
+    }
+}
+
+/// Refuses a run whose MQTT version (`CSG_TEST_MQTT`) the broker cannot speak: every test
+/// would fail at CONNECT, far from the cause.
+fn check_protocol(kind: BrokerKind) {
+    let mqtt5 = std::env::var("CSG_TEST_MQTT").is_ok_and(|v| v == "5");
+    assert!(
+        !mqtt5 || kind.speaks_mqtt5(),
+        "CSG_TEST_MQTT=5 but CSG_TEST_BROKER={} speaks MQTT 3.1.1 only",
+        kind.name()
+    );
+}
+
+/// A running broker. Dropping it kills it.
 pub struct Broker {
     // Declared before `dir`: the child's log lives there and is printed when a failing
     // test drops the broker, so the directory must outlive it.
     child: ChildGuard,
     dir: tempfile::TempDir,
+    kind: BrokerKind,
     port: u16,
     /// Bumped on every start so each incarnation has its own log file.
     generation: u32,
-    /// Makes the config file for a port: [`config`] unless the test gave its own.
+    /// Makes Mosquitto's config file for a port: [`config`] unless the test gave its own.
+    /// Other kinds take their few settings on the command line.
     make_config: MakeConfig,
 }
 
@@ -33,43 +85,62 @@ pub enum StartError {
 }
 
 impl Broker {
-    /// Starts a broker on a free port chosen by the OS.
+    /// Starts a broker of the kind `CSG_TEST_BROKER` names on a free port chosen by the OS.
     pub fn start() -> Broker {
-        Self::start_with(config)
+        Self::start_kind(BrokerKind::from_env(), Arc::new(config))
     }
 
-    /// Starts a broker on a free port with a config of the test's own making (e.g. a TLS
+    /// Starts a Mosquitto on a free port with a config of the test's own making (e.g. a TLS
     /// listener, a password file), given the port. [`config`] is a good base.
+    ///
+    /// Such a test depends on Mosquitto's own settings: under another `CSG_TEST_BROKER` it
+    /// fails here, saying so, rather than passing without having tested anything.
     pub fn start_with(make: impl Fn(u16) -> String + Send + Sync + 'static) -> Broker {
-        let make: MakeConfig = Arc::new(make);
+        let kind = BrokerKind::from_env();
+        assert!(
+            kind == BrokerKind::Mosquitto,
+            "this test configures Mosquitto itself (TLS, passwords, listeners) and cannot run \
+             on CSG_TEST_BROKER={}; the interop run leaves it out",
+            kind.name()
+        );
+        Self::start_kind(kind, Arc::new(make))
+    }
+
+    fn start_kind(kind: BrokerKind, make: MakeConfig) -> Broker {
+        check_protocol(kind);
         // Choosing a free port and then binding it is racy when tests run in parallel: retry
         // with a fresh port when another test won the race.
         let mut last = String::new();
         for _ in 0..10 {
             let port = free_port();
-            match Self::try_start(port, tempfile::tempdir().expect("temp dir"), 1, &make) {
+            match Self::try_start(kind, port, tempfile::tempdir().expect("temp dir"), 1, &make) {
                 Ok(b) => return b,
                 Err(StartError::PortTaken(log)) => last = log,
                 Err(StartError::Other(msg)) => panic!("{msg}"),
             }
         }
-        panic!("mosquitto could not get a free port in 10 tries; last log:\n{last}");
+        panic!(
+            "{} could not get a free port in 10 tries; last log:\n{last}",
+            kind.name()
+        );
     }
 
     /// Starts a broker on `port`, e.g. where an agent is already trying to connect. Retries
     /// for a while if the port is still held (a broker that was just killed).
     pub fn start_on(port: u16) -> Broker {
+        let kind = BrokerKind::from_env();
+        check_protocol(kind);
         let make: MakeConfig = Arc::new(config);
         let end = Instant::now() + crate::TIMEOUT;
         loop {
-            match Self::try_start(port, tempfile::tempdir().expect("temp dir"), 1, &make) {
+            match Self::try_start(kind, port, tempfile::tempdir().expect("temp dir"), 1, &make) {
                 Ok(b) => return b,
                 Err(StartError::PortTaken(log)) if Instant::now() < end => {
                     let _ = log;
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(StartError::PortTaken(log)) => {
-                    panic!("port {port} stayed taken; mosquitto log:\n{log}")
+                    panic!("port {port} stayed taken; {} log:\n{log}", kind.name())
                 }
                 Err(StartError::Other(msg)) => panic!("{msg}"),
             }
@@ -84,7 +155,13 @@ impl Broker {
         let end = Instant::now() + crate::TIMEOUT;
         loop {
             let generation = self.generation + 1;
-            match spawn(self.port, self.dir.path(), generation, &self.make_config) {
+            match spawn(
+                self.kind,
+                self.port,
+                self.dir.path(),
+                generation,
+                &self.make_config,
+            ) {
                 Ok(child) => {
                     self.child = child;
                     self.generation = generation;
@@ -103,13 +180,15 @@ impl Broker {
     }
 
     fn try_start(
+        kind: BrokerKind,
         port: u16,
         dir: tempfile::TempDir,
         generation: u32,
         make: &MakeConfig,
     ) -> Result<Broker, StartError> {
-        let child = spawn(port, dir.path(), generation, make)?;
+        let child = spawn(kind, port, dir.path(), generation, make)?;
         Ok(Broker {
+            kind,
             port,
             dir,
             child,
@@ -120,6 +199,10 @@ impl Broker {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn kind(&self) -> BrokerKind {
+        self.kind
     }
 
     pub fn url(&self) -> String {
@@ -151,7 +234,7 @@ impl Broker {
     fn log_path(&self, generation: u32) -> PathBuf {
         self.dir
             .path()
-            .join(format!("mosquitto-{generation}.stderr"))
+            .join(format!("{}-{generation}.stderr", self.kind.name()))
     }
 
     /// How many times a client with this id completed CONNECT, across every incarnation.
@@ -186,24 +269,37 @@ impl Broker {
     }
 }
 
-/// Starts mosquitto on `port` with the config `make(port)`, its files in `dir` named
-/// `mosquitto-{generation}.*`, and returns once it reports running.
+/// Starts a broker of `kind` on `port`, its files in `dir` named `{kind}-{generation}.*`
+/// (Mosquitto: with the config `make(port)`), and returns once it reports running.
 pub fn spawn(
+    kind: BrokerKind,
     port: u16,
     dir: &Path,
     generation: u32,
     make: &MakeConfig,
 ) -> Result<ChildGuard, StartError> {
-    let conf = dir.join(format!("mosquitto-{generation}.conf"));
-    std::fs::write(&conf, make(port))
-        .map_err(|e| StartError::Other(format!("cannot write {}: {e}", conf.display())))?;
-    let mut cmd = Command::new(bins::mosquitto());
-    cmd.arg("-c").arg(&conf);
-    let name = format!("mosquitto-{generation}");
+    let name = format!("{}-{generation}", kind.name());
+    let cmd = match kind {
+        BrokerKind::Mosquitto => {
+            let conf = dir.join(format!("{name}.conf"));
+            std::fs::write(&conf, make(port))
+                .map_err(|e| StartError::Other(format!("cannot write {}: {e}", conf.display())))?;
+            let mut cmd = Command::new(bins::mosquitto());
+            cmd.arg("-c").arg(&conf);
+            cmd
+        }
+        BrokerKind::Aedes => {
+            let mut cmd = Command::new(node());
+            cmd.arg(aedes_server()?)
+                .args(["--port", &port.to_string(), "--host", "127.0.0.1"]);
+            cmd
+        }
+    };
     let mut child = ChildGuard::spawn(&name, cmd, dir)
-        .map_err(|e| StartError::Other(format!("cannot start mosquitto: {e}")))?;
-    // "running" is logged once every listener is open; a TCP probe would work too but
-    // would add a connection to the log of every test.
+        .map_err(|e| StartError::Other(format!("cannot start {}: {e}", kind.name())))?;
+    // " running" is logged once every listener is open (by Mosquitto, and by the aedes
+    // server in the same words); a TCP probe would work too but would add a connection to
+    // the log of every test.
     let end = Instant::now() + crate::TIMEOUT;
     loop {
         let log = child.stderr();
@@ -216,7 +312,8 @@ pub fn spawn(
                 StartError::PortTaken(log)
             } else {
                 StartError::Other(format!(
-                    "mosquitto exited at start ({:?}):\n{}",
+                    "{} exited at start ({:?}):\n{}",
+                    kind.name(),
                     child.try_status(),
                     child.log()
                 ))
@@ -224,13 +321,33 @@ pub fn spawn(
         }
         if Instant::now() >= end {
             return Err(StartError::Other(format!(
-                "mosquitto did not report running within {:?}:\n{}",
+                "{} did not report running within {:?}:\n{}",
+                kind.name(),
                 crate::TIMEOUT,
                 child.log()
             )));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Node.js: `NODE_BIN`, else `node` from PATH.
+fn node() -> PathBuf {
+    std::env::var_os("NODE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("node"))
+}
+
+/// The aedes server script, once its packages are installed.
+fn aedes_server() -> Result<PathBuf, StartError> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("brokers/aedes");
+    if !dir.join("node_modules/aedes/package.json").is_file() {
+        return Err(StartError::Other(format!(
+            "aedes is not installed in {}: run scripts/install-deps.sh (npm ci there)",
+            dir.display()
+        )));
+    }
+    Ok(dir.join("server.js"))
 }
 
 /// Counts "New client connected from … as ID (" lines for exactly this client id.
@@ -241,7 +358,7 @@ pub fn count_connects(log: &str, client_id: &str) -> usize {
         .count()
 }
 
-/// The broker config every test uses: loopback only, anonymous, Nagle off (without it every
+/// The Mosquitto config every test uses: loopback only, anonymous, Nagle off (without it every
 /// round trip costs ~44 ms), nothing kept across restarts (a restarted broker must really be
 /// empty, as a crashed one would be), and everything logged so a failure can be explained.
 pub fn config(port: u16) -> String {

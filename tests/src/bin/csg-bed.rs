@@ -4,11 +4,12 @@
 //! ```text
 //! csg-bed free-ports [N]             N (default 1) distinct free loopback ports, on one line
 //! csg-bed duration D...              the seconds in each duration (90, 30m, 1h30m, 1d ...)
-//! csg-bed broker start DIR [--port P] [--line 'KEY VALUE']...
-//!                                    a private Mosquitto (loopback, anonymous, Nagle off, no
-//!                                    persistence, plus the lines given) on a free port, or P;
-//!                                    its config, log and pid in DIR; prints the port once it
-//!                                    runs, and leaves it running
+//! csg-bed broker start DIR [--kind K] [--port P] [--line 'KEY VALUE']...
+//!                                    a private broker (loopback, anonymous, Nagle off, no
+//!                                    persistence) on a free port, or P; its config, log and
+//!                                    pid in DIR; prints the port once it runs, and leaves it
+//!                                    running. K: mosquitto (default, or CSG_TEST_BROKER) or
+//!                                    aedes; --line adds a line to Mosquitto's config
 //! csg-bed broker stop DIR            SIGTERM, SIGKILL after 10 s, to the broker started in DIR
 //! ```
 //!
@@ -20,14 +21,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use csg_e2e::broker::{self, MakeConfig, StartError};
+use csg_e2e::broker::{self, BrokerKind, MakeConfig, StartError};
 use csg_e2e::duration::parse_secs;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 const USAGE: &str = "usage: csg-bed free-ports [N]
        csg-bed duration D...
-       csg-bed broker start DIR [--port P] [--line 'KEY VALUE']...
+       csg-bed broker start DIR [--kind mosquitto|aedes] [--port P] [--line 'KEY VALUE']...
        csg-bed broker stop DIR";
 
 /// A command line that does not parse: exit 2 with the usage.
@@ -97,6 +98,7 @@ fn pid_file(dir: &Path) -> PathBuf {
 
 fn broker_start(dir: &Path, opts: &[&str]) -> Result<()> {
     let mut port: Option<u16> = None;
+    let mut kind: Option<BrokerKind> = None;
     let mut lines = String::new();
     let mut it = opts.iter();
     while let Some(opt) = it.next() {
@@ -111,6 +113,13 @@ fn broker_start(dir: &Path, opts: &[&str]) -> Result<()> {
                         .map_err(|_| usage(format!("not a port: {value}")))?,
                 );
             }
+            "--kind" => {
+                kind = Some(match *value {
+                    "mosquitto" => BrokerKind::Mosquitto,
+                    "aedes" => BrokerKind::Aedes,
+                    _ => return Err(usage(format!("not a broker kind: {value}"))),
+                });
+            }
             "--line" => {
                 if value.contains('\n') {
                     return Err(usage("a --line is one line"));
@@ -120,6 +129,13 @@ fn broker_start(dir: &Path, opts: &[&str]) -> Result<()> {
             }
             _ => return Err(usage(format!("unknown option {opt}"))),
         }
+    }
+    let kind = kind.unwrap_or_else(BrokerKind::from_env);
+    if kind != BrokerKind::Mosquitto && !lines.is_empty() {
+        return Err(usage(format!(
+            "--line is a Mosquitto config line; {} takes none",
+            kind.name()
+        )));
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // mosquitto logs to stderr, where the readiness check looks for its "running" line. That
@@ -139,7 +155,7 @@ fn broker_start(dir: &Path, opts: &[&str]) -> Result<()> {
             Some(p) => p,
             None => broker::free_port(),
         };
-        match broker::spawn(p, dir, 1, &make) {
+        match broker::spawn(kind, p, dir, 1, &make) {
             Ok(child) => {
                 let pid = child.detach();
                 std::fs::write(pid_file(dir), format!("{pid}\n"))
@@ -151,7 +167,10 @@ fn broker_start(dir: &Path, opts: &[&str]) -> Result<()> {
             Err(StartError::Other(msg)) => bail!("{msg}"),
         }
     }
-    bail!("mosquitto could not bind a port in {tries} tries:\n{last}")
+    bail!(
+        "{} could not bind a port in {tries} tries:\n{last}",
+        kind.name()
+    )
 }
 
 /// Whether `pid` runs: a zombie does not. The broker outlived the `csg-bed` that started it,
