@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond a Rust toolchain, on Debian (12 and later):
-# Mosquitto (the tests start their own brokers), the storage daemons and their clients (the
+# Mosquitto (the tests start their own brokers), Node.js with aedes (the second broker of the
+# interop run), the storage daemons and their clients (the
 # tests start private smbd, tgtd and ganesha.nfsd), and the rustfmt/clippy components.
 # Idempotent: installs only what is missing, so it is cheap to run before every test run.
 set -euo pipefail
@@ -46,6 +47,32 @@ else
         as_root service mosquitto stop >/dev/null 2>&1 || true
     fi
     have_mosquitto || { log "mosquitto still missing after install"; exit 1; }
+fi
+
+# Node.js and npm run the second broker of the interop run (scripts/interop-test.sh): aedes,
+# pinned by tests/brokers/aedes/package-lock.json. aedes 0.51 needs Node.js 16 or later, so
+# Debian 12's own nodejs (18) will do where the machine has none.
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    log "node $(node --version) and npm present"
+else
+    command -v apt-get >/dev/null 2>&1 || { log "node/npm missing and this is not a Debian-like system: install Node.js 16+ and npm by hand"; exit 1; }
+    log "installing nodejs and npm"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm
+fi
+# npm ci only when the lock file changed since the last install (it wipes node_modules and
+# reinstalls, which takes seconds even from npm's cache).
+aedes_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/brokers/aedes"
+aedes_stamp="$aedes_dir/node_modules/.csg-lock.sha256"
+aedes_lock_sum=$(sha256sum "$aedes_dir/package-lock.json" | cut -d' ' -f1)
+if [ -f "$aedes_stamp" ] && [ "$(cat "$aedes_stamp")" = "$aedes_lock_sum" ] &&
+    [ -f "$aedes_dir/node_modules/aedes/package.json" ]; then
+    log "aedes present"
+else
+    log "installing aedes (npm ci in tests/brokers/aedes)"
+    # No package of this lock runs install scripts; refusing them keeps it that way.
+    (cd "$aedes_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+    printf '%s\n' "$aedes_lock_sum" >"$aedes_stamp"
 fi
 
 # Storage daemons and the real clients the tests check them with. dpkg-query tells which are

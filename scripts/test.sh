@@ -51,3 +51,8 @@ else
     cargo test --workspace --doc
     cargo test --workspace --all-targets --no-fail-fast
 fi
+
+# The MQTT contract suite again, on a second real broker (aedes): a regression that only
+# Mosquitto tolerates is caught here.
+step "interop: contract suite on aedes"
+scripts/interop-test.sh aedes

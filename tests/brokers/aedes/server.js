@@ -116,6 +116,7 @@ broker.on('connectionError', (client, err) => {
 // aedes marks a client that sent DISCONNECT; any other end is a closed socket, whose Will fires.
 broker.on('clientDisconnect', (client) => {
   if (client._disconnected) {
+    log(`Received DISCONNECT from ${client.id}`)
     log(`Client ${client.id} disconnected.`)
   } else {
     log(`Client ${client.id} closed its connection.`)
