@@ -106,6 +106,12 @@ impl Broker {
         Self::start_kind(kind, Arc::new(make))
     }
 
+    /// Starts a broker of `kind` whatever `CSG_TEST_BROKER` says, e.g. to check the harness's
+    /// own support for a kind in every run.
+    pub fn start_of(kind: BrokerKind) -> Broker {
+        Self::start_kind(kind, Arc::new(config))
+    }
+
     fn start_kind(kind: BrokerKind, make: MakeConfig) -> Broker {
         check_protocol(kind);
         // Choosing a free port and then binding it is racy when tests run in parallel: retry
@@ -431,6 +437,35 @@ mod tests {
         assert_eq!(b.port(), port);
         assert!(b.is_running());
         assert_eq!(b.log().matches(" running").count(), 2, "{}", b.log());
+    }
+
+    /// The aedes server logs what the tests read from a broker log, in Mosquitto's shape: if
+    /// it stopped doing so, the interop run would fail far from the cause. Runs in the main
+    /// suite too, so a change to the script is caught there.
+    #[test]
+    fn the_aedes_server_logs_what_the_tests_read() {
+        let b = Broker::start_of(BrokerKind::Aedes);
+        assert_eq!(b.kind(), BrokerKind::Aedes);
+        let rec = crate::Recorder::connect(b.port(), &["harness/#"]);
+        let cid = rec.client_id().to_string();
+        rec.publish_with("harness/kept", crate::recorder::Qos::AtLeastOnce, true, "x");
+        rec.expect("the retained message", crate::TIMEOUT, |m| {
+            m.topic == "harness/kept"
+        });
+        let log = b.log();
+        assert_eq!(b.connects_of(&cid), 1, "{log}");
+        let flags = b.connect_flags_of(&cid).unwrap_or_default();
+        assert!(flags.starts_with("p2, c1, k"), "{flags:?}\n{log}");
+        assert!(
+            log.contains(&format!("Received SUBSCRIBE from {cid}")),
+            "{log}"
+        );
+        assert!(log.contains("\tharness/# (QoS 1)"), "{log}");
+        assert!(
+            log.contains(&format!("Received PUBLISH from {cid} (d0, q1, r1, m"))
+                && log.contains("'harness/kept', ... (1 bytes))"),
+            "{log}"
+        );
     }
 
     #[test]
