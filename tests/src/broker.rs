@@ -1,7 +1,7 @@
 //! A private broker per test, on a free loopback port, with its own config and log.
 //!
-//! Mosquitto by default; `CSG_TEST_BROKER=aedes` (or `rumqttd`) runs the same tests against
-//! another broker (see [`BrokerKind`]), so the contract is checked on more than one.
+//! Mosquitto by default; `CSG_TEST_BROKER=aedes` runs the same tests against another broker
+//! (see [`BrokerKind`]), so the contract is checked on more than one.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -87,7 +87,7 @@ pub enum StartError {
 impl Broker {
     /// Starts a broker of the kind `CSG_TEST_BROKER` names on a free port chosen by the OS.
     pub fn start() -> Broker {
-        Self::start_kind(BrokerKind::from_env(), Arc::new(config))
+        Self::start_env(BrokerKind::from_env(), Arc::new(config))
     }
 
     /// Starts a Mosquitto on a free port with a config of the test's own making (e.g. a TLS
@@ -103,17 +103,21 @@ impl Broker {
              on CSG_TEST_BROKER={}; the interop run leaves it out",
             kind.name()
         );
-        Self::start_kind(kind, Arc::new(make))
+        Self::start_env(kind, Arc::new(make))
     }
 
-    /// Starts a broker of `kind` whatever `CSG_TEST_BROKER` says, e.g. to check the harness's
-    /// own support for a kind in every run.
+    /// Starts a broker of `kind` whatever `CSG_TEST_BROKER` and `CSG_TEST_MQTT` say, e.g. to
+    /// check the harness's own support for a kind in every run with clients of its choosing.
     pub fn start_of(kind: BrokerKind) -> Broker {
         Self::start_kind(kind, Arc::new(config))
     }
 
-    fn start_kind(kind: BrokerKind, make: MakeConfig) -> Broker {
+    fn start_env(kind: BrokerKind, make: MakeConfig) -> Broker {
         check_protocol(kind);
+        Self::start_kind(kind, make)
+    }
+
+    fn start_kind(kind: BrokerKind, make: MakeConfig) -> Broker {
         // Choosing a free port and then binding it is racy when tests run in parallel: retry
         // with a fresh port when another test won the race.
         let mut last = String::new();
@@ -441,31 +445,84 @@ mod tests {
 
     /// The aedes server logs what the tests read from a broker log, in Mosquitto's shape: if
     /// it stopped doing so, the interop run would fail far from the cause. Runs in the main
-    /// suite too, so a change to the script is caught there.
+    /// suite too, so a change to the script is caught there. The clients are Mosquitto's
+    /// command-line ones speaking MQTT 3.1.1 (aedes speaks nothing newer), whatever protocol
+    /// the rest of the run uses.
     #[test]
     fn the_aedes_server_logs_what_the_tests_read() {
         let b = Broker::start_of(BrokerKind::Aedes);
         assert_eq!(b.kind(), BrokerKind::Aedes);
-        let rec = crate::Recorder::connect(b.port(), &["harness/#"]);
-        let cid = rec.client_id().to_string();
-        rec.publish_with("harness/kept", crate::recorder::Qos::AtLeastOnce, true, "x");
-        rec.expect("the retained message", crate::TIMEOUT, |m| {
-            m.topic == "harness/kept"
-        });
+        let port = b.port().to_string();
+        let client = |name: &str, args: &[&str]| {
+            let mut cmd = Command::new(name);
+            cmd.args(["-p", &port, "-V", "mqttv311", "-q", "1"])
+                .args(args);
+            crate::process::run(cmd, crate::TIMEOUT)
+        };
+        let publish = client(
+            "mosquitto_pub",
+            &[
+                "-i",
+                "harness-pub",
+                "-t",
+                "harness/kept",
+                "-m",
+                "x",
+                "-r",
+                "--will-topic",
+                "harness/will",
+                "--will-payload",
+                "gone",
+                "--will-retain",
+                "--will-qos",
+                "1",
+            ],
+        );
+        publish.assert_code(0);
+        let sub = client(
+            "mosquitto_sub",
+            &[
+                "-i",
+                "harness-sub",
+                "-t",
+                "harness/#",
+                "-C",
+                "1",
+                "-W",
+                "10",
+                "-v",
+            ],
+        );
+        sub.assert_code(0);
+        assert_eq!(sub.stdout.trim(), "harness/kept x", "the retained message");
+        assert!(
+            crate::wait_until(crate::TIMEOUT, || b
+                .log()
+                .contains("Client harness-sub disconnected.")),
+            "{}",
+            b.log()
+        );
         let log = b.log();
-        assert_eq!(b.connects_of(&cid), 1, "{log}");
-        let flags = b.connect_flags_of(&cid).unwrap_or_default();
-        assert!(flags.starts_with("p2, c1, k"), "{flags:?}\n{log}");
-        assert!(
-            log.contains(&format!("Received SUBSCRIBE from {cid}")),
+        assert_eq!(b.connects_of("harness-pub"), 1, "{log}");
+        assert_eq!(
+            b.connect_flags_of("harness-pub").as_deref(),
+            Some("p2, c1, k60"),
             "{log}"
         );
-        assert!(log.contains("\tharness/# (QoS 1)"), "{log}");
-        assert!(
-            log.contains(&format!("Received PUBLISH from {cid} (d0, q1, r1, m"))
-                && log.contains("'harness/kept', ... (1 bytes))"),
-            "{log}"
-        );
+        for line in [
+            "Will message specified (4 bytes) (r1, q1).",
+            "\tharness/will\n",
+            "Received PUBLISH from harness-pub (d0, q1, r1, m",
+            "'harness/kept', ... (1 bytes))",
+            "Received DISCONNECT from harness-pub\n",
+            "Client harness-pub disconnected.",
+            "No will message specified.",
+            "Received SUBSCRIBE from harness-sub\n",
+            "\tharness/# (QoS 1)\n",
+            "Sending SUBACK to harness-sub\n",
+        ] {
+            assert!(log.contains(line), "no {line:?} in the log:\n{log}");
+        }
     }
 
     #[test]
