@@ -11,8 +11,9 @@
 # Left out, and why:
 # - tls, faults_net: they configure Mosquitto itself (TLS listeners, password files, a second
 #   listener inside a network namespace); on another broker they refuse to start, by design.
-# - nfs, smb, iscsi, iscsi_lio, faults_local: about storage backends, not MQTT; they pass on
-#   aedes too (checked by hand) but would double the time of this run for nothing it checks.
+# - nfs, smb, iscsi, iscsi_lio, faults_local: about storage backends, not MQTT; nfs, smb, iscsi
+#   and faults_local passed on aedes too when tried, but would double the time of this run for
+#   nothing it checks.
 #
 # Expects the binaries built (scripts/test.sh builds them first; standalone, this builds them).
 set -euo pipefail
