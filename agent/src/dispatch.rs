@@ -33,6 +33,8 @@ use csg_transport::Inbound;
 
 pub struct Limits {
     pub max_payload: usize,
+    /// Largest reply published (`agent.max_reply_bytes`).
+    pub max_reply: usize,
     pub max_in_flight: usize,
     pub reply_cache_ttl: Duration,
     pub reply_cache_max: usize,
@@ -45,6 +47,7 @@ pub struct Dispatcher {
     stats: Arc<Stats>,
     cache: Mutex<ReplyCache>,
     max_payload: usize,
+    max_reply: usize,
     max_in_flight: usize,
     in_flight: AtomicUsize,
     idle: tokio::sync::Notify,
@@ -94,6 +97,7 @@ impl Dispatcher {
             stats,
             cache: Mutex::new(cache),
             max_payload: limits.max_payload,
+            max_reply: limits.max_reply,
             max_in_flight: limits.max_in_flight,
             in_flight: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
@@ -434,13 +438,35 @@ impl Completion {
         }
     }
 
+    /// The reply as published, remembered and journaled: the one place the reply cap is
+    /// held. A reply over the cap is replaced by `REPLY_TOO_LARGE` (never cut: cut JSON is
+    /// unreadable), and that error is what a repeat of the id gets.
     fn reply_bytes(&self, result: Result<serde_json::Value, RpcError>) -> Bytes {
         let reply = match result {
             Ok(v) => Reply::ok(self.id.clone(), v),
             // Every handler's error passes here: cap what it quotes, however it was built.
             Err(e) => Reply::err(Some(self.id.clone()), e.capped()),
         };
-        Bytes::from(reply.to_json())
+        let bytes = reply.to_json();
+        let cap = self.dispatcher.max_reply;
+        if bytes.len() <= cap {
+            return Bytes::from(bytes);
+        }
+        warn!(id = %self.id, method = self.method, bytes = bytes.len(), cap, "reply over the reply cap replaced by REPLY_TOO_LARGE");
+        let hint = if self.method.ends_with(".list") {
+            "; ask for pages with params.limit (and params.cursor = next_cursor)"
+        } else {
+            ""
+        };
+        let err = RpcError::new(
+            ErrorCode::ReplyTooLarge,
+            format!(
+                "the reply of {} is {} bytes, over this agent's reply cap of {cap} bytes (agent.max_reply_bytes){hint}",
+                self.method,
+                bytes.len()
+            ),
+        );
+        Bytes::from(Reply::err(Some(self.id.clone()), err).to_json())
     }
 
     /// Makes a mutation's reply durable before anyone can see it.

@@ -146,6 +146,7 @@ fn needs_restart(old: &Config, new: &Config) -> bool {
         let a = &c.agent;
         (
             a.max_payload_bytes,
+            a.max_reply_bytes,
             a.max_in_flight,
             a.max_per_family,
             a.reply_cache_ttl,
@@ -207,6 +208,8 @@ async fn reload(cfg: &mut Config, new: Config, live: &Live<'_>) -> Reload {
             Some(Ok(rebuilt)) => {
                 *guard = rebuilt;
                 *handlers.info.write().expect("info lock") = info_result(&new, &guard, host);
+                *handlers.capabilities.write().expect("capabilities lock") =
+                    handlers::sys::capabilities_result(&new, &guard);
                 applied.push("storage backends");
             }
             Some(Err(e)) => return Reload::Refused(e.to_string()),
@@ -318,6 +321,7 @@ pub async fn run<S: Future<Output = ()>>(
     let stats = Arc::new(Stats::default());
     let journal = storage.take_journal();
     let info = info_result(&cfg, &storage, &host.facts);
+    let capabilities = handlers::sys::capabilities_result(&cfg, &storage);
     let storage: SharedStorage = Arc::new(tokio::sync::RwLock::new(storage));
     let status = Arc::new(StatusSource::with_host(
         cfg.client_id.instance().as_str(),
@@ -352,6 +356,7 @@ pub async fn run<S: Future<Output = ()>>(
         status: status.clone(),
         limits: handlers::FamilyLimits::new(cfg.agent.max_per_family),
         info: std::sync::RwLock::new(info),
+        capabilities: std::sync::RwLock::new(capabilities),
         storage: storage.clone(),
     });
     // Put the desired state back on the OS (after a reboot, a daemon restart, a crash in the
@@ -369,6 +374,7 @@ pub async fn run<S: Future<Output = ()>>(
         stats,
         Limits {
             max_payload: cfg.agent.max_payload_bytes,
+            max_reply: cfg.agent.max_reply_bytes,
             max_in_flight: cfg.agent.max_in_flight,
             reply_cache_ttl: cfg.agent.reply_cache_ttl,
             reply_cache_max: cfg.agent.reply_cache_max,

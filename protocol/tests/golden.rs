@@ -11,6 +11,9 @@
 //! * result: `MethodResult::decode` accepts it, and it serializes back to the same JSON.
 //!
 //! JSON is compared as `serde_json::Value`: the same objects, whatever the key order.
+//!
+//! Every example is also validated against the JSON Schema `sys.capabilities` reports for its
+//! method (`methods::schema`), so the schemas and the documents cannot drift apart either.
 
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
@@ -18,7 +21,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use csg_protocol::methods::{Method, MethodResult, ALL};
+use csg_protocol::methods::{schema, Method, MethodResult, ALL};
 use serde_json::{Map, Value};
 
 /// The documents that hold the contract (docs/protocol.md for `sys.*`).
@@ -223,5 +226,110 @@ fn markers_are_well_formed() {
                 );
             }
         }
+    }
+}
+
+fn validator(method: &str, part: Part) -> jsonschema::Validator {
+    let d = schema::describe(method).unwrap_or_else(|| panic!("{method}: no schema"));
+    let s = match part {
+        Part::Params => d.params,
+        Part::Result => d.result,
+    };
+    // 2020-12 explicitly: the `$schema` the generator writes must be the one it is read as.
+    jsonschema::draft202012::new(&s)
+        .unwrap_or_else(|e| panic!("{method} {part:?}: the schema does not compile: {e}\n{s}"))
+}
+
+#[test]
+fn every_schema_compiles_as_2020_12() {
+    for &m in ALL {
+        for part in [Part::Params, Part::Result] {
+            validator(m, part);
+        }
+    }
+}
+
+#[test]
+fn every_example_is_valid_against_its_schema() {
+    let mut n = 0;
+    for e in examples() {
+        let v = validator(&e.method, e.part);
+        let errors: Vec<String> = v
+            .iter_errors(&e.json)
+            .map(|x| format!("{} at {}", x, x.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{}: {} {:?} example does not match its schema: {errors:#?}",
+            e.at,
+            e.method,
+            e.part
+        );
+        n += 1;
+    }
+    // Methods without params are sent `{}`.
+    for &m in ALL.iter().filter(|m| takes_none(m)) {
+        assert!(
+            validator(m, Part::Params).is_valid(&serde_json::json!({})),
+            "{m}"
+        );
+    }
+    assert!(n > 0);
+}
+
+#[test]
+fn schemas_refuse_what_the_parser_refuses() {
+    // A few values only the checked types refuse: the schema must say so too.
+    // Refused by the agent after parsing (`ExportParams::validate`, `TargetName::parse`).
+    for (m, params) in [
+        ("nfs.export.get", serde_json::json!({"name": "Bad Name"})),
+        (
+            "nfs.export.create",
+            serde_json::json!({"name": "v", "path": "/srv/../etc", "clients": [{"match": "10.0.0.0/8"}]}),
+        ),
+        (
+            "nfs.export.create",
+            serde_json::json!({"name": "v", "path": "/srv/v", "clients": []}),
+        ),
+        ("iscsi.target.create", serde_json::json!({"name": "T1"})),
+        (
+            "iscsi.target.create",
+            serde_json::json!({"name": "t", "luns": [{"lun": 0, "path": "/srv/l"}]}),
+        ),
+    ] {
+        assert!(
+            !validator(m, Part::Params).is_valid(&params),
+            "{m} {params}: the schema accepts it"
+        );
+    }
+    let cases: &[(&str, Value)] = &[
+        (
+            "nfs.export.get",
+            serde_json::json!({"name": "x", "extra": 1}),
+        ),
+        ("nfs.export.list", serde_json::json!({"limit": 0})),
+        ("nfs.export.list", serde_json::json!({"limit": 1001})),
+        ("smb.share.get", serde_json::json!({"name": "-x"})),
+        (
+            "smb.share.create",
+            serde_json::json!({"name": "s", "path": "/srv/s", "create_mask": "999"}),
+        ),
+        (
+            "smb.user.set",
+            serde_json::json!({"username": "alice", "password": "short"}),
+        ),
+        ("iscsi.target.get", serde_json::json!({"name": "t-"})),
+        ("sys.ping", serde_json::json!({"x": 1})),
+    ];
+    for (m, params) in cases {
+        let obj = params.as_object().unwrap().clone();
+        assert!(
+            Method::parse(m, obj).is_err(),
+            "{m} {params}: the parser accepts it"
+        );
+        assert!(
+            !validator(m, Part::Params).is_valid(params),
+            "{m} {params}: the schema accepts it"
+        );
     }
 }

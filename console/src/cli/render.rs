@@ -149,7 +149,9 @@ pub fn render(result: &MethodResult) -> Option<String> {
             ("deleted_files", Cell::list(&d.deleted_files)),
         ]),
         R::IscsiGet(t) => fields(target(t)),
-        R::Ping(_) | R::Info(_) | R::Status(_) | R::Reconcile(_) => return None,
+        R::Ping(_) | R::Info(_) | R::Capabilities(_) | R::Status(_) | R::Reconcile(_) => {
+            return None
+        }
     })
 }
 
