@@ -553,7 +553,8 @@ pub fn iscsi(cmd: &IscsiCmd) -> anyhow::Result<Request<'_>> {
     })
 }
 
-/// Page size when a whole list did not fit the gateway's reply cap.
+/// First page size when a whole list did not fit the gateway's reply cap (halved while a page
+/// still does not).
 const FALLBACK_PAGE: u32 = 100;
 
 /// The array a list's result pages (`None`: not a list).
@@ -568,9 +569,9 @@ fn list_field(method: &str) -> Option<&'static str> {
 }
 
 /// Sends `method`; for a list, follows `next_cursor` to the last page and returns one reply
-/// holding every entry (the first page's other fields, no `next_cursor`). A whole list over the
-/// gateway's reply cap is asked for again in pages. The first page goes out with the caller's
-/// id; each further page is a request of its own, with a fresh id.
+/// holding every entry (the first page's other fields, no `next_cursor`). A list or a page over
+/// the gateway's reply cap is asked for again in smaller pages. The first request goes out with
+/// the caller's id; each further one is a request of its own, with a fresh id.
 async fn call_all_pages(
     console: &Console,
     instance: &InstanceId,
@@ -581,66 +582,68 @@ async fn call_all_pages(
     let Some(field) = list_field(method.name()) else {
         return Ok(reply);
     };
-    let limit = method
+    let mut limit = method
         .params()
         .get("limit")
-        .and_then(serde_json::Value::as_u64);
-    if let ReplyBody::Err(e) = &reply.body {
-        if e.code != ErrorCode::ReplyTooLarge || limit.is_some() {
-            return Ok(reply);
-        }
-        eprintln!(
-            "note: the whole list is over the gateway's reply cap; fetching it in pages of {FALLBACK_PAGE}"
-        );
-        let Ok(first) = list_page(method.name(), Some(FALLBACK_PAGE), None) else {
-            return Ok(reply);
-        };
-        let fresh = CallOptions {
-            id: Some(console.new_request_id()),
-            ..opts.clone()
-        };
-        reply = console.call_method(instance, &first, &fresh).await?;
-    }
-    let limit = limit.map_or(FALLBACK_PAGE, |l| l as u32);
-    let ReplyBody::Ok(mut whole) = reply.body.clone() else {
-        return Ok(reply);
-    };
-    let mut pages = 1usize;
-    while let Some(cursor) = whole
-        .as_object_mut()
-        .and_then(|o| o.remove("next_cursor"))
-        .and_then(|c| c.as_str().map(str::to_string))
-    {
-        let Ok(next) = list_page(method.name(), Some(limit), Some(cursor)) else {
-            break;
-        };
-        let fresh = CallOptions {
-            id: Some(console.new_request_id()),
-            ..opts.clone()
-        };
-        let page = console.call_method(instance, &next, &fresh).await?;
-        let ReplyBody::Ok(mut more) = page.body else {
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|l| u32::try_from(l).ok());
+    let mut cursor: Option<String> = None;
+    let mut whole: Option<serde_json::Value> = None;
+    loop {
+        match &reply.body {
+            ReplyBody::Err(e) if e.code == ErrorCode::ReplyTooLarge && limit != Some(1) => {
+                let smaller = limit.map_or(FALLBACK_PAGE, |l| (l / 2).max(1));
+                eprintln!(
+                    "note: {} is over the gateway's reply cap; asking for pages of {smaller}",
+                    if whole.is_none() && limit.is_none() {
+                        "the whole list"
+                    } else {
+                        "a page"
+                    }
+                );
+                limit = Some(smaller);
+            }
             // A page that failed is the outcome: a part of a list is not the list.
-            return Ok(page);
+            ReplyBody::Err(_) => return Ok(reply),
+            ReplyBody::Ok(page) => {
+                let mut page = page.clone();
+                let next = page
+                    .as_object_mut()
+                    .and_then(|o| o.remove("next_cursor"))
+                    .and_then(|c| c.as_str().map(str::to_string));
+                match whole.as_mut() {
+                    None => whole = Some(page),
+                    Some(all) => {
+                        let entries = page
+                            .get_mut(field)
+                            .and_then(serde_json::Value::as_array_mut)
+                            .map(std::mem::take)
+                            .unwrap_or_default();
+                        if let Some(a) =
+                            all.get_mut(field).and_then(serde_json::Value::as_array_mut)
+                        {
+                            a.extend(entries);
+                        }
+                    }
+                }
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+        }
+        let Ok(next) = list_page(method.name(), limit, cursor.clone()) else {
+            return Ok(reply);
         };
-        pages += 1;
-        let entries = more
-            .get_mut(field)
-            .and_then(serde_json::Value::as_array_mut)
-            .map(std::mem::take)
-            .unwrap_or_default();
-        if let Some(all) = whole
-            .get_mut(field)
-            .and_then(serde_json::Value::as_array_mut)
-        {
-            all.extend(entries);
-        }
-        if let Some(c) = more.get("next_cursor") {
-            whole["next_cursor"] = c.clone();
-        }
+        let fresh = CallOptions {
+            id: Some(console.new_request_id()),
+            ..opts.clone()
+        };
+        reply = console.call_method(instance, &next, &fresh).await?;
     }
-    tracing::debug!(pages, "list fetched");
-    reply.body = ReplyBody::Ok(whole);
+    if let Some(all) = whole {
+        reply.body = ReplyBody::Ok(all);
+    }
     Ok(reply)
 }
 
