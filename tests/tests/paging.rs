@@ -189,3 +189,125 @@ fn csgctl_lists_follow_next_cursor_and_fall_back_to_pages_over_the_cap() {
     out.assert_code(1);
     assert!(out.stderr.contains("REPLY_TOO_LARGE"), "{}", out.describe());
 }
+
+/// Follows `next_cursor` with pages of `limit`; returns the names under `field` in order and
+/// every page's result.
+fn all_pages(
+    bed: &Bed,
+    method: &str,
+    field: &str,
+    key: &str,
+    limit: u32,
+) -> (Vec<String>, Vec<Value>) {
+    let mut names = Vec::new();
+    let mut pages = Vec::new();
+    let mut cursor: Option<Value> = None;
+    for _ in 0..20 {
+        let mut params = json!({ "limit": limit });
+        if let Some(c) = cursor.take() {
+            params["cursor"] = c;
+        }
+        let r = bed.call_ok(method, params);
+        let entries = r[field]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method}: no {field}: {r}"));
+        assert!(entries.len() <= limit as usize, "{r}");
+        names.extend(entries.iter().map(|e| e[key].as_str().unwrap().to_string()));
+        cursor = r.get("next_cursor").cloned();
+        pages.push(r);
+        if cursor.is_none() {
+            return (names, pages);
+        }
+    }
+    panic!("{method}: paging does not end: {names:?}");
+}
+
+#[test]
+fn smb_shares_and_iscsi_targets_page_the_same_way_on_real_daemons() {
+    use csg_e2e::smbd::Smbd;
+    use csg_e2e::tgtd::Tgtd;
+    use csg_e2e::IscsiSection;
+
+    // SMB: five shares on a private smbd, in pages of 2.
+    let smbd = Smbd::start();
+    let state = tempfile::tempdir().unwrap();
+    let bed = Bed::start_with("gw-page-smb", |c| smbd.configure(c, state.path()));
+    let shares: Vec<String> = ["s4", "s1", "s3", "s0", "s2"].map(String::from).to_vec();
+    for s in &shares {
+        let d = smbd.root().join(s);
+        std::fs::create_dir_all(&d).unwrap();
+        bed.call_ok(
+            "smb.share.create",
+            json!({"name": s, "path": d.display().to_string()}),
+        );
+    }
+    let whole = bed.call_ok("smb.share.list", json!({}));
+    assert!(whole.get("next_cursor").is_none(), "{whole}");
+    let (names, pages) = all_pages(&bed, "smb.share.list", "shares", "name", 2);
+    let mut want = shares.clone();
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(pages.len(), 3);
+    let listed: Vec<&str> = whole["shares"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, want, "the whole list is the pages joined");
+    let (users, _) = all_pages(&bed, "smb.user.list", "users", "username", 2);
+    assert!(users.windows(2).all(|w| w[0] < w[1]), "{users:?}");
+    // A cursor made for another list (nfs.export.list, after "s1") is not this list's.
+    bed.call_err(
+        "smb.share.list",
+        json!({"limit": 2, "cursor": "YzEKbmZzLmV4cG9ydC5saXN0CnMx"}),
+        "INVALID_PARAMS",
+    );
+    drop(bed);
+
+    // iSCSI: four targets on a private tgtd, in pages of 3; `unexpected` on every page.
+    let tgtd = Tgtd::start();
+    let dirs = csg_e2e::StorageDirs::new();
+    let bed = Bed::start_with("gw-page-iscsi", |c| {
+        c.storage = Some(dirs.section());
+        c.iscsi = Some(IscsiSection {
+            watch_interval_s: Some(0),
+            ..tgtd.iscsi_section("iqn.2026-11.test.csg")
+        });
+    });
+    for t in ["t3", "t0", "t2", "t1"] {
+        bed.call_ok("iscsi.target.create", json!({"name": t}));
+    }
+    let (names, pages) = all_pages(&bed, "iscsi.target.list", "targets", "name", 3);
+    assert_eq!(names, ["t0", "t1", "t2", "t3"]);
+    assert_eq!(pages.len(), 2);
+    for p in &pages {
+        assert!(p["unexpected"].is_array(), "{p}");
+    }
+}
+
+#[test]
+fn check_config_bounds_the_reply_cap() {
+    use csg_e2e::agent::check_config;
+    let conf = |agent: &str, packet: &str| {
+        format!(
+            "[identity]\ngroup_id = \"GID_csg\"\ninstance_id = \"gw-001\"\n\n\
+             [mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n{packet}\n[agent]\n{agent}\n"
+        )
+    };
+    check_config(&conf("max_reply_bytes = 4096", "")).assert_code(0);
+    check_config(&conf("max_reply_bytes = 1047552", "")).assert_code(0);
+    for (agent, packet) in [
+        ("max_reply_bytes = 4095", ""),
+        ("max_reply_bytes = 1047553", ""),
+        ("max_reply_bytes = 70000", "max_packet_bytes = 70000"),
+    ] {
+        let out = check_config(&conf(agent, packet));
+        out.assert_code(2);
+        assert!(
+            out.stderr.contains("agent.max_reply_bytes"),
+            "{agent}: {}",
+            out.describe()
+        );
+    }
+}
