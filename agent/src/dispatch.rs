@@ -287,7 +287,13 @@ impl Dispatcher {
                 drop(cache);
                 debug!(id = %req.id, "repeat of a finished request: answering from memory");
                 if let Some(t) = reply_topic {
-                    self.send(t, reply);
+                    // Remembered before a restart with a larger cap: the cap still holds.
+                    if reply.len() > self.max_reply {
+                        let err = too_large(name, reply.len(), self.max_reply);
+                        self.refuse(t, Some(req.id), err);
+                    } else {
+                        self.send(t, reply);
+                    }
                 }
                 return;
             }
@@ -395,6 +401,21 @@ impl Dispatcher {
     }
 }
 
+/// The answer in place of a reply of `size` bytes over the reply cap (never a cut reply).
+fn too_large(method: &str, size: usize, cap: usize) -> RpcError {
+    let hint = if method.ends_with(".list") {
+        "; ask for pages with params.limit (and params.cursor = next_cursor)"
+    } else {
+        ""
+    };
+    RpcError::new(
+        ErrorCode::ReplyTooLarge,
+        format!(
+            "the reply of {method} is {size} bytes, over this agent's reply cap of {cap} bytes (agent.max_reply_bytes){hint}"
+        ),
+    )
+}
+
 /// Finishes a running request exactly once: with its result, or with `INTERNAL` if the
 /// handler panicked (the guard is dropped during unwinding), so an id can never stay
 /// "running" forever and the in-flight count never leaks.
@@ -453,19 +474,7 @@ impl Completion {
             return Bytes::from(bytes);
         }
         warn!(id = %self.id, method = self.method, bytes = bytes.len(), cap, "reply over the reply cap replaced by REPLY_TOO_LARGE");
-        let hint = if self.method.ends_with(".list") {
-            "; ask for pages with params.limit (and params.cursor = next_cursor)"
-        } else {
-            ""
-        };
-        let err = RpcError::new(
-            ErrorCode::ReplyTooLarge,
-            format!(
-                "the reply of {} is {} bytes, over this agent's reply cap of {cap} bytes (agent.max_reply_bytes){hint}",
-                self.method,
-                bytes.len()
-            ),
-        );
+        let err = too_large(self.method, bytes.len(), cap);
         Bytes::from(Reply::err(Some(self.id.clone()), err).to_json())
     }
 

@@ -539,3 +539,41 @@ async fn a_mutation_over_the_cap_is_remembered_as_its_error() {
         _ => panic!("the id's reply is not remembered"),
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_remembered_reply_over_a_lowered_cap_is_not_replayed() {
+    // Journaled under a larger cap, then the agent restarted with a smaller one.
+    let dir = tempfile::tempdir().unwrap();
+    let big = Reply::ok(
+        RequestId::new("m1".to_string()).unwrap(),
+        json!({"nfs": {"ok": true, "changes": ["x".repeat(5000)]}}),
+    )
+    .to_json();
+    {
+        let (j, _) =
+            crate::journal::Journal::open(dir.path(), 600_000, csg_protocol::now_ms()).unwrap();
+        j.append(&crate::journal::Record {
+            id: "m1".into(),
+            method: "sys.reconcile".into(),
+            finished_ms: csg_protocol::now_ms(),
+            reply: big,
+        })
+        .unwrap();
+    }
+    let (j, live) =
+        crate::journal::Journal::open(dir.path(), 600_000, csg_protocol::now_ms()).unwrap();
+    let r = rig_full(8, Some((Arc::new(j), live)), 4096, "h");
+    r.send(json!({"v":1,"id":"m1","method":"sys.reconcile","reply_to":"csg-up/c1"}));
+    r.settle().await;
+    let raw = r.up.take();
+    assert_eq!(raw.len(), 1);
+    assert!(raw[0].payload.len() <= 4096);
+    let v: Value = serde_json::from_slice(&raw[0].payload).unwrap();
+    assert_eq!(v["id"], "m1");
+    assert_eq!(v["error"]["code"], "REPLY_TOO_LARGE", "{v}");
+    assert_eq!(
+        r.stats.snapshot().executed,
+        0,
+        "answered from memory, not run again"
+    );
+}

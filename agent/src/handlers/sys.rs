@@ -210,6 +210,7 @@ iqn_prefix = "iqn.2026-01.com.example.csg"
         };
         all.families.clear();
         let bytes = serde_json::to_vec(&all).unwrap().len();
+        eprintln!("sys.capabilities with every family: {bytes} bytes");
         assert!(
             bytes + 200 < crate::config::DEFAULT_MAX_REPLY_BYTES,
             "sys.capabilities with every family is {bytes} bytes"
