@@ -333,3 +333,131 @@ fn schemas_refuse_what_the_parser_refuses() {
         );
     }
 }
+
+/// The schema of one checked type, compiled.
+fn type_validator<T: schemars::JsonSchema>() -> jsonschema::Validator {
+    let s = schemars::generate::SchemaSettings::draft2020_12()
+        .into_generator()
+        .into_root_schema_for::<T>();
+    jsonschema::draft202012::new(&s.to_value()).unwrap()
+}
+
+/// For each sample: the type's parser and its schema agree on whether it is valid.
+fn agree<T: schemars::JsonSchema>(what: &str, parse: impl Fn(&str) -> bool, samples: &[&str]) {
+    let v = type_validator::<T>();
+    for s in samples {
+        assert_eq!(
+            v.is_valid(&Value::String(s.to_string())),
+            parse(s),
+            "{what} {s:?}: the schema and the parser disagree"
+        );
+    }
+}
+
+#[test]
+fn checked_values_and_their_schemas_agree() {
+    use csg_protocol::methods::{iscsi, smb};
+    let long80 = "a".repeat(80);
+    let long81 = "a".repeat(81);
+    agree::<smb::ShareName>(
+        "share name",
+        |s| smb::ShareName::parse(s).is_ok(),
+        &[
+            "data", "A.b_c-1", &long80, "", "-x", ".x", "a b", "a/b", &long81, "é",
+        ],
+    );
+    agree::<smb::Mask>(
+        "mask",
+        |s| smb::Mask::parse(s).is_ok(),
+        &["644", "0755", "000", "999", "12345", "abc", "07555", "64"],
+    );
+    agree::<smb::Principal>(
+        "principal",
+        |s| smb::Principal::parse(s).is_ok(),
+        &[
+            "alice",
+            "_svc",
+            "@staff",
+            "Alice",
+            "@",
+            "1abc",
+            "a b",
+            &"a".repeat(33),
+        ],
+    );
+    agree::<smb::SharePath>(
+        "path",
+        |s| smb::SharePath::parse(s).is_ok(),
+        &[
+            "/srv/a",
+            "/srv/a.b/c_d-e",
+            "/",
+            "/a/../b",
+            "/a/./b",
+            "rel",
+            "/a//b",
+            "/-x",
+            "/a b",
+        ],
+    );
+    agree::<smb::Password>(
+        "password",
+        |s| smb::Password::parse(s).is_ok(),
+        &[
+            "12345678",
+            "correct horse",
+            "short",
+            "with\nnewline1",
+            &"p".repeat(128),
+        ],
+    );
+    agree::<smb::Comment>(
+        "comment",
+        |s| smb::Comment::parse(s).is_ok(),
+        &[
+            "Finance, 2026",
+            "",
+            " lead",
+            "trail ",
+            "a%b",
+            "a\"b",
+            "a\\b",
+            "tab\there",
+        ],
+    );
+    agree::<iscsi::TargetName>(
+        "target name",
+        |s| iscsi::TargetName::parse(s).is_ok(),
+        &[
+            "t1",
+            "a-b",
+            "0",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "",
+            &"a".repeat(64),
+        ],
+    );
+    agree::<iscsi::Iqn>(
+        "iqn",
+        |s| iscsi::Iqn::parse("iqn", s).is_ok(),
+        &[
+            "iqn.2001-04.com.example:storage.disk1",
+            "iqn.2001-04.com.example",
+            "eui.02004567a425678d",
+            "naa.52004567ba64678d52004567ba64678d",
+            "IQN.2001-04.com.example",
+            "iqn.2001-13.com.example",
+            "eui.123",
+            "naa.xyz",
+            "iqn.2001-04.com.example:Disk",
+        ],
+    );
+    agree::<iscsi::ChapUser>(
+        "CHAP user",
+        |s| iscsi::ChapUser::parse("user", s).is_ok(),
+        &["user.1", "U_2", ".x", "-x", "a b", "", &"u".repeat(65)],
+    );
+}
