@@ -223,6 +223,45 @@ mod tests {
         assert!(e.contains("next_cursor"), "{e}");
     }
 
+    proptest::proptest! {
+        /// Whatever the names and the limit, the pages joined are the whole sorted list, each
+        /// page within the limit, and the paging ends.
+        #[test]
+        fn pages_always_join_to_the_whole_list(
+            names in proptest::collection::btree_set("[a-z0-9][a-z0-9_-]{0,8}", 0..40),
+            limit in 1u32..12,
+        ) {
+            let all: Vec<String> = names.into_iter().collect();
+            let mut shuffled = all.clone();
+            shuffled.reverse();
+            let mut seen = Vec::new();
+            let mut after: Option<String> = None;
+            for _ in 0..=all.len() + 1 {
+                let p = ListParams { limit: Some(limit), cursor: after.take() };
+                let pg = Page::from_params(M, &p).unwrap();
+                let (items, next) = pg.apply(shuffled.clone(), String::as_str);
+                proptest::prop_assert!(items.len() <= limit as usize);
+                seen.extend(items);
+                match next {
+                    Some(c) => after = Some(c),
+                    None => break,
+                }
+            }
+            proptest::prop_assert_eq!(seen, all);
+        }
+
+        /// Any text as a cursor is refused, or is a cursor this code makes (never a panic, never
+        /// a second spelling of one cursor).
+        #[test]
+        fn any_cursor_is_refused_or_canonical(c in "\\PC{0,80}|[A-Za-z0-9_-]{0,700}") {
+            let p = ListParams { limit: None, cursor: Some(c.clone()) };
+            if let Ok(pg) = Page::from_params(M, &p) {
+                let key = pg.after.clone().unwrap();
+                proptest::prop_assert_eq!(encode_cursor(M, &key), c);
+            }
+        }
+    }
+
     #[test]
     fn a_cursor_round_trips_through_params() {
         let c = encode_cursor(M, "vol-7");
