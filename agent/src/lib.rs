@@ -208,8 +208,6 @@ async fn reload(cfg: &mut Config, new: Config, live: &Live<'_>) -> Reload {
             Some(Ok(rebuilt)) => {
                 *guard = rebuilt;
                 *handlers.info.write().expect("info lock") = info_result(&new, &guard, host);
-                *handlers.capabilities.write().expect("capabilities lock") =
-                    handlers::sys::capabilities_result(&new, &guard);
                 applied.push("storage backends");
             }
             Some(Err(e)) => return Reload::Refused(e.to_string()),
@@ -227,6 +225,9 @@ async fn reload(cfg: &mut Config, new: Config, live: &Live<'_>) -> Reload {
         interval.send_replace(new.agent.heartbeat_interval);
         applied.push("heartbeat interval");
     }
+    // Signing, family options and methods all show there: refreshed on every applied reload.
+    *handlers.capabilities.write().expect("capabilities lock") =
+        handlers::sys::capabilities_result(&new, &*storage.read().await);
     let backends = applied.contains(&"storage backends");
     *cfg = new;
     if backends {

@@ -132,3 +132,68 @@ fn capabilities_take_no_params_and_are_a_read() {
     let b = bed.call_raw("caps-1", "sys.capabilities", json!({}));
     assert_eq!(a["result"], b["result"]);
 }
+
+#[test]
+fn a_reload_shows_in_capabilities_without_a_reconnect() {
+    // A trusted key added by a reload (applied without a restart, like a key rotation) is in
+    // the next sys.capabilities, and so is a family option.
+    use csg_protocol::jws::{self, ed25519_dalek::SigningKey};
+    use nix::sys::signal::Signal;
+    let w = World::with_root("srv");
+    let stub = Stub::new(w.base());
+    let mut bed = Bed::start_with("gw-caps-reload", |c| {
+        c.storage = Some(w.section());
+        c.nfs = Some(stub.nfs_section());
+    });
+    let before = bed.call_ok("sys.capabilities", json!({}));
+    assert_eq!(before["signing"]["key_ids"], json!([]), "{before}");
+    assert_eq!(
+        before["families"]["nfs"]["options"]["allow_hostnames"],
+        json!(false)
+    );
+
+    let key = w.base().join("ops.pub");
+    let sk = SigningKey::from_bytes(&[7; 32]);
+    std::fs::write(&key, jws::public_key_pem(&sk.verifying_key()).unwrap()).unwrap();
+    // Each change by a reload of its own: only the keys, then only the family option.
+    let reload = |bed: &mut Bed, adjust: &dyn Fn(&mut csg_e2e::AgentConfig)| {
+        let done = bed.agent.log().matches("configuration reloaded").count();
+        let mut cfg = bed.agent.config.clone();
+        adjust(&mut cfg);
+        std::fs::write(bed.agent.config_path(), cfg.to_toml()).unwrap();
+        bed.agent.config = cfg;
+        bed.agent.signal(Signal::SIGHUP);
+        assert!(
+            csg_e2e::wait_until(csg_e2e::TIMEOUT, || bed
+                .agent
+                .log()
+                .matches("configuration reloaded")
+                .count()
+                > done),
+            "{}",
+            bed.agent.log()
+        );
+    };
+    reload(&mut bed, &|c| {
+        c.security =
+            Some(csg_e2e::SecuritySection::default().trust("ops-2026", &key, &["sys.info"]));
+    });
+    let after = bed.call_ok("sys.capabilities", json!({}));
+    assert_eq!(after["signing"]["key_ids"], json!(["ops-2026"]), "{after}");
+    assert_eq!(after["signing"]["required"], json!(false), "{after}");
+
+    reload(&mut bed, &|c| {
+        c.nfs = Some(csg_e2e::NfsSection {
+            allow_hostnames: Some(true),
+            ..stub.nfs_section()
+        });
+    });
+    let after = bed.call_ok("sys.capabilities", json!({}));
+    assert_eq!(
+        after["families"]["nfs"]["options"]["allow_hostnames"],
+        json!(true),
+        "{after}"
+    );
+    assert_eq!(after["signing"]["key_ids"], json!(["ops-2026"]), "{after}");
+    assert_eq!(bed.broker.connects_of(&bed.client_id()), 1);
+}
