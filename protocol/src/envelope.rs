@@ -18,7 +18,7 @@ use crate::PROTOCOL_VERSION;
 pub const NOREPLY: &str = "noreply";
 
 /// Every error code of protocol v1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     /// The envelope is malformed (not JSON, wrong version, bad id, oversized, …).

@@ -461,3 +461,15 @@ fn checked_values_and_their_schemas_agree() {
         &["user.1", "U_2", ".x", "-x", "a b", "", &"u".repeat(65)],
     );
 }
+
+#[test]
+fn result_schemas_accept_error_codes_of_newer_agents() {
+    // A console must accept codes it does not know: the schema may not refuse them either.
+    let v = validator("sys.reconcile", Part::Result);
+    let newer = serde_json::json!({"nfs": {"ok": false,
+        "error": {"code": "SOMETHING_NEW", "message": "m", "retryable": false}}});
+    assert!(v.is_valid(&newer));
+    let bad = serde_json::json!({"nfs": {"ok": false,
+        "error": {"code": "lower case", "message": "m", "retryable": false}}});
+    assert!(!v.is_valid(&bad));
+}

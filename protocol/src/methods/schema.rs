@@ -204,6 +204,39 @@ checked_string!(iscsi::CidrKey, "Cidr", {
     "pattern": CIDR_PATTERN, "maxLength": 43
 });
 
+/// An error code is any upper-case word: a console must accept codes it does not know (a newer
+/// agent's), so the schema lists today's as `examples`, not as an `enum`.
+impl JsonSchema for crate::ErrorCode {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> Cow<'static, str> {
+        Cow::Borrowed("ErrorCode")
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        use crate::ErrorCode as E;
+        let known: Vec<&str> = [
+            E::BadRequest,
+            E::UnknownMethod,
+            E::InvalidParams,
+            E::NotFound,
+            E::Conflict,
+            E::Expired,
+            E::Busy,
+            E::Unauthorized,
+            E::Unavailable,
+            E::Timeout,
+            E::BackendError,
+            E::Internal,
+            E::ReplyTooLarge,
+        ]
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+        json_schema!({"type": "string", "pattern": "^[A-Z][A-Z0-9_]*$", "examples": known})
+    }
+}
+
 /// Every method's description, for the tests and for tools: `(name, caps)` for each of
 /// [`super::ALL`].
 pub fn all() -> Vec<(&'static str, MethodCaps)> {
