@@ -33,6 +33,8 @@ use csg_transport::Inbound;
 
 pub struct Limits {
     pub max_payload: usize,
+    /// Largest reply published (`agent.max_reply_bytes`).
+    pub max_reply: usize,
     pub max_in_flight: usize,
     pub reply_cache_ttl: Duration,
     pub reply_cache_max: usize,
@@ -45,6 +47,7 @@ pub struct Dispatcher {
     stats: Arc<Stats>,
     cache: Mutex<ReplyCache>,
     max_payload: usize,
+    max_reply: usize,
     max_in_flight: usize,
     in_flight: AtomicUsize,
     idle: tokio::sync::Notify,
@@ -94,6 +97,7 @@ impl Dispatcher {
             stats,
             cache: Mutex::new(cache),
             max_payload: limits.max_payload,
+            max_reply: limits.max_reply,
             max_in_flight: limits.max_in_flight,
             in_flight: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
@@ -283,7 +287,13 @@ impl Dispatcher {
                 drop(cache);
                 debug!(id = %req.id, "repeat of a finished request: answering from memory");
                 if let Some(t) = reply_topic {
-                    self.send(t, reply);
+                    // Remembered before a restart with a larger cap: the cap still holds.
+                    if reply.len() > self.max_reply {
+                        let err = too_large(name, reply.len(), self.max_reply);
+                        self.refuse(t, Some(req.id), err);
+                    } else {
+                        self.send(t, reply);
+                    }
                 }
                 return;
             }
@@ -391,6 +401,21 @@ impl Dispatcher {
     }
 }
 
+/// The answer in place of a reply of `size` bytes over the reply cap (never a cut reply).
+fn too_large(method: &str, size: usize, cap: usize) -> RpcError {
+    let hint = if method.ends_with(".list") {
+        "; ask for pages with params.limit (and params.cursor = next_cursor)"
+    } else {
+        ""
+    };
+    RpcError::new(
+        ErrorCode::ReplyTooLarge,
+        format!(
+            "the reply of {method} is {size} bytes, over this agent's reply cap of {cap} bytes (agent.max_reply_bytes){hint}"
+        ),
+    )
+}
+
 /// Finishes a running request exactly once: with its result, or with `INTERNAL` if the
 /// handler panicked (the guard is dropped during unwinding), so an id can never stay
 /// "running" forever and the in-flight count never leaks.
@@ -434,13 +459,23 @@ impl Completion {
         }
     }
 
+    /// The reply as published, remembered and journaled: the one place the reply cap is
+    /// held. A reply over the cap is replaced by `REPLY_TOO_LARGE` (never cut: cut JSON is
+    /// unreadable), and that error is what a repeat of the id gets.
     fn reply_bytes(&self, result: Result<serde_json::Value, RpcError>) -> Bytes {
         let reply = match result {
             Ok(v) => Reply::ok(self.id.clone(), v),
             // Every handler's error passes here: cap what it quotes, however it was built.
             Err(e) => Reply::err(Some(self.id.clone()), e.capped()),
         };
-        Bytes::from(reply.to_json())
+        let bytes = reply.to_json();
+        let cap = self.dispatcher.max_reply;
+        if bytes.len() <= cap {
+            return Bytes::from(bytes);
+        }
+        warn!(id = %self.id, method = self.method, bytes = bytes.len(), cap, "reply over the reply cap replaced by REPLY_TOO_LARGE");
+        let err = too_large(self.method, bytes.len(), cap);
+        Bytes::from(Reply::err(Some(self.id.clone()), err).to_json())
     }
 
     /// Makes a mutation's reply durable before anyone can see it.

@@ -146,6 +146,7 @@ fn needs_restart(old: &Config, new: &Config) -> bool {
         let a = &c.agent;
         (
             a.max_payload_bytes,
+            a.max_reply_bytes,
             a.max_in_flight,
             a.max_per_family,
             a.reply_cache_ttl,
@@ -224,6 +225,9 @@ async fn reload(cfg: &mut Config, new: Config, live: &Live<'_>) -> Reload {
         interval.send_replace(new.agent.heartbeat_interval);
         applied.push("heartbeat interval");
     }
+    // Signing, family options and methods all show there: refreshed on every applied reload.
+    *handlers.capabilities.write().expect("capabilities lock") =
+        handlers::sys::capabilities_result(&new, &*storage.read().await);
     let backends = applied.contains(&"storage backends");
     *cfg = new;
     if backends {
@@ -318,6 +322,7 @@ pub async fn run<S: Future<Output = ()>>(
     let stats = Arc::new(Stats::default());
     let journal = storage.take_journal();
     let info = info_result(&cfg, &storage, &host.facts);
+    let capabilities = handlers::sys::capabilities_result(&cfg, &storage);
     let storage: SharedStorage = Arc::new(tokio::sync::RwLock::new(storage));
     let status = Arc::new(StatusSource::with_host(
         cfg.client_id.instance().as_str(),
@@ -352,6 +357,7 @@ pub async fn run<S: Future<Output = ()>>(
         status: status.clone(),
         limits: handlers::FamilyLimits::new(cfg.agent.max_per_family),
         info: std::sync::RwLock::new(info),
+        capabilities: std::sync::RwLock::new(capabilities),
         storage: storage.clone(),
     });
     // Put the desired state back on the OS (after a reboot, a daemon restart, a crash in the
@@ -369,6 +375,7 @@ pub async fn run<S: Future<Output = ()>>(
         stats,
         Limits {
             max_payload: cfg.agent.max_payload_bytes,
+            max_reply: cfg.agent.max_reply_bytes,
             max_in_flight: cfg.agent.max_in_flight,
             reply_cache_ttl: cfg.agent.reply_cache_ttl,
             reply_cache_max: cfg.agent.reply_cache_max,

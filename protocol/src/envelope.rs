@@ -43,6 +43,9 @@ pub enum ErrorCode {
     BackendError,
     /// A bug in the agent.
     Internal,
+    /// The reply would exceed the agent's reply cap (`agent.max_reply_bytes`); it was not
+    /// sent. A list answers within the cap when asked for pages (`limit`).
+    ReplyTooLarge,
     /// A code this version does not know (newer agent); consoles keep the raw text.
     #[serde(other)]
     Unknown,
@@ -71,6 +74,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "TIMEOUT",
             ErrorCode::BackendError => "BACKEND_ERROR",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::ReplyTooLarge => "REPLY_TOO_LARGE",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -83,7 +87,7 @@ impl std::fmt::Display for ErrorCode {
 }
 
 /// The `error` object of a failed reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error, schemars::JsonSchema)]
 #[error("{code}: {message}")]
 pub struct RpcError {
     pub code: ErrorCode,

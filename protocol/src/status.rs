@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// Sent at once after each connect and then every heartbeat interval, at QoS 0.
 /// `sys.status` returns the same body on demand.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Heartbeat {
     pub v: u32,
     /// Always `"heartbeat"`.
@@ -32,7 +32,7 @@ pub struct Heartbeat {
     pub counters: Counters,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FamilySummary {
     /// Resources in the desired state.
     pub count: u64,
@@ -41,7 +41,7 @@ pub struct FamilySummary {
     pub drift: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SystemStats {
     /// CPU use over the last interval, all cores, 0–100.
     pub cpu_pct: f32,
@@ -52,7 +52,7 @@ pub struct SystemStats {
     pub mem_used: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DiskInfo {
     pub mount: String,
     pub fs: String,
@@ -62,14 +62,14 @@ pub struct DiskInfo {
     pub avail: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ServiceState {
     pub backend: String,
     pub up: bool,
 }
 
 /// What the agent did with the requests it received.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Counters {
     /// Messages received on the command topic.
@@ -94,7 +94,7 @@ pub struct Counters {
     pub unauthorized: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PresenceState {
     Online,
@@ -103,7 +103,7 @@ pub enum PresenceState {
 
 /// Published at QoS 1 on `{status}/{instance_id}/presence`: retained in standard mode, where the
 /// broker also holds an offline Will for the connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Presence {
     pub v: u32,
     /// Always `"presence"`.

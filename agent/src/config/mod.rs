@@ -144,6 +144,9 @@ pub enum RawMode {
 pub struct RawAgent {
     pub heartbeat_interval_s: u64,
     pub max_payload_bytes: usize,
+    /// Largest reply the agent publishes, bytes; a larger one is answered `REPLY_TOO_LARGE`
+    /// instead. The default stays under the 64 KiB message limit of Alibaba Cloud MQTT.
+    pub max_reply_bytes: usize,
     pub max_in_flight: usize,
     /// Requests of one method family (`sys`, `nfs`, …) executing at once; the rest wait
     /// (within `max_in_flight`), so one busy family cannot starve the others.
@@ -159,6 +162,7 @@ impl Default for RawAgent {
         Self {
             heartbeat_interval_s: 30,
             max_payload_bytes: csg_protocol::DEFAULT_MAX_PAYLOAD,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             max_in_flight: 64,
             max_per_family: 8,
             reply_cache_ttl_s: 600,
@@ -204,6 +208,7 @@ pub struct MqttSettings {
 pub struct AgentSettings {
     pub heartbeat_interval: Duration,
     pub max_payload_bytes: usize,
+    pub max_reply_bytes: usize,
     pub max_in_flight: usize,
     pub max_per_family: usize,
     pub reply_cache_ttl: Duration,
@@ -211,6 +216,11 @@ pub struct AgentSettings {
     pub shutdown_grace: Duration,
     pub log: String,
 }
+
+/// 60 KiB: a reply and its MQTT header fit the 64 KiB message limit of Alibaba Cloud MQTT.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 60 * 1024;
+/// Smallest reply cap: every error reply and `sys.info` fit well under it.
+pub const MIN_REPLY_BYTES: usize = 4096;
 
 /// The protocol promises that ids are remembered at least this long.
 pub const MIN_REPLY_CACHE_TTL_S: u64 = 600;
@@ -319,6 +329,15 @@ impl RawConfig {
                 m.max_packet_bytes, a.max_payload_bytes
             ));
         }
+        // The reply, its topic and the MQTT header must fit one packet the agent itself would
+        // accept; beyond 1 MiB no supported broker forwards it by default.
+        let reply_max = m.max_packet_bytes.saturating_sub(1024).min(1 << 20);
+        if !(MIN_REPLY_BYTES..=reply_max).contains(&a.max_reply_bytes) {
+            p.push(format!(
+                "agent.max_reply_bytes = {}: must be from {MIN_REPLY_BYTES} to {reply_max} (mqtt.max_packet_bytes less 1024 for the topic and header, at most 1048576); keep it under the broker's message limit (64 KiB on Alibaba Cloud MQTT)",
+                a.max_reply_bytes
+            ));
+        }
         if !(1..=86_400).contains(&a.heartbeat_interval_s) {
             p.push(format!(
                 "agent.heartbeat_interval_s = {}: must be from 1 to 86400",
@@ -420,6 +439,7 @@ impl RawConfig {
                 agent: AgentSettings {
                     heartbeat_interval: Duration::from_secs(a.heartbeat_interval_s),
                     max_payload_bytes: a.max_payload_bytes,
+                    max_reply_bytes: a.max_reply_bytes,
                     max_in_flight: a.max_in_flight,
                     max_per_family: a.max_per_family,
                     reply_cache_ttl: Duration::from_secs(a.reply_cache_ttl_s),
@@ -458,6 +478,7 @@ url = "mqtt://127.0.0.1:1883"
         assert_eq!(c.topics.commands, "csg-down/gw-001");
         assert_eq!(c.agent.heartbeat_interval, Duration::from_secs(30));
         assert_eq!(c.agent.max_payload_bytes, 65536);
+        assert_eq!(c.agent.max_reply_bytes, 61440);
         assert_eq!(c.mode, TopicMode::Standard);
     }
 

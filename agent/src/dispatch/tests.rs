@@ -30,6 +30,15 @@ fn rig_with(
     max_in_flight: usize,
     journal: Option<(Arc<crate::journal::Journal>, Vec<crate::journal::Record>)>,
 ) -> Rig {
+    rig_full(max_in_flight, journal, 61440, "h")
+}
+
+fn rig_full(
+    max_in_flight: usize,
+    journal: Option<(Arc<crate::journal::Journal>, Vec<crate::journal::Record>)>,
+    max_reply: usize,
+    hostname: &str,
+) -> Rig {
     let client = ClientId::new(GroupId::new("G").unwrap(), InstanceId::new("gw").unwrap()).unwrap();
     let topics =
         AgentTopics::new(&TopicParents::default(), TopicMode::Standard, &client, 64).unwrap();
@@ -43,8 +52,22 @@ fn rig_with(
         info: std::sync::RwLock::new(
             serde_json::from_value(json!({
                 "agent_version":"t","protocol_version":1,"group_id":"G","instance_id":"gw",
-                "client_id":"G@@@gw","hostname":"h","os":"o","kernel":"k","arch":"a",
+                "client_id":"G@@@gw","hostname":hostname,"os":"o","kernel":"k","arch":"a",
                 "topic_mode":"standard","methods":[],"max_payload":65536,"started_ms":0
+            }))
+            .unwrap(),
+        ),
+        capabilities: std::sync::RwLock::new(
+            serde_json::from_value(json!({
+                "protocol": {"versions": ["1.0", "1.1"], "current": "1.1", "envelope_v": 1},
+                "mqtt": {"protocol": "3.1.1"},
+                "limits": {"max_payload_bytes": 65536, "max_reply_bytes": max_reply,
+                           "id_memory_ttl_s": 600, "max_in_flight": max_in_flight,
+                           "max_waiters_per_id": 16, "max_topic_len": 64,
+                           "max_list_limit": 1000, "max_deadline_ahead_s": 330},
+                "signing": {"required": false, "algorithms": ["EdDSA"], "audience": "G@@@gw",
+                            "key_ids": [], "max_validity_s": 300, "clock_skew_s": 30},
+                "storage": {"roots": []}, "families": {}, "methods": {}
             }))
             .unwrap(),
         ),
@@ -56,6 +79,7 @@ fn rig_with(
         stats.clone(),
         Limits {
             max_payload: 65536,
+            max_reply,
             max_in_flight,
             reply_cache_ttl: Duration::from_secs(600),
             reply_cache_max: 1024,
@@ -437,5 +461,119 @@ async fn a_bad_request_with_an_invalid_id_echoes_it_raw() {
     assert!(
         replies[3].1.get("raw_id").is_none(),
         "absent when no id was sent"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_reply_over_the_cap_is_an_error_naming_the_cap_never_cut_json() {
+    // sys.info with a 5000-byte host name is over a 4096-byte cap; sys.ping is not.
+    let r = rig_full(8, None, 4096, &"h".repeat(5000));
+    r.send(json!({"v":1,"id":"i1","method":"sys.info","reply_to":"csg-up/c1"}));
+    r.send(ping("p1"));
+    r.settle().await;
+    let raw = r.up.take();
+    assert_eq!(raw.len(), 2);
+    for m in &raw {
+        assert!(m.payload.len() <= 4096, "{} bytes", m.payload.len());
+    }
+    let replies: Vec<Value> = raw
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    let info = replies.iter().find(|v| v["id"] == "i1").unwrap();
+    assert_eq!(info["ok"], false);
+    assert_eq!(info["error"]["code"], "REPLY_TOO_LARGE");
+    assert_eq!(info["error"]["retryable"], false);
+    let msg = info["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("4096") && msg.contains("agent.max_reply_bytes"),
+        "{msg}"
+    );
+    let ping = replies.iter().find(|v| v["id"] == "p1").unwrap();
+    assert_eq!(ping["ok"], true);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_mutation_over_the_cap_is_remembered_as_its_error() {
+    // No handler here returns a reply that large, so the run is driven by hand: started in
+    // the id memory, completed with an oversized result, then repeated.
+    let r = rig_full(8, None, 4096, "h");
+    let id = RequestId::new("m1".to_string()).unwrap();
+    let method = "nfs.export.list";
+    r.d.cache
+        .lock()
+        .unwrap()
+        .start(id.clone(), method, Some("csg-up/c1"));
+    r.d.in_flight.fetch_add(1, Ordering::AcqRel);
+    let mut c = Completion {
+        dispatcher: r.d.clone(),
+        id: id.clone(),
+        method,
+        resource: None,
+        kind: Kind::Mutation,
+        key_id: "unsigned".into(),
+        done: false,
+        forget: false,
+    };
+    let bytes = c.reply_bytes(Ok(Value::String("x".repeat(10_000))));
+    c.complete(bytes);
+    let sent = r.replies();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1["error"]["code"], "REPLY_TOO_LARGE");
+    let msg = sent[0].1["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("limit"),
+        "a list's error suggests paging: {msg}"
+    );
+    let again =
+        r.d.cache
+            .lock()
+            .unwrap()
+            .lookup(&id, method, Some("csg-up/c1"), std::time::Instant::now());
+    match again {
+        Lookup::Replay(b) => {
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(v["error"]["code"], "REPLY_TOO_LARGE");
+            assert!(b.len() <= 4096);
+        }
+        _ => panic!("the id's reply is not remembered"),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_remembered_reply_over_a_lowered_cap_is_not_replayed() {
+    // Journaled under a larger cap, then the agent restarted with a smaller one.
+    let dir = tempfile::tempdir().unwrap();
+    let big = Reply::ok(
+        RequestId::new("m1".to_string()).unwrap(),
+        json!({"nfs": {"ok": true, "changes": ["x".repeat(5000)]}}),
+    )
+    .to_json();
+    {
+        let (j, _) =
+            crate::journal::Journal::open(dir.path(), 600_000, csg_protocol::now_ms()).unwrap();
+        j.append(&crate::journal::Record {
+            id: "m1".into(),
+            method: "sys.reconcile".into(),
+            finished_ms: csg_protocol::now_ms(),
+            reply: big,
+        })
+        .unwrap();
+    }
+    let (j, live) =
+        crate::journal::Journal::open(dir.path(), 600_000, csg_protocol::now_ms()).unwrap();
+    let r = rig_full(8, Some((Arc::new(j), live)), 4096, "h");
+    r.send(json!({"v":1,"id":"m1","method":"sys.reconcile","reply_to":"csg-up/c1"}));
+    r.settle().await;
+    let raw = r.up.take();
+    assert_eq!(raw.len(), 1);
+    assert!(raw[0].payload.len() <= 4096);
+    let v: Value = serde_json::from_slice(&raw[0].payload).unwrap();
+    assert_eq!(v["id"], "m1");
+    assert_eq!(v["error"]["code"], "REPLY_TOO_LARGE", "{v}");
+    assert_eq!(
+        r.stats.snapshot().executed,
+        0,
+        "answered from memory, not run again"
     );
 }

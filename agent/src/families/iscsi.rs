@@ -155,7 +155,13 @@ impl Iscsi {
                     )),
                 }
             }
-            IscsiMethod::TargetList => i.list(None).await.map(MethodResult::IscsiList),
+            IscsiMethod::TargetList(page) => {
+                let mut l = i.list(None).await?;
+                let (targets, next) = page.apply(std::mem::take(&mut l.targets), |t| &t.name);
+                l.targets = targets;
+                l.next_cursor = next;
+                Ok(MethodResult::IscsiList(l))
+            }
         }
     }
 }
@@ -769,6 +775,7 @@ impl Inner {
         Ok(m::ListResult {
             targets,
             unexpected,
+            next_cursor: None,
         })
     }
 

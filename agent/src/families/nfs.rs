@@ -116,10 +116,14 @@ impl Nfs {
                 let status = self.status_of(&st, name.as_str()).await?;
                 Ok(MethodResult::NfsGet(Box::new(status)))
             }
-            NfsMethod::ExportList => Ok(MethodResult::NfsList(ListResult {
-                backend: self.backend.kind().into(),
-                exports: self.list_status().await?,
-            })),
+            NfsMethod::ExportList(page) => {
+                let (exports, next_cursor) = page.apply(self.list_status().await?, |e| &e.name);
+                Ok(MethodResult::NfsList(ListResult {
+                    backend: self.backend.kind().into(),
+                    exports,
+                    next_cursor,
+                }))
+            }
         }
     }
 
@@ -486,7 +490,13 @@ mod tests {
         assert_eq!(e.code, ErrorCode::Conflict);
         let r = mutate(&nfs, NfsMethod::ExportUpdate(other)).await.unwrap();
         assert!(r.changed && r.export.drift.is_empty(), "{r:?}");
-        let MethodResult::NfsList(l) = nfs.call(NfsMethod::ExportList).await.unwrap() else {
+        let MethodResult::NfsList(l) = nfs
+            .call(NfsMethod::ExportList(csg_protocol::methods::Page::all(
+                csg_protocol::methods::nfs::EXPORT_LIST,
+            )))
+            .await
+            .unwrap()
+        else {
             panic!("not a list");
         };
         assert_eq!((l.backend.as_str(), l.exports.len()), ("memory", 1));

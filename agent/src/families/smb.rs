@@ -207,14 +207,19 @@ impl<B: SmbBackend> Smb<B> {
             SmbMethod::ShareUpdate(spec) => self.share_update(spec).await,
             SmbMethod::ShareDelete(r) => self.share_delete(r).await,
             SmbMethod::ShareGet(r) => self.share_get(r).await,
-            SmbMethod::ShareList => Ok(MethodResult::SmbShareList(ShareList {
-                shares: self.shares().await?,
-            })),
+            SmbMethod::ShareList(page) => {
+                let (shares, next_cursor) = page.apply(self.shares().await?, |s| &s.name);
+                Ok(MethodResult::SmbShareList(ShareList {
+                    shares,
+                    next_cursor,
+                }))
+            }
             SmbMethod::UserSet(p) => self.user_set(p).await,
             SmbMethod::UserDelete(r) => self.user_delete(r).await,
-            SmbMethod::UserList => Ok(MethodResult::SmbUserList(UserList {
-                users: self.users().await?,
-            })),
+            SmbMethod::UserList(page) => {
+                let (users, next_cursor) = page.apply(self.users().await?, |u| &u.username);
+                Ok(MethodResult::SmbUserList(UserList { users, next_cursor }))
+            }
         }
     }
 

@@ -13,7 +13,13 @@ use crate::families::{SharedStorage, Storage};
 use crate::status::StatusSource;
 
 /// The agent's own methods (storage families add theirs).
-pub const SYS_METHODS: &[&str] = &[sysm::INFO, sysm::PING, sysm::RECONCILE, sysm::STATUS];
+pub const SYS_METHODS: &[&str] = &[
+    sysm::CAPABILITIES,
+    sysm::INFO,
+    sysm::PING,
+    sysm::RECONCILE,
+    sysm::STATUS,
+];
 
 /// One bound per method family: a flood of one kind of request (say `nfs.export.list`)
 /// queues behind its own family's permits and never takes every execution slot from the
@@ -54,6 +60,8 @@ pub struct Handlers {
     pub storage: SharedStorage,
     /// Swapped with the storage on a reload (the methods and backends it reports change).
     pub info: std::sync::RwLock<sysm::InfoResult>,
+    /// Swapped with the storage and config on a reload, like `info`.
+    pub capabilities: std::sync::RwLock<sysm::CapabilitiesResult>,
 }
 
 /// Every method answered with this storage configuration, sorted (reported by `sys.info`).
@@ -89,6 +97,7 @@ impl Handlers {
                 Ok(sys::ping())
             }
             Method::Sys(SysMethod::Info) => Ok(sys::info(self)),
+            Method::Sys(SysMethod::Capabilities) => Ok(sys::capabilities(self)),
             Method::Sys(SysMethod::Status) => Ok(sys::status(self).await),
             Method::Sys(SysMethod::Reconcile) => Ok(sys::reconcile(self).await),
             storage => {

@@ -110,13 +110,25 @@ pub fn render(result: &MethodResult) -> Option<String> {
     Some(match result {
         R::NfsList(l) => listing(
             l.exports.iter().map(export).collect(),
-            vec![("backend", Cell::text(&l.backend))],
+            paged(
+                vec![("backend", Cell::text(&l.backend))],
+                l.next_cursor.as_ref(),
+            ),
         ),
-        R::SmbShareList(l) => listing(l.shares.iter().map(share).collect(), Vec::new()),
-        R::SmbUserList(l) => listing(l.users.iter().map(user).collect(), Vec::new()),
+        R::SmbShareList(l) => listing(
+            l.shares.iter().map(share).collect(),
+            paged(Vec::new(), l.next_cursor.as_ref()),
+        ),
+        R::SmbUserList(l) => listing(
+            l.users.iter().map(user).collect(),
+            paged(Vec::new(), l.next_cursor.as_ref()),
+        ),
         R::IscsiList(l) => listing(
             l.targets.iter().map(target).collect(),
-            vec![("unexpected", Cell::list(&l.unexpected))],
+            paged(
+                vec![("unexpected", Cell::list(&l.unexpected))],
+                l.next_cursor.as_ref(),
+            ),
         ),
         R::NfsMutate(m) => fields(vec![
             ("changed", Cell::text(m.changed)),
@@ -149,8 +161,19 @@ pub fn render(result: &MethodResult) -> Option<String> {
             ("deleted_files", Cell::list(&d.deleted_files)),
         ]),
         R::IscsiGet(t) => fields(target(t)),
-        R::Ping(_) | R::Info(_) | R::Status(_) | R::Reconcile(_) => return None,
+        R::Ping(_) | R::Info(_) | R::Capabilities(_) | R::Status(_) | R::Reconcile(_) => {
+            return None
+        }
     })
+}
+
+/// A list's other fields, with the cursor of the next page when there is one (csgctl's own
+/// list commands fetch every page, so it shows only on a page asked for by hand).
+fn paged(mut rest: Fields, next: Option<&String>) -> Fields {
+    if let Some(c) = next {
+        rest.push(("next_cursor", Cell::text(c)));
+    }
+    rest
 }
 
 /// One result object: FIELD/VALUE rows in field-name order.

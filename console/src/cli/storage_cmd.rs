@@ -9,10 +9,10 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use csg_console::{CallError, CallOptions, Console};
 use csg_protocol::methods::{
-    iscsi, nfs, smb, IscsiMethod, Method, MethodResult, NfsMethod, SmbMethod,
+    iscsi, nfs, smb, IscsiMethod, ListParams, Method, MethodResult, NfsMethod, SmbMethod,
 };
 use csg_protocol::validate::{Cidr, ValueError};
-use csg_protocol::{InstanceId, ReplyBody, RequestId};
+use csg_protocol::{ErrorCode, InstanceId, Reply, ReplyBody, RequestId};
 use serde::de::value::StrDeserializer;
 use serde::de::DeserializeOwned;
 
@@ -39,6 +39,18 @@ pub struct Common {
     pub id: Option<RequestId>,
 }
 
+/// Options of every list command.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Ask for pages of at most this many entries (1 to 1000); every page is fetched and
+    /// printed as one list. Without it the whole list is asked for at once, in pages of 100
+    /// only if the gateway answers that it is over its reply cap
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+}
+
 #[derive(Debug, Args)]
 pub struct NameArgs {
     #[command(flatten)]
@@ -59,7 +71,7 @@ pub enum NfsCmd {
     /// Show one export as the NFS server has it, next to the desired spec
     Get(NameArgs),
     /// List exports
-    List(Common),
+    List(ListArgs),
 }
 
 #[derive(Debug, Args)]
@@ -104,7 +116,7 @@ pub enum SmbShareCmd {
     Update(SmbShareSpec),
     Delete(NameArgs),
     Get(NameArgs),
-    List(Common),
+    List(ListArgs),
 }
 
 #[derive(Debug, Args)]
@@ -156,7 +168,7 @@ pub enum SmbUserCmd {
     /// Add a user or change its password
     Set(SmbUserSet),
     Delete(SmbUserName),
-    List(Common),
+    List(ListArgs),
 }
 
 #[derive(Debug, Args)]
@@ -194,7 +206,7 @@ pub enum IscsiTargetCmd {
     Update(IscsiSpec),
     Delete(IscsiDelete),
     Get(NameArgs),
-    List(Common),
+    List(ListArgs),
 }
 
 #[derive(Debug, Args)]
@@ -247,6 +259,20 @@ pub struct Request<'a> {
 
 fn req(common: &Common, method: Method) -> Request<'_> {
     Request { common, method }
+}
+
+/// A list method with `limit` (and no cursor: the first page).
+fn list<'a>(a: &'a ListArgs, name: &'static str) -> Result<Request<'a>, Usage> {
+    Ok(req(&a.common, list_page(name, a.limit, None)?))
+}
+
+/// One page of the list `name`.
+fn list_page(name: &str, limit: Option<u32>, cursor: Option<String>) -> Result<Method, Usage> {
+    let params = serde_json::to_value(ListParams { limit, cursor })
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default();
+    Method::parse(name, params).map_err(|e| Usage(e.to_string()))
 }
 
 /// A usage error naming the flag, from a protocol value's own message.
@@ -358,7 +384,7 @@ pub fn nfs(cmd: &NfsCmd) -> Result<Request<'_>, Usage> {
         NfsCmd::Update(s) => req(&s.common, Method::Nfs(M::ExportUpdate(export_spec(s)?))),
         NfsCmd::Delete(a) => req(&a.common, Method::Nfs(M::ExportDelete(name(a)))),
         NfsCmd::Get(a) => req(&a.common, Method::Nfs(M::ExportGet(name(a)))),
-        NfsCmd::List(c) => req(c, Method::Nfs(M::ExportList)),
+        NfsCmd::List(a) => list(a, nfs::EXPORT_LIST)?,
     })
 }
 
@@ -434,7 +460,7 @@ pub fn smb(cmd: &SmbCmd) -> anyhow::Result<Request<'_>> {
             req(&a.common, Method::Smb(M::ShareDelete(share(a)?)))
         }
         SmbCmd::Share(SmbShareCmd::Get(a)) => req(&a.common, Method::Smb(M::ShareGet(share(a)?))),
-        SmbCmd::Share(SmbShareCmd::List(c)) => req(c, Method::Smb(M::ShareList)),
+        SmbCmd::Share(SmbShareCmd::List(a)) => list(a, smb::SHARE_LIST)?,
         SmbCmd::User(SmbUserCmd::Set(u)) => {
             let username = username(&u.username)?;
             let text = match (&u.password_file, u.password_stdin) {
@@ -461,7 +487,7 @@ pub fn smb(cmd: &SmbCmd) -> anyhow::Result<Request<'_>> {
                 username: username(&u.username)?,
             })),
         ),
-        SmbCmd::User(SmbUserCmd::List(c)) => req(c, Method::Smb(M::UserList)),
+        SmbCmd::User(SmbUserCmd::List(a)) => list(a, smb::USER_LIST)?,
     })
 }
 
@@ -523,8 +549,102 @@ pub fn iscsi(cmd: &IscsiCmd) -> anyhow::Result<Request<'_>> {
                 name: a.name.clone(),
             })),
         ),
-        IscsiTargetCmd::List(c) => req(c, Method::Iscsi(M::TargetList)),
+        IscsiTargetCmd::List(a) => list(a, iscsi::TARGET_LIST)?,
     })
+}
+
+/// First page size when a whole list did not fit the gateway's reply cap (halved while a page
+/// still does not).
+const FALLBACK_PAGE: u32 = 100;
+
+/// The array a list's result pages (`None`: not a list).
+fn list_field(method: &str) -> Option<&'static str> {
+    Some(match method {
+        nfs::EXPORT_LIST => "exports",
+        smb::SHARE_LIST => "shares",
+        smb::USER_LIST => "users",
+        iscsi::TARGET_LIST => "targets",
+        _ => return None,
+    })
+}
+
+/// Sends `method`; for a list, follows `next_cursor` to the last page and returns one reply
+/// holding every entry (the first page's other fields, no `next_cursor`). A list or a page over
+/// the gateway's reply cap is asked for again in smaller pages. The first request goes out with
+/// the caller's id; each further one is a request of its own, with a fresh id.
+async fn call_all_pages(
+    console: &Console,
+    instance: &InstanceId,
+    method: &Method,
+    opts: &CallOptions,
+) -> Result<Reply, CallError> {
+    let mut reply = console.call_method(instance, method, opts).await?;
+    let Some(field) = list_field(method.name()) else {
+        return Ok(reply);
+    };
+    let mut limit = method
+        .params()
+        .get("limit")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|l| u32::try_from(l).ok());
+    let mut cursor: Option<String> = None;
+    let mut whole: Option<serde_json::Value> = None;
+    loop {
+        match &reply.body {
+            ReplyBody::Err(e) if e.code == ErrorCode::ReplyTooLarge && limit != Some(1) => {
+                let smaller = limit.map_or(FALLBACK_PAGE, |l| (l / 2).max(1));
+                eprintln!(
+                    "note: {} is over the gateway's reply cap; asking for pages of {smaller}",
+                    if whole.is_none() && limit.is_none() {
+                        "the whole list"
+                    } else {
+                        "a page"
+                    }
+                );
+                limit = Some(smaller);
+            }
+            // A page that failed is the outcome: a part of a list is not the list.
+            ReplyBody::Err(_) => return Ok(reply),
+            ReplyBody::Ok(page) => {
+                let mut page = page.clone();
+                let next = page
+                    .as_object_mut()
+                    .and_then(|o| o.remove("next_cursor"))
+                    .and_then(|c| c.as_str().map(str::to_string));
+                match whole.as_mut() {
+                    None => whole = Some(page),
+                    Some(all) => {
+                        let entries = page
+                            .get_mut(field)
+                            .and_then(serde_json::Value::as_array_mut)
+                            .map(std::mem::take)
+                            .unwrap_or_default();
+                        if let Some(a) =
+                            all.get_mut(field).and_then(serde_json::Value::as_array_mut)
+                        {
+                            a.extend(entries);
+                        }
+                    }
+                }
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+        }
+        let Ok(next) = list_page(method.name(), limit, cursor.clone()) else {
+            return Ok(reply);
+        };
+        let fresh = CallOptions {
+            id: Some(console.new_request_id()),
+            ..opts.clone()
+        };
+        reply = console.call_method(instance, &next, &fresh).await?;
+    }
+    if let Some(all) = whole {
+        reply.body = ReplyBody::Ok(all);
+    }
+    Ok(reply)
 }
 
 /// Sends the request with `csgctl call`'s retry policy and prints the outcome.
@@ -547,7 +667,7 @@ pub async fn run(
     let again = format!(
         "running the same command again with --id {id} is safe: the request will not run twice"
     );
-    match console.call_method(&c.instance, &req.method, &opts).await {
+    match call_all_pages(console, &c.instance, &req.method, &opts).await {
         Ok(reply) => match reply.body {
             ReplyBody::Ok(result) => {
                 // `--json` prints the result as it came: fields a newer agent added included.
@@ -630,6 +750,18 @@ mod tests {
             Top::Smb(c) => smb(c)?.method,
             Top::Iscsi(c) => iscsi(c)?.method,
         })
+    }
+
+    #[test]
+    fn list_limits_are_checked_by_the_flag_parser() {
+        for bad in ["0", "1001", "-1", "x"] {
+            assert!(
+                method(&["smb", "user", "list", "gw", "--limit", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        let m = method(&["iscsi", "target", "list", "gw", "--limit", "1000"]).unwrap();
+        assert_eq!(Value::Object(m.params()), json!({"limit": 1000}));
     }
 
     fn obj(v: Value) -> Map<String, Value> {
@@ -739,6 +871,11 @@ mod tests {
                 json!({"name": "v1"}),
             ),
             (vec!["nfs", "list", "gw"], "nfs.export.list", json!({})),
+            (
+                vec!["nfs", "list", "gw", "--limit", "5"],
+                "nfs.export.list",
+                json!({"limit": 5}),
+            ),
             (
                 vec![
                     "smb",

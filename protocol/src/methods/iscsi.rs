@@ -38,6 +38,10 @@ pub const MAX_INITIATORS: usize = 64;
 pub const MAX_NETWORKS: usize = 64;
 /// LUN sizes are whole 512-byte blocks, at most 64 TiB.
 pub const BLOCK: u64 = 512;
+/// What [`TargetName::parse`] accepts, for the schema.
+pub const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+/// What [`Iqn::parse`] accepts, for the schema (length and month checks included).
+pub const IQN_PATTERN: &str = "^(iqn\\.[0-9]{4}-(0[1-9]|1[0-2])\\.[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[a-z0-9.:-]+)?|eui\\.[0-9a-f]{16}|naa\\.([0-9a-f]{16}|[0-9a-f]{32}))$";
 pub const MAX_SIZE_BYTES: u64 = 64 << 40;
 
 // ---------------------------------------------------------------------------------------------
@@ -283,10 +287,11 @@ impl std::fmt::Debug for ChapSecret {
 // Params (as on the wire)
 
 /// One LUN as sent by a console.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LunParams {
     /// 1–255 (LUN 0 is the target's controller).
+    #[schemars(range(min = 1, max = 255))]
     pub lun: u16,
     /// A regular file under a storage root (created sparse when absent), or an existing block
     /// device where the config allows devices.
@@ -299,16 +304,20 @@ pub struct LunParams {
 }
 
 /// CHAP credentials as sent by a console. The secrets never come back in any reply.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChapParams {
     /// The initiator authenticates as this user.
+    #[schemars(pattern(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"), length(max = 64))]
     pub username: String,
+    #[schemars(pattern(r"^[A-Za-z0-9]{12,16}$"), extend("writeOnly" = true))]
     pub secret: String,
     /// Mutual CHAP: the target authenticates to the initiator as this user (both or neither).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"), length(max = 64))]
     pub mutual_username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^[A-Za-z0-9]{12,16}$"), extend("writeOnly" = true))]
     pub mutual_secret: Option<String>,
 }
 
@@ -331,29 +340,35 @@ impl std::fmt::Debug for ChapParams {
 }
 
 /// `iscsi.target.create` and `iscsi.target.update` (update replaces the whole spec).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TargetParams {
+    #[schemars(pattern(NAME_PATTERN), length(max = 63))]
     pub name: String,
     /// Explicit target IQN; default `<iscsi.iqn_prefix>:<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(IQN_PATTERN), length(max = 223))]
     pub iqn: Option<String>,
     #[serde(default)]
+    #[schemars(length(max = 64))]
     pub luns: Vec<LunParams>,
     /// Initiator IQNs allowed to log in.
     #[serde(default)]
+    #[schemars(length(max = 64), inner(pattern(IQN_PATTERN), length(max = 223)))]
     pub initiators: Vec<String>,
     /// Initiator addresses (IP or CIDR) allowed to log in.
     #[serde(default)]
+    #[schemars(length(max = 64), inner(length(max = 43)))]
     pub networks: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chap: Option<ChapParams>,
 }
 
 /// `iscsi.target.delete`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteParams {
+    #[schemars(pattern(NAME_PATTERN), length(max = 63))]
     pub name: String,
     /// Also remove the regular backing files (never block devices, never a file another
     /// target uses).
@@ -365,9 +380,10 @@ pub struct DeleteParams {
 }
 
 /// `iscsi.target.get`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GetParams {
+    #[schemars(pattern(NAME_PATTERN), length(max = 63))]
     pub name: String,
 }
 
@@ -375,7 +391,9 @@ pub struct GetParams {
 // Validated specs
 
 /// One LUN after its syntax checks (the path is syntax-checked only; the agent resolves it).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct LunSpec {
     pub lun: u16,
@@ -595,7 +613,7 @@ impl TargetParams {
 // Results
 
 /// What a console asked for, as reported back (no secrets).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TargetDesired {
     pub iqn: String,
     pub luns: Vec<LunSpec>,
@@ -609,7 +627,7 @@ pub struct TargetDesired {
 }
 
 /// One LUN as the backend reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LunActual {
     pub lun: u16,
     pub path: String,
@@ -620,7 +638,7 @@ pub struct LunActual {
 }
 
 /// The target as the backend really has it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TargetActual {
     /// tgt's target id (not stable across tgtd restarts); absent on LIO, which has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -638,7 +656,7 @@ pub struct TargetActual {
 }
 
 /// One target in `get` and `list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TargetView {
     pub name: String,
     pub desired: TargetDesired,
@@ -649,15 +667,20 @@ pub struct TargetView {
 }
 
 /// `iscsi.target.list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ListResult {
     pub targets: Vec<TargetView>,
-    /// Targets under the agent's IQN prefix that the backend has and the desired state does not.
+    /// Targets under the agent's IQN prefix that the backend has and the desired state does not
+    /// (whole on every page: it is not paged).
     pub unexpected: Vec<String>,
+    /// The cursor of the next page (pass it as `cursor`); absent on the last page and when
+    /// no `limit` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `iscsi.target.create` / `update`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApplyResult {
     pub name: String,
     pub iqn: String,
@@ -668,7 +691,7 @@ pub struct ApplyResult {
 }
 
 /// `iscsi.target.delete`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeleteResult {
     pub existed: bool,
     pub deleted_files: Vec<String>,

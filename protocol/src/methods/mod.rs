@@ -8,10 +8,13 @@
 
 pub mod iscsi;
 pub mod nfs;
+pub mod page;
 mod pattern;
+pub mod schema;
 pub mod smb;
 pub mod sys;
 
+pub use page::{ListParams, Page};
 pub use pattern::MethodPattern;
 
 use serde::de::DeserializeOwned;
@@ -36,6 +39,8 @@ pub enum Kind {
 pub enum SysMethod {
     Ping,
     Info,
+    /// What this agent supports: versions, limits, signing, families, every method's schemas.
+    Capabilities,
     Status,
     Reconcile,
 }
@@ -47,7 +52,7 @@ pub enum NfsMethod {
     ExportUpdate(nfs::ExportParams),
     ExportDelete(nfs::NameParams),
     ExportGet(nfs::NameParams),
-    ExportList,
+    ExportList(Page),
 }
 
 /// `smb.share.*` and `smb.user.*`.
@@ -57,10 +62,10 @@ pub enum SmbMethod {
     ShareUpdate(smb::ShareSpec),
     ShareDelete(smb::ShareRef),
     ShareGet(smb::ShareRef),
-    ShareList,
+    ShareList(Page),
     UserSet(smb::UserSet),
     UserDelete(smb::UserRef),
-    UserList,
+    UserList(Page),
 }
 
 /// `iscsi.target.*`.
@@ -70,7 +75,7 @@ pub enum IscsiMethod {
     TargetUpdate(iscsi::TargetParams),
     TargetDelete(iscsi::DeleteParams),
     TargetGet(iscsi::GetParams),
-    TargetList,
+    TargetList(Page),
 }
 
 /// One request's method with its parsed params.
@@ -102,6 +107,7 @@ pub const ALL: &[&str] = &[
     smb::USER_DELETE,
     smb::USER_LIST,
     smb::USER_SET,
+    sys::CAPABILITIES,
     sys::INFO,
     sys::PING,
     sys::RECONCILE,
@@ -171,11 +177,12 @@ impl Method {
         use SmbMethod as S;
         use SysMethod as Y;
         Ok(match name {
-            sys::PING | sys::INFO | sys::STATUS | sys::RECONCILE => {
+            sys::PING | sys::INFO | sys::CAPABILITIES | sys::STATUS | sys::RECONCILE => {
                 none(name, &params)?;
                 Method::Sys(match name {
                     sys::PING => Y::Ping,
                     sys::INFO => Y::Info,
+                    sys::CAPABILITIES => Y::Capabilities,
                     sys::STATUS => Y::Status,
                     _ => Y::Reconcile,
                 })
@@ -184,10 +191,7 @@ impl Method {
             nfs::EXPORT_UPDATE => Method::Nfs(N::ExportUpdate(named(name, params)?)),
             nfs::EXPORT_DELETE => Method::Nfs(N::ExportDelete(named(name, params)?)),
             nfs::EXPORT_GET => Method::Nfs(N::ExportGet(named(name, params)?)),
-            nfs::EXPORT_LIST => {
-                none(name, &params)?;
-                Method::Nfs(N::ExportList)
-            }
+            nfs::EXPORT_LIST => Method::Nfs(N::ExportList(Page::parse(nfs::EXPORT_LIST, params)?)),
             smb::SHARE_CREATE => Method::Smb(S::ShareCreate(
                 smb::ShareSpec::from_params(params).map_err(MethodError::InvalidParams)?,
             )),
@@ -196,16 +200,10 @@ impl Method {
             )),
             smb::SHARE_DELETE => Method::Smb(S::ShareDelete(plain(params)?)),
             smb::SHARE_GET => Method::Smb(S::ShareGet(plain(params)?)),
-            smb::SHARE_LIST => {
-                none(name, &params)?;
-                Method::Smb(S::ShareList)
-            }
+            smb::SHARE_LIST => Method::Smb(S::ShareList(Page::parse(smb::SHARE_LIST, params)?)),
             smb::USER_SET => Method::Smb(S::UserSet(plain(params)?)),
             smb::USER_DELETE => Method::Smb(S::UserDelete(plain(params)?)),
-            smb::USER_LIST => {
-                none(name, &params)?;
-                Method::Smb(S::UserList)
-            }
+            smb::USER_LIST => Method::Smb(S::UserList(Page::parse(smb::USER_LIST, params)?)),
             iscsi::TARGET_CREATE => Method::Iscsi(I::TargetCreate(named(name, params)?)),
             iscsi::TARGET_UPDATE => Method::Iscsi(I::TargetUpdate(named(name, params)?)),
             iscsi::TARGET_DELETE => Method::Iscsi(I::TargetDelete(named(name, params)?)),
@@ -217,8 +215,7 @@ impl Method {
                 Method::Iscsi(I::TargetGet(p))
             }
             iscsi::TARGET_LIST => {
-                none(name, &params)?;
-                Method::Iscsi(I::TargetList)
+                Method::Iscsi(I::TargetList(Page::parse(iscsi::TARGET_LIST, params)?))
             }
             other => return Err(MethodError::Unknown(other.to_string())),
         })
@@ -233,26 +230,27 @@ impl Method {
         match self {
             Method::Sys(Y::Ping) => sys::PING,
             Method::Sys(Y::Info) => sys::INFO,
+            Method::Sys(Y::Capabilities) => sys::CAPABILITIES,
             Method::Sys(Y::Status) => sys::STATUS,
             Method::Sys(Y::Reconcile) => sys::RECONCILE,
             Method::Nfs(N::ExportCreate(_)) => nfs::EXPORT_CREATE,
             Method::Nfs(N::ExportUpdate(_)) => nfs::EXPORT_UPDATE,
             Method::Nfs(N::ExportDelete(_)) => nfs::EXPORT_DELETE,
             Method::Nfs(N::ExportGet(_)) => nfs::EXPORT_GET,
-            Method::Nfs(N::ExportList) => nfs::EXPORT_LIST,
+            Method::Nfs(N::ExportList(_)) => nfs::EXPORT_LIST,
             Method::Smb(S::ShareCreate(_)) => smb::SHARE_CREATE,
             Method::Smb(S::ShareUpdate(_)) => smb::SHARE_UPDATE,
             Method::Smb(S::ShareDelete(_)) => smb::SHARE_DELETE,
             Method::Smb(S::ShareGet(_)) => smb::SHARE_GET,
-            Method::Smb(S::ShareList) => smb::SHARE_LIST,
+            Method::Smb(S::ShareList(_)) => smb::SHARE_LIST,
             Method::Smb(S::UserSet(_)) => smb::USER_SET,
             Method::Smb(S::UserDelete(_)) => smb::USER_DELETE,
-            Method::Smb(S::UserList) => smb::USER_LIST,
+            Method::Smb(S::UserList(_)) => smb::USER_LIST,
             Method::Iscsi(I::TargetCreate(_)) => iscsi::TARGET_CREATE,
             Method::Iscsi(I::TargetUpdate(_)) => iscsi::TARGET_UPDATE,
             Method::Iscsi(I::TargetDelete(_)) => iscsi::TARGET_DELETE,
             Method::Iscsi(I::TargetGet(_)) => iscsi::TARGET_GET,
-            Method::Iscsi(I::TargetList) => iscsi::TARGET_LIST,
+            Method::Iscsi(I::TargetList(_)) => iscsi::TARGET_LIST,
         }
     }
 
@@ -273,10 +271,10 @@ impl Method {
         use SmbMethod as S;
         use SysMethod as Y;
         match self {
-            Method::Sys(Y::Ping | Y::Info | Y::Status)
-            | Method::Nfs(N::ExportGet(_) | N::ExportList)
-            | Method::Smb(S::ShareGet(_) | S::ShareList | S::UserList)
-            | Method::Iscsi(I::TargetGet(_) | I::TargetList) => Kind::Read,
+            Method::Sys(Y::Ping | Y::Info | Y::Capabilities | Y::Status)
+            | Method::Nfs(N::ExportGet(_) | N::ExportList(_))
+            | Method::Smb(S::ShareGet(_) | S::ShareList(_) | S::UserList(_))
+            | Method::Iscsi(I::TargetGet(_) | I::TargetList(_)) => Kind::Read,
             Method::Sys(Y::Reconcile)
             | Method::Nfs(N::ExportCreate(_) | N::ExportUpdate(_) | N::ExportDelete(_))
             | Method::Smb(
@@ -300,9 +298,9 @@ impl Method {
         use SmbMethod as S;
         match self {
             Method::Sys(_)
-            | Method::Nfs(N::ExportList)
-            | Method::Smb(S::ShareList | S::UserList)
-            | Method::Iscsi(I::TargetList) => None,
+            | Method::Nfs(N::ExportList(_))
+            | Method::Smb(S::ShareList(_) | S::UserList(_))
+            | Method::Iscsi(I::TargetList(_)) => None,
             Method::Nfs(N::ExportCreate(p) | N::ExportUpdate(p)) => Some(&p.name),
             Method::Nfs(N::ExportDelete(p) | N::ExportGet(p)) => Some(&p.name),
             Method::Smb(S::ShareCreate(p) | S::ShareUpdate(p)) => Some(p.name.as_str()),
@@ -321,10 +319,10 @@ impl Method {
         use NfsMethod as N;
         use SmbMethod as S;
         match self {
-            Method::Sys(_)
-            | Method::Nfs(N::ExportList)
-            | Method::Smb(S::ShareList | S::UserList)
-            | Method::Iscsi(I::TargetList) => Map::new(),
+            Method::Sys(_) => Map::new(),
+            Method::Nfs(N::ExportList(p))
+            | Method::Smb(S::ShareList(p) | S::UserList(p))
+            | Method::Iscsi(I::TargetList(p)) => object(&p.to_params()),
             Method::Nfs(N::ExportCreate(p) | N::ExportUpdate(p)) => object(p),
             Method::Nfs(N::ExportDelete(p) | N::ExportGet(p)) => object(p),
             Method::Smb(S::ShareCreate(p) | S::ShareUpdate(p)) => object(p),
@@ -342,7 +340,7 @@ impl Method {
 // Results
 
 /// One entry of `smb.changes` in a reconcile report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SmbChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<String>,
@@ -357,7 +355,7 @@ pub struct SmbChange {
 }
 
 /// A target reconcile changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IscsiChanged {
     pub target: String,
     /// `created`, `repaired` or `removed`.
@@ -369,21 +367,21 @@ pub struct IscsiChanged {
 }
 
 /// A target reconcile could not put right.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IscsiFailed {
     pub target: String,
     pub error: String,
 }
 
 /// `iscsi.changes` in a reconcile report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IscsiChanges {
     pub changed: Vec<IscsiChanged>,
     pub failed: Vec<IscsiFailed>,
 }
 
 /// What one family's reconcile changed, in that family's terms.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Changes {
     /// NFS: what was found wrong and fixed, in words.
@@ -394,7 +392,7 @@ pub enum Changes {
 
 /// One family in a reconcile report: `{"ok": true, "changes": …}` or
 /// `{"ok": false, "error": {code, message, retryable}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FamilyReconcile {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -422,16 +420,17 @@ impl FamilyReconcile {
 
 /// Result of `sys.reconcile` (and the start-up pass): one entry per configured family, by
 /// family name; `{}` with no storage configured.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct ReconcileReport(pub std::collections::BTreeMap<String, FamilyReconcile>);
 
 /// The result of any method, typed. Serializes to exactly the method's result object.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum MethodResult {
     Ping(sys::PingResult),
     Info(Box<sys::InfoResult>),
+    Capabilities(Box<sys::CapabilitiesResult>),
     Status(Box<Heartbeat>),
     Reconcile(ReconcileReport),
     NfsMutate(Box<nfs::MutateResult>),
@@ -466,6 +465,7 @@ impl MethodResult {
         Ok(match method {
             sys::PING => R::Ping(d(result)?),
             sys::INFO => R::Info(d(result)?),
+            sys::CAPABILITIES => R::Capabilities(d(result)?),
             sys::STATUS => R::Status(d(result)?),
             sys::RECONCILE => R::Reconcile(d(result)?),
             nfs::EXPORT_CREATE | nfs::EXPORT_UPDATE => R::NfsMutate(d(result)?),
@@ -505,7 +505,7 @@ mod tests {
             return None;
         }
         Some(match name.rsplit('.').next() {
-            Some("get" | "list" | "ping" | "info" | "status") => Kind::Read,
+            Some("get" | "list" | "ping" | "info" | "capabilities" | "status") => Kind::Read,
             _ => Kind::Mutation,
         })
     }
@@ -522,6 +522,7 @@ mod tests {
         let samples: Vec<(&str, Value)> = vec![
             (sys::PING, json!({})),
             (sys::INFO, json!({})),
+            (sys::CAPABILITIES, json!({})),
             (sys::STATUS, json!({})),
             (sys::RECONCILE, json!({})),
             (
@@ -535,6 +536,7 @@ mod tests {
             (nfs::EXPORT_DELETE, json!({"name":"e1"})),
             (nfs::EXPORT_GET, json!({"name":"e1"})),
             (nfs::EXPORT_LIST, json!({})),
+            (nfs::EXPORT_LIST, json!({"limit": 10})),
             (smb::SHARE_CREATE, json!({"name":"s1","path":"/srv/s"})),
             (smb::SHARE_UPDATE, json!({"name":"s1","path":"/srv/s"})),
             (smb::SHARE_DELETE, json!({"name":"s1"})),
@@ -558,6 +560,7 @@ mod tests {
                 Method::parse(name, obj(params.clone())).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(m.name(), name);
             assert_eq!(Some(m.kind()), kind_of(name), "{name}");
+            assert_eq!(schema::kind(name), Some(m.kind()), "{name}");
             assert_eq!(m.family(), name.split('.').next().unwrap_or(""));
             // What a console sends parses to the same method.
             let again = Method::parse(name, m.params()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -565,6 +568,7 @@ mod tests {
             seen.push(name);
         }
         seen.sort_unstable();
+        seen.dedup();
         assert_eq!(seen, ALL);
     }
 

@@ -23,6 +23,9 @@ pub const METHODS: &[&str] = &[
     EXPORT_UPDATE,
 ];
 
+/// What [`ExportName::parse`] accepts, for the schema.
+pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,31}$";
+
 /// Most client entries one export may have.
 pub const MAX_CLIENTS: usize = 64;
 /// The anonymous uid/gid when none is given (`nobody`).
@@ -30,7 +33,9 @@ pub const DEFAULT_ANON_ID: u32 = 65534;
 /// Largest anonuid/anongid (`(uid_t)-1` is "no id").
 pub const MAX_ANON_ID: u32 = 4_294_967_294;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
     #[default]
@@ -39,7 +44,9 @@ pub enum Access {
 }
 
 /// Which client ids are mapped to the anonymous uid/gid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Squash {
     /// uid/gid 0 only (`root_squash`).
@@ -59,44 +66,53 @@ fn yes() -> bool {
 }
 
 /// One client entry as sent by a console.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientParams {
     /// An IP address or CIDR; host names, wildcards and `@netgroup`s only where the agent's
     /// config allows them (`nfs.allow_hostnames`).
     #[serde(rename = "match")]
+    #[schemars(length(min = 1, max = 253))]
     pub matches: String,
     #[serde(default)]
     pub access: Access,
     #[serde(default)]
     pub squash: Squash,
     #[serde(default = "default_anon")]
+    #[schemars(range(max = 4_294_967_294u32))]
     pub anonuid: u32,
     #[serde(default = "default_anon")]
+    #[schemars(range(max = 4_294_967_294u32))]
     pub anongid: u32,
 }
 
 /// Params of `nfs.export.create` and `nfs.export.update` (the whole spec each time).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportParams {
+    #[schemars(pattern(NAME_PATTERN), length(max = 32))]
     pub name: String,
+    #[schemars(pattern(super::schema::PATH_PATTERN), length(max = 1023))]
     pub path: String,
+    #[schemars(length(min = 1, max = 64))]
     pub clients: Vec<ClientParams>,
     #[serde(default = "yes")]
     pub sync: bool,
     /// NFSv4 pseudo path (Ganesha). Default `/` + name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(super::schema::PATH_PATTERN), length(max = 1023))]
     pub pseudo: Option<String>,
     /// NFS versions served (Ganesha): a non-empty subset of `[3, 4]`. Default `[3, 4]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2), inner(range(min = 3, max = 4)))]
     pub protocols: Option<Vec<u8>>,
 }
 
 /// Params of `nfs.export.get` and `nfs.export.delete`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NameParams {
+    #[schemars(pattern(NAME_PATTERN), length(max = 32))]
     pub name: String,
 }
 
@@ -373,7 +389,7 @@ impl ExportParams {
 
 /// One client entry as the backend really has it. Fields the backend does not report are
 /// absent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ActualClient {
     #[serde(rename = "match")]
     pub matches: String,
@@ -390,7 +406,7 @@ pub struct ActualClient {
 }
 
 /// An export as read back from the backend (`exportfs -s`, or Ganesha's `DisplayExport`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ActualExport {
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -401,7 +417,7 @@ pub struct ActualExport {
 }
 
 /// One export in `get`/`list` results and after a mutation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ExportStatus {
     pub name: String,
     /// What the console asked for (defaults filled in).
@@ -413,7 +429,7 @@ pub struct ExportStatus {
 }
 
 /// Result of `create` and `update`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MutateResult {
     /// False when the spec was already in place (nothing was applied).
     pub changed: bool,
@@ -421,18 +437,22 @@ pub struct MutateResult {
 }
 
 /// Result of `delete`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeleteResult {
     pub name: String,
     pub existed: bool,
 }
 
 /// Result of `list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ListResult {
     /// `kernel` or `ganesha`.
     pub backend: String,
     pub exports: Vec<ExportStatus>,
+    /// The cursor of the next page (pass it as `cursor`); absent on the last page and when
+    /// no `limit` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 #[cfg(test)]

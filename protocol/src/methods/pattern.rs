@@ -28,9 +28,13 @@ impl MethodPattern {
         &self.0
     }
 
-    /// Glob match: `*` matches any (possibly empty) run of characters.
+    /// Glob match: `*` matches any (possibly empty) run of characters. `sys.capabilities`
+    /// (protocol 1.1) is allowed wherever `sys.info` is: a key configured for 1.0 that may ask
+    /// what the agent is may also ask what it supports, without its config being rewritten.
     pub fn matches(&self, method: &str) -> bool {
         glob(self.0.as_bytes(), method.as_bytes())
+            || (method == super::sys::CAPABILITIES
+                && glob(self.0.as_bytes(), super::sys::INFO.as_bytes()))
     }
 }
 
@@ -54,4 +58,26 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
         }
     }
     p[pi..].iter().all(|&b| b == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_follow_info() {
+        for (p, yes) in [
+            ("sys.info", true),
+            ("sys.*", true),
+            ("*", true),
+            ("*.info", true),
+            ("sys.ping", false),
+            ("*.get", false),
+            ("nfs.*", false),
+        ] {
+            let p = MethodPattern::new(p).unwrap();
+            assert_eq!(p.matches("sys.capabilities"), yes, "{}", p.as_str());
+            assert_eq!(p.matches("sys.info"), yes, "{}", p.as_str());
+        }
+    }
 }

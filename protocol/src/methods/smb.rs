@@ -329,7 +329,9 @@ impl From<Comment> for String {
 }
 
 /// SMB encryption for the share (`server smb encrypt`); `default` leaves the global setting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Encrypt {
     #[default]
@@ -423,7 +425,7 @@ fn default_directory_mask() -> Mask {
 /// A complete, validated share: the params of `smb.share.create` and `smb.share.update` (the
 /// whole spec, not a patch; defaults filled in), what the agent keeps as its desired state, and
 /// what `get`/`list` report as `desired`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShareSpec {
     pub name: ShareName,
@@ -556,14 +558,14 @@ fn check_fields(params: &serde_json::Map<String, serde_json::Value>) -> Result<(
 }
 
 /// Params of `smb.share.get` and `smb.share.delete`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShareRef {
     pub name: ShareName,
 }
 
 /// One share as `get`/`list` report it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ShareInfo {
     /// The name as the agent (or, for an unmanaged share, Samba's registry) spells it.
     pub name: String,
@@ -579,7 +581,7 @@ pub struct ShareInfo {
 }
 
 /// Result of `smb.share.create` and `smb.share.update`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ShareResult {
     /// False when Samba already had exactly this share (a repeated create or a no-op update).
     pub changed: bool,
@@ -587,13 +589,17 @@ pub struct ShareResult {
 }
 
 /// Result of `smb.share.list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ShareList {
     pub shares: Vec<ShareInfo>,
+    /// The cursor of the next page (pass it as `cursor`); absent on the last page and when
+    /// no `limit` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Result of `smb.share.delete` and `smb.user.delete`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeleteResult {
     pub existed: bool,
 }
@@ -650,7 +656,7 @@ impl fmt::Debug for Password {
 }
 
 /// Params of `smb.user.set`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserSet {
     pub username: UserName,
@@ -658,14 +664,14 @@ pub struct UserSet {
 }
 
 /// Params of `smb.user.delete`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserRef {
     pub username: UserName,
 }
 
 /// Result of `smb.user.set` (never carries the password).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UserSetResult {
     pub username: String,
     /// True when the Samba account is new, false when only its password changed.
@@ -675,7 +681,7 @@ pub struct UserSetResult {
 }
 
 /// One user as `smb.user.list` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UserInfo {
     pub username: String,
     /// Whether the agent set it up (it is in the desired state).
@@ -688,9 +694,13 @@ pub struct UserInfo {
     pub drift: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UserList {
     pub users: Vec<UserInfo>,
+    /// The cursor of the next page (pass it as `cursor`); absent on the last page and when
+    /// no `limit` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Parses params into `T`, or a message naming the field and the rule.
