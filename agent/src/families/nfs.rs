@@ -8,6 +8,7 @@
 //! state is restored too. Reads take no lock.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use csg_protocol::methods::nfs::{
     self as m, ActualExport, DeleteResult, ExportName, ExportParams, ExportSpec, ExportStatus,
@@ -15,6 +16,7 @@ use csg_protocol::methods::nfs::{
 };
 use csg_protocol::methods::{Changes, MethodResult, NfsMethod};
 use csg_protocol::status::{FamilySummary, ServiceState};
+use csg_protocol::validate::WorldPolicy;
 use csg_protocol::{ErrorCode, RpcError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -90,6 +92,10 @@ pub struct Nfs {
     backend: Box<dyn NfsBackend>,
     ctx: StorageCtx,
     allow_hostnames: bool,
+    world: WorldPolicy,
+    /// Stored exports the world policy refuses are named once per start, not on every
+    /// reconcile.
+    world_warned: AtomicBool,
     first_id: u16,
     lock: Mutex<()>,
 }
@@ -100,6 +106,8 @@ impl Nfs {
             backend,
             ctx: ctx.clone(),
             allow_hostnames: cfg.allow_hostnames,
+            world: cfg.world,
+            world_warned: AtomicBool::new(false),
             first_id: cfg.first_export_id,
             lock: Mutex::new(()),
         }
@@ -130,6 +138,7 @@ impl Nfs {
     /// Params → a spec this backend can serve, with the path checked on disk.
     fn spec_of(&self, p: &ExportParams) -> Result<ExportSpec, RpcError> {
         let spec = p.validate(self.allow_hostnames).map_err(invalid)?;
+        spec.check_world(&self.world).map_err(invalid)?;
         match self.backend.dialect() {
             Dialect::Kernel => {
                 if p.pseudo.is_some() {
@@ -166,6 +175,22 @@ impl Nfs {
             )));
         }
         Ok(spec)
+    }
+
+    /// Exports stored before the world policy (or under a laxer config) stay as they are, so an
+    /// upgrade or a stricter config never takes a share away from its clients; the operator is
+    /// told which ones, and an update must then satisfy the policy.
+    fn warn_world(&self, set: &DesiredSet) {
+        for (name, m) in set {
+            for (client, why) in m.spec.world_clients(&self.world) {
+                warn!(
+                    export = %name,
+                    client = %client,
+                    "stored NFS export reaches the world and is kept as it is: {why}; \
+                     an update must narrow it (or delete it)"
+                );
+            }
+        }
     }
 
     /// The normalised params stored and compared for this backend.
@@ -384,6 +409,9 @@ impl Family for Nfs {
             let _g = self.lock.lock().await;
             let st = self.load().await?;
             let set = self.desired(&st)?;
+            if !self.world_warned.swap(true, Ordering::Relaxed) {
+                self.warn_world(&set);
+            }
             let changes = self.backend.reconcile(&set).await?;
             for c in &changes {
                 debug!(change = %c, "nfs reconcile");
@@ -428,6 +456,7 @@ mod tests {
             exports_file: "/nonexistent/csg.exports".into(),
             exportfs: "/nonexistent/exportfs".into(),
             allow_hostnames: false,
+            world: WorldPolicy::strict("nfs"),
             ganesha_dir: "/nonexistent".into(),
             dbus_send: "/nonexistent/dbus-send".into(),
             dbus_address: None,
@@ -530,6 +559,36 @@ mod tests {
         );
         assert!(!file.exists(), "the exports file was not taken back");
         assert_eq!(nfs.load().await.unwrap(), NfsState::default());
+    }
+
+    #[tokio::test]
+    async fn world_clients_are_refused_but_stored_ones_are_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let nfs = family(&root, Box::new(MemoryExports::new()));
+        let world = export(&root, "vol1", "0.0.0.0/0");
+        let e = mutate(&nfs, NfsMethod::ExportCreate(world.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidParams);
+        assert!(e.message.contains("nfs.allow_world"), "{}", e.message);
+        assert_eq!(nfs.load().await.unwrap(), NfsState::default());
+        // Stored under an older agent or a laxer config: it loads, reconciles and lists.
+        let spec = world.validate(false).unwrap();
+        let mut st = NfsState::default();
+        st.exports.insert("vol1".into(), nfs.normalised(&spec));
+        nfs.ctx.state.put(FAMILY, &st).await.unwrap();
+        assert!(matches!(nfs.reconcile().await.unwrap(), Changes::Nfs(c) if c.len() == 1));
+        let MethodResult::NfsList(l) = nfs.call(NfsMethod::ExportList).await.unwrap() else {
+            panic!("not a list");
+        };
+        assert!(
+            l.exports.len() == 1 && l.exports[0].drift.is_empty(),
+            "{l:?}"
+        );
+        // Narrowing it is an ordinary update.
+        let narrow = export(&root, "vol1", "10.0.0.0/8");
+        mutate(&nfs, NfsMethod::ExportUpdate(narrow)).await.unwrap();
     }
 
     #[test]
