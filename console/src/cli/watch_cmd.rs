@@ -310,6 +310,7 @@ mod tests {
             ts_ms: 1,
             agent_version: "0.1.0".into(),
             uptime_s: 3720,
+            interval_s: 30,
             system: SystemStats {
                 cpu_pct: 3.25,
                 load1: 0.1,
