@@ -189,6 +189,7 @@ impl StatusSource {
             services,
             storage,
             counters: self.stats.snapshot(),
+            dropped: self.stats.dropped_by_reason(),
         }
     }
 

@@ -34,6 +34,11 @@ pub struct Heartbeat {
     /// Request counters since the agent started.
     #[serde(default)]
     pub counters: Counters,
+    /// Messages dropped without an answer since the agent started, per reason
+    /// (`unsubscribed_topic`, `not_utf8`, `oversized`, `unreadable`, `reply_topic_refused`,
+    /// `queue_full`); reasons never seen are absent. They add up to `counters.dropped`.
+    #[serde(default)]
+    pub dropped: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -321,6 +321,7 @@ mod tests {
             services: Default::default(),
             storage: Default::default(),
             counters: Default::default(),
+            dropped: Default::default(),
         }
     }
 
