@@ -453,3 +453,30 @@ fn a_request_above_the_brokers_packet_limit_exits_4_naming_the_limit() {
     ]);
     out.assert_code(3);
 }
+
+/// `watch --until-online` whose own connection dies: what it missed is the connection's doing,
+/// so it exits 4 saying so, not 3 ("not enough instances online").
+#[test]
+fn watch_until_online_exits_4_when_its_connection_was_lost() {
+    let mut broker = csg_e2e::Broker::start();
+    let ctl = csg_e2e::Csgctl::new(&broker.url());
+    let waiting =
+        std::thread::spawn(move || ctl.run(&["watch", "--until-online", "1", "--timeout", "4s"]));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    broker.kill();
+    let out = waiting.join().unwrap();
+    out.assert_code(4);
+    for want in [
+        "note: the connection to the broker was lost (",
+        "the connection to the broker was lost",
+        "not necessarily offline",
+    ] {
+        assert!(out.stderr.contains(want), "{want:?}\n{}", out.describe());
+    }
+    assert_eq!(
+        csg_e2e::csgctl::json_stdout(&out)["reached"],
+        json!(false),
+        "{}",
+        out.describe()
+    );
+}
