@@ -43,7 +43,7 @@ fi
 
 dict_for() {
     case $1 in
-        decode_request | nfs_params | smb_params | iscsi_params) echo "$root/fuzz/dict/json.dict" ;;
+        decode_request | decode_strict | nfs_params | smb_params | iscsi_params) echo "$root/fuzz/dict/json.dict" ;;
         jws_*) echo "$root/fuzz/dict/jws.dict" ;;
         *) echo "$root/fuzz/dict/text.dict" ;;
     esac

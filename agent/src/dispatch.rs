@@ -26,8 +26,9 @@ use tracing::{debug, info, warn};
 use crate::auth::{Opened, Policy, Sender};
 use crate::handlers::Handlers;
 use crate::journal::{Journal, Record};
+use crate::ratelimit::Line;
 use crate::reply_cache::{Lookup, ReplyCache, MAX_WAITERS};
-use crate::stats::Stats;
+use crate::stats::{DropReason, Noisy, Stats};
 use crate::uplink::{OutMessage, Qos, Uplink};
 use csg_transport::Inbound;
 
@@ -130,10 +131,30 @@ impl Dispatcher {
         }
     }
 
-    /// Serves messages until the channel closes.
+    /// Serves messages until the channel closes. Now and then it writes the lines owed for
+    /// dropped messages counted silently (a burst that stopped is still reported in full).
     pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Inbound>) {
-        while let Some(msg) = rx.recv().await {
-            self.on_message(msg);
+        let mut tick = tokio::time::interval(NOISY_FLUSH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.on_message(msg),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    for (what, line) in self.stats.noisy_due(Instant::now()) {
+                        log_noisy(what, &line);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a message dropped without an answer; logs it only when its reason's line is due.
+    fn dropped(&self, reason: DropReason, last: impl FnOnce() -> String) {
+        if let Some(line) = self.stats.drop_message(reason, last) {
+            log_noisy(Noisy::Dropped(reason), &line);
         }
     }
 
@@ -172,6 +193,14 @@ impl Dispatcher {
     /// Handles one message. Synchronous and quick: anything slow runs on a spawned task.
     pub fn on_message(self: &Arc<Self>, msg: Inbound) {
         Stats::inc(&self.stats.received);
+        if msg.topic != self.topics.commands {
+            // Some brokers forward retained messages to clients that never subscribed to them:
+            // nothing on another topic is a command for this agent.
+            self.dropped(DropReason::UnsubscribedTopic, || {
+                format!("topic={} bytes={}", excerpt(&msg.topic), msg.payload.len())
+            });
+            return;
+        }
         let policy = self.policy.read().expect("policy lock").clone();
         let (sender, signed_payload) = match policy.open(&msg.payload, self.max_payload) {
             Opened::Plain => (Sender::Unsigned, None),
@@ -194,19 +223,27 @@ impl Dispatcher {
                 match topic.filter(|t| self.topics.check_reply_to(t).is_ok()) {
                     Some(t) => {
                         Stats::inc(&self.stats.bad_request);
-                        warn!(id = ?e.id.as_ref().map(RequestId::as_str), error = %e, "bad request");
+                        let what = || {
+                            let id = e.id.as_ref().map_or("-", RequestId::as_str);
+                            format!("id={id} error={e}")
+                        };
+                        if let Some(line) =
+                            self.stats.noisy(Noisy::BadRequest, what, Instant::now())
+                        {
+                            log_noisy(Noisy::BadRequest, &line);
+                        }
                         // An id that is not valid is echoed as sent, so a console can match it.
                         let reply = Reply::err(e.id.clone(), RpcError::bad_request(e.to_string()))
                             .with_raw_id(e.raw_id.clone());
                         self.send(t, Bytes::from(reply.to_json()));
                     }
                     None => {
-                        Stats::inc(&self.stats.dropped);
-                        let level_note = match e.kind {
-                            DecodeErrorKind::Oversize => "oversized",
-                            _ => "unreadable",
+                        let reason = match e.kind {
+                            DecodeErrorKind::Oversize => DropReason::Oversized,
+                            _ if std::str::from_utf8(bytes).is_err() => DropReason::NotUtf8,
+                            _ => DropReason::Unreadable,
                         };
-                        warn!(topic = %msg.topic, bytes = msg.payload.len(), error = %e, "{level_note} message dropped: no reply topic to answer on");
+                        self.dropped(reason, || format!("bytes={} error={e}", msg.payload.len()));
                     }
                 }
                 return;
@@ -218,8 +255,9 @@ impl Dispatcher {
                 Ok(()) => Some(t),
                 Err(e) => {
                     // We never publish outside our own topics, so there is nowhere to say so.
-                    Stats::inc(&self.stats.dropped);
-                    warn!(id = %req.id, error = %e, "request dropped: reply topic refused");
+                    self.dropped(DropReason::ReplyTopicRefused, || {
+                        format!("id={} error={e}", req.id)
+                    });
                     return;
                 }
             },
@@ -538,6 +576,12 @@ impl Dispatcher {
     /// envelope is read; nothing is executed or remembered.
     pub fn refuse_busy(&self, msg: Inbound) {
         Stats::inc(&self.stats.received);
+        if msg.topic != self.topics.commands {
+            self.dropped(DropReason::UnsubscribedTopic, || {
+                format!("topic={} bytes={}", excerpt(&msg.topic), msg.payload.len())
+            });
+            return;
+        }
         let (id, topic) = match decode_request(&msg.payload, self.max_payload) {
             Ok(r) => (Some(r.id), r.reply_to.topic().map(str::to_string)),
             Err(e) => (e.id, e.reply_to.and_then(|r| r.topic().map(str::to_string))),
@@ -551,7 +595,46 @@ impl Dispatcher {
                 );
                 self.refuse(&t, id, err);
             }
-            None => Stats::inc(&self.stats.dropped),
+            None => self.dropped(DropReason::QueueFull, || {
+                format!("bytes={}", msg.payload.len())
+            }),
+        }
+    }
+}
+
+/// How often lines owed for silently counted messages are written (each reason still gets at
+/// most one line per [`crate::ratelimit::LOG_WINDOW`]).
+const NOISY_FLUSH: Duration = Duration::from_secs(5);
+
+/// A topic as logged: at most 120 characters (a hostile one may be 64 KiB).
+fn excerpt(topic: &str) -> String {
+    csg_protocol::validate::excerpt(topic, 120)
+}
+
+fn log_noisy(what: Noisy, line: &Line) {
+    let last = &line.last;
+    let (n, over) = (line.count, line.over.as_secs());
+    match what {
+        Noisy::Dropped(r) if n == 1 && over == 0 => warn!(
+            reason = %r.as_str(),
+            "dropped a message ({}); {last} (more like it are counted in sys.status `dropped` \
+             and logged once a minute)",
+            r.as_str()
+        ),
+        Noisy::Dropped(r) => warn!(
+            reason = %r.as_str(),
+            count = n,
+            "dropped {n} messages {} in the last {over} s; last {last}",
+            r.describe()
+        ),
+        Noisy::BadRequest if n == 1 && over == 0 => {
+            warn!("bad request answered; {last} (more are counted in counters.bad_request and logged once a minute)");
+        }
+        Noisy::BadRequest => {
+            warn!(
+                count = n,
+                "{n} bad requests answered in the last {over} s; last {last}"
+            );
         }
     }
 }

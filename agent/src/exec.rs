@@ -241,6 +241,26 @@ pub fn redact(mut s: String, secrets: &[&str]) -> String {
     s
 }
 
+/// A failed change whose undo reported an error while the backend could not be read to tell
+/// whether the previous state is in place anyway (the daemon or program is unreachable): saying
+/// "failed too" would be a guess, and often a wrong one, since a daemon that could not be
+/// reached to undo usually could not be reached to apply either.
+pub fn rolled_back_unconfirmed(
+    err: csg_protocol::RpcError,
+    undo: &csg_protocol::RpcError,
+) -> csg_protocol::RpcError {
+    csg_protocol::RpcError {
+        message: format!(
+            "{}; whether the previous state is back could not be checked ({}); the desired \
+             state is the previous one again, and the next reconcile (or sys.reconcile) \
+             re-applies it",
+            err.message, undo.message
+        ),
+        ..err
+    }
+    .capped()
+}
+
 /// A failed change, with how restoring the previous state went appended: the one wording of
 /// "rolled back" every family uses.
 pub fn rolled_back(

@@ -23,6 +23,7 @@ pub(crate) mod handlers;
 pub(crate) mod journal;
 pub(crate) mod model;
 pub mod notify;
+pub(crate) mod ratelimit;
 pub(crate) mod reply_cache;
 pub mod session;
 pub mod state;

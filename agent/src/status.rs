@@ -123,6 +123,8 @@ pub struct StatusSource {
     group_id: String,
     started: Instant,
     seq: AtomicU64,
+    /// The heartbeat interval now in force (seconds), set by the heartbeat task.
+    interval_s: AtomicU64,
     host: Arc<HostSampler>,
     stats: Arc<Stats>,
     storage: SharedStorage,
@@ -158,6 +160,7 @@ impl StatusSource {
             group_id: group_id.into(),
             started: Instant::now(),
             seq: AtomicU64::new(0),
+            interval_s: AtomicU64::new(0),
             host,
             stats,
             storage,
@@ -180,11 +183,13 @@ impl StatusSource {
             ts_ms: now_ms(),
             agent_version: AGENT_VERSION.into(),
             uptime_s: self.started.elapsed().as_secs(),
+            interval_s: self.interval_s.load(Ordering::Relaxed),
             system,
             disks,
             services,
             storage,
             counters: self.stats.snapshot(),
+            dropped: self.stats.dropped_by_reason(),
         }
     }
 
@@ -192,6 +197,11 @@ impl StatusSource {
     pub async fn next_heartbeat(&self) -> Heartbeat {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.sample(seq).await
+    }
+
+    /// The interval heartbeats carry from now on (a reload may change it).
+    pub fn set_interval(&self, every: Duration) {
+        self.interval_s.store(every.as_secs(), Ordering::Relaxed);
     }
 
     /// The body of `sys.status`: a fresh sample carrying the last heartbeat's `seq`.
@@ -208,6 +218,7 @@ pub async fn heartbeat_loop(
     mut interval: watch::Receiver<Duration>,
     mut link: watch::Receiver<LinkState>,
 ) {
+    source.set_interval(*interval.borrow());
     loop {
         // Wait for the link to come up.
         let epoch = loop {
@@ -239,6 +250,7 @@ pub async fn heartbeat_loop(
                 changed = interval.changed() => {
                     if changed.is_err() { return; }
                     let every = *interval.borrow_and_update();
+                    source.set_interval(every);
                     tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 }

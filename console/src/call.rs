@@ -115,6 +115,25 @@ pub enum CallError {
     DuplicateId { id: RequestId },
     #[error("the console connection closed while request {id} for {instance} was pending")]
     Closed { instance: InstanceId, id: RequestId },
+    /// The console's own broker connection dropped while the call waited, and no answer came
+    /// before the timeout: the gateway was not necessarily offline.
+    #[error(
+        "the connection to the broker was lost ({reason}) while request {id} for {instance} \
+         was pending, {losses} time(s) in {attempts} attempt(s) over {waited:?}; the gateway was \
+         not necessarily offline"
+    )]
+    ConnectionLost {
+        instance: InstanceId,
+        id: RequestId,
+        /// The session's last failure, in words.
+        reason: String,
+        attempts: u32,
+        /// How many times the connection dropped during the call.
+        losses: u32,
+        /// The request's size on the wire (topic and payload).
+        size: usize,
+        waited: Duration,
+    },
 }
 
 impl CallError {
@@ -125,7 +144,8 @@ impl CallError {
             | CallError::NotAcknowledged { id, .. }
             | CallError::TooLarge { id, .. }
             | CallError::DuplicateId { id }
-            | CallError::Closed { id, .. } => Some(id),
+            | CallError::Closed { id, .. }
+            | CallError::ConnectionLost { id, .. } => Some(id),
             CallError::Address { .. } => None,
         }
     }
@@ -136,6 +156,62 @@ struct Prepared {
     id: RequestId,
     topic: String,
     payload: Vec<u8>,
+}
+
+impl Prepared {
+    fn size(&self) -> usize {
+        self.payload.len() + self.topic.len() + PUBLISH_OVERHEAD
+    }
+}
+
+/// Connection drops seen while one call waited.
+#[derive(Default)]
+struct Losses {
+    count: u32,
+    last: Option<String>,
+}
+
+impl Losses {
+    /// Notes the session's state after it changed: a failure is a drop of our connection.
+    fn note(&mut self, state: &LinkState) {
+        if let LinkState::Down(f) = state {
+            self.count += 1;
+            self.last = Some(f.as_ref().map_or_else(
+                || "the connection closed".to_string(),
+                csg_transport::Failure::describe,
+            ));
+        }
+    }
+
+    /// The error for a call that ended without an answer, when the connection was the cause
+    /// (it dropped during the call, or is down now).
+    fn error(
+        &self,
+        instance: &InstanceId,
+        req: &Prepared,
+        attempts: u32,
+        start: Instant,
+        now: &LinkState,
+    ) -> Option<CallError> {
+        let down_now = match now {
+            LinkState::Down(Some(f)) => Some(f.describe()),
+            LinkState::Down(None) | LinkState::Ready(_) => None,
+        };
+        if self.count == 0 && down_now.is_none() {
+            return None;
+        }
+        Some(CallError::ConnectionLost {
+            instance: instance.clone(),
+            id: req.id.clone(),
+            reason: down_now
+                .or_else(|| self.last.clone())
+                .unwrap_or_else(|| "the connection closed".to_string()),
+            attempts,
+            losses: self.count.max(1),
+            size: req.size(),
+            waited: start.elapsed(),
+        })
+    }
 }
 
 impl Console {
@@ -213,20 +289,21 @@ impl Console {
         };
         // The MQTT client treats an oversized outgoing packet as a connection error, which
         // would cut every other call short; refuse it here instead.
-        let size = payload.len() + topic.len() + PUBLISH_OVERHEAD;
+        let prepared = Prepared {
+            id: req.id,
+            topic,
+            payload,
+        };
+        let size = prepared.size();
         if size > o.max_packet_size {
             return Err(CallError::TooLarge {
                 instance: instance.clone(),
-                id: req.id,
+                id: prepared.id,
                 size,
                 limit: o.max_packet_size,
             });
         }
-        Ok(Prepared {
-            id: req.id,
-            topic,
-            payload,
-        })
+        Ok(prepared)
     }
 }
 
@@ -302,6 +379,7 @@ impl Inner {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         // The last retryable error, returned if the deadline passes before a better answer.
         let mut last_retryable: Option<Reply> = None;
+        let mut losses = Losses::default();
 
         'attempt: while Instant::now() < deadline {
             let epoch = match wait_ready(&mut session, deadline).await {
@@ -346,12 +424,16 @@ impl Inner {
                     if !alive {
                         return Err(closed());
                     }
+                    losses.note(&session.borrow());
                     tracing::debug!(id = %req.id, "broker session changed; re-sending when ready");
                 }
             }
         }
         if let Some(reply) = last_retryable {
             return Ok(reply);
+        }
+        if let Some(e) = losses.error(instance, &req, attempts, start, &session.borrow()) {
+            return Err(e);
         }
         Err(CallError::NoReply {
             instance: instance.clone(),
@@ -377,6 +459,7 @@ impl Inner {
         };
         let mut session = self.session.clone();
         let mut attempts = 0u32;
+        let mut losses = Losses::default();
         while Instant::now() < deadline {
             match wait_ready(&mut session, deadline).await {
                 Ready::Epoch(_) => {}
@@ -396,9 +479,13 @@ impl Inner {
                         return Ok(Reply::ok(req.id.clone(), Value::Null));
                     }
                     // The connection dropped before the PUBACK: publish again on the next session.
+                    losses.note(&session.borrow());
                 }
                 _ = sleep_until(attempt_end.into()) => {}
             }
+        }
+        if let Some(e) = losses.error(instance, &req, attempts, start, &session.borrow()) {
+            return Err(e);
         }
         Err(CallError::NotAcknowledged {
             instance: instance.clone(),

@@ -27,6 +27,9 @@ pub enum WatchFilter {
 }
 
 /// A parsed status message body.
+// Most events are heartbeats, each built once and moved to its consumer: boxing the larger
+// variant would add an allocation to nearly every event to save bytes on the rare presence.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchEvent {
     Heartbeat(Heartbeat),

@@ -19,6 +19,10 @@ pub struct Heartbeat {
     pub ts_ms: u64,
     pub agent_version: String,
     pub uptime_s: u64,
+    /// The agent's heartbeat interval in seconds, so a console can tell a late gateway from an
+    /// offline one without knowing each gateway's config. 0 from an agent that predates it.
+    #[serde(default)]
+    pub interval_s: u64,
     pub system: SystemStats,
     pub disks: Vec<DiskInfo>,
     /// One entry per configured storage family (`nfs`, `smb`, `iscsi`): its backend and whether
@@ -30,6 +34,11 @@ pub struct Heartbeat {
     /// Request counters since the agent started.
     #[serde(default)]
     pub counters: Counters,
+    /// Messages dropped without an answer since the agent started, per reason
+    /// (`unsubscribed_topic`, `not_utf8`, `oversized`, `unreadable`, `reply_topic_refused`,
+    /// `queue_full`); reasons never seen are absent. They add up to `counters.dropped`.
+    #[serde(default)]
+    pub dropped: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -154,6 +154,87 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// Which networks a client rule may name without the operator's explicit opt-in: a rule
+/// reaching everyone (`0.0.0.0/0`, `::/0`, any prefix shorter than the minimum) is refused
+/// unless `allow_world` is set. `section` is the agent's config section the settings live in
+/// (`nfs`, `smb`), so a refusal names the setting to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorldPolicy {
+    pub section: &'static str,
+    pub allow_world: bool,
+    pub min_prefix_v4: u8,
+    pub min_prefix_v6: u8,
+}
+
+/// `::ffff:0:0/96`: IPv4 clients as an IPv6 socket sees them.
+const V4_MAPPED: u128 = 0xffff_0000_0000;
+
+impl WorldPolicy {
+    /// The defaults: no world rules; nothing wider than a /8 (IPv4) or a /32 (IPv6).
+    pub const fn strict(section: &'static str) -> Self {
+        Self {
+            section,
+            allow_world: false,
+            min_prefix_v4: 8,
+            min_prefix_v6: 32,
+        }
+    }
+
+    /// Why `c` counts as "the world" under this policy, or `None` when it may be used.
+    pub fn refuses_net(&self, c: &Cidr) -> Option<String> {
+        if self.allow_world {
+            return None;
+        }
+        let s = self.section;
+        let refuse = |what: String| {
+            Some(format!(
+                "{c} reaches {what}; a rule that wide needs {s}.allow_world = true in the \
+                 agent's config"
+            ))
+        };
+        let short = |prefix: u8, key: &str, min: u8| {
+            let whom = if prefix == 0 {
+                "everyone".to_string()
+            } else {
+                format!("a very large range (prefix /{prefix})")
+            };
+            refuse(format!("{whom}, shorter than {s}.{key} = {min}"))
+        };
+        match c.addr {
+            IpAddr::V4(_) if c.prefix < self.min_prefix_v4 => {
+                short(c.prefix, "min_prefix_v4", self.min_prefix_v4)
+            }
+            IpAddr::V4(_) => None,
+            IpAddr::V6(_) if c.prefix < self.min_prefix_v6 => {
+                short(c.prefix, "min_prefix_v6", self.min_prefix_v6)
+            }
+            IpAddr::V6(a) => {
+                let bits = u128::from(a);
+                let mask = |p: u8| {
+                    if p == 0 {
+                        0
+                    } else {
+                        u128::MAX << (128 - u32::from(p))
+                    }
+                };
+                // A network holding the IPv4-mapped block holds every IPv4 client; one inside
+                // it is an IPv4 network written the IPv6 way, held to the IPv4 minimum.
+                if c.prefix <= 96 && V4_MAPPED & mask(c.prefix) == bits {
+                    return refuse(
+                        "every IPv4 client (it holds the IPv4-mapped block ::ffff:0:0/96)".into(),
+                    );
+                }
+                match c.prefix.checked_sub(96) {
+                    Some(p) if bits & mask(96) == V4_MAPPED && p < self.min_prefix_v4 => {
+                        short(p, "min_prefix_v4", self.min_prefix_v4)
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
 /// Free text (comments): printable, no control characters, no `%` (Samba substitutes
 /// `%u`, `%m`, … in many parameters), no `"` or `\` (config quoting), at most `max` characters.
 pub fn check_text(what: &'static str, s: &str, max: usize) -> Result<(), ValueError> {

@@ -1571,3 +1571,110 @@ fn params_errors_echo_only_a_short_excerpt() {
     let e = smb::parse_params::<smb::UserRef>(user.as_object().unwrap().clone()).unwrap_err();
     assert!(e.len() < 1200, "{} bytes", e.len());
 }
+
+// ---------------------------------------------------------------------------------------------
+// World exports: every spelling exportfs reads as "everyone" needs the opt-in.
+
+/// Reference: the IPv4 prefix a client rule really has for IPv4 clients (an IPv6 rule holding
+/// or inside the IPv4-mapped block `::ffff:0:0/96` reaches them too), and its IPv6 prefix.
+fn reach(c: &Cidr) -> (Option<u8>, Option<u8>) {
+    match c.addr {
+        IpAddr::V4(_) => (Some(c.prefix), None),
+        IpAddr::V6(a) => {
+            let mapped = a.to_ipv4_mapped().is_some();
+            let holds_mapped = c.prefix <= 96 && {
+                let keep = 128 - u32::from(c.prefix);
+                let probe = u128::from(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0));
+                keep == 128 || (probe >> keep) == (u128::from(a) >> keep)
+            };
+            let v4 = if holds_mapped {
+                Some(0)
+            } else if mapped && c.prefix > 96 {
+                Some(c.prefix - 96)
+            } else {
+                None
+            };
+            (v4, Some(c.prefix))
+        }
+    }
+}
+
+/// Client spellings near "everyone": short networks, netmask and abbreviated forms, wildcard
+/// patterns with and without a domain after them.
+fn world_spelling() -> impl Strategy<Value = String> {
+    let v4 = (any::<u32>(), 0u8..=32).prop_map(|(a, p)| {
+        let net = if p == 0 {
+            0
+        } else {
+            a & (u32::MAX << (32 - u32::from(p)))
+        };
+        format!("{}/{p}", Ipv4Addr::from(net))
+    });
+    let v6 = (any::<u128>(), 0u8..=128, any::<bool>()).prop_map(|(a, p, mapped)| {
+        let a = if mapped {
+            0xffff_0000_0000 | (a & 0xffff_ffff)
+        } else {
+            a
+        };
+        let net = if p == 0 {
+            0
+        } else {
+            a & (u128::MAX << (128 - u32::from(p)))
+        };
+        format!("{}/{p}", Ipv6Addr::from(net))
+    });
+    let pieces = vec(
+        select(
+            &[
+                "*", "?", ".", "a", "com", "example", "-", "*.", ".*", "0", "/", "/0",
+            ][..],
+        ),
+        1..7,
+    )
+    .prop_map(|p| p.concat());
+    prop_oneof![
+        3 => v4,
+        3 => v6,
+        3 => pieces,
+        1 => select(&["*", "0/0", "0.0.0.0/0.0.0.0", "::/0", "::0/0", "0::0/0", "*.*", "**",
+                      "0.0.0.0/0", "::ffff:0.0.0.0/96", "::/96", "0.0.0.0/00", "::/000",
+                      "*.com", "@all", "*.example.com"][..]).prop_map(str::to_string),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(4096))]
+
+    /// With `allow_world` off, what passes reaches at most a /8 of IPv4 and a /32 of IPv6, and
+    /// a wildcard passes only with a domain of two literal labels after its last wildcard.
+    #[test]
+    fn no_world_spelling_passes_without_the_opt_in(s in world_spelling()) {
+        let strict = csg_protocol::validate::WorldPolicy::strict("nfs");
+        let open = csg_protocol::validate::WorldPolicy { allow_world: true, ..strict };
+        let Ok(m) = nfs::ClientMatch::parse(&s, true) else { return Ok(()) };
+        prop_assert_eq!(m.refused_by(&open), None);
+        let passed = m.refused_by(&strict).is_none();
+        match &m {
+            nfs::ClientMatch::Net(c) => {
+                let (v4, v6) = reach(c);
+                let ok = v4.is_none_or(|p| p >= 8) && v6.is_none_or(|p| p >= 32);
+                prop_assert_eq!(passed, ok, "{} -> {:?}", s, c);
+            }
+            nfs::ClientMatch::Wildcard(w) => {
+                let tail = &w[w.rfind(['*', '?']).unwrap() + 1..];
+                let labels = tail.split_once('.').map_or(0, |(_, d)| {
+                    d.split('.').filter(|l| !l.is_empty()).count()
+                });
+                prop_assert_eq!(passed, labels >= 2, "{}", s);
+            }
+            nfs::ClientMatch::Host(_) | nfs::ClientMatch::Netgroup(_) => prop_assert!(passed),
+        }
+        // The same networks in SMB hosts allow follow the same rule.
+        if let nfs::ClientMatch::Net(c) = m {
+            let share = json!({"name": "d", "path": "/srv/d", "hosts_allow": [c.to_string()]});
+            let spec = smb::ShareSpec::from_params(share.as_object().unwrap().clone()).unwrap();
+            let smb_strict = csg_protocol::validate::WorldPolicy::strict("smb");
+            prop_assert_eq!(spec.check_world(&smb_strict).is_ok(), passed);
+        }
+    }
+}

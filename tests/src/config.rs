@@ -317,6 +317,7 @@ pub struct NfsSection {
     pub ganesha_dir: Option<PathBuf>,
     pub dbus_address: Option<String>,
     pub allow_hostnames: Option<bool>,
+    pub allow_world: Option<bool>,
 }
 
 impl NfsSection {
@@ -346,6 +347,7 @@ pub struct SmbSection {
     pub smb_conf: PathBuf,
     /// The `net` program; the agent's default when `None`.
     pub net: Option<PathBuf>,
+    pub allow_world: Option<bool>,
 }
 
 impl SmbSection {
@@ -354,6 +356,7 @@ impl SmbSection {
             backend: "samba".into(),
             smb_conf: smb_conf.into(),
             net: None,
+            allow_world: None,
         }
     }
 }

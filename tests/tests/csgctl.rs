@@ -382,3 +382,101 @@ fn a_broker_back_within_the_connect_timeout_is_found_before_the_deadline() {
     out.assert_code(0);
     assert_eq!(json_stdout(&out)["pong"], json!(true), "{}", out.describe());
 }
+
+/// csgctl's own connection drops while it waits: it says so, does not blame the gateway, and
+/// exits 4 rather than 3 ("no reply").
+#[test]
+fn the_broker_dying_during_a_call_exits_4_and_does_not_blame_the_gateway() {
+    let mut broker = csg_e2e::Broker::start();
+    let ctl = csg_e2e::Csgctl::new(&broker.url());
+    let waiting = std::thread::spawn(move || {
+        ctl.run(&[
+            "call",
+            "gw-nobody",
+            "sys.ping",
+            "--timeout",
+            "4s",
+            "--attempt-timeout",
+            "1s",
+        ])
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    broker.kill();
+    let out = waiting.join().unwrap();
+    out.assert_code(4);
+    for want in [
+        "the connection to the broker was lost (",
+        "the gateway was not necessarily offline",
+        "--id",
+    ] {
+        assert!(out.stderr.contains(want), "{want:?}\n{}", out.describe());
+    }
+    assert!(!out.stderr.contains("may be offline"), "{}", out.describe());
+}
+
+/// A request above the broker's packet limit: Mosquitto closes csgctl's connection on every
+/// send. csgctl names the packet limit as the likely cause and exits 4.
+#[test]
+fn a_request_above_the_brokers_packet_limit_exits_4_naming_the_limit() {
+    let broker = csg_e2e::Broker::start_with(|port| {
+        format!("{}max_packet_size 20000\n", csg_e2e::broker::config(port))
+    });
+    let big = json!({"pad": "x".repeat(30_000)}).to_string();
+    let out = csg_e2e::Csgctl::new(&broker.url()).run(&[
+        "call",
+        "gw-nobody",
+        "sys.ping",
+        &big,
+        "--timeout",
+        "3s",
+        "--attempt-timeout",
+        "1s",
+    ]);
+    out.assert_code(4);
+    for want in [
+        "the connection to the broker was lost (",
+        "the gateway was not necessarily offline",
+        "packet limit",
+        "max_packet_size",
+    ] {
+        assert!(out.stderr.contains(want), "{want:?}\n{}", out.describe());
+    }
+    // A small request on the same broker still gets through (to nobody: exit 3).
+    let out = csg_e2e::Csgctl::new(&broker.url()).run(&[
+        "call",
+        "gw-nobody",
+        "sys.ping",
+        "--timeout",
+        "2s",
+        "--attempt-timeout",
+        "1s",
+    ]);
+    out.assert_code(3);
+}
+
+/// `watch --until-online` whose own connection dies: what it missed is the connection's doing,
+/// so it exits 4 saying so, not 3 ("not enough instances online").
+#[test]
+fn watch_until_online_exits_4_when_its_connection_was_lost() {
+    let mut broker = csg_e2e::Broker::start();
+    let ctl = csg_e2e::Csgctl::new(&broker.url());
+    let waiting =
+        std::thread::spawn(move || ctl.run(&["watch", "--until-online", "1", "--timeout", "4s"]));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    broker.kill();
+    let out = waiting.join().unwrap();
+    out.assert_code(4);
+    for want in [
+        "note: the connection to the broker was lost (",
+        "the connection to the broker was lost",
+        "not necessarily offline",
+    ] {
+        assert!(out.stderr.contains(want), "{want:?}\n{}", out.describe());
+    }
+    assert_eq!(
+        csg_e2e::csgctl::json_stdout(&out)["reached"],
+        json!(false),
+        "{}",
+        out.describe()
+    );
+}

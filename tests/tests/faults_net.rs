@@ -125,11 +125,16 @@ fn ok_result(out: &CmdOutput) -> Value {
 }
 
 /// Whether a call ended as "timed out" (exit 3: no reply in time, or the broker did not
-/// acknowledge the request), telling the user that re-running it with its id is safe.
+/// acknowledge the request; exit 4 when csgctl's own connection was lost meanwhile), telling
+/// the user that re-running it with its id is safe.
 fn timed_out_safely(out: &CmdOutput, id: &str) -> bool {
-    out.code() == Some(3)
-        && out.stdout.trim().is_empty()
-        && out.stderr.contains(&format!("--id {id} is safe"))
+    // 3: no reply in time; 4: csgctl's own connection was lost meanwhile (and it says so).
+    let why_ok = match out.code() {
+        Some(3) => true,
+        Some(4) => out.stderr.contains("the connection to the broker was lost"),
+        _ => false,
+    };
+    why_ok && out.stdout.trim().is_empty() && out.stderr.contains(&format!("--id {id} is safe"))
 }
 
 /// "New client connected from ADDR:port as CLIENT (" lines of the broker's log.
@@ -305,7 +310,11 @@ fn a_reply_lost_with_the_link_is_recovered_by_a_retry_with_the_same_id_without_a
     );
     // The console gets no answer in time and says that re-sending is safe (exit 3).
     let out = first.join().unwrap();
-    assert!(timed_out_safely(&out, &id), "{}", out.describe());
+    assert!(
+        out.code() == Some(3) && timed_out_safely(&out, &id),
+        "{}",
+        out.describe()
+    );
     // Keep the link down until the broker has dropped the agent (its Will): the reply in the
     // agent's socket can then never be delivered late, not even by TCP retransmission after
     // the heal; the agent's next session (clean) starts without it.
@@ -522,7 +531,9 @@ fn broker_restarts_amid_a_stream_of_changes_each_is_answered_or_safely_retried_a
             Some(0) => answered.push((id.clone(), json_stdout(out))),
             // A remote error is an answer too, but none of these creates may fail.
             Some(1) => panic!("a create was refused\n{}", out.describe()),
-            Some(3) if timed_out_safely(out, id) => timed_out.push((id.clone(), params.clone())),
+            Some(3 | 4) if timed_out_safely(out, id) => {
+                timed_out.push((id.clone(), params.clone()));
+            }
             _ => panic!(
                 "neither answered nor safely retryable (after {restarts} broker restarts)\n{}",
                 out.describe()

@@ -111,3 +111,43 @@ fn a_flood_is_answered_within_bounds_and_heartbeats_keep_their_cadence() {
         flood_end - started
     );
 }
+
+/// 1000 messages the agent cannot read and cannot answer (no reply topic): counted by reason in
+/// `sys.status`, logged once per reason rather than once each.
+#[test]
+fn unreadable_messages_are_counted_and_logged_once_a_minute() {
+    let bed = Bed::start("gw-unreadable");
+    let base = bed.counters();
+    const N: u64 = 1000;
+    for i in 0..N {
+        if i % 2 == 0 {
+            bed.send_raw(format!("garbage {i}, not a request"));
+        } else {
+            bed.send_raw(vec![b'{', 0xc3, 0x28, b'}']);
+        }
+    }
+    bed.assert_growth(
+        &base,
+        &[("dropped", N), ("bad_request", 0), ("executed", 0)],
+    );
+    let status = bed.call_ok("sys.status", json!({}));
+    assert_eq!(
+        status["dropped"],
+        json!({"not_utf8": N / 2, "unreadable": N / 2}),
+        "{status}"
+    );
+    let log = bed.agent.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("dropped")).collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line per reason, not one per message:\n{}",
+        lines.join("\n")
+    );
+    for reason in ["reason=not_utf8", "reason=unreadable"] {
+        assert!(
+            lines.iter().any(|l| l.contains(reason)),
+            "{reason}: {lines:?}"
+        );
+    }
+}

@@ -28,6 +28,10 @@ fn a_heartbeat_arrives_at_once_after_connecting() {
         body["seq"], 1,
         "the first heartbeat of a process has seq 1: {body}"
     );
+    assert_eq!(
+        body["interval_s"], cfg.heartbeat_interval_s,
+        "a heartbeat carries its interval: {body}"
+    );
     assert_eq!(hb.qos, 0, "heartbeats are QoS 0: {}", hb.summary());
     assert!(!hb.retain, "heartbeats are not retained: {}", hb.summary());
     assert!(hb.at.duration_since(started) < TIMEOUT);
@@ -49,6 +53,7 @@ fn a_heartbeat_arrives_at_once_after_connecting() {
         csg_e2e::rpc::expect_ok(&m.json_or_panic(), "hb-status")
     };
     check_heartbeat_body(&status, "gw-hb", "GID_csg");
+    assert_eq!(status["interval_s"], cfg.heartbeat_interval_s, "{status}");
     let keys = |v: &serde_json::Value| {
         let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
         k.sort();
@@ -78,6 +83,10 @@ fn heartbeats_follow_the_interval_with_consecutive_seq() {
             agent.try_status(),
             rec.dump()
         );
+    }
+    for m in &hbs {
+        let body = m.json_or_panic();
+        assert_eq!(body["interval_s"], 1, "{body}");
     }
     let seqs: Vec<u64> = hbs
         .iter()

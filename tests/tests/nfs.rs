@@ -334,6 +334,95 @@ fn kernel_hostile_input_changes_nothing() {
     );
 }
 
+/// Exporting to everyone needs `nfs.allow_world`, whatever the spelling; an export made with it
+/// survives a restart without it (kept, served and named in the log).
+#[test]
+fn kernel_world_exports_need_the_opt_in() {
+    let w = world();
+    let stub = Stub::new(w.base());
+    let mut bed = Bed::start_with("nfs-k5", |c| {
+        c.storage = Some(w.section());
+        c.nfs = Some(NfsSection {
+            allow_world: Some(true),
+            ..stub.nfs_section()
+        });
+    });
+    bed.call_ok(
+        "nfs.export.create",
+        json!({"name": "vol1", "path": w.path("vol1"), "clients": [{"match": "0.0.0.0/0"}]}),
+    );
+    let want = line(&w.path("vol1"), &[&format!("0.0.0.0/0{OPTS_RO_ROOT}")]);
+    assert!(
+        wait_until(TIMEOUT, || stub.file().is_some_and(|f| f.ends_with(&want))),
+        "{:?}",
+        stub.file()
+    );
+    let file = stub.file();
+
+    // The same agent without the opt-in.
+    bed.agent.kill9();
+    let mut strict = bed.config().clone();
+    if let Some(n) = strict.nfs.as_mut() {
+        n.allow_world = None;
+    }
+    let agent = bed.spawn_agent("nfs-k5", |c| c.storage_of(&strict));
+    assert!(
+        wait_until(TIMEOUT, || agent
+            .log()
+            .contains("stored NFS export reaches the world and is kept")),
+        "{}",
+        agent.log()
+    );
+    let l = bed.call_ok("nfs.export.list", json!({}));
+    assert_eq!(
+        l["exports"][0]["desired"]["clients"][0]["match"], "0.0.0.0/0",
+        "{l}"
+    );
+    assert_eq!(stub.file(), file, "the stored export is still served");
+    let (state, n) = (w.state_text(), stub.argv().len());
+    for (m, setting) in [
+        ("0.0.0.0/0", "nfs.min_prefix_v4 = 8"),
+        ("8.0.0.0/7", "nfs.min_prefix_v4 = 8"),
+        ("::/0", "nfs.min_prefix_v6 = 32"),
+        ("::0/0", "nfs.min_prefix_v6 = 32"),
+        ("::ffff:0.0.0.0/96", "IPv4-mapped"),
+    ] {
+        for (method, name) in [("nfs.export.create", "vol2"), ("nfs.export.update", "vol1")] {
+            let e = bed.call_err(
+                method,
+                json!({"name": name, "path": w.path(name), "clients": [{"match": m}]}),
+                "INVALID_PARAMS",
+            );
+            let msg = e["message"].as_str().unwrap();
+            assert!(
+                msg.contains("nfs.allow_world") && msg.contains(setting),
+                "{m}: {e}"
+            );
+        }
+    }
+    // Spellings exportfs reads as everyone that are not client matches at all.
+    for m in ["*", "0/0", "0.0.0.0/0.0.0.0"] {
+        bed.call_err(
+            "nfs.export.create",
+            json!({"name": "vol2", "path": w.path("vol2"), "clients": [{"match": m}]}),
+            "INVALID_PARAMS",
+        );
+    }
+    assert_eq!(w.state_text(), state);
+    assert_eq!(stub.argv().len(), n, "nothing run: {:?}", stub.argv());
+    // Narrowing the stored export is an ordinary update.
+    bed.call_ok(
+        "nfs.export.update",
+        json!({"name": "vol1", "path": w.path("vol1"), "clients": [{"match": "10.0.0.0/8"}]}),
+    );
+    let log = agent.log();
+    assert_eq!(
+        log.matches("stored NFS export reaches the world").count(),
+        1,
+        "named once: {log}"
+    );
+}
+
 #[test]
 fn kernel_restart_reconciles_the_file() {
     let w = world();

@@ -503,3 +503,86 @@ fn a_failed_apply_restores_the_previous_share() {
     assert_eq!(w.registry(), registry);
     assert_eq!(w.state_file(), state_before);
 }
+
+/// A `hosts_allow` entry reaching everyone needs `smb.allow_world`; a share made with it
+/// survives a restart without it (kept, served and named in the log once).
+#[test]
+fn world_hosts_allow_needs_the_opt_in() {
+    let smbd = Smbd::start();
+    let state = tempfile::tempdir().expect("state dir");
+    let bed = Bed::start_with("gw-smb-world", |c| {
+        smbd.configure(c, state.path());
+        if let Some(s) = c.smb.as_mut() {
+            s.allow_world = Some(true);
+        }
+    });
+    let mut w = World {
+        bed,
+        smbd,
+        users: TestUsers::new(),
+        state,
+    };
+    let dir = w.share_dir("vol1", "x");
+    let open =
+        json!({"name": "vol1", "path": path_str(&dir), "hosts_allow": ["0.0.0.0/0", "::/0"]});
+    w.ok("smb.share.create", open.clone());
+    assert!(w.registry().contains("0.0.0.0/0"), "{}", w.registry());
+
+    w.bed.agent.kill9();
+    let mut cfg = w.bed.config().clone();
+    if let Some(s) = cfg.smb.as_mut() {
+        s.allow_world = None;
+    }
+    let agent = w.bed.spawn_agent(&cfg.instance_id, |c| *c = cfg.clone());
+    assert!(
+        csg_e2e::wait_until(csg_e2e::TIMEOUT, || agent
+            .log()
+            .contains("stored SMB share reaches the world and is kept")),
+        "{}",
+        agent.log()
+    );
+    let l = w.ok("smb.share.list", json!({}));
+    assert_eq!(l["shares"][0]["drift"], json!([]), "{l}");
+    let state_before = w.state_file();
+    let dir2 = w.share_dir("vol2", "x");
+    for (method, name, d) in [
+        ("smb.share.create", "vol2", &dir2),
+        ("smb.share.update", "vol1", &dir),
+    ] {
+        for (h, setting) in [
+            ("0.0.0.0/0", "smb.min_prefix_v4 = 8"),
+            ("::/0", "smb.min_prefix_v6 = 32"),
+            ("4.0.0.0/6", "smb.min_prefix_v4 = 8"),
+        ] {
+            let e = w.err(
+                method,
+                json!({"name": name, "path": path_str(d), "hosts_allow": ["10.0.0.0/8", h]}),
+                "INVALID_PARAMS",
+            );
+            let msg = e["message"].as_str().unwrap();
+            assert!(
+                msg.starts_with("hosts_allow")
+                    && msg.contains("smb.allow_world")
+                    && msg.contains(setting),
+                "{e}"
+            );
+        }
+    }
+    assert_eq!(w.state_file(), state_before);
+    assert!(!w.registry().contains("[vol2]"), "{}", w.registry());
+    // A denial may be as wide as one likes; a narrow allow is fine.
+    w.ok(
+        "smb.share.create",
+        json!({"name": "vol2", "path": path_str(&dir2), "hosts_allow": ["10.0.0.0/8"], "hosts_deny": ["0.0.0.0/0"]}),
+    );
+    // One line per world entry (0.0.0.0/0 and ::/0), at start-up only.
+    assert_eq!(
+        agent
+            .log()
+            .matches("stored SMB share reaches the world")
+            .count(),
+        2,
+        "{}",
+        agent.log()
+    );
+}

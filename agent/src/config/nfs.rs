@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use csg_protocol::validate::check_path;
+use csg_protocol::validate::{check_path, WorldPolicy};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -25,6 +25,13 @@ pub struct RawNfs {
     pub exportfs: String,
     /// Clients may be host names, wildcards and @netgroups (not only IPs and CIDRs).
     pub allow_hostnames: bool,
+    /// Clients reaching everyone (`*`, `0.0.0.0/0`, `::/0`, a wildcard with no domain, a prefix
+    /// shorter than the minimums below) are allowed. Off: exporting to the world is a choice.
+    pub allow_world: bool,
+    /// Shortest IPv4 prefix a client may have without `allow_world`.
+    pub min_prefix_v4: u8,
+    /// Shortest IPv6 prefix a client may have without `allow_world`.
+    pub min_prefix_v6: u8,
     /// Ganesha: the directory of the agent's EXPORT files; ganesha.conf must contain
     /// `%dir <ganesha_dir>/*.conf` (or `%dir <ganesha_dir>`).
     pub ganesha_dir: String,
@@ -44,6 +51,9 @@ impl Default for RawNfs {
             exports_file: "/etc/exports.d/csg-agent.exports".into(),
             exportfs: "/usr/sbin/exportfs".into(),
             allow_hostnames: false,
+            allow_world: false,
+            min_prefix_v4: WorldPolicy::strict("nfs").min_prefix_v4,
+            min_prefix_v6: WorldPolicy::strict("nfs").min_prefix_v6,
             ganesha_dir: "/etc/ganesha/csg-agent.d".into(),
             dbus_send: "/usr/bin/dbus-send".into(),
             dbus_address: String::new(),
@@ -58,6 +68,7 @@ pub struct NfsSettings {
     pub exports_file: PathBuf,
     pub exportfs: PathBuf,
     pub allow_hostnames: bool,
+    pub world: WorldPolicy,
     pub ganesha_dir: PathBuf,
     pub dbus_send: PathBuf,
     /// `None`: the system bus.
@@ -81,6 +92,32 @@ fn dbus_address_ok(s: &str) -> bool {
         && s.contains(':')
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,%".contains(&b))
+}
+
+/// The `allow_world` / `min_prefix_v4` / `min_prefix_v6` keys of `section`, checked.
+pub(crate) fn world_policy(
+    section: &'static str,
+    allow_world: bool,
+    min_prefix_v4: u8,
+    min_prefix_v6: u8,
+    p: &mut Vec<String>,
+) -> WorldPolicy {
+    if min_prefix_v4 > 32 {
+        p.push(format!(
+            "{section}.min_prefix_v4 = {min_prefix_v4}: an IPv4 prefix is 0 to 32"
+        ));
+    }
+    if min_prefix_v6 > 128 {
+        p.push(format!(
+            "{section}.min_prefix_v6 = {min_prefix_v6}: an IPv6 prefix is 0 to 128"
+        ));
+    }
+    WorldPolicy {
+        section,
+        allow_world,
+        min_prefix_v4: min_prefix_v4.min(32),
+        min_prefix_v6: min_prefix_v6.min(128),
+    }
 }
 
 impl RawNfs {
@@ -113,6 +150,13 @@ impl RawNfs {
                 self.exports_file
             ));
         }
+        let world = world_policy(
+            "nfs",
+            self.allow_world,
+            self.min_prefix_v4,
+            self.min_prefix_v6,
+            p,
+        );
         if !self.dbus_address.is_empty() && !dbus_address_ok(&self.dbus_address) {
             p.push(format!(
                 "nfs.dbus_address = {:?}: not a D-Bus address such as unix:path=/run/ganesha/bus \
@@ -131,6 +175,7 @@ impl RawNfs {
             exports_file: PathBuf::from(&self.exports_file),
             exportfs: PathBuf::from(&self.exportfs),
             allow_hostnames: self.allow_hostnames,
+            world,
             ganesha_dir: PathBuf::from(&self.ganesha_dir),
             dbus_send: PathBuf::from(&self.dbus_send),
             dbus_address: (!self.dbus_address.is_empty()).then(|| self.dbus_address.clone()),
@@ -149,12 +194,15 @@ mod tests {
         let s = RawNfs::default().validate(&mut p);
         assert!(p.is_empty(), "{p:?}");
         assert_eq!(s.dbus_address, None);
+        assert_eq!(s.world, WorldPolicy::strict("nfs"));
         let raw = RawNfs {
             backend: NfsBackendKind::Kernel,
             exports_file: "/etc/exports.d/x.conf".into(),
             dbus_address: "unix:path=/x y".into(),
             first_export_id: 0,
             ganesha_dir: "relative".into(),
+            min_prefix_v4: 33,
+            min_prefix_v6: 129,
             ..RawNfs::default()
         };
         let mut p = Vec::new();
@@ -165,6 +213,8 @@ mod tests {
             "nfs.dbus_address",
             "nfs.first_export_id",
             "nfs.ganesha_dir",
+            "nfs.min_prefix_v4",
+            "nfs.min_prefix_v6",
         ] {
             assert!(all.contains(k), "{k} not named in {all}");
         }

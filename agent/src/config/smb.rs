@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use csg_protocol::validate::check_path;
+use csg_protocol::validate::{check_path, WorldPolicy};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -34,6 +34,13 @@ pub struct RawSmb {
     /// An existing Unix account the agent did not create may get a Samba password only if its
     /// uid is at least this (system accounts and root stay out of reach).
     pub min_existing_uid: u32,
+    /// `hosts_allow` entries reaching everyone (`0.0.0.0/0`, `::/0`, a prefix shorter than
+    /// the minimums below) are allowed. Off: opening a share to the world is a choice.
+    pub allow_world: bool,
+    /// Shortest IPv4 prefix a `hosts_allow` entry may have without `allow_world`.
+    pub min_prefix_v4: u8,
+    /// Shortest IPv6 prefix a `hosts_allow` entry may have without `allow_world`.
+    pub min_prefix_v6: u8,
 }
 
 impl Default for RawSmb {
@@ -51,6 +58,9 @@ impl Default for RawSmb {
             userdel: "/usr/sbin/userdel".into(),
             create_unix_users: true,
             min_existing_uid: 1000,
+            allow_world: false,
+            min_prefix_v4: WorldPolicy::strict("smb").min_prefix_v4,
+            min_prefix_v6: WorldPolicy::strict("smb").min_prefix_v6,
         }
     }
 }
@@ -69,6 +79,7 @@ pub struct SmbSettings {
     pub userdel: PathBuf,
     pub create_unix_users: bool,
     pub min_existing_uid: u32,
+    pub world: WorldPolicy,
 }
 
 impl RawSmb {
@@ -91,7 +102,15 @@ impl RawSmb {
         if self.min_existing_uid == 0 {
             p.push("smb.min_existing_uid = 0 would let root log in over SMB: use 1 or more".into());
         }
+        let world = super::nfs::world_policy(
+            "smb",
+            self.allow_world,
+            self.min_prefix_v4,
+            self.min_prefix_v6,
+            p,
+        );
         SmbSettings {
+            world,
             backend: self.backend,
             smb_conf: PathBuf::from(&self.smb_conf),
             net: PathBuf::from(&self.net),

@@ -577,3 +577,35 @@ async fn a_remembered_reply_over_a_lowered_cap_is_not_replayed() {
         "answered from memory, not run again"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn unreadable_messages_are_counted_by_reason() {
+    let r = rig(8);
+    for _ in 0..3 {
+        r.d.on_message(Inbound {
+            topic: "csg-status/other/presence".into(),
+            payload: Bytes::from_static(
+                br#"{"v":1,"id":"x","method":"sys.ping","reply_to":"csg-up/c1"}"#,
+            ),
+            ..Default::default()
+        });
+    }
+    r.send_raw(b"not json".to_vec());
+    r.send_raw(vec![b'{', 0xff, b'}']);
+    r.settle().await;
+    assert!(
+        r.replies().is_empty(),
+        "nothing on another topic is a command"
+    );
+    let s = r.stats.snapshot();
+    assert_eq!((s.received, s.dropped, s.executed), (5, 5, 0));
+    assert_eq!(
+        r.stats.dropped_by_reason(),
+        [
+            ("not_utf8".to_string(), 1),
+            ("unreadable".to_string(), 1),
+            ("unsubscribed_topic".to_string(), 3)
+        ]
+        .into()
+    );
+}

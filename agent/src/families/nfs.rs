@@ -8,6 +8,7 @@
 //! state is restored too. Reads take no lock.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use csg_protocol::methods::nfs::{
     self as m, ActualExport, DeleteResult, ExportName, ExportParams, ExportSpec, ExportStatus,
@@ -15,6 +16,7 @@ use csg_protocol::methods::nfs::{
 };
 use csg_protocol::methods::{Changes, MethodResult, NfsMethod};
 use csg_protocol::status::{FamilySummary, ServiceState};
+use csg_protocol::validate::WorldPolicy;
 use csg_protocol::{ErrorCode, RpcError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -90,6 +92,10 @@ pub struct Nfs {
     backend: Box<dyn NfsBackend>,
     ctx: StorageCtx,
     allow_hostnames: bool,
+    world: WorldPolicy,
+    /// Stored exports the world policy refuses are named once per start, not on every
+    /// reconcile.
+    world_warned: AtomicBool,
     first_id: u16,
     lock: Mutex<()>,
 }
@@ -100,6 +106,8 @@ impl Nfs {
             backend,
             ctx: ctx.clone(),
             allow_hostnames: cfg.allow_hostnames,
+            world: cfg.world,
+            world_warned: AtomicBool::new(false),
             first_id: cfg.first_export_id,
             lock: Mutex::new(()),
         }
@@ -134,6 +142,7 @@ impl Nfs {
     /// Params → a spec this backend can serve, with the path checked on disk.
     fn spec_of(&self, p: &ExportParams) -> Result<ExportSpec, RpcError> {
         let spec = p.validate(self.allow_hostnames).map_err(invalid)?;
+        spec.check_world(&self.world).map_err(invalid)?;
         match self.backend.dialect() {
             Dialect::Kernel => {
                 if p.pseudo.is_some() {
@@ -170,6 +179,22 @@ impl Nfs {
             )));
         }
         Ok(spec)
+    }
+
+    /// Exports stored before the world policy (or under a laxer config) stay as they are, so an
+    /// upgrade or a stricter config never takes a share away from its clients; the operator is
+    /// told which ones, and an update must then satisfy the policy.
+    fn warn_world(&self, set: &DesiredSet) {
+        for (name, m) in set {
+            for (client, why) in m.spec.world_clients(&self.world) {
+                warn!(
+                    export = %name,
+                    client = %client,
+                    "stored NFS export reaches the world and is kept as it is: {why}; \
+                     an update must narrow it (or delete it)"
+                );
+            }
+        }
     }
 
     /// The normalised params stored and compared for this backend.
@@ -248,11 +273,23 @@ impl Nfs {
             .await
             .map_err(|e| e.to_rpc())?;
         if let Err(e) = self.backend.apply(&plan).await {
-            let restored = self.backend.undo(&plan).await.map_err(|e| e.to_rpc());
+            let undo = self.backend.undo(&plan).await;
             if let Err(se) = self.ctx.state.put(FAMILY, prev).await {
                 warn!(error = %se, "cannot restore the previous NFS desired state");
             }
-            return Err(exec::rolled_back(e.to_rpc(), restored));
+            return Err(match undo {
+                Ok(()) => exec::rolled_back(e.to_rpc(), Ok(())),
+                Err(ue) => match self.previous_holds(name, &plan.before, &plan.after).await {
+                    // An undo step failed, yet the export is as it was (e.g. the tool that
+                    // could not undo could not apply either): say what is true.
+                    Some(true) => {
+                        debug!(export = name, error = %ue, "undo step failed; previous state confirmed");
+                        exec::rolled_back(e.to_rpc(), Ok(()))
+                    }
+                    Some(false) => exec::rolled_back(e.to_rpc(), Err(ue.to_rpc())),
+                    None => exec::rolled_back_unconfirmed(e.to_rpc(), &ue.to_rpc()),
+                },
+            });
         }
         debug!(
             export = name,
@@ -260,6 +297,29 @@ impl Nfs {
             "export applied"
         );
         Ok(())
+    }
+
+    /// After an undo that reported an error: whether the backend holds export `name` as it
+    /// was before the change (absent, for a create). `None` when it cannot be read.
+    async fn previous_holds(
+        &self,
+        name: &str,
+        before: &DesiredSet,
+        after: &DesiredSet,
+    ) -> Option<bool> {
+        let (probe, existed) = match (before.get(name), after.get(name)) {
+            (Some(m), _) => (m.clone(), true),
+            (None, Some(m)) => (m.clone(), false),
+            (None, None) => return None,
+        };
+        let one: DesiredSet = [(name.to_string(), probe.clone())].into();
+        let mut actual = self.backend.read(&one).await.ok()?;
+        let now = actual.remove(name).flatten();
+        Some(match (existed, now) {
+            (true, Some(a)) => drift(&probe.spec, Some(&a), self.ganesha()).is_empty(),
+            (false, None) => true,
+            (true, None) | (false, Some(_)) => false,
+        })
     }
 
     /// The unchanged result, read back.
@@ -388,6 +448,9 @@ impl Family for Nfs {
             let _g = self.lock.lock().await;
             let st = self.load().await?;
             let set = self.desired(&st)?;
+            if !self.world_warned.swap(true, Ordering::Relaxed) {
+                self.warn_world(&set);
+            }
             let changes = self.backend.reconcile(&set).await?;
             for c in &changes {
                 debug!(change = %c, "nfs reconcile");
@@ -432,6 +495,7 @@ mod tests {
             exports_file: "/nonexistent/csg.exports".into(),
             exportfs: "/nonexistent/exportfs".into(),
             allow_hostnames: false,
+            world: WorldPolicy::strict("nfs"),
             ganesha_dir: "/nonexistent".into(),
             dbus_send: "/nonexistent/dbus-send".into(),
             dbus_address: None,
@@ -532,14 +596,166 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
         assert!(e.message.contains("no-exportfs"), "{}", e.message);
+        // exportfs cannot run, so neither the change nor its undo reached the kernel, and the
+        // table cannot be read to check: the reply says so rather than "failed too".
         assert!(
             e.message
-                .contains("restoring the previous state failed too"),
+                .contains("whether the previous state is back could not be checked")
+                && !e.message.contains("failed too"),
             "{}",
             e.message
         );
         assert!(!file.exists(), "the exports file was not taken back");
         assert_eq!(nfs.load().await.unwrap(), NfsState::default());
+    }
+
+    #[tokio::test]
+    async fn world_clients_are_refused_but_stored_ones_are_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let nfs = family(&root, Box::new(MemoryExports::new()));
+        let world = export(&root, "vol1", "0.0.0.0/0");
+        let e = mutate(&nfs, NfsMethod::ExportCreate(world.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidParams);
+        assert!(e.message.contains("nfs.allow_world"), "{}", e.message);
+        assert_eq!(nfs.load().await.unwrap(), NfsState::default());
+        // Stored under an older agent or a laxer config: it loads, reconciles and lists.
+        let spec = world.validate(false).unwrap();
+        let mut st = NfsState::default();
+        st.exports.insert("vol1".into(), nfs.normalised(&spec));
+        nfs.ctx.state.put(FAMILY, &st).await.unwrap();
+        assert!(matches!(nfs.reconcile().await.unwrap(), Changes::Nfs(c) if c.len() == 1));
+        let MethodResult::NfsList(l) = nfs
+            .call(NfsMethod::ExportList(csg_protocol::methods::Page::all(
+                csg_protocol::methods::nfs::EXPORT_LIST,
+            )))
+            .await
+            .unwrap()
+        else {
+            panic!("not a list");
+        };
+        assert!(
+            l.exports.len() == 1 && l.exports[0].drift.is_empty(),
+            "{l:?}"
+        );
+        // Narrowing it is an ordinary update.
+        let narrow = export(&root, "vol1", "10.0.0.0/8");
+        mutate(&nfs, NfsMethod::ExportUpdate(narrow)).await.unwrap();
+    }
+
+    /// The memory backend behind a daemon that cannot be reached: apply and undo fail as
+    /// UNAVAILABLE (apply after changing the table when `breaks`), reads work when `readable`.
+    struct Unreachable {
+        inner: MemoryExports,
+        breaks: bool,
+        readable: bool,
+    }
+
+    fn gone() -> exec::ToolError {
+        exec::ToolError::Unavailable {
+            program: "daemon".into(),
+            detail: "not reachable".into(),
+        }
+    }
+
+    impl NfsBackend for Unreachable {
+        fn kind(&self) -> &'static str {
+            "memory"
+        }
+        fn up(&self) -> BoxFut<'_, bool> {
+            Box::pin(async { false })
+        }
+        fn observe<'a>(
+            &'a self,
+            name: &'a str,
+        ) -> BoxFut<'a, Result<crate::model::nfs::Snapshot, exec::ToolError>> {
+            self.inner.observe(name)
+        }
+        fn rewrite(&self, change: &Change<Managed>, after: &DesiredSet) -> Option<Vec<u8>> {
+            self.inner.rewrite(change, after)
+        }
+        fn apply<'a>(
+            &'a self,
+            plan: &'a crate::model::nfs::Plan,
+        ) -> BoxFut<'a, Result<(), exec::ToolError>> {
+            Box::pin(async move {
+                if self.breaks {
+                    self.inner.apply(plan).await?;
+                }
+                Err(gone())
+            })
+        }
+        fn undo<'a>(
+            &'a self,
+            _: &'a crate::model::nfs::Plan,
+        ) -> BoxFut<'a, Result<(), exec::ToolError>> {
+            Box::pin(async { Err(gone()) })
+        }
+        fn read<'a>(
+            &'a self,
+            set: &'a DesiredSet,
+        ) -> BoxFut<'a, Result<crate::model::nfs::Actual, exec::ToolError>> {
+            if self.readable {
+                self.inner.read(set)
+            } else {
+                Box::pin(async { Err(gone()) })
+            }
+        }
+        fn reconcile<'a>(
+            &'a self,
+            desired: &'a DesiredSet,
+        ) -> BoxFut<'a, Result<Vec<String>, RpcError>> {
+            self.inner.reconcile(desired)
+        }
+    }
+
+    /// A failed change's reply says the previous state is back exactly when it is: judged by
+    /// the backend's state, not by whether each undo step ran.
+    #[tokio::test]
+    async fn the_rollback_message_matches_the_state() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let cases = [
+            // (breaks, readable, what the message must say)
+            (false, true, "; the previous state was restored"),
+            (true, true, "; restoring the previous state failed too"),
+            (false, false, "could not be checked"),
+        ];
+        for (breaks, readable, says) in cases {
+            let nfs = family(
+                &root,
+                Box::new(Unreachable {
+                    inner: MemoryExports::new(),
+                    breaks,
+                    readable,
+                }),
+            );
+            let vol1 = export(&root, "vol1", "10.0.0.0/8");
+            let e = mutate(&nfs, NfsMethod::ExportCreate(vol1))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+            assert!(
+                e.message.contains(says),
+                "{breaks} {readable}: {}",
+                e.message
+            );
+            assert_eq!(nfs.load().await.unwrap(), NfsState::default());
+            let one: DesiredSet = [(
+                "vol1".to_string(),
+                Managed {
+                    spec: export(&root, "vol1", "10.0.0.0/8").validate(false).unwrap(),
+                    id: 0,
+                },
+            )]
+            .into();
+            if readable {
+                let present = nfs.backend.read(&one).await.unwrap()["vol1"].is_some();
+                assert_eq!(present, breaks, "the message matched the state");
+            }
+        }
     }
 
     #[test]

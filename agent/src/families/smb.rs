@@ -17,6 +17,7 @@
 //! given an SMB password.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use csg_protocol::methods::smb::{
     self as m, DeleteResult, ShareInfo, ShareList, ShareName, ShareRef, ShareResult, ShareSpec,
@@ -76,6 +77,7 @@ pub fn build(cfg: &SmbSettings, ctx: &StorageCtx) -> Result<Option<Smb>, String>
                 cfg: cfg.clone(),
                 ctx: ctx.clone(),
                 lock: Mutex::new(()),
+                world_warned: AtomicBool::new(false),
             }))
         }
     }
@@ -114,6 +116,8 @@ pub struct Smb<B: SmbBackend = Samba> {
     ctx: StorageCtx,
     /// Serializes mutations (and reconcile).
     lock: Mutex<()>,
+    /// Stored shares the world policy refuses are named once per start.
+    world_warned: AtomicBool,
 }
 
 fn invalid(e: impl std::fmt::Display) -> RpcError {
@@ -334,6 +338,7 @@ impl<B: SmbBackend> Smb<B> {
     }
 
     async fn share_create(&self, spec: ShareSpec) -> Result<MethodResult, RpcError> {
+        spec.check_world(&self.cfg.world).map_err(invalid)?;
         let _g = self.lock.lock().await;
         let (st, reg) = self.share_now().await?;
         let actual = find(&reg, &spec.name).map(|(_, p)| p);
@@ -380,6 +385,7 @@ impl<B: SmbBackend> Smb<B> {
     }
 
     async fn share_update(&self, mut spec: ShareSpec) -> Result<MethodResult, RpcError> {
+        spec.check_world(&self.cfg.world).map_err(invalid)?;
         let _g = self.lock.lock().await;
         let (st, reg) = self.share_now().await?;
         let actual = find(&reg, &spec.name).map(|(_, p)| p);
@@ -698,6 +704,20 @@ impl<B: SmbBackend> Smb<B> {
     async fn do_reconcile(&self) -> Result<Vec<SmbChange>, RpcError> {
         let _g = self.lock.lock().await;
         let (st, reg) = self.share_now().await?;
+        if !self.world_warned.swap(true, Ordering::Relaxed) {
+            // Shares stored before the policy (or under a laxer config) stay as they are, so
+            // an upgrade never locks their clients out; the operator is told which ones.
+            for spec in st.shares.values() {
+                for (host, why) in spec.world_hosts(&self.cfg.world) {
+                    warn!(
+                        share = %spec.name,
+                        host = %host,
+                        "stored SMB share reaches the world and is kept as it is: {why}; \
+                         an update must narrow hosts_allow (or delete it)"
+                    );
+                }
+            }
+        }
         let mut changes = Vec::new();
         let mut reload = false;
         for spec in st.shares.values() {
@@ -976,6 +996,7 @@ mod tests {
                 allow_devices: false,
             },
             lock: Mutex::new(()),
+            world_warned: AtomicBool::new(false),
         };
         (family, d, data.display().to_string())
     }

@@ -65,11 +65,17 @@ pub fn capabilities_result(cfg: &Config, storage: &Storage) -> CapabilitiesResul
             let options: BTreeMap<String, Value> = match family.as_str() {
                 "nfs" => BTreeMap::from([
                     ("allow_hostnames".into(), json!(cfg.nfs.allow_hostnames)),
+                    ("allow_world".into(), json!(cfg.nfs.world.allow_world)),
                     ("max_clients".into(), json!(nfs::MAX_CLIENTS)),
+                    ("min_prefix_v4".into(), json!(cfg.nfs.world.min_prefix_v4)),
+                    ("min_prefix_v6".into(), json!(cfg.nfs.world.min_prefix_v6)),
                 ]),
-                "smb" => {
-                    BTreeMap::from([("create_unix_users".into(), json!(cfg.smb.create_unix_users))])
-                }
+                "smb" => BTreeMap::from([
+                    ("allow_world".into(), json!(cfg.smb.world.allow_world)),
+                    ("create_unix_users".into(), json!(cfg.smb.create_unix_users)),
+                    ("min_prefix_v4".into(), json!(cfg.smb.world.min_prefix_v4)),
+                    ("min_prefix_v6".into(), json!(cfg.smb.world.min_prefix_v6)),
+                ]),
                 "iscsi" => BTreeMap::from([
                     ("allow_devices".into(), json!(cfg.storage.allow_devices)),
                     ("iqn_prefix".into(), json!(cfg.iscsi.iqn_prefix)),

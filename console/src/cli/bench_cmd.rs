@@ -17,6 +17,8 @@ struct Sample {
     latencies_us: Vec<u32>,
     errors: u64,
     lost: u64,
+    /// The console's own connection dropped and some requests went unanswered: why.
+    connection_lost: Option<String>,
     elapsed: Duration,
 }
 
@@ -48,6 +50,9 @@ pub async fn run(
                  is the instance online?",
                 args.warmup, args.instance, warm.errors, warm.lost
             );
+            if let Some(reason) = &warm.connection_lost {
+                return Ok(connection_lost(reason));
+            }
             return Ok(if warm.errors > 0 {
                 Exit::RemoteError
             } else {
@@ -56,17 +61,30 @@ pub async fn run(
         }
     }
     let sample = phase(console, args, args.count, signer).await;
+    let lost_link = sample.connection_lost.clone();
     let report = Report::from_sample(args.count, args.concurrency, sample);
     if args.json {
         out(&format!("{}\n", report.to_json()));
     } else {
         out(&report.render(args.method.as_str(), args.instance.as_str()));
     }
+    if let Some(reason) = &lost_link {
+        // The lost requests say nothing about the gateway: the figures above are not its own.
+        return Ok(connection_lost(reason));
+    }
     Ok(Exit::for_counts(
         0,
         report.errors as usize,
         report.lost as usize,
     ))
+}
+
+fn connection_lost(reason: &str) -> Exit {
+    eprintln!(
+        "error: the connection to the broker was lost ({reason}) during the bench; requests \
+         counted as lost were not necessarily lost by the gateway"
+    );
+    Exit::Failure
 }
 
 /// Sends `count` requests with `concurrency` of them outstanding; each has a fresh id and is
@@ -109,6 +127,10 @@ async fn phase(
                     Ok(reply) if matches!(reply.body, ReplyBody::Ok(_)) => s.latencies_us.push(us),
                     Ok(_) => s.errors += 1,
                     Err(CallError::NoReply { .. }) => s.lost += 1,
+                    Err(CallError::ConnectionLost { reason, .. }) => {
+                        s.lost += 1;
+                        s.connection_lost = Some(reason);
+                    }
                     Err(e) => {
                         tracing::debug!("bench request failed: {e}");
                         s.errors += 1;
@@ -124,6 +146,9 @@ async fn phase(
         total.latencies_us.extend(s.latencies_us);
         total.errors += s.errors;
         total.lost += s.lost;
+        if s.connection_lost.is_some() {
+            total.connection_lost = s.connection_lost;
+        }
     }
     total.elapsed = start.elapsed();
     total
@@ -215,6 +240,7 @@ mod tests {
             latencies_us: vec![300, 100, 200],
             errors: 1,
             lost: 1,
+            connection_lost: None,
             elapsed: Duration::from_millis(500),
         };
         let r = Report::from_sample(5, 2, s);

@@ -187,10 +187,41 @@ async fn single(console: &Console, plan: Plan, opts: CallOptions) -> anyhow::Res
             eprintln!("hint: {again}");
             Ok(Exit::NoReply)
         }
+        Err(CallError::ConnectionLost {
+            reason,
+            attempts,
+            losses,
+            size,
+            waited,
+            ..
+        }) => {
+            eprintln!(
+                "error: the connection to the broker was lost ({reason}) while waiting for the \
+                 reply to request {id} from {instance} ({attempts} attempt(s), {losses} \
+                 connection loss(es) in {}); the gateway was not necessarily offline",
+                format_duration(waited)
+            );
+            packet_limit_note(attempts, losses, size);
+            eprintln!("hint: {again}");
+            Ok(Exit::Failure)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             Ok(Exit::Failure)
         }
+    }
+}
+
+/// When every send of a request was followed by a drop of the connection, the broker most
+/// likely refuses a packet that large: Mosquitto, EMQX and others close the connection of a
+/// client that publishes more than their packet limit, without saying why.
+fn packet_limit_note(attempts: u32, losses: u32, size: usize) {
+    if attempts > 0 && losses >= attempts {
+        eprintln!(
+            "note: the connection dropped after each of the {attempts} send(s) of this \
+             {size}-byte request; a broker closes the connection of a client that publishes more \
+             than its packet limit (Mosquitto max_packet_size, EMQX mqtt.max_packet_size)"
+        );
     }
 }
 
@@ -246,6 +277,15 @@ async fn many(console: &Console, args: &CallArgs, plan: Plan, opts: CallOptions)
             render_table(&outcomes, opts.noreply),
             totals.summary()
         ));
+    }
+    if let Some(reason) = outcomes.iter().find_map(|o| match &o.result {
+        Err(CallError::ConnectionLost { reason, .. }) => Some(reason),
+        _ => None,
+    }) {
+        eprintln!(
+            "error: the connection to the broker was lost ({reason}) while waiting for replies; \
+             the gateways marked failed were not necessarily offline"
+        );
     }
     if totals.no_reply > 0 {
         eprintln!(

@@ -30,7 +30,10 @@ Exit codes:
   1  at least one instance answered with an error (and no local failure)
   2  bad arguments
   3  no reply: at least one instance did not answer in time (and none answered with an error)
-  4  local failure: the broker could not be reached or refused us, or another local error
+  4  local failure: the broker could not be reached or refused us, csgctl's own broker
+     connection was lost while it waited (\"the connection to the broker was lost (…); the
+     gateway was not necessarily offline\": e.g. the broker restarted, or closed the
+     connection over a request above its packet limit), or another local error
 
 With several instances the worst outcome decides: 4, then 1, then 3, then 0.";
 

@@ -36,7 +36,7 @@ enum Mode {
 pub async fn run(console: &Console, args: &WatchArgs, filter: WatchFilter) -> anyhow::Result<Exit> {
     let mut watch = console.watch(filter).await?;
     if let Some(n) = args.until_online {
-        return until_online(&mut watch, n, args.timeout).await;
+        return until_online(console, &mut watch, n, args.timeout).await;
     }
     let mode = if args.json {
         Mode::Json
@@ -54,6 +54,7 @@ pub async fn run(console: &Console, args: &WatchArgs, filter: WatchFilter) -> an
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut link = LinkWatch::default();
     loop {
         tokio::select! {
             event = watch.next() => {
@@ -84,7 +85,14 @@ pub async fn run(console: &Console, args: &WatchArgs, filter: WatchFilter) -> an
                     break;
                 }
             }
-            _ = tick.tick(), if mode == Mode::Table => redraw(console, &fleet),
+            _ = tick.tick() => {
+                if mode == Mode::Table {
+                    // The table's title line says when the connection is down.
+                    redraw(console, &fleet);
+                } else {
+                    link.check(console);
+                }
+            }
             _ = &mut ctrl_c => break,
         }
     }
@@ -94,10 +102,14 @@ pub async fn run(console: &Console, args: &WatchArgs, filter: WatchFilter) -> an
 /// `--until-online N`: counts instances whose latest presence is online until there are N.
 /// Only presence matters (a heartbeat alone does not say the command subscription is live).
 async fn until_online(
+    console: &Console,
     watch: &mut csg_console::Watch,
     want: usize,
     timeout: Option<Duration>,
 ) -> anyhow::Result<Exit> {
+    let mut link = LinkWatch::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let start = Instant::now();
     let mut online = std::collections::HashSet::new();
     let deadline = tokio::time::sleep(timeout.unwrap_or(Duration::from_secs(u64::MAX / 4)));
@@ -123,8 +135,21 @@ async fn until_online(
                     };
                 }
             }
+            _ = tick.tick() => link.check(console),
             _ = &mut deadline => {
                 report(online.len(), false);
+                link.check(console);
+                if let Some(reason) = &link.lost {
+                    // What was missed while our own connection was down says nothing about
+                    // the gateways.
+                    eprintln!(
+                        "error: {} of {want} instances seen online when the timeout passed; the \
+                         connection to the broker was lost ({reason}), so the others were not \
+                         necessarily offline",
+                        online.len()
+                    );
+                    return Ok(Exit::Failure);
+                }
                 eprintln!("error: {} of {want} instances online when the timeout passed", online.len());
                 return Ok(Exit::NoReply);
             }
@@ -136,6 +161,32 @@ async fn until_online(
     }
     report(online.len(), true);
     Ok(Exit::Ok)
+}
+
+/// Notices the console's own broker connection dropping, and says so once per drop: events
+/// missed meanwhile are the connection's doing, not the gateways'.
+#[derive(Default)]
+struct LinkWatch {
+    down: bool,
+    /// Why the connection was last lost, once it was.
+    lost: Option<String>,
+}
+
+impl LinkWatch {
+    fn check(&mut self, console: &Console) {
+        let up = console.is_connected();
+        if !up && !self.down {
+            let why = console
+                .last_connection_error()
+                .unwrap_or_else(|| "the connection closed".into());
+            eprintln!(
+                "note: the connection to the broker was lost ({why}); reconnecting. Gateways \
+                 were not necessarily offline meanwhile"
+            );
+            self.lost = Some(why);
+        }
+        self.down = !up;
+    }
 }
 
 fn json_line(e: &StatusEvent) -> serde_json::Value {
@@ -310,6 +361,7 @@ mod tests {
             ts_ms: 1,
             agent_version: "0.1.0".into(),
             uptime_s: 3720,
+            interval_s: 30,
             system: SystemStats {
                 cpu_pct: 3.25,
                 load1: 0.1,
@@ -320,6 +372,7 @@ mod tests {
             services: Default::default(),
             storage: Default::default(),
             counters: Default::default(),
+            dropped: Default::default(),
         }
     }
 

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{check_path, invalid, Cidr, ValueError};
+use crate::validate::{check_path, invalid, Cidr, ValueError, WorldPolicy};
 
 pub const EXPORT_CREATE: &str = "nfs.export.create";
 pub const EXPORT_UPDATE: &str = "nfs.export.update";
@@ -229,6 +229,34 @@ impl ClientMatch {
     }
 }
 
+impl ClientMatch {
+    /// Why this entry exports to the world under `policy`, or `None`. A wildcard counts as the
+    /// world unless a domain follows its last `*`/`?` (`.example.com`: at least two literal
+    /// labels): mountd matches the client's reverse name, and whoever owns an address chooses
+    /// its reverse name, so `nfs*` or `*.com` admit anyone who picks a matching one.
+    pub fn refused_by(&self, policy: &WorldPolicy) -> Option<String> {
+        match self {
+            ClientMatch::Net(c) => policy.refuses_net(c),
+            ClientMatch::Wildcard(w) if !policy.allow_world => {
+                let tail = w.rsplit(['*', '?']).next().unwrap_or_default();
+                // The labels after the first dot of the literal tail are fixed.
+                let anchored = tail.split_once('.').is_some_and(|(_, domain)| {
+                    domain.split('.').filter(|l| !l.is_empty()).count() >= 2
+                });
+                (!anchored).then(|| {
+                    format!(
+                        "{w} matches any host that names itself to fit (no domain of at least \
+                         two labels after the last wildcard's label, as in *.example.com); a rule that \
+                         wide needs {}.allow_world = true in the agent's config",
+                        policy.section
+                    )
+                })
+            }
+            ClientMatch::Wildcard(_) | ClientMatch::Host(_) | ClientMatch::Netgroup(_) => None,
+        }
+    }
+}
+
 impl std::fmt::Display for ClientMatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -280,6 +308,28 @@ impl ExportSpec {
     /// Sorted, non-empty subset of `[3, 4]`.
     pub fn protocols(&self) -> &[u8] {
         &self.protocols
+    }
+
+    /// Refuses a spec with a client entry that reaches the world under `policy` (see
+    /// [`ClientMatch::refused_by`]). Kept apart from [`ExportParams::validate`] so exports
+    /// stored before the policy existed still load.
+    pub fn check_world(&self, policy: &WorldPolicy) -> Result<(), ValueError> {
+        match self.world_clients(policy).into_iter().next() {
+            Some((m, why)) => Err(invalid("client match", &m, why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Each client entry `policy` refuses, with the reason.
+    pub fn world_clients(&self, policy: &WorldPolicy) -> Vec<(String, String)> {
+        self.clients
+            .iter()
+            .filter_map(|c| {
+                c.matches
+                    .refused_by(policy)
+                    .map(|w| (c.matches.to_string(), w))
+            })
+            .collect()
     }
 
     /// The params with every default filled in: what the agent stores and compares.
@@ -633,6 +683,83 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn world_clients_need_the_opt_in() {
+        let strict = WorldPolicy::strict("nfs");
+        let open = WorldPolicy {
+            allow_world: true,
+            ..strict
+        };
+        for world in [
+            "0.0.0.0/0",
+            "0.0.0.0/7",
+            "::/0",
+            "::0/0",
+            "2000::/3",
+            "::/64",
+            "::ffff:0.0.0.0/96",
+            "::ffff:0.0.0.0/100",
+            "*",
+            "*.*",
+            "**",
+            "?*",
+            "*.com",
+            "*.*.*",
+            "nfs*",
+            "*example.com",
+            "a*.b*.com",
+        ] {
+            let m = ClientMatch::parse(world, true).unwrap();
+            let why = m
+                .refused_by(&strict)
+                .unwrap_or_else(|| panic!("{world} passed"));
+            assert!(why.contains("nfs.allow_world"), "{world}: {why}");
+            assert_eq!(m.refused_by(&open), None, "{world}");
+        }
+        for fine in [
+            "10.0.0.0/8",
+            "192.0.2.7",
+            "2001:db8::/32",
+            "::1",
+            "::ffff:10.0.0.0/104",
+            "0.0.0.0",
+            "*.example.com",
+            "nfs?.example.com",
+            "a*b.example.com",
+            "host.example.com",
+            "@admins",
+        ] {
+            let m = ClientMatch::parse(fine, true).unwrap();
+            assert_eq!(m.refused_by(&strict), None, "{fine}");
+        }
+        // Spellings exportfs reads as everyone that never parse at all.
+        for never in [
+            "0/0",
+            "0.0.0.0/0.0.0.0",
+            "::/::",
+            "0.0.0.0/-1",
+            "gss/krb5",
+            "[a]*",
+        ] {
+            assert!(ClientMatch::parse(never, true).is_err(), "{never}");
+        }
+        let spec = params(json!({"name": "v", "path": "/srv/v",
+            "clients": [{"match": "10.0.0.0/8"}, {"match": "::/0"}]}))
+        .validate(false)
+        .unwrap();
+        let e = spec.check_world(&strict).unwrap_err().to_string();
+        assert!(e.contains("::/0") && e.contains("nfs.min_prefix_v6"), "{e}");
+        spec.check_world(&open).unwrap();
+        let narrow = WorldPolicy {
+            min_prefix_v4: 16,
+            ..strict
+        };
+        assert!(ClientMatch::parse("10.0.0.0/8", false)
+            .unwrap()
+            .refused_by(&narrow)
+            .is_some_and(|w| w.contains("nfs.min_prefix_v4 = 16")));
     }
 
     #[test]

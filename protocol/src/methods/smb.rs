@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{check_path, check_text, invalid, Cidr, ValueError};
+use crate::validate::{check_path, check_text, invalid, Cidr, ValueError, WorldPolicy};
 
 pub const SHARE_CREATE: &str = "smb.share.create";
 pub const SHARE_UPDATE: &str = "smb.share.update";
@@ -515,6 +515,24 @@ impl ShareSpec {
         Ok(())
     }
 
+    /// Refuses a `hosts_allow` entry that reaches the world under `policy` (`0.0.0.0/0`,
+    /// `::/0`, a prefix shorter than the minimum). `hosts_deny` may be as wide as one likes.
+    /// Kept apart from [`ShareSpec::check`] so shares stored before the policy still load.
+    pub fn check_world(&self, policy: &WorldPolicy) -> Result<(), ValueError> {
+        match self.world_hosts(policy).into_iter().next() {
+            Some((h, why)) => Err(invalid("hosts_allow", &h, why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Each `hosts_allow` entry `policy` refuses, with the reason.
+    pub fn world_hosts(&self, policy: &WorldPolicy) -> Vec<(String, String)> {
+        self.hosts_allow
+            .iter()
+            .filter_map(|h| policy.refuses_net(&h.0).map(|w| (h.to_string(), w)))
+            .collect()
+    }
+
     /// Parses `smb.share.create` params.
     pub fn from_params(params: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
         check_fields(&params)?;
@@ -882,6 +900,37 @@ mod tests {
         }
         let many: Vec<String> = (0..65).map(|i| format!("u{i}")).collect();
         assert!(ShareSpec::from_params(with("valid_users", json!(many))).is_err());
+    }
+
+    #[test]
+    fn world_hosts_allow_needs_the_opt_in() {
+        let strict = WorldPolicy::strict("smb");
+        for world in [
+            "0.0.0.0/0",
+            "::/0",
+            "::0/0",
+            "8.0.0.0/7",
+            "::ffff:0.0.0.0/96",
+        ] {
+            let spec =
+                ShareSpec::from_params(with("hosts_allow", json!(["10.0.0.0/8", world]))).unwrap();
+            let e = spec.check_world(&strict).unwrap_err().to_string();
+            assert!(
+                e.starts_with("hosts_allow ") && e.contains("smb.allow_world"),
+                "{e}"
+            );
+            spec.check_world(&WorldPolicy {
+                allow_world: true,
+                ..strict
+            })
+            .unwrap();
+        }
+        // Denying the world is always fine, and ALL never parses.
+        ShareSpec::from_params(with("hosts_deny", json!(["0.0.0.0/0", "::/0"])))
+            .unwrap()
+            .check_world(&strict)
+            .unwrap();
+        assert!(ShareSpec::from_params(with("hosts_allow", json!(["ALL"]))).is_err());
     }
 
     #[test]
