@@ -22,9 +22,9 @@ done
 build_log=$(mktemp)
 trap 'rm -f "$build_log"' EXIT
 "$root/scripts/cluster/build-rmqttd.sh" | tee "$build_log"
-build_seconds=$(sed -n 's/^rmqttd .* built in \([0-9]*\) s$/\1/p' "$build_log")
+build_seconds=$(sed -n 's/^rmqttd .* built in \([0-9]*\) s$/\1 s/p' "$build_log")
 if [[ -z "$build_seconds" && -f "${RMQTT_ROOT:-/var/tmp/rmqtt}/build-seconds" ]]; then
-    build_seconds="$(cat "${RMQTT_ROOT:-/var/tmp/rmqtt}/build-seconds") (earlier build)"
+    build_seconds="$(cat "${RMQTT_ROOT:-/var/tmp/rmqtt}/build-seconds") s (an earlier run)"
 fi
 
 cargo_args=(--quiet --manifest-path "$root/Cargo.toml" -p csg-agent -p csg-console --bins)

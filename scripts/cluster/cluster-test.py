@@ -359,7 +359,7 @@ exportfs = {json.dumps(str(stub / "exportfs"))}
     def run(self):
         a = self.args
         if a.build_seconds:
-            self.figure("rmqttd build (cargo, release, this machine)", f"{a.build_seconds} s")
+            self.figure("rmqttd build (cargo, release, this machine)", a.build_seconds)
         print(f"cluster of 3 rmqttd nodes and {a.agents} agents under {self.dir}", flush=True)
         self.start_cluster()
 
@@ -557,7 +557,7 @@ def main():
                     help="how long the mutation's apply takes (node 1 dies during it)")
     ap.add_argument("--reconnect-min-ms", type=int, default=500)
     ap.add_argument("--reconnect-timeout-s", type=float, default=90.0)
-    ap.add_argument("--build-seconds", default="", help="printed as the broker's build time")
+    ap.add_argument("--build-seconds", default="", help="the broker's build time, as printed")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     args = ap.parse_args()
     for path in (RMQTTD, BIN / "csg-agent", BIN / "csgctl"):
