@@ -17,8 +17,9 @@ Checks (any failure: exit 1):
     request id get every answer (none lost); the mutation ran exactly once (the exportfs stub's
     apply count and the agent's audit lines);
   - the Will: what the cluster does with the Wills of node 1's clients is recorded and compared
-    with what docs/fleet.md says; an agent killed while on a live node has its Will delivered to
-    a watcher on another node.
+    with what docs/fleet.md says; after the failover every agent's last presence is online; an
+    agent killed while on a live node has its Will delivered to a watcher on another node;
+  - csgctl given the dead node first and node 3 second is answered through node 3.
 
 Figures printed: broker build time, cluster start time, cross-node and same-node request latency
 (p50/p99 over --calls), time from SIGKILL to Will seen, time to all agents back online, answers
@@ -515,6 +516,13 @@ exportfs = {json.dumps(str(stub / "exportfs"))}
                     f"longest fan-out {max((x for *_, x in rounds), default=0):.1f} s)")
         r = self.csgctl(2, "call", target, "sys.ping", "--json")
         self.check("a command crosses nodes after the failover (node 2 -> agent)",
+                   r.returncode == 0, r.stdout.strip()[-200:] or r.stderr.strip()[-200:])
+
+        # csgctl with a broker list whose first node is the dead one: it moves on to the next.
+        r = subprocess.run([str(BIN / "csgctl"), "--broker", f"{self.url(1)},{self.url(3)}",
+                            "--group-id", GROUP, "--connect-timeout", "10s", "call", target,
+                            "sys.ping", "--json"], capture_output=True, text=True, timeout=60)
+        self.check("csgctl given node 1 (dead) then node 3 is answered through node 3",
                    r.returncode == 0, r.stdout.strip()[-200:] or r.stderr.strip()[-200:])
 
         # A Will on a live cluster: an agent killed while on node 2 or 3; a watcher on another
