@@ -2,8 +2,8 @@
 # Builds rmqttd (the rmqtt broker, crates.io crate `rmqttd`) with its raft cluster plugin into
 # $RMQTT_ROOT/bin/rmqttd, outside the repository. Nothing of rmqtt is kept in this repository: the
 # crate is fetched by cargo from the registry and built as published, with one change: the bridge,
-# storage and hook plugins are left out of the binary. They pull in librdkafka, Pulsar and NATS
-# clients (C and C++ builds that double the build time) and nothing in the cluster test uses them.
+# storage and hook plugins are left out of the binary. They pull in librdkafka (a C build that
+# needs cmake), Pulsar, NATS and Redis clients, and nothing in the cluster test uses them.
 # The versions of everything that stays are those of the crate's own Cargo.lock.
 #
 # Usage: scripts/cluster/build-rmqttd.sh        (prints the build time in seconds on its last line)
@@ -40,8 +40,11 @@ TOML
 echo 'fn main() {}' >"$RMQTT_ROOT/fetch/src/main.rs"
 (cd "$RMQTT_ROOT/fetch" && cargo fetch --quiet)
 # cargo metadata leaves a dependency without a library out, so find the unpacked crate itself.
-crate_dir="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"rmqttd-$RMQTT_VERSION" | head -n 1)"
-[[ -f "$crate_dir/Cargo.toml" ]] || { echo "rmqttd $RMQTT_VERSION was not unpacked by cargo fetch" >&2; exit 1; }
+crate_dir=""
+for d in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"rmqttd-$RMQTT_VERSION"; do
+    [[ -f "$d/Cargo.toml" ]] && crate_dir="$d" && break
+done
+[[ -n "$crate_dir" ]] || { echo "rmqttd $RMQTT_VERSION was not unpacked by cargo fetch" >&2; exit 1; }
 
 src="$RMQTT_ROOT/src/rmqttd-$RMQTT_VERSION"
 rm -rf "$src"
