@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use csg_protocol::status::{Presence, PresenceState};
-use csg_protocol::{now_ms, AgentTopics};
-use csg_transport::session::{Hooks, Message, Queues, SessionConfig};
+use csg_protocol::{now_ms, AgentTopics, BrokerList};
+use csg_transport::session::{Endpoint, Hooks, Message, Queues, SessionConfig};
 pub use csg_transport::session::{Inbound, LinkState};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
@@ -102,6 +102,17 @@ impl Hooks for AgentHooks {
     }
 }
 
+/// The session's broker list, in the configured order.
+pub fn endpoints(list: &BrokerList) -> Vec<Endpoint> {
+    list.urls()
+        .iter()
+        .map(|u| Endpoint {
+            host: u.host.clone(),
+            port: u.port,
+        })
+        .collect()
+}
+
 impl Session {
     /// Starts the session task. Commands received are sent to `inbound`.
     /// `overflow` gets the commands that find the dispatcher's queue full: it must answer them
@@ -113,11 +124,8 @@ impl Session {
         overflow: Overflow,
     ) -> Session {
         let m = &cfg.mqtt;
-        let mut sc = SessionConfig::new(
-            cfg.client_id.as_str(),
-            cfg.broker.host.clone(),
-            cfg.broker.port,
-        );
+        let mut sc = SessionConfig::new(cfg.client_id.as_str(), "", 0);
+        sc.brokers = endpoints(&cfg.broker);
         sc.tls = m.tls.options.clone();
         sc.auth = m.auth.method.clone();
         sc.keep_alive = m.keep_alive;

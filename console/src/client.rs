@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use csg_protocol::{
-    BrokerUrl, ClientId, GroupId, IdentityError, InstanceId, Reply, RequestId, Scheme, StatusTopic,
-    TopicMode, TopicParents,
+    BrokerList, ClientId, GroupId, IdentityError, InstanceId, Reply, RequestId, Scheme,
+    StatusTopic, TopicMode, TopicParents,
 };
 pub(crate) use csg_transport::PublishError as QueueError;
 use csg_transport::{
-    Auth, Inbound, LinkState, Message, NoHooks, Qos, Queues, Session, SessionConfig, TlsOptions,
+    Auth, Endpoint, Inbound, LinkState, Message, NoHooks, Qos, Queues, Session, SessionConfig,
+    TlsOptions,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -52,8 +53,9 @@ pub const DEFAULT_REQUEST_CHANNEL_CAPACITY: usize = 8192;
 #[derive(Debug, Clone)]
 pub struct ConsoleOptions {
     /// `mqtt://host[:port]` (plain TCP) or `mqtts://host[:port]` (TLS 1.2+, port 8883 by
-    /// default).
-    pub broker: BrokerUrl,
+    /// default); several (one scheme) are tried in turn: the session stays on one that works
+    /// and moves to the next after a failed connect or a lost link.
+    pub broker: BrokerList,
     /// TLS settings for `mqtts://` (CA file or system roots, server-name override, client
     /// certificate). Files are checked by [`Console::connect`] and read again before every
     /// reconnect.
@@ -80,9 +82,9 @@ pub struct ConsoleOptions {
 
 impl ConsoleOptions {
     /// Options with the standard topic layout and this crate's defaults.
-    pub fn new(broker: BrokerUrl, group_id: GroupId, console_id: InstanceId) -> Self {
+    pub fn new(broker: impl Into<BrokerList>, group_id: GroupId, console_id: InstanceId) -> Self {
         Self {
-            broker,
+            broker: broker.into(),
             tls: TlsOptions::default(),
             auth: Auth::None,
             group_id,
@@ -200,7 +202,7 @@ impl Console {
     /// restored in the background whenever it drops.
     pub async fn connect(opts: ConsoleOptions) -> Result<Console, ConsoleError> {
         let broker = opts.broker.to_string();
-        let tls = match opts.broker.scheme {
+        let tls = match opts.broker.scheme() {
             Scheme::Mqtts => {
                 // Read once now, so a problem with the files is reported before any I/O.
                 opts.tls.client_config().map_err(|e| ConsoleError::Tls {
@@ -240,11 +242,16 @@ impl Console {
             TopicMode::P2p { subscribe: false } => None,
         };
 
-        let mut sc = SessionConfig::new(
-            client_id.as_str(),
-            opts.broker.host.clone(),
-            opts.broker.port,
-        );
+        let mut sc = SessionConfig::new(client_id.as_str(), "", 0);
+        sc.brokers = opts
+            .broker
+            .urls()
+            .iter()
+            .map(|u| Endpoint {
+                host: u.host.clone(),
+                port: u.port,
+            })
+            .collect();
         sc.tls = tls;
         sc.auth = opts.auth.clone();
         sc.keep_alive = opts.keep_alive;
@@ -501,7 +508,7 @@ mod tests {
 
     fn options(url: &str, console: &str) -> ConsoleOptions {
         let mut o = ConsoleOptions::new(
-            BrokerUrl::parse(url).unwrap(),
+            csg_protocol::BrokerUrl::parse(url).unwrap(),
             GroupId::new("GID_csg").unwrap(),
             InstanceId::new(console).unwrap(),
         );

@@ -1,5 +1,8 @@
 //! Broker URLs: `mqtt://host[:port]` (plain TCP, default port 1883) and `mqtts://host[:port]`
 //! (TLS, default port 8883). IPv6 literals go in brackets: `mqtt://[::1]:1883`.
+//!
+//! A client may be given several URLs (the nodes of a broker cluster, a primary and a
+//! standby): a [`BrokerList`], tried in turn.
 
 use std::fmt;
 
@@ -105,6 +108,97 @@ impl fmt::Display for BrokerUrl {
     }
 }
 
+/// At most this many broker URLs in one list.
+pub const MAX_BROKERS: usize = 16;
+
+/// One or more broker URLs, all with the same scheme, tried in turn by a session.
+///
+/// Mixing `mqtt://` and `mqtts://` is refused: a client that cannot reach a TLS broker would
+/// fall back to plain TCP, with its credentials in clear, and anyone able to block the TLS
+/// port could make it do so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerList(Vec<BrokerUrl>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BrokerListError {
+    #[error("no broker URL given")]
+    Empty,
+    #[error("{0} broker URLs given; the limit is {MAX_BROKERS}")]
+    TooMany(usize),
+    #[error("{0} and {1} mix mqtt:// and mqtts://: a client that cannot reach the TLS broker would fall back to plain TCP (credentials in clear); use one scheme for all")]
+    MixedSchemes(String, String),
+    #[error(transparent)]
+    Url(#[from] BrokerUrlError),
+}
+
+impl BrokerList {
+    pub fn new(urls: Vec<BrokerUrl>) -> Result<Self, BrokerListError> {
+        let first = urls.first().ok_or(BrokerListError::Empty)?;
+        if urls.len() > MAX_BROKERS {
+            return Err(BrokerListError::TooMany(urls.len()));
+        }
+        if let Some(other) = urls.iter().find(|u| u.scheme != first.scheme) {
+            return Err(BrokerListError::MixedSchemes(
+                first.to_string(),
+                other.to_string(),
+            ));
+        }
+        Ok(Self(urls))
+    }
+
+    /// Parses each URL of `urls` (as a config file lists them).
+    pub fn parse_each<S: AsRef<str>>(urls: &[S]) -> Result<Self, BrokerListError> {
+        let parsed = urls
+            .iter()
+            .map(|u| BrokerUrl::parse(u.as_ref().trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(parsed)
+    }
+
+    /// Parses a comma-separated list, e.g. `mqtt://a:1883,mqtt://b:1883` (one URL is a list
+    /// of one).
+    pub fn parse(text: &str) -> Result<Self, BrokerListError> {
+        let parts: Vec<&str> = text.split(',').filter(|p| !p.trim().is_empty()).collect();
+        Self::parse_each(&parts)
+    }
+
+    pub fn urls(&self) -> &[BrokerUrl] {
+        &self.0
+    }
+
+    /// The scheme every URL of the list shares.
+    pub fn scheme(&self) -> Scheme {
+        self.0.first().map_or(Scheme::Mqtt, |u| u.scheme)
+    }
+}
+
+impl From<BrokerUrl> for BrokerList {
+    fn from(url: BrokerUrl) -> Self {
+        Self(vec![url])
+    }
+}
+
+impl std::str::FromStr for BrokerList {
+    type Err = BrokerListError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// The URLs separated by commas: what [`BrokerList::parse`] reads back.
+impl fmt::Display for BrokerList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, u) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{u}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +233,30 @@ mod tests {
         ] {
             assert!(BrokerUrl::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn lists_parse_print_and_refuse_mixed_schemes() {
+        let l = BrokerList::parse("mqtt://a:1, mqtt://[::1]:2,").unwrap();
+        assert_eq!(l.urls().len(), 2);
+        assert_eq!(l.to_string(), "mqtt://a:1,mqtt://[::1]:2");
+        assert_eq!(BrokerList::parse(&l.to_string()).unwrap(), l);
+        assert_eq!(l.scheme(), Scheme::Mqtt);
+        let one: BrokerList = BrokerUrl::parse("mqtts://x").unwrap().into();
+        assert_eq!(one.scheme(), Scheme::Mqtts);
+        assert_eq!(BrokerList::parse(""), Err(BrokerListError::Empty));
+        assert!(matches!(
+            BrokerList::parse("mqtt://a,mqtts://b"),
+            Err(BrokerListError::MixedSchemes(..))
+        ));
+        assert!(matches!(
+            BrokerList::parse("mqtt://a,http://b"),
+            Err(BrokerListError::Url(_))
+        ));
+        let many = vec!["mqtt://a"; MAX_BROKERS + 1];
+        assert_eq!(
+            BrokerList::parse_each(&many),
+            Err(BrokerListError::TooMany(MAX_BROKERS + 1))
+        );
     }
 }

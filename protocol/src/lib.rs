@@ -15,7 +15,7 @@ pub mod status;
 pub mod topics;
 pub mod validate;
 
-pub use broker::{BrokerUrl, BrokerUrlError, Scheme};
+pub use broker::{BrokerList, BrokerListError, BrokerUrl, BrokerUrlError, Scheme};
 pub use envelope::{
     decode_request, DecodeError, ErrorCode, Reply, ReplyBody, ReplyTo, Request, RpcError,
 };

@@ -119,6 +119,8 @@ fn configs(cli: &Cli) -> anyhow::Result<Vec<Box<Config>>> {
         let mut raw = template.clone();
         raw.identity.instance_id = format!("{}{n:05}", cli.prefix);
         raw.mqtt.url = cli.brokers[n as usize % cli.brokers.len()].clone();
+        // Each simulated agent gets one broker of its own, whatever the template lists.
+        raw.mqtt.urls.clear();
         raw.mqtt.max_inflight = cli.max_inflight;
         match raw.validate() {
             Ok(cfg) => out.push(Box::new(cfg)),

@@ -18,6 +18,8 @@ pub struct AgentConfig {
     pub group_id: String,
     pub instance_id: String,
     pub url: String,
+    /// `mqtt.urls`: when not empty it is written instead of `url`.
+    pub urls: Vec<String>,
     pub keep_alive_s: u64,
     pub connect_timeout_s: u64,
     pub reconnect_min_ms: u64,
@@ -51,6 +53,7 @@ impl AgentConfig {
             group_id: "GID_csg".into(),
             instance_id: instance_id.into(),
             url: url.into(),
+            urls: Vec::new(),
             keep_alive_s: 5,
             connect_timeout_s: 5,
             reconnect_min_ms: 100,
@@ -118,7 +121,8 @@ impl AgentConfig {
                 instance_id: &self.instance_id,
             },
             mqtt: Mqtt {
-                url: &self.url,
+                url: if self.urls.is_empty() { &self.url } else { "" },
+                urls: &self.urls,
                 keep_alive_s: self.keep_alive_s,
                 connect_timeout_s: self.connect_timeout_s,
                 reconnect_min_ms: self.reconnect_min_ms,
@@ -174,7 +178,10 @@ struct Identity<'a> {
 
 #[derive(Serialize)]
 struct Mqtt<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
     url: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    urls: &'a [String],
     keep_alive_s: u64,
     connect_timeout_s: u64,
     reconnect_min_ms: u64,

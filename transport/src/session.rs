@@ -309,13 +309,51 @@ impl Default for Queues {
     }
 }
 
+/// One broker address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or IP address (an IPv6 literal without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+/// Which broker of the list the next connect goes to. A session stays on a broker that works
+/// and moves to the next one (in list order, wrapping) after every failed connect and every
+/// lost link; the back-off runs between attempts as with one broker. It never jumps back to
+/// the first on its own: after a failover the fleet stays spread where it landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    index: usize,
+    len: usize,
+}
+
+impl Rotation {
+    pub fn new(len: usize) -> Self {
+        Self {
+            index: 0,
+            len: len.max(1),
+        }
+    }
+
+    /// The index of the broker to connect to next.
+    pub fn current(&self) -> usize {
+        self.index
+    }
+
+    /// After a failure on the current broker.
+    pub fn failed(&mut self) {
+        self.index = (self.index + 1) % self.len;
+    }
+}
+
 /// How a session connects and what it subscribes.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub client_id: String,
-    pub host: String,
-    pub port: u16,
-    /// `Some` for TLS; the files are read again before every connect.
+    /// Tried in turn (see [`Rotation`]); never empty when built by [`SessionConfig::new`].
+    pub brokers: Vec<Endpoint>,
+    /// `Some` for TLS, for every broker of the list; the files are read again before every
+    /// connect.
     pub tls: Option<TlsOptions>,
     /// The broker credentials; the secret file is read again before every connect.
     pub auth: Auth,
@@ -352,8 +390,10 @@ impl SessionConfig {
     pub fn new(client_id: impl Into<String>, host: impl Into<String>, port: u16) -> Self {
         Self {
             client_id: client_id.into(),
-            host: host.into(),
-            port,
+            brokers: vec![Endpoint {
+                host: host.into(),
+                port,
+            }],
             tls: None,
             auth: Auth::None,
             keep_alive: Duration::from_secs(30),
@@ -371,6 +411,43 @@ impl SessionConfig {
             queues: Queues::default(),
         }
     }
+}
+
+/// `mqtt[s]://host:port` of broker `i`, for logs and status lines.
+fn broker_name(cfg: &SessionConfig, i: usize) -> String {
+    let scheme = if cfg.tls.is_some() { "mqtts" } else { "mqtt" };
+    match cfg.brokers.get(i) {
+        Some(e) if e.host.contains(':') => format!("{scheme}://[{}]:{}", e.host, e.port),
+        Some(e) => format!("{scheme}://{}:{}", e.host, e.port),
+        None => format!("{scheme}://(no broker)"),
+    }
+}
+
+/// rumqttc's options for broker `i` (TLS, credentials and the Will are added before each
+/// connect by `prepare_connect`).
+fn mqtt_options(cfg: &SessionConfig, i: usize) -> MqttOptions {
+    let (host, port) = match cfg.brokers.get(i) {
+        // rumqttc joins host and port with ':' and resolves that; an IPv6 literal needs brackets.
+        Some(e) if e.host.contains(':') && !e.host.starts_with('[') => {
+            (format!("[{}]", e.host), e.port)
+        }
+        Some(e) => (e.host.clone(), e.port),
+        // An empty list is a caller's bug; the connect fails and says so in the log.
+        None => (String::new(), 0),
+    };
+    let mut opts = MqttOptions::new(cfg.client_id.as_str(), host, port);
+    let keep_alive = match cfg.keep_alive {
+        d if d.is_zero() => Duration::ZERO,
+        d => d.max(Duration::from_secs(1)),
+    };
+    opts.set_clean_session(true)
+        .set_keep_alive(keep_alive)
+        // rumqttc's default (10 KiB) is below the protocol's payload cap, and an incoming
+        // packet over the limit is a connection error that repeats as the broker
+        // redelivers it: callers size it deliberately.
+        .set_max_packet_size(cfg.max_packet_size, cfg.max_packet_size)
+        .set_inflight(cfg.inflight.max(1));
+    opts
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -546,24 +623,8 @@ impl Session {
         hooks: Arc<dyn Hooks>,
         inbound: mpsc::Sender<Inbound>,
     ) -> Session {
-        // rumqttc joins host and port with ':' and resolves that; an IPv6 literal needs brackets.
-        let host = if cfg.host.contains(':') && !cfg.host.starts_with('[') {
-            format!("[{}]", cfg.host)
-        } else {
-            cfg.host.clone()
-        };
-        let mut opts = MqttOptions::new(cfg.client_id.as_str(), host, cfg.port);
-        let keep_alive = match cfg.keep_alive {
-            d if d.is_zero() => Duration::ZERO,
-            d => d.max(Duration::from_secs(1)),
-        };
-        opts.set_clean_session(true)
-            .set_keep_alive(keep_alive)
-            // rumqttc's default (10 KiB) is below the protocol's payload cap, and an incoming
-            // packet over the limit is a connection error that repeats as the broker
-            // redelivers it: callers size it deliberately.
-            .set_max_packet_size(cfg.max_packet_size, cfg.max_packet_size)
-            .set_inflight(cfg.inflight.max(1));
+        let rotation = Rotation::new(cfg.brokers.len());
+        let opts = mqtt_options(&cfg, rotation.current());
         // The `cap` here sizes the request channel; rumqttc ignores the options' field of the
         // same name.
         let (client, mut eventloop) = AsyncClient::new(opts, cfg.queues.requests.max(1));
@@ -586,12 +647,7 @@ impl Session {
         });
         let (link_tx, link) = watch::channel(LinkState::Down(None));
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
-        let broker = format!(
-            "{}://{}:{}",
-            if cfg.tls.is_some() { "mqtts" } else { "mqtt" },
-            cfg.host,
-            cfg.port
-        );
+        let broker = broker_name(&cfg, rotation.current());
         let farewell_wait = cfg.farewell_wait;
         let task = tokio::spawn(
             Loop {
@@ -602,6 +658,7 @@ impl Session {
                 urgent_rx,
                 link: link_tx,
                 backoff: Backoff::new(cfg.reconnect_min, cfg.reconnect_max),
+                rotation,
                 broker,
                 cfg,
                 epoch: 0,
@@ -792,7 +849,8 @@ struct Loop {
     urgent_rx: mpsc::Receiver<Message>,
     link: watch::Sender<LinkState>,
     backoff: Backoff,
-    /// `mqtt[s]://host:port`, for logs.
+    rotation: Rotation,
+    /// `mqtt[s]://host:port` of the broker in use (or tried), for logs and status lines.
     broker: String,
     cfg: SessionConfig,
     epoch: u64,
@@ -848,6 +906,15 @@ impl Loop {
     /// Reads the TLS files and the broker secret again and puts them, and a fresh Will, into
     /// rumqttc's options for the next connect. The error names what is wrong, never a secret.
     fn prepare_connect(&mut self) -> Result<(), Failure> {
+        let broker = broker_name(&self.cfg, self.rotation.current());
+        if broker != self.broker {
+            // rumqttc keeps the address in a private field of its options, with no setter:
+            // the options are rebuilt for the next broker (the event loop reads them at each
+            // connect).
+            self.eventloop.mqtt_options = mqtt_options(&self.cfg, self.rotation.current());
+            info!(%broker, client_id = %self.cfg.client_id, "connecting");
+            self.broker = broker;
+        }
         let opts = &mut self.eventloop.mqtt_options;
         if let Some(tls) = &self.cfg.tls {
             let config = tls
@@ -954,6 +1021,7 @@ impl Loop {
             delay
         };
         self.link.send_replace(LinkState::Down(Some(failure)));
+        self.rotation.failed();
         tokio::select! {
             _ = tokio::time::sleep(delay) => false,
             _ = shutdown => true,
@@ -1243,6 +1311,41 @@ mod tests {
         let f = Failure::SubscriptionRefused(vec!["csg-down/a".into()]);
         assert!(!f.needs_operator());
         assert!(f.describe().contains("csg-down/a"));
+    }
+
+    #[test]
+    fn brokers_are_tried_in_turn_and_a_working_one_is_kept() {
+        let mut r = Rotation::new(3);
+        let mut order = vec![r.current()];
+        for _ in 0..4 {
+            r.failed();
+            order.push(r.current());
+        }
+        assert_eq!(order, vec![0, 1, 2, 0, 1]);
+        // A broker that works is kept: only a failure moves on, from where the session is.
+        let kept = r;
+        assert_eq!(kept.current(), 1);
+        r.failed();
+        assert_eq!(r.current(), 2);
+        // One broker: every reconnect goes back to it.
+        let mut one = Rotation::new(1);
+        one.failed();
+        assert_eq!(one.current(), 0);
+        assert_eq!(Rotation::new(0).current(), 0);
+    }
+
+    #[test]
+    fn broker_names_and_options_follow_the_list() {
+        let mut cfg = SessionConfig::new("c", "a", 1);
+        cfg.brokers.push(Endpoint {
+            host: "::1".into(),
+            port: 2,
+        });
+        assert_eq!(broker_name(&cfg, 0), "mqtt://a:1");
+        assert_eq!(broker_name(&cfg, 1), "mqtt://[::1]:2");
+        assert_eq!(mqtt_options(&cfg, 1).broker_address(), ("[::1]".into(), 2));
+        cfg.tls = Some(TlsOptions::default());
+        assert_eq!(broker_name(&cfg, 0), "mqtts://a:1");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use csg_protocol::{
-    AgentTopics, BrokerUrl, ClientId, GroupId, InstanceId, Scheme, TopicMode, TopicParents,
+    AgentTopics, BrokerList, ClientId, GroupId, InstanceId, Scheme, TopicMode, TopicParents,
 };
 use serde::Deserialize;
 use thiserror::Error;
@@ -66,7 +66,11 @@ pub struct RawIdentity {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawMqtt {
+    /// One broker; or `urls`, several (not both).
     pub url: String,
+    /// Several brokers (the nodes of a cluster), tried in turn: the session stays on one that
+    /// works and moves to the next after a failed connect or a lost link.
+    pub urls: Vec<String>,
     pub keep_alive_s: u64,
     pub connect_timeout_s: u64,
     pub reconnect_min_ms: u64,
@@ -91,6 +95,7 @@ impl Default for RawMqtt {
     fn default() -> Self {
         Self {
             url: String::new(),
+            urls: Vec::new(),
             keep_alive_s: 60,
             connect_timeout_s: 30,
             // A fleet that lost its broker comes back spread over this window (full jitter):
@@ -177,7 +182,8 @@ impl Default for RawAgent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub client_id: ClientId,
-    pub broker: BrokerUrl,
+    /// `mqtt.url` or `mqtt.urls`: one or more brokers, one scheme.
+    pub broker: BrokerList,
     pub mqtt: MqttSettings,
     pub parents: TopicParents,
     pub mode: TopicMode,
@@ -274,12 +280,21 @@ impl RawConfig {
             _ => None,
         };
 
-        let broker = match BrokerUrl::parse(&self.mqtt.url) {
-            Ok(u) => Some(u),
-            Err(e) => {
-                p.push(format!("mqtt.url: {e}"));
+        let broker = match (self.mqtt.url.is_empty(), self.mqtt.urls.is_empty()) {
+            (false, false) => {
+                p.push("mqtt.url and mqtt.urls are both set: give one broker in url, or several in urls".into());
                 None
             }
+            (true, true) => {
+                p.push("mqtt.url (or mqtt.urls) is required".into());
+                None
+            }
+            (false, true) => BrokerList::parse_each(&[&self.mqtt.url])
+                .map_err(|e| p.push(format!("mqtt.url: {e}")))
+                .ok(),
+            (true, false) => BrokerList::parse_each(&self.mqtt.urls)
+                .map_err(|e| p.push(format!("mqtt.urls: {e}")))
+                .ok(),
         };
         let m = &self.mqtt;
         if !(5..=65_535).contains(&m.keep_alive_s) {
@@ -413,7 +428,7 @@ impl RawConfig {
         let smb = self.smb.validate(&mut p);
         let iscsi = self.iscsi.validate(&mut p);
         let security = self.security.validate(&mut p);
-        let tls_url = broker.as_ref().is_some_and(|b| b.scheme == Scheme::Mqtts);
+        let tls_url = broker.as_ref().is_some_and(|b| b.scheme() == Scheme::Mqtts);
         let mqtt_tls = self.mqtt.tls.validate(tls_url, &mut p);
         let mqtt_auth = self.mqtt.auth.validate(&mut p);
 
@@ -557,6 +572,32 @@ reply_cache_ttl_s = 5
             panic!("expected problems")
         };
         assert!(p.iter().any(|m| m.contains("server name")), "{p:?}");
+    }
+
+    #[test]
+    fn several_broker_urls() {
+        let text = MIN.replace(
+            "url = \"mqtt://127.0.0.1:1883\"",
+            "urls = [\"mqtt://a:1883\", \"mqtt://b\"]",
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.broker.to_string(), "mqtt://a:1883,mqtt://b:1883");
+        let problems = |text: &str| match Config::from_toml(text) {
+            Err(FromTomlError::Invalid(p)) => p,
+            other => panic!("expected problems, got {other:?}"),
+        };
+        let both = MIN.replace("[mqtt]\n", "[mqtt]\nurls = [\"mqtt://b\"]\n");
+        let p = problems(&both);
+        assert!(p.len() == 1 && p[0].contains("both"), "{p:?}");
+        let neither = MIN.replace("url = \"mqtt://127.0.0.1:1883\"", "urls = []");
+        let p = problems(&neither);
+        assert!(p.len() == 1 && p[0].contains("required"), "{p:?}");
+        let mixed = MIN.replace(
+            "url = \"mqtt://127.0.0.1:1883\"",
+            "urls = [\"mqtt://a\", \"mqtts://b\"]",
+        );
+        let p = problems(&mixed);
+        assert!(p.iter().any(|m| m.contains("mqtts://b:8883")), "{p:?}");
     }
 
     #[test]

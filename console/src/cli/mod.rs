@@ -20,7 +20,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use csg_console::{Console, ConsoleOptions};
-use csg_protocol::{BrokerUrl, GroupId, InstanceId, MethodName, TopicMode, TopicParents};
+use csg_protocol::{
+    BrokerList, BrokerUrl, GroupId, InstanceId, MethodName, TopicMode, TopicParents,
+};
 
 use duration::positive_duration;
 
@@ -55,14 +57,16 @@ Output:
 struct Cli {
     #[arg(
         long,
-        help = "Broker URL: mqtt://host[:port] (plain TCP, port 1883) or mqtts://host[:port] (TLS, port 8883)",
+        help = "Broker URL: mqtt://host[:port] (plain TCP, port 1883) or mqtts://host[:port] (TLS, port 8883); several (repeat the option or separate with commas) are tried in turn",
         global = true,
         help_heading = "Global options",
         env = "CSG_BROKER",
         default_value = "mqtt://127.0.0.1:1883",
+        value_delimiter = ',',
+        action = clap::ArgAction::Append,
         value_parser = parse_broker
     )]
-    broker: BrokerUrl,
+    broker: Vec<BrokerUrl>,
 
     /// Group id: the first half of every client ID (GROUP@@@INSTANCE)
     #[arg(
@@ -562,7 +566,9 @@ async fn connect(cli: &Cli) -> anyhow::Result<Console> {
         Some(id) => id.clone(),
         None => default_console_id(),
     };
-    let mut opts = ConsoleOptions::new(cli.broker.clone(), cli.group_id.clone(), console_id);
+    let brokers =
+        BrokerList::new(cli.broker.clone()).map_err(|e| Usage(format!("--broker: {e}")))?;
+    let mut opts = ConsoleOptions::new(brokers, cli.group_id.clone(), console_id);
     opts.parents = TopicParents {
         down: cli.topic_down.clone(),
         up: cli.topic_up.clone(),
@@ -680,7 +686,27 @@ mod tests {
     #[test]
     fn defaults_and_env_free_parsing() {
         let cli = Cli::try_parse_from(["csgctl", "call", "gw-1", "sys.ping"]).unwrap();
-        assert_eq!(cli.broker.to_string(), "mqtt://127.0.0.1:1883");
+        assert_eq!(
+            BrokerList::new(cli.broker.clone()).unwrap().to_string(),
+            "mqtt://127.0.0.1:1883"
+        );
+        // Several brokers: repeated, comma-separated, or both, in the order given.
+        let cli = Cli::try_parse_from([
+            "csgctl",
+            "--broker",
+            "mqtt://a,mqtt://b",
+            "--broker",
+            "mqtt://c:1",
+            "call",
+            "gw-1",
+            "sys.ping",
+        ])
+        .unwrap();
+        assert_eq!(
+            BrokerList::new(cli.broker.clone()).unwrap().to_string(),
+            "mqtt://a:1883,mqtt://b:1883,mqtt://c:1"
+        );
+        let cli = Cli::try_parse_from(["csgctl", "call", "gw-1", "sys.ping"]).unwrap();
         let Command::Call(args) = cli.command else {
             panic!("not a call")
         };
