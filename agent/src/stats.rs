@@ -15,6 +15,7 @@ pub struct Stats {
     pub dropped: AtomicU64,
     pub reply_lost: AtomicU64,
     pub unauthorized: AtomicU64,
+    pub packet_too_large: AtomicU64,
 }
 
 impl Stats {
@@ -33,6 +34,7 @@ impl Stats {
             dropped: self.dropped.load(Relaxed),
             reply_lost: self.reply_lost.load(Relaxed),
             unauthorized: self.unauthorized.load(Relaxed),
+            packet_too_large: self.packet_too_large.load(Relaxed),
         }
     }
 }

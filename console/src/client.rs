@@ -388,6 +388,7 @@ impl Inner {
             payload: Bytes::copy_from_slice(payload),
             qos: Qos::AtLeastOnce,
             retain: false,
+            props: Default::default(),
         };
         self.mqtt.publish_with_ack(msg, ack)
     }

@@ -253,6 +253,7 @@ impl Recorder {
             payload: Bytes::from(payload.into()),
             qos,
             retain,
+            props: Default::default(),
         }
     }
 
