@@ -1521,12 +1521,12 @@ impl Loop {
             let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
             let secs = delay.as_secs_f64();
             if was_ready {
-                warn!(%broker, error = %failure, retry_in_ms, "connection lost");
+                warn!(%broker, problem = failure.kind(), error = %failure, retry_in_ms, "connection lost");
                 self.hooks.status(&format!(
                     "connection to {broker} lost ({failure}), retrying in {secs:.1} s"
                 ));
             } else {
-                warn!(%broker, error = %failure, attempt = self.backoff.attempts(), retry_in_ms, "broker unreachable");
+                warn!(%broker, problem = failure.kind(), error = %failure, attempt = self.backoff.attempts(), retry_in_ms, "broker unreachable");
                 self.hooks.status(&format!(
                     "broker {broker} unreachable ({failure}), retrying in {secs:.1} s"
                 ));
