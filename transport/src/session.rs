@@ -297,6 +297,15 @@ impl Failure {
                     limit,
                 }
             }
+            // The v5 state error does not name its cause as `source()`, so the TLS
+            // classification would not find a handshake alert behind it.
+            v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+                v5::mqttbytes::Error::Io(io),
+            )) => {
+                if let Some(f) = crate::tls::classify(io) {
+                    return Failure::Tls(f);
+                }
+            }
             _ => {}
         }
         match crate::tls::classify(e) {
