@@ -23,7 +23,10 @@ struct World {
 
 impl World {
     fn start(instance: &str, protocol: Protocol) -> World {
-        let broker = Broker::start();
+        Self::start_on(Broker::start(), instance, protocol)
+    }
+
+    fn start_on(broker: Broker, instance: &str, protocol: Protocol) -> World {
         let rec = Recorder::connect_with(broker.port(), &["#"], protocol);
         let mut cfg = AgentConfig::new(instance, &broker.url());
         cfg.protocol = protocol.to_string();
@@ -193,6 +196,40 @@ fn on_mqtt311_an_oversized_publish_costs_the_connection_and_is_counted() {
         "the log names the failure and the size\n{log}"
     );
     w.agent.assert_running("after the oversized publish");
+}
+
+#[test]
+fn on_mqtt311_a_broker_packet_limit_below_the_agents_prevents_the_flap() {
+    // The advice of docs/operations.md ("Oversized packets"), checked on a real Mosquitto.
+    let broker = Broker::start_with(|port| {
+        format!("{}max_packet_size 1000000\n", csg_e2e::broker::config(port))
+    });
+    let mut w = World::start_on(broker, "gw-311-limit", Protocol::V311);
+    let cid = w.cfg().client_id();
+    let mark = w.rec.mark();
+    // The publisher is the one disconnected; its 2 MiB never reaches anyone.
+    let attacker = Recorder::connect_with(w.broker.port(), &[], Protocol::V311);
+    attacker.publish(&w.cfg().command_topic(), vec![b'x'; 2 << 20]);
+    let topic = format!("csg-up/{}", csg_e2e::unique("after"));
+    let req = request("after-limit", "sys.ping", json!({}), Some(&topic));
+    let reply = w.ask(bytes(&req), Properties::default(), &topic);
+    expect_ok(&reply.json_or_panic(), "after-limit");
+    std::thread::sleep(QUIET);
+    assert!(
+        w.rec
+            .matching_since(mark, |m| m.topic == w.cfg().presence_topic())
+            .is_empty(),
+        "no Will, no new online\n{}",
+        w.rec.dump()
+    );
+    assert_eq!(w.status()["counters"]["packet_too_large"], json!(0));
+    assert_eq!(
+        csg_e2e::broker::count_connects(&w.broker.log(), &cid),
+        1,
+        "{}",
+        w.broker.log()
+    );
+    w.agent.assert_running("after the refused publish");
 }
 
 #[test]

@@ -1812,6 +1812,43 @@ mod tests {
         assert!(f.describe().contains("csg-down/a"));
     }
 
+    /// The bytes MQTT 5 adds to a PUBLISH, as rumqttc encodes it (docs/protocol.md, "MQTT 5").
+    #[test]
+    fn mqtt5_publish_overhead_in_bytes() {
+        let topic = "csg-down/gw-001";
+        let payload = vec![b'x'; 200];
+        let v4 = rumqttc::Publish::new(topic, QoS::AtLeastOnce, payload.clone()).size();
+        let v5 = |props: Properties| {
+            p5::Publish::new(
+                topic,
+                qos5(Qos::AtLeastOnce),
+                payload.clone(),
+                props.to_v5(),
+            )
+            .size()
+        };
+        // The property length, one byte, even with no property.
+        assert_eq!(v5(Properties::default()) - v4, 1);
+        // Response Topic: identifier, 2-byte length, the topic.
+        let rt = Properties {
+            response_topic: Some("csg-up/console-1".into()),
+            ..Properties::default()
+        };
+        assert_eq!(v5(rt) - v4, 1 + 3 + 16);
+        // Correlation Data: identifier, 2-byte length, the data.
+        let cd = Properties {
+            correlation_data: Some(Bytes::from_static(b"0123456789abcdef")),
+            ..Properties::default()
+        };
+        assert_eq!(v5(cd) - v4, 1 + 3 + 16);
+        // Message Expiry Interval: identifier and a 4-byte integer.
+        let exp = Properties {
+            message_expiry: Some(30),
+            ..Properties::default()
+        };
+        assert_eq!(v5(exp) - v4, 1 + 5);
+    }
+
     #[test]
     fn brokers_are_tried_in_turn_and_a_working_one_is_kept() {
         let mut r = Rotation::new(3);
