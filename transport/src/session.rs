@@ -16,6 +16,12 @@
 //! outbound lanes: the normal one is that channel; the urgent one jumps ahead of everything
 //! the channel holds (see [`Session::publish_urgent`]).
 //!
+//! MQTT 3.1.1 or 5 ([`SessionConfig::protocol`]): rumqttc has a client and an event loop for
+//! each, wrapped here in one private `Client` and `Driver` so that everything above them is
+//! the same code. On 5 the CONNECT carries Maximum Packet Size (the broker then drops larger
+//! messages for us) and Session Expiry Interval 0, and publishes carry [`Properties`]. Several
+//! broker addresses are tried in turn ([`Rotation`]).
+//!
 //! rumqttc 0.25.1 behaviours worked around here, each at its place in the code:
 //!
 //! * TCP_NODELAY is off by default (a request/reply then pays Nagle + delayed ACK, ~44 ms);
@@ -33,6 +39,12 @@
 //! * the Last Will is not sent on a graceful DISCONNECT: the farewell is published by hand;
 //! * the event loop sends its `pending` queue before its request channel: the urgent lane and
 //!   the SUBSCRIBE after a CONNACK are put at the front of `pending`.
+//! * an incoming packet above the limit fails the connection (the framing cannot skip it):
+//!   [`Failure::PacketTooLarge`], counted; on MQTT 5 the broker knows the limit and never
+//!   sends one;
+//! * v5 only: its options panic on a keep-alive under 5 s, its in-flight table is sized for
+//!   65535 unless told otherwise, its event loop does not show whether it is connected (the
+//!   session tracks it), and its state error hides a TLS failure from `source()`.
 //!
 //! Several of these touch public fields of rumqttc's `EventLoop` (`pending`, `state.events`,
 //! `mqtt_options`, `clean()`) whose behaviour is not a stable API: docs/operations.md
