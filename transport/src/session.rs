@@ -1776,6 +1776,79 @@ mod tests {
     }
 
     #[test]
+    fn mqtt5_reason_codes_fall_in_the_same_classes() {
+        use p5::ConnectReturnCode as C;
+        let refused =
+            |c| Failure::from_connection_v5(&v5::ConnectionError::ConnectionRefused(c), 1);
+        for (code, want) in [
+            (C::BadUserNamePassword, Failure::BadCredentials),
+            (C::BadAuthenticationMethod, Failure::BadCredentials),
+            (C::NotAuthorized, Failure::NotAuthorized),
+            (C::Banned, Failure::NotAuthorized),
+            (C::ClientIdentifierNotValid, Failure::ClientIdRejected),
+        ] {
+            let f = refused(code);
+            assert_eq!(f, want);
+            assert!(f.needs_operator() && f.is_refusal(), "{f:?}");
+        }
+        let busy = refused(C::ServerBusy);
+        assert!(matches!(busy, Failure::Refused(_)), "{busy:?}");
+        assert!(!busy.needs_operator() && busy.is_refusal());
+        // A TLS alert behind the v5 state error, which names no source.
+        let alert = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+        );
+        let e = v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+            v5::mqttbytes::Error::Io(alert),
+        ));
+        let f = Failure::from_connection_v5(&e, 1);
+        assert!(
+            matches!(f, Failure::Tls(TlsFailure::ClientCertRefused(_))),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn an_oversized_packet_is_its_own_kind_on_both_versions() {
+        let v4 = ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(2_000_000),
+        ));
+        let v5e = v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+            v5::mqttbytes::Error::PayloadSizeLimitExceeded {
+                pkt_size: 2_000_000,
+                max: 1024,
+            },
+        ));
+        for f in [
+            Failure::from_connection(&v4, 1024),
+            Failure::from_connection_v5(&v5e, 1024),
+        ] {
+            assert_eq!(
+                f,
+                Failure::PacketTooLarge {
+                    size: 2_000_000,
+                    limit: 1024
+                }
+            );
+            assert_eq!(f.kind(), "packet_too_large");
+            // Retried soon: the broker does not redeliver it (clean session).
+            assert!(!f.needs_operator() && !f.is_refusal());
+            assert!(f.describe().contains("2000000 bytes"), "{f}");
+        }
+    }
+
+    #[test]
+    fn protocol_names() {
+        assert_eq!(Protocol::parse("3.1.1"), Some(Protocol::V311));
+        assert_eq!(Protocol::parse("5"), Some(Protocol::V5));
+        assert_eq!(Protocol::parse("4"), None);
+        assert_eq!(Protocol::default(), Protocol::V311);
+        assert_eq!(Protocol::V5.to_string(), "5");
+        assert!("3".parse::<Protocol>().is_err());
+    }
+
+    #[test]
     fn tls_failures_are_classified_through_io_errors() {
         let io = std::io::Error::new(
             std::io::ErrorKind::InvalidData,
