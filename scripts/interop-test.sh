@@ -35,7 +35,8 @@ scripts/install-deps.sh
 step "cargo build --bins"
 cargo build --workspace --bins
 
-suites=(rpc signed presence heartbeat reconnect csgctl flood p2p reload startup sim)
+suites=(rpc signed presence heartbeat reconnect csgctl flood p2p reload startup sim busy compat
+    capabilities paging urls)
 args=(--lib)
 for s in "${suites[@]}"; do args+=(--test "$s"); done
 

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use csg_protocol::envelope::DecodeErrorKind;
 use csg_protocol::methods::{self, Kind, Method};
 use csg_protocol::{
-    decode_request, now_ms, AgentTopics, ErrorCode, Reply, ReplyTo, Request, RequestId, RpcError,
+    decode_request_with, now_ms, AgentTopics, ErrorCode, Reply, ReplyTo, Request, RequestId,
+    RpcError,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -30,7 +31,53 @@ use crate::ratelimit::Line;
 use crate::reply_cache::{Lookup, ReplyCache, MAX_WAITERS};
 use crate::stats::{DropReason, Noisy, Stats};
 use crate::uplink::{OutMessage, Qos, Uplink};
-use csg_transport::Inbound;
+use csg_transport::{Inbound, Properties};
+
+/// Longest MQTT 5 Correlation Data mirrored on a reply; a request with more is refused.
+pub const MAX_CORRELATION_DATA: usize = 256;
+
+/// Where a reply goes: the topic, and on MQTT 5 the request's Correlation Data to mirror,
+/// joined in one string so the id memory keeps it with each waiter like a plain topic. A topic
+/// never holds U+0000 (MQTT §4.7.3), so the NUL separator cannot be forged by a topic; the
+/// data follows in hex.
+fn reply_address(topic: &str, props: &Properties) -> String {
+    match &props.correlation_data {
+        None => topic.to_string(),
+        Some(data) => {
+            let mut a = String::with_capacity(topic.len() + 1 + 2 * data.len());
+            a.push_str(topic);
+            a.push('\0');
+            for b in data.iter() {
+                a.push_str(&format!("{b:02x}"));
+            }
+            a
+        }
+    }
+}
+
+/// The inverse of [`reply_address`]: the message to publish for it.
+fn reply_message(address: &str, payload: Bytes) -> OutMessage {
+    let (topic, data) = match address.split_once('\0') {
+        Some((topic, hex)) => {
+            let data: Vec<u8> = (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect();
+            (topic, Some(Bytes::from(data)))
+        }
+        None => (address, None),
+    };
+    OutMessage {
+        topic: topic.to_string(),
+        payload,
+        qos: Qos::AtLeastOnce,
+        retain: false,
+        // Replies mirror the Correlation Data and set no Response Topic (MQTT 5 §4.10).
+        props: Properties {
+            correlation_data: data,
+            ..Properties::default()
+        },
+    }
+}
 
 pub struct Limits {
     pub max_payload: usize,
@@ -115,9 +162,10 @@ impl Dispatcher {
     /// Refuses a request for lack of authority: `UNAUTHORIZED` on its reply topic when one can
     /// be read from `readable` (unverified, so only if it passes the normal reply_to rules),
     /// counted and logged (the reason is ours, never an echo of the input).
-    fn unauthorized(&self, readable: Option<&[u8]>, reason: &str) {
+    fn unauthorized(&self, readable: Option<&[u8]>, props: &Properties, reason: &str) {
         Stats::inc(&self.stats.unauthorized);
-        let (id, reply_to) = match readable.map(|b| decode_request(b, self.max_payload)) {
+        let rt = props.response_topic.as_deref();
+        let (id, reply_to) = match readable.map(|b| decode_request_with(b, self.max_payload, rt)) {
             Some(Ok(r)) => (Some(r.id), Some(r.reply_to)),
             Some(Err(e)) => (e.id, e.reply_to),
             None => (None, None),
@@ -127,7 +175,8 @@ impl Dispatcher {
         warn!(id = ?id.as_ref().map(RequestId::as_str), answered = topic.is_some(), %reason, "unauthorized request refused, not executed");
         if let Some(t) = topic {
             let msg = format!("{reason}; not executed");
-            self.refuse(t, id, RpcError::new(ErrorCode::Unauthorized, msg));
+            let address = reply_address(t, props);
+            self.refuse(&address, id, RpcError::new(ErrorCode::Unauthorized, msg));
         }
     }
 
@@ -173,13 +222,10 @@ impl Dispatcher {
         }
     }
 
-    fn send(&self, topic: &str, payload: Bytes) {
-        let msg = OutMessage {
-            topic: topic.to_string(),
-            payload,
-            qos: Qos::AtLeastOnce,
-            retain: false,
-        };
+    /// `address`: a topic, or a [`reply_address`].
+    fn send(&self, address: &str, payload: Bytes) {
+        let msg = reply_message(address, payload);
+        let topic = msg.topic.clone();
         if let Err(e) = self.uplink.publish(msg) {
             Stats::inc(&self.stats.reply_lost);
             debug!(topic, error = %e, "reply not queued; a retry of the request will recover it");
@@ -206,17 +252,22 @@ impl Dispatcher {
             Opened::Plain => (Sender::Unsigned, None),
             Opened::Signed { kid, payload } => (Sender::Key(kid), Some(payload)),
             Opened::Refused { reason, payload } => {
-                self.unauthorized(payload.as_deref(), &reason);
+                self.unauthorized(payload.as_deref(), &msg.props, &reason);
                 return;
             }
         };
         let bytes: &[u8] = signed_payload.as_deref().unwrap_or(&msg.payload);
         if sender == Sender::Unsigned && policy.requires_signatures() {
             // Refused before anything else, malformed or not: nothing unsigned gets further.
-            self.unauthorized(Some(bytes), "this gateway accepts signed commands only");
+            self.unauthorized(
+                Some(bytes),
+                &msg.props,
+                "this gateway accepts signed commands only",
+            );
             return;
         }
-        let mut req = match decode_request(bytes, self.max_payload) {
+        let rt = msg.props.response_topic.as_deref();
+        let mut req = match decode_request_with(bytes, self.max_payload, rt) {
             Ok(r) => r,
             Err(e) => {
                 let topic = e.reply_to.as_ref().and_then(ReplyTo::topic);
@@ -235,7 +286,7 @@ impl Dispatcher {
                         // An id that is not valid is echoed as sent, so a console can match it.
                         let reply = Reply::err(e.id.clone(), RpcError::bad_request(e.to_string()))
                             .with_raw_id(e.raw_id.clone());
-                        self.send(t, Bytes::from(reply.to_json()));
+                        self.send(&reply_address(t, &msg.props), Bytes::from(reply.to_json()));
                     }
                     None => {
                         let reason = match e.kind {
@@ -252,7 +303,7 @@ impl Dispatcher {
         let reply_topic = match std::mem::replace(&mut req.reply_to, ReplyTo::NoReply) {
             ReplyTo::NoReply => None,
             ReplyTo::Topic(t) => match self.topics.check_reply_to(&t) {
-                Ok(()) => Some(t),
+                Ok(()) => Some(reply_address(&t, &msg.props)),
                 Err(e) => {
                     // We never publish outside our own topics, so there is nowhere to say so.
                     self.dropped(DropReason::ReplyTopicRefused, || {
@@ -262,6 +313,20 @@ impl Dispatcher {
                 }
             },
         };
+        if msg
+            .props
+            .correlation_data
+            .as_ref()
+            .is_some_and(|d| d.len() > MAX_CORRELATION_DATA)
+        {
+            Stats::inc(&self.stats.bad_request);
+            if let Some(t) = reply_topic.as_deref() {
+                let t = t.split_once('\0').map_or(t, |(t, _)| t);
+                let msg = format!("the MQTT 5 Correlation Data is longer than {MAX_CORRELATION_DATA} bytes; not executed");
+                self.refuse(t, Some(req.id), RpcError::bad_request(msg));
+            }
+            return;
+        }
         if let Err(reason) = policy.authorize(&sender, &req, now_ms()) {
             Stats::inc(&self.stats.unauthorized);
             warn!(id = %req.id, method = %req.method, key = sender.key_id(), %reason, "unauthorized request refused, not executed");
@@ -582,7 +647,8 @@ impl Dispatcher {
             });
             return;
         }
-        let (id, topic) = match decode_request(&msg.payload, self.max_payload) {
+        let rt = msg.props.response_topic.as_deref();
+        let (id, topic) = match decode_request_with(&msg.payload, self.max_payload, rt) {
             Ok(r) => (Some(r.id), r.reply_to.topic().map(str::to_string)),
             Err(e) => (e.id, e.reply_to.and_then(|r| r.topic().map(str::to_string))),
         };
@@ -593,7 +659,7 @@ impl Dispatcher {
                     ErrorCode::Busy,
                     "the agent's command queue is full; retry with the same id",
                 );
-                self.refuse(&t, id, err);
+                self.refuse(&reply_address(&t, &msg.props), id, err);
             }
             None => self.dropped(DropReason::QueueFull, || {
                 format!("bytes={}", msg.payload.len())

@@ -336,14 +336,20 @@ pub async fn run<S: Future<Output = ()>>(
     // Commands the dispatcher has no room for are answered BUSY by it, from the poll task;
     // the dispatcher exists only once the session does, hence the late binding.
     let overflow_to: Arc<std::sync::OnceLock<Arc<Dispatcher>>> = Arc::default();
-    let session = Session::start(&cfg, queues, inbound_tx, {
-        let overflow_to = overflow_to.clone();
-        Arc::new(move |msg| {
-            if let Some(d) = overflow_to.get() {
-                d.refuse_busy(msg);
-            }
-        })
-    });
+    let session = Session::start(
+        &cfg,
+        queues,
+        inbound_tx,
+        {
+            let overflow_to = overflow_to.clone();
+            Arc::new(move |msg| {
+                if let Some(d) = overflow_to.get() {
+                    d.refuse_busy(msg);
+                }
+            })
+        },
+        stats.clone(),
+    );
     if let Some(tx) = started {
         let _ = tx.send(Started {
             link: session.link.clone(),

@@ -110,6 +110,9 @@ fn main() -> ExitCode {
                     "config OK: {} as {} (commands on {})",
                     cfg.broker, cfg.client_id, cfg.topics.commands
                 );
+                for note in cfg.notes() {
+                    println!("{note}");
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,

@@ -13,12 +13,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use csg_protocol::status::{Presence, PresenceState};
 use csg_protocol::{now_ms, AgentTopics, BrokerList};
-use csg_transport::session::{Endpoint, Hooks, Message, Queues, SessionConfig};
+use csg_transport::session::{Endpoint, Failure, Hooks, Message, Queues, SessionConfig};
 pub use csg_transport::session::{Inbound, LinkState};
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
 use crate::config::Config;
+use crate::stats::Stats;
 use crate::uplink::Qos;
 use crate::AGENT_VERSION;
 
@@ -51,6 +52,7 @@ pub struct Session {
 
 struct AgentHooks {
     status: watch::Sender<String>,
+    stats: Arc<Stats>,
     topics: AgentTopics,
     instance: String,
     overflow: Overflow,
@@ -65,6 +67,7 @@ impl AgentHooks {
                 payload: Bytes::from(json),
                 qos: Qos::AtLeastOnce,
                 retain: self.topics.retain_and_will,
+                props: Default::default(),
             }),
             Err(e) => {
                 debug!(error = %e, "presence not serialized");
@@ -100,6 +103,12 @@ impl Hooks for AgentHooks {
     fn overflow(&self, msg: Inbound) {
         (self.overflow)(msg);
     }
+
+    fn failed(&self, failure: &Failure) {
+        if let Failure::PacketTooLarge { .. } = failure {
+            Stats::inc(&self.stats.packet_too_large);
+        }
+    }
 }
 
 /// The session's broker list, in the configured order.
@@ -122,10 +131,12 @@ impl Session {
         queues: Option<Queues>,
         inbound: mpsc::Sender<Inbound>,
         overflow: Overflow,
+        stats: Arc<Stats>,
     ) -> Session {
         let m = &cfg.mqtt;
         let mut sc = SessionConfig::new(cfg.client_id.as_str(), "", 0);
         sc.brokers = endpoints(&cfg.broker);
+        sc.protocol = m.protocol;
         sc.tls = m.tls.options.clone();
         sc.auth = m.auth.method.clone();
         sc.keep_alive = m.keep_alive;
@@ -143,6 +154,7 @@ impl Session {
         let (status_tx, status) = watch::channel(String::new());
         let hooks = AgentHooks {
             status: status_tx,
+            stats,
             topics: cfg.topics.clone(),
             instance: cfg.client_id.instance().as_str().to_string(),
             overflow,

@@ -20,6 +20,7 @@ pub struct Stats {
     pub dropped: AtomicU64,
     pub reply_lost: AtomicU64,
     pub unauthorized: AtomicU64,
+    pub packet_too_large: AtomicU64,
     /// Messages the agent could not act on, per reason, and when to log them.
     noisy: Mutex<LogLimiter<Noisy>>,
 }
@@ -131,6 +132,7 @@ impl Stats {
             dropped: self.dropped.load(Relaxed),
             reply_lost: self.reply_lost.load(Relaxed),
             unauthorized: self.unauthorized.load(Relaxed),
+            packet_too_large: self.packet_too_large.load(Relaxed),
         }
     }
 }

@@ -237,7 +237,7 @@ pub async fn heartbeat_loop(
                 _ = tick.tick() => {
                     let hb = source.next_heartbeat().await;
                     let payload = Bytes::from(serde_json::to_vec(&hb).expect("heartbeat serializes"));
-                    let msg = OutMessage { topic: topic.clone(), payload, qos: Qos::AtMostOnce, retain: false };
+                    let msg = OutMessage { topic: topic.clone(), payload, qos: Qos::AtMostOnce, retain: false, props: Default::default() };
                     if let Err(e) = uplink.publish_urgent(msg) {
                         debug!(error = %e, seq = hb.seq, "heartbeat not queued");
                     }

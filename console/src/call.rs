@@ -156,6 +156,8 @@ struct Prepared {
     id: RequestId,
     topic: String,
     payload: Vec<u8>,
+    /// The request's `deadline_ms`: on MQTT 5 each attempt's Message Expiry Interval.
+    deadline_ms: Option<u64>,
 }
 
 impl Prepared {
@@ -293,6 +295,7 @@ impl Console {
             id: req.id,
             topic,
             payload,
+            deadline_ms: req.deadline_ms,
         };
         let size = prepared.size();
         if size > o.max_packet_size {
@@ -343,7 +346,7 @@ impl Inner {
         deadline: Instant,
     ) -> Result<bool, QueueError> {
         loop {
-            match self.try_publish(&req.topic, &req.payload, &mut ack) {
+            match self.try_publish(&req.topic, &req.payload, req.deadline_ms, &mut ack) {
                 Ok(()) => return Ok(true),
                 Err(QueueError::Full) if Instant::now() < deadline => {
                     sleep(CHANNEL_FULL_PAUSE).await;

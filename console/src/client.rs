@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use csg_protocol::{
-    BrokerList, ClientId, GroupId, IdentityError, InstanceId, Reply, RequestId, Scheme,
+    now_ms, BrokerList, ClientId, GroupId, IdentityError, InstanceId, Reply, RequestId, Scheme,
     StatusTopic, TopicMode, TopicParents,
 };
 pub(crate) use csg_transport::PublishError as QueueError;
 use csg_transport::{
-    Auth, Endpoint, Inbound, LinkState, Message, NoHooks, Qos, Queues, Session, SessionConfig,
-    TlsOptions,
+    Auth, Endpoint, Inbound, LinkState, Message, NoHooks, Properties, Protocol, Qos, Queues,
+    Session, SessionConfig, TlsOptions,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -48,6 +48,14 @@ pub const DEFAULT_INFLIGHT: u16 = 1000;
 
 /// Capacity of the session's outgoing queue. A full queue makes callers wait briefly.
 pub const DEFAULT_REQUEST_CHANNEL_CAPACITY: usize = 8192;
+
+/// MQTT 5 Message Expiry Interval for a request whose `deadline_ms` is `deadline`: the time
+/// left, rounded up to whole seconds, so the broker drops a command nobody may run any more
+/// (the agent's own deadline check stays the rule). At least 1 s: 0 is not an interval.
+pub fn expiry_s(deadline_ms: u64, now_ms: u64) -> u32 {
+    let left = deadline_ms.saturating_sub(now_ms).div_ceil(1000).max(1);
+    u32::try_from(left).unwrap_or(u32::MAX)
+}
 
 /// How a console connects and which topics it uses.
 #[derive(Debug, Clone)]
@@ -78,6 +86,9 @@ pub struct ConsoleOptions {
     pub inflight: u16,
     pub request_channel_capacity: usize,
     pub max_packet_size: usize,
+    /// MQTT 3.1.1 (the default) or 5; on 5 a request carries a Message Expiry Interval from
+    /// its `deadline_ms`.
+    pub protocol: Protocol,
 }
 
 impl ConsoleOptions {
@@ -96,6 +107,7 @@ impl ConsoleOptions {
             inflight: DEFAULT_INFLIGHT,
             request_channel_capacity: DEFAULT_REQUEST_CHANNEL_CAPACITY,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            protocol: Protocol::V311,
         }
     }
 }
@@ -252,6 +264,7 @@ impl Console {
                 port: u.port,
             })
             .collect();
+        sc.protocol = opts.protocol;
         sc.tls = tls;
         sc.auth = opts.auth.clone();
         sc.keep_alive = opts.keep_alive;
@@ -381,6 +394,7 @@ impl Inner {
         &self,
         topic: &str,
         payload: &[u8],
+        deadline_ms: Option<u64>,
         ack: &mut Option<oneshot::Sender<()>>,
     ) -> Result<(), QueueError> {
         let msg = Message {
@@ -388,6 +402,10 @@ impl Inner {
             payload: Bytes::copy_from_slice(payload),
             qos: Qos::AtLeastOnce,
             retain: false,
+            props: Properties {
+                message_expiry: deadline_ms.map(|d| expiry_s(d, now_ms())),
+                ..Properties::default()
+            },
         };
         self.mqtt.publish_with_ack(msg, ack)
     }
@@ -514,6 +532,16 @@ mod tests {
         );
         o.connect_timeout = Duration::from_millis(300);
         o
+    }
+
+    #[test]
+    fn message_expiry_is_the_time_left_rounded_up() {
+        assert_eq!(expiry_s(10_000, 9_000), 1);
+        assert_eq!(expiry_s(10_001, 9_000), 2);
+        assert_eq!(expiry_s(70_000, 10_000), 60);
+        // Passed already: the shortest interval there is, not 0 (no expiry at all).
+        assert_eq!(expiry_s(5_000, 9_000), 1);
+        assert_eq!(expiry_s(u64::MAX, 0), u32::MAX);
     }
 
     #[tokio::test]

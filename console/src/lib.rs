@@ -60,6 +60,7 @@ pub mod watch;
 
 pub use call::{CallError, CallOptions};
 pub use client::{Console, ConsoleError, ConsoleOptions};
+pub use csg_transport::Protocol;
 pub use fanout::{FanoutOptions, InstanceOutcome};
 pub use ids::{derive_instance_id, IdGenerator};
 pub use sign::Signer;

@@ -491,6 +491,58 @@ fn read_reply_to(v: &Option<Value>) -> Result<ReplyTo, ()> {
     }
 }
 
+/// Decodes a request that came with an MQTT 5 Response Topic (`None` on MQTT 3.1.1).
+///
+/// The Response Topic stands in for `reply_to` when the envelope has none (the field absent or
+/// `null`); when both are given they must be the same topic (`"noreply"` and a Response Topic
+/// disagree), else the request is invalid. A request that cannot be decoded still names the
+/// Response Topic as where to refuse it. The topic checks are the caller's, the same for both.
+/// `id` stays required: the Correlation Data is not a substitute for it.
+pub fn decode_request_with(
+    payload: &[u8],
+    max_payload: usize,
+    response_topic: Option<&str>,
+) -> Result<Request, DecodeError> {
+    let Some(rt) = response_topic else {
+        return decode_request(payload, max_payload);
+    };
+    // Whether the envelope named `reply_to` at all: absent and "noreply" both decode as
+    // `NoReply`, and only an absent one gives way to the Response Topic.
+    let named = |payload: &[u8]| {
+        serde_json::from_slice::<AddressOnly>(payload)
+            .is_ok_and(|a| a.reply_to.is_some_and(|s| s.0.is_some()))
+    };
+    match decode_request(payload, max_payload) {
+        Ok(mut req) => match &req.reply_to {
+            ReplyTo::Topic(t) if t == rt => Ok(req),
+            ReplyTo::NoReply if !named(payload) => {
+                req.reply_to = ReplyTo::Topic(rt.to_string());
+                Ok(req)
+            }
+            other => {
+                let sent = other.topic().unwrap_or(NOREPLY);
+                Err(DecodeError {
+                    kind: DecodeErrorKind::Invalid,
+                    message: format!(
+                        "reply_to {:?} and the MQTT 5 Response Topic {:?} differ; give one, or the same in both",
+                        excerpt(sent),
+                        excerpt(rt)
+                    ),
+                    id: Some(req.id.clone()),
+                    raw_id: None,
+                    reply_to: Some(ReplyTo::Topic(rt.to_string())),
+                })
+            }
+        },
+        Err(mut e) => {
+            if e.reply_to.as_ref().and_then(ReplyTo::topic).is_none() {
+                e.reply_to = Some(ReplyTo::Topic(rt.to_string()));
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Decodes one MQTT payload into a request.
 pub fn decode_request(payload: &[u8], max_payload: usize) -> Result<Request, DecodeError> {
     if payload.len() > max_payload {
@@ -743,6 +795,36 @@ mod tests {
         assert_eq!(r.params["a"], 1);
         assert_eq!(r.reply_to, ReplyTo::Topic("csg-up/c1".into()));
         assert_eq!(r.deadline_ms, Some(1764133200000));
+    }
+
+    #[test]
+    fn an_mqtt5_response_topic_stands_in_for_a_missing_reply_to() {
+        let rt = Some("csg-up/c5");
+        let with = |p: &[u8]| decode_request_with(p, MAX, rt);
+        let r = with(br#"{"v":1,"id":"a","method":"sys.ping"}"#).unwrap();
+        assert_eq!(r.reply_to, ReplyTo::Topic("csg-up/c5".into()));
+        let r = with(br#"{"v":1,"id":"a","method":"sys.ping","reply_to":null}"#).unwrap();
+        assert_eq!(r.reply_to, ReplyTo::Topic("csg-up/c5".into()));
+        // Both given: the same topic, or a refusal answered on the Response Topic.
+        let r = with(br#"{"v":1,"id":"a","method":"sys.ping","reply_to":"csg-up/c5"}"#).unwrap();
+        assert_eq!(r.reply_to, ReplyTo::Topic("csg-up/c5".into()));
+        for other in [
+            br#"{"v":1,"id":"a","method":"sys.ping","reply_to":"csg-up/c6"}"#.as_slice(),
+            br#"{"v":1,"id":"a","method":"sys.ping","reply_to":"noreply"}"#.as_slice(),
+        ] {
+            let e = with(other).unwrap_err();
+            assert_eq!(e.kind, DecodeErrorKind::Invalid);
+            assert!(e.message.contains("differ"), "{e}");
+            assert_eq!(e.id.as_ref().map(RequestId::as_str), Some("a"));
+            assert_eq!(e.reply_to, Some(ReplyTo::Topic("csg-up/c5".into())));
+        }
+        // The id stays required; the refusal goes to the Response Topic.
+        let e = with(br#"{"v":1,"method":"sys.ping"}"#).unwrap_err();
+        assert!(e.message.contains("missing \"id\""), "{e}");
+        assert_eq!(e.reply_to, Some(ReplyTo::Topic("csg-up/c5".into())));
+        // Without one, nothing changes.
+        let r = decode_request_with(br#"{"v":1,"id":"a","method":"sys.ping"}"#, MAX, None);
+        assert_eq!(r.unwrap().reply_to, ReplyTo::NoReply);
     }
 
     #[test]

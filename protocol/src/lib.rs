@@ -17,7 +17,8 @@ pub mod validate;
 
 pub use broker::{BrokerList, BrokerListError, BrokerUrl, BrokerUrlError, Scheme};
 pub use envelope::{
-    decode_request, DecodeError, ErrorCode, Reply, ReplyBody, ReplyTo, Request, RpcError,
+    decode_request, decode_request_with, DecodeError, ErrorCode, Reply, ReplyBody, ReplyTo,
+    Request, RpcError,
 };
 pub use identity::{ClientId, GroupId, IdentityError, InstanceId, MethodName, RequestId};
 pub use status::{DiskInfo, Heartbeat, Presence, PresenceState, SystemStats};

@@ -101,6 +101,9 @@ pub struct Counters {
     /// Requests refused with `UNAUTHORIZED` (unsigned where signing is required, a bad or
     /// unknown signature, a method the key may not call, a bad signed deadline), answered or not.
     pub unauthorized: u64,
+    /// Connections lost because the broker sent a packet above `mqtt.max_packet_bytes` (MQTT
+    /// 3.1.1 cannot tell the broker the limit, nor skip such a packet).
+    pub packet_too_large: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

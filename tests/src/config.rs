@@ -20,6 +20,8 @@ pub struct AgentConfig {
     pub url: String,
     /// `mqtt.urls`: when not empty it is written instead of `url`.
     pub urls: Vec<String>,
+    /// `mqtt.protocol`: the run's version ([`crate::mqtt_protocol`]) unless a test sets it.
+    pub protocol: String,
     pub keep_alive_s: u64,
     pub connect_timeout_s: u64,
     pub reconnect_min_ms: u64,
@@ -54,6 +56,7 @@ impl AgentConfig {
             instance_id: instance_id.into(),
             url: url.into(),
             urls: Vec::new(),
+            protocol: crate::mqtt_protocol().into(),
             keep_alive_s: 5,
             connect_timeout_s: 5,
             reconnect_min_ms: 100,
@@ -123,6 +126,7 @@ impl AgentConfig {
             mqtt: Mqtt {
                 url: if self.urls.is_empty() { &self.url } else { "" },
                 urls: &self.urls,
+                protocol: &self.protocol,
                 keep_alive_s: self.keep_alive_s,
                 connect_timeout_s: self.connect_timeout_s,
                 reconnect_min_ms: self.reconnect_min_ms,
@@ -182,6 +186,7 @@ struct Mqtt<'a> {
     url: &'a str,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     urls: &'a [String],
+    protocol: &'a str,
     keep_alive_s: u64,
     connect_timeout_s: u64,
     reconnect_min_ms: u64,

@@ -10,6 +10,8 @@ use crate::process::{self, child_env, CmdOutput};
 #[derive(Debug, Clone)]
 pub struct Csgctl {
     broker_url: String,
+    /// `--mqtt-protocol`: the run's version ([`crate::mqtt_protocol`]) unless set.
+    pub protocol: String,
     global: Vec<String>,
     /// The harness's own limit per command: well above any `--timeout` the tests pass, so
     /// only a hung CLI hits it.
@@ -20,9 +22,16 @@ impl Csgctl {
     pub fn new(broker_url: &str) -> Self {
         Self {
             broker_url: broker_url.to_string(),
+            protocol: crate::mqtt_protocol().to_string(),
             global: Vec::new(),
             limit: Duration::from_secs(60),
         }
+    }
+
+    /// Speaks `protocol` (`"3.1.1"` or `"5"`) whatever the run's version.
+    pub fn with_protocol(mut self, protocol: &str) -> Self {
+        self.protocol = protocol.to_string();
+        self
     }
 
     /// Adds global options (e.g. `--p2p`, `--console-id X`) to every command.
@@ -34,6 +43,7 @@ impl Csgctl {
     pub fn run(&self, args: &[&str]) -> CmdOutput {
         let mut cmd = Command::new(bins::csgctl());
         cmd.arg("--broker").arg(&self.broker_url);
+        cmd.arg("--mqtt-protocol").arg(&self.protocol);
         cmd.args(&self.global);
         cmd.args(args);
         child_env(&mut cmd);

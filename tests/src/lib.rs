@@ -64,6 +64,22 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The MQTT version of this test run, from `CSG_TEST_MQTT`: `"3.1.1"` (the default) or `"5"`.
+/// Every agent config, csgctl run and recorder of the harness speaks it, so the contract tests
+/// run unchanged on both versions (scripts/test.sh runs them twice).
+pub fn mqtt_protocol() -> &'static str {
+    match std::env::var("CSG_TEST_MQTT").as_deref() {
+        Err(_) | Ok("") | Ok("3.1.1") => "3.1.1",
+        Ok("5") => "5",
+        Ok(other) => panic!("CSG_TEST_MQTT={other:?}: use \"3.1.1\" or \"5\""),
+    }
+}
+
+/// Whether this run speaks MQTT 5 (see [`mqtt_protocol`]).
+pub fn mqtt5() -> bool {
+    mqtt_protocol() == "5"
+}
+
 /// The workspace version: the agent and csgctl are built from the same workspace, so they must
 /// report exactly this.
 pub const WORKSPACE_VERSION: &str = env!("CARGO_PKG_VERSION");

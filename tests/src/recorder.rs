@@ -9,8 +9,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+pub use csg_transport::Properties;
 pub use csg_transport::Qos;
-use csg_transport::{LinkState, Message, NoHooks, PublishError, Queues, Session, SessionConfig};
+use csg_transport::{
+    LinkState, Message, NoHooks, Protocol, PublishError, Queues, Session, SessionConfig,
+};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,6 +27,8 @@ pub struct Msg {
     pub retain: bool,
     /// The QoS it was delivered at: min(publish QoS, our subscription QoS = 1).
     pub qos: u8,
+    /// MQTT 5 properties (empty on 3.1.1).
+    pub props: Properties,
     pub at: Instant,
 }
 
@@ -110,8 +115,18 @@ impl Recorder {
     /// broker has acknowledged the subscription, so nothing published after this returns can
     /// be missed.
     pub fn connect(port: u16, filters: &[&str]) -> Recorder {
+        let protocol = match crate::mqtt_protocol() {
+            "5" => Protocol::V5,
+            _ => Protocol::V311,
+        };
+        Self::connect_with(port, filters, protocol)
+    }
+
+    /// [`connect`](Self::connect) speaking `protocol`, whatever the run's version.
+    pub fn connect_with(port: u16, filters: &[&str], protocol: Protocol) -> Recorder {
         let client_id = crate::unique("e2e-rec");
         let mut cfg = SessionConfig::new(client_id.clone(), "127.0.0.1", port);
+        cfg.protocol = protocol;
         cfg.keep_alive = Duration::from_secs(30);
         cfg.connect_timeout = Duration::from_secs(5);
         // Large enough to inject payloads far over the agent's 64 KiB cap, and to receive
@@ -162,6 +177,7 @@ impl Recorder {
                                         Qos::AtMostOnce => 0,
                                         Qos::AtLeastOnce => 1,
                                     },
+                                    props: m.props,
                                     at: Instant::now(),
                                 })),
                                 None => break,
@@ -247,12 +263,26 @@ impl Recorder {
         }
     }
 
+    /// Publishes at QoS 1 with MQTT 5 properties (a recorder on MQTT 3.1.1 cannot send them).
+    pub fn publish_props(&self, topic: &str, payload: impl Into<Vec<u8>>, props: Properties) {
+        let mut msg = Self::message(topic, Qos::AtLeastOnce, false, payload);
+        msg.props = props;
+        loop {
+            match self.session.publish(msg.clone()) {
+                Ok(()) => return,
+                Err(PublishError::Full) => thread::sleep(Duration::from_micros(200)),
+                Err(e) => panic!("cannot publish to {topic}: {e}"),
+            }
+        }
+    }
+
     fn message(topic: &str, qos: Qos, retain: bool, payload: impl Into<Vec<u8>>) -> Message {
         Message {
             topic: topic.to_string(),
             payload: Bytes::from(payload.into()),
             qos,
             retain,
+            props: Default::default(),
         }
     }
 

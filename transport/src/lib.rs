@@ -22,8 +22,8 @@ pub mod tls;
 pub use auth::{Auth, Credentials};
 pub use backoff::Backoff;
 pub use session::{
-    Endpoint, Failure, Hooks, Inbound, LinkState, Message, NoHooks, PublishError, Qos, Queues,
-    Rotation, Session, SessionConfig, SubscribeError,
+    Endpoint, Failure, Hooks, Inbound, LinkState, Message, NoHooks, Properties, Protocol,
+    PublishError, Qos, Queues, Rotation, Session, SessionConfig, SubscribeError,
 };
 pub use tls::{TlsFailure, TlsOptions};
 

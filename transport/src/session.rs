@@ -16,6 +16,12 @@
 //! outbound lanes: the normal one is that channel; the urgent one jumps ahead of everything
 //! the channel holds (see [`Session::publish_urgent`]).
 //!
+//! MQTT 3.1.1 or 5 ([`SessionConfig::protocol`]): rumqttc has a client and an event loop for
+//! each, wrapped here in one private `Client` and `Driver` so that everything above them is
+//! the same code. On 5 the CONNECT carries Maximum Packet Size (the broker then drops larger
+//! messages for us) and Session Expiry Interval 0, and publishes carry [`Properties`]. Several
+//! broker addresses are tried in turn ([`Rotation`]).
+//!
 //! rumqttc 0.25.1 behaviours worked around here, each at its place in the code:
 //!
 //! * TCP_NODELAY is off by default (a request/reply then pays Nagle + delayed ACK, ~44 ms);
@@ -33,19 +39,28 @@
 //! * the Last Will is not sent on a graceful DISCONNECT: the farewell is published by hand;
 //! * the event loop sends its `pending` queue before its request channel: the urgent lane and
 //!   the SUBSCRIBE after a CONNACK are put at the front of `pending`.
+//! * an incoming packet above the limit fails the connection (the framing cannot skip it):
+//!   [`Failure::PacketTooLarge`], counted; on MQTT 5 the broker knows the limit and never
+//!   sends one;
+//! * v5 only: its options panic on a keep-alive under 5 s, its in-flight table is sized for
+//!   65535 unless told otherwise, its event loop does not show whether it is connected (the
+//!   session tracks it), and its state error hides a TLS failure from `source()`.
 //!
 //! Several of these touch public fields of rumqttc's `EventLoop` (`pending`, `state.events`,
 //! `mqtt_options`, `clean()`) whose behaviour is not a stable API: docs/operations.md
 //! ("Transport") says what to re-check on an upgrade, and why the version is pinned exactly.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rumqttc::v5;
+use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::{
-    AsyncClient, ClientError, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming,
-    LastWill, MqttOptions, NetworkOptions, Outgoing, QoS, Request, Subscribe, SubscribeFilter,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
+    MqttOptions, NetworkOptions, Outgoing, QoS, Request, Subscribe, SubscribeFilter,
     SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use thiserror::Error;
@@ -71,6 +86,99 @@ fn qos(q: Qos) -> QoS {
     }
 }
 
+fn qos5(q: Qos) -> v5::mqttbytes::QoS {
+    match q {
+        Qos::AtMostOnce => v5::mqttbytes::QoS::AtMostOnce,
+        Qos::AtLeastOnce => v5::mqttbytes::QoS::AtLeastOnce,
+    }
+}
+
+/// The MQTT version a session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// MQTT 3.1.1, what Alibaba Cloud MQTT speaks: the default.
+    #[default]
+    V311,
+    /// MQTT 5: the broker learns our Maximum Packet Size, and publishes carry properties.
+    V5,
+}
+
+impl Protocol {
+    /// `"3.1.1"` or `"5"`, as config files and command lines spell it.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "3.1.1" => Some(Protocol::V311),
+            "5" | "5.0" => Some(Protocol::V5),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Protocol::parse(s).ok_or_else(|| format!("{s:?}: the MQTT protocol is \"3.1.1\" or \"5\""))
+    }
+}
+
+/// The MQTT 5 publish properties this product uses. Always empty on MQTT 3.1.1, which has
+/// none: set on a message sent over 3.1.1, they are not sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// Where the publisher wants an answer (MQTT 5 §3.3.2.3.5).
+    pub response_topic: Option<String>,
+    /// Opaque bytes a reply copies (MQTT 5 §3.3.2.3.6).
+    pub correlation_data: Option<Bytes>,
+    /// Seconds the broker keeps the message for a subscriber before dropping it; on a received
+    /// message, what is left of it (MQTT 5 §3.3.2.3.3).
+    pub message_expiry: Option<u32>,
+}
+
+impl Properties {
+    pub fn is_empty(&self) -> bool {
+        self.response_topic.is_none()
+            && self.correlation_data.is_none()
+            && self.message_expiry.is_none()
+    }
+
+    fn to_v5(&self) -> Option<p5::PublishProperties> {
+        if self.is_empty() {
+            return None;
+        }
+        Some(p5::PublishProperties {
+            response_topic: self.response_topic.clone(),
+            correlation_data: self.correlation_data.clone(),
+            message_expiry_interval: self.message_expiry,
+            ..Default::default()
+        })
+    }
+
+    fn from_v5(p: Option<p5::PublishProperties>) -> Self {
+        match p {
+            Some(p) => Self {
+                response_topic: p.response_topic,
+                correlation_data: p.correlation_data,
+                message_expiry: p.message_expiry_interval,
+            },
+            None => Self::default(),
+        }
+    }
+}
+
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -78,6 +186,8 @@ pub struct Message {
     pub payload: Bytes,
     pub qos: Qos,
     pub retain: bool,
+    /// Sent on MQTT 5 only.
+    pub props: Properties,
 }
 
 /// A message as it came off the wire.
@@ -90,6 +200,8 @@ pub struct Inbound {
     pub retain: bool,
     /// The QoS it was delivered at.
     pub qos: Qos,
+    /// Empty on MQTT 3.1.1.
+    pub props: Properties,
 }
 
 impl Default for Inbound {
@@ -99,6 +211,7 @@ impl Default for Inbound {
             payload: Bytes::new(),
             retain: false,
             qos: Qos::AtLeastOnce,
+            props: Properties::default(),
         }
     }
 }
@@ -141,19 +254,71 @@ pub enum Failure {
     Refused(String),
     /// The broker refused subscriptions the session cannot work without.
     SubscriptionRefused(Vec<String>),
+    /// A packet larger than our limit arrived. The MQTT client cannot skip it, so the
+    /// connection was closed (on MQTT 3.1.1 the broker has no way to learn the limit).
+    PacketTooLarge { size: usize, limit: usize },
     /// The network, a timeout, the broker closing the connection: worth retrying soon.
     Network(String),
 }
 
 impl Failure {
-    fn from_connection(e: &ConnectionError) -> Failure {
-        if let ConnectionError::ConnectionRefused(code) = e {
-            return match code {
-                ConnectReturnCode::BadUserNamePassword => Failure::BadCredentials,
-                ConnectReturnCode::NotAuthorized => Failure::NotAuthorized,
-                ConnectReturnCode::BadClientId => Failure::ClientIdRejected,
-                other => Failure::Refused(format!("{other:?}")),
-            };
+    fn from_connection(e: &ConnectionError, limit: usize) -> Failure {
+        match e {
+            ConnectionError::ConnectionRefused(code) => {
+                return match code {
+                    ConnectReturnCode::BadUserNamePassword => Failure::BadCredentials,
+                    ConnectReturnCode::NotAuthorized => Failure::NotAuthorized,
+                    ConnectReturnCode::BadClientId => Failure::ClientIdRejected,
+                    other => Failure::Refused(format!("{other:?}")),
+                };
+            }
+            // The fixed header announced more than the limit; rumqttc stops reading there and
+            // cannot skip the rest, so the connection is lost.
+            ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                rumqttc::Error::PayloadSizeLimitExceeded(size),
+            )) => return Failure::PacketTooLarge { size: *size, limit },
+            _ => {}
+        }
+        match crate::tls::classify(e) {
+            Some(f) => Failure::Tls(f),
+            None => Failure::Network(e.to_string()),
+        }
+    }
+
+    /// The same classes from MQTT 5's reason codes.
+    fn from_connection_v5(e: &v5::ConnectionError, limit: usize) -> Failure {
+        use p5::ConnectReturnCode as C;
+        match e {
+            v5::ConnectionError::ConnectionRefused(code) => {
+                return match code {
+                    C::BadUserNamePassword | C::BadAuthenticationMethod => Failure::BadCredentials,
+                    C::NotAuthorized | C::Banned => Failure::NotAuthorized,
+                    C::BadClientId | C::ClientIdentifierNotValid => Failure::ClientIdRejected,
+                    other => Failure::Refused(format!("{other:?}")),
+                };
+            }
+            v5::ConnectionError::MqttState(
+                v5::StateError::Deserialization(v5::mqttbytes::Error::PayloadSizeLimitExceeded {
+                    pkt_size,
+                    ..
+                })
+                | v5::StateError::IncomingPacketTooLarge { pkt_size, .. },
+            ) => {
+                return Failure::PacketTooLarge {
+                    size: *pkt_size,
+                    limit,
+                }
+            }
+            // The v5 state error does not name its cause as `source()`, so the TLS
+            // classification would not find a handshake alert behind it.
+            v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+                v5::mqttbytes::Error::Io(io),
+            )) => {
+                if let Some(f) = crate::tls::classify(io) {
+                    return Failure::Tls(f);
+                }
+            }
+            _ => {}
         }
         match crate::tls::classify(e) {
             Some(f) => Failure::Tls(f),
@@ -176,7 +341,7 @@ impl Failure {
     /// The broker (or the local setup) said no, as opposed to the network failing: a caller
     /// waiting for a first connection can give up at once.
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, Failure::Network(_))
+        !matches!(self, Failure::Network(_) | Failure::PacketTooLarge { .. })
     }
 
     /// Short machine-friendly name, for log fields.
@@ -189,6 +354,7 @@ impl Failure {
             Failure::ClientIdRejected => "client_id_rejected",
             Failure::Refused(_) => "refused",
             Failure::SubscriptionRefused(_) => "subscription_refused",
+            Failure::PacketTooLarge { .. } => "packet_too_large",
             Failure::Network(_) => "network",
         }
     }
@@ -211,6 +377,9 @@ impl Failure {
             Failure::SubscriptionRefused(f) => {
                 format!("the broker refused the subscription to {} (check its ACL)", f.join(", "))
             }
+            Failure::PacketTooLarge { size, limit } => format!(
+                "the broker sent a packet of {size} bytes, above our limit of {limit} bytes; the MQTT 3.1.1 client cannot skip it, so the connection was closed (set the broker's maximum packet size below {limit}, or use MQTT 5)"
+            ),
             Failure::Network(e) => e.clone(),
         }
     }
@@ -270,6 +439,10 @@ pub trait Hooks: Send + Sync + 'static {
 
     /// A one-line account of the link, for the service manager (systemd's STATUS=).
     fn status(&self, _line: &str) {}
+
+    /// A connect failed or the link was lost (called before the back-off), e.g. to count
+    /// [`Failure::PacketTooLarge`].
+    fn failed(&self, _failure: &Failure) {}
 
     /// Takes a message the inbound channel has no room for. It runs on the poll task, so it
     /// must be cheap (the agent answers BUSY). By default the message is dropped.
@@ -350,6 +523,8 @@ impl Rotation {
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub client_id: String,
+    /// MQTT 3.1.1 (the default) or 5.
+    pub protocol: Protocol,
     /// Tried in turn (see [`Rotation`]); never empty when built by [`SessionConfig::new`].
     pub brokers: Vec<Endpoint>,
     /// `Some` for TLS, for every broker of the list; the files are read again before every
@@ -390,6 +565,7 @@ impl SessionConfig {
     pub fn new(client_id: impl Into<String>, host: impl Into<String>, port: u16) -> Self {
         Self {
             client_id: client_id.into(),
+            protocol: Protocol::V311,
             brokers: vec![Endpoint {
                 host: host.into(),
                 port,
@@ -423,10 +599,9 @@ fn broker_name(cfg: &SessionConfig, i: usize) -> String {
     }
 }
 
-/// rumqttc's options for broker `i` (TLS, credentials and the Will are added before each
-/// connect by `prepare_connect`).
-fn mqtt_options(cfg: &SessionConfig, i: usize) -> MqttOptions {
-    let (host, port) = match cfg.brokers.get(i) {
+/// Host and port of broker `i` as rumqttc wants them.
+fn address(cfg: &SessionConfig, i: usize) -> (String, u16) {
+    match cfg.brokers.get(i) {
         // rumqttc joins host and port with ':' and resolves that; an IPv6 literal needs brackets.
         Some(e) if e.host.contains(':') && !e.host.starts_with('[') => {
             (format!("[{}]", e.host), e.port)
@@ -434,7 +609,13 @@ fn mqtt_options(cfg: &SessionConfig, i: usize) -> MqttOptions {
         Some(e) => (e.host.clone(), e.port),
         // An empty list is a caller's bug; the connect fails and says so in the log.
         None => (String::new(), 0),
-    };
+    }
+}
+
+/// rumqttc's MQTT 3.1.1 options for broker `i` (TLS, credentials and the Will are added
+/// before each connect by `prepare_connect`).
+fn mqtt_options(cfg: &SessionConfig, i: usize) -> MqttOptions {
+    let (host, port) = address(cfg, i);
     let mut opts = MqttOptions::new(cfg.client_id.as_str(), host, port);
     let keep_alive = match cfg.keep_alive {
         d if d.is_zero() => Duration::ZERO,
@@ -448,6 +629,366 @@ fn mqtt_options(cfg: &SessionConfig, i: usize) -> MqttOptions {
         .set_max_packet_size(cfg.max_packet_size, cfg.max_packet_size)
         .set_inflight(cfg.inflight.max(1));
     opts
+}
+
+/// The same for MQTT 5.
+fn mqtt5_options(cfg: &SessionConfig, i: usize) -> v5::MqttOptions {
+    let (host, port) = address(cfg, i);
+    let mut opts = v5::MqttOptions::new(cfg.client_id.as_str(), host, port);
+    // rumqttc's v5 options panic below 5 s (zero included), where the 3.1.1 ones accept zero.
+    let keep_alive = cfg.keep_alive.max(Duration::from_secs(5));
+    let max_packet = u32::try_from(cfg.max_packet_size).unwrap_or(u32::MAX);
+    opts.set_clean_start(true)
+        // Session Expiry Interval 0: the broker forgets the session at the disconnect, as a
+        // 3.1.1 clean session does (every reconnect re-subscribes anyway).
+        .set_session_expiry_interval(Some(0))
+        // Maximum Packet Size: the broker must not send us a larger packet (MQTT 5
+        // §3.1.2.11.4), so an oversized publish is dropped by the broker for us instead of
+        // closing our connection. rumqttc also reads it as its own incoming limit.
+        .set_max_packet_size(Some(max_packet))
+        .set_keep_alive(keep_alive)
+        .set_connection_timeout(cfg.connect_timeout.as_secs().max(1))
+        // Unset, rumqttc sizes its table of unacknowledged publishes for 65535 (~7 MB).
+        .set_outgoing_inflight_upper_limit(cfg.inflight.max(1));
+    opts.set_network_options(network_options(cfg));
+    opts
+}
+
+fn network_options(cfg: &SessionConfig) -> NetworkOptions {
+    let mut net = NetworkOptions::new();
+    // Off by default in rumqttc: every request/reply would pay Nagle + delayed ACK (~44 ms).
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(cfg.connect_timeout.as_secs().max(1));
+    net
+}
+
+/// The request side of either rumqttc client; used only with `try_*` calls (rumqttc
+/// deadlocks a poll task that awaits its client).
+enum Client {
+    V4(AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+impl Client {
+    fn try_publish(&self, msg: Message) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c
+                .try_publish(msg.topic, qos(msg.qos), msg.retain, msg.payload)
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => {
+                let q = qos5(msg.qos);
+                match msg.props.to_v5() {
+                    Some(p) => {
+                        c.try_publish_with_properties(msg.topic, q, msg.retain, msg.payload, p)
+                    }
+                    None => c.try_publish(msg.topic, q, msg.retain, msg.payload),
+                }
+                .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// One SUBSCRIBE for all of `filters`, QoS 1.
+    fn try_subscribe_many(&self, filters: &[String]) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c
+                .try_subscribe_many(
+                    filters
+                        .iter()
+                        .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
+                )
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_subscribe_many(
+                    filters
+                        .iter()
+                        .map(|f| p5::Filter::new(f.clone(), qos5(Qos::AtLeastOnce))),
+                )
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn try_unsubscribe(&self, filter: String) {
+        let _ = match self {
+            Client::V4(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
+        };
+    }
+
+    fn try_disconnect(&self) {
+        let _ = match self {
+            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
+        };
+    }
+}
+
+/// What the session needs from either event loop's events.
+#[derive(Debug)]
+enum Ev {
+    Publish(Inbound),
+    PubAck(u16),
+    /// A publish was written, with this packet id.
+    PublishLeft(u16),
+    SubscribeLeft(u16),
+    SubAck {
+        pkid: u16,
+        granted: Vec<bool>,
+    },
+    ConnAck,
+    /// Our DISCONNECT was written.
+    DisconnectLeft,
+    Other,
+}
+
+impl Ev {
+    fn from_v4(ev: Event) -> Ev {
+        match ev {
+            Event::Incoming(Incoming::Publish(p)) => Ev::Publish(Inbound {
+                topic: p.topic,
+                payload: p.payload,
+                retain: p.retain,
+                qos: match p.qos {
+                    QoS::AtMostOnce => Qos::AtMostOnce,
+                    _ => Qos::AtLeastOnce,
+                },
+                props: Properties::default(),
+            }),
+            Event::Incoming(Incoming::PubAck(ack)) => Ev::PubAck(ack.pkid),
+            Event::Incoming(Incoming::SubAck(ack)) => Ev::SubAck {
+                pkid: ack.pkid,
+                granted: ack
+                    .return_codes
+                    .iter()
+                    .map(|c| matches!(c, SubscribeReasonCode::Success(_)))
+                    .collect(),
+            },
+            Event::Incoming(Incoming::ConnAck(_)) => Ev::ConnAck,
+            Event::Outgoing(o) => Ev::outgoing(o),
+            _ => Ev::Other,
+        }
+    }
+
+    fn from_v5(ev: v5::Event) -> Ev {
+        match ev {
+            v5::Event::Incoming(v5::Incoming::Publish(p)) => Ev::Publish(Inbound {
+                // The broker checked it is UTF-8 (MQTT 5 §4.7.3); no topic aliases are
+                // accepted (Topic Alias Maximum 0), so it is never empty.
+                topic: match String::from_utf8(p.topic.to_vec()) {
+                    Ok(t) => t,
+                    Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                },
+                payload: p.payload,
+                retain: p.retain,
+                qos: match p.qos {
+                    v5::mqttbytes::QoS::AtMostOnce => Qos::AtMostOnce,
+                    _ => Qos::AtLeastOnce,
+                },
+                props: Properties::from_v5(p.properties),
+            }),
+            v5::Event::Incoming(v5::Incoming::PubAck(ack)) => Ev::PubAck(ack.pkid),
+            v5::Event::Incoming(v5::Incoming::SubAck(ack)) => Ev::SubAck {
+                pkid: ack.pkid,
+                granted: ack
+                    .return_codes
+                    .iter()
+                    .map(|c| matches!(c, p5::SubscribeReasonCode::Success(_)))
+                    .collect(),
+            },
+            v5::Event::Incoming(v5::Incoming::ConnAck(_)) => Ev::ConnAck,
+            v5::Event::Outgoing(o) => Ev::outgoing(o),
+            _ => Ev::Other,
+        }
+    }
+
+    fn outgoing(o: Outgoing) -> Ev {
+        match o {
+            Outgoing::Publish(pkid) => Ev::PublishLeft(pkid),
+            Outgoing::Subscribe(pkid) => Ev::SubscribeLeft(pkid),
+            Outgoing::Disconnect => Ev::DisconnectLeft,
+            _ => Ev::Other,
+        }
+    }
+}
+
+/// Either rumqttc event loop, behind the few operations the session uses. Several of them
+/// touch public fields whose behaviour is not a stable API (see the module comment).
+#[allow(clippy::large_enum_variant)] // one per session; boxing the 3.1.1 loop buys nothing
+enum Driver {
+    V4(EventLoop),
+    /// Boxed: the larger of the two, and the fleet simulator runs thousands of 3.1.1 ones.
+    V5(Box<v5::EventLoop>),
+}
+
+impl Driver {
+    fn new(cfg: &SessionConfig, i: usize) -> (Client, Driver) {
+        // The `cap` here sizes the request channel; rumqttc ignores the options' field of the
+        // same name.
+        let cap = cfg.queues.requests.max(1);
+        match cfg.protocol {
+            Protocol::V311 => {
+                let (client, mut el) = AsyncClient::new(mqtt_options(cfg, i), cap);
+                if cfg.queues.events != RUMQTTC_EVENT_RESERVE {
+                    // rumqttc reserves its event buffer up front, whatever the use; the field
+                    // is public.
+                    el.state.events = VecDeque::with_capacity(cfg.queues.events);
+                }
+                el.set_network_options(network_options(cfg));
+                (Client::V4(client), Driver::V4(el))
+            }
+            Protocol::V5 => {
+                let (client, mut el) = v5::AsyncClient::new(mqtt5_options(cfg, i), cap);
+                if cfg.queues.events != RUMQTTC_EVENT_RESERVE {
+                    el.state.events = VecDeque::with_capacity(cfg.queues.events);
+                }
+                (Client::V5(client), Driver::V5(Box::new(el)))
+            }
+        }
+    }
+
+    /// Points the next connect at broker `i`. rumqttc keeps the address in a private field of
+    /// its options, with no setter: the options are rebuilt (the event loop reads them at
+    /// each connect).
+    fn retarget(&mut self, cfg: &SessionConfig, i: usize) {
+        match self {
+            Driver::V4(el) => el.mqtt_options = mqtt_options(cfg, i),
+            Driver::V5(el) => el.options = mqtt5_options(cfg, i),
+        }
+    }
+
+    /// TLS, credentials and the Will for the next connect.
+    fn prepare(
+        &mut self,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        login: Option<(&str, &str)>,
+        will: Option<Message>,
+    ) {
+        match self {
+            Driver::V4(el) => {
+                let opts = &mut el.mqtt_options;
+                if let Some(config) = tls {
+                    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                        config,
+                    )));
+                }
+                if let Some((user, password)) = login {
+                    opts.set_credentials(user, password);
+                }
+                if let Some(w) = will {
+                    opts.set_last_will(LastWill::new(w.topic, w.payload, qos(w.qos), w.retain));
+                }
+            }
+            Driver::V5(el) => {
+                let opts = &mut el.options;
+                if let Some(config) = tls {
+                    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                        config,
+                    )));
+                }
+                if let Some((user, password)) = login {
+                    opts.set_credentials(user, password);
+                }
+                if let Some(w) = will {
+                    opts.set_last_will(p5::LastWill::new(
+                        w.topic,
+                        w.payload.to_vec(),
+                        qos5(w.qos),
+                        w.retain,
+                        None,
+                    ));
+                }
+            }
+        }
+    }
+
+    fn scrub_credentials(&mut self) {
+        match self {
+            Driver::V4(el) => {
+                el.mqtt_options.set_credentials("", "");
+            }
+            Driver::V5(el) => {
+                el.options.set_credentials("", "");
+            }
+        }
+    }
+
+    /// The next event; a failure is classified (`limit`: our incoming packet limit).
+    async fn poll(&mut self, limit: usize) -> Result<Ev, Failure> {
+        match self {
+            Driver::V4(el) => el
+                .poll()
+                .await
+                .map(Ev::from_v4)
+                .map_err(|e| Failure::from_connection(&e, limit)),
+            Driver::V5(el) => el
+                .poll()
+                .await
+                .map(Ev::from_v5)
+                .map_err(|e| Failure::from_connection_v5(&e, limit)),
+        }
+    }
+
+    /// Events rumqttc read in the batch that ended with an error.
+    fn take_buffered(&mut self) -> Vec<Ev> {
+        match self {
+            Driver::V4(el) => el.state.events.drain(..).map(Ev::from_v4).collect(),
+            Driver::V5(el) => el.state.events.drain(..).map(Ev::from_v5).collect(),
+        }
+    }
+
+    /// Drops everything queued or unacknowledged, as rumqttc would at the next CONNACK of a
+    /// clean session.
+    fn drop_queued(&mut self) {
+        match self {
+            Driver::V4(el) => {
+                el.clean();
+                el.pending.clear();
+            }
+            Driver::V5(el) => {
+                el.clean();
+                el.pending.clear();
+            }
+        }
+    }
+
+    /// Puts a SUBSCRIBE (QoS 1) in front of everything queued.
+    fn subscribe_first(&mut self, filters: &[String]) {
+        match self {
+            Driver::V4(el) => {
+                let filters = filters
+                    .iter()
+                    .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                el.pending
+                    .push_front(Request::Subscribe(Subscribe::new_many(filters)));
+            }
+            Driver::V5(el) => {
+                let filters = filters
+                    .iter()
+                    .map(|f| p5::Filter::new(f.clone(), qos5(Qos::AtLeastOnce)));
+                el.pending
+                    .push_front(v5::Request::Subscribe(p5::Subscribe::new_many(
+                        filters, None,
+                    )));
+            }
+        }
+    }
+
+    /// Puts a publish in front of everything queued.
+    fn publish_first(&mut self, msg: Message) {
+        match self {
+            Driver::V4(el) => {
+                let mut p = rumqttc::Publish::from_bytes(msg.topic, qos(msg.qos), msg.payload);
+                p.retain = msg.retain;
+                el.pending.push_front(Request::Publish(p));
+            }
+            Driver::V5(el) => {
+                let mut p =
+                    p5::Publish::new(msg.topic, qos5(msg.qos), msg.payload, msg.props.to_v5());
+                p.retain = msg.retain;
+                el.pending.push_front(v5::Request::Publish(p));
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -548,15 +1089,16 @@ impl Tracker {
 }
 
 struct Shared {
-    /// Used only with `try_*` calls (rumqttc deadlocks a poll task that awaits its client).
-    client: AsyncClient,
+    client: Client,
     track: Mutex<Tracker>,
     urgent: mpsc::Sender<Message>,
     fixed: Vec<String>,
+    /// Connections lost to a packet above our limit ([`Failure::PacketTooLarge`]).
+    packet_too_large: AtomicU64,
 }
 
 impl Shared {
-    fn queue_error(&self, t: &Tracker, e: &ClientError) -> PublishError {
+    fn queue_error(&self, t: &Tracker, e: &str) -> PublishError {
         if t.closed {
             PublishError::Closed
         } else {
@@ -573,10 +1115,7 @@ impl Shared {
         msg: Message,
         ack: &mut Option<oneshot::Sender<()>>,
     ) -> Result<(), PublishError> {
-        match self
-            .client
-            .try_publish(msg.topic, qos(msg.qos), msg.retain, msg.payload)
-        {
+        match self.client.try_publish(msg) {
             Ok(()) => {
                 t.pubs_sent += 1;
                 if let Some(tx) = ack.take() {
@@ -624,19 +1163,7 @@ impl Session {
         inbound: mpsc::Sender<Inbound>,
     ) -> Session {
         let rotation = Rotation::new(cfg.brokers.len());
-        let opts = mqtt_options(&cfg, rotation.current());
-        // The `cap` here sizes the request channel; rumqttc ignores the options' field of the
-        // same name.
-        let (client, mut eventloop) = AsyncClient::new(opts, cfg.queues.requests.max(1));
-        if cfg.queues.events != RUMQTTC_EVENT_RESERVE {
-            // rumqttc reserves its event buffer up front, whatever the use; the field is public.
-            eventloop.state.events = VecDeque::with_capacity(cfg.queues.events);
-        }
-        let mut net = NetworkOptions::new();
-        // Off by default in rumqttc: every request/reply would pay Nagle + delayed ACK (~44 ms).
-        net.set_tcp_nodelay(true);
-        net.set_connection_timeout(cfg.connect_timeout.as_secs().max(1));
-        eventloop.set_network_options(net);
+        let (client, eventloop) = Driver::new(&cfg, rotation.current());
 
         let (urgent_tx, urgent_rx) = mpsc::channel(cfg.queues.urgent.max(1));
         let shared = Arc::new(Shared {
@@ -644,6 +1171,7 @@ impl Session {
             track: Mutex::new(Tracker::default()),
             urgent: urgent_tx,
             fixed: cfg.subscriptions.clone(),
+            packet_too_large: AtomicU64::new(0),
         });
         let (link_tx, link) = watch::channel(LinkState::Down(None));
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -663,6 +1191,7 @@ impl Session {
                 cfg,
                 epoch: 0,
                 connected_at: None,
+                link_up: false,
                 ever_connected: false,
                 subscription_refused: None,
             }
@@ -680,6 +1209,12 @@ impl Session {
     /// The link state, to watch.
     pub fn link(&self) -> watch::Receiver<LinkState> {
         self.link.clone()
+    }
+
+    /// How many connections were lost to a packet above the incoming limit
+    /// ([`Failure::PacketTooLarge`]) since the start.
+    pub fn packet_too_large(&self) -> u64 {
+        self.shared.packet_too_large.load(Ordering::Relaxed)
     }
 
     /// Filters the broker refused in the current session's first SUBSCRIBE.
@@ -770,10 +1305,7 @@ impl Session {
                 if t.closed {
                     return Err(SubscribeError::Closed);
                 }
-                let list = filters
-                    .iter()
-                    .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                match self.shared.client.try_subscribe_many(list) {
+                match self.shared.client.try_subscribe_many(filters) {
                     Ok(()) => {
                         t.subs_sent += 1;
                         let seq = t.subs_sent;
@@ -842,7 +1374,7 @@ enum Flow {
 }
 
 struct Loop {
-    eventloop: EventLoop,
+    eventloop: Driver,
     shared: Arc<Shared>,
     hooks: Arc<dyn Hooks>,
     inbound: mpsc::Sender<Inbound>,
@@ -856,6 +1388,9 @@ struct Loop {
     epoch: u64,
     /// Set at CONNACK, cleared when the connection ends.
     connected_at: Option<Instant>,
+    /// Connected now: from a CONNACK to the next error (the v5 event loop does not show
+    /// whether it holds a connection, and polling it without one would reconnect).
+    link_up: bool,
     ever_connected: bool,
     /// Required subscriptions the broker refused; the DISCONNECT we sent for it is pending.
     subscription_refused: Option<Vec<String>>,
@@ -880,7 +1415,7 @@ impl Loop {
                 biased;
                 _ = &mut shutdown => break,
                 Some(msg) = self.urgent_rx.recv() => { self.queue_urgent(msg); None }
-                ev = self.eventloop.poll() => match ev {
+                ev = self.eventloop.poll(self.cfg.max_packet_size) => match ev {
                     Ok(ev) => match self.on_event(ev) {
                         Flow::Continue => None,
                         Flow::Disconnected => {
@@ -888,10 +1423,14 @@ impl Loop {
                             Some(Failure::SubscriptionRefused(refused))
                         }
                     },
-                    Err(e) => Some(Failure::from_connection(&e)),
+                    Err(f) => Some(f),
                 },
             };
             if let Some(failure) = failed {
+                self.link_up = false;
+                if let Failure::PacketTooLarge { .. } = failure {
+                    self.shared.packet_too_large.fetch_add(1, Ordering::Relaxed);
+                }
                 need_connect = true;
                 self.scrub_credentials();
                 self.connection_ended();
@@ -908,32 +1447,28 @@ impl Loop {
     fn prepare_connect(&mut self) -> Result<(), Failure> {
         let broker = broker_name(&self.cfg, self.rotation.current());
         if broker != self.broker {
-            // rumqttc keeps the address in a private field of its options, with no setter:
-            // the options are rebuilt for the next broker (the event loop reads them at each
-            // connect).
-            self.eventloop.mqtt_options = mqtt_options(&self.cfg, self.rotation.current());
+            self.eventloop.retarget(&self.cfg, self.rotation.current());
             info!(%broker, client_id = %self.cfg.client_id, "connecting");
             self.broker = broker;
         }
-        let opts = &mut self.eventloop.mqtt_options;
-        if let Some(tls) = &self.cfg.tls {
-            let config = tls
-                .client_config()
-                .map_err(|e| Failure::Setup(format!("TLS settings: {e}")))?;
-            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
-        }
+        let tls = match &self.cfg.tls {
+            Some(tls) => Some(
+                tls.client_config()
+                    .map_err(|e| Failure::Setup(format!("TLS settings: {e}")))?,
+            ),
+            None => None,
+        };
         let creds = self
             .cfg
             .auth
             .credentials(&self.cfg.client_id)
             .map_err(|e| Failure::Setup(format!("broker credentials: {e}")))?;
-        if let Some(c) = creds {
-            // rumqttc keeps its own copy until `scrub_credentials`; ours is zeroed here.
-            opts.set_credentials(c.username.as_str(), c.password.as_str());
-        }
-        if let Some(w) = self.hooks.will() {
-            opts.set_last_will(LastWill::new(w.topic, w.payload, qos(w.qos), w.retain));
-        }
+        // rumqttc keeps its own copy until `scrub_credentials`; ours is zeroed when dropped.
+        let login = creds
+            .as_ref()
+            .map(|c| (c.username.as_str(), c.password.as_str()));
+        let will = self.hooks.will();
+        self.eventloop.prepare(tls, login, will);
         Ok(())
     }
 
@@ -941,7 +1476,7 @@ impl Loop {
     /// not stay in memory for the life of the connection (rumqttc keeps it for reconnects).
     fn scrub_credentials(&mut self) {
         if self.cfg.auth != Auth::None {
-            self.eventloop.mqtt_options.set_credentials("", "");
+            self.eventloop.scrub_credentials();
         }
     }
 
@@ -956,16 +1491,14 @@ impl Loop {
         }
         // Events rumqttc buffered before the failure (a message read in the same batch, a
         // PUBACK) are still valid.
-        let buffered: Vec<Event> = self.eventloop.state.events.drain(..).collect();
-        for ev in buffered {
+        for ev in self.eventloop.take_buffered() {
             let _ = self.on_event(ev);
         }
         // With a clean session rumqttc drops whatever is unacknowledged or still queued at the
         // next CONNACK. Drop it now, under the tracker lock, so the counts stay in step with
         // the channel; the waiters see their senders dropped.
         let mut t = lock(&self.shared.track);
-        self.eventloop.clean();
-        self.eventloop.pending.clear();
+        self.eventloop.drop_queued();
         t.reset();
     }
 
@@ -973,6 +1506,7 @@ impl Loop {
     /// meanwhile.
     async fn wait_after(&mut self, failure: Failure, shutdown: &mut oneshot::Receiver<()>) -> bool {
         let was_ready = self.link.borrow().is_ready();
+        self.hooks.failed(&failure);
         if let Some(t) = self.connected_at.take() {
             if t.elapsed() >= self.cfg.stable_after {
                 self.backoff.reset();
@@ -1008,12 +1542,12 @@ impl Loop {
             let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
             let secs = delay.as_secs_f64();
             if was_ready {
-                warn!(%broker, error = %failure, retry_in_ms, "connection lost");
+                warn!(%broker, problem = failure.kind(), error = %failure, retry_in_ms, "connection lost");
                 self.hooks.status(&format!(
                     "connection to {broker} lost ({failure}), retrying in {secs:.1} s"
                 ));
             } else {
-                warn!(%broker, error = %failure, attempt = self.backoff.attempts(), retry_in_ms, "broker unreachable");
+                warn!(%broker, problem = failure.kind(), error = %failure, attempt = self.backoff.attempts(), retry_in_ms, "broker unreachable");
                 self.hooks.status(&format!(
                     "broker {broker} unreachable ({failure}), retrying in {secs:.1} s"
                 ));
@@ -1035,46 +1569,34 @@ impl Loop {
         if !self.link.borrow().is_ready() {
             return;
         }
-        let mut p = rumqttc::Publish::from_bytes(msg.topic, qos(msg.qos), msg.payload);
-        p.retain = msg.retain;
         lock(&self.shared.track).urgent_queued += 1;
-        self.eventloop.pending.push_front(Request::Publish(p));
+        self.eventloop.publish_first(msg);
     }
 
-    fn on_event(&mut self, ev: Event) -> Flow {
+    fn on_event(&mut self, ev: Ev) -> Flow {
         match ev {
-            Event::Incoming(Incoming::Publish(p)) => {
-                let msg = Inbound {
-                    topic: p.topic,
-                    payload: p.payload,
-                    retain: p.retain,
-                    qos: match p.qos {
-                        QoS::AtMostOnce => Qos::AtMostOnce,
-                        _ => Qos::AtLeastOnce,
-                    },
-                };
-                match self.inbound.try_send(msg) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(msg)) => self.hooks.overflow(msg),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        debug!("inbound channel closed; message not taken");
-                    }
+            Ev::Publish(msg) => match self.inbound.try_send(msg) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(msg)) => self.hooks.overflow(msg),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    debug!("inbound channel closed; message not taken");
                 }
-            }
-            Event::Incoming(Incoming::PubAck(ack)) => {
-                let tx = lock(&self.shared.track).pub_inflight.remove(&ack.pkid);
+            },
+            Ev::PubAck(pkid) => {
+                let tx = lock(&self.shared.track).pub_inflight.remove(&pkid);
                 if let Some(tx) = tx {
                     let _ = tx.send(());
                 }
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) => lock(&self.shared.track).publish_left(pkid),
-            Event::Outgoing(Outgoing::Subscribe(pkid)) => {
-                lock(&self.shared.track).subscribe_left(pkid);
+            Ev::PublishLeft(pkid) => lock(&self.shared.track).publish_left(pkid),
+            Ev::SubscribeLeft(pkid) => lock(&self.shared.track).subscribe_left(pkid),
+            Ev::SubAck { pkid, granted } => self.on_suback(pkid, granted),
+            Ev::ConnAck => {
+                self.link_up = true;
+                self.on_connack();
             }
-            Event::Incoming(Incoming::SubAck(ack)) => self.on_suback(ack),
-            Event::Incoming(Incoming::ConnAck(_)) => self.on_connack(),
-            Event::Outgoing(Outgoing::Disconnect) => return Flow::Disconnected,
-            _ => {}
+            Ev::DisconnectLeft => return Flow::Disconnected,
+            Ev::Other => {}
         }
         Flow::Continue
     }
@@ -1093,12 +1615,8 @@ impl Loop {
             self.set_ready(version, Vec::new());
             return;
         }
-        debug!(?filters, "connected; subscribing");
-        let subscribe = Subscribe::new_many(
-            filters
-                .iter()
-                .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
-        );
+        debug!(?filters, protocol = %self.cfg.protocol, "connected; subscribing");
+        self.eventloop.subscribe_first(&filters);
         lock(&self.shared.track).initial = Some(Initial {
             pkid: None,
             version,
@@ -1107,21 +1625,13 @@ impl Loop {
         // Clean session: the broker forgot every subscription, and rumqttc does not restore
         // them. At the front of `pending`, this SUBSCRIBE leaves before anything a caller
         // queued, and is the first `Outgoing::Subscribe` of this connection.
-        self.eventloop
-            .pending
-            .push_front(Request::Subscribe(subscribe));
     }
 
-    fn on_suback(&mut self, ack: rumqttc::SubAck) {
-        let granted: Vec<bool> = ack
-            .return_codes
-            .iter()
-            .map(|c| matches!(c, SubscribeReasonCode::Success(_)))
-            .collect();
+    fn on_suback(&mut self, pkid: u16, granted: Vec<bool>) {
         let mut t = lock(&self.shared.track);
-        let initial = t.initial.as_ref().is_some_and(|i| i.pkid == Some(ack.pkid));
+        let initial = t.initial.as_ref().is_some_and(|i| i.pkid == Some(pkid));
         if !initial {
-            if let Some(tx) = t.sub_inflight.remove(&ack.pkid) {
+            if let Some(tx) = t.sub_inflight.remove(&pkid) {
                 let _ = tx.send(granted);
             }
             return;
@@ -1147,7 +1657,7 @@ impl Loop {
                 // Not ready without them: disconnect, and let the back-off retry.
                 error!(filters = ?required, "broker refused the subscription (check its ACL); reconnecting");
                 self.subscription_refused = Some(required);
-                let _ = self.shared.client.try_disconnect();
+                self.shared.client.try_disconnect();
                 return;
             }
         }
@@ -1191,7 +1701,7 @@ impl Loop {
                     }
                     // No new messages now.
                     for f in &self.shared.fixed {
-                        let _ = self.shared.client.try_unsubscribe(f.clone());
+                        self.shared.client.try_unsubscribe(f.clone());
                     }
                 }
             }
@@ -1204,9 +1714,9 @@ impl Loop {
                     tokio::select! {
                         biased;
                         r = &mut rx => return r.map_err(|_| "the connection dropped".to_string()),
-                        ev = self.eventloop.poll() => match ev {
+                        ev = self.eventloop.poll(self.cfg.max_packet_size) => match ev {
                             Ok(ev) => { let _ = self.on_event(ev); }
-                            Err(e) => return Err(e.to_string()),
+                            Err(e) => { self.link_up = false; return Err(e.to_string()) }
                         },
                     }
                 }
@@ -1218,12 +1728,13 @@ impl Loop {
                 Err(_) => warn!("broker did not acknowledge the farewell in time"),
             }
         }
-        if self.connected_at.is_some() && self.eventloop.network.is_some() {
-            let _ = self.shared.client.try_disconnect();
+        if self.connected_at.is_some() && self.link_up {
+            self.shared.client.try_disconnect();
+            let limit = self.cfg.max_packet_size;
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 loop {
-                    match self.eventloop.poll().await {
-                        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    match self.eventloop.poll(limit).await {
+                        Ok(Ev::DisconnectLeft) | Err(_) => break,
                         Ok(_) => {}
                     }
                 }
@@ -1240,7 +1751,7 @@ mod tests {
     use rustls::{AlertDescription, CertificateError};
 
     fn classify(e: ConnectionError) -> Failure {
-        Failure::from_connection(&e)
+        Failure::from_connection(&e, 1024)
     }
 
     #[test]
@@ -1262,6 +1773,79 @@ mod tests {
         assert!(matches!(busy, Failure::Refused(_)), "{busy:?}");
         assert!(!busy.needs_operator() && busy.is_refusal());
         assert_eq!(busy.kind(), "refused");
+    }
+
+    #[test]
+    fn mqtt5_reason_codes_fall_in_the_same_classes() {
+        use p5::ConnectReturnCode as C;
+        let refused =
+            |c| Failure::from_connection_v5(&v5::ConnectionError::ConnectionRefused(c), 1);
+        for (code, want) in [
+            (C::BadUserNamePassword, Failure::BadCredentials),
+            (C::BadAuthenticationMethod, Failure::BadCredentials),
+            (C::NotAuthorized, Failure::NotAuthorized),
+            (C::Banned, Failure::NotAuthorized),
+            (C::ClientIdentifierNotValid, Failure::ClientIdRejected),
+        ] {
+            let f = refused(code);
+            assert_eq!(f, want);
+            assert!(f.needs_operator() && f.is_refusal(), "{f:?}");
+        }
+        let busy = refused(C::ServerBusy);
+        assert!(matches!(busy, Failure::Refused(_)), "{busy:?}");
+        assert!(!busy.needs_operator() && busy.is_refusal());
+        // A TLS alert behind the v5 state error, which names no source.
+        let alert = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+        );
+        let e = v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+            v5::mqttbytes::Error::Io(alert),
+        ));
+        let f = Failure::from_connection_v5(&e, 1);
+        assert!(
+            matches!(f, Failure::Tls(TlsFailure::ClientCertRefused(_))),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn an_oversized_packet_is_its_own_kind_on_both_versions() {
+        let v4 = ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(2_000_000),
+        ));
+        let v5e = v5::ConnectionError::MqttState(v5::StateError::Deserialization(
+            v5::mqttbytes::Error::PayloadSizeLimitExceeded {
+                pkt_size: 2_000_000,
+                max: 1024,
+            },
+        ));
+        for f in [
+            Failure::from_connection(&v4, 1024),
+            Failure::from_connection_v5(&v5e, 1024),
+        ] {
+            assert_eq!(
+                f,
+                Failure::PacketTooLarge {
+                    size: 2_000_000,
+                    limit: 1024
+                }
+            );
+            assert_eq!(f.kind(), "packet_too_large");
+            // Retried soon: the broker does not redeliver it (clean session).
+            assert!(!f.needs_operator() && !f.is_refusal());
+            assert!(f.describe().contains("2000000 bytes"), "{f}");
+        }
+    }
+
+    #[test]
+    fn protocol_names() {
+        assert_eq!(Protocol::parse("3.1.1"), Some(Protocol::V311));
+        assert_eq!(Protocol::parse("5"), Some(Protocol::V5));
+        assert_eq!(Protocol::parse("4"), None);
+        assert_eq!(Protocol::default(), Protocol::V311);
+        assert_eq!(Protocol::V5.to_string(), "5");
+        assert!("3".parse::<Protocol>().is_err());
     }
 
     #[test]
@@ -1311,6 +1895,43 @@ mod tests {
         let f = Failure::SubscriptionRefused(vec!["csg-down/a".into()]);
         assert!(!f.needs_operator());
         assert!(f.describe().contains("csg-down/a"));
+    }
+
+    /// The bytes MQTT 5 adds to a PUBLISH, as rumqttc encodes it (docs/protocol.md, "MQTT 5").
+    #[test]
+    fn mqtt5_publish_overhead_in_bytes() {
+        let topic = "csg-down/gw-001";
+        let payload = vec![b'x'; 200];
+        let v4 = rumqttc::Publish::new(topic, QoS::AtLeastOnce, payload.clone()).size();
+        let v5 = |props: Properties| {
+            p5::Publish::new(
+                topic,
+                qos5(Qos::AtLeastOnce),
+                payload.clone(),
+                props.to_v5(),
+            )
+            .size()
+        };
+        // The property length, one byte, even with no property.
+        assert_eq!(v5(Properties::default()) - v4, 1);
+        // Response Topic: identifier, 2-byte length, the topic.
+        let rt = Properties {
+            response_topic: Some("csg-up/console-1".into()),
+            ..Properties::default()
+        };
+        assert_eq!(v5(rt) - v4, 1 + 3 + 16);
+        // Correlation Data: identifier, 2-byte length, the data.
+        let cd = Properties {
+            correlation_data: Some(Bytes::from_static(b"0123456789abcdef")),
+            ..Properties::default()
+        };
+        assert_eq!(v5(cd) - v4, 1 + 3 + 16);
+        // Message Expiry Interval: identifier and a 4-byte integer.
+        let exp = Properties {
+            message_expiry: Some(30),
+            ..Properties::default()
+        };
+        assert_eq!(v5(exp) - v4, 1 + 5);
     }
 
     #[test]
@@ -1449,6 +2070,7 @@ mod tests {
             payload: Bytes::from_static(b"x"),
             qos: Qos::AtLeastOnce,
             retain: false,
+            props: Properties::default(),
         };
         assert_eq!(s.publish(msg.clone()), Ok(()));
         s.shutdown().await;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use csg_protocol::{
     AgentTopics, BrokerList, ClientId, GroupId, InstanceId, Scheme, TopicMode, TopicParents,
 };
+use csg_transport::Protocol;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -71,6 +72,8 @@ pub struct RawMqtt {
     /// Several brokers (the nodes of a cluster), tried in turn: the session stays on one that
     /// works and moves to the next after a failed connect or a lost link.
     pub urls: Vec<String>,
+    /// `"3.1.1"` (the default: Alibaba Cloud MQTT speaks it) or `"5"`.
+    pub protocol: String,
     pub keep_alive_s: u64,
     pub connect_timeout_s: u64,
     pub reconnect_min_ms: u64,
@@ -96,6 +99,7 @@ impl Default for RawMqtt {
         Self {
             url: String::new(),
             urls: Vec::new(),
+            protocol: "3.1.1".into(),
             keep_alive_s: 60,
             connect_timeout_s: 30,
             // A fleet that lost its broker comes back spread over this window (full jitter):
@@ -198,6 +202,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttSettings {
+    pub protocol: Protocol,
     pub keep_alive: Duration,
     pub connect_timeout: Duration,
     pub reconnect_min: Duration,
@@ -232,6 +237,18 @@ pub const MIN_REPLY_BYTES: usize = 4096;
 pub const MIN_REPLY_CACHE_TTL_S: u64 = 600;
 
 impl Config {
+    /// Advice about a valid configuration, for `check-config` to print.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.mqtt.protocol == Protocol::V311 {
+            notes.push(format!(
+                "note: with mqtt.protocol = \"3.1.1\" the broker cannot learn this agent's packet limit (mqtt.max_packet_bytes = {}); one larger publish on the command topic closes the connection (presence flaps, the event is counted in sys.status). Set the broker's limit below it (Mosquitto max_packet_size, EMQX mqtt.max_packet_size; Alibaba Cloud MQTT caps messages at 64 KB) or use mqtt.protocol = \"5\"; see docs/operations.md",
+                self.mqtt.max_packet_bytes
+            ));
+        }
+        notes
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -297,6 +314,13 @@ impl RawConfig {
                 .ok(),
         };
         let m = &self.mqtt;
+        let protocol = Protocol::parse(&m.protocol).unwrap_or_else(|| {
+            p.push(format!(
+                "mqtt.protocol = {:?}: must be \"3.1.1\" or \"5\"",
+                m.protocol
+            ));
+            Protocol::default()
+        });
         if !(5..=65_535).contains(&m.keep_alive_s) {
             p.push(format!(
                 "mqtt.keep_alive_s = {}: must be from 5 to 65535",
@@ -437,6 +461,7 @@ impl RawConfig {
                 client_id,
                 broker,
                 mqtt: MqttSettings {
+                    protocol,
                     keep_alive: Duration::from_secs(m.keep_alive_s),
                     connect_timeout: Duration::from_secs(m.connect_timeout_s),
                     reconnect_min: Duration::from_millis(m.reconnect_min_ms),

@@ -14,7 +14,7 @@ use crate::handlers::Handlers;
 use crate::stats::Stats;
 use crate::status::StatusSource;
 use crate::uplink::fake::RecordingUplink;
-use csg_transport::Inbound;
+use csg_transport::{Inbound, Properties};
 
 struct Rig {
     d: Arc<Dispatcher>,
@@ -608,4 +608,50 @@ async fn unreadable_messages_are_counted_by_reason() {
         ]
         .into()
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn mqtt5_response_topic_and_correlation_data_reach_every_reply() {
+    let r = rig(8);
+    let send = |id: &str, corr: &'static [u8]| {
+        r.d.on_message(Inbound {
+            topic: "csg-down/gw".into(),
+            payload: Bytes::from(
+                serde_json::to_vec(&json!({"v":1,"id":id,"method":"sys.reconcile"})).unwrap(),
+            ),
+            props: Properties {
+                response_topic: Some("csg-up/c5".into()),
+                correlation_data: Some(Bytes::from_static(corr)),
+                message_expiry: Some(30),
+            },
+            ..Default::default()
+        });
+    };
+    // The same id twice while it runs, then once more after: each reply carries the
+    // Correlation Data of the copy it answers.
+    send("m5", b"\x00a");
+    send("m5", b"b\x00");
+    r.settle().await;
+    send("m5", b"");
+    r.settle().await;
+    let sent = r.up.take();
+    let got: Vec<(String, Option<Bytes>, Option<String>)> = sent
+        .iter()
+        .map(|m| {
+            (
+                m.topic.clone(),
+                m.props.correlation_data.clone(),
+                m.props.response_topic.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("csg-up/c5".into(), Some(Bytes::from_static(b"\x00a")), None),
+            ("csg-up/c5".into(), Some(Bytes::from_static(b"b\x00")), None),
+            ("csg-up/c5".into(), Some(Bytes::new()), None),
+        ]
+    );
+    assert_eq!(r.stats.snapshot().executed, 1);
 }

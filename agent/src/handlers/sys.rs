@@ -51,9 +51,6 @@ pub fn capabilities(h: &Handlers) -> MethodResult {
     MethodResult::Capabilities(Box::new(c.clone()))
 }
 
-/// The MQTT protocol the session speaks. 3.1.1 until the session offers a choice.
-const MQTT_PROTOCOL: &str = "3.1.1";
-
 /// What `sys.capabilities` reports for this configuration and these storage families:
 /// built once at start and again on a reload, never per request.
 pub fn capabilities_result(cfg: &Config, storage: &Storage) -> CapabilitiesResult {
@@ -94,7 +91,7 @@ pub fn capabilities_result(cfg: &Config, storage: &Storage) -> CapabilitiesResul
     CapabilitiesResult {
         protocol: schema::protocol(),
         mqtt: MqttCaps {
-            protocol: MQTT_PROTOCOL.into(),
+            protocol: cfg.mqtt.protocol.as_str().into(),
         },
         limits: LimitsCaps {
             max_payload_bytes: u(cfg.agent.max_payload_bytes),

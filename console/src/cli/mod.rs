@@ -121,6 +121,17 @@ struct Cli {
     #[arg(long, global = true, help_heading = "Global options", requires = "p2p")]
     subscribe_p2p: bool,
 
+    /// MQTT version towards the broker: "3.1.1" or "5" (on 5 a request carries a Message
+    /// Expiry Interval from its deadline)
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "CSG_MQTT_PROTOCOL",
+        default_value = "3.1.1"
+    )]
+    mqtt_protocol: csg_console::Protocol,
+
     /// How long to wait for the broker connection
     #[arg(long, global = true,
         help_heading = "Global options", default_value = "5s", value_parser = positive_duration)]
@@ -586,6 +597,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Console> {
         TopicMode::Standard
     };
     opts.connect_timeout = cli.connect_timeout;
+    opts.protocol = cli.mqtt_protocol;
     opts.tls = cli.security.tls();
     opts.auth = cli.security.auth()?;
     match Console::connect(opts).await {
