@@ -30,7 +30,7 @@ fn capabilities_describe_the_agent_as_configured() {
     assert_eq!(caps["protocol"]["current"], json!("1.1"), "{caps}");
     assert_eq!(caps["protocol"]["versions"], json!(["1.0", "1.1"]));
     assert_eq!(caps["protocol"]["envelope_v"], json!(1));
-    assert_eq!(caps["mqtt"]["protocol"], json!("3.1.1"));
+    assert_eq!(caps["mqtt"]["protocol"], json!(csg_e2e::mqtt_protocol()));
 
     let limits = &caps["limits"];
     assert_eq!(limits["max_payload_bytes"], info["max_payload"], "{limits}");
