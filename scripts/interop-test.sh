@@ -43,8 +43,15 @@ for s in "${suites[@]}"; do args+=(--test "$s"); done
 step "contract suite on $broker (${suites[*]}, and the harness's own tests)"
 unset CSG_TEST_MQTT
 export CSG_TEST_BROKER="$broker"
+# Tests in these files that configure Mosquitto itself (a packet limit in its config) are left
+# out by name: on another broker they refuse to run, which would fail the run for nothing.
+mosquitto_only=(a_request_above_the_brokers_packet_limit_exits_4_naming_the_limit)
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run -p csg-e2e "${args[@]}" --no-fail-fast
+    filter=""
+    for t in "${mosquitto_only[@]}"; do filter+="${filter:+ | }test(=$t)"; done
+    cargo nextest run -p csg-e2e "${args[@]}" --no-fail-fast -E "not ($filter)"
 else
-    cargo test -p csg-e2e "${args[@]}" --no-fail-fast
+    skips=()
+    for t in "${mosquitto_only[@]}"; do skips+=(--skip "$t"); done
+    cargo test -p csg-e2e "${args[@]}" --no-fail-fast -- "${skips[@]}"
 fi
