@@ -40,9 +40,14 @@ pub const MAX_CORRELATION_DATA: usize = 256;
 /// joined in one string so the id memory keeps it with each waiter like a plain topic. A topic
 /// never holds U+0000 (MQTT §4.7.3), so the NUL separator cannot be forged by a topic; the
 /// data follows in hex.
+///
+/// Correlation Data over [`MAX_CORRELATION_DATA`] is never mirrored: whatever path answers the
+/// request (a refusal before decoding included), its reply stays small, under the reply cap
+/// and the broker's packet limit.
 fn reply_address(topic: &str, props: &Properties) -> String {
     match &props.correlation_data {
         None => topic.to_string(),
+        Some(data) if data.len() > MAX_CORRELATION_DATA => topic.to_string(),
         Some(data) => {
             let mut a = String::with_capacity(topic.len() + 1 + 2 * data.len());
             a.push_str(topic);
@@ -266,7 +271,13 @@ impl Dispatcher {
             );
             return;
         }
-        let rt = msg.props.response_topic.as_deref();
+        // A signature covers the envelope, not the MQTT 5 properties: a signed request is
+        // answered where its signed `reply_to` says, never on a Response Topic someone on the
+        // way could have added or changed.
+        let rt = match sender {
+            Sender::Unsigned => msg.props.response_topic.as_deref(),
+            Sender::Key(_) => None,
+        };
         let mut req = match decode_request_with(bytes, self.max_payload, rt) {
             Ok(r) => r,
             Err(e) => {

@@ -655,3 +655,100 @@ async fn mqtt5_response_topic_and_correlation_data_reach_every_reply() {
     );
     assert_eq!(r.stats.snapshot().executed, 1);
 }
+
+/// Correlation Data is mirrored only up to its limit, whatever path answers: here a payload
+/// that never decodes, refused on its Response Topic.
+#[tokio::test(flavor = "current_thread")]
+async fn long_correlation_data_is_never_mirrored_even_on_a_refusal_before_decoding() {
+    let r = rig(8);
+    r.d.on_message(Inbound {
+        topic: "csg-down/gw".into(),
+        payload: Bytes::from_static(br#"{"v":1,"id":"c1","method":"sys.ping","params":7}"#),
+        props: Properties {
+            response_topic: Some("csg-up/c5".into()),
+            correlation_data: Some(Bytes::from(vec![7u8; MAX_CORRELATION_DATA + 1])),
+            message_expiry: None,
+        },
+        ..Default::default()
+    });
+    r.settle().await;
+    let sent = r.up.take();
+    assert_eq!(sent.len(), 1, "refused on the Response Topic");
+    assert_eq!(sent[0].topic, "csg-up/c5");
+    assert_eq!(
+        sent[0].props.correlation_data, None,
+        "over the limit: not mirrored"
+    );
+    let v: Value = serde_json::from_slice(&sent[0].payload).unwrap();
+    assert_eq!(v["error"]["code"], "BAD_REQUEST", "{v}");
+}
+
+/// A signature covers the envelope only: a Response Topic on a signed request (added by
+/// anyone on the way) is not where it is answered.
+#[tokio::test(flavor = "current_thread")]
+async fn a_signed_request_is_never_answered_on_a_response_topic() {
+    use crate::config::security::{SecuritySettings, TrustedKey};
+    use csg_protocol::jws::{self, ed25519_dalek::SigningKey};
+    let r = rig(8);
+    let key = SigningKey::from_bytes(&[1; 32]);
+    let mut keys = std::collections::BTreeMap::new();
+    keys.insert(
+        "ops".to_string(),
+        TrustedKey {
+            public_key: key.verifying_key(),
+            allow: vec![csg_protocol::methods::MethodPattern::new("*").unwrap()],
+            file: "/k/ops.pub".into(),
+        },
+    );
+    let settings = SecuritySettings {
+        trusted_keys: keys,
+        ..SecuritySettings::default()
+    };
+    r.d.set_policy(crate::auth::Policy::new(&settings, "G@@@gw"));
+    let deadline = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+        + 60_000;
+    let send = |id: &str, reply_to: Option<&str>| {
+        let mut body = json!({"v":1,"id":id,"method":"sys.ping","deadline_ms":deadline});
+        if let Some(t) = reply_to {
+            body["reply_to"] = json!(t);
+        }
+        let signed = jws::sign(
+            &serde_json::to_vec(&body).unwrap(),
+            "ops",
+            Some("G@@@gw"),
+            &key,
+        );
+        r.d.on_message(Inbound {
+            topic: "csg-down/gw".into(),
+            payload: Bytes::from(signed.into_bytes()),
+            props: Properties {
+                response_topic: Some("csg-up/elsewhere".into()),
+                correlation_data: Some(Bytes::from_static(b"c")),
+                message_expiry: None,
+            },
+            ..Default::default()
+        });
+    };
+    // No signed reply_to: one-way, whatever the Response Topic says.
+    send("s1", None);
+    // A signed reply_to: answered there, and the differing Response Topic is not a mismatch
+    // (it is not read at all).
+    send("s2", Some("csg-up/signed"));
+    r.settle().await;
+    let sent = r.up.take();
+    let topics: Vec<&str> = sent.iter().map(|m| m.topic.as_str()).collect();
+    assert_eq!(topics, ["csg-up/signed"], "{sent:?}");
+    let v: Value = serde_json::from_slice(&sent[0].payload).unwrap();
+    assert_eq!(
+        (v["id"].as_str(), v["ok"].as_bool()),
+        (Some("s2"), Some(true)),
+        "{v}"
+    );
+    assert_eq!(r.stats.snapshot().executed, 2);
+}
