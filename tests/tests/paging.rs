@@ -295,10 +295,10 @@ fn check_config_bounds_the_reply_cap() {
              [mqtt]\nurl = \"mqtt://127.0.0.1:1\"\n{packet}\n[agent]\n{agent}\n"
         )
     };
-    check_config(&conf("max_reply_bytes = 4096", "")).assert_code(0);
+    check_config(&conf("max_reply_bytes = 57344", "")).assert_code(0);
     check_config(&conf("max_reply_bytes = 1047552", "")).assert_code(0);
     for (agent, packet) in [
-        ("max_reply_bytes = 4095", ""),
+        ("max_reply_bytes = 57343", ""),
         ("max_reply_bytes = 1047553", ""),
         ("max_reply_bytes = 70000", "max_packet_bytes = 70000"),
     ] {

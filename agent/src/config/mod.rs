@@ -230,8 +230,10 @@ pub struct AgentSettings {
 
 /// 60 KiB: a reply and its MQTT header fit the 64 KiB message limit of Alibaba Cloud MQTT.
 pub const DEFAULT_MAX_REPLY_BYTES: usize = 60 * 1024;
-/// Smallest reply cap: every error reply and `sys.info` fit well under it.
-pub const MIN_REPLY_BYTES: usize = 4096;
+/// Smallest reply cap. `sys.capabilities` with every family (about 49 KB of JSON Schemas) must
+/// fit, or the one method meant to describe the agent could only be answered `REPLY_TOO_LARGE`;
+/// a broker whose message limit is below this cannot carry it (Alibaba Cloud MQTT's is 64 KiB).
+pub const MIN_REPLY_BYTES: usize = 56 * 1024;
 
 /// The protocol promises that ids are remembered at least this long.
 pub const MIN_REPLY_CACHE_TTL_S: u64 = 600;

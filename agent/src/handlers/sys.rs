@@ -196,8 +196,9 @@ iqn_prefix = "iqn.2026-01.com.example.csg"
 
     #[test]
     fn capabilities_fit_the_smallest_reply_cap_with_every_family() {
-        // Every method's schemas in one reply: it must fit the default cap, or the one method
-        // meant to describe the agent could only be answered REPLY_TOO_LARGE.
+        // Every method's schemas in one reply: it must fit the smallest cap check-config
+        // allows, or the one method meant to describe the agent could only be answered
+        // REPLY_TOO_LARGE.
         let mut all = CapabilitiesResult {
             methods: schema::all()
                 .into_iter()
@@ -215,7 +216,7 @@ iqn_prefix = "iqn.2026-01.com.example.csg"
         let bytes = serde_json::to_vec(&all).unwrap().len();
         eprintln!("sys.capabilities with every family: {bytes} bytes");
         assert!(
-            bytes + 200 < crate::config::DEFAULT_MAX_REPLY_BYTES,
+            bytes + 200 < crate::config::MIN_REPLY_BYTES,
             "sys.capabilities with every family is {bytes} bytes"
         );
     }
