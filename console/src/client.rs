@@ -22,8 +22,8 @@ use csg_protocol::{
 };
 pub(crate) use csg_transport::PublishError as QueueError;
 use csg_transport::{
-    Auth, Endpoint, Inbound, LinkState, Message, NoHooks, Properties, Protocol, Qos, Queues,
-    Session, SessionConfig, TlsOptions,
+    Auth, Endpoint, Failure, Inbound, LinkState, Message, NoHooks, Properties, Protocol, Qos,
+    Queues, Session, SessionConfig, TlsOptions,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -57,6 +57,30 @@ pub fn expiry_s(deadline_ms: u64, now_ms: u64) -> u32 {
     u32::try_from(left).unwrap_or(u32::MAX)
 }
 
+/// The TCP + TLS + CONNACK timeout of one connect attempt: an equal share of the overall
+/// `connect_timeout` for each of `brokers`, so a broker that never answers (it drops SYNs, or
+/// accepts and stays silent) cannot use up the whole wait before the next one is tried. The
+/// MQTT client counts whole seconds, so the share is rounded down (attempts then fit in the
+/// wait), and at least 1 s.
+pub fn attempt_timeout(connect_timeout: Duration, brokers: usize) -> Duration {
+    let n = u64::try_from(brokers.max(1)).unwrap_or(u64::MAX);
+    Duration::from_secs((connect_timeout.as_secs() / n).max(1))
+}
+
+/// Whether `Console::connect` stops waiting at this failure instead of letting the session go
+/// on to the next attempt. With one broker any refusal ends it: retrying the same broker
+/// within seconds will not change its answer. With several, only what an operator must fix
+/// (credentials, authorization, client id, TLS, local files) does, as every node would say
+/// the same; a node that refuses for a passing reason (a cluster node in an election answers
+/// "server unavailable") leaves the others to try.
+pub(crate) fn ends_the_wait(failure: &Failure, brokers: usize) -> bool {
+    if brokers <= 1 {
+        failure.is_refusal()
+    } else {
+        failure.needs_operator()
+    }
+}
+
 /// How a console connects and which topics it uses.
 #[derive(Debug, Clone)]
 pub struct ConsoleOptions {
@@ -80,8 +104,9 @@ pub struct ConsoleOptions {
     pub mode: TopicMode,
     /// MQTT keep-alive; whole seconds, at least 1 s (0 disables it).
     pub keep_alive: Duration,
-    /// How long [`Console::connect`] (and [`Console::watch`]) wait for a ready session. Also
-    /// the per-attempt TCP + CONNACK timeout, rounded up to whole seconds, at least 5 s.
+    /// How long [`Console::connect`] (and [`Console::watch`]) wait for a ready session. Each
+    /// connect attempt (TCP + TLS + CONNACK) gets an equal share of it, see
+    /// [`attempt_timeout`], so every broker of the list is tried within it.
     pub connect_timeout: Duration,
     pub inflight: u16,
     pub request_channel_capacity: usize,
@@ -268,8 +293,7 @@ impl Console {
         sc.tls = tls;
         sc.auth = opts.auth.clone();
         sc.keep_alive = opts.keep_alive;
-        sc.connect_timeout =
-            Duration::from_secs_f64(opts.connect_timeout.as_secs_f64().ceil().max(5.0));
+        sc.connect_timeout = attempt_timeout(opts.connect_timeout, sc.brokers.len());
         sc.max_packet_size = opts.max_packet_size;
         sc.inflight = opts.inflight;
         sc.reconnect_min = Duration::from_millis(200);
@@ -314,12 +338,13 @@ impl Console {
 
         // On any error below, dropping `console` stops the session.
         let waited = console.inner.opts.connect_timeout;
+        let brokers = console.inner.opts.broker.urls().len();
         let mut session = console.inner.session.clone();
         let state = tokio::time::timeout(
             waited,
             session.wait_for(|s| match s {
                 LinkState::Ready(_) => true,
-                LinkState::Down(f) => f.as_ref().is_some_and(csg_transport::Failure::is_refusal),
+                LinkState::Down(f) => f.as_ref().is_some_and(|f| ends_the_wait(f, brokers)),
             }),
         )
         .await
@@ -542,6 +567,45 @@ mod tests {
         // Passed already: the shortest interval there is, not 0 (no expiry at all).
         assert_eq!(expiry_s(5_000, 9_000), 1);
         assert_eq!(expiry_s(u64::MAX, 0), u32::MAX);
+    }
+
+    #[test]
+    fn each_broker_gets_a_share_of_the_connect_timeout() {
+        let s = Duration::from_secs;
+        // One broker: the whole wait, in whole seconds.
+        assert_eq!(attempt_timeout(s(10), 1), s(10));
+        assert_eq!(attempt_timeout(Duration::from_millis(5_900), 1), s(5));
+        // Several: rounded down, so every one is tried within the wait.
+        assert_eq!(attempt_timeout(s(5), 2), s(2));
+        assert_eq!(attempt_timeout(s(10), 3), s(3));
+        assert!(attempt_timeout(s(10), 3) * 3 <= s(10));
+        // Never below the MQTT client's 1 s, nor 0 for an empty list.
+        assert_eq!(attempt_timeout(Duration::from_millis(300), 1), s(1));
+        assert_eq!(attempt_timeout(s(5), 10), s(1));
+        assert_eq!(attempt_timeout(s(5), 0), s(5));
+    }
+
+    #[test]
+    fn a_passing_refusal_ends_the_wait_only_with_one_broker() {
+        let unavailable = Failure::Refused("ServerUnavailable".into());
+        let busy = Failure::Refused("ServerBusy".into());
+        let network = Failure::Network("connection refused".into());
+        for f in [&unavailable, &busy] {
+            assert!(ends_the_wait(f, 1), "{f}");
+            assert!(!ends_the_wait(f, 2), "{f}");
+        }
+        for f in [
+            &Failure::BadCredentials,
+            &Failure::NotAuthorized,
+            &Failure::ClientIdRejected,
+            &Failure::Setup("no such file".into()),
+        ] {
+            assert!(ends_the_wait(f, 1), "{f}");
+            assert!(ends_the_wait(f, 3), "{f}");
+        }
+        // The network failing is retried in either case.
+        assert!(!ends_the_wait(&network, 1));
+        assert!(!ends_the_wait(&network, 2));
     }
 
     #[tokio::test]

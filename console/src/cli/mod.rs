@@ -132,7 +132,10 @@ struct Cli {
     )]
     mqtt_protocol: csg_console::Protocol,
 
-    /// How long to wait for the broker connection
+    /// How long to wait for the broker connection. With several brokers each connect
+    /// attempt gets an equal share (whole seconds, at least 1 s), so a silent one cannot use
+    /// up the wait; a refusal for a passing reason (server unavailable or busy) moves on to
+    /// the next broker, bad credentials or TLS problems end the wait at once
     #[arg(long, global = true,
         help_heading = "Global options", default_value = "5s", value_parser = positive_duration)]
     connect_timeout: Duration,
