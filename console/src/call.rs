@@ -174,15 +174,37 @@ struct Losses {
 }
 
 impl Losses {
-    /// Notes the session's state after it changed: a failure is a drop of our connection.
-    fn note(&mut self, state: &LinkState) {
-        if let LinkState::Down(f) = state {
-            self.count += 1;
-            self.last = Some(f.as_ref().map_or_else(
+    /// Notes the session's state after it changed from `Ready(sent_on)`, the session the
+    /// request went out on. A failure is a drop of our connection, and so is a newer session:
+    /// the watch keeps only the latest state, so a reconnect quicker than this task's wake-up
+    /// shows as `Ready(sent_on)` → `Ready(later)` with the `Down` in between never seen.
+    fn note(&mut self, sent_on: u64, state: &LinkState) {
+        match state {
+            LinkState::Down(f) => self.lost(f.as_ref().map_or_else(
                 || "the connection closed".to_string(),
                 csg_transport::Failure::describe,
-            ));
+            )),
+            LinkState::Ready(e) if *e != sent_on => {
+                self.lost("the connection dropped and was restored".to_string());
+            }
+            LinkState::Ready(_) => {}
         }
+    }
+
+    /// The broker never acknowledged a publish made on `Ready(sent_on)`: its waiter is dropped
+    /// only when the connection ends, which can happen just before the link shows it, so this
+    /// is a loss even while the state still reads `Ready(sent_on)`.
+    fn note_unacked(&mut self, sent_on: u64, state: &LinkState) {
+        let before = self.count;
+        self.note(sent_on, state);
+        if self.count == before {
+            self.lost("the connection closed".to_string());
+        }
+    }
+
+    fn lost(&mut self, reason: String) {
+        self.count += 1;
+        self.last = Some(reason);
     }
 
     /// The error for a call that ended without an answer, when the connection was the cause
@@ -427,7 +449,7 @@ impl Inner {
                     if !alive {
                         return Err(closed());
                     }
-                    losses.note(&session.borrow());
+                    losses.note(epoch, &session.borrow());
                     tracing::debug!(id = %req.id, "broker session changed; re-sending when ready");
                 }
             }
@@ -464,11 +486,11 @@ impl Inner {
         let mut attempts = 0u32;
         let mut losses = Losses::default();
         while Instant::now() < deadline {
-            match wait_ready(&mut session, deadline).await {
-                Ready::Epoch(_) => {}
+            let epoch = match wait_ready(&mut session, deadline).await {
+                Ready::Epoch(e) => e,
                 Ready::DeadlinePassed => break,
                 Ready::Closed => return Err(closed()),
-            }
+            };
             let (tx, ack) = oneshot::channel();
             match self.publish_until(&req, Some(tx), deadline).await {
                 Ok(true) => attempts += 1,
@@ -482,7 +504,7 @@ impl Inner {
                         return Ok(Reply::ok(req.id.clone(), Value::Null));
                     }
                     // The connection dropped before the PUBACK: publish again on the next session.
-                    losses.note(&session.borrow());
+                    losses.note_unacked(epoch, &session.borrow());
                 }
                 _ = sleep_until(attempt_end.into()) => {}
             }
@@ -501,8 +523,60 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use csg_protocol::methods::ALL;
     use csg_protocol::MethodName;
+    use csg_transport::Failure;
+
+    fn prepared() -> Prepared {
+        Prepared {
+            id: RequestId::new("r1").unwrap(),
+            topic: "t".into(),
+            payload: b"{}".to_vec(),
+            deadline_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_reconnect_seen_only_as_a_new_epoch_is_a_loss() {
+        let gw = InstanceId::new("gw").unwrap();
+        let start = Instant::now();
+        // The same session: nothing was lost (a spurious wake-up).
+        let mut l = Losses::default();
+        l.note(1, &LinkState::Ready(1));
+        assert_eq!(l.count, 0);
+        assert!(l
+            .error(&gw, &prepared(), 1, start, &LinkState::Ready(1))
+            .is_none());
+        // Down then up again, coalesced by the watch: only the new epoch is seen.
+        l.note(1, &LinkState::Ready(2));
+        assert_eq!(l.count, 1);
+        match l.error(&gw, &prepared(), 2, start, &LinkState::Ready(2)) {
+            Some(CallError::ConnectionLost { losses, reason, .. }) => {
+                assert_eq!(losses, 1);
+                assert!(reason.contains("restored"), "{reason}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // A failure seen as such keeps its reason.
+        l.note(
+            2,
+            &LinkState::Down(Some(Failure::Network("reset by peer".into()))),
+        );
+        assert_eq!(l.count, 2);
+        assert_eq!(l.last.as_deref(), Some("reset by peer"));
+    }
+
+    #[test]
+    fn an_unacknowledged_publish_is_a_loss_even_before_the_link_shows_it() {
+        let mut l = Losses::default();
+        l.note_unacked(1, &LinkState::Ready(1));
+        assert_eq!(l.count, 1);
+        l.note_unacked(1, &LinkState::Down(None));
+        assert_eq!(l.count, 2);
+        l.note_unacked(1, &LinkState::Ready(3));
+        assert_eq!(l.count, 3);
+    }
 
     #[test]
     fn every_protocol_method_name_is_valid() {
