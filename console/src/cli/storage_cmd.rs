@@ -568,6 +568,27 @@ fn list_field(method: &str) -> Option<&'static str> {
     })
 }
 
+/// Most pages one list is followed for, and most entries gathered. Far above any gateway's
+/// real configuration; past them the paging is taken as broken rather than followed for ever.
+const MAX_PAGES: u32 = 10_000;
+const MAX_ENTRIES: usize = 100_000;
+
+/// Why a list's pages were not all fetched.
+#[derive(Debug)]
+enum PagesError {
+    Call(CallError),
+    /// The gateway's paging cannot be followed to an end (a cursor repeated or unusable, an
+    /// empty page naming a next one, or past the caps): the gateway's fault, reported as a
+    /// remote error rather than as a part of the list.
+    Broken(String),
+}
+
+impl From<CallError> for PagesError {
+    fn from(e: CallError) -> Self {
+        PagesError::Call(e)
+    }
+}
+
 /// Sends `method`; for a list, follows `next_cursor` to the last page and returns one reply
 /// holding every entry (the first page's other fields, no `next_cursor`). A list or a page over
 /// the gateway's reply cap is asked for again in smaller pages. The first request goes out with
@@ -577,8 +598,29 @@ async fn call_all_pages(
     instance: &InstanceId,
     method: &Method,
     opts: &CallOptions,
-) -> Result<Reply, CallError> {
-    let mut reply = console.call_method(instance, method, opts).await?;
+) -> Result<Reply, PagesError> {
+    let first = console.call_method(instance, method, opts).await?;
+    collect_pages(method, first, move |next| {
+        let fresh = CallOptions {
+            id: Some(console.new_request_id()),
+            ..opts.clone()
+        };
+        async move { console.call_method(instance, &next, &fresh).await }
+    })
+    .await
+}
+
+/// The paging loop of [`call_all_pages`], from the reply to `method`; `fetch` sends a further
+/// page's request.
+async fn collect_pages<F, Fut>(
+    method: &Method,
+    mut reply: Reply,
+    mut fetch: F,
+) -> Result<Reply, PagesError>
+where
+    F: FnMut(Method) -> Fut,
+    Fut: std::future::Future<Output = Result<Reply, CallError>>,
+{
     let Some(field) = list_field(method.name()) else {
         return Ok(reply);
     };
@@ -589,6 +631,9 @@ async fn call_all_pages(
         .and_then(|l| u32::try_from(l).ok());
     let mut cursor: Option<String> = None;
     let mut whole: Option<serde_json::Value> = None;
+    let mut pages = 0u32;
+    let mut entries = 0usize;
+    let mut cursors = std::collections::HashSet::new();
     loop {
         match &reply.body {
             ReplyBody::Err(e) if e.code == ErrorCode::ReplyTooLarge && limit != Some(1) => {
@@ -611,10 +656,16 @@ async fn call_all_pages(
                     .as_object_mut()
                     .and_then(|o| o.remove("next_cursor"))
                     .and_then(|c| c.as_str().map(str::to_string));
+                pages += 1;
+                let got = page
+                    .get(field)
+                    .and_then(serde_json::Value::as_array)
+                    .map_or(0, Vec::len);
+                entries = entries.saturating_add(got);
                 match whole.as_mut() {
                     None => whole = Some(page),
                     Some(all) => {
-                        let entries = page
+                        let more = page
                             .get_mut(field)
                             .and_then(serde_json::Value::as_array_mut)
                             .map(std::mem::take)
@@ -622,24 +673,40 @@ async fn call_all_pages(
                         if let Some(a) =
                             all.get_mut(field).and_then(serde_json::Value::as_array_mut)
                         {
-                            a.extend(entries);
+                            a.extend(more);
                         }
                     }
                 }
-                match next {
-                    Some(c) => cursor = Some(c),
-                    None => break,
+                let Some(c) = next else { break };
+                // Each check stops a gateway that would otherwise be asked for pages for
+                // ever: one that hands out a cursor again loops, one whose pages are empty
+                // makes no progress, and the caps bound what is left.
+                if got == 0 {
+                    return Err(PagesError::Broken(format!(
+                        "page {pages} has no {field} but names a next page"
+                    )));
                 }
+                if !cursors.insert(c.clone()) {
+                    return Err(PagesError::Broken(format!(
+                        "page {pages} names as the next page a cursor it gave before"
+                    )));
+                }
+                if pages >= MAX_PAGES || entries >= MAX_ENTRIES {
+                    return Err(PagesError::Broken(format!(
+                        "still more after {pages} pages and {entries} {field} \
+                         (csgctl stops at {MAX_PAGES} pages or {MAX_ENTRIES} entries)"
+                    )));
+                }
+                cursor = Some(c);
             }
         }
-        let Ok(next) = list_page(method.name(), limit, cursor.clone()) else {
-            return Ok(reply);
-        };
-        let fresh = CallOptions {
-            id: Some(console.new_request_id()),
-            ..opts.clone()
-        };
-        reply = console.call_method(instance, &next, &fresh).await?;
+        let next = list_page(method.name(), limit, cursor.clone()).map_err(|e| {
+            PagesError::Broken(format!(
+                "page {pages} names a next page that cannot be asked for: {}",
+                e.0
+            ))
+        })?;
+        reply = fetch(next).await?;
     }
     if let Some(all) = whole {
         reply.body = ReplyBody::Ok(all);
@@ -701,9 +768,17 @@ pub async fn run(
                 Ok(Exit::RemoteError)
             }
         },
-        Err(CallError::NoReply {
+        Err(PagesError::Broken(why)) => {
+            eprintln!(
+                "error: {}: cannot follow the {} pages to the end: {why}",
+                c.instance,
+                req.method.name()
+            );
+            Ok(Exit::RemoteError)
+        }
+        Err(PagesError::Call(CallError::NoReply {
             attempts, waited, ..
-        }) => {
+        })) => {
             eprintln!(
                 "error: no reply from {} to request {id} within {} ({attempts} attempt(s)); \
                  the instance may be offline or unreachable",
@@ -713,7 +788,7 @@ pub async fn run(
             eprintln!("hint: {again}");
             Ok(Exit::NoReply)
         }
-        Err(e) => {
+        Err(PagesError::Call(e)) => {
             eprintln!("error: {e}");
             Ok(Exit::Failure)
         }
@@ -1165,5 +1240,134 @@ mod tests {
         .unwrap_err();
         assert!(e.downcast_ref::<Usage>().is_some(), "{e}");
         assert!(!e.to_string().contains("short"), "{e}");
+    }
+
+    /// A gateway's page `n`: `len` exports, and a cursor after key `next` as its
+    /// `next_cursor`.
+    fn page(n: usize, len: usize, next: Option<&str>) -> Reply {
+        let exports: Vec<Value> = (0..len).map(|i| json!(format!("p{n}e{i}"))).collect();
+        let mut body = json!({ "exports": exports });
+        if let Some(k) = next {
+            body["next_cursor"] = json!(cursor(k));
+        }
+        Reply::ok(RequestId::new(format!("r{n}")).unwrap(), body)
+    }
+
+    fn cursor(key: &str) -> String {
+        csg_protocol::methods::page::encode_cursor(nfs::EXPORT_LIST, key)
+    }
+
+    fn first_request() -> Method {
+        list_page(nfs::EXPORT_LIST, Some(2), None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn pages_are_followed_to_the_last_and_merged() {
+        let mut asked = Vec::new();
+        let mut n = 0;
+        let reply = collect_pages(&first_request(), page(0, 2, Some("c1")), |m| {
+            asked.push(m.params());
+            n += 1;
+            let next = (n < 2).then(|| format!("c{}", n + 1));
+            let p = page(n, 2, next.as_deref());
+            async move { Ok(p) }
+        })
+        .await
+        .unwrap();
+        let ReplyBody::Ok(all) = reply.body else {
+            panic!("{:?}", reply.body)
+        };
+        assert_eq!(all["exports"].as_array().unwrap().len(), 6);
+        assert!(all.get("next_cursor").is_none(), "{all}");
+        assert_eq!(asked.len(), 2);
+        assert_eq!(asked[0]["cursor"], json!(cursor("c1")));
+        assert_eq!(asked[1]["cursor"], json!(cursor("c2")));
+        assert_eq!(asked[1]["limit"], json!(2));
+    }
+
+    #[tokio::test]
+    async fn a_repeated_cursor_stops_the_paging() {
+        let mut n = 0;
+        let e = collect_pages(&first_request(), page(0, 2, Some("c1")), |_| {
+            n += 1;
+            let p = page(n, 2, Some(if n < 3 { "c2" } else { "c1" }));
+            async move { Ok(p) }
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, PagesError::Broken(w) if w.contains("cursor")),
+            "{e:?}"
+        );
+        assert_eq!(n, 2, "stopped at the first repeat");
+    }
+
+    #[tokio::test]
+    async fn an_empty_page_naming_a_next_one_stops_the_paging() {
+        let mut n = 0;
+        let e = collect_pages(&first_request(), page(0, 2, Some("c1")), |_| {
+            n += 1;
+            let p = page(n, 0, Some(&format!("c{}", n + 1)));
+            async move { Ok(p) }
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, PagesError::Broken(w) if w.contains("no exports")),
+            "{e:?}"
+        );
+        assert_eq!(n, 1);
+        // The first page too.
+        let e = collect_pages(&first_request(), page(0, 0, Some("c1")), |_| async {
+            Ok(page(1, 1, None))
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(e, PagesError::Broken(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn paging_stops_at_the_page_cap() {
+        let mut n = 0usize;
+        let e = collect_pages(&first_request(), page(0, 1, Some("c1")), |_| {
+            n += 1;
+            let p = page(n, 1, Some(&format!("c{}", n + 1)));
+            async move { Ok(p) }
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, PagesError::Broken(w) if w.contains("10000 pages")),
+            "{e:?}"
+        );
+        assert_eq!(n + 1, MAX_PAGES as usize);
+    }
+
+    #[tokio::test]
+    async fn a_cursor_that_cannot_be_sent_back_stops_the_paging() {
+        let mut first = page(0, 2, None);
+        first.body = ReplyBody::Ok(json!({"exports": ["a", "b"], "next_cursor": "not base64!"}));
+        let e = collect_pages(&first_request(), first, |_| async { Ok(page(1, 1, None)) })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, PagesError::Broken(w) if w.contains("cursor")),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_page_is_the_outcome() {
+        let err = Reply::err(
+            Some(RequestId::new("r1").unwrap()),
+            csg_protocol::RpcError::new(ErrorCode::Internal, "boom"),
+        );
+        let reply = collect_pages(&first_request(), page(0, 2, Some("c1")), move |_| {
+            let r = err.clone();
+            async move { Ok(r) }
+        })
+        .await
+        .unwrap();
+        assert!(matches!(reply.body, ReplyBody::Err(_)), "{:?}", reply.body);
     }
 }
