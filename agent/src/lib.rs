@@ -227,8 +227,11 @@ async fn reload(cfg: &mut Config, new: Config, live: &Live<'_>) -> Reload {
         applied.push("heartbeat interval");
     }
     // Signing, family options and methods all show there: refreshed on every applied reload.
-    *handlers.capabilities.write().expect("capabilities lock") =
-        handlers::sys::capabilities_result(&new, &*storage.read().await);
+    *handlers
+        .capabilities
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        handlers::sys::Capabilities::new(&new, &*storage.read().await);
     let backends = applied.contains(&"storage backends");
     *cfg = new;
     if backends {
@@ -323,7 +326,7 @@ pub async fn run<S: Future<Output = ()>>(
     let stats = Arc::new(Stats::default());
     let journal = storage.take_journal();
     let info = info_result(&cfg, &storage, &host.facts);
-    let capabilities = handlers::sys::capabilities_result(&cfg, &storage);
+    let capabilities = handlers::sys::Capabilities::new(&cfg, &storage);
     let storage: SharedStorage = Arc::new(tokio::sync::RwLock::new(storage));
     let status = Arc::new(StatusSource::with_host(
         cfg.client_id.instance().as_str(),

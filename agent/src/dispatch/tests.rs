@@ -57,7 +57,7 @@ fn rig_full(
             }))
             .unwrap(),
         ),
-        capabilities: std::sync::RwLock::new(
+        capabilities: std::sync::RwLock::new(crate::handlers::sys::Capabilities::fixed(
             serde_json::from_value(json!({
                 "protocol": {"versions": ["1.0", "1.1"], "current": "1.1", "envelope_v": 1},
                 "mqtt": {"protocol": "3.1.1"},
@@ -70,7 +70,7 @@ fn rig_full(
                 "storage": {"roots": []}, "families": {}, "methods": {}
             }))
             .unwrap(),
-        ),
+        )),
     });
     let d = Dispatcher::new(
         topics,

@@ -61,7 +61,7 @@ pub struct Handlers {
     /// Swapped with the storage on a reload (the methods and backends it reports change).
     pub info: std::sync::RwLock<sysm::InfoResult>,
     /// Swapped with the storage and config on a reload, like `info`.
-    pub capabilities: std::sync::RwLock<sysm::CapabilitiesResult>,
+    pub capabilities: std::sync::RwLock<sys::Capabilities>,
 }
 
 /// Every method answered with this storage configuration, sorted (reported by `sys.info`).

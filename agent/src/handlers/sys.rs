@@ -48,12 +48,60 @@ pub fn capabilities(h: &Handlers) -> MethodResult {
         .capabilities
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    MethodResult::Capabilities(Box::new(c.clone()))
+    MethodResult::Capabilities(Box::new(c.result()))
 }
 
-/// What `sys.capabilities` reports for this configuration and these storage families:
-/// built once at start and again on a reload, never per request.
+/// `sys.capabilities` for one configuration, but for its JSON Schemas: those are most of the
+/// reply (about 49 KB with every family, several hundred KB as `serde_json` values) and are
+/// generated on each call, so an agent that is never asked keeps none of them in memory. A
+/// console asks once per gateway, not per request.
+pub struct Capabilities {
+    /// Everything but `methods`.
+    base: CapabilitiesResult,
+    /// The methods served, whose schemas `result` generates.
+    methods: Vec<String>,
+}
+
+impl Capabilities {
+    /// Built at start and again on a reload, never per request.
+    pub fn new(cfg: &Config, storage: &Storage) -> Self {
+        Self {
+            base: capabilities_base(cfg, storage),
+            methods: super::methods(storage),
+        }
+    }
+
+    /// The whole reply, schemas included.
+    pub fn result(&self) -> CapabilitiesResult {
+        let mut r = self.base.clone();
+        r.methods = self
+            .methods
+            .iter()
+            .filter_map(|m| schema::describe(m).map(|d| (m.clone(), d)))
+            .collect();
+        r
+    }
+
+    /// Serves `result` as given (its `methods` are not regenerated): for tests that build
+    /// handlers without a configuration.
+    #[cfg(test)]
+    pub fn fixed(result: CapabilitiesResult) -> Self {
+        let methods = result.methods.keys().cloned().collect();
+        Self {
+            base: result,
+            methods,
+        }
+    }
+}
+
+/// What `sys.capabilities` reports for this configuration and these storage families.
+#[cfg(test)]
 pub fn capabilities_result(cfg: &Config, storage: &Storage) -> CapabilitiesResult {
+    Capabilities::new(cfg, storage).result()
+}
+
+/// Everything `sys.capabilities` reports but the methods' schemas (`methods` is empty).
+fn capabilities_base(cfg: &Config, storage: &Storage) -> CapabilitiesResult {
     let sec = &cfg.security;
     let families = storage
         .backends()
@@ -82,10 +130,6 @@ pub fn capabilities_result(cfg: &Config, storage: &Storage) -> CapabilitiesResul
             };
             (family, FamilyCaps { backend, options })
         })
-        .collect();
-    let methods = super::methods(storage)
-        .into_iter()
-        .filter_map(|m| schema::describe(&m).map(|d| (m, d)))
         .collect();
     let u = |n: usize| n as u64;
     CapabilitiesResult {
@@ -120,7 +164,7 @@ pub fn capabilities_result(cfg: &Config, storage: &Storage) -> CapabilitiesResul
                 .collect(),
         },
         families,
-        methods,
+        methods: BTreeMap::new(),
     }
 }
 
