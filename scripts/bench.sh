@@ -90,6 +90,19 @@ pipe_json=$("$csgctl" bench gw-bench --count "$pcount" --concurrency 64 --json)
 loaded_rss=$(rss_kb $agent_pid)
 kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true
 
+# The same two runs on MQTT 5 (agent and csgctl), same broker, right after: the comparison
+# holds only within one run of this script on one machine.
+sed -e 's/^url = .*$/&\nprotocol = "5"/' -e 's/^instance_id = .*$/instance_id = "gw-bench5"/' \
+  "$dir/agent.toml" >"$dir/agent5.toml"
+"$agent" --config "$dir/agent5.toml" 2>"$dir/agent5.log" &
+agent5_pid=$!
+pids+=($agent5_pid)
+CSG_MQTT_PROTOCOL=5 "$csgctl" call gw-bench5 sys.ping --timeout 15s >/dev/null
+sleep 2
+seq5_json=$(CSG_MQTT_PROTOCOL=5 "$csgctl" bench gw-bench5 --count "$count" --concurrency 1 --json)
+pipe5_json=$(CSG_MQTT_PROTOCOL=5 "$csgctl" bench gw-bench5 --count "$pcount" --concurrency 64 --json)
+kill "$agent5_pid"; wait "$agent5_pid" 2>/dev/null || true
+
 # The id memory: a fresh agent with the default limits, N reads.
 sed -e 's/^reply_cache_max = .*$//' -e 's/^instance_id = .*$/instance_id = "gw-mem"/' \
   "$dir/agent.toml" >"$dir/agent-mem.toml"
@@ -118,11 +131,12 @@ bin_size=$(stat -c %s "$agent")
 ctl_size=$(stat -c %s "$csgctl")
 
 python3 - "$seq_json" "$pipe_json" "$idle_rss" "$loaded_rss" "$bin_size" "$ctl_size" "$count" "$pcount" "$write" "$root/docs/performance.md" \
-  "$mcount" "$ping_json" "$ping_rss" "$mut_json" "$sim_idle_rss" "$sim_rss" <<'PY'
+  "$mcount" "$ping_json" "$ping_rss" "$mut_json" "$sim_idle_rss" "$sim_rss" "$seq5_json" "$pipe5_json" <<'PY'
 import json, sys, platform, datetime, os, subprocess
 seq, pipe = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 mcount, ping_mem, ping_rss = int(sys.argv[11]), json.loads(sys.argv[12]), int(sys.argv[13])
 mut, sim_idle, sim_rss = json.loads(sys.argv[14]), int(sys.argv[15]), int(sys.argv[16])
+seq5, pipe5 = json.loads(sys.argv[17]), json.loads(sys.argv[18])
 idle, loaded, size, ctl = (int(x) for x in sys.argv[3:7])
 count, pcount, write, out = int(sys.argv[7]), int(sys.argv[8]), sys.argv[9] == "1", sys.argv[10]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -135,6 +149,9 @@ rows = [
     ("pipelined throughput, 64 outstanding, QoS 1", f"{pipe['rps']:.0f} req/s", "≥ 25000 req/s"),
     ("pipelined p50 / p99", f"{pipe['p50_us']} / {pipe['p99_us']} µs", ""),
     ("errors / lost replies (both runs)", f"{seq['errors'] + pipe['errors']} / {seq['lost'] + pipe['lost']}", "0 / 0"),
+    ("MQTT 5: sys.ping round trip p50 / p99 (sequential)", f"{seq5['p50_us']} / {seq5['p99_us']} µs", "as MQTT 3.1.1"),
+    ("MQTT 5: pipelined throughput, 64 outstanding", f"{pipe5['rps']:.0f} req/s", "as MQTT 3.1.1"),
+    ("MQTT 5: errors / lost replies (both runs)", f"{seq5['errors'] + pipe5['errors']} / {seq5['lost'] + pipe5['lost']}", "0 / 0"),
     ("agent idle RSS", f"{idle / 1024:.1f} MiB", "≤ 8 MB"),
     ("agent RSS after the runs", f"{loaded / 1024:.1f} MiB", ""),
     (f"agent RSS after {mcount} sys.ping, default id memory ({ping_mem['errors']} errors)", f"{ping_rss / 1024:.1f} MiB", "≤ 11.4 MiB (12 MB)"),
@@ -158,6 +175,7 @@ if write:
         f"- machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}",
         f"- broker: {mosq}",
         f"- sequential: {count} requests, one outstanding; pipelined: {pcount} requests, 64 outstanding",
+        "- MQTT 3.1.1 unless a row says MQTT 5 (the same runs again, agent and csgctl on MQTT 5, right after)",
         f"- id memory: {mcount} sys.ping (64 outstanding) on a fresh agent; {mcount} nfs.export.update (16 outstanding) on one simulated agent",
         "",
         "| measure | value | target |",
