@@ -1,0 +1,1 @@
+//! The fleet: every gateway's live state, built from heartbeats and presence.

@@ -1,0 +1,11 @@
+//! csg-consoled: the console service. It keeps the fleet's live state from the gateways'
+//! heartbeats and presence, stores it (SQLite by default, PostgreSQL for several replicas), and
+//! serves it over HTTP.
+//!
+//! Layers, top to bottom; arrows point down only:
+//! - `fleet`: the live state of every gateway, from status messages (pure; no I/O), and the
+//!   ingest seam that feeds it (an MQTT shared subscription, or a message queue's consumer);
+//! - `store`: the one owner of SQL (a `Store` trait, with SQLite and PostgreSQL behind it).
+
+pub mod fleet;
+pub mod store;
