@@ -1,0 +1,531 @@
+//! The two engines. Their queries are the same text: sqlx's `QueryBuilder` writes each engine's
+//! placeholders, and the few differences (how a write transaction begins, the substring
+//! function, the pools) are the macro's arguments or the structs' own methods.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use csg_protocol::identity::{GroupId, InstanceId};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Postgres, QueryBuilder, Row, Sqlite, Transaction};
+
+use super::tokens::{groups_from_text, groups_to_text, scopes_from_text, scopes_to_text};
+use super::types::{decode_cursor, encode_cursor, fingerprint_of};
+use super::{
+    Engine, InstanceFilter, InstanceRow, NewToken, Page, PageLimit, Presence, PresenceEvent,
+    Region, Store, StoreError, StoreOptions, TokenHash, TokenName, TokenRecord,
+};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+const INSTANCE_COLUMNS: &str = "region, instance_id, group_id, presence, since_ms, reason, \
+     last_seen_ms, agent_version, heartbeat, storage, updated_ms";
+
+// Rows per INSERT statement: 11 binds each, well under SQLite's 32766 and PostgreSQL's 65535.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// SQLite: one file in WAL mode. Writes go through a pool of one connection and begin with
+/// `BEGIN IMMEDIATE`, so the write lock is taken at the start of a transaction (waiting up to
+/// the busy timeout for another process) rather than failing halfway through it; readers have
+/// their own read-only pool and never wait for the writer.
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let base = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode NORMAL loses at most the last transactions on power loss, never
+            // consistency; FULL would fsync every batch.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(options.busy_timeout)
+            .foreign_keys(true);
+        let name = base.get_filename().to_string_lossy();
+        if name.is_empty() || name.contains(":memory:") {
+            return Err(StoreError::Invalid(
+                "store url: SQLite needs a file (readers and the writer use separate connections)"
+                    .to_owned(),
+            ));
+        }
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(base.clone())
+            .await?;
+        SQLITE_MIGRATIONS.run(&write).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(SqliteStore { write, read })
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.read
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.write
+    }
+
+    async fn close_pools(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+}
+
+/// PostgreSQL: one pool. Several replicas may share the database; migrations take sqlx's
+/// advisory lock, so replicas starting together migrate once.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            // A connection may have died with a restarted server: check it before use, so a
+            // restart costs one failed attempt per connection at most, not a failed query.
+            .test_before_acquire(true)
+            .connect(url)
+            .await?;
+        PG_MIGRATIONS.run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn close_pools(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Other(format!("stored {what}: {err}"))
+}
+
+fn json_text(value: Option<&serde_json::Value>) -> Option<String> {
+    value.map(serde_json::Value::to_string)
+}
+
+fn json_value(what: &str, text: Option<String>) -> Result<Option<serde_json::Value>, StoreError> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(what, e)))
+        .transpose()
+}
+
+/// The newest row of each instance, in the order first seen: one statement may not touch a row
+/// twice (PostgreSQL refuses it), and the newest must win.
+fn newest_per_instance(rows: &[InstanceRow]) -> Vec<&InstanceRow> {
+    let mut at: HashMap<(&str, &str), usize> = HashMap::with_capacity(rows.len());
+    let mut out: Vec<&InstanceRow> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key = (row.region.as_str(), row.instance_id.as_str());
+        match at.get(&key) {
+            Some(&i) => {
+                if row.updated_ms >= out[i].updated_ms {
+                    out[i] = row;
+                }
+            }
+            None => {
+                at.insert(key, out.len());
+                out.push(row);
+            }
+        }
+    }
+    out
+}
+
+fn instance_from<R: Row>(row: &R) -> Result<InstanceRow, StoreError>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database>,
+{
+    Ok(InstanceRow {
+        region: Region::new(row.try_get::<String, _>("region")?)
+            .map_err(|e| corrupt("region", e))?,
+        instance_id: InstanceId::new(row.try_get::<String, _>("instance_id")?)
+            .map_err(|e| corrupt("instance id", e))?,
+        group_id: GroupId::new(row.try_get::<String, _>("group_id")?)
+            .map_err(|e| corrupt("group id", e))?,
+        presence: Presence::parse(&row.try_get::<String, _>("presence")?)
+            .map_err(|e| corrupt("presence", e))?,
+        since_ms: row.try_get("since_ms")?,
+        reason: row.try_get("reason")?,
+        last_seen_ms: row.try_get("last_seen_ms")?,
+        agent_version: row.try_get("agent_version")?,
+        heartbeat: json_value("heartbeat", row.try_get("heartbeat")?)?,
+        storage: json_value("storage", row.try_get("storage")?)?,
+        updated_ms: row.try_get("updated_ms")?,
+    })
+}
+
+fn event_from<R: Row>(row: &R) -> Result<(PresenceEvent, i64), StoreError>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database>,
+{
+    let event = PresenceEvent {
+        region: Region::new(row.try_get::<String, _>("region")?)
+            .map_err(|e| corrupt("region", e))?,
+        instance_id: InstanceId::new(row.try_get::<String, _>("instance_id")?)
+            .map_err(|e| corrupt("instance id", e))?,
+        state: Presence::parse(&row.try_get::<String, _>("state")?)
+            .map_err(|e| corrupt("presence", e))?,
+        reason: row.try_get("reason")?,
+        at_ms: row.try_get("at_ms")?,
+    };
+    Ok((event, row.try_get("id")?))
+}
+
+fn token_from<R: Row>(row: &R) -> Result<TokenRecord, StoreError>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database>,
+{
+    Ok(TokenRecord {
+        name: TokenName::new(row.try_get::<String, _>("name")?)
+            .map_err(|e| corrupt("token name", e))?,
+        scopes: scopes_from_text(&row.try_get::<String, _>("scopes")?)?,
+        groups: groups_from_text(&row.try_get::<String, _>("groups")?)?,
+        created_ms: row.try_get("created_ms")?,
+        revoked_ms: row.try_get("revoked_ms")?,
+    })
+}
+
+macro_rules! store_impl {
+    ($store:ty, $db:ty, $engine:expr, $substr:literal) => {
+        #[async_trait]
+        impl Store for $store {
+            fn engine(&self) -> Engine {
+                $engine
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(self.reader()).await?;
+                Ok(())
+            }
+
+            async fn upsert_instances(&self, rows: &[InstanceRow]) -> Result<(), StoreError> {
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let rows = newest_per_instance(rows);
+                let mut tx = self.begin_write().await?;
+                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                    let mut q: QueryBuilder<$db> =
+                        QueryBuilder::new(format!("INSERT INTO instances ({INSTANCE_COLUMNS}) "));
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.region.as_str())
+                            .push_bind(r.instance_id.as_str())
+                            .push_bind(r.group_id.as_str())
+                            .push_bind(r.presence.as_str())
+                            .push_bind(r.since_ms)
+                            .push_bind(r.reason.as_deref())
+                            .push_bind(r.last_seen_ms)
+                            .push_bind(r.agent_version.as_deref())
+                            .push_bind(json_text(r.heartbeat.as_ref()))
+                            .push_bind(json_text(r.storage.as_ref()))
+                            .push_bind(r.updated_ms);
+                    });
+                    q.push(
+                        " ON CONFLICT (region, instance_id) DO UPDATE SET \
+                         group_id = excluded.group_id, presence = excluded.presence, \
+                         since_ms = excluded.since_ms, reason = excluded.reason, \
+                         last_seen_ms = excluded.last_seen_ms, \
+                         agent_version = excluded.agent_version, \
+                         heartbeat = excluded.heartbeat, storage = excluded.storage, \
+                         updated_ms = excluded.updated_ms \
+                         WHERE instances.updated_ms <= excluded.updated_ms",
+                    );
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_instance(
+                &self,
+                region: &Region,
+                id: &InstanceId,
+            ) -> Result<Option<InstanceRow>, StoreError> {
+                let mut q: QueryBuilder<$db> = QueryBuilder::new(format!(
+                    "SELECT {INSTANCE_COLUMNS} FROM instances WHERE region = "
+                ));
+                q.push_bind(region.as_str())
+                    .push(" AND instance_id = ")
+                    .push_bind(id.as_str());
+                let row = q.build().fetch_optional(self.reader()).await?;
+                row.as_ref().map(instance_from).transpose()
+            }
+
+            async fn list_instances(
+                &self,
+                filter: &InstanceFilter,
+                limit: PageLimit,
+                cursor: Option<&str>,
+            ) -> Result<Page<InstanceRow>, StoreError> {
+                filter.check()?;
+                let fingerprint = filter.fingerprint();
+                let after: Option<(String, String)> =
+                    cursor.map(|c| decode_cursor(c, &fingerprint)).transpose()?;
+                let mut q: QueryBuilder<$db> = QueryBuilder::new(format!(
+                    "SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1"
+                ));
+                if let Some(region) = &filter.region {
+                    q.push(" AND region = ").push_bind(region.as_str());
+                }
+                if let Some(presence) = filter.presence {
+                    q.push(" AND presence = ").push_bind(presence.as_str());
+                }
+                if !filter.groups.is_empty() {
+                    q.push(" AND group_id IN (");
+                    let mut list = q.separated(", ");
+                    for g in &filter.groups {
+                        list.push_bind(g.as_str());
+                    }
+                    list.push_unseparated(")");
+                }
+                if let Some(version) = &filter.version {
+                    q.push(" AND agent_version = ").push_bind(version.as_str());
+                }
+                if !filter.ids.is_empty() {
+                    q.push(" AND instance_id IN (");
+                    let mut list = q.separated(", ");
+                    for id in &filter.ids {
+                        list.push_bind(id.as_str());
+                    }
+                    list.push_unseparated(")");
+                }
+                if let Some(text) = &filter.q {
+                    q.push(concat!(" AND ", $substr, "(instance_id, "))
+                        .push_bind(text.as_str())
+                        .push(") > 0");
+                }
+                // Keyset paging: the primary key's index finds where the page starts, so page
+                // 1000 costs what page 1 does (OFFSET would read and drop every row before it).
+                if let Some((region, id)) = after {
+                    q.push(" AND (region, instance_id) > (")
+                        .push_bind(region)
+                        .push(", ")
+                        .push_bind(id)
+                        .push(")");
+                }
+                q.push(" ORDER BY region, instance_id LIMIT ")
+                    .push_bind(i64::from(limit.get()) + 1);
+                let rows = q.build().fetch_all(self.reader()).await?;
+                let mut items = rows
+                    .iter()
+                    .map(instance_from)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let next_cursor = if items.len() > limit.get() as usize {
+                    items.truncate(limit.get() as usize);
+                    items.last().map(|last| {
+                        encode_cursor(
+                            &fingerprint,
+                            (last.region.as_str(), last.instance_id.as_str()),
+                        )
+                    })
+                } else {
+                    None
+                };
+                Ok(Page { items, next_cursor })
+            }
+
+            async fn record_presence_events(
+                &self,
+                events: &[PresenceEvent],
+            ) -> Result<(), StoreError> {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write().await?;
+                for chunk in events.chunks(ROWS_PER_STATEMENT) {
+                    let mut q: QueryBuilder<$db> = QueryBuilder::new(
+                        "INSERT INTO presence_events (region, instance_id, state, reason, at_ms) ",
+                    );
+                    q.push_values(chunk, |mut b, e| {
+                        b.push_bind(e.region.as_str())
+                            .push_bind(e.instance_id.as_str())
+                            .push_bind(e.state.as_str())
+                            .push_bind(e.reason.as_deref())
+                            .push_bind(e.at_ms);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_presence_events(
+                &self,
+                region: &Region,
+                id: &InstanceId,
+                limit: PageLimit,
+                cursor: Option<&str>,
+            ) -> Result<Page<PresenceEvent>, StoreError> {
+                let fingerprint = fingerprint_of(&("presence_events", region, id));
+                let before: Option<(i64, i64)> =
+                    cursor.map(|c| decode_cursor(c, &fingerprint)).transpose()?;
+                let mut q: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT id, region, instance_id, state, reason, at_ms FROM presence_events \
+                     WHERE region = ",
+                );
+                q.push_bind(region.as_str())
+                    .push(" AND instance_id = ")
+                    .push_bind(id.as_str());
+                if let Some((at_ms, event_id)) = before {
+                    q.push(" AND (at_ms, id) < (")
+                        .push_bind(at_ms)
+                        .push(", ")
+                        .push_bind(event_id)
+                        .push(")");
+                }
+                q.push(" ORDER BY at_ms DESC, id DESC LIMIT ")
+                    .push_bind(i64::from(limit.get()) + 1);
+                let rows = q.build().fetch_all(self.reader()).await?;
+                let mut items = rows.iter().map(event_from).collect::<Result<Vec<_>, _>>()?;
+                let next_cursor = if items.len() > limit.get() as usize {
+                    items.truncate(limit.get() as usize);
+                    items
+                        .last()
+                        .map(|(e, event_id)| encode_cursor(&fingerprint, (e.at_ms, *event_id)))
+                } else {
+                    None
+                };
+                Ok(Page {
+                    items: items.into_iter().map(|(e, _)| e).collect(),
+                    next_cursor,
+                })
+            }
+
+            async fn create_token(&self, token: &NewToken) -> Result<TokenRecord, StoreError> {
+                if token.scopes.is_empty() {
+                    return Err(StoreError::Invalid("a token needs a scope".to_owned()));
+                }
+                let mut q: QueryBuilder<$db> = QueryBuilder::new(
+                    "INSERT INTO tokens (name, secret_hash, scopes, groups, created_ms) ",
+                );
+                q.push_values([token], |mut b, t| {
+                    b.push_bind(t.name.as_str())
+                        .push_bind(t.hash.as_bytes().to_vec())
+                        .push_bind(scopes_to_text(&t.scopes))
+                        .push_bind(groups_to_text(&t.groups))
+                        .push_bind(t.created_ms);
+                });
+                q.build().execute(self.writer()).await?;
+                Ok(TokenRecord {
+                    name: token.name.clone(),
+                    scopes: scopes_from_text(&scopes_to_text(&token.scopes))?,
+                    groups: token.groups.clone(),
+                    created_ms: token.created_ms,
+                    revoked_ms: None,
+                })
+            }
+
+            async fn find_token(
+                &self,
+                hash: &TokenHash,
+            ) -> Result<Option<TokenRecord>, StoreError> {
+                let mut q: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT name, scopes, groups, created_ms, revoked_ms FROM tokens \
+                     WHERE revoked_ms IS NULL AND secret_hash = ",
+                );
+                q.push_bind(hash.as_bytes().to_vec());
+                let row = q.build().fetch_optional(self.reader()).await?;
+                row.as_ref().map(token_from).transpose()
+            }
+
+            async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT name, scopes, groups, created_ms, revoked_ms FROM tokens ORDER BY name",
+                )
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(token_from).collect()
+            }
+
+            async fn revoke_token(
+                &self,
+                name: &TokenName,
+                now_ms: i64,
+            ) -> Result<bool, StoreError> {
+                let mut q: QueryBuilder<$db> = QueryBuilder::new("UPDATE tokens SET revoked_ms = ");
+                q.push_bind(now_ms)
+                    .push(" WHERE revoked_ms IS NULL AND name = ")
+                    .push_bind(name.as_str());
+                let done = q.build().execute(self.writer()).await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn close(&self) {
+                self.close_pools().await;
+            }
+        }
+    };
+}
+
+store_impl!(SqliteStore, Sqlite, Engine::Sqlite, "instr");
+store_impl!(PgStore, Postgres, Engine::Postgres, "strpos");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, updated_ms: i64) -> InstanceRow {
+        InstanceRow {
+            region: Region::new("r1").unwrap(),
+            instance_id: InstanceId::new(id).unwrap(),
+            group_id: GroupId::new("GID_x").unwrap(),
+            presence: Presence::Online,
+            since_ms: 0,
+            reason: None,
+            last_seen_ms: None,
+            agent_version: None,
+            heartbeat: None,
+            storage: None,
+            updated_ms,
+        }
+    }
+
+    #[test]
+    fn newest_row_of_an_instance_wins_within_a_batch() {
+        let rows = [row("a", 5), row("b", 1), row("a", 3), row("a", 7)];
+        let out = newest_per_instance(&rows);
+        let got: Vec<_> = out
+            .iter()
+            .map(|r| (r.instance_id.as_str(), r.updated_ms))
+            .collect();
+        assert_eq!(got, vec![("a", 7), ("b", 1)]);
+    }
+}
