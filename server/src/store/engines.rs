@@ -48,8 +48,8 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(options.busy_timeout)
             .foreign_keys(true);
-        let name = base.get_filename().to_string_lossy();
-        if name.is_empty() || name.contains(":memory:") {
+        // sqlx names an in-memory database with a generated file URI, so look at the URL.
+        if url.contains(":memory:") || url.contains("mode=memory") {
             return Err(StoreError::Invalid(
                 "store url: SQLite needs a file (readers and the writer use separate connections)"
                     .to_owned(),

@@ -1,0 +1,692 @@
+//! The store against both engines: every test function runs on SQLite (a file in a temporary
+//! directory) and on a real PostgreSQL started for the test.
+
+// Helpers outside #[test] functions unwrap too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::PgServer;
+use csg_consoled::store::{
+    self, InstanceFilter, InstanceRow, NewToken, PageLimit, Presence, PresenceEvent, Region, Scope,
+    Store, StoreError, StoreOptions, TokenHash, TokenName, TokenSecret,
+};
+use csg_protocol::identity::{GroupId, InstanceId};
+use serde_json::json;
+
+enum Backing {
+    Sqlite(tempfile::TempDir),
+    Postgres(PgServer),
+}
+
+struct Fixture {
+    url: String,
+    store: Arc<dyn Store>,
+    backing: Backing,
+}
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        acquire_timeout: Duration::from_secs(2),
+        ..StoreOptions::default()
+    }
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("console.db").display());
+    let store = store::open_with(&url, &options()).await.unwrap();
+    Fixture {
+        url,
+        store,
+        backing: Backing::Sqlite(dir),
+    }
+}
+
+async fn postgres() -> Fixture {
+    let server = tokio::task::spawn_blocking(PgServer::start)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("PostgreSQL did not start: {e}"));
+    let url = server.url();
+    let store = store::open_with(&url, &options()).await.unwrap();
+    Fixture {
+        url,
+        store,
+        backing: Backing::Postgres(server),
+    }
+}
+
+/// Generates `<name>::sqlite` and `<name>::postgres` from one `async fn name(&mut Fixture)`.
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let mut fx = super::sqlite().await;
+                super::$name(&mut fx).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let mut fx = super::postgres().await;
+                super::$name(&mut fx).await;
+            }
+        }
+    )*};
+}
+
+both_engines!(
+    migrations_are_idempotent,
+    upsert_then_read_back,
+    keyset_paging_returns_each_row_once_under_every_filter,
+    cursor_from_another_filter_is_refused,
+    presence_events_newest_first,
+    tokens_store_only_a_hash,
+    bulk_upsert_of_10k_rows,
+);
+
+fn region(s: &str) -> Region {
+    Region::new(s).unwrap()
+}
+
+fn instance(r: &str, id: &str, updated_ms: i64) -> InstanceRow {
+    InstanceRow {
+        region: region(r),
+        instance_id: InstanceId::new(id).unwrap(),
+        group_id: GroupId::new("GID_csg").unwrap(),
+        presence: Presence::Online,
+        since_ms: 1_000,
+        reason: None,
+        last_seen_ms: Some(updated_ms),
+        agent_version: Some("0.1.0".to_owned()),
+        heartbeat: Some(json!({"seq": updated_ms, "load": [0.5, 0.25]})),
+        storage: Some(json!({"nfs": 2, "smb": 1, "iscsi": 0})),
+        updated_ms,
+    }
+}
+
+fn limit(n: u32) -> PageLimit {
+    PageLimit::new(n).unwrap()
+}
+
+async fn migrations_are_idempotent(fx: &mut Fixture) {
+    fx.store
+        .upsert_instances(&[instance("cn-hangzhou", "gw-1", 10)])
+        .await
+        .unwrap();
+    // Twice more on the same database: the second and third find nothing to do.
+    for _ in 0..2 {
+        let again = store::open_with(&fx.url, &options()).await.unwrap();
+        again.ping().await.unwrap();
+        let got = again
+            .get_instance(&region("cn-hangzhou"), &InstanceId::new("gw-1").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(got, Some(instance("cn-hangzhou", "gw-1", 10)));
+        again.close().await;
+    }
+}
+
+async fn upsert_then_read_back(fx: &mut Fixture) {
+    let s = &fx.store;
+    let mut offline = instance("cn-shanghai", "gw-b", 20);
+    offline.presence = Presence::Offline;
+    offline.reason = Some("will".to_owned());
+    offline.heartbeat = None;
+    // One batch, with gw-a twice: the newer row wins.
+    s.upsert_instances(&[
+        instance("cn-hangzhou", "gw-a", 30),
+        offline.clone(),
+        instance("cn-hangzhou", "gw-a", 10),
+    ])
+    .await
+    .unwrap();
+    let a = InstanceId::new("gw-a").unwrap();
+    let b = InstanceId::new("gw-b").unwrap();
+    assert_eq!(
+        s.get_instance(&region("cn-hangzhou"), &a).await.unwrap(),
+        Some(instance("cn-hangzhou", "gw-a", 30))
+    );
+    assert_eq!(
+        s.get_instance(&region("cn-shanghai"), &b).await.unwrap(),
+        Some(offline.clone())
+    );
+    // The same id in another region is another instance.
+    assert_eq!(
+        s.get_instance(&region("cn-shanghai"), &a).await.unwrap(),
+        None
+    );
+
+    // A later batch updates; an older row (another replica, late) changes nothing.
+    let mut newer = instance("cn-hangzhou", "gw-a", 40);
+    newer.agent_version = Some("0.2.0".to_owned());
+    s.upsert_instances(&[newer.clone()]).await.unwrap();
+    s.upsert_instances(&[instance("cn-hangzhou", "gw-a", 35)])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_instance(&region("cn-hangzhou"), &a).await.unwrap(),
+        Some(newer)
+    );
+    s.upsert_instances(&[]).await.unwrap();
+}
+
+fn fleet() -> Vec<InstanceRow> {
+    let groups = ["GID_a", "GID_b", "GID_c"];
+    let versions = ["0.1.0", "0.2.0"];
+    let presences = [Presence::Online, Presence::Stale, Presence::Offline];
+    (0..1000)
+        .map(|i| {
+            let r = if i % 2 == 0 {
+                "cn-hangzhou"
+            } else {
+                "cn-shanghai"
+            };
+            let mut row = instance(r, &format!("gw-{:04}", (i * 7919) % 1000), 100 + i);
+            row.group_id = GroupId::new(groups[(i % 3) as usize]).unwrap();
+            row.agent_version = Some(versions[(i % 5 % 2) as usize].to_owned());
+            row.presence = presences[(i % 7 % 3) as usize];
+            row
+        })
+        .collect()
+}
+
+fn filters() -> Vec<InstanceFilter> {
+    let ids: Vec<InstanceId> = (0..1000)
+        .step_by(6)
+        .map(|i| InstanceId::new(format!("gw-{i:04}")).unwrap())
+        .collect();
+    vec![
+        InstanceFilter::default(),
+        InstanceFilter {
+            region: Some(region("cn-shanghai")),
+            ..Default::default()
+        },
+        InstanceFilter {
+            presence: Some(Presence::Stale),
+            ..Default::default()
+        },
+        InstanceFilter {
+            groups: vec![GroupId::new("GID_b").unwrap()],
+            ..Default::default()
+        },
+        InstanceFilter {
+            groups: vec![
+                GroupId::new("GID_c").unwrap(),
+                GroupId::new("GID_a").unwrap(),
+            ],
+            ..Default::default()
+        },
+        InstanceFilter {
+            version: Some("0.2.0".to_owned()),
+            ..Default::default()
+        },
+        InstanceFilter {
+            ids: ids.clone(),
+            ..Default::default()
+        },
+        InstanceFilter {
+            q: Some("-01".to_owned()),
+            ..Default::default()
+        },
+        InstanceFilter {
+            q: Some("7".to_owned()),
+            ..Default::default()
+        },
+        InstanceFilter {
+            region: Some(region("cn-hangzhou")),
+            presence: Some(Presence::Online),
+            groups: vec![GroupId::new("GID_a").unwrap()],
+            version: Some("0.1.0".to_owned()),
+            ids,
+            q: Some("2".to_owned()),
+        },
+    ]
+}
+
+fn matches(f: &InstanceFilter, r: &InstanceRow) -> bool {
+    f.region.as_ref().is_none_or(|x| *x == r.region)
+        && f.presence.is_none_or(|p| p == r.presence)
+        && (f.groups.is_empty() || f.groups.contains(&r.group_id))
+        && f.version
+            .as_ref()
+            .is_none_or(|v| Some(v) == r.agent_version.as_ref())
+        && (f.ids.is_empty() || f.ids.contains(&r.instance_id))
+        && f.q
+            .as_ref()
+            .is_none_or(|q| r.instance_id.as_str().contains(q.as_str()))
+}
+
+async fn keyset_paging_returns_each_row_once_under_every_filter(fx: &mut Fixture) {
+    let rows = fleet();
+    fx.store.upsert_instances(&rows).await.unwrap();
+    for filter in filters() {
+        let mut expected: Vec<(String, String)> = rows
+            .iter()
+            .filter(|r| matches(&filter, r))
+            .map(|r| (r.region.to_string(), r.instance_id.to_string()))
+            .collect();
+        expected.sort();
+        assert!(!expected.is_empty(), "filter selects nothing: {filter:?}");
+        let mut got = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let page = fx
+                .store
+                .list_instances(&filter, limit(37), cursor.as_deref())
+                .await
+                .unwrap();
+            assert!(page.items.len() <= 37);
+            got.extend(
+                page.items
+                    .iter()
+                    .map(|r| (r.region.to_string(), r.instance_id.to_string())),
+            );
+            pages += 1;
+            assert!(pages <= 1000 / 37 + 2, "paging does not end: {filter:?}");
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(got, expected, "filter {filter:?}");
+    }
+}
+
+async fn cursor_from_another_filter_is_refused(fx: &mut Fixture) {
+    fx.store.upsert_instances(&fleet()).await.unwrap();
+    let online = InstanceFilter {
+        presence: Some(Presence::Online),
+        ..Default::default()
+    };
+    let page = fx
+        .store
+        .list_instances(&online, limit(10), None)
+        .await
+        .unwrap();
+    let cursor = page.next_cursor.unwrap();
+    let offline = InstanceFilter {
+        presence: Some(Presence::Offline),
+        ..Default::default()
+    };
+    let err = fx
+        .store
+        .list_instances(&offline, limit(10), Some(&cursor))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    // The same filter takes it, whatever the page size.
+    fx.store
+        .list_instances(&online, limit(500), Some(&cursor))
+        .await
+        .unwrap();
+    for garbage in ["", "x", "eyJmIjoiYSIsImsiOjF9", &"A".repeat(5000)] {
+        let err = fx
+            .store
+            .list_instances(&online, limit(10), Some(garbage))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{garbage}: {err:?}");
+    }
+    assert!(PageLimit::new(0).is_err());
+    assert!(PageLimit::new(1001).is_err());
+}
+
+async fn presence_events_newest_first(fx: &mut Fixture) {
+    let id = InstanceId::new("gw-ev").unwrap();
+    let other = InstanceId::new("gw-other").unwrap();
+    let states = [Presence::Online, Presence::Stale, Presence::Offline];
+    let mut events: Vec<PresenceEvent> = (0..25)
+        .map(|i| PresenceEvent {
+            region: region("cn-hangzhou"),
+            instance_id: id.clone(),
+            state: states[i % 3],
+            reason: Some(format!("r{i}")),
+            // Pairs share a time: the order within one comes from insertion.
+            at_ms: 1_000 + (i as i64 / 2),
+        })
+        .collect();
+    events.push(PresenceEvent {
+        region: region("cn-hangzhou"),
+        instance_id: other.clone(),
+        state: Presence::Online,
+        reason: None,
+        at_ms: 5_000,
+    });
+    fx.store.record_presence_events(&events).await.unwrap();
+    let mut got = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = fx
+            .store
+            .list_presence_events(&region("cn-hangzhou"), &id, limit(10), cursor.as_deref())
+            .await
+            .unwrap();
+        got.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let mut expected: Vec<PresenceEvent> = events[..25].to_vec();
+    expected.reverse();
+    assert_eq!(got, expected);
+    // A cursor of one instance's events is refused for another's.
+    let first = fx
+        .store
+        .list_presence_events(&region("cn-hangzhou"), &id, limit(5), None)
+        .await
+        .unwrap();
+    let err = fx
+        .store
+        .list_presence_events(
+            &region("cn-hangzhou"),
+            &other,
+            limit(5),
+            first.next_cursor.as_deref(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+}
+
+async fn tokens_store_only_a_hash(fx: &mut Fixture) {
+    let s = &fx.store;
+    let secret = TokenSecret::generate().unwrap();
+    let token = NewToken {
+        name: TokenName::new("ops").unwrap(),
+        hash: secret.hash(),
+        scopes: vec![Scope::Operate, Scope::Audit],
+        groups: vec![GroupId::new("GID_a").unwrap()],
+        created_ms: 1_000,
+    };
+    let created = s.create_token(&token).await.unwrap();
+    assert_eq!(created.scopes, vec![Scope::Operate, Scope::Audit]);
+    let found = s
+        .find_token(&TokenHash::of(secret.expose()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found, created);
+    assert_eq!(
+        s.find_token(&TokenHash::of("csgc_wrong")).await.unwrap(),
+        None
+    );
+
+    // The name is unique; so is the secret.
+    let err = s.create_token(&token).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let mut same_secret = token.clone();
+    same_secret.name = TokenName::new("ops2").unwrap();
+    let err = s.create_token(&same_secret).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+    let reader = TokenSecret::generate().unwrap();
+    s.create_token(&NewToken {
+        name: TokenName::new("dashboard").unwrap(),
+        hash: reader.hash(),
+        scopes: vec![Scope::Read],
+        groups: vec![],
+        created_ms: 2_000,
+    })
+    .await
+    .unwrap();
+    let names: Vec<String> = s
+        .list_tokens()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert_eq!(names, ["dashboard", "ops"]);
+
+    // The plaintext is nowhere in the database; its hash is.
+    let plain = secret.expose().to_owned();
+    let random_part = plain["csgc_".len()..].to_owned();
+    let hash_hex: String = secret
+        .hash()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    match &fx.backing {
+        Backing::Sqlite(dir) => {
+            let conn_url = fx.url.clone();
+            let mut conn: sqlx::SqliteConnection =
+                sqlx::Connection::connect(&conn_url).await.unwrap();
+            let dump: String = sqlx::query_scalar(
+                "SELECT group_concat(name || ' ' || hex(secret_hash) || ' ' || scopes || ' ' || \
+                 groups, '|') FROM tokens",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert!(dump.to_lowercase().contains(&hash_hex), "{dump}");
+            assert!(!dump.contains(&random_part));
+            // And not in the file's bytes either (the database, its WAL).
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+                assert!(!bytes
+                    .windows(random_part.len())
+                    .any(|w| w == random_part.as_bytes()));
+            }
+        }
+        Backing::Postgres(server) => {
+            let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&fx.url).await.unwrap();
+            let dump: String = sqlx::query_scalar("SELECT string_agg(t::text, '|') FROM tokens t")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert!(dump.contains(&hash_hex), "{dump}");
+            assert!(!dump.contains(&random_part));
+            sqlx::query("CHECKPOINT").execute(&mut conn).await.unwrap();
+            let mut stack = vec![server.data_dir()];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(dir).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if let Ok(bytes) = std::fs::read(&path) {
+                        assert!(
+                            !bytes
+                                .windows(random_part.len())
+                                .any(|w| w == random_part.as_bytes()),
+                            "plaintext in {}",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // Revoked: no longer found, listed with its time; revoking twice does nothing.
+    assert!(s
+        .revoke_token(&TokenName::new("ops").unwrap(), 9_000)
+        .await
+        .unwrap());
+    assert!(!s
+        .revoke_token(&TokenName::new("ops").unwrap(), 9_500)
+        .await
+        .unwrap());
+    assert!(!s
+        .revoke_token(&TokenName::new("nobody").unwrap(), 9_500)
+        .await
+        .unwrap());
+    assert_eq!(s.find_token(&secret.hash()).await.unwrap(), None);
+    let ops = s
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name.as_str() == "ops")
+        .unwrap();
+    assert_eq!(ops.revoked_ms, Some(9_000));
+}
+
+async fn bulk_upsert_of_10k_rows(fx: &mut Fixture) {
+    let rows: Vec<InstanceRow> = (0..10_000)
+        .map(|i| instance("cn-hangzhou", &format!("gw-{i:05}"), 1_000 + i))
+        .collect();
+    let started = Instant::now();
+    fx.store.upsert_instances(&rows).await.unwrap();
+    let insert = started.elapsed();
+    let updated: Vec<InstanceRow> = rows
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.updated_ms += 1;
+            r
+        })
+        .collect();
+    let started = Instant::now();
+    fx.store.upsert_instances(&updated).await.unwrap();
+    let update = started.elapsed();
+    // A deep page costs what the first one does.
+    let all = InstanceFilter::default();
+    let first = fx
+        .store
+        .list_instances(&all, limit(100), None)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut cursor = first.next_cursor;
+    let mut n = first.items.len();
+    while let Some(c) = cursor {
+        let page = fx
+            .store
+            .list_instances(&all, limit(100), Some(&c))
+            .await
+            .unwrap();
+        n += page.items.len();
+        cursor = page.next_cursor;
+    }
+    let paging = started.elapsed();
+    assert_eq!(n, 10_000);
+    let last = fx
+        .store
+        .get_instance(
+            &region("cn-hangzhou"),
+            &InstanceId::new("gw-09999").unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.updated_ms, 1_000 + 9_999 + 1);
+    println!(
+        "{:?}: 10k rows inserted in {insert:?}, updated in {update:?}; 100 pages of 100 in {paging:?}",
+        fx.store.engine()
+    );
+}
+
+/// PostgreSQL killed: every operation says `Unavailable` (within the acquire timeout), and the
+/// same store works again once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_killed_is_unavailable_and_restarted_works_again() {
+    let mut fx = postgres().await;
+    fx.store
+        .upsert_instances(&[instance("cn-hangzhou", "gw-1", 10)])
+        .await
+        .unwrap();
+    let Backing::Postgres(server) = &mut fx.backing else {
+        unreachable!()
+    };
+    server.kill();
+    let started = Instant::now();
+    let err = fx.store.ping().await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    let err = fx
+        .store
+        .upsert_instances(&[instance("cn-hangzhou", "gw-2", 20)])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    let err = fx
+        .store
+        .list_instances(&InstanceFilter::default(), limit(10), None)
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    let err = fx.store.find_token(&TokenHash::of("x")).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "unavailability took {:?} to report",
+        started.elapsed()
+    );
+    // Opening a store while the server is down is unavailable too, not a crash.
+    let Err(err) = store::open_with(&fx.url, &options()).await else {
+        panic!("opened a store on a dead server")
+    };
+    assert!(err.is_unavailable(), "{err:?}");
+
+    let Backing::Postgres(mut server) = std::mem::replace(
+        &mut fx.backing,
+        Backing::Sqlite(tempfile::tempdir().unwrap()),
+    ) else {
+        unreachable!()
+    };
+    let server = tokio::task::spawn_blocking(move || server.restart().map(|()| server))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("PostgreSQL did not restart: {e}"));
+    fx.backing = Backing::Postgres(server);
+
+    fx.store.ping().await.unwrap();
+    fx.store
+        .upsert_instances(&[instance("cn-hangzhou", "gw-2", 20)])
+        .await
+        .unwrap();
+    let page = fx
+        .store
+        .list_instances(&InstanceFilter::default(), limit(10), None)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
+}
+
+/// SQLite held by another writer past the busy timeout: `Unavailable`, and the store writes again
+/// once the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locked_by_another_writer_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("console.db").display());
+    let opts = StoreOptions {
+        busy_timeout: Duration::from_millis(300),
+        ..options()
+    };
+    let s = store::open_with(&url, &opts).await.unwrap();
+    let mut other: sqlx::SqliteConnection = sqlx::Connection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let err = s
+        .upsert_instances(&[instance("cn-hangzhou", "gw-1", 10)])
+        .await
+        .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    // Readers are not blocked by a writer (WAL).
+    s.list_instances(&InstanceFilter::default(), limit(10), None)
+        .await
+        .unwrap();
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    s.upsert_instances(&[instance("cn-hangzhou", "gw-1", 10)])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_and_unknown_urls_are_refused() {
+    for url in ["sqlite::memory:", "mysql://localhost/db", "console.db"] {
+        match store::open(url).await {
+            Ok(_) => panic!("{url} opened"),
+            Err(e) => assert!(matches!(e, StoreError::Invalid(_)), "{url}: {e:?}"),
+        }
+    }
+}
