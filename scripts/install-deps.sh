@@ -81,9 +81,11 @@ fi
 # the scripts; the openssl command computes the Alibaba signature in the TLS tests
 # independently of the agent's own code; iproute2 (ip netns, veth) and nftables (nft) break
 # the agent's link to the broker in the network fault tests.
+# postgresql: the console store's tests run a private server from its binaries
+# (/usr/lib/postgresql/*/bin: initdb in a temporary directory, a loopback port).
 # socat forwards the broker into the kernel storage test's guest (qemu: below).
 storage_pkgs=(samba smbclient tgt nfs-ganesha nfs-ganesha-vfs libnfs-utils libiscsi-bin dbus nfs-kernel-server
-    lintian rpm systemd python3 debootstrap systemd-container openssl iproute2 nftables socat)
+    lintian rpm systemd python3 debootstrap systemd-container openssl iproute2 nftables socat postgresql)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${storage_pkgs[@]}"; do
@@ -115,7 +117,7 @@ command -v qemu-img >/dev/null 2>&1 || { log "qemu-img missing after installing 
 
 # The packages start system daemons where an init system runs; the tests start private ones
 # on their own ports and sockets. Stop the system ones so they hold no port or lock.
-for svc in smbd nmbd samba-ad-dc tgt nfs-ganesha nfs-kernel-server; do
+for svc in smbd nmbd samba-ad-dc tgt nfs-ganesha nfs-kernel-server postgresql; do
     if command -v systemctl >/dev/null 2>&1; then
         as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
     fi
