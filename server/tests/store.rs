@@ -89,6 +89,21 @@ both_engines!(
     bulk_upsert_of_10k_rows,
 );
 
+/// The URL of a second, empty database beside the fixture's.
+async fn fresh_database(fx: &Fixture) -> String {
+    match &fx.backing {
+        Backing::Sqlite(dir) => format!("sqlite://{}", dir.path().join("fresh.db").display()),
+        Backing::Postgres(server) => {
+            let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&fx.url).await.unwrap();
+            sqlx::query("CREATE DATABASE fresh")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            server.url().replace("/postgres", "/fresh")
+        }
+    }
+}
+
 fn region(s: &str) -> Region {
     Region::new(s).unwrap()
 }
@@ -118,7 +133,26 @@ async fn migrations_are_idempotent(fx: &mut Fixture) {
         .upsert_instances(&[instance("cn-hangzhou", "gw-1", 10)])
         .await
         .unwrap();
-    // Twice more on the same database: the second and third find nothing to do.
+    // A fresh database opened by two at once, as replicas starting together (or `token create`
+    // beside a service starting for the first time): both end up migrated, neither fails.
+    let fresh = fresh_database(fx).await;
+    let opts = options();
+    let (a, b) = tokio::join!(
+        store::open_with(&fresh, &opts),
+        store::open_with(&fresh, &opts)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    a.upsert_instances(&[instance("cn-hangzhou", "gw-1", 10)])
+        .await
+        .unwrap();
+    assert!(b
+        .get_instance(&region("cn-hangzhou"), &InstanceId::new("gw-1").unwrap())
+        .await
+        .unwrap()
+        .is_some());
+    a.close().await;
+    b.close().await;
+    // Twice more on the same database: each finds nothing to do.
     for _ in 0..2 {
         let again = store::open_with(&fx.url, &options()).await.unwrap();
         again.ping().await.unwrap();
@@ -687,6 +721,33 @@ async fn in_memory_sqlite_and_unknown_urls_are_refused() {
         match store::open(url).await {
             Ok(_) => panic!("{url} opened"),
             Err(e) => assert!(matches!(e, StoreError::Invalid(_)), "{url}: {e:?}"),
+        }
+    }
+}
+
+/// SQLite migrations take no lock: several stores opening one new file at once must still all
+/// open (the losers of the race find the schema applied on their second look).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_new_file_opened_by_several_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..20 {
+        let url = format!(
+            "sqlite://{}",
+            dir.path().join(format!("{round}.db")).display()
+        );
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { store::open_with(&url, &options()).await })
+            })
+            .collect();
+        for open in opens {
+            let s = open
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            s.ping().await.unwrap();
+            s.close().await;
         }
     }
 }

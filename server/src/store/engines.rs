@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use csg_protocol::identity::{GroupId, InstanceId};
@@ -55,18 +56,44 @@ impl SqliteStore {
                     .to_owned(),
             ));
         }
-        let write = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(options.acquire_timeout)
-            .connect_with(base.clone())
-            .await?;
-        SQLITE_MIGRATIONS.run(&write).await?;
+        // Another process creating the same new file may hold it locked for the moment it
+        // takes to switch it to WAL, and SQLite then refuses at once rather than waiting out
+        // the busy timeout: try again until that timeout has passed.
+        let deadline = Instant::now() + options.busy_timeout;
+        let write = loop {
+            match Self::open_writer(&base, options).await {
+                Ok(pool) => break pool,
+                Err(e) if e.is_unavailable() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let read = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
             .connect_with(base.read_only(true))
             .await?;
         Ok(SqliteStore { write, read })
+    }
+
+    async fn open_writer(
+        base: &SqliteConnectOptions,
+        options: &StoreOptions,
+    ) -> Result<SqlitePool, StoreError> {
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(base.clone())
+            .await?;
+        // sqlx takes no lock to migrate SQLite: two processes opening a new file together both
+        // find a migration missing, and the second to apply it fails ("table already exists")
+        // after the first committed. Its transaction rolled back, so running again finds the
+        // migration applied and does nothing; a second failure is a real one.
+        if SQLITE_MIGRATIONS.run(&write).await.is_err() {
+            SQLITE_MIGRATIONS.run(&write).await?;
+        }
+        Ok(write)
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {

@@ -44,10 +44,11 @@ impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         use sqlx::Error as E;
         match &err {
-            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
+            // A server that died mid-message leaves a protocol error, not an I/O one. TLS
+            // errors are not here: a refused certificate stays refused however often retried.
+            E::Io(_) | E::Protocol(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
                 StoreError::Unavailable(err.to_string())
             }
-            E::Protocol(_) => StoreError::Unavailable(err.to_string()),
             E::Database(db) => {
                 let code = db
                     .code()
