@@ -591,7 +591,11 @@ async fn bulk_upsert_of_10k_rows(fx: &mut Fixture) {
     let started = Instant::now();
     let mut cursor = first.next_cursor;
     let mut n = first.items.len();
+    let mut deep = None;
     while let Some(c) = cursor {
+        if n == 9_900 {
+            deep = Some(c.clone());
+        }
         let page = fx
             .store
             .list_instances(&all, limit(100), Some(&c))
@@ -602,6 +606,20 @@ async fn bulk_upsert_of_10k_rows(fx: &mut Fixture) {
     }
     let paging = started.elapsed();
     assert_eq!(n, 10_000);
+    let deep = deep.unwrap();
+    let mut took = Vec::new();
+    for cursor in [None, Some(deep.as_str())] {
+        let started = Instant::now();
+        for _ in 0..20 {
+            let page = fx
+                .store
+                .list_instances(&all, limit(100), cursor)
+                .await
+                .unwrap();
+            assert_eq!(page.items.len(), 100);
+        }
+        took.push(started.elapsed() / 20);
+    }
     let last = fx
         .store
         .get_instance(
@@ -613,8 +631,11 @@ async fn bulk_upsert_of_10k_rows(fx: &mut Fixture) {
         .unwrap();
     assert_eq!(last.updated_ms, 1_000 + 9_999 + 1);
     println!(
-        "{:?}: 10k rows inserted in {insert:?}, updated in {update:?}; 100 pages of 100 in {paging:?}",
-        fx.store.engine()
+        "{:?}: 10k rows inserted in {insert:?}, updated in {update:?}; 100 pages of 100 in \
+         {paging:?}; a page of 100: the first {:?}, the 100th {:?}",
+        fx.store.engine(),
+        took[0],
+        took[1]
     );
 }
 
