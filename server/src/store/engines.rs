@@ -41,6 +41,13 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        // sqlx names an in-memory database with a generated file URI, so look at the URL.
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(StoreError::Invalid(
+                "store url: SQLite needs a file (readers and the writer use separate connections)"
+                    .to_owned(),
+            ));
+        }
         let base = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -49,13 +56,6 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(options.busy_timeout)
             .foreign_keys(true);
-        // sqlx names an in-memory database with a generated file URI, so look at the URL.
-        if url.contains(":memory:") || url.contains("mode=memory") {
-            return Err(StoreError::Invalid(
-                "store url: SQLite needs a file (readers and the writer use separate connections)"
-                    .to_owned(),
-            ));
-        }
         // Another process creating the same new file may hold it locked for the moment it
         // takes to switch it to WAL, and SQLite then refuses at once rather than waiting out
         // the busy timeout: try again until that timeout has passed.
