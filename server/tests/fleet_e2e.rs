@@ -163,6 +163,27 @@ async fn an_agent_is_online_within_a_heartbeat_stale_when_silent_and_offline_whe
     assert_eq!(i.group_id.as_deref(), Some("GID_csg"));
     assert_eq!(&*i.region, "test");
 
+    // Bad status messages are counted and dropped; the gateway they name is untouched.
+    let port = broker.port();
+    tokio::task::spawn_blocking(move || {
+        // Its own runtime: created and dropped off the test's.
+        let rec = csg_e2e::Recorder::connect(port, &[]);
+        rec.publish_acked("csg-status/gw-fleet-1", "{not json");
+        rec.publish_acked(
+            "csg-status/gw-other/presence",
+            r#"{"v":1,"type":"presence","instance_id":"gw-fleet-1","state":"offline","ts_ms":1,"agent_version":"x"}"#,
+        );
+    })
+    .await
+    .unwrap();
+    within(TIMEOUT, || r.stats.bad_total() >= 2)
+        .await
+        .expect("bad status messages were not counted");
+    assert_eq!(r.stats.bad_payload.load(Ordering::Relaxed), 1);
+    assert_eq!(r.stats.instance_mismatch.load(Ordering::Relaxed), 1);
+    assert_eq!(r.state("gw-fleet-1"), Some(Liveness::Online));
+    assert_eq!(r.state("gw-other"), None);
+
     // Frozen: the connection stays open (no Will yet) but heartbeats stop: stale after 3 s.
     agent.signal(Signal::SIGSTOP);
     let stale = within(Duration::from_secs(8), || {
@@ -192,7 +213,7 @@ async fn an_agent_is_online_within_a_heartbeat_stale_when_silent_and_offline_whe
         r.get("gw-fleet-1").unwrap().presence.reason,
         Reason::ConnectionLost
     );
-    assert_eq!(r.stats.bad_total(), 0);
+    assert_eq!(r.stats.bad_total(), 2);
     r.stop().await;
 }
 
