@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use csg_protocol::{Heartbeat, InstanceId, Presence, StatusTopic, TopicParents};
 use tracing::warn;
 
+/// A status payload above this is dropped unread (`oversized`): an agent's heartbeat is about
+/// 1 KB, and the fleet keeps each gateway's last one in memory.
+pub const MAX_STATUS_BYTES: usize = 64 * 1024;
+
 /// A status message body, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StatusBody {
@@ -44,6 +48,8 @@ pub enum BadStatus {
     Payload,
     /// The body names another instance than its topic.
     InstanceMismatch,
+    /// Over [`MAX_STATUS_BYTES`].
+    Oversized,
 }
 
 impl BadStatus {
@@ -52,6 +58,7 @@ impl BadStatus {
             BadStatus::Topic => "topic",
             BadStatus::Payload => "payload",
             BadStatus::InstanceMismatch => "instance_mismatch",
+            BadStatus::Oversized => "oversized",
         }
     }
 }
@@ -65,6 +72,9 @@ pub fn parse_status(
     retained: bool,
 ) -> Result<StatusMessage, BadStatus> {
     let kind = StatusTopic::parse(parents, topic).ok_or(BadStatus::Topic)?;
+    if payload.len() > MAX_STATUS_BYTES {
+        return Err(BadStatus::Oversized);
+    }
     let (instance, body, named) = match kind {
         StatusTopic::Heartbeat(i) => {
             let hb: Heartbeat = serde_json::from_slice(payload).map_err(|_| BadStatus::Payload)?;
@@ -101,6 +111,7 @@ pub struct IngestStats {
     pub bad_topic: AtomicU64,
     pub bad_payload: AtomicU64,
     pub instance_mismatch: AtomicU64,
+    pub oversized: AtomicU64,
     /// Dropped because the consumer fell behind (the inbound queue was full).
     pub overflow: AtomicU64,
 }
@@ -119,6 +130,7 @@ impl IngestStats {
             BadStatus::Topic => &self.bad_topic,
             BadStatus::Payload => &self.bad_payload,
             BadStatus::InstanceMismatch => &self.instance_mismatch,
+            BadStatus::Oversized => &self.oversized,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -127,6 +139,7 @@ impl IngestStats {
         self.bad_topic.load(Ordering::Relaxed)
             + self.bad_payload.load(Ordering::Relaxed)
             + self.instance_mismatch.load(Ordering::Relaxed)
+            + self.oversized.load(Ordering::Relaxed)
     }
 }
 

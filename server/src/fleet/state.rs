@@ -382,6 +382,19 @@ impl Fleet {
         Applied::Changed
     }
 
+    /// What another replica saw: a gateway's heartbeat and when it arrived there (a store row).
+    /// With a shared subscription each replica gets about 1/N of a gateway's heartbeats, so
+    /// without this its own tick would call live gateways stale. The heartbeat is ordered as
+    /// any other; `seen_ms` only ever moves `last_seen_ms` forward. Not marked dirty when only
+    /// `last_seen_ms` moved: the row came from the store.
+    pub fn merge_seen(&mut self, id: &InstanceId, hb: Arc<Heartbeat>, seen_ms: u64) -> Applied {
+        let applied = self.on_heartbeat(id, hb, seen_ms);
+        if let Some(inst) = self.instances.get_mut(id) {
+            inst.last_seen_ms = inst.last_seen_ms.max(seen_ms);
+        }
+        applied
+    }
+
     /// A presence message for `id`.
     pub fn on_presence(&mut self, id: &InstanceId, p: &Presence, now_ms: u64) -> Applied {
         let (inst, created) = self.entry(id);

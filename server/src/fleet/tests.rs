@@ -376,6 +376,39 @@ fn events_beyond_the_bound_drop_the_oldest_and_are_counted() {
     assert_eq!(ev[0].instance_id, id("gw-10"));
 }
 
+#[test]
+fn replicas_that_merge_each_others_heartbeats_do_not_call_a_live_gateway_stale() {
+    // Two replicas of one share group; one gateway's heartbeats reach them in runs (the broker
+    // deals the whole fleet's messages round robin): four to one, four to the other.
+    let (mut a, mut b) = (fleet(), fleet());
+    let g = id("gw-1");
+    for seq in 1..=20u64 {
+        let h = hb("gw-1", T0, seq, 10, 0);
+        let at = seq * 10_000;
+        if (seq - 1) / 4 % 2 == 0 {
+            a.on_heartbeat(&g, h.clone(), at);
+        } else {
+            b.on_heartbeat(&g, h.clone(), at);
+        }
+        // Each also reads the other's rows before it ticks (what the store hands back).
+        let (row_a, row_b) = (a.get(&g).cloned(), b.get(&g).cloned());
+        if let Some(row) = row_b {
+            a.merge_seen(&g, row.heartbeat.unwrap(), row.last_seen_ms);
+        }
+        if let Some(row) = row_a {
+            b.merge_seen(&g, row.heartbeat.unwrap(), row.last_seen_ms);
+        }
+        assert_eq!(a.tick(at + 5_000), 0);
+        assert_eq!(b.tick(at + 5_000), 0);
+    }
+    assert_eq!(a.get(&g).unwrap().heartbeat.as_ref().unwrap().seq, 20);
+    assert_eq!(a.get(&g).unwrap().last_seen_ms, 200_000);
+    // An old row from the store moves nothing back.
+    a.merge_seen(&g, hb("gw-1", T0, 3, 10, 0), 30_000);
+    assert_eq!(a.get(&g).unwrap().last_seen_ms, 200_000);
+    assert_eq!(a.get(&g).unwrap().heartbeat.as_ref().unwrap().seq, 20);
+}
+
 // --- parsing ---
 
 fn parents() -> TopicParents {
@@ -404,6 +437,17 @@ fn status_messages_are_parsed_by_topic_and_checked_against_the_body() {
     assert_eq!(
         parse_status(&parents(), "other/gw-1", &body, false),
         Err(BadStatus::Topic)
+    );
+    let mut big = (*hb("gw-1", T0, 1, 1, 0)).clone();
+    big.agent_version = "x".repeat(super::ingest::MAX_STATUS_BYTES);
+    assert_eq!(
+        parse_status(
+            &parents(),
+            "csg-status/gw-1",
+            &serde_json::to_vec(&big).unwrap(),
+            false
+        ),
+        Err(BadStatus::Oversized)
     );
     let p = serde_json::to_vec(&presence("gw-1", PresenceState::Online, "connected", T0)).unwrap();
     let m = parse_status(&parents(), "csg-status/gw-1/presence", &p, true).unwrap();
