@@ -1,0 +1,131 @@
+//! The task that feeds the fleet: status in, and every `flush_every` a tick (stale) and a
+//! batch of what changed out to a sink (the store, once it exists).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use super::ingest::{StatusBody, StatusSource};
+use super::state::{Fleet, Instance, PresenceEvent};
+
+/// The console's clock in milliseconds since the Unix epoch; passed in so tests drive time.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    })
+}
+
+/// The fleet, shared between the driver and its readers (the API). Held for microseconds.
+pub type SharedFleet = Arc<Mutex<Fleet>>;
+
+/// Locks the fleet; a panic elsewhere while holding it leaves state that is still whole (every
+/// update is a few field writes), so poisoning is ignored.
+pub fn lock(fleet: &SharedFleet) -> MutexGuard<'_, Fleet> {
+    fleet
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One flush: the gateways changed since the last one, and the presence transitions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub instances: Vec<Instance>,
+    pub events: Vec<PresenceEvent>,
+}
+
+#[derive(Debug, Clone, Error)]
+#[error("the fleet sink failed: {0}")]
+pub struct SinkError(pub String);
+
+/// Where batches go. The store implements it; [`MemorySink`] stands in until then and in tests.
+pub trait FleetSink: Send {
+    fn write(&mut self, batch: &Batch) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// Keeps every batch in memory: the sink of tests and of a console run without a store.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySink {
+    pub batches: Arc<Mutex<Vec<Batch>>>,
+}
+
+impl FleetSink for MemorySink {
+    async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        self.batches
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(batch.clone());
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// How often to tick and write what changed.
+    pub flush_every: Duration,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            flush_every: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Takes what changed and hands it to the sink; on failure puts it back for the next flush.
+pub async fn flush(fleet: &SharedFleet, sink: &mut impl FleetSink, now_ms: u64) {
+    let batch = {
+        let mut f = lock(fleet);
+        f.tick(now_ms);
+        Batch {
+            instances: f.take_dirty(),
+            events: f.take_events(),
+        }
+    };
+    if batch.instances.is_empty() && batch.events.is_empty() {
+        return;
+    }
+    if let Err(e) = sink.write(&batch).await {
+        warn!(error = %e, instances = batch.instances.len(), "fleet batch not written; retried at the next flush");
+        let mut f = lock(fleet);
+        f.mark_dirty(batch.instances.into_iter().map(|i| i.instance_id));
+        f.requeue_events(batch.events);
+    }
+}
+
+/// Runs until `source` ends or `stop` fires; flushes once more before returning.
+pub async fn run(
+    mut source: impl StatusSource,
+    fleet: SharedFleet,
+    mut sink: impl FleetSink,
+    cfg: DriverConfig,
+    clock: Clock,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut every = tokio::time::interval(cfg.flush_every.max(Duration::from_millis(1)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = source.next() => {
+                let Some(msg) = msg else { break };
+                let now = clock();
+                let mut f = lock(&fleet);
+                match &msg.body {
+                    StatusBody::Heartbeat(hb) => f.on_heartbeat(&msg.instance, hb.clone(), now),
+                    StatusBody::Presence(p) => f.on_presence(&msg.instance, p, now),
+                };
+            }
+            _ = every.tick() => flush(&fleet, &mut sink, clock()).await,
+            _ = &mut stop => break,
+        }
+    }
+    flush(&fleet, &mut sink, clock()).await;
+}
