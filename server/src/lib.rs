@@ -5,7 +5,12 @@
 //! Layers, top to bottom; arrows point down only:
 //! - `fleet`: the live state of every gateway, from status messages (pure; no I/O), and the
 //!   ingest seam that feeds it (an MQTT shared subscription, or a message queue's consumer);
-//! - `store`: the one owner of SQL (a `Store` trait, with SQLite and PostgreSQL behind it).
+//! - `store`: the one owner of SQL (a `Store` trait, with SQLite and PostgreSQL behind it);
+//! - `sink`: the fleet's batches written to the store;
+//! - `http`: the API, reading the store; `config`: the service's TOML.
 
+pub mod config;
 pub mod fleet;
+pub mod http;
+pub mod sink;
 pub mod store;

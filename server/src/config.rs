@@ -1,0 +1,507 @@
+//! Configuration of `csg-consoled`: TOML → typed [`Config`]. Unknown keys are errors, and
+//! validation reports every problem at once, so an operator fixes a file in one pass.
+//!
+//! One region in this version: the top-level sections are that region (its name is
+//! `identity.region`, `default` when absent).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use csg_protocol::{BrokerList, ClientId, GroupId, InstanceId, Scheme, TopicParents};
+use csg_transport::{Auth, Endpoint, Protocol, SessionConfig, TlsOptions};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::fleet::{FleetConfig, ShareGroup};
+use crate::store::Region;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_STORE_URL: &str = "sqlite:///var/lib/csg-console/console.db";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid TOML for csg-consoled: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub identity: RawIdentity,
+    pub mqtt: RawMqtt,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub fleet: RawFleet,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub group_id: String,
+    pub console_id: String,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMqtt {
+    pub url: String,
+    pub urls: Vec<String>,
+    pub protocol: String,
+    pub keep_alive_s: u64,
+    pub connect_timeout_s: u64,
+    pub tls: RawTls,
+    pub auth: RawAuth,
+}
+
+impl Default for RawMqtt {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            urls: Vec::new(),
+            protocol: "3.1.1".into(),
+            keep_alive_s: 30,
+            connect_timeout_s: 10,
+            tls: RawTls::default(),
+            auth: RawAuth::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    pub listen: String,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// A request taking longer is answered 408.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.into(),
+            max_body_bytes: 1 << 20,
+            request_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub url: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_STORE_URL.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFleet {
+    pub share_group: String,
+    pub stale_after_intervals: u32,
+    pub default_interval_s: u64,
+    pub flush_ms: u64,
+}
+
+impl Default for RawFleet {
+    fn default() -> Self {
+        let f = FleetConfig::default();
+        Self {
+            share_group: "csg-consoled".into(),
+            stale_after_intervals: f.stale_after_missed,
+            default_interval_s: f.default_interval_s,
+            flush_ms: 500,
+        }
+    }
+}
+
+/// The validated configuration: holding one means every rule below was checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub client_id: ClientId,
+    pub region: Region,
+    pub broker: BrokerList,
+    pub protocol: Protocol,
+    pub keep_alive: Duration,
+    pub connect_timeout: Duration,
+    pub tls: Option<TlsOptions>,
+    pub auth: Auth,
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub store_url: String,
+    pub share_group: ShareGroup,
+    pub fleet: FleetConfig,
+    pub flush_every: Duration,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            FromTomlError::Parse(message) => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            FromTomlError::Invalid(problems) => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            },
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, FromTomlError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| FromTomlError::Parse(e.to_string()))?;
+        raw.validate().map_err(FromTomlError::Invalid)
+    }
+
+    /// The MQTT session of the status ingest (its subscriptions are set by the ingest).
+    pub fn session_config(&self) -> SessionConfig {
+        let mut sc = SessionConfig::new(self.client_id.as_str(), "", 0);
+        sc.brokers = self
+            .broker
+            .urls()
+            .iter()
+            .map(|u| Endpoint {
+                host: u.host.clone(),
+                port: u.port,
+            })
+            .collect();
+        sc.protocol = self.protocol;
+        sc.tls = self.tls.clone();
+        sc.auth = self.auth.clone();
+        sc.keep_alive = self.keep_alive;
+        sc.connect_timeout = self.connect_timeout;
+        // One console is not a fleet: it may retry its broker quickly.
+        sc.reconnect_min = Duration::from_millis(200);
+        sc.reconnect_max = Duration::from_secs(5);
+        sc.refusal_backoff = Duration::from_secs(30);
+        sc.farewell_wait = Duration::from_secs(1);
+        sc
+    }
+
+    pub fn parents(&self) -> TopicParents {
+        TopicParents::default()
+    }
+}
+
+#[derive(Debug)]
+pub enum FromTomlError {
+    Parse(String),
+    Invalid(Vec<String>),
+}
+
+impl RawConfig {
+    /// Checks every rule and returns all problems, not just the first.
+    pub fn validate(self) -> Result<Config, Vec<String>> {
+        let mut p: Vec<String> = Vec::new();
+
+        let group = GroupId::new(self.identity.group_id.as_str())
+            .map_err(|e| p.push(format!("identity.group_id: {e}")))
+            .ok();
+        let console = InstanceId::new(self.identity.console_id.as_str())
+            .map_err(|e| p.push(format!("identity.console_id: {e}")))
+            .ok();
+        let client_id = match (group, console) {
+            (Some(g), Some(c)) => ClientId::new(g, c)
+                .map_err(|e| p.push(format!("identity: {e}")))
+                .ok(),
+            _ => None,
+        };
+        let region = Region::new(self.identity.region.as_deref().unwrap_or("default"))
+            .map_err(|e| p.push(format!("identity.region: {e}")))
+            .ok();
+
+        let m = &self.mqtt;
+        let broker = match (m.url.is_empty(), m.urls.is_empty()) {
+            (false, false) => {
+                p.push("mqtt.url and mqtt.urls are both set: give one broker in url, or several in urls".into());
+                None
+            }
+            (true, true) => {
+                p.push("mqtt.url (or mqtt.urls) is required".into());
+                None
+            }
+            (false, true) => BrokerList::parse_each(&[&m.url])
+                .map_err(|e| p.push(format!("mqtt.url: {e}")))
+                .ok(),
+            (true, false) => BrokerList::parse_each(&m.urls)
+                .map_err(|e| p.push(format!("mqtt.urls: {e}")))
+                .ok(),
+        };
+        let protocol = Protocol::parse(&m.protocol).unwrap_or_else(|| {
+            p.push(format!(
+                "mqtt.protocol = {:?}: must be \"3.1.1\" or \"5\"",
+                m.protocol
+            ));
+            Protocol::default()
+        });
+        if !(5..=65_535).contains(&m.keep_alive_s) {
+            p.push(format!(
+                "mqtt.keep_alive_s = {}: must be from 5 to 65535",
+                m.keep_alive_s
+            ));
+        }
+        if !(1..=300).contains(&m.connect_timeout_s) {
+            p.push(format!(
+                "mqtt.connect_timeout_s = {}: must be from 1 to 300",
+                m.connect_timeout_s
+            ));
+        }
+        let tls_set = m.tls.ca_file.is_some() || m.tls.server_name.is_some();
+        let tls = match broker.as_ref().map(BrokerList::scheme) {
+            Some(Scheme::Mqtts) => Some(TlsOptions {
+                ca_file: m.tls.ca_file.clone(),
+                server_name: m.tls.server_name.clone(),
+                ..TlsOptions::default()
+            }),
+            Some(Scheme::Mqtt) if tls_set => {
+                p.push(
+                    "mqtt.tls is set but the broker URL is mqtt:// (plain TCP); use mqtts://"
+                        .into(),
+                );
+                None
+            }
+            _ => None,
+        };
+        let auth = match (&m.auth.username, &m.auth.password_file) {
+            (None, None) => Auth::None,
+            (Some(u), Some(f)) => Auth::Password {
+                username: u.clone(),
+                password_file: f.clone(),
+            },
+            _ => {
+                p.push("mqtt.auth: username and password_file go together (or neither)".into());
+                Auth::None
+            }
+        };
+
+        let listen = self
+            .http
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| {
+                p.push(format!(
+                    "http.listen = {:?}: {e} (an IP address and port, e.g. {DEFAULT_LISTEN})",
+                    self.http.listen
+                ));
+            })
+            .ok();
+        if !(1024..=64 << 20).contains(&self.http.max_body_bytes) {
+            p.push(format!(
+                "http.max_body_bytes = {}: must be from 1024 to 67108864",
+                self.http.max_body_bytes
+            ));
+        }
+        if !(100..=600_000).contains(&self.http.request_timeout_ms) {
+            p.push(format!(
+                "http.request_timeout_ms = {}: must be from 100 to 600000",
+                self.http.request_timeout_ms
+            ));
+        }
+
+        let url = self.store.url.trim();
+        let store_ok = url.starts_with("sqlite://")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://");
+        if !store_ok {
+            p.push(format!(
+                "store.url: must be sqlite://PATH or postgres://…, got {:?}",
+                // A postgres URL may hold a password: show only its scheme.
+                url.split(':').next().unwrap_or_default()
+            ));
+        } else if url.contains(":memory:") || url.contains("mode=memory") {
+            p.push("store.url: an in-memory SQLite database is not supported; name a file".into());
+        }
+
+        let share_group = ShareGroup::new(&self.fleet.share_group)
+            .map_err(|e| p.push(format!("fleet.share_group: {e}")))
+            .ok();
+        if !(1..=100).contains(&self.fleet.stale_after_intervals) {
+            p.push(format!(
+                "fleet.stale_after_intervals = {}: must be from 1 to 100",
+                self.fleet.stale_after_intervals
+            ));
+        }
+        if !(1..=86_400).contains(&self.fleet.default_interval_s) {
+            p.push(format!(
+                "fleet.default_interval_s = {}: must be from 1 to 86400",
+                self.fleet.default_interval_s
+            ));
+        }
+        if !(10..=60_000).contains(&self.fleet.flush_ms) {
+            p.push(format!(
+                "fleet.flush_ms = {}: must be from 10 to 60000",
+                self.fleet.flush_ms
+            ));
+        }
+
+        match (client_id, region, broker, listen, share_group) {
+            (Some(client_id), Some(region), Some(broker), Some(listen), Some(share_group))
+                if p.is_empty() =>
+            {
+                Ok(Config {
+                    client_id,
+                    region,
+                    broker,
+                    protocol,
+                    keep_alive: Duration::from_secs(m.keep_alive_s),
+                    connect_timeout: Duration::from_secs(m.connect_timeout_s),
+                    tls,
+                    auth,
+                    listen,
+                    max_body_bytes: self.http.max_body_bytes,
+                    request_timeout: Duration::from_millis(self.http.request_timeout_ms),
+                    store_url: url.to_owned(),
+                    share_group,
+                    fleet: FleetConfig {
+                        default_interval_s: self.fleet.default_interval_s,
+                        stale_after_missed: self.fleet.stale_after_intervals,
+                    },
+                    flush_every: Duration::from_millis(self.fleet.flush_ms),
+                })
+            }
+            _ => Err(p),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[identity]
+group_id = "GID_console"
+console_id = "console-1"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+"#;
+
+    #[test]
+    fn minimal_config_takes_the_defaults() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.region.as_str(), "default");
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.store_url, DEFAULT_STORE_URL);
+        assert_eq!(c.fleet.stale_after_missed, 3);
+        assert_eq!(c.share_group.as_str(), "csg-consoled");
+        assert_eq!(c.client_id.as_str(), "GID_console@@@console-1");
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let text = format!("{MINIMAL}\n[http]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n");
+        assert!(matches!(
+            Config::from_toml(&text),
+            Err(FromTomlError::Parse(m)) if m.contains("lisen")
+        ));
+        let text = format!("{MINIMAL}\n[[regions]]\nname = \"x\"\n");
+        assert!(matches!(
+            Config::from_toml(&text),
+            Err(FromTomlError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+[identity]
+group_id = "bad group"
+console_id = "c"
+region = "Bad_Region"
+[mqtt]
+url = "http://x"
+protocol = "4"
+keep_alive_s = 1
+[http]
+listen = "localhost"
+[store]
+url = "mysql://u:secret@h/db"
+[fleet]
+share_group = "a/b"
+stale_after_intervals = 0
+"#;
+        let Err(FromTomlError::Invalid(p)) = Config::from_toml(text) else {
+            panic!("expected problems");
+        };
+        for key in [
+            "identity.group_id",
+            "identity.region",
+            "mqtt.url",
+            "mqtt.protocol",
+            "mqtt.keep_alive_s",
+            "http.listen",
+            "store.url",
+            "fleet.share_group",
+            "fleet.stale_after_intervals",
+        ] {
+            assert!(
+                p.iter().any(|m| m.starts_with(key)),
+                "{key} missing in {p:#?}"
+            );
+        }
+        assert!(!p.iter().any(|m| m.contains("secret")), "{p:#?}");
+    }
+
+    #[test]
+    fn tls_needs_mqtts_and_auth_needs_both_halves() {
+        let text = r#"
+[identity]
+group_id = "GID_console"
+console_id = "console-1"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+tls = { ca_file = "/etc/ca.pem" }
+auth = { username = "u" }
+"#;
+        let Err(FromTomlError::Invalid(p)) = Config::from_toml(text) else {
+            panic!("expected problems");
+        };
+        assert_eq!(p.len(), 2, "{p:#?}");
+        let ok = MINIMAL.replace("mqtt://", "mqtts://");
+        assert!(Config::from_toml(&ok).unwrap().tls.is_some());
+    }
+}

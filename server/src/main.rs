@@ -1,0 +1,284 @@
+//! `csg-consoled`: the console service. Runs the fleet (MQTT status ingest → live state →
+//! store) and the HTTP API; manages API tokens.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use csg_consoled::config::Config;
+use csg_consoled::fleet::driver::{self, system_clock, DriverConfig, SharedFleet};
+use csg_consoled::fleet::mqtt::DEFAULT_QUEUE;
+use csg_consoled::fleet::{Fleet, MqttIngestConfig, MqttStatusSource, StatusMessage, StatusSource};
+use csg_consoled::http::{self, AppState, HttpLimits};
+use csg_consoled::sink::StoreSink;
+use csg_consoled::store::{self, NewToken, Scope, TokenName, TokenSecret};
+use csg_protocol::identity::GroupId;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(name = "csg-consoled", version, about = "The csg console service")]
+struct Cli {
+    /// The configuration file (TOML).
+    #[arg(long, global = true, default_value = "/etc/csg-console/console.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Checks the configuration and reports every problem at once.
+    CheckConfig,
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Creates a token and prints it (only it) on stdout, once: it is stored hashed.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// read, operate, admin or audit; repeatable.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Limits the token to these groups of gateways; repeatable. None: every group.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Lists tokens (never their secrets).
+    List,
+    /// Revokes a token by name.
+    Revoke {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("csg-consoled: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("csg-consoled: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        None => run(config).await,
+        Some(Command::CheckConfig) => {
+            println!("{}: ok", cli.config.display());
+            Ok(())
+        }
+        Some(Command::Token(t)) => token(&config, t).await,
+    }
+}
+
+async fn token(config: &Config, cmd: TokenCommand) -> Result<()> {
+    let store = store::open(&config.store_url)
+        .await
+        .context("opening the store")?;
+    let result = token_with(store.as_ref(), cmd).await;
+    store.close().await;
+    result
+}
+
+async fn token_with(store: &dyn store::Store, cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            name,
+            scopes,
+            groups,
+        } => {
+            let name = TokenName::new(name)?;
+            let scopes = scopes
+                .iter()
+                .map(|s| Scope::parse(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let groups = groups
+                .iter()
+                .map(|g| GroupId::new(g.as_str()).with_context(|| format!("--group {g:?}")))
+                .collect::<Result<Vec<_>>>()?;
+            let secret = TokenSecret::generate()?;
+            store
+                .create_token(&NewToken {
+                    name: name.clone(),
+                    hash: secret.hash(),
+                    scopes,
+                    groups,
+                    created_ms: now_ms(),
+                })
+                .await
+                .with_context(|| format!("creating token {name}"))?;
+            println!("{}", secret.expose());
+        }
+        TokenCommand::List => {
+            for t in store.list_tokens().await? {
+                let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
+                let groups: Vec<&str> = t.groups.iter().map(GroupId::as_str).collect();
+                println!(
+                    "{}\tscopes={}\tgroups={}\tcreated_ms={}\t{}",
+                    t.name,
+                    scopes.join(","),
+                    if groups.is_empty() {
+                        "*".to_owned()
+                    } else {
+                        groups.join(",")
+                    },
+                    t.created_ms,
+                    t.revoked_ms
+                        .map_or("active".to_owned(), |r| format!("revoked_ms={r}"))
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            let name = TokenName::new(name)?;
+            if !store.revoke_token(&name, now_ms()).await? {
+                bail!("no active token named {name}");
+            }
+            eprintln!("revoked {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Lets the driver borrow the source, so the session can be shut down cleanly after it.
+struct Borrowed<'a>(&'a mut MqttStatusSource);
+
+impl StatusSource for Borrowed<'_> {
+    async fn next(&mut self) -> Option<StatusMessage> {
+        self.0.next().await
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CSG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(config: Config) -> Result<()> {
+    init_logging();
+    csg_transport::install_crypto_provider();
+    ensure_sqlite_dir(&config.store_url)?;
+    let store = store::open(&config.store_url)
+        .await
+        .context("opening the store")?;
+
+    let mut source = MqttStatusSource::start(MqttIngestConfig {
+        session: config.session_config(),
+        parents: config.parents(),
+        share_group: config.share_group.clone(),
+        queue: DEFAULT_QUEUE,
+    })?;
+    let link = source.link();
+
+    let fleet: SharedFleet = Arc::new(Mutex::new(Fleet::new(
+        config.region.as_str(),
+        config.fleet.clone(),
+    )));
+    let clock = system_clock();
+    let sink = StoreSink {
+        store: store.clone(),
+        region: config.region.clone(),
+        clock: clock.clone(),
+    };
+    let (stop_fleet, stop_rx) = oneshot::channel();
+    let flush_every = config.flush_every;
+    let fleet_task = tokio::spawn(async move {
+        driver::run(
+            Borrowed(&mut source),
+            fleet,
+            sink,
+            DriverConfig { flush_every },
+            clock,
+            stop_rx,
+        )
+        .await;
+        source.shutdown().await;
+    });
+
+    let app = http::router(
+        AppState {
+            store: store.clone(),
+            region: config.region.clone(),
+            link,
+        },
+        &HttpLimits {
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: config.request_timeout,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    info!(listen = %config.listen, region = %config.region, store = ?store.engine(), "csg-consoled serving");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: stopping"),
+            _ = int.recv() => info!("SIGINT: stopping"),
+        }
+    };
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+
+    // Stop taking status, write what the fleet holds, then close the store.
+    let _ = stop_fleet.send(());
+    if let Err(e) = fleet_task.await {
+        error!(error = %e, "the fleet task failed");
+    }
+    store.close().await;
+    served.context("serving HTTP")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// SQLite creates the file, not its directory; a missing one is created (owner only).
+fn ensure_sqlite_dir(url: &str) -> Result<()> {
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        return Ok(());
+    };
+    let path = path.split('?').next().unwrap_or(path);
+    if let Some(dir) = Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the store's directory {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
