@@ -99,10 +99,15 @@ async fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
-async fn token(config: &Config, cmd: TokenCommand) -> Result<()> {
-    let store = store::open(&config.store_url)
+async fn open_store(config: &Config) -> Result<Arc<dyn store::Store>> {
+    ensure_sqlite_dir(&config.store_url)?;
+    store::open(&config.store_url)
         .await
-        .context("opening the store")?;
+        .context("opening the store")
+}
+
+async fn token(config: &Config, cmd: TokenCommand) -> Result<()> {
+    let store = open_store(config).await?;
     let result = token_with(store.as_ref(), cmd).await;
     store.close().await;
     result
@@ -188,10 +193,7 @@ fn init_logging() {
 async fn run(config: Config) -> Result<()> {
     init_logging();
     csg_transport::install_crypto_provider();
-    ensure_sqlite_dir(&config.store_url)?;
-    let store = store::open(&config.store_url)
-        .await
-        .context("opening the store")?;
+    let store = open_store(&config).await?;
 
     let mut source = MqttStatusSource::start(MqttIngestConfig {
         session: config.session_config(),

@@ -1,0 +1,386 @@
+//! The console service as an operator runs it: the real `csg-consoled` binary on a loopback
+//! port with a SQLite file, a real Mosquitto and a real agent, and HTTP through `curl`.
+//!
+//! Build the agent first: `cargo build -p csg-agent --bins` (cargo builds `csg-consoled`).
+
+// A test file: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use csg_e2e::broker::free_port;
+use csg_e2e::process::{self, child_env, ChildGuard};
+use csg_e2e::{now_ms, Agent, AgentConfig, Broker, TIMEOUT, WORKSPACE_VERSION};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tempfile::TempDir;
+
+const CONSOLED: &str = env!("CARGO_BIN_EXE_csg-consoled");
+
+struct Consoled {
+    dir: TempDir,
+    config: PathBuf,
+    port: u16,
+    child: Option<ChildGuard>,
+}
+
+impl Consoled {
+    /// Writes the config (a SQLite file in a temp dir, a free loopback port); not started.
+    fn new(broker: &Broker) -> Consoled {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let db = dir.path().join("state/console.db");
+        let config = dir.path().join("console.toml");
+        let toml = format!(
+            r#"
+[identity]
+group_id = "GID_console"
+console_id = "{console}"
+[mqtt]
+url = "{url}"
+protocol = "{protocol}"
+keep_alive_s = 5
+[http]
+listen = "127.0.0.1:{port}"
+[store]
+url = "sqlite://{db}"
+[fleet]
+share_group = "{group}"
+default_interval_s = 1
+"#,
+            console = csg_e2e::unique("consoled"),
+            url = broker.url(),
+            protocol = csg_e2e::mqtt_protocol(),
+            db = db.display(),
+            group = csg_e2e::unique("api"),
+        );
+        std::fs::write(&config, toml).unwrap();
+        Consoled {
+            dir,
+            config,
+            port,
+            child: None,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> process::CmdOutput {
+        let mut cmd = Command::new(CONSOLED);
+        cmd.args(args).arg("--config").arg(&self.config);
+        child_env(&mut cmd);
+        process::run(cmd, TIMEOUT)
+    }
+
+    fn token(&self, name: &str, scope: &str) -> String {
+        let out = self.command(&["token", "create", "--name", name, "--scope", scope]);
+        out.assert_code(0);
+        let token = out.stdout.trim().to_owned();
+        assert!(
+            token.starts_with("csgc_") && !token.contains('\n'),
+            "stdout must be the token alone: {out:?}"
+        );
+        token
+    }
+
+    fn start(&mut self) {
+        let mut cmd = Command::new(CONSOLED);
+        cmd.arg("--config").arg(&self.config);
+        child_env(&mut cmd);
+        self.child = Some(ChildGuard::spawn("csg-consoled", cmd, self.dir.path()).unwrap());
+        let ready = wait_for(TIMEOUT, || self.get("/readyz", None).status == 200);
+        assert!(ready.is_some(), "csg-consoled never ready\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        self.child.as_ref().map(ChildGuard::log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and its exit status.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take().unwrap();
+        child.signal(Signal::SIGTERM);
+        let status = child.wait_exit(TIMEOUT);
+        child.set_dump_on_panic(false);
+        status
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        http_get(self.dir.path(), self.port, path, token)
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
+    /// A problem response of this status, as RFC 9457 shapes it.
+    fn assert_problem(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(
+            self.header("content-type").as_deref(),
+            Some("application/problem+json")
+        );
+        let p = self.json();
+        assert_eq!(p["status"], status);
+        for key in ["type", "title", "detail"] {
+            assert!(p[key].is_string(), "problem without {key}: {p}");
+        }
+        p
+    }
+}
+
+/// `curl` with a timeout; the token goes in a header file, not in argv.
+fn http_get(dir: &Path, port: u16, path: &str, token: Option<&str>) -> Reply {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "5", "-i"]);
+    if let Some(t) = token {
+        let h = dir.join("auth.header");
+        std::fs::write(&h, format!("Authorization: Bearer {t}\n")).unwrap();
+        cmd.arg("-H").arg(format!("@{}", h.display()));
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
+    let out = process::run(cmd, Duration::from_secs(10));
+    if out.code() != Some(0) {
+        return Reply {
+            status: 0,
+            headers: String::new(),
+            body: out.stderr,
+        };
+    }
+    let (head, body) = out
+        .stdout
+        .split_once("\r\n\r\n")
+        .unwrap_or((out.stdout.as_str(), ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        headers: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if cond() {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn presence_of(c: &Consoled, token: &str, id: &str) -> Option<String> {
+    let r = c.get(&format!("/v1/instances?id={id}"), Some(token));
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["items"][0]["presence"]["state"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[test]
+fn the_api_lists_an_agent_online_then_offline_and_keeps_it_across_a_restart() {
+    let broker = Broker::start();
+    let mut c = Consoled::new(&broker);
+    // The token is created before the service ever ran: `token create` migrates the store.
+    let token = c.token("e2e-reader", "read");
+    c.start();
+    assert_eq!(c.get("/healthz", None).status, 200);
+    let ready = c.get("/readyz", None).json();
+    assert_eq!(ready["ready"], true, "{ready}");
+
+    let mut cfg = AgentConfig::new("gw-api-1", &broker.url());
+    cfg.heartbeat_interval_s = 1;
+    let mut agent = Agent::spawn(&cfg);
+
+    // Online through the API: the lag from the agent's own evidence (its online presence's
+    // time, or its heartbeat's) to the API showing it.
+    wait_for(TIMEOUT, || {
+        presence_of(&c, &token, "gw-api-1").as_deref() == Some("online")
+    })
+    .unwrap_or_else(|| panic!("never online via the API\n{}", c.log()));
+    let seen = now_ms();
+    let listed = c.get("/v1/instances", Some(&token)).json();
+    assert!(listed["next_cursor"].is_null(), "{listed}");
+    let item = &listed["items"][0];
+    assert_eq!(item["instance_id"], "gw-api-1");
+    assert_eq!(item["group_id"], "GID_csg");
+    assert_eq!(item["region"], "default");
+    let since = item["presence"]["since_ms"].as_u64().unwrap();
+    let lag = seen.saturating_sub(since);
+    eprintln!(
+        "online visible through the API {lag} ms after the agent's evidence ({})",
+        item["presence"]["reason"]
+    );
+    assert!(
+        lag <= 2_000,
+        "online visible {lag} ms after the agent said so"
+    );
+
+    // The detail carries the heartbeat's figures, and they move.
+    let seq_of = |c: &Consoled| {
+        let d = c.get("/v1/instances/gw-api-1", Some(&token));
+        assert_eq!(d.status, 200, "{}", d.body);
+        d.json()
+    };
+    let first = seq_of(&c);
+    assert_eq!(first["agent_version"], WORKSPACE_VERSION);
+    assert!(
+        first["host"]["system"]["mem_total"].as_u64().unwrap() > 0,
+        "{first}"
+    );
+    assert!(first["storage"]["count"].is_u64(), "{first}");
+    assert!(first["last_seen_ms"].as_u64().unwrap() > 0);
+    let seq0 = first["heartbeat"]["seq"].as_u64().unwrap();
+    wait_for(TIMEOUT, || {
+        seq_of(&c)["heartbeat"]["seq"].as_u64().unwrap() > seq0
+    })
+    .expect("the heartbeat's figures never moved");
+
+    // Authentication and bad input.
+    let none = c.get("/v1/instances", None);
+    none.assert_problem(401);
+    assert!(none
+        .header("www-authenticate")
+        .is_some_and(|v| v.starts_with("Bearer")));
+    c.get("/v1/instances", Some("csgc_not-a-token"))
+        .assert_problem(401);
+    c.get("/v1/instances/gw-api-1", Some("csgc_not-a-token"))
+        .assert_problem(401);
+    for bad in [
+        "limit=0",
+        "limit=5000",
+        "limit=x",
+        "presence=up",
+        "colour=red",
+        "cursor=zz",
+    ] {
+        c.get(&format!("/v1/instances?{bad}"), Some(&token))
+            .assert_problem(400);
+    }
+    c.get("/v1/instances/gw-never-seen", Some(&token))
+        .assert_problem(404);
+    c.get("/v1/nothing", Some(&token)).assert_problem(404);
+
+    // kill -9: the Will (or before it, staleness) and then offline through the API.
+    agent.kill9();
+    let t = wait_for(Duration::from_secs(30), || {
+        presence_of(&c, &token, "gw-api-1").as_deref() == Some("offline")
+    })
+    .unwrap_or_else(|| panic!("never offline via the API\n{}", c.log()));
+    eprintln!("offline through the API {t:?} after kill -9");
+
+    // SIGTERM: exit 0; a restart on the same file still lists the gateway, offline.
+    let status = c
+        .stop()
+        .expect("csg-consoled did not exit within the timeout");
+    assert!(status.success(), "csg-consoled exited {status:?}");
+    c.start();
+    let d = c.get("/v1/instances/gw-api-1", Some(&token));
+    assert_eq!(d.status, 200, "{}", d.body);
+    assert_eq!(d.json()["presence"]["state"], "offline");
+    let listed = c.get("/v1/instances?presence=offline", Some(&token)).json();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+    assert!(c.stop().is_some_and(|s| s.success()));
+}
+
+#[test]
+fn tokens_are_listed_and_revoked_and_a_revoked_one_is_refused() {
+    let broker = Broker::start();
+    let mut c = Consoled::new(&broker);
+    let token = c.token("e2e-admin", "admin");
+    c.start();
+    assert_eq!(c.get("/v1/instances", Some(&token)).status, 200);
+
+    let dup = c.command(&["token", "create", "--name", "e2e-admin", "--scope", "read"]);
+    assert_ne!(dup.code(), Some(0), "a taken name must be refused");
+    assert!(dup.stdout.is_empty(), "{dup:?}");
+    let bad = c.command(&["token", "create", "--name", "x", "--scope", "root"]);
+    assert_ne!(bad.code(), Some(0));
+
+    let list = c.command(&["token", "list"]);
+    list.assert_code(0);
+    assert!(
+        list.stdout.contains("e2e-admin\tscopes=admin"),
+        "{}",
+        list.stdout
+    );
+    assert!(
+        !list.stdout.contains(&token),
+        "token list must not show secrets"
+    );
+
+    c.command(&["token", "revoke", "--name", "e2e-admin"])
+        .assert_code(0);
+    c.get("/v1/instances", Some(&token)).assert_problem(401);
+    assert_ne!(
+        c.command(&["token", "revoke", "--name", "e2e-admin"])
+            .code(),
+        Some(0)
+    );
+    c.command(&["check-config"]).assert_code(0);
+
+    // The broker gone: not ready, and the body says which part.
+    let mut broker = broker;
+    broker.kill();
+    let mut last = Value::Null;
+    wait_for(TIMEOUT, || {
+        let r = c.get("/readyz", None);
+        last = r.json();
+        r.status == 503
+    })
+    .unwrap_or_else(|| panic!("/readyz stayed ready without a broker: {last}"));
+    assert_eq!(last["store"], "ok", "{last}");
+    assert_ne!(last["broker"], "ready", "{last}");
+    assert_eq!(c.get("/healthz", None).status, 200);
+    let status = c
+        .stop()
+        .expect("csg-consoled did not exit within the timeout");
+    assert!(
+        status.success(),
+        "csg-consoled exited {status:?} without its broker"
+    );
+}
+
+#[test]
+fn check_config_reports_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[identity]\ngroup_id = \"bad group\"\nconsole_id = \"c\"\n[mqtt]\nurl = \"http://x\"\n[http]\nlisten = \"nowhere\"\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(CONSOLED);
+    cmd.args(["check-config", "--config"]).arg(&path);
+    let out = process::run(cmd, TIMEOUT);
+    assert_ne!(out.code(), Some(0));
+    for key in ["identity.group_id", "mqtt.url", "http.listen"] {
+        assert!(
+            out.stderr.contains(key),
+            "{key} not reported:\n{}",
+            out.stderr
+        );
+    }
+}
