@@ -1,13 +1,16 @@
 //! The fleet's batches written to the store: changed gateways as instance rows, presence
 //! transitions as events.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use csg_protocol::identity::GroupId;
+use csg_protocol::identity::{GroupId, InstanceId};
 
 use crate::fleet::driver::{Batch, Clock, FleetSink, SinkError};
 use crate::fleet::{Instance, Liveness, PresenceEvent};
-use crate::store::{self, InstanceRow, Presence, Region, Store, StoreError};
+use crate::store::{
+    self, InstanceFilter, InstanceRow, PageLimit, Presence, Region, Store, StoreError,
+};
 
 /// A [`FleetSink`] backed by a [`Store`].
 pub struct StoreSink {
@@ -67,24 +70,49 @@ pub fn event_of(e: &PresenceEvent, region: &Region) -> store::PresenceEvent {
 }
 
 impl StoreSink {
+    /// The stored groups of gateways the fleet has no group for, a page of ids per query.
+    async fn stored_groups(
+        &self,
+        ids: Vec<InstanceId>,
+    ) -> Result<HashMap<InstanceId, GroupId>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(InstanceFilter::MAX_IDS) {
+            let filter = InstanceFilter {
+                region: Some(self.region.clone()),
+                ids: chunk.to_vec(),
+                ..InstanceFilter::default()
+            };
+            let limit = PageLimit::new(PageLimit::MAX)?;
+            let page = self.store.list_instances(&filter, limit, None).await?;
+            found.extend(page.items.into_iter().map(|r| (r.instance_id, r.group_id)));
+        }
+        Ok(found)
+    }
+
     async fn write_batch(&self, batch: &Batch) -> Result<(), StoreError> {
         let now = ms((self.clock)());
-        let mut rows = Vec::with_capacity(batch.instances.len());
-        for i in &batch.instances {
-            let group = match i.group_id.as_deref().map(GroupId::new) {
-                Some(Ok(g)) => Some(g),
-                _ => self
-                    .store
-                    .get_instance(&self.region, &i.instance_id)
-                    .await?
-                    .map(|r| r.group_id),
-            };
-            // A gateway known only from its presence and never stored has no group yet; it is
-            // written with its first heartbeat (which marks it changed again).
-            if let Some(g) = group {
-                rows.push(row_of(i, &self.region, g, now));
-            }
-        }
+        let known = |i: &Instance| i.group_id.as_deref().and_then(|g| GroupId::new(g).ok());
+        let unknown: Vec<InstanceId> = batch
+            .instances
+            .iter()
+            .filter(|i| known(i).is_none())
+            .map(|i| i.instance_id.clone())
+            .collect();
+        let stored = if unknown.is_empty() {
+            HashMap::new()
+        } else {
+            self.stored_groups(unknown).await?
+        };
+        // A gateway known only from its presence and never stored has no group yet; it is
+        // written with its first heartbeat (which marks it changed again).
+        let rows: Vec<InstanceRow> = batch
+            .instances
+            .iter()
+            .filter_map(|i| {
+                let group = known(i).or_else(|| stored.get(&i.instance_id).cloned())?;
+                Some(row_of(i, &self.region, group, now))
+            })
+            .collect();
         if !rows.is_empty() {
             self.store.upsert_instances(&rows).await?;
         }
@@ -105,5 +133,85 @@ impl FleetSink for StoreSink {
         self.write_batch(batch)
             .await
             .map_err(|e| SinkError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::fleet::driver::{self, SharedFleet};
+    use crate::fleet::{Fleet, FleetConfig};
+
+    fn heartbeat(id: &str, seq: u64, ts_ms: u64) -> Arc<csg_protocol::Heartbeat> {
+        let json = serde_json::json!({
+            "v": 1, "type": "heartbeat", "instance_id": id, "group_id": "GID_a",
+            "seq": seq, "ts_ms": ts_ms, "agent_version": "1.2.3", "uptime_s": 10,
+            "interval_s": 1,
+            "system": {"cpu_pct": 1.0, "load1": 0.1, "mem_total": 100, "mem_used": 50},
+            "disks": [], "services": {},
+            "storage": {"nfs": {"count": 2, "drift": 1}}
+        });
+        Arc::new(serde_json::from_value(json).unwrap())
+    }
+
+    /// A batch of the real fleet written to a real SQLite file and read back; a gateway heard
+    /// of by presence alone keeps the group stored earlier.
+    #[tokio::test]
+    async fn batches_reach_the_store_and_presence_alone_keeps_the_stored_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let store = store::open(&url).await.unwrap();
+        let region = Region::new("default").unwrap();
+        let clock: Clock = Arc::new(|| 1_000_000);
+        let mut sink = StoreSink {
+            store: store.clone(),
+            region: region.clone(),
+            clock: clock.clone(),
+        };
+        let fleet: SharedFleet =
+            Arc::new(Mutex::new(Fleet::new("default", FleetConfig::default())));
+        let id = InstanceId::new("gw-1").unwrap();
+        driver::lock(&fleet).on_heartbeat(&id, heartbeat("gw-1", 1, 999_000), 999_500);
+        driver::flush(&fleet, &mut sink, 1_000_000).await;
+
+        let row = store.get_instance(&region, &id).await.unwrap().unwrap();
+        assert_eq!(row.group_id.as_str(), "GID_a");
+        assert_eq!(row.presence, Presence::Online);
+        assert_eq!(row.reason.as_deref(), Some("heartbeat"));
+        assert_eq!(row.agent_version.as_deref(), Some("1.2.3"));
+        assert_eq!(
+            row.storage,
+            Some(serde_json::json!({"count": 2, "drift": 1}))
+        );
+        assert_eq!(row.heartbeat.unwrap()["seq"], 1);
+
+        // A new process: the fleet knows nothing; a Will arrives.
+        let fleet: SharedFleet =
+            Arc::new(Mutex::new(Fleet::new("default", FleetConfig::default())));
+        let will: csg_protocol::Presence = serde_json::from_value(serde_json::json!({
+            "v": 1, "type": "presence", "instance_id": "gw-1", "state": "offline",
+            "ts_ms": 1_000_100, "agent_version": "1.2.3", "reason": "connection_lost"
+        }))
+        .unwrap();
+        driver::lock(&fleet).on_presence(&id, &will, 1_000_200);
+        sink.clock = Arc::new(|| 1_000_300);
+        driver::flush(&fleet, &mut sink, 1_000_300).await;
+        let row = store.get_instance(&region, &id).await.unwrap().unwrap();
+        assert_eq!(row.group_id.as_str(), "GID_a");
+        assert_eq!(row.presence, Presence::Offline);
+
+        // Never stored and no group: not written (yet), and the batch does not fail.
+        let other = InstanceId::new("gw-2").unwrap();
+        driver::lock(&fleet).on_presence(&other, &will, 1_000_400);
+        driver::flush(&fleet, &mut sink, 1_000_500).await;
+        assert!(store.get_instance(&region, &other).await.unwrap().is_none());
+        let events = store
+            .list_presence_events(&region, &id, PageLimit::new(10).unwrap(), None)
+            .await
+            .unwrap();
+        assert!(events.items.len() >= 2, "{events:?}");
+        store.close().await;
     }
 }

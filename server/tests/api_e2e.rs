@@ -106,7 +106,12 @@ default_interval_s = 1
     }
 
     fn get(&self, path: &str, token: Option<&str>) -> Reply {
-        http_get(self.dir.path(), self.port, path, token)
+        http(self.dir.path(), self.port, &[], path, token)
+    }
+
+    /// `curl {extra…}`: another method, a body.
+    fn request(&self, extra: &[&str], path: &str, token: Option<&str>) -> Reply {
+        http(self.dir.path(), self.port, extra, path, token)
     }
 }
 
@@ -147,9 +152,9 @@ impl Reply {
 }
 
 /// `curl` with a timeout; the token goes in a header file, not in argv.
-fn http_get(dir: &Path, port: u16, path: &str, token: Option<&str>) -> Reply {
+fn http(dir: &Path, port: u16, extra: &[&str], path: &str, token: Option<&str>) -> Reply {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "5", "-i"]);
+    cmd.args(["-sS", "--max-time", "5", "-i"]).args(extra);
     if let Some(t) = token {
         let h = dir.join("auth.header");
         std::fs::write(&h, format!("Authorization: Bearer {t}\n")).unwrap();
@@ -282,6 +287,27 @@ fn the_api_lists_an_agent_online_then_offline_and_keeps_it_across_a_restart() {
     c.get("/v1/instances/gw-never-seen", Some(&token))
         .assert_problem(404);
     c.get("/v1/nothing", Some(&token)).assert_problem(404);
+    c.get("/v1/instances/bad%20id", Some(&token))
+        .assert_problem(400);
+    c.request(&["-X", "DELETE"], "/v1/instances", Some(&token))
+        .assert_problem(405);
+    // A body over the limit (1 MiB by default) is refused before any handler reads it.
+    let big = c.dir.path().join("big.json");
+    std::fs::write(&big, vec![b' '; 2 << 20]).unwrap();
+    let data = format!("@{}", big.display());
+    c.request(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &data,
+        ],
+        "/v1/instances",
+        Some(&token),
+    )
+    .assert_problem(413);
 
     // kill -9: the Will (or before it, staleness) and then offline through the API.
     agent.kill9();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -53,6 +53,31 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
+        .layer(axum::middleware::map_response(as_problem))
+}
+
+/// Errors made below the handlers (the body limit's 413, the timeout's 408, a path the
+/// router cannot decode) come as bare text; they leave as problems like every other error.
+async fn as_problem(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/"));
+    if json {
+        return resp;
+    }
+    let title = status.canonical_reason().unwrap_or("Error");
+    Problem::new(
+        status,
+        &title.to_ascii_lowercase().replace(' ', "-"),
+        title,
+        format!("{title} ({})", status.as_u16()),
+    )
+    .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -16,7 +16,7 @@ pub struct Problem {
     /// A URI naming the kind of problem (documented in docs/console.md).
     #[serde(rename = "type")]
     pub kind: String,
-    pub title: &'static str,
+    pub title: String,
     pub status: u16,
     pub detail: String,
     #[serde(skip)]
@@ -29,12 +29,12 @@ impl Problem {
     pub fn new(
         status: StatusCode,
         kind: &str,
-        title: &'static str,
+        title: impl Into<String>,
         detail: impl Into<String>,
     ) -> Self {
         Problem {
             kind: format!("urn:csg:problem:{kind}"),
-            title,
+            title: title.into(),
             status: status.as_u16(),
             detail: detail.into(),
             retry_after: None,
