@@ -263,6 +263,43 @@ fn the_api_lists_an_agent_online_then_offline_and_keeps_it_across_a_restart() {
     })
     .expect("the heartbeat's figures never moved");
 
+    // Keyset paging through the API: a second gateway, pages of one.
+    let mut cfg2 = AgentConfig::new("gw-api-2", &broker.url());
+    cfg2.heartbeat_interval_s = 1;
+    let _agent2 = Agent::spawn(&cfg2);
+    wait_for(TIMEOUT, || {
+        presence_of(&c, &token, "gw-api-2").as_deref() == Some("online")
+    })
+    .expect("the second agent never came online via the API");
+    let page1 = c.get("/v1/instances?limit=1&q=gw-api", Some(&token)).json();
+    assert_eq!(page1["items"][0]["instance_id"], "gw-api-1", "{page1}");
+    let cursor = page1["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let page2 = c
+        .get(
+            &format!("/v1/instances?limit=1&q=gw-api&cursor={cursor}"),
+            Some(&token),
+        )
+        .json();
+    assert_eq!(page2["items"][0]["instance_id"], "gw-api-2", "{page2}");
+    if let Some(next) = page2["next_cursor"].as_str() {
+        let page3 = c
+            .get(
+                &format!("/v1/instances?limit=1&q=gw-api&cursor={next}"),
+                Some(&token),
+            )
+            .json();
+        assert_eq!(page3["items"].as_array().unwrap().len(), 0, "{page3}");
+    }
+    // A cursor under another filter would skip rows silently: refused.
+    c.get(
+        &format!("/v1/instances?limit=1&q=gw&cursor={cursor}"),
+        Some(&token),
+    )
+    .assert_problem(400);
+
     // Authentication and bad input.
     let none = c.get("/v1/instances", None);
     none.assert_problem(401);
@@ -327,7 +364,9 @@ fn the_api_lists_an_agent_online_then_offline_and_keeps_it_across_a_restart() {
     assert_eq!(d.status, 200, "{}", d.body);
     assert_eq!(d.json()["presence"]["state"], "offline");
     let listed = c.get("/v1/instances?presence=offline", Some(&token)).json();
-    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["items"][0]["instance_id"], "gw-api-1", "{listed}");
+    let listed = c.get("/v1/instances", Some(&token)).json();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
     assert!(c.stop().is_some_and(|s| s.success()));
 }
 
