@@ -263,6 +263,38 @@ fn the_api_lists_an_agent_online_then_offline_and_keeps_it_across_a_restart() {
     })
     .expect("the heartbeat's figures never moved");
 
+    // The OpenAPI document, served without a token, describes what the API answers.
+    let doc = c.get("/v1/openapi.json", None);
+    assert_eq!(doc.status, 200, "{}", doc.body);
+    let doc = doc.json();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    for path in ["/healthz", "/readyz", "/v1/instances", "/v1/instances/{id}"] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the document"
+        );
+    }
+    let conforms = |schema: &str, value: &Value| {
+        let root = serde_json::json!({
+            "$ref": format!("#/components/schemas/{schema}"),
+            "components": doc["components"],
+        });
+        let v = jsonschema::draft202012::new(&root).unwrap();
+        let errors: Vec<String> = v.iter_errors(value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{schema}: {errors:?}\n{value}");
+    };
+    conforms("InstancePage", &listed);
+    conforms("InstanceDetail", &first);
+    conforms("Ready", &ready);
+    conforms(
+        "Problem",
+        &c.get("/v1/instances?limit=0", Some(&token)).json(),
+    );
+
     // Keyset paging through the API: a second gateway, pages of one.
     let mut cfg2 = AgentConfig::new("gw-api-2", &broker.url());
     cfg2.heartbeat_interval_s = 1;

@@ -5,7 +5,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use csg_protocol::identity::{GroupId, InstanceId};
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::auth::authorize;
 use super::problem::Problem;
@@ -87,8 +89,75 @@ pub fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, Problem> {
     Ok(q)
 }
 
-/// The instance as the API shows it. `detail` adds the last heartbeat as it came.
-pub fn view(row: &InstanceRow, detail: bool) -> Value {
+/// A gateway's presence as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceOut {
+    /// `online`, `stale` (no heartbeat for the configured number of intervals) or `offline`.
+    #[schema(example = "online", pattern = "^(online|stale|offline)$")]
+    pub state: &'static str,
+    /// When the state began, ms since the Unix epoch.
+    pub since_ms: i64,
+    /// `connected`, `heartbeat`, `shutdown`, `connection_lost` or `no_heartbeat`.
+    #[schema(required = true)]
+    pub reason: Option<String>,
+}
+
+/// Resources managed by the gateway, summed over its storage families.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StorageOut {
+    pub count: u64,
+    /// Resources whose state differs from the desired one.
+    pub drift: u64,
+    /// Per family (`nfs`, `smb`, `iscsi`), from the last heartbeat.
+    #[schema(required = true, value_type = Option<Object>)]
+    pub families: Option<Value>,
+}
+
+/// One gateway, as listed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstanceOut {
+    pub instance_id: String,
+    pub group_id: String,
+    pub region: String,
+    pub presence: PresenceOut,
+    /// When the console last heard from it, ms since the Unix epoch.
+    #[schema(required = true)]
+    pub last_seen_ms: Option<i64>,
+    #[schema(required = true)]
+    pub agent_version: Option<String>,
+    /// Host facts from the last heartbeat (`uptime_s`, `system`, `disks`, `services`); null
+    /// before the first.
+    #[schema(required = true, value_type = Option<Object>)]
+    pub host: Option<Value>,
+    pub storage: StorageOut,
+}
+
+/// One gateway with its last heartbeat as the agent sent it (protocol.md §8).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstanceDetail {
+    #[serde(flatten)]
+    pub instance: InstanceOut,
+    #[schema(required = true, value_type = Option<Object>)]
+    pub heartbeat: Option<Value>,
+}
+
+/// A page of instances.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InstancePage {
+    pub items: Vec<InstanceOut>,
+    /// Pass as `cursor` for the next page, with the same filters; null on the last page.
+    #[schema(required = true)]
+    pub next_cursor: Option<String>,
+}
+
+fn count_of(v: Option<&Value>, key: &str) -> u64 {
+    v.and_then(|s| s.get(key))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// The instance as the API shows it.
+pub fn view(row: &InstanceRow) -> InstanceOut {
     let hb = row.heartbeat.as_ref();
     let host = hb.map(|h| {
         json!({
@@ -98,35 +167,24 @@ pub fn view(row: &InstanceRow, detail: bool) -> Value {
             "services": h.get("services"),
         })
     });
-    let mut storage = row
-        .storage
-        .clone()
-        .unwrap_or_else(|| json!({"count": 0, "drift": 0}));
-    if let (Some(obj), Some(families)) =
-        (storage.as_object_mut(), hb.and_then(|h| h.get("storage")))
-    {
-        obj.insert("families".into(), families.clone());
-    }
-    let mut v = json!({
-        "instance_id": row.instance_id.as_str(),
-        "group_id": row.group_id.as_str(),
-        "region": row.region.as_str(),
-        "presence": {
-            "state": row.presence.as_str(),
-            "since_ms": row.since_ms,
-            "reason": row.reason,
+    InstanceOut {
+        instance_id: row.instance_id.as_str().to_owned(),
+        group_id: row.group_id.as_str().to_owned(),
+        region: row.region.as_str().to_owned(),
+        presence: PresenceOut {
+            state: row.presence.as_str(),
+            since_ms: row.since_ms,
+            reason: row.reason.clone(),
         },
-        "last_seen_ms": row.last_seen_ms,
-        "agent_version": row.agent_version,
-        "host": host,
-        "storage": storage,
-    });
-    if detail {
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("heartbeat".into(), hb.cloned().unwrap_or(Value::Null));
-        }
+        last_seen_ms: row.last_seen_ms,
+        agent_version: row.agent_version.clone(),
+        host,
+        storage: StorageOut {
+            count: count_of(row.storage.as_ref(), "count"),
+            drift: count_of(row.storage.as_ref(), "drift"),
+            families: hb.and_then(|h| h.get("storage")).cloned(),
+        },
     }
-    v
 }
 
 /// A token limited to groups sees only theirs: its groups narrow (or replace) the filter's.
@@ -142,16 +200,42 @@ fn restrict(filter: &mut InstanceFilter, token: &TokenRecord) -> bool {
     !filter.groups.is_empty()
 }
 
+/// A page of instances, in instance id order.
+#[utoipa::path(
+    get,
+    path = "/v1/instances",
+    tag = "instances",
+    params(
+        ("presence" = Option<String>, Query, description = "online, stale or offline"),
+        ("group" = Option<Vec<String>>, Query, description = "any of these groups (repeatable)"),
+        ("version" = Option<String>, Query, description = "exact agent version"),
+        ("q" = Option<String>, Query, description = "a case-sensitive substring of the instance id"),
+        ("id" = Option<Vec<String>>, Query, description = "exactly these instance ids (repeatable, at most 1000)"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "the previous page's next_cursor"),
+    ),
+    responses(
+        (status = 200, description = "a page", body = InstancePage),
+        (status = 400, description = "a bad parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the token lacks the read scope", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the store is unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<InstancePage>, Problem> {
     let token = authorize(&state, &headers, Scope::Read).await?;
     let mut q = parse_list_query(raw.as_deref())?;
     q.filter.region = Some(state.region.clone());
     if !restrict(&mut q.filter, &token) {
-        return Ok(Json(json!({"items": [], "next_cursor": null})));
+        return Ok(Json(InstancePage {
+            items: Vec::new(),
+            next_cursor: None,
+        }));
     }
     let limit = match q.limit {
         Some(l) => l,
@@ -161,17 +245,33 @@ pub async fn list(
         .store
         .list_instances(&q.filter, limit, q.cursor.as_deref())
         .await?;
-    let items: Vec<Value> = page.items.iter().map(|r| view(r, false)).collect();
-    Ok(Json(
-        json!({"items": items, "next_cursor": page.next_cursor}),
-    ))
+    Ok(Json(InstancePage {
+        items: page.items.iter().map(view).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
+/// One instance, with its last heartbeat.
+#[utoipa::path(
+    get,
+    path = "/v1/instances/{id}",
+    tag = "instances",
+    params(("id" = String, Path, description = "the instance id")),
+    responses(
+        (status = 200, description = "the instance", body = InstanceDetail),
+        (status = 400, description = "a malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "the token lacks the read scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "never seen (or outside the token's groups)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the store is unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Value>, Problem> {
+) -> Result<Json<InstanceDetail>, Problem> {
     let token = authorize(&state, &headers, Scope::Read).await?;
     let id = InstanceId::new(id.as_str())
         .map_err(|e| Problem::bad_request(format!("instance id: {e}")))?;
@@ -185,7 +285,10 @@ pub async fn get(
     if !token.groups.is_empty() && !token.groups.contains(&row.group_id) {
         return Err(unknown());
     }
-    Ok(Json(view(&row, true)))
+    Ok(Json(InstanceDetail {
+        instance: view(&row),
+        heartbeat: row.heartbeat.clone(),
+    }))
 }
 
 #[cfg(test)]

@@ -14,10 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use csg_transport::LinkState;
+use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::store::{Region, Store};
 use problem::Problem;
@@ -45,6 +48,7 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/instances", get(instances::list))
         .route("/v1/instances/{id}", get(instances::get))
+        .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -80,11 +84,66 @@ async fn as_problem(resp: Response) -> Response {
     .into_response()
 }
 
+/// The API's OpenAPI 3.1 document, generated from the handlers' annotations and the types
+/// they answer with.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "csg-consoled", description = "The console service of csg-agent: the fleet of storage gateways over HTTP."),
+    paths(healthz, readyz, openapi, instances::list, instances::get),
+    components(schemas(Problem, Ready, instances::InstancePage, instances::InstanceDetail)),
+    modifiers(&BearerAuth),
+    tags((name = "instances", description = "the gateways the console knows"), (name = "service", description = "the service itself"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "a token from `csg-consoled token create`; scopes read ⊂ operate ⊂ admin",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// This document; no token needed.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "service",
+    responses((status = 200, description = "the OpenAPI 3.1 document", content_type = "application/json")))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "service",
+    responses((status = 200, description = "up", content_type = "application/json")))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Readiness and what is missing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    pub ready: bool,
+    /// `ok`, or why the store does not answer.
+    pub store: String,
+    /// `ready`, or the broker link's state.
+    pub broker: String,
+}
+
 /// 200 when the store answers and the broker link is subscribed; otherwise 503 saying which.
+#[utoipa::path(get, path = "/readyz", tag = "service", responses(
+    (status = 200, description = "ready", body = Ready),
+    (status = 503, description = "not ready; the body says which part", body = Ready),
+))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let store = match tokio::time::timeout(READY_PING, state.store.ping()).await {
         Ok(Ok(())) => Ok(()),
@@ -102,11 +161,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
         LinkState::Down(None) => Err("connecting".to_owned()),
     };
     let ready = store.is_ok() && broker.is_ok();
-    let body = json!({
-        "ready": ready,
-        "store": store.err().unwrap_or("ok"),
-        "broker": broker.err().unwrap_or_else(|| "ready".to_owned()),
-    });
+    let body = Ready {
+        ready,
+        store: store.err().unwrap_or("ok").to_owned(),
+        broker: broker.err().unwrap_or_else(|| "ready".to_owned()),
+    };
     let status = if ready {
         StatusCode::OK
     } else {
@@ -126,4 +185,45 @@ async fn method_not_allowed() -> Problem {
         "Method not allowed",
         "this route does not take that method",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names the API fixes are in the document, as required fields.
+    #[test]
+    fn the_document_is_openapi_3_1_with_the_fixed_names() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1."));
+        let schemas = &doc["components"]["schemas"];
+        let required = |name: &str| -> Vec<String> {
+            serde_json::from_value(schemas[name]["required"].clone()).unwrap()
+        };
+        for field in [
+            "instance_id",
+            "group_id",
+            "region",
+            "presence",
+            "last_seen_ms",
+            "agent_version",
+            "host",
+            "storage",
+        ] {
+            assert!(
+                required("InstanceOut").contains(&field.to_owned()),
+                "{field}"
+            );
+        }
+        assert_eq!(required("InstancePage"), ["items", "next_cursor"]);
+        for field in ["type", "title", "status", "detail"] {
+            assert!(required("Problem").contains(&field.to_owned()), "{field}");
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert!(doc["paths"]["/v1/instances"]["get"]["security"].is_array());
+        assert!(doc["paths"]["/healthz"]["get"]["security"].is_null());
+    }
 }

@@ -11,10 +11,12 @@ use crate::store::StoreError;
 /// Seconds a client is asked to wait after a 503.
 pub const RETRY_AFTER_S: u64 = 5;
 
-#[derive(Debug, Clone, Serialize)]
+/// An RFC 9457 problem.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem (documented in docs/console.md).
     #[serde(rename = "type")]
+    #[schema(example = "urn:csg:problem:bad-request")]
     pub kind: String,
     pub title: String,
     pub status: u16,
