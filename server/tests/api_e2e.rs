@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use csg_e2e::broker::free_port;
 use csg_e2e::process::{self, child_env, ChildGuard};
 use csg_e2e::{now_ms, Agent, AgentConfig, Broker, TIMEOUT, WORKSPACE_VERSION};
@@ -29,9 +31,16 @@ struct Consoled {
 impl Consoled {
     /// Writes the config (a SQLite file in a temp dir, a free loopback port); not started.
     fn new(broker: &Broker) -> Consoled {
+        Self::with_store(broker, None)
+    }
+
+    /// The same with another store URL (PostgreSQL).
+    fn with_store(broker: &Broker, store: Option<String>) -> Consoled {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let db = dir.path().join("state/console.db");
+        let store = store.unwrap_or_else(|| {
+            format!("sqlite://{}", dir.path().join("state/console.db").display())
+        });
         let config = dir.path().join("console.toml");
         let toml = format!(
             r#"
@@ -45,7 +54,7 @@ keep_alive_s = 5
 [http]
 listen = "127.0.0.1:{port}"
 [store]
-url = "sqlite://{db}"
+url = "{store}"
 [fleet]
 share_group = "{group}"
 default_interval_s = 1
@@ -53,7 +62,6 @@ default_interval_s = 1
             console = csg_e2e::unique("consoled"),
             url = broker.url(),
             protocol = csg_e2e::mqtt_protocol(),
-            db = db.display(),
             group = csg_e2e::unique("api"),
         );
         std::fs::write(&config, toml).unwrap();
@@ -154,14 +162,15 @@ impl Reply {
 /// `curl` with a timeout; the token goes in a header file, not in argv.
 fn http(dir: &Path, port: u16, extra: &[&str], path: &str, token: Option<&str>) -> Reply {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "5", "-i"]).args(extra);
+    // Longer than the store's 5 s pool timeout, so a 503 for an unreachable store arrives.
+    cmd.args(["-sS", "--max-time", "15", "-i"]).args(extra);
     if let Some(t) = token {
         let h = dir.join("auth.header");
         std::fs::write(&h, format!("Authorization: Bearer {t}\n")).unwrap();
         cmd.arg("-H").arg(format!("@{}", h.display()));
     }
     cmd.arg(format!("http://127.0.0.1:{port}{path}"));
-    let out = process::run(cmd, Duration::from_secs(10));
+    let out = process::run(cmd, Duration::from_secs(20));
     if out.code() != Some(0) {
         return Reply {
             status: 0,
@@ -458,6 +467,35 @@ fn tokens_are_listed_and_revoked_and_a_revoked_one_is_refused() {
         status.success(),
         "csg-consoled exited {status:?} without its broker"
     );
+}
+
+#[test]
+fn the_api_answers_503_with_retry_after_while_postgresql_is_down_and_recovers() {
+    let broker = Broker::start();
+    let mut pg =
+        common::PgServer::start().unwrap_or_else(|e| panic!("PostgreSQL did not start: {e}"));
+    let mut c = Consoled::with_store(&broker, Some(pg.url()));
+    let token = c.token("e2e-pg", "read");
+    c.start();
+    assert_eq!(c.get("/v1/instances", Some(&token)).status, 200);
+
+    pg.kill();
+    let down = c.get("/v1/instances", Some(&token));
+    down.assert_problem(503);
+    assert_eq!(down.header("retry-after").as_deref(), Some("5"));
+    let ready = c.get("/readyz", None);
+    assert_eq!(ready.status, 503);
+    assert_ne!(ready.json()["store"], "ok", "{}", ready.body);
+    assert_eq!(ready.json()["broker"], "ready", "{}", ready.body);
+
+    // Back without a restart of the service; the token was kept.
+    pg.restart().unwrap();
+    wait_for(Duration::from_secs(30), || {
+        c.get("/v1/instances", Some(&token)).status == 200
+    })
+    .unwrap_or_else(|| panic!("the API did not recover with PostgreSQL\n{}", c.log()));
+    assert_eq!(c.get("/readyz", None).status, 200);
+    assert!(c.stop().is_some_and(|s| s.success()));
 }
 
 #[test]
