@@ -81,7 +81,14 @@ default_interval_s = 1
     }
 
     fn token(&self, name: &str, scope: &str) -> String {
-        let out = self.command(&["token", "create", "--name", name, "--scope", scope]);
+        self.token_with(&["--name", name, "--scope", scope])
+    }
+
+    /// `token create {args…}`; the token printed.
+    fn token_with(&self, args: &[&str]) -> String {
+        let mut argv = vec!["token", "create"];
+        argv.extend_from_slice(args);
+        let out = self.command(&argv);
         out.assert_code(0);
         let token = out.stdout.trim().to_owned();
         assert!(
@@ -340,6 +347,35 @@ fn the_api_lists_an_agent_online_then_offline_and_keeps_it_across_a_restart() {
         Some(&token),
     )
     .assert_problem(400);
+
+    // Tokens limited to groups, created while the service runs (a second SQLite writer).
+    let others = c.token_with(&[
+        "--name",
+        "e2e-others",
+        "--scope",
+        "read",
+        "--group",
+        "GID_other",
+    ]);
+    let ours = c.token_with(&[
+        "--name",
+        "e2e-ours",
+        "--scope",
+        "operate",
+        "--group",
+        "GID_other",
+        "--group",
+        "GID_csg",
+    ]);
+    let seen = c.get("/v1/instances", Some(&others)).json();
+    assert_eq!(seen["items"].as_array().unwrap().len(), 0, "{seen}");
+    c.get("/v1/instances/gw-api-1", Some(&others))
+        .assert_problem(404);
+    let seen = c.get("/v1/instances?group=GID_csg", Some(&others)).json();
+    assert_eq!(seen["items"].as_array().unwrap().len(), 0, "{seen}");
+    let seen = c.get("/v1/instances", Some(&ours)).json();
+    assert_eq!(seen["items"].as_array().unwrap().len(), 2, "{seen}");
+    assert_eq!(c.get("/v1/instances/gw-api-1", Some(&ours)).status, 200);
 
     // Authentication and bad input.
     let none = c.get("/v1/instances", None);
