@@ -2,6 +2,7 @@
 //! store) and the HTTP API; manages API tokens.
 
 use std::io::IsTerminal;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -281,7 +282,11 @@ fn ensure_sqlite_dir(url: &str) -> Result<()> {
         .filter(|d| !d.as_os_str().is_empty())
     {
         if !dir.exists() {
-            std::fs::create_dir_all(dir)
+            // Owner only: the database holds token hashes and the fleet's inventory.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .with_context(|| format!("creating the store's directory {}", dir.display()))?;
         }
     }

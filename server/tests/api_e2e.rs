@@ -226,6 +226,16 @@ fn the_api_lists_an_agent_online_then_offline_and_keeps_it_across_a_restart() {
     let mut c = Consoled::new(&broker);
     // The token is created before the service ever ran: `token create` migrates the store.
     let token = c.token("e2e-reader", "read");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(c.dir.path().join("state"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(
+        mode & 0o777,
+        0o700,
+        "the store's directory is for its owner only"
+    );
     c.start();
     assert_eq!(c.get("/healthz", None).status, 200);
     let ready = c.get("/readyz", None).json();
