@@ -464,6 +464,10 @@ fn tokens_are_listed_and_revoked_and_a_revoked_one_is_refused() {
     let token = c.token("e2e-admin", "admin");
     c.start();
     assert_eq!(c.get("/v1/instances", Some(&token)).status, 200);
+    // `audit` alone does not include `read`: too small a scope is 403, not 401.
+    let auditor = c.token("e2e-auditor", "audit");
+    let p = c.get("/v1/instances", Some(&auditor)).assert_problem(403);
+    assert!(p["detail"].as_str().unwrap().contains("read"), "{p}");
 
     let dup = c.command(&["token", "create", "--name", "e2e-admin", "--scope", "read"]);
     assert_ne!(dup.code(), Some(0), "a taken name must be refused");
