@@ -7,10 +7,13 @@
 //!   ingest seam that feeds it (an MQTT shared subscription, or a message queue's consumer);
 //! - `store`: the one owner of SQL (a `Store` trait, with SQLite and PostgreSQL behind it);
 //! - `sink`: the fleet's batches written to the store;
+//! - `rpc`: calls to gateways behind one seam (`Caller`); `events`: live events fanned out;
 //! - `http`: the API, reading the store; `config`: the service's TOML.
 
 pub mod config;
+pub mod events;
 pub mod fleet;
 pub mod http;
+pub mod rpc;
 pub mod sink;
 pub mod store;
