@@ -351,6 +351,33 @@ fn the_api_lists_an_agent_online_then_offline_and_keeps_it_across_a_restart() {
             .json();
         assert_eq!(page3["items"].as_array().unwrap().len(), 0, "{page3}");
     }
+    // Field selection: only the members asked for, and the key.
+    let narrow = c
+        .get(
+            "/v1/instances?q=gw-api&fields=presence,agent_version",
+            Some(&token),
+        )
+        .json();
+    let item = narrow["items"][0].as_object().expect("an item");
+    let mut keys: Vec<&str> = item.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["agent_version", "instance_id", "presence"],
+        "{narrow}"
+    );
+    // Drift: fresh agents have none, so they are listed without drift and not with it.
+    let with = c
+        .get("/v1/instances?q=gw-api&drift=true", Some(&token))
+        .json();
+    assert_eq!(with["items"].as_array().unwrap().len(), 0, "{with}");
+    let without = c
+        .get("/v1/instances?q=gw-api&drift=false", Some(&token))
+        .json();
+    assert_eq!(without["items"].as_array().unwrap().len(), 2, "{without}");
+    c.get("/v1/instances?fields=colour", Some(&token))
+        .assert_problem(400);
+
     // A cursor under another filter would skip rows silently: refused.
     c.get(
         &format!("/v1/instances?limit=1&q=gw&cursor={cursor}"),

@@ -224,6 +224,7 @@ fn fleet() -> Vec<InstanceRow> {
             row.group_id = GroupId::new(groups[(i % 3) as usize]).unwrap();
             row.agent_version = Some(versions[(i % 5 % 2) as usize].to_owned());
             row.presence = presences[(i % 7 % 3) as usize];
+            row.storage = Some(json!({"count": 4, "drift": i64::from(i % 11 == 0) * (i % 3 + 1)}));
             row
         })
         .collect()
@@ -242,6 +243,15 @@ fn filters() -> Vec<InstanceFilter> {
         },
         InstanceFilter {
             presence: Some(Presence::Stale),
+            ..Default::default()
+        },
+        InstanceFilter {
+            drift: Some(true),
+            ..Default::default()
+        },
+        InstanceFilter {
+            drift: Some(false),
+            presence: Some(Presence::Online),
             ..Default::default()
         },
         InstanceFilter {
@@ -278,6 +288,7 @@ fn filters() -> Vec<InstanceFilter> {
             version: Some("0.1.0".to_owned()),
             ids,
             q: Some("2".to_owned()),
+            drift: None,
         },
     ]
 }
@@ -289,6 +300,7 @@ fn matches(f: &InstanceFilter, r: &InstanceRow) -> bool {
         && f.version
             .as_ref()
             .is_none_or(|v| Some(v) == r.agent_version.as_ref())
+        && f.drift.is_none_or(|d| d == (r.drift() > 0))
         && (f.ids.is_empty() || f.ids.contains(&r.instance_id))
         && f.q
             .as_ref()

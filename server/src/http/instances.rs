@@ -16,13 +16,59 @@ use crate::store::{InstanceFilter, InstanceRow, PageLimit, Presence, Scope, Toke
 
 pub const DEFAULT_LIMIT: u32 = 100;
 
-/// The list's query: `presence`, `group` and `id` (repeatable), `version`, `q`, `limit`,
-/// `cursor`. Unknown or repeated single parameters are refused, never ignored.
+/// The list's query: `presence`, `group` and `id` (repeatable), `version`, `drift`, `q`,
+/// `fields`, `limit`, `cursor`. Unknown or repeated single parameters are refused, never ignored.
 #[derive(Debug, Default, PartialEq)]
 pub struct ListQuery {
     pub filter: InstanceFilter,
     pub limit: Option<PageLimit>,
     pub cursor: Option<String>,
+    pub fields: Option<Fields>,
+}
+
+/// The top-level members of an instance a list may be narrowed to (`fields=presence,host`);
+/// `instance_id` is always included, as the key a client pages and matches by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields(Vec<&'static str>);
+
+impl Fields {
+    pub const KNOWN: [&'static str; 8] = [
+        "instance_id",
+        "group_id",
+        "region",
+        "presence",
+        "last_seen_ms",
+        "agent_version",
+        "host",
+        "storage",
+    ];
+
+    pub fn parse(text: &str) -> Result<Self, Problem> {
+        let mut chosen = vec!["instance_id"];
+        for name in text.split(',') {
+            let known = Self::KNOWN.iter().find(|k| **k == name).ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "fields: unknown member {:?}; known: {}",
+                    name.chars().take(64).collect::<String>(),
+                    Self::KNOWN.join(", ")
+                ))
+            })?;
+            if !chosen.contains(known) {
+                chosen.push(known);
+            }
+        }
+        Ok(Self(chosen))
+    }
+
+    /// The instance with only the chosen members.
+    fn project(&self, instance: &InstanceOut) -> Value {
+        // An InstanceOut always serializes (string keys, finite numbers from the store).
+        let mut v = serde_json::to_value(instance).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut v {
+            map.retain(|k, _| self.0.contains(&k.as_str()));
+        }
+        v
+    }
 }
 
 pub fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, Problem> {
@@ -38,6 +84,7 @@ pub fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, Problem> {
     };
     let mut limit: Option<String> = None;
     let mut presence: Option<String> = None;
+    let mut drift: Option<String> = None;
     for (k, v) in pairs {
         match k.as_str() {
             "presence" => {
@@ -58,6 +105,16 @@ pub fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, Problem> {
                 once(&q.filter.q, "q")?;
                 q.filter.q = Some(v);
             }
+            "drift" => {
+                once(&drift, "drift")?;
+                drift = Some(v);
+            }
+            "fields" => {
+                if q.fields.is_some() {
+                    return Err(Problem::bad_request("fields: given more than once"));
+                }
+                q.fields = Some(Fields::parse(&v)?);
+            }
             "limit" => {
                 once(&limit, "limit")?;
                 limit = Some(v);
@@ -68,7 +125,7 @@ pub fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, Problem> {
             }
             other => {
                 return Err(Problem::bad_request(format!(
-                    "unknown query parameter {:?}; known: presence, group, version, q, id, limit, cursor",
+                    "unknown query parameter {:?}; known: presence, group, version, drift, q, id, fields, limit, cursor",
                     other.chars().take(64).collect::<String>()
                 )))
             }
@@ -79,6 +136,13 @@ pub fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, Problem> {
             Presence::parse(&p)
                 .map_err(|_| Problem::bad_request("presence: one of online, stale, offline"))?,
         );
+    }
+    if let Some(d) = drift {
+        q.filter.drift = Some(match d.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => return Err(Problem::bad_request("drift: true or false")),
+        });
     }
     if let Some(l) = limit {
         let n: u32 = l.parse().map_err(|_| {
@@ -141,10 +205,12 @@ pub struct InstanceDetail {
     pub heartbeat: Option<Value>,
 }
 
-/// A page of instances.
+/// A page of instances. With `fields`, each item holds only the members chosen (and
+/// `instance_id`); without it, every member.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct InstancePage {
-    pub items: Vec<InstanceOut>,
+    #[schema(value_type = Vec<InstanceOut>)]
+    pub items: Vec<Value>,
     /// Pass as `cursor` for the next page, with the same filters; null on the last page.
     #[schema(required = true)]
     pub next_cursor: Option<String>,
@@ -209,8 +275,10 @@ fn restrict(filter: &mut InstanceFilter, token: &TokenRecord) -> bool {
         ("presence" = Option<String>, Query, description = "online, stale or offline"),
         ("group" = Option<Vec<String>>, Query, description = "any of these groups (repeatable)"),
         ("version" = Option<String>, Query, description = "exact agent version"),
+        ("drift" = Option<bool>, Query, description = "true: only gateways with drift; false: only those without"),
         ("q" = Option<String>, Query, description = "a case-sensitive substring of the instance id"),
         ("id" = Option<Vec<String>>, Query, description = "exactly these instance ids (repeatable, at most 1000)"),
+        ("fields" = Option<String>, Query, description = "comma-separated members to return (instance_id always): group_id, region, presence, last_seen_ms, agent_version, host, storage"),
         ("limit" = Option<u32>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "the previous page's next_cursor"),
     ),
@@ -245,8 +313,19 @@ pub async fn list(
         .store
         .list_instances(&q.filter, limit, q.cursor.as_deref())
         .await?;
+    let items = page
+        .items
+        .iter()
+        .map(|row| {
+            let out = view(row);
+            match &q.fields {
+                Some(f) => f.project(&out),
+                None => serde_json::to_value(&out).unwrap_or(Value::Null),
+            }
+        })
+        .collect();
     Ok(Json(InstancePage {
-        items: page.items.iter().map(view).collect(),
+        items,
         next_cursor: page.next_cursor,
     }))
 }
@@ -306,6 +385,16 @@ mod tests {
         assert_eq!(q.limit.map(PageLimit::get), Some(5));
         assert_eq!(q.cursor.as_deref(), Some("abc"));
         assert_eq!(parse_list_query(None).unwrap(), ListQuery::default());
+        let q = parse_list_query(Some("drift=true&fields=presence,host,presence")).unwrap();
+        assert_eq!(q.filter.drift, Some(true));
+        assert_eq!(
+            q.fields,
+            Some(Fields(vec!["instance_id", "presence", "host"]))
+        );
+        assert_eq!(
+            parse_list_query(Some("drift=false")).unwrap().filter.drift,
+            Some(false)
+        );
 
         for bad in [
             "limit=0",
@@ -317,6 +406,11 @@ mod tests {
             "id=a%2Fb",
             "group=",
             "colour=red",
+            "drift=yes",
+            "drift=true&drift=false",
+            "fields=presence,colour",
+            "fields=",
+            "fields=host&fields=region",
         ] {
             let p = parse_list_query(Some(bad)).unwrap_err();
             assert_eq!(p.status, 400, "{bad}");

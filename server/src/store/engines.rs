@@ -27,7 +27,11 @@ static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/pos
 const INSTANCE_COLUMNS: &str = "region, instance_id, group_id, presence, since_ms, reason, \
      last_seen_ms, agent_version, heartbeat, storage, updated_ms";
 
-// Rows per INSERT statement: 11 binds each, well under SQLite's 32766 and PostgreSQL's 65535.
+/// The columns written: those read, and `drift` (kept apart so it can be filtered on).
+const INSTANCE_WRITE_COLUMNS: &str = "region, instance_id, group_id, presence, since_ms, reason, \
+     last_seen_ms, agent_version, heartbeat, storage, updated_ms, drift";
+
+// Rows per INSERT statement: 12 binds each, well under SQLite's 32766 and PostgreSQL's 65535.
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// SQLite: one file in WAL mode. Writes go through a pool of one connection and begin with
@@ -88,12 +92,18 @@ impl SqliteStore {
             .await?;
         // sqlx takes no lock to migrate SQLite: two processes opening a new file together both
         // find a migration missing, and the second to apply it fails ("table already exists")
-        // after the first committed. Its transaction rolled back, so running again finds the
-        // migration applied and does nothing; a second failure is a real one.
-        if SQLITE_MIGRATIONS.run(&write).await.is_err() {
-            SQLITE_MIGRATIONS.run(&write).await?;
+        // after the first committed. Its transaction rolled back, so running again finds that
+        // migration applied and goes on. Each such loss means another process committed one
+        // more migration, so there can be at most one per migration: a failure beyond that is
+        // a real one.
+        let mut losses = 0;
+        loop {
+            match SQLITE_MIGRATIONS.run(&write).await {
+                Ok(()) => return Ok(write),
+                Err(e) if losses >= SQLITE_MIGRATIONS.iter().count() => return Err(e.into()),
+                Err(_) => losses += 1,
+            }
         }
-        Ok(write)
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
@@ -270,8 +280,9 @@ macro_rules! store_impl {
                 let rows = newest_per_instance(rows);
                 let mut tx = self.begin_write().await?;
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                    let mut q: QueryBuilder<$db> =
-                        QueryBuilder::new(format!("INSERT INTO instances ({INSTANCE_COLUMNS}) "));
+                    let mut q: QueryBuilder<$db> = QueryBuilder::new(format!(
+                        "INSERT INTO instances ({INSTANCE_WRITE_COLUMNS}) "
+                    ));
                     q.push_values(chunk, |mut b, r| {
                         b.push_bind(r.region.as_str())
                             .push_bind(r.instance_id.as_str())
@@ -283,7 +294,8 @@ macro_rules! store_impl {
                             .push_bind(r.agent_version.as_deref())
                             .push_bind(json_text(r.heartbeat.as_ref()))
                             .push_bind(json_text(r.storage.as_ref()))
-                            .push_bind(r.updated_ms);
+                            .push_bind(r.updated_ms)
+                            .push_bind(r.drift());
                     });
                     q.push(
                         " ON CONFLICT (region, instance_id) DO UPDATE SET \
@@ -292,7 +304,7 @@ macro_rules! store_impl {
                          last_seen_ms = excluded.last_seen_ms, \
                          agent_version = excluded.agent_version, \
                          heartbeat = excluded.heartbeat, storage = excluded.storage, \
-                         updated_ms = excluded.updated_ms \
+                         updated_ms = excluded.updated_ms, drift = excluded.drift \
                          WHERE instances.updated_ms <= excluded.updated_ms",
                     );
                     q.build().execute(&mut *tx).await?;
@@ -345,6 +357,15 @@ macro_rules! store_impl {
                 }
                 if let Some(version) = &filter.version {
                     q.push(" AND agent_version = ").push_bind(version.as_str());
+                }
+                match filter.drift {
+                    Some(true) => {
+                        q.push(" AND drift > 0");
+                    }
+                    Some(false) => {
+                        q.push(" AND drift = 0");
+                    }
+                    None => {}
                 }
                 if !filter.ids.is_empty() {
                     q.push(" AND instance_id IN (");

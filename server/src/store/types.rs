@@ -93,6 +93,18 @@ pub struct InstanceRow {
     pub updated_ms: i64,
 }
 
+impl InstanceRow {
+    /// Resources whose state differs from the desired one: the storage summary's `drift`
+    /// (0 when there is none).
+    pub fn drift(&self) -> i64 {
+        self.storage
+            .as_ref()
+            .and_then(|s| s.get("drift"))
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0)
+    }
+}
+
 /// How many rows one page holds: 1 to [`PageLimit::MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageLimit(u32);
@@ -131,6 +143,9 @@ pub struct InstanceFilter {
     /// Any of these groups (a token limited to groups lists only those).
     pub groups: Vec<GroupId>,
     pub version: Option<String>,
+    /// With drift (`Some(true)`: at least one resource differs from its desired state) or
+    /// without (`Some(false)`).
+    pub drift: Option<bool>,
     /// Exactly these instance ids (at most [`InstanceFilter::MAX_IDS`]).
     pub ids: Vec<InstanceId>,
     /// A case-sensitive substring of the instance id (a prefix is one too).
