@@ -518,12 +518,60 @@ macro_rules! store_impl {
             async fn close(&self) {
                 self.close_pools().await;
             }
+
+            // --- metrics and webhooks (SQL in store/webhooks.rs) ---
+
+            async fn count_instances_by_presence(
+                &self,
+            ) -> Result<Vec<(String, Presence, u64)>, StoreError> {
+                self.sql_count_instances_by_presence().await
+            }
+
+            async fn enqueue_deliveries(
+                &self,
+                deliveries: &[super::NewDelivery],
+            ) -> Result<(), StoreError> {
+                self.sql_enqueue_deliveries(deliveries).await
+            }
+
+            async fn claim_due_deliveries(
+                &self,
+                now_ms: i64,
+                lease_until_ms: i64,
+                limit: u32,
+            ) -> Result<Vec<super::DeliveryRow>, StoreError> {
+                self.sql_claim_due_deliveries(now_ms, lease_until_ms, limit)
+                    .await
+            }
+
+            async fn record_delivery_attempt(
+                &self,
+                id: i64,
+                attempt: &super::Attempt,
+            ) -> Result<(), StoreError> {
+                self.sql_record_delivery_attempt(id, attempt).await
+            }
+
+            async fn list_deliveries(
+                &self,
+                filter: &super::DeliveryFilter,
+                limit: PageLimit,
+                cursor: Option<&str>,
+            ) -> Result<Page<super::DeliveryRow>, StoreError> {
+                self.sql_list_deliveries(filter, limit, cursor).await
+            }
+
+            async fn pending_deliveries(&self) -> Result<(u64, Option<i64>), StoreError> {
+                self.sql_pending_deliveries().await
+            }
         }
     };
 }
 
 store_impl!(SqliteStore, Sqlite, Engine::Sqlite, "instr");
 store_impl!(PgStore, Postgres, Engine::Postgres, "strpos");
+super::webhooks::webhook_sql!(SqliteStore, Sqlite);
+super::webhooks::webhook_sql!(PgStore, Postgres);
 
 #[cfg(test)]
 mod tests {
