@@ -2,7 +2,7 @@
 //!
 //! Each event is `id: <event id>`, `event: presence|call|job`, `data: <JSON>`. A listener that
 //! falls behind the bus gets `event: lagged` with `{"missed": n}` instead of the events it
-//! lost, never a silent gap. Comments (`: keep-alive`) every 15 s keep proxies from closing an
+//! lost, never a silent gap. The stream opens with a comment (`: open`); comments (`: keep-alive`) every 15 s keep proxies from closing an
 //! idle stream. Nothing compresses or buffers the response (`X-Accel-Buffering: no` asks the
 //! same of a proxy); the stream ends when the service stops.
 
@@ -14,7 +14,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 
@@ -66,7 +66,10 @@ fn frame(p: &Published) -> SseEvent {
 }
 
 fn events(l: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    stream::unfold(l, |mut l| async move {
+    // A comment first: the server writes the response head with the first bytes of the body,
+    // so without it a client would not know the stream is open until the first event.
+    let opened = stream::once(async { Ok(SseEvent::default().comment("open")) });
+    opened.chain(stream::unfold(l, |mut l| async move {
         loop {
             let got = tokio::select! {
                 r = l.rx.recv() => r,
@@ -88,7 +91,7 @@ fn events(l: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
                 Err(RecvError::Closed) => return None,
             }
         }
-    })
+    }))
 }
 
 /// The live events, as server-sent events.
@@ -133,8 +136,6 @@ pub async fn stream(
 
 #[cfg(test)]
 mod tests {
-    use futures_util::StreamExt;
-
     use super::*;
     use crate::events::{Bus, Event, EventKind};
     use crate::metrics::Metrics;
@@ -178,6 +179,10 @@ mod tests {
             &metrics,
         ));
         tokio::pin!(all, limited, jobs);
+        for s in [&mut all, &mut limited, &mut jobs] {
+            let first = format!("{:?}", s.next().await.unwrap().unwrap());
+            assert!(first.contains(": open"), "{first}");
+        }
         for i in 0..10 {
             bus.publish(presence(if i == 9 { "GID_b" } else { "GID_a" }));
         }
