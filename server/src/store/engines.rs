@@ -88,10 +88,17 @@ impl SqliteStore {
             .await?;
         // sqlx takes no lock to migrate SQLite: two processes opening a new file together both
         // find a migration missing, and the second to apply it fails ("table already exists")
-        // after the first committed. Its transaction rolled back, so running again finds the
-        // migration applied and does nothing; a second failure is a real one.
-        if SQLITE_MIGRATIONS.run(&write).await.is_err() {
-            SQLITE_MIGRATIONS.run(&write).await?;
+        // after the first committed. Its transaction rolled back, so running again finds that
+        // migration applied and goes on with the next. Each such failure means another process
+        // applied one more migration, so there can be at most one per migration: a failure
+        // beyond that is a real one.
+        let mut retries = SQLITE_MIGRATIONS.iter().count();
+        loop {
+            match SQLITE_MIGRATIONS.run(&write).await {
+                Ok(()) => break,
+                Err(_) if retries > 0 => retries -= 1,
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(write)
     }
