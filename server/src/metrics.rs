@@ -492,7 +492,7 @@ pub fn parse_text(text: &str) -> Result<BTreeMap<String, f64>, String> {
         };
         let name = series.split('{').next().unwrap_or_default();
         if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() && !(labels.starts_with('{') && labels.ends_with('}')) {
+            if !(labels.is_empty() || labels.starts_with('{') && labels.ends_with('}')) {
                 return Err(at("bad labels"));
             }
         }

@@ -76,9 +76,8 @@ pub fn signature(secret: &Secret, unix_s: u64, body: &[u8]) -> String {
 
 fn mac(secret: &Secret, unix_s: u64, body: &[u8]) -> Vec<u8> {
     // HMAC takes a key of any length, so this cannot fail.
-    let mut m = match Hmac::<Sha256>::new_from_slice(&secret.0) {
-        Ok(m) => m,
-        Err(_) => return Vec::new(),
+    let Ok(mut m) = Hmac::<Sha256>::new_from_slice(&secret.0) else {
+        return Vec::new();
     };
     m.update(unix_s.to_string().as_bytes());
     m.update(b".");
@@ -323,7 +322,7 @@ async fn enqueue(
             match rx.try_recv() {
                 Ok(p) => open = take(Ok(p)),
                 Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    open = take(Err(broadcast::error::RecvError::Lagged(n)))
+                    open = take(Err(broadcast::error::RecvError::Lagged(n)));
                 }
                 Err(broadcast::error::TryRecvError::Empty) => break,
                 Err(broadcast::error::TryRecvError::Closed) => open = false,
@@ -344,7 +343,7 @@ async fn enqueue(
                     wake.notify_one();
                 }
                 Err(e) => {
-                    warn!(error = %e, waiting = unstored.len(), "webhook deliveries not stored yet; retried")
+                    warn!(error = %e, waiting = unstored.len(), "webhook deliveries not stored yet; retried");
                 }
             }
         }
@@ -477,13 +476,13 @@ async fn attempt(
     };
     match &a {
         Attempt::Delivered { .. } => {
-            debug!(webhook = %hook.name, delivery = d.id, attempts, "webhook delivered")
+            debug!(webhook = %hook.name, delivery = d.id, attempts, "webhook delivered");
         }
         Attempt::Retry { error, .. } => {
-            info!(webhook = %hook.name, delivery = d.id, attempts, error = %error, "webhook attempt failed; retried")
+            info!(webhook = %hook.name, delivery = d.id, attempts, error = %error, "webhook attempt failed; retried");
         }
         Attempt::Failed { error, .. } => {
-            warn!(webhook = %hook.name, delivery = d.id, attempts, error = %error, "webhook delivery given up")
+            warn!(webhook = %hook.name, delivery = d.id, attempts, error = %error, "webhook delivery given up");
         }
     }
     metrics.webhook_attempt(&hook.name, outcome);

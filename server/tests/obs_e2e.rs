@@ -54,6 +54,8 @@ protocol = "{protocol}"
 keep_alive_s = 5
 [http]
 listen = "127.0.0.1:{port}"
+# Shorter than the event streams stay open: the request timeout must not cut a stream.
+request_timeout_ms = 2000
 [store]
 url = "sqlite://{db}"
 [fleet]
@@ -285,7 +287,7 @@ fn the_event_stream_sees_an_agent_go_offline_and_the_metrics_move() {
     // /metrics has its own address, so the API's answers 404.
     assert_eq!(c.get("/metrics", None).0, 404);
 
-    let all = c.stream("sse-all", "", &reader);
+    let mut all = c.stream("sse-all", "", &reader);
     let mine = c.stream("sse-ours", "?types=presence", &ours);
     let foreign = c.stream("sse-others", "", &others);
     let jobs = c.stream("sse-jobs", "?types=job", &reader);
@@ -336,7 +338,9 @@ fn the_event_stream_sees_an_agent_go_offline_and_the_metrics_move() {
     );
     assert_eq!(m1["csg_status_dropped_total{reason=\"bad_payload\"}"], 0.0);
 
-    // kill -9: the broker's Will, then the event on the stream. Timed from the kill.
+    // kill -9: the broker's Will, then the event on the stream (open for longer than the
+    // request timeout by now). Timed from the kill.
+    assert!(all.child.is_running(), "{}", all.child.log());
     let killed = Instant::now();
     agent.kill9();
     wait_for(Duration::from_secs(30), || {
@@ -379,7 +383,6 @@ fn the_event_stream_sees_an_agent_go_offline_and_the_metrics_move() {
         .expect("csg-consoled did not exit with streams open");
     assert!(status.success(), "{status:?}");
     eprintln!("stopped with 4 streams open in {:?}", t.elapsed());
-    let mut all = all;
     assert!(
         all.child.wait_exit(TIMEOUT).is_some(),
         "the stream did not end at shutdown"
@@ -498,6 +501,7 @@ fn webhooks_are_signed_retried_and_a_pending_one_survives_a_restart() {
     wait_for(Duration::from_secs(30), || accepted("online").is_some())
         .unwrap_or_else(|| panic!("online never delivered\n{}", c.log()));
     let (id, seen) = accepted("online").unwrap();
+    let id_n: i64 = id.parse().unwrap();
     assert_eq!(
         seen.attempts, 3,
         "two refusals, then the third attempt: {seen:?}"
@@ -513,12 +517,12 @@ fn webhooks_are_signed_retried_and_a_pending_one_survives_a_restart() {
     wait_for(TIMEOUT, || {
         deliveries(&c, &admin, "?state=delivered")
             .iter()
-            .any(|d| d["id"].to_string() == id)
+            .any(|d| d["id"] == id_n)
     })
     .expect("the delivery never showed delivered");
     let d = deliveries(&c, &admin, "?state=delivered")
         .into_iter()
-        .find(|d| d["id"].to_string() == id)
+        .find(|d| d["id"] == id_n)
         .unwrap();
     assert_eq!(d["attempts"], 3, "{d}");
     assert_eq!(d["last_status"], 200, "{d}");
@@ -553,6 +557,7 @@ fn webhooks_are_signed_retried_and_a_pending_one_survives_a_restart() {
         .find(|d| d["payload"]["to"] == "offline")
         .unwrap()["id"]
         .to_string();
+    let offline_n: i64 = offline_id.parse().unwrap();
 
     // Stopped with it pending; the receiver comes back; started again, it is sent.
     assert!(c.stop().is_some_and(|s| s.success()));
@@ -576,7 +581,7 @@ fn webhooks_are_signed_retried_and_a_pending_one_survives_a_restart() {
     wait_for(TIMEOUT, || {
         deliveries(&c, &admin, "?state=delivered")
             .iter()
-            .any(|d| d["id"].to_string() == offline_id)
+            .any(|d| d["id"] == offline_n)
     })
     .expect("the API never showed the resent delivery delivered");
     assert_eq!(*receiver.bad_signatures.lock().unwrap(), 0);

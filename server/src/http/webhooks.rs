@@ -79,7 +79,7 @@ fn parse(raw: Option<&str>) -> Result<(DeliveryFilter, PageLimit, Option<String>
             "state" if filter.state.is_none() => {
                 filter.state = Some(
                     DeliveryState::parse(&v).map_err(|e| Problem::bad_request(e.to_string()))?,
-                )
+                );
             }
             "webhook" if filter.webhook.is_none() => filter.webhook = Some(v),
             "limit" if limit.is_none() => {
