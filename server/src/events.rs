@@ -1,19 +1,23 @@
 //! The service's live events: presence changes, call completions and job progress, fanned out
 //! to whoever listens (server-sent events, webhooks). Publishing never waits: a listener that
 //! falls behind loses the oldest events and is told how many (tokio's broadcast `Lagged`).
+//! A listener that must see every event (the webhooks, which store each one) takes a queue of
+//! its own instead ([`Bus::queue`]): a whole region going offline at once is tens of thousands
+//! of events in one flush, more than a broadcast keeps.
 //!
 //! Every event gets an id when published: a counter of this process, increasing, so a listener
 //! can tell order and gaps (it starts again at 1 when the process restarts).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::warn;
 
 /// How many events wait for the slowest listener before the oldest are dropped for it.
-pub const DEFAULT_CAPACITY: usize = 4096;
+pub const DEFAULT_CAPACITY: usize = 16_384;
 
 /// One event, as listeners receive it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -168,6 +172,9 @@ pub struct Bus {
     /// Set once at shutdown: long-lived listeners (event streams) end, so the server's
     /// graceful shutdown is not held open by them.
     closed: Arc<watch::Sender<bool>>,
+    queues: Arc<Mutex<Vec<mpsc::Sender<Arc<Published>>>>>,
+    /// Events a full queue could not take.
+    queue_dropped: Arc<AtomicU64>,
 }
 
 impl Bus {
@@ -178,14 +185,52 @@ impl Bus {
             tx,
             next_id: Arc::new(AtomicU64::new(1)),
             closed: Arc::new(closed),
+            queues: Arc::new(Mutex::new(Vec::new())),
+            queue_dropped: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// Never blocks; with nobody listening the event is simply dropped. Returns its id.
     pub fn publish(&self, event: Event) -> u64 {
         let event_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let _ = self.tx.send(Arc::new(Published { event_id, event }));
+        let p = Arc::new(Published { event_id, event });
+        {
+            let mut queues = self
+                .queues
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queues.retain(|q| match q.try_send(p.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    let n = self.queue_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    // Logged at powers of two: a stuck queue does not flood the log.
+                    if n.is_power_of_two() {
+                        warn!(dropped = n, "an event queue is full; events dropped");
+                    }
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        }
+        let _ = self.tx.send(p);
         event_id
+    }
+
+    /// A queue that gets every event published from now on, up to `capacity` waiting; beyond
+    /// that events are dropped for it, counted ([`Bus::queue_dropped`]) and logged. Dropping
+    /// the receiver ends it.
+    pub fn queue(&self, capacity: usize) -> mpsc::Receiver<Arc<Published>> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(tx);
+        rx
+    }
+
+    /// Events full queues could not take, since start.
+    pub fn queue_dropped(&self) -> u64 {
+        self.queue_dropped.load(Ordering::Relaxed)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
@@ -276,5 +321,27 @@ mod tests {
         assert_eq!(json["group_id"], serde_json::Value::Null);
         bus.close();
         bus.closed().await;
+    }
+
+    #[tokio::test]
+    async fn a_queue_gets_every_event_up_to_its_capacity_and_counts_the_rest() {
+        let bus = Bus::new(2);
+        let mut q = bus.queue(100);
+        let mut small = bus.queue(3);
+        for _ in 0..50 {
+            bus.publish(presence(None));
+        }
+        for id in 1..=50 {
+            assert_eq!(q.recv().await.unwrap().event_id, id);
+        }
+        assert_eq!(bus.queue_dropped(), 47);
+        assert_eq!(small.recv().await.unwrap().event_id, 1);
+        drop(q);
+        bus.publish(presence(None));
+        assert_eq!(
+            bus.queues.lock().unwrap().len(),
+            1,
+            "a dropped queue is forgotten"
+        );
     }
 }

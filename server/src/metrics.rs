@@ -154,6 +154,7 @@ struct Inner {
     sse_lagged: Counter,
     webhook_deliveries: Family<WebhookLabels, Counter>,
     webhook_pending: Gauge,
+    webhook_events_dropped: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -208,6 +209,7 @@ impl Metrics {
             sse_lagged: Counter::default(),
             webhook_deliveries: Family::default(),
             webhook_pending: Gauge::default(),
+            webhook_events_dropped: Counter::default(),
         };
         registry.register(
             "csg_instances",
@@ -273,6 +275,11 @@ impl Metrics {
             "csg_webhook_deliveries_pending",
             "Webhook deliveries waiting to be sent or retried, as stored.",
             inner.webhook_pending.clone(),
+        );
+        registry.register(
+            "csg_webhook_events_dropped",
+            "Events the webhooks' queue could not take (100,000 waiting to be stored): not delivered.",
+            inner.webhook_events_dropped.clone(),
         );
         Metrics {
             inner: Arc::new(Inner { registry, ..inner }),
@@ -411,6 +418,12 @@ impl Metrics {
         self.inner
             .webhook_pending
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Events dropped by the webhooks' queue since start (the bus counts them).
+    pub fn set_webhook_events_dropped(&self, total: u64) {
+        let c = &self.inner.webhook_events_dropped;
+        c.inc_by(total.saturating_sub(c.get()));
     }
 
     /// Instances per (region, presence), counted in the store at a scrape.

@@ -20,10 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use csg_transport::Backoff;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
-use crate::events::{Bus, EventKinds};
+use crate::events::{Bus, EventKinds, Published};
 use crate::metrics::Metrics;
 use crate::store::{Attempt, DeliveryRow, NewDelivery, Store};
 
@@ -36,8 +36,12 @@ pub const MAX_RESPONSE_READ: usize = 64 * 1024;
 const MAX_ERROR_LEN: usize = 300;
 /// Deliveries sent at once.
 const BATCH: u32 = 16;
-/// Events waiting for the store (while it is down) before the oldest are dropped and logged.
-const MAX_UNSTORED: usize = 10_000;
+/// Events waiting to be stored as deliveries: as many as the fleet keeps for its own sink, so a
+/// region going offline at once fits.
+const QUEUE: usize = 100_000;
+/// Deliveries waiting for the store (while it is down) before the oldest are dropped and
+/// logged.
+const MAX_UNSTORED: usize = 100_000;
 
 /// A webhook's secret, read from its file; never printed.
 #[derive(Clone)]
@@ -50,9 +54,16 @@ impl fmt::Debug for Secret {
 }
 
 impl Secret {
-    /// The file's content less surrounding whitespace; at least 16 bytes.
+    /// The file's content less surrounding whitespace; 16 bytes to 4 KiB.
     pub fn read(path: &Path) -> Result<Self, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        use std::io::Read as _;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(4097).read_to_end(&mut bytes))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if bytes.len() > 4096 {
+            return Err(format!("{}: longer than 4 KiB", path.display()));
+        }
         let text = String::from_utf8_lossy(&bytes);
         let s = text.trim();
         if s.len() < 16 {
@@ -247,7 +258,7 @@ impl Service {
         let mut tasks = Vec::new();
         if !hooks.is_empty() {
             tasks.push(tokio::spawn(enqueue(
-                bus.subscribe(),
+                bus.queue(QUEUE),
                 hooks.clone(),
                 store.clone(),
                 wake.clone(),
@@ -271,7 +282,7 @@ impl Service {
 }
 
 async fn enqueue(
-    mut rx: broadcast::Receiver<Arc<crate::events::Published>>,
+    mut rx: mpsc::Receiver<Arc<Published>>,
     hooks: Arc<Vec<Webhook>>,
     store: Arc<dyn Store>,
     wake: Arc<Notify>,
@@ -290,42 +301,32 @@ async fn enqueue(
                 _ = tokio::time::sleep(Duration::from_secs(1)), if !unstored.is_empty() => None,
             }
         };
-        let mut take =
-            |r: Result<Arc<crate::events::Published>, broadcast::error::RecvError>| match r {
-                Ok(p) => {
-                    let kind = p.event.kind();
-                    let Ok(payload) = serde_json::to_string(&*p) else {
-                        return true;
-                    };
-                    for h in hooks.iter().filter(|h| h.events.contains(kind)) {
-                        unstored.push(NewDelivery {
-                            webhook: h.name.clone(),
-                            event_type: kind.as_str().to_owned(),
-                            payload: payload.clone(),
-                            created_ms: now_ms(),
-                        });
-                    }
-                    true
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    warn!(
-                        missed = n,
-                        "webhooks fell behind the events; these are not delivered"
-                    );
-                    true
-                }
-                Err(broadcast::error::RecvError::Closed) => false,
+        let mut take = |p: Arc<Published>| {
+            let kind = p.event.kind();
+            let Ok(payload) = serde_json::to_string(&*p) else {
+                return;
             };
-        let mut open = first.is_none_or(&mut take);
+            for h in hooks.iter().filter(|h| h.events.contains(kind)) {
+                unstored.push(NewDelivery {
+                    webhook: h.name.clone(),
+                    event_type: kind.as_str().to_owned(),
+                    payload: payload.clone(),
+                    created_ms: now_ms(),
+                });
+            }
+        };
+        let mut open = true;
+        match first {
+            Some(Some(p)) => take(p),
+            Some(None) => open = false,
+            None => {}
+        }
         // Whatever else is already waiting goes in the same transaction.
         while open {
             match rx.try_recv() {
-                Ok(p) => open = take(Ok(p)),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    open = take(Err(broadcast::error::RecvError::Lagged(n)));
-                }
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                Err(broadcast::error::TryRecvError::Closed) => open = false,
+                Ok(p) => take(p),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
         if unstored.len() > MAX_UNSTORED {
@@ -584,6 +585,51 @@ mod tests {
                 assert!(retry_delay(attempts) <= ceiling, "{attempts}");
             }
         }
+    }
+
+    /// A whole region going offline at once: more events in one go than the broadcast keeps,
+    /// every one stored as a delivery (a real SQLite file; the URL refuses connections, so
+    /// they stay pending).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_larger_than_the_broadcast_is_stored_whole() {
+        csg_transport::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let store = crate::store::open(&url).await.unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let hook = Webhook {
+            name: "ops".into(),
+            url: reqwest::Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap(),
+            secret: Secret::from_bytes(b"0123456789abcdef"),
+            events: EventKinds::parse(["presence"]).unwrap(),
+            max_attempts: 100,
+            timeout: Duration::from_secs(1),
+        };
+        let bus = Bus::default();
+        let service = Service::start(vec![hook], store.clone(), &bus, Metrics::new()).unwrap();
+        let n = crate::events::DEFAULT_CAPACITY + 5_000;
+        for i in 0..n {
+            bus.publish(crate::events::Event::Presence {
+                region: "default".into(),
+                instance_id: format!("gw-{i}"),
+                group_id: Some("GID_a".into()),
+                from: Some("online".into()),
+                to: "offline".into(),
+                reason: Some("connection_lost".into()),
+                since_ms: 1,
+                at_ms: 2,
+            });
+        }
+        // Stopping stores what the queue still holds.
+        service.stop().await;
+        let (pending, _) = store.pending_deliveries().await.unwrap();
+        assert_eq!(pending, n as u64);
+        assert_eq!(bus.queue_dropped(), 0);
+        store.close().await;
     }
 
     #[test]

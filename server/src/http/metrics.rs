@@ -40,6 +40,9 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
         Ok(Err(e)) => warn!(error = %e, "metrics: instances not counted"),
         Err(_) => warn!("metrics: the store did not count instances within 2 s"),
     }
+    state
+        .metrics
+        .set_webhook_events_dropped(state.bus.queue_dropped());
     match state.metrics.encode() {
         Ok(text) => {
             let mut resp = text.into_response();
