@@ -125,7 +125,7 @@ pub fn verify(secret: &Secret, header: &str, body: &[u8], now_s: u64, tolerance_
 }
 
 /// One configured webhook, checked.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Webhook {
     /// Names it in deliveries and metrics; its URL (which may carry a token) is never shown.
     pub name: String,
@@ -134,6 +134,26 @@ pub struct Webhook {
     pub events: EventKinds,
     pub max_attempts: u32,
     pub timeout: Duration,
+}
+
+impl fmt::Debug for Webhook {
+    /// The URL's scheme and host only: its path or query may carry a credential.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Webhook")
+            .field("name", &self.name)
+            .field(
+                "url",
+                &format_args!(
+                    "{}://{}/…",
+                    self.url.scheme(),
+                    self.url.host_str().unwrap_or_default()
+                ),
+            )
+            .field("events", &self.events)
+            .field("max_attempts", &self.max_attempts)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A `[[webhooks]]` entry as written.
@@ -674,5 +694,12 @@ mod tests {
             assert!(p.iter().any(|m| m.starts_with(want)), "{want}: {p:#?}");
         }
         assert!(!p.iter().any(|m| m.contains("hunter2")), "{p:#?}");
+        let shown = format!("{:?}", ok[0]);
+        assert!(
+            shown.contains("https://hooks.example/")
+                && !shown.contains("hunter2")
+                && !shown.contains("0123"),
+            "{shown}"
+        );
     }
 }
