@@ -393,7 +393,11 @@ impl RawConfig {
 
         let metrics_listen = self.metrics.listen.as_ref().and_then(|l| {
             l.parse::<SocketAddr>()
-                .map_err(|e| p.push(format!("metrics.listen = {l:?}: {e}")))
+                .map_err(|e| {
+                    p.push(format!(
+                        "metrics.listen = {l:?}: {e} (an IP address and port, e.g. 127.0.0.1:9100)"
+                    ))
+                })
                 .ok()
         });
         if metrics_listen.is_some() && metrics_listen == listen {

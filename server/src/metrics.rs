@@ -211,74 +211,75 @@ impl Metrics {
             webhook_pending: Gauge::default(),
             webhook_events_dropped: Counter::default(),
         };
+        // The crate ends each help text with a period.
         registry.register(
             "csg_instances",
-            "Gateways by region and presence, as stored (the whole fleet, on every replica).",
+            "Gateways by region and presence, as stored (the whole fleet, on every replica)",
             inner.instances.clone(),
         );
         registry.register(
             "csg_call_duration_seconds",
-            "Calls to gateways through the console, by method and outcome (ok, the agent's error code, or the console's own failure).",
+            "Calls to gateways through the console, by method and outcome (ok, the agent's error code, or the console's own failure)",
             inner.calls.clone(),
         );
         registry.register(
             "csg_job_executions",
-            "Executions of the running jobs, by state.",
+            "Executions of the running jobs, by state",
             inner.executions.clone(),
         );
         registry.register(
             "csg_jobs_running",
-            "Jobs not finished.",
+            "Jobs not finished",
             inner.jobs_running.clone(),
         );
         registry.register(
             "csg_jobs_finished",
-            "Jobs finished, by final state.",
+            "Jobs finished, by final state",
             inner.jobs_finished.clone(),
         );
         registry.register(
             "csg_store_write_duration_seconds",
-            "Writes of the fleet's batches to the store (one per flush with changes), by outcome.",
+            "Writes of the fleet's batches to the store (one per flush with changes), by outcome",
             inner.store_writes.clone(),
         );
         registry.register(
             "csg_http_requests",
-            "HTTP requests answered, by route (the pattern, not the path), method and status.",
+            "HTTP requests answered, by route (the pattern, not the path), method and status",
             inner.http_requests.clone(),
         );
         registry.register(
             "csg_http_request_duration_seconds",
-            "Time to the response's head, by route.",
+            "Time to the response's head, by route",
             inner.http_seconds.clone(),
         );
         registry.register(
             "csg_events_published",
-            "Live events published, by type.",
+            "Live events published, by type",
             inner.events_published.clone(),
         );
         registry.register(
             "csg_event_stream_listeners",
-            "Open GET /v1/events streams.",
+            "Open GET /v1/events streams",
             inner.sse_listeners.clone(),
         );
         registry.register(
             "csg_event_stream_lagged_events",
-            "Events event-stream listeners missed because they fell behind (each was told).",
+            "Events event-stream listeners missed because they fell behind (each was told)",
             inner.sse_lagged.clone(),
         );
         registry.register(
             "csg_webhook_deliveries",
-            "Webhook delivery attempts, by webhook and outcome (delivered, retry, failed).",
+            "Webhook delivery attempts, by webhook and outcome (delivered, retry, failed)",
             inner.webhook_deliveries.clone(),
         );
         registry.register(
             "csg_webhook_deliveries_pending",
-            "Webhook deliveries waiting to be sent or retried, as stored.",
+            "Webhook deliveries waiting to be sent or retried, as stored",
             inner.webhook_pending.clone(),
         );
         registry.register(
             "csg_webhook_events_dropped",
-            "Events the webhooks' queue could not take (100,000 waiting to be stored): not delivered.",
+            "Events the webhooks' queue could not take (100,000 waiting to be stored): not delivered",
             inner.webhook_events_dropped.clone(),
         );
         Metrics {
