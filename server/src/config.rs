@@ -396,7 +396,7 @@ impl RawConfig {
                 .map_err(|e| {
                     p.push(format!(
                         "metrics.listen = {l:?}: {e} (an IP address and port, e.g. 127.0.0.1:9100)"
-                    ))
+                    ));
                 })
                 .ok()
         });
