@@ -84,8 +84,11 @@ fi
 # postgresql: the console store's tests run a private server from its binaries
 # (/usr/lib/postgresql/*/bin: initdb in a temporary directory, a loopback port).
 # socat forwards the broker into the kernel storage test's guest (qemu: below).
+# prometheus: its promtool checks the console's /metrics text in the end-to-end test (the
+# server it also installs is stopped below).
 storage_pkgs=(samba smbclient tgt nfs-ganesha nfs-ganesha-vfs libnfs-utils libiscsi-bin dbus nfs-kernel-server
-    lintian rpm systemd python3 debootstrap systemd-container openssl iproute2 nftables socat postgresql)
+    lintian rpm systemd python3 debootstrap systemd-container openssl iproute2 nftables socat postgresql
+    prometheus)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${storage_pkgs[@]}"; do
@@ -117,7 +120,7 @@ command -v qemu-img >/dev/null 2>&1 || { log "qemu-img missing after installing 
 
 # The packages start system daemons where an init system runs; the tests start private ones
 # on their own ports and sockets. Stop the system ones so they hold no port or lock.
-for svc in smbd nmbd samba-ad-dc tgt nfs-ganesha nfs-kernel-server postgresql; do
+for svc in smbd nmbd samba-ad-dc tgt nfs-ganesha nfs-kernel-server postgresql prometheus; do
     if command -v systemctl >/dev/null 2>&1; then
         as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
     fi

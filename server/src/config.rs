@@ -47,6 +47,17 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub fleet: RawFleet,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
+    pub webhooks: Vec<crate::webhooks::RawWebhook>,
+}
+
+/// `[metrics] listen`: `/metrics` on an address of its own (then not on the API's).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +181,9 @@ pub struct Config {
     pub share_group: ShareGroup,
     pub fleet: FleetConfig,
     pub flush_every: Duration,
+    /// Where `/metrics` is served alone; `None`: on the API's listener.
+    pub metrics_listen: Option<SocketAddr>,
+    pub webhooks: Vec<crate::webhooks::Webhook>,
 }
 
 impl Config {
@@ -377,6 +391,20 @@ impl RawConfig {
             ));
         }
 
+        let metrics_listen = self.metrics.listen.as_ref().and_then(|l| {
+            l.parse::<SocketAddr>()
+                .map_err(|e| {
+                    p.push(format!(
+                        "metrics.listen = {l:?}: {e} (an IP address and port, e.g. 127.0.0.1:9100)"
+                    ));
+                })
+                .ok()
+        });
+        if metrics_listen.is_some() && metrics_listen == listen {
+            p.push("metrics.listen: the same address as http.listen; leave it out to serve /metrics there".into());
+        }
+        let webhooks = crate::webhooks::check(&self.webhooks, &mut p);
+
         match (client_id, region, broker, listen, share_group) {
             (Some(client_id), Some(region), Some(broker), Some(listen), Some(share_group))
                 if p.is_empty() =>
@@ -400,6 +428,8 @@ impl RawConfig {
                         stale_after_missed: self.fleet.stale_after_intervals,
                     },
                     flush_every: Duration::from_millis(self.fleet.flush_ms),
+                    metrics_listen,
+                    webhooks,
                 })
             }
             _ => Err(p),
@@ -503,5 +533,37 @@ auth = { username = "u" }
         assert_eq!(p.len(), 2, "{p:#?}");
         let ok = MINIMAL.replace("mqtt://", "mqtts://");
         assert!(Config::from_toml(&ok).unwrap().tls.is_some());
+    }
+
+    #[test]
+    fn metrics_listen_and_webhooks_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("hook.secret");
+        std::fs::write(&secret, "a-long-enough-secret\n").unwrap();
+        let text = format!(
+            "{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9100\"\n[[webhooks]]\nname = \"ops\"\nurl = \"https://hooks.example/csg\"\nsecret_file = \"{}\"\nevents = [\"presence\", \"job\"]\n",
+            secret.display()
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.metrics_listen.unwrap().port(), 9100);
+        assert_eq!(c.webhooks.len(), 1);
+        assert_eq!(c.webhooks[0].max_attempts, 10);
+        assert!(!format!("{c:?}").contains("a-long-enough-secret"));
+
+        let text = format!(
+            "{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:8080\"\n[[webhooks]]\nname = \"ops\"\nurl = \"https://hooks.example/csg\"\nsecret_file = \"/nonexistent/s\"\nevents = [\"presence\"]\nretries = 3\n"
+        );
+        assert!(
+            matches!(Config::from_toml(&text), Err(FromTomlError::Parse(m)) if m.contains("retries"))
+        );
+        let text = text.replace("retries = 3\n", "");
+        let Err(FromTomlError::Invalid(p)) = Config::from_toml(&text) else {
+            panic!("expected problems");
+        };
+        assert!(p.iter().any(|m| m.starts_with("metrics.listen")), "{p:#?}");
+        assert!(
+            p.iter().any(|m| m.starts_with("webhooks[0].secret_file")),
+            "{p:#?}"
+        );
     }
 }

@@ -8,12 +8,15 @@
 //! - `store`: the one owner of SQL (a `Store` trait, with SQLite and PostgreSQL behind it);
 //! - `sink`: the fleet's batches written to the store;
 //! - `rpc`: calls to gateways behind one seam (`Caller`); `events`: live events fanned out;
+//! - `metrics`: what `/metrics` shows; `webhooks`: events POSTed to configured URLs;
 //! - `http`: the API, reading the store; `config`: the service's TOML.
 
 pub mod config;
 pub mod events;
 pub mod fleet;
 pub mod http;
+pub mod metrics;
 pub mod rpc;
 pub mod sink;
 pub mod store;
+pub mod webhooks;

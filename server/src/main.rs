@@ -10,10 +10,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use csg_consoled::config::Config;
+use csg_consoled::events::Bus;
 use csg_consoled::fleet::driver::{self, system_clock, DriverConfig, SharedFleet};
 use csg_consoled::fleet::mqtt::DEFAULT_QUEUE;
 use csg_consoled::fleet::{Fleet, MqttIngestConfig, MqttStatusSource, StatusMessage, StatusSource};
 use csg_consoled::http::{self, AppState, HttpLimits};
+use csg_consoled::metrics::Metrics;
 use csg_consoled::sink::StoreSink;
 use csg_consoled::store::{self, NewToken, Scope, TokenName, TokenSecret};
 use csg_protocol::identity::GroupId;
@@ -206,6 +208,9 @@ async fn run(config: Config) -> Result<()> {
         queue: DEFAULT_QUEUE,
     })?;
     let link = source.link();
+    let bus = Bus::default();
+    let metrics = Metrics::new();
+    metrics.attach_ingest(source.stats());
 
     let fleet: SharedFleet = Arc::new(Mutex::new(Fleet::new(
         config.region.as_str(),
@@ -216,6 +221,8 @@ async fn run(config: Config) -> Result<()> {
         store: store.clone(),
         region: config.region.clone(),
         clock: clock.clone(),
+        bus: bus.clone(),
+        metrics: metrics.clone(),
     };
     let (stop_fleet, stop_rx) = oneshot::channel();
     let flush_every = config.flush_every;
@@ -232,12 +239,21 @@ async fn run(config: Config) -> Result<()> {
         source.shutdown().await;
     });
 
-    let app = http::router(
-        AppState {
-            store: store.clone(),
-            region: config.region.clone(),
-            link,
-        },
+    let webhooks = csg_consoled::webhooks::Service::start(
+        config.webhooks.clone(),
+        store.clone(),
+        &bus,
+        metrics.clone(),
+    )?;
+    let state = AppState {
+        store: store.clone(),
+        region: config.region.clone(),
+        link,
+        bus: bus.clone(),
+        metrics: metrics.clone(),
+    };
+    let mut app = http::router(
+        state.clone(),
         &HttpLimits {
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout,
@@ -246,24 +262,54 @@ async fn run(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
-    info!(listen = %config.listen, region = %config.region, store = ?store.engine(), "csg-consoled serving");
+    // /metrics on its own address when configured, else beside the API.
+    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+    let metrics_task = match config.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (metrics)"))?;
+            info!(listen = %addr, "metrics served");
+            let m = http::metrics::router(state);
+            Some(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = metrics_stopped.await;
+                };
+                axum::serve(l, m).with_graceful_shutdown(stopped).await
+            }))
+        }
+        None => {
+            app = app.merge(http::metrics::router(state));
+            None
+        }
+    };
+    info!(listen = %config.listen, region = %config.region, store = ?store.engine(), webhooks = config.webhooks.len(), "csg-consoled serving");
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let closing = bus.clone();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: stopping"),
             _ = int.recv() => info!("SIGINT: stopping"),
         }
+        // Event streams never end on their own: end them, or the server waits for them.
+        closing.close();
     };
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
 
-    // Stop taking status, write what the fleet holds, then close the store.
+    // Stop taking status, write what the fleet holds (its last events reach the webhooks'
+    // queue), store the webhooks' pending deliveries, then close the store.
     let _ = stop_fleet.send(());
     if let Err(e) = fleet_task.await {
         error!(error = %e, "the fleet task failed");
+    }
+    webhooks.stop().await;
+    let _ = stop_metrics.send(());
+    if let Some(t) = metrics_task {
+        let _ = t.await;
     }
     store.close().await;
     served.context("serving HTTP")?;

@@ -1,13 +1,18 @@
 //! The fleet's batches written to the store: changed gateways as instance rows, presence
-//! transitions as events.
+//! transitions as events. Once a batch is written its presence transitions are published on
+//! the event bus (so a listener never hears of a change the API cannot show yet), and each
+//! write is timed for the metrics.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use csg_protocol::identity::{GroupId, InstanceId};
 
+use crate::events::{Bus, Event};
 use crate::fleet::driver::{Batch, Clock, FleetSink, SinkError};
 use crate::fleet::{Instance, Liveness, PresenceEvent};
+use crate::metrics::Metrics;
 use crate::store::{
     self, InstanceFilter, InstanceRow, PageLimit, Presence, Region, Store, StoreError,
 };
@@ -17,6 +22,8 @@ pub struct StoreSink {
     pub store: Arc<dyn Store>,
     pub region: Region,
     pub clock: Clock,
+    pub bus: Bus,
+    pub metrics: Metrics,
 }
 
 fn presence(l: Liveness) -> Presence {
@@ -89,7 +96,9 @@ impl StoreSink {
         Ok(found)
     }
 
-    async fn write_batch(&self, batch: &Batch) -> Result<(), StoreError> {
+    /// Writes the batch; on success returns the group of each gateway written (for the
+    /// events).
+    async fn write_batch(&self, batch: &Batch) -> Result<HashMap<InstanceId, GroupId>, StoreError> {
         let now = ms((self.clock)());
         let known = |i: &Instance| i.group_id.as_deref().and_then(|g| GroupId::new(g).ok());
         let unknown: Vec<InstanceId> = batch
@@ -124,15 +133,40 @@ impl StoreSink {
                 .collect();
             self.store.record_presence_events(&events).await?;
         }
-        Ok(())
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.instance_id, r.group_id))
+            .collect())
+    }
+
+    fn publish(&self, batch: &Batch, groups: &HashMap<InstanceId, GroupId>) {
+        let text = |l: Liveness| presence(l).as_str().to_owned();
+        for e in &batch.events {
+            let event = Event::Presence {
+                region: self.region.as_str().to_owned(),
+                instance_id: e.instance_id.as_str().to_owned(),
+                group_id: groups.get(&e.instance_id).map(|g| g.as_str().to_owned()),
+                from: e.from.map(text),
+                to: text(e.to),
+                reason: reason_text(e.reason),
+                since_ms: ms(e.since_ms),
+                at_ms: ms(e.at_ms),
+            };
+            self.metrics.event_published(event.kind());
+            self.bus.publish(event);
+        }
     }
 }
 
 impl FleetSink for StoreSink {
     async fn write(&mut self, batch: &Batch) -> Result<(), SinkError> {
-        self.write_batch(batch)
-            .await
-            .map_err(|e| SinkError(e.to_string()))
+        let t0 = Instant::now();
+        let written = self.write_batch(batch).await;
+        self.metrics
+            .observe_store_write(written.is_ok(), t0.elapsed());
+        let groups = written.map_err(|e| SinkError(e.to_string()))?;
+        self.publish(batch, &groups);
+        Ok(())
     }
 }
 
@@ -165,10 +199,15 @@ mod tests {
         let store = store::open(&url).await.unwrap();
         let region = Region::new("default").unwrap();
         let clock: Clock = Arc::new(|| 1_000_000);
+        let bus = crate::events::Bus::default();
+        let mut events = bus.subscribe();
+        let metrics = Metrics::new();
         let mut sink = StoreSink {
             store: store.clone(),
             region: region.clone(),
             clock: clock.clone(),
+            bus,
+            metrics: metrics.clone(),
         };
         let fleet: SharedFleet =
             Arc::new(Mutex::new(Fleet::new("default", FleetConfig::default())));
@@ -186,6 +225,18 @@ mod tests {
             Some(serde_json::json!({"count": 2, "drift": 1}))
         );
         assert_eq!(row.heartbeat.unwrap()["seq"], 1);
+        // Published once written, with the group the row was written with.
+        let e = events.try_recv().unwrap();
+        assert!(
+            matches!(&e.event, Event::Presence { to, group_id: Some(g), from: None, .. } if to == "online" && g == "GID_a"),
+            "{e:?}"
+        );
+        let text = metrics.encode().unwrap();
+        let samples = crate::metrics::parse_text(&text).unwrap();
+        assert_eq!(
+            samples["csg_store_write_duration_seconds_count{outcome=\"ok\"}"], 1.0,
+            "{text}"
+        );
 
         // A new process: the fleet knows nothing; a Will arrives.
         let fleet: SharedFleet =
@@ -201,6 +252,12 @@ mod tests {
         let row = store.get_instance(&region, &id).await.unwrap().unwrap();
         assert_eq!(row.group_id.as_str(), "GID_a");
         assert_eq!(row.presence, Presence::Offline);
+        // The stored group reaches the event of a gateway heard of by presence alone.
+        let e = events.try_recv().unwrap();
+        assert!(
+            matches!(&e.event, Event::Presence { to, group_id: Some(g), .. } if to == "offline" && g == "GID_a"),
+            "{e:?}"
+        );
 
         // Never stored and no group: not written (yet), and the batch does not fail.
         let other = InstanceId::new("gw-2").unwrap();

@@ -784,3 +784,191 @@ async fn sqlite_new_file_opened_by_several_at_once() {
         }
     }
 }
+
+// --- webhooks and metrics ---
+
+both_engines!(
+    webhook_deliveries_are_claimed_once_retried_and_paged,
+    instances_are_counted_by_presence,
+);
+
+fn delivery(n: i64) -> store::NewDelivery {
+    store::NewDelivery {
+        webhook: if n % 2 == 0 { "even" } else { "odd" }.to_owned(),
+        event_type: "presence".to_owned(),
+        payload: format!("{{\"event_id\":{n}}}"),
+        created_ms: 1_000 + n,
+    }
+}
+
+async fn webhook_deliveries_are_claimed_once_retried_and_paged(fx: &mut Fixture) {
+    use store::{Attempt, DeliveryFilter, DeliveryState};
+    let s = &fx.store;
+    assert_eq!(s.pending_deliveries().await.unwrap(), (0, None));
+    s.enqueue_deliveries(&(0..5).map(delivery).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(s.pending_deliveries().await.unwrap(), (5, Some(1_000)));
+
+    // Due at 1002: the first three, oldest first; leased, so a second claim finds none of them.
+    let first = s.claim_due_deliveries(1_002, 60_000, 10).await.unwrap();
+    let payloads: Vec<&str> = first.iter().map(|d| d.payload.as_str()).collect();
+    assert_eq!(
+        payloads,
+        ["{\"event_id\":0}", "{\"event_id\":1}", "{\"event_id\":2}"]
+    );
+    assert!(first
+        .iter()
+        .all(|d| d.state == DeliveryState::Pending && d.attempts == 0));
+    assert!(s
+        .claim_due_deliveries(1_002, 60_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // Claims racing each other split the rest: nothing is handed out twice.
+    let (a, b) = tokio::join!(
+        s.claim_due_deliveries(2_000, 60_000, 1),
+        s.claim_due_deliveries(2_000, 60_000, 1)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.len() + b.len(), 2, "{a:?} {b:?}");
+    assert!(a.iter().all(|x| b.iter().all(|y| x.id != y.id)));
+
+    // Attempts: delivered; retried later; failed for good.
+    let (d0, d1, d2) = (first[0].id, first[1].id, first[2].id);
+    s.record_delivery_attempt(
+        d0,
+        &Attempt::Delivered {
+            status: 204,
+            at_ms: 3_000,
+        },
+    )
+    .await
+    .unwrap();
+    s.record_delivery_attempt(
+        d1,
+        &Attempt::Retry {
+            status: Some(500),
+            error: "HTTP 500".into(),
+            at_ms: 3_000,
+            next_attempt_ms: 70_000,
+        },
+    )
+    .await
+    .unwrap();
+    s.record_delivery_attempt(
+        d2,
+        &Attempt::Failed {
+            status: None,
+            error: "connection refused".into(),
+            at_ms: 3_000,
+        },
+    )
+    .await
+    .unwrap();
+    // The retry is due again at its time (after the lease), and counted its attempt.
+    assert!(s
+        .claim_due_deliveries(69_999, 200_000, 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|d| d.id != d1));
+    let again = s.claim_due_deliveries(70_000, 200_000, 10).await.unwrap();
+    let retried = again.iter().find(|d| d.id == d1).unwrap();
+    assert_eq!(retried.attempts, 1);
+    assert_eq!(retried.last_status, Some(500));
+    assert_eq!(retried.last_error.as_deref(), Some("HTTP 500"));
+
+    // Paged newest first, filtered.
+    let page = s
+        .list_deliveries(&DeliveryFilter::default(), limit(2), None)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
+    let rest = s
+        .list_deliveries(
+            &DeliveryFilter::default(),
+            limit(10),
+            page.next_cursor.as_deref(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 3);
+    assert!(rest.next_cursor.is_none());
+    let mut ids: Vec<i64> = page.items.iter().chain(&rest.items).map(|d| d.id).collect();
+    let sorted = {
+        let mut v = ids.clone();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v
+    };
+    assert_eq!(ids, sorted, "newest first");
+    ids.dedup();
+    assert_eq!(ids.len(), 5);
+    let delivered = s
+        .list_deliveries(
+            &DeliveryFilter {
+                state: Some(DeliveryState::Delivered),
+                webhook: None,
+            },
+            limit(10),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(delivered.items.len(), 1);
+    assert_eq!(delivered.items[0].id, d0);
+    assert_eq!(delivered.items[0].delivered_ms, Some(3_000));
+    assert_eq!(delivered.items[0].last_status, Some(204));
+    let failed = s
+        .list_deliveries(
+            &DeliveryFilter {
+                state: Some(DeliveryState::Failed),
+                webhook: Some("even".into()),
+            },
+            limit(10),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.items.len(), 1);
+    assert_eq!(failed.items[0].id, d2);
+    // A cursor under another filter is refused.
+    assert!(matches!(
+        s.list_deliveries(
+            &DeliveryFilter {
+                state: Some(DeliveryState::Pending),
+                webhook: None
+            },
+            limit(10),
+            page.next_cursor.as_deref()
+        )
+        .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(s.pending_deliveries().await.unwrap().0, 3);
+}
+
+async fn instances_are_counted_by_presence(fx: &mut Fixture) {
+    assert!(fx
+        .store
+        .count_instances_by_presence()
+        .await
+        .unwrap()
+        .is_empty());
+    let mut rows = vec![
+        instance("r1", "a", 1),
+        instance("r1", "b", 1),
+        instance("r2", "c", 1),
+    ];
+    rows[1].presence = Presence::Offline;
+    fx.store.upsert_instances(&rows).await.unwrap();
+    let counts = fx.store.count_instances_by_presence().await.unwrap();
+    assert_eq!(
+        counts,
+        vec![
+            ("r1".to_owned(), Presence::Offline, 1),
+            ("r1".to_owned(), Presence::Online, 1),
+            ("r2".to_owned(), Presence::Online, 1),
+        ]
+    );
+}

@@ -2,8 +2,11 @@
 //! tokens with scopes ([`auth`]).
 
 pub mod auth;
+pub mod events;
 pub mod instances;
+pub mod metrics;
 pub mod problem;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +38,8 @@ pub struct AppState {
     pub region: Region,
     /// The status ingest's MQTT link.
     pub link: watch::Receiver<LinkState>,
+    pub bus: crate::events::Bus,
+    pub metrics: crate::metrics::Metrics,
 }
 
 pub struct HttpLimits {
@@ -43,12 +48,15 @@ pub struct HttpLimits {
 }
 
 pub fn router(state: AppState, limits: &HttpLimits) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/instances", get(instances::list))
         .route("/v1/instances/{id}", get(instances::get))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/events", get(events::stream))
+        .route("/v1/webhooks/deliveries", get(webhooks::deliveries))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -58,6 +66,10 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
             limits.request_timeout,
         ))
         .layer(axum::middleware::map_response(as_problem))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
 }
 
 /// Errors made below the handlers (the body limit's 413, the timeout's 408, a path the
@@ -89,10 +101,10 @@ async fn as_problem(resp: Response) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "csg-consoled", description = "The console service of csg-agent: the fleet of storage gateways over HTTP."),
-    paths(healthz, readyz, openapi, instances::list, instances::get),
-    components(schemas(Problem, Ready, instances::InstancePage, instances::InstanceDetail)),
+    paths(healthz, readyz, openapi, instances::list, instances::get, events::stream, metrics::scrape, webhooks::deliveries),
+    components(schemas(Problem, Ready, instances::InstancePage, instances::InstanceDetail, webhooks::DeliveryPage)),
     modifiers(&BearerAuth),
-    tags((name = "instances", description = "the gateways the console knows"), (name = "service", description = "the service itself"))
+    tags((name = "instances", description = "the gateways the console knows"), (name = "service", description = "the service itself"), (name = "events", description = "live events"), (name = "webhooks", description = "events POSTed to configured URLs"))
 )]
 pub struct ApiDoc;
 

@@ -93,17 +93,18 @@ impl SqliteStore {
         // sqlx takes no lock to migrate SQLite: two processes opening a new file together both
         // find a migration missing, and the second to apply it fails ("table already exists")
         // after the first committed. Its transaction rolled back, so running again finds that
-        // migration applied and goes on. Each such loss means another process committed one
-        // more migration, so there can be at most one per migration: a failure beyond that is
-        // a real one.
-        let mut losses = 0;
+        // migration applied and goes on with the next. Each such failure means another process
+        // applied one more migration, so there can be at most one per migration: a failure
+        // beyond that is a real one.
+        let mut retries = SQLITE_MIGRATIONS.iter().count();
         loop {
             match SQLITE_MIGRATIONS.run(&write).await {
-                Ok(()) => return Ok(write),
-                Err(e) if losses >= SQLITE_MIGRATIONS.iter().count() => return Err(e.into()),
-                Err(_) => losses += 1,
+                Ok(()) => break,
+                Err(_) if retries > 0 => retries -= 1,
+                Err(e) => return Err(e.into()),
             }
         }
+        Ok(write)
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
@@ -539,12 +540,60 @@ macro_rules! store_impl {
             async fn close(&self) {
                 self.close_pools().await;
             }
+
+            // --- metrics and webhooks (SQL in store/webhooks.rs) ---
+
+            async fn count_instances_by_presence(
+                &self,
+            ) -> Result<Vec<(String, Presence, u64)>, StoreError> {
+                self.sql_count_instances_by_presence().await
+            }
+
+            async fn enqueue_deliveries(
+                &self,
+                deliveries: &[super::NewDelivery],
+            ) -> Result<(), StoreError> {
+                self.sql_enqueue_deliveries(deliveries).await
+            }
+
+            async fn claim_due_deliveries(
+                &self,
+                now_ms: i64,
+                lease_until_ms: i64,
+                limit: u32,
+            ) -> Result<Vec<super::DeliveryRow>, StoreError> {
+                self.sql_claim_due_deliveries(now_ms, lease_until_ms, limit)
+                    .await
+            }
+
+            async fn record_delivery_attempt(
+                &self,
+                id: i64,
+                attempt: &super::Attempt,
+            ) -> Result<(), StoreError> {
+                self.sql_record_delivery_attempt(id, attempt).await
+            }
+
+            async fn list_deliveries(
+                &self,
+                filter: &super::DeliveryFilter,
+                limit: PageLimit,
+                cursor: Option<&str>,
+            ) -> Result<Page<super::DeliveryRow>, StoreError> {
+                self.sql_list_deliveries(filter, limit, cursor).await
+            }
+
+            async fn pending_deliveries(&self) -> Result<(u64, Option<i64>), StoreError> {
+                self.sql_pending_deliveries().await
+            }
         }
     };
 }
 
 store_impl!(SqliteStore, Sqlite, Engine::Sqlite, "instr");
 store_impl!(PgStore, Postgres, Engine::Postgres, "strpos");
+super::webhooks::webhook_sql!(SqliteStore, Sqlite);
+super::webhooks::webhook_sql!(PgStore, Postgres);
 
 #[cfg(test)]
 mod tests {

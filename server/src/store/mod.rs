@@ -10,6 +10,7 @@ mod engines;
 mod error;
 mod tokens;
 mod types;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ pub use engines::{PgStore, SqliteStore};
 pub use error::StoreError;
 pub use tokens::{NewToken, Scope, TokenHash, TokenName, TokenRecord, TokenSecret};
 pub use types::{InstanceFilter, InstanceRow, Page, PageLimit, Presence, PresenceEvent, Region};
+pub use webhooks::{Attempt, DeliveryFilter, DeliveryRow, DeliveryState, NewDelivery};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +105,38 @@ pub trait Store: Send + Sync {
 
     /// Closes the pools, waiting for queries under way.
     async fn close(&self);
+
+    // --- metrics and webhooks (SQL in store/webhooks.rs) ---
+
+    /// How many instances are in each (region, presence), for metrics.
+    async fn count_instances_by_presence(&self)
+        -> Result<Vec<(String, Presence, u64)>, StoreError>;
+
+    /// Stores deliveries, pending and due at once, in one transaction.
+    async fn enqueue_deliveries(&self, deliveries: &[NewDelivery]) -> Result<(), StoreError>;
+
+    /// Up to `limit` pending deliveries due at `now_ms`, oldest due first, leased until
+    /// `lease_until_ms` (due again then, should their attempt never be recorded).
+    async fn claim_due_deliveries(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, StoreError>;
+
+    /// Records one attempt of a delivery (counts it, sets its state and next due time).
+    async fn record_delivery_attempt(&self, id: i64, attempt: &Attempt) -> Result<(), StoreError>;
+
+    /// A page of deliveries, newest first.
+    async fn list_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        limit: PageLimit,
+        cursor: Option<&str>,
+    ) -> Result<Page<DeliveryRow>, StoreError>;
+
+    /// How many deliveries are pending, and when the earliest is due.
+    async fn pending_deliveries(&self) -> Result<(u64, Option<i64>), StoreError>;
 }
 
 /// Opens the store a URL names (`sqlite://PATH`, `postgres://…`) and brings its schema up to

@@ -1,0 +1,598 @@
+//! Live events, metrics and webhooks of the running service: the real `csg-consoled` binary
+//! with a SQLite file, a real Mosquitto and a real agent; the event stream and the scrapes
+//! through `curl`, `promtool` checking the metrics text, and a webhook receiver (an axum
+//! server in the test) that verifies every signature.
+//!
+//! Build the agent first: `cargo build -p csg-agent --bins` (cargo builds `csg-consoled`).
+
+// A test file: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use csg_consoled::metrics::parse_text;
+use csg_consoled::webhooks::{verify, Secret};
+use csg_e2e::broker::free_port;
+use csg_e2e::process::{self, child_env, ChildGuard};
+use csg_e2e::{Agent, AgentConfig, Broker, TIMEOUT};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tempfile::TempDir;
+
+const CONSOLED: &str = env!("CARGO_BIN_EXE_csg-consoled");
+const SECRET: &str = "e2e-webhook-secret-0123456789";
+
+struct Consoled {
+    dir: TempDir,
+    config: PathBuf,
+    port: u16,
+    child: Option<ChildGuard>,
+}
+
+impl Consoled {
+    /// A config with `extra` TOML appended (a SQLite file in a temp dir, a free port).
+    fn new(broker: &Broker, extra: &str) -> Consoled {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("console.toml");
+        let toml = format!(
+            r#"
+[identity]
+group_id = "GID_console"
+console_id = "{console}"
+[mqtt]
+url = "{url}"
+protocol = "{protocol}"
+keep_alive_s = 5
+[http]
+listen = "127.0.0.1:{port}"
+# Shorter than the event streams stay open: the request timeout must not cut a stream.
+request_timeout_ms = 2000
+[store]
+url = "sqlite://{db}"
+[fleet]
+share_group = "{group}"
+default_interval_s = 1
+{extra}
+"#,
+            console = csg_e2e::unique("consoled"),
+            url = broker.url(),
+            protocol = csg_e2e::mqtt_protocol(),
+            db = dir.path().join("state/console.db").display(),
+            group = csg_e2e::unique("obs"),
+        );
+        std::fs::write(&config, toml).unwrap();
+        Consoled {
+            dir,
+            config,
+            port,
+            child: None,
+        }
+    }
+
+    fn token(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new(CONSOLED);
+        cmd.args(["token", "create"])
+            .args(args)
+            .arg("--config")
+            .arg(&self.config);
+        child_env(&mut cmd);
+        let out = process::run(cmd, TIMEOUT);
+        out.assert_code(0);
+        out.stdout.trim().to_owned()
+    }
+
+    fn start(&mut self) {
+        let mut cmd = Command::new(CONSOLED);
+        cmd.arg("--config").arg(&self.config);
+        child_env(&mut cmd);
+        self.child = Some(ChildGuard::spawn("csg-consoled", cmd, self.dir.path()).unwrap());
+        let ready = wait_for(TIMEOUT, || self.get("/readyz", None).0 == 200);
+        assert!(ready.is_some(), "csg-consoled never ready\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        self.child.as_ref().map(ChildGuard::log).unwrap_or_default()
+    }
+
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take().unwrap();
+        child.signal(Signal::SIGTERM);
+        let status = child.wait_exit(TIMEOUT);
+        child.set_dump_on_panic(false);
+        status
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        get(self.dir.path(), self.port, path, token)
+    }
+
+    fn json(&self, path: &str, token: &str) -> Value {
+        let (status, body) = self.get(path, Some(token));
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// `curl -N` on the event stream, its output (head and events) going to a file as it
+    /// arrives.
+    fn stream(&self, name: &str, query: &str, token: &str) -> Stream {
+        let header = self.dir.path().join(format!("{name}.header"));
+        std::fs::write(&header, format!("Authorization: Bearer {token}\n")).unwrap();
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-N", "-i", "--max-time", "120", "-H"])
+            .arg(format!("@{}", header.display()))
+            .arg(format!("http://127.0.0.1:{}/v1/events{query}", self.port));
+        let child = ChildGuard::spawn(name, cmd, self.dir.path()).unwrap();
+        let s = Stream { child };
+        // The head arrives at once (the stream is subscribed before it is answered).
+        wait_for(TIMEOUT, || s.text().contains("\r\n\r\n"))
+            .unwrap_or_else(|| panic!("no stream head: {}", s.child.log()));
+        s
+    }
+}
+
+/// `curl` with a timeout; the token in a header file, not in argv. Status and body.
+fn get(dir: &Path, port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "15", "-o", "-", "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        let h = dir.join("auth.header");
+        std::fs::write(&h, format!("Authorization: Bearer {t}\n")).unwrap();
+        cmd.arg("-H").arg(format!("@{}", h.display()));
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
+    let out = process::run(cmd, Duration::from_secs(20));
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if cond() {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+struct Stream {
+    child: ChildGuard,
+}
+
+/// One server-sent event.
+#[derive(Debug)]
+struct Sse {
+    id: Option<String>,
+    event: String,
+    data: Value,
+}
+
+impl Stream {
+    fn text(&self) -> String {
+        self.child.stdout()
+    }
+
+    fn head(&self) -> String {
+        let t = self.text();
+        t.split_once("\r\n\r\n")
+            .map(|(h, _)| h.to_ascii_lowercase())
+            .unwrap_or_default()
+    }
+
+    /// The complete events so far (comments left out).
+    fn events(&self) -> Vec<Sse> {
+        let t = self.text();
+        let Some((_, body)) = t.split_once("\r\n\r\n") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        // Only blocks ended by a blank line are complete.
+        let complete = body.rfind("\n\n").map_or("", |i| &body[..i]);
+        for block in complete.split("\n\n") {
+            let mut e = Sse {
+                id: None,
+                event: String::new(),
+                data: Value::Null,
+            };
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    e.id = Some(v.to_owned());
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    e.event = v.to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    e.data = serde_json::from_str(v).unwrap();
+                }
+            }
+            if !e.event.is_empty() {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    fn presence_of(&self, id: &str, to: &str) -> Option<Sse> {
+        self.events()
+            .into_iter()
+            .find(|e| e.event == "presence" && e.data["instance_id"] == id && e.data["to"] == to)
+    }
+}
+
+/// Scrapes `/metrics` on `port`: the text, checked by `promtool check metrics` (Debian's
+/// `prometheus` package, installed by scripts/install-deps.sh) and by the crate's own parser.
+fn scrape(dir: &Path, port: u16) -> HashMap<String, f64> {
+    let (status, text) = get(dir, port, "/metrics", None);
+    assert_eq!(status, 200, "{text}");
+    let file = dir.join("metrics.txt");
+    std::fs::write(&file, &text).unwrap();
+    let mut cmd = Command::new("promtool");
+    cmd.args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap());
+    let out = process::run(cmd, Duration::from_secs(20));
+    // 0: clean; 3: lint remarks only. promtool reads the classic text format, where an
+    // OpenMetrics counter's `_total` sample looks like a family of its own without HELP: that
+    // remark, and only it, is expected. A parse error is exit 1.
+    assert!(
+        matches!(out.code(), Some(0 | 3)),
+        "promtool refused the metrics: {}\n{text}",
+        out.describe()
+    );
+    for remark in out.stdout.lines().chain(out.stderr.lines()) {
+        assert!(
+            remark.ends_with("_total no help text") || remark.trim().is_empty(),
+            "promtool: {remark}\n{text}"
+        );
+    }
+    parse_text(&text)
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn the_event_stream_sees_an_agent_go_offline_and_the_metrics_move() {
+    let broker = Broker::start();
+    let metrics_port = free_port();
+    let mut c = Consoled::new(
+        &broker,
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    );
+    let reader = c.token(&["--name", "reader", "--scope", "read"]);
+    let others = c.token(&[
+        "--name",
+        "others",
+        "--scope",
+        "read",
+        "--group",
+        "GID_other",
+    ]);
+    let ours = c.token(&["--name", "ours", "--scope", "read", "--group", "GID_csg"]);
+    c.start();
+
+    // Refused before any stream: no token, an unknown type.
+    assert_eq!(c.get("/v1/events", None).0, 401);
+    assert_eq!(
+        c.get("/v1/events?types=presence,nope", Some(&reader)).0,
+        400
+    );
+    // /metrics has its own address, so the API's answers 404.
+    assert_eq!(c.get("/metrics", None).0, 404);
+
+    let mut all = c.stream("sse-all", "", &reader);
+    let mine = c.stream("sse-ours", "?types=presence", &ours);
+    let foreign = c.stream("sse-others", "", &others);
+    let jobs = c.stream("sse-jobs", "?types=job", &reader);
+    let head = all.head();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("cache-control: no-cache"), "{head}");
+    assert!(
+        !head.contains("content-encoding"),
+        "nothing may compress (buffer) the stream: {head}"
+    );
+    assert!(!head.contains("content-length"), "{head}");
+
+    let mut cfg = AgentConfig::new("gw-obs-1", &broker.url());
+    cfg.heartbeat_interval_s = 1;
+    let mut agent = Agent::spawn(&cfg);
+    wait_for(TIMEOUT, || all.presence_of("gw-obs-1", "online").is_some())
+        .unwrap_or_else(|| panic!("no online event\n{}\n{}", all.text(), c.log()));
+    let online = all.presence_of("gw-obs-1", "online").unwrap();
+    assert_eq!(online.data["group_id"], "GID_csg", "{online:?}");
+    assert_eq!(online.data["region"], "default");
+    assert_eq!(online.data["type"], "presence");
+    assert_eq!(
+        online.id.as_deref(),
+        Some(online.data["event_id"].to_string().as_str())
+    );
+    wait_for(TIMEOUT, || mine.presence_of("gw-obs-1", "online").is_some())
+        .expect("a token of the gateway's group sees its event");
+
+    // The metrics move: heartbeats at 1 s.
+    let m0 = scrape(c.dir.path(), metrics_port);
+    let beats0 = m0["csg_heartbeats_ingested_total"];
+    std::thread::sleep(Duration::from_millis(3_500));
+    let _ = c.json("/v1/instances", &reader);
+    let m1 = scrape(c.dir.path(), metrics_port);
+    let beats1 = m1["csg_heartbeats_ingested_total"];
+    eprintln!("heartbeats ingested: {beats0} then {beats1} 3.5 s later");
+    assert!(beats1 >= beats0 + 2.0, "{beats0} → {beats1}");
+    assert_eq!(
+        m1["csg_instances{region=\"default\",presence=\"online\"}"],
+        1.0
+    );
+    assert_eq!(m1["csg_event_stream_listeners"], 4.0);
+    assert!(m1["csg_events_published_total{type=\"presence\"}"] >= 1.0);
+    assert!(m1["csg_store_write_duration_seconds_count{outcome=\"ok\"}"] >= 1.0);
+    assert!(
+        m1["csg_http_requests_total{route=\"/v1/instances\",method=\"GET\",status=\"200\"}"] >= 1.0
+    );
+    assert_eq!(m1["csg_status_dropped_total{reason=\"bad_payload\"}"], 0.0);
+
+    // kill -9: the broker's Will, then the event on the stream (open for longer than the
+    // request timeout by now). Timed from the kill.
+    assert!(all.child.is_running(), "{}", all.child.log());
+    let killed = Instant::now();
+    agent.kill9();
+    wait_for(Duration::from_secs(30), || {
+        all.presence_of("gw-obs-1", "offline").is_some()
+    })
+    .unwrap_or_else(|| panic!("no offline event\n{}\n{}", all.text(), c.log()));
+    let took = killed.elapsed();
+    let offline = all.presence_of("gw-obs-1", "offline").unwrap();
+    eprintln!(
+        "offline event {} ms after kill -9 (reason {})",
+        took.as_millis(),
+        offline.data["reason"]
+    );
+    assert_eq!(offline.data["from"], "online");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let m2 = scrape(c.dir.path(), metrics_port);
+    assert_eq!(
+        m2["csg_instances{region=\"default\",presence=\"offline\"}"],
+        1.0
+    );
+    assert_eq!(
+        m2["csg_instances{region=\"default\",presence=\"online\"}"],
+        0.0
+    );
+
+    // Another group's token and a job-only stream saw none of it.
+    assert!(foreign.events().is_empty(), "{}", foreign.text());
+    assert!(jobs.events().is_empty(), "{}", jobs.text());
+    let ids: Vec<u64> = all
+        .events()
+        .iter()
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+
+    // SIGTERM with streams open: they end, and the service exits 0 promptly.
+    let t = Instant::now();
+    let status = c
+        .stop()
+        .expect("csg-consoled did not exit with streams open");
+    assert!(status.success(), "{status:?}");
+    eprintln!("stopped with 4 streams open in {:?}", t.elapsed());
+    assert!(
+        all.child.wait_exit(TIMEOUT).is_some(),
+        "the stream did not end at shutdown"
+    );
+}
+
+/// What the receiver saw of one delivery.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    attempts: u32,
+    accepted: Option<Value>,
+    event: String,
+}
+
+struct Receiver {
+    secret: Secret,
+    /// Attempts of each delivery refused before one is accepted.
+    fail_first: u32,
+    /// Refuse everything (503): the receiver is "down".
+    down: AtomicBool,
+    seen: Mutex<HashMap<String, Seen>>,
+    bad_signatures: Mutex<u32>,
+}
+
+async fn hook(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let now_s = csg_e2e::now_ms() / 1000;
+    if !verify(&r.secret, &h("x-csg-signature"), &body, now_s, 300) {
+        *r.bad_signatures.lock().unwrap() += 1;
+        return StatusCode::UNAUTHORIZED;
+    }
+    assert_eq!(h("content-type"), "application/json");
+    let mut seen = r.seen.lock().unwrap();
+    let s = seen.entry(h("x-csg-delivery")).or_default();
+    s.attempts += 1;
+    s.event = h("x-csg-event");
+    if r.down.load(Ordering::SeqCst) || s.attempts <= r.fail_first {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    if s.accepted.is_none() {
+        s.accepted = Some(serde_json::from_slice(&body).unwrap());
+    }
+    StatusCode::OK
+}
+
+fn start_receiver(rt: &tokio::runtime::Runtime, receiver: Arc<Receiver>) -> u16 {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(receiver);
+    rt.spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+fn deliveries(c: &Consoled, admin: &str, query: &str) -> Vec<Value> {
+    c.json(&format!("/v1/webhooks/deliveries{query}"), admin)["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn webhooks_are_signed_retried_and_a_pending_one_survives_a_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Arc::new(Receiver {
+        secret: Secret::from_bytes(SECRET.as_bytes()),
+        fail_first: 2,
+        down: AtomicBool::new(false),
+        seen: Mutex::new(HashMap::new()),
+        bad_signatures: Mutex::new(0),
+    });
+    let port = start_receiver(&rt, receiver.clone());
+
+    let broker = Broker::start();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret_file = secret_dir.path().join("hook.secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let mut c = Consoled::new(
+        &broker,
+        &format!(
+            "[[webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret_file = \"{}\"\nevents = [\"presence\"]\nmax_attempts = 8\ntimeout_ms = 2000\n",
+            secret_file.display()
+        ),
+    );
+    let admin = c.token(&["--name", "admin", "--scope", "admin"]);
+    let reader = c.token(&["--name", "reader", "--scope", "read"]);
+    c.start();
+    assert_eq!(c.get("/v1/webhooks/deliveries", Some(&reader)).0, 403);
+    assert_eq!(
+        c.get("/v1/webhooks/deliveries?state=lost", Some(&admin)).0,
+        400
+    );
+
+    // The agent's online: refused twice by the receiver, accepted at the third attempt.
+    let mut cfg = AgentConfig::new("gw-hook-1", &broker.url());
+    cfg.heartbeat_interval_s = 1;
+    let mut agent = Agent::spawn(&cfg);
+    let accepted = |to: &str| {
+        receiver
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, s)| s.accepted.as_ref().is_some_and(|b| b["to"] == to))
+            .map(|(id, s)| (id.clone(), s.clone()))
+    };
+    wait_for(Duration::from_secs(30), || accepted("online").is_some())
+        .unwrap_or_else(|| panic!("online never delivered\n{}", c.log()));
+    let (id, seen) = accepted("online").unwrap();
+    let id_n: i64 = id.parse().unwrap();
+    assert_eq!(
+        seen.attempts, 3,
+        "two refusals, then the third attempt: {seen:?}"
+    );
+    assert_eq!(seen.event, "presence");
+    let body = seen.accepted.unwrap();
+    assert_eq!(body["type"], "presence");
+    assert_eq!(body["instance_id"], "gw-hook-1");
+    assert_eq!(body["group_id"], "GID_csg");
+    assert_eq!(*receiver.bad_signatures.lock().unwrap(), 0);
+
+    // The API shows it delivered after three attempts.
+    wait_for(TIMEOUT, || {
+        deliveries(&c, &admin, "?state=delivered")
+            .iter()
+            .any(|d| d["id"] == id_n)
+    })
+    .expect("the delivery never showed delivered");
+    let d = deliveries(&c, &admin, "?state=delivered")
+        .into_iter()
+        .find(|d| d["id"] == id_n)
+        .unwrap();
+    assert_eq!(d["attempts"], 3, "{d}");
+    assert_eq!(d["last_status"], 200, "{d}");
+    assert_eq!(d["webhook"], "ops");
+    assert_eq!(d["payload"]["instance_id"], "gw-hook-1");
+    assert!(d["next_attempt_ms"].is_null(), "{d}");
+    // Its live response matches the OpenAPI document's schema.
+    let doc: Value = serde_json::from_str(&c.get("/v1/openapi.json", None).1).unwrap();
+    let root = serde_json::json!({
+        "$ref": "#/components/schemas/DeliveryPage",
+        "components": doc["components"],
+    });
+    let page = c.json("/v1/webhooks/deliveries", &admin);
+    let v = jsonschema::draft202012::new(&root).unwrap();
+    let errors: Vec<String> = v.iter_errors(&page).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{page}");
+    assert!(doc["paths"]["/v1/events"]["get"].is_object());
+    assert!(doc["paths"]["/metrics"]["get"].is_object());
+
+    // The receiver goes down; the agent dies; its offline is attempted and stays pending.
+    receiver.down.store(true, Ordering::SeqCst);
+    agent.kill9();
+    wait_for(Duration::from_secs(30), || {
+        deliveries(&c, &admin, "?state=pending")
+            .iter()
+            .any(|d| d["payload"]["to"] == "offline" && d["attempts"].as_u64() >= Some(1))
+    })
+    .unwrap_or_else(|| panic!("the offline delivery was never attempted\n{}", c.log()));
+    let pending = deliveries(&c, &admin, "?state=pending");
+    let offline_id = pending
+        .iter()
+        .find(|d| d["payload"]["to"] == "offline")
+        .unwrap()["id"]
+        .to_string();
+    let offline_n: i64 = offline_id.parse().unwrap();
+
+    // Stopped with it pending; the receiver comes back; started again, it is sent.
+    assert!(c.stop().is_some_and(|s| s.success()));
+    let refused_before = receiver.seen.lock().unwrap()[&offline_id].attempts;
+    receiver.down.store(false, Ordering::SeqCst);
+    c.start();
+    wait_for(Duration::from_secs(30), || {
+        receiver.seen.lock().unwrap()[&offline_id]
+            .accepted
+            .is_some()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the pending delivery was not sent after the restart\n{}",
+            c.log()
+        )
+    });
+    let seen = receiver.seen.lock().unwrap()[&offline_id].clone();
+    assert!(seen.attempts > refused_before, "{seen:?}");
+    assert_eq!(seen.accepted.unwrap()["instance_id"], "gw-hook-1");
+    wait_for(TIMEOUT, || {
+        deliveries(&c, &admin, "?state=delivered")
+            .iter()
+            .any(|d| d["id"] == offline_n)
+    })
+    .expect("the API never showed the resent delivery delivered");
+    assert_eq!(*receiver.bad_signatures.lock().unwrap(), 0);
+    let metrics = scrape(c.dir.path(), c.port);
+    assert!(
+        metrics["csg_webhook_deliveries_total{webhook=\"ops\",outcome=\"delivered\"}"] >= 1.0,
+        "{metrics:?}"
+    );
+    assert!(c.stop().is_some_and(|s| s.success()));
+    assert!(
+        !c.log().contains(SECRET),
+        "the webhook secret must never reach the log"
+    );
+}
