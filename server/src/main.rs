@@ -216,6 +216,11 @@ async fn run(config: Config) -> Result<()> {
         config.region.as_str(),
         config.fleet.clone(),
     )));
+    // The fleet as stored, before any message: a restart forgets nothing it knew.
+    let restored = csg_consoled::sink::restore_fleet(store.as_ref(), &config.region, &fleet)
+        .await
+        .context("restoring the fleet from the store")?;
+    info!(restored, "fleet restored from the store");
     let clock = system_clock();
     let sink = StoreSink {
         store: store.clone(),

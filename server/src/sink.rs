@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use csg_protocol::identity::{GroupId, InstanceId};
+use csg_protocol::Heartbeat;
+use serde::Deserialize;
 
 use crate::events::{Bus, Event};
-use crate::fleet::driver::{Batch, Clock, FleetSink, SinkError};
-use crate::fleet::{Instance, Liveness, PresenceEvent};
+use crate::fleet::driver::{Batch, Clock, FleetSink, Seen, SharedFleet, SinkError};
+use crate::fleet::{Instance, Liveness, PresenceEvent, PresenceView, Reason, Restored};
 use crate::metrics::Metrics;
 use crate::store::{
     self, InstanceFilter, InstanceRow, PageLimit, Presence, Region, Store, StoreError,
@@ -77,6 +79,17 @@ pub fn event_of(e: &PresenceEvent, region: &Region) -> store::PresenceEvent {
 }
 
 impl StoreSink {
+    /// The stored rows of these gateways (at most a page of ids).
+    async fn rows_of(&self, ids: Vec<InstanceId>) -> Result<Vec<InstanceRow>, StoreError> {
+        let filter = InstanceFilter {
+            region: Some(self.region.clone()),
+            ids,
+            ..InstanceFilter::default()
+        };
+        let limit = PageLimit::new(PageLimit::MAX)?;
+        Ok(self.store.list_instances(&filter, limit, None).await?.items)
+    }
+
     /// The stored groups of gateways the fleet has no group for, a page of ids per query.
     async fn stored_groups(
         &self,
@@ -84,14 +97,8 @@ impl StoreSink {
     ) -> Result<HashMap<InstanceId, GroupId>, StoreError> {
         let mut found = HashMap::new();
         for chunk in ids.chunks(InstanceFilter::MAX_IDS) {
-            let filter = InstanceFilter {
-                region: Some(self.region.clone()),
-                ids: chunk.to_vec(),
-                ..InstanceFilter::default()
-            };
-            let limit = PageLimit::new(PageLimit::MAX)?;
-            let page = self.store.list_instances(&filter, limit, None).await?;
-            found.extend(page.items.into_iter().map(|r| (r.instance_id, r.group_id)));
+            let rows = self.rows_of(chunk.to_vec()).await?;
+            found.extend(rows.into_iter().map(|r| (r.instance_id, r.group_id)));
         }
         Ok(found)
     }
@@ -167,6 +174,100 @@ impl FleetSink for StoreSink {
         let groups = written.map_err(|e| SinkError(e.to_string()))?;
         self.publish(batch, &groups);
         Ok(())
+    }
+
+    async fn seen_elsewhere(&mut self, ids: &[InstanceId]) -> Result<Vec<Seen>, SinkError> {
+        let mut seen = Vec::new();
+        for chunk in ids.chunks(InstanceFilter::MAX_IDS) {
+            let rows = self
+                .rows_of(chunk.to_vec())
+                .await
+                .map_err(|e| SinkError(e.to_string()))?;
+            seen.extend(rows.iter().filter_map(seen_in));
+        }
+        Ok(seen)
+    }
+}
+
+/// What a stored row says was seen of its gateway: the heartbeat any replica stored, and when
+/// that replica received it (its clock; replicas' clocks are assumed synchronised, as the
+/// stale window of several seconds allows).
+fn seen_in(row: &InstanceRow) -> Option<Seen> {
+    let heartbeat = heartbeat_of(row)?;
+    Some(Seen {
+        instance_id: row.instance_id.clone(),
+        heartbeat,
+        seen_ms: u64::try_from(row.last_seen_ms?).ok()?,
+    })
+}
+
+fn heartbeat_of(row: &InstanceRow) -> Option<Arc<Heartbeat>> {
+    let v = row.heartbeat.as_ref()?;
+    // The store keeps what the fleet wrote, so this parses; a row that does not (written by
+    // another version) is simply not merged.
+    Heartbeat::deserialize(v).ok().map(Arc::new)
+}
+
+/// Seeds `fleet` with every gateway the store holds for its region, a page at a time, before
+/// the fleet hears any message: a console that starts again knows its fleet at once, and a
+/// gateway stored `online` that fell silent meanwhile turns stale at the first tick. Returns
+/// how many were restored.
+pub async fn restore_fleet(
+    store: &dyn Store,
+    region: &Region,
+    fleet: &SharedFleet,
+) -> Result<usize, StoreError> {
+    let filter = InstanceFilter {
+        region: Some(region.clone()),
+        ..InstanceFilter::default()
+    };
+    let limit = PageLimit::new(PageLimit::MAX)?;
+    let mut cursor: Option<String> = None;
+    let mut restored = 0;
+    loop {
+        let page = store
+            .list_instances(&filter, limit, cursor.as_deref())
+            .await?;
+        {
+            let mut f = crate::fleet::driver::lock(fleet);
+            for row in &page.items {
+                f.restore(restored_of(row));
+                restored += 1;
+            }
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(restored),
+        }
+    }
+}
+
+fn restored_of(row: &InstanceRow) -> Restored {
+    let state = match row.presence {
+        Presence::Online => Liveness::Online,
+        Presence::Stale => Liveness::Stale,
+        Presence::Offline => Liveness::Offline,
+    };
+    // Only reasons this version writes are stored; anything else reads as a lost connection.
+    let reason = row
+        .reason
+        .as_deref()
+        .and_then(Reason::parse)
+        .unwrap_or(Reason::ConnectionLost);
+    Restored {
+        instance_id: row.instance_id.clone(),
+        group_id: Some(row.group_id.as_str().to_owned()),
+        presence: PresenceView {
+            state,
+            since_ms: u64::try_from(row.since_ms).unwrap_or(0),
+            reason,
+        },
+        last_seen_ms: row
+            .last_seen_ms
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0),
+        agent_version: row.agent_version.clone(),
+        heartbeat: heartbeat_of(row),
     }
 }
 
@@ -269,6 +370,123 @@ mod tests {
             .await
             .unwrap();
         assert!(events.items.len() >= 2, "{events:?}");
+        store.close().await;
+    }
+
+    fn sink_on(store: Arc<dyn Store>, now: u64) -> StoreSink {
+        StoreSink {
+            store,
+            region: Region::new("default").unwrap(),
+            clock: Arc::new(move || now),
+            bus: crate::events::Bus::default(),
+            metrics: Metrics::new(),
+        }
+    }
+
+    fn new_fleet() -> SharedFleet {
+        Arc::new(Mutex::new(Fleet::new("default", FleetConfig::default())))
+    }
+
+    /// A console that starts again knows its fleet from the store: a gateway that kept
+    /// heartbeating stays online, one that fell silent while the console was down turns stale
+    /// at the first tick (the only signal on a broker without Will or retained presence).
+    #[tokio::test]
+    async fn a_restarted_console_restores_the_fleet_and_turns_the_silent_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let store = store::open(&url).await.unwrap();
+        let region = Region::new("default").unwrap();
+        let (quiet, busy) = (
+            InstanceId::new("gw-quiet").unwrap(),
+            InstanceId::new("gw-busy").unwrap(),
+        );
+        // First process: both heartbeat (interval 1 s) and are written.
+        let fleet = new_fleet();
+        let mut sink = sink_on(store.clone(), 1_000_000);
+        {
+            let mut f = driver::lock(&fleet);
+            f.on_heartbeat(&quiet, heartbeat("gw-quiet", 1, 999_000), 999_500);
+            f.on_heartbeat(&busy, heartbeat("gw-busy", 1, 999_000), 999_500);
+        }
+        driver::flush(&fleet, &mut sink, 1_000_000).await;
+
+        // Second process, 10 s later; gw-busy's next heartbeat arrives first thing.
+        let fleet = new_fleet();
+        assert_eq!(
+            restore_fleet(store.as_ref(), &region, &fleet)
+                .await
+                .unwrap(),
+            2
+        );
+        {
+            let f = driver::lock(&fleet);
+            let q = f.get(&quiet).unwrap();
+            assert_eq!(q.presence.state, Liveness::Online);
+            assert_eq!(q.group_id.as_deref(), Some("GID_a"));
+            assert_eq!(q.storage.drift, 1);
+            assert_eq!(f.counts().values().sum::<usize>(), 2);
+        }
+        // Restoring is neither a change nor an event.
+        assert!(driver::lock(&fleet).take_dirty().is_empty());
+        assert!(driver::lock(&fleet).take_events().is_empty());
+        {
+            let mut f = driver::lock(&fleet);
+            // An older heartbeat than the stored one does not count; a newer one does.
+            assert_eq!(
+                f.on_heartbeat(&busy, heartbeat("gw-busy", 1, 999_000), 1_009_900),
+                crate::fleet::Applied::Stale
+            );
+            f.on_heartbeat(&busy, heartbeat("gw-busy", 2, 1_009_000), 1_009_900);
+        }
+        let mut sink = sink_on(store.clone(), 1_010_000);
+        driver::flush(&fleet, &mut sink, 1_010_000).await;
+        let q = store.get_instance(&region, &quiet).await.unwrap().unwrap();
+        assert_eq!(q.presence, Presence::Stale);
+        assert_eq!(q.reason.as_deref(), Some("no_heartbeat"));
+        let b = store.get_instance(&region, &busy).await.unwrap().unwrap();
+        assert_eq!(b.presence, Presence::Online);
+        assert_eq!(b.heartbeat.unwrap()["seq"], 2);
+        store.close().await;
+    }
+
+    /// Two replicas split a gateway's heartbeats; the one that got none lately asks the store
+    /// before turning it stale, and keeps it online.
+    #[tokio::test]
+    async fn a_replica_keeps_online_a_gateway_whose_heartbeats_went_to_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let store = store::open(&url).await.unwrap();
+        let region = Region::new("default").unwrap();
+        let id = InstanceId::new("gw-1").unwrap();
+        let (a, b) = (new_fleet(), new_fleet());
+        // Both replicas saw heartbeat 1; only replica B gets the later ones.
+        for f in [&a, &b] {
+            driver::lock(f).on_heartbeat(&id, heartbeat("gw-1", 1, 1_000_000), 1_000_000);
+        }
+        for (seq, t) in [(2, 1_002_000), (3, 1_004_000), (4, 1_006_000)] {
+            driver::lock(&b).on_heartbeat(&id, heartbeat("gw-1", seq, t), t);
+            driver::flush(&b, &mut sink_on(store.clone(), t), t).await;
+        }
+        // At 1 006 500 gw-1 is 6.5 s silent at replica A (3 intervals of 1 s): due, but the
+        // store says replica B heard it 0.5 s ago.
+        assert_eq!(driver::lock(&a).due_stale(1_006_500), vec![id.clone()]);
+        let mut sink_a = sink_on(store.clone(), 1_006_500);
+        driver::flush(&a, &mut sink_a, 1_006_500).await;
+        {
+            let f = driver::lock(&a);
+            let inst = f.get(&id).unwrap();
+            assert_eq!(inst.presence.state, Liveness::Online);
+            assert_eq!(inst.last_seen_ms, 1_006_000);
+            assert_eq!(inst.heartbeat.as_ref().unwrap().seq, 4);
+        }
+        let row = store.get_instance(&region, &id).await.unwrap().unwrap();
+        assert_eq!(row.presence, Presence::Online);
+        // Silent everywhere: stale after all.
+        driver::flush(&a, &mut sink_on(store.clone(), 1_010_000), 1_010_000).await;
+        assert_eq!(
+            driver::lock(&a).get(&id).unwrap().presence.state,
+            Liveness::Stale
+        );
         store.close().await;
     }
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use csg_protocol::{Heartbeat, InstanceId};
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::warn;
@@ -45,9 +46,27 @@ pub struct Batch {
 #[error("the fleet sink failed: {0}")]
 pub struct SinkError(pub String);
 
+/// What another replica saw of a gateway: its newest heartbeat and when it arrived there.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub instance_id: InstanceId,
+    pub heartbeat: Arc<Heartbeat>,
+    pub seen_ms: u64,
+}
+
 /// Where batches go. The store implements it; [`MemorySink`] stands in until then and in tests.
 pub trait FleetSink: Send {
     fn write(&mut self, batch: &Batch) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// What the other replicas sharing this sink saw of these gateways (the heartbeats the
+    /// shared subscription gave to them), asked before they are turned stale. None by default:
+    /// a sink nobody else writes to has nothing to add.
+    fn seen_elsewhere(
+        &mut self,
+        _ids: &[InstanceId],
+    ) -> impl Future<Output = Result<Vec<Seen>, SinkError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// Keeps every batch in memory: the sink of tests and of a console run without a store.
@@ -82,6 +101,23 @@ impl Default for DriverConfig {
 
 /// Takes what changed and hands it to the sink; on failure puts it back for the next flush.
 pub async fn flush(fleet: &SharedFleet, sink: &mut impl FleetSink, now_ms: u64) {
+    // With a shared subscription this replica got only its share of each gateway's heartbeats:
+    // before calling a gateway stale, ask what the others saw. One query for the few that are
+    // due, not a read of the whole fleet.
+    let due = lock(fleet).due_stale(now_ms);
+    if !due.is_empty() {
+        match sink.seen_elsewhere(&due).await {
+            Ok(seen) => {
+                let mut f = lock(fleet);
+                for s in seen {
+                    f.merge_seen(&s.instance_id, s.heartbeat, s.seen_ms);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, due = due.len(), "could not ask what other replicas saw; judging staleness alone");
+            }
+        }
+    }
     let batch = {
         let mut f = lock(fleet);
         f.tick(now_ms);

@@ -15,10 +15,10 @@ pub mod state;
 #[cfg(test)]
 mod tests;
 
-pub use driver::{Batch, Clock, DriverConfig, FleetSink, MemorySink, SharedFleet, SinkError};
+pub use driver::{Batch, Clock, DriverConfig, FleetSink, MemorySink, Seen, SharedFleet, SinkError};
 pub use ingest::{BadStatus, IngestStats, StatusBody, StatusMessage, StatusSource};
 pub use mqtt::{IngestError, MqttIngestConfig, MqttStatusSource, ShareGroup};
 pub use state::{
-    Applied, Fleet, FleetConfig, Instance, Liveness, PresenceEvent, PresenceView, Reason,
+    Applied, Fleet, FleetConfig, Instance, Liveness, PresenceEvent, PresenceView, Reason, Restored,
     StorageTotals,
 };

@@ -75,6 +75,41 @@ pub enum Reason {
     NoHeartbeat,
 }
 
+impl Reason {
+    /// The reason as the store keeps it (its serialized name).
+    pub fn parse(s: &str) -> Option<Reason> {
+        Some(match s {
+            "connected" => Reason::Connected,
+            "heartbeat" => Reason::Heartbeat,
+            "shutdown" => Reason::Shutdown,
+            "connection_lost" => Reason::ConnectionLost,
+            "no_heartbeat" => Reason::NoHeartbeat,
+            _ => return None,
+        })
+    }
+
+    /// Whether `since_ms` of a presence with this reason is on the agent's clock (a presence
+    /// message's `ts_ms`) rather than the console's.
+    fn agent_clock(self) -> bool {
+        matches!(
+            self,
+            Reason::Connected | Reason::Shutdown | Reason::ConnectionLost
+        )
+    }
+}
+
+/// A gateway as a store row left it, for [`Fleet::restore`].
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub instance_id: InstanceId,
+    pub group_id: Option<String>,
+    pub presence: PresenceView,
+    /// Console clock, as stored.
+    pub last_seen_ms: u64,
+    pub agent_version: Option<String>,
+    pub heartbeat: Option<Arc<Heartbeat>>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PresenceView {
     pub state: Liveness,
@@ -195,6 +230,16 @@ impl HeartbeatKey {
             (self.seq, self.ts_ms) > (other.seq, other.ts_ms)
         }
     }
+}
+
+/// A heartbeat's storage summed over its families.
+fn totals(hb: &Heartbeat) -> StorageTotals {
+    hb.storage
+        .values()
+        .fold(StorageTotals::default(), |t, f| StorageTotals {
+            count: t.count.saturating_add(f.count),
+            drift: t.drift.saturating_add(f.drift),
+        })
 }
 
 /// The live state of one region's gateways.
@@ -350,13 +395,7 @@ impl Fleet {
         inst.group_id = Some(bounded(&hb.group_id));
         inst.agent_version = Some(bounded(&hb.agent_version));
         inst.last_seen_ms = inst.last_seen_ms.max(now_ms);
-        inst.storage = hb
-            .storage
-            .values()
-            .fold(StorageTotals::default(), |t, f| StorageTotals {
-                count: t.count.saturating_add(f.count),
-                drift: t.drift.saturating_add(f.drift),
-            });
+        inst.storage = totals(&hb);
         let ts = hb.ts_ms;
         inst.heartbeat = Some(hb);
         let from = (!created).then_some(inst.presence.state);
@@ -456,14 +495,47 @@ impl Fleet {
         Applied::Changed
     }
 
-    /// Marks stale every online gateway whose last heartbeat (or `online`) arrived more than
-    /// `stale_after_missed` of its own intervals before `now_ms`. Returns how many turned.
+    /// Seeds the fleet with a gateway as the store had it, before any message (a console
+    /// starting again). It is neither changed nor an event: the store holds it already. A
+    /// gateway stored `online` that fell silent while the console was down turns stale at the
+    /// first tick, judged by its stored `last_seen_ms`, which is what a console on a broker
+    /// without Will or retained presence (Alibaba Cloud MQTT) relies on. Ignored for a gateway
+    /// the fleet already knows.
+    pub fn restore(&mut self, r: Restored) {
+        if self.instances.contains_key(&r.instance_id) {
+            return;
+        }
+        let mut inst = Instance::new(self.region.clone(), r.instance_id.clone());
+        let hb_ts = r.heartbeat.as_ref().map_or(0, |h| h.ts_ms);
+        let presence_ts = if r.presence.reason.agent_clock() {
+            r.presence.since_ms
+        } else {
+            0
+        };
+        inst.stamp_ms = hb_ts.max(presence_ts);
+        if r.presence.reason == Reason::Connected {
+            inst.online_floor_ms = r.presence.since_ms.saturating_sub(CONNECT_SLACK_MS);
+        }
+        inst.group_id = r.group_id.map(|g| bounded(&g));
+        inst.agent_version = r.agent_version.map(|v| bounded(&v));
+        inst.presence = r.presence;
+        inst.last_seen_ms = r.last_seen_ms;
+        if let Some(hb) = &r.heartbeat {
+            inst.storage = totals(hb);
+        }
+        inst.heartbeat = r.heartbeat;
+        self.instances.insert(r.instance_id, inst);
+    }
+
+    /// The online gateways whose last heartbeat (or `online`) arrived more than
+    /// `stale_after_missed` of their own intervals before `now_ms`: those the next
+    /// [`Fleet::tick`] turns stale unless something newer is heard of them (from another
+    /// replica, through [`Fleet::merge_seen`]).
     // A scan: about a millisecond per 100k gateways, once per flush.
-    pub fn tick(&mut self, now_ms: u64) -> usize {
+    pub fn due_stale(&self, now_ms: u64) -> Vec<InstanceId> {
         let missed = u64::from(self.cfg.stale_after_missed.max(1));
         let default = self.cfg.default_interval_s.max(1);
-        let turned: Vec<InstanceId> = self
-            .instances
+        self.instances
             .values()
             .filter(|i| i.presence.state == Liveness::Online)
             .filter(|i| {
@@ -477,7 +549,12 @@ impl Fleet {
                 now_ms > i.last_seen_ms.saturating_add(window)
             })
             .map(|i| i.instance_id.clone())
-            .collect();
+            .collect()
+    }
+
+    /// Marks stale every gateway of [`Fleet::due_stale`]. Returns how many turned.
+    pub fn tick(&mut self, now_ms: u64) -> usize {
+        let turned = self.due_stale(now_ms);
         for id in &turned {
             self.dirty.insert(id.clone());
             self.transition(
