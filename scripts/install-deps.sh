@@ -84,10 +84,12 @@ fi
 # postgresql: the console store's tests run a private server from its binaries
 # (/usr/lib/postgresql/*/bin: initdb in a temporary directory, a loopback port).
 # socat forwards the broker into the kernel storage test's guest (qemu: below).
+# python3-venv: scripts/api-contract-test.sh installs schemathesis (PyPI, pinned) in a private
+# virtualenv.
 # prometheus: its promtool checks the console's /metrics text in the end-to-end test (the
 # server it also installs is stopped below).
 storage_pkgs=(samba smbclient tgt nfs-ganesha nfs-ganesha-vfs libnfs-utils libiscsi-bin dbus nfs-kernel-server
-    lintian rpm systemd python3 debootstrap systemd-container openssl iproute2 nftables socat postgresql
+    lintian rpm systemd python3 python3-venv debootstrap systemd-container openssl iproute2 nftables socat postgresql
     prometheus)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()

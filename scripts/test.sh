@@ -74,6 +74,15 @@ fi
 step "interop: contract suite on aedes"
 scripts/interop-test.sh aedes
 
+# The console service's OpenAPI document, checked against the live service by a third-party
+# tool (schemathesis).
+step "console API against its OpenAPI document"
+scripts/api-contract-test.sh --examples 20 || contract_failed=1
+
+if [ "${contract_failed:-0}" = 1 ]; then
+    echo "the console API broke its OpenAPI document (see above)" >&2
+    exit 1
+fi
 if [ "${mqtt5_failed:-0}" = 1 ]; then
     echo "the MQTT contract failed on MQTT 5 (see above)" >&2
     exit 1
