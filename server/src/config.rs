@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use csg_console::{ConsoleOptions, Signer};
 use csg_protocol::{BrokerList, ClientId, GroupId, InstanceId, Scheme, TopicParents};
 use csg_transport::{Auth, Endpoint, Protocol, SessionConfig, TlsOptions};
 use serde::Deserialize;
@@ -47,6 +48,18 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub fleet: RawFleet,
+    #[serde(default)]
+    pub signing: RawSigning,
+}
+
+/// `[signing]`: the console's Ed25519 key; every command is then signed (JWS).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSigning {
+    /// The private key (PEM, as `csgctl keygen` writes it).
+    pub key_file: Option<PathBuf>,
+    /// The key id the agents trust it under; the file's own (from its name) when absent.
+    pub key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +183,8 @@ pub struct Config {
     pub share_group: ShareGroup,
     pub fleet: FleetConfig,
     pub flush_every: Duration,
+    /// Every command is signed with it when set.
+    pub signer: Option<Signer>,
 }
 
 impl Config {
@@ -196,7 +211,26 @@ impl Config {
         raw.validate().map_err(FromTomlError::Invalid)
     }
 
-    /// The MQTT session of the status ingest (its subscriptions are set by the ingest).
+    /// The one console session of the region: calls, and (with the ingest's subscriptions
+    /// and tap added) the status ingest.
+    pub fn console_options(&self) -> ConsoleOptions {
+        let mut o = ConsoleOptions::new(
+            self.broker.clone(),
+            self.client_id.group().clone(),
+            self.client_id.instance().clone(),
+        );
+        o.parents = self.parents();
+        o.protocol = self.protocol;
+        if let Some(tls) = &self.tls {
+            o.tls = tls.clone();
+        }
+        o.auth = self.auth.clone();
+        o.keep_alive = self.keep_alive;
+        o.connect_timeout = self.connect_timeout;
+        o
+    }
+
+    /// A transport session with this config's broker settings (tests that watch status alone).
     pub fn session_config(&self) -> SessionConfig {
         let mut sc = SessionConfig::new(self.client_id.as_str(), "", 0);
         sc.brokers = self
@@ -377,6 +411,17 @@ impl RawConfig {
             ));
         }
 
+        let signer = match (&self.signing.key_file, &self.signing.key_id) {
+            (Some(file), kid) => Signer::from_file(file, kid.as_deref())
+                .map_err(|e| p.push(format!("signing.key_file: {e}")))
+                .ok(),
+            (None, Some(_)) => {
+                p.push("signing.key_id needs signing.key_file".into());
+                None
+            }
+            (None, None) => None,
+        };
+
         match (client_id, region, broker, listen, share_group) {
             (Some(client_id), Some(region), Some(broker), Some(listen), Some(share_group))
                 if p.is_empty() =>
@@ -400,6 +445,7 @@ impl RawConfig {
                         stale_after_missed: self.fleet.stale_after_intervals,
                     },
                     flush_every: Duration::from_millis(self.fleet.flush_ms),
+                    signer,
                 })
             }
             _ => Err(p),

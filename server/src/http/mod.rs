@@ -1,17 +1,23 @@
 //! The HTTP API: JSON, RFC 9457 problems for errors (one mapping place: [`problem`]), bearer
 //! tokens with scopes ([`auth`]).
 
+pub mod audit;
 pub mod auth;
+pub mod calls;
 pub mod instances;
 pub mod problem;
+pub mod resources;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use csg_transport::LinkState;
 use serde::Serialize;
@@ -22,8 +28,9 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::store::{Region, Store};
-use problem::Problem;
+use crate::calls::{now_ms, CallService, MAX_TIMEOUT};
+use crate::store::{AuditEvent, Region, Store};
+use problem::{Problem, Refusal};
 
 /// How long `/readyz` waits for the store's answer.
 const READY_PING: Duration = Duration::from_secs(2);
@@ -33,9 +40,18 @@ const READY_PING: Duration = Duration::from_secs(2);
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub region: Region,
-    /// The status ingest's MQTT link.
+    /// The region's MQTT link (calls and status ingest share it).
     pub link: watch::Receiver<LinkState>,
+    /// Calls to the region's gateways.
+    pub calls: Arc<CallService>,
 }
+
+/// The client's address, when the server knows it (for the audit log).
+#[derive(Debug, Clone, Default)]
+pub struct RemoteAddr(pub Option<String>);
+
+/// Room a call route leaves above the longest call for storing and answering.
+const CALL_ROUTE_MARGIN: Duration = Duration::from_secs(5);
 
 pub struct HttpLimits {
     pub max_body_bytes: usize,
@@ -43,21 +59,109 @@ pub struct HttpLimits {
 }
 
 pub fn router(state: AppState, limits: &HttpLimits) -> Router {
-    Router::new()
+    use resources as r;
+    // The routes that call gateways wait for a reply up to a call's own budget (at most
+    // MAX_TIMEOUT), which may be longer than `http.request_timeout_ms`: their layer is raised
+    // to fit the longest call, so the request timeout never cuts a call short.
+    let call_timeout = limits.request_timeout.max(MAX_TIMEOUT + CALL_ROUTE_MARGIN);
+    let calling = Router::new()
+        .route(
+            "/v1/instances/{id}/calls",
+            post(calls::post).get(calls::list),
+        )
+        .route("/v1/instances/{id}/nfs/exports", get(r::nfs_list))
+        .route(
+            "/v1/instances/{id}/nfs/exports/{name}",
+            get(r::nfs_get).put(r::nfs_put).delete(r::nfs_delete),
+        )
+        .route("/v1/instances/{id}/smb/shares", get(r::smb_share_list))
+        .route(
+            "/v1/instances/{id}/smb/shares/{name}",
+            get(r::smb_share_get)
+                .put(r::smb_share_put)
+                .delete(r::smb_share_delete),
+        )
+        .route("/v1/instances/{id}/smb/users", get(r::smb_user_list))
+        .route(
+            "/v1/instances/{id}/smb/users/{name}",
+            axum::routing::put(r::smb_user_put).delete(r::smb_user_delete),
+        )
+        .route("/v1/instances/{id}/iscsi/targets", get(r::iscsi_list))
+        .route(
+            "/v1/instances/{id}/iscsi/targets/{name}",
+            get(r::iscsi_get).put(r::iscsi_put).delete(r::iscsi_delete),
+        )
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            call_timeout,
+        ));
+    let reading = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/instances", get(instances::list))
         .route("/v1/instances/{id}", get(instances::get))
+        .route("/v1/calls/{id}", get(calls::get))
+        .route("/v1/audit", get(audit::list))
         .route("/v1/openapi.json", get(openapi))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
+        ));
+    calling
+        .merge(reading)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit_refusals,
         ))
+        .with_state(state)
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(axum::middleware::map_response(as_problem))
+}
+
+/// Records refused requests in the audit log: 401 and 403 on any route, and any other 4xx
+/// answer to a request that would change something (not GET or HEAD). Also hands the
+/// handlers the client's address.
+async fn audit_refusals(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let remote = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string());
+    req.extensions_mut().insert(RemoteAddr(remote.clone()));
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let change = !(method == Method::GET || method == Method::HEAD);
+    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        || (change && status.is_client_error());
+    if refused {
+        let refusal = resp.extensions().get::<Refusal>().cloned();
+        let instance = path
+            .strip_prefix("/v1/instances/")
+            .and_then(|rest| rest.split('/').next())
+            .map(|s| s.chars().take(128).collect::<String>());
+        let event = AuditEvent {
+            at_ms: now_ms(),
+            region: state.region.clone(),
+            token_name: refusal.as_ref().and_then(|r| r.token_name.clone()),
+            remote_addr: remote,
+            action: "refused".to_owned(),
+            instance_id: instance,
+            method: None,
+            params: Some(json!({
+                "http": format!("{method} {}", path.chars().take(256).collect::<String>()),
+                "detail": refusal.map(|r| r.detail).unwrap_or_default(),
+            })),
+            outcome: status.as_u16().to_string(),
+            request_id: None,
+        };
+        // Recorded on the way out; a store outage is logged by `record` and the line stays in
+        // the log.
+        let _ = crate::audit::record(state.store.as_ref(), &event).await;
+    }
+    resp
 }
 
 /// Errors made below the handlers (the body limit's 413, the timeout's 408, a path the
@@ -89,10 +193,20 @@ async fn as_problem(resp: Response) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "csg-consoled", description = "The console service of csg-agent: the fleet of storage gateways over HTTP."),
-    paths(healthz, readyz, openapi, instances::list, instances::get),
-    components(schemas(Problem, Ready, instances::InstancePage, instances::InstanceDetail)),
+    paths(healthz, readyz, openapi, instances::list, instances::get,
+          calls::post, calls::get, calls::list, audit::list,
+          resources::nfs_list, resources::nfs_get, resources::nfs_put, resources::nfs_delete,
+          resources::smb_share_list, resources::smb_share_get, resources::smb_share_put, resources::smb_share_delete,
+          resources::smb_user_list, resources::smb_user_put, resources::smb_user_delete,
+          resources::iscsi_list, resources::iscsi_get, resources::iscsi_put, resources::iscsi_delete),
+    components(schemas(Problem, Ready, instances::InstancePage, instances::InstanceDetail,
+          calls::CallBody, calls::ReplyEnvelope, calls::CallOut, calls::CallPage,
+          audit::AuditOut, audit::AuditPage)),
     modifiers(&BearerAuth),
-    tags((name = "instances", description = "the gateways the console knows"), (name = "service", description = "the service itself"))
+    tags((name = "instances", description = "the gateways the console knows"), (name = "service", description = "the service itself"),
+         (name = "calls", description = "calls to gateways, stored"), (name = "audit", description = "changes and refusals"),
+         (name = "nfs", description = "NFS exports on a gateway"), (name = "smb", description = "SMB shares and users on a gateway"),
+         (name = "iscsi", description = "iSCSI targets on a gateway"))
 )]
 pub struct ApiDoc;
 
