@@ -136,8 +136,9 @@ async fn audit_refusals(State(state): State<AppState>, mut req: Request, next: N
     let change = !(method == Method::GET || method == Method::HEAD);
     let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
         || (change && status.is_client_error());
-    if refused {
-        let refusal = resp.extensions().get::<Refusal>().cloned();
+    let refusal = resp.extensions().get::<Refusal>().cloned();
+    let audited = refusal.as_ref().is_some_and(|r| r.audited);
+    if refused && !audited {
         let instance = path
             .strip_prefix("/v1/instances/")
             .and_then(|rest| rest.split('/').next())

@@ -16,6 +16,8 @@ pub const RETRY_AFTER_S: u16 = 5;
 pub struct Refusal {
     pub detail: String,
     pub token_name: Option<String>,
+    /// The call behind it was audited already.
+    pub audited: bool,
 }
 
 /// An RFC 9457 problem.
@@ -25,7 +27,7 @@ pub struct Problem {
     #[serde(rename = "type")]
     #[schema(example = "urn:csg:problem:bad-request")]
     pub kind: String,
-    pub title: String,
+    pub title: &'static str,
     pub status: u16,
     pub detail: String,
     /// Whether the same request may be sent again (a call that timed out): with `request_id`,
@@ -49,18 +51,21 @@ pub struct Problem {
     token_name: Option<Box<str>>,
     #[serde(skip)]
     bearer_challenge: bool,
+    /// Made from an agent's answer to a call the call path audited already.
+    #[serde(skip)]
+    audited: bool,
 }
 
 impl Problem {
     pub fn new(
         status: StatusCode,
         kind: &str,
-        title: impl Into<String>,
+        title: &'static str,
         detail: impl Into<String>,
     ) -> Self {
         Problem {
             kind: format!("urn:csg:problem:{kind}"),
-            title: title.into(),
+            title,
             status: status.as_u16(),
             detail: detail.into(),
             retryable: None,
@@ -69,6 +74,7 @@ impl Problem {
             retry_after: None,
             token_name: None,
             bearer_challenge: false,
+            audited: false,
         }
     }
 
@@ -108,6 +114,13 @@ impl Problem {
     /// The same problem, with `Retry-After`.
     pub fn retry_after(mut self, seconds: u16) -> Self {
         self.retry_after = Some(seconds);
+        self
+    }
+
+    /// Made from the answer of a call that is audited already: not audited again as a
+    /// refusal.
+    pub fn audited(mut self) -> Self {
+        self.audited = true;
         self
     }
 
@@ -192,6 +205,7 @@ impl IntoResponse for Problem {
         resp.extensions_mut().insert(Refusal {
             detail: self.detail.clone(),
             token_name: self.token_name.as_deref().map(str::to_owned),
+            audited: self.audited,
         });
         let h = resp.headers_mut();
         h.insert(

@@ -117,7 +117,7 @@ pub fn agent_problem(answer: &CallAnswer) -> Problem {
         .and_then(Value::as_str)
         .unwrap_or("the agent refused the request");
     let (status, kind, title) = status_for(code);
-    let mut p = Problem::new(status, kind, title, format!("{code}: {message}"));
+    let mut p = Problem::new(status, kind, title, format!("{code}: {message}")).audited();
     p.agent_error = Some(Box::new(error.clone()));
     p.request_id = Some(answer.id.as_str().into());
     match status {
@@ -338,7 +338,8 @@ pub async fn delete(
         .await?;
     let result = result_of(&answer)?;
     if result.get("existed") == Some(&Value::Bool(false)) {
-        let mut p = Problem::not_found(format!("no {} {name:?} on this gateway", fam.key));
+        let mut p =
+            Problem::not_found(format!("no {} {name:?} on this gateway", fam.key)).audited();
         p.request_id = Some(answer.id.as_str().into());
         return Err(p);
     }
