@@ -89,9 +89,15 @@ impl SqliteStore {
         // sqlx takes no lock to migrate SQLite: two processes opening a new file together both
         // find a migration missing, and the second to apply it fails ("table already exists")
         // after the first committed. Its transaction rolled back, so running again finds the
-        // migration applied and does nothing; a second failure is a real one.
-        if SQLITE_MIGRATIONS.run(&write).await.is_err() {
-            SQLITE_MIGRATIONS.run(&write).await?;
+        // migration applied and goes on. Each migration is its own transaction, so a loser may
+        // lose again on the next one: one more try per migration; a failure after that is a
+        // real one.
+        let mut tries = SQLITE_MIGRATIONS.iter().count();
+        while let Err(e) = SQLITE_MIGRATIONS.run(&write).await {
+            if tries == 0 {
+                return Err(e.into());
+            }
+            tries -= 1;
         }
         Ok(write)
     }
