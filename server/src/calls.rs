@@ -294,3 +294,52 @@ fn error_code_of(reply: &Value) -> Option<String> {
         .flatten()
         .map(str::to_owned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_bounded() {
+        assert!(CallTimeout::from_ms(0).is_err());
+        assert!(CallTimeout::from_ms(120_001).is_err());
+        assert_eq!(
+            CallTimeout::from_ms(1).unwrap().get(),
+            Duration::from_millis(1)
+        );
+        assert_eq!(CallTimeout::from_ms(120_000).unwrap().get(), MAX_TIMEOUT);
+        assert_eq!(CallTimeout::default().get(), DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn the_request_hash_tells_requests_apart_and_hides_secrets() {
+        let gw = InstanceId::new("gw-1").unwrap();
+        let params = |pw: &str| {
+            let mut m = Map::new();
+            m.insert("username".into(), json!("alice"));
+            m.insert("password".into(), json!(pw));
+            m
+        };
+        let a = request_hash(&gw, "smb.user.set", &params("Secret-1234"));
+        assert_eq!(a, request_hash(&gw, "smb.user.set", &params("Secret-1234")));
+        assert_ne!(a, request_hash(&gw, "smb.user.set", &params("Secret-9999")));
+        assert_ne!(
+            a,
+            request_hash(
+                &InstanceId::new("gw-2").unwrap(),
+                "smb.user.set",
+                &params("Secret-1234")
+            )
+        );
+        assert!(!a.contains("Secret"));
+    }
+
+    #[test]
+    fn a_stored_reply_tells_its_error_code() {
+        assert_eq!(
+            error_code_of(&json!({"ok": false, "error": {"code": "CONFLICT"}})).as_deref(),
+            Some("CONFLICT")
+        );
+        assert_eq!(error_code_of(&json!({"ok": true, "result": {}})), None);
+    }
+}

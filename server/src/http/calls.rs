@@ -378,3 +378,49 @@ pub async fn list(
         next_cursor: page.next_cursor,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_follow_the_id_rules() {
+        let mut h = HeaderMap::new();
+        assert_eq!(idempotency_key(&h).unwrap(), None);
+        h.insert(IDEMPOTENCY_KEY, "deploy-42.a:b_c".parse().unwrap());
+        assert_eq!(
+            idempotency_key(&h).unwrap().unwrap().as_str(),
+            "deploy-42.a:b_c"
+        );
+        for bad in ["bad key", "x/y", "", &"k".repeat(65)] {
+            let mut h = HeaderMap::new();
+            h.insert(IDEMPOTENCY_KEY, bad.parse().unwrap());
+            assert_eq!(idempotency_key(&h).unwrap_err().status, 400, "{bad:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.append(IDEMPOTENCY_KEY, "a".parse().unwrap());
+        h.append(IDEMPOTENCY_KEY, "b".parse().unwrap());
+        assert_eq!(idempotency_key(&h).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn bodies_and_methods_are_refused_with_the_right_status() {
+        let bad_json = json_body::<CallBody>(&Bytes::from_static(b"{"));
+        assert_eq!(bad_json.unwrap_err().status, 400);
+        let unknown_field =
+            json_body::<CallBody>(&Bytes::from_static(b"{\"method\":\"sys.ping\",\"x\":1}"));
+        assert_eq!(unknown_field.unwrap_err().status, 422);
+        assert_eq!(
+            parse_method("sys.nope", &Map::new()).unwrap_err().status,
+            422
+        );
+        let m = parse_method(
+            "nfs.export.delete",
+            &serde_json::from_str(r#"{"name":"vol1"}"#).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(scope_for(&m), Scope::Operate);
+        let m = parse_method("sys.ping", &Map::new()).unwrap();
+        assert_eq!(scope_for(&m), Scope::Read);
+    }
+}

@@ -349,7 +349,7 @@ pub async fn delete(
 /// The routes' handlers, one set per family, with their OpenAPI descriptions.
 macro_rules! family_routes {
     ($fam:expr, $tag:literal, $list_path:literal, $one_path:literal,
-     $list:ident, $get:ident, $put:ident, $delete:ident) => {
+     $list:ident, $put:ident, $delete:ident) => {
         #[utoipa::path(get, path = $list_path, tag = $tag,
             params(("id" = String, Path, description = "the instance id"),
                    ("limit" = Option<u32>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000),
@@ -428,6 +428,12 @@ macro_rules! family_routes {
             delete(&$fam, state, remote, headers, instance, name).await
         }
 
+    };
+}
+
+/// `GET` of one resource, for the families that have a get method.
+macro_rules! family_get {
+    ($fam:expr, $tag:literal, $one_path:literal, $get:ident) => {
         #[utoipa::path(get, path = $one_path, tag = $tag,
             params(("id" = String, Path, description = "the instance id"),
                    ("name" = String, Path, description = "the resource's name")),
@@ -458,7 +464,6 @@ family_routes!(
     "/v1/instances/{id}/nfs/exports",
     "/v1/instances/{id}/nfs/exports/{name}",
     nfs_list,
-    nfs_get,
     nfs_put,
     nfs_delete
 );
@@ -468,7 +473,6 @@ family_routes!(
     "/v1/instances/{id}/smb/shares",
     "/v1/instances/{id}/smb/shares/{name}",
     smb_share_list,
-    smb_share_get,
     smb_share_put,
     smb_share_delete
 );
@@ -478,7 +482,6 @@ family_routes!(
     "/v1/instances/{id}/smb/users",
     "/v1/instances/{id}/smb/users/{name}",
     smb_user_list,
-    smb_user_get_unused,
     smb_user_put,
     smb_user_delete
 );
@@ -488,7 +491,79 @@ family_routes!(
     "/v1/instances/{id}/iscsi/targets",
     "/v1/instances/{id}/iscsi/targets/{name}",
     iscsi_list,
-    iscsi_get,
     iscsi_put,
     iscsi_delete
 );
+family_get!(
+    NFS_EXPORTS,
+    "nfs",
+    "/v1/instances/{id}/nfs/exports/{name}",
+    nfs_get
+);
+family_get!(
+    SMB_SHARES,
+    "smb",
+    "/v1/instances/{id}/smb/shares/{name}",
+    smb_share_get
+);
+family_get!(
+    ISCSI_TARGETS,
+    "iscsi",
+    "/v1/instances/{id}/iscsi/targets/{name}",
+    iscsi_get
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_codes_map_onto_statuses() {
+        for (code, status) in [
+            ("NOT_FOUND", 404),
+            ("CONFLICT", 409),
+            ("INVALID_PARAMS", 422),
+            ("BUSY", 503),
+            ("UNAVAILABLE", 503),
+            ("TIMEOUT", 504),
+            ("EXPIRED", 504),
+            ("UNAUTHORIZED", 403),
+            ("UNKNOWN_METHOD", 501),
+            ("BACKEND_ERROR", 502),
+            ("SOMETHING_NEW", 502),
+        ] {
+            assert_eq!(status_for(code).0.as_u16(), status, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_busy_agent_is_retryable_503_with_retry_after() {
+        let answer = CallAnswer {
+            id: RequestId::new("r-1").unwrap(),
+            reply: serde_json::json!({"v": 1, "id": "r-1", "ok": false,
+                "error": {"code": "BUSY", "message": "too many", "retryable": true}}),
+            error_code: Some("BUSY".to_owned()),
+        };
+        let p = agent_problem(&answer);
+        assert_eq!(p.status, 503);
+        assert_eq!(p.retryable, Some(true));
+        assert_eq!(p.request_id.as_deref(), Some("r-1"));
+        let resp = p.into_response();
+        assert_eq!(
+            resp.headers()
+                .get("retry-after")
+                .map(axum::http::HeaderValue::as_bytes),
+            Some(&b"5"[..])
+        );
+    }
+
+    #[test]
+    fn the_second_step_of_a_put_has_a_stable_valid_id() {
+        let k = RequestId::new("deploy-42").unwrap();
+        let a = second_id(&k).unwrap();
+        assert_eq!(a, second_id(&k).unwrap());
+        assert_ne!(a, k);
+        let long = RequestId::new("x".repeat(64)).unwrap();
+        assert!(second_id(&long).is_ok());
+    }
+}
