@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use csg_console::{CallError, IdGenerator};
 use csg_protocol::methods::Method;
-use csg_protocol::{InstanceId, MethodName, Reply, ReplyBody, RequestId};
+use csg_protocol::{GroupId, InstanceId, MethodName, Reply, ReplyBody, RequestId};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -55,6 +55,8 @@ impl Default for CallTimeout {
 #[derive(Debug, Clone)]
 pub struct CallRequest {
     pub instance: InstanceId,
+    /// The gateway's group, as stored from its heartbeats.
+    pub group: Option<GroupId>,
     /// Parsed by the protocol: the name and params are known good.
     pub method: Method,
     /// The params as the client sent them (what goes on the wire).
@@ -183,6 +185,7 @@ impl CallService {
             params: req.params.clone(),
             id: id.clone(),
             timeout: req.timeout.get(),
+            group: req.group.clone(),
         };
         let started = Instant::now();
         let result = self.caller.call(&spec).await;

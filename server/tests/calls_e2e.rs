@@ -30,8 +30,8 @@ struct Consoled {
 
 impl Consoled {
     /// A config on SQLite in a temp dir and a free port; `extra` is appended (e.g. `[signing]`).
-    /// The console is in the agents' group (`GID_csg`): a signed command's audience is the
-    /// gateway's client id, made with the console's own group id.
+    /// The console is in a group of its own (`GID_console`), the agents in `GID_csg`: a
+    /// signed command's audience is the gateway's client id, made with the gateway's group.
     fn new(broker: &Broker, extra: &str) -> Consoled {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -39,7 +39,7 @@ impl Consoled {
         let toml = format!(
             r#"
 [identity]
-group_id = "GID_csg"
+group_id = "GID_console"
 console_id = "{console}"
 [mqtt]
 url = "{url}"

@@ -252,6 +252,7 @@ pub async fn post(
         .calls
         .call(CallRequest {
             instance: row.instance_id,
+            group: Some(row.group_id),
             method,
             params,
             id: key,

@@ -166,6 +166,7 @@ impl Ctx {
             .calls
             .call(CallRequest {
                 instance: row.instance_id,
+                group: Some(row.group_id),
                 method: parsed,
                 params,
                 id,
