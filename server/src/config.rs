@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use csg_console::{ConsoleOptions, Signer};
 use csg_protocol::{BrokerList, ClientId, GroupId, InstanceId, Scheme, TopicParents};
-use csg_transport::{Auth, Endpoint, Protocol, SessionConfig, TlsOptions};
+use csg_transport::{Auth, Protocol, TlsOptions};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -228,31 +228,6 @@ impl Config {
         o.keep_alive = self.keep_alive;
         o.connect_timeout = self.connect_timeout;
         o
-    }
-
-    /// A transport session with this config's broker settings (tests that watch status alone).
-    pub fn session_config(&self) -> SessionConfig {
-        let mut sc = SessionConfig::new(self.client_id.as_str(), "", 0);
-        sc.brokers = self
-            .broker
-            .urls()
-            .iter()
-            .map(|u| Endpoint {
-                host: u.host.clone(),
-                port: u.port,
-            })
-            .collect();
-        sc.protocol = self.protocol;
-        sc.tls = self.tls.clone();
-        sc.auth = self.auth.clone();
-        sc.keep_alive = self.keep_alive;
-        sc.connect_timeout = self.connect_timeout;
-        // One console is not a fleet: it may retry its broker quickly.
-        sc.reconnect_min = Duration::from_millis(200);
-        sc.reconnect_max = Duration::from_secs(5);
-        sc.refusal_backoff = Duration::from_secs(30);
-        sc.farewell_wait = Duration::from_secs(1);
-        sc
     }
 
     pub fn parents(&self) -> TopicParents {
