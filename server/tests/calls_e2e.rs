@@ -827,3 +827,79 @@ fn the_service_runs_without_its_broker_and_says_so() {
     assert_eq!(c.get("/v1/instances", Some(&token)).status, 200);
     assert!(c.stop().is_some_and(|s| s.success()));
 }
+
+#[test]
+fn an_iscsi_target_with_chap_through_the_resource_routes_keeps_its_secrets() {
+    // LIO cannot run here (no configfs): the agent drives the harness's targetcli stand-in,
+    // which keeps a fake configfs tree the agent reads back (see csg_e2e::targetcli_stub).
+    let broker = Broker::start();
+    let dirs = csg_e2e::StorageDirs::new();
+    let stub = csg_e2e::targetcli_stub::TargetcliStub::new(dirs.base());
+    let mut cfg = AgentConfig::new("gw-call-iscsi", &broker.url());
+    cfg.heartbeat_interval_s = 1;
+    cfg.storage = Some(dirs.section());
+    cfg.iscsi = Some(stub.iscsi_section("iqn.2026-11.test.csg"));
+    let _agent = Agent::spawn(&cfg);
+    let mut c = Consoled::new(&broker, "");
+    let ops = c.token("ops", "admin");
+    c.start();
+    wait_online(&c, &ops, "gw-call-iscsi");
+
+    let target = "/v1/instances/gw-call-iscsi/iscsi/targets/vol1";
+    let spec = json!({
+        "luns": [{"lun": 1, "path": dirs.path("a.img"), "size_bytes": 1 << 20}],
+        "initiators": ["iqn.2026-11.test.client:c1"],
+        "chap": {"username": "alice", "secret": "Secret12chars"},
+    });
+    let created = c
+        .send(
+            "PUT",
+            target,
+            Some(&spec),
+            &["Idempotency-Key: iscsi-put-1"],
+            Some(&ops),
+        )
+        .assert_ok(201);
+    assert_eq!(created["changed"], true, "{created}");
+    let got = c.get(target, Some(&ops)).assert_ok(200);
+    assert_eq!(got["name"], "vol1", "{got}");
+    let list = c
+        .get("/v1/instances/gw-call-iscsi/iscsi/targets", Some(&ops))
+        .assert_ok(200);
+    assert!(list.to_string().contains("vol1"), "{list}");
+    // Bad input the protocol refuses: 422 before anything is sent.
+    c.send(
+        "PUT",
+        "/v1/instances/gw-call-iscsi/iscsi/targets/vol2",
+        Some(&json!({"luns": [], "chap": {"username": "a", "secret": "short"}})),
+        &[],
+        Some(&ops),
+    )
+    .assert_problem(422);
+    c.send("DELETE", target, None, &[], Some(&ops))
+        .assert_ok(204);
+    c.send("DELETE", target, None, &[], Some(&ops))
+        .assert_problem(404);
+    c.get(target, Some(&ops)).assert_problem(404);
+
+    // The secret is in neither the stored calls, the audit log nor the console's log.
+    let calls = c
+        .get("/v1/instances/gw-call-iscsi/calls?limit=100", Some(&ops))
+        .json();
+    let audit = c.get("/v1/audit?limit=1000", Some(&ops)).json();
+    for text in [calls.to_string(), audit.to_string(), c.log()] {
+        assert!(
+            !text.contains("Secret12chars"),
+            "a CHAP secret leaked: {text}"
+        );
+    }
+    assert!(calls.to_string().contains("<redacted>"), "{calls}");
+    let put = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "resource.put" && e["outcome"] == "ok")
+        .unwrap_or_else(|| panic!("no resource.put in {audit}"));
+    assert_eq!(put["params"]["chap"]["secret"], "<redacted>", "{put}");
+    assert!(c.stop().is_some_and(|s| s.success()));
+}
