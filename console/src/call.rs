@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use csg_protocol::methods::Method;
 use csg_protocol::{
-    now_ms, ClientId, IdentityError, InstanceId, MethodName, Reply, ReplyBody, ReplyTo, Request,
-    RequestId,
+    now_ms, ClientId, GroupId, IdentityError, InstanceId, MethodName, Reply, ReplyBody, ReplyTo,
+    Request, RequestId,
 };
 use csg_transport::{Backoff, LinkState};
 use serde_json::{Map, Value};
@@ -59,6 +59,9 @@ pub struct CallOptions {
     /// signed commands. A signed request always carries a deadline: `deadline` when set, else
     /// [`Signer::default_deadline`] of `timeout`.
     pub signer: Option<Signer>,
+    /// The gateway's group, when it is not the console's own: it makes the gateway's client
+    /// id, which is a signed request's audience and, in P2P mode, part of the command topic.
+    pub group: Option<GroupId>,
 }
 
 impl Default for CallOptions {
@@ -71,6 +74,7 @@ impl Default for CallOptions {
             deadline: None,
             retry_errors: true,
             signer: None,
+            group: None,
         }
     }
 }
@@ -289,12 +293,12 @@ impl Console {
         opts: &CallOptions,
     ) -> Result<Prepared, CallError> {
         let o = &self.inner.opts;
-        let target = ClientId::new(o.group_id.clone(), instance.clone()).map_err(|source| {
-            CallError::Address {
+        let group = opts.group.as_ref().unwrap_or(&o.group_id).clone();
+        let target =
+            ClientId::new(group, instance.clone()).map_err(|source| CallError::Address {
                 instance: instance.clone(),
                 source,
-            }
-        })?;
+            })?;
         let topic = o.parents.command_topic(o.mode, &target);
         let mut req = Request::new(id, method.clone(), params);
         if !opts.noreply {

@@ -22,8 +22,8 @@ use csg_protocol::{
 };
 pub(crate) use csg_transport::PublishError as QueueError;
 use csg_transport::{
-    Auth, Endpoint, Failure, Inbound, LinkState, Message, NoHooks, Properties, Protocol, Qos,
-    Queues, Session, SessionConfig, TlsOptions,
+    Auth, Endpoint, Failure, Hooks, Inbound, LinkState, Message, Properties, Protocol, Qos, Queues,
+    Session, SessionConfig, TlsOptions,
 };
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -114,6 +114,22 @@ pub struct ConsoleOptions {
     /// MQTT 3.1.1 (the default) or 5; on 5 a request carries a Message Expiry Interval from
     /// its `deadline_ms`.
     pub protocol: Protocol,
+    /// Filters subscribed besides the reply topic, again after every reconnect (a service's
+    /// status filters, shared ones included). They are required: when the broker refuses one,
+    /// the link stays down (and says so in its state) rather than passing as ready.
+    pub subscriptions: Vec<String>,
+    /// Where every inbound message that is not a reply goes (status, shared-subscription
+    /// deliveries included), besides the watches. `None`: nowhere.
+    pub tap: Option<Tap>,
+}
+
+/// A channel for the inbound messages that are not replies, so that one console session can
+/// also carry a service's status ingest. Sending never waits: a message that finds the channel
+/// full (or the session's own inbound queue full) is dropped and counted in `overflow`.
+#[derive(Debug, Clone)]
+pub struct Tap {
+    pub tx: mpsc::Sender<Inbound>,
+    pub overflow: Arc<AtomicU64>,
 }
 
 impl ConsoleOptions {
@@ -133,6 +149,8 @@ impl ConsoleOptions {
             request_channel_capacity: DEFAULT_REQUEST_CHANNEL_CAPACITY,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             protocol: Protocol::V311,
+            subscriptions: Vec::new(),
+            tap: None,
         }
     }
 }
@@ -208,6 +226,23 @@ pub(crate) struct Shared {
     pub(crate) subs: Mutex<Subscriptions>,
     parents: TopicParents,
     reply_prefix: String,
+    tap: Option<Tap>,
+}
+
+/// Counts the messages the session's inbound queue had no room for, when a tap wants them.
+struct ConsoleHooks {
+    overflow: Option<Arc<AtomicU64>>,
+}
+
+impl Hooks for ConsoleHooks {
+    fn overflow(&self, msg: Inbound) {
+        // Runs on the poll task: count only. A call re-sends on silence; a heartbeat is
+        // replaced by the next one.
+        if let Some(o) = &self.overflow {
+            o.fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(topic = msg.topic, "inbound queue full; message dropped");
+    }
 }
 
 /// The watches to deliver status to.
@@ -238,6 +273,16 @@ impl Console {
     /// Failed attempts are retried with back-off until then; after that, the connection is
     /// restored in the background whenever it drops.
     pub async fn connect(opts: ConsoleOptions) -> Result<Console, ConsoleError> {
+        let console = Console::start(opts)?;
+        console.wait_ready().await?;
+        Ok(console)
+    }
+
+    /// Checks the options and starts the session without waiting for the broker: it connects,
+    /// subscribes and reconnects in the background, and [`Console::link`] tells how it is
+    /// doing. A service that must run (and say "broker down") while its broker is away starts
+    /// this way; a call made meanwhile waits for the link within its own timeout.
+    pub fn start(opts: ConsoleOptions) -> Result<Console, ConsoleError> {
         let broker = opts.broker.to_string();
         let tls = match opts.broker.scheme() {
             Scheme::Mqtts => {
@@ -307,6 +352,10 @@ impl Console {
         sc.stable_after = Duration::from_secs(10);
         sc.refusal_backoff = Duration::from_secs(5);
         sc.subscriptions = reply_subscription.iter().cloned().collect();
+        sc.subscriptions.extend(opts.subscriptions.iter().cloned());
+        // Only when asked for more than replies: a console alone keeps reporting a refused
+        // reply topic as such (`ReplySubscriptionRefused`) instead of a link that stays down.
+        sc.require_subscriptions = !opts.subscriptions.is_empty();
         sc.farewell_wait = Duration::from_secs(1);
         sc.queues = Queues {
             requests: opts.request_channel_capacity.max(1),
@@ -318,10 +367,14 @@ impl Console {
             subs: Mutex::new(Subscriptions::default()),
             reply_prefix: format!("{}/", opts.parents.up),
             parents: opts.parents.clone(),
+            tap: opts.tap.clone(),
         });
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         info!(client_id = client_id.as_str(), %broker, reply_topic, "connecting");
-        let mqtt = Session::start(sc, Arc::new(NoHooks), inbound_tx);
+        let hooks = ConsoleHooks {
+            overflow: opts.tap.as_ref().map(|t| t.overflow.clone()),
+        };
+        let mqtt = Session::start(sc, Arc::new(hooks), inbound_tx);
         let router = tokio::spawn(route(inbound_rx, shared.clone()));
         let console = Console {
             inner: Arc::new(Inner {
@@ -336,7 +389,21 @@ impl Console {
             }),
         };
 
-        // On any error below, dropping `console` stops the session.
+        Ok(console)
+    }
+
+    /// Waits (up to `connect_timeout`) until the session is ready, as [`Console::connect`]
+    /// does after [`Console::start`].
+    async fn wait_ready(&self) -> Result<(), ConsoleError> {
+        let console = self;
+        let broker = console.inner.opts.broker.to_string();
+        let reply_subscription = match console.inner.opts.mode {
+            TopicMode::Standard | TopicMode::P2p { subscribe: true } => {
+                Some(console.inner.reply_topic.clone())
+            }
+            TopicMode::P2p { subscribe: false } => None,
+        };
+        // On any error below, the caller drops the console, which stops the session.
         let waited = console.inner.opts.connect_timeout;
         let brokers = console.inner.opts.broker.urls().len();
         let mut session = console.inner.session.clone();
@@ -355,7 +422,7 @@ impl Console {
                 if let Some(topic) = reply_subscription.filter(|t| refused.contains(t)) {
                     return Err(ConsoleError::ReplySubscriptionRefused { broker, topic });
                 }
-                Ok(console)
+                Ok(())
             }
             Ok(Ok(LinkState::Down(f))) => Err(ConsoleError::Refused {
                 broker,
@@ -376,6 +443,12 @@ impl Console {
     /// second for it to be sent. Calls still waiting fail with `Closed`.
     pub async fn disconnect(&self) {
         self.inner.mqtt.shutdown().await;
+    }
+
+    /// The session's link state as it changes: `Ready(epoch)` once connected and subscribed,
+    /// `Down(why)` otherwise (for a service's readiness).
+    pub fn link(&self) -> watch::Receiver<LinkState> {
+        self.inner.session.clone()
     }
 
     /// Whether the session is ready right now (connected and subscribed).
@@ -476,6 +549,19 @@ fn route_publish(shared: &Shared, p: Inbound) {
             Err(e) => debug!(topic = p.topic, "skipping a malformed reply: {e}"),
         }
         return;
+    }
+    if let Some(tap) = &shared.tap {
+        // Never wait here either: a consumer that falls behind loses messages, counted.
+        let send = |msg: Inbound| {
+            if let Err(mpsc::error::TrySendError::Full(_)) = tap.tx.try_send(msg) {
+                tap.overflow.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        if lock(&shared.subs).watchers.is_empty() {
+            send(p);
+            return;
+        }
+        send(p.clone());
     }
     let Some(status) = StatusTopic::parse(&shared.parents, &p.topic) else {
         debug!(topic = p.topic, "skipping a message on an unexpected topic");

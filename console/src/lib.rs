@@ -59,7 +59,7 @@ pub mod sign;
 pub mod watch;
 
 pub use call::{CallError, CallOptions};
-pub use client::{Console, ConsoleError, ConsoleOptions};
+pub use client::{Console, ConsoleError, ConsoleOptions, Tap};
 pub use csg_transport::Protocol;
 pub use fanout::{FanoutOptions, InstanceOutcome};
 pub use ids::{derive_instance_id, IdGenerator};

@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use csg_console::{ConsoleOptions, Signer};
 use csg_protocol::{BrokerList, ClientId, GroupId, InstanceId, Scheme, TopicParents};
-use csg_transport::{Auth, Endpoint, Protocol, SessionConfig, TlsOptions};
+use csg_transport::{Auth, Protocol, TlsOptions};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -51,6 +52,18 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub webhooks: Vec<crate::webhooks::RawWebhook>,
+    #[serde(default)]
+    pub signing: RawSigning,
+}
+
+/// `[signing]`: the console's Ed25519 key; every command is then signed (JWS).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSigning {
+    /// The private key (PEM, as `csgctl keygen` writes it).
+    pub key_file: Option<PathBuf>,
+    /// The key id the agents trust it under; the file's own (from its name) when absent.
+    pub key_id: Option<String>,
 }
 
 /// `[metrics] listen`: `/metrics` on an address of its own (then not on the API's).
@@ -184,6 +197,8 @@ pub struct Config {
     /// Where `/metrics` is served alone; `None`: on the API's listener.
     pub metrics_listen: Option<SocketAddr>,
     pub webhooks: Vec<crate::webhooks::Webhook>,
+    /// Every command is signed with it when set.
+    pub signer: Option<Signer>,
 }
 
 impl Config {
@@ -210,29 +225,23 @@ impl Config {
         raw.validate().map_err(FromTomlError::Invalid)
     }
 
-    /// The MQTT session of the status ingest (its subscriptions are set by the ingest).
-    pub fn session_config(&self) -> SessionConfig {
-        let mut sc = SessionConfig::new(self.client_id.as_str(), "", 0);
-        sc.brokers = self
-            .broker
-            .urls()
-            .iter()
-            .map(|u| Endpoint {
-                host: u.host.clone(),
-                port: u.port,
-            })
-            .collect();
-        sc.protocol = self.protocol;
-        sc.tls = self.tls.clone();
-        sc.auth = self.auth.clone();
-        sc.keep_alive = self.keep_alive;
-        sc.connect_timeout = self.connect_timeout;
-        // One console is not a fleet: it may retry its broker quickly.
-        sc.reconnect_min = Duration::from_millis(200);
-        sc.reconnect_max = Duration::from_secs(5);
-        sc.refusal_backoff = Duration::from_secs(30);
-        sc.farewell_wait = Duration::from_secs(1);
-        sc
+    /// The one console session of the region: calls, and (with the ingest's subscriptions
+    /// and tap added) the status ingest.
+    pub fn console_options(&self) -> ConsoleOptions {
+        let mut o = ConsoleOptions::new(
+            self.broker.clone(),
+            self.client_id.group().clone(),
+            self.client_id.instance().clone(),
+        );
+        o.parents = self.parents();
+        o.protocol = self.protocol;
+        if let Some(tls) = &self.tls {
+            o.tls = tls.clone();
+        }
+        o.auth = self.auth.clone();
+        o.keep_alive = self.keep_alive;
+        o.connect_timeout = self.connect_timeout;
+        o
     }
 
     pub fn parents(&self) -> TopicParents {
@@ -404,6 +413,16 @@ impl RawConfig {
             p.push("metrics.listen: the same address as http.listen; leave it out to serve /metrics there".into());
         }
         let webhooks = crate::webhooks::check(&self.webhooks, &mut p);
+        let signer = match (&self.signing.key_file, &self.signing.key_id) {
+            (Some(file), kid) => Signer::from_file(file, kid.as_deref())
+                .map_err(|e| p.push(format!("signing.key_file: {e}")))
+                .ok(),
+            (None, Some(_)) => {
+                p.push("signing.key_id needs signing.key_file".into());
+                None
+            }
+            (None, None) => None,
+        };
 
         match (client_id, region, broker, listen, share_group) {
             (Some(client_id), Some(region), Some(broker), Some(listen), Some(share_group))
@@ -430,6 +449,7 @@ impl RawConfig {
                     flush_every: Duration::from_millis(self.fleet.flush_ms),
                     metrics_listen,
                     webhooks,
+                    signer,
                 })
             }
             _ => Err(p),

@@ -9,8 +9,12 @@
 //! - `sink`: the fleet's batches written to the store;
 //! - `rpc`: calls to gateways behind one seam (`Caller`); `events`: live events fanned out;
 //! - `metrics`: what `/metrics` shows; `webhooks`: events POSTed to configured URLs;
+//! - `calls`: the call path (stored before sent, one request id, finished in one place);
+//!   `audit`: changes and refusals, stored and logged as JSON lines;
 //! - `http`: the API, reading the store; `config`: the service's TOML.
 
+pub mod audit;
+pub mod calls;
 pub mod config;
 pub mod events;
 pub mod fleet;

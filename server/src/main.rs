@@ -9,13 +9,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use csg_console::{Console, IdGenerator};
+use csg_consoled::calls::CallService;
 use csg_consoled::config::Config;
 use csg_consoled::events::Bus;
 use csg_consoled::fleet::driver::{self, system_clock, DriverConfig, SharedFleet};
 use csg_consoled::fleet::mqtt::DEFAULT_QUEUE;
-use csg_consoled::fleet::{Fleet, MqttIngestConfig, MqttStatusSource, StatusMessage, StatusSource};
+use csg_consoled::fleet::{Fleet, MqttStatusSource};
 use csg_consoled::http::{self, AppState, HttpLimits};
 use csg_consoled::metrics::Metrics;
+use csg_consoled::rpc::ConsoleCaller;
 use csg_consoled::sink::StoreSink;
 use csg_consoled::store::{self, NewToken, Scope, TokenName, TokenSecret};
 use csg_protocol::identity::GroupId;
@@ -176,15 +179,6 @@ async fn token_with(store: &dyn store::Store, cmd: TokenCommand) -> Result<()> {
     Ok(())
 }
 
-/// Lets the driver borrow the source, so the session can be shut down cleanly after it.
-struct Borrowed<'a>(&'a mut MqttStatusSource);
-
-impl StatusSource for Borrowed<'_> {
-    async fn next(&mut self) -> Option<StatusMessage> {
-        self.0.next().await
-    }
-}
-
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CSG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -201,13 +195,16 @@ async fn run(config: Config) -> Result<()> {
     csg_transport::install_crypto_provider();
     let store = open_store(&config).await?;
 
-    let mut source = MqttStatusSource::start(MqttIngestConfig {
-        session: config.session_config(),
-        parents: config.parents(),
-        share_group: config.share_group.clone(),
-        queue: DEFAULT_QUEUE,
-    })?;
-    let link = source.link();
+    // One MQTT session for the region: the console library's, carrying calls and, through
+    // its tap, the status ingest (two sessions with one client id would kick each other).
+    let (source, status_tap) =
+        MqttStatusSource::new(config.parents(), &config.share_group, DEFAULT_QUEUE)?;
+    let mut options = config.console_options();
+    options.subscriptions = status_tap.subscriptions;
+    options.tap = Some(status_tap.tap);
+    // Started without waiting: the service runs, and says "broker down", while it is away.
+    let console = Console::start(options).context("starting the MQTT session")?;
+    let link = console.link();
     let bus = Bus::default();
     let metrics = Metrics::new();
     metrics.attach_ingest(source.stats());
@@ -233,7 +230,7 @@ async fn run(config: Config) -> Result<()> {
     let flush_every = config.flush_every;
     let fleet_task = tokio::spawn(async move {
         driver::run(
-            Borrowed(&mut source),
+            source,
             fleet,
             sink,
             DriverConfig { flush_every },
@@ -241,7 +238,6 @@ async fn run(config: Config) -> Result<()> {
             stop_rx,
         )
         .await;
-        source.shutdown().await;
     });
 
     let webhooks = csg_consoled::webhooks::Service::start(
@@ -250,12 +246,28 @@ async fn run(config: Config) -> Result<()> {
         &bus,
         metrics.clone(),
     )?;
+    let calls = Arc::new(CallService {
+        store: store.clone(),
+        caller: Arc::new(ConsoleCaller {
+            console: console.clone(),
+            signer: config.signer.clone(),
+        }),
+        region: config.region.clone(),
+        bus: bus.clone(),
+        metrics: metrics.clone(),
+        link: link.clone(),
+        ids: IdGenerator::new(config.client_id.instance().as_str()),
+    });
+    if let Some(s) = &config.signer {
+        info!(key_id = s.key_id(), "every command is signed");
+    }
     let state = AppState {
         store: store.clone(),
         region: config.region.clone(),
         link,
         bus: bus.clone(),
         metrics: metrics.clone(),
+        calls,
     };
     let mut app = http::router(
         state.clone(),
@@ -301,9 +313,12 @@ async fn run(config: Config) -> Result<()> {
         // Event streams never end on their own: end them, or the server waits for them.
         closing.close();
     };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
 
     // Stop taking status, write what the fleet holds (its last events reach the webhooks'
     // queue), store the webhooks' pending deliveries, then close the store.
@@ -316,6 +331,7 @@ async fn run(config: Config) -> Result<()> {
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
+    console.disconnect().await;
     store.close().await;
     served.context("serving HTTP")?;
     info!("stopped");

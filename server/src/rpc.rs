@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use csg_console::{CallError, CallOptions, Console, Signer};
-use csg_protocol::{InstanceId, MethodName, Reply, RequestId};
+use csg_protocol::{GroupId, InstanceId, MethodName, Reply, RequestId};
 use serde_json::{Map, Value};
 
 /// One call: to whom, what, under which request id, for how long at most.
@@ -22,6 +22,8 @@ pub struct CallSpec {
     pub id: RequestId,
     /// The whole call's budget, re-sends included.
     pub timeout: Duration,
+    /// The gateway's group (from its heartbeats): its client id, a signed command's audience.
+    pub group: Option<GroupId>,
 }
 
 /// Sends a call and waits for the agent's reply.
@@ -46,6 +48,7 @@ impl Caller for ConsoleCaller {
             timeout: spec.timeout,
             id: Some(spec.id.clone()),
             signer: self.signer.clone(),
+            group: spec.group.clone(),
             ..CallOptions::default()
         };
         self.console

@@ -11,14 +11,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use csg_console::{Console, ConsoleOptions};
 use csg_consoled::fleet::driver::{self, system_clock, DriverConfig, SharedFleet};
 use csg_consoled::fleet::{
-    Fleet, FleetConfig, IngestStats, Instance, Liveness, MemorySink, MqttIngestConfig,
-    MqttStatusSource, Reason, ShareGroup,
+    Fleet, FleetConfig, IngestStats, Instance, Liveness, MemorySink, MqttStatusSource, Reason,
+    ShareGroup,
 };
 use csg_e2e::{now_ms, Agent, AgentConfig, Broker, TIMEOUT, WORKSPACE_VERSION};
-use csg_protocol::{InstanceId, TopicParents};
-use csg_transport::{Protocol, SessionConfig};
+use csg_protocol::{BrokerUrl, GroupId, InstanceId, TopicParents};
+use csg_transport::Protocol;
 use nix::sys::signal::Signal;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -29,32 +30,37 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
 struct Replica {
     fleet: SharedFleet,
     stats: Arc<IngestStats>,
+    console: Console,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Replica {
     async fn start(broker: &Broker, name: &str, group: &str) -> Replica {
-        let mut session = SessionConfig::new(
-            csg_e2e::unique(&format!("consoled-{name}")),
-            "127.0.0.1",
-            broker.port(),
+        let mut opts = ConsoleOptions::new(
+            BrokerUrl::parse(&broker.url()).unwrap(),
+            GroupId::new("GID_console").unwrap(),
+            InstanceId::new(csg_e2e::unique(&format!("consoled-{name}"))).unwrap(),
         );
-        session.protocol = if csg_e2e::mqtt5() {
+        opts.protocol = if csg_e2e::mqtt5() {
             Protocol::V5
         } else {
             Protocol::V311
         };
-        session.keep_alive = KEEP_ALIVE;
-        session.connect_timeout = Duration::from_secs(5);
-        let source = MqttStatusSource::start(MqttIngestConfig {
-            session,
-            parents: TopicParents::default(),
-            share_group: ShareGroup::new(group).unwrap(),
-            queue: 1024,
-        })
+        opts.keep_alive = KEEP_ALIVE;
+        opts.connect_timeout = TIMEOUT;
+        let (source, tap) = MqttStatusSource::new(
+            TopicParents::default(),
+            &ShareGroup::new(group).unwrap(),
+            1024,
+        )
         .unwrap();
-        assert!(source.ready(TIMEOUT).await, "replica {name} not subscribed");
+        opts.subscriptions = tap.subscriptions;
+        opts.tap = Some(tap.tap);
+        // The service's way: one console session carries the ingest through its tap.
+        let console = Console::connect(opts)
+            .await
+            .unwrap_or_else(|e| panic!("replica {name} not subscribed: {e}"));
         let stats = source.stats();
         let fleet: SharedFleet = Arc::new(Mutex::new(Fleet::new("test", FleetConfig::default())));
         let (stop, stop_rx) = oneshot::channel();
@@ -71,6 +77,7 @@ impl Replica {
         Replica {
             fleet,
             stats,
+            console,
             stop: Some(stop),
             task: Some(task),
         }
@@ -97,6 +104,7 @@ impl Replica {
         if let Some(t) = self.task.take() {
             t.await.unwrap();
         }
+        self.console.disconnect().await;
     }
 }
 

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::PgServer;
 use csg_consoled::store::{
-    self, InstanceFilter, InstanceRow, NewToken, PageLimit, Presence, PresenceEvent, Region, Scope,
-    Store, StoreError, StoreOptions, TokenHash, TokenName, TokenSecret,
+    self, AuditEvent, AuditFilter, CallInsert, CallRecord, CallState, InstanceFilter, InstanceRow,
+    NewToken, PageLimit, Presence, PresenceEvent, Region, Scope, Store, StoreError, StoreOptions,
+    TokenHash, TokenName, TokenSecret,
 };
-use csg_protocol::identity::{GroupId, InstanceId};
+use csg_protocol::identity::{GroupId, InstanceId, RequestId};
 use serde_json::json;
 
 enum Backing {
@@ -87,6 +88,8 @@ both_engines!(
     presence_events_newest_first,
     tokens_store_only_a_hash,
     bulk_upsert_of_10k_rows,
+    calls_are_stored_once_and_an_answer_is_final,
+    audit_is_paged_newest_first_and_filtered,
 );
 
 /// The URL of a second, empty database beside the fixture's.
@@ -971,4 +974,162 @@ async fn instances_are_counted_by_presence(fx: &mut Fixture) {
             ("r2".to_owned(), Presence::Online, 1),
         ]
     );
+}
+
+// --- calls and audit ---
+
+fn call(id: &str, instance: &str, started_ms: i64) -> CallRecord {
+    CallRecord {
+        id: RequestId::new(id).unwrap(),
+        region: region("cn-hangzhou"),
+        instance_id: InstanceId::new(instance).unwrap(),
+        method: "smb.user.set".to_owned(),
+        params: json!({"username": "alice", "password": "<redacted>"}),
+        request_hash: format!("hash-{id}"),
+        token_name: Some("ops".to_owned()),
+        state: CallState::Pending,
+        reply: None,
+        error: None,
+        started_ms,
+        finished_ms: None,
+    }
+}
+
+async fn calls_are_stored_once_and_an_answer_is_final(fx: &mut Fixture) {
+    let s = &fx.store;
+    let c = call("req-1", "gw-1", 100);
+    assert_eq!(s.insert_call(&c).await.unwrap(), CallInsert::Inserted);
+    // The same id again finds the first row, whatever the second one says.
+    let mut other = call("req-1", "gw-2", 200);
+    other.request_hash = "another".to_owned();
+    match s.insert_call(&other).await.unwrap() {
+        CallInsert::Existing(found) => assert_eq!(*found, c),
+        got => panic!("{got:?}"),
+    }
+    let reply = json!({"v": 1, "id": "req-1", "ok": true, "result": {"created": true}});
+    s.finish_call(&c.id, CallState::Answered, Some(&reply), None, 150)
+        .await
+        .unwrap();
+    // A later failure (a re-send that timed out) never overwrites the answer.
+    s.finish_call(&c.id, CallState::Failed, None, Some("timeout"), 160)
+        .await
+        .unwrap();
+    let got = s.get_call(&c.id).await.unwrap().unwrap();
+    assert_eq!(got.state, CallState::Answered);
+    assert_eq!(got.reply, Some(reply));
+    assert_eq!(got.finished_ms, Some(150));
+    assert_eq!(got.params["password"], "<redacted>");
+    assert!(s
+        .get_call(&RequestId::new("nope").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+
+    // Newest first, keyset paged, each once; other instances left out.
+    for i in 0..5 {
+        s.insert_call(&call(&format!("p-{i}"), "gw-9", 1_000 + i))
+            .await
+            .unwrap();
+    }
+    s.insert_call(&call("p-same-ms", "gw-9", 1_004))
+        .await
+        .unwrap();
+    s.insert_call(&call("x-1", "gw-8", 5_000)).await.unwrap();
+    let gw9 = InstanceId::new("gw-9").unwrap();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = s
+            .list_calls(&region("cn-hangzhou"), &gw9, limit(2), cursor.as_deref())
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|c| c.id.as_str().to_owned()));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["p-same-ms", "p-4", "p-3", "p-2", "p-1", "p-0"]);
+}
+
+fn audit_event(at_ms: i64, action: &str, outcome: &str, token: Option<&str>) -> AuditEvent {
+    AuditEvent {
+        at_ms,
+        region: region("cn-hangzhou"),
+        token_name: token.map(str::to_owned),
+        remote_addr: Some("127.0.0.1:5555".to_owned()),
+        action: action.to_owned(),
+        instance_id: Some("gw-1".to_owned()),
+        method: Some("nfs.export.create".to_owned()),
+        params: Some(json!({"name": "vol1"})),
+        outcome: outcome.to_owned(),
+        request_id: Some(format!("r-{at_ms}")),
+    }
+}
+
+async fn audit_is_paged_newest_first_and_filtered(fx: &mut Fixture) {
+    let s = &fx.store;
+    for i in 0..7 {
+        let (action, outcome, token) = if i % 3 == 0 {
+            ("refused", "403", Some("reader"))
+        } else {
+            ("call", "ok", Some("ops"))
+        };
+        s.record_audit(&audit_event(1_000 + i, action, outcome, token))
+            .await
+            .unwrap();
+    }
+    s.record_audit(&audit_event(1_003, "refused", "401", None))
+        .await
+        .unwrap();
+    let all = |f: AuditFilter| async move {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = s.list_audit(&f, limit(3), cursor.as_deref()).await.unwrap();
+            out.extend(page.items.into_iter().map(|a| a.event));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        out
+    };
+    let every = all(AuditFilter::default()).await;
+    assert_eq!(every.len(), 8);
+    let times: Vec<i64> = every.iter().map(|e| e.at_ms).collect();
+    assert_eq!(times, [1006, 1005, 1004, 1003, 1003, 1002, 1001, 1000]);
+    let refused = all(AuditFilter {
+        action: Some("refused".to_owned()),
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(refused.len(), 4);
+    let by_reader = all(AuditFilter {
+        token_name: Some("reader".to_owned()),
+        outcome: Some("403".to_owned()),
+        since_ms: Some(1_001),
+        until_ms: Some(1_006),
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(
+        by_reader.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+        [1003]
+    );
+    assert_eq!(
+        every[0],
+        audit_event(1_006, "refused", "403", Some("reader"))
+    );
+    // A cursor is bound to its filter.
+    let page = s
+        .list_audit(&AuditFilter::default(), limit(1), None)
+        .await
+        .unwrap();
+    let cursor = page.next_cursor.unwrap();
+    let other = AuditFilter {
+        action: Some("call".to_owned()),
+        ..AuditFilter::default()
+    };
+    assert!(s.list_audit(&other, limit(1), Some(&cursor)).await.is_err());
 }

@@ -128,6 +128,7 @@ pub async fn run(
         deadline: args.deadline,
         retry_errors: true,
         signer,
+        group: None,
     };
     if plan.fanout || args.json {
         Ok(many(console, args, plan, opts).await)

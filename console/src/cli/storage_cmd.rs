@@ -730,6 +730,7 @@ pub async fn run(
         deadline: None,
         retry_errors: true,
         signer,
+        group: None,
     };
     let again = format!(
         "running the same command again with --id {id} is safe: the request will not run twice"

@@ -112,8 +112,9 @@ pub struct IngestStats {
     pub bad_payload: AtomicU64,
     pub instance_mismatch: AtomicU64,
     pub oversized: AtomicU64,
-    /// Dropped because the consumer fell behind (the inbound queue was full).
-    pub overflow: AtomicU64,
+    /// Dropped because the consumer fell behind (the inbound queue was full). Shared with the
+    /// session's tap, which counts.
+    pub overflow: Arc<AtomicU64>,
 }
 
 impl IngestStats {

@@ -3,7 +3,7 @@
 //! - [`state`]: the pure state machine (`Fleet`): ordering by the agent's own `seq`/`ts_ms`,
 //!   online / stale / offline, what changed since the last batch, presence events;
 //! - [`ingest`]: the seam status messages come through (`StatusSource`), and their parsing;
-//! - [`mqtt`]: the MQTT source on the one transport session (a shared subscription for
+//! - [`mqtt`]: the MQTT source, fed by the one console session's tap (a shared subscription for
 //!   heartbeats, a plain one for presence);
 //! - [`driver`]: the task that feeds a `Fleet` from a source and hands batches to a sink.
 
@@ -17,7 +17,7 @@ mod tests;
 
 pub use driver::{Batch, Clock, DriverConfig, FleetSink, MemorySink, Seen, SharedFleet, SinkError};
 pub use ingest::{BadStatus, IngestStats, StatusBody, StatusMessage, StatusSource};
-pub use mqtt::{IngestError, MqttIngestConfig, MqttStatusSource, ShareGroup};
+pub use mqtt::{IngestError, MqttStatusSource, ShareGroup, StatusTap};
 pub use state::{
     Applied, Fleet, FleetConfig, Instance, Liveness, PresenceEvent, PresenceView, Reason, Restored,
     StorageTotals,

@@ -1,16 +1,16 @@
-//! Status from MQTT, on the one transport session: heartbeats through a shared subscription
+//! Status from MQTT, on the service's one console session (its tap): heartbeats through a shared subscription
 //! (`$share/{group}/{status}/+`), so the replicas of one group split them, and presence on a
 //! plain subscription (`{status}/+/presence`), so every replica sees every change (and, in
 //! standard mode, every gateway's retained presence at start).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use csg_console::Tap;
 use csg_protocol::TopicParents;
-use csg_transport::{Hooks, Inbound, LinkState, Session, SessionConfig};
+use csg_transport::Inbound;
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::ingest::{parse_status, DropLog, IngestStats, StatusMessage, StatusSource};
 
@@ -54,28 +54,17 @@ pub fn filters(parents: &TopicParents, group: &ShareGroup) -> [String; 2] {
     [format!("$share/{}/{heartbeats}", group.as_str()), presence]
 }
 
-pub struct MqttIngestConfig {
-    /// Broker, TLS, credentials, keep-alive; its `subscriptions` are replaced by [`filters`].
-    pub session: SessionConfig,
-    pub parents: TopicParents,
-    pub share_group: ShareGroup,
-    pub queue: usize,
+/// The status ingest's part of the one MQTT session: the filters it subscribes and the tap
+/// its messages come through. Give both to the session ([`csg_console::ConsoleOptions`]'s
+/// `subscriptions` and `tap`), which restores the subscriptions after every reconnect and,
+/// since they are required, stays down rather than blind when the broker refuses one.
+pub struct StatusTap {
+    pub subscriptions: Vec<String>,
+    pub tap: Tap,
 }
 
-struct IngestHooks {
-    stats: Arc<IngestStats>,
-}
-
-impl Hooks for IngestHooks {
-    fn overflow(&self, _msg: Inbound) {
-        // Runs on the poll task: count only. The next heartbeat replaces the lost one.
-        self.stats.overflow.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// The MQTT [`StatusSource`].
+/// The MQTT [`StatusSource`]: the status messages of the session's tap, parsed.
 pub struct MqttStatusSource {
-    session: Session,
     rx: mpsc::Receiver<Inbound>,
     parents: TopicParents,
     stats: Arc<IngestStats>,
@@ -83,49 +72,38 @@ pub struct MqttStatusSource {
 }
 
 impl MqttStatusSource {
-    /// Starts the session (inside a tokio runtime); it connects, subscribes after every
-    /// CONNACK and reconnects on its own.
-    pub fn start(cfg: MqttIngestConfig) -> Result<Self, IngestError> {
-        if let Some(e) = cfg.parents.validate().first() {
+    /// The source and the tap to feed it: `queue` messages wait between the session and the
+    /// fleet; beyond that they are dropped and counted (`overflow`), never waited for.
+    pub fn new(
+        parents: TopicParents,
+        share_group: &ShareGroup,
+        queue: usize,
+    ) -> Result<(Self, StatusTap), IngestError> {
+        if let Some(e) = parents.validate().first() {
             return Err(IngestError::BadTopics(e.to_string()));
         }
-        let mut session = cfg.session;
-        session.subscriptions = filters(&cfg.parents, &cfg.share_group).to_vec();
-        // Without these subscriptions the console is blind: a refusal drops the link and is
-        // retried (and shows in the link state) rather than passing as ready.
-        session.require_subscriptions = true;
         let stats = Arc::new(IngestStats::default());
-        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        let hooks = Arc::new(IngestHooks {
-            stats: stats.clone(),
-        });
-        let session = Session::start(session, hooks, tx);
-        Ok(Self {
-            session,
-            rx,
-            parents: cfg.parents,
-            stats,
-            log: DropLog::new(Duration::from_secs(60)),
-        })
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let tap = StatusTap {
+            subscriptions: filters(&parents, share_group).to_vec(),
+            tap: Tap {
+                tx,
+                overflow: stats.overflow.clone(),
+            },
+        };
+        Ok((
+            Self {
+                rx,
+                parents,
+                stats,
+                log: DropLog::new(Duration::from_secs(60)),
+            },
+            tap,
+        ))
     }
 
     pub fn stats(&self) -> Arc<IngestStats> {
         self.stats.clone()
-    }
-
-    pub fn link(&self) -> watch::Receiver<LinkState> {
-        self.session.link()
-    }
-
-    /// Waits until subscribed (within `wait`).
-    pub async fn ready(&self, wait: Duration) -> bool {
-        let mut link = self.session.link();
-        let ready = tokio::time::timeout(wait, link.wait_for(LinkState::is_ready)).await;
-        matches!(ready, Ok(Ok(_)))
-    }
-
-    pub async fn shutdown(&self) {
-        self.session.shutdown().await;
     }
 }
 

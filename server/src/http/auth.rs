@@ -45,13 +45,19 @@ pub async fn authorize(
         .await?
         .ok_or_else(|| Problem::unauthorized("the token is unknown or revoked"))?;
     if !grants(&token.scopes, needed) {
-        return Err(Problem::forbidden(format!(
-            "token {} lacks the {} scope",
-            token.name,
-            needed.as_str()
-        )));
+        return Err(forbidden(&token, needed));
     }
     Ok(token)
+}
+
+/// 403 for a token that lacks `needed`.
+pub fn forbidden(token: &TokenRecord, needed: Scope) -> Problem {
+    Problem::forbidden(format!(
+        "token {} lacks the {} scope",
+        token.name,
+        needed.as_str()
+    ))
+    .by_token(token.name.as_str())
 }
 
 #[cfg(test)]

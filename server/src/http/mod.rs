@@ -1,20 +1,26 @@
 //! The HTTP API: JSON, RFC 9457 problems for errors (one mapping place: [`problem`]), bearer
 //! tokens with scopes ([`auth`]).
 
+pub mod audit;
 pub mod auth;
+pub mod calls;
 pub mod events;
 pub mod instances;
 pub mod metrics;
 pub mod problem;
+pub mod resources;
 pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use csg_transport::LinkState;
 use serde::Serialize;
@@ -25,8 +31,9 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::store::{Region, Store};
-use problem::Problem;
+use crate::calls::{now_ms, CallService, MAX_TIMEOUT};
+use crate::store::{AuditEvent, Region, Store};
+use problem::{Problem, Refusal};
 
 /// How long `/readyz` waits for the store's answer.
 const READY_PING: Duration = Duration::from_secs(2);
@@ -36,11 +43,20 @@ const READY_PING: Duration = Duration::from_secs(2);
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub region: Region,
-    /// The status ingest's MQTT link.
+    /// The region's MQTT link (calls and status ingest share it).
     pub link: watch::Receiver<LinkState>,
     pub bus: crate::events::Bus,
     pub metrics: crate::metrics::Metrics,
+    /// Calls to the region's gateways.
+    pub calls: Arc<CallService>,
 }
+
+/// The client's address, when the server knows it (for the audit log).
+#[derive(Debug, Clone, Default)]
+pub struct RemoteAddr(pub Option<String>);
+
+/// Room a call route leaves above the longest call for storing and answering.
+const CALL_ROUTE_MARGIN: Duration = Duration::from_secs(5);
 
 pub struct HttpLimits {
     pub max_body_bytes: usize,
@@ -48,28 +64,118 @@ pub struct HttpLimits {
 }
 
 pub fn router(state: AppState, limits: &HttpLimits) -> Router {
-    let metrics = state.metrics.clone();
-    Router::new()
+    use resources as r;
+    // The routes that call gateways wait for a reply up to a call's own budget (at most
+    // MAX_TIMEOUT), which may be longer than `http.request_timeout_ms`: their layer is raised
+    // to fit the longest call, so the request timeout never cuts a call short.
+    let call_timeout = limits.request_timeout.max(MAX_TIMEOUT + CALL_ROUTE_MARGIN);
+    let calling = Router::new()
+        .route(
+            "/v1/instances/{id}/calls",
+            post(calls::post).get(calls::list),
+        )
+        .route("/v1/instances/{id}/nfs/exports", get(r::nfs_list))
+        .route(
+            "/v1/instances/{id}/nfs/exports/{name}",
+            get(r::nfs_get).put(r::nfs_put).delete(r::nfs_delete),
+        )
+        .route("/v1/instances/{id}/smb/shares", get(r::smb_share_list))
+        .route(
+            "/v1/instances/{id}/smb/shares/{name}",
+            get(r::smb_share_get)
+                .put(r::smb_share_put)
+                .delete(r::smb_share_delete),
+        )
+        .route("/v1/instances/{id}/smb/users", get(r::smb_user_list))
+        .route(
+            "/v1/instances/{id}/smb/users/{name}",
+            axum::routing::put(r::smb_user_put).delete(r::smb_user_delete),
+        )
+        .route("/v1/instances/{id}/iscsi/targets", get(r::iscsi_list))
+        .route(
+            "/v1/instances/{id}/iscsi/targets/{name}",
+            get(r::iscsi_get).put(r::iscsi_put).delete(r::iscsi_delete),
+        )
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            call_timeout,
+        ));
+    let reading = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/instances", get(instances::list))
         .route("/v1/instances/{id}", get(instances::get))
+        .route("/v1/calls/{id}", get(calls::get))
+        .route("/v1/audit", get(audit::list))
         .route("/v1/openapi.json", get(openapi))
+        // The timeout bounds the wait for a response's head; an event stream's body outlives it.
         .route("/v1/events", get(events::stream))
         .route("/v1/webhooks/deliveries", get(webhooks::deliveries))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
+        ));
+    let metrics = state.metrics.clone();
+    calling
+        .merge(reading)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit_refusals,
         ))
+        .with_state(state)
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(axum::middleware::map_response(as_problem))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             metrics::track,
         ))
+}
+
+/// Records refused requests in the audit log: 401 and 403 on any route, and any other 4xx
+/// answer to a request that would change something (not GET or HEAD). Also hands the
+/// handlers the client's address.
+async fn audit_refusals(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let remote = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string());
+    req.extensions_mut().insert(RemoteAddr(remote.clone()));
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let change = !(method == Method::GET || method == Method::HEAD);
+    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        || (change && status.is_client_error());
+    let refusal = resp.extensions().get::<Refusal>().cloned();
+    let audited = refusal.as_ref().is_some_and(|r| r.audited);
+    if refused && !audited {
+        let instance = path
+            .strip_prefix("/v1/instances/")
+            .and_then(|rest| rest.split('/').next())
+            .map(|s| s.chars().take(128).collect::<String>());
+        let event = AuditEvent {
+            at_ms: now_ms(),
+            region: state.region.clone(),
+            token_name: refusal.as_ref().and_then(|r| r.token_name.clone()),
+            remote_addr: remote,
+            action: "refused".to_owned(),
+            instance_id: instance,
+            method: None,
+            params: Some(json!({
+                "http": format!("{method} {}", path.chars().take(256).collect::<String>()),
+                "detail": refusal.map(|r| r.detail).unwrap_or_default(),
+            })),
+            outcome: status.as_u16().to_string(),
+            request_id: None,
+        };
+        // Recorded on the way out; a store outage is logged by `record` and the line stays in
+        // the log.
+        let _ = crate::audit::record(state.store.as_ref(), &event).await;
+    }
+    resp
 }
 
 /// Errors made below the handlers (the body limit's 413, the timeout's 408, a path the
@@ -101,10 +207,23 @@ async fn as_problem(resp: Response) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "csg-consoled", description = "The console service of csg-agent: the fleet of storage gateways over HTTP."),
-    paths(healthz, readyz, openapi, instances::list, instances::get, events::stream, metrics::scrape, webhooks::deliveries),
-    components(schemas(Problem, Ready, instances::InstancePage, instances::InstanceDetail, webhooks::DeliveryPage)),
+    paths(healthz, readyz, openapi, instances::list, instances::get,
+          events::stream, metrics::scrape, webhooks::deliveries,
+          calls::post, calls::get, calls::list, audit::list,
+          resources::nfs_list, resources::nfs_get, resources::nfs_put, resources::nfs_delete,
+          resources::smb_share_list, resources::smb_share_get, resources::smb_share_put, resources::smb_share_delete,
+          resources::smb_user_list, resources::smb_user_put, resources::smb_user_delete,
+          resources::iscsi_list, resources::iscsi_get, resources::iscsi_put, resources::iscsi_delete),
+    components(schemas(Problem, Ready, instances::InstancePage, instances::InstanceDetail,
+          webhooks::DeliveryPage,
+          calls::CallBody, calls::ReplyEnvelope, calls::CallOut, calls::CallPage,
+          audit::AuditOut, audit::AuditPage)),
     modifiers(&BearerAuth),
-    tags((name = "instances", description = "the gateways the console knows"), (name = "service", description = "the service itself"), (name = "events", description = "live events"), (name = "webhooks", description = "events POSTed to configured URLs"))
+    tags((name = "instances", description = "the gateways the console knows"), (name = "service", description = "the service itself"),
+         (name = "events", description = "live events"), (name = "webhooks", description = "events POSTed to configured URLs"),
+         (name = "calls", description = "calls to gateways, stored"), (name = "audit", description = "changes and refusals"),
+         (name = "nfs", description = "NFS exports on a gateway"), (name = "smb", description = "SMB shares and users on a gateway"),
+         (name = "iscsi", description = "iSCSI targets on a gateway"))
 )]
 pub struct ApiDoc;
 

@@ -111,11 +111,11 @@ impl SqliteStore {
         Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    fn reader(&self) -> &SqlitePool {
+    pub(super) fn reader(&self) -> &SqlitePool {
         &self.read
     }
 
-    fn writer(&self) -> &SqlitePool {
+    pub(super) fn writer(&self) -> &SqlitePool {
         &self.write
     }
 
@@ -149,11 +149,11 @@ impl PgStore {
         Ok(self.pool.begin().await?)
     }
 
-    fn reader(&self) -> &PgPool {
+    pub(super) fn reader(&self) -> &PgPool {
         &self.pool
     }
 
-    fn writer(&self) -> &PgPool {
+    pub(super) fn writer(&self) -> &PgPool {
         &self.pool
     }
 
@@ -585,6 +585,57 @@ macro_rules! store_impl {
 
             async fn pending_deliveries(&self) -> Result<(u64, Option<i64>), StoreError> {
                 self.sql_pending_deliveries().await
+            }
+
+            // --- calls and audit (SQL in calls.rs) ---
+
+            async fn insert_call(
+                &self,
+                call: &super::CallRecord,
+            ) -> Result<super::CallInsert, StoreError> {
+                self.sql_insert_call(call).await
+            }
+
+            async fn finish_call(
+                &self,
+                id: &csg_protocol::identity::RequestId,
+                state: super::CallState,
+                reply: Option<&serde_json::Value>,
+                error: Option<&str>,
+                finished_ms: i64,
+            ) -> Result<(), StoreError> {
+                self.sql_finish_call(id, state, reply, error, finished_ms)
+                    .await
+            }
+
+            async fn get_call(
+                &self,
+                id: &csg_protocol::identity::RequestId,
+            ) -> Result<Option<super::CallRecord>, StoreError> {
+                self.sql_get_call(id.as_str()).await
+            }
+
+            async fn list_calls(
+                &self,
+                region: &Region,
+                instance: &InstanceId,
+                limit: PageLimit,
+                cursor: Option<&str>,
+            ) -> Result<Page<super::CallRecord>, StoreError> {
+                self.sql_list_calls(region, instance, limit, cursor).await
+            }
+
+            async fn record_audit(&self, event: &super::AuditEvent) -> Result<(), StoreError> {
+                self.sql_record_audit(event).await
+            }
+
+            async fn list_audit(
+                &self,
+                filter: &super::AuditFilter,
+                limit: PageLimit,
+                cursor: Option<&str>,
+            ) -> Result<Page<super::AuditRecord>, StoreError> {
+                self.sql_list_audit(filter, limit, cursor).await
             }
         }
     };

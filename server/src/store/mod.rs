@@ -6,6 +6,7 @@
 //! logical schema with migrations embedded per engine, and times as integer milliseconds.
 //! [`open`] picks the engine from the URL and migrates.
 
+mod calls;
 mod engines;
 mod error;
 mod tokens;
@@ -16,8 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use csg_protocol::identity::InstanceId;
+use csg_protocol::identity::{InstanceId, RequestId};
 
+pub use calls::{AuditEvent, AuditFilter, AuditRecord, CallInsert, CallRecord, CallState};
 pub use engines::{PgStore, SqliteStore};
 pub use error::StoreError;
 pub use tokens::{NewToken, Scope, TokenHash, TokenName, TokenRecord, TokenSecret};
@@ -137,6 +139,43 @@ pub trait Store: Send + Sync {
 
     /// How many deliveries are pending, and when the earliest is due.
     async fn pending_deliveries(&self) -> Result<(u64, Option<i64>), StoreError>;
+    // --- calls and audit ---
+
+    /// Stores a call before its request is sent. A call with the same id stored already is
+    /// returned instead (the id is the key; nothing is overwritten).
+    async fn insert_call(&self, call: &CallRecord) -> Result<CallInsert, StoreError>;
+
+    /// Ends a call: answered with the agent's reply, or failed with the console's error. An
+    /// answered call stays answered.
+    async fn finish_call(
+        &self,
+        id: &RequestId,
+        state: CallState,
+        reply: Option<&serde_json::Value>,
+        error: Option<&str>,
+        finished_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    async fn get_call(&self, id: &RequestId) -> Result<Option<CallRecord>, StoreError>;
+
+    /// One instance's calls, newest first (keyset on `(started_ms, id)`).
+    async fn list_calls(
+        &self,
+        region: &Region,
+        instance: &InstanceId,
+        limit: PageLimit,
+        cursor: Option<&str>,
+    ) -> Result<Page<CallRecord>, StoreError>;
+
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+
+    /// Audit events, newest first (keyset on `(at_ms, id)`).
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        limit: PageLimit,
+        cursor: Option<&str>,
+    ) -> Result<Page<AuditRecord>, StoreError>;
 }
 
 /// Opens the store a URL names (`sqlite://PATH`, `postgres://…`) and brings its schema up to

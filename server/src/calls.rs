@@ -1,0 +1,351 @@
+//! The call path: every call made through the console (the calls route, the resource routes)
+//! is stored before its request is sent, sent through the region's [`Caller`] under a stable
+//! request id, and finished in one place ([`CallService::finish`]), which stores the outcome
+//! and publishes it on the bus.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use csg_console::{CallError, IdGenerator};
+use csg_protocol::methods::Method;
+use csg_protocol::{GroupId, InstanceId, MethodName, Reply, ReplyBody, RequestId};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::audit;
+use crate::events::{Bus, Event};
+use crate::rpc::{CallSpec, Caller};
+use crate::store::{CallInsert, CallRecord, CallState, Region, Store, StoreError};
+
+/// A call's budget, re-sends included: 1 ms to this.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A call's budget, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallTimeout(Duration);
+
+impl CallTimeout {
+    pub fn from_ms(ms: u64) -> Result<Self, String> {
+        let max = u64::try_from(MAX_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+        if (1..=max).contains(&ms) {
+            Ok(CallTimeout(Duration::from_millis(ms)))
+        } else {
+            Err(format!("timeout_ms {ms}: 1 to {max}"))
+        }
+    }
+
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl Default for CallTimeout {
+    fn default() -> Self {
+        CallTimeout(DEFAULT_TIMEOUT)
+    }
+}
+
+/// One call to make: checked before anything is stored or sent.
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    pub instance: InstanceId,
+    /// The gateway's group, as stored from its heartbeats.
+    pub group: Option<GroupId>,
+    /// Parsed by the protocol: the name and params are known good.
+    pub method: Method,
+    /// The params as the client sent them (what goes on the wire).
+    pub params: Map<String, Value>,
+    /// From `Idempotency-Key`; a fresh id when `None`.
+    pub id: Option<RequestId>,
+    pub timeout: CallTimeout,
+    pub token_name: Option<String>,
+    pub remote_addr: Option<String>,
+    /// The audit action (`call`, `resource.put`, …); reads are not audited.
+    pub action: &'static str,
+}
+
+/// Why a call gave no reply.
+#[derive(Debug, Error)]
+pub enum CallFailure {
+    /// The same id was stored for another instance, method or params.
+    #[error("request id {0} was used for another request")]
+    IdReused(RequestId),
+    /// The broker link is down: nothing was sent (or stored).
+    #[error("the broker is unreachable: {0}")]
+    BrokerDown(String),
+    /// No answer within the budget; retry with the same id.
+    #[error("no reply within the timeout; retry with request id {0}")]
+    Timeout(RequestId),
+    /// The console's connection dropped while waiting; retry with the same id.
+    #[error("the connection to the broker was lost; retry with request id {0}")]
+    ConnectionLost(RequestId),
+    /// The request is larger than the MQTT packet limit.
+    #[error("the request is too large: {0}")]
+    TooLarge(String),
+    /// Another request with this id is waiting on this console right now.
+    #[error("request id {0} is already waiting for a reply")]
+    InFlight(RequestId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A finished call: the reply as the agent sent it, and whether it came from the store.
+#[derive(Debug, Clone)]
+pub struct CallAnswer {
+    pub id: RequestId,
+    /// The reply envelope as it came (`{v, id, ok, result|error}`).
+    pub reply: Value,
+    /// The agent's error code when `ok` is false.
+    pub error_code: Option<String>,
+}
+
+/// Calls for one region.
+pub struct CallService {
+    pub store: Arc<dyn Store>,
+    pub caller: Arc<dyn Caller>,
+    pub region: Region,
+    pub bus: Bus,
+    pub metrics: crate::metrics::Metrics,
+    /// The broker link: a call is refused at once (503) while it is down.
+    pub link: watch::Receiver<csg_transport::LinkState>,
+    pub ids: IdGenerator,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// SHA-256 of what a request asks (instance, method, the whole params): a repeat of an id must
+/// ask exactly this. Secrets enter only through the digest.
+pub fn request_hash(instance: &InstanceId, method: &str, params: &Map<String, Value>) -> String {
+    let canon = json!([instance.as_str(), method, params]).to_string();
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canon.as_bytes()))
+}
+
+impl CallService {
+    /// Makes one call: stores it (pending) before sending, sends it under its id, finishes it.
+    /// A repeat of a stored id that asks the same is sent again under that id (the agent
+    /// answers a mutation from its id memory) or, when the stored call was answered, answered
+    /// from the store without sending.
+    pub async fn call(&self, req: CallRequest) -> Result<CallAnswer, CallFailure> {
+        if let csg_transport::LinkState::Down(why) = &*self.link.borrow() {
+            return Err(CallFailure::BrokerDown(why.as_ref().map_or_else(
+                || "connecting".to_owned(),
+                csg_transport::Failure::describe,
+            )));
+        }
+        let id = req.id.clone().unwrap_or_else(|| self.ids.next_id());
+        let method = req.method.name();
+        let hash = request_hash(&req.instance, method, &req.params);
+        let params = audit::redact(&Value::Object(req.params.clone()));
+        let record = CallRecord {
+            id: id.clone(),
+            region: self.region.clone(),
+            instance_id: req.instance.clone(),
+            method: method.to_owned(),
+            params,
+            request_hash: hash.clone(),
+            token_name: req.token_name.clone(),
+            state: CallState::Pending,
+            reply: None,
+            error: None,
+            started_ms: now_ms(),
+            finished_ms: None,
+        };
+        match self.store.insert_call(&record).await? {
+            CallInsert::Inserted => {}
+            CallInsert::Existing(found) => {
+                if found.request_hash != hash || found.region != self.region {
+                    return Err(CallFailure::IdReused(id));
+                }
+                if let (CallState::Answered, Some(reply)) = (found.state, found.reply) {
+                    let error_code = error_code_of(&reply);
+                    return Ok(CallAnswer {
+                        id,
+                        reply,
+                        error_code,
+                    });
+                }
+                // Pending (another request is waiting, or a crash left it) or failed: send
+                // again under the same id.
+            }
+        }
+        let spec = CallSpec {
+            instance: req.instance.clone(),
+            method: MethodName::new(method).map_err(|e| CallFailure::Other(e.to_string()))?,
+            params: req.params.clone(),
+            id: id.clone(),
+            timeout: req.timeout.get(),
+            group: req.group.clone(),
+        };
+        let started = Instant::now();
+        let result = self.caller.call(&spec).await;
+        self.finish(&req, &record, result, started.elapsed()).await
+    }
+
+    /// The one place a call finishes: stores the outcome, audits a mutation, counts it in the
+    /// metrics and publishes the event.
+    async fn finish(
+        &self,
+        req: &CallRequest,
+        record: &CallRecord,
+        result: Result<Reply, CallError>,
+        latency: Duration,
+    ) -> Result<CallAnswer, CallFailure> {
+        let id = record.id.clone();
+        let (outcome, answer) = match result {
+            Ok(reply) => {
+                let code = match &reply.body {
+                    ReplyBody::Ok(_) => None,
+                    ReplyBody::Err(e) => Some(e.code.as_str().to_owned()),
+                };
+                let value = serde_json::to_value(&reply)
+                    .map_err(|e| CallFailure::Other(format!("reply: {e}")))?;
+                (
+                    code.clone().unwrap_or_else(|| "ok".to_owned()),
+                    Ok(CallAnswer {
+                        id: id.clone(),
+                        reply: value,
+                        error_code: code,
+                    }),
+                )
+            }
+            Err(e) => {
+                let failure = match e {
+                    CallError::NoReply { .. } | CallError::NotAcknowledged { .. } => {
+                        CallFailure::Timeout(id.clone())
+                    }
+                    CallError::ConnectionLost { .. } | CallError::Closed { .. } => {
+                        CallFailure::ConnectionLost(id.clone())
+                    }
+                    CallError::TooLarge { .. } => CallFailure::TooLarge(e.to_string()),
+                    CallError::DuplicateId { .. } => CallFailure::InFlight(id.clone()),
+                    CallError::Address { .. } => CallFailure::Other(e.to_string()),
+                };
+                let outcome = match &failure {
+                    CallFailure::Timeout(_) => "timeout",
+                    CallFailure::ConnectionLost(_) => "connection_lost",
+                    CallFailure::InFlight(_) => "in_flight",
+                    CallFailure::TooLarge(_) => "too_large",
+                    _ => "failed",
+                };
+                (outcome.to_owned(), Err(failure))
+            }
+        };
+        let now = now_ms();
+        // A request already waiting under this id elsewhere says nothing about this call's row.
+        let in_flight = matches!(answer, Err(CallFailure::InFlight(_)));
+        if !in_flight {
+            let stored = match &answer {
+                Ok(a) => {
+                    self.store
+                        .finish_call(&id, CallState::Answered, Some(&a.reply), None, now)
+                        .await
+                }
+                Err(f) => {
+                    self.store
+                        .finish_call(&id, CallState::Failed, None, Some(&f.to_string()), now)
+                        .await
+                }
+            };
+            if let Err(e) = stored {
+                // The agent's answer still goes to the client; the row stays pending, and a
+                // repeat of the id sends again (answered from the agent's id memory).
+                warn!(id = id.as_str(), error = %e, "the call's outcome was not stored");
+            }
+        }
+        if req.method.kind() == csg_protocol::methods::Kind::Mutation {
+            let event = crate::store::AuditEvent {
+                at_ms: now,
+                region: self.region.clone(),
+                token_name: req.token_name.clone(),
+                remote_addr: req.remote_addr.clone(),
+                action: req.action.to_owned(),
+                instance_id: Some(req.instance.as_str().to_owned()),
+                method: Some(record.method.clone()),
+                params: Some(record.params.clone()),
+                outcome: outcome.clone(),
+                request_id: Some(id.as_str().to_owned()),
+            };
+            let _ = audit::record(self.store.as_ref(), &event).await;
+        }
+        self.metrics.observe_call(&record.method, &outcome, latency);
+        self.bus.publish(Event::Call {
+            region: self.region.as_str().to_owned(),
+            instance_id: req.instance.as_str().to_owned(),
+            group_id: req.group.as_ref().map(|g| g.as_str().to_owned()),
+            id: id.as_str().to_owned(),
+            method: record.method.clone(),
+            outcome,
+            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+        });
+        answer
+    }
+}
+
+/// `error.code` of a stored reply whose `ok` is false.
+fn error_code_of(reply: &Value) -> Option<String> {
+    (reply.get("ok") == Some(&Value::Bool(false)))
+        .then(|| reply.pointer("/error/code").and_then(Value::as_str))
+        .flatten()
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_bounded() {
+        assert!(CallTimeout::from_ms(0).is_err());
+        assert!(CallTimeout::from_ms(120_001).is_err());
+        assert_eq!(
+            CallTimeout::from_ms(1).unwrap().get(),
+            Duration::from_millis(1)
+        );
+        assert_eq!(CallTimeout::from_ms(120_000).unwrap().get(), MAX_TIMEOUT);
+        assert_eq!(CallTimeout::default().get(), DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn the_request_hash_tells_requests_apart_and_hides_secrets() {
+        let gw = InstanceId::new("gw-1").unwrap();
+        let params = |pw: &str| {
+            let mut m = Map::new();
+            m.insert("username".into(), json!("alice"));
+            m.insert("password".into(), json!(pw));
+            m
+        };
+        let a = request_hash(&gw, "smb.user.set", &params("Secret-1234"));
+        assert_eq!(a, request_hash(&gw, "smb.user.set", &params("Secret-1234")));
+        assert_ne!(a, request_hash(&gw, "smb.user.set", &params("Secret-9999")));
+        assert_ne!(
+            a,
+            request_hash(
+                &InstanceId::new("gw-2").unwrap(),
+                "smb.user.set",
+                &params("Secret-1234")
+            )
+        );
+        assert!(!a.contains("Secret"));
+    }
+
+    #[test]
+    fn a_stored_reply_tells_its_error_code() {
+        assert_eq!(
+            error_code_of(&json!({"ok": false, "error": {"code": "CONFLICT"}})).as_deref(),
+            Some("CONFLICT")
+        );
+        assert_eq!(error_code_of(&json!({"ok": true, "result": {}})), None);
+    }
+}
