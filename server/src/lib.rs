@@ -14,6 +14,7 @@ pub mod config;
 pub mod events;
 pub mod fleet;
 pub mod http;
+pub mod jobs;
 pub mod rpc;
 pub mod sink;
 pub mod store;

@@ -96,15 +96,15 @@ impl SqliteStore {
         Ok(write)
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    pub(super) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    fn reader(&self) -> &SqlitePool {
+    pub(super) fn reader(&self) -> &SqlitePool {
         &self.read
     }
 
-    fn writer(&self) -> &SqlitePool {
+    pub(super) fn writer(&self) -> &SqlitePool {
         &self.write
     }
 
@@ -134,15 +134,15 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+    pub(super) async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }
 
-    fn reader(&self) -> &PgPool {
+    pub(super) fn reader(&self) -> &PgPool {
         &self.pool
     }
 
-    fn writer(&self) -> &PgPool {
+    pub(super) fn writer(&self) -> &PgPool {
         &self.pool
     }
 
@@ -517,6 +517,11 @@ macro_rules! store_impl {
 
             async fn close(&self) {
                 self.close_pools().await;
+            }
+
+            // --- jobs ---
+            fn jobs(&self) -> &dyn super::JobStore {
+                self
             }
         }
     };

@@ -8,6 +8,7 @@
 
 mod engines;
 mod error;
+mod jobs;
 mod tokens;
 mod types;
 
@@ -19,6 +20,10 @@ use csg_protocol::identity::InstanceId;
 
 pub use engines::{PgStore, SqliteStore};
 pub use error::StoreError;
+pub use jobs::{
+    ExecState, ExecUpdate, ExecutionRecord, JobCounts, JobFilter, JobRecord, JobState, JobStore,
+    JobTransition, NewExecution, NewJob,
+};
 pub use tokens::{NewToken, Scope, TokenHash, TokenName, TokenRecord, TokenSecret};
 pub use types::{InstanceFilter, InstanceRow, Page, PageLimit, Presence, PresenceEvent, Region};
 
@@ -103,6 +108,10 @@ pub trait Store: Send + Sync {
 
     /// Closes the pools, waiting for queries under way.
     async fn close(&self);
+
+    // --- jobs ---
+    /// Jobs and their executions (store/jobs.rs).
+    fn jobs(&self) -> &dyn JobStore;
 }
 
 /// Opens the store a URL names (`sqlite://PATH`, `postgres://…`) and brings its schema up to
