@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod instances;
+pub mod jobs;
 pub mod problem;
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use csg_transport::LinkState;
 use serde::Serialize;
@@ -48,6 +49,12 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/instances", get(instances::list))
         .route("/v1/instances/{id}", get(instances::get))
+        .route("/v1/jobs", get(jobs::list).post(jobs::create))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/executions", get(jobs::executions))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/resume", post(jobs::resume))
+        .route("/v1/jobs/{id}/retry-failed", post(jobs::retry_failed))
         .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -89,10 +96,15 @@ async fn as_problem(resp: Response) -> Response {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "csg-consoled", description = "The console service of csg-agent: the fleet of storage gateways over HTTP."),
-    paths(healthz, readyz, openapi, instances::list, instances::get),
-    components(schemas(Problem, Ready, instances::InstancePage, instances::InstanceDetail)),
+    paths(healthz, readyz, openapi, instances::list, instances::get,
+        jobs::create, jobs::list, jobs::get, jobs::executions, jobs::cancel, jobs::resume, jobs::retry_failed),
+    components(schemas(Problem, Ready, instances::InstancePage, instances::InstanceDetail,
+        jobs::JobOut, jobs::JobPage, jobs::ExecutionOut, jobs::ExecutionPage, jobs::DryRunOut, jobs::ExecError,
+        crate::jobs::model::JobRequest, crate::jobs::model::TargetIn, crate::jobs::model::SelectorIn,
+        crate::jobs::model::WaveIn, crate::jobs::model::AbortIn, crate::jobs::model::FailureType,
+        crate::jobs::model::RetryIn, crate::store::JobCounts)),
     modifiers(&BearerAuth),
-    tags((name = "instances", description = "the gateways the console knows"), (name = "service", description = "the service itself"))
+    tags((name = "instances", description = "the gateways the console knows"), (name = "jobs", description = "one method over many gateways, rate-limited, in waves, resumable"), (name = "service", description = "the service itself"))
 )]
 pub struct ApiDoc;
 

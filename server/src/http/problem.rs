@@ -72,6 +72,22 @@ impl Problem {
         Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
     }
 
+    /// 422: the request is well formed but cannot be acted on (a method or params the
+    /// protocol refuses, targets that do not exist).
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable",
+            "Unprocessable request",
+            detail,
+        )
+    }
+
+    /// 409: the resource is not in a state that allows the change.
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+    }
+
     pub fn unavailable(detail: impl Into<String>) -> Self {
         let mut p = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
