@@ -18,28 +18,34 @@ use crate::store::{ExecState, ExecUpdate, JobCounts, JobState};
 /// over starts a fresh bucket, so across a takeover the rate may be exceeded by one bucket.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    per_ms: f64,
-    capacity: f64,
-    tokens: f64,
+    // In integers, so no rounding loses tokens: one token is 60 000 units and every
+    // millisecond adds `rate_per_minute` units.
+    per_ms: u64,
+    capacity: u64,
+    units: u64,
     last_ms: i64,
 }
 
+const UNITS_PER_TOKEN: u64 = 60_000;
+
 impl TokenBucket {
     pub fn new(rate_per_minute: u32, now_ms: i64) -> Self {
-        let per_ms = f64::from(rate_per_minute) / 60_000.0;
-        let capacity = (per_ms * 1000.0).max(1.0);
+        let per_ms = u64::from(rate_per_minute);
         TokenBucket {
             per_ms,
-            capacity,
-            tokens: 1.0,
+            capacity: (per_ms * 1000).max(UNITS_PER_TOKEN),
+            units: UNITS_PER_TOKEN,
             last_ms: now_ms,
         }
     }
 
     fn refill(&mut self, now_ms: i64) {
         if now_ms > self.last_ms {
-            let elapsed = (now_ms - self.last_ms) as f64;
-            self.tokens = (self.tokens + elapsed * self.per_ms).min(self.capacity);
+            let elapsed = u64::try_from(now_ms - self.last_ms).unwrap_or(0);
+            self.units = self
+                .units
+                .saturating_add(elapsed.saturating_mul(self.per_ms))
+                .min(self.capacity);
             self.last_ms = now_ms;
         }
     }
@@ -47,13 +53,13 @@ impl TokenBucket {
     /// Whole tokens available now.
     pub fn available(&mut self, now_ms: i64) -> usize {
         self.refill(now_ms);
-        self.tokens.floor() as usize
+        usize::try_from(self.units / UNITS_PER_TOKEN).unwrap_or(usize::MAX)
     }
 
     /// Takes up to `n` tokens; returns how many were taken.
     pub fn take(&mut self, n: usize, now_ms: i64) -> usize {
         let got = n.min(self.available(now_ms));
-        self.tokens -= got as f64;
+        self.units -= got as u64 * UNITS_PER_TOKEN;
         got
     }
 }
@@ -605,7 +611,7 @@ mod tests {
         ));
         assert_eq!(
             attempt_timeout(&p, t, 0, 0),
-            Duration::from_millis(3333),
+            t / 3,
             "a third of the budget each"
         );
         assert_eq!(attempt_timeout(&p, t, 0, 9_500), Duration::from_secs(1));
