@@ -137,7 +137,10 @@ struct Gateways {
 
 impl Gateways {
     fn set(&self, instance: &str, b: Behaviour) {
-        self.behaviour.lock().unwrap().insert(instance.to_owned(), b);
+        self.behaviour
+            .lock()
+            .unwrap()
+            .insert(instance.to_owned(), b);
     }
     fn calls_to(&self, instance: &str) -> usize {
         self.calls
@@ -148,10 +151,20 @@ impl Gateways {
             .count()
     }
     fn executed(&self, instance: &str) -> usize {
-        self.executed.lock().unwrap().get(instance).copied().unwrap_or(0)
+        self.executed
+            .lock()
+            .unwrap()
+            .get(instance)
+            .copied()
+            .unwrap_or(0)
     }
     fn duplicates(&self, instance: &str) -> usize {
-        self.duplicates.lock().unwrap().get(instance).copied().unwrap_or(0)
+        self.duplicates
+            .lock()
+            .unwrap()
+            .get(instance)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Receives a request as an agent would: runs it once per id, remembers the reply.
@@ -171,16 +184,25 @@ impl Gateways {
         let n_before = self.calls_to(&inst) - 1;
         let reply = match b {
             Behaviour::Ok => Some(Reply::ok(spec.id.clone(), json!({"pong": true}))),
-            Behaviour::Err(code) => Some(Reply::err(Some(spec.id.clone()), RpcError::new(code, "scripted"))),
-            Behaviour::ErrThen(code, n) if n_before < n => {
-                Some(Reply::err(Some(spec.id.clone()), RpcError::new(code, "scripted")))
-            }
+            Behaviour::Err(code) => Some(Reply::err(
+                Some(spec.id.clone()),
+                RpcError::new(code, "scripted"),
+            )),
+            Behaviour::ErrThen(code, n) if n_before < n => Some(Reply::err(
+                Some(spec.id.clone()),
+                RpcError::new(code, "scripted"),
+            )),
             Behaviour::ErrThen(..) => Some(Reply::ok(spec.id.clone(), json!({"pong": true}))),
             Behaviour::Silent => None,
         };
         if let Some(r) = &reply {
             if matches!(r.body, csg_protocol::envelope::ReplyBody::Ok(_)) {
-                if self.seen.lock().unwrap().insert(spec.id.as_str().to_owned()) {
+                if self
+                    .seen
+                    .lock()
+                    .unwrap()
+                    .insert(spec.id.as_str().to_owned())
+                {
                     *self.executed.lock().unwrap().entry(inst).or_default() += 1;
                 } else {
                     *self.duplicates.lock().unwrap().entry(inst).or_default() += 1;
@@ -231,10 +253,7 @@ impl Caller for SendsThenHangs {
 }
 
 async fn seed(store: &dyn Store, ids: &[&str], presence: Presence) {
-    let rows: Vec<InstanceRow> = ids
-        .iter()
-        .map(|id| row(id, presence, now_ms()))
-        .collect();
+    let rows: Vec<InstanceRow> = ids.iter().map(|id| row(id, presence, now_ms())).collect();
     store.upsert_instances(&rows).await.unwrap();
 }
 
@@ -242,7 +261,12 @@ fn row(id: &str, presence: Presence, updated_ms: i64) -> InstanceRow {
     InstanceRow {
         region: region(),
         instance_id: InstanceId::new(id).unwrap(),
-        group_id: GroupId::new(if id.starts_with("b-") { "GID_b" } else { "GID_a" }).unwrap(),
+        group_id: GroupId::new(if id.starts_with("b-") {
+            "GID_b"
+        } else {
+            "GID_a"
+        })
+        .unwrap(),
         presence,
         since_ms: updated_ms,
         reason: None,
@@ -330,7 +354,10 @@ async fn wait_state(store: &dyn Store, id: &str, state: JobState, limit: Duratio
         }
         if t0.elapsed() > limit {
             let c = store.jobs().job_counts(id, None).await.unwrap();
-            panic!("job {id} is {:?} (active {}) after {limit:?}, want {state:?}; counts {c:?}", j.state, j.active);
+            panic!(
+                "job {id} is {:?} (active {}) after {limit:?}, want {state:?}; counts {c:?}",
+                j.state, j.active
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -357,12 +384,25 @@ async fn a_job_sends_each_gateway_once_within_its_rate_and_cap(fx: &Fixture) {
     let j = create(fx.store.as_ref(), req).await;
     let t0 = Instant::now();
     let r = Running::start(&fx.store, Arc::new(Scripted(gw.clone())), &bus, "a");
-    wait_state(fx.store.as_ref(), &j.id, JobState::Succeeded, Duration::from_secs(30)).await;
+    wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Succeeded,
+        Duration::from_secs(30),
+    )
+    .await;
     let took = t0.elapsed();
     r.stop().await;
     // 19 tokens after the first at 10 a second.
-    assert!(took >= Duration::from_millis(1800), "20 executions at 10/s took {took:?}");
-    assert!(gw.max_in_flight.load(Ordering::SeqCst) <= 3, "max in flight {}", gw.max_in_flight.load(Ordering::SeqCst));
+    assert!(
+        took >= Duration::from_millis(1800),
+        "20 executions at 10/s took {took:?}"
+    );
+    assert!(
+        gw.max_in_flight.load(Ordering::SeqCst) <= 3,
+        "max in flight {}",
+        gw.max_in_flight.load(Ordering::SeqCst)
+    );
     let c = fx.store.jobs().job_counts(&j.id, None).await.unwrap();
     assert_eq!((c.total, c.succeeded), (20, 20), "{c:?}");
     let base = RequestId::new(j.id.as_str()).unwrap();
@@ -370,12 +410,20 @@ async fn a_job_sends_each_gateway_once_within_its_rate_and_cap(fx: &Fixture) {
         assert_eq!(gw.calls_to(t), 1, "{t}");
     }
     for (inst, id) in gw.calls.lock().unwrap().iter() {
-        assert_eq!(id, derive_instance_id(&base, &InstanceId::new(inst.as_str()).unwrap()).as_str());
+        assert_eq!(
+            id,
+            derive_instance_id(&base, &InstanceId::new(inst.as_str()).unwrap()).as_str()
+        );
     }
     let page = fx
         .store
         .jobs()
-        .list_executions(&j.id, &[ExecState::Succeeded], PageLimit::new(5).unwrap(), None)
+        .list_executions(
+            &j.id,
+            &[ExecState::Succeeded],
+            PageLimit::new(5).unwrap(),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(page.items.len(), 5);
@@ -398,7 +446,7 @@ async fn a_job_sends_each_gateway_once_within_its_rate_and_cap(fx: &Fixture) {
 async fn retries_refusals_failures_and_silence_end_in_their_states(fx: &Fixture) {
     let targets: Vec<String> = ["busy", "invalid", "conflict", "silent", "fine"]
         .iter()
-        .map(|s| s.to_string())
+        .map(ToString::to_string)
         .collect();
     let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
     seed(fx.store.as_ref(), &refs, Presence::Online).await;
@@ -410,8 +458,19 @@ async fn retries_refusals_failures_and_silence_end_in_their_states(fx: &Fixture)
     let mut req = ping_job(&targets);
     req["execution_timeout_ms"] = json!(3000);
     let j = create(fx.store.as_ref(), req).await;
-    let r = Running::start(&fx.store, Arc::new(Scripted(gw.clone())), &Bus::default(), "a");
-    wait_state(fx.store.as_ref(), &j.id, JobState::Failed, Duration::from_secs(30)).await;
+    let r = Running::start(
+        &fx.store,
+        Arc::new(Scripted(gw.clone())),
+        &Bus::default(),
+        "a",
+    );
+    wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Failed,
+        Duration::from_secs(30),
+    )
+    .await;
     r.stop().await;
     let page = fx
         .store
@@ -432,7 +491,10 @@ async fn retries_refusals_failures_and_silence_end_in_their_states(fx: &Fixture)
     assert_eq!(by["conflict"].state, ExecState::Failed);
     assert_eq!(by["conflict"].attempts, 1);
     assert_eq!(by["silent"].state, ExecState::TimedOut);
-    assert!(by["silent"].attempts >= 2, "silence is retried within the budget");
+    assert!(
+        by["silent"].attempts >= 2,
+        "silence is retried within the budget"
+    );
     assert_eq!(by["silent"].error_code.as_deref(), Some("NO_REPLY"));
     assert_eq!(by["fine"].state, ExecState::Succeeded);
     // The same id on every attempt.
@@ -459,8 +521,19 @@ async fn the_abort_rule_stops_a_job_once_its_minimum_has_run(fx: &Fixture) {
     req["max_in_flight"] = json!(1);
     req["abort"] = json!({"failure_type": "failed", "threshold_pct": 10, "min_executed": 5});
     let j = create(fx.store.as_ref(), req).await;
-    let r = Running::start(&fx.store, Arc::new(Scripted(gw.clone())), &Bus::default(), "a");
-    let done = wait_state(fx.store.as_ref(), &j.id, JobState::Aborted, Duration::from_secs(30)).await;
+    let r = Running::start(
+        &fx.store,
+        Arc::new(Scripted(gw.clone())),
+        &Bus::default(),
+        "a",
+    );
+    let done = wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Aborted,
+        Duration::from_secs(30),
+    )
+    .await;
     r.stop().await;
     assert!(done.state_reason.unwrap().contains("abort rule"));
     let c = fx.store.jobs().job_counts(&j.id, None).await.unwrap();
@@ -480,12 +553,27 @@ async fn a_wave_below_its_threshold_pauses_and_resume_goes_on(fx: &Fixture) {
     req["waves"] = json!([{"count": 2, "success_threshold_pct": 100}, {"percent": 30, "success_threshold_pct": 50}]);
     let j = create(fx.store.as_ref(), req).await;
     assert_eq!(j.last_wave, 2);
-    let r = Running::start(&fx.store, Arc::new(Scripted(gw.clone())), &Bus::default(), "a");
-    let paused = wait_state(fx.store.as_ref(), &j.id, JobState::Paused, Duration::from_secs(30)).await;
+    let r = Running::start(
+        &fx.store,
+        Arc::new(Scripted(gw.clone())),
+        &Bus::default(),
+        "a",
+    );
+    let paused = wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Paused,
+        Duration::from_secs(30),
+    )
+    .await;
     assert!(paused.state_reason.unwrap().contains("wave 0"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let c = fx.store.jobs().job_counts(&j.id, None).await.unwrap();
-    assert_eq!((c.succeeded, c.failed, c.queued), (1, 1, 8), "only wave 0 ran: {c:?}");
+    assert_eq!(
+        (c.succeeded, c.failed, c.queued),
+        (1, 1, 8),
+        "only wave 0 ran: {c:?}"
+    );
     // What POST /v1/jobs/{id}/resume does.
     assert!(fx
         .store
@@ -504,7 +592,13 @@ async fn a_wave_below_its_threshold_pauses_and_resume_goes_on(fx: &Fixture) {
         )
         .await
         .unwrap());
-    let done = wait_state(fx.store.as_ref(), &j.id, JobState::Failed, Duration::from_secs(30)).await;
+    let done = wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Failed,
+        Duration::from_secs(30),
+    )
+    .await;
     r.stop().await;
     assert!(done.finished_ms.is_some());
     let c = fx.store.jobs().job_counts(&j.id, None).await.unwrap();
@@ -520,7 +614,12 @@ async fn cancel_stops_what_is_queued_and_lets_in_flight_finish(fx: &Fixture) {
     let mut req = ping_job(&targets);
     req["max_in_flight"] = json!(2);
     let j = create(fx.store.as_ref(), req).await;
-    let r = Running::start(&fx.store, Arc::new(Scripted(gw.clone())), &Bus::default(), "a");
+    let r = Running::start(
+        &fx.store,
+        Arc::new(Scripted(gw.clone())),
+        &Bus::default(),
+        "a",
+    );
     let t0 = Instant::now();
     while gw.in_flight.load(Ordering::SeqCst) < 2 {
         assert!(t0.elapsed() < Duration::from_secs(10));
@@ -543,10 +642,20 @@ async fn cancel_stops_what_is_queued_and_lets_in_flight_finish(fx: &Fixture) {
         )
         .await
         .unwrap());
-    wait_state(fx.store.as_ref(), &j.id, JobState::Cancelled, Duration::from_secs(10)).await;
+    wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Cancelled,
+        Duration::from_secs(10),
+    )
+    .await;
     r.stop().await;
     let c = fx.store.jobs().job_counts(&j.id, None).await.unwrap();
-    assert_eq!((c.succeeded, c.cancelled, c.in_progress), (2, 8, 0), "{c:?}");
+    assert_eq!(
+        (c.succeeded, c.cancelled, c.in_progress),
+        (2, 8, 0),
+        "{c:?}"
+    );
 }
 
 async fn an_offline_gateway_waits_for_its_presence_then_runs(fx: &Fixture) {
@@ -554,7 +663,12 @@ async fn an_offline_gateway_waits_for_its_presence_then_runs(fx: &Fixture) {
     seed(fx.store.as_ref(), &["down"], Presence::Offline).await;
     let gw = Arc::new(Gateways::default());
     let j = create(fx.store.as_ref(), ping_job(&["up".into(), "down".into()])).await;
-    let r = Running::start(&fx.store, Arc::new(Scripted(gw.clone())), &Bus::default(), "a");
+    let r = Running::start(
+        &fx.store,
+        Arc::new(Scripted(gw.clone())),
+        &Bus::default(),
+        "a",
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(gw.calls_to("up"), 1);
     assert_eq!(gw.calls_to("down"), 0, "not sent while offline");
@@ -563,7 +677,13 @@ async fn an_offline_gateway_waits_for_its_presence_then_runs(fx: &Fixture) {
         .upsert_instances(&[row("down", Presence::Online, now_ms() + 1)])
         .await
         .unwrap();
-    wait_state(fx.store.as_ref(), &j.id, JobState::Succeeded, Duration::from_secs(10)).await;
+    wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Succeeded,
+        Duration::from_secs(10),
+    )
+    .await;
     r.stop().await;
     assert_eq!(gw.calls_to("down"), 1);
 }
@@ -575,13 +695,29 @@ async fn the_deadline_times_out_what_could_not_be_sent(fx: &Fixture) {
     let mut req = ping_job(&["up".into(), "down".into()]);
     req["deadline_ms"] = json!(now_ms() + 1500);
     let j = create(fx.store.as_ref(), req).await;
-    let r = Running::start(&fx.store, Arc::new(Scripted(gw.clone())), &Bus::default(), "a");
-    wait_state(fx.store.as_ref(), &j.id, JobState::Failed, Duration::from_secs(10)).await;
+    let r = Running::start(
+        &fx.store,
+        Arc::new(Scripted(gw.clone())),
+        &Bus::default(),
+        "a",
+    );
+    wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Failed,
+        Duration::from_secs(10),
+    )
+    .await;
     r.stop().await;
     let page = fx
         .store
         .jobs()
-        .list_executions(&j.id, &[ExecState::TimedOut], PageLimit::new(10).unwrap(), None)
+        .list_executions(
+            &j.id,
+            &[ExecState::TimedOut],
+            PageLimit::new(10).unwrap(),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(page.items.len(), 1);
@@ -602,22 +738,43 @@ async fn a_runner_that_dies_is_taken_over_and_nothing_runs_twice(fx: &Fixture) {
     let j = create(fx.store.as_ref(), req).await;
     let bus = Bus::default();
     // Runner A sends everything and dies before any answer is recorded.
-    let a = Running::start(&fx.store, Arc::new(SendsThenHangs(gw.clone())), &bus, "replica-a");
+    let a = Running::start(
+        &fx.store,
+        Arc::new(SendsThenHangs(gw.clone())),
+        &bus,
+        "replica-a",
+    );
     let t0 = Instant::now();
     while gw.calls.lock().unwrap().len() < 5 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "runner A did not send");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "runner A did not send"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Runner B starts while A holds the lease: it must not take the job.
     let b_gw = gw.clone();
     let b = Running::start(&fx.store, Arc::new(Scripted(b_gw)), &bus, "replica-b");
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(gw.calls.lock().unwrap().len(), 5, "B sent while A held the lease");
-    assert_eq!(job(fx.store.as_ref(), &j.id).await.lease_owner.as_deref(), Some("replica-a"));
+    assert_eq!(
+        gw.calls.lock().unwrap().len(),
+        5,
+        "B sent while A held the lease"
+    );
+    assert_eq!(
+        job(fx.store.as_ref(), &j.id).await.lease_owner.as_deref(),
+        Some("replica-a")
+    );
     let c = fx.store.jobs().job_counts(&j.id, None).await.unwrap();
     assert_eq!(c.in_progress, 5);
     a.crash().await;
-    let done = wait_state(fx.store.as_ref(), &j.id, JobState::Succeeded, Duration::from_secs(20)).await;
+    let done = wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await;
     b.stop().await;
     assert!(done.lease_owner.is_none(), "B gave the lease up when done");
     for t in &targets {
@@ -631,7 +788,10 @@ async fn a_runner_that_dies_is_taken_over_and_nothing_runs_twice(fx: &Fixture) {
         .list_executions(&j.id, &[], PageLimit::new(10).unwrap(), None)
         .await
         .unwrap();
-    assert!(page.items.iter().all(|e| e.attempts == 1), "a re-send is the same attempt");
+    assert!(
+        page.items.iter().all(|e| e.attempts == 1),
+        "a re-send is the same attempt"
+    );
 }
 
 both_engines!(
@@ -694,7 +854,13 @@ impl Api {
         secret.expose().to_owned()
     }
 
-    async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -707,11 +873,14 @@ impl Api {
             .unwrap();
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+            .await
+            .unwrap();
         let v = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)))
         };
         (status, v)
     }
@@ -744,26 +913,57 @@ async fn the_api_creates_shows_pages_cancels_and_retries_jobs() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
     let mut bad = ping_job(&targets);
     bad["params"] = json!({"x": 1});
-    assert_eq!(api.call("POST", "/v1/jobs", &op, Some(bad)).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        api.call("POST", "/v1/jobs", &op, Some(bad)).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
     let mut bad = ping_job(&targets);
     bad["colour"] = json!("red");
-    assert_eq!(api.call("POST", "/v1/jobs", &op, Some(bad)).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api.call("POST", "/v1/jobs", &op, Some(bad)).await.0,
+        StatusCode::BAD_REQUEST
+    );
     let mut bad = ping_job(&targets);
     bad["rate_per_minute"] = json!(0);
-    assert_eq!(api.call("POST", "/v1/jobs", &op, Some(bad)).await.0, StatusCode::BAD_REQUEST);
-    let (s, p) = api.call("POST", "/v1/jobs", &op, Some(ping_job(&["gw-999".into()]))).await;
+    assert_eq!(
+        api.call("POST", "/v1/jobs", &op, Some(bad)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let (s, p) = api
+        .call("POST", "/v1/jobs", &op, Some(ping_job(&["gw-999".into()])))
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
     assert!(p["detail"].as_str().unwrap().contains("gw-999"));
-    assert_eq!(api.call("POST", "/v1/jobs?dry_run=maybe", &op, Some(ping_job(&targets))).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api.call(
+            "POST",
+            "/v1/jobs?dry_run=maybe",
+            &op,
+            Some(ping_job(&targets))
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
     // Scopes.
-    assert_eq!(api.call("POST", "/v1/jobs", &reader, Some(ping_job(&targets))).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(api.call("GET", "/v1/jobs", "nope", None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        api.call("POST", "/v1/jobs", &reader, Some(ping_job(&targets)))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.call("GET", "/v1/jobs", "nope", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(api.job_count().await, 0);
 
     // A dry run of a selector: counts and names, stores nothing.
     let sel = json!({"method": "sys.ping", "target": {"selector": {"presence": "online", "q": "gw-"}},
                      "rate_per_minute": 600, "max_in_flight": 2, "execution_timeout_ms": 5000});
-    let (s, d) = api.call("POST", "/v1/jobs?dry_run=true", &op, Some(sel.clone())).await;
+    let (s, d) = api
+        .call("POST", "/v1/jobs?dry_run=true", &op, Some(sel.clone()))
+        .await;
     assert_eq!(s, StatusCode::OK, "{d}");
     assert_eq!(d["total"], json!(12));
     assert_eq!(d["instances"][0], json!("gw-000"));
@@ -778,74 +978,208 @@ async fn the_api_creates_shows_pages_cancels_and_retries_jobs() {
     assert_eq!(created["counts"]["total"], json!(12));
     assert_eq!(created["counts"]["queued"], json!(12));
     assert_eq!(created["created_by"], json!("op"));
-    let (s, got) = api.call("GET", &format!("/v1/jobs/{id}"), &reader, None).await;
+    let (s, got) = api
+        .call("GET", &format!("/v1/jobs/{id}"), &reader, None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(got["id"], json!(id));
 
     // Executions, paged and filtered.
-    let (_, p1) = api.call("GET", &format!("/v1/jobs/{id}/executions?limit=5&state=queued"), &reader, None).await;
+    let (_, p1) = api
+        .call(
+            "GET",
+            &format!("/v1/jobs/{id}/executions?limit=5&state=queued"),
+            &reader,
+            None,
+        )
+        .await;
     assert_eq!(p1["items"].as_array().unwrap().len(), 5);
     let cursor = p1["next_cursor"].as_str().unwrap();
-    let (_, p2) = api.call("GET", &format!("/v1/jobs/{id}/executions?limit=5&state=queued&cursor={cursor}"), &reader, None).await;
+    let (_, p2) = api
+        .call(
+            "GET",
+            &format!("/v1/jobs/{id}/executions?limit=5&state=queued&cursor={cursor}"),
+            &reader,
+            None,
+        )
+        .await;
     assert_eq!(p2["items"][0]["instance_id"], json!("gw-005"));
-    assert_eq!(api.call("GET", &format!("/v1/jobs/{id}/executions?limit=5&cursor={cursor}"), &reader, None).await.0, StatusCode::BAD_REQUEST, "a cursor under another filter");
-    assert_eq!(api.call("GET", &format!("/v1/jobs/{id}/executions?state=done"), &reader, None).await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(api.call("GET", "/v1/jobs/job-nope", &reader, None).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(api.call("GET", "/v1/jobs/a%20b", &reader, None).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api.call(
+            "GET",
+            &format!("/v1/jobs/{id}/executions?limit=5&cursor={cursor}"),
+            &reader,
+            None
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST,
+        "a cursor under another filter"
+    );
+    assert_eq!(
+        api.call(
+            "GET",
+            &format!("/v1/jobs/{id}/executions?state=done"),
+            &reader,
+            None
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        api.call("GET", "/v1/jobs/job-nope", &reader, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.call("GET", "/v1/jobs/a%20b", &reader, None).await.0,
+        StatusCode::BAD_REQUEST
+    );
 
     // Retry-failed needs an ended job; resume a paused one.
-    assert_eq!(api.call("POST", &format!("/v1/jobs/{id}/retry-failed"), &op, None).await.0, StatusCode::CONFLICT);
-    assert_eq!(api.call("POST", &format!("/v1/jobs/{id}/resume"), &op, None).await.0, StatusCode::CONFLICT);
+    assert_eq!(
+        api.call("POST", &format!("/v1/jobs/{id}/retry-failed"), &op, None)
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        api.call("POST", &format!("/v1/jobs/{id}/resume"), &op, None)
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
     // Cancel: queued executions cancelled; a second cancel is a conflict.
-    let (s, c) = api.call("POST", &format!("/v1/jobs/{id}/cancel"), &op, None).await;
+    let (s, c) = api
+        .call("POST", &format!("/v1/jobs/{id}/cancel"), &op, None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{c}");
     assert_eq!(c["state"], json!("cancelled"));
     assert_eq!(c["counts"]["cancelled"], json!(12));
-    assert_eq!(api.call("POST", &format!("/v1/jobs/{id}/cancel"), &op, None).await.0, StatusCode::CONFLICT);
-    assert_eq!(api.call("POST", &format!("/v1/jobs/{id}/cancel"), &reader, None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.call("POST", &format!("/v1/jobs/{id}/cancel"), &op, None)
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        api.call("POST", &format!("/v1/jobs/{id}/cancel"), &reader, None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
     // Nothing failed in it: nothing to retry.
-    assert_eq!(api.call("POST", &format!("/v1/jobs/{id}/retry-failed"), &op, None).await.0, StatusCode::CONFLICT);
+    assert_eq!(
+        api.call("POST", &format!("/v1/jobs/{id}/retry-failed"), &op, None)
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
 
     // A job that ran with failures: retry-failed makes a child over them, with new ids.
     let gw = Arc::new(Gateways::default());
     gw.set("gw-003", Behaviour::Err(ErrorCode::BackendError));
     gw.set("gw-007", Behaviour::Err(ErrorCode::BackendError));
-    let (_, second) = api.call("POST", "/v1/jobs", &op, Some(ping_job(&targets))).await;
+    let (_, second) = api
+        .call("POST", "/v1/jobs", &op, Some(ping_job(&targets)))
+        .await;
     let id2 = second["id"].as_str().unwrap().to_owned();
-    let r = Running::start(&api.store, Arc::new(Scripted(gw.clone())), &Bus::default(), "a");
-    wait_state(api.store.as_ref(), &id2, JobState::Failed, Duration::from_secs(20)).await;
-    let (s, child) = api.call("POST", &format!("/v1/jobs/{id2}/retry-failed"), &op, None).await;
+    let r = Running::start(
+        &api.store,
+        Arc::new(Scripted(gw.clone())),
+        &Bus::default(),
+        "a",
+    );
+    wait_state(
+        api.store.as_ref(),
+        &id2,
+        JobState::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
+    let (s, child) = api
+        .call("POST", &format!("/v1/jobs/{id2}/retry-failed"), &op, None)
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{child}");
     assert_eq!(child["parent_job_id"], json!(id2));
     assert_eq!(child["counts"]["total"], json!(2));
     assert_eq!(child["target"], json!({"instances": ["gw-003", "gw-007"]}));
     let child_id = child["id"].as_str().unwrap().to_owned();
-    wait_state(api.store.as_ref(), &child_id, JobState::Failed, Duration::from_secs(20)).await;
+    wait_state(
+        api.store.as_ref(),
+        &child_id,
+        JobState::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
     r.stop().await;
-    let ids_sent: HashSet<String> = gw.calls.lock().unwrap().iter().filter(|(i, _)| i == "gw-003").map(|(_, id)| id.clone()).collect();
-    assert_eq!(ids_sent.len(), 2, "the child sends under new ids: {ids_sent:?}");
+    let ids_sent: HashSet<String> = gw
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(i, _)| i == "gw-003")
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(
+        ids_sent.len(),
+        2,
+        "the child sends under new ids: {ids_sent:?}"
+    );
 
     // Listing: newest first, paged.
     let (_, l1) = api.call("GET", "/v1/jobs?limit=2", &reader, None).await;
     assert_eq!(l1["items"][0]["id"], json!(child_id));
     let cursor = l1["next_cursor"].as_str().unwrap();
-    let (_, l2) = api.call("GET", &format!("/v1/jobs?limit=2&cursor={cursor}"), &reader, None).await;
+    let (_, l2) = api
+        .call(
+            "GET",
+            &format!("/v1/jobs?limit=2&cursor={cursor}"),
+            &reader,
+            None,
+        )
+        .await;
     assert_eq!(l2["items"][0]["id"], json!(id));
     assert_eq!(l2["next_cursor"], Value::Null);
-    let (_, failed) = api.call("GET", "/v1/jobs?state=failed", &reader, None).await;
+    let (_, failed) = api
+        .call("GET", "/v1/jobs?state=failed", &reader, None)
+        .await;
     assert_eq!(failed["items"].as_array().unwrap().len(), 2);
 
     // A token limited to GID_b targets only its gateways and sees only its own jobs.
     let limited = api.token("limited", Scope::Operate, &["GID_b"]).await;
-    let (s, p) = api.call("POST", "/v1/jobs", &limited, Some(ping_job(&["gw-001".into()]))).await;
+    let (s, p) = api
+        .call(
+            "POST",
+            "/v1/jobs",
+            &limited,
+            Some(ping_job(&["gw-001".into()])),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
-    let (s, own) = api.call("POST", "/v1/jobs", &limited, Some(json!({"method": "sys.ping", "target": {"selector": {}},
-        "rate_per_minute": 60, "max_in_flight": 1, "execution_timeout_ms": 5000}))).await;
+    let (s, own) = api
+        .call(
+            "POST",
+            "/v1/jobs",
+            &limited,
+            Some(json!({"method": "sys.ping", "target": {"selector": {}},
+        "rate_per_minute": 60, "max_in_flight": 1, "execution_timeout_ms": 5000})),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{own}");
-    assert_eq!(own["counts"]["total"], json!(2), "only GID_b's two gateways");
+    assert_eq!(
+        own["counts"]["total"],
+        json!(2),
+        "only GID_b's two gateways"
+    );
     let (_, seen) = api.call("GET", "/v1/jobs", &limited, None).await;
     assert_eq!(seen["items"].as_array().unwrap().len(), 1);
-    assert_eq!(api.call("GET", &format!("/v1/jobs/{id}"), &limited, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.call("GET", &format!("/v1/jobs/{id}"), &limited, None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,8 +62,16 @@ impl Side {
         let url = format!("sqlite://{}", dir.path().join("console.db").display());
         let store = store::open(&url).await.unwrap();
 
-        let mut session = SessionConfig::new(csg_e2e::unique("consoled-fleet"), "127.0.0.1", broker.port());
-        session.protocol = if csg_e2e::mqtt5() { Protocol::V5 } else { Protocol::V311 };
+        let mut session = SessionConfig::new(
+            csg_e2e::unique("consoled-fleet"),
+            "127.0.0.1",
+            broker.port(),
+        );
+        session.protocol = if csg_e2e::mqtt5() {
+            Protocol::V5
+        } else {
+            Protocol::V311
+        };
         session.keep_alive = KEEP_ALIVE;
         session.connect_timeout = Duration::from_secs(5);
         let source = MqttStatusSource::start(MqttIngestConfig {
@@ -150,8 +158,13 @@ impl Side {
             .unwrap();
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     async fn create(&self, body: Value) -> String {
@@ -174,7 +187,10 @@ impl Side {
             if j["state"] == json!(state) {
                 return j;
             }
-            assert!(t0.elapsed() < limit, "job {id} not {state} after {limit:?}: {j}");
+            assert!(
+                t0.elapsed() < limit,
+                "job {id} not {state} after {limit:?}: {j}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -187,7 +203,10 @@ impl Side {
             if row.as_ref().is_some_and(|r| r.presence == want) {
                 return;
             }
-            assert!(t0.elapsed() < TIMEOUT, "{id} never {want:?} in the store: {row:?}");
+            assert!(
+                t0.elapsed() < TIMEOUT,
+                "{id} never {want:?} in the store: {row:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -293,7 +312,9 @@ async fn jobs_run_on_real_agents_through_restarts_offline_gateways_aborts_and_re
     //    agent ran it once and answered the re-send from its id memory.
     let before: Vec<Value> = futures_join(&side, &ids).await;
     let dying = start_runner(&side, Arc::new(DiesAfterSending(side.caller.clone())));
-    let mutation = side.create(job_body("sys.reconcile", json!({}), &ids)).await;
+    let mutation = side
+        .create(job_body("sys.reconcile", json!({}), &ids))
+        .await;
     let t0 = Instant::now();
     loop {
         let j = side.job(&mutation).await;
@@ -313,8 +334,16 @@ async fn jobs_run_on_real_agents_through_restarts_offline_gateways_aborts_and_re
     for (i, id) in ids.iter().enumerate() {
         let after = side.counters(id).await;
         // One status call is in the later snapshot's counts, whichever way the agent counts it.
-        assert_eq!(grew(&before[i], &after, "executed") - 1, 1, "{id} ran the mutation once: {after}");
-        assert_eq!(grew(&before[i], &after, "duplicates"), 1, "{id} answered the re-send from memory: {after}");
+        assert_eq!(
+            grew(&before[i], &after, "executed") - 1,
+            1,
+            "{id} ran the mutation once: {after}"
+        );
+        assert_eq!(
+            grew(&before[i], &after, "duplicates"),
+            1,
+            "{id} answered the re-send from memory: {after}"
+        );
     }
 
     // 3. The abort rule: no agent has NFS configured, so nfs.export.list is refused
@@ -326,7 +355,10 @@ async fn jobs_run_on_real_agents_through_restarts_offline_gateways_aborts_and_re
     let j = side.wait_job(&aborted, "aborted", TIMEOUT).await;
     assert_eq!(j["counts"]["rejected"], json!(1), "{j}");
     assert_eq!(j["counts"]["cancelled"], json!(2), "{j}");
-    assert!(j["state_reason"].as_str().unwrap().contains("abort rule"), "{j}");
+    assert!(
+        j["state_reason"].as_str().unwrap().contains("abort rule"),
+        "{j}"
+    );
 
     // 4. Cancel: at one a minute only the first goes; cancelling stops the rest.
     let mut body = job_body("sys.ping", json!({}), &ids);
@@ -337,10 +369,18 @@ async fn jobs_run_on_real_agents_through_restarts_offline_gateways_aborts_and_re
         assert!(t0.elapsed() < TIMEOUT);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (s, c) = side.api("POST", &format!("/v1/jobs/{slow}/cancel"), None).await;
+    let (s, c) = side
+        .api("POST", &format!("/v1/jobs/{slow}/cancel"), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{c}");
     assert_eq!(c["state"], json!("cancelled"));
-    assert_eq!((c["counts"]["succeeded"].clone(), c["counts"]["cancelled"].clone()), (json!(1), json!(2)));
+    assert_eq!(
+        (
+            c["counts"]["succeeded"].clone(),
+            c["counts"]["cancelled"].clone()
+        ),
+        (json!(1), json!(2))
+    );
 
     // 5. An offline gateway: its execution waits, and is sent when it comes back.
     agents[1].kill9();
@@ -349,7 +389,14 @@ async fn jobs_run_on_real_agents_through_restarts_offline_gateways_aborts_and_re
     tokio::time::sleep(Duration::from_secs(2)).await;
     let j = side.job(&waiting).await;
     assert_eq!(j["state"], json!("running"), "{j}");
-    assert_eq!((j["counts"]["succeeded"].clone(), j["counts"]["queued"].clone()), (json!(2), json!(1)), "{j}");
+    assert_eq!(
+        (
+            j["counts"]["succeeded"].clone(),
+            j["counts"]["queued"].clone()
+        ),
+        (json!(2), json!(1)),
+        "{j}"
+    );
     agents[1] = Agent::spawn(&configs[1]);
     side.wait_presence(ids[1], Presence::Online).await;
     let j = side.wait_job(&waiting, "succeeded", TIMEOUT).await;
@@ -363,10 +410,19 @@ async fn jobs_run_on_real_agents_through_restarts_offline_gateways_aborts_and_re
     body["deadline_ms"] = json!(csg_e2e::now_ms() as i64 + 2000);
     let late = side.create(body).await;
     let j = side.wait_job(&late, "failed", TIMEOUT).await;
-    assert_eq!((j["counts"]["succeeded"].clone(), j["counts"]["timed_out"].clone()), (json!(2), json!(1)), "{j}");
+    assert_eq!(
+        (
+            j["counts"]["succeeded"].clone(),
+            j["counts"]["timed_out"].clone()
+        ),
+        (json!(2), json!(1)),
+        "{j}"
+    );
     agents[2] = Agent::spawn(&configs[2]);
     side.wait_presence(ids[2], Presence::Online).await;
-    let (s, child) = side.api("POST", &format!("/v1/jobs/{late}/retry-failed"), None).await;
+    let (s, child) = side
+        .api("POST", &format!("/v1/jobs/{late}/retry-failed"), None)
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{child}");
     assert_eq!(child["parent_job_id"], json!(late));
     assert_eq!(child["target"], json!({"instances": [ids[2]]}));

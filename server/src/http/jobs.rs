@@ -193,7 +193,11 @@ async fn view_of(state: &AppState, r: &JobRecord) -> Result<JobOut, Problem> {
 }
 
 /// The job, if the token may see it; 404 otherwise (not telling which ids exist).
-async fn visible_job(state: &AppState, token: &TokenRecord, id: &str) -> Result<JobRecord, Problem> {
+async fn visible_job(
+    state: &AppState,
+    token: &TokenRecord,
+    id: &str,
+) -> Result<JobRecord, Problem> {
     let unknown = || Problem::not_found(format!("no job {id}"));
     RequestId::new(id).map_err(|e| Problem::bad_request(format!("job id: {e}")))?;
     let job = state.store.jobs().get_job(id).await?.ok_or_else(unknown)?;
@@ -216,7 +220,8 @@ fn create_problem(e: CreateError) -> Problem {
 type Pairs = Vec<(String, String)>;
 
 fn pairs(raw: Option<&str>) -> Result<Pairs, Problem> {
-    serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| Problem::bad_request(format!("query: {e}")))
+    serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| Problem::bad_request(format!("query: {e}")))
 }
 
 fn unknown_param(k: &str, known: &str) -> Problem {
@@ -280,8 +285,8 @@ pub async fn create(
         Some("true") => true,
         Some(_) => return Err(Problem::bad_request("dry_run: true or false")),
     };
-    let req: JobRequest = serde_json::from_slice(&body)
-        .map_err(|e| Problem::bad_request(format!("body: {e}")))?;
+    let req: JobRequest =
+        serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("body: {e}")))?;
     let now = now_ms();
     let plan = jobs::plan(state.store.as_ref(), &state.region, req, &token, now)
         .await
@@ -346,10 +351,11 @@ pub async fn list(
     }
     let filter = JobFilter {
         region: Some(state.region.clone()),
-        state: st
-            .map(|s| JobState::parse(&s))
-            .transpose()
-            .map_err(|_| Problem::bad_request("state: queued, running, paused, succeeded, failed, aborted or cancelled"))?,
+        state: st.map(|s| JobState::parse(&s)).transpose().map_err(|_| {
+            Problem::bad_request(
+                "state: queued, running, paused, succeeded, failed, aborted or cancelled",
+            )
+        })?,
         created_by: (!token.groups.is_empty()).then(|| token.name.as_str().to_owned()),
     };
     let page = state

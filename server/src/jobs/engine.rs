@@ -139,7 +139,10 @@ pub fn abort_triggered(rule: &AbortRule, c: &JobCounts) -> Option<String> {
         FailureType::Failed => (c.failed, "failed"),
         FailureType::Rejected => (c.rejected, "rejected"),
         FailureType::TimedOut => (c.timed_out, "timed out"),
-        FailureType::Any => (c.failed + c.rejected + c.timed_out, "failed, rejected or timed out"),
+        FailureType::Any => (
+            c.failed + c.rejected + c.timed_out,
+            "failed, rejected or timed out",
+        ),
     };
     // bad / done > threshold / 100, in integers.
     (bad * 100 > u64::from(rule.threshold.get()) * done).then(|| {
@@ -224,9 +227,15 @@ pub fn decide(s: &Snapshot<'_>) -> Step {
 pub enum Outcome {
     Succeeded(Value),
     /// Refused without running.
-    Rejected { code: String, message: String },
+    Rejected {
+        code: String,
+        message: String,
+    },
     /// Ran (or may have) and failed.
-    Failed { code: String, message: String },
+    Failed {
+        code: String,
+        message: String,
+    },
     /// Worth another attempt with the same id; `no_answer` when nothing came back.
     Retryable {
         code: String,
@@ -310,14 +319,13 @@ pub fn after_attempt(
     now_ms: i64,
     delay: Duration,
 ) -> ExecUpdate {
-    let done = |state: ExecState, code: Option<String>, message: Option<String>, reply| {
-        ExecUpdate::Done {
+    let done =
+        |state: ExecState, code: Option<String>, message: Option<String>, reply| ExecUpdate::Done {
             state,
             error_code: code,
             error_message: message,
             reply,
-        }
-    };
+        };
     match outcome {
         Outcome::Succeeded(v) => done(ExecState::Succeeded, None, None, Some(v)),
         Outcome::Rejected { code, message } => {
@@ -414,7 +422,11 @@ mod tests {
         assert_eq!(b.take(100, 0), 1);
         assert_eq!(b.take(100, 0), 0);
         assert_eq!(b.take(100, 100), 1);
-        assert_eq!(b.take(100, 10_000), 10, "a full bucket holds a second's worth");
+        assert_eq!(
+            b.take(100, 10_000),
+            10,
+            "a full bucket holds a second's worth"
+        );
         // Over a minute of ticks, no more than the rate (plus the first token).
         let mut b = TokenBucket::new(60, 0);
         let sent: usize = (0..=600).map(|t| b.take(1000, t * 100)).sum();
@@ -447,7 +459,10 @@ mod tests {
         let c = counts(10, 4, 0, 0, 0, 0, 0);
         assert_eq!(decide(&snap(c, c, &[], 0)), Step::Wait);
         let c = counts(0, 0, 5, 0, 0, 0, 1);
-        assert_eq!(decide(&snap(c, c, &[], 0)), Step::Finish(JobState::Succeeded));
+        assert_eq!(
+            decide(&snap(c, c, &[], 0)),
+            Step::Finish(JobState::Succeeded)
+        );
         let c = counts(0, 0, 5, 0, 1, 0, 0);
         assert_eq!(decide(&snap(c, c, &[], 0)), Step::Finish(JobState::Failed));
         let mut s = snap(c, c, &[], 0);
@@ -531,13 +546,23 @@ mod tests {
             ErrorCode::InvalidParams,
             ErrorCode::UnknownMethod,
         ] {
-            assert!(matches!(classify(&reply_err(code)), Outcome::Rejected { .. }));
+            assert!(matches!(
+                classify(&reply_err(code)),
+                Outcome::Rejected { .. }
+            ));
         }
-        for code in [ErrorCode::Conflict, ErrorCode::BackendError, ErrorCode::NotFound] {
+        for code in [
+            ErrorCode::Conflict,
+            ErrorCode::BackendError,
+            ErrorCode::NotFound,
+        ] {
             assert!(matches!(classify(&reply_err(code)), Outcome::Failed { .. }));
         }
         for code in [ErrorCode::Busy, ErrorCode::Unavailable, ErrorCode::Timeout] {
-            assert!(matches!(classify(&reply_err(code)), Outcome::Retryable { .. }));
+            assert!(matches!(
+                classify(&reply_err(code)),
+                Outcome::Retryable { .. }
+            ));
         }
         let none: Result<Reply, CallError> = Err(CallError::NoReply {
             instance: InstanceId::new("gw").unwrap(),
@@ -552,7 +577,10 @@ mod tests {
                 ..
             }
         ));
-        let ok = Ok(Reply::ok(RequestId::new("r").unwrap(), json!({"pong": true})));
+        let ok = Ok(Reply::ok(
+            RequestId::new("r").unwrap(),
+            json!({"pong": true}),
+        ));
         assert_eq!(classify(&ok), Outcome::Succeeded(json!({"pong": true})));
         let big = json!({"x": "y".repeat(5000)});
         assert_eq!(summary(&big)["truncated"], json!(true));

@@ -17,8 +17,8 @@ use csg_protocol::identity::{GroupId, InstanceId, RequestId};
 use rand_core::{OsRng, RngCore};
 
 use crate::store::{
-    ExecState, InstanceFilter, JobRecord, NewExecution, NewJob, PageLimit, Presence, Region,
-    Store, StoreError, TokenRecord,
+    ExecState, InstanceFilter, JobRecord, NewExecution, NewJob, PageLimit, Presence, Region, Store,
+    StoreError, TokenRecord,
 };
 use model::{JobRequest, JobSpec, SpecError, TargetIn, MAX_TARGETS};
 pub use runner::{Runner, RunnerConfig};
@@ -134,7 +134,12 @@ pub async fn resolve(
                 return Err(CreateError::Targets(format!(
                     "{} instance(s) never seen (or outside the token's groups): {}{}",
                     missing.len(),
-                    missing.iter().take(10).copied().collect::<Vec<_>>().join(", "),
+                    missing
+                        .iter()
+                        .take(10)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     if missing.len() > 10 { ", …" } else { "" }
                 )));
             }
@@ -145,7 +150,11 @@ pub async fn resolve(
                 .rev()
                 .map(|(i, id)| (id.as_str(), i))
                 .collect();
-            out.sort_by_key(|t| at.get(t.instance_id.as_str()).copied().unwrap_or(usize::MAX));
+            out.sort_by_key(|t| {
+                at.get(t.instance_id.as_str())
+                    .copied()
+                    .unwrap_or(usize::MAX)
+            });
         }
         TargetIn::Selector(s) => {
             let presence = s

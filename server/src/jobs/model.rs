@@ -262,11 +262,7 @@ impl JobSpec {
                         1,
                         MAX_TARGETS as u32,
                     )?),
-                    _ => {
-                        return Err(invalid(format!(
-                            "waves[{i}]: give either percent or count"
-                        )))
-                    }
+                    _ => return Err(invalid(format!("waves[{i}]: give either percent or count"))),
                 };
                 Ok(Wave {
                     size,
@@ -389,10 +385,16 @@ mod tests {
     fn the_protocol_judges_method_and_params() {
         let mut v = base();
         v["method"] = json!("sys.nope");
-        assert!(matches!(JobSpec::parse(req(v), 0), Err(SpecError::Method(_))));
+        assert!(matches!(
+            JobSpec::parse(req(v), 0),
+            Err(SpecError::Method(_))
+        ));
         let mut v = base();
         v["params"] = json!({"x": 1});
-        assert!(matches!(JobSpec::parse(req(v), 0), Err(SpecError::Method(_))));
+        assert!(matches!(
+            JobSpec::parse(req(v), 0),
+            Err(SpecError::Method(_))
+        ));
         let mut v = base();
         v["method"] = json!("sys.reconcile");
         assert_eq!(JobSpec::parse(req(v), 0).unwrap().0.kind, Kind::Mutation);
@@ -404,19 +406,37 @@ mod tests {
             ("rate_per_minute", json!(0)),
             ("max_in_flight", json!(0)),
             ("execution_timeout_ms", json!(10)),
-            ("waves", json!([{"percent": 10, "count": 3, "success_threshold_pct": 90}])),
-            ("waves", json!([{"percent": 0, "success_threshold_pct": 90}])),
+            (
+                "waves",
+                json!([{"percent": 10, "count": 3, "success_threshold_pct": 90}]),
+            ),
+            (
+                "waves",
+                json!([{"percent": 0, "success_threshold_pct": 90}]),
+            ),
             ("waves", json!([{"count": 1, "success_threshold_pct": 101}])),
-            ("abort", json!({"failure_type": "any", "threshold_pct": 10, "min_executed": 0})),
-            ("retry", json!({"max_attempts": 0, "base_ms": 100, "max_ms": 1000})),
-            ("retry", json!({"max_attempts": 2, "base_ms": 1000, "max_ms": 100})),
+            (
+                "abort",
+                json!({"failure_type": "any", "threshold_pct": 10, "min_executed": 0}),
+            ),
+            (
+                "retry",
+                json!({"max_attempts": 0, "base_ms": 100, "max_ms": 1000}),
+            ),
+            (
+                "retry",
+                json!({"max_attempts": 2, "base_ms": 1000, "max_ms": 100}),
+            ),
             ("deadline_ms", json!(5)),
             ("target", json!({"instances": []})),
         ] {
             let mut v = base();
             v[k] = bad.clone();
             assert!(
-                matches!(JobSpec::parse(req(v), 1_000_000), Err(SpecError::Invalid(_))),
+                matches!(
+                    JobSpec::parse(req(v), 1_000_000),
+                    Err(SpecError::Invalid(_))
+                ),
                 "{k} = {bad}"
             );
         }
@@ -430,7 +450,8 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let p = json!({"username": "bob", "password": "hunter2hunter2", "nested": {"api_key": "x"}});
+        let p =
+            json!({"username": "bob", "password": "hunter2hunter2", "nested": {"api_key": "x"}});
         let r = redact(p.as_object().unwrap());
         assert_eq!(
             Value::Object(r),

@@ -439,8 +439,16 @@ impl Ctx {
         let running = [JobState::Running];
         match step {
             Step::Start => {
-                self.transition(id, &[JobState::Queued], JobState::Running, None, true, false, None)
-                    .await?;
+                self.transition(
+                    id,
+                    &[JobState::Queued],
+                    JobState::Running,
+                    None,
+                    true,
+                    false,
+                    None,
+                )
+                .await?;
             }
             Step::Settle => {
                 if self.jobs.get(id).is_some_and(|j| j.in_flight.is_empty()) {
@@ -483,8 +491,16 @@ impl Ctx {
             }
             Step::Pause(why) => {
                 info!(job = %id, reason = %why, "jobs: paused");
-                self.transition(id, &running, JobState::Paused, Some(why), false, false, None)
-                    .await?;
+                self.transition(
+                    id,
+                    &running,
+                    JobState::Paused,
+                    Some(why),
+                    false,
+                    false,
+                    None,
+                )
+                .await?;
                 self.publish(id, JobState::Paused, counts, true);
                 self.let_go(id, true).await;
                 return Ok(());

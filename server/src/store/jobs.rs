@@ -57,7 +57,10 @@ impl JobState {
     }
 
     pub fn is_final(self) -> bool {
-        !matches!(self, JobState::Queued | JobState::Running | JobState::Paused)
+        !matches!(
+            self,
+            JobState::Queued | JobState::Running | JobState::Paused
+        )
     }
 }
 
