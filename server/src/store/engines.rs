@@ -89,10 +89,16 @@ impl SqliteStore {
         // sqlx takes no lock to migrate SQLite: two processes opening a new file together both
         // find a migration missing, and the second to apply it fails ("table already exists")
         // after the first committed. Its transaction rolled back, so running again finds the
-        // migration applied and does nothing; a second failure is a real one.
-        if SQLITE_MIGRATIONS.run(&write).await.is_err() {
-            SQLITE_MIGRATIONS.run(&write).await?;
+        // migration applied and goes on. With several migrations a process may lose that race
+        // once per migration, so it tries once more than there are migrations; a failure past
+        // that is a real one.
+        let tries = SQLITE_MIGRATIONS.iter().count() + 1;
+        for _ in 1..tries {
+            if SQLITE_MIGRATIONS.run(&write).await.is_ok() {
+                return Ok(write);
+            }
         }
+        SQLITE_MIGRATIONS.run(&write).await?;
         Ok(write)
     }
 
