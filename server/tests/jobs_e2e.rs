@@ -430,6 +430,68 @@ async fn jobs_run_on_real_agents_through_restarts_offline_gateways_aborts_and_re
     let j = side.wait_job(&child_id, "succeeded", TIMEOUT).await;
     assert_eq!(j["counts"]["succeeded"], json!(1), "{j}");
 
+    // What the API answered matches the OpenAPI document it serves.
+    let (_, doc) = side.api("GET", "/v1/openapi.json", None).await;
+    for path in [
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/executions",
+        "/v1/jobs/{id}/cancel",
+        "/v1/jobs/{id}/resume",
+        "/v1/jobs/{id}/retry-failed",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the document"
+        );
+    }
+    let conforms = |schema: &str, value: &Value| {
+        let root = json!({
+            "$ref": format!("#/components/schemas/{schema}"),
+            "components": doc["components"],
+        });
+        let v = jsonschema::draft202012::new(&root).unwrap();
+        let errors: Vec<String> = v.iter_errors(value).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{schema}: {errors:?}\n{value}");
+    };
+    let mut body = job_body("sys.ping", json!({}), &ids);
+    body["waves"] = json!([{"percent": 50, "success_threshold_pct": 90}]);
+    body["abort"] = json!({"failure_type": "any", "threshold_pct": 10, "min_executed": 2});
+    conforms("JobRequest", &body);
+    let (s, dry) = side.api("POST", "/v1/jobs?dry_run=true", Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{dry}");
+    conforms("DryRunOut", &dry);
+    conforms("JobOut", &side.job(&late).await);
+    conforms("JobOut", &child);
+    conforms("JobOut", &c);
+    let (_, page) = side.api("GET", "/v1/jobs?limit=3", None).await;
+    conforms("JobPage", &page);
+    let (_, execs) = side
+        .api("GET", &format!("/v1/jobs/{late}/executions"), None)
+        .await;
+    assert!(
+        execs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["error"]["code"] == json!("DEADLINE")),
+        "{execs}"
+    );
+    conforms("ExecutionPage", &execs);
+    let (_, execs) = side
+        .api("GET", &format!("/v1/jobs/{mutation}/executions"), None)
+        .await;
+    conforms("ExecutionPage", &execs);
+    let (s, problem) = side
+        .api(
+            "POST",
+            "/v1/jobs",
+            Some(job_body("sys.nope", json!({}), &ids)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    conforms("Problem", &problem);
+
     let _ = stop.send(());
     task.await.unwrap();
     side.stop().await;
