@@ -1194,3 +1194,47 @@ async fn secrets_in_params_are_not_shown_back() {
     assert_eq!(j["params"]["password"], json!("<redacted>"));
     assert!(!j.to_string().contains("correct-horse-9"));
 }
+
+/// A job over 10,000 gateways loses none and sends each once; the time to done is printed
+/// (a figure for docs/console.md, not a timed assertion).
+async fn ten_thousand_executions_none_lost(fx: &Fixture) {
+    let targets = ids("gw-", 10_000);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    for chunk in refs.chunks(1000) {
+        seed(fx.store.as_ref(), chunk, Presence::Online).await;
+    }
+    let gw = Arc::new(Gateways::default());
+    let mut req = json!({"method": "sys.ping", "target": {"selector": {}},
+        "rate_per_minute": 1_000_000, "max_in_flight": 10_000, "execution_timeout_ms": 10_000});
+    req["retry"] = json!({"max_attempts": 3, "base_ms": 10, "max_ms": 50});
+    let t0 = Instant::now();
+    let j = create(fx.store.as_ref(), req).await;
+    let created = t0.elapsed();
+    let mut c = cfg("a");
+    c.batch = 2000;
+    let (stop, rx) = oneshot::channel();
+    let task = Runner::spawn(
+        fx.store.clone(),
+        Arc::new(Scripted(gw.clone())),
+        Bus::default(),
+        c,
+        rx,
+    );
+    let t1 = Instant::now();
+    wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Succeeded,
+        Duration::from_secs(300),
+    )
+    .await;
+    let ran = t1.elapsed();
+    let _ = stop.send(());
+    task.await.unwrap();
+    eprintln!("10,000 executions: created in {created:?}, done {ran:?} after the runner started");
+    let c = fx.store.jobs().job_counts(&j.id, None).await.unwrap();
+    assert_eq!((c.total, c.succeeded), (10_000, 10_000));
+    assert_eq!(gw.calls.lock().unwrap().len(), 10_000, "each sent once");
+}
+
+both_engines!(ten_thousand_executions_none_lost);

@@ -124,7 +124,7 @@ struct Ctx {
     jobs: HashMap<String, Owned>,
     calls: JoinSet<Done>,
     /// Outcomes the store refused to take (it was unavailable): written again each tick.
-    unwritten: Vec<(String, i64, ExecUpdate)>,
+    unwritten: Vec<(String, Vec<(i64, ExecUpdate)>)>,
 }
 
 async fn run(
@@ -151,9 +151,12 @@ async fn run(
         tokio::select! {
             _ = &mut stop => break,
             Some(done) = ctx.calls.join_next(), if !ctx.calls.is_empty() => {
-                if let Ok(done) = done {
-                    ctx.record(done).await;
+                // Whatever else has finished meanwhile is written with it, in one transaction.
+                let mut batch: Vec<Done> = done.into_iter().collect();
+                while let Some(more) = ctx.calls.try_join_next() {
+                    batch.extend(more);
                 }
+                ctx.record(batch).await;
             }
             _ = tick.tick() => {
                 if last_claim.is_none_or(|t| t.elapsed() >= ctx.cfg.claim_every) {
@@ -176,7 +179,7 @@ async fn run(
     let deadline = tokio::time::Instant::now() + ctx.cfg.drain;
     while !ctx.calls.is_empty() {
         match tokio::time::timeout_at(deadline, ctx.calls.join_next()).await {
-            Ok(Some(Ok(done))) => ctx.record(done).await,
+            Ok(Some(Ok(done))) => ctx.record(vec![done]).await,
             Ok(Some(Err(_))) => {}
             Ok(None) | Err(_) => break,
         }
@@ -325,18 +328,28 @@ impl Ctx {
         });
     }
 
-    async fn record(&mut self, done: Done) {
-        let Some(update) = self.outcome(&done) else {
-            return;
-        };
-        if let Some(job) = self.jobs.get_mut(&done.job_id) {
-            job.in_flight.remove(&done.seq);
+    async fn record(&mut self, batch: Vec<Done>) {
+        let mut by_job: HashMap<String, Vec<(i64, ExecUpdate)>> = HashMap::new();
+        for done in batch {
+            let Some(update) = self.outcome(&done) else {
+                continue;
+            };
+            if let Some(job) = self.jobs.get_mut(&done.job_id) {
+                job.in_flight.remove(&done.seq);
+            }
+            by_job
+                .entry(done.job_id)
+                .or_default()
+                .push((done.seq, update));
         }
-        self.write(done.job_id, done.seq, update).await;
+        for (job_id, updates) in by_job {
+            self.write(job_id, updates).await;
+        }
     }
 
     fn outcome(&self, done: &Done) -> Option<ExecUpdate> {
-        // The job's spec: from this runner's copy; a job given up meanwhile is read again.
+        // The job's spec: from this runner's copy; a job given up meanwhile is left to
+        // whoever holds it now (it sends the execution again).
         let job = self.jobs.get(&done.job_id)?;
         let outcome = engine::classify(&done.result);
         let delay = engine::retry_delay(&job.spec.retry, done.attempts);
@@ -351,25 +364,27 @@ impl Ctx {
         ))
     }
 
-    async fn write(&mut self, job_id: String, seq: i64, update: ExecUpdate) {
+    async fn write(&mut self, job_id: String, updates: Vec<(i64, ExecUpdate)>) {
         match self
             .store
             .jobs()
-            .finish_execution(&job_id, seq, &update, now_ms())
+            .finish_executions(&job_id, &updates, now_ms())
             .await
         {
             Ok(_) => {}
             Err(e) if e.is_unavailable() => {
-                warn!(job = %job_id, seq, error = %e, "jobs: outcome kept until the store answers");
-                self.unwritten.push((job_id, seq, update));
+                warn!(job = %job_id, n = updates.len(), error = %e, "jobs: outcomes kept until the store answers");
+                self.unwritten.push((job_id, updates));
             }
-            Err(e) => warn!(job = %job_id, seq, error = %e, "jobs: outcome not recorded"),
+            Err(e) => {
+                warn!(job = %job_id, n = updates.len(), error = %e, "jobs: outcomes not recorded");
+            }
         }
     }
 
     async fn flush_unwritten(&mut self) {
-        for (job_id, seq, update) in std::mem::take(&mut self.unwritten) {
-            self.write(job_id, seq, update).await;
+        for (job_id, updates) in std::mem::take(&mut self.unwritten) {
+            self.write(job_id, updates).await;
         }
     }
 

@@ -323,14 +323,14 @@ pub trait JobStore: Send + Sync {
         job_id: &str,
     ) -> Result<Vec<ExecutionRecord>, StoreError>;
 
-    /// Ends an attempt of an in-progress execution; false when it was not in progress.
-    async fn finish_execution(
+    /// Ends attempts of in-progress executions, in one transaction; those no longer in
+    /// progress are left alone. Returns how many changed.
+    async fn finish_executions(
         &self,
         job_id: &str,
-        seq: i64,
-        update: &ExecUpdate,
+        updates: &[(i64, ExecUpdate)],
         now_ms: i64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<u64, StoreError>;
 
     /// Queued executions become `timed_out` (the job's deadline passed); how many.
     async fn expire_queued(&self, job_id: &str, now_ms: i64) -> Result<u64, StoreError>;
@@ -354,6 +354,9 @@ const EXEC_COLUMNS: &str = "job_id, seq, instance_id, group_id, wave, state, req
 
 // Executions per INSERT statement: 8 binds each, under both engines' bind limits.
 const EXECS_PER_STATEMENT: usize = 1000;
+
+// Outcomes per UPDATE statement: 7 binds each.
+const OUTCOMES_PER_STATEMENT: usize = 1000;
 
 fn job_from<R: Row>(row: &R) -> Result<JobRecord, StoreError>
 where
@@ -805,55 +808,79 @@ macro_rules! job_store_impl {
                 rows.iter().map(exec_from).collect()
             }
 
-            async fn finish_execution(
+            async fn finish_executions(
                 &self,
                 job_id: &str,
-                seq: i64,
-                update: &ExecUpdate,
+                updates: &[(i64, ExecUpdate)],
                 now_ms: i64,
-            ) -> Result<bool, StoreError> {
-                let mut q: QueryBuilder<$db> =
-                    QueryBuilder::new("UPDATE job_executions SET state = ");
-                match update {
-                    ExecUpdate::Done {
-                        state,
-                        error_code,
-                        error_message,
-                        reply,
-                    } => {
-                        q.push_bind(state.as_str())
-                            .push(", error_code = ")
-                            .push_bind(error_code.as_deref())
-                            .push(", error_message = ")
-                            .push_bind(error_message.as_deref())
-                            .push(", reply = ")
-                            .push_bind(reply.as_ref().map(serde_json::Value::to_string))
-                            .push(", finished_ms = ")
-                            .push_bind(now_ms);
-                    }
-                    ExecUpdate::Retry {
-                        next_attempt_ms,
-                        error_code,
-                        error_message,
-                    } => {
-                        q.push_bind(ExecState::Queued.as_str())
-                            .push(", error_code = ")
-                            .push_bind(error_code.as_str())
-                            .push(", error_message = ")
-                            .push_bind(error_message.as_str())
-                            .push(", next_attempt_ms = ")
-                            .push_bind(*next_attempt_ms);
-                    }
+            ) -> Result<u64, StoreError> {
+                if updates.is_empty() {
+                    return Ok(0);
                 }
-                q.push(", updated_ms = ")
-                    .push_bind(now_ms)
-                    .push(" WHERE job_id = ")
-                    .push_bind(job_id)
-                    .push(" AND seq = ")
-                    .push_bind(seq)
-                    .push(" AND state = ")
-                    .push_bind(ExecState::InProgress.as_str());
-                Ok(q.build().execute(self.writer()).await?.rows_affected() == 1)
+                let mut tx = self.begin_write().await?;
+                let mut changed = 0;
+                // One statement per chunk: the new values as a VALUES list joined on `seq`
+                // (columns column1… on both engines), not one round trip per execution.
+                for chunk in updates.chunks(OUTCOMES_PER_STATEMENT) {
+                    let mut q: QueryBuilder<$db> = QueryBuilder::new(
+                        "UPDATE job_executions SET state = v.column2, error_code = v.column3, \
+                         error_message = v.column4, reply = v.column5, \
+                         finished_ms = v.column6, \
+                         next_attempt_ms = COALESCE(v.column7, job_executions.next_attempt_ms), \
+                         updated_ms = ",
+                    );
+                    q.push_bind(now_ms).push(" FROM (");
+                    q.push_values(chunk, |mut b, (seq, u)| {
+                        let (state, code, message, reply, finished, next): (
+                            &str,
+                            Option<&str>,
+                            Option<&str>,
+                            Option<String>,
+                            Option<i64>,
+                            Option<i64>,
+                        ) = match u {
+                            ExecUpdate::Done {
+                                state,
+                                error_code,
+                                error_message,
+                                reply,
+                            } => (
+                                state.as_str(),
+                                error_code.as_deref(),
+                                error_message.as_deref(),
+                                reply.as_ref().map(serde_json::Value::to_string),
+                                Some(now_ms),
+                                None,
+                            ),
+                            ExecUpdate::Retry {
+                                next_attempt_ms,
+                                error_code,
+                                error_message,
+                            } => (
+                                ExecState::Queued.as_str(),
+                                Some(error_code.as_str()),
+                                Some(error_message.as_str()),
+                                None,
+                                None,
+                                Some(*next_attempt_ms),
+                            ),
+                        };
+                        b.push_bind(*seq)
+                            .push_bind(state)
+                            .push_bind(code)
+                            .push_bind(message)
+                            .push_bind(reply)
+                            .push_bind(finished)
+                            .push_bind(next);
+                    });
+                    q.push(") AS v WHERE job_executions.job_id = ")
+                        .push_bind(job_id)
+                        .push(" AND job_executions.seq = v.column1 AND job_executions.state = ")
+                        .push_bind(ExecState::InProgress.as_str());
+                    changed += q.build().execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+                Ok(changed)
             }
 
             async fn expire_queued(&self, job_id: &str, now_ms: i64) -> Result<u64, StoreError> {
