@@ -610,7 +610,8 @@ async fn cancel_stops_what_is_queued_and_lets_in_flight_finish(fx: &Fixture) {
     let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
     seed(fx.store.as_ref(), &refs, Presence::Online).await;
     let gw = Arc::new(Gateways::default());
-    *gw.delay.lock().unwrap() = Duration::from_millis(500);
+    // Long enough that the cancel lands while the first two are still in flight.
+    *gw.delay.lock().unwrap() = Duration::from_millis(1500);
     let mut req = ping_job(&targets);
     req["max_in_flight"] = json!(2);
     let j = create(fx.store.as_ref(), req).await;

@@ -617,3 +617,50 @@ pub async fn retry_failed(
     tracing::info!(job = %child.id, parent = %parent.id, by = %token.name, "retry job created");
     Ok((StatusCode::CREATED, Json(view_of(&state, &child).await?)).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi;
+
+    /// The names the issue fixes for jobs are in the document, as required fields.
+    #[test]
+    fn the_document_has_the_fixed_job_names() {
+        let doc = serde_json::to_value(super::super::ApiDoc::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let required = |name: &str| -> Vec<String> {
+            serde_json::from_value(schemas[name]["required"].clone()).unwrap()
+        };
+        for field in ["id", "state", "counts", "parent_job_id", "target", "method"] {
+            assert!(required("JobOut").contains(&field.to_owned()), "{field}");
+        }
+        for field in [
+            "total",
+            "queued",
+            "in_progress",
+            "succeeded",
+            "failed",
+            "timed_out",
+            "rejected",
+            "cancelled",
+        ] {
+            assert!(required("JobCounts").contains(&field.to_owned()), "{field}");
+        }
+        for field in [
+            "method",
+            "target",
+            "rate_per_minute",
+            "max_in_flight",
+            "execution_timeout_ms",
+        ] {
+            assert!(
+                required("JobRequest").contains(&field.to_owned()),
+                "{field}"
+            );
+        }
+        assert_eq!(required("JobPage"), ["items", "next_cursor"]);
+        assert_eq!(required("ExecutionPage"), ["items", "next_cursor"]);
+        for path in ["/v1/jobs", "/v1/jobs/{id}/retry-failed"] {
+            assert!(doc["paths"][path]["post"]["security"].is_array(), "{path}");
+        }
+    }
+}
