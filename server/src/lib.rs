@@ -8,6 +8,8 @@
 //! - `store`: the one owner of SQL (a `Store` trait, with SQLite and PostgreSQL behind it);
 //! - `sink`: the fleet's batches written to the store;
 //! - `rpc`: calls to gateways behind one seam (`Caller`); `events`: live events fanned out;
+//! - `jobs`: one method over many gateways (a checked model, the engine's pure decisions, and
+//!   a runner that leases jobs in the store and calls through `rpc`);
 //! - `http`: the API, reading the store; `config`: the service's TOML.
 
 pub mod config;
