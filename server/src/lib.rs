@@ -11,6 +11,8 @@
 //! - `metrics`: what `/metrics` shows; `webhooks`: events POSTed to configured URLs;
 //! - `calls`: the call path (stored before sent, one request id, finished in one place);
 //!   `audit`: changes and refusals, stored and logged as JSON lines;
+//! - `jobs`: one method over many gateways (a checked model, the engine's pure decisions, and
+//!   a runner that leases jobs in the store and calls through `rpc`);
 //! - `http`: the API, reading the store; `config`: the service's TOML.
 
 pub mod audit;
@@ -19,6 +21,7 @@ pub mod config;
 pub mod events;
 pub mod fleet;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod rpc;
 pub mod sink;

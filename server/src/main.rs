@@ -246,12 +246,26 @@ async fn run(config: Config) -> Result<()> {
         &bus,
         metrics.clone(),
     )?;
+    let caller: Arc<dyn csg_consoled::rpc::Caller> = Arc::new(ConsoleCaller {
+        console: console.clone(),
+        signer: config.signer.clone(),
+    });
+    // Jobs run on every replica; each job is leased to one of them in the store.
+    let (stop_jobs, jobs_stop_rx) = oneshot::channel();
+    let runner = csg_consoled::jobs::Runner::spawn(
+        store.clone(),
+        caller.clone(),
+        bus.clone(),
+        csg_consoled::jobs::RunnerConfig::new(
+            config.client_id.instance().as_str(),
+            config.region.clone(),
+        ),
+        jobs_stop_rx,
+    );
+    let job_metrics = metrics.follow_jobs(&bus);
     let calls = Arc::new(CallService {
         store: store.clone(),
-        caller: Arc::new(ConsoleCaller {
-            console: console.clone(),
-            signer: config.signer.clone(),
-        }),
+        caller,
         region: config.region.clone(),
         bus: bus.clone(),
         metrics: metrics.clone(),
@@ -320,6 +334,13 @@ async fn run(config: Config) -> Result<()> {
     .with_graceful_shutdown(shutdown)
     .await;
 
+    // Calls of jobs under way get a bounded time to finish; their jobs' leases are given up
+    // so another replica (or the next start) takes them at once.
+    let _ = stop_jobs.send(());
+    if let Err(e) = runner.await {
+        error!(error = %e, "the job runner failed");
+    }
+    job_metrics.abort();
     // Stop taking status, write what the fleet holds (its last events reach the webhooks'
     // queue), store the webhooks' pending deliveries, then close the store.
     let _ = stop_fleet.send(());

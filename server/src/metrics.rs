@@ -313,6 +313,35 @@ impl Metrics {
             .observe(latency.as_secs_f64());
     }
 
+    /// Follows the jobs' progress events on the bus into the job gauges, until aborted. The
+    /// events carry whole counts, so one missed by a lagging listener is made good by the
+    /// next.
+    pub fn follow_jobs(&self, bus: &crate::events::Bus) -> tokio::task::JoinHandle<()> {
+        let mut rx = bus.subscribe();
+        let metrics = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(p) => {
+                        if let crate::events::Event::Job { id, state, counts } = &p.event {
+                            let counts: Vec<(&str, u64)> = counts
+                                .as_object()
+                                .map(|m| {
+                                    m.iter()
+                                        .filter_map(|(k, v)| Some((k.as_str(), v.as_u64()?)))
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            metrics.observe_job(id, state, &counts);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+
     /// A job's progress: its state and its executions' counts by state (`queued`,
     /// `in_progress`, `succeeded`, …; a `total` entry is ignored). A job in a final state
     /// (`succeeded`, `failed`, `aborted`, `cancelled`) leaves the gauges and counts once in

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod calls;
 pub mod events;
 pub mod instances;
+pub mod jobs;
 pub mod metrics;
 pub mod problem;
 pub mod resources;
@@ -107,6 +108,12 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         .route("/v1/instances/{id}", get(instances::get))
         .route("/v1/calls/{id}", get(calls::get))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/jobs", get(jobs::list).post(jobs::create))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/executions", get(jobs::executions))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/resume", post(jobs::resume))
+        .route("/v1/jobs/{id}/retry-failed", post(jobs::retry_failed))
         .route("/v1/openapi.json", get(openapi))
         // The timeout bounds the wait for a response's head; an event stream's body outlives it.
         .route("/v1/events", get(events::stream))
@@ -213,17 +220,23 @@ async fn as_problem(resp: Response) -> Response {
           resources::nfs_list, resources::nfs_get, resources::nfs_put, resources::nfs_delete,
           resources::smb_share_list, resources::smb_share_get, resources::smb_share_put, resources::smb_share_delete,
           resources::smb_user_list, resources::smb_user_put, resources::smb_user_delete,
-          resources::iscsi_list, resources::iscsi_get, resources::iscsi_put, resources::iscsi_delete),
+          resources::iscsi_list, resources::iscsi_get, resources::iscsi_put, resources::iscsi_delete,
+          jobs::create, jobs::list, jobs::get, jobs::executions, jobs::cancel, jobs::resume, jobs::retry_failed),
     components(schemas(Problem, Ready, instances::InstancePage, instances::InstanceDetail,
           webhooks::DeliveryPage,
           calls::CallBody, calls::ReplyEnvelope, calls::CallOut, calls::CallPage,
-          audit::AuditOut, audit::AuditPage)),
+          audit::AuditOut, audit::AuditPage,
+          jobs::JobOut, jobs::JobPage, jobs::ExecutionOut, jobs::ExecutionPage, jobs::DryRunOut, jobs::ExecError,
+          crate::jobs::model::JobRequest, crate::jobs::model::TargetIn, crate::jobs::model::SelectorIn,
+          crate::jobs::model::WaveIn, crate::jobs::model::AbortIn, crate::jobs::model::FailureType,
+          crate::jobs::model::RetryIn, crate::store::JobCounts)),
     modifiers(&BearerAuth),
     tags((name = "instances", description = "the gateways the console knows"), (name = "service", description = "the service itself"),
          (name = "events", description = "live events"), (name = "webhooks", description = "events POSTed to configured URLs"),
          (name = "calls", description = "calls to gateways, stored"), (name = "audit", description = "changes and refusals"),
          (name = "nfs", description = "NFS exports on a gateway"), (name = "smb", description = "SMB shares and users on a gateway"),
-         (name = "iscsi", description = "iSCSI targets on a gateway"))
+         (name = "iscsi", description = "iSCSI targets on a gateway"),
+         (name = "jobs", description = "one method over many gateways, rate-limited, in waves, resumable"))
 )]
 pub struct ApiDoc;
 

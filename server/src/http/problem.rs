@@ -78,6 +78,8 @@ impl Problem {
         }
     }
 
+    /// 422: the request is well formed but cannot be acted on (a method or params the
+    /// protocol refuses, targets that do not exist).
     pub fn unprocessable(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -87,6 +89,7 @@ impl Problem {
         )
     }
 
+    /// 409: a key reused for another request, a resource not in a state that allows it.
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
     }

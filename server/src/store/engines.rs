@@ -104,10 +104,11 @@ impl SqliteStore {
                 Err(e) => return Err(e.into()),
             }
         }
+        SQLITE_MIGRATIONS.run(&write).await?;
         Ok(write)
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    pub(super) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
     }
 
@@ -145,7 +146,7 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+    pub(super) async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }
 
@@ -636,6 +637,11 @@ macro_rules! store_impl {
                 cursor: Option<&str>,
             ) -> Result<Page<super::AuditRecord>, StoreError> {
                 self.sql_list_audit(filter, limit, cursor).await
+            }
+
+            // --- jobs ---
+            fn jobs(&self) -> &dyn super::JobStore {
+                self
             }
         }
     };

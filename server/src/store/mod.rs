@@ -9,6 +9,7 @@
 mod calls;
 mod engines;
 mod error;
+mod jobs;
 mod tokens;
 mod types;
 mod webhooks;
@@ -22,6 +23,10 @@ use csg_protocol::identity::{InstanceId, RequestId};
 pub use calls::{AuditEvent, AuditFilter, AuditRecord, CallInsert, CallRecord, CallState};
 pub use engines::{PgStore, SqliteStore};
 pub use error::StoreError;
+pub use jobs::{
+    ExecState, ExecUpdate, ExecutionRecord, JobCounts, JobFilter, JobRecord, JobState, JobStore,
+    JobTransition, NewExecution, NewJob,
+};
 pub use tokens::{NewToken, Scope, TokenHash, TokenName, TokenRecord, TokenSecret};
 pub use types::{InstanceFilter, InstanceRow, Page, PageLimit, Presence, PresenceEvent, Region};
 pub use webhooks::{Attempt, DeliveryFilter, DeliveryRow, DeliveryState, NewDelivery};
@@ -139,6 +144,7 @@ pub trait Store: Send + Sync {
 
     /// How many deliveries are pending, and when the earliest is due.
     async fn pending_deliveries(&self) -> Result<(u64, Option<i64>), StoreError>;
+
     // --- calls and audit ---
 
     /// Stores a call before its request is sent. A call with the same id stored already is
@@ -176,6 +182,10 @@ pub trait Store: Send + Sync {
         limit: PageLimit,
         cursor: Option<&str>,
     ) -> Result<Page<AuditRecord>, StoreError>;
+
+    // --- jobs ---
+    /// Jobs and their executions (store/jobs.rs).
+    fn jobs(&self) -> &dyn JobStore;
 }
 
 /// Opens the store a URL names (`sqlite://PATH`, `postgres://…`) and brings its schema up to

@@ -1,0 +1,598 @@
+//! The runner: on each replica, it claims runnable jobs with a lease in the store, applies the
+//! engine's decisions, sends the executions through the [`Caller`] and writes their outcomes.
+//!
+//! Everything a job needs to go on lives in the store: the runner's memory holds only its
+//! leases, the rate buckets and the calls under way. When a runner stops or dies, another one
+//! (on this replica after a restart, or on another replica once the lease has expired) takes
+//! the job and sends its in-progress executions again with their same request ids: an agent
+//! that already ran one answers from its id memory, so a mutation never runs twice.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use csg_console::CallError;
+use csg_protocol::envelope::Reply;
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, info, warn};
+
+use super::engine::{self, Snapshot, Step, TokenBucket};
+use super::model::JobSpec;
+use crate::events::{Bus, Event};
+use crate::rpc::{CallSpec, Caller};
+use crate::store::{
+    ExecUpdate, ExecutionRecord, JobCounts, JobRecord, JobState, JobTransition, Region, Store,
+    StoreError,
+};
+
+/// How a runner behaves; the defaults suit a console.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// This replica's name in the leases (the console id).
+    pub owner: String,
+    pub region: Region,
+    /// How often each owned job is looked at.
+    pub tick: Duration,
+    /// How long a lease lasts without renewal; another replica takes the job after it.
+    pub lease: Duration,
+    /// How often leases are renewed (well under `lease`).
+    pub renew_every: Duration,
+    /// How often the runner looks for jobs to take.
+    pub claim_every: Duration,
+    /// The least time between two progress events of one job (a state change is never held).
+    pub event_every: Duration,
+    /// Jobs one runner owns at once.
+    pub max_jobs: u32,
+    /// Executions started per job per tick at most.
+    pub batch: u32,
+    /// How long a stopping runner waits for calls under way.
+    pub drain: Duration,
+}
+
+impl RunnerConfig {
+    pub fn new(owner: impl Into<String>, region: Region) -> Self {
+        RunnerConfig {
+            owner: owner.into(),
+            region,
+            tick: Duration::from_millis(50),
+            lease: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+            claim_every: Duration::from_secs(1),
+            event_every: Duration::from_millis(500),
+            max_jobs: 16,
+            batch: 500,
+            drain: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The jobs runner of one replica.
+pub struct Runner;
+
+impl Runner {
+    /// Runs until `stop` fires (or its sender is dropped): then it waits up to `cfg.drain` for
+    /// calls under way, records their outcomes and gives its leases up. Aborting the task
+    /// instead is a crash: leases expire and in-progress executions are sent again by whoever
+    /// takes the jobs over.
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        caller: Arc<dyn Caller>,
+        bus: Bus,
+        cfg: RunnerConfig,
+        stop: oneshot::Receiver<()>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(run(store, caller, bus, cfg, stop))
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A job this runner holds the lease of.
+struct Owned {
+    record: JobRecord,
+    spec: JobSpec,
+    bucket: TokenBucket,
+    in_flight: HashSet<i64>,
+    renewed: Instant,
+    published: Option<(JobState, JobCounts)>,
+    published_at: Option<Instant>,
+}
+
+/// A finished call.
+struct Done {
+    job_id: String,
+    seq: i64,
+    attempts: u32,
+    first_started_ms: i64,
+    result: Result<Reply, CallError>,
+}
+
+struct Ctx {
+    store: Arc<dyn Store>,
+    caller: Arc<dyn Caller>,
+    bus: Bus,
+    cfg: RunnerConfig,
+    jobs: HashMap<String, Owned>,
+    calls: JoinSet<Done>,
+    /// Outcomes the store refused to take (it was unavailable): written again each tick.
+    unwritten: Vec<(String, Vec<(i64, ExecUpdate)>)>,
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    caller: Arc<dyn Caller>,
+    bus: Bus,
+    cfg: RunnerConfig,
+    mut stop: oneshot::Receiver<()>,
+) {
+    info!(owner = %cfg.owner, "jobs runner started");
+    let mut tick = tokio::time::interval(cfg.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ctx = Ctx {
+        store,
+        caller,
+        bus,
+        cfg,
+        jobs: HashMap::new(),
+        calls: JoinSet::new(),
+        unwritten: Vec::new(),
+    };
+    let mut last_claim: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(done) = ctx.calls.join_next(), if !ctx.calls.is_empty() => {
+                // Whatever else has finished meanwhile is written with it, in one transaction.
+                let mut batch: Vec<Done> = done.into_iter().collect();
+                while let Some(more) = ctx.calls.try_join_next() {
+                    batch.extend(more);
+                }
+                ctx.record(batch).await;
+            }
+            _ = tick.tick() => {
+                if last_claim.is_none_or(|t| t.elapsed() >= ctx.cfg.claim_every) {
+                    last_claim = Some(Instant::now());
+                    if let Err(e) = ctx.claim().await {
+                        warn!(error = %e, "jobs: claiming failed");
+                    }
+                }
+                ctx.flush_unwritten().await;
+                let ids: Vec<String> = ctx.jobs.keys().cloned().collect();
+                for id in ids {
+                    if let Err(e) = ctx.step(&id).await {
+                        warn!(job = %id, error = %e, "jobs: step failed");
+                    }
+                }
+            }
+        }
+    }
+    // Stopping: let calls under way finish (bounded), record them, give the leases up.
+    let deadline = tokio::time::Instant::now() + ctx.cfg.drain;
+    while !ctx.calls.is_empty() {
+        match tokio::time::timeout_at(deadline, ctx.calls.join_next()).await {
+            Ok(Some(Ok(done))) => ctx.record(vec![done]).await,
+            Ok(Some(Err(_))) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    ctx.calls.abort_all();
+    ctx.flush_unwritten().await;
+    for id in ctx.jobs.keys() {
+        if let Err(e) = ctx.store.jobs().release_lease(id, &ctx.cfg.owner).await {
+            warn!(job = %id, error = %e, "jobs: releasing the lease failed");
+        }
+    }
+    info!(owner = %ctx.cfg.owner, "jobs runner stopped");
+}
+
+impl Ctx {
+    async fn claim(&mut self) -> Result<(), StoreError> {
+        let room = self.cfg.max_jobs.saturating_sub(self.jobs.len() as u32);
+        let now = now_ms();
+        let claimed = self
+            .store
+            .jobs()
+            .claim_jobs(
+                &self.cfg.region,
+                &self.cfg.owner,
+                now,
+                now + ms(self.cfg.lease),
+                room.max(1),
+            )
+            .await?;
+        for record in claimed {
+            if self.jobs.contains_key(&record.id) {
+                continue;
+            }
+            if self.jobs.len() as u32 >= self.cfg.max_jobs {
+                self.store
+                    .jobs()
+                    .release_lease(&record.id, &self.cfg.owner)
+                    .await?;
+                continue;
+            }
+            let spec = match JobSpec::from_stored(&record.spec, record.created_ms) {
+                Ok((spec, _)) => spec,
+                Err(why) => {
+                    warn!(job = %record.id, error = %why, "jobs: a stored job does not parse; failing it");
+                    self.transition(
+                        &record.id,
+                        &[
+                            JobState::Queued,
+                            JobState::Running,
+                            JobState::Aborted,
+                            JobState::Cancelled,
+                        ],
+                        JobState::Failed,
+                        Some(why),
+                        false,
+                        false,
+                        None,
+                    )
+                    .await?;
+                    continue;
+                }
+            };
+            info!(job = %record.id, owner = %self.cfg.owner, "jobs: job taken");
+            let id = record.id.clone();
+            let owned = Owned {
+                bucket: TokenBucket::new(spec.rate_per_minute, now),
+                spec,
+                record,
+                in_flight: HashSet::new(),
+                renewed: Instant::now(),
+                published: None,
+                published_at: None,
+            };
+            self.jobs.insert(id.clone(), owned);
+            // Taken over: what a previous owner had in flight is sent again, same ids.
+            let orphans = self.store.jobs().in_progress_executions(&id).await?;
+            for e in orphans {
+                debug!(job = %id, seq = e.seq, "jobs: re-sending an in-progress execution");
+                self.send(&id, e);
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[JobState],
+        to: JobState,
+        reason: Option<String>,
+        active: bool,
+        cancel_queued: bool,
+        wave: Option<u32>,
+    ) -> Result<bool, StoreError> {
+        self.store
+            .jobs()
+            .transition_job(
+                id,
+                &JobTransition {
+                    from: from.to_vec(),
+                    to,
+                    reason,
+                    active,
+                    now_ms: now_ms(),
+                    cancel_queued,
+                    wave,
+                },
+            )
+            .await
+    }
+
+    fn send(&mut self, job_id: &str, e: ExecutionRecord) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        if !job.in_flight.insert(e.seq) {
+            return;
+        }
+        let now = now_ms();
+        let first = e.first_started_ms.unwrap_or(now);
+        let spec = CallSpec {
+            instance: e.instance_id.clone(),
+            method: job.spec.method.clone(),
+            params: job.spec.params.clone(),
+            id: e.request_id.clone(),
+            group: Some(e.group_id.clone()),
+            timeout: engine::attempt_timeout(
+                &job.spec.retry,
+                job.spec.execution_timeout,
+                first,
+                now,
+            ),
+        };
+        let caller = self.caller.clone();
+        let job_id = job_id.to_owned();
+        let (seq, attempts) = (e.seq, e.attempts);
+        self.calls.spawn(async move {
+            let result = caller.call(&spec).await;
+            Done {
+                job_id,
+                seq,
+                attempts,
+                first_started_ms: first,
+                result,
+            }
+        });
+    }
+
+    async fn record(&mut self, batch: Vec<Done>) {
+        let mut by_job: HashMap<String, Vec<(i64, ExecUpdate)>> = HashMap::new();
+        for done in batch {
+            let Some(update) = self.outcome(&done) else {
+                continue;
+            };
+            if let Some(job) = self.jobs.get_mut(&done.job_id) {
+                job.in_flight.remove(&done.seq);
+            }
+            by_job
+                .entry(done.job_id)
+                .or_default()
+                .push((done.seq, update));
+        }
+        for (job_id, updates) in by_job {
+            self.write(job_id, updates).await;
+        }
+    }
+
+    fn outcome(&self, done: &Done) -> Option<ExecUpdate> {
+        // The job's spec: from this runner's copy; a job given up meanwhile is left to
+        // whoever holds it now (it sends the execution again).
+        let job = self.jobs.get(&done.job_id)?;
+        let outcome = engine::classify(&done.result);
+        let delay = engine::retry_delay(&job.spec.retry, done.attempts);
+        Some(engine::after_attempt(
+            outcome,
+            done.attempts,
+            &job.spec.retry,
+            done.first_started_ms,
+            job.spec.execution_timeout,
+            now_ms(),
+            delay,
+        ))
+    }
+
+    async fn write(&mut self, job_id: String, updates: Vec<(i64, ExecUpdate)>) {
+        match self
+            .store
+            .jobs()
+            .finish_executions(&job_id, &updates, now_ms())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_unavailable() => {
+                warn!(job = %job_id, n = updates.len(), error = %e, "jobs: outcomes kept until the store answers");
+                self.unwritten.push((job_id, updates));
+            }
+            Err(e) => {
+                warn!(job = %job_id, n = updates.len(), error = %e, "jobs: outcomes not recorded");
+            }
+        }
+    }
+
+    async fn flush_unwritten(&mut self) {
+        for (job_id, updates) in std::mem::take(&mut self.unwritten) {
+            self.write(job_id, updates).await;
+        }
+    }
+
+    /// Drops a job from this runner (finished, paused, or its lease lost).
+    async fn let_go(&mut self, id: &str, release: bool) {
+        if self.jobs.remove(id).is_some() && release {
+            if let Err(e) = self.store.jobs().release_lease(id, &self.cfg.owner).await {
+                warn!(job = %id, error = %e, "jobs: releasing the lease failed");
+            }
+        }
+    }
+
+    async fn step(&mut self, id: &str) -> Result<(), StoreError> {
+        let lease = ms(self.cfg.lease);
+        let renew_due = self
+            .jobs
+            .get(id)
+            .is_some_and(|j| j.renewed.elapsed() >= self.cfg.renew_every);
+        if renew_due {
+            let kept = self
+                .store
+                .jobs()
+                .renew_lease(id, &self.cfg.owner, now_ms() + lease)
+                .await?;
+            if !kept {
+                warn!(job = %id, "jobs: lease lost to another runner");
+                self.let_go(id, false).await;
+                return Ok(());
+            }
+            if let Some(j) = self.jobs.get_mut(id) {
+                j.renewed = Instant::now();
+            }
+        }
+        let Some(record) = self.store.jobs().get_job(id).await? else {
+            self.let_go(id, false).await;
+            return Ok(());
+        };
+        if record.lease_owner.as_deref() != Some(self.cfg.owner.as_str()) {
+            self.let_go(id, false).await;
+            return Ok(());
+        }
+        let counts = self.store.jobs().job_counts(id, None).await?;
+        let wave_counts = self
+            .store
+            .jobs()
+            .job_counts(id, Some(record.current_wave))
+            .await?;
+        let now = now_ms();
+        let step = {
+            let Some(job) = self.jobs.get_mut(id) else {
+                return Ok(());
+            };
+            job.record = record.clone();
+            engine::decide(&Snapshot {
+                state: record.state,
+                now_ms: now,
+                deadline_ms: record.deadline_ms,
+                counts,
+                wave_counts,
+                current_wave: record.current_wave,
+                last_wave: record.last_wave,
+                waves: &job.spec.waves,
+                abort: job.spec.abort.as_ref(),
+                max_in_flight: job.spec.max_in_flight,
+            })
+        };
+        let running = [JobState::Running];
+        match step {
+            Step::Start => {
+                self.transition(
+                    id,
+                    &[JobState::Queued],
+                    JobState::Running,
+                    None,
+                    true,
+                    false,
+                    None,
+                )
+                .await?;
+            }
+            Step::Settle => {
+                if self.jobs.get(id).is_some_and(|j| j.in_flight.is_empty()) {
+                    self.transition(
+                        id,
+                        &[record.state],
+                        record.state,
+                        record.state_reason.clone(),
+                        false,
+                        false,
+                        None,
+                    )
+                    .await?;
+                    self.publish(id, record.state, counts, true);
+                    self.let_go(id, true).await;
+                    return Ok(());
+                }
+            }
+            Step::ExpireQueued => {
+                let n = self.store.jobs().expire_queued(id, now).await?;
+                info!(job = %id, expired = n, "jobs: deadline passed; executions not sent timed out");
+            }
+            Step::Abort(why) => {
+                info!(job = %id, reason = %why, "jobs: aborting");
+                self.transition(id, &running, JobState::Aborted, Some(why), true, true, None)
+                    .await?;
+            }
+            Step::Finish(state) => {
+                self.transition(id, &running, state, None, false, false, None)
+                    .await?;
+                info!(job = %id, state = state.as_str(), "jobs: job finished");
+                self.publish(id, state, counts, true);
+                self.let_go(id, true).await;
+                return Ok(());
+            }
+            Step::NextWave(w) => {
+                info!(job = %id, wave = w, "jobs: next wave");
+                self.transition(id, &running, JobState::Running, None, true, false, Some(w))
+                    .await?;
+            }
+            Step::Pause(why) => {
+                info!(job = %id, reason = %why, "jobs: paused");
+                self.transition(
+                    id,
+                    &running,
+                    JobState::Paused,
+                    Some(why),
+                    false,
+                    false,
+                    None,
+                )
+                .await?;
+                self.publish(id, JobState::Paused, counts, true);
+                self.let_go(id, true).await;
+                return Ok(());
+            }
+            Step::Send(room) => self.start_some(id, &record, room, now).await?,
+            Step::Wait => {}
+        }
+        // Counts as of this tick; the next tick sees what this one changed.
+        let state = self
+            .store
+            .jobs()
+            .get_job(id)
+            .await?
+            .map_or(record.state, |r| r.state);
+        let counts = self.store.jobs().job_counts(id, None).await?;
+        self.publish(id, state, counts, false);
+        Ok(())
+    }
+
+    async fn start_some(
+        &mut self,
+        id: &str,
+        record: &JobRecord,
+        room: usize,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let Some(job) = self.jobs.get_mut(id) else {
+            return Ok(());
+        };
+        let n = room
+            .min(job.bucket.available(now))
+            .min(self.cfg.batch as usize);
+        if n == 0 {
+            return Ok(());
+        }
+        let due = self
+            .store
+            .jobs()
+            .due_executions(id, &self.cfg.region, record.current_wave, now, n as u32)
+            .await?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<i64> = due.iter().map(|e| e.seq).collect();
+        let started = self.store.jobs().start_executions(id, &seqs, now).await?;
+        if let Some(job) = self.jobs.get_mut(id) {
+            job.bucket.take(started.len(), now);
+        }
+        for e in started {
+            self.send(id, e);
+        }
+        Ok(())
+    }
+
+    /// Publishes the job's state and counts when they changed, at most every `event_every`
+    /// (a state change, or `force`, goes at once).
+    fn publish(&mut self, id: &str, state: JobState, counts: JobCounts, force: bool) {
+        let every = self.cfg.event_every;
+        let Some(job) = self.jobs.get_mut(id) else {
+            return;
+        };
+        let now = (state, counts);
+        if job.published == Some(now) {
+            return;
+        }
+        let state_changed = job.published.is_none_or(|(s, _)| s != state);
+        let due = job.published_at.is_none_or(|t| t.elapsed() >= every);
+        if !(force || state_changed || due) {
+            return;
+        }
+        job.published = Some(now);
+        job.published_at = Some(Instant::now());
+        self.bus.publish(Event::Job {
+            id: id.to_owned(),
+            state: state.as_str().to_owned(),
+            counts: serde_json::to_value(counts).unwrap_or_default(),
+        });
+    }
+}
