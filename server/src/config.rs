@@ -15,6 +15,7 @@ use thiserror::Error;
 
 use crate::fleet::{FleetConfig, ShareGroup};
 use crate::store::Region;
+use crate::tls::CertPair;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_STORE_URL: &str = "sqlite:///var/lib/csg-console/console.db";
@@ -47,6 +48,8 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub fleet: RawFleet,
+    #[serde(default)]
+    pub log: RawLog,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +108,9 @@ pub struct RawHttp {
     pub max_body_bytes: usize,
     /// A request taking longer is answered 408.
     pub request_timeout_ms: u64,
+    /// HTTPS when both are set: PEM certificate chain (leaf first) and its private key.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RawHttp {
@@ -113,6 +119,8 @@ impl Default for RawHttp {
             listen: DEFAULT_LISTEN.into(),
             max_body_bytes: 1 << 20,
             request_timeout_ms: 30_000,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -152,6 +160,21 @@ impl Default for RawFleet {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// A tracing filter (`info`, `csg_consoled=debug,info`); `CSG_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+        }
+    }
+}
+
 /// The validated configuration: holding one means every rule below was checked.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -170,6 +193,9 @@ pub struct Config {
     pub share_group: ShareGroup,
     pub fleet: FleetConfig,
     pub flush_every: Duration,
+    /// HTTPS: the pair, read and checked (see [`CertPair::load`]).
+    pub http_tls: Option<CertPair>,
+    pub log_filter: String,
 }
 
 impl Config {
@@ -341,6 +367,22 @@ impl RawConfig {
             ));
         }
 
+        // Read and checked here, so check-config reports unreadable files, bad PEM and a key
+        // of another certificate with the rest, and SIGHUP refuses them.
+        let http_tls = match (&self.http.tls_cert_file, &self.http.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => CertPair::load(cert, key)
+                .map_err(|e| p.push(format!("http.tls_cert_file/tls_key_file: {e}")))
+                .ok(),
+            _ => {
+                p.push("http.tls_cert_file and http.tls_key_file go together (or neither)".into());
+                None
+            }
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.filter) {
+            p.push(format!("log.filter = {:?}: {e}", self.log.filter));
+        }
+
         let url = self.store.url.trim();
         let store_ok = url.starts_with("sqlite://")
             || url.starts_with("postgres://")
@@ -400,6 +442,8 @@ impl RawConfig {
                         stale_after_missed: self.fleet.stale_after_intervals,
                     },
                     flush_every: Duration::from_millis(self.fleet.flush_ms),
+                    http_tls,
+                    log_filter: self.log.filter,
                 })
             }
             _ => Err(p),

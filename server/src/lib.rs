@@ -8,7 +8,7 @@
 //! - `store`: the one owner of SQL (a `Store` trait, with SQLite and PostgreSQL behind it);
 //! - `sink`: the fleet's batches written to the store;
 //! - `rpc`: calls to gateways behind one seam (`Caller`); `events`: live events fanned out;
-//! - `http`: the API, reading the store; `config`: the service's TOML.
+//! - `http`: the API, reading the store; `tls`: its HTTPS; `config`: the service's TOML.
 
 pub mod config;
 pub mod events;
@@ -17,3 +17,4 @@ pub mod http;
 pub mod rpc;
 pub mod sink;
 pub mod store;
+pub mod tls;

@@ -16,10 +16,14 @@ use csg_consoled::fleet::{Fleet, MqttIngestConfig, MqttStatusSource, StatusMessa
 use csg_consoled::http::{self, AppState, HttpLimits};
 use csg_consoled::sink::StoreSink;
 use csg_consoled::store::{self, NewToken, Scope, TokenName, TokenSecret};
+use csg_consoled::tls;
 use csg_protocol::identity::GroupId;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 #[derive(Parser)]
 #[command(name = "csg-consoled", version, about = "The csg console service")]
@@ -92,7 +96,7 @@ fn main() -> std::process::ExitCode {
 async fn dispatch(cli: Cli) -> Result<()> {
     let config = Config::load(&cli.config)?;
     match cli.command {
-        None => run(config).await,
+        None => run(config, &cli.config).await,
         Some(Command::CheckConfig) => {
             println!("{}: ok", cli.config.display());
             Ok(())
@@ -183,19 +187,58 @@ impl StatusSource for Borrowed<'_> {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CSG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colour codes only for a person at a terminal, not in the journal.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+type LogFilter = reload::Handle<EnvFilter, Registry>;
+
+/// `CSG_LOG` when set (it wins over the file, at start and at SIGHUP), else `log.filter`.
+fn log_filter(config: &Config) -> EnvFilter {
+    EnvFilter::try_from_env("CSG_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log_filter))
 }
 
-async fn run(config: Config) -> Result<()> {
-    init_logging();
+fn init_logging(config: &Config) -> LogFilter {
+    let (filter, handle) = reload::Layer::new(log_filter(config));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                // Colour codes only for a person at a terminal, not in the journal.
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
+        .try_init();
+    handle
+}
+
+/// SIGHUP: the file is read and checked again; if it is valid, the certificate and key and
+/// the log filter are replaced (open connections keep theirs). Anything wrong in it: nothing
+/// changes. Every other setting applies at the next start.
+fn reload(path: &Path, cert: Option<&tls::ReloadableCert>, log: &LogFilter) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(
+                "SIGHUP: configuration refused, nothing reloaded, the running settings stay: {e}"
+            );
+            return;
+        }
+    };
+    match (cert, &new.http_tls) {
+        (Some(cert), Some(pair)) => {
+            cert.set(pair);
+            info!(cert = %pair.cert_file.display(), key = %pair.key_file.display(), "SIGHUP: certificate and key reloaded");
+        }
+        (None, None) => {}
+        _ => warn!("SIGHUP: turning HTTPS on or off takes a restart"),
+    }
+    match log.reload(log_filter(&new)) {
+        Ok(()) => {
+            info!(filter = %new.log_filter, "SIGHUP: log filter reloaded (CSG_LOG, when set, wins)");
+        }
+        Err(e) => error!(error = %e, "SIGHUP: log filter not reloaded"),
+    }
+}
+
+async fn run(config: Config, path: &Path) -> Result<()> {
+    let log = init_logging(&config);
     csg_transport::install_crypto_provider();
     let store = open_store(&config).await?;
 
@@ -246,7 +289,18 @@ async fn run(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
-    info!(listen = %config.listen, region = %config.region, store = ?store.engine(), "csg-consoled serving");
+    let cert = config.http_tls.as_ref().map(tls::ReloadableCert::new);
+    info!(listen = %config.listen, https = cert.is_some(), region = %config.region, store = ?store.engine(), "csg-consoled serving");
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let reloader = {
+        let (path, cert) = (path.to_path_buf(), cert.clone());
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                reload(&path, cert.as_deref(), &log);
+            }
+        })
+    };
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -256,9 +310,20 @@ async fn run(config: Config) -> Result<()> {
             _ = int.recv() => info!("SIGINT: stopping"),
         }
     };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = match &cert {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(anyhow::Error::from),
+        Some(cert) => {
+            let tls = tls::TlsListener::new(listener, cert.server_config()?)?;
+            axum::serve(tls, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
+    reloader.abort();
 
     // Stop taking status, write what the fleet holds, then close the store.
     let _ = stop_fleet.send(());
