@@ -84,8 +84,9 @@ fi
 # postgresql: the console store's tests run a private server from its binaries
 # (/usr/lib/postgresql/*/bin: initdb in a temporary directory, a loopback port).
 # socat forwards the broker into the kernel storage test's guest (qemu: below).
+# curl is the HTTP client of the console service's tests, dev.sh and the system test.
 storage_pkgs=(samba smbclient tgt nfs-ganesha nfs-ganesha-vfs libnfs-utils libiscsi-bin dbus nfs-kernel-server
-    lintian rpm systemd python3 debootstrap systemd-container openssl iproute2 nftables socat postgresql)
+    lintian rpm systemd python3 debootstrap systemd-container openssl iproute2 nftables socat postgresql curl)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${storage_pkgs[@]}"; do
