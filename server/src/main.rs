@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -304,23 +304,43 @@ async fn run(config: Config, path: &Path) -> Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let (stopping, stopped) = oneshot::channel::<()>();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: stopping"),
             _ = int.recv() => info!("SIGINT: stopping"),
         }
+        let _ = stopping.send(());
     };
-    let served = match &cert {
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(anyhow::Error::from),
-        Some(cert) => {
-            let tls = tls::TlsListener::new(listener, cert.server_config()?)?;
-            axum::serve(tls, app)
+    let serve = async {
+        match &cert {
+            None => axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
-                .map_err(anyhow::Error::from)
+                .map_err(anyhow::Error::from),
+            Some(cert) => {
+                let tls = tls::TlsListener::new(listener, cert.server_config()?)?;
+                axum::serve(tls, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        }
+    };
+    // Requests under way are bounded by request_timeout; a connection still open a second
+    // after that (a client that never finishes its request headers: hyper has no timer for
+    // them here) is cut, so a stop never hangs.
+    let drain = config.request_timeout + Duration::from_secs(1);
+    let served = tokio::select! {
+        r = serve => r,
+        () = async {
+            match stopped.await {
+                Ok(()) => tokio::time::sleep(drain).await,
+                Err(_) => std::future::pending().await,
+            }
+        } => {
+            warn!(after_ms = drain.as_millis(), "connections still open at the end of the drain: closed");
+            Ok(())
         }
     };
     reloader.abort();

@@ -404,3 +404,42 @@ fn check_config_reports_bad_tls_files() {
     assert!(out.stderr.contains("go together"), "{}", out.describe());
     assert!(out.stderr.contains("log.filter"), "{}", out.describe());
 }
+
+#[test]
+fn sigterm_ends_the_service_with_exit_0_even_with_a_client_holding_a_request_open() {
+    let ca = ca();
+    let (cert, key, _) = leaf(&ca, "a");
+    let mut s = Service::new(&ca, &cert, &key);
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("[http]\n", "[http]\nrequest_timeout_ms = 1000\n");
+    put(&s.config, &text);
+    s.start();
+
+    // One connection idle after a full request (keep-alive), one stuck in its headers.
+    let ca_der = ca.cert.der().to_vec();
+    let mut idle = KeptConnection::open(s.port, &ca_der);
+    assert!(idle.healthz().starts_with("HTTP/1.1 200"));
+    let mut stuck = KeptConnection::open(s.port, &ca_der);
+    stuck
+        .tls
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    stuck.tls.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let mut child = s.child.take().unwrap();
+    let t0 = Instant::now();
+    child.signal(Signal::SIGTERM);
+    let status = child.wait_exit(TIMEOUT).unwrap();
+    let took = t0.elapsed();
+    assert!(status.success(), "{status:?}\n{}", child.log());
+    // The drain is request_timeout (1 s) and a second; then the store is closed.
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
+        "stopped after {took:?}\n{}",
+        child.log()
+    );
+    assert!(child.log().contains("end of the drain"), "{}", child.log());
+    child.set_dump_on_panic(false);
+}
