@@ -75,6 +75,25 @@ check "deb: csgctl subcommand man page" has_line "$tmp/console.list" '\./usr/sha
 check "deb: csgctl bash completion" has_line "$tmp/console.list" '\./usr/share/bash-completion/completions/csgctl$'
 check "deb: csgctl zsh completion" has_line "$tmp/console.list" '\./usr/share/zsh/vendor-completions/_csgctl$'
 check "deb: csgctl fish completion" has_line "$tmp/console.list" '\./usr/share/fish/vendor_completions\.d/csgctl\.fish$'
+dpkg-deb -I "${console_deb[0]}" >"$tmp/console.info"
+dpkg-deb -e "${console_deb[0]}" "$tmp/console.control"
+check "deb: /usr/bin/csg-consoled 0755" has_line "$tmp/console.list" '^-rwxr-xr-x .* \./usr/bin/csg-consoled$'
+check "deb: console.toml 0640" has_line "$tmp/console.list" '^-rw-r----- .* \./etc/csg-console/console\.toml$'
+check "deb: csg-consoled unit" has_line "$tmp/console.list" '\./usr/lib/systemd/system/csg-consoled\.service$'
+check "deb: console.md" has_line "$tmp/console.list" '\./usr/share/doc/csg-console/console\.md$'
+check "deb: console.toml conffile marked" has_line "$tmp/console.control/conffiles" '^/etc/csg-console/console\.toml$'
+check "deb: csg-console depends on passwd (useradd)" has_line "$tmp/console.info" '^ Depends: .*passwd'
+for s in postinst prerm postrm; do
+    check "deb: csg-console $s present and executable" test -x "$tmp/console.control/$s"
+    check "deb: csg-console $s passes sh -n" sh -n "$tmp/console.control/$s"
+done
+check "deb: csg-console postinst makes the system user" has_line "$tmp/console.control/postinst" 'useradd --system'
+check "deb: csg-console postinst gives the config to group csg-console" \
+    has_line "$tmp/console.control/postinst" 'chown root:csg-console "\$CONFIG"'
+check "deb: csg-console postinst enables the unit offline" \
+    has_line "$tmp/console.control/postinst" 'deb-systemd-helper enable csg-consoled.service'
+check "deb: csg-console postrm purges config and store" \
+    has_line "$tmp/console.control/postrm" 'rm -rf /etc/csg-console /var/lib/csg-console'
 
 # --- lintian: no errors (warnings are reported, not fatal)
 check "lintian csg-agent: no errors" lintian --fail-on error "${agent_deb[0]}"
@@ -101,6 +120,16 @@ check "rpm: installs into a throwaway root" rpm --root "$tmp/root" -i --nodeps -
 check "rpm root: binary is executable" test -x "$tmp/root/usr/bin/csg-agent"
 check "rpm root: config mode 0640" test "$(stat -c %a "$tmp/root/etc/csg-agent/agent.toml")" = 640
 check "rpm root: rpm -q knows it" rpm --root "$tmp/root" -q csg-agent csg-console
+rpm -qpl "${console_rpm[0]}" >"$tmp/crpm.list" 2>/dev/null
+rpm -qp --configfiles "${console_rpm[0]}" >"$tmp/crpm.conf" 2>/dev/null
+rpm -qp --scripts "${console_rpm[0]}" >"$tmp/crpm.scripts" 2>/dev/null
+check "rpm: csg-consoled listed" has_line "$tmp/crpm.list" '^/usr/bin/csg-consoled$'
+check "rpm: csg-consoled unit listed" has_line "$tmp/crpm.list" '^/usr/lib/systemd/system/csg-consoled\.service$'
+check "rpm: console.toml is a config file" has_line "$tmp/crpm.conf" '^/etc/csg-console/console\.toml$'
+check "rpm: csg-console post-install makes the system user" has_line "$tmp/crpm.scripts" 'useradd --system'
+check "rpm: csg-console pre-uninstall stops the service" has_line "$tmp/crpm.scripts" 'systemctl stop csg-consoled'
+check "rpm root: console.toml mode 0640" test "$(stat -c %a "$tmp/root/etc/csg-console/console.toml")" = 640
+check "rpm root: csg-consoled is executable" test -x "$tmp/root/usr/bin/csg-consoled"
 
 # --- the unit
 # Verified as installed, with ExecStart pointing at the installed binary of the throwaway root
@@ -120,6 +149,24 @@ check "unit: LIO's saved configuration writable (Debian and RHEL)" \
 check "systemd-analyze verify" systemd-analyze verify --man=no "$tmp/csg-agent.service"
 exposure=$(systemd-analyze security --offline=true systemd/csg-agent.service 2>/dev/null | sed -n 's/.*Overall exposure level for csg-agent.service: \([0-9.]*\).*/\1/p')
 check "systemd-analyze security exposure $exposure <= 3.0" python3 -c "import sys; sys.exit(0 if float('${exposure:-99}') <= 3.0 else 1)"
+
+# --- the console service's unit and packaged config
+dpkg-deb -x "${console_deb[0]}" "$tmp/console.files"
+consoled=$tmp/console.files/usr/bin/csg-consoled
+check "deb: csg-consoled --version runs" "$consoled" --version
+check "deb: the packaged console.toml passes check-config" \
+    "$consoled" check-config --config "$tmp/console.files/etc/csg-console/console.toml"
+check "deb: the packaged unit is systemd/csg-consoled.service" \
+    cmp -s "$tmp/console.files/usr/lib/systemd/system/csg-consoled.service" systemd/csg-consoled.service
+check "deb: csg-consoled links no OpenSSL" fails has_line <(ldd "$consoled" 2>&1) 'libssl|libcrypto'
+sed "s#/usr/bin/csg-consoled#$consoled#g" systemd/csg-consoled.service >"$tmp/csg-consoled.service"
+check "csg-consoled unit: systemd-analyze verify" systemd-analyze verify --man=no "$tmp/csg-consoled.service"
+for key in 'User=csg-console' 'StateDirectory=csg-console' 'ProtectSystem=strict' 'NoNewPrivileges=yes' \
+    'CapabilityBoundingSet=$' 'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6$' 'ExecReload=.*kill -HUP'; do
+    check "csg-consoled unit: $key" has_line systemd/csg-consoled.service "^$key"
+done
+exposure=$(systemd-analyze security --offline=true systemd/csg-consoled.service 2>/dev/null | sed -n 's/.*Overall exposure level for csg-consoled.service: \([0-9.]*\).*/\1/p')
+check "csg-consoled unit: systemd-analyze security exposure $exposure <= 1.5" python3 -c "import sys; sys.exit(0 if float('${exposure:-99}') <= 1.5 else 1)"
 
 echo "package checks: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

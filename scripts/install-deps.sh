@@ -88,9 +88,10 @@ fi
 # virtualenv.
 # prometheus: its promtool checks the console's /metrics text in the end-to-end test (the
 # server it also installs is stopped below).
+# curl is the HTTP client of the console service's tests, dev.sh and the system test.
 storage_pkgs=(samba smbclient tgt nfs-ganesha nfs-ganesha-vfs libnfs-utils libiscsi-bin dbus nfs-kernel-server
     lintian rpm systemd python3 python3-venv debootstrap systemd-container openssl iproute2 nftables socat postgresql
-    prometheus)
+    prometheus curl)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${storage_pkgs[@]}"; do

@@ -43,9 +43,10 @@ cargo run --locked --quiet -p xtask -- package-docs "$docs"
 # Man pages ship compressed; -n keeps the time stamp out, so the archive is reproducible.
 gzip -9n "$docs"/*.1
 
-# Source paths are remapped out of the shipped binaries only.
+# Source paths are remapped out of the shipped binaries only. csg-consoled (crate
+# csg-consoled, server/) ships in the csg-console packages beside csgctl.
 RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$root=/build/csg-agent --remap-path-prefix=$HOME/.cargo=/cargo" \
-    cargo build --release --locked -p csg-agent -p csg-console
+    cargo build --release --locked -p csg-agent -p csg-console -p csg-consoled
 
 rm -rf dist
 mkdir -p dist

@@ -16,11 +16,15 @@
 #      shown in `systemctl status`, and the agent keeps answering;
 #   5. upgrade to a newer package version keeps the edited config and restarts the agent;
 #   6. dpkg -r keeps config and state; dpkg --purge removes them.
-# It also prints `systemd-analyze security csg-agent.service` as seen by the booted system.
+# Between 2 and 3, the console service: dist/csg-console_*.deb installed beside the agent,
+# a broken console.toml refused at start with the reason shown, csg-consoled started under
+# its unit with a token made by `csg-consoled token create`, the agent seen online through
+# the API with curl, SIGHUP, and SIGTERM ending it with exit 0.
+# It also prints `systemd-analyze security` of both units as seen by the booted system.
 #
 # Needs: root, systemd-nspawn (package systemd-container), debootstrap, mosquitto and
-# mosquitto_sub, python3, nsenter and flock (util-linux); dist/csg-agent_*.deb and
-# target/release/csgctl (scripts/package.sh builds both).
+# mosquitto_sub, python3, curl, nsenter and flock (util-linux); dist/csg-agent_*.deb,
+# dist/csg-console_*.deb and target/release/csgctl (scripts/package.sh builds them).
 #
 # The Debian root is built once with debootstrap (about a minute with a near mirror) and kept
 # as a tarball in $CSG_SYSTEST_CACHE (default /var/cache/csg-agent-systest), keyed by suite,
@@ -149,19 +153,23 @@ problems=()
 mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 [ -x "$mosquitto" ] || problems+=("mosquitto missing (package mosquitto)")
 for tool in systemd-nspawn:systemd-container debootstrap:debootstrap mosquitto_sub:mosquitto-clients \
-    python3:python3 nsenter:util-linux flock:util-linux dpkg-deb:dpkg; do
+    python3:python3 curl:curl nsenter:util-linux flock:util-linux dpkg-deb:dpkg; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || problems+=("${tool%%:*} missing (package ${tool#*:})")
 done
 shopt -s nullglob
 debs=(dist/csg-agent_*.deb)
 shopt -u nullglob
 [ ${#debs[@]} -eq 1 ] || problems+=("expected one dist/csg-agent_*.deb, found ${#debs[@]} (run scripts/package.sh)")
+shopt -s nullglob
+console_debs=(dist/csg-console_*.deb)
+shopt -u nullglob
+[ ${#console_debs[@]} -eq 1 ] || problems+=("expected one dist/csg-console_*.deb, found ${#console_debs[@]} (run scripts/package.sh)")
 csgctl=$root/target/release/csgctl
 [ -x "$csgctl" ] || problems+=("target/release/csgctl missing (run scripts/package.sh)")
 if [ ${#problems[@]} -gt 0 ]; then
     die "prerequisites" "$(printf '%s\n' "${problems[@]}")"
 fi
-pass "prerequisites: root, nspawn, debootstrap, mosquitto, ${debs[0]}, csgctl"
+pass "prerequisites: root, nspawn, debootstrap, mosquitto, ${debs[0]}, ${console_debs[0]}, csgctl"
 
 tmp=$(mktemp -d /var/tmp/csg-systest.XXXXXX)
 chmod 0755 "$tmp"
@@ -184,7 +192,7 @@ rm -rf "$tmp/newpkg"
 section "Debian $suite root"
 arch=$(dpkg --print-architecture)
 # systemd and D-Bus to boot; the package's own dependencies so dpkg -i needs no network.
-depends=$(dpkg-deb -f "$tmp/csg-agent-old.deb" Depends |
+depends=$( (dpkg-deb -f "$tmp/csg-agent-old.deb" Depends; echo ,; dpkg-deb -f "${console_debs[0]}" Depends) |
     python3 -c 'import re,sys; print(",".join(sorted({re.split(r"[ (:]", a.split("|")[0].strip())[0] for a in sys.stdin.read().split(",") if a.strip()})))')
 include=$(printf '%s\n' systemd dbus "${depends//,/$'\n'}" | sed '/^$/d' | sort -u | paste -sd, -)
 key=$(printf 'v1 %s %s minbase %s' "$suite" "$arch" "$include" | sha256sum | cut -c1-12)
@@ -228,6 +236,7 @@ fi
 exec 9>&-
 mkdir -p "$rootfs/root/systest"
 cp "$tmp/csg-agent-old.deb" "$tmp/csg-agent-new.deb" "$rootfs/root/systest/"
+cp "${console_debs[0]}" "$rootfs/root/systest/csg-console.deb"
 pass "fresh root from the cache"
 
 # --- the broker on the host's loopback -------------------------------------------------------
@@ -453,6 +462,110 @@ if is_active; then
 else
     skip "STATUS= says connected" "service not active"
     skip "sys.ping" "service not active"
+fi
+
+# --- 2b. the console service -----------------------------------------------------------------
+
+section "2b. csg-consoled from $(basename "${console_debs[0]}") beside the agent; the agent online through its API"
+cunit=csg-consoled.service
+cconf=/etc/csg-console/console.toml
+cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+api="http://127.0.0.1:$cport"
+console_active() { [ "$(ctr systemctl is-active "$cunit" 2>/dev/null)" = active ]; }
+console_status() { # why the service is not running, for a failure's details
+    ctr systemctl status "$cunit" --no-pager -n 0 2>&1
+    ctr journalctl -u "$cunit" --no-pager -n 25 -o cat 2>&1
+}
+as_console() { ctr runuser -u csg-console -- "$@"; }
+# curl on the host (the container shares its network); the token goes in a header file.
+api_get() { # PATH: the body, exit non-zero unless 2xx
+    curl -sS --fail --max-time 10 -H "@$tmp/auth.header" "$api$1"
+}
+presence_is() { # STATE
+    api_get "/v1/instances/$inst" | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["presence"]["state"] == sys.argv[1] else 1)' "$1"
+}
+console_installed=no
+if out=$(in_timeout=300 ctr dpkg -i /root/systest/csg-console.deb 2>&1); then
+    pass "dpkg -i csg-console (beside csg-agent)"
+    printf '%s\n' "$out" | indent
+    console_installed=yes
+else
+    fail "dpkg -i csg-console" "$out"
+fi
+if [ "$console_installed" = yes ]; then
+    expect "unit enabled after install" "$(ctr systemctl is-enabled "$cunit" 2>&1)" enabled
+    expect "unit not started on first install" "$(ctr systemctl is-active "$cunit" 2>&1)" inactive
+    check "postinst said what to do (check-config, systemctl start, token create)" \
+        grep_all "$out" check-config "systemctl start csg-consoled" "token create"
+    check "system user csg-console exists, no login shell" output_has '^csg-console:.*:/var/lib/csg-console:/usr/sbin/nologin$' ctr getent passwd csg-console
+    modes=$(ctr stat -c '%n %a %U:%G' /etc/csg-console "$cconf" /var/lib/csg-console 2>&1)
+    expect "modes: /etc/csg-console 0750, console.toml 0640 (group csg-console), /var/lib/csg-console 0700" "$modes" \
+        "/etc/csg-console 750 root:csg-console"$'\n'"$cconf 640 root:csg-console"$'\n'"/var/lib/csg-console 700 csg-console:csg-console"
+    check "the packaged console.toml passes check-config (as csg-console)" as_console csg-consoled check-config --config "$cconf"
+
+    # A broken file: the unit must not start, and say why.
+    check "edit console.toml: an unknown key" ctr sh -c "printf 'listen_port = 1\n' >>$cconf"
+    in_timeout=120 ctr systemctl start "$cunit" >/dev/null 2>&1
+    if wait_for 20 output_has 'listen_port' console_status && ! console_active; then
+        pass "a broken console.toml: not started, the reason in the journal: $(console_status | grep -m1 -o 'unknown field .listen_port.*' | cut -c1-80)"
+    else
+        fail "a broken console.toml: not started, the reason in the journal" "$(console_status)"
+    fi
+    ctr systemctl reset-failed "$cunit" >/dev/null 2>&1
+    # The operator's edit: the broker, a loopback port of the API.
+    check "edit console.toml: mqtt.url, http.listen" ctr sh -c "
+        sed -i -e '/^listen_port = 1\$/d' -e 's|^url = \"mqtt://127.0.0.1:1883\"|url = \"$broker\"|' \
+            -e 's|^# listen = .*|listen = \"127.0.0.1:$cport\"|' $cconf &&
+        grep -qxF 'url = \"$broker\"' $cconf && grep -qxF 'listen = \"127.0.0.1:$cport\"' $cconf"
+    check "check-config accepts it" as_console csg-consoled check-config --config "$cconf"
+    token=$(as_console csg-consoled token create --config "$cconf" --name systest --scope read 2>"$tmp/token.err")
+    if [[ "$token" =~ ^csgc_[A-Za-z0-9_-]+$ ]]; then
+        pass "csg-consoled token create (as csg-console): a token alone on stdout"
+    else
+        fail "csg-consoled token create" "$(cat "$tmp/token.err")"
+    fi
+    printf 'Authorization: Bearer %s\n' "$token" >"$tmp/auth.header"
+    out=$(in_timeout=120 ctr systemctl start "$cunit" 2>&1)
+    if wait_for 20 curl -sS --fail --max-time 2 "$api/healthz"; then
+        pass "systemctl start csg-consoled: active (MainPID $(ctr systemctl show -p MainPID --value "$cunit")), $api/healthz answers"
+    else
+        fail "systemctl start csg-consoled: the service answers on $api" "$out"$'\n'"$(console_status)"
+    fi
+fi
+if [ "$console_installed" = yes ] && console_active; then
+    check "the store is in the state directory, owned by csg-console" \
+        output_has '^csg-console$' ctr stat -c '%U' /var/lib/csg-console/console.db
+    if wait_for 30 presence_is online; then
+        pass "GET /v1/instances/$inst (curl, token): online: $(api_get "/v1/instances/$inst" | cut -c1-140)"
+    else
+        fail "the agent online through the API" "$(curl -sS --max-time 5 -H "@$tmp/auth.header" "$api/v1/instances/$inst" 2>&1)"$'\n'"$(console_status)"
+    fi
+    check "GET /readyz: store and broker ready" output_has '"ready":true' curl -sS --fail --max-time 5 "$api/readyz"
+    check "without the token: 401" output_has '^401$' curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$api/v1/instances"
+
+    cpid=$(ctr systemctl show -p MainPID --value "$cunit")
+    c0=$(cursor)
+    check "systemctl reload csg-consoled (SIGHUP)" ctr systemctl reload "$cunit"
+    if wait_for 10 output_has 'SIGHUP: log filter reloaded' ctr journalctl -u "$cunit" --no-pager -o cat --after-cursor "$c0"; then
+        pass "reload logged; same process (MainPID $cpid -> $(ctr systemctl show -p MainPID --value "$cunit"))"
+    else
+        fail "reload logged" "$(ctr journalctl -u "$cunit" --no-pager -o cat --after-cursor "$c0" 2>&1)"
+    fi
+    expect "same process after the reload" "$(ctr systemctl show -p MainPID --value "$cunit")" "$cpid"
+
+    c0=$(cursor)
+    check "systemctl stop csg-consoled (SIGTERM)" ctr systemctl stop "$cunit"
+    expect "exit status 0 (ExecMainStatus)" "$(ctr systemctl show -p ExecMainStatus --value "$cunit")" 0
+    expect "unit result success" "$(ctr systemctl show -p Result --value "$cunit")" success
+    check "it logged its orderly stop" output_has '\<stopped\>' ctr journalctl -u "$cunit" --no-pager -o cat --after-cursor "$c0"
+
+    sec=$(ctr systemd-analyze security --no-pager "$cunit" 2>&1)
+    note "$(grep -o 'Overall exposure level.*' <<<"$sec")"
+else
+    for c in "store in the state directory" "agent online through the API" "readyz" "401 without token" \
+        "reload" "reload logged" "same process" "stop" "exit status 0" "orderly stop"; do
+        skip "$c" "csg-consoled not installed or not active"
+    done
 fi
 
 # --- 3. kill -9 ------------------------------------------------------------------------------

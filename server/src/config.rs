@@ -16,6 +16,7 @@ use thiserror::Error;
 
 use crate::fleet::{FleetConfig, ShareGroup};
 use crate::store::Region;
+use crate::tls::CertPair;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_STORE_URL: &str = "sqlite:///var/lib/csg-console/console.db";
@@ -54,6 +55,8 @@ pub struct RawConfig {
     pub webhooks: Vec<crate::webhooks::RawWebhook>,
     #[serde(default)]
     pub signing: RawSigning,
+    #[serde(default)]
+    pub log: RawLog,
 }
 
 /// `[signing]`: the console's Ed25519 key; every command is then signed (JWS).
@@ -129,6 +132,9 @@ pub struct RawHttp {
     pub max_body_bytes: usize,
     /// A request taking longer is answered 408.
     pub request_timeout_ms: u64,
+    /// HTTPS when both are set: PEM certificate chain (leaf first) and its private key.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RawHttp {
@@ -137,6 +143,8 @@ impl Default for RawHttp {
             listen: DEFAULT_LISTEN.into(),
             max_body_bytes: 1 << 20,
             request_timeout_ms: 30_000,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -176,6 +184,21 @@ impl Default for RawFleet {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// A tracing filter (`info`, `csg_consoled=debug,info`); `CSG_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+        }
+    }
+}
+
 /// The validated configuration: holding one means every rule below was checked.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -199,6 +222,9 @@ pub struct Config {
     pub webhooks: Vec<crate::webhooks::Webhook>,
     /// Every command is signed with it when set.
     pub signer: Option<Signer>,
+    /// HTTPS: the pair, read and checked (see [`CertPair::load`]).
+    pub http_tls: Option<CertPair>,
+    pub log_filter: String,
 }
 
 impl Config {
@@ -364,6 +390,22 @@ impl RawConfig {
             ));
         }
 
+        // Read and checked here, so check-config reports unreadable files, bad PEM and a key
+        // of another certificate with the rest, and SIGHUP refuses them.
+        let http_tls = match (&self.http.tls_cert_file, &self.http.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => CertPair::load(cert, key)
+                .map_err(|e| p.push(format!("http.tls_cert_file/tls_key_file: {e}")))
+                .ok(),
+            _ => {
+                p.push("http.tls_cert_file and http.tls_key_file go together (or neither)".into());
+                None
+            }
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.filter) {
+            p.push(format!("log.filter = {:?}: {e}", self.log.filter));
+        }
+
         let url = self.store.url.trim();
         let store_ok = url.starts_with("sqlite://")
             || url.starts_with("postgres://")
@@ -450,6 +492,8 @@ impl RawConfig {
                     metrics_listen,
                     webhooks,
                     signer,
+                    http_tls,
+                    log_filter: self.log.filter,
                 })
             }
             _ => Err(p),

@@ -13,7 +13,7 @@
 //!   `audit`: changes and refusals, stored and logged as JSON lines;
 //! - `jobs`: one method over many gateways (a checked model, the engine's pure decisions, and
 //!   a runner that leases jobs in the store and calls through `rpc`);
-//! - `http`: the API, reading the store; `config`: the service's TOML.
+//! - `http`: the API, reading the store; `tls`: its HTTPS; `config`: the service's TOML.
 
 pub mod audit;
 pub mod calls;
@@ -26,4 +26,5 @@ pub mod metrics;
 pub mod rpc;
 pub mod sink;
 pub mod store;
+pub mod tls;
 pub mod webhooks;

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -21,10 +21,14 @@ use csg_consoled::metrics::Metrics;
 use csg_consoled::rpc::ConsoleCaller;
 use csg_consoled::sink::StoreSink;
 use csg_consoled::store::{self, NewToken, Scope, TokenName, TokenSecret};
+use csg_consoled::tls;
 use csg_protocol::identity::GroupId;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 #[derive(Parser)]
 #[command(name = "csg-consoled", version, about = "The csg console service")]
@@ -97,7 +101,7 @@ fn main() -> std::process::ExitCode {
 async fn dispatch(cli: Cli) -> Result<()> {
     let config = Config::load(&cli.config)?;
     match cli.command {
-        None => run(config).await,
+        None => run(config, &cli.config).await,
         Some(Command::CheckConfig) => {
             println!("{}: ok", cli.config.display());
             Ok(())
@@ -179,19 +183,58 @@ async fn token_with(store: &dyn store::Store, cmd: TokenCommand) -> Result<()> {
     Ok(())
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CSG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colour codes only for a person at a terminal, not in the journal.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+type LogFilter = reload::Handle<EnvFilter, Registry>;
+
+/// `CSG_LOG` when set (it wins over the file, at start and at SIGHUP), else `log.filter`.
+fn log_filter(config: &Config) -> EnvFilter {
+    EnvFilter::try_from_env("CSG_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log_filter))
 }
 
-async fn run(config: Config) -> Result<()> {
-    init_logging();
+fn init_logging(config: &Config) -> LogFilter {
+    let (filter, handle) = reload::Layer::new(log_filter(config));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                // Colour codes only for a person at a terminal, not in the journal.
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
+        .try_init();
+    handle
+}
+
+/// SIGHUP: the file is read and checked again; if it is valid, the certificate and key and
+/// the log filter are replaced (open connections keep theirs). Anything wrong in it: nothing
+/// changes. Every other setting applies at the next start.
+fn reload(path: &Path, cert: Option<&tls::ReloadableCert>, log: &LogFilter) {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(
+                "SIGHUP: configuration refused, nothing reloaded, the running settings stay: {e}"
+            );
+            return;
+        }
+    };
+    match (cert, &new.http_tls) {
+        (Some(cert), Some(pair)) => {
+            cert.set(pair);
+            info!(cert = %pair.cert_file.display(), key = %pair.key_file.display(), "SIGHUP: certificate and key reloaded");
+        }
+        (None, None) => {}
+        _ => warn!("SIGHUP: turning HTTPS on or off takes a restart"),
+    }
+    match log.reload(log_filter(&new)) {
+        Ok(()) => {
+            info!(filter = %new.log_filter, "SIGHUP: log filter reloaded (CSG_LOG, when set, wins)");
+        }
+        Err(e) => error!(error = %e, "SIGHUP: log filter not reloaded"),
+    }
+}
+
+async fn run(config: Config, path: &Path) -> Result<()> {
+    let log = init_logging(&config);
     csg_transport::install_crypto_provider();
     let store = open_store(&config).await?;
 
@@ -314,10 +357,22 @@ async fn run(config: Config) -> Result<()> {
             None
         }
     };
-    info!(listen = %config.listen, region = %config.region, store = ?store.engine(), webhooks = config.webhooks.len(), "csg-consoled serving");
+    let cert = config.http_tls.as_ref().map(tls::ReloadableCert::new);
+    info!(listen = %config.listen, https = cert.is_some(), region = %config.region, store = ?store.engine(), webhooks = config.webhooks.len(), "csg-consoled serving");
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let reloader = {
+        let (path, cert) = (path.to_path_buf(), cert.clone());
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                reload(&path, cert.as_deref(), &log);
+            }
+        })
+    };
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let (stopping, stopped) = oneshot::channel::<()>();
     let closing = bus.clone();
     let shutdown = async move {
         tokio::select! {
@@ -326,13 +381,42 @@ async fn run(config: Config) -> Result<()> {
         }
         // Event streams never end on their own: end them, or the server waits for them.
         closing.close();
+        let _ = stopping.send(());
     };
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    // The client's address reaches the handlers (the audit log records it).
+    let app = app.into_make_service_with_connect_info::<http::PeerAddr>();
+    let serve = async {
+        match &cert {
+            None => axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(anyhow::Error::from),
+            Some(cert) => {
+                let tls = tls::TlsListener::new(listener, cert.server_config()?)?;
+                axum::serve(tls, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        }
+    };
+    // Requests under way are bounded by request_timeout; a connection still open a second
+    // after that (a client that never finishes its request headers: hyper has no timer for
+    // them here) is cut, so a stop never hangs.
+    let drain = config.request_timeout + Duration::from_secs(1);
+    let served = tokio::select! {
+        r = serve => r,
+        () = async {
+            match stopped.await {
+                Ok(()) => tokio::time::sleep(drain).await,
+                Err(_) => std::future::pending().await,
+            }
+        } => {
+            warn!(after_ms = drain.as_millis(), "connections still open at the end of the drain: closed");
+            Ok(())
+        }
+    };
+    reloader.abort();
 
     // Calls of jobs under way get a bounded time to finish; their jobs' leases are given up
     // so another replica (or the next start) takes them at once.

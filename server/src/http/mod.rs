@@ -52,6 +52,29 @@ pub struct AppState {
     pub calls: Arc<CallService>,
 }
 
+/// The peer of a connection, plain TCP or HTTPS: what `into_make_service_with_connect_info`
+/// gives the handlers (axum knows a plain TCP listener's peer only as `SocketAddr`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 /// The client's address, when the server knows it (for the audit log).
 #[derive(Debug, Clone, Default)]
 pub struct RemoteAddr(pub Option<String>);
@@ -146,8 +169,8 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
 async fn audit_refusals(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let remote = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string());
+        .get::<ConnectInfo<PeerAddr>>()
+        .map(|c| c.0 .0.to_string());
     req.extensions_mut().insert(RemoteAddr(remote.clone()));
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
