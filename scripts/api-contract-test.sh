@@ -93,8 +93,9 @@ curl -fsS -H "Authorization: Bearer $token" "$base/v1/instances/gw-contract" >/d
 # Left out: positive_data_acceptance and negative_data_rejection, which judge the service by
 # what the document cannot say (an instance id in a path is valid by its pattern yet unknown:
 # 404 is the right answer; a cursor is an opaque string the service alone can make).
-echo "schemathesis $SCHEMATHESIS_VERSION: $examples examples per operation against $base"
-"$venv/bin/st" run "$base/v1/openapi.json" \
+out=${CSG_CONTRACT_OUT:-$(dirname "$venv")/api-contract-test.out}
+echo "schemathesis $SCHEMATHESIS_VERSION: $examples examples per operation against $base (report: $out)"
+"$venv/bin/st" --config-file "$root/scripts/schemathesis.toml" run "$base/v1/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
   --max-examples "$examples" \
@@ -102,7 +103,11 @@ echo "schemathesis $SCHEMATHESIS_VERSION: $examples examples per operation again
   --generation-database none \
   --request-timeout 30 \
   --workers 2 \
-  --no-color 2>&1 | tee "$dir/schemathesis.out" | tail -n 60
-status=${PIPESTATUS[0]}
-[ "$status" -eq 0 ] || fail "schemathesis found answers that break the document (exit $status)"
+  --no-color >"$out" 2>&1 || status=$?
+if [ "${status:-0}" -ne 0 ]; then
+  grep -E '^(_+ |[0-9]+\. |- |    curl )' "$out" | head -n 200 >&2 || true
+  tail -n 40 "$out" >&2
+  fail "schemathesis found answers that break the document (exit $status; whole report: $out)"
+fi
+tail -n 25 "$out"
 echo "api-contract-test: OK"

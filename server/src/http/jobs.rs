@@ -522,6 +522,7 @@ async fn change(
     params(("id" = String, Path, description = "the job id")),
     responses(
         (status = 200, description = "the job, cancelled", body = JobOut),
+        (status = 400, description = "a malformed job id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token lacks the operate scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such job (or not the token's)", body = Problem, content_type = "application/problem+json"),
@@ -575,6 +576,7 @@ pub async fn cancel(
     params(("id" = String, Path, description = "the job id")),
     responses(
         (status = 200, description = "the job, running again", body = JobOut),
+        (status = 400, description = "a malformed job id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token lacks the operate scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such job (or not the token's)", body = Problem, content_type = "application/problem+json"),
@@ -627,6 +629,7 @@ pub async fn resume(
     params(("id" = String, Path, description = "the parent job's id")),
     responses(
         (status = 201, description = "the child job (parent_job_id set)", body = JobOut),
+        (status = 400, description = "a malformed job id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token lacks the operate scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such job (or not the token's)", body = Problem, content_type = "application/problem+json"),

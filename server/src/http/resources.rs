@@ -98,10 +98,12 @@ pub fn status_for(code: &str) -> (StatusCode, &'static str, &'static str) {
             "Gateway timeout",
         ),
         "UNAUTHORIZED" => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+        // The gateway does not serve this family (not configured there, or an agent too old
+        // for it): for this gateway the collection does not exist. Not a 5xx: nothing failed.
         "UNKNOWN_METHOD" => (
-            StatusCode::NOT_IMPLEMENTED,
-            "not-implemented",
-            "Not implemented by the agent",
+            StatusCode::NOT_FOUND,
+            "not-supported",
+            "Not served by this gateway",
         ),
         // BACKEND_ERROR, INTERNAL, REPLY_TOO_LARGE, codes of newer agents: the gateway failed.
         _ => (StatusCode::BAD_GATEWAY, "agent-error", "The gateway failed"),
@@ -363,6 +365,9 @@ macro_rules! family_routes {
                 (status = 404, description = "an instance never seen", body = Problem, content_type = "application/problem+json"),
                 (status = 503, description = "broker, store or backend unavailable; Retry-After", body = Problem, content_type = "application/problem+json"),
                 (status = 504, description = "no reply in time", body = Problem, content_type = "application/problem+json"),
+                (status = 409, description = "the agent's CONFLICT", body = Problem, content_type = "application/problem+json"),
+                (status = 422, description = "invalid params, limit or cursor", body = Problem, content_type = "application/problem+json"),
+                (status = 502, description = "the gateway's backend failed", body = Problem, content_type = "application/problem+json"),
             ),
             security(("bearer" = [])))]
         pub async fn $list(
@@ -418,6 +423,7 @@ macro_rules! family_routes {
                 (status = 422, description = "invalid name", body = Problem, content_type = "application/problem+json"),
                 (status = 503, description = "BUSY/UNAVAILABLE, broker or store down; Retry-After", body = Problem, content_type = "application/problem+json"),
                 (status = 504, description = "TIMEOUT or no reply in time; retryable", body = Problem, content_type = "application/problem+json"),
+                (status = 502, description = "the gateway's backend failed", body = Problem, content_type = "application/problem+json"),
             ),
             security(("bearer" = [])))]
         pub async fn $delete(
@@ -446,6 +452,9 @@ macro_rules! family_get {
                 (status = 422, description = "invalid name", body = Problem, content_type = "application/problem+json"),
                 (status = 503, description = "broker, store or backend unavailable; Retry-After", body = Problem, content_type = "application/problem+json"),
                 (status = 504, description = "no reply in time", body = Problem, content_type = "application/problem+json"),
+                (status = 400, description = "bad input", body = Problem, content_type = "application/problem+json"),
+                (status = 409, description = "the agent's CONFLICT", body = Problem, content_type = "application/problem+json"),
+                (status = 502, description = "the gateway's backend failed", body = Problem, content_type = "application/problem+json"),
             ),
             security(("bearer" = [])))]
         pub async fn $get(
@@ -529,7 +538,7 @@ mod tests {
             ("TIMEOUT", 504),
             ("EXPIRED", 504),
             ("UNAUTHORIZED", 403),
-            ("UNKNOWN_METHOD", 501),
+            ("UNKNOWN_METHOD", 404),
             ("BACKEND_ERROR", 502),
             ("SOMETHING_NEW", 502),
         ] {
