@@ -36,6 +36,11 @@ impl Consoled {
 
     /// The same with another store URL (PostgreSQL).
     fn with_store(broker: &Broker, store: Option<String>) -> Consoled {
+        Self::replica(broker, store, &csg_e2e::unique("api"))
+    }
+
+    /// One replica of a console: `group` is the share group the replicas split heartbeats in.
+    fn replica(broker: &Broker, store: Option<String>, group: &str) -> Consoled {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let store = store.unwrap_or_else(|| {
@@ -62,7 +67,6 @@ default_interval_s = 1
             console = csg_e2e::unique("consoled"),
             url = broker.url(),
             protocol = csg_e2e::mqtt_protocol(),
-            group = csg_e2e::unique("api"),
         );
         std::fs::write(&config, toml).unwrap();
         Consoled {
@@ -595,4 +599,86 @@ fn check_config_reports_every_problem() {
             out.stderr
         );
     }
+}
+
+/// The value of one sample in a replica's `/metrics` (0 when absent).
+fn metric(c: &Consoled, name: &str) -> f64 {
+    let r = c.get("/metrics", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Two replicas on one PostgreSQL database in one share group: each gets part of every
+/// gateway's heartbeats, yet neither turns a live gateway stale (before turning one it asks the
+/// store what the other saw), and both serve the whole fleet.
+#[test]
+fn two_replicas_on_postgresql_split_heartbeats_and_both_serve_the_fleet() {
+    let broker = Broker::start();
+    let pg = common::PgServer::start().unwrap_or_else(|e| panic!("PostgreSQL did not start: {e}"));
+    let group = csg_e2e::unique("replicas");
+    let mut a = Consoled::replica(&broker, Some(pg.url()), &group);
+    let mut b = Consoled::replica(&broker, Some(pg.url()), &group);
+    let token = a.token("e2e-replicas", "read");
+    a.start();
+    b.start();
+    // Two gateways: Mosquitto hands a shared subscription's messages out in turn, so the
+    // heartbeats of two gateways sent about together tend to go one to each replica, and each
+    // replica hears nothing of the other's gateway for many seconds.
+    let ids = ["gw-rep-1", "gw-rep-2"];
+    let _agents: Vec<Agent> = ids
+        .iter()
+        .map(|id| {
+            let mut cfg = AgentConfig::new(id, &broker.url());
+            cfg.heartbeat_interval_s = 1;
+            Agent::spawn(&cfg)
+        })
+        .collect();
+    for c in [&a, &b] {
+        for id in ids {
+            wait_for(TIMEOUT, || {
+                presence_of(c, &token, id).as_deref() == Some("online")
+            })
+            .unwrap_or_else(|| panic!("{id} never online through a replica\n{}", c.log()));
+        }
+    }
+    let since = |c: &Consoled, id: &str| {
+        let r = c.get(&format!("/v1/instances/{id}"), Some(&token)).json();
+        (
+            r["presence"]["state"].clone(),
+            r["presence"]["since_ms"].clone(),
+        )
+    };
+    let before: Vec<_> = ids.iter().map(|id| since(&a, id)).collect();
+    // Twelve stale windows' worth of heartbeats (3 missed 1 s intervals each): with the
+    // heartbeats split at random, a replica alone would often miss three in a row.
+    std::thread::sleep(Duration::from_secs(12));
+    for c in [&a, &b] {
+        let seen: Vec<_> = ids.iter().map(|id| since(c, id)).collect();
+        assert_eq!(
+            seen,
+            before,
+            "a gateway's presence changed while it ran\n{}",
+            c.log()
+        );
+    }
+    // Neither replica turned one stale even for a moment (the other's next write would hide
+    // it from the API; the store keeps every transition).
+    let stale = pg
+        .query("SELECT count(*) FROM presence_events WHERE state = 'stale'")
+        .unwrap();
+    assert_eq!(stale, "0", "a replica turned a live gateway stale");
+    // The heartbeats really were split: each replica ingested some, neither all.
+    let (ha, hb) = (
+        metric(&a, "csg_heartbeats_ingested_total"),
+        metric(&b, "csg_heartbeats_ingested_total"),
+    );
+    assert!(ha > 0.0 && hb > 0.0, "heartbeats not split: {ha} and {hb}");
+    assert!(a.stop().is_some_and(|s| s.success()));
+    assert!(b.stop().is_some_and(|s| s.success()));
 }

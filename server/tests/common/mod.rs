@@ -112,6 +112,21 @@ impl PgServer {
         self.dir.path().join("data")
     }
 
+    /// One SQL statement through `psql` (the server's own client, independent of the code
+    /// under test); its rows unaligned, `|` between columns.
+    pub fn query(&self, sql: &str) -> Result<String, String> {
+        let out = self
+            .command("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .arg(self.url())
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bin.join(program));
         if let Some(user) = &self.run_as {
