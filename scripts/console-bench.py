@@ -22,6 +22,7 @@ import http.client
 import json
 import os
 import random
+import subprocess
 import sys
 import threading
 import time
@@ -57,6 +58,42 @@ def cpu_s(pid):
         fields = f.read().rsplit(") ", 1)[1].split()
     # After the command: state is field 3; utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_s(pid):
+    """utime + stime of a process and its children (PostgreSQL's postmaster and backends)."""
+    total = cpu_s(pid)
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def wal_lsn(a):
+    """PostgreSQL's current WAL position (psql, bounded by a timeout), or None without one."""
+    if not a.psql:
+        return None
+    r = subprocess.run([a.psql, "-X", "-At", "-d", a.pg_url, "-c", "SELECT pg_current_wal_lsn()"],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        fail(f"psql: {r.stderr.strip()[:300]}")
+    return r.stdout.strip()
+
+
+def wal_bytes(a, lsn0, lsn1):
+    r = subprocess.run([a.psql, "-X", "-At", "-d", a.pg_url, "-c",
+                        f"SELECT pg_wal_lsn_diff('{lsn1}', '{lsn0}')"],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        fail(f"psql: {r.stderr.strip()[:300]}")
+    return float(r.stdout.strip())
 
 
 def rss_kb(pid):
@@ -148,6 +185,13 @@ def overflow(base):
     return metric_sum(metrics(base), "csg_status_dropped_total", 'reason="overflow"')
 
 
+def store_writes(base):
+    """(seconds spent in store writes, writes) so far."""
+    m = metrics(base)
+    return (metric_sum(m, "csg_store_write_duration_seconds_sum"),
+            metric_sum(m, "csg_store_write_duration_seconds_count"))
+
+
 def ids(prefix, count):
     return [f"{prefix}{n:05d}" for n in range(count)]
 
@@ -201,9 +245,15 @@ def cmd_ingest(a):
     label = a.label
     # 1. A quiet window: the service ingests, nobody asks it anything.
     quiet = max(5.0, a.duration / 4.0)
+    db0 = tree_cpu_s(a.db_pid) if a.db_pid else 0.0
+    lsn0 = wal_lsn(a)
+    w0 = store_writes(a.url)
     h0, c0, o0, t0 = heartbeats(a.url), cpu_s(a.pid), overflow(a.url), time.monotonic()
     time.sleep(quiet)
     h1, c1, o1, t1 = heartbeats(a.url), cpu_s(a.pid), overflow(a.url), time.monotonic()
+    w1 = store_writes(a.url)
+    db1 = tree_cpu_s(a.db_pid) if a.db_pid else 0.0
+    lsn1 = wal_lsn(a)
     rate = (h1 - h0) / (t1 - t0)
     row(f"{label}: heartbeats ingested/s (quiet {quiet:.0f} s)", f"{rate:.0f}/s (offered {a.count / a.heartbeat_s:.0f}/s)")
     if h1 > h0:
@@ -211,6 +261,17 @@ def cmd_ingest(a):
             f"{(c1 - c0) / (h1 - h0) * 1e6:.1f} µs ({(c1 - c0) / (t1 - t0) * 100:.0f} % of a core)", "≤ 20 µs")
     else:
         row(f"{label}: service CPU per heartbeat (quiet)", "no heartbeat ingested", "≤ 20 µs")
+    if a.db_pid and h1 > h0:
+        row(f"{label}: PostgreSQL server CPU per heartbeat (quiet)",
+            f"{(db1 - db0) / (h1 - h0) * 1e6:.1f} µs ({(db1 - db0) / (t1 - t0) * 100:.0f} % of a core)")
+    if lsn0 and lsn1 and h1 > h0:
+        wal = wal_bytes(a, lsn0, lsn1)
+        row(f"{label}: PostgreSQL WAL written per heartbeat (quiet)",
+            f"{wal / (h1 - h0):.0f} B ({wal / (t1 - t0) / 1e6:.1f} MB/s)")
+    if w1[1] > w0[1]:
+        n = w1[1] - w0[1]
+        row(f"{label}: store writes (one per flush with changes): mean duration, rows per write",
+            f"{(w1[0] - w0[0]) / n * 1000:.0f} ms, about {(h1 - h0) / n:.0f} heartbeats per write")
 
     # 2. The rest of the window: lag sampling and API requests under the same ingest.
     api = Api(a.url, a.token)
@@ -349,6 +410,9 @@ def main():
 
     p = sub.add_parser("ingest", parents=[common])
     p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--db-pid", type=int, default=0, help="PostgreSQL's postmaster, for its CPU")
+    p.add_argument("--psql", default="", help="psql, to read PostgreSQL's WAL position")
+    p.add_argument("--pg-url", default="", help="the database, for psql")
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--heartbeat-s", type=float, default=1)
     p.add_argument("--duration", type=float, required=True)

@@ -16,7 +16,8 @@
 #   --keep      keep the work directory (configs, logs)
 #
 # For each store: a fresh csg-consoled, N agents at 1 s heartbeats (N msg/s), then
-#   ingest    heartbeats/s and CPU per heartbeat in a quiet window, then under API load the lag
+#   ingest    heartbeats/s and CPU per heartbeat in a quiet window (on PostgreSQL also the
+#             server's CPU and WAL per heartbeat), the store's write time, then under API load the lag
 #             from a heartbeat's ts_ms to its visibility in GET /v1/instances/{id}, list p50/p99
 #             (first page and a deep page), RSS;
 #   calls     when the routes exist: sys.ping through POST /v1/instances/{id}/calls next to
@@ -235,8 +236,11 @@ for s in $stores; do
   known=$("${measure[@]}" known --url "$api" --count "$count" --timeout 120) ||
     die "the service ($s) did not list all $count simulated instances"
   echo "  the service knows $known instances"
-  collect ingest --url "$api" --pid "$consoled_pid" --count "$count" --duration "$duration" \
-    --requests "$requests" --label "$s, ${count} agents"
+  pg_args=()
+  [ "$s" = sqlite ] ||
+    pg_args=(--db-pid "${pid_of[postgres]}" --psql "$pg_bin/psql" --pg-url "$store_url")
+  collect ingest --url "$api" --pid "$consoled_pid" ${pg_args[@]+"${pg_args[@]}"} \
+    --count "$count" --duration "$duration" --requests "$requests" --label "$s, ${count} agents"
 
   if has_route calls; then
     failure_logs=("$dir/agent-$s.log")
