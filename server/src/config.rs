@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use csg_console::{ConsoleOptions, Signer};
-use csg_protocol::{BrokerList, ClientId, GroupId, InstanceId, Scheme, TopicParents};
+use csg_protocol::{BrokerList, ClientId, GroupId, InstanceId, Scheme, TopicMode, TopicParents};
 use csg_transport::{Auth, Protocol, TlsOptions};
 use serde::Deserialize;
 use thiserror::Error;
@@ -57,6 +57,37 @@ pub struct RawConfig {
     pub signing: RawSigning,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub topics: RawTopics,
+}
+
+/// `[topics]`: the parent topics and mode, as the agents of this fleet have them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTopics {
+    /// Commands to gateways (`{down}/{instance_id}`).
+    pub down: String,
+    /// Replies to this console (`{up}/{console client id}`).
+    pub up: String,
+    /// Heartbeats and presence (`{status}/{instance_id}[/presence]`).
+    pub status: String,
+    /// `standard`, or `p2p` for Alibaba Cloud MQTT's point-to-point topics.
+    pub mode: String,
+    /// In P2P mode, subscribe the reply topic (brokers without native P2P delivery).
+    pub subscribe_p2p: bool,
+}
+
+impl Default for RawTopics {
+    fn default() -> Self {
+        let p = TopicParents::default();
+        Self {
+            down: p.down,
+            up: p.up,
+            status: p.status,
+            mode: "standard".into(),
+            subscribe_p2p: false,
+        }
+    }
 }
 
 /// `[signing]`: the console's Ed25519 key; every command is then signed (JWS).
@@ -115,6 +146,9 @@ impl Default for RawMqtt {
 pub struct RawTls {
     pub ca_file: Option<PathBuf>,
     pub server_name: Option<String>,
+    /// Mutual TLS: the console's client certificate chain and its key (PEM), both or neither.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -225,6 +259,8 @@ pub struct Config {
     /// HTTPS: the pair, read and checked (see [`CertPair::load`]).
     pub http_tls: Option<CertPair>,
     pub log_filter: String,
+    pub parents: TopicParents,
+    pub mode: TopicMode,
 }
 
 impl Config {
@@ -260,6 +296,7 @@ impl Config {
             self.client_id.instance().clone(),
         );
         o.parents = self.parents();
+        o.mode = self.mode;
         o.protocol = self.protocol;
         if let Some(tls) = &self.tls {
             o.tls = tls.clone();
@@ -271,7 +308,7 @@ impl Config {
     }
 
     pub fn parents(&self) -> TopicParents {
-        TopicParents::default()
+        self.parents.clone()
     }
 }
 
@@ -338,13 +375,27 @@ impl RawConfig {
                 m.connect_timeout_s
             ));
         }
-        let tls_set = m.tls.ca_file.is_some() || m.tls.server_name.is_some();
+        let tls_set = m.tls.ca_file.is_some()
+            || m.tls.server_name.is_some()
+            || m.tls.cert_file.is_some()
+            || m.tls.key_file.is_some();
+        if m.tls.cert_file.is_some() != m.tls.key_file.is_some() {
+            p.push("mqtt.tls.cert_file and mqtt.tls.key_file go together (or neither)".into());
+        }
         let tls = match broker.as_ref().map(BrokerList::scheme) {
-            Some(Scheme::Mqtts) => Some(TlsOptions {
-                ca_file: m.tls.ca_file.clone(),
-                server_name: m.tls.server_name.clone(),
-                ..TlsOptions::default()
-            }),
+            Some(Scheme::Mqtts) => {
+                let opts = TlsOptions {
+                    ca_file: m.tls.ca_file.clone(),
+                    server_name: m.tls.server_name.clone(),
+                    client_cert_file: m.tls.cert_file.clone(),
+                    client_key_file: m.tls.key_file.clone(),
+                };
+                // Read now, so an unreadable or mismatched file is reported with the rest.
+                if let Err(e) = opts.client_config() {
+                    p.push(format!("mqtt.tls: {e}"));
+                }
+                Some(opts)
+            }
             Some(Scheme::Mqtt) if tls_set => {
                 p.push(
                     "mqtt.tls is set but the broker URL is mqtt:// (plain TCP); use mqtts://"
@@ -455,6 +506,29 @@ impl RawConfig {
             p.push("metrics.listen: the same address as http.listen; leave it out to serve /metrics there".into());
         }
         let webhooks = crate::webhooks::check(&self.webhooks, &mut p);
+        let parents = TopicParents {
+            down: self.topics.down.clone(),
+            up: self.topics.up.clone(),
+            status: self.topics.status.clone(),
+        };
+        for e in parents.validate() {
+            p.push(format!("topics: {e}"));
+        }
+        let mode = match (self.topics.mode.as_str(), self.topics.subscribe_p2p) {
+            ("standard", false) => TopicMode::Standard,
+            ("standard", true) => {
+                p.push("topics.subscribe_p2p = true needs topics.mode = \"p2p\"".into());
+                TopicMode::Standard
+            }
+            ("p2p", subscribe) => TopicMode::P2p { subscribe },
+            (other, _) => {
+                p.push(format!(
+                    "topics.mode = {:?}: \"standard\" or \"p2p\"",
+                    other.chars().take(32).collect::<String>()
+                ));
+                TopicMode::Standard
+            }
+        };
         let signer = match (&self.signing.key_file, &self.signing.key_id) {
             (Some(file), kid) => Signer::from_file(file, kid.as_deref())
                 .map_err(|e| p.push(format!("signing.key_file: {e}")))
@@ -494,6 +568,8 @@ impl RawConfig {
                     signer,
                     http_tls,
                     log_filter: self.log.filter,
+                    parents,
+                    mode,
                 })
             }
             _ => Err(p),
@@ -578,6 +654,49 @@ stale_after_intervals = 0
             );
         }
         assert!(!p.iter().any(|m| m.contains("secret")), "{p:#?}");
+    }
+
+    #[test]
+    fn topics_take_the_agents_parents_and_mode() {
+        let text = format!(
+            "{MINIMAL}\n[topics]\ndown = \"fleet-down\"\nup = \"fleet-up\"\nstatus = \"fleet-status\"\nmode = \"p2p\"\nsubscribe_p2p = true\n"
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.parents.down, "fleet-down");
+        assert_eq!(c.parents.status, "fleet-status");
+        assert_eq!(c.mode, TopicMode::P2p { subscribe: true });
+        let o = c.console_options();
+        assert_eq!(o.parents.up, "fleet-up");
+        assert_eq!(o.mode, TopicMode::P2p { subscribe: true });
+        assert_eq!(
+            Config::from_toml(MINIMAL).unwrap().mode,
+            TopicMode::Standard
+        );
+
+        let bad = format!("{MINIMAL}\n[topics]\ndown = \"a/b#\"\nmode = \"broadcast\"\n");
+        let Err(FromTomlError::Invalid(p)) = Config::from_toml(&bad) else {
+            panic!("accepted")
+        };
+        assert!(p.iter().any(|m| m.starts_with("topics: ")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("topics.mode")), "{p:?}");
+        let bad = format!("{MINIMAL}\n[topics]\nsubscribe_p2p = true\n");
+        assert!(Config::from_toml(&bad).is_err());
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key() {
+        let text = r#"
+[identity]
+group_id = "GID_console"
+console_id = "console-1"
+[mqtt]
+url = "mqtts://broker.example:8883"
+tls = { cert_file = "/nonexistent/console.pem" }
+"#;
+        let Err(FromTomlError::Invalid(p)) = Config::from_toml(text) else {
+            panic!("accepted")
+        };
+        assert!(p.iter().any(|m| m.contains("go together")), "{p:?}");
     }
 
     #[test]
