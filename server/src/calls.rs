@@ -91,6 +91,10 @@ pub enum CallFailure {
     /// Another request with this id is waiting on this console right now.
     #[error("request id {0} is already waiting for a reply")]
     InFlight(RequestId),
+    /// A mutation stored long ago under this id, without a final answer: the agent no longer
+    /// remembers the id, so sending it again could run it twice.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -117,6 +121,51 @@ pub struct CallService {
     /// The broker link: a call is refused at once (503) while it is down.
     pub link: watch::Receiver<csg_transport::LinkState>,
     pub ids: IdGenerator,
+    /// Calls whose task runs: a stopping service waits for them to record their outcome.
+    pub in_flight: Arc<InFlight>,
+}
+
+/// Counts the call tasks running, and wakes whoever waits for none.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlightGuard(Arc::clone(self))
+    }
+
+    /// Waits (at most `limit`) until no call task runs; false when some still do.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let idle = async {
+            loop {
+                let notified = self.idle.notified();
+                if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(limit, idle).await.is_ok()
+    }
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -137,7 +186,7 @@ impl CallService {
     /// A repeat of a stored id that asks the same is sent again under that id (the agent
     /// answers a mutation from its id memory) or, when the stored call was answered, answered
     /// from the store without sending.
-    pub async fn call(&self, req: CallRequest) -> Result<CallAnswer, CallFailure> {
+    pub async fn call(self: &Arc<Self>, req: CallRequest) -> Result<CallAnswer, CallFailure> {
         if let csg_transport::LinkState::Down(why) = &*self.link.borrow() {
             return Err(CallFailure::BrokerDown(why.as_ref().map_or_else(
                 || "connecting".to_owned(),
@@ -177,7 +226,23 @@ impl CallService {
                     });
                 }
                 // Pending (another request is waiting, or a crash left it) or failed: send
-                // again under the same id.
+                // again under the same id, while the agent still remembers it. Past its id
+                // memory a mutation's repeat could run again: its outcome is unknown, and only
+                // someone who looked at the gateway may send it anew (under a new key).
+                let age = now_ms().saturating_sub(found.started_ms);
+                if req.method.kind() == csg_protocol::methods::Kind::Mutation
+                    && age > AGENT_ID_MEMORY_MS
+                {
+                    return Err(CallFailure::OutcomeUnknown(format!(
+                        "request {} was first sent {} s ago without a final answer; agents \
+                         remember a request id for {} s, so sending it again could run it twice. \
+                         Check the gateway's state, then send under a new Idempotency-Key if \
+                         still needed",
+                        id.as_str(),
+                        age / 1000,
+                        AGENT_ID_MEMORY_MS / 1000
+                    )));
+                }
             }
         }
         let spec = CallSpec {
@@ -188,9 +253,19 @@ impl CallService {
             timeout: req.timeout.get(),
             group: req.group.clone(),
         };
-        let started = Instant::now();
-        let result = self.caller.call(&spec).await;
-        self.finish(&req, &record, result, started.elapsed()).await
+        // The call and its bookkeeping (stored outcome, audit, event) run in a task of their
+        // own: a client that disconnects, or a route timeout, drops the handler's future, and
+        // must not leave a sent mutation unrecorded.
+        let this = Arc::clone(self);
+        let guard = self.in_flight.enter();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            let started = Instant::now();
+            let result = this.caller.call(&spec).await;
+            this.finish(&req, &record, result, started.elapsed()).await
+        });
+        task.await
+            .map_err(|e| CallFailure::Other(format!("the call's task failed: {e}")))?
     }
 
     /// The one place a call finishes: stores the outcome, audits a mutation, counts it in the
@@ -247,6 +322,19 @@ impl CallService {
         let in_flight = matches!(answer, Err(CallFailure::InFlight(_)));
         if !in_flight {
             let stored = match &answer {
+                // A retryable refusal (BUSY, UNAVAILABLE, TIMEOUT) is not the request's outcome:
+                // it is stored as failed, so a repeat of the id is sent again rather than
+                // answered with the refusal forever.
+                Ok(a) if is_retryable(&a.reply) => {
+                    let text = a
+                        .reply
+                        .pointer("/error/code")
+                        .and_then(Value::as_str)
+                        .unwrap_or("retryable error");
+                    self.store
+                        .finish_call(&id, CallState::Failed, None, Some(text), now)
+                        .await
+                }
                 Ok(a) => {
                     self.store
                         .finish_call(&id, CallState::Answered, Some(&a.reply), None, now)
@@ -291,6 +379,17 @@ impl CallService {
         });
         answer
     }
+}
+
+/// How long an agent remembers a request id after the request finished (protocol.md §7: at
+/// least ten minutes); past it a repeat may run again. Counted here from the first send, which
+/// is earlier than the end of the run: the refusal comes early, never late.
+pub const AGENT_ID_MEMORY_MS: i64 = 10 * 60 * 1000;
+
+/// Whether an agent's reply is an error it marks retryable.
+fn is_retryable(reply: &Value) -> bool {
+    reply.get("ok") == Some(&Value::Bool(false))
+        && reply.pointer("/error/retryable") == Some(&Value::Bool(true))
 }
 
 /// `error.code` of a stored reply whose `ok` is false.
@@ -347,5 +446,128 @@ mod tests {
             Some("CONFLICT")
         );
         assert_eq!(error_code_of(&json!({"ok": true, "result": {}})), None);
+    }
+
+    /// Answers as an agent would, from a script: the first `busy` sends get BUSY, the rest OK.
+    /// A stand-in for the broker and agent (the end-to-end tests use real ones) so that the
+    /// service's bookkeeping of a retryable refusal is checked exactly.
+    struct Busy {
+        busy: std::sync::atomic::AtomicUsize,
+        sent: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Caller for Busy {
+        async fn call(&self, spec: &CallSpec) -> Result<Reply, CallError> {
+            use std::sync::atomic::Ordering;
+            self.sent.fetch_add(1, Ordering::SeqCst);
+            if self.busy.load(Ordering::SeqCst) > 0 {
+                self.busy.fetch_sub(1, Ordering::SeqCst);
+                return Ok(Reply::err(
+                    Some(spec.id.clone()),
+                    csg_protocol::envelope::RpcError::new(
+                        csg_protocol::envelope::ErrorCode::Busy,
+                        "too many requests",
+                    ),
+                ));
+            }
+            Ok(Reply::ok(spec.id.clone(), json!({"ok": 1})))
+        }
+    }
+
+    async fn service(busy: usize) -> (Arc<CallService>, Arc<Busy>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let store = crate::store::open(&url).await.unwrap();
+        let caller = Arc::new(Busy {
+            busy: busy.into(),
+            sent: 0.into(),
+        });
+        let (_tx, link) = watch::channel(csg_transport::LinkState::Ready(1));
+        // The sender is dropped: the link stays as it was set.
+        let svc = Arc::new(CallService {
+            store,
+            caller: caller.clone(),
+            region: Region::new("default").unwrap(),
+            bus: Bus::default(),
+            metrics: crate::metrics::Metrics::new(),
+            link,
+            ids: IdGenerator::new("test"),
+            in_flight: Arc::default(),
+        });
+        (svc, caller, dir)
+    }
+
+    fn reconcile(id: &str) -> CallRequest {
+        let params = Map::new();
+        CallRequest {
+            instance: InstanceId::new("gw-1").unwrap(),
+            group: None,
+            method: Method::parse("sys.reconcile", params.clone()).unwrap(),
+            params,
+            id: Some(RequestId::new(id).unwrap()),
+            timeout: CallTimeout::default(),
+            token_name: None,
+            remote_addr: None,
+            action: "call",
+        }
+    }
+
+    /// A BUSY answer is handed to the client but not kept as the call's outcome: the repeat of
+    /// the id is sent again and its real answer kept.
+    #[tokio::test]
+    async fn a_retryable_refusal_is_not_the_outcome_and_the_repeat_is_sent() {
+        use std::sync::atomic::Ordering;
+        let (svc, caller, _dir) = service(1).await;
+        let first = svc.call(reconcile("key-1")).await.unwrap();
+        assert_eq!(first.error_code.as_deref(), Some("BUSY"));
+        let row = svc
+            .store
+            .get_call(&RequestId::new("key-1").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.state, CallState::Failed);
+        let second = svc.call(reconcile("key-1")).await.unwrap();
+        assert_eq!(second.error_code, None, "{:?}", second.reply);
+        assert_eq!(caller.sent.load(Ordering::SeqCst), 2);
+        // Answered now: a third is answered from the store, not sent.
+        let third = svc.call(reconcile("key-1")).await.unwrap();
+        assert_eq!(third.error_code, None);
+        assert_eq!(caller.sent.load(Ordering::SeqCst), 2);
+    }
+
+    /// A mutation first sent longer ago than agents remember ids, without a final answer, is
+    /// not sent again under that id (it could run twice).
+    #[tokio::test]
+    async fn an_old_unfinished_mutation_is_not_sent_again() {
+        use std::sync::atomic::Ordering;
+        let (svc, caller, _dir) = service(0).await;
+        let req = reconcile("key-old");
+        let params = audit::redact(&Value::Object(req.params.clone()));
+        svc.store
+            .insert_call(&CallRecord {
+                id: RequestId::new("key-old").unwrap(),
+                region: svc.region.clone(),
+                instance_id: req.instance.clone(),
+                method: "sys.reconcile".into(),
+                params,
+                request_hash: request_hash(&req.instance, "sys.reconcile", &req.params),
+                token_name: None,
+                state: CallState::Pending,
+                reply: None,
+                error: None,
+                started_ms: now_ms() - AGENT_ID_MEMORY_MS - 1_000,
+                finished_ms: None,
+            })
+            .await
+            .unwrap();
+        match svc.call(req).await {
+            Err(CallFailure::OutcomeUnknown(why)) => {
+                assert!(why.contains("new Idempotency-Key"), "{why}");
+            }
+            other => panic!("sent again: {other:?}"),
+        }
+        assert_eq!(caller.sent.load(Ordering::SeqCst), 0);
     }
 }

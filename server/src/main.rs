@@ -314,10 +314,12 @@ async fn run(config: Config, path: &Path) -> Result<()> {
         metrics: metrics.clone(),
         link: link.clone(),
         ids: IdGenerator::new(config.client_id.instance().as_str()),
+        in_flight: Arc::default(),
     });
     if let Some(s) = &config.signer {
         info!(key_id = s.key_id(), "every command is signed");
     }
+    let calls_in_flight = calls.in_flight.clone();
     let state = AppState {
         store: store.clone(),
         region: config.region.clone(),
@@ -402,7 +404,9 @@ async fn run(config: Config, path: &Path) -> Result<()> {
     };
     // Requests under way are bounded by request_timeout; a connection still open a second
     // after that (a client that never finishes its request headers: hyper has no timer for
-    // them here) is cut, so a stop never hangs.
+    // them here) is cut, so a stop never hangs. A call to a gateway still waiting then is not
+    // lost: it runs in a task of its own, ends when the MQTT session closes below, and records
+    // its outcome (failed, to be retried under the same id) before the store closes.
     let drain = config.request_timeout + Duration::from_secs(1);
     let served = tokio::select! {
         r = serve => r,
@@ -437,6 +441,9 @@ async fn run(config: Config, path: &Path) -> Result<()> {
         let _ = t.await;
     }
     console.disconnect().await;
+    if !calls_in_flight.wait_idle(Duration::from_secs(5)).await {
+        warn!("calls still recording their outcome after 5 s: left pending (a retry under the same id resends them)");
+    }
     store.close().await;
     served.context("serving HTTP")?;
     info!("stopped");

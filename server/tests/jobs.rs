@@ -834,6 +834,7 @@ impl Api {
             metrics: metrics.clone(),
             link: link.clone(),
             ids: csg_console::IdGenerator::new("jobs-api"),
+            in_flight: Arc::default(),
         });
         let app = http::router(
             AppState {

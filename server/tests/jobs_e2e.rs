@@ -121,6 +121,7 @@ impl Side {
             metrics: metrics.clone(),
             link: link.clone(),
             ids: csg_console::IdGenerator::new("consoled-jobs"),
+            in_flight: Arc::default(),
         });
         let app = http::router(
             AppState {

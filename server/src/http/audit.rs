@@ -151,7 +151,15 @@ pub async fn list(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<AuditPage>, Problem> {
-    authorize(&state, &headers, Scope::Audit).await?;
+    let token = authorize(&state, &headers, Scope::Audit).await?;
+    // The log spans every group (refusals name no gateway at all): a token limited to groups
+    // cannot be shown it without showing other groups' gateways.
+    if !token.groups.is_empty() {
+        return Err(Problem::forbidden(
+            "the audit log spans every group; a token limited to groups cannot read it",
+        )
+        .by_token(token.name.as_str()));
+    }
     let (mut filter, limit, cursor) = parse_query(raw.as_deref())?;
     filter.region = Some(state.region.clone());
     let limit = match limit {

@@ -30,6 +30,19 @@ pub async fn authorize(
     headers: &HeaderMap,
     needed: Scope,
 ) -> Result<TokenRecord, Problem> {
+    let token = state
+        .store
+        .find_token(&presented_hash(headers)?)
+        .await?
+        .ok_or_else(|| Problem::unauthorized("the token is unknown or revoked"))?;
+    if !grants(&token.scopes, needed) {
+        return Err(forbidden(&token, needed));
+    }
+    Ok(token)
+}
+
+/// The hash of the bearer token a request presents (401 without one).
+pub fn presented_hash(headers: &HeaderMap) -> Result<TokenHash, Problem> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -39,15 +52,7 @@ pub async fn authorize(
         })
         .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_LEN)
         .ok_or_else(|| Problem::unauthorized("an Authorization: Bearer token is required"))?;
-    let token = state
-        .store
-        .find_token(&TokenHash::of(presented))
-        .await?
-        .ok_or_else(|| Problem::unauthorized("the token is unknown or revoked"))?;
-    if !grants(&token.scopes, needed) {
-        return Err(forbidden(&token, needed));
-    }
-    Ok(token)
+    Ok(TokenHash::of(presented))
 }
 
 /// 403 for a token that lacks `needed`.

@@ -111,6 +111,9 @@ pub async fn visible_instance(
     Ok(row)
 }
 
+/// How job ids, and so their executions' request ids, begin (`jobs::new_job_id`).
+pub const JOB_ID_PREFIX: &str = "job-";
+
 /// `Idempotency-Key`, checked by the protocol's request id rules (400 otherwise).
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<RequestId>, Problem> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
@@ -125,6 +128,13 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<RequestId>, Problem
     let text = v
         .to_str()
         .map_err(|_| Problem::bad_request("Idempotency-Key: not visible ASCII"))?;
+    // A job's executions have request ids of this shape, listed by the API: a call under one
+    // would take that execution's place in the agent's id memory.
+    if text.starts_with(JOB_ID_PREFIX) {
+        return Err(Problem::bad_request(format!(
+            "Idempotency-Key: keys starting with {JOB_ID_PREFIX:?} are the console's own (job executions)"
+        )));
+    }
     RequestId::new(text)
         .map(Some)
         .map_err(|e| Problem::bad_request(format!("Idempotency-Key: {e}")))
@@ -133,6 +143,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<RequestId>, Problem
 /// The problem for a call without a reply.
 pub fn failure_problem(f: CallFailure) -> Problem {
     match f {
+        CallFailure::OutcomeUnknown(why) => Problem::conflict(why),
         CallFailure::IdReused(id) => Problem::conflict(format!(
             "Idempotency-Key {} was used for another request (instance, method or params)",
             id.as_str()
@@ -393,7 +404,8 @@ mod tests {
             idempotency_key(&h).unwrap().unwrap().as_str(),
             "deploy-42.a:b_c"
         );
-        for bad in ["bad key", "x/y", "", &"k".repeat(65)] {
+        // The last: the shape of a job execution's request id, which a call must not take.
+        for bad in ["bad key", "x/y", "", &"k".repeat(65), "job-19a2b-0011:gw-1"] {
             let mut h = HeaderMap::new();
             h.insert(IDEMPOTENCY_KEY, bad.parse().unwrap());
             assert_eq!(idempotency_key(&h).unwrap_err().status, 400, "{bad:?}");
@@ -402,6 +414,13 @@ mod tests {
         h.append(IDEMPOTENCY_KEY, "a".parse().unwrap());
         h.append(IDEMPOTENCY_KEY, "b".parse().unwrap());
         assert_eq!(idempotency_key(&h).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn job_ids_begin_as_the_key_check_expects() {
+        assert!(crate::jobs::new_job_id(1)
+            .unwrap()
+            .starts_with(JOB_ID_PREFIX));
     }
 
     #[test]

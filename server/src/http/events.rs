@@ -18,12 +18,12 @@ use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 
-use super::auth::authorize;
+use super::auth::{authorize, presented_hash};
 use super::problem::Problem;
 use super::AppState;
 use crate::events::{EventKinds, Published};
 use crate::metrics::StreamGuard;
-use crate::store::Scope;
+use crate::store::{Scope, Store, TokenHash};
 
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -48,13 +48,27 @@ pub fn parse_types(raw: Option<&str>) -> Result<EventKinds, Problem> {
         .map_err(|e| Problem::bad_request(format!("types: {e}")))
 }
 
+/// How often an open stream checks that its token is still valid: a revoked token's stream
+/// ends within this long.
+pub const TOKEN_RECHECK: Duration = Duration::from_secs(5);
+
+/// The token a stream was opened with, looked up again now and then.
+struct Recheck {
+    store: Arc<dyn Store>,
+    hash: TokenHash,
+    every: tokio::time::Interval,
+}
+
 struct Listener {
+    recheck: Option<Recheck>,
     rx: broadcast::Receiver<Arc<Published>>,
     closed: watch::Receiver<bool>,
     kinds: EventKinds,
     groups: Vec<String>,
     metrics: crate::metrics::Metrics,
     _open: StreamGuard,
+    /// Set when the `revoked` event was sent: the stream ends after it.
+    closed_by_revocation: bool,
 }
 
 fn frame(p: &Published) -> SseEvent {
@@ -70,10 +84,47 @@ fn events(l: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     // so without it a client would not know the stream is open until the first event.
     let opened = stream::once(async { Ok(SseEvent::default().comment("open")) });
     opened.chain(stream::unfold(l, |mut l| async move {
+        if l.closed_by_revocation {
+            return None;
+        }
         loop {
-            let got = tokio::select! {
-                r = l.rx.recv() => r,
-                _ = l.closed.wait_for(|c| *c) => return None,
+            enum Next {
+                Got(Result<Arc<Published>, RecvError>),
+                Closed,
+                Recheck(Arc<dyn Store>, TokenHash),
+            }
+            let next = {
+                let (rx, closed, recheck) = (&mut l.rx, &mut l.closed, &mut l.recheck);
+                let due = async {
+                    match recheck {
+                        Some(r) => {
+                            r.every.tick().await;
+                            (r.store.clone(), r.hash)
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = rx.recv() => Next::Got(r),
+                    _ = closed.wait_for(|c| *c) => Next::Closed,
+                    (store, hash) = due => Next::Recheck(store, hash),
+                }
+            };
+            let got = match next {
+                Next::Got(r) => r,
+                Next::Closed => return None,
+                Next::Recheck(store, hash) => {
+                    // A store that cannot answer says nothing about the token: go on.
+                    if let Ok(None) = store.find_token(&hash).await {
+                        let e = SseEvent::default()
+                            .event("revoked")
+                            .data("{\"reason\":\"the token is unknown or revoked\"}");
+                        l.recheck = None;
+                        l.closed_by_revocation = true;
+                        return Some((Ok(e), l));
+                    }
+                    continue;
+                }
             };
             match got {
                 Ok(p) => {
@@ -116,8 +167,17 @@ pub async fn stream(
 ) -> Result<Response, Problem> {
     let token = authorize(&state, &headers, Scope::Read).await?;
     let kinds = parse_types(raw.as_deref())?;
+    let mut every = tokio::time::interval(TOKEN_RECHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.reset();
     // Subscribed before answering: nothing published from here on is missed.
     let listener = Listener {
+        recheck: Some(Recheck {
+            store: state.store.clone(),
+            hash: presented_hash(&headers)?,
+            every,
+        }),
+        closed_by_revocation: false,
         rx: state.bus.subscribe(),
         closed: state.bus.close_signal(),
         kinds,
@@ -155,6 +215,8 @@ mod tests {
 
     fn listener(bus: &Bus, kinds: EventKinds, groups: &[&str], metrics: &Metrics) -> Listener {
         Listener {
+            recheck: None,
+            closed_by_revocation: false,
             rx: bus.subscribe(),
             closed: bus.close_signal(),
             kinds,
@@ -162,6 +224,54 @@ mod tests {
             metrics: metrics.clone(),
             _open: metrics.stream_opened(),
         }
+    }
+
+    /// A stream opened with a token that is then revoked ends with a `revoked` event at the
+    /// next check (a real SQLite store holds the token).
+    #[tokio::test]
+    async fn a_revoked_tokens_stream_ends() {
+        use crate::store::{self, NewToken, TokenName, TokenSecret};
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        let st = store::open(&url).await.unwrap();
+        let secret = TokenSecret::generate().unwrap();
+        let name = TokenName::new("watcher").unwrap();
+        st.create_token(&NewToken {
+            name: name.clone(),
+            hash: secret.hash(),
+            scopes: vec![Scope::Read],
+            groups: vec![],
+            created_ms: 0,
+        })
+        .await
+        .unwrap();
+        let bus = Bus::new(16);
+        let metrics = Metrics::new();
+        let mut l = listener(&bus, EventKinds::ALL, &[], &metrics);
+        l.recheck = Some(Recheck {
+            store: st.clone(),
+            hash: secret.hash(),
+            every: tokio::time::interval(Duration::from_millis(50)),
+        });
+        let s = events(l);
+        tokio::pin!(s);
+        assert!(format!("{:?}", s.next().await.unwrap().unwrap()).contains(": open"));
+        // Still valid: events flow.
+        bus.publish(presence("GID_a"));
+        let e = format!("{:?}", s.next().await.unwrap().unwrap());
+        assert!(e.contains("presence"), "{e}");
+        assert!(st.revoke_token(&name, 1).await.unwrap());
+        let e = tokio::time::timeout(Duration::from_secs(5), s.next())
+            .await
+            .expect("no revoked event")
+            .unwrap()
+            .unwrap();
+        assert!(format!("{e:?}").contains("revoked"), "{e:?}");
+        assert!(
+            s.next().await.is_none(),
+            "the stream goes on after revocation"
+        );
+        st.close().await;
     }
 
     /// A listener that falls behind is told how many events it missed, then goes on; its

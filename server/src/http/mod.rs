@@ -82,6 +82,12 @@ pub struct RemoteAddr(pub Option<String>);
 /// Room a call route leaves above the longest call for storing and answering.
 const CALL_ROUTE_MARGIN: Duration = Duration::from_secs(5);
 
+/// The time limit of the routes that call gateways: the longest call and room to store and
+/// answer it, or the request timeout when that is longer.
+pub fn call_route_timeout(request_timeout: Duration) -> Duration {
+    request_timeout.max(MAX_TIMEOUT + CALL_ROUTE_MARGIN)
+}
+
 pub struct HttpLimits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -92,7 +98,7 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
     // The routes that call gateways wait for a reply up to a call's own budget (at most
     // MAX_TIMEOUT), which may be longer than `http.request_timeout_ms`: their layer is raised
     // to fit the longest call, so the request timeout never cuts a call short.
-    let call_timeout = limits.request_timeout.max(MAX_TIMEOUT + CALL_ROUTE_MARGIN);
+    let call_timeout = call_route_timeout(limits.request_timeout);
     let calling = Router::new()
         .route(
             "/v1/instances/{id}/calls",
@@ -156,11 +162,49 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         ))
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        // axum's extractors keep their own 2 MiB default beside the layer: the configured
+        // limit is the one that holds.
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::map_response(as_problem))
         .layer(axum::middleware::from_fn_with_state(
             metrics,
             metrics::track,
         ))
+}
+
+/// At most one refusal without a known token kept per second, process-wide.
+static ANONYMOUS_REFUSALS: RefusalGate = RefusalGate::new(1000);
+
+/// Lets one event through per period and counts the rest.
+struct RefusalGate {
+    period_ms: i64,
+    /// The time of the last event let through, and how many were held back since.
+    state: std::sync::Mutex<(i64, u64)>,
+}
+
+impl RefusalGate {
+    const fn new(period_ms: i64) -> Self {
+        Self {
+            period_ms,
+            state: std::sync::Mutex::new((i64::MIN, 0)),
+        }
+    }
+
+    /// `Some(held back since the last one)` when this event may pass.
+    fn admit(&self, now_ms: i64) -> Option<u64> {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now_ms.saturating_sub(s.0) >= self.period_ms {
+            let held = s.1;
+            *s = (now_ms, 0);
+            Some(held)
+        } else {
+            s.1 += 1;
+            None
+        }
+    }
 }
 
 /// Records refused requests in the audit log: 401 and 403 on any route, and any other 4xx
@@ -181,6 +225,19 @@ async fn audit_refusals(State(state): State<AppState>, mut req: Request, next: N
         || (change && status.is_client_error());
     let refusal = resp.extensions().get::<Refusal>().cloned();
     let audited = refusal.as_ref().is_some_and(|r| r.audited);
+    let token_name = refusal.as_ref().and_then(|r| r.token_name.clone());
+    // A 401 is the one refusal without a known token, and anyone can cause it: those are kept
+    // at most once a second (the next one kept says how many were not), so anonymous traffic
+    // cannot grow the audit table and the log at its own pace. Every other refusal comes after
+    // a valid token was checked.
+    let suppressed = if refused && !audited && status == StatusCode::UNAUTHORIZED {
+        match ANONYMOUS_REFUSALS.admit(now_ms()) {
+            Some(skipped) => skipped,
+            None => return resp,
+        }
+    } else {
+        0
+    };
     if refused && !audited {
         let instance = path
             .strip_prefix("/v1/instances/")
@@ -189,7 +246,7 @@ async fn audit_refusals(State(state): State<AppState>, mut req: Request, next: N
         let event = AuditEvent {
             at_ms: now_ms(),
             region: state.region.clone(),
-            token_name: refusal.as_ref().and_then(|r| r.token_name.clone()),
+            token_name,
             remote_addr: remote,
             action: "refused".to_owned(),
             instance_id: instance,
@@ -197,6 +254,7 @@ async fn audit_refusals(State(state): State<AppState>, mut req: Request, next: N
             params: Some(json!({
                 "http": format!("{method} {}", path.chars().take(256).collect::<String>()),
                 "detail": refusal.map(|r| r.detail).unwrap_or_default(),
+                "anonymous_refusals_not_kept": suppressed,
             })),
             outcome: status.as_u16().to_string(),
             request_id: None,
@@ -352,6 +410,22 @@ async fn method_not_allowed() -> Problem {
         "Method not allowed",
         "this route does not take that method",
     )
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::RefusalGate;
+
+    #[test]
+    fn one_refusal_a_period_passes_and_the_next_says_how_many_did_not() {
+        let g = RefusalGate::new(1000);
+        assert_eq!(g.admit(10_000), Some(0));
+        assert_eq!(g.admit(10_001), None);
+        assert_eq!(g.admit(10_999), None);
+        assert_eq!(g.admit(11_000), Some(2));
+        assert_eq!(g.admit(11_500), None);
+        assert_eq!(g.admit(20_000), Some(1));
+    }
 }
 
 #[cfg(test)]

@@ -130,7 +130,11 @@ pub async fn deliveries(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<DeliveryPage>, Problem> {
-    authorize(&state, &headers, Scope::Admin).await?;
+    let token = authorize(&state, &headers, Scope::Admin).await?;
+    // Deliveries carry every group's events.
+    if !token.groups.is_empty() {
+        return Err(Problem::forbidden("webhook deliveries carry every group's events; a token limited to groups cannot read them",).by_token(token.name.as_str()));
+    }
     let (filter, limit, cursor) = parse(raw.as_deref())?;
     let page = state
         .store
