@@ -795,7 +795,111 @@ async fn a_runner_that_dies_is_taken_over_and_nothing_runs_twice(fx: &Fixture) {
     );
 }
 
+/// A claim leaves out the jobs the runner holds already: they do not use up its room, so newer
+/// jobs are taken up to `max_jobs`.
+async fn a_claim_takes_new_jobs_not_those_already_held(fx: &Fixture) {
+    let targets = ids("gw-", 1);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(fx.store.as_ref(), &refs, Presence::Online).await;
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        made.push(create(fx.store.as_ref(), ping_job(&targets)).await.id);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let now = now_ms();
+    let claim = |limit: u32, held: Vec<String>| {
+        let store = fx.store.clone();
+        async move {
+            store
+                .jobs()
+                .claim_jobs(&region(), "replica-a", now, now + 60_000, limit, &held)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = claim(2, vec![]).await;
+    assert_eq!(first, made[..2].to_vec());
+    // One more slot: the third job, not one of the two held.
+    assert_eq!(claim(1, first.clone()).await, vec![made[2].clone()]);
+    assert!(claim(0, vec![]).await.is_empty(), "no room, no claim");
+    // Without the list (a restart under the same name), its own leases are taken again.
+    assert_eq!(claim(3, vec![]).await, made);
+}
+
+/// A taken-over mutation first sent longer ago than agents remember ids is not sent again: it
+/// ends `timed_out`, its outcome unknown; a recent one is sent again with its id.
+async fn an_in_progress_mutation_older_than_the_id_memory_is_not_sent_again(fx: &Fixture) {
+    let targets = ids("gw-", 2);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(fx.store.as_ref(), &refs, Presence::Online).await;
+    let mut req = ping_job(&targets);
+    req["method"] = json!("sys.reconcile");
+    let j = create(fx.store.as_ref(), req).await;
+    let now = now_ms();
+    let old = now - 11 * 60_000;
+    // A runner long gone sent gw-000 eleven minutes ago and gw-001 just now.
+    let jobs = fx.store.jobs();
+    assert!(jobs
+        .transition_job(
+            &j.id,
+            &JobTransition {
+                from: vec![JobState::Queued],
+                to: JobState::Running,
+                reason: None,
+                active: true,
+                now_ms: old,
+                cancel_queued: false,
+                wave: None,
+            },
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        jobs.start_executions(&j.id, &[0], old).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        jobs.start_executions(&j.id, &[1], now).await.unwrap().len(),
+        1
+    );
+    let taken = jobs
+        .claim_jobs(&region(), "gone", old, old + 1000, 1, &[])
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    let gw = Arc::new(Gateways::default());
+    let bus = Bus::default();
+    let b = Running::start(&fx.store, Arc::new(Scripted(gw.clone())), &bus, "replica-b");
+    wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
+    b.stop().await;
+    assert_eq!(gw.calls_to("gw-000"), 0, "too old to send again");
+    assert_eq!(gw.calls_to("gw-001"), 1, "recent: sent again");
+    let page = jobs
+        .list_executions(&j.id, &[], PageLimit::new(10).unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(page.items[0].state, ExecState::TimedOut);
+    assert_eq!(page.items[0].error_code.as_deref(), Some("UNKNOWN_OUTCOME"));
+    let msg = page.items[0].error_message.clone().unwrap();
+    assert!(
+        msg.contains("outcome unknown") && msg.contains("9 minutes"),
+        "{msg}"
+    );
+    assert_eq!(page.items[1].state, ExecState::Succeeded);
+}
+
 both_engines!(
+    a_claim_takes_new_jobs_not_those_already_held,
+    an_in_progress_mutation_older_than_the_id_memory_is_not_sent_again,
     a_job_sends_each_gateway_once_within_its_rate_and_cap,
     retries_refusals_failures_and_silence_end_in_their_states,
     the_abort_rule_stops_a_job_once_its_minimum_has_run,

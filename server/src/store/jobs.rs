@@ -278,7 +278,9 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Page<ExecutionRecord>, StoreError>;
 
     /// Takes the lease of up to `limit` active jobs of `region` that nobody holds (or whose
-    /// lease expired, or that `owner` holds already), until `until_ms`. Returns those taken.
+    /// lease expired, or that `owner` held before a restart), until `until_ms`, leaving out
+    /// `held` (the jobs `owner` runs now: their leases are renewed, not claimed, and must not
+    /// use up `limit`). Returns those taken.
     async fn claim_jobs(
         &self,
         region: &Region,
@@ -286,6 +288,7 @@ pub trait JobStore: Send + Sync {
         now_ms: i64,
         until_ms: i64,
         limit: u32,
+        held: &[String],
     ) -> Result<Vec<JobRecord>, StoreError>;
 
     /// Extends `owner`'s lease; false when it is no longer `owner`'s.
@@ -599,7 +602,11 @@ macro_rules! job_store_impl {
                 now_ms: i64,
                 until_ms: i64,
                 limit: u32,
+                held: &[String],
             ) -> Result<Vec<JobRecord>, StoreError> {
+                if limit == 0 {
+                    return Ok(Vec::new());
+                }
                 let mut q: QueryBuilder<$db> = QueryBuilder::new(
                     "SELECT id FROM jobs WHERE active = 1 AND region = ",
                 );
@@ -608,7 +615,16 @@ macro_rules! job_store_impl {
                     .push_bind(owner)
                     .push(" OR lease_until_ms < ")
                     .push_bind(now_ms)
-                    .push(") ORDER BY created_ms, id LIMIT ")
+                    .push(")");
+                if !held.is_empty() {
+                    q.push(" AND id NOT IN (");
+                    let mut list = q.separated(", ");
+                    for id in held {
+                        list.push_bind(id.as_str());
+                    }
+                    list.push_unseparated(")");
+                }
+                q.push(" ORDER BY created_ms, id LIMIT ")
                     .push_bind(i64::from(limit));
                 let ids: Vec<String> = q
                     .build()
