@@ -982,11 +982,26 @@ impl Api {
         token: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let req = Request::builder()
+        self.call_with(method, path, token, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
             .body(match body {
                 Some(b) => Body::from(b.to_string()),
                 None => Body::empty(),
@@ -1015,6 +1030,108 @@ impl Api {
             .items
             .len()
     }
+}
+
+/// A re-POST (after a timeout, a dropped connection) or a second operator never makes a second
+/// job: the same Idempotency-Key and body return the first job, another body is a conflict; a
+/// job is retried at most once, however many calls ask at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_creates_and_retries_make_one_job() {
+    let api = Api::new().await;
+    let targets = ids("gw-", 4);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(api.store.as_ref(), &refs, Presence::Online).await;
+    let op = api.token("op", Scope::Operate, &[]).await;
+    let other = api.token("other", Scope::Operate, &[]).await;
+    let key = [("idempotency-key", "deploy-42")];
+    let body = ping_job(&targets);
+    let (s, first) = api
+        .call_with("POST", "/v1/jobs", &op, Some(body.clone()), &key)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+    let (s, again) = api
+        .call_with("POST", "/v1/jobs", &op, Some(body.clone()), &key)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], json!(id));
+    let mut changed = body.clone();
+    changed["rate_per_minute"] = json!(10);
+    let (s, p) = api
+        .call_with("POST", "/v1/jobs", &op, Some(changed), &key)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains(&id), "{p}");
+    assert_eq!(api.job_count().await, 1);
+    // Keys are per token; a malformed key changes nothing.
+    let (s, theirs) = api
+        .call_with("POST", "/v1/jobs", &other, Some(body.clone()), &key)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{theirs}");
+    assert_ne!(theirs["id"], json!(id));
+    let (s, p) = api
+        .call_with(
+            "POST",
+            "/v1/jobs",
+            &op,
+            Some(body.clone()),
+            &[("idempotency-key", "")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(api.job_count().await, 2);
+
+    // A job that failed on two gateways, retried by three calls at once: one child.
+    let gw = Arc::new(Gateways::default());
+    gw.set("gw-001", Behaviour::Err(ErrorCode::BackendError));
+    gw.set("gw-002", Behaviour::Err(ErrorCode::BackendError));
+    let (_, failing) = api.call("POST", "/v1/jobs", &op, Some(body)).await;
+    let fid = failing["id"].as_str().unwrap().to_owned();
+    let bus = Bus::default();
+    let r = Running::start(&api.store, Arc::new(Scripted(gw.clone())), &bus, "a");
+    wait_state(
+        api.store.as_ref(),
+        &fid,
+        JobState::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
+    r.stop().await;
+    let path = format!("/v1/jobs/{fid}/retry-failed");
+    let (a, b, c) = tokio::join!(
+        api.call("POST", &path, &op, None),
+        api.call("POST", &path, &other, None),
+        api.call_with("POST", &path, &op, None, &[("idempotency-key", "retry-1")]),
+    );
+    let mut statuses = vec![a.0, b.0, c.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![StatusCode::OK, StatusCode::OK, StatusCode::CREATED],
+        "{a:?} {b:?} {c:?}"
+    );
+    assert_eq!(a.1["id"], b.1["id"]);
+    assert_eq!(a.1["id"], c.1["id"]);
+    let children: Vec<JobRecord> = api
+        .store
+        .jobs()
+        .list_jobs(&Default::default(), PageLimit::new(1000).unwrap(), None)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|j| j.parent_job_id.as_deref() == Some(fid.as_str()))
+        .collect();
+    assert_eq!(children.len(), 1, "one child per parent");
+    assert_eq!(json!(children[0].id), a.1["id"]);
+    assert_eq!(
+        job(api.store.as_ref(), &fid).await.retried_by,
+        Some(children[0].id.clone())
+    );
+    // Later: the same child again.
+    let (s, later) = api.call("POST", &path, &op, None).await;
+    assert_eq!(s, StatusCode::OK, "{later}");
+    assert_eq!(later["id"], a.1["id"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
