@@ -897,7 +897,90 @@ async fn an_in_progress_mutation_older_than_the_id_memory_is_not_sent_again(fx: 
     assert_eq!(page.items[1].state, ExecState::Succeeded);
 }
 
+/// The default tick keeps a waiting job's reads low (one row read per tick) and is still quick
+/// for a person watching; the tests here set a shorter one.
+#[test]
+fn the_default_tick_is_a_quarter_to_half_a_second() {
+    let c = RunnerConfig::new("replica", region());
+    assert!(
+        (Duration::from_millis(250)..=Duration::from_millis(500)).contains(&c.tick),
+        "{:?}",
+        c.tick
+    );
+}
+
+/// Runs one statement on the fixture's database, beside the store (to break it on purpose).
+async fn raw_sql(fx: &Fixture, sql: &str) {
+    match &fx._backing {
+        Backing::Sqlite(dir) => {
+            let url = format!("sqlite://{}", dir.path().join("console.db").display());
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Backing::Postgres(server) => {
+            let pool = sqlx::PgPool::connect(&server.url()).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+/// A runner that cannot read a taken-over job's in-progress executions (the store fails just
+/// then) gives the job back and takes it again later, re-sending them: it does not keep a job
+/// whose orphans it never sends, which would hang it with its lease forever.
+async fn a_takeover_that_cannot_read_the_orphans_tries_again(fx: &Fixture) {
+    let targets = ids("gw-", 2);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(fx.store.as_ref(), &refs, Presence::Online).await;
+    let gw = Arc::new(Gateways::default());
+    let mut req = ping_job(&targets);
+    req["method"] = json!("sys.reconcile");
+    req["execution_timeout_ms"] = json!(20000);
+    let j = create(fx.store.as_ref(), req).await;
+    let bus = Bus::default();
+    let a = Running::start(
+        &fx.store,
+        Arc::new(SendsThenHangs(gw.clone())),
+        &bus,
+        "replica-a",
+    );
+    let t0 = Instant::now();
+    while gw.calls.lock().unwrap().len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "A did not send");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.crash().await;
+    // The executions cannot be read while B takes the job over (A's lease ends in 1.5 s).
+    raw_sql(
+        fx,
+        "ALTER TABLE job_executions RENAME TO job_executions_away",
+    )
+    .await;
+    let b = Running::start(&fx.store, Arc::new(Scripted(gw.clone())), &bus, "replica-b");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(gw.calls.lock().unwrap().len(), 2, "nothing re-sent yet");
+    raw_sql(
+        fx,
+        "ALTER TABLE job_executions_away RENAME TO job_executions",
+    )
+    .await;
+    wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await;
+    b.stop().await;
+    for t in &targets {
+        assert_eq!(gw.calls_to(t), 2, "{t}: sent by A, then again by B");
+        assert_eq!(gw.executed(t), 1, "{t}: ran once");
+    }
+}
+
 both_engines!(
+    a_takeover_that_cannot_read_the_orphans_tries_again,
     a_claim_takes_new_jobs_not_those_already_held,
     an_in_progress_mutation_older_than_the_id_memory_is_not_sent_again,
     a_job_sends_each_gateway_once_within_its_rate_and_cap,
