@@ -909,6 +909,93 @@ fn the_default_tick_is_a_quarter_to_half_a_second() {
     );
 }
 
+/// A job's finishing transition that does not apply (its state changed since the runner read
+/// it: a cancel landed between) publishes nothing and keeps the job; the runner reads it again
+/// and settles what it finds. SQLite only: a trigger stands for the cancel that lands in
+/// between, which no scripted timing could place there reliably.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_that_does_not_apply_publishes_nothing() {
+    let fx = sqlite().await;
+    let targets = ids("gw-", 2);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(fx.store.as_ref(), &refs, Presence::Online).await;
+    // Every move to `succeeded` is skipped, as if the row were no longer `running`.
+    raw_sql(
+        &fx,
+        "CREATE TRIGGER no_success BEFORE UPDATE OF state ON jobs \
+         WHEN NEW.state = 'succeeded' BEGIN SELECT RAISE(IGNORE); END",
+    )
+    .await;
+    let j = create(fx.store.as_ref(), ping_job(&targets)).await;
+    let bus = Bus::default();
+    let mut events = bus.subscribe();
+    let gw = Arc::new(Gateways::default());
+    let r = Running::start(&fx.store, Arc::new(Scripted(gw.clone())), &bus, "replica-a");
+    let t0 = Instant::now();
+    while fx
+        .store
+        .jobs()
+        .job_counts(&j.id, None)
+        .await
+        .unwrap()
+        .succeeded
+        < 2
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "not run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Many ticks of finishing that does not apply: the job stays running, held.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = job(fx.store.as_ref(), &j.id).await;
+    assert_eq!(held.state, JobState::Running);
+    assert_eq!(
+        held.lease_owner.as_deref(),
+        Some("replica-a"),
+        "kept, not let go"
+    );
+    // The cancel lands: the runner settles the job as cancelled.
+    assert!(fx
+        .store
+        .jobs()
+        .transition_job(
+            &j.id,
+            &JobTransition {
+                from: vec![JobState::Running],
+                to: JobState::Cancelled,
+                reason: None,
+                active: true,
+                now_ms: now_ms(),
+                cancel_queued: true,
+                wave: None,
+            },
+        )
+        .await
+        .unwrap());
+    let done = wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Cancelled,
+        Duration::from_secs(10),
+    )
+    .await;
+    r.stop().await;
+    assert!(done.lease_owner.is_none(), "given up once settled");
+    let mut states = Vec::new();
+    while let Ok(p) = events.try_recv() {
+        if let Event::Job { id, state, .. } = &p.event {
+            if *id == j.id {
+                states.push(state.clone());
+            }
+        }
+    }
+    assert!(!states.contains(&"succeeded".to_owned()), "{states:?}");
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("cancelled"),
+        "{states:?}"
+    );
+}
+
 /// Runs one statement on the fixture's database, beside the store (to break it on purpose).
 async fn raw_sql(fx: &Fixture, sql: &str) {
     match &fx._backing {
