@@ -795,7 +795,281 @@ async fn a_runner_that_dies_is_taken_over_and_nothing_runs_twice(fx: &Fixture) {
     );
 }
 
+/// A claim leaves out the jobs the runner holds already: they do not use up its room, so newer
+/// jobs are taken up to `max_jobs`.
+async fn a_claim_takes_new_jobs_not_those_already_held(fx: &Fixture) {
+    let targets = ids("gw-", 1);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(fx.store.as_ref(), &refs, Presence::Online).await;
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        made.push(create(fx.store.as_ref(), ping_job(&targets)).await.id);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let now = now_ms();
+    let claim = |limit: u32, held: Vec<String>| {
+        let store = fx.store.clone();
+        async move {
+            store
+                .jobs()
+                .claim_jobs(&region(), "replica-a", now, now + 60_000, limit, &held)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = claim(2, vec![]).await;
+    assert_eq!(first, made[..2].to_vec());
+    // One more slot: the third job, not one of the two held.
+    assert_eq!(claim(1, first.clone()).await, vec![made[2].clone()]);
+    assert!(claim(0, vec![]).await.is_empty(), "no room, no claim");
+    // Without the list (a restart under the same name), its own leases are taken again.
+    assert_eq!(claim(3, vec![]).await, made);
+}
+
+/// A taken-over mutation first sent longer ago than agents remember ids is not sent again: it
+/// ends `timed_out`, its outcome unknown; a recent one is sent again with its id.
+async fn an_in_progress_mutation_older_than_the_id_memory_is_not_sent_again(fx: &Fixture) {
+    let targets = ids("gw-", 2);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(fx.store.as_ref(), &refs, Presence::Online).await;
+    let mut req = ping_job(&targets);
+    req["method"] = json!("sys.reconcile");
+    let j = create(fx.store.as_ref(), req).await;
+    let now = now_ms();
+    let old = now - 11 * 60_000;
+    // A runner long gone sent gw-000 eleven minutes ago and gw-001 just now.
+    let jobs = fx.store.jobs();
+    assert!(jobs
+        .transition_job(
+            &j.id,
+            &JobTransition {
+                from: vec![JobState::Queued],
+                to: JobState::Running,
+                reason: None,
+                active: true,
+                now_ms: old,
+                cancel_queued: false,
+                wave: None,
+            },
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        jobs.start_executions(&j.id, &[0], old).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        jobs.start_executions(&j.id, &[1], now).await.unwrap().len(),
+        1
+    );
+    let taken = jobs
+        .claim_jobs(&region(), "gone", old, old + 1000, 1, &[])
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    let gw = Arc::new(Gateways::default());
+    let bus = Bus::default();
+    let b = Running::start(&fx.store, Arc::new(Scripted(gw.clone())), &bus, "replica-b");
+    wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
+    b.stop().await;
+    assert_eq!(gw.calls_to("gw-000"), 0, "too old to send again");
+    assert_eq!(gw.calls_to("gw-001"), 1, "recent: sent again");
+    let page = jobs
+        .list_executions(&j.id, &[], PageLimit::new(10).unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(page.items[0].state, ExecState::TimedOut);
+    assert_eq!(page.items[0].error_code.as_deref(), Some("UNKNOWN_OUTCOME"));
+    let msg = page.items[0].error_message.clone().unwrap();
+    assert!(
+        msg.contains("outcome unknown") && msg.contains("9 minutes"),
+        "{msg}"
+    );
+    assert_eq!(page.items[1].state, ExecState::Succeeded);
+}
+
+/// The default tick keeps a waiting job's reads low (one row read per tick) and is still quick
+/// for a person watching; the tests here set a shorter one.
+#[test]
+fn the_default_tick_is_a_quarter_to_half_a_second() {
+    let c = RunnerConfig::new("replica", region());
+    assert!(
+        (Duration::from_millis(250)..=Duration::from_millis(500)).contains(&c.tick),
+        "{:?}",
+        c.tick
+    );
+}
+
+/// A job's finishing transition that does not apply (its state changed since the runner read
+/// it: a cancel landed between) publishes nothing and keeps the job; the runner reads it again
+/// and settles what it finds. SQLite only: a trigger stands for the cancel that lands in
+/// between, which no scripted timing could place there reliably.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_that_does_not_apply_publishes_nothing() {
+    let fx = sqlite().await;
+    let targets = ids("gw-", 2);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(fx.store.as_ref(), &refs, Presence::Online).await;
+    // Every move to `succeeded` is skipped, as if the row were no longer `running`.
+    raw_sql(
+        &fx,
+        "CREATE TRIGGER no_success BEFORE UPDATE OF state ON jobs \
+         WHEN NEW.state = 'succeeded' BEGIN SELECT RAISE(IGNORE); END",
+    )
+    .await;
+    let j = create(fx.store.as_ref(), ping_job(&targets)).await;
+    let bus = Bus::default();
+    let mut events = bus.subscribe();
+    let gw = Arc::new(Gateways::default());
+    let r = Running::start(&fx.store, Arc::new(Scripted(gw.clone())), &bus, "replica-a");
+    let t0 = Instant::now();
+    while fx
+        .store
+        .jobs()
+        .job_counts(&j.id, None)
+        .await
+        .unwrap()
+        .succeeded
+        < 2
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "not run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Many ticks of finishing that does not apply: the job stays running, held.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = job(fx.store.as_ref(), &j.id).await;
+    assert_eq!(held.state, JobState::Running);
+    assert_eq!(
+        held.lease_owner.as_deref(),
+        Some("replica-a"),
+        "kept, not let go"
+    );
+    // The cancel lands: the runner settles the job as cancelled.
+    assert!(fx
+        .store
+        .jobs()
+        .transition_job(
+            &j.id,
+            &JobTransition {
+                from: vec![JobState::Running],
+                to: JobState::Cancelled,
+                reason: None,
+                active: true,
+                now_ms: now_ms(),
+                cancel_queued: true,
+                wave: None,
+            },
+        )
+        .await
+        .unwrap());
+    let done = wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Cancelled,
+        Duration::from_secs(10),
+    )
+    .await;
+    r.stop().await;
+    assert!(done.lease_owner.is_none(), "given up once settled");
+    let mut states = Vec::new();
+    while let Ok(p) = events.try_recv() {
+        if let Event::Job { id, state, .. } = &p.event {
+            if *id == j.id {
+                states.push(state.clone());
+            }
+        }
+    }
+    assert!(!states.contains(&"succeeded".to_owned()), "{states:?}");
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("cancelled"),
+        "{states:?}"
+    );
+}
+
+/// Runs one statement on the fixture's database, beside the store (to break it on purpose).
+async fn raw_sql(fx: &Fixture, sql: &str) {
+    match &fx._backing {
+        Backing::Sqlite(dir) => {
+            let url = format!("sqlite://{}", dir.path().join("console.db").display());
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Backing::Postgres(server) => {
+            let pool = sqlx::PgPool::connect(&server.url()).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+}
+
+/// A runner that cannot read a taken-over job's in-progress executions (the store fails just
+/// then) gives the job back and takes it again later, re-sending them: it does not keep a job
+/// whose orphans it never sends, which would hang it with its lease forever.
+async fn a_takeover_that_cannot_read_the_orphans_tries_again(fx: &Fixture) {
+    let targets = ids("gw-", 2);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(fx.store.as_ref(), &refs, Presence::Online).await;
+    let gw = Arc::new(Gateways::default());
+    let mut req = ping_job(&targets);
+    req["method"] = json!("sys.reconcile");
+    req["execution_timeout_ms"] = json!(20000);
+    let j = create(fx.store.as_ref(), req).await;
+    let bus = Bus::default();
+    let a = Running::start(
+        &fx.store,
+        Arc::new(SendsThenHangs(gw.clone())),
+        &bus,
+        "replica-a",
+    );
+    let t0 = Instant::now();
+    while gw.calls.lock().unwrap().len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "A did not send");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.crash().await;
+    // The executions cannot be read while B takes the job over (A's lease ends in 1.5 s).
+    raw_sql(
+        fx,
+        "ALTER TABLE job_executions RENAME TO job_executions_away",
+    )
+    .await;
+    let b = Running::start(&fx.store, Arc::new(Scripted(gw.clone())), &bus, "replica-b");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(gw.calls.lock().unwrap().len(), 2, "nothing re-sent yet");
+    raw_sql(
+        fx,
+        "ALTER TABLE job_executions_away RENAME TO job_executions",
+    )
+    .await;
+    wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await;
+    b.stop().await;
+    for t in &targets {
+        assert_eq!(gw.calls_to(t), 2, "{t}: sent by A, then again by B");
+        assert_eq!(gw.executed(t), 1, "{t}: ran once");
+    }
+}
+
 both_engines!(
+    a_takeover_that_cannot_read_the_orphans_tries_again,
+    a_claim_takes_new_jobs_not_those_already_held,
+    an_in_progress_mutation_older_than_the_id_memory_is_not_sent_again,
     a_job_sends_each_gateway_once_within_its_rate_and_cap,
     retries_refusals_failures_and_silence_end_in_their_states,
     the_abort_rule_stops_a_job_once_its_minimum_has_run,
@@ -879,11 +1153,26 @@ impl Api {
         token: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let req = Request::builder()
+        self.call_with(method, path, token, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
             .body(match body {
                 Some(b) => Body::from(b.to_string()),
                 None => Body::empty(),
@@ -912,6 +1201,108 @@ impl Api {
             .items
             .len()
     }
+}
+
+/// A re-POST (after a timeout, a dropped connection) or a second operator never makes a second
+/// job: the same Idempotency-Key and body return the first job, another body is a conflict; a
+/// job is retried at most once, however many calls ask at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_creates_and_retries_make_one_job() {
+    let api = Api::new().await;
+    let targets = ids("gw-", 4);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(api.store.as_ref(), &refs, Presence::Online).await;
+    let op = api.token("op", Scope::Operate, &[]).await;
+    let other = api.token("other", Scope::Operate, &[]).await;
+    let key = [("idempotency-key", "deploy-42")];
+    let body = ping_job(&targets);
+    let (s, first) = api
+        .call_with("POST", "/v1/jobs", &op, Some(body.clone()), &key)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+    let (s, again) = api
+        .call_with("POST", "/v1/jobs", &op, Some(body.clone()), &key)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["id"], json!(id));
+    let mut changed = body.clone();
+    changed["rate_per_minute"] = json!(10);
+    let (s, p) = api
+        .call_with("POST", "/v1/jobs", &op, Some(changed), &key)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+    assert!(p["detail"].as_str().unwrap().contains(&id), "{p}");
+    assert_eq!(api.job_count().await, 1);
+    // Keys are per token; a malformed key changes nothing.
+    let (s, theirs) = api
+        .call_with("POST", "/v1/jobs", &other, Some(body.clone()), &key)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{theirs}");
+    assert_ne!(theirs["id"], json!(id));
+    let (s, p) = api
+        .call_with(
+            "POST",
+            "/v1/jobs",
+            &op,
+            Some(body.clone()),
+            &[("idempotency-key", "")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(api.job_count().await, 2);
+
+    // A job that failed on two gateways, retried by three calls at once: one child.
+    let gw = Arc::new(Gateways::default());
+    gw.set("gw-001", Behaviour::Err(ErrorCode::BackendError));
+    gw.set("gw-002", Behaviour::Err(ErrorCode::BackendError));
+    let (_, failing) = api.call("POST", "/v1/jobs", &op, Some(body)).await;
+    let fid = failing["id"].as_str().unwrap().to_owned();
+    let bus = Bus::default();
+    let r = Running::start(&api.store, Arc::new(Scripted(gw.clone())), &bus, "a");
+    wait_state(
+        api.store.as_ref(),
+        &fid,
+        JobState::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
+    r.stop().await;
+    let path = format!("/v1/jobs/{fid}/retry-failed");
+    let (a, b, c) = tokio::join!(
+        api.call("POST", &path, &op, None),
+        api.call("POST", &path, &other, None),
+        api.call_with("POST", &path, &op, None, &[("idempotency-key", "retry-1")]),
+    );
+    let mut statuses = vec![a.0, b.0, c.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![StatusCode::OK, StatusCode::OK, StatusCode::CREATED],
+        "{a:?} {b:?} {c:?}"
+    );
+    assert_eq!(a.1["id"], b.1["id"]);
+    assert_eq!(a.1["id"], c.1["id"]);
+    let children: Vec<JobRecord> = api
+        .store
+        .jobs()
+        .list_jobs(&Default::default(), PageLimit::new(1000).unwrap(), None)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|j| j.parent_job_id.as_deref() == Some(fid.as_str()))
+        .collect();
+    assert_eq!(children.len(), 1, "one child per parent");
+    assert_eq!(json!(children[0].id), a.1["id"]);
+    assert_eq!(
+        job(api.store.as_ref(), &fid).await.retried_by,
+        Some(children[0].id.clone())
+    );
+    // Later: the same child again.
+    let (s, later) = api.call("POST", &path, &op, None).await;
+    assert_eq!(s, StatusCode::OK, "{later}");
+    assert_eq!(later["id"], a.1["id"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

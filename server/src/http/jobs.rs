@@ -19,10 +19,10 @@ use super::auth::authorize;
 use super::problem::Problem;
 use super::{AppState, RemoteAddr};
 use crate::jobs::model::{AbortIn, JobRequest, RetryIn, SpecError, TargetIn, WaveIn};
-use crate::jobs::{self, CreateError};
+use crate::jobs::{self, CreateError, IdempotencyKey, Keyed};
 use crate::store::{
     AuditEvent, ExecState, ExecutionRecord, JobCounts, JobFilter, JobRecord, JobState,
-    JobTransition, PageLimit, Scope, TokenRecord,
+    JobTransition, PageLimit, Scope, StoreError, TokenRecord,
 };
 
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -137,6 +137,73 @@ pub struct DryRunOut {
     pub truncated: bool,
 }
 
+/// A 200 of `POST /v1/jobs`: a dry run, or the job an Idempotency-Key made already (the
+/// document's type; the handlers answer with either directly).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum JobOrDryRun {
+    Job(Box<JobOut>),
+    DryRun(DryRunOut),
+}
+
+/// The request's `Idempotency-Key`, if it has one (400 when malformed or repeated).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Problem::bad_request(
+            "Idempotency-Key: given more than once",
+        ));
+    }
+    let v = v
+        .to_str()
+        .map_err(|_| Problem::bad_request("Idempotency-Key: visible ASCII characters only"))?;
+    IdempotencyKey::parse(v)
+        .map(Some)
+        .map_err(Problem::bad_request)
+}
+
+/// The answer to a repeat of an Idempotency-Key: the job it made (200) when the body is the
+/// same, 409 when it is another.
+async fn repeat_of(state: &AppState, job: &JobRecord, hash: &str) -> Result<Response, Problem> {
+    if job.request_hash.as_deref() != Some(hash) {
+        return Err(Problem::conflict(format!(
+            "this Idempotency-Key made job {} with another request body; use a new key for a new job",
+            job.id
+        )));
+    }
+    Ok((StatusCode::OK, Json(view_of(state, job).await?)).into_response())
+}
+
+/// Whether the token may see the job (see [`visible_job`]).
+fn may_see(state: &AppState, token: &TokenRecord, job: &JobRecord) -> bool {
+    job.region == state.region && (token.groups.is_empty() || job.created_by == token.name.as_str())
+}
+
+/// The child a retry-failed of `parent` made already: 200 with it, or 409 naming it when the
+/// token may not see it.
+async fn existing_retry(
+    state: &AppState,
+    token: &TokenRecord,
+    parent: &JobRecord,
+) -> Result<Option<Response>, Problem> {
+    let Some(child_id) = &parent.retried_by else {
+        return Ok(None);
+    };
+    let child = state.store.jobs().get_job(child_id).await?;
+    match child {
+        Some(c) if may_see(state, token, &c) => Ok(Some(
+            (StatusCode::OK, Json(view_of(state, &c).await?)).into_response(),
+        )),
+        _ => Err(Problem::conflict(format!(
+            "job {} has been retried already, as job {child_id}",
+            parent.id
+        ))),
+    }
+}
+
 /// Records a change to a job in the audit log (the log line and the store), as every change
 /// made through the console is. `detail` says which job (and its parent, method and redacted
 /// params where there are some).
@@ -236,8 +303,7 @@ async fn visible_job(
     let unknown = || Problem::not_found(format!("no job {id}"));
     RequestId::new(id).map_err(|e| Problem::bad_request(format!("job id: {e}")))?;
     let job = state.store.jobs().get_job(id).await?.ok_or_else(unknown)?;
-    let mine = token.groups.is_empty() || job.created_by == token.name.as_str();
-    if job.region != state.region || !mine {
+    if !may_see(state, token, &job) {
         return Err(unknown());
     }
     Ok(job)
@@ -288,14 +354,18 @@ fn limit_of(l: Option<String>) -> Result<PageLimit, Problem> {
     post,
     path = "/v1/jobs",
     tag = "jobs",
-    params(("dry_run" = Option<bool>, Query, description = "count and name the gateways it would touch; store nothing")),
+    params(
+        ("dry_run" = Option<bool>, Query, description = "count and name the gateways it would touch; store nothing"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a repeat with the same key and body returns the job the first call made (200); with another body, 409"),
+    ),
     request_body = JobRequest,
     responses(
         (status = 201, description = "the job, stored; executions resolved now", body = JobOut),
-        (status = 200, description = "a dry run", body = DryRunOut),
-        (status = 400, description = "malformed JSON, an unknown field, a value out of range", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "a dry run (DryRunOut), or the job this Idempotency-Key made already (JobOut)", body = JobOrDryRun),
+        (status = 400, description = "malformed JSON, an unknown field, a value out of range, a malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token lacks the operate scope", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the Idempotency-Key made a job with another request body", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "the protocol refuses the method or params; unknown targets", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "the store is unavailable", body = Problem, content_type = "application/problem+json"),
     ),
@@ -321,8 +391,25 @@ pub async fn create(
         Some("true") => true,
         Some(_) => return Err(Problem::bad_request("dry_run: true or false")),
     };
+    let key = idempotency_key(&headers)?;
     let req: JobRequest =
         serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("body: {e}")))?;
+    // A dry run stores nothing: its key, if any, binds nothing.
+    let keyed = match key.filter(|_| !dry_run) {
+        None => None,
+        Some(key) => {
+            let value: Value = serde_json::from_slice(&body)
+                .map_err(|e| Problem::bad_request(format!("body: {e}")))?;
+            let keyed = Keyed {
+                id: jobs::keyed_job_id(&state.region, &token.name, "create", &key),
+                request_hash: Some(jobs::request_hash(&value)),
+            };
+            if let Some(job) = state.store.jobs().get_job(&keyed.id).await? {
+                return repeat_of(&state, &job, keyed.request_hash.as_deref().unwrap_or("")).await;
+            }
+            Some(keyed)
+        }
+    };
     let now = now_ms();
     let plan = jobs::plan(state.store.as_ref(), &state.region, req, &token, now)
         .await
@@ -342,9 +429,31 @@ pub async fn create(
         })
         .into_response());
     }
-    let job = jobs::create(state.store.as_ref(), &state.region, plan, &token, None, now)
-        .await
-        .map_err(create_problem)?;
+    let key_of = keyed
+        .as_ref()
+        .map(|k| (k.id.clone(), k.request_hash.clone()));
+    let job = match jobs::create_as(
+        state.store.as_ref(),
+        &state.region,
+        plan,
+        &token,
+        None,
+        now,
+        keyed,
+    )
+    .await
+    {
+        Ok(job) => job,
+        // The same key at the same time: the other call stored it first.
+        Err(CreateError::Store(StoreError::Conflict(why))) => match key_of {
+            Some((id, hash)) => match state.store.jobs().get_job(&id).await? {
+                Some(job) => return repeat_of(&state, &job, hash.as_deref().unwrap_or("")).await,
+                None => return Err(Problem::conflict(why)),
+            },
+            None => return Err(Problem::conflict(why)),
+        },
+        Err(e) => return Err(create_problem(e)),
+    };
     audit_job(
         &state,
         &token,
@@ -626,14 +735,18 @@ pub async fn resume(
     post,
     path = "/v1/jobs/{id}/retry-failed",
     tag = "jobs",
-    params(("id" = String, Path, description = "the parent job's id")),
+    params(
+        ("id" = String, Path, description = "the parent job's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; the child's id derives from it (a job is retried at most once in any case)"),
+    ),
     responses(
         (status = 201, description = "the child job (parent_job_id set)", body = JobOut),
+        (status = 200, description = "the child this job's one retry made already", body = JobOut),
         (status = 400, description = "a malformed job id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token lacks the operate scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "no such job (or not the token's)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "the job has not ended, or nothing failed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "the job has not ended, or nothing failed, or its retry is a job the token may not see", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "a failed gateway is no longer known", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "the store is unavailable", body = Problem, content_type = "application/problem+json"),
     ),
@@ -646,7 +759,12 @@ pub async fn retry_failed(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let token = authorize(&state, &headers, Scope::Operate).await?;
+    let key = idempotency_key(&headers)?;
     let parent = visible_job(&state, &token, &id).await?;
+    // At most one child per job: a repeat (a client retrying, a second operator) gets it.
+    if let Some(out) = existing_retry(&state, &token, &parent).await? {
+        return Ok(out);
+    }
     if !parent.state.is_final() {
         return Err(Problem::conflict(format!(
             "job {} is {}; retry its failures once it has ended",
@@ -666,16 +784,37 @@ pub async fn retry_failed(
     let plan = jobs::plan(state.store.as_ref(), &state.region, req, &token, now)
         .await
         .map_err(create_problem)?;
-    let child = jobs::create(
+    let keyed = key.map(|key| Keyed {
+        id: jobs::keyed_job_id(
+            &state.region,
+            &token.name,
+            &format!("retry:{}", parent.id),
+            &key,
+        ),
+        request_hash: None,
+    });
+    let child = match jobs::create_as(
         state.store.as_ref(),
         &state.region,
         plan,
         &token,
         Some(parent.id.clone()),
         now,
+        keyed,
     )
     .await
-    .map_err(create_problem)?;
+    {
+        Ok(child) => child,
+        // Another call retried it meanwhile: the child it made.
+        Err(CreateError::Store(StoreError::Conflict(why))) => {
+            let parent = visible_job(&state, &token, &id).await?;
+            return match existing_retry(&state, &token, &parent).await? {
+                Some(out) => Ok(out),
+                None => Err(Problem::conflict(why)),
+            };
+        }
+        Err(e) => return Err(create_problem(e)),
+    };
     audit_job(
         &state,
         &token,
@@ -732,6 +871,13 @@ mod tests {
         assert_eq!(required("ExecutionPage"), ["items", "next_cursor"]);
         for path in ["/v1/jobs", "/v1/jobs/{id}/retry-failed"] {
             assert!(doc["paths"][path]["post"]["security"].is_array(), "{path}");
+            let params = doc["paths"][path]["post"]["parameters"].to_string();
+            assert!(params.contains("Idempotency-Key"), "{path}: {params}");
         }
+        assert!(
+            schemas["JobOrDryRun"]["oneOf"].is_array(),
+            "{}",
+            schemas["JobOrDryRun"]
+        );
     }
 }

@@ -15,10 +15,11 @@ pub mod runner;
 use csg_console::derive_instance_id;
 use csg_protocol::identity::{GroupId, InstanceId, RequestId};
 use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
 
 use crate::store::{
     ExecState, InstanceFilter, JobRecord, NewExecution, NewJob, PageLimit, Presence, Region, Store,
-    StoreError, TokenRecord,
+    StoreError, TokenName, TokenRecord,
 };
 use model::{JobRequest, JobSpec, SpecError, TargetIn, MAX_TARGETS};
 pub use runner::{Runner, RunnerConfig};
@@ -53,6 +54,56 @@ pub fn new_job_id(now_ms: i64) -> Result<String, StoreError> {
         now_ms.max(0),
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     ))
+}
+
+/// A client's `Idempotency-Key`: 1 to 255 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value.is_empty() || value.len() > Self::MAX_LEN {
+            return Err(format!(
+                "Idempotency-Key: 1 to {} characters",
+                Self::MAX_LEN
+            ));
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("Idempotency-Key: visible ASCII characters only".to_owned());
+        }
+        Ok(IdempotencyKey(value.to_owned()))
+    }
+}
+
+/// The id of the job an Idempotency-Key stands for: the same for the same key, region, token
+/// and purpose (`create`, or `retry:` and the parent's id), so a repeat finds the job the first
+/// call made and two tokens' keys never meet.
+pub fn keyed_job_id(
+    region: &Region,
+    token: &TokenName,
+    purpose: &str,
+    key: &IdempotencyKey,
+) -> String {
+    let mut h = Sha256::new();
+    for part in [region.as_str(), token.as_str(), purpose, key.0.as_str()] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    format!("job-k{}", &hex::encode(h.finalize())[..32])
+}
+
+/// What a repeat with the same Idempotency-Key must match: the SHA-256 (hex) of the request
+/// body as JSON (keys in order, no spaces), so layout alone does not make two requests differ.
+pub fn request_hash(body: &serde_json::Value) -> String {
+    hex::encode(Sha256::digest(body.to_string().as_bytes()))
+}
+
+/// A job's id and request hash when an Idempotency-Key names it.
+pub struct Keyed {
+    pub id: String,
+    pub request_hash: Option<String>,
 }
 
 /// The request id of a job's execution on one gateway: the same for every re-send (after a
@@ -210,7 +261,7 @@ pub async fn plan(
     })
 }
 
-/// Stores a planned job with one execution row per gateway.
+/// Stores a planned job with one execution row per gateway, under a new id.
 pub async fn create(
     store: &dyn Store,
     region: &Region,
@@ -219,7 +270,25 @@ pub async fn create(
     parent_job_id: Option<String>,
     now_ms: i64,
 ) -> Result<JobRecord, CreateError> {
-    let id = new_job_id(now_ms)?;
+    create_as(store, region, plan, token, parent_job_id, now_ms, None).await
+}
+
+/// [`create`], under the id an Idempotency-Key gives when there is one. A job with that id
+/// already (a repeat racing the first call), or a parent retried already, is
+/// [`StoreError::Conflict`].
+pub async fn create_as(
+    store: &dyn Store,
+    region: &Region,
+    plan: Plan,
+    token: &TokenRecord,
+    parent_job_id: Option<String>,
+    now_ms: i64,
+    keyed: Option<Keyed>,
+) -> Result<JobRecord, CreateError> {
+    let (id, request_hash) = match keyed {
+        Some(k) => (k.id, k.request_hash),
+        None => (new_job_id(now_ms)?, None),
+    };
     let (waves, last_wave) = engine::assign_waves(plan.targets.len(), &plan.spec.waves);
     let executions = plan
         .targets
@@ -246,6 +315,7 @@ pub async fn create(
         created_by: token.name.clone(),
         created_ms: now_ms,
         deadline_ms: plan.spec.deadline_ms,
+        request_hash,
     };
     store.jobs().create_job(&job, &executions).await?;
     store

@@ -17,14 +17,30 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+use csg_protocol::methods::Kind;
+
 use super::engine::{self, Snapshot, Step, TokenBucket};
 use super::model::JobSpec;
 use crate::events::{Bus, Event};
 use crate::rpc::{CallSpec, Caller};
 use crate::store::{
-    ExecUpdate, ExecutionRecord, JobCounts, JobRecord, JobState, JobTransition, Region, Store,
-    StoreError,
+    ExecState, ExecUpdate, ExecutionRecord, JobCounts, JobRecord, JobState, JobTransition, Region,
+    Store, StoreError,
 };
+
+/// How long an agent remembers a mutation's request id: at least 10 minutes after the mutation
+/// finished (docs/protocol.md, section 7, "A mutation's id"; `agent.reply_cache_ttl_s`, never
+/// below 600; `sys.capabilities` reports it as `limits.id_memory_ttl_s`).
+pub const AGENT_ID_MEMORY: Duration = Duration::from_secs(600);
+
+/// The oldest in-progress mutation a runner taking a job over sends again: one whose first
+/// attempt started longer ago may have been forgotten by its agent, and a re-send could run it a
+/// second time. A minute under [`AGENT_ID_MEMORY`], for clocks of replicas and gateways that
+/// differ. Older ones end `timed_out` with [`UNKNOWN_OUTCOME`].
+pub const RESEND_LIMIT: Duration = Duration::from_secs(540);
+
+/// The error code of an execution whose outcome is unknown (see [`RESEND_LIMIT`]).
+pub const UNKNOWN_OUTCOME: &str = "UNKNOWN_OUTCOME";
 
 /// How a runner behaves; the defaults suit a console.
 #[derive(Debug, Clone)]
@@ -55,7 +71,9 @@ impl RunnerConfig {
         RunnerConfig {
             owner: owner.into(),
             region,
-            tick: Duration::from_millis(50),
+            // Each tick costs an owned job one read of its row (and its counts when something
+            // changed); a quarter second is quick enough for a person watching.
+            tick: Duration::from_millis(250),
             lease: Duration::from_secs(15),
             renew_every: Duration::from_secs(5),
             claim_every: Duration::from_secs(1),
@@ -105,6 +123,10 @@ struct Owned {
     renewed: Instant,
     published: Option<(JobState, JobCounts)>,
     published_at: Option<Instant>,
+    /// The counts as last read, and the job's row they go with; `None` once something may have
+    /// changed them (a call ended, executions started, a transition), so the next tick reads
+    /// them again instead of every tick.
+    counts: Option<(JobCounts, JobCounts)>,
 }
 
 /// A finished call.
@@ -197,7 +219,11 @@ async fn run(
 impl Ctx {
     async fn claim(&mut self) -> Result<(), StoreError> {
         let room = self.cfg.max_jobs.saturating_sub(self.jobs.len() as u32);
+        if room == 0 {
+            return Ok(());
+        }
         let now = now_ms();
+        let held: Vec<String> = self.jobs.keys().cloned().collect();
         let claimed = self
             .store
             .jobs()
@@ -206,7 +232,8 @@ impl Ctx {
                 &self.cfg.owner,
                 now,
                 now + ms(self.cfg.lease),
-                room.max(1),
+                room,
+                &held,
             )
             .await?;
         for record in claimed {
@@ -242,8 +269,21 @@ impl Ctx {
                     continue;
                 }
             };
-            info!(job = %record.id, owner = %self.cfg.owner, "jobs: job taken");
+            // Taken over: what a previous owner had in flight is sent again, same ids. Read
+            // before the job counts as taken: a job held without them would wait for them
+            // forever, so on a failure the lease goes back and a later claim tries again.
             let id = record.id.clone();
+            let orphans = match self.orphans(&id, spec.kind, now).await {
+                Ok(o) => o,
+                Err(e) => {
+                    warn!(job = %id, error = %e, "jobs: reading a taken job's executions failed; lease given back");
+                    if let Err(e) = self.store.jobs().release_lease(&id, &self.cfg.owner).await {
+                        warn!(job = %id, error = %e, "jobs: releasing the lease failed");
+                    }
+                    continue;
+                }
+            };
+            info!(job = %id, owner = %self.cfg.owner, "jobs: job taken");
             let owned = Owned {
                 bucket: TokenBucket::new(spec.rate_per_minute, now),
                 spec,
@@ -252,16 +292,59 @@ impl Ctx {
                 renewed: Instant::now(),
                 published: None,
                 published_at: None,
+                counts: None,
             };
             self.jobs.insert(id.clone(), owned);
-            // Taken over: what a previous owner had in flight is sent again, same ids.
-            let orphans = self.store.jobs().in_progress_executions(&id).await?;
             for e in orphans {
                 debug!(job = %id, seq = e.seq, "jobs: re-sending an in-progress execution");
                 self.send(&id, e);
             }
         }
         Ok(())
+    }
+
+    /// A taken job's in-progress executions that may be sent again. A mutation first sent
+    /// longer than [`RESEND_LIMIT`] ago may be forgotten by its agent, which would run it
+    /// again: it ends `timed_out` instead, its outcome unknown (a read is always safe to send).
+    async fn orphans(
+        &self,
+        id: &str,
+        kind: Kind,
+        now: i64,
+    ) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let all = self.store.jobs().in_progress_executions(id).await?;
+        let limit = ms(RESEND_LIMIT);
+        let (stale, fresh): (Vec<_>, Vec<_>) = all.into_iter().partition(|e| {
+            kind == Kind::Mutation && e.first_started_ms.is_some_and(|t| now - t > limit)
+        });
+        if !stale.is_empty() {
+            let message = format!(
+                "outcome unknown: sent more than {} minutes ago, longer than the gateway is \
+                 sure to remember the request; check the gateway",
+                RESEND_LIMIT.as_secs() / 60
+            );
+            let updates: Vec<(i64, ExecUpdate)> = stale
+                .iter()
+                .map(|e| {
+                    (
+                        e.seq,
+                        ExecUpdate::Done {
+                            state: ExecState::TimedOut,
+                            error_code: Some(UNKNOWN_OUTCOME.to_owned()),
+                            error_message: Some(message.clone()),
+                            reply: None,
+                        },
+                    )
+                })
+                .collect();
+            let n = self
+                .store
+                .jobs()
+                .finish_executions(id, &updates, now)
+                .await?;
+            warn!(job = %id, n, "jobs: in-progress mutations too old to send again ended timed_out");
+        }
+        Ok(fresh)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -372,7 +455,7 @@ impl Ctx {
             .finish_executions(&job_id, &updates, now_ms())
             .await
         {
-            Ok(_) => {}
+            Ok(_) => self.changed(&job_id),
             Err(e) if e.is_unavailable() => {
                 warn!(job = %job_id, n = updates.len(), error = %e, "jobs: outcomes kept until the store answers");
                 self.unwritten.push((job_id, updates));
@@ -386,6 +469,13 @@ impl Ctx {
     async fn flush_unwritten(&mut self) {
         for (job_id, updates) in std::mem::take(&mut self.unwritten) {
             self.write(job_id, updates).await;
+        }
+    }
+
+    /// The job's counts must be read again on its next tick.
+    fn changed(&mut self, id: &str) {
+        if let Some(j) = self.jobs.get_mut(id) {
+            j.counts = None;
         }
     }
 
@@ -427,18 +517,33 @@ impl Ctx {
             self.let_go(id, false).await;
             return Ok(());
         }
-        let counts = self.store.jobs().job_counts(id, None).await?;
-        let wave_counts = self
-            .store
-            .jobs()
-            .job_counts(id, Some(record.current_wave))
-            .await?;
+        // The counts change only through this runner (outcomes, starts, expiries) or with the
+        // job's row (a cancel, a resume): read them again only then.
+        let cached = self.jobs.get(id).and_then(|j| {
+            let same = j.record.state == record.state
+                && j.record.active == record.active
+                && j.record.current_wave == record.current_wave;
+            j.counts.filter(|_| same)
+        });
+        let (counts, wave_counts) = match cached {
+            Some(c) => c,
+            None => {
+                let counts = self.store.jobs().job_counts(id, None).await?;
+                let wave_counts = self
+                    .store
+                    .jobs()
+                    .job_counts(id, Some(record.current_wave))
+                    .await?;
+                (counts, wave_counts)
+            }
+        };
         let now = now_ms();
         let step = {
             let Some(job) = self.jobs.get_mut(id) else {
                 return Ok(());
             };
             job.record = record.clone();
+            job.counts = Some((counts, wave_counts));
             engine::decide(&Snapshot {
                 state: record.state,
                 now_ms: now,
@@ -452,7 +557,11 @@ impl Ctx {
                 max_in_flight: job.spec.max_in_flight,
             })
         };
+        // Counts as of this tick; the next tick sees what this one changed.
+        self.publish(id, record.state, counts, false);
         let running = [JobState::Running];
+        // A transition that did not apply (a cancel or resume landed since the row was read)
+        // publishes nothing and keeps the job: the next tick reads the row again.
         match step {
             Step::Start => {
                 self.transition(
@@ -468,18 +577,24 @@ impl Ctx {
             }
             Step::Settle => {
                 if self.jobs.get(id).is_some_and(|j| j.in_flight.is_empty()) {
-                    self.transition(
-                        id,
-                        &[record.state],
-                        record.state,
-                        record.state_reason.clone(),
-                        false,
-                        false,
-                        None,
-                    )
-                    .await?;
-                    self.publish(id, record.state, counts, true);
-                    self.let_go(id, true).await;
+                    let settled = self
+                        .transition(
+                            id,
+                            &[record.state],
+                            record.state,
+                            record.state_reason.clone(),
+                            false,
+                            false,
+                            None,
+                        )
+                        .await?;
+                    if settled {
+                        self.publish(id, record.state, counts, true);
+                        self.let_go(id, true).await;
+                        return Ok(());
+                    }
+                } else {
+                    // The calls under way mark the counts changed as they end.
                     return Ok(());
                 }
             }
@@ -493,12 +608,15 @@ impl Ctx {
                     .await?;
             }
             Step::Finish(state) => {
-                self.transition(id, &running, state, None, false, false, None)
+                let finished = self
+                    .transition(id, &running, state, None, false, false, None)
                     .await?;
-                info!(job = %id, state = state.as_str(), "jobs: job finished");
-                self.publish(id, state, counts, true);
-                self.let_go(id, true).await;
-                return Ok(());
+                if finished {
+                    info!(job = %id, state = state.as_str(), "jobs: job finished");
+                    self.publish(id, state, counts, true);
+                    self.let_go(id, true).await;
+                    return Ok(());
+                }
             }
             Step::NextWave(w) => {
                 info!(job = %id, wave = w, "jobs: next wave");
@@ -506,33 +624,31 @@ impl Ctx {
                     .await?;
             }
             Step::Pause(why) => {
-                info!(job = %id, reason = %why, "jobs: paused");
-                self.transition(
-                    id,
-                    &running,
-                    JobState::Paused,
-                    Some(why),
-                    false,
-                    false,
-                    None,
-                )
-                .await?;
-                self.publish(id, JobState::Paused, counts, true);
-                self.let_go(id, true).await;
+                let paused = self
+                    .transition(
+                        id,
+                        &running,
+                        JobState::Paused,
+                        Some(why.clone()),
+                        false,
+                        false,
+                        None,
+                    )
+                    .await?;
+                if paused {
+                    info!(job = %id, reason = %why, "jobs: paused");
+                    self.publish(id, JobState::Paused, counts, true);
+                    self.let_go(id, true).await;
+                    return Ok(());
+                }
+            }
+            Step::Send(room) => {
+                self.start_some(id, &record, room, now).await?;
                 return Ok(());
             }
-            Step::Send(room) => self.start_some(id, &record, room, now).await?,
-            Step::Wait => {}
+            Step::Wait => return Ok(()),
         }
-        // Counts as of this tick; the next tick sees what this one changed.
-        let state = self
-            .store
-            .jobs()
-            .get_job(id)
-            .await?
-            .map_or(record.state, |r| r.state);
-        let counts = self.store.jobs().job_counts(id, None).await?;
-        self.publish(id, state, counts, false);
+        self.changed(id);
         Ok(())
     }
 
@@ -564,6 +680,7 @@ impl Ctx {
         let started = self.store.jobs().start_executions(id, &seqs, now).await?;
         if let Some(job) = self.jobs.get_mut(id) {
             job.bucket.take(started.len(), now);
+            job.counts = None;
         }
         for e in started {
             self.send(id, e);

@@ -155,6 +155,8 @@ pub struct NewJob {
     pub created_by: TokenName,
     pub created_ms: i64,
     pub deadline_ms: i64,
+    /// With an Idempotency-Key: the request body's hash (see [`JobRecord::request_hash`]).
+    pub request_hash: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +187,10 @@ pub struct JobRecord {
     pub deadline_ms: i64,
     pub lease_owner: Option<String>,
     pub lease_until_ms: Option<i64>,
+    /// The child job retry-failed made of this one (at most one).
+    pub retried_by: Option<String>,
+    /// Created with an Idempotency-Key: the SHA-256 (hex) of its request body.
+    pub request_hash: Option<String>,
 }
 
 /// One gateway's execution of a job.
@@ -251,7 +257,10 @@ pub struct JobTransition {
 /// The jobs half of the store.
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Stores a job and all its executions in one transaction.
+    /// Stores a job and all its executions in one transaction. A job with a parent is its
+    /// parent's one retry: the parent's `retried_by` is set in the same transaction, and when it
+    /// was set already nothing is stored and the answer is [`StoreError::Conflict`] (as for a
+    /// job id taken already).
     async fn create_job(&self, job: &NewJob, executions: &[NewExecution])
         -> Result<(), StoreError>;
 
@@ -278,7 +287,9 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Page<ExecutionRecord>, StoreError>;
 
     /// Takes the lease of up to `limit` active jobs of `region` that nobody holds (or whose
-    /// lease expired, or that `owner` holds already), until `until_ms`. Returns those taken.
+    /// lease expired, or that `owner` held before a restart), until `until_ms`, leaving out
+    /// `held` (the jobs `owner` runs now: their leases are renewed, not claimed, and must not
+    /// use up `limit`). Returns those taken.
     async fn claim_jobs(
         &self,
         region: &Region,
@@ -286,6 +297,7 @@ pub trait JobStore: Send + Sync {
         now_ms: i64,
         until_ms: i64,
         limit: u32,
+        held: &[String],
     ) -> Result<Vec<JobRecord>, StoreError>;
 
     /// Extends `owner`'s lease; false when it is no longer `owner`'s.
@@ -346,7 +358,7 @@ fn u32_of(what: &str, v: i64) -> Result<u32, StoreError> {
 
 const JOB_COLUMNS: &str = "id, region, parent_job_id, method, spec, state, state_reason, active, \
      current_wave, last_wave, created_by, created_ms, started_ms, finished_ms, deadline_ms, \
-     lease_owner, lease_until_ms";
+     lease_owner, lease_until_ms, retried_by, request_hash";
 
 const EXEC_COLUMNS: &str = "job_id, seq, instance_id, group_id, wave, state, request_id, \
      attempts, next_attempt_ms, error_code, error_message, reply, first_started_ms, \
@@ -387,6 +399,8 @@ where
         deadline_ms: row.try_get("deadline_ms")?,
         lease_owner: row.try_get("lease_owner")?,
         lease_until_ms: row.try_get("lease_until_ms")?,
+        retried_by: row.try_get("retried_by")?,
+        request_hash: row.try_get("request_hash")?,
     })
 }
 
@@ -434,9 +448,24 @@ macro_rules! job_store_impl {
                 executions: &[NewExecution],
             ) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
+                if let Some(parent) = &job.parent_job_id {
+                    // One retry per job, even for two calls at once: only the first sets it.
+                    let mut q: QueryBuilder<$db> =
+                        QueryBuilder::new("UPDATE jobs SET retried_by = ");
+                    q.push_bind(job.id.as_str())
+                        .push(" WHERE id = ")
+                        .push_bind(parent.as_str())
+                        .push(" AND retried_by IS NULL");
+                    if q.build().execute(&mut *tx).await?.rows_affected() != 1 {
+                        return Err(StoreError::Conflict(format!(
+                            "job {parent} has been retried already"
+                        )));
+                    }
+                }
                 let mut q: QueryBuilder<$db> = QueryBuilder::new(
                     "INSERT INTO jobs (id, region, parent_job_id, method, spec, state, active, \
-                     current_wave, last_wave, created_by, created_ms, deadline_ms) ",
+                     current_wave, last_wave, created_by, created_ms, deadline_ms, \
+                     request_hash) ",
                 );
                 q.push_values([job], |mut b, j| {
                     b.push_bind(j.id.as_str())
@@ -450,7 +479,8 @@ macro_rules! job_store_impl {
                         .push_bind(i64::from(j.last_wave))
                         .push_bind(j.created_by.as_str())
                         .push_bind(j.created_ms)
-                        .push_bind(j.deadline_ms);
+                        .push_bind(j.deadline_ms)
+                        .push_bind(j.request_hash.as_deref());
                 });
                 q.build().execute(&mut *tx).await?;
                 for (n, chunk) in executions.chunks(EXECS_PER_STATEMENT).enumerate() {
@@ -599,7 +629,11 @@ macro_rules! job_store_impl {
                 now_ms: i64,
                 until_ms: i64,
                 limit: u32,
+                held: &[String],
             ) -> Result<Vec<JobRecord>, StoreError> {
+                if limit == 0 {
+                    return Ok(Vec::new());
+                }
                 let mut q: QueryBuilder<$db> = QueryBuilder::new(
                     "SELECT id FROM jobs WHERE active = 1 AND region = ",
                 );
@@ -608,7 +642,16 @@ macro_rules! job_store_impl {
                     .push_bind(owner)
                     .push(" OR lease_until_ms < ")
                     .push_bind(now_ms)
-                    .push(") ORDER BY created_ms, id LIMIT ")
+                    .push(")");
+                if !held.is_empty() {
+                    q.push(" AND id NOT IN (");
+                    let mut list = q.separated(", ");
+                    for id in held {
+                        list.push_bind(id.as_str());
+                    }
+                    list.push_unseparated(")");
+                }
+                q.push(" ORDER BY created_ms, id LIMIT ")
                     .push_bind(i64::from(limit));
                 let ids: Vec<String> = q
                     .build()
