@@ -221,7 +221,8 @@ pub struct InstanceDetail<'a> {
 /// `instance_id`); without it, every member.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct InstancePage {
-    /// Each item serialized once, as it is built (no tree of the page is made).
+    // Each item is serialized as it is built, embedding the stored texts' parts: no tree of
+    // the page is made (with `fields`, one of the item, to drop the members not chosen).
     #[schema(value_type = Vec<InstanceOut>)]
     pub items: Vec<Box<RawValue>>,
     /// Pass as `cursor` for the next page, with the same filters; null on the last page.
