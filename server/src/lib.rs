@@ -13,6 +13,7 @@
 //!   `audit`: changes and refusals, stored and logged as JSON lines;
 //! - `jobs`: one method over many gateways (a checked model, the engine's pure decisions, and
 //!   a runner that leases jobs in the store and calls through `rpc`);
+//! - `json`: JSON documents kept as text (a heartbeat is serialized once, when it arrives);
 //! - `http`: the API, reading the store; `tls`: its HTTPS; `config`: the service's TOML.
 
 pub mod audit;
@@ -22,6 +23,7 @@ pub mod events;
 pub mod fleet;
 pub mod http;
 pub mod jobs;
+pub mod json;
 pub mod metrics;
 pub mod rpc;
 pub mod sink;

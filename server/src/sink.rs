@@ -8,15 +8,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use csg_protocol::identity::{GroupId, InstanceId};
-use csg_protocol::Heartbeat;
-use serde::Deserialize;
 
 use crate::events::{Bus, Event};
 use crate::fleet::driver::{Batch, Clock, FleetSink, Seen, SharedFleet, SinkError};
-use crate::fleet::{Instance, Liveness, PresenceEvent, PresenceView, Reason, Restored};
+use crate::fleet::{Beat, Instance, Liveness, PresenceEvent, PresenceView, Reason, Restored};
 use crate::metrics::Metrics;
 use crate::store::{
-    self, InstanceFilter, InstanceRow, PageLimit, Presence, Region, Store, StoreError,
+    self, InstanceFilter, InstanceRow, PageLimit, Presence, Region, StorageSummary, Store,
+    StoreError,
 };
 
 /// A [`FleetSink`] backed by a [`Store`].
@@ -48,7 +47,8 @@ fn ms(v: u64) -> i64 {
 }
 
 /// The row of one gateway; `group` when the fleet has not learnt it (a gateway heard of by
-/// presence only since this process started).
+/// presence only since this process started). The heartbeat's text was made when it arrived;
+/// nothing is serialized here.
 pub fn row_of(i: &Instance, region: &Region, group: GroupId, now_ms: i64) -> InstanceRow {
     InstanceRow {
         region: region.clone(),
@@ -59,11 +59,11 @@ pub fn row_of(i: &Instance, region: &Region, group: GroupId, now_ms: i64) -> Ins
         reason: reason_text(i.presence.reason),
         last_seen_ms: (i.last_seen_ms > 0).then(|| ms(i.last_seen_ms)),
         agent_version: i.agent_version.clone(),
-        heartbeat: i
-            .heartbeat
-            .as_ref()
-            .and_then(|h| serde_json::to_value(h.as_ref()).ok()),
-        storage: serde_json::to_value(i.storage).ok(),
+        heartbeat: i.heartbeat.as_ref().map(|h| h.text.clone()),
+        storage: Some(StorageSummary {
+            count: i.storage.count,
+            drift: i.storage.drift,
+        }),
         updated_ms: now_ms,
     }
 }
@@ -201,11 +201,11 @@ fn seen_in(row: &InstanceRow) -> Option<Seen> {
     })
 }
 
-fn heartbeat_of(row: &InstanceRow) -> Option<Arc<Heartbeat>> {
-    let v = row.heartbeat.as_ref()?;
+fn heartbeat_of(row: &InstanceRow) -> Option<Beat> {
+    let text = row.heartbeat.clone()?;
     // The store keeps what the fleet wrote, so this parses; a row that does not (written by
-    // another version) is simply not merged.
-    Heartbeat::deserialize(v).ok().map(Arc::new)
+    // another version) is simply not merged. Only what the fleet needs is read.
+    Beat::stored(text).ok()
 }
 
 /// Seeds `fleet` with every gateway the store holds for its region, a page at a time, before
@@ -279,7 +279,7 @@ mod tests {
     use crate::fleet::driver::{self, SharedFleet};
     use crate::fleet::{Fleet, FleetConfig};
 
-    fn heartbeat(id: &str, seq: u64, ts_ms: u64) -> Arc<csg_protocol::Heartbeat> {
+    fn heartbeat(id: &str, seq: u64, ts_ms: u64) -> Beat {
         let json = serde_json::json!({
             "v": 1, "type": "heartbeat", "instance_id": id, "group_id": "GID_a",
             "seq": seq, "ts_ms": ts_ms, "agent_version": "1.2.3", "uptime_s": 10,
@@ -288,7 +288,8 @@ mod tests {
             "disks": [], "services": {},
             "storage": {"nfs": {"count": 2, "drift": 1}}
         });
-        Arc::new(serde_json::from_value(json).unwrap())
+        let hb: csg_protocol::Heartbeat = serde_json::from_value(json).unwrap();
+        Beat::of(&hb).unwrap()
     }
 
     /// A batch of the real fleet written to a real SQLite file and read back; a gateway heard
@@ -321,11 +322,11 @@ mod tests {
         assert_eq!(row.presence, Presence::Online);
         assert_eq!(row.reason.as_deref(), Some("heartbeat"));
         assert_eq!(row.agent_version.as_deref(), Some("1.2.3"));
-        assert_eq!(
-            row.storage,
-            Some(serde_json::json!({"count": 2, "drift": 1}))
-        );
-        assert_eq!(row.heartbeat.unwrap()["seq"], 1);
+        assert_eq!(row.storage, Some(StorageSummary { count: 2, drift: 1 }));
+        let hb = row.heartbeat.unwrap().to_value().unwrap();
+        assert_eq!(hb["seq"], 1);
+        assert_eq!(hb["storage"]["nfs"]["drift"], 1);
+        assert_eq!(hb["system"]["mem_used"], 50);
         // Published once written, with the group the row was written with.
         let e = events.try_recv().unwrap();
         assert!(
@@ -445,7 +446,7 @@ mod tests {
         assert_eq!(q.reason.as_deref(), Some("no_heartbeat"));
         let b = store.get_instance(&region, &busy).await.unwrap().unwrap();
         assert_eq!(b.presence, Presence::Online);
-        assert_eq!(b.heartbeat.unwrap()["seq"], 2);
+        assert_eq!(b.heartbeat.unwrap().to_value().unwrap()["seq"], 2);
         store.close().await;
     }
 

@@ -163,9 +163,12 @@ async fn an_agent_is_online_within_a_heartbeat_stale_when_silent_and_offline_whe
     .await
     .expect("no second heartbeat");
     let i = r.get("gw-fleet-1").unwrap();
-    let hb = i.heartbeat.as_ref().unwrap();
+    let last = i.heartbeat.as_ref().unwrap();
+    assert_eq!(last.interval_s, 1);
+    // The fleet keeps the heartbeat's text, made once at ingest: the whole message.
+    let hb: csg_protocol::Heartbeat = serde_json::from_str(last.text.as_str()).unwrap();
     assert_eq!(hb.instance_id, "gw-fleet-1");
-    assert_eq!(hb.interval_s, 1);
+    assert_eq!((hb.seq, hb.ts_ms), (last.seq, last.ts_ms));
     assert!(hb.system.mem_total > 0, "{hb:?}");
     assert_eq!(i.agent_version.as_deref(), Some(WORKSPACE_VERSION));
     assert_eq!(i.group_id.as_deref(), Some("GID_csg"));

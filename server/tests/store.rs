@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use common::PgServer;
 use csg_consoled::store::{
     self, AuditEvent, AuditFilter, CallInsert, CallRecord, CallState, InstanceFilter, InstanceRow,
-    NewToken, PageLimit, Presence, PresenceEvent, Region, Scope, Store, StoreError, StoreOptions,
-    TokenHash, TokenName, TokenSecret,
+    JsonText, NewToken, PageLimit, Presence, PresenceEvent, Region, Scope, StorageSummary, Store,
+    StoreError, StoreOptions, TokenHash, TokenName, TokenSecret,
 };
 use csg_protocol::identity::{GroupId, InstanceId, RequestId};
 use serde_json::json;
@@ -121,8 +121,8 @@ fn instance(r: &str, id: &str, updated_ms: i64) -> InstanceRow {
         reason: None,
         last_seen_ms: Some(updated_ms),
         agent_version: Some("0.1.0".to_owned()),
-        heartbeat: Some(json!({"seq": updated_ms, "load": [0.5, 0.25]})),
-        storage: Some(json!({"nfs": 2, "smb": 1, "iscsi": 0})),
+        heartbeat: Some(JsonText::of(&json!({"seq": updated_ms, "load": [0.5, 0.25]})).unwrap()),
+        storage: Some(StorageSummary { count: 3, drift: 0 }),
         updated_ms,
     }
 }
@@ -227,7 +227,10 @@ fn fleet() -> Vec<InstanceRow> {
             row.group_id = GroupId::new(groups[(i % 3) as usize]).unwrap();
             row.agent_version = Some(versions[(i % 5 % 2) as usize].to_owned());
             row.presence = presences[(i % 7 % 3) as usize];
-            row.storage = Some(json!({"count": 4, "drift": i64::from(i % 11 == 0) * (i % 3 + 1)}));
+            row.storage = Some(StorageSummary {
+                count: 4,
+                drift: u64::from(i % 11 == 0) * (i % 3 + 1) as u64,
+            });
             row
         })
         .collect()

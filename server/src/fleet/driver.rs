@@ -5,13 +5,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use csg_protocol::{Heartbeat, InstanceId};
+use csg_protocol::InstanceId;
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::warn;
 
 use super::ingest::{StatusBody, StatusSource};
-use super::state::{Fleet, Instance, PresenceEvent};
+use super::state::{Beat, Fleet, Instance, PresenceEvent};
 
 /// The console's clock in milliseconds since the Unix epoch; passed in so tests drive time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -50,7 +50,7 @@ pub struct SinkError(pub String);
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub instance_id: InstanceId,
-    pub heartbeat: Arc<Heartbeat>,
+    pub heartbeat: Beat,
     pub seen_ms: u64,
 }
 
@@ -154,9 +154,9 @@ pub async fn run(
                 let Some(msg) = msg else { break };
                 let now = clock();
                 let mut f = lock(&fleet);
-                match &msg.body {
-                    StatusBody::Heartbeat(hb) => f.on_heartbeat(&msg.instance, hb.clone(), now),
-                    StatusBody::Presence(p) => f.on_presence(&msg.instance, p, now),
+                match msg.body {
+                    StatusBody::Heartbeat(hb) => f.on_heartbeat(&msg.instance, hb, now),
+                    StatusBody::Presence(p) => f.on_presence(&msg.instance, &p, now),
                 };
             }
             _ = every.tick() => flush(&fleet, &mut sink, clock()).await,

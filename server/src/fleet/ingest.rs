@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use csg_protocol::{Heartbeat, InstanceId, Presence, StatusTopic, TopicParents};
 use tracing::warn;
 
+use super::state::Beat;
+
 /// A status payload above this is dropped unread (`oversized`): an agent's heartbeat is about
 /// 1 KB, and the fleet keeps each gateway's last one in memory.
 pub const MAX_STATUS_BYTES: usize = 64 * 1024;
@@ -17,7 +19,8 @@ pub const MAX_STATUS_BYTES: usize = 64 * 1024;
 /// A status message body, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StatusBody {
-    Heartbeat(Arc<Heartbeat>),
+    /// Parsed and checked, then kept as what the fleet needs and its text.
+    Heartbeat(Beat),
     Presence(Presence),
 }
 
@@ -81,8 +84,8 @@ pub fn parse_status(
             if hb.kind != "heartbeat" {
                 return Err(BadStatus::Payload);
             }
-            let named = hb.instance_id.clone();
-            (i, StatusBody::Heartbeat(Arc::new(hb)), named)
+            let beat = Beat::of(&hb).map_err(|_| BadStatus::Payload)?;
+            (i, StatusBody::Heartbeat(beat), hb.instance_id)
         }
         StatusTopic::Presence(i) => {
             let p: Presence = serde_json::from_slice(payload).map_err(|_| BadStatus::Payload)?;

@@ -19,6 +19,6 @@ pub use driver::{Batch, Clock, DriverConfig, FleetSink, MemorySink, Seen, Shared
 pub use ingest::{BadStatus, IngestStats, StatusBody, StatusMessage, StatusSource};
 pub use mqtt::{IngestError, MqttStatusSource, ShareGroup, StatusTap};
 pub use state::{
-    Applied, Fleet, FleetConfig, Instance, Liveness, PresenceEvent, PresenceView, Reason, Restored,
-    StorageTotals,
+    Applied, Beat, Fleet, FleetConfig, Instance, LastBeat, Liveness, PresenceEvent, PresenceView,
+    Reason, Restored, StorageTotals,
 };

@@ -9,8 +9,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use csg_protocol::status::FamilySummary;
 use csg_protocol::{Heartbeat, InstanceId, Presence, PresenceState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::json::JsonText;
 
 /// Two heartbeats whose process start estimates (`ts_ms - uptime_s * 1000`) are this close come
 /// from one agent process: `uptime_s` is truncated to whole seconds, so one process's estimates
@@ -107,7 +110,79 @@ pub struct Restored {
     /// Console clock, as stored.
     pub last_seen_ms: u64,
     pub agent_version: Option<String>,
-    pub heartbeat: Option<Arc<Heartbeat>>,
+    pub heartbeat: Option<Beat>,
+}
+
+/// A heartbeat as the fleet takes it: what orders and judges it, and its text for the store.
+/// The parsed message is not kept: a gateway's last heartbeat held as a tree of small
+/// allocations cost several KB per gateway, and the text is what the store writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Beat {
+    pub group_id: String,
+    pub agent_version: String,
+    pub storage: StorageTotals,
+    pub last: LastBeat,
+}
+
+/// What a gateway keeps of its newest heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastBeat {
+    pub seq: u64,
+    pub ts_ms: u64,
+    pub uptime_s: u64,
+    pub interval_s: u64,
+    /// The whole heartbeat, compact JSON made once when it arrived.
+    pub text: JsonText,
+}
+
+/// The members of a stored heartbeat the fleet needs, read without the rest.
+#[derive(Deserialize)]
+struct BeatParts {
+    group_id: String,
+    agent_version: String,
+    seq: u64,
+    ts_ms: u64,
+    uptime_s: u64,
+    #[serde(default)]
+    interval_s: u64,
+    #[serde(default)]
+    storage: BTreeMap<String, FamilySummary>,
+}
+
+impl Beat {
+    /// A heartbeat just received (checked by its parse): its text is made here, once.
+    pub fn of(hb: &Heartbeat) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            group_id: hb.group_id.clone(),
+            agent_version: hb.agent_version.clone(),
+            storage: totals(hb.storage.values()),
+            last: LastBeat {
+                seq: hb.seq,
+                ts_ms: hb.ts_ms,
+                uptime_s: hb.uptime_s,
+                interval_s: hb.interval_s,
+                text: JsonText::of(hb)?,
+            },
+        })
+    }
+
+    /// A heartbeat as the store kept it (what [`Beat::of`] made, maybe on another replica):
+    /// only the members the fleet needs are read; the text is kept as it is.
+    pub fn stored(text: JsonText) -> Result<Self, serde_json::Error> {
+        let p: BeatParts = serde_json::from_str(text.as_str())?;
+        Ok(Self {
+            group_id: p.group_id,
+            agent_version: p.agent_version,
+            storage: totals(p.storage.values()),
+            last: LastBeat {
+                seq: p.seq,
+                ts_ms: p.ts_ms,
+                uptime_s: p.uptime_s,
+                interval_s: p.interval_s,
+                text,
+            },
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -139,7 +214,7 @@ pub struct Instance {
     pub last_seen_ms: u64,
     pub agent_version: Option<String>,
     /// The newest heartbeat by the agent's own order (never the last to arrive).
-    pub heartbeat: Option<Arc<Heartbeat>>,
+    pub heartbeat: Option<LastBeat>,
     pub storage: StorageTotals,
     /// Agent clock: the newest evidence that set the presence. Older presence never wins.
     #[serde(skip)]
@@ -215,7 +290,7 @@ struct HeartbeatKey {
 }
 
 impl HeartbeatKey {
-    fn of(hb: &Heartbeat) -> Self {
+    fn of(hb: &LastBeat) -> Self {
         Self {
             start_ms: hb.ts_ms.saturating_sub(hb.uptime_s.saturating_mul(1000)),
             seq: hb.seq,
@@ -233,13 +308,11 @@ impl HeartbeatKey {
 }
 
 /// A heartbeat's storage summed over its families.
-fn totals(hb: &Heartbeat) -> StorageTotals {
-    hb.storage
-        .values()
-        .fold(StorageTotals::default(), |t, f| StorageTotals {
-            count: t.count.saturating_add(f.count),
-            drift: t.drift.saturating_add(f.drift),
-        })
+fn totals<'a>(families: impl Iterator<Item = &'a FamilySummary>) -> StorageTotals {
+    families.fold(StorageTotals::default(), |t, f| StorageTotals {
+        count: t.count.saturating_add(f.count),
+        drift: t.drift.saturating_add(f.drift),
+    })
 }
 
 /// The live state of one region's gateways.
@@ -253,12 +326,14 @@ pub struct Fleet {
     events_dropped: u64,
 }
 
-fn bounded(s: &str) -> String {
+fn bounded(mut s: String) -> String {
     let mut end = s.len().min(MAX_VERSION_LEN);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_string()
+    s.truncate(end);
+    s.shrink_to_fit();
+    s
 }
 
 impl Fleet {
@@ -384,20 +459,20 @@ impl Fleet {
     }
 
     /// A heartbeat for `id` (the topic's instance; the caller checks it matches the body).
-    pub fn on_heartbeat(&mut self, id: &InstanceId, hb: Arc<Heartbeat>, now_ms: u64) -> Applied {
-        let key = HeartbeatKey::of(&hb);
+    pub fn on_heartbeat(&mut self, id: &InstanceId, hb: Beat, now_ms: u64) -> Applied {
+        let key = HeartbeatKey::of(&hb.last);
         let (inst, created) = self.entry(id);
         if let Some(cur) = &inst.heartbeat {
             if !key.is_newer_than(&HeartbeatKey::of(cur)) {
                 return Applied::Stale;
             }
         }
-        inst.group_id = Some(bounded(&hb.group_id));
-        inst.agent_version = Some(bounded(&hb.agent_version));
+        inst.group_id = Some(bounded(hb.group_id));
+        inst.agent_version = Some(bounded(hb.agent_version));
         inst.last_seen_ms = inst.last_seen_ms.max(now_ms);
-        inst.storage = totals(&hb);
-        let ts = hb.ts_ms;
-        inst.heartbeat = Some(hb);
+        inst.storage = hb.storage;
+        let ts = hb.last.ts_ms;
+        inst.heartbeat = Some(hb.last);
         let from = (!created).then_some(inst.presence.state);
         // A heartbeat sent after the latest presence evidence proves the gateway online.
         let change = if created || ts > inst.stamp_ms {
@@ -426,7 +501,7 @@ impl Fleet {
     /// without this its own tick would call live gateways stale. The heartbeat is ordered as
     /// any other; `seen_ms` only ever moves `last_seen_ms` forward. Not marked dirty when only
     /// `last_seen_ms` moved: the row came from the store.
-    pub fn merge_seen(&mut self, id: &InstanceId, hb: Arc<Heartbeat>, seen_ms: u64) -> Applied {
+    pub fn merge_seen(&mut self, id: &InstanceId, hb: Beat, seen_ms: u64) -> Applied {
         let applied = self.on_heartbeat(id, hb, seen_ms);
         if let Some(inst) = self.instances.get_mut(id) {
             inst.last_seen_ms = inst.last_seen_ms.max(seen_ms);
@@ -447,7 +522,7 @@ impl Fleet {
                 inst.stamp_ms = ts;
                 inst.online_floor_ms = ts.saturating_sub(CONNECT_SLACK_MS);
                 inst.last_seen_ms = inst.last_seen_ms.max(now_ms);
-                inst.agent_version = Some(bounded(&p.agent_version));
+                inst.agent_version = Some(bounded(p.agent_version.clone()));
                 if inst.presence.state == Liveness::Online && !created {
                     // A reconnect whose offline we never saw: still online, same period.
                     self.dirty.insert(id.clone());
@@ -506,7 +581,7 @@ impl Fleet {
             return;
         }
         let mut inst = Instance::new(self.region.clone(), r.instance_id.clone());
-        let hb_ts = r.heartbeat.as_ref().map_or(0, |h| h.ts_ms);
+        let hb_ts = r.heartbeat.as_ref().map_or(0, |h| h.last.ts_ms);
         let presence_ts = if r.presence.reason.agent_clock() {
             r.presence.since_ms
         } else {
@@ -516,14 +591,14 @@ impl Fleet {
         if r.presence.reason == Reason::Connected {
             inst.online_floor_ms = r.presence.since_ms.saturating_sub(CONNECT_SLACK_MS);
         }
-        inst.group_id = r.group_id.map(|g| bounded(&g));
-        inst.agent_version = r.agent_version.map(|v| bounded(&v));
+        inst.group_id = r.group_id.map(bounded);
+        inst.agent_version = r.agent_version.map(bounded);
         inst.presence = r.presence;
         inst.last_seen_ms = r.last_seen_ms;
-        if let Some(hb) = &r.heartbeat {
-            inst.storage = totals(hb);
+        if let Some(hb) = r.heartbeat {
+            inst.storage = hb.storage;
+            inst.heartbeat = Some(hb.last);
         }
-        inst.heartbeat = r.heartbeat;
         self.instances.insert(r.instance_id, inst);
     }
 

@@ -9,7 +9,9 @@ use proptest::prelude::*;
 use super::driver::{self, Batch, FleetSink, MemorySink, SinkError};
 use super::ingest::{parse_status, BadStatus, DropLog, StatusBody, StatusMessage, StatusSource};
 use super::mqtt::{filters, ShareGroup};
-use super::state::{Applied, Fleet, FleetConfig, Liveness, Reason, CONNECT_SLACK_MS};
+use super::state::{
+    Applied, Beat, Fleet, FleetConfig, Instance, Liveness, Reason, CONNECT_SLACK_MS,
+};
 
 const T0: u64 = 1_764_133_100_000;
 
@@ -45,6 +47,17 @@ fn hb(inst: &str, start_ms: u64, seq: u64, interval_s: u64, jitter_ms: u64) -> A
     })
 }
 
+/// The heartbeat as the fleet takes it from the ingest.
+fn beat(h: Arc<Heartbeat>) -> Beat {
+    Beat::of(&h).unwrap()
+}
+
+/// A gateway's newest heartbeat as another replica's store row hands it back: its text read
+/// again, as the sink does.
+fn stored(i: &Instance) -> Beat {
+    Beat::stored(i.heartbeat.clone().unwrap().text).unwrap()
+}
+
 fn presence(inst: &str, state: PresenceState, reason: &str, ts: u64) -> Presence {
     Presence::new(inst, state, "0.1.0", reason, ts)
 }
@@ -64,7 +77,7 @@ fn a_first_heartbeat_makes_a_gateway_online_and_dirty() {
     let mut f = fleet();
     let g = id("gw-1");
     assert_eq!(
-        f.on_heartbeat(&g, hb("gw-1", T0, 1, 1, 5), 1000),
+        f.on_heartbeat(&g, beat(hb("gw-1", T0, 1, 1, 5)), 1000),
         Applied::Changed
     );
     let i = f.get(&g).unwrap();
@@ -89,10 +102,10 @@ fn a_first_heartbeat_makes_a_gateway_online_and_dirty() {
 fn an_older_heartbeat_never_overwrites_a_newer_one() {
     let mut f = fleet();
     let g = id("gw-1");
-    f.on_heartbeat(&g, hb("gw-1", T0, 5, 1, 0), 1000);
+    f.on_heartbeat(&g, beat(hb("gw-1", T0, 5, 1, 0)), 1000);
     f.take_dirty();
     assert_eq!(
-        f.on_heartbeat(&g, hb("gw-1", T0, 4, 1, 0), 1001),
+        f.on_heartbeat(&g, beat(hb("gw-1", T0, 4, 1, 0)), 1001),
         Applied::Stale
     );
     assert_eq!(f.get(&g).unwrap().heartbeat.as_ref().unwrap().seq, 5);
@@ -103,7 +116,7 @@ fn an_older_heartbeat_never_overwrites_a_newer_one() {
     );
     // The same heartbeat twice (a redelivery) is not newer either.
     assert_eq!(
-        f.on_heartbeat(&g, hb("gw-1", T0, 5, 1, 0), 1002),
+        f.on_heartbeat(&g, beat(hb("gw-1", T0, 5, 1, 0)), 1002),
         Applied::Stale
     );
 }
@@ -112,11 +125,14 @@ fn an_older_heartbeat_never_overwrites_a_newer_one() {
 fn within_a_process_seq_decides_even_when_the_clock_steps_back() {
     let mut f = fleet();
     let g = id("gw-1");
-    f.on_heartbeat(&g, hb("gw-1", T0, 5, 1, 900), 1000);
+    f.on_heartbeat(&g, beat(hb("gw-1", T0, 5, 1, 900)), 1000);
     // seq 6, but its wall clock is 800 ms behind seq 5's (a clock step within the tolerance).
     let mut later = (*hb("gw-1", T0, 6, 1, 0)).clone();
     later.ts_ms -= 1100;
-    assert_eq!(f.on_heartbeat(&g, Arc::new(later), 1001), Applied::Changed);
+    assert_eq!(
+        f.on_heartbeat(&g, beat(Arc::new(later)), 1001),
+        Applied::Changed
+    );
     assert_eq!(f.get(&g).unwrap().heartbeat.as_ref().unwrap().seq, 6);
 }
 
@@ -124,13 +140,13 @@ fn within_a_process_seq_decides_even_when_the_clock_steps_back() {
 fn a_restarted_agent_is_newer_despite_its_lower_seq() {
     let mut f = fleet();
     let g = id("gw-1");
-    f.on_heartbeat(&g, hb("gw-1", T0, 100, 1, 0), 1000);
+    f.on_heartbeat(&g, beat(hb("gw-1", T0, 100, 1, 0)), 1000);
     let restarted = hb("gw-1", T0 + 200_000, 1, 1, 0);
-    assert_eq!(f.on_heartbeat(&g, restarted, 2000), Applied::Changed);
+    assert_eq!(f.on_heartbeat(&g, beat(restarted), 2000), Applied::Changed);
     assert_eq!(f.get(&g).unwrap().heartbeat.as_ref().unwrap().seq, 1);
     // And the old process's late heartbeat loses to the new one.
     assert_eq!(
-        f.on_heartbeat(&g, hb("gw-1", T0, 101, 1, 0), 2001),
+        f.on_heartbeat(&g, beat(hb("gw-1", T0, 101, 1, 0)), 2001),
         Applied::Stale
     );
 }
@@ -139,7 +155,7 @@ fn a_restarted_agent_is_newer_despite_its_lower_seq() {
 fn no_heartbeat_for_three_intervals_is_stale_and_a_new_one_brings_it_back() {
     let mut f = fleet();
     let g = id("gw-1");
-    f.on_heartbeat(&g, hb("gw-1", T0, 1, 2, 0), 10_000);
+    f.on_heartbeat(&g, beat(hb("gw-1", T0, 1, 2, 0)), 10_000);
     f.take_events();
     f.take_dirty();
     assert_eq!(f.tick(16_000), 0, "exactly 3 intervals is not yet stale");
@@ -157,7 +173,7 @@ fn no_heartbeat_for_three_intervals_is_stale_and_a_new_one_brings_it_back() {
     assert_eq!(f.take_dirty().len(), 1);
     assert_eq!(f.tick(30_000), 0, "stale once");
 
-    f.on_heartbeat(&g, hb("gw-1", T0, 2, 2, 0), 31_000);
+    f.on_heartbeat(&g, beat(hb("gw-1", T0, 2, 2, 0)), 31_000);
     let i = f.get(&g).unwrap();
     assert_eq!(i.presence.state, Liveness::Online);
     assert_eq!(i.presence.since_ms, 31_000);
@@ -180,7 +196,7 @@ fn without_interval_s_the_default_interval_and_the_configured_count_apply() {
     let g = id("gw-1");
     let mut old = (*hb("gw-1", T0, 1, 1, 0)).clone();
     old.interval_s = 0;
-    f.on_heartbeat(&g, Arc::new(old), 0);
+    f.on_heartbeat(&g, beat(Arc::new(old)), 0);
     assert_eq!(f.tick(50_000), 0);
     assert_eq!(f.tick(50_001), 1);
 }
@@ -213,7 +229,7 @@ fn the_will_ends_the_online_period_of_its_connection() {
         &presence("gw-1", PresenceState::Online, "connected", T0 + 40),
         1,
     );
-    f.on_heartbeat(&g, hb("gw-1", T0 - 1000, 3, 1, 0), 2);
+    f.on_heartbeat(&g, beat(hb("gw-1", T0 - 1000, 3, 1, 0)), 2);
     f.take_events();
     let will = presence("gw-1", PresenceState::Offline, "connection_lost", will_ts);
     assert_eq!(f.on_presence(&g, &will, 3), Applied::Changed);
@@ -231,7 +247,7 @@ fn the_will_ends_the_online_period_of_its_connection() {
     assert_eq!(f.on_presence(&g, &will, 4), Applied::Stale);
     // A heartbeat the dead connection sent before the last one seen does not revive it.
     assert_eq!(
-        f.on_heartbeat(&g, hb("gw-1", T0 - 1000, 2, 1, 0), 5),
+        f.on_heartbeat(&g, beat(hb("gw-1", T0 - 1000, 2, 1, 0)), 5),
         Applied::Stale
     );
     assert_eq!(f.get(&g).unwrap().presence.state, Liveness::Offline);
@@ -297,7 +313,7 @@ fn presence_older_than_the_current_state_never_wins() {
     assert_eq!(f.on_presence(&g, &late, 3), Applied::Stale);
     assert_eq!(f.get(&g).unwrap().presence.state, Liveness::Offline);
     // A shutdown older than the last heartbeat loses too.
-    f.on_heartbeat(&g, hb("gw-1", T0 + 10_000, 1, 1, 0), 4);
+    f.on_heartbeat(&g, beat(hb("gw-1", T0 + 10_000, 1, 1, 0)), 4);
     assert_eq!(f.get(&g).unwrap().presence.state, Liveness::Online);
     let old = presence("gw-1", PresenceState::Offline, "shutdown", T0 + 5000);
     assert_eq!(f.on_presence(&g, &old, 5), Applied::Stale);
@@ -340,7 +356,7 @@ fn storage_counts_and_drift_are_summed_over_families() {
         .insert("nfs".into(), FamilySummary { count: 3, drift: 1 });
     h.storage
         .insert("smb".into(), FamilySummary { count: 2, drift: 0 });
-    f.on_heartbeat(&g, Arc::new(h), 0);
+    f.on_heartbeat(&g, beat(Arc::new(h)), 0);
     let s = f.get(&g).unwrap().storage;
     assert_eq!((s.count, s.drift), (5, 1));
 }
@@ -349,9 +365,9 @@ fn storage_counts_and_drift_are_summed_over_families() {
 fn dirty_holds_each_changed_gateway_once_and_can_be_marked_again() {
     let mut f = fleet();
     for seq in 1..=10 {
-        f.on_heartbeat(&id("gw-a"), hb("gw-a", T0, seq, 1, 0), seq);
+        f.on_heartbeat(&id("gw-a"), beat(hb("gw-a", T0, seq, 1, 0)), seq);
     }
-    f.on_heartbeat(&id("gw-b"), hb("gw-b", T0, 1, 1, 0), 11);
+    f.on_heartbeat(&id("gw-b"), beat(hb("gw-b", T0, 1, 1, 0)), 11);
     let mut d = f.take_dirty();
     d.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     assert_eq!(d.len(), 2);
@@ -368,7 +384,7 @@ fn events_beyond_the_bound_drop_the_oldest_and_are_counted() {
     let n = super::state::MAX_PENDING_EVENTS + 10;
     for k in 0..n {
         let name = format!("gw-{k}");
-        f.on_heartbeat(&id(&name), hb(&name, T0, 1, 1, 0), 0);
+        f.on_heartbeat(&id(&name), beat(hb(&name, T0, 1, 1, 0)), 0);
     }
     assert_eq!(f.events_dropped(), 10);
     let ev = f.take_events();
@@ -386,17 +402,17 @@ fn replicas_that_merge_each_others_heartbeats_do_not_call_a_live_gateway_stale()
         let h = hb("gw-1", T0, seq, 10, 0);
         let at = seq * 10_000;
         if (seq - 1) / 4 % 2 == 0 {
-            a.on_heartbeat(&g, h.clone(), at);
+            a.on_heartbeat(&g, beat(h.clone()), at);
         } else {
-            b.on_heartbeat(&g, h.clone(), at);
+            b.on_heartbeat(&g, beat(h.clone()), at);
         }
         // Each also reads the other's rows before it ticks (what the store hands back).
         let (row_a, row_b) = (a.get(&g).cloned(), b.get(&g).cloned());
         if let Some(row) = row_b {
-            a.merge_seen(&g, row.heartbeat.unwrap(), row.last_seen_ms);
+            a.merge_seen(&g, stored(&row), row.last_seen_ms);
         }
         if let Some(row) = row_a {
-            b.merge_seen(&g, row.heartbeat.unwrap(), row.last_seen_ms);
+            b.merge_seen(&g, stored(&row), row.last_seen_ms);
         }
         assert_eq!(a.tick(at + 5_000), 0);
         assert_eq!(b.tick(at + 5_000), 0);
@@ -404,7 +420,7 @@ fn replicas_that_merge_each_others_heartbeats_do_not_call_a_live_gateway_stale()
     assert_eq!(a.get(&g).unwrap().heartbeat.as_ref().unwrap().seq, 20);
     assert_eq!(a.get(&g).unwrap().last_seen_ms, 200_000);
     // An old row from the store moves nothing back.
-    a.merge_seen(&g, hb("gw-1", T0, 3, 10, 0), 30_000);
+    a.merge_seen(&g, beat(hb("gw-1", T0, 3, 10, 0)), 30_000);
     assert_eq!(a.get(&g).unwrap().last_seen_ms, 200_000);
     assert_eq!(a.get(&g).unwrap().heartbeat.as_ref().unwrap().seq, 20);
 }
@@ -420,7 +436,13 @@ fn status_messages_are_parsed_by_topic_and_checked_against_the_body() {
     let body = serde_json::to_vec(&*hb("gw-1", T0, 1, 1, 0)).unwrap();
     let m = parse_status(&parents(), "csg-status/gw-1", &body, false).unwrap();
     assert_eq!(m.instance, id("gw-1"));
-    assert!(matches!(m.body, StatusBody::Heartbeat(_)));
+    let StatusBody::Heartbeat(b) = &m.body else {
+        panic!("{m:?}")
+    };
+    // The text made at ingest is the whole heartbeat, and reads back as the same beat.
+    let back: Heartbeat = serde_json::from_str(b.last.text.as_str()).unwrap();
+    assert_eq!(back, *hb("gw-1", T0, 1, 1, 0));
+    assert_eq!(Beat::stored(b.last.text.clone()).unwrap(), *b);
     assert_eq!(
         parse_status(&parents(), "csg-status/gw-2", &body, false),
         Err(BadStatus::InstanceMismatch)
@@ -512,7 +534,7 @@ fn heartbeat_runs() -> impl Strategy<Value = Vec<Arc<Heartbeat>>> {
 fn apply_all(hbs: &[Arc<Heartbeat>]) -> Fleet {
     let mut f = fleet();
     for h in hbs {
-        f.on_heartbeat(&id("gw-p"), h.clone(), 42);
+        f.on_heartbeat(&id("gw-p"), beat(h.clone()), 42);
     }
     f
 }
@@ -528,7 +550,7 @@ proptest! {
         let b = any_order.get(&id("gw-p")).unwrap();
         prop_assert_eq!(a, b);
         // And that state is the last heartbeat sent.
-        prop_assert_eq!(a.heartbeat.as_ref().unwrap(), hbs.last().unwrap());
+        prop_assert_eq!(a.heartbeat.as_ref().unwrap(), &beat(hbs.last().unwrap().clone()).last);
     }
 }
 
@@ -563,7 +585,7 @@ impl FleetSink for FlakySink {
 fn msg(h: Arc<Heartbeat>) -> StatusMessage {
     StatusMessage {
         instance: id(&h.instance_id),
-        body: StatusBody::Heartbeat(h),
+        body: StatusBody::Heartbeat(beat(h)),
         retained: false,
     }
 }
@@ -618,7 +640,7 @@ async fn the_driver_batches_what_changed_and_ticks_on_its_clock() {
 #[tokio::test]
 async fn a_failed_write_is_retried_with_the_same_changes() {
     let shared = Arc::new(Mutex::new(fleet()));
-    driver::lock(&shared).on_heartbeat(&id("gw-a"), hb("gw-a", T0, 1, 1, 0), 0);
+    driver::lock(&shared).on_heartbeat(&id("gw-a"), beat(hb("gw-a", T0, 1, 1, 0)), 0);
     let kept = Arc::new(Mutex::new(Vec::new()));
     let mut sink = FlakySink {
         fail: 1,

@@ -5,14 +5,17 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use csg_protocol::identity::{GroupId, InstanceId};
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::value::{to_raw_value, RawValue};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::auth::authorize;
 use super::problem::Problem;
 use super::AppState;
-use crate::store::{InstanceFilter, InstanceRow, PageLimit, Presence, Scope, TokenRecord};
+use crate::store::{
+    InstanceFilter, InstanceRow, JsonText, PageLimit, Presence, Scope, TokenRecord,
+};
 
 pub const DEFAULT_LIMIT: u32 = 100;
 
@@ -155,7 +158,7 @@ pub fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, Problem> {
 
 /// A gateway's presence as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct PresenceOut {
+pub struct PresenceOut<'a> {
     /// `online`, `stale` (no heartbeat for the configured number of intervals) or `offline`.
     #[schema(example = "online", pattern = "^(online|stale|offline)$")]
     pub state: &'static str,
@@ -163,94 +166,124 @@ pub struct PresenceOut {
     pub since_ms: i64,
     /// `connected`, `heartbeat`, `shutdown`, `connection_lost` or `no_heartbeat`.
     #[schema(required = true)]
-    pub reason: Option<String>,
+    pub reason: Option<&'a str>,
 }
 
 /// Resources managed by the gateway, summed over its storage families.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct StorageOut {
+pub struct StorageOut<'a> {
     pub count: u64,
     /// Resources whose state differs from the desired one.
     pub drift: u64,
     /// Per family (`nfs`, `smb`, `iscsi`), from the last heartbeat.
     #[schema(required = true, value_type = Option<Object>)]
-    pub families: Option<Value>,
+    pub families: Option<&'a RawValue>,
+}
+
+/// Host facts from a heartbeat, embedded from its stored text.
+#[derive(Debug, Serialize)]
+pub struct HostOut<'a> {
+    pub uptime_s: Option<&'a RawValue>,
+    pub system: Option<&'a RawValue>,
+    pub disks: Option<&'a RawValue>,
+    pub services: Option<&'a RawValue>,
 }
 
 /// One gateway, as listed.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct InstanceOut {
-    pub instance_id: String,
-    pub group_id: String,
-    pub region: String,
-    pub presence: PresenceOut,
+pub struct InstanceOut<'a> {
+    pub instance_id: &'a str,
+    pub group_id: &'a str,
+    pub region: &'a str,
+    pub presence: PresenceOut<'a>,
     /// When the console last heard from it, ms since the Unix epoch.
     #[schema(required = true)]
     pub last_seen_ms: Option<i64>,
     #[schema(required = true)]
-    pub agent_version: Option<String>,
+    pub agent_version: Option<&'a str>,
     /// Host facts from the last heartbeat (`uptime_s`, `system`, `disks`, `services`); null
     /// before the first.
     #[schema(required = true, value_type = Option<Object>)]
-    pub host: Option<Value>,
-    pub storage: StorageOut,
+    pub host: Option<HostOut<'a>>,
+    pub storage: StorageOut<'a>,
 }
 
 /// One gateway with its last heartbeat as the agent sent it (protocol.md §8).
 #[derive(Debug, Serialize, ToSchema)]
-pub struct InstanceDetail {
+pub struct InstanceDetail<'a> {
     #[serde(flatten)]
-    pub instance: InstanceOut,
+    pub instance: InstanceOut<'a>,
     #[schema(required = true, value_type = Option<Object>)]
-    pub heartbeat: Option<Value>,
+    pub heartbeat: Option<&'a JsonText>,
 }
 
 /// A page of instances. With `fields`, each item holds only the members chosen (and
 /// `instance_id`); without it, every member.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct InstancePage {
+    // Each item is serialized as it is built, embedding the stored texts' parts: no tree of
+    // the page is made (with `fields`, one of the item, to drop the members not chosen).
     #[schema(value_type = Vec<InstanceOut>)]
-    pub items: Vec<Value>,
+    pub items: Vec<Box<RawValue>>,
     /// Pass as `cursor` for the next page, with the same filters; null on the last page.
     #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
-fn count_of(v: Option<&Value>, key: &str) -> u64 {
-    v.and_then(|s| s.get(key))
-        .and_then(Value::as_u64)
-        .unwrap_or(0)
+/// The members of a stored heartbeat the API shows, borrowed from its text: one scan, no
+/// tree, nothing copied until the response is written.
+#[derive(Debug, Default, Deserialize)]
+struct HeartbeatParts<'a> {
+    #[serde(borrow)]
+    uptime_s: Option<&'a RawValue>,
+    #[serde(borrow)]
+    system: Option<&'a RawValue>,
+    #[serde(borrow)]
+    disks: Option<&'a RawValue>,
+    #[serde(borrow)]
+    services: Option<&'a RawValue>,
+    #[serde(borrow)]
+    storage: Option<&'a RawValue>,
 }
 
 /// The instance as the API shows it.
-pub fn view(row: &InstanceRow) -> InstanceOut {
-    let hb = row.heartbeat.as_ref();
-    let host = hb.map(|h| {
-        json!({
-            "uptime_s": h.get("uptime_s"),
-            "system": h.get("system"),
-            "disks": h.get("disks"),
-            "services": h.get("services"),
-        })
+pub fn view(row: &InstanceRow) -> InstanceOut<'_> {
+    // The store checked the text; one that still does not read as an object shows no parts.
+    let parts = row
+        .heartbeat
+        .as_ref()
+        .map(|h| serde_json::from_str::<HeartbeatParts<'_>>(h.as_str()).unwrap_or_default());
+    let storage = row.storage.unwrap_or_default();
+    let families = parts.as_ref().and_then(|p| p.storage);
+    let host = parts.map(|p| HostOut {
+        uptime_s: p.uptime_s,
+        system: p.system,
+        disks: p.disks,
+        services: p.services,
     });
     InstanceOut {
-        instance_id: row.instance_id.as_str().to_owned(),
-        group_id: row.group_id.as_str().to_owned(),
-        region: row.region.as_str().to_owned(),
+        instance_id: row.instance_id.as_str(),
+        group_id: row.group_id.as_str(),
+        region: row.region.as_str(),
         presence: PresenceOut {
             state: row.presence.as_str(),
             since_ms: row.since_ms,
-            reason: row.reason.clone(),
+            reason: row.reason.as_deref(),
         },
         last_seen_ms: row.last_seen_ms,
-        agent_version: row.agent_version.clone(),
+        agent_version: row.agent_version.as_deref(),
         host,
         storage: StorageOut {
-            count: count_of(row.storage.as_ref(), "count"),
-            drift: count_of(row.storage.as_ref(), "drift"),
-            families: hb.and_then(|h| h.get("storage")).cloned(),
+            count: storage.count,
+            drift: storage.drift,
+            families,
         },
     }
+}
+
+fn unserializable(row: &InstanceRow, e: &serde_json::Error) -> Problem {
+    tracing::error!(instance = row.instance_id.as_str(), error = %e, "an instance does not serialize");
+    Problem::internal()
 }
 
 /// A token limited to groups sees only theirs: its groups narrow (or replace) the filter's.
@@ -318,12 +351,14 @@ pub async fn list(
         .iter()
         .map(|row| {
             let out = view(row);
+            // An InstanceOut always serializes (string keys, checked JSON, finite numbers).
             match &q.fields {
-                Some(f) => f.project(&out),
-                None => serde_json::to_value(&out).unwrap_or(Value::Null),
+                Some(f) => to_raw_value(&f.project(&out)),
+                None => to_raw_value(&out),
             }
+            .map_err(|e| unserializable(row, &e))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     Ok(Json(InstancePage {
         items,
         next_cursor: page.next_cursor,
@@ -350,7 +385,7 @@ pub async fn get(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<InstanceDetail>, Problem> {
+) -> Result<Json<Box<RawValue>>, Problem> {
     let token = authorize(&state, &headers, Scope::Read).await?;
     let id = InstanceId::new(id.as_str())
         .map_err(|e| Problem::bad_request(format!("instance id: {e}")))?;
@@ -364,10 +399,13 @@ pub async fn get(
     if !token.groups.is_empty() && !token.groups.contains(&row.group_id) {
         return Err(unknown());
     }
-    Ok(Json(InstanceDetail {
+    let detail = InstanceDetail {
         instance: view(&row),
-        heartbeat: row.heartbeat.clone(),
-    }))
+        heartbeat: row.heartbeat.as_ref(),
+    };
+    // Serialized here: the detail borrows the row.
+    let body = to_raw_value(&detail).map_err(|e| unserializable(&row, &e))?;
+    Ok(Json(body))
 }
 
 #[cfg(test)]

@@ -17,8 +17,9 @@ use sqlx::{Postgres, QueryBuilder, Row, Sqlite, Transaction};
 use super::tokens::{groups_from_text, groups_to_text, scopes_from_text, scopes_to_text};
 use super::types::{decode_cursor, encode_cursor, fingerprint_of};
 use super::{
-    Engine, InstanceFilter, InstanceRow, NewToken, Page, PageLimit, Presence, PresenceEvent,
-    Region, Store, StoreError, StoreOptions, TokenHash, TokenName, TokenRecord,
+    Engine, InstanceFilter, InstanceRow, JsonText, NewToken, Page, PageLimit, Presence,
+    PresenceEvent, Region, StorageSummary, Store, StoreError, StoreOptions, TokenHash, TokenName,
+    TokenRecord,
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -167,12 +168,18 @@ fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
     StoreError::Other(format!("stored {what}: {err}"))
 }
 
-fn json_text(value: Option<&serde_json::Value>) -> Option<String> {
-    value.map(serde_json::Value::to_string)
+fn storage_text(s: Option<StorageSummary>) -> Option<String> {
+    s.map(|s| format!(r#"{{"count":{},"drift":{}}}"#, s.count, s.drift))
 }
 
-fn json_value(what: &str, text: Option<String>) -> Result<Option<serde_json::Value>, StoreError> {
-    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(what, e)))
+fn storage_of(text: Option<String>) -> Result<Option<StorageSummary>, StoreError> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt("storage", e)))
+        .transpose()
+}
+
+/// A stored document is checked (a scan, no tree) and kept as text.
+fn json_text(what: &str, text: Option<String>) -> Result<Option<JsonText>, StoreError> {
+    text.map(|t| JsonText::parse(t).map_err(|e| corrupt(what, e)))
         .transpose()
 }
 
@@ -219,8 +226,8 @@ where
         reason: row.try_get("reason")?,
         last_seen_ms: row.try_get("last_seen_ms")?,
         agent_version: row.try_get("agent_version")?,
-        heartbeat: json_value("heartbeat", row.try_get("heartbeat")?)?,
-        storage: json_value("storage", row.try_get("storage")?)?,
+        heartbeat: json_text("heartbeat", row.try_get("heartbeat")?)?,
+        storage: storage_of(row.try_get("storage")?)?,
         updated_ms: row.try_get("updated_ms")?,
     })
 }
@@ -294,8 +301,8 @@ macro_rules! store_impl {
                             .push_bind(r.reason.as_deref())
                             .push_bind(r.last_seen_ms)
                             .push_bind(r.agent_version.as_deref())
-                            .push_bind(json_text(r.heartbeat.as_ref()))
-                            .push_bind(json_text(r.storage.as_ref()))
+                            .push_bind(r.heartbeat.as_ref().map(JsonText::as_str))
+                            .push_bind(storage_text(r.storage))
                             .push_bind(r.updated_ms)
                             .push_bind(r.drift());
                     });

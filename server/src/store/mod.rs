@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use csg_protocol::identity::{InstanceId, RequestId};
 
+pub use crate::json::JsonText;
 pub use calls::{AuditEvent, AuditFilter, AuditRecord, CallInsert, CallRecord, CallState};
 pub use engines::{PgStore, SqliteStore};
 pub use error::StoreError;
@@ -28,7 +29,9 @@ pub use jobs::{
     JobTransition, NewExecution, NewJob,
 };
 pub use tokens::{NewToken, Scope, TokenHash, TokenName, TokenRecord, TokenSecret};
-pub use types::{InstanceFilter, InstanceRow, Page, PageLimit, Presence, PresenceEvent, Region};
+pub use types::{
+    InstanceFilter, InstanceRow, Page, PageLimit, Presence, PresenceEvent, Region, StorageSummary,
+};
 pub use webhooks::{Attempt, DeliveryFilter, DeliveryRow, DeliveryState, NewDelivery};
 
 /// Which database a store runs on.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::StoreError;
+use crate::json::JsonText;
 
 /// A cloud region's name (`cn-hangzhou`, `eu-central-1`): 1 to 64 of `a-z 0-9 -`, starting with
 /// a letter or digit.
@@ -85,9 +86,10 @@ pub struct InstanceRow {
     pub reason: Option<String>,
     pub last_seen_ms: Option<i64>,
     pub agent_version: Option<String>,
-    /// The last heartbeat as it came.
-    pub heartbeat: Option<serde_json::Value>,
-    pub storage: Option<serde_json::Value>,
+    /// The last heartbeat, as the fleet made its text when it arrived; written and read as
+    /// it is.
+    pub heartbeat: Option<JsonText>,
+    pub storage: Option<StorageSummary>,
     /// When the console produced this row; an older row never overwrites a newer one (two
     /// replicas may write the same gateway out of order).
     pub updated_ms: i64,
@@ -98,11 +100,17 @@ impl InstanceRow {
     /// (0 when there is none).
     pub fn drift(&self) -> i64 {
         self.storage
-            .as_ref()
-            .and_then(|s| s.get("drift"))
-            .and_then(serde_json::Value::as_i64)
-            .unwrap_or(0)
+            .map_or(0, |s| i64::try_from(s.drift).unwrap_or(i64::MAX))
     }
+}
+
+/// Resources a gateway manages, summed over its storage families; stored as
+/// `{"count":N,"drift":M}` (a member missing reads as 0, as the API always showed it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageSummary {
+    pub count: u64,
+    pub drift: u64,
 }
 
 /// How many rows one page holds: 1 to [`PageLimit::MAX`].
