@@ -95,7 +95,9 @@ curl -fsS -H "Authorization: Bearer $token" "$base/v1/instances/gw-contract" >/d
 # 404 is the right answer; a cursor is an opaque string the service alone can make).
 out=${CSG_CONTRACT_OUT:-$(dirname "$venv")/api-contract-test.out}
 echo "schemathesis $SCHEMATHESIS_VERSION: $examples examples per operation against $base (report: $out)"
-"$venv/bin/st" --config-file "$root/scripts/schemathesis.toml" run "$base/v1/openapi.json" \
+# From the work directory: schemathesis keeps a cache in .schemathesis/ under its working
+# directory, which belongs to this run, not to the checkout.
+(cd "$dir" && "$venv/bin/st" --config-file "$root/scripts/schemathesis.toml" run "$base/v1/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
   --max-examples "$examples" \
@@ -103,7 +105,7 @@ echo "schemathesis $SCHEMATHESIS_VERSION: $examples examples per operation again
   --generation-database none \
   --request-timeout 30 \
   --workers 2 \
-  --no-color >"$out" 2>&1 || status=$?
+  --no-color) >"$out" 2>&1 || status=$?
 if [ "${status:-0}" -ne 0 ]; then
   grep -E '^(_+ |[0-9]+\. |- |    curl )' "$out" | head -n 200 >&2 || true
   tail -n 40 "$out" >&2
