@@ -3,8 +3,9 @@
 //! request id, and finished in one place ([`CallService::finish`]), which stores the outcome
 //! and publishes it on the bus.
 
+use crate::now_ms;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -166,12 +167,6 @@ impl Drop for InFlightGuard {
             self.0.idle.notify_waiters();
         }
     }
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// SHA-256 of what a request asks (instance, method, the whole params): a repeat of an id must

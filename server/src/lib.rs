@@ -30,3 +30,11 @@ pub mod sink;
 pub mod store;
 pub mod tls;
 pub mod webhooks;
+
+/// Now, in milliseconds since the Unix epoch: the store's time unit. A clock before 1970 reads
+/// 0 and one past i64 saturates; neither is a reason to fail a request.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

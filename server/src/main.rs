@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -18,6 +18,7 @@ use csg_consoled::fleet::mqtt::DEFAULT_QUEUE;
 use csg_consoled::fleet::{Fleet, MqttStatusSource};
 use csg_consoled::http::{self, AppState, HttpLimits};
 use csg_consoled::metrics::Metrics;
+use csg_consoled::now_ms;
 use csg_consoled::rpc::ConsoleCaller;
 use csg_consoled::sink::StoreSink;
 use csg_consoled::store::{self, NewToken, Scope, TokenName, TokenSecret};
@@ -69,12 +70,6 @@ enum TokenCommand {
         #[arg(long)]
         name: String,
     },
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn main() -> std::process::ExitCode {

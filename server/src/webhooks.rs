@@ -12,10 +12,11 @@
 //! constant time, rejects a `t` too far from its clock (replays), and drops a delivery id it
 //! has already handled (`X-Csg-Delivery`).
 
+use crate::now_ms;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use csg_transport::Backoff;
 use hmac::{Hmac, Mac};
@@ -242,12 +243,6 @@ pub fn check(raw: &[RawWebhook], p: &mut Vec<String>) -> Vec<Webhook> {
         }
     }
     out
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The running webhooks.

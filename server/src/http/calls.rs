@@ -114,8 +114,9 @@ pub async fn visible_instance(
 /// How job ids, and so their executions' request ids, begin (`jobs::new_job_id`).
 pub const JOB_ID_PREFIX: &str = "job-";
 
-/// `Idempotency-Key`, checked by the protocol's request id rules (400 otherwise).
-pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<RequestId>, Problem> {
+/// The `Idempotency-Key` header's text, if there is one: 400 when it is given twice or is not
+/// visible ASCII. Each route then parses it by its own rules.
+pub fn idempotency_key_text(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(v) = values.next() else {
         return Ok(None);
@@ -125,9 +126,16 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<RequestId>, Problem
             "Idempotency-Key: given more than once",
         ));
     }
-    let text = v
-        .to_str()
-        .map_err(|_| Problem::bad_request("Idempotency-Key: not visible ASCII"))?;
+    v.to_str()
+        .map(Some)
+        .map_err(|_| Problem::bad_request("Idempotency-Key: visible ASCII characters only"))
+}
+
+/// `Idempotency-Key`, checked by the protocol's request id rules (400 otherwise).
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<RequestId>, Problem> {
+    let Some(text) = idempotency_key_text(headers)? else {
+        return Ok(None);
+    };
     // A job's executions have request ids of this shape, listed by the API: a call under one
     // would take that execution's place in the agent's id memory.
     if text.starts_with(JOB_ID_PREFIX) {

@@ -5,6 +5,7 @@
 //! gateways of its groups and sees only the jobs it created itself (a job over other groups
 //! would tell it which gateways exist there).
 
+use crate::now_ms;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -28,12 +29,6 @@ use crate::store::{
 pub const DEFAULT_LIMIT: u32 = 100;
 /// Gateways a dry run names (it counts them all).
 pub const DRY_RUN_LIST: usize = 100;
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// A job as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -148,18 +143,9 @@ pub enum JobOrDryRun {
 
 /// The request's `Idempotency-Key`, if it has one (400 when malformed or repeated).
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
-    let mut values = headers.get_all("idempotency-key").iter();
-    let Some(v) = values.next() else {
+    let Some(v) = super::calls::idempotency_key_text(headers)? else {
         return Ok(None);
     };
-    if values.next().is_some() {
-        return Err(Problem::bad_request(
-            "Idempotency-Key: given more than once",
-        ));
-    }
-    let v = v
-        .to_str()
-        .map_err(|_| Problem::bad_request("Idempotency-Key: visible ASCII characters only"))?;
     IdempotencyKey::parse(v)
         .map(Some)
         .map_err(Problem::bad_request)

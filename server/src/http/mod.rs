@@ -32,7 +32,8 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::calls::{now_ms, CallService, MAX_TIMEOUT};
+use crate::calls::{CallService, MAX_TIMEOUT};
+use crate::now_ms;
 use crate::store::{AuditEvent, Region, Store};
 use problem::{Problem, Refusal};
 

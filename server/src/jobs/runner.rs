@@ -7,9 +7,10 @@
 //! the job and sends its in-progress executions again with their same request ids: an agent
 //! that already ran one answers from its id memory, so a mutation never runs twice.
 
+use crate::now_ms;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use csg_console::CallError;
 use csg_protocol::envelope::Reply;
@@ -102,12 +103,6 @@ impl Runner {
     ) -> JoinHandle<()> {
         tokio::spawn(run(store, caller, bus, cfg, stop))
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn ms(d: Duration) -> i64 {
