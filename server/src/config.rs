@@ -1,8 +1,10 @@
 //! Configuration of `csg-consoled`: TOML → typed [`Config`]. Unknown keys are errors, and
 //! validation reports every problem at once, so an operator fixes a file in one pass.
 //!
-//! One region in this version: the top-level sections are that region (its name is
-//! `identity.region`, `default` when absent).
+//! Regions: with one, the top-level `[identity] group_id`/`region`, `[mqtt]` and `[topics]` are
+//! that region (named `identity.region`, `default` when absent). With several, each
+//! `[[regions]]` entry carries its own name, group id, `[regions.mqtt]` and `[regions.topics]`,
+//! and those top-level keys are refused (two places for one setting would be a trap).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,7 +44,8 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub identity: RawIdentity,
-    pub mqtt: RawMqtt,
+    /// The one region's broker; absent when `[[regions]]` are given.
+    pub mqtt: Option<RawMqtt>,
     #[serde(default)]
     pub http: RawHttp,
     #[serde(default)]
@@ -57,6 +60,20 @@ pub struct RawConfig {
     pub signing: RawSigning,
     #[serde(default)]
     pub log: RawLog,
+    /// The one region's topics; absent when `[[regions]]` are given.
+    pub topics: Option<RawTopics>,
+    /// Several regions, one MQTT session each.
+    #[serde(default)]
+    pub regions: Vec<RawRegion>,
+}
+
+/// `[[regions]]`: one region of several (its own broker, group id and topics).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegion {
+    pub name: String,
+    pub group_id: String,
+    pub mqtt: RawMqtt,
     #[serde(default)]
     pub topics: RawTopics,
 }
@@ -110,7 +127,8 @@ pub struct RawMetrics {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawIdentity {
-    pub group_id: String,
+    /// The one region's group id; absent when `[[regions]]` are given.
+    pub group_id: Option<String>,
     pub console_id: String,
     pub region: Option<String>,
 }
@@ -236,14 +254,8 @@ impl Default for RawLog {
 /// The validated configuration: holding one means every rule below was checked.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub client_id: ClientId,
-    pub region: Region,
-    pub broker: BrokerList,
-    pub protocol: Protocol,
-    pub keep_alive: Duration,
-    pub connect_timeout: Duration,
-    pub tls: Option<TlsOptions>,
-    pub auth: Auth,
+    /// One or more, names unique, in the file's order.
+    pub regions: RegionList,
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -259,8 +271,43 @@ pub struct Config {
     /// HTTPS: the pair, read and checked (see [`CertPair::load`]).
     pub http_tls: Option<CertPair>,
     pub log_filter: String,
+}
+
+/// One region: its name, its console client id and the broker session's settings.
+#[derive(Debug, Clone)]
+pub struct RegionConfig {
+    pub region: Region,
+    pub client_id: ClientId,
+    pub broker: BrokerList,
+    pub protocol: Protocol,
+    pub keep_alive: Duration,
+    pub connect_timeout: Duration,
+    pub tls: Option<TlsOptions>,
+    pub auth: Auth,
     pub parents: TopicParents,
     pub mode: TopicMode,
+}
+
+impl RegionConfig {
+    /// The region's one console session: calls, and (with the ingest's subscriptions and tap
+    /// added) the status ingest.
+    pub fn console_options(&self) -> ConsoleOptions {
+        let mut o = ConsoleOptions::new(
+            self.broker.clone(),
+            self.client_id.group().clone(),
+            self.client_id.instance().clone(),
+        );
+        o.parents = self.parents.clone();
+        o.mode = self.mode;
+        o.protocol = self.protocol;
+        if let Some(tls) = &self.tls {
+            o.tls = tls.clone();
+        }
+        o.auth = self.auth.clone();
+        o.keep_alive = self.keep_alive;
+        o.connect_timeout = self.connect_timeout;
+        o
+    }
 }
 
 impl Config {
@@ -287,28 +334,48 @@ impl Config {
         raw.validate().map_err(FromTomlError::Invalid)
     }
 
-    /// The one console session of the region: calls, and (with the ingest's subscriptions
-    /// and tap added) the status ingest.
-    pub fn console_options(&self) -> ConsoleOptions {
-        let mut o = ConsoleOptions::new(
-            self.broker.clone(),
-            self.client_id.group().clone(),
-            self.client_id.instance().clone(),
-        );
-        o.parents = self.parents();
-        o.mode = self.mode;
-        o.protocol = self.protocol;
-        if let Some(tls) = &self.tls {
-            o.tls = tls.clone();
+    /// The console's own id (the instance half of every region's client id).
+    pub fn console_id(&self) -> &InstanceId {
+        self.regions.home().client_id.instance()
+    }
+}
+
+/// At least one region: the first (the home region) is held apart, so there always is one.
+#[derive(Debug, Clone)]
+pub struct RegionList {
+    home: RegionConfig,
+    rest: Vec<RegionConfig>,
+}
+
+impl RegionList {
+    pub fn one(home: RegionConfig) -> Self {
+        Self {
+            home,
+            rest: Vec::new(),
         }
-        o.auth = self.auth.clone();
-        o.keep_alive = self.keep_alive;
-        o.connect_timeout = self.connect_timeout;
-        o
     }
 
-    pub fn parents(&self) -> TopicParents {
-        self.parents.clone()
+    /// The first region in the file: what belongs to no region (a refused request that names
+    /// no gateway) is recorded under it.
+    pub fn home(&self) -> &RegionConfig {
+        &self.home
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &RegionConfig> {
+        std::iter::once(&self.home).chain(self.rest.iter())
+    }
+
+    pub fn len(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    /// Never: there is always a home region.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn get(&self, name: &Region) -> Option<&RegionConfig> {
+        self.iter().find(|r| &r.region == name)
     }
 }
 
@@ -323,99 +390,10 @@ impl RawConfig {
     pub fn validate(self) -> Result<Config, Vec<String>> {
         let mut p: Vec<String> = Vec::new();
 
-        let group = GroupId::new(self.identity.group_id.as_str())
-            .map_err(|e| p.push(format!("identity.group_id: {e}")))
-            .ok();
         let console = InstanceId::new(self.identity.console_id.as_str())
             .map_err(|e| p.push(format!("identity.console_id: {e}")))
             .ok();
-        let client_id = match (group, console) {
-            (Some(g), Some(c)) => ClientId::new(g, c)
-                .map_err(|e| p.push(format!("identity: {e}")))
-                .ok(),
-            _ => None,
-        };
-        let region = Region::new(self.identity.region.as_deref().unwrap_or("default"))
-            .map_err(|e| p.push(format!("identity.region: {e}")))
-            .ok();
-
-        let m = &self.mqtt;
-        let broker = match (m.url.is_empty(), m.urls.is_empty()) {
-            (false, false) => {
-                p.push("mqtt.url and mqtt.urls are both set: give one broker in url, or several in urls".into());
-                None
-            }
-            (true, true) => {
-                p.push("mqtt.url (or mqtt.urls) is required".into());
-                None
-            }
-            (false, true) => BrokerList::parse_each(&[&m.url])
-                .map_err(|e| p.push(format!("mqtt.url: {e}")))
-                .ok(),
-            (true, false) => BrokerList::parse_each(&m.urls)
-                .map_err(|e| p.push(format!("mqtt.urls: {e}")))
-                .ok(),
-        };
-        let protocol = Protocol::parse(&m.protocol).unwrap_or_else(|| {
-            p.push(format!(
-                "mqtt.protocol = {:?}: must be \"3.1.1\" or \"5\"",
-                m.protocol
-            ));
-            Protocol::default()
-        });
-        if !(5..=65_535).contains(&m.keep_alive_s) {
-            p.push(format!(
-                "mqtt.keep_alive_s = {}: must be from 5 to 65535",
-                m.keep_alive_s
-            ));
-        }
-        if !(1..=300).contains(&m.connect_timeout_s) {
-            p.push(format!(
-                "mqtt.connect_timeout_s = {}: must be from 1 to 300",
-                m.connect_timeout_s
-            ));
-        }
-        let tls_set = m.tls.ca_file.is_some()
-            || m.tls.server_name.is_some()
-            || m.tls.cert_file.is_some()
-            || m.tls.key_file.is_some();
-        if m.tls.cert_file.is_some() != m.tls.key_file.is_some() {
-            p.push("mqtt.tls.cert_file and mqtt.tls.key_file go together (or neither)".into());
-        }
-        let tls = match broker.as_ref().map(BrokerList::scheme) {
-            Some(Scheme::Mqtts) => {
-                let opts = TlsOptions {
-                    ca_file: m.tls.ca_file.clone(),
-                    server_name: m.tls.server_name.clone(),
-                    client_cert_file: m.tls.cert_file.clone(),
-                    client_key_file: m.tls.key_file.clone(),
-                };
-                // Read now, so an unreadable or mismatched file is reported with the rest.
-                if let Err(e) = opts.client_config() {
-                    p.push(format!("mqtt.tls: {e}"));
-                }
-                Some(opts)
-            }
-            Some(Scheme::Mqtt) if tls_set => {
-                p.push(
-                    "mqtt.tls is set but the broker URL is mqtt:// (plain TCP); use mqtts://"
-                        .into(),
-                );
-                None
-            }
-            _ => None,
-        };
-        let auth = match (&m.auth.username, &m.auth.password_file) {
-            (None, None) => Auth::None,
-            (Some(u), Some(f)) => Auth::Password {
-                username: u.clone(),
-                password_file: f.clone(),
-            },
-            _ => {
-                p.push("mqtt.auth: username and password_file go together (or neither)".into());
-                Auth::None
-            }
-        };
+        let regions = self.check_regions(console.as_ref(), &mut p);
 
         let listen = self
             .http
@@ -506,29 +484,6 @@ impl RawConfig {
             p.push("metrics.listen: the same address as http.listen; leave it out to serve /metrics there".into());
         }
         let webhooks = crate::webhooks::check(&self.webhooks, &mut p);
-        let parents = TopicParents {
-            down: self.topics.down.clone(),
-            up: self.topics.up.clone(),
-            status: self.topics.status.clone(),
-        };
-        for e in parents.validate() {
-            p.push(format!("topics: {e}"));
-        }
-        let mode = match (self.topics.mode.as_str(), self.topics.subscribe_p2p) {
-            ("standard", false) => TopicMode::Standard,
-            ("standard", true) => {
-                p.push("topics.subscribe_p2p = true needs topics.mode = \"p2p\"".into());
-                TopicMode::Standard
-            }
-            ("p2p", subscribe) => TopicMode::P2p { subscribe },
-            (other, _) => {
-                p.push(format!(
-                    "topics.mode = {:?}: \"standard\" or \"p2p\"",
-                    other.chars().take(32).collect::<String>()
-                ));
-                TopicMode::Standard
-            }
-        };
         let signer = match (&self.signing.key_file, &self.signing.key_id) {
             (Some(file), kid) => Signer::from_file(file, kid.as_deref())
                 .map_err(|e| p.push(format!("signing.key_file: {e}")))
@@ -540,41 +495,277 @@ impl RawConfig {
             (None, None) => None,
         };
 
-        match (client_id, region, broker, listen, share_group) {
-            (Some(client_id), Some(region), Some(broker), Some(listen), Some(share_group))
-                if p.is_empty() =>
-            {
-                Ok(Config {
-                    client_id,
-                    region,
-                    broker,
-                    protocol,
-                    keep_alive: Duration::from_secs(m.keep_alive_s),
-                    connect_timeout: Duration::from_secs(m.connect_timeout_s),
-                    tls,
-                    auth,
-                    listen,
-                    max_body_bytes: self.http.max_body_bytes,
-                    request_timeout: Duration::from_millis(self.http.request_timeout_ms),
-                    store_url: url.to_owned(),
-                    share_group,
-                    fleet: FleetConfig {
-                        default_interval_s: self.fleet.default_interval_s,
-                        stale_after_missed: self.fleet.stale_after_intervals,
-                    },
-                    flush_every: Duration::from_millis(self.fleet.flush_ms),
-                    metrics_listen,
-                    webhooks,
-                    signer,
-                    http_tls,
-                    log_filter: self.log.filter,
-                    parents,
-                    mode,
-                })
-            }
+        match (regions, listen, share_group) {
+            (Some(regions), Some(listen), Some(share_group)) if p.is_empty() => Ok(Config {
+                regions,
+                listen,
+                max_body_bytes: self.http.max_body_bytes,
+                request_timeout: Duration::from_millis(self.http.request_timeout_ms),
+                store_url: url.to_owned(),
+                share_group,
+                fleet: FleetConfig {
+                    default_interval_s: self.fleet.default_interval_s,
+                    stale_after_missed: self.fleet.stale_after_intervals,
+                },
+                flush_every: Duration::from_millis(self.fleet.flush_ms),
+                metrics_listen,
+                webhooks,
+                signer,
+                http_tls,
+                log_filter: self.log.filter,
+            }),
             _ => Err(p),
         }
     }
+}
+
+impl RawConfig {
+    /// The regions: the top-level one, or `[[regions]]` (each checked with its own prefix in
+    /// the messages), never both.
+    fn check_regions(
+        &self,
+        console: Option<&InstanceId>,
+        p: &mut Vec<String>,
+    ) -> Option<RegionList> {
+        if self.regions.is_empty() {
+            let Some(mqtt) = &self.mqtt else {
+                p.push(
+                    "mqtt.url (or mqtt.urls) is required: a [mqtt] section, or [[regions]]".into(),
+                );
+                return None;
+            };
+            let Some(group) = &self.identity.group_id else {
+                p.push(
+                    "identity.group_id is required (or [[regions]], each with its group_id)".into(),
+                );
+                return None;
+            };
+            let name = self.identity.region.as_deref().unwrap_or("default");
+            let topics = self.topics.clone().unwrap_or_default();
+            return check_region(
+                &Names {
+                    region: "identity.region".into(),
+                    group: "identity.group_id".into(),
+                    mqtt: "mqtt".into(),
+                    topics: "topics".into(),
+                },
+                name,
+                group,
+                console,
+                mqtt,
+                &topics,
+                p,
+            )
+            .map(RegionList::one);
+        }
+        for (set, key) in [
+            (self.mqtt.is_some(), "[mqtt]"),
+            (self.topics.is_some(), "[topics]"),
+            (self.identity.group_id.is_some(), "identity.group_id"),
+            (self.identity.region.is_some(), "identity.region"),
+        ] {
+            if set {
+                p.push(format!(
+                    "{key}: with [[regions]], each region has its own (regions[N].name, group_id, mqtt, topics); remove the top-level one"
+                ));
+            }
+        }
+        let mut checked = Vec::new();
+        for (i, r) in self.regions.iter().enumerate() {
+            let names = Names {
+                region: format!("regions[{i}].name"),
+                group: format!("regions[{i}].group_id"),
+                mqtt: format!("regions[{i}].mqtt"),
+                topics: format!("regions[{i}].topics"),
+            };
+            let c = check_region(&names, &r.name, &r.group_id, console, &r.mqtt, &r.topics, p);
+            checked.extend(c.map(|c| (i, c)));
+        }
+        // Names are the key of everything stored; two regions on one broker with the same
+        // status parent would each ingest the other's heartbeats, and with the same client id
+        // would take each other's session.
+        for (n, (i, a)) in checked.iter().enumerate() {
+            for (j, b) in &checked[n + 1..] {
+                if a.region == b.region {
+                    p.push(format!(
+                        "regions[{j}].name = {:?}: the same as regions[{i}]",
+                        b.region.as_str()
+                    ));
+                }
+                if a.broker == b.broker {
+                    if a.client_id == b.client_id {
+                        p.push(format!(
+                            "regions[{j}]: the same broker and group_id as regions[{i}] (one client id, two sessions that would disconnect each other)"
+                        ));
+                    }
+                    if a.parents.status == b.parents.status {
+                        p.push(format!(
+                            "regions[{j}].topics.status = {:?}: the same broker and status topic as regions[{i}]: each would take the other's heartbeats",
+                            b.parents.status
+                        ));
+                    }
+                }
+            }
+        }
+        let mut it = checked.into_iter().map(|(_, c)| c);
+        let home = it.next()?;
+        (p.is_empty()).then(|| RegionList {
+            home,
+            rest: it.collect(),
+        })
+    }
+}
+
+/// How a region's keys are named in messages.
+struct Names {
+    region: String,
+    group: String,
+    mqtt: String,
+    topics: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_region(
+    names: &Names,
+    name: &str,
+    group: &str,
+    console: Option<&InstanceId>,
+    m: &RawMqtt,
+    topics: &RawTopics,
+    p: &mut Vec<String>,
+) -> Option<RegionConfig> {
+    let region = Region::new(name)
+        .map_err(|e| p.push(format!("{}: {e}", names.region)))
+        .ok();
+    let group = GroupId::new(group)
+        .map_err(|e| p.push(format!("{}: {e}", names.group)))
+        .ok();
+    let client_id = match (group, console) {
+        (Some(g), Some(c)) => ClientId::new(g, c.clone())
+            .map_err(|e| p.push(format!("{}: {e}", names.group)))
+            .ok(),
+        _ => None,
+    };
+    let mq = &names.mqtt;
+    let broker = match (m.url.is_empty(), m.urls.is_empty()) {
+        (false, false) => {
+            p.push(format!(
+                "{mq}.url and {mq}.urls are both set: give one broker in url, or several in urls"
+            ));
+            None
+        }
+        (true, true) => {
+            p.push(format!("{mq}.url (or {mq}.urls) is required"));
+            None
+        }
+        (false, true) => BrokerList::parse_each(&[&m.url])
+            .map_err(|e| p.push(format!("{mq}.url: {e}")))
+            .ok(),
+        (true, false) => BrokerList::parse_each(&m.urls)
+            .map_err(|e| p.push(format!("{mq}.urls: {e}")))
+            .ok(),
+    };
+    let protocol = Protocol::parse(&m.protocol).unwrap_or_else(|| {
+        p.push(format!(
+            "{mq}.protocol = {:?}: must be \"3.1.1\" or \"5\"",
+            m.protocol
+        ));
+        Protocol::default()
+    });
+    if !(5..=65_535).contains(&m.keep_alive_s) {
+        p.push(format!(
+            "{mq}.keep_alive_s = {}: must be from 5 to 65535",
+            m.keep_alive_s
+        ));
+    }
+    if !(1..=300).contains(&m.connect_timeout_s) {
+        p.push(format!(
+            "{mq}.connect_timeout_s = {}: must be from 1 to 300",
+            m.connect_timeout_s
+        ));
+    }
+    let tls_set = m.tls.ca_file.is_some()
+        || m.tls.server_name.is_some()
+        || m.tls.cert_file.is_some()
+        || m.tls.key_file.is_some();
+    if m.tls.cert_file.is_some() != m.tls.key_file.is_some() {
+        p.push(format!(
+            "{mq}.tls.cert_file and {mq}.tls.key_file go together (or neither)"
+        ));
+    }
+    let tls = match broker.as_ref().map(BrokerList::scheme) {
+        Some(Scheme::Mqtts) => {
+            let opts = TlsOptions {
+                ca_file: m.tls.ca_file.clone(),
+                server_name: m.tls.server_name.clone(),
+                client_cert_file: m.tls.cert_file.clone(),
+                client_key_file: m.tls.key_file.clone(),
+            };
+            // Read now, so an unreadable or mismatched file is reported with the rest.
+            if let Err(e) = opts.client_config() {
+                p.push(format!("{mq}.tls: {e}"));
+            }
+            Some(opts)
+        }
+        Some(Scheme::Mqtt) if tls_set => {
+            p.push(format!(
+                "{mq}.tls is set but the broker URL is mqtt:// (plain TCP); use mqtts://"
+            ));
+            None
+        }
+        _ => None,
+    };
+    let auth = match (&m.auth.username, &m.auth.password_file) {
+        (None, None) => Auth::None,
+        (Some(u), Some(f)) => Auth::Password {
+            username: u.clone(),
+            password_file: f.clone(),
+        },
+        _ => {
+            p.push(format!(
+                "{mq}.auth: username and password_file go together (or neither)"
+            ));
+            Auth::None
+        }
+    };
+    let tp = &names.topics;
+    let parents = TopicParents {
+        down: topics.down.clone(),
+        up: topics.up.clone(),
+        status: topics.status.clone(),
+    };
+    for e in parents.validate() {
+        p.push(format!("{tp}: {e}"));
+    }
+    let mode = match (topics.mode.as_str(), topics.subscribe_p2p) {
+        ("standard", false) => TopicMode::Standard,
+        ("standard", true) => {
+            p.push(format!(
+                "{tp}.subscribe_p2p = true needs {tp}.mode = \"p2p\""
+            ));
+            TopicMode::Standard
+        }
+        ("p2p", subscribe) => TopicMode::P2p { subscribe },
+        (other, _) => {
+            p.push(format!(
+                "{tp}.mode = {:?}: \"standard\" or \"p2p\"",
+                other.chars().take(32).collect::<String>()
+            ));
+            TopicMode::Standard
+        }
+    };
+    Some(RegionConfig {
+        region: region?,
+        client_id: client_id?,
+        broker: broker?,
+        protocol,
+        keep_alive: Duration::from_secs(m.keep_alive_s),
+        connect_timeout: Duration::from_secs(m.connect_timeout_s),
+        tls,
+        auth,
+        parents,
+        mode,
+    })
 }
 
 #[cfg(test)]
@@ -592,13 +783,16 @@ url = "mqtt://127.0.0.1:1883"
     #[test]
     fn minimal_config_takes_the_defaults() {
         let c = Config::from_toml(MINIMAL).unwrap();
-        assert_eq!(c.region.as_str(), "default");
+        assert_eq!(c.regions.home().region.as_str(), "default");
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.store_url, DEFAULT_STORE_URL);
         assert_eq!(c.fleet.stale_after_missed, 3);
         assert_eq!(c.share_group.as_str(), "csg-consoled");
-        assert_eq!(c.client_id.as_str(), "GID_console@@@console-1");
-        assert!(c.tls.is_none());
+        assert_eq!(
+            c.regions.home().client_id.as_str(),
+            "GID_console@@@console-1"
+        );
+        assert!(c.regions.home().tls.is_none());
     }
 
     #[test]
@@ -608,10 +802,10 @@ url = "mqtt://127.0.0.1:1883"
             Config::from_toml(&text),
             Err(FromTomlError::Parse(m)) if m.contains("lisen")
         ));
-        let text = format!("{MINIMAL}\n[[regions]]\nname = \"x\"\n");
+        let text = format!("{MINIMAL}\n[[regions]]\nname = \"x\"\ngroup_id = \"GID_x\"\n[regions.mqtt]\nurl = \"mqtt://127.0.0.1:1\"\nurl_typo = 1\n");
         assert!(matches!(
             Config::from_toml(&text),
-            Err(FromTomlError::Parse(_))
+            Err(FromTomlError::Parse(m)) if m.contains("url_typo")
         ));
     }
 
@@ -662,14 +856,14 @@ stale_after_intervals = 0
             "{MINIMAL}\n[topics]\ndown = \"fleet-down\"\nup = \"fleet-up\"\nstatus = \"fleet-status\"\nmode = \"p2p\"\nsubscribe_p2p = true\n"
         );
         let c = Config::from_toml(&text).unwrap();
-        assert_eq!(c.parents.down, "fleet-down");
-        assert_eq!(c.parents.status, "fleet-status");
-        assert_eq!(c.mode, TopicMode::P2p { subscribe: true });
-        let o = c.console_options();
+        assert_eq!(c.regions.home().parents.down, "fleet-down");
+        assert_eq!(c.regions.home().parents.status, "fleet-status");
+        assert_eq!(c.regions.home().mode, TopicMode::P2p { subscribe: true });
+        let o = c.regions.home().console_options();
         assert_eq!(o.parents.up, "fleet-up");
         assert_eq!(o.mode, TopicMode::P2p { subscribe: true });
         assert_eq!(
-            Config::from_toml(MINIMAL).unwrap().mode,
+            Config::from_toml(MINIMAL).unwrap().regions.home().mode,
             TopicMode::Standard
         );
 
@@ -715,7 +909,7 @@ auth = { username = "u" }
         };
         assert_eq!(p.len(), 2, "{p:#?}");
         let ok = MINIMAL.replace("mqtt://", "mqtts://");
-        assert!(Config::from_toml(&ok).unwrap().tls.is_some());
+        assert!(Config::from_toml(&ok).unwrap().regions.home().tls.is_some());
     }
 
     #[test]

@@ -11,12 +11,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use csg_console::{Console, IdGenerator};
 use csg_consoled::calls::CallService;
-use csg_consoled::config::Config;
+use csg_consoled::config::{Config, RegionConfig};
 use csg_consoled::events::Bus;
 use csg_consoled::fleet::driver::{self, system_clock, DriverConfig, SharedFleet};
 use csg_consoled::fleet::mqtt::DEFAULT_QUEUE;
 use csg_consoled::fleet::{Fleet, MqttStatusSource};
-use csg_consoled::http::{self, AppState, HttpLimits};
+use csg_consoled::http::{self, AppState, HttpLimits, RegionHandle, Regions};
 use csg_consoled::metrics::Metrics;
 use csg_consoled::now_ms;
 use csg_consoled::rpc::ConsoleCaller;
@@ -233,95 +233,36 @@ async fn run(config: Config, path: &Path) -> Result<()> {
     csg_transport::install_crypto_provider();
     let store = open_store(&config).await?;
 
-    // One MQTT session for the region: the console library's, carrying calls and, through
-    // its tap, the status ingest (two sessions with one client id would kick each other).
-    let (source, status_tap) =
-        MqttStatusSource::new(config.parents(), &config.share_group, DEFAULT_QUEUE)?;
-    let mut options = config.console_options();
-    options.subscriptions = status_tap.subscriptions;
-    options.tap = Some(status_tap.tap);
-    // Started without waiting: the service runs, and says "broker down", while it is away.
-    let console = Console::start(options).context("starting the MQTT session")?;
-    let link = console.link();
     let bus = Bus::default();
     let metrics = Metrics::new();
-    metrics.attach_ingest(source.stats());
-
-    let fleet: SharedFleet = Arc::new(Mutex::new(Fleet::new(
-        config.region.as_str(),
-        config.fleet.clone(),
-    )));
-    // The fleet as stored, before any message: a restart forgets nothing it knew.
-    let restored = csg_consoled::sink::restore_fleet(store.as_ref(), &config.region, &fleet)
-        .await
-        .context("restoring the fleet from the store")?;
-    info!(restored, "fleet restored from the store");
-    let clock = system_clock();
-    let sink = StoreSink {
-        store: store.clone(),
-        region: config.region.clone(),
-        clock: clock.clone(),
-        bus: bus.clone(),
-        metrics: metrics.clone(),
-    };
-    let (stop_fleet, stop_rx) = oneshot::channel();
-    let flush_every = config.flush_every;
-    let fleet_task = tokio::spawn(async move {
-        driver::run(
-            source,
-            fleet,
-            sink,
-            DriverConfig { flush_every },
-            clock,
-            stop_rx,
-        )
-        .await;
-    });
-
+    // Started before the regions, so no presence change of a region's first moments is missed.
     let webhooks = csg_consoled::webhooks::Service::start(
         config.webhooks.clone(),
         store.clone(),
         &bus,
         metrics.clone(),
     )?;
-    let caller: Arc<dyn csg_consoled::rpc::Caller> = Arc::new(ConsoleCaller {
-        console: console.clone(),
-        signer: config.signer.clone(),
-    });
-    // Jobs run on every replica; each job is leased to one of them in the store.
-    let (stop_jobs, jobs_stop_rx) = oneshot::channel();
-    let runner = csg_consoled::jobs::Runner::spawn(
-        store.clone(),
-        caller.clone(),
-        bus.clone(),
-        csg_consoled::jobs::RunnerConfig::new(
-            config.client_id.instance().as_str(),
-            config.region.clone(),
-        ),
-        jobs_stop_rx,
-    );
     let job_metrics = metrics.follow_jobs(&bus);
-    let calls = Arc::new(CallService {
-        store: store.clone(),
-        caller,
-        region: config.region.clone(),
-        bus: bus.clone(),
-        metrics: metrics.clone(),
-        link: link.clone(),
-        ids: IdGenerator::new(config.client_id.instance().as_str()),
-        in_flight: Arc::default(),
-    });
     if let Some(s) = &config.signer {
         info!(key_id = s.key_id(), "every command is signed");
     }
-    let calls_in_flight = calls.in_flight.clone();
+    let mut running = Vec::new();
+    for rc in config.regions.iter() {
+        running.push(
+            start_region(&config, rc, &store, &bus, &metrics)
+                .await
+                .with_context(|| format!("region {}", rc.region))?,
+        );
+    }
+    let mut handles = running.iter().map(|r| r.handle.clone());
+    let Some(home) = handles.next() else {
+        bail!("no region configured");
+    };
     let state = AppState {
         store: store.clone(),
-        region: config.region.clone(),
-        link,
+        regions: Regions::new(home, handles.collect()),
         bus: bus.clone(),
         metrics: metrics.clone(),
-        calls,
     };
     let mut app = http::router(
         state.clone(),
@@ -355,7 +296,8 @@ async fn run(config: Config, path: &Path) -> Result<()> {
         }
     };
     let cert = config.http_tls.as_ref().map(tls::ReloadableCert::new);
-    info!(listen = %config.listen, https = cert.is_some(), region = %config.region, store = ?store.engine(), webhooks = config.webhooks.len(), "csg-consoled serving");
+    let names: Vec<&str> = config.regions.iter().map(|r| r.region.as_str()).collect();
+    info!(listen = %config.listen, https = cert.is_some(), regions = %names.join(","), store = ?store.engine(), webhooks = config.webhooks.len(), "csg-consoled serving");
 
     let mut hup = signal(SignalKind::hangup())?;
     let reloader = {
@@ -418,31 +360,163 @@ async fn run(config: Config, path: &Path) -> Result<()> {
     reloader.abort();
 
     // Calls of jobs under way get a bounded time to finish; their jobs' leases are given up
-    // so another replica (or the next start) takes them at once.
-    let _ = stop_jobs.send(());
-    if let Err(e) = runner.await {
-        error!(error = %e, "the job runner failed");
+    // so another replica (or the next start) takes them at once. Every region's runner stops
+    // at once, so the bound does not add up per region.
+    for r in &mut running {
+        if let Some(stop) = r.stop_jobs.take() {
+            let _ = stop.send(());
+        }
+    }
+    for r in &mut running {
+        if let Some(runner) = r.runner.take() {
+            if let Err(e) = runner.await {
+                error!(region = %r.handle.region, error = %e, "the job runner failed");
+            }
+        }
     }
     job_metrics.abort();
-    // Stop taking status, write what the fleet holds (its last events reach the webhooks'
+    // Stop taking status, write what each fleet holds (its last events reach the webhooks'
     // queue), store the webhooks' pending deliveries, then close the store.
-    let _ = stop_fleet.send(());
-    if let Err(e) = fleet_task.await {
-        error!(error = %e, "the fleet task failed");
+    for r in &mut running {
+        if let Some(stop) = r.stop_fleet.take() {
+            let _ = stop.send(());
+        }
+    }
+    for r in &mut running {
+        if let Some(task) = r.fleet_task.take() {
+            if let Err(e) = task.await {
+                error!(region = %r.handle.region, error = %e, "the fleet task failed");
+            }
+        }
     }
     webhooks.stop().await;
     let _ = stop_metrics.send(());
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
-    console.disconnect().await;
-    if !calls_in_flight.wait_idle(Duration::from_secs(5)).await {
-        warn!("calls still recording their outcome after 5 s: left pending (a retry under the same id resends them)");
+    for r in &running {
+        r.console.disconnect().await;
+    }
+    for r in &running {
+        if !r
+            .handle
+            .calls
+            .in_flight
+            .wait_idle(Duration::from_secs(5))
+            .await
+        {
+            warn!(region = %r.handle.region, "calls still recording their outcome after 5 s: left pending (a retry under the same id resends them)");
+        }
     }
     store.close().await;
     served.context("serving HTTP")?;
     info!("stopped");
     Ok(())
+}
+
+/// One region at work: its MQTT session, fleet and job runner, and what the API reaches.
+struct RunningRegion {
+    handle: RegionHandle,
+    console: Console,
+    stop_fleet: Option<oneshot::Sender<()>>,
+    fleet_task: Option<tokio::task::JoinHandle<()>>,
+    stop_jobs: Option<oneshot::Sender<()>>,
+    runner: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts a region: its one MQTT session (the console library's, carrying calls and, through
+/// its tap, the status ingest: two sessions with one client id would kick each other), its
+/// fleet restored from the store, its ingest, its job runner and its call path.
+async fn start_region(
+    config: &Config,
+    rc: &RegionConfig,
+    store: &Arc<dyn store::Store>,
+    bus: &Bus,
+    metrics: &Metrics,
+) -> Result<RunningRegion> {
+    let (source, status_tap) =
+        MqttStatusSource::new(rc.parents.clone(), &config.share_group, DEFAULT_QUEUE)?;
+    let mut options = rc.console_options();
+    options.subscriptions = status_tap.subscriptions;
+    options.tap = Some(status_tap.tap);
+    // Started without waiting: the service runs, and says "broker down", while it is away.
+    let console = Console::start(options).context("starting the MQTT session")?;
+    let link = console.link();
+    metrics.attach_ingest(rc.region.as_str(), source.stats());
+    metrics.attach_link(rc.region.as_str(), link.clone());
+
+    let fleet: SharedFleet = Arc::new(Mutex::new(Fleet::new(
+        rc.region.as_str(),
+        config.fleet.clone(),
+    )));
+    // The fleet as stored, before any message: a restart forgets nothing it knew.
+    let restored = csg_consoled::sink::restore_fleet(store.as_ref(), &rc.region, &fleet)
+        .await
+        .context("restoring the fleet from the store")?;
+    info!(region = %rc.region, restored, "fleet restored from the store");
+    let clock = system_clock();
+    let sink = StoreSink {
+        store: store.clone(),
+        region: rc.region.clone(),
+        clock: clock.clone(),
+        bus: bus.clone(),
+        metrics: metrics.clone(),
+    };
+    let (stop_fleet, stop_rx) = oneshot::channel();
+    let flush_every = config.flush_every;
+    let fleet_task = tokio::spawn(async move {
+        driver::run(
+            source,
+            fleet,
+            sink,
+            DriverConfig { flush_every },
+            clock,
+            stop_rx,
+        )
+        .await;
+    });
+
+    let caller: Arc<dyn csg_consoled::rpc::Caller> = Arc::new(ConsoleCaller {
+        console: console.clone(),
+        signer: config.signer.clone(),
+    });
+    // Jobs run on every replica; each job is leased to one of them in the store. With several
+    // regions each has a runner of its own, leasing only its region's jobs, under its own name.
+    let owner = if config.regions.len() == 1 {
+        config.console_id().as_str().to_owned()
+    } else {
+        format!("{}/{}", config.console_id().as_str(), rc.region)
+    };
+    let (stop_jobs, jobs_stop_rx) = oneshot::channel();
+    let runner = csg_consoled::jobs::Runner::spawn(
+        store.clone(),
+        caller.clone(),
+        bus.clone(),
+        csg_consoled::jobs::RunnerConfig::new(owner, rc.region.clone()),
+        jobs_stop_rx,
+    );
+    let calls = Arc::new(CallService {
+        store: store.clone(),
+        caller,
+        region: rc.region.clone(),
+        bus: bus.clone(),
+        metrics: metrics.clone(),
+        link: link.clone(),
+        ids: IdGenerator::new(config.console_id().as_str()),
+        in_flight: Arc::default(),
+    });
+    Ok(RunningRegion {
+        handle: RegionHandle {
+            region: rc.region.clone(),
+            link,
+            calls,
+        },
+        console,
+        stop_fleet: Some(stop_fleet),
+        fleet_task: Some(fleet_task),
+        stop_jobs: Some(stop_jobs),
+        runner: Some(runner),
+    })
 }
 
 /// SQLite creates the file, not its directory; a missing one is created (owner only).

@@ -9,14 +9,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -80,54 +80,92 @@ struct EventLabels {
 /// Instances per (region, presence), as last counted in the store.
 pub type PresenceCounts = Vec<(String, String, u64)>;
 
-/// The ingest's counters, read at each scrape (they live in the ingest, as atomics).
+/// One of the ingest's counters.
+type Field = fn(&IngestStats) -> &std::sync::atomic::AtomicU64;
+
+/// The ingest's counters, per region, read at each scrape (they live in each region's ingest,
+/// as atomics).
 #[derive(Debug, Default)]
 struct IngestCollector {
-    stats: OnceLock<Arc<IngestStats>>,
+    stats: Mutex<Vec<(String, Arc<IngestStats>)>>,
+    links: Mutex<
+        Vec<(
+            String,
+            tokio::sync::watch::Receiver<csg_transport::LinkState>,
+        )>,
+    >,
 }
 
 impl Collector for IngestCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(s) = self.stats.get() else {
+        let links: Vec<(String, bool)> = lock(&self.links)
+            .iter()
+            .map(|(r, l)| {
+                (
+                    r.clone(),
+                    matches!(*l.borrow(), csg_transport::LinkState::Ready(_)),
+                )
+            })
+            .collect();
+        if !links.is_empty() {
+            let mut e = encoder.encode_descriptor(
+                "csg_broker_up",
+                "1 when the region's MQTT session is connected and subscribed, else 0.",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (region, up) in &links {
+                let labels = [("region", region.as_str())];
+                ConstGauge::new(i64::from(*up)).encode(e.encode_family(&labels)?)?;
+            }
+        }
+        let all = lock(&self.stats).clone();
+        if all.is_empty() {
             return Ok(());
-        };
+        }
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        {
-            let c = ConstCounter::new(load(&s.heartbeats));
-            let e = encoder.encode_descriptor(
+        let counters: [(&str, &str, Field); 2] = [
+            (
                 "csg_heartbeats_ingested",
-                "Heartbeats taken in from the broker (the rate is the scraper's job).",
-                None,
-                c.metric_type(),
-            )?;
-            c.encode(e)?;
-        }
-        {
-            let c = ConstCounter::new(load(&s.presence));
-            let e = encoder.encode_descriptor(
+                "Heartbeats taken in from the broker, by region (the rate is the scraper's job).",
+                |s| &s.heartbeats,
+            ),
+            (
                 "csg_presence_messages_ingested",
-                "Presence messages (online, shutdown, Will) taken in from the broker.",
-                None,
-                c.metric_type(),
-            )?;
-            c.encode(e)?;
-        }
-        let dropped = [
-            ("bad_topic", load(&s.bad_topic)),
-            ("bad_payload", load(&s.bad_payload)),
-            ("instance_mismatch", load(&s.instance_mismatch)),
-            ("oversized", load(&s.oversized)),
-            ("overflow", load(&s.overflow)),
+                "Presence messages (online, shutdown, Will) taken in from the broker, by region.",
+                |s| &s.presence,
+            ),
         ];
+        for (name, help, field) in counters {
+            let mut e = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (region, s) in &all {
+                let labels = [("region", region.as_str())];
+                ConstCounter::new(load(field(s))).encode(e.encode_family(&labels)?)?;
+            }
+        }
         let mut e = encoder.encode_descriptor(
             "csg_status_dropped",
-            "Status messages dropped, by reason (overflow: the console fell behind).",
+            "Status messages dropped, by region and reason (overflow: the console fell behind).",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;
-        for (reason, v) in dropped {
-            let labels = [("reason", reason)];
-            ConstCounter::new(v).encode(e.encode_family(&labels)?)?;
+        for (region, s) in &all {
+            let dropped = [
+                ("bad_topic", load(&s.bad_topic)),
+                ("bad_payload", load(&s.bad_payload)),
+                ("instance_mismatch", load(&s.instance_mismatch)),
+                ("oversized", load(&s.oversized)),
+                ("overflow", load(&s.overflow)),
+            ];
+            for (reason, v) in dropped {
+                let labels = [("region", region.as_str()), ("reason", reason)];
+                ConstCounter::new(v).encode(e.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
@@ -287,9 +325,18 @@ impl Metrics {
         }
     }
 
-    /// The ingest whose counters to expose (the MQTT source's, once it is started).
-    pub fn attach_ingest(&self, stats: Arc<IngestStats>) {
-        let _ = self.inner.ingest.stats.set(stats);
+    /// A region's ingest, whose counters to expose (its MQTT source's, once it is started).
+    pub fn attach_ingest(&self, region: &str, stats: Arc<IngestStats>) {
+        lock(&self.inner.ingest.stats).push((region.to_owned(), stats));
+    }
+
+    /// A region's broker link, shown as `csg_broker_up{region}`.
+    pub fn attach_link(
+        &self,
+        region: &str,
+        link: tokio::sync::watch::Receiver<csg_transport::LinkState>,
+    ) {
+        lock(&self.inner.ingest.links).push((region.to_owned(), link));
     }
 
     /// One call to a gateway finished: its method, outcome (`ok`, the agent's error code, or
@@ -571,7 +618,7 @@ mod tests {
         let stats = Arc::new(IngestStats::default());
         stats.heartbeats.fetch_add(7, Ordering::Relaxed);
         stats.bad_payload.fetch_add(2, Ordering::Relaxed);
-        m.attach_ingest(stats.clone());
+        m.attach_ingest("default", stats.clone());
         m.observe_call("sys.ping", "ok", Duration::from_millis(3));
         m.observe_call("sys.ping", "timeout", Duration::from_secs(30));
         m.observe_job(
@@ -586,8 +633,11 @@ mod tests {
         m.set_webhooks_pending(1);
         let text = m.encode().unwrap();
         let s = parse_text(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(s["csg_heartbeats_ingested_total"], 7.0);
-        assert_eq!(s["csg_status_dropped_total{reason=\"bad_payload\"}"], 2.0);
+        assert_eq!(s["csg_heartbeats_ingested_total{region=\"default\"}"], 7.0);
+        assert_eq!(
+            s["csg_status_dropped_total{region=\"default\",reason=\"bad_payload\"}"],
+            2.0
+        );
         assert_eq!(
             s["csg_instances{region=\"default\",presence=\"online\"}"],
             3.0
@@ -610,7 +660,7 @@ mod tests {
         m.observe_job("j1", "succeeded", &[]);
         m.set_instances(&vec![("default".into(), "offline".into(), 3)]);
         let s = parse_text(&m.encode().unwrap()).unwrap();
-        assert_eq!(s["csg_heartbeats_ingested_total"], 8.0);
+        assert_eq!(s["csg_heartbeats_ingested_total{region=\"default\"}"], 8.0);
         assert_eq!(s["csg_jobs_running"], 1.0);
         assert_eq!(s["csg_job_executions{state=\"queued\"}"], 1.0);
         assert!(!s.contains_key("csg_job_executions{state=\"succeeded\"}"));

@@ -675,8 +675,8 @@ fn two_replicas_on_postgresql_split_heartbeats_and_both_serve_the_fleet() {
     assert_eq!(stale, "0", "a replica turned a live gateway stale");
     // The heartbeats really were split: each replica ingested some, neither all.
     let (ha, hb) = (
-        metric(&a, "csg_heartbeats_ingested_total"),
-        metric(&b, "csg_heartbeats_ingested_total"),
+        metric(&a, "csg_heartbeats_ingested_total{region=\"default\"}"),
+        metric(&b, "csg_heartbeats_ingested_total{region=\"default\"}"),
     );
     assert!(ha > 0.0 && hb > 0.0, "heartbeats not split: {ha} and {hb}");
     assert!(a.stop().is_some_and(|s| s.success()));

@@ -24,7 +24,7 @@ use axum::http::{Request, StatusCode};
 use common::PgServer;
 use csg_console::{derive_instance_id, CallError};
 use csg_consoled::events::{Bus, Event};
-use csg_consoled::http::{self, AppState, HttpLimits};
+use csg_consoled::http::{self, AppState, HttpLimits, RegionHandle, Regions};
 use csg_consoled::jobs::model::JobRequest;
 use csg_consoled::jobs::{self, Runner, RunnerConfig};
 use csg_consoled::rpc::{CallSpec, Caller};
@@ -1117,11 +1117,13 @@ impl Api {
         let app = http::router(
             AppState {
                 store: fx.store.clone(),
-                region: region(),
-                link,
+                regions: Regions::one(RegionHandle {
+                    region: region(),
+                    link,
+                    calls,
+                }),
                 bus,
                 metrics,
-                calls,
             },
             &HttpLimits {
                 max_body_bytes,

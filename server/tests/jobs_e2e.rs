@@ -17,7 +17,7 @@ use csg_console::{CallError, Console, ConsoleOptions};
 use csg_consoled::events::Bus;
 use csg_consoled::fleet::driver::{self, system_clock, DriverConfig, SharedFleet};
 use csg_consoled::fleet::{Fleet, FleetConfig, MqttStatusSource, ShareGroup};
-use csg_consoled::http::{self, AppState, HttpLimits};
+use csg_consoled::http::{self, AppState, HttpLimits, RegionHandle, Regions};
 use csg_consoled::jobs::{Runner, RunnerConfig};
 use csg_consoled::rpc::{CallSpec, Caller, ConsoleCaller};
 use csg_consoled::sink::StoreSink;
@@ -126,11 +126,13 @@ impl Side {
         let app = http::router(
             AppState {
                 store: store.clone(),
-                region: region(),
-                link,
+                regions: Regions::one(RegionHandle {
+                    region: region(),
+                    link,
+                    calls,
+                }),
                 bus,
                 metrics,
-                calls,
             },
             &HttpLimits {
                 max_body_bytes: 1 << 20,

@@ -319,11 +319,11 @@ fn the_event_stream_sees_an_agent_go_offline_and_the_metrics_move() {
 
     // The metrics move: heartbeats at 1 s.
     let m0 = scrape(c.dir.path(), metrics_port);
-    let beats0 = m0["csg_heartbeats_ingested_total"];
+    let beats0 = m0["csg_heartbeats_ingested_total{region=\"default\"}"];
     std::thread::sleep(Duration::from_millis(3_500));
     let _ = c.json("/v1/instances", &reader);
     let m1 = scrape(c.dir.path(), metrics_port);
-    let beats1 = m1["csg_heartbeats_ingested_total"];
+    let beats1 = m1["csg_heartbeats_ingested_total{region=\"default\"}"];
     eprintln!("heartbeats ingested: {beats0} then {beats1} 3.5 s later");
     assert!(beats1 >= beats0 + 2.0, "{beats0} → {beats1}");
     assert_eq!(
@@ -336,7 +336,10 @@ fn the_event_stream_sees_an_agent_go_offline_and_the_metrics_move() {
     assert!(
         m1["csg_http_requests_total{route=\"/v1/instances\",method=\"GET\",status=\"200\"}"] >= 1.0
     );
-    assert_eq!(m1["csg_status_dropped_total{reason=\"bad_payload\"}"], 0.0);
+    assert_eq!(
+        m1["csg_status_dropped_total{region=\"default\",reason=\"bad_payload\"}"],
+        0.0
+    );
 
     // kill -9: the broker's Will, then the event on the stream (open for longer than the
     // request timeout by now). Timed from the kill.

@@ -99,6 +99,12 @@ pub fn parse_query(
         };
         match k.as_str() {
             "token" => f.token_name = text(v)?,
+            "region" => {
+                f.region = Some(
+                    crate::store::Region::new(v.as_str())
+                        .map_err(|e| Problem::bad_request(format!("region: {e}")))?,
+                );
+            }
             "instance" => f.instance_id = text(v)?,
             "action" => f.action = text(v)?,
             "outcome" => f.outcome = text(v)?,
@@ -113,7 +119,7 @@ pub fn parse_query(
             "cursor" => cursor = Some(v),
             other => {
                 return Err(Problem::bad_request(format!(
-                    "unknown query parameter {:?}; known: token, instance, action, outcome, since_ms, until_ms, limit, cursor",
+                    "unknown query parameter {:?}; known: token, region, instance, action, outcome, since_ms, until_ms, limit, cursor",
                     other.chars().take(64).collect::<String>()
                 )))
             }
@@ -129,6 +135,7 @@ pub fn parse_query(
     tag = "audit",
     params(
         ("token" = Option<String>, Query, description = "a token's name"),
+        ("region" = Option<String>, Query, description = "one region served by this console; without it, every region"),
         ("instance" = Option<String>, Query, description = "an instance id"),
         ("action" = Option<String>, Query, description = "call, resource.put, resource.delete, refused, …"),
         ("outcome" = Option<String>, Query, description = "ok, an agent error code, timeout, or an HTTP status"),
@@ -161,7 +168,10 @@ pub async fn list(
         .by_token(token.name.as_str()));
     }
     let (mut filter, limit, cursor) = parse_query(raw.as_deref())?;
-    filter.region = Some(state.region.clone());
+    filter.region = super::instances::region_filter(
+        &state,
+        filter.region.as_ref().map(crate::store::Region::as_str),
+    )?;
     let limit = match limit {
         Some(l) => l,
         None => PageLimit::new(super::instances::DEFAULT_LIMIT)?,

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::auth::{authorize, forbidden, grants};
 use super::problem::Problem;
-use super::{AppState, RemoteAddr};
+use super::{AppState, RegionHandle, RemoteAddr};
 use crate::calls::{CallAnswer, CallFailure, CallRequest, CallTimeout};
 use crate::store::{CallRecord, InstanceRow, PageLimit, Scope, TokenRecord};
 
@@ -93,22 +93,35 @@ pub fn call_view(c: &CallRecord) -> CallOut {
 
 /// The instance a request names, if the token may see it: 400 for a malformed id, 404 for
 /// one never seen or outside the token's groups (as if never seen).
+///
+/// Instance ids are the cloud's, unique across its regions, so a route names a gateway by id
+/// alone and it is looked up in every region served. The same id in two regions is a gateway
+/// that moved (its old region keeps its last state): the region where it was seen last wins.
 pub async fn visible_instance(
     state: &AppState,
     token: &TokenRecord,
     id: &str,
-) -> Result<InstanceRow, Problem> {
+) -> Result<(InstanceRow, RegionHandle), Problem> {
     let id = InstanceId::new(id).map_err(|e| Problem::bad_request(format!("instance id: {e}")))?;
     let unknown = || Problem::not_found(format!("no instance {} has been seen", id.as_str()));
-    let row = state
-        .store
-        .get_instance(&state.region, &id)
-        .await?
-        .ok_or_else(unknown)?;
-    if !token.groups.is_empty() && !token.groups.contains(&row.group_id) {
-        return Err(unknown());
+    let mut found: Option<(InstanceRow, &RegionHandle)> = None;
+    for region in state.regions.iter() {
+        let Some(row) = state.store.get_instance(&region.region, &id).await? else {
+            continue;
+        };
+        if !token.groups.is_empty() && !token.groups.contains(&row.group_id) {
+            continue;
+        }
+        let later = found.as_ref().is_none_or(|(f, _)| {
+            row.last_seen_ms.unwrap_or(i64::MIN) > f.last_seen_ms.unwrap_or(i64::MIN)
+        });
+        if later {
+            found = Some((row, region));
+        }
     }
-    Ok(row)
+    found
+        .map(|(row, region)| (row, region.clone()))
+        .ok_or_else(unknown)
 }
 
 /// How job ids, and so their executions' request ids, begin (`jobs::new_job_id`).
@@ -266,8 +279,8 @@ pub async fn post(
         Some(ms) => CallTimeout::from_ms(ms).map_err(Problem::unprocessable)?,
         None => CallTimeout::default(),
     };
-    let row = visible_instance(&state, &token, &id).await?;
-    let answer = state
+    let (row, region) = visible_instance(&state, &token, &id).await?;
+    let answer = region
         .calls
         .call(CallRequest {
             instance: row.instance_id,
@@ -315,7 +328,7 @@ pub async fn get(
         .map_err(|e| Problem::bad_request(format!("request id: {e}")))?;
     let unknown = || Problem::not_found(format!("no call {}", id.as_str()));
     let call = state.store.get_call(&id).await?.ok_or_else(unknown)?;
-    if call.region != state.region {
+    if state.regions.get(&call.region).is_none() {
         return Err(unknown());
     }
     // Group limits: the call's gateway must be one the token sees.
@@ -388,10 +401,10 @@ pub async fn list(
 ) -> Result<Json<CallPage>, Problem> {
     let token = authorize(&state, &headers, Scope::Read).await?;
     let (limit, cursor) = page_query(raw.as_deref())?;
-    let row = visible_instance(&state, &token, &id).await?;
+    let (row, _) = visible_instance(&state, &token, &id).await?;
     let page = state
         .store
-        .list_calls(&state.region, &row.instance_id, limit, cursor.as_deref())
+        .list_calls(&row.region, &row.instance_id, limit, cursor.as_deref())
         .await?;
     Ok(Json(CallPage {
         items: page.items.iter().map(call_view).collect(),

@@ -14,7 +14,7 @@ use super::auth::authorize;
 use super::problem::Problem;
 use super::AppState;
 use crate::store::{
-    InstanceFilter, InstanceRow, JsonText, PageLimit, Presence, Scope, TokenRecord,
+    InstanceFilter, InstanceRow, JsonText, PageLimit, Presence, Region, Scope, TokenRecord,
 };
 
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -27,6 +27,8 @@ pub struct ListQuery {
     pub limit: Option<PageLimit>,
     pub cursor: Option<String>,
     pub fields: Option<Fields>,
+    /// `region=`: checked against the regions served by the handler.
+    pub region: Option<String>,
 }
 
 /// The top-level members of an instance a list may be narrowed to (`fields=presence,host`);
@@ -126,9 +128,13 @@ pub fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, Problem> {
                 once(&q.cursor, "cursor")?;
                 q.cursor = Some(v);
             }
+            "region" => {
+                once(&q.region, "region")?;
+                q.region = Some(v);
+            }
             other => {
                 return Err(Problem::bad_request(format!(
-                    "unknown query parameter {:?}; known: presence, group, version, drift, q, id, fields, limit, cursor",
+                    "unknown query parameter {:?}; known: presence, group, version, drift, q, id, region, fields, limit, cursor",
                     other.chars().take(64).collect::<String>()
                 )))
             }
@@ -299,7 +305,17 @@ fn restrict(filter: &mut InstanceFilter, token: &TokenRecord) -> bool {
     !filter.groups.is_empty()
 }
 
-/// A page of instances, in instance id order.
+/// The store filter's region for a list's `region=`: the named one (400 unless served), or
+/// with none named, the only region served, or every region when several are.
+pub fn region_filter(state: &AppState, named: Option<&str>) -> Result<Option<Region>, Problem> {
+    Ok(match named {
+        Some(n) => Some(state.regions.named(n)?.region.clone()),
+        None if state.regions.len() == 1 => Some(state.regions.home().region.clone()),
+        None => None,
+    })
+}
+
+/// A page of instances, in instance id order (region first when several are listed).
 #[utoipa::path(
     get,
     path = "/v1/instances",
@@ -311,6 +327,7 @@ fn restrict(filter: &mut InstanceFilter, token: &TokenRecord) -> bool {
         ("drift" = Option<bool>, Query, description = "true: only gateways with drift; false: only those without"),
         ("q" = Option<String>, Query, description = "a case-sensitive substring of the instance id"),
         ("id" = Option<Vec<String>>, Query, description = "exactly these instance ids (repeatable, at most 1000)"),
+        ("region" = Option<String>, Query, description = "one region served by this console; without it, every region (in region, then instance id order)"),
         ("fields" = Option<String>, Query, description = "comma-separated members to return (instance_id always): group_id, region, presence, last_seen_ms, agent_version, host, storage"),
         ("limit" = Option<u32>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "the previous page's next_cursor"),
@@ -331,7 +348,7 @@ pub async fn list(
 ) -> Result<Json<InstancePage>, Problem> {
     let token = authorize(&state, &headers, Scope::Read).await?;
     let mut q = parse_list_query(raw.as_deref())?;
-    q.filter.region = Some(state.region.clone());
+    q.filter.region = region_filter(&state, q.region.as_deref())?;
     if !restrict(&mut q.filter, &token) {
         return Ok(Json(InstancePage {
             items: Vec::new(),
@@ -387,18 +404,8 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Box<RawValue>>, Problem> {
     let token = authorize(&state, &headers, Scope::Read).await?;
-    let id = InstanceId::new(id.as_str())
-        .map_err(|e| Problem::bad_request(format!("instance id: {e}")))?;
-    let unknown = || Problem::not_found(format!("no instance {} has been seen", id.as_str()));
-    let row = state
-        .store
-        .get_instance(&state.region, &id)
-        .await?
-        .ok_or_else(unknown)?;
     // Outside the token's groups it does not exist, so as not to tell which ids do.
-    if !token.groups.is_empty() && !token.groups.contains(&row.group_id) {
-        return Err(unknown());
-    }
+    let (row, _) = super::calls::visible_instance(&state, &token, &id).await?;
     let detail = InstanceDetail {
         instance: view(&row),
         heartbeat: row.heartbeat.as_ref(),

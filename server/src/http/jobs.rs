@@ -23,7 +23,7 @@ use crate::jobs::model::{AbortIn, JobRequest, RetryIn, SpecError, TargetIn, Wave
 use crate::jobs::{self, CreateError, IdempotencyKey, Keyed};
 use crate::store::{
     AuditEvent, ExecState, ExecutionRecord, JobCounts, JobFilter, JobRecord, JobState,
-    JobTransition, PageLimit, Scope, StoreError, TokenRecord,
+    JobTransition, PageLimit, Region, Scope, StoreError, TokenRecord,
 };
 
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -165,7 +165,8 @@ async fn repeat_of(state: &AppState, job: &JobRecord, hash: &str) -> Result<Resp
 
 /// Whether the token may see the job (see [`visible_job`]).
 fn may_see(state: &AppState, token: &TokenRecord, job: &JobRecord) -> bool {
-    job.region == state.region && (token.groups.is_empty() || job.created_by == token.name.as_str())
+    state.regions.get(&job.region).is_some()
+        && (token.groups.is_empty() || job.created_by == token.name.as_str())
 }
 
 /// The child a retry-failed of `parent` made already: 200 with it, or 409 naming it when the
@@ -195,6 +196,7 @@ async fn existing_retry(
 /// params where there are some).
 async fn audit_job(
     state: &AppState,
+    region: &Region,
     token: &TokenRecord,
     remote: &RemoteAddr,
     action: &str,
@@ -203,7 +205,7 @@ async fn audit_job(
 ) {
     let event = AuditEvent {
         at_ms: now_ms(),
-        region: state.region.clone(),
+        region: region.clone(),
         token_name: Some(token.name.as_str().to_owned()),
         remote_addr: remote.0.clone(),
         action: action.to_owned(),
@@ -380,6 +382,11 @@ pub async fn create(
     let key = idempotency_key(&headers)?;
     let req: JobRequest =
         serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("body: {e}")))?;
+    let region = state
+        .regions
+        .chosen(req.region.as_deref(), "region")?
+        .region
+        .clone();
     // A dry run stores nothing: its key, if any, binds nothing.
     let keyed = match key.filter(|_| !dry_run) {
         None => None,
@@ -387,7 +394,7 @@ pub async fn create(
             let value: Value = serde_json::from_slice(&body)
                 .map_err(|e| Problem::bad_request(format!("body: {e}")))?;
             let keyed = Keyed {
-                id: jobs::keyed_job_id(&state.region, &token.name, "create", &key),
+                id: jobs::keyed_job_id(&region, &token.name, "create", &key),
                 request_hash: Some(jobs::request_hash(&value)),
             };
             if let Some(job) = state.store.jobs().get_job(&keyed.id).await? {
@@ -397,7 +404,7 @@ pub async fn create(
         }
     };
     let now = now_ms();
-    let plan = jobs::plan(state.store.as_ref(), &state.region, req, &token, now)
+    let plan = jobs::plan(state.store.as_ref(), &region, req, &token, now)
         .await
         .map_err(create_problem)?;
     if dry_run {
@@ -420,7 +427,7 @@ pub async fn create(
         .map(|k| (k.id.clone(), k.request_hash.clone()));
     let job = match jobs::create_as(
         state.store.as_ref(),
-        &state.region,
+        &region,
         plan,
         &token,
         None,
@@ -442,6 +449,7 @@ pub async fn create(
     };
     audit_job(
         &state,
+        &job.region,
         &token,
         &remote,
         "job.create",
@@ -460,6 +468,7 @@ pub async fn create(
     tag = "jobs",
     params(
         ("state" = Option<String>, Query, description = "queued, running, paused, succeeded, failed, aborted or cancelled"),
+        ("region" = Option<String>, Query, description = "one region served by this console; without it, every region"),
         ("limit" = Option<u32>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "the previous page's next_cursor"),
     ),
@@ -478,17 +487,18 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<JobPage>, Problem> {
     let token = authorize(&state, &headers, Scope::Read).await?;
-    let (mut st, mut limit, mut cursor) = (None, None, None);
+    let (mut st, mut limit, mut cursor, mut region) = (None, None, None, None);
     for (k, v) in pairs(raw.as_deref())? {
         match k.as_str() {
             "state" => once(&mut st, "state", v)?,
+            "region" => once(&mut region, "region", v)?,
             "limit" => once(&mut limit, "limit", v)?,
             "cursor" => once(&mut cursor, "cursor", v)?,
-            other => return Err(unknown_param(other, "state, limit, cursor")),
+            other => return Err(unknown_param(other, "state, region, limit, cursor")),
         }
     }
     let filter = JobFilter {
-        region: Some(state.region.clone()),
+        region: super::instances::region_filter(&state, region.as_deref())?,
         state: st.map(|s| JobState::parse(&s)).transpose().map_err(|_| {
             Problem::bad_request(
                 "state: queued, running, paused, succeeded, failed, aborted or cancelled",
@@ -652,6 +662,7 @@ pub async fn cancel(
     .await?;
     audit_job(
         &state,
+        &job.region,
         &token,
         &remote,
         "job.cancel",
@@ -705,6 +716,7 @@ pub async fn resume(
     .await?;
     audit_job(
         &state,
+        &job.region,
         &token,
         &remote,
         "job.resume",
@@ -767,12 +779,12 @@ pub async fn retry_failed(
     }
     let req = jobs::child_request(&parent, &failed)?;
     let now = now_ms();
-    let plan = jobs::plan(state.store.as_ref(), &state.region, req, &token, now)
+    let plan = jobs::plan(state.store.as_ref(), &parent.region, req, &token, now)
         .await
         .map_err(create_problem)?;
     let keyed = key.map(|key| Keyed {
         id: jobs::keyed_job_id(
-            &state.region,
+            &parent.region,
             &token.name,
             &format!("retry:{}", parent.id),
             &key,
@@ -781,7 +793,7 @@ pub async fn retry_failed(
     });
     let child = match jobs::create_as(
         state.store.as_ref(),
-        &state.region,
+        &parent.region,
         plan,
         &token,
         Some(parent.id.clone()),
@@ -803,6 +815,7 @@ pub async fn retry_failed(
     };
     audit_job(
         &state,
+        &child.region,
         &token,
         &remote,
         "job.retry_failed",

@@ -44,13 +44,97 @@ const READY_PING: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub region: Region,
-    /// The region's MQTT link (calls and status ingest share it).
-    pub link: watch::Receiver<LinkState>,
+    pub regions: Regions,
     pub bus: crate::events::Bus,
     pub metrics: crate::metrics::Metrics,
+}
+
+/// One region as the API reaches it.
+#[derive(Clone)]
+pub struct RegionHandle {
+    pub region: Region,
+    /// The region's MQTT link (its calls and status ingest share it).
+    pub link: watch::Receiver<LinkState>,
     /// Calls to the region's gateways.
     pub calls: Arc<CallService>,
+}
+
+/// The regions this process serves: at least one, the first being the home region (what
+/// belongs to no region, such as a refused request that names no gateway, is recorded under
+/// it).
+#[derive(Clone)]
+pub struct Regions {
+    home: Arc<RegionHandle>,
+    rest: Arc<[RegionHandle]>,
+}
+
+impl Regions {
+    pub fn new(home: RegionHandle, rest: Vec<RegionHandle>) -> Self {
+        Self {
+            home: Arc::new(home),
+            rest: rest.into(),
+        }
+    }
+
+    pub fn one(home: RegionHandle) -> Self {
+        Self::new(home, Vec::new())
+    }
+
+    pub fn home(&self) -> &RegionHandle {
+        &self.home
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &RegionHandle> {
+        std::iter::once(self.home.as_ref()).chain(self.rest.iter())
+    }
+
+    pub fn len(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    /// Never: there is always a home region.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn get(&self, region: &Region) -> Option<&RegionHandle> {
+        self.iter().find(|r| &r.region == region)
+    }
+
+    /// A region a request names (`?region=`, a job's `region`): 400 unless it is one of
+    /// those served, naming them.
+    pub fn named(&self, name: &str) -> Result<&RegionHandle, Problem> {
+        Region::new(name)
+            .ok()
+            .and_then(|r| self.get(&r))
+            .ok_or_else(|| {
+                Problem::bad_request(format!(
+                    "region {:?}: not served here; the regions are {}",
+                    name.chars().take(64).collect::<String>(),
+                    self.names()
+                ))
+            })
+    }
+
+    /// The region a request may leave out: the named one, or the only one; with several
+    /// served, naming one is required (400, naming them).
+    pub fn chosen(&self, name: Option<&str>, what: &str) -> Result<&RegionHandle, Problem> {
+        match name {
+            Some(n) => self.named(n),
+            None if self.rest.is_empty() => Ok(self.home()),
+            None => Err(Problem::bad_request(format!(
+                "{what}: this console serves several regions; name one ({})",
+                self.names()
+            ))),
+        }
+    }
+
+    fn names(&self) -> String {
+        self.iter()
+            .map(|r| r.region.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The peer of a connection, plain TCP or HTTPS: what `into_make_service_with_connect_info`
@@ -246,7 +330,7 @@ async fn audit_refusals(State(state): State<AppState>, mut req: Request, next: N
             .map(|s| s.chars().take(128).collect::<String>());
         let event = AuditEvent {
             at_ms: now_ms(),
-            region: state.region.clone(),
+            region: state.regions.home().region.clone(),
             token_name,
             remote_addr: remote,
             action: "refused".to_owned(),
@@ -304,7 +388,7 @@ async fn as_problem(resp: Response) -> Response {
           resources::smb_user_list, resources::smb_user_put, resources::smb_user_delete,
           resources::iscsi_list, resources::iscsi_get, resources::iscsi_put, resources::iscsi_delete,
           jobs::create, jobs::list, jobs::get, jobs::executions, jobs::cancel, jobs::resume, jobs::retry_failed),
-    components(schemas(Problem, Ready, instances::InstancePage, instances::InstanceDetail,
+    components(schemas(Problem, Ready, RegionReady, instances::InstancePage, instances::InstanceDetail,
           webhooks::DeliveryPage,
           calls::CallBody, calls::ReplyEnvelope, calls::CallOut, calls::CallPage,
           audit::AuditOut, audit::AuditPage,
@@ -361,13 +445,27 @@ pub struct Ready {
     pub ready: bool,
     /// `ok`, or why the store does not answer.
     pub store: String,
-    /// `ready`, or the broker link's state.
+    /// `ready` when every region's broker link is; otherwise `REGION: state` for each region
+    /// whose link is not, joined by `; `.
+    pub broker: String,
+    /// Each region's broker link, in the configuration's order.
+    pub regions: Vec<RegionReady>,
+}
+
+/// One region's broker link.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegionReady {
+    pub region: String,
+    pub ready: bool,
+    /// `ready`, or the link's state (`connecting`, or why it dropped).
     pub broker: String,
 }
 
-/// 200 when the store answers and the broker link is subscribed; otherwise 503 saying which.
+/// 200 when the store answers and a region's broker link is subscribed; otherwise 503 saying
+/// which. With several regions, one region's broker being away degrades only that region: the
+/// answer stays 200 while any region's link is up, and `regions` says which are down.
 #[utoipa::path(get, path = "/readyz", tag = "service", responses(
-    (status = 200, description = "ready", body = Ready),
+    (status = 200, description = "ready (with several regions: at least one region's broker link is up; `regions` names any that are not)", body = Ready),
     (status = 503, description = "not ready; the body says which part", body = Ready),
 ))]
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -380,17 +478,44 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }),
         Err(_) => Err("no answer within 2 s"),
     };
-    let link = state.link.borrow().clone();
-    let broker = match &link {
-        LinkState::Ready(_) => Ok(()),
-        LinkState::Down(Some(f)) => Err(f.describe()),
-        LinkState::Down(None) => Err("connecting".to_owned()),
-    };
-    let ready = store.is_ok() && broker.is_ok();
+    let regions: Vec<RegionReady> = state
+        .regions
+        .iter()
+        .map(|r| {
+            let link = r.link.borrow().clone();
+            let broker = match &link {
+                LinkState::Ready(_) => Ok(()),
+                LinkState::Down(Some(f)) => Err(f.describe()),
+                LinkState::Down(None) => Err("connecting".to_owned()),
+            };
+            RegionReady {
+                region: r.region.as_str().to_owned(),
+                ready: broker.is_ok(),
+                broker: broker.err().unwrap_or_else(|| "ready".to_owned()),
+            }
+        })
+        .collect();
+    let down: Vec<String> = regions
+        .iter()
+        .filter(|r| !r.ready)
+        .map(|r| {
+            if state.regions.len() == 1 {
+                r.broker.clone()
+            } else {
+                format!("{}: {}", r.region, r.broker)
+            }
+        })
+        .collect();
+    let ready = store.is_ok() && regions.iter().any(|r| r.ready);
     let body = Ready {
         ready,
         store: store.err().unwrap_or("ok").to_owned(),
-        broker: broker.err().unwrap_or_else(|| "ready".to_owned()),
+        broker: if down.is_empty() {
+            "ready".to_owned()
+        } else {
+            down.join("; ")
+        },
+        regions,
     };
     let status = if ready {
         StatusCode::OK

@@ -163,8 +163,8 @@ impl Ctx {
         if !grants(&token.scopes, needed) {
             return Err(forbidden(token, needed));
         }
-        let row = visible_instance(&self.state, token, &self.instance).await?;
-        self.state
+        let (row, region) = visible_instance(&self.state, token, &self.instance).await?;
+        region
             .calls
             .call(CallRequest {
                 instance: row.instance_id,

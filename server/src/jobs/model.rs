@@ -134,6 +134,10 @@ impl Default for RetryIn {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
+    /// The region whose gateways it runs on; required when the console serves several, else
+    /// the one it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     #[schema(example = "sys.ping")]
     pub method: String,
     #[serde(default)]
