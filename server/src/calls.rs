@@ -362,7 +362,8 @@ impl CallService {
             };
             let _ = audit::record(self.store.as_ref(), &event).await;
         }
-        self.metrics.observe_call(&record.method, &outcome, latency);
+        self.metrics
+            .observe_call(self.region.as_str(), &record.method, &outcome, latency);
         self.bus.publish(Event::Call {
             region: self.region.as_str().to_owned(),
             instance_id: req.instance.as_str().to_owned(),

@@ -40,6 +40,7 @@ struct PresenceLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
+    region: String,
     method: String,
     outcome: String,
 }
@@ -341,7 +342,7 @@ impl Metrics {
 
     /// One call to a gateway finished: its method, outcome (`ok`, the agent's error code, or
     /// the console's own failure such as `timeout`) and round trip.
-    pub fn observe_call(&self, method: &str, outcome: &str, latency: Duration) {
+    pub fn observe_call(&self, region: &str, method: &str, outcome: &str, latency: Duration) {
         let method = {
             let mut known = lock(&self.inner.call_methods);
             if known.contains(method) || known.len() < MAX_CALL_METHODS {
@@ -354,6 +355,7 @@ impl Metrics {
         self.inner
             .calls
             .get_or_create(&CallLabels {
+                region: label(region),
                 method,
                 outcome: label(outcome),
             })
@@ -619,8 +621,8 @@ mod tests {
         stats.heartbeats.fetch_add(7, Ordering::Relaxed);
         stats.bad_payload.fetch_add(2, Ordering::Relaxed);
         m.attach_ingest("default", stats.clone());
-        m.observe_call("sys.ping", "ok", Duration::from_millis(3));
-        m.observe_call("sys.ping", "timeout", Duration::from_secs(30));
+        m.observe_call("default", "sys.ping", "ok", Duration::from_millis(3));
+        m.observe_call("default", "sys.ping", "timeout", Duration::from_secs(30));
         m.observe_job(
             "j1",
             "running",
@@ -643,7 +645,7 @@ mod tests {
             3.0
         );
         assert_eq!(
-            s["csg_call_duration_seconds_count{method=\"sys.ping\",outcome=\"ok\"}"],
+            s["csg_call_duration_seconds_count{region=\"default\",method=\"sys.ping\",outcome=\"ok\"}"],
             1.0
         );
         assert_eq!(s["csg_job_executions{state=\"queued\"}"], 7.0);
@@ -675,11 +677,16 @@ mod tests {
     fn invented_methods_are_capped() {
         let m = Metrics::new();
         for i in 0..MAX_CALL_METHODS + 10 {
-            m.observe_call(&format!("x.m{i}"), "ok", Duration::from_millis(1));
+            m.observe_call(
+                "default",
+                &format!("x.m{i}"),
+                "ok",
+                Duration::from_millis(1),
+            );
         }
         let s = parse_text(&m.encode().unwrap()).unwrap();
         assert_eq!(
-            s["csg_call_duration_seconds_count{method=\"other\",outcome=\"ok\"}"],
+            s["csg_call_duration_seconds_count{region=\"default\",method=\"other\",outcome=\"ok\"}"],
             10.0
         );
     }
