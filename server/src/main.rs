@@ -320,6 +320,9 @@ async fn run(config: Config, path: &Path) -> Result<()> {
         info!(key_id = s.key_id(), "every command is signed");
     }
     let calls_in_flight = calls.in_flight.clone();
+    // Calls left pending by a process that died are sent again or ended (calls.rs).
+    let (stop_sweeper, sweeper_stop_rx) = oneshot::channel();
+    let sweeper = calls.spawn_sweeper(sweeper_stop_rx);
     let state = AppState {
         store: store.clone(),
         region: config.region.clone(),
@@ -422,6 +425,8 @@ async fn run(config: Config, path: &Path) -> Result<()> {
     };
     reloader.abort();
 
+    let _ = stop_sweeper.send(());
+    let _ = sweeper.await;
     // Calls of jobs under way get a bounded time to finish; their jobs' leases are given up
     // so another replica (or the next start) takes them at once.
     let _ = stop_jobs.send(());
