@@ -780,6 +780,45 @@ mod tests {
         assert_eq!(caller.sent.load(Ordering::SeqCst), 2);
     }
 
+    /// A call left pending that a task of this process is still on (its outcome not yet
+    /// stored) is not sent again by the sweeper; the claim's lease keeps it from the next
+    /// sweeps.
+    #[tokio::test]
+    async fn the_sweeper_leaves_a_call_this_process_is_on() {
+        use std::sync::atomic::Ordering;
+        let (svc, caller, _dir) = service(0).await;
+        let req = reconcile("key-busy");
+        let id = RequestId::new("key-busy").unwrap();
+        svc.store
+            .insert_call(&CallRecord {
+                id: id.clone(),
+                region: svc.region.clone(),
+                instance_id: req.instance.clone(),
+                method: "sys.reconcile".into(),
+                params: json!({}),
+                request_hash: request_hash(&req.instance, "sys.reconcile", &req.params),
+                token_name: None,
+                state: CallState::Pending,
+                reply: None,
+                error: None,
+                started_ms: now_ms() - 60_000,
+                finished_ms: None,
+                timeout_ms: Some(1_000),
+            })
+            .await
+            .unwrap();
+        let on_it = svc.in_flight.enter(&id);
+        assert!(svc.in_flight.contains("key-busy"));
+        let done = svc.sweep().await.unwrap();
+        assert_eq!(done, vec![(id.clone(), Swept::Busy)]);
+        assert_eq!(caller.sent.load(Ordering::SeqCst), 0);
+        drop(on_it);
+        assert!(!svc.in_flight.contains("key-busy"));
+        assert!(svc.sweep().await.unwrap().is_empty(), "leased");
+        let row = svc.store.get_call(&id).await.unwrap().unwrap();
+        assert_eq!(row.state, CallState::Pending);
+    }
+
     /// A mutation first sent longer ago than agents remember ids, without a final answer, is
     /// not sent again under that id (it could run twice).
     #[tokio::test]

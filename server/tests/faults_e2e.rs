@@ -107,7 +107,7 @@ fn call_and_leave(
 fn a_call_outlives_its_client_and_a_stop_records_the_call_under_way() {
     let broker = Broker::start();
     let mut c = Consoled::new(&broker.url(), "");
-    let ops = c.token("ops", "operate");
+    let ops = c.token_with(&["--name", "ops", "--scope", "operate", "--scope", "audit"]);
     c.start();
     let mut gw = agent(&broker, "gw-leave-1");
     wait_online(&c, &ops, "gw-leave-1");
@@ -154,6 +154,16 @@ fn a_call_outlives_its_client_and_a_stop_records_the_call_under_way() {
     assert!(
         stored["error"].as_str().unwrap().contains("lost"),
         "{stored}"
+    );
+    // The whole bookkeeping, the audit event after the stored outcome included.
+    let audit = c.json("/v1/audit?action=call&outcome=connection_lost", &ops);
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["request_id"] == "key-stop-1"),
+        "{audit}"
     );
     assert!(c.stop().is_some_and(|s| s.success()));
 }
