@@ -36,6 +36,7 @@ pub struct Consoled {
     pub config: PathBuf,
     pub port: u16,
     child: Option<ChildGuard>,
+    last_log: String,
 }
 
 impl Consoled {
@@ -89,6 +90,7 @@ default_interval_s = 1
             config,
             port,
             child: None,
+            last_log: String::new(),
         }
     }
 
@@ -137,8 +139,11 @@ default_interval_s = 1
         assert!(ready.is_some(), "csg-consoled never ready\n{}", self.log());
     }
 
+    /// The running process's log, or the last one's once it has exited.
     pub fn log(&self) -> String {
-        self.child.as_ref().map(ChildGuard::log).unwrap_or_default()
+        self.child
+            .as_ref()
+            .map_or_else(|| self.last_log.clone(), ChildGuard::log)
     }
 
     pub fn pid(&self) -> u32 {
@@ -155,6 +160,25 @@ default_interval_s = 1
         child.signal(Signal::SIGTERM);
         let status = child.wait_exit(limit);
         child.set_dump_on_panic(false);
+        self.last_log = child.log();
+        status
+    }
+
+    /// Sends a signal to the running process (SIGHUP: reload).
+    pub fn signal(&mut self, sig: Signal) {
+        self.child.as_mut().unwrap().signal(sig);
+    }
+
+    /// Waits for the process to exit after a signal; its status, and the process is done with.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut().unwrap().wait_exit(limit);
+        if status.is_some() {
+            if let Some(mut child) = self.child.take() {
+                child.set_dump_on_panic(false);
+                // The log stays readable through the files the harness keeps in its directory.
+                self.last_log = child.log();
+            }
+        }
         status
     }
 
@@ -163,6 +187,7 @@ default_interval_s = 1
         let mut child = self.child.take().unwrap();
         child.kill9();
         child.set_dump_on_panic(false);
+        self.last_log = child.log();
     }
 
     pub fn get(&self, path: &str, token: Option<&str>) -> Reply {
