@@ -126,17 +126,34 @@ pub struct CallService {
     pub in_flight: Arc<InFlight>,
 }
 
-/// Counts the call tasks running, and wakes whoever waits for none.
+/// The call tasks running (by request id), and a wake-up for whoever waits for none.
 #[derive(Debug, Default)]
 pub struct InFlight {
-    count: std::sync::atomic::AtomicUsize,
+    ids: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     idle: tokio::sync::Notify,
 }
 
 impl InFlight {
-    fn enter(self: &Arc<Self>) -> InFlightGuard {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        InFlightGuard(Arc::clone(self))
+    fn enter(self: &Arc<Self>, id: &RequestId) -> InFlightGuard {
+        *self.lock().entry(id.as_str().to_owned()).or_insert(0) += 1;
+        InFlightGuard(Arc::clone(self), id.as_str().to_owned())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        // The map stays consistent whatever panicked while holding it (one insert or remove).
+        self.ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a task of this process is making (or recording) the call with this id.
+    pub fn contains(&self, id: &str) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// How many call tasks run.
+    pub fn count(&self) -> usize {
+        self.lock().values().sum()
     }
 
     /// Waits (at most `limit`) until no call task runs; false when some still do.
@@ -144,7 +161,7 @@ impl InFlight {
         let idle = async {
             loop {
                 let notified = self.idle.notified();
-                if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                if self.count() == 0 {
                     return;
                 }
                 notified.await;
@@ -154,16 +171,21 @@ impl InFlight {
     }
 }
 
-struct InFlightGuard(Arc<InFlight>);
+struct InFlightGuard(Arc<InFlight>, String);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        if self
-            .0
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
-            == 1
-        {
+        let empty = {
+            let mut ids = self.0.lock();
+            if let Some(n) = ids.get_mut(&self.1) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    ids.remove(&self.1);
+                }
+            }
+            ids.is_empty()
+        };
+        if empty {
             self.0.idle.notify_waiters();
         }
     }
@@ -205,6 +227,7 @@ impl CallService {
             error: None,
             started_ms: now_ms(),
             finished_ms: None,
+            timeout_ms: i64::try_from(req.timeout.get().as_millis()).ok(),
         };
         match self.store.insert_call(&record).await? {
             CallInsert::Inserted => {}
@@ -252,7 +275,7 @@ impl CallService {
         // own: a client that disconnects, or a route timeout, drops the handler's future, and
         // must not leave a sent mutation unrecorded.
         let this = Arc::clone(self);
-        let guard = self.in_flight.enter();
+        let guard = self.in_flight.enter(&id);
         let task = tokio::spawn(async move {
             let _guard = guard;
             let started = Instant::now();
@@ -374,6 +397,232 @@ impl CallService {
             latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
         });
         answer
+    }
+}
+
+// --- the sweeper of calls left pending ---
+
+/// How often the sweeper looks for calls left pending (and once when it starts).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How long past the end of a call's budget the sweeper leaves it alone: the process that sent
+/// it had the whole budget to wait, then this long to store the outcome (a store write waits
+/// up to 5 s for a connection). Later than that, no live process is still waiting for it.
+pub const SWEEP_MARGIN: Duration = Duration::from_secs(10);
+/// At most this many calls per sweep; the rest wait for the next.
+const SWEEP_BATCH: u32 = 100;
+/// The start of the error stored for a call whose outcome the console cannot know.
+pub const UNKNOWN_OUTCOME: &str = "UNKNOWN_OUTCOME";
+/// The audit action of what the sweeper does.
+const SWEEP_ACTION: &str = "call.sweep";
+
+/// What the sweeper did with one call it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Swept {
+    /// Sent again under its id, in a task of its own that stores the outcome.
+    Resent,
+    /// Ended `failed` with an [`UNKNOWN_OUTCOME`] error: sending it again could run it twice,
+    /// or its request was not kept whole. The reason.
+    OutcomeUnknown(String),
+    /// A task of this process is still on it: left alone.
+    Busy,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl CallService {
+    /// Runs the sweeper until `stop` fires: one sweep at once, then one every [`SWEEP_EVERY`].
+    /// A sweep that fails (the store away) is logged and the next one tries again.
+    pub fn spawn_sweeper(
+        self: &Arc<Self>,
+        mut stop: tokio::sync::oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                match this.sweep().await {
+                    Ok(done) if !done.is_empty() => {
+                        tracing::info!(calls = done.len(), "calls left pending taken up");
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "the sweep of pending calls failed; next in 5 s"),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(SWEEP_EVERY) => {}
+                    _ = &mut stop => return,
+                }
+            }
+        })
+    }
+
+    /// One sweep: takes (in the store, so no other replica takes them too) the calls of this
+    /// region still pending past their budget and [`SWEEP_MARGIN`], and for each that no task
+    /// of this process is on: sends it again under its id while the agent still remembers the
+    /// id (it answers a request it ran from its memory, or runs one it never got) and stores
+    /// the outcome; past that, or when its request was not stored whole, ends it
+    /// [`UNKNOWN_OUTCOME`]. Nothing is taken while the broker link is down.
+    pub async fn sweep(self: &Arc<Self>) -> Result<Vec<(RequestId, Swept)>, StoreError> {
+        if matches!(&*self.link.borrow(), csg_transport::LinkState::Down(_)) {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let claim = crate::store::StaleCalls {
+            region: self.region.clone(),
+            now_ms: now,
+            margin_ms: ms(SWEEP_MARGIN),
+            default_timeout_ms: ms(MAX_TIMEOUT),
+            // Long enough for a re-send's whole budget and its bookkeeping.
+            lease_until_ms: now
+                .saturating_add(ms(MAX_TIMEOUT))
+                .saturating_add(ms(SWEEP_MARGIN)),
+            limit: SWEEP_BATCH,
+        };
+        let mut done = Vec::new();
+        for call in self.store.claim_stale_calls(&claim).await? {
+            let id = call.id.clone();
+            // One call the store fails on stays leased and is taken again after its lease;
+            // the others of the batch go on.
+            match self.sweep_one(call).await {
+                Ok(swept) => done.push((id, swept)),
+                Err(e) => {
+                    warn!(id = id.as_str(), error = %e, "a call left pending was not taken up; again after its lease");
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    async fn sweep_one(self: &Arc<Self>, call: CallRecord) -> Result<Swept, StoreError> {
+        if self.in_flight.contains(call.id.as_str()) {
+            return Ok(Swept::Busy);
+        }
+        let timeout = call
+            .timeout_ms
+            .and_then(|t| u64::try_from(t).ok())
+            .and_then(|t| CallTimeout::from_ms(t).ok())
+            .unwrap_or_default();
+        let params = match &call.params {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        let method = Method::parse(&call.method, params.clone()).ok();
+        // The re-send reaches the agent within its budget: it must arrive while the agent
+        // still remembers the id, counted (early) from the first send.
+        let age = now_ms().saturating_sub(call.started_ms);
+        let why_not = if age.saturating_add(ms(timeout.get())) > AGENT_ID_MEMORY_MS {
+            Some(format!(
+                "no outcome was stored and the request was first sent {} s ago; agents \
+                 remember a request id for {} s, so sending it again could run it twice",
+                age / 1000,
+                AGENT_ID_MEMORY_MS / 1000
+            ))
+        } else if request_hash(&call.instance_id, &call.method, &params) != call.request_hash {
+            Some(
+                "no outcome was stored, and the request cannot be sent again as it was: its \
+                 params were stored with their secrets redacted"
+                    .to_owned(),
+            )
+        } else if method.is_none() {
+            Some(
+                "no outcome was stored, and the stored request is not one the protocol accepts"
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        let (Some(method), None) = (method, &why_not) else {
+            let why = why_not.unwrap_or_default();
+            self.mark_unknown(&call, &why).await?;
+            return Ok(Swept::OutcomeUnknown(why));
+        };
+        let group = self
+            .store
+            .get_instance(&self.region, &call.instance_id)
+            .await?
+            .map(|row| row.group_id);
+        let spec = CallSpec {
+            instance: call.instance_id.clone(),
+            method: match MethodName::new(&call.method) {
+                Ok(m) => m,
+                Err(e) => {
+                    let why = format!("stored method: {e}");
+                    self.mark_unknown(&call, &why).await?;
+                    return Ok(Swept::OutcomeUnknown(why));
+                }
+            },
+            params: params.clone(),
+            id: call.id.clone(),
+            timeout: timeout.get(),
+            group: group.clone(),
+        };
+        let req = CallRequest {
+            instance: call.instance_id.clone(),
+            group,
+            method,
+            params,
+            id: Some(call.id.clone()),
+            timeout,
+            token_name: call.token_name.clone(),
+            remote_addr: None,
+            action: SWEEP_ACTION,
+        };
+        let this = Arc::clone(self);
+        let guard = self.in_flight.enter(&call.id);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let started = Instant::now();
+            let result = this.caller.call(&spec).await;
+            if let Err(e) = this.finish(&req, &call, result, started.elapsed()).await {
+                tracing::info!(id = call.id.as_str(), error = %e, "a swept call sent again got no answer");
+            }
+        });
+        Ok(Swept::Resent)
+    }
+
+    /// Ends a call the sweeper cannot send again: failed, its outcome unknown (the agent may or
+    /// may not have run it); audited when it is a mutation, and published.
+    async fn mark_unknown(&self, call: &CallRecord, why: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.store
+            .finish_call(
+                &call.id,
+                CallState::Failed,
+                None,
+                Some(&format!("{UNKNOWN_OUTCOME}: {why}")),
+                now,
+            )
+            .await?;
+        warn!(id = call.id.as_str(), instance = call.instance_id.as_str(), method = %call.method, "a call left pending ends with its outcome unknown: {why}");
+        let mutation = call.params.as_object().is_none_or(|p| {
+            Method::parse(&call.method, p.clone())
+                .map_or(true, |m| m.kind() == csg_protocol::methods::Kind::Mutation)
+        });
+        if mutation {
+            let event = crate::store::AuditEvent {
+                at_ms: now,
+                region: self.region.clone(),
+                token_name: call.token_name.clone(),
+                remote_addr: None,
+                action: SWEEP_ACTION.to_owned(),
+                instance_id: Some(call.instance_id.as_str().to_owned()),
+                method: Some(call.method.clone()),
+                params: Some(call.params.clone()),
+                outcome: "unknown_outcome".to_owned(),
+                request_id: Some(call.id.as_str().to_owned()),
+            };
+            let _ = audit::record(self.store.as_ref(), &event).await;
+        }
+        self.bus.publish(Event::Call {
+            region: self.region.as_str().to_owned(),
+            instance_id: call.instance_id.as_str().to_owned(),
+            group_id: None,
+            id: call.id.as_str().to_owned(),
+            method: call.method.clone(),
+            outcome: "unknown_outcome".to_owned(),
+            latency_ms: u64::try_from(now.saturating_sub(call.started_ms)).unwrap_or(0),
+        });
+        Ok(())
     }
 }
 
@@ -533,6 +782,45 @@ mod tests {
         assert_eq!(caller.sent.load(Ordering::SeqCst), 2);
     }
 
+    /// A call left pending that a task of this process is still on (its outcome not yet
+    /// stored) is not sent again by the sweeper; the claim's lease keeps it from the next
+    /// sweeps.
+    #[tokio::test]
+    async fn the_sweeper_leaves_a_call_this_process_is_on() {
+        use std::sync::atomic::Ordering;
+        let (svc, caller, _dir) = service(0).await;
+        let req = reconcile("key-busy");
+        let id = RequestId::new("key-busy").unwrap();
+        svc.store
+            .insert_call(&CallRecord {
+                id: id.clone(),
+                region: svc.region.clone(),
+                instance_id: req.instance.clone(),
+                method: "sys.reconcile".into(),
+                params: json!({}),
+                request_hash: request_hash(&req.instance, "sys.reconcile", &req.params),
+                token_name: None,
+                state: CallState::Pending,
+                reply: None,
+                error: None,
+                started_ms: now_ms() - 60_000,
+                finished_ms: None,
+                timeout_ms: Some(1_000),
+            })
+            .await
+            .unwrap();
+        let on_it = svc.in_flight.enter(&id);
+        assert!(svc.in_flight.contains("key-busy"));
+        let done = svc.sweep().await.unwrap();
+        assert_eq!(done, vec![(id.clone(), Swept::Busy)]);
+        assert_eq!(caller.sent.load(Ordering::SeqCst), 0);
+        drop(on_it);
+        assert!(!svc.in_flight.contains("key-busy"));
+        assert!(svc.sweep().await.unwrap().is_empty(), "leased");
+        let row = svc.store.get_call(&id).await.unwrap().unwrap();
+        assert_eq!(row.state, CallState::Pending);
+    }
+
     /// A mutation first sent longer ago than agents remember ids, without a final answer, is
     /// not sent again under that id (it could run twice).
     #[tokio::test]
@@ -555,6 +843,7 @@ mod tests {
                 error: None,
                 started_ms: now_ms() - AGENT_ID_MEMORY_MS - 1_000,
                 finished_ms: None,
+                timeout_ms: Some(10_000),
             })
             .await
             .unwrap();

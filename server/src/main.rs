@@ -359,6 +359,16 @@ async fn run(config: Config, path: &Path) -> Result<()> {
     };
     reloader.abort();
 
+    for r in &mut running {
+        if let Some(stop) = r.stop_sweeper.take() {
+            let _ = stop.send(());
+        }
+    }
+    for r in &mut running {
+        if let Some(sweeper) = r.sweeper.take() {
+            let _ = sweeper.await;
+        }
+    }
     // Calls of jobs under way get a bounded time to finish; their jobs' leases are given up
     // so another replica (or the next start) takes them at once. Every region's runner stops
     // at once, so the bound does not add up per region.
@@ -422,6 +432,8 @@ struct RunningRegion {
     fleet_task: Option<tokio::task::JoinHandle<()>>,
     stop_jobs: Option<oneshot::Sender<()>>,
     runner: Option<tokio::task::JoinHandle<()>>,
+    stop_sweeper: Option<oneshot::Sender<()>>,
+    sweeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts a region: its one MQTT session (the console library's, carrying calls and, through
@@ -505,6 +517,9 @@ async fn start_region(
         ids: IdGenerator::new(config.console_id().as_str()),
         in_flight: Arc::default(),
     });
+    // Calls left pending by a process that died are sent again or ended (calls.rs).
+    let (stop_sweeper, sweeper_stop_rx) = oneshot::channel();
+    let sweeper = calls.spawn_sweeper(sweeper_stop_rx);
     Ok(RunningRegion {
         handle: RegionHandle {
             region: rc.region.clone(),
@@ -516,6 +531,8 @@ async fn start_region(
         fleet_task: Some(fleet_task),
         stop_jobs: Some(stop_jobs),
         runner: Some(runner),
+        stop_sweeper: Some(stop_sweeper),
+        sweeper: Some(sweeper),
     })
 }
 

@@ -6,215 +6,15 @@
 // A test file: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
-use csg_e2e::broker::free_port;
-use csg_e2e::process::{self, child_env, ChildGuard};
+use common::consoled::{wait_for, Consoled, Options, CONSOLED};
+use csg_e2e::process;
 use csg_e2e::{now_ms, Agent, AgentConfig, Broker, TIMEOUT, WORKSPACE_VERSION};
-use nix::sys::signal::Signal;
 use serde_json::Value;
-use tempfile::TempDir;
-
-const CONSOLED: &str = env!("CARGO_BIN_EXE_csg-consoled");
-
-struct Consoled {
-    dir: TempDir,
-    config: PathBuf,
-    port: u16,
-    child: Option<ChildGuard>,
-}
-
-impl Consoled {
-    /// Writes the config (a SQLite file in a temp dir, a free loopback port); not started.
-    fn new(broker: &Broker) -> Consoled {
-        Self::with_store(broker, None)
-    }
-
-    /// The same with another store URL (PostgreSQL).
-    fn with_store(broker: &Broker, store: Option<String>) -> Consoled {
-        Self::replica(broker, store, &csg_e2e::unique("api"))
-    }
-
-    /// One replica of a console: `group` is the share group the replicas split heartbeats in.
-    fn replica(broker: &Broker, store: Option<String>, group: &str) -> Consoled {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let store = store.unwrap_or_else(|| {
-            format!("sqlite://{}", dir.path().join("state/console.db").display())
-        });
-        let config = dir.path().join("console.toml");
-        let toml = format!(
-            r#"
-[identity]
-group_id = "GID_console"
-console_id = "{console}"
-[mqtt]
-url = "{url}"
-protocol = "{protocol}"
-keep_alive_s = 5
-[http]
-listen = "127.0.0.1:{port}"
-[store]
-url = "{store}"
-[fleet]
-share_group = "{group}"
-default_interval_s = 1
-"#,
-            console = csg_e2e::unique("consoled"),
-            url = broker.url(),
-            protocol = csg_e2e::mqtt_protocol(),
-        );
-        std::fs::write(&config, toml).unwrap();
-        Consoled {
-            dir,
-            config,
-            port,
-            child: None,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> process::CmdOutput {
-        let mut cmd = Command::new(CONSOLED);
-        cmd.args(args).arg("--config").arg(&self.config);
-        child_env(&mut cmd);
-        process::run(cmd, TIMEOUT)
-    }
-
-    fn token(&self, name: &str, scope: &str) -> String {
-        self.token_with(&["--name", name, "--scope", scope])
-    }
-
-    /// `token create {args…}`; the token printed.
-    fn token_with(&self, args: &[&str]) -> String {
-        let mut argv = vec!["token", "create"];
-        argv.extend_from_slice(args);
-        let out = self.command(&argv);
-        out.assert_code(0);
-        let token = out.stdout.trim().to_owned();
-        assert!(
-            token.starts_with("csgc_") && !token.contains('\n'),
-            "stdout must be the token alone: {out:?}"
-        );
-        token
-    }
-
-    fn start(&mut self) {
-        let mut cmd = Command::new(CONSOLED);
-        cmd.arg("--config").arg(&self.config);
-        child_env(&mut cmd);
-        self.child = Some(ChildGuard::spawn("csg-consoled", cmd, self.dir.path()).unwrap());
-        let ready = wait_for(TIMEOUT, || self.get("/readyz", None).status == 200);
-        assert!(ready.is_some(), "csg-consoled never ready\n{}", self.log());
-    }
-
-    fn log(&self) -> String {
-        self.child.as_ref().map(ChildGuard::log).unwrap_or_default()
-    }
-
-    /// SIGTERM, and its exit status.
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take().unwrap();
-        child.signal(Signal::SIGTERM);
-        let status = child.wait_exit(TIMEOUT);
-        child.set_dump_on_panic(false);
-        status
-    }
-
-    fn get(&self, path: &str, token: Option<&str>) -> Reply {
-        http(self.dir.path(), self.port, &[], path, token)
-    }
-
-    /// `curl {extra…}`: another method, a body.
-    fn request(&self, extra: &[&str], path: &str, token: Option<&str>) -> Reply {
-        http(self.dir.path(), self.port, extra, path, token)
-    }
-}
-
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    }
-
-    /// A problem response of this status, as RFC 9457 shapes it.
-    fn assert_problem(&self, status: u16) -> Value {
-        assert_eq!(self.status, status, "{}", self.body);
-        assert_eq!(
-            self.header("content-type").as_deref(),
-            Some("application/problem+json")
-        );
-        let p = self.json();
-        assert_eq!(p["status"], status);
-        for key in ["type", "title", "detail"] {
-            assert!(p[key].is_string(), "problem without {key}: {p}");
-        }
-        p
-    }
-}
-
-/// `curl` with a timeout; the token goes in a header file, not in argv.
-fn http(dir: &Path, port: u16, extra: &[&str], path: &str, token: Option<&str>) -> Reply {
-    let mut cmd = Command::new("curl");
-    // Longer than the store's 5 s pool timeout, so a 503 for an unreachable store arrives.
-    cmd.args(["-sS", "--max-time", "15", "-i"]).args(extra);
-    if let Some(t) = token {
-        let h = dir.join("auth.header");
-        std::fs::write(&h, format!("Authorization: Bearer {t}\n")).unwrap();
-        cmd.arg("-H").arg(format!("@{}", h.display()));
-    }
-    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
-    let out = process::run(cmd, Duration::from_secs(20));
-    if out.code() != Some(0) {
-        return Reply {
-            status: 0,
-            headers: String::new(),
-            body: out.stderr,
-        };
-    }
-    let (head, body) = out
-        .stdout
-        .split_once("\r\n\r\n")
-        .unwrap_or((out.stdout.as_str(), ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Reply {
-        status,
-        headers: head.to_owned(),
-        body: body.to_owned(),
-    }
-}
-
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if cond() {
-            return Some(t0.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
 
 fn presence_of(c: &Consoled, token: &str, id: &str) -> Option<String> {
     let r = c.get(&format!("/v1/instances?id={id}"), Some(token));
@@ -227,7 +27,7 @@ fn presence_of(c: &Consoled, token: &str, id: &str) -> Option<String> {
 #[test]
 fn the_api_lists_an_agent_online_then_offline_and_keeps_it_across_a_restart() {
     let broker = Broker::start();
-    let mut c = Consoled::new(&broker);
+    let mut c = Consoled::new(&broker.url(), "");
     // The token is created before the service ever ran: `token create` migrates the store.
     let token = c.token("e2e-reader", "read");
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -444,13 +244,13 @@ fn the_api_lists_an_agent_online_then_offline_and_keeps_it_across_a_restart() {
     c.get("/v1/nothing", Some(&token)).assert_problem(404);
     c.get("/v1/instances/bad%20id", Some(&token))
         .assert_problem(400);
-    c.request(&["-X", "DELETE"], "/v1/instances", Some(&token))
+    c.curl(&["-X", "DELETE"], "/v1/instances", Some(&token))
         .assert_problem(405);
     // A body over the limit (1 MiB by default) is refused before any handler reads it.
     let big = c.dir.path().join("big.json");
     std::fs::write(&big, vec![b' '; 2 << 20]).unwrap();
     let data = format!("@{}", big.display());
-    c.request(
+    c.curl(
         &[
             "-X",
             "POST",
@@ -491,7 +291,7 @@ fn the_api_lists_an_agent_online_then_offline_and_keeps_it_across_a_restart() {
 #[test]
 fn tokens_are_listed_and_revoked_and_a_revoked_one_is_refused() {
     let broker = Broker::start();
-    let mut c = Consoled::new(&broker);
+    let mut c = Consoled::new(&broker.url(), "");
     let token = c.token("e2e-admin", "admin");
     c.start();
     assert_eq!(c.get("/v1/instances", Some(&token)).status, 200);
@@ -555,7 +355,13 @@ fn the_api_answers_503_with_retry_after_while_postgresql_is_down_and_recovers() 
     let broker = Broker::start();
     let mut pg =
         common::PgServer::start().unwrap_or_else(|e| panic!("PostgreSQL did not start: {e}"));
-    let mut c = Consoled::with_store(&broker, Some(pg.url()));
+    let mut c = Consoled::with(
+        &broker.url(),
+        Options {
+            store: Some(pg.url()),
+            ..Options::default()
+        },
+    );
     let token = c.token("e2e-pg", "read");
     c.start();
     assert_eq!(c.get("/v1/instances", Some(&token)).status, 200);
@@ -622,8 +428,22 @@ fn two_replicas_on_postgresql_split_heartbeats_and_both_serve_the_fleet() {
     let broker = Broker::start();
     let pg = common::PgServer::start().unwrap_or_else(|e| panic!("PostgreSQL did not start: {e}"));
     let group = csg_e2e::unique("replicas");
-    let mut a = Consoled::replica(&broker, Some(pg.url()), &group);
-    let mut b = Consoled::replica(&broker, Some(pg.url()), &group);
+    let mut a = Consoled::with(
+        &broker.url(),
+        Options {
+            store: Some(pg.url()),
+            share_group: Some(group.clone()),
+            ..Options::default()
+        },
+    );
+    let mut b = Consoled::with(
+        &broker.url(),
+        Options {
+            store: Some(pg.url()),
+            share_group: Some(group.clone()),
+            ..Options::default()
+        },
+    );
     let token = a.token("e2e-replicas", "read");
     a.start();
     b.start();

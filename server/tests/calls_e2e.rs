@@ -7,251 +7,17 @@
 // A test file: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
+mod common;
+
+use common::consoled::{wait_for, Consoled};
 use csg_e2e::broker::free_port;
 use csg_e2e::exportfs_stub::ExportfsStub;
-use csg_e2e::process::{self, child_env, ChildGuard};
 use csg_e2e::{Agent, AgentConfig, Broker, SecuritySection, StorageSection, TIMEOUT};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-use tempfile::TempDir;
-
-const CONSOLED: &str = env!("CARGO_BIN_EXE_csg-consoled");
-
-struct Consoled {
-    dir: TempDir,
-    config: PathBuf,
-    port: u16,
-    child: Option<ChildGuard>,
-}
-
-impl Consoled {
-    /// A config on SQLite in a temp dir and a free port; `extra` is appended (e.g. `[signing]`).
-    /// The console is in a group of its own (`GID_console`), the agents in `GID_csg`: a
-    /// signed command's audience is the gateway's client id, made with the gateway's group.
-    fn new(broker: &Broker, extra: &str) -> Consoled {
-        Self::with_url(&broker.url(), extra)
-    }
-
-    fn with_url(url: &str, extra: &str) -> Consoled {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("console.toml");
-        let toml = format!(
-            r#"
-[identity]
-group_id = "GID_console"
-console_id = "{console}"
-[mqtt]
-url = "{url}"
-protocol = "{protocol}"
-keep_alive_s = 5
-[http]
-listen = "127.0.0.1:{port}"
-[store]
-url = "sqlite://{db}"
-[fleet]
-share_group = "{group}"
-default_interval_s = 1
-{extra}
-"#,
-            console = csg_e2e::unique("consoled"),
-            protocol = csg_e2e::mqtt_protocol(),
-            db = dir.path().join("console.db").display(),
-            group = csg_e2e::unique("calls"),
-        );
-        std::fs::write(&config, toml).unwrap();
-        Consoled {
-            dir,
-            config,
-            port,
-            child: None,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> process::CmdOutput {
-        let mut cmd = Command::new(CONSOLED);
-        cmd.args(args).arg("--config").arg(&self.config);
-        child_env(&mut cmd);
-        process::run(cmd, TIMEOUT)
-    }
-
-    fn token(&self, name: &str, scope: &str) -> String {
-        let out = self.command(&["token", "create", "--name", name, "--scope", scope]);
-        out.assert_code(0);
-        out.stdout.trim().to_owned()
-    }
-
-    fn start(&mut self) {
-        self.spawn();
-        let ready = wait_for(TIMEOUT, || self.get("/readyz", None).status == 200);
-        assert!(ready.is_some(), "csg-consoled never ready\n{}", self.log());
-    }
-
-    /// Starts it without waiting for readiness.
-    fn spawn(&mut self) {
-        let mut cmd = Command::new(CONSOLED);
-        cmd.arg("--config").arg(&self.config);
-        child_env(&mut cmd);
-        self.child = Some(ChildGuard::spawn("csg-consoled", cmd, self.dir.path()).unwrap());
-    }
-
-    fn log(&self) -> String {
-        self.child.as_ref().map(ChildGuard::log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take().unwrap();
-        child.signal(Signal::SIGTERM);
-        let status = child.wait_exit(TIMEOUT);
-        child.set_dump_on_panic(false);
-        status
-    }
-
-    fn get(&self, path: &str, token: Option<&str>) -> Reply {
-        http(self.dir.path(), self.port, "GET", None, &[], path, token)
-    }
-
-    /// `method path` with a JSON body and extra headers.
-    fn send(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-        headers: &[&str],
-        token: Option<&str>,
-    ) -> Reply {
-        http(
-            self.dir.path(),
-            self.port,
-            method,
-            body.map(Value::to_string).as_deref(),
-            headers,
-            path,
-            token,
-        )
-    }
-
-    /// `POST /v1/instances/{id}/calls`.
-    fn call(&self, id: &str, body: &Value, key: Option<&str>, token: &str) -> Reply {
-        let header = key.map(|k| format!("Idempotency-Key: {k}"));
-        let headers: Vec<&str> = header.iter().map(String::as_str).collect();
-        self.send(
-            "POST",
-            &format!("/v1/instances/{id}/calls"),
-            Some(body),
-            &headers,
-            Some(token),
-        )
-    }
-}
-
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    }
-
-    fn assert_problem(&self, status: u16) -> Value {
-        assert_eq!(self.status, status, "{}", self.body);
-        assert_eq!(
-            self.header("content-type").as_deref(),
-            Some("application/problem+json")
-        );
-        let p = self.json();
-        assert_eq!(p["status"], status);
-        p
-    }
-
-    fn assert_ok(&self, status: u16) -> Value {
-        assert_eq!(self.status, status, "{}", self.body);
-        if self.body.is_empty() {
-            Value::Null
-        } else {
-            self.json()
-        }
-    }
-}
-
-/// `curl` with a timeout; the token goes in a header file, the body in a file, not in argv.
-fn http(
-    dir: &Path,
-    port: u16,
-    method: &str,
-    body: Option<&str>,
-    headers: &[&str],
-    path: &str,
-    token: Option<&str>,
-) -> Reply {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "60", "-i", "-X", method]);
-    for h in headers {
-        cmd.arg("-H").arg(h);
-    }
-    if let Some(t) = token {
-        let h = dir.join("auth.header");
-        std::fs::write(&h, format!("Authorization: Bearer {t}\n")).unwrap();
-        cmd.arg("-H").arg(format!("@{}", h.display()));
-    }
-    if let Some(b) = body {
-        let f = dir.join("body.json");
-        std::fs::write(&f, b).unwrap();
-        cmd.args(["-H", "content-type: application/json", "--data-binary"])
-            .arg(format!("@{}", f.display()));
-    }
-    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
-    let out = process::run(cmd, Duration::from_secs(70));
-    if out.code() != Some(0) {
-        // Not listening yet (while starting): no status.
-        return Reply {
-            status: 0,
-            headers: String::new(),
-            body: out.stderr,
-        };
-    }
-    let (head, body) = out
-        .stdout
-        .split_once("\r\n\r\n")
-        .unwrap_or((out.stdout.as_str(), ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Reply {
-        status,
-        headers: head.to_owned(),
-        body: body.to_owned(),
-    }
-}
-
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if cond() {
-            return Some(t0.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
 
 /// A gateway with NFS on the kernel backend over the exportfs stub, under `base`.
 fn nfs_agent(broker: &Broker, id: &str, base: &Path) -> (AgentConfig, ExportfsStub) {
@@ -301,7 +67,7 @@ fn calls_are_stored_idempotent_audited_and_mapped() {
     let (cfg, stub) = nfs_agent(&broker, "gw-call-1", &base);
     let mut agent = Agent::spawn(&cfg);
 
-    let mut c = Consoled::new(&broker, "");
+    let mut c = Consoled::new(&broker.url(), "");
     let ops = c.token("ops", "operate");
     let reader = c.token("reader", "read");
     let auditor = c.token("auditor", "audit");
@@ -434,7 +200,7 @@ fn calls_are_stored_idempotent_audited_and_mapped() {
         &ops,
     )
     .assert_problem(400);
-    c.send(
+    c.request(
         "POST",
         "/v1/instances/gw-call-1/calls",
         None,
@@ -491,7 +257,7 @@ fn calls_are_stored_idempotent_audited_and_mapped() {
     let spec = json!({"path": base.join("srv/vol2").display().to_string(),
                       "clients": [{"match": "10.1.0.0/16", "access": "rw"}]});
     let created = c
-        .send(
+        .request(
             "PUT",
             export,
             Some(&spec),
@@ -501,7 +267,7 @@ fn calls_are_stored_idempotent_audited_and_mapped() {
         .assert_ok(201);
     assert_eq!(created["export"]["name"], "vol2", "{created}");
     // The same PUT again (same key): both steps answered from the agent's id memory.
-    c.send(
+    c.request(
         "PUT",
         export,
         Some(&spec),
@@ -512,7 +278,7 @@ fn calls_are_stored_idempotent_audited_and_mapped() {
     let mut changed = spec.clone();
     changed["clients"][0]["access"] = json!("ro");
     let replaced = c
-        .send("PUT", export, Some(&changed), &[], Some(&ops))
+        .request("PUT", export, Some(&changed), &[], Some(&ops))
         .assert_ok(200);
     assert_eq!(replaced["changed"], true, "{replaced}");
     let got = c.get(export, Some(&reader)).assert_ok(200);
@@ -523,7 +289,7 @@ fn calls_are_stored_idempotent_audited_and_mapped() {
     assert_eq!(listed["exports"].as_array().unwrap().len(), 2, "{listed}");
     // Another name on a path already exported: the agent's CONFLICT is 409.
     let p = c
-        .send(
+        .request(
             "PUT",
             "/v1/instances/gw-call-1/nfs/exports/vol3",
             Some(&spec),
@@ -534,7 +300,7 @@ fn calls_are_stored_idempotent_audited_and_mapped() {
     assert_eq!(p["agent_error"]["code"], "CONFLICT", "{p}");
     // A path outside the roots: INVALID_PARAMS is 422.
     let p = c
-        .send(
+        .request(
             "PUT",
             "/v1/instances/gw-call-1/nfs/exports/vol4",
             Some(&json!({"path": "/etc", "clients": [{"match": "10.0.0.1"}]})),
@@ -544,7 +310,7 @@ fn calls_are_stored_idempotent_audited_and_mapped() {
         .assert_problem(422);
     conforms(&doc, "Problem", &p);
     // A name in the body that is not the path's.
-    c.send(
+    c.request(
         "PUT",
         export,
         Some(&json!({"name": "other", "path": "/srv", "clients": []})),
@@ -552,11 +318,11 @@ fn calls_are_stored_idempotent_audited_and_mapped() {
         Some(&ops),
     )
     .assert_problem(422);
-    c.send("PUT", export, Some(&spec), &[], Some(&reader))
+    c.request("PUT", export, Some(&spec), &[], Some(&reader))
         .assert_problem(403);
-    c.send("DELETE", export, None, &[], Some(&ops))
+    c.request("DELETE", export, None, &[], Some(&ops))
         .assert_ok(204);
-    c.send("DELETE", export, None, &[], Some(&ops))
+    c.request("DELETE", export, None, &[], Some(&ops))
         .assert_problem(404);
     c.get(export, Some(&reader)).assert_problem(404);
     assert!(!stub.file().unwrap_or_default().contains("vol2"));
@@ -693,7 +459,7 @@ fn smb_passwords_are_redacted_in_calls_and_audit() {
     let mut cfg = AgentConfig::new("gw-call-smb", &broker.url());
     cfg.heartbeat_interval_s = 1;
     let _agent = Agent::spawn(&cfg);
-    let mut c = Consoled::new(&broker, "");
+    let mut c = Consoled::new(&broker.url(), "");
     let ops = c.token("ops", "admin");
     c.start();
     wait_online(&c, &ops, "gw-call-smb");
@@ -736,7 +502,7 @@ fn every_command_is_signed_for_an_agent_that_requires_it() {
     let _agent = Agent::spawn(&cfg);
 
     // Unsigned first: the agent refuses.
-    let mut unsigned = Consoled::new(&broker, "");
+    let mut unsigned = Consoled::new(&broker.url(), "");
     let ops = unsigned.token("ops", "operate");
     unsigned.start();
     wait_online(&unsigned, &ops, "gw-signed-1");
@@ -752,7 +518,7 @@ fn every_command_is_signed_for_an_agent_that_requires_it() {
         "[signing]\nkey_file = \"{}\"\nkey_id = \"{kid}\"\n",
         private.display()
     );
-    let mut c = Consoled::new(&broker, &signing);
+    let mut c = Consoled::new(&broker.url(), &signing);
     c.command(&["check-config"]).assert_code(0);
     let ops = c.token("ops", "operate");
     c.start();
@@ -763,7 +529,7 @@ fn every_command_is_signed_for_an_agent_that_requires_it() {
     assert_eq!(ping["ok"], true, "{ping}");
     let spec = json!({"path": base.join("srv/vol1").display().to_string(),
                       "clients": [{"match": "10.0.0.0/8"}]});
-    c.send(
+    c.request(
         "PUT",
         "/v1/instances/gw-signed-1/nfs/exports/vol1",
         Some(&spec),
@@ -778,7 +544,7 @@ fn every_command_is_signed_for_an_agent_that_requires_it() {
     let bad = base.join("keys/bad.key");
     std::fs::write(&bad, "not a key\n").unwrap();
     let c = Consoled::new(
-        &broker,
+        &broker.url(),
         &format!("[signing]\nkey_file = \"{}\"\n", bad.display()),
     );
     let out = c.command(&["check-config"]);
@@ -792,7 +558,7 @@ fn a_broker_down_is_503_with_retry_after_and_nothing_is_stored() {
     let mut cfg = AgentConfig::new("gw-call-b", &broker.url());
     cfg.heartbeat_interval_s = 1;
     let _agent = Agent::spawn(&cfg);
-    let mut c = Consoled::new(&broker, "");
+    let mut c = Consoled::new(&broker.url(), "");
     let ops = c.token("ops", "operate");
     c.start();
     wait_online(&c, &ops, "gw-call-b");
@@ -814,7 +580,7 @@ fn a_broker_down_is_503_with_retry_after_and_nothing_is_stored() {
 #[test]
 fn the_service_runs_without_its_broker_and_says_so() {
     // Nothing listens on this port: the one MQTT session starts without waiting for it.
-    let mut c = Consoled::with_url(&format!("mqtt://127.0.0.1:{}", free_port()), "");
+    let mut c = Consoled::new(&format!("mqtt://127.0.0.1:{}", free_port()), "");
     let token = c.token("ops", "operate");
     c.spawn();
     wait_for(TIMEOUT, || c.get("/healthz", None).status == 200)
@@ -840,7 +606,7 @@ fn an_iscsi_target_with_chap_through_the_resource_routes_keeps_its_secrets() {
     cfg.storage = Some(dirs.section());
     cfg.iscsi = Some(stub.iscsi_section("iqn.2026-11.test.csg"));
     let _agent = Agent::spawn(&cfg);
-    let mut c = Consoled::new(&broker, "");
+    let mut c = Consoled::new(&broker.url(), "");
     let ops = c.token("ops", "admin");
     c.start();
     wait_online(&c, &ops, "gw-call-iscsi");
@@ -852,7 +618,7 @@ fn an_iscsi_target_with_chap_through_the_resource_routes_keeps_its_secrets() {
         "chap": {"username": "alice", "secret": "Secret12chars"},
     });
     let created = c
-        .send(
+        .request(
             "PUT",
             target,
             Some(&spec),
@@ -868,7 +634,7 @@ fn an_iscsi_target_with_chap_through_the_resource_routes_keeps_its_secrets() {
         .assert_ok(200);
     assert!(list.to_string().contains("vol1"), "{list}");
     // Bad input the protocol refuses: 422 before anything is sent.
-    c.send(
+    c.request(
         "PUT",
         "/v1/instances/gw-call-iscsi/iscsi/targets/vol2",
         Some(&json!({"luns": [], "chap": {"username": "a", "secret": "short"}})),
@@ -876,9 +642,9 @@ fn an_iscsi_target_with_chap_through_the_resource_routes_keeps_its_secrets() {
         Some(&ops),
     )
     .assert_problem(422);
-    c.send("DELETE", target, None, &[], Some(&ops))
+    c.request("DELETE", target, None, &[], Some(&ops))
         .assert_ok(204);
-    c.send("DELETE", target, None, &[], Some(&ops))
+    c.request("DELETE", target, None, &[], Some(&ops))
         .assert_problem(404);
     c.get(target, Some(&ops)).assert_problem(404);
 

@@ -15,8 +15,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::consoled::{Consoled, Options};
 use csg_e2e::broker::free_port;
-use csg_e2e::process::{self, child_env, ChildGuard, CmdOutput};
+use csg_e2e::process::{self, CmdOutput};
 use csg_e2e::TIMEOUT;
 use nix::sys::signal::Signal;
 use rcgen::{
@@ -24,8 +27,6 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, ServerName};
-
-const CONSOLED: &str = env!("CARGO_BIN_EXE_csg-consoled");
 
 struct Ca {
     cert: Certificate,
@@ -63,84 +64,81 @@ fn put(path: &Path, text: &str) {
 }
 
 struct Service {
-    dir: tempfile::TempDir,
-    config: PathBuf,
+    c: Consoled,
     cert: PathBuf,
     key: PathBuf,
     ca: PathBuf,
     port: u16,
-    child: Option<ChildGuard>,
 }
 
 impl Service {
     fn new(ca: &Ca, cert_pem: &str, key_pem: &str) -> Service {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
+        let c = Consoled::with(
+            &format!("mqtt://127.0.0.1:{}", free_port()),
+            Options {
+                console_id: Some("https-test".to_owned()),
+                ..Options::default()
+            },
+        );
+        let d = c.dir.path();
         let (cert, key, ca_file) = (d.join("cert.pem"), d.join("key.pem"), d.join("ca.pem"));
         std::fs::write(&ca_file, ca.cert.pem()).unwrap();
         put(&cert, cert_pem);
         put(&key, key_pem);
+        let port = c.port;
         let s = Service {
-            config: d.join("console.toml"),
+            c,
             cert,
             key,
             ca: ca_file,
-            port: free_port(),
-            child: None,
-            dir,
+            port,
         };
         s.write_config("info");
         s
     }
 
+    /// The harness's file with HTTPS on and this log filter.
     fn write_config(&self, filter: &str) {
-        let toml = format!(
-            r#"
-[identity]
-group_id = "GID_console"
-console_id = "https-test"
-[mqtt]
-url = "mqtt://127.0.0.1:{closed}"
-[http]
-listen = "127.0.0.1:{port}"
-tls_cert_file = "{cert}"
-tls_key_file = "{key}"
-[store]
-url = "sqlite://{db}"
-[log]
-filter = "{filter}"
-"#,
-            closed = free_port(),
-            port = self.port,
-            cert = self.cert.display(),
-            key = self.key.display(),
-            db = self.dir.path().join("state/console.db").display(),
-        );
-        put(&self.config, &toml);
+        let text = std::fs::read_to_string(&self.c.config).unwrap();
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.starts_with("tls_cert_file")
+                || line.starts_with("tls_key_file")
+                || line == "[log]"
+                || line.starts_with("filter =")
+            {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+            if line == "[http]" {
+                out.push_str(&format!(
+                    "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+                    self.cert.display(),
+                    self.key.display()
+                ));
+            }
+        }
+        out.push_str(&format!("[log]\nfilter = \"{filter}\"\n"));
+        put(&self.c.config, &out);
     }
 
     fn command(&self, args: &[&str]) -> CmdOutput {
-        let mut cmd = Command::new(CONSOLED);
-        cmd.args(args).arg("--config").arg(&self.config);
-        child_env(&mut cmd);
-        process::run(cmd, TIMEOUT)
+        self.c.command(args)
     }
 
     fn start(&mut self) {
-        let mut cmd = Command::new(CONSOLED);
-        cmd.arg("--config").arg(&self.config);
-        child_env(&mut cmd);
-        self.child = Some(ChildGuard::spawn("csg-consoled", cmd, self.dir.path()).unwrap());
+        self.c.spawn();
         let up = wait_for(TIMEOUT, || self.curl(&["/healthz"]).code() == Some(0));
         assert!(up, "csg-consoled never answered over HTTPS\n{}", self.log());
     }
 
     fn log(&self) -> String {
-        self.child.as_ref().map(ChildGuard::log).unwrap_or_default()
+        self.c.log()
     }
 
     fn hup(&mut self) {
-        self.child.as_mut().unwrap().signal(Signal::SIGHUP);
+        self.c.signal(Signal::SIGHUP);
     }
 
     /// `curl -v --cacert ca.pem https://127.0.0.1:PORT{path}`; -v shows the certificate's
@@ -167,15 +165,8 @@ filter = "{filter}"
     }
 }
 
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+fn wait_for(limit: Duration, cond: impl FnMut() -> bool) -> bool {
+    common::consoled::wait_for(limit, cond).is_some()
 }
 
 /// A TLS connection kept open across the reload (HTTP/1.1 keep-alive), by rustls directly:
@@ -345,11 +336,9 @@ fn https_serves_the_configured_certificate_and_sighup_swaps_it_without_dropping_
     // SIGTERM with a connection open: exits 0.
     drop(kept);
     drop(fresh);
-    let mut child = s.child.take().unwrap();
-    child.signal(Signal::SIGTERM);
-    let status = child.wait_exit(TIMEOUT).unwrap();
-    assert!(status.success(), "{status:?}\n{}", child.log());
-    child.set_dump_on_panic(false);
+    s.c.signal(Signal::SIGTERM);
+    let status = s.c.wait_exit(TIMEOUT).unwrap();
+    assert!(status.success(), "{status:?}\n{}", s.log());
 }
 
 #[test]
@@ -391,14 +380,14 @@ fn check_config_reports_bad_tls_files() {
 
     // One of the two alone, and a bad log filter: both reported at once.
     put(&s.cert, &a_cert);
-    let text = std::fs::read_to_string(&s.config)
+    let text = std::fs::read_to_string(&s.c.config)
         .unwrap()
         .lines()
         .filter(|l| !l.starts_with("tls_key_file"))
         .collect::<Vec<_>>()
         .join("\n")
         .replace(r#"filter = "info""#, r#"filter = "csg=notalevel""#);
-    put(&s.config, &text);
+    put(&s.c.config, &text);
     let out = s.command(&["check-config"]);
     out.assert_code(1);
     assert!(out.stderr.contains("go together"), "{}", out.describe());
@@ -410,10 +399,10 @@ fn sigterm_ends_the_service_with_exit_0_even_with_a_client_holding_a_request_ope
     let ca = ca();
     let (cert, key, _) = leaf(&ca, "a");
     let mut s = Service::new(&ca, &cert, &key);
-    let text = std::fs::read_to_string(&s.config)
+    let text = std::fs::read_to_string(&s.c.config)
         .unwrap()
         .replace("[http]\n", "[http]\nrequest_timeout_ms = 1000\n");
-    put(&s.config, &text);
+    put(&s.c.config, &text);
     s.start();
 
     // One connection idle after a full request (keep-alive), one stuck in its headers.
@@ -428,18 +417,16 @@ fn sigterm_ends_the_service_with_exit_0_even_with_a_client_holding_a_request_ope
     stuck.tls.flush().unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
-    let mut child = s.child.take().unwrap();
     let t0 = Instant::now();
-    child.signal(Signal::SIGTERM);
-    let status = child.wait_exit(TIMEOUT).unwrap();
+    s.c.signal(Signal::SIGTERM);
+    let status = s.c.wait_exit(TIMEOUT).unwrap();
     let took = t0.elapsed();
-    assert!(status.success(), "{status:?}\n{}", child.log());
+    assert!(status.success(), "{status:?}\n{}", s.log());
     // The drain is request_timeout (1 s) and a second; then the store is closed.
     assert!(
         took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
         "stopped after {took:?}\n{}",
-        child.log()
+        s.log()
     );
-    assert!(child.log().contains("end of the drain"), "{}", child.log());
-    child.set_dump_on_panic(false);
+    assert!(s.log().contains("end of the drain"), "{}", s.log());
 }

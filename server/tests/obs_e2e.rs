@@ -9,11 +9,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::consoled::{http, wait_for, Consoled, Options};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -21,148 +25,39 @@ use axum::http::{HeaderMap, StatusCode};
 use csg_consoled::metrics::parse_text;
 use csg_consoled::webhooks::{verify, Secret};
 use csg_e2e::broker::free_port;
-use csg_e2e::process::{self, child_env, ChildGuard};
+use csg_e2e::process::{self, ChildGuard};
 use csg_e2e::{Agent, AgentConfig, Broker, TIMEOUT};
-use nix::sys::signal::Signal;
 use serde_json::Value;
-use tempfile::TempDir;
 
-const CONSOLED: &str = env!("CARGO_BIN_EXE_csg-consoled");
 const SECRET: &str = "e2e-webhook-secret-0123456789";
 
-struct Consoled {
-    dir: TempDir,
-    config: PathBuf,
-    port: u16,
-    child: Option<ChildGuard>,
-}
-
-impl Consoled {
-    /// A config with `extra` TOML appended (a SQLite file in a temp dir, a free port).
-    fn new(broker: &Broker, extra: &str) -> Consoled {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let config = dir.path().join("console.toml");
-        let toml = format!(
-            r#"
-[identity]
-group_id = "GID_console"
-console_id = "{console}"
-[mqtt]
-url = "{url}"
-protocol = "{protocol}"
-keep_alive_s = 5
-[http]
-listen = "127.0.0.1:{port}"
-# Shorter than the event streams stay open: the request timeout must not cut a stream.
-request_timeout_ms = 2000
-[store]
-url = "sqlite://{db}"
-[fleet]
-share_group = "{group}"
-default_interval_s = 1
-{extra}
-"#,
-            console = csg_e2e::unique("consoled"),
-            url = broker.url(),
-            protocol = csg_e2e::mqtt_protocol(),
-            db = dir.path().join("state/console.db").display(),
-            group = csg_e2e::unique("obs"),
-        );
-        std::fs::write(&config, toml).unwrap();
-        Consoled {
-            dir,
-            config,
-            port,
-            child: None,
-        }
-    }
-
-    fn token(&self, args: &[&str]) -> String {
-        let mut cmd = Command::new(CONSOLED);
-        cmd.args(["token", "create"])
-            .args(args)
-            .arg("--config")
-            .arg(&self.config);
-        child_env(&mut cmd);
-        let out = process::run(cmd, TIMEOUT);
-        out.assert_code(0);
-        out.stdout.trim().to_owned()
-    }
-
-    fn start(&mut self) {
-        let mut cmd = Command::new(CONSOLED);
-        cmd.arg("--config").arg(&self.config);
-        child_env(&mut cmd);
-        self.child = Some(ChildGuard::spawn("csg-consoled", cmd, self.dir.path()).unwrap());
-        let ready = wait_for(TIMEOUT, || self.get("/readyz", None).0 == 200);
-        assert!(ready.is_some(), "csg-consoled never ready\n{}", self.log());
-    }
-
-    fn log(&self) -> String {
-        self.child.as_ref().map(ChildGuard::log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take().unwrap();
-        child.signal(Signal::SIGTERM);
-        let status = child.wait_exit(TIMEOUT);
-        child.set_dump_on_panic(false);
-        status
-    }
-
-    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
-        get(self.dir.path(), self.port, path, token)
-    }
-
-    fn json(&self, path: &str, token: &str) -> Value {
-        let (status, body) = self.get(path, Some(token));
-        assert_eq!(status, 200, "{path}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    /// `curl -N` on the event stream, its output (head and events) going to a file as it
-    /// arrives.
-    fn stream(&self, name: &str, query: &str, token: &str) -> Stream {
-        let header = self.dir.path().join(format!("{name}.header"));
-        std::fs::write(&header, format!("Authorization: Bearer {token}\n")).unwrap();
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "-N", "-i", "--max-time", "120", "-H"])
-            .arg(format!("@{}", header.display()))
-            .arg(format!("http://127.0.0.1:{}/v1/events{query}", self.port));
-        let child = ChildGuard::spawn(name, cmd, self.dir.path()).unwrap();
-        let s = Stream { child };
-        // The head arrives at once (the stream is subscribed before it is answered).
-        wait_for(TIMEOUT, || s.text().contains("\r\n\r\n"))
-            .unwrap_or_else(|| panic!("no stream head: {}", s.child.log()));
-        s
-    }
-}
-
-/// `curl` with a timeout; the token in a header file, not in argv. Status and body.
-fn get(dir: &Path, port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+/// `curl -N` on the event stream, its output (head and events) going to a file as it arrives.
+fn stream(c: &Consoled, name: &str, query: &str, token: &str) -> Stream {
+    let header = c.dir.path().join(format!("{name}.header"));
+    std::fs::write(&header, format!("Authorization: Bearer {token}\n")).unwrap();
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "15", "-o", "-", "-w", "\n%{http_code}"]);
-    if let Some(t) = token {
-        let h = dir.join("auth.header");
-        std::fs::write(&h, format!("Authorization: Bearer {t}\n")).unwrap();
-        cmd.arg("-H").arg(format!("@{}", h.display()));
-    }
-    cmd.arg(format!("http://127.0.0.1:{port}{path}"));
-    let out = process::run(cmd, Duration::from_secs(20));
-    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    cmd.args(["-sS", "-N", "-i", "--max-time", "120", "-H"])
+        .arg(format!("@{}", header.display()))
+        .arg(format!("http://127.0.0.1:{}/v1/events{query}", c.port));
+    let child = ChildGuard::spawn(name, cmd, c.dir.path()).unwrap();
+    let s = Stream { child };
+    // The head arrives at once (the stream is subscribed before it is answered).
+    wait_for(TIMEOUT, || s.text().contains("\r\n\r\n"))
+        .unwrap_or_else(|| panic!("no stream head: {}", s.child.log()));
+    s
 }
 
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if cond() {
-            return Some(t0.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
+/// The configuration of these tests: `extra` appended, and a request timeout shorter than the
+/// event streams stay open (it must not cut a stream).
+fn consoled(broker: &Broker, extra: &str) -> Consoled {
+    Consoled::with(
+        &broker.url(),
+        Options {
+            http: "request_timeout_ms = 2000".to_owned(),
+            extra: extra.to_owned(),
+            ..Options::default()
+        },
+    )
 }
 
 struct Stream {
@@ -230,8 +125,9 @@ impl Stream {
 /// Scrapes `/metrics` on `port`: the text, checked by `promtool check metrics` (Debian's
 /// `prometheus` package, installed by scripts/install-deps.sh) and by the crate's own parser.
 fn scrape(dir: &Path, port: u16) -> HashMap<String, f64> {
-    let (status, text) = get(dir, port, "/metrics", None);
-    assert_eq!(status, 200, "{text}");
+    let r = http(dir, port, &[], "/metrics", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = r.body;
     let file = dir.join("metrics.txt");
     std::fs::write(&file, &text).unwrap();
     let mut cmd = Command::new("promtool");
@@ -262,12 +158,12 @@ fn scrape(dir: &Path, port: u16) -> HashMap<String, f64> {
 fn the_event_stream_sees_an_agent_go_offline_and_the_metrics_move() {
     let broker = Broker::start();
     let metrics_port = free_port();
-    let mut c = Consoled::new(
+    let mut c = consoled(
         &broker,
         &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
     );
-    let reader = c.token(&["--name", "reader", "--scope", "read"]);
-    let others = c.token(&[
+    let reader = c.token_with(&["--name", "reader", "--scope", "read"]);
+    let others = c.token_with(&[
         "--name",
         "others",
         "--scope",
@@ -275,22 +171,23 @@ fn the_event_stream_sees_an_agent_go_offline_and_the_metrics_move() {
         "--group",
         "GID_other",
     ]);
-    let ours = c.token(&["--name", "ours", "--scope", "read", "--group", "GID_csg"]);
+    let ours = c.token_with(&["--name", "ours", "--scope", "read", "--group", "GID_csg"]);
     c.start();
 
     // Refused before any stream: no token, an unknown type.
-    assert_eq!(c.get("/v1/events", None).0, 401);
+    assert_eq!(c.get("/v1/events", None).status, 401);
     assert_eq!(
-        c.get("/v1/events?types=presence,nope", Some(&reader)).0,
+        c.get("/v1/events?types=presence,nope", Some(&reader))
+            .status,
         400
     );
     // /metrics has its own address, so the API's answers 404.
-    assert_eq!(c.get("/metrics", None).0, 404);
+    assert_eq!(c.get("/metrics", None).status, 404);
 
-    let mut all = c.stream("sse-all", "", &reader);
-    let mine = c.stream("sse-ours", "?types=presence", &ours);
-    let foreign = c.stream("sse-others", "", &others);
-    let jobs = c.stream("sse-jobs", "?types=job", &reader);
+    let mut all = stream(&c, "sse-all", "", &reader);
+    let mine = stream(&c, "sse-ours", "?types=presence", &ours);
+    let foreign = stream(&c, "sse-others", "", &others);
+    let jobs = stream(&c, "sse-jobs", "?types=job", &reader);
     let head = all.head();
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("content-type: text/event-stream"), "{head}");
@@ -472,19 +369,20 @@ fn webhooks_are_signed_retried_and_a_pending_one_survives_a_restart() {
     let secret_dir = tempfile::tempdir().unwrap();
     let secret_file = secret_dir.path().join("hook.secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
-    let mut c = Consoled::new(
+    let mut c = consoled(
         &broker,
         &format!(
             "[[webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret_file = \"{}\"\nevents = [\"presence\"]\nmax_attempts = 8\ntimeout_ms = 2000\n",
             secret_file.display()
         ),
     );
-    let admin = c.token(&["--name", "admin", "--scope", "admin"]);
-    let reader = c.token(&["--name", "reader", "--scope", "read"]);
+    let admin = c.token_with(&["--name", "admin", "--scope", "admin"]);
+    let reader = c.token_with(&["--name", "reader", "--scope", "read"]);
     c.start();
-    assert_eq!(c.get("/v1/webhooks/deliveries", Some(&reader)).0, 403);
+    assert_eq!(c.get("/v1/webhooks/deliveries", Some(&reader)).status, 403);
     assert_eq!(
-        c.get("/v1/webhooks/deliveries?state=lost", Some(&admin)).0,
+        c.get("/v1/webhooks/deliveries?state=lost", Some(&admin))
+            .status,
         400
     );
 
@@ -533,7 +431,7 @@ fn webhooks_are_signed_retried_and_a_pending_one_survives_a_restart() {
     assert_eq!(d["payload"]["instance_id"], "gw-hook-1");
     assert!(d["next_attempt_ms"].is_null(), "{d}");
     // Its live response matches the OpenAPI document's schema.
-    let doc: Value = serde_json::from_str(&c.get("/v1/openapi.json", None).1).unwrap();
+    let doc: Value = serde_json::from_str(&c.get("/v1/openapi.json", None).body).unwrap();
     let root = serde_json::json!({
         "$ref": "#/components/schemas/DeliveryPage",
         "components": doc["components"],

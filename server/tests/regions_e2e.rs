@@ -6,10 +6,11 @@
 // A test file: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::process::Command;
+
+use common::consoled::{http, wait_for};
 use csg_e2e::broker::free_port;
 use csg_e2e::process::{self, child_env, ChildGuard};
 use csg_e2e::{Agent, AgentConfig, Broker, TIMEOUT};
@@ -18,51 +19,9 @@ use serde_json::{json, Value};
 
 const CONSOLED: &str = env!("CARGO_BIN_EXE_csg-consoled");
 
-struct Reply {
-    status: u16,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-}
-
-/// `curl` with a timeout; the token goes in a header file, not in argv.
-fn http(dir: &Path, port: u16, extra: &[&str], path: &str, token: &str) -> Reply {
-    let h = dir.join("auth.header");
-    std::fs::write(&h, format!("Authorization: Bearer {token}\n")).unwrap();
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "15", "-o", "-", "-w", "\n%{http_code}"])
-        .args(extra)
-        .arg("-H")
-        .arg(format!("@{}", h.display()))
-        .arg(format!("http://127.0.0.1:{port}{path}"));
-    let out = process::run(cmd, Duration::from_secs(20));
-    if out.code() != Some(0) {
-        // Not listening yet, or gone: no HTTP status at all.
-        return Reply {
-            status: 0,
-            body: out.stderr,
-        };
-    }
-    let (body, status) = out.stdout.rsplit_once('\n').unwrap();
-    Reply {
-        status: status.trim().parse().unwrap(),
-        body: body.to_owned(),
-    }
-}
-
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+/// Whether `cond` held within `limit`.
+fn waited(limit: std::time::Duration, cond: impl FnMut() -> bool) -> bool {
+    wait_for(limit, cond).is_some()
 }
 
 #[test]
@@ -124,7 +83,7 @@ keep_alive_s = 5
     cmd.arg("--config").arg(&config);
     child_env(&mut cmd);
     let service = ChildGuard::spawn("csg-consoled", cmd, dir.path()).unwrap();
-    let get = |path: &str| http(dir.path(), port, &[], path, &token);
+    let get = |path: &str| http(dir.path(), port, &[], path, Some(&token));
     let post = |path: &str, body: &Value| {
         http(
             dir.path(),
@@ -138,11 +97,11 @@ keep_alive_s = 5
                 &body.to_string(),
             ],
             path,
-            &token,
+            Some(&token),
         )
     };
     assert!(
-        wait_for(TIMEOUT, || get("/readyz").status == 200),
+        waited(TIMEOUT, || get("/readyz").status == 200),
         "never ready\n{}",
         service.log()
     );
@@ -165,7 +124,7 @@ keep_alive_s = 5
         r.status == 200 && r.json()["presence"]["state"] == "online"
     };
     assert!(
-        wait_for(TIMEOUT, || online("gw-hz-1") && online("gw-sh-1")),
+        waited(TIMEOUT, || online("gw-hz-1") && online("gw-sh-1")),
         "both gateways never online\n{}",
         service.log()
     );
@@ -215,7 +174,7 @@ keep_alive_s = 5
     let created = post("/v1/jobs", &named);
     assert_eq!(created.status, 201, "{}", created.body);
     let job_id = created.json()["id"].as_str().unwrap().to_owned();
-    let finished = wait_for(TIMEOUT, || {
+    let finished = waited(TIMEOUT, || {
         get(&format!("/v1/jobs/{job_id}")).json()["state"] == "succeeded"
     });
     let done = get(&format!("/v1/jobs/{job_id}")).json();
@@ -246,7 +205,7 @@ keep_alive_s = 5
     // names the region that is down, a call into Shanghai is 503, into Hangzhou 200.
     sh_broker.kill();
     assert!(
-        wait_for(TIMEOUT, || {
+        waited(TIMEOUT, || {
             let r = get("/readyz");
             let body = r.json();
             r.status == 200
@@ -280,7 +239,7 @@ keep_alive_s = 5
     // Hangzhou's gateway stays online while Shanghai's falls stale (no heartbeats reach the
     // console; Mosquitto's Will never left the dead broker).
     assert!(
-        wait_for(TIMEOUT, || get("/v1/instances/gw-sh-1").json()["presence"]
+        waited(TIMEOUT, || get("/v1/instances/gw-sh-1").json()["presence"]
             ["state"]
             != "online"),
         "the silent region's gateway stayed online"
@@ -290,12 +249,12 @@ keep_alive_s = 5
     // The broker comes back: the region recovers on its own.
     sh_broker.restart();
     assert!(
-        wait_for(TIMEOUT, || get("/readyz").json()["broker"] == "ready"),
+        waited(TIMEOUT, || get("/readyz").json()["broker"] == "ready"),
         "shanghai never came back: {}",
         get("/readyz").body
     );
     assert!(
-        wait_for(TIMEOUT, || online("gw-sh-1")),
+        waited(TIMEOUT, || online("gw-sh-1")),
         "gw-sh-1 never online again"
     );
     let mut service = service;

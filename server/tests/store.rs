@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use common::PgServer;
 use csg_consoled::store::{
     self, AuditEvent, AuditFilter, CallInsert, CallRecord, CallState, InstanceFilter, InstanceRow,
-    JsonText, NewToken, PageLimit, Presence, PresenceEvent, Region, Scope, StorageSummary, Store,
-    StoreError, StoreOptions, TokenHash, TokenName, TokenSecret,
+    JsonText, NewToken, PageLimit, Presence, PresenceEvent, Region, Scope, StaleCalls,
+    StorageSummary, Store, StoreError, StoreOptions, TokenHash, TokenName, TokenSecret,
 };
 use csg_protocol::identity::{GroupId, InstanceId, RequestId};
 use serde_json::json;
@@ -90,6 +90,8 @@ both_engines!(
     bulk_upsert_of_10k_rows,
     calls_are_stored_once_and_an_answer_is_final,
     audit_is_paged_newest_first_and_filtered,
+    stale_pending_calls_are_claimed_once_and_leased,
+    the_sweeper_resends_young_calls_and_ends_the_rest_unknown,
 );
 
 /// The URL of a second, empty database beside the fixture's.
@@ -995,6 +997,7 @@ fn call(id: &str, instance: &str, started_ms: i64) -> CallRecord {
         error: None,
         started_ms,
         finished_ms: None,
+        timeout_ms: Some(10_000),
     }
 }
 
@@ -1053,6 +1056,287 @@ async fn calls_are_stored_once_and_an_answer_is_final(fx: &mut Fixture) {
         }
     }
     assert_eq!(seen, ["p-same-ms", "p-4", "p-3", "p-2", "p-1", "p-0"]);
+}
+
+fn stale(now_ms: i64, limit: u32) -> StaleCalls {
+    StaleCalls {
+        region: region("cn-hangzhou"),
+        now_ms,
+        margin_ms: 10_000,
+        default_timeout_ms: 120_000,
+        lease_until_ms: now_ms + 130_000,
+        limit,
+    }
+}
+
+/// The sweeper's claim: only calls of its region still pending past their own budget plus the
+/// margin (the default budget for rows stored without one); two claims at once never take one
+/// call both; a claimed call is leased, and taken again once the lease has passed.
+async fn stale_pending_calls_are_claimed_once_and_leased(fx: &mut Fixture) {
+    let s = &fx.store;
+    let now = 1_000_000_000;
+    let mut rows = Vec::new();
+    // Past their 1 s budget and the 10 s margin: taken.
+    for i in 0..20 {
+        let mut c = call(&format!("old-{i:02}"), "gw-1", now - 11_001 - i);
+        c.timeout_ms = Some(1_000);
+        rows.push(c);
+    }
+    // Still within budget + margin.
+    let mut young = call("young", "gw-1", now - 10_999);
+    young.timeout_ms = Some(1_000);
+    rows.push(young);
+    // No budget stored: 120 s assumed; 60 s old is not enough, 131 s is.
+    let mut unknown_young = call("nobudget-young", "gw-1", now - 60_000);
+    unknown_young.timeout_ms = None;
+    rows.push(unknown_young);
+    let mut unknown_old = call("nobudget-old", "gw-1", now - 131_000);
+    unknown_old.timeout_ms = None;
+    rows.push(unknown_old);
+    // Finished, or another region's.
+    let mut answered = call("answered", "gw-1", now - 500_000);
+    answered.state = CallState::Answered;
+    answered.reply = Some(json!({"ok": true}));
+    rows.push(answered);
+    let mut failed = call("failed", "gw-1", now - 500_000);
+    failed.state = CallState::Failed;
+    rows.push(failed);
+    let mut elsewhere = call("elsewhere", "gw-1", now - 500_000);
+    elsewhere.region = region("cn-shanghai");
+    rows.push(elsewhere);
+    for r in &rows {
+        assert_eq!(s.insert_call(r).await.unwrap(), CallInsert::Inserted);
+    }
+    let mut want: Vec<String> = (0..20).map(|i| format!("old-{i:02}")).collect();
+    want.push("nobudget-old".to_owned());
+    want.sort();
+
+    // Two claimers at once, in batches of 5, until nothing is left: each call taken by one.
+    let claim = |store: Arc<dyn Store>| async move {
+        let mut got = Vec::new();
+        loop {
+            let batch = store.claim_stale_calls(&stale(now, 5)).await.unwrap();
+            if batch.is_empty() {
+                return got;
+            }
+            assert!(batch.len() <= 5);
+            got.extend(batch.into_iter().map(|c| c.id.as_str().to_owned()));
+        }
+    };
+    let (a, b) = tokio::join!(
+        tokio::spawn(claim(s.clone())),
+        tokio::spawn(claim(s.clone()))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut all: Vec<String> = a.iter().chain(b.iter()).cloned().collect();
+    all.sort();
+    assert_eq!(all, want, "taken by {a:?} and {b:?}");
+    // Oldest first within a claim, and the rows are returned whole.
+    let one = s
+        .get_call(&RequestId::new("old-03").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(one.state, CallState::Pending);
+    assert_eq!(one.timeout_ms, Some(1_000));
+
+    // Leased: until the lease (130 s) has passed only the calls that came of age since are
+    // taken; then the first ones again.
+    let ids = |v: Vec<CallRecord>| {
+        let mut v: Vec<String> = v.into_iter().map(|c| c.id.as_str().to_owned()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        ids(s
+            .claim_stale_calls(&stale(now + 129_000, 100))
+            .await
+            .unwrap()),
+        ["nobudget-young", "young"]
+    );
+    assert_eq!(
+        ids(s
+            .claim_stale_calls(&stale(now + 130_000, 100))
+            .await
+            .unwrap()),
+        want
+    );
+    let mut later = want.clone();
+    later.extend(["young".to_owned(), "nobudget-young".to_owned()]);
+    let first = s.claim_stale_calls(&stale(now + 300_000, 1)).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].id.as_str(), "nobudget-old", "oldest first");
+
+    // A finished call is never taken, even with a lapsed lease.
+    s.finish_call(
+        &RequestId::new("old-00").unwrap(),
+        CallState::Failed,
+        None,
+        Some("x"),
+        now,
+    )
+    .await
+    .unwrap();
+    let rest = s
+        .claim_stale_calls(&stale(now + 400_000, 100))
+        .await
+        .unwrap();
+    assert!(rest.iter().all(|c| c.id.as_str() != "old-00"), "{rest:?}");
+    assert_eq!(
+        rest.len(),
+        later.len() - 2,
+        "nobudget-old still leased, old-00 finished"
+    );
+}
+
+/// Stands in for the broker and the agent in the sweeper's test, which is about the store and
+/// the service's bookkeeping (the end-to-end test in calls_e2e uses a real agent): records what
+/// is sent and answers it.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<csg_consoled::rpc::CallSpec>>);
+
+#[async_trait::async_trait]
+impl csg_consoled::rpc::Caller for Recorder {
+    async fn call(
+        &self,
+        spec: &csg_consoled::rpc::CallSpec,
+    ) -> Result<csg_protocol::Reply, csg_console::CallError> {
+        self.0.lock().unwrap().push(spec.clone());
+        Ok(csg_protocol::Reply::ok(
+            spec.id.clone(),
+            json!({"reconciled": true}),
+        ))
+    }
+}
+
+/// Calls left pending: a young one whose request was stored whole is sent again under its id
+/// with its own budget and ends answered; one first sent longer ago than agents remember ids,
+/// and one whose params were stored redacted, end failed UNKNOWN_OUTCOME (audited) without
+/// being sent; one still within its budget is left alone; nothing is taken while the broker
+/// link is down.
+async fn the_sweeper_resends_young_calls_and_ends_the_rest_unknown(fx: &mut Fixture) {
+    use csg_consoled::calls::{self, CallService, Swept};
+    let now = csg_consoled::now_ms();
+    let gw = InstanceId::new("gw-1").unwrap();
+    let pending =
+        |id: &str, method: &str, params: serde_json::Value, hash: String, age: i64| CallRecord {
+            id: RequestId::new(id).unwrap(),
+            region: region("cn-hangzhou"),
+            instance_id: gw.clone(),
+            method: method.to_owned(),
+            params,
+            request_hash: hash,
+            token_name: Some("ops".to_owned()),
+            state: CallState::Pending,
+            reply: None,
+            error: None,
+            started_ms: now - age,
+            finished_ms: None,
+            timeout_ms: Some(2_000),
+        };
+    let empty = serde_json::Map::new();
+    let whole = calls::request_hash(&gw, "sys.reconcile", &empty);
+    let mut secret = serde_json::Map::new();
+    secret.insert("username".into(), json!("alice"));
+    secret.insert("password".into(), json!("Secret-1234"));
+    let rows = [
+        pending("young", "sys.reconcile", json!({}), whole.clone(), 30_000),
+        pending(
+            "old",
+            "sys.reconcile",
+            json!({}),
+            whole.clone(),
+            calls::AGENT_ID_MEMORY_MS,
+        ),
+        pending(
+            "redacted",
+            "smb.user.set",
+            json!({"username": "alice", "password": "<redacted>"}),
+            calls::request_hash(&gw, "smb.user.set", &secret),
+            30_000,
+        ),
+        pending("fresh", "sys.reconcile", json!({}), whole.clone(), 1_000),
+    ];
+    for r in &rows {
+        fx.store.insert_call(r).await.unwrap();
+    }
+    let recorder = Arc::new(Recorder::default());
+    let (link_tx, link) = tokio::sync::watch::channel(csg_transport::LinkState::Down(None));
+    let svc = Arc::new(CallService {
+        store: fx.store.clone(),
+        caller: recorder.clone(),
+        region: region("cn-hangzhou"),
+        bus: csg_consoled::events::Bus::default(),
+        metrics: csg_consoled::metrics::Metrics::new(),
+        link,
+        ids: csg_console::IdGenerator::new("sweep-test"),
+        in_flight: Arc::default(),
+    });
+    assert!(
+        svc.sweep().await.unwrap().is_empty(),
+        "swept with the broker down"
+    );
+    link_tx.send_replace(csg_transport::LinkState::Ready(1));
+    let mut done = svc.sweep().await.unwrap();
+    done.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    let done: Vec<(&str, bool)> = done
+        .iter()
+        .map(|(id, s)| (id.as_str(), *s == Swept::Resent))
+        .collect();
+    assert_eq!(
+        done,
+        [("old", false), ("redacted", false), ("young", true)],
+        "fresh is within its budget and margin"
+    );
+    assert!(svc.in_flight.wait_idle(Duration::from_secs(10)).await);
+    let sent = recorder.0.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].id.as_str(), "young");
+    assert_eq!(sent[0].method.as_str(), "sys.reconcile");
+    assert_eq!(sent[0].timeout, Duration::from_secs(2), "its own budget");
+
+    let get = |id: &'static str| {
+        let store = fx.store.clone();
+        async move {
+            store
+                .get_call(&RequestId::new(id).unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let young = get("young").await;
+    assert_eq!(young.state, CallState::Answered);
+    assert_eq!(young.reply.unwrap()["result"]["reconciled"], true);
+    for id in ["old", "redacted"] {
+        let c = get(id).await;
+        assert_eq!(c.state, CallState::Failed, "{id}");
+        let error = c.error.unwrap_or_default();
+        assert!(error.starts_with("UNKNOWN_OUTCOME: "), "{id}: {error}");
+    }
+    assert!(get("redacted").await.error.unwrap().contains("redacted"));
+    assert_eq!(get("fresh").await.state, CallState::Pending);
+    let audit = fx
+        .store
+        .list_audit(
+            &AuditFilter {
+                outcome: Some("unknown_outcome".to_owned()),
+                ..AuditFilter::default()
+            },
+            limit(10),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut audited: Vec<_> = audit
+        .items
+        .iter()
+        .map(|a| a.event.request_id.clone().unwrap_or_default())
+        .collect();
+    audited.sort();
+    assert_eq!(audited, ["old", "redacted"]);
+    // Taken once: the next sweep finds nothing (answered, failed, or too young).
+    assert!(svc.sweep().await.unwrap().is_empty());
 }
 
 fn audit_event(at_ms: i64, action: &str, outcome: &str, token: Option<&str>) -> AuditEvent {

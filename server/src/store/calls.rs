@@ -7,7 +7,7 @@ use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 
 use super::engines::{PgStore, SqliteStore};
 use super::types::{decode_cursor, encode_cursor, fingerprint_of};
-use super::{Page, PageLimit, Region, StoreError};
+use super::{Page, PageLimit, Region, Store as _, StoreError};
 
 /// Where a call stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +57,8 @@ pub struct CallRecord {
     pub error: Option<String>,
     pub started_ms: i64,
     pub finished_ms: Option<i64>,
+    /// The call's budget; `None` for calls stored before it was kept.
+    pub timeout_ms: Option<i64>,
 }
 
 /// What [`crate::store::Store::insert_call`] found.
@@ -66,6 +68,20 @@ pub enum CallInsert {
     Inserted,
     /// A call with this id was stored already: this one.
     Existing(Box<CallRecord>),
+}
+
+/// Which pending calls a sweeper takes ([`crate::store::Store::claim_stale_calls`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaleCalls {
+    pub region: Region,
+    pub now_ms: i64,
+    /// Past the end of a call's budget: no process can still be waiting for its answer.
+    pub margin_ms: i64,
+    /// The budget of calls stored without one.
+    pub default_timeout_ms: i64,
+    /// The claimed calls are the claimer's until then.
+    pub lease_until_ms: i64,
+    pub limit: u32,
 }
 
 /// One audit event: a change made through the console, or a refused request.
@@ -109,7 +125,7 @@ pub struct AuditFilter {
 }
 
 const CALL_COLUMNS: &str = "id, region, instance_id, method, params, request_hash, token_name, \
-     state, reply, error, started_ms, finished_ms";
+     state, reply, error, started_ms, finished_ms, timeout_ms";
 
 const AUDIT_COLUMNS: &str = "id, at_ms, region, token_name, remote_addr, action, instance_id, \
      method, params, outcome, request_id";
@@ -146,6 +162,7 @@ where
         error: row.try_get("error")?,
         started_ms: row.try_get("started_ms")?,
         finished_ms: row.try_get("finished_ms")?,
+        timeout_ms: row.try_get("timeout_ms")?,
     })
 }
 
@@ -195,7 +212,8 @@ macro_rules! calls_sql {
                         .push_bind(c.reply.as_ref().map(Value::to_string))
                         .push_bind(c.error.as_deref())
                         .push_bind(c.started_ms)
-                        .push_bind(c.finished_ms);
+                        .push_bind(c.finished_ms)
+                        .push_bind(c.timeout_ms);
                 });
                 // The id is the key: a second insert of it (a retried Idempotency-Key, two
                 // replicas) finds the first row instead of failing.
@@ -283,6 +301,47 @@ macro_rules! calls_sql {
                     None
                 };
                 Ok(Page { items, next_cursor })
+            }
+
+            pub(super) async fn sql_claim_stale_calls(
+                &self,
+                claim: &StaleCalls,
+            ) -> Result<Vec<CallRecord>, StoreError> {
+                // PostgreSQL: a row another replica is claiming right now is skipped, not
+                // waited for (its UPDATE holds the row lock); SQLite has one writer at a time.
+                let skip_locked = if self.engine() == super::Engine::Postgres {
+                    " FOR UPDATE SKIP LOCKED"
+                } else {
+                    ""
+                };
+                let mut q: QueryBuilder<$db> =
+                    QueryBuilder::new("UPDATE calls SET swept_until_ms = ");
+                q.push_bind(claim.lease_until_ms)
+                    .push(
+                        " WHERE id IN (SELECT id FROM calls WHERE state = 'pending' AND region = ",
+                    )
+                    .push_bind(claim.region.as_str())
+                    // The index's range: every call it takes started at least a margin ago.
+                    .push(" AND started_ms <= ")
+                    .push_bind(claim.now_ms.saturating_sub(claim.margin_ms))
+                    .push(" AND started_ms + COALESCE(timeout_ms, ")
+                    .push_bind(claim.default_timeout_ms)
+                    .push(") + ")
+                    .push_bind(claim.margin_ms)
+                    .push(" <= ")
+                    .push_bind(claim.now_ms)
+                    .push(" AND (swept_until_ms IS NULL OR swept_until_ms <= ")
+                    .push_bind(claim.now_ms)
+                    .push(") ORDER BY started_ms, id LIMIT ")
+                    .push_bind(i64::from(claim.limit))
+                    .push(skip_locked)
+                    .push(format!(") RETURNING {CALL_COLUMNS}"));
+                let rows = q.build().fetch_all(self.writer()).await?;
+                let mut out = rows.iter().map(call_from).collect::<Result<Vec<_>, _>>()?;
+                out.sort_by(|a, b| {
+                    (a.started_ms, a.id.as_str()).cmp(&(b.started_ms, b.id.as_str()))
+                });
+                Ok(out)
             }
 
             pub(super) async fn sql_record_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {

@@ -650,6 +650,14 @@ macro_rules! store_impl {
             fn jobs(&self) -> &dyn super::JobStore {
                 self
             }
+
+            // --- pending-call sweeper (SQL in calls.rs) ---
+            async fn claim_stale_calls(
+                &self,
+                claim: &super::StaleCalls,
+            ) -> Result<Vec<super::CallRecord>, StoreError> {
+                self.sql_claim_stale_calls(claim).await
+            }
         }
     };
 }

@@ -21,7 +21,9 @@ use async_trait::async_trait;
 use csg_protocol::identity::{InstanceId, RequestId};
 
 pub use crate::json::JsonText;
-pub use calls::{AuditEvent, AuditFilter, AuditRecord, CallInsert, CallRecord, CallState};
+pub use calls::{
+    AuditEvent, AuditFilter, AuditRecord, CallInsert, CallRecord, CallState, StaleCalls,
+};
 pub use engines::{PgStore, SqliteStore};
 pub use error::StoreError;
 pub use jobs::{
@@ -189,6 +191,14 @@ pub trait Store: Send + Sync {
     // --- jobs ---
     /// Jobs and their executions (store/jobs.rs).
     fn jobs(&self) -> &dyn JobStore;
+
+    // --- pending-call sweeper (SQL in store/calls.rs) ---
+
+    /// Takes, atomically, up to `limit` calls of the region still `pending` whose budget
+    /// (`timeout_ms`, or the default) plus the margin has passed and that no other claim holds,
+    /// oldest first, and leases them until `lease_until_ms`: two replicas never take one call at
+    /// once, and a claimer that dies leaves it to be taken again once its lease has passed.
+    async fn claim_stale_calls(&self, claim: &StaleCalls) -> Result<Vec<CallRecord>, StoreError>;
 }
 
 /// Opens the store a URL names (`sqlite://PATH`, `postgres://…`) and brings its schema up to

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod consoled;
+
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
