@@ -14,10 +14,12 @@
 //! - `jobs`: one method over many gateways (a checked model, the engine's pure decisions, and
 //!   a runner that leases jobs in the store and calls through `rpc`);
 //! - `json`: JSON documents kept as text (a heartbeat is serialized once, when it arrives);
-//! - `http`: the API, reading the store; `tls`: its HTTPS; `config`: the service's TOML.
+//! - `http`: the API, reading the store; `tls`: its HTTPS; `config`: the service's TOML;
+//!   `cli`: its command line.
 
 pub mod audit;
 pub mod calls;
+pub mod cli;
 pub mod config;
 pub mod events;
 pub mod fleet;

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use csg_console::{Console, IdGenerator};
 use csg_consoled::calls::CallService;
+use csg_consoled::cli::{Cli, Command, TokenCommand};
 use csg_consoled::config::Config;
 use csg_consoled::events::Bus;
 use csg_consoled::fleet::driver::{self, system_clock, DriverConfig, SharedFleet};
@@ -29,47 +30,6 @@ use tracing::{error, info, warn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
-
-#[derive(Parser)]
-#[command(name = "csg-consoled", version, about = "The csg console service")]
-struct Cli {
-    /// The configuration file (TOML).
-    #[arg(long, global = true, default_value = "/etc/csg-console/console.toml")]
-    config: PathBuf,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Checks the configuration and reports every problem at once.
-    CheckConfig,
-    /// API tokens.
-    #[command(subcommand)]
-    Token(TokenCommand),
-}
-
-#[derive(Subcommand)]
-enum TokenCommand {
-    /// Creates a token and prints it (only it) on stdout, once: it is stored hashed.
-    Create {
-        #[arg(long)]
-        name: String,
-        /// read, operate, admin or audit; repeatable.
-        #[arg(long = "scope", required = true)]
-        scopes: Vec<String>,
-        /// Limits the token to these groups of gateways; repeatable. None: every group.
-        #[arg(long = "group")]
-        groups: Vec<String>,
-    },
-    /// Lists tokens (never their secrets).
-    List,
-    /// Revokes a token by name.
-    Revoke {
-        #[arg(long)]
-        name: String,
-    },
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()
