@@ -54,6 +54,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub webhooks: Vec<crate::webhooks::RawWebhook>,
     #[serde(default)]
+    pub events: crate::eventlog::RawEvents,
+    #[serde(default)]
     pub signing: RawSigning,
     #[serde(default)]
     pub log: RawLog,
@@ -254,6 +256,8 @@ pub struct Config {
     /// Where `/metrics` is served alone; `None`: on the API's listener.
     pub metrics_listen: Option<SocketAddr>,
     pub webhooks: Vec<crate::webhooks::Webhook>,
+    /// `[events]`: the event log's retention and polling.
+    pub events: crate::eventlog::EventLogConfig,
     /// Every command is signed with it when set.
     pub signer: Option<Signer>,
     /// HTTPS: the pair, read and checked (see [`CertPair::load`]).
@@ -506,6 +510,7 @@ impl RawConfig {
             p.push("metrics.listen: the same address as http.listen; leave it out to serve /metrics there".into());
         }
         let webhooks = crate::webhooks::check(&self.webhooks, &mut p);
+        let events = crate::eventlog::check(&self.events, &mut p);
         let parents = TopicParents {
             down: self.topics.down.clone(),
             up: self.topics.up.clone(),
@@ -565,6 +570,7 @@ impl RawConfig {
                     flush_every: Duration::from_millis(self.fleet.flush_ms),
                     metrics_listen,
                     webhooks,
+                    events,
                     signer,
                     http_tls,
                     log_filter: self.log.filter,

@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -243,10 +243,22 @@ async fn run(config: Config, path: &Path) -> Result<()> {
         .await;
     });
 
+    // Every event published from here on is logged in the store (with its webhook
+    // deliveries); the tail hands every replica's logged events to this replica's streams.
+    let log_tail = csg_consoled::eventlog::LogTail::new(store.clone());
+    let delivered = Arc::new(tokio::sync::Notify::new());
+    let event_log = csg_consoled::eventlog::Service::start(
+        &log_tail,
+        &bus,
+        csg_consoled::webhooks::hook_kinds(&config.webhooks),
+        config.client_id.instance().as_str().to_owned(),
+        config.events,
+        delivered.clone(),
+    );
     let webhooks = csg_consoled::webhooks::Service::start(
         config.webhooks.clone(),
         store.clone(),
-        &bus,
+        delivered,
         metrics.clone(),
     )?;
     let caller: Arc<dyn csg_consoled::rpc::Caller> = Arc::new(ConsoleCaller {
@@ -285,6 +297,7 @@ async fn run(config: Config, path: &Path) -> Result<()> {
         region: config.region.clone(),
         link,
         bus: bus.clone(),
+        log: log_tail,
         metrics: metrics.clone(),
         calls,
     };
@@ -389,8 +402,9 @@ async fn run(config: Config, path: &Path) -> Result<()> {
         error!(error = %e, "the job runner failed");
     }
     job_metrics.abort();
-    // Stop taking status, write what the fleet holds (its last events reach the webhooks'
-    // queue), store the webhooks' pending deliveries, then close the store.
+    // Stop taking status, write what the fleet holds (its last events reach the event log's
+    // queue), let the webhooks' attempts under way finish; once the last calls have recorded
+    // their outcome, log the events still queued, then close the store.
     let _ = stop_fleet.send(());
     if let Err(e) = fleet_task.await {
         error!(error = %e, "the fleet task failed");
@@ -404,6 +418,7 @@ async fn run(config: Config, path: &Path) -> Result<()> {
     if !calls_in_flight.wait_idle(Duration::from_secs(5)).await {
         warn!("calls still recording their outcome after 5 s: left pending (a retry under the same id resends them)");
     }
+    event_log.stop().await;
     store.close().await;
     served.context("serving HTTP")?;
     info!("stopped");

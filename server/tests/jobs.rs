@@ -1120,6 +1120,8 @@ impl Api {
                 region: region(),
                 link,
                 bus,
+                // No log writer or tail runs here: these tests read no event stream.
+                log: csg_consoled::eventlog::LogTail::new(fx.store.clone()),
                 metrics,
                 calls,
             },

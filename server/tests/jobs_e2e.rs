@@ -129,6 +129,8 @@ impl Side {
                 region: region(),
                 link,
                 bus,
+                // No log writer or tail runs here: these tests read no event stream.
+                log: csg_consoled::eventlog::LogTail::new(store.clone()),
                 metrics,
                 calls,
             },

@@ -47,6 +47,8 @@ pub struct AppState {
     /// The region's MQTT link (calls and status ingest share it).
     pub link: watch::Receiver<LinkState>,
     pub bus: crate::events::Bus,
+    /// The stored events, as `GET /v1/events` replays and follows them.
+    pub log: crate::eventlog::LogTail,
     pub metrics: crate::metrics::Metrics,
     /// Calls to the region's gateways.
     pub calls: Arc<CallService>,

@@ -650,6 +650,11 @@ macro_rules! store_impl {
             fn jobs(&self) -> &dyn super::JobStore {
                 self
             }
+
+            // --- event log ---
+            fn event_log(&self) -> &dyn super::EventLogStore {
+                self
+            }
         }
     };
 }

@@ -13,6 +13,7 @@ mod jobs;
 mod tokens;
 mod types;
 mod webhooks;
+mod eventlog;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub use types::{
     InstanceFilter, InstanceRow, Page, PageLimit, Presence, PresenceEvent, Region, StorageSummary,
 };
 pub use webhooks::{Attempt, DeliveryFilter, DeliveryRow, DeliveryState, NewDelivery};
+pub use eventlog::{with_id, EventLogStore, HookKinds, LogBounds, LogRow, NewLogEvent};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +191,10 @@ pub trait Store: Send + Sync {
     // --- jobs ---
     /// Jobs and their executions (store/jobs.rs).
     fn jobs(&self) -> &dyn JobStore;
+
+    // --- event log ---
+    /// The stored events and their webhook deliveries (store/eventlog.rs).
+    fn event_log(&self) -> &dyn EventLogStore;
 }
 
 /// Opens the store a URL names (`sqlite://PATH`, `postgres://…`) and brings its schema up to
