@@ -179,7 +179,11 @@ impl LogTail {
 
     /// Up to a page of logged events above `after`, and whether that was all.
     pub async fn after(&self, after: i64) -> Result<(Vec<Arc<Entry>>, bool), StoreError> {
-        let rows = self.store.event_log().events_after(after, READ_PAGE).await?;
+        let rows = self
+            .store
+            .event_log()
+            .events_after(after, READ_PAGE)
+            .await?;
         let complete = rows.len() < READ_PAGE as usize;
         Ok((
             rows.into_iter()
@@ -245,7 +249,12 @@ fn new_log_event(p: &Published, origin: &str) -> Option<NewLogEvent> {
             region,
             instance_id,
             ..
-        } => (Some(region.clone()), Some(instance_id.clone()), None, now_ms()),
+        } => (
+            Some(region.clone()),
+            Some(instance_id.clone()),
+            None,
+            now_ms(),
+        ),
         Event::Job { .. } => (None, None, None, now_ms()),
     };
     Some(NewLogEvent {
@@ -489,7 +498,10 @@ mod tests {
         // Stopping logs what the queue still holds.
         service.stop().await;
         let (pending, _) = store.pending_deliveries().await.unwrap();
-        assert_eq!(pending, n as u64, "one delivery per presence event, none for the job");
+        assert_eq!(
+            pending, n as u64,
+            "one delivery per presence event, none for the job"
+        );
         assert_eq!(bus.queue_dropped(), 0);
         let b = tail.bounds().await.unwrap();
         assert_eq!(b.newest, n as i64 + 1);

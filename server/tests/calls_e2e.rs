@@ -879,7 +879,12 @@ fn an_iscsi_target_with_chap_through_the_resource_routes_keeps_its_secrets() {
     // The delete options are query parameters; bad ones are refused and change nothing.
     let backing = std::path::PathBuf::from(dirs.path("a.img"));
     assert!(backing.exists(), "the target's backing file was not made");
-    for bad in ["?force=yes", "?delete_backing_files=1", "?purge=true", "?force=true&force=true"] {
+    for bad in [
+        "?force=yes",
+        "?delete_backing_files=1",
+        "?purge=true",
+        "?force=true&force=true",
+    ] {
         c.send("DELETE", &format!("{target}{bad}"), None, &[], Some(&ops))
             .assert_problem(400);
     }

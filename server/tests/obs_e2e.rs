@@ -643,7 +643,14 @@ fn two_replicas_deliver_each_presence_change_once_and_stream_one_log() {
     let mut b = Consoled::replica(&broker, &hook, Some(&url), &group);
     // Tokens live in the database: one made through A works on B.
     let reader = a.token(&["--name", "reader", "--scope", "read"]);
-    let others = a.token(&["--name", "others", "--scope", "read", "--group", "GID_other"]);
+    let others = a.token(&[
+        "--name",
+        "others",
+        "--scope",
+        "read",
+        "--group",
+        "GID_other",
+    ]);
     a.start();
     b.start();
     let on_a = a.stream("rep-a", "?types=presence", &reader);
@@ -653,14 +660,18 @@ fn two_replicas_deliver_each_presence_change_once_and_stream_one_log() {
     cfg.heartbeat_interval_s = 1;
     let mut agent = Agent::spawn(&cfg);
     for s in [&on_a, &on_b] {
-        wait_for(Duration::from_secs(30), || s.presence_of("gw-rep-1", "online").is_some())
-            .unwrap_or_else(|| panic!("no online event\n{}\n{}\n{}", s.text(), a.log(), b.log()));
+        wait_for(Duration::from_secs(30), || {
+            s.presence_of("gw-rep-1", "online").is_some()
+        })
+        .unwrap_or_else(|| panic!("no online event\n{}\n{}\n{}", s.text(), a.log(), b.log()));
     }
     std::thread::sleep(Duration::from_secs(2));
     agent.kill9();
     for s in [&on_a, &on_b] {
-        wait_for(Duration::from_secs(30), || s.presence_of("gw-rep-1", "offline").is_some())
-            .unwrap_or_else(|| panic!("no offline event\n{}\n{}\n{}", s.text(), a.log(), b.log()));
+        wait_for(Duration::from_secs(30), || {
+            s.presence_of("gw-rep-1", "offline").is_some()
+        })
+        .unwrap_or_else(|| panic!("no offline event\n{}\n{}\n{}", s.text(), a.log(), b.log()));
     }
     // Both replicas saw both changes; each had time to store its copy and its deliveries.
     std::thread::sleep(Duration::from_secs(3));
@@ -668,7 +679,12 @@ fn two_replicas_deliver_each_presence_change_once_and_stream_one_log() {
         s.events()
             .into_iter()
             .filter(|e| e.event == "presence" && e.data["instance_id"] == "gw-rep-1")
-            .map(|e| (e.id.clone().unwrap(), e.data["to"].as_str().unwrap().to_owned()))
+            .map(|e| {
+                (
+                    e.id.clone().unwrap(),
+                    e.data["to"].as_str().unwrap().to_owned(),
+                )
+            })
             .collect()
     };
     let (seen_a, seen_b) = (ours(&on_a), ours(&on_b));
@@ -684,7 +700,12 @@ fn two_replicas_deliver_each_presence_change_once_and_stream_one_log() {
             .values()
             .filter_map(|s| s.accepted.as_ref())
             .filter(|b| b["instance_id"] == "gw-rep-1")
-            .map(|b| (b["event_id"].as_i64().unwrap(), b["to"].as_str().unwrap().to_owned()))
+            .map(|b| {
+                (
+                    b["event_id"].as_i64().unwrap(),
+                    b["to"].as_str().unwrap().to_owned(),
+                )
+            })
             .collect();
         v.sort();
         v
@@ -705,15 +726,21 @@ fn two_replicas_deliver_each_presence_change_once_and_stream_one_log() {
         &reader,
         &format!("Last-Event-ID: {online_id}\n"),
     );
-    let resumed_a = a.stream("resume-a", &format!("?types=presence&last_event_id={online_id}"), &reader);
+    let resumed_a = a.stream(
+        "resume-a",
+        &format!("?types=presence&last_event_id={online_id}"),
+        &reader,
+    );
     let foreign = a.stream("resume-foreign", "?last_event_id=0", &others);
     for s in [&resumed_a, &resumed_b] {
         wait_for(TIMEOUT, || !ours(s).is_empty())
             .unwrap_or_else(|| panic!("nothing replayed: {}", s.text()));
         assert_eq!(ours(s), seen_a[1..], "{}", s.text());
         assert!(
-            s.events().iter().all(|e| e.id.as_deref().unwrap().parse::<i64>().unwrap()
-                > online_id.parse::<i64>().unwrap()),
+            s.events()
+                .iter()
+                .all(|e| e.id.as_deref().unwrap().parse::<i64>().unwrap()
+                    > online_id.parse::<i64>().unwrap()),
             "{}",
             s.text()
         );
@@ -722,8 +749,12 @@ fn two_replicas_deliver_each_presence_change_once_and_stream_one_log() {
     assert!(a.stop().is_some_and(|s| s.success()));
     a.start();
     let after_restart = a.stream("restart-a", "?types=presence&last_event_id=0", &reader);
-    wait_for(TIMEOUT, || ours(&after_restart).len() >= 2)
-        .unwrap_or_else(|| panic!("nothing replayed after the restart: {}", after_restart.text()));
+    wait_for(TIMEOUT, || ours(&after_restart).len() >= 2).unwrap_or_else(|| {
+        panic!(
+            "nothing replayed after the restart: {}",
+            after_restart.text()
+        )
+    });
     assert_eq!(ours(&after_restart), seen_a);
     assert!(foreign.events().is_empty(), "{}", foreign.text());
     assert!(a.stop().is_some_and(|s| s.success()));

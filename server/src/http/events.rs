@@ -443,7 +443,12 @@ mod tests {
             panic!("{n} events were not logged");
         }
 
-        async fn listener(&self, kinds: EventKinds, groups: &[&str], resume: Option<i64>) -> Listener {
+        async fn listener(
+            &self,
+            kinds: EventKinds,
+            groups: &[&str],
+            resume: Option<i64>,
+        ) -> Listener {
             let rx = self.log.subscribe();
             let (last, notice, catching_up) = match resume {
                 None => (self.log.head(), None, false),
@@ -544,7 +549,8 @@ mod tests {
     async fn a_replay_joins_the_live_events_without_gap_or_duplicate() {
         let fx = Fixture::new(64).await;
         for i in 1..=30 {
-            fx.bus.publish(presence(if i % 3 == 0 { "GID_b" } else { "GID_a" }, i));
+            fx.bus
+                .publish(presence(if i % 3 == 0 { "GID_b" } else { "GID_a" }, i));
         }
         fx.logged(30).await;
         let all = events(fx.listener(EventKinds::ALL, &[], Some(10)).await);
@@ -639,7 +645,10 @@ mod tests {
         tokio::pin!(s);
         next(&mut s).await;
         let n = next(&mut s).await;
-        assert!(n.contains("replay_incomplete") && n.contains("unknown"), "{n}");
+        assert!(
+            n.contains("replay_incomplete") && n.contains("unknown"),
+            "{n}"
+        );
         fx.bus.publish(presence("GID_a", 21));
         assert_eq!(id_of(&next(&mut s).await), Some(21));
         fx.bus.close();
@@ -668,7 +677,11 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(resume_from(&h, Some(3)).unwrap(), Some(3));
         h.insert("last-event-id", HeaderValue::from_static("7"));
-        assert_eq!(resume_from(&h, Some(3)).unwrap(), Some(7), "the header wins");
+        assert_eq!(
+            resume_from(&h, Some(3)).unwrap(),
+            Some(7),
+            "the header wins"
+        );
         h.insert("last-event-id", HeaderValue::from_static(""));
         assert_eq!(resume_from(&h, None).unwrap(), None);
         h.insert("last-event-id", HeaderValue::from_static("abc"));

@@ -340,13 +340,7 @@ pub async fn delete(
         instance,
     };
     let answer = ctx
-        .call(
-            &token,
-            fam.delete,
-            params,
-            key,
-            "resource.delete",
-        )
+        .call(&token, fam.delete, params, key, "resource.delete")
         .await?;
     let result = result_of(&answer)?;
     if result.get("existed") == Some(&Value::Bool(false)) {
@@ -579,12 +573,21 @@ mod tests {
 
     #[test]
     fn delete_options_are_the_familys_flags_and_nothing_else() {
-        let got = delete_options(&ISCSI_TARGETS, Some("force=true&delete_backing_files=false"))
-            .unwrap();
+        let got = delete_options(
+            &ISCSI_TARGETS,
+            Some("force=true&delete_backing_files=false"),
+        )
+        .unwrap();
         assert_eq!(got["force"], Value::Bool(true));
         assert_eq!(got["delete_backing_files"], Value::Bool(false));
         assert!(delete_options(&ISCSI_TARGETS, None).unwrap().is_empty());
-        for bad in ["force=yes", "force=1", "force=true&force=false", "forced=true", "force"] {
+        for bad in [
+            "force=yes",
+            "force=1",
+            "force=true&force=false",
+            "forced=true",
+            "force",
+        ] {
             let p = delete_options(&ISCSI_TARGETS, Some(bad)).unwrap_err();
             assert_eq!(p.status, 400, "{bad}");
         }

@@ -9,11 +9,11 @@
 mod calls;
 mod engines;
 mod error;
+mod eventlog;
 mod jobs;
 mod tokens;
 mod types;
 mod webhooks;
-mod eventlog;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,7 @@ pub use crate::json::JsonText;
 pub use calls::{AuditEvent, AuditFilter, AuditRecord, CallInsert, CallRecord, CallState};
 pub use engines::{PgStore, SqliteStore};
 pub use error::StoreError;
+pub use eventlog::{with_id, EventLogStore, HookKinds, LogBounds, LogRow, NewLogEvent};
 pub use jobs::{
     ExecState, ExecUpdate, ExecutionRecord, JobCounts, JobFilter, JobRecord, JobState, JobStore,
     JobTransition, NewExecution, NewJob,
@@ -34,7 +35,6 @@ pub use types::{
     InstanceFilter, InstanceRow, Page, PageLimit, Presence, PresenceEvent, Region, StorageSummary,
 };
 pub use webhooks::{Attempt, DeliveryFilter, DeliveryRow, DeliveryState, NewDelivery};
-pub use eventlog::{with_id, EventLogStore, HookKinds, LogBounds, LogRow, NewLogEvent};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
