@@ -277,16 +277,21 @@ pub struct Service {
 
 impl Service {
     /// Starts the writer (from now on every event published on `bus` is logged), the tail
-    /// (from the log's newest id at start) and the pruner. `delivered` is notified when
-    /// deliveries were stored (the webhook sender waits on it).
-    pub fn start(
+    /// (from the log's newest id, read here: a store that cannot be read at start is an error,
+    /// as for the rest of the service) and the pruner. `delivered` is notified when deliveries
+    /// were stored (the webhook sender waits on it).
+    pub async fn start(
         tail: &LogTail,
         bus: &Bus,
         hooks: Vec<HookKinds>,
         origin: String,
         cfg: EventLogConfig,
         delivered: Arc<Notify>,
-    ) -> Self {
+    ) -> Result<Self, StoreError> {
+        // Before the writer runs: an event it appends is then above the tail's start, never
+        // taken for one logged before.
+        tail.head
+            .store(tail.bounds().await?.newest, Ordering::Release);
         let (stop, stop_rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(write(
@@ -300,7 +305,7 @@ impl Service {
             tokio::spawn(follow(tail.clone(), cfg.poll, stop_rx.clone())),
             tokio::spawn(prune(tail.clone(), cfg, stop_rx)),
         ];
-        Service { stop, tasks }
+        Ok(Service { stop, tasks })
     }
 
     /// Logs what the bus still holds and stops.
@@ -387,22 +392,7 @@ async fn write(
 }
 
 async fn follow(tail: LogTail, poll: Duration, mut stop: watch::Receiver<bool>) {
-    // Start at the newest id: what was logged before is for replays, not for the live streams.
-    loop {
-        match tail.bounds().await {
-            Ok(b) => {
-                tail.head.store(b.newest, Ordering::Release);
-                break;
-            }
-            Err(e) => {
-                warn!(error = %e, "the event log was not read; retried");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-            }
-        }
-    }
+    // From the head set at start: what was logged before is for replays, not live streams.
     loop {
         tokio::select! {
             _ = tail.wake.notified() => {}
@@ -476,7 +466,9 @@ mod tests {
             "console-1".into(),
             EventLogConfig::default(),
             Arc::new(Notify::new()),
-        );
+        )
+        .await
+        .unwrap();
         let n = crate::events::DEFAULT_CAPACITY + 5_000;
         for i in 0..n {
             bus.publish(Event::Presence {
@@ -487,7 +479,8 @@ mod tests {
                 to: "offline".into(),
                 reason: Some("connection_lost".into()),
                 since_ms: 1,
-                at_ms: 2,
+                // Now: older events would be the pruner's (24 h retention).
+                at_ms: now_ms(),
             });
         }
         bus.publish(Event::Job {

@@ -229,6 +229,21 @@ async fn run(config: Config, path: &Path) -> Result<()> {
         bus: bus.clone(),
         metrics: metrics.clone(),
     };
+    // Before the fleet runs, so its first events are logged too: every event published from
+    // here on is logged in the store (with its webhook deliveries); the tail hands every
+    // replica's logged events to this replica's streams.
+    let log_tail = csg_consoled::eventlog::LogTail::new(store.clone());
+    let delivered = Arc::new(tokio::sync::Notify::new());
+    let event_log = csg_consoled::eventlog::Service::start(
+        &log_tail,
+        &bus,
+        csg_consoled::webhooks::hook_kinds(&config.webhooks),
+        config.client_id.instance().as_str().to_owned(),
+        config.events,
+        delivered.clone(),
+    )
+    .await
+    .context("reading the event log")?;
     let (stop_fleet, stop_rx) = oneshot::channel();
     let flush_every = config.flush_every;
     let fleet_task = tokio::spawn(async move {
@@ -243,18 +258,6 @@ async fn run(config: Config, path: &Path) -> Result<()> {
         .await;
     });
 
-    // Every event published from here on is logged in the store (with its webhook
-    // deliveries); the tail hands every replica's logged events to this replica's streams.
-    let log_tail = csg_consoled::eventlog::LogTail::new(store.clone());
-    let delivered = Arc::new(tokio::sync::Notify::new());
-    let event_log = csg_consoled::eventlog::Service::start(
-        &log_tail,
-        &bus,
-        csg_consoled::webhooks::hook_kinds(&config.webhooks),
-        config.client_id.instance().as_str().to_owned(),
-        config.events,
-        delivered.clone(),
-    );
     let webhooks = csg_consoled::webhooks::Service::start(
         config.webhooks.clone(),
         store.clone(),

@@ -390,7 +390,13 @@ mod tests {
             to: "online".into(),
             reason: Some("connected".into()),
             since_ms: i64::try_from(id).unwrap(),
-            at_ms: 2,
+            // Now: older events would be the pruner's (24 h retention).
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                .try_into()
+                .unwrap(),
         }
     }
 
@@ -421,7 +427,9 @@ mod tests {
                     ..EventLogConfig::default()
                 },
                 Arc::new(Notify::new()),
-            );
+            )
+            .await
+            .unwrap();
             Fixture {
                 _dir: dir,
                 store,
