@@ -75,6 +75,11 @@ check "deb: csgctl subcommand man page" has_line "$tmp/console.list" '\./usr/sha
 check "deb: csgctl bash completion" has_line "$tmp/console.list" '\./usr/share/bash-completion/completions/csgctl$'
 check "deb: csgctl zsh completion" has_line "$tmp/console.list" '\./usr/share/zsh/vendor-completions/_csgctl$'
 check "deb: csgctl fish completion" has_line "$tmp/console.list" '\./usr/share/fish/vendor_completions\.d/csgctl\.fish$'
+check "deb: csg-consoled man page" has_line "$tmp/console.list" '\./usr/share/man/man1/csg-consoled\.1\.gz$'
+check "deb: csg-consoled subcommand man page" has_line "$tmp/console.list" '\./usr/share/man/man1/csg-consoled-token-create\.1\.gz$'
+check "deb: csg-consoled bash completion" has_line "$tmp/console.list" '\./usr/share/bash-completion/completions/csg-consoled$'
+check "deb: csg-consoled zsh completion" has_line "$tmp/console.list" '\./usr/share/zsh/vendor-completions/_csg-consoled$'
+check "deb: csg-consoled fish completion" has_line "$tmp/console.list" '\./usr/share/fish/vendor_completions\.d/csg-consoled\.fish$'
 dpkg-deb -I "${console_deb[0]}" >"$tmp/console.info"
 dpkg-deb -e "${console_deb[0]}" "$tmp/console.control"
 check "deb: /usr/bin/csg-consoled 0755" has_line "$tmp/console.list" '^-rwxr-xr-x .* \./usr/bin/csg-consoled$'
@@ -125,6 +130,8 @@ rpm -qp --configfiles "${console_rpm[0]}" >"$tmp/crpm.conf" 2>/dev/null
 rpm -qp --scripts "${console_rpm[0]}" >"$tmp/crpm.scripts" 2>/dev/null
 check "rpm: csg-consoled listed" has_line "$tmp/crpm.list" '^/usr/bin/csg-consoled$'
 check "rpm: csg-consoled unit listed" has_line "$tmp/crpm.list" '^/usr/lib/systemd/system/csg-consoled\.service$'
+check "rpm: csg-consoled man page listed" has_line "$tmp/crpm.list" '^/usr/share/man/man1/csg-consoled\.1\.gz$'
+check "rpm: csg-consoled bash completion listed" has_line "$tmp/crpm.list" '^/usr/share/bash-completion/completions/csg-consoled$'
 check "rpm: console.toml is a config file" has_line "$tmp/crpm.conf" '^/etc/csg-console/console\.toml$'
 check "rpm: csg-console post-install makes the system user" has_line "$tmp/crpm.scripts" 'useradd --system'
 check "rpm: csg-console pre-uninstall stops the service" has_line "$tmp/crpm.scripts" 'systemctl stop csg-consoled'

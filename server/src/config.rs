@@ -57,6 +57,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub webhooks: Vec<crate::webhooks::RawWebhook>,
     #[serde(default)]
+    pub events: crate::eventlog::RawEvents,
+    #[serde(default)]
     pub signing: RawSigning,
     #[serde(default)]
     pub log: RawLog,
@@ -266,6 +268,8 @@ pub struct Config {
     /// Where `/metrics` is served alone; `None`: on the API's listener.
     pub metrics_listen: Option<SocketAddr>,
     pub webhooks: Vec<crate::webhooks::Webhook>,
+    /// `[events]`: the event log's retention and polling.
+    pub events: crate::eventlog::EventLogConfig,
     /// Every command is signed with it when set.
     pub signer: Option<Signer>,
     /// HTTPS: the pair, read and checked (see [`CertPair::load`]).
@@ -484,6 +488,7 @@ impl RawConfig {
             p.push("metrics.listen: the same address as http.listen; leave it out to serve /metrics there".into());
         }
         let webhooks = crate::webhooks::check(&self.webhooks, &mut p);
+        let events = crate::eventlog::check(&self.events, &mut p);
         let signer = match (&self.signing.key_file, &self.signing.key_id) {
             (Some(file), kid) => Signer::from_file(file, kid.as_deref())
                 .map_err(|e| p.push(format!("signing.key_file: {e}")))
@@ -510,6 +515,7 @@ impl RawConfig {
                 flush_every: Duration::from_millis(self.fleet.flush_ms),
                 metrics_listen,
                 webhooks,
+                events,
                 signer,
                 http_tls,
                 log_filter: self.log.filter,

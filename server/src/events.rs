@@ -6,7 +6,9 @@
 //! of events in one flush, more than a broadcast keeps.
 //!
 //! Every event gets an id when published: a counter of this process, increasing, so a listener
-//! can tell order and gaps (it starts again at 1 when the process restarts).
+//! can tell order and gaps (it starts again at 1 when the process restarts). Clients never see
+//! it: the event log ([`crate::eventlog`]) stores each event and gives it the id streams and
+//! webhooks carry, the same on every replica and across restarts.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -8,17 +8,21 @@
 //! - `store`: the one owner of SQL (a `Store` trait, with SQLite and PostgreSQL behind it);
 //! - `sink`: the fleet's batches written to the store;
 //! - `rpc`: calls to gateways behind one seam (`Caller`); `events`: live events fanned out;
+//!   `eventlog`: the events stored in order, replayed and followed across replicas;
 //! - `metrics`: what `/metrics` shows; `webhooks`: events POSTed to configured URLs;
 //! - `calls`: the call path (stored before sent, one request id, finished in one place);
 //!   `audit`: changes and refusals, stored and logged as JSON lines;
 //! - `jobs`: one method over many gateways (a checked model, the engine's pure decisions, and
 //!   a runner that leases jobs in the store and calls through `rpc`);
 //! - `json`: JSON documents kept as text (a heartbeat is serialized once, when it arrives);
-//! - `http`: the API, reading the store; `tls`: its HTTPS; `config`: the service's TOML.
+//! - `http`: the API, reading the store; `tls`: its HTTPS; `config`: the service's TOML;
+//!   `cli`: its command line.
 
 pub mod audit;
 pub mod calls;
+pub mod cli;
 pub mod config;
+pub mod eventlog;
 pub mod events;
 pub mod fleet;
 pub mod http;

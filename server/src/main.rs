@@ -3,14 +3,15 @@
 
 use std::io::IsTerminal;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use csg_console::{Console, IdGenerator};
 use csg_consoled::calls::CallService;
+use csg_consoled::cli::{Cli, Command, TokenCommand};
 use csg_consoled::config::{Config, RegionConfig};
 use csg_consoled::events::Bus;
 use csg_consoled::fleet::driver::{self, system_clock, DriverConfig, SharedFleet};
@@ -30,47 +31,6 @@ use tracing::{error, info, warn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
-
-#[derive(Parser)]
-#[command(name = "csg-consoled", version, about = "The csg console service")]
-struct Cli {
-    /// The configuration file (TOML).
-    #[arg(long, global = true, default_value = "/etc/csg-console/console.toml")]
-    config: PathBuf,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Checks the configuration and reports every problem at once.
-    CheckConfig,
-    /// API tokens.
-    #[command(subcommand)]
-    Token(TokenCommand),
-}
-
-#[derive(Subcommand)]
-enum TokenCommand {
-    /// Creates a token and prints it (only it) on stdout, once: it is stored hashed.
-    Create {
-        #[arg(long)]
-        name: String,
-        /// read, operate, admin or audit; repeatable.
-        #[arg(long = "scope", required = true)]
-        scopes: Vec<String>,
-        /// Limits the token to these groups of gateways; repeatable. None: every group.
-        #[arg(long = "group")]
-        groups: Vec<String>,
-    },
-    /// Lists tokens (never their secrets).
-    List,
-    /// Revokes a token by name.
-    Revoke {
-        #[arg(long)]
-        name: String,
-    },
-}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -235,11 +195,26 @@ async fn run(config: Config, path: &Path) -> Result<()> {
 
     let bus = Bus::default();
     let metrics = Metrics::new();
+    // Before the fleet runs, so its first events are logged too: every event published from
+    // here on is logged in the store (with its webhook deliveries); the tail hands every
+    // replica's logged events to this replica's streams.
+    let log_tail = csg_consoled::eventlog::LogTail::new(store.clone());
+    let delivered = Arc::new(tokio::sync::Notify::new());
+    let event_log = csg_consoled::eventlog::Service::start(
+        &log_tail,
+        &bus,
+        csg_consoled::webhooks::hook_kinds(&config.webhooks),
+        config.console_id().as_str().to_owned(),
+        config.events,
+        delivered.clone(),
+    )
+    .await
+    .context("reading the event log")?;
     // Started before the regions, so no presence change of a region's first moments is missed.
     let webhooks = csg_consoled::webhooks::Service::start(
         config.webhooks.clone(),
         store.clone(),
-        &bus,
+        delivered,
         metrics.clone(),
     )?;
     let job_metrics = metrics.follow_jobs(&bus);
@@ -262,6 +237,7 @@ async fn run(config: Config, path: &Path) -> Result<()> {
         store: store.clone(),
         regions: Regions::new(home, handles.collect()),
         bus: bus.clone(),
+        log: log_tail,
         metrics: metrics.clone(),
     };
     let mut app = http::router(
@@ -385,8 +361,9 @@ async fn run(config: Config, path: &Path) -> Result<()> {
         }
     }
     job_metrics.abort();
-    // Stop taking status, write what each fleet holds (its last events reach the webhooks'
-    // queue), store the webhooks' pending deliveries, then close the store.
+    // Stop taking status, write what each fleet holds (its last events reach the event
+    // log's queue), let the webhooks' attempts under way finish; once the last calls have
+    // recorded their outcome, log the events still queued, then close the store.
     for r in &mut running {
         if let Some(stop) = r.stop_fleet.take() {
             let _ = stop.send(());
@@ -418,6 +395,7 @@ async fn run(config: Config, path: &Path) -> Result<()> {
             warn!(region = %r.handle.region, "calls still recording their outcome after 5 s: left pending (a retry under the same id resends them)");
         }
     }
+    event_log.stop().await;
     store.close().await;
     served.context("serving HTTP")?;
     info!("stopped");

@@ -303,7 +303,7 @@ impl Metrics {
         );
         registry.register(
             "csg_event_stream_lagged_events",
-            "Events event-stream listeners missed because they fell behind (each was told)",
+            "Events event-stream listeners fell behind their replica's tail by (each read them from the store instead)",
             inner.sse_lagged.clone(),
         );
         registry.register(

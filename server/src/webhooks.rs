@@ -2,10 +2,11 @@
 //! with back-off, every delivery stored (so one pending when the service stops is sent after
 //! it starts again) and listed by the API.
 //!
-//! Two tasks: the *enqueuer* turns each event on the bus into one stored delivery per webhook
-//! that wants its type; the *sender* claims due deliveries from the store (a lease, so a
-//! process that dies mid-send lets another attempt happen when the lease ends), POSTs them and
-//! records each attempt.
+//! Deliveries are stored by the event log's writer ([`crate::eventlog`]), in the transaction
+//! that logs their event: one per webhook that wants its type and logged event, whichever
+//! replica stored the event (the store keeps `(webhook, event_id)` unique). The *sender* here
+//! claims due deliveries from the store (a lease, so a process that dies mid-send lets another
+//! attempt happen when the lease ends), POSTs them and records each attempt.
 //!
 //! Signature: `X-Csg-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`,
 //! made afresh at each attempt. A receiver recomputes it over the raw body, compares in
@@ -21,12 +22,12 @@ use std::time::Duration;
 use csg_transport::Backoff;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
-use crate::events::{Bus, EventKinds, Published};
+use crate::events::{EventKind, EventKinds};
 use crate::metrics::Metrics;
-use crate::store::{Attempt, DeliveryRow, NewDelivery, Store};
+use crate::store::{Attempt, DeliveryRow, HookKinds, Store};
 
 /// Retries start at most this far apart and double to [`RETRY_MAX`] (full jitter).
 pub const RETRY_MIN: Duration = Duration::from_secs(1);
@@ -37,12 +38,6 @@ pub const MAX_RESPONSE_READ: usize = 64 * 1024;
 const MAX_ERROR_LEN: usize = 300;
 /// Deliveries sent at once.
 const BATCH: u32 = 16;
-/// Events waiting to be stored as deliveries: as many as the fleet keeps for its own sink, so a
-/// region going offline at once fits.
-const QUEUE: usize = 100_000;
-/// Deliveries waiting for the store (while it is down) before the oldest are dropped and
-/// logged.
-const MAX_UNSTORED: usize = 100_000;
 
 /// A webhook's secret, read from its file; never printed.
 #[derive(Clone)]
@@ -245,6 +240,21 @@ pub fn check(raw: &[RawWebhook], p: &mut Vec<String>) -> Vec<Webhook> {
     out
 }
 
+/// Which kinds of event each webhook takes, for the event log's writer.
+pub fn hook_kinds(hooks: &[Webhook]) -> Vec<HookKinds> {
+    hooks
+        .iter()
+        .map(|h| HookKinds {
+            webhook: h.name.clone(),
+            kinds: EventKind::ALL
+                .into_iter()
+                .filter(|k| h.events.contains(*k))
+                .map(EventKind::as_str)
+                .collect(),
+        })
+        .collect()
+}
+
 /// The running webhooks.
 pub struct Service {
     stop: watch::Sender<bool>,
@@ -252,12 +262,13 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts the enqueuer and the sender. With no webhook configured nothing is enqueued, but
-    /// the sender still settles deliveries left from an earlier configuration (as failed).
+    /// Starts the sender; `wake` is notified when deliveries were stored. With no webhook
+    /// configured nothing is enqueued, but the sender still settles deliveries left from an
+    /// earlier configuration (as failed).
     pub fn start(
         hooks: Vec<Webhook>,
         store: Arc<dyn Store>,
-        bus: &Bus,
+        wake: Arc<Notify>,
         metrics: Metrics,
     ) -> anyhow::Result<Service> {
         let client = reqwest::Client::builder()
@@ -269,108 +280,18 @@ impl Service {
             .build()?;
         let hooks = Arc::new(hooks);
         let (stop, stop_rx) = watch::channel(false);
-        let wake = Arc::new(Notify::new());
-        let mut tasks = Vec::new();
-        if !hooks.is_empty() {
-            tasks.push(tokio::spawn(enqueue(
-                bus.queue(QUEUE),
-                hooks.clone(),
-                store.clone(),
-                wake.clone(),
-                stop_rx.clone(),
-            )));
-        }
-        tasks.push(tokio::spawn(send(
+        let tasks = vec![tokio::spawn(send(
             client, hooks, store, metrics, wake, stop_rx,
-        )));
+        ))];
         Ok(Service { stop, tasks })
     }
 
-    /// Stores what the bus still holds, lets attempts under way finish (each is bounded by
+    /// Lets attempts under way finish (each is bounded by
     /// its webhook's timeout) and stops.
     pub async fn stop(self) {
         self.stop.send_replace(true);
         for t in self.tasks {
             let _ = t.await;
-        }
-    }
-}
-
-async fn enqueue(
-    mut rx: mpsc::Receiver<Arc<Published>>,
-    hooks: Arc<Vec<Webhook>>,
-    store: Arc<dyn Store>,
-    wake: Arc<Notify>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut unstored: Vec<NewDelivery> = Vec::new();
-    let mut stopping = false;
-    loop {
-        // Wait for an event (or, with deliveries the store refused, a second to retry).
-        let first = if stopping {
-            None
-        } else {
-            tokio::select! {
-                r = rx.recv() => Some(r),
-                _ = stop.wait_for(|s| *s) => { stopping = true; None }
-                _ = tokio::time::sleep(Duration::from_secs(1)), if !unstored.is_empty() => None,
-            }
-        };
-        let mut take = |p: Arc<Published>| {
-            let kind = p.event.kind();
-            let Ok(payload) = serde_json::to_string(&*p) else {
-                return;
-            };
-            for h in hooks.iter().filter(|h| h.events.contains(kind)) {
-                unstored.push(NewDelivery {
-                    webhook: h.name.clone(),
-                    event_type: kind.as_str().to_owned(),
-                    payload: payload.clone(),
-                    created_ms: now_ms(),
-                });
-            }
-        };
-        let mut open = true;
-        match first {
-            Some(Some(p)) => take(p),
-            Some(None) => open = false,
-            None => {}
-        }
-        // Whatever else is already waiting goes in the same transaction.
-        while open {
-            match rx.try_recv() {
-                Ok(p) => take(p),
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-            }
-        }
-        if unstored.len() > MAX_UNSTORED {
-            let drop = unstored.len() - MAX_UNSTORED;
-            unstored.drain(..drop);
-            warn!(
-                dropped = drop,
-                "the store refused webhook deliveries too long; the oldest are not delivered"
-            );
-        }
-        if !unstored.is_empty() {
-            match store.enqueue_deliveries(&unstored).await {
-                Ok(()) => {
-                    unstored.clear();
-                    wake.notify_one();
-                }
-                Err(e) => {
-                    warn!(error = %e, waiting = unstored.len(), "webhook deliveries not stored yet; retried");
-                }
-            }
-        }
-        if stopping || !open {
-            if !unstored.is_empty() {
-                warn!(
-                    lost = unstored.len(),
-                    "stopping with webhook deliveries the store did not take"
-                );
-            }
-            return;
         }
     }
 }
@@ -600,51 +521,6 @@ mod tests {
                 assert!(retry_delay(attempts) <= ceiling, "{attempts}");
             }
         }
-    }
-
-    /// A whole region going offline at once: more events in one go than the broadcast keeps,
-    /// every one stored as a delivery (a real SQLite file; the URL refuses connections, so
-    /// they stay pending).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_burst_larger_than_the_broadcast_is_stored_whole() {
-        csg_transport::install_crypto_provider();
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("c.db").display());
-        let store = crate::store::open(&url).await.unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let hook = Webhook {
-            name: "ops".into(),
-            url: reqwest::Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap(),
-            secret: Secret::from_bytes(b"0123456789abcdef"),
-            events: EventKinds::parse(["presence"]).unwrap(),
-            max_attempts: 100,
-            timeout: Duration::from_secs(1),
-        };
-        let bus = Bus::default();
-        let service = Service::start(vec![hook], store.clone(), &bus, Metrics::new()).unwrap();
-        let n = crate::events::DEFAULT_CAPACITY + 5_000;
-        for i in 0..n {
-            bus.publish(crate::events::Event::Presence {
-                region: "default".into(),
-                instance_id: format!("gw-{i}"),
-                group_id: Some("GID_a".into()),
-                from: Some("online".into()),
-                to: "offline".into(),
-                reason: Some("connection_lost".into()),
-                since_ms: 1,
-                at_ms: 2,
-            });
-        }
-        // Stopping stores what the queue still holds.
-        service.stop().await;
-        let (pending, _) = store.pending_deliveries().await.unwrap();
-        assert_eq!(pending, n as u64);
-        assert_eq!(bus.queue_dropped(), 0);
-        store.close().await;
     }
 
     #[test]

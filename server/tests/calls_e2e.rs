@@ -642,8 +642,31 @@ fn an_iscsi_target_with_chap_through_the_resource_routes_keeps_its_secrets() {
         Some(&ops),
     )
     .assert_problem(422);
-    c.request("DELETE", target, None, &[], Some(&ops))
-        .assert_ok(204);
+    // The delete options are query parameters; bad ones are refused and change nothing.
+    let backing = std::path::PathBuf::from(dirs.path("a.img"));
+    assert!(backing.exists(), "the target's backing file was not made");
+    for bad in [
+        "?force=yes",
+        "?delete_backing_files=1",
+        "?purge=true",
+        "?force=true&force=true",
+    ] {
+        c.request("DELETE", &format!("{target}{bad}"), None, &[], Some(&ops))
+            .assert_problem(400);
+    }
+    c.get(target, Some(&ops)).assert_ok(200);
+    c.request(
+        "DELETE",
+        &format!("{target}?force=true&delete_backing_files=true"),
+        None,
+        &[],
+        Some(&ops),
+    )
+    .assert_ok(204);
+    assert!(
+        !backing.exists(),
+        "delete_backing_files=true left the backing file"
+    );
     c.request("DELETE", target, None, &[], Some(&ops))
         .assert_problem(404);
     c.get(target, Some(&ops)).assert_problem(404);
@@ -660,6 +683,14 @@ fn an_iscsi_target_with_chap_through_the_resource_routes_keeps_its_secrets() {
         );
     }
     assert!(calls.to_string().contains("<redacted>"), "{calls}");
+    // The options reached the agent as the method's params.
+    let deleted = calls["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["method"] == "iscsi.target.delete" && e["params"]["force"] == true)
+        .unwrap_or_else(|| panic!("no forced delete in {calls}"));
+    assert_eq!(deleted["params"]["delete_backing_files"], true, "{deleted}");
     let put = audit["items"]
         .as_array()
         .unwrap()

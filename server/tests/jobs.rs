@@ -1123,6 +1123,8 @@ impl Api {
                     calls,
                 }),
                 bus,
+                // No log writer or tail runs here: these tests read no event stream.
+                log: csg_consoled::eventlog::LogTail::new(fx.store.clone()),
                 metrics,
             },
             &HttpLimits {

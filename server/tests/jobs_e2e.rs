@@ -132,6 +132,8 @@ impl Side {
                     calls,
                 }),
                 bus,
+                // No log writer or tail runs here: these tests read no event stream.
+                log: csg_consoled::eventlog::LogTail::new(store.clone()),
                 metrics,
             },
             &HttpLimits {

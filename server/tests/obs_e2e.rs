@@ -33,8 +33,13 @@ const SECRET: &str = "e2e-webhook-secret-0123456789";
 
 /// `curl -N` on the event stream, its output (head and events) going to a file as it arrives.
 fn stream(c: &Consoled, name: &str, query: &str, token: &str) -> Stream {
+    stream_with(c, name, query, token, "")
+}
+
+/// As [`stream`], with `extra` header lines.
+fn stream_with(c: &Consoled, name: &str, query: &str, token: &str, extra: &str) -> Stream {
     let header = c.dir.path().join(format!("{name}.header"));
-    std::fs::write(&header, format!("Authorization: Bearer {token}\n")).unwrap();
+    std::fs::write(&header, format!("Authorization: Bearer {token}\n{extra}")).unwrap();
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "-N", "-i", "--max-time", "120", "-H"])
         .arg(format!("@{}", header.display()))
@@ -496,4 +501,165 @@ fn webhooks_are_signed_retried_and_a_pending_one_survives_a_restart() {
         !c.log().contains(SECRET),
         "the webhook secret must never reach the log"
     );
+}
+
+/// Two replicas on one PostgreSQL database, each with the same webhook, a real receiver and
+/// a real agent: every presence change is delivered once (not once per replica), both
+/// replicas' streams carry the same events under the same ids, and a stream resumed with
+/// `Last-Event-ID` (or `?last_event_id=`) on either replica, or after a restart, replays what
+/// came after that id and nothing before.
+#[test]
+fn two_replicas_deliver_each_presence_change_once_and_stream_one_log() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Arc::new(Receiver {
+        secret: Secret::from_bytes(SECRET.as_bytes()),
+        fail_first: 0,
+        down: AtomicBool::new(false),
+        seen: Mutex::new(HashMap::new()),
+        bad_signatures: Mutex::new(0),
+    });
+    let port = start_receiver(&rt, receiver.clone());
+    let pg = common::PgServer::start().unwrap_or_else(|e| panic!("PostgreSQL did not start: {e}"));
+    let url = pg.url();
+    let broker = Broker::start();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret_file = secret_dir.path().join("hook.secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let hook = format!(
+        "[[webhooks]]\nname = \"ops\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret_file = \"{}\"\nevents = [\"presence\"]\n",
+        secret_file.display()
+    );
+    let group = csg_e2e::unique("obs-rep");
+    let replica = || {
+        Consoled::with(
+            &broker.url(),
+            Options {
+                store: Some(url.clone()),
+                share_group: Some(group.clone()),
+                http: "request_timeout_ms = 2000".to_owned(),
+                extra: hook.clone(),
+                ..Options::default()
+            },
+        )
+    };
+    let mut a = replica();
+    let mut b = replica();
+    // Tokens live in the database: one made through A works on B.
+    let reader = a.token_with(&["--name", "reader", "--scope", "read"]);
+    let others = a.token_with(&[
+        "--name",
+        "others",
+        "--scope",
+        "read",
+        "--group",
+        "GID_other",
+    ]);
+    a.start();
+    b.start();
+    let on_a = stream(&a, "rep-a", "?types=presence", &reader);
+    let on_b = stream(&b, "rep-b", "?types=presence", &reader);
+
+    let mut cfg = AgentConfig::new("gw-rep-1", &broker.url());
+    cfg.heartbeat_interval_s = 1;
+    let mut agent = Agent::spawn(&cfg);
+    for s in [&on_a, &on_b] {
+        wait_for(Duration::from_secs(30), || {
+            s.presence_of("gw-rep-1", "online").is_some()
+        })
+        .unwrap_or_else(|| panic!("no online event\n{}\n{}\n{}", s.text(), a.log(), b.log()));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    agent.kill9();
+    for s in [&on_a, &on_b] {
+        wait_for(Duration::from_secs(30), || {
+            s.presence_of("gw-rep-1", "offline").is_some()
+        })
+        .unwrap_or_else(|| panic!("no offline event\n{}\n{}\n{}", s.text(), a.log(), b.log()));
+    }
+    // Both replicas saw both changes; each had time to store its copy and its deliveries.
+    std::thread::sleep(Duration::from_secs(3));
+    let ours = |s: &Stream| -> Vec<(String, String)> {
+        s.events()
+            .into_iter()
+            .filter(|e| e.event == "presence" && e.data["instance_id"] == "gw-rep-1")
+            .map(|e| {
+                (
+                    e.id.clone().unwrap(),
+                    e.data["to"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (seen_a, seen_b) = (ours(&on_a), ours(&on_b));
+    eprintln!("replica A streamed {seen_a:?}, replica B {seen_b:?}");
+    assert_eq!(seen_a, seen_b, "the replicas' streams differ");
+    let tos: Vec<&str> = seen_a.iter().map(|(_, to)| to.as_str()).collect();
+    assert_eq!(tos, ["online", "offline"], "each change once: {seen_a:?}");
+
+    // The receiver got each change once, under the stream's ids.
+    let delivered: Vec<(i64, String)> = {
+        let seen = receiver.seen.lock().unwrap();
+        let mut v: Vec<(i64, String)> = seen
+            .values()
+            .filter_map(|s| s.accepted.as_ref())
+            .filter(|b| b["instance_id"] == "gw-rep-1")
+            .map(|b| {
+                (
+                    b["event_id"].as_i64().unwrap(),
+                    b["to"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let streamed: Vec<(i64, String)> = seen_a
+        .iter()
+        .map(|(id, to)| (id.parse().unwrap(), to.clone()))
+        .collect();
+    assert_eq!(delivered, streamed, "one delivery per presence change");
+    assert_eq!(*receiver.bad_signatures.lock().unwrap(), 0);
+
+    // Resumed after the online: the offline and nothing before, on either replica, by header
+    // or by query; a token of another group gets nothing of it.
+    let online_id = &seen_a[0].0;
+    let resumed_b = stream_with(&b, 
+        "resume-b",
+        "?types=presence",
+        &reader,
+        &format!("Last-Event-ID: {online_id}\n"),
+    );
+    let resumed_a = stream(&a, 
+        "resume-a",
+        &format!("?types=presence&last_event_id={online_id}"),
+        &reader,
+    );
+    let foreign = stream(&a, "resume-foreign", "?last_event_id=0", &others);
+    for s in [&resumed_a, &resumed_b] {
+        wait_for(TIMEOUT, || !ours(s).is_empty())
+            .unwrap_or_else(|| panic!("nothing replayed: {}", s.text()));
+        assert_eq!(ours(s), seen_a[1..], "{}", s.text());
+        assert!(
+            s.events()
+                .iter()
+                .all(|e| e.id.as_deref().unwrap().parse::<i64>().unwrap()
+                    > online_id.parse::<i64>().unwrap()),
+            "{}",
+            s.text()
+        );
+    }
+    // Ids survive a restart: A stopped and started again replays the same events, same ids.
+    assert!(a.stop().is_some_and(|s| s.success()));
+    a.start();
+    let after_restart = stream(&a, "restart-a", "?types=presence&last_event_id=0", &reader);
+    wait_for(TIMEOUT, || ours(&after_restart).len() >= 2).unwrap_or_else(|| {
+        panic!(
+            "nothing replayed after the restart: {}",
+            after_restart.text()
+        )
+    });
+    assert_eq!(ours(&after_restart), seen_a);
+    assert!(foreign.events().is_empty(), "{}", foreign.text());
+    assert!(a.stop().is_some_and(|s| s.success()));
+    assert!(b.stop().is_some_and(|s| s.success()));
 }

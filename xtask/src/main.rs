@@ -1,7 +1,7 @@
 //! Build tasks of the workspace, run as `cargo run -p xtask -- TASK`.
 //!
 //! `package-docs DIR`: the man pages (one per command and subcommand) and the bash, zsh and
-//! fish completions of `csg-agent` and `csgctl`, generated from the clap definitions the
+//! fish completions of `csg-agent`, `csgctl` and `csg-consoled`, generated from the clap definitions the
 //! binaries parse, so they never drift from the real flags. `scripts/package.sh` runs it and
 //! puts the files into the packages; the shipped binaries carry no generator.
 
@@ -14,7 +14,7 @@ use clap_complete::Shell;
 #[derive(Debug, Parser)]
 #[command(name = "xtask", about = "Build tasks of the csg-agent workspace")]
 enum Task {
-    /// Write man pages (uncompressed) and shell completions of csg-agent and csgctl into DIR.
+    /// Write man pages (uncompressed) and shell completions of csg-agent, csgctl and csg-consoled into DIR.
     PackageDocs { dir: PathBuf },
 }
 
@@ -26,7 +26,11 @@ fn main() -> anyhow::Result<()> {
 
 fn package_docs(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for cmd in [csg_agent::cli::command(), csg_console::csgctl::command()] {
+    for cmd in [
+        csg_agent::cli::command(),
+        csg_console::csgctl::command(),
+        csg_consoled::cli::command(),
+    ] {
         write_docs(cmd, dir)
             .with_context(|| format!("cannot write the docs into {}", dir.display()))?;
     }
@@ -52,7 +56,7 @@ mod tests {
     fn package_docs_writes_every_file_the_packages_ship() {
         let dir = tempfile::tempdir().unwrap();
         package_docs(dir.path()).unwrap();
-        for name in ["csg-agent", "csgctl"] {
+        for name in ["csg-agent", "csgctl", "csg-consoled"] {
             for file in [
                 format!("{name}.1"),
                 format!("{name}.bash"),
@@ -70,6 +74,10 @@ mod tests {
         assert!(dir.path().join("csg-agent-check-config.1").exists());
         assert!(dir.path().join("csgctl-call.1").exists());
         assert!(dir.path().join("csgctl-nfs.1").exists());
+        assert!(dir.path().join("csg-consoled-check-config.1").exists());
+        assert!(dir.path().join("csg-consoled-token-create.1").exists());
+        let consoled = std::fs::read_to_string(dir.path().join("csg-consoled.1")).unwrap();
+        assert!(consoled.contains("\\-\\-config"), "{consoled}");
         let agent = std::fs::read_to_string(dir.path().join("csg-agent.1")).unwrap();
         assert!(agent.contains("check\\-config"), "{agent}");
         assert!(!agent.contains("generate"), "{agent}");

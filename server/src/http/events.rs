@@ -1,11 +1,24 @@
-//! `GET /v1/events`: the live events as server-sent events.
+//! `GET /v1/events`: the stored events as server-sent events, replayed from `Last-Event-ID`
+//! and then followed live.
 //!
-//! Each event is `id: <event id>`, `event: presence|call|job`, `data: <JSON>`. A listener that
-//! falls behind the bus gets `event: lagged` with `{"missed": n}` instead of the events it
-//! lost, never a silent gap. The stream opens with a comment (`: open`); comments (`: keep-alive`) every 15 s keep proxies from closing an
-//! idle stream. Nothing compresses or buffers the response (`X-Accel-Buffering: no` asks the
-//! same of a proxy); the stream ends when the service stops.
+//! Each event is `id: <event id>`, `event: presence|call|job`, `data: <JSON>`; the id is the
+//! event log's (see [`crate::eventlog`]): the same on every replica and across restarts. A
+//! client that reconnects with `Last-Event-ID: N` (or `?last_event_id=N`, for clients that
+//! cannot set headers) first gets every stored event after N that its token may see, then the
+//! live ones. When N is older than what the log keeps (or is an id the log never gave out) the
+//! stream opens with `event: replay_incomplete`. The stream opens with a comment (`: open`);
+//! comments (`: keep-alive`) every 15 s keep proxies from closing an idle stream. Nothing
+//! compresses or buffers the response (`X-Accel-Buffering: no` asks the same of a proxy); the
+//! stream ends when the service stops.
+//!
+//! The seam between replay and live: the stream subscribes to the replica's tail first, then
+//! reads the store from N until a page comes back short. Everything stored before that read is
+//! in it; everything stored after reaches the tail, which hands events out in id order. The
+//! stream remembers the last id it passed and skips anything at or below it: no gap, no
+//! duplicate. A stream that falls behind the tail (its buffer of 16,384 events overflows)
+//! does the same from its last id instead of losing events.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,36 +34,91 @@ use tokio::sync::{broadcast, watch};
 use super::auth::{authorize, presented_hash};
 use super::problem::Problem;
 use super::AppState;
-use crate::events::{EventKinds, Published};
+use crate::eventlog::{Entry, LogTail};
+use crate::events::EventKinds;
 use crate::metrics::StreamGuard;
-use crate::store::{Scope, Store, TokenHash};
+use crate::store::{LogBounds, Scope, Store, TokenHash};
 
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// `types=presence,call,job` (comma-separated, or repeated); every type by default.
-pub fn parse_types(raw: Option<&str>) -> Result<EventKinds, Problem> {
+/// What the query asks: the types (every type by default) and where to resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamQuery {
+    pub kinds: EventKinds,
+    pub last_event_id: Option<i64>,
+}
+
+fn event_id(what: &str, v: &str) -> Result<i64, Problem> {
+    v.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            Problem::bad_request(format!(
+                "{what}: an event id (a whole number from 0), not {:?}",
+                v.chars().take(64).collect::<String>()
+            ))
+        })
+}
+
+/// `types=presence,call,job` (comma-separated, or repeated) and `last_event_id=N`.
+pub fn parse_query(raw: Option<&str>) -> Result<StreamQuery, Problem> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
         .map_err(|e| Problem::bad_request(format!("query: {e}")))?;
     let mut names: Vec<String> = Vec::new();
+    let mut last_event_id = None;
     for (k, v) in pairs {
-        if k != "types" {
-            return Err(Problem::bad_request(format!(
-                "unknown query parameter {:?}; known: types",
-                k.chars().take(64).collect::<String>()
-            )));
+        match k.as_str() {
+            "types" => names.extend(v.split(',').map(str::to_owned)),
+            "last_event_id" if last_event_id.is_none() => {
+                last_event_id = Some(event_id("last_event_id", &v)?);
+            }
+            "last_event_id" => return Err(Problem::bad_request("last_event_id given twice")),
+            _ => {
+                return Err(Problem::bad_request(format!(
+                    "unknown query parameter {:?}; known: types, last_event_id",
+                    k.chars().take(64).collect::<String>()
+                )))
+            }
         }
-        names.extend(v.split(',').map(str::to_owned));
     }
-    if names.is_empty() {
-        return Ok(EventKinds::ALL);
+    let kinds = if names.is_empty() {
+        EventKinds::ALL
+    } else {
+        EventKinds::parse(names.iter().map(String::as_str))
+            .map_err(|e| Problem::bad_request(format!("types: {e}")))?
+    };
+    Ok(StreamQuery {
+        kinds,
+        last_event_id,
+    })
+}
+
+/// Where to resume: the `Last-Event-ID` header (what a browser's EventSource sends when it
+/// reconnects) wins over the query; an empty header is no header, as EventSource never sends
+/// one.
+fn resume_from(headers: &HeaderMap, query: Option<i64>) -> Result<Option<i64>, Problem> {
+    match headers.get("last-event-id") {
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| Problem::bad_request("Last-Event-ID: not text"))?;
+            if v.trim().is_empty() {
+                Ok(query)
+            } else {
+                event_id("Last-Event-ID", v).map(Some)
+            }
+        }
+        None => Ok(query),
     }
-    EventKinds::parse(names.iter().map(String::as_str))
-        .map_err(|e| Problem::bad_request(format!("types: {e}")))
 }
 
 /// How often an open stream checks that its token is still valid: a revoked token's stream
 /// ends within this long.
 pub const TOKEN_RECHECK: Duration = Duration::from_secs(5);
+
+/// How long a stream waits before reading the store again after it failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// The token a stream was opened with, looked up again now and then.
 struct Recheck {
@@ -61,7 +129,17 @@ struct Recheck {
 
 struct Listener {
     recheck: Option<Recheck>,
-    rx: broadcast::Receiver<Arc<Published>>,
+    log: LogTail,
+    rx: broadcast::Receiver<Arc<Entry>>,
+    /// The last id this stream passed (sent, or filtered out): it goes on after it.
+    last: i64,
+    /// Read from the store, not passed yet.
+    backlog: VecDeque<Arc<Entry>>,
+    /// Reading the store (a replay, or catching up after falling behind the tail) rather
+    /// than following the tail.
+    catching_up: bool,
+    /// Sent before anything else.
+    notice: Option<SseEvent>,
     closed: watch::Receiver<bool>,
     kinds: EventKinds,
     groups: Vec<String>,
@@ -71,12 +149,56 @@ struct Listener {
     closed_by_revocation: bool,
 }
 
-fn frame(p: &Published) -> SseEvent {
-    let data = serde_json::to_string(p).unwrap_or_else(|_| "{}".to_owned());
+fn frame(e: &Entry) -> SseEvent {
     SseEvent::default()
-        .id(p.event_id.to_string())
-        .event(p.event.kind().as_str())
-        .data(data)
+        .id(e.id.to_string())
+        .event(e.kind.as_str())
+        .data(e.body.as_str())
+}
+
+/// `replay_incomplete`: events after `asked` are missing from what follows, because the log
+/// no longer holds them (pruned) or never gave that id out.
+fn incomplete(asked: i64, b: LogBounds, reason: &str) -> SseEvent {
+    let data = serde_json::json!({
+        "last_event_id": asked,
+        "reason": reason,
+        "pruned_through": b.pruned_through,
+        "newest": b.newest,
+    });
+    SseEvent::default()
+        .event("replay_incomplete")
+        .data(data.to_string())
+}
+
+/// Where a stream resuming after `asked` starts, and the notice it opens with, if any.
+fn start_after(asked: i64, b: LogBounds) -> (i64, Option<SseEvent>) {
+    if asked > b.newest {
+        (
+            b.newest,
+            Some(incomplete(
+                asked,
+                b,
+                "unknown: the log never gave out this id; going on from its newest",
+            )),
+        )
+    } else if asked < b.pruned_through {
+        (
+            asked,
+            Some(incomplete(
+                asked,
+                b,
+                "pruned: events up to pruned_through are no longer kept",
+            )),
+        )
+    } else {
+        (asked, None)
+    }
+}
+
+impl Listener {
+    fn wants(&self, e: &Entry) -> bool {
+        self.kinds.contains(e.kind) && e.visible_to(&self.groups)
+    }
 }
 
 fn events(l: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
@@ -88,8 +210,34 @@ fn events(l: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
             return None;
         }
         loop {
+            if let Some(n) = l.notice.take() {
+                return Some((Ok(n), l));
+            }
+            if let Some(e) = l.backlog.pop_front() {
+                l.last = e.id;
+                if l.wants(&e) {
+                    return Some((Ok(frame(&e)), l));
+                }
+                continue;
+            }
+            if l.catching_up {
+                match l.log.after(l.last).await {
+                    Ok((entries, complete)) => {
+                        l.backlog.extend(entries);
+                        l.catching_up = !complete;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "an event stream could not read the log; retried");
+                        tokio::select! {
+                            _ = tokio::time::sleep(STORE_RETRY) => {}
+                            _ = l.closed.wait_for(|c| *c) => return None,
+                        }
+                    }
+                }
+                continue;
+            }
             enum Next {
-                Got(Result<Arc<Published>, RecvError>),
+                Got(Result<Arc<Entry>, RecvError>),
                 Closed,
                 Recheck(Arc<dyn Store>, TokenHash),
             }
@@ -127,17 +275,29 @@ fn events(l: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
                 }
             };
             match got {
-                Ok(p) => {
-                    if l.kinds.contains(p.event.kind()) && p.event.visible_to(&l.groups) {
-                        return Some((Ok(frame(&p)), l));
+                Ok(e) => {
+                    // At or below the last passed: read from the store already.
+                    if e.id <= l.last {
+                        continue;
+                    }
+                    l.last = e.id;
+                    if l.wants(&e) {
+                        return Some((Ok(frame(&e)), l));
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
+                    // Fell behind the tail: what it dropped is in the store.
                     l.metrics.stream_lagged(n);
-                    let e = SseEvent::default()
-                        .event("lagged")
-                        .data(format!("{{\"missed\":{n}}}"));
-                    return Some((Ok(e), l));
+                    l.catching_up = true;
+                    if let Ok(b) = l.log.bounds().await {
+                        if l.last < b.pruned_through {
+                            l.notice = Some(incomplete(
+                                l.last,
+                                b,
+                                "pruned: events up to pruned_through are no longer kept",
+                            ));
+                        }
+                    }
                 }
                 Err(RecvError::Closed) => return None,
             }
@@ -145,18 +305,22 @@ fn events(l: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     }))
 }
 
-/// The live events, as server-sent events.
+/// The stored events, replayed from `Last-Event-ID` and followed live, as server-sent events.
 #[utoipa::path(
     get,
     path = "/v1/events",
     tag = "events",
-    params(("types" = Option<String>, Query, description = "comma-separated: presence, call, job (all by default)")),
+    params(
+        ("types" = Option<String>, Query, description = "comma-separated: presence, call, job (all by default)"),
+        ("last_event_id" = Option<i64>, Query, description = "resume after this event id (as the Last-Event-ID header, which wins when both are given)", minimum = 0),
+        ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id: every stored event after it the token may see, then the live ones"),
+    ),
     responses(
-        (status = 200, description = "a stream of server-sent events: `event:` presence, call, job or lagged; `id:` the event id; `data:` the event as JSON", content_type = "text/event-stream", body = String),
-        (status = 400, description = "an unknown type or parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "a stream of server-sent events: `event:` presence, call, job, replay_incomplete (first, when the events after Last-Event-ID are no longer all kept) or revoked (last); `id:` the event id; `data:` the event as JSON", content_type = "text/event-stream", body = String),
+        (status = 400, description = "an unknown type or parameter, or a bad event id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token lacks the read scope", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "the store (which holds the tokens) is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "the store (which holds the tokens and the events) is unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -166,11 +330,20 @@ pub async fn stream(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     let token = authorize(&state, &headers, Scope::Read).await?;
-    let kinds = parse_types(raw.as_deref())?;
+    let query = parse_query(raw.as_deref())?;
+    let resume = resume_from(&headers, query.last_event_id)?;
     let mut every = tokio::time::interval(TOKEN_RECHECK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.reset();
-    // Subscribed before answering: nothing published from here on is missed.
+    // Subscribed before the store is read: nothing stored from here on is missed.
+    let rx = state.log.subscribe();
+    let (last, notice, catching_up) = match resume {
+        None => (state.log.head(), None, false),
+        Some(asked) => {
+            let (last, notice) = start_after(asked, state.log.bounds().await?);
+            (last, notice, true)
+        }
+    };
     let listener = Listener {
         recheck: Some(Recheck {
             store: state.store.clone(),
@@ -178,9 +351,14 @@ pub async fn stream(
             every,
         }),
         closed_by_revocation: false,
-        rx: state.bus.subscribe(),
+        log: state.log.clone(),
+        rx,
+        last,
+        backlog: VecDeque::new(),
+        catching_up,
+        notice,
         closed: state.bus.close_signal(),
-        kinds,
+        kinds: query.kinds,
         groups: token.groups.iter().map(|g| g.as_str().to_owned()).collect(),
         metrics: state.metrics.clone(),
         _open: state.metrics.stream_opened(),
@@ -197,148 +375,324 @@ pub async fn stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eventlog::{EventLogConfig, Service};
     use crate::events::{Bus, Event, EventKind};
     use crate::metrics::Metrics;
+    use std::sync::Arc;
+    use tokio::sync::Notify;
 
-    fn presence(group: &str) -> Event {
+    fn presence(group: &str, id: usize) -> Event {
         Event::Presence {
             region: "default".into(),
-            instance_id: "gw-1".into(),
+            instance_id: format!("gw-{id}"),
             group_id: Some(group.into()),
             from: None,
             to: "online".into(),
             reason: Some("connected".into()),
-            since_ms: 1,
-            at_ms: 2,
+            since_ms: i64::try_from(id).unwrap(),
+            // Now: older events would be the pruner's (24 h retention).
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                .try_into()
+                .unwrap(),
         }
     }
 
-    fn listener(bus: &Bus, kinds: EventKinds, groups: &[&str], metrics: &Metrics) -> Listener {
-        Listener {
-            recheck: None,
-            closed_by_revocation: false,
-            rx: bus.subscribe(),
-            closed: bus.close_signal(),
-            kinds,
-            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
-            metrics: metrics.clone(),
-            _open: metrics.stream_opened(),
+    /// A real SQLite store, its log's writer and tail running, and the bus they log from.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn Store>,
+        bus: Bus,
+        log: LogTail,
+        service: Option<Service>,
+        metrics: Metrics,
+    }
+
+    impl Fixture {
+        async fn new(tail_capacity: usize) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("c.db").display());
+            let store = crate::store::open(&url).await.unwrap();
+            let bus = Bus::default();
+            let log = LogTail::with_capacity(store.clone(), tail_capacity);
+            let service = Service::start(
+                &log,
+                &bus,
+                Vec::new(),
+                "console-1".into(),
+                EventLogConfig {
+                    poll: Duration::from_millis(20),
+                    ..EventLogConfig::default()
+                },
+                Arc::new(Notify::new()),
+            )
+            .await
+            .unwrap();
+            Fixture {
+                _dir: dir,
+                store,
+                bus,
+                log,
+                service: Some(service),
+                metrics: Metrics::new(),
+            }
         }
+
+        /// Waits until the log holds `n` events.
+        async fn logged(&self, n: i64) {
+            for _ in 0..500 {
+                if self.log.bounds().await.unwrap().newest >= n && self.log.head() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{n} events were not logged");
+        }
+
+        async fn listener(
+            &self,
+            kinds: EventKinds,
+            groups: &[&str],
+            resume: Option<i64>,
+        ) -> Listener {
+            let rx = self.log.subscribe();
+            let (last, notice, catching_up) = match resume {
+                None => (self.log.head(), None, false),
+                Some(asked) => {
+                    let (last, notice) = start_after(asked, self.log.bounds().await.unwrap());
+                    (last, notice, true)
+                }
+            };
+            Listener {
+                recheck: None,
+                closed_by_revocation: false,
+                log: self.log.clone(),
+                rx,
+                last,
+                backlog: VecDeque::new(),
+                catching_up,
+                notice,
+                closed: self.bus.close_signal(),
+                kinds,
+                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+                metrics: self.metrics.clone(),
+                _open: self.metrics.stream_opened(),
+            }
+        }
+
+        async fn stop(mut self) {
+            if let Some(s) = self.service.take() {
+                s.stop().await;
+            }
+            self.store.close().await;
+        }
+    }
+
+    fn text(e: SseEvent) -> String {
+        format!("{e:?}")
+    }
+
+    /// The id of a frame (`id: N`), if it has one.
+    fn id_of(t: &str) -> Option<i64> {
+        let at = t.find("id: ")? + 4;
+        let digits: String = t[at..].chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    }
+
+    async fn next(s: &mut (impl Stream<Item = Result<SseEvent, Infallible>> + Unpin)) -> String {
+        let e = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .expect("no event in 10 s")
+            .expect("the stream ended")
+            .unwrap();
+        text(e)
     }
 
     /// A stream opened with a token that is then revoked ends with a `revoked` event at the
     /// next check (a real SQLite store holds the token).
     #[tokio::test]
     async fn a_revoked_tokens_stream_ends() {
-        use crate::store::{self, NewToken, TokenName, TokenSecret};
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("c.db").display());
-        let st = store::open(&url).await.unwrap();
+        use crate::store::{NewToken, TokenName, TokenSecret};
+        let fx = Fixture::new(64).await;
         let secret = TokenSecret::generate().unwrap();
         let name = TokenName::new("watcher").unwrap();
-        st.create_token(&NewToken {
-            name: name.clone(),
-            hash: secret.hash(),
-            scopes: vec![Scope::Read],
-            groups: vec![],
-            created_ms: 0,
-        })
-        .await
-        .unwrap();
-        let bus = Bus::new(16);
-        let metrics = Metrics::new();
-        let mut l = listener(&bus, EventKinds::ALL, &[], &metrics);
+        fx.store
+            .create_token(&NewToken {
+                name: name.clone(),
+                hash: secret.hash(),
+                scopes: vec![Scope::Read],
+                groups: vec![],
+                created_ms: 0,
+            })
+            .await
+            .unwrap();
+        let mut l = fx.listener(EventKinds::ALL, &[], None).await;
         l.recheck = Some(Recheck {
-            store: st.clone(),
+            store: fx.store.clone(),
             hash: secret.hash(),
             every: tokio::time::interval(Duration::from_millis(50)),
         });
         let s = events(l);
         tokio::pin!(s);
-        assert!(format!("{:?}", s.next().await.unwrap().unwrap()).contains(": open"));
+        assert!(next(&mut s).await.contains(": open"));
         // Still valid: events flow.
-        bus.publish(presence("GID_a"));
-        let e = format!("{:?}", s.next().await.unwrap().unwrap());
+        fx.bus.publish(presence("GID_a", 1));
+        let e = next(&mut s).await;
         assert!(e.contains("presence"), "{e}");
-        assert!(st.revoke_token(&name, 1).await.unwrap());
-        let e = tokio::time::timeout(Duration::from_secs(5), s.next())
-            .await
-            .expect("no revoked event")
-            .unwrap()
-            .unwrap();
-        assert!(format!("{e:?}").contains("revoked"), "{e:?}");
+        assert!(fx.store.revoke_token(&name, 1).await.unwrap());
+        let e = next(&mut s).await;
+        assert!(e.contains("revoked"), "{e}");
         assert!(
             s.next().await.is_none(),
             "the stream goes on after revocation"
         );
-        st.close().await;
+        fx.stop().await;
     }
 
-    /// A listener that falls behind is told how many events it missed, then goes on; its
-    /// groups and types filter what it sees; closing the bus ends the stream.
-    #[tokio::test]
-    async fn a_lagging_listener_gets_a_lagged_event_and_filters_apply() {
-        let bus = Bus::new(4);
-        let metrics = Metrics::new();
-        let all = events(listener(&bus, EventKinds::ALL, &[], &metrics));
-        let limited = events(listener(&bus, EventKinds::ALL, &["GID_b"], &metrics));
-        let jobs = events(listener(
-            &bus,
-            EventKinds::parse(["job"]).unwrap(),
-            &[],
-            &metrics,
-        ));
-        tokio::pin!(all, limited, jobs);
-        for s in [&mut all, &mut limited, &mut jobs] {
-            let first = format!("{:?}", s.next().await.unwrap().unwrap());
-            assert!(first.contains(": open"), "{first}");
+    /// Resuming after an id replays every later stored event the token may see, then goes on
+    /// live across the seam with no gap and no duplicate, while events keep coming.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_joins_the_live_events_without_gap_or_duplicate() {
+        let fx = Fixture::new(64).await;
+        for i in 1..=30 {
+            fx.bus
+                .publish(presence(if i % 3 == 0 { "GID_b" } else { "GID_a" }, i));
         }
-        for i in 0..10 {
-            bus.publish(presence(if i == 9 { "GID_b" } else { "GID_a" }));
-        }
-        bus.publish(Event::Job {
-            id: "j".into(),
-            state: "running".into(),
-            counts: serde_json::json!({}),
+        fx.logged(30).await;
+        let all = events(fx.listener(EventKinds::ALL, &[], Some(10)).await);
+        let limited = events(fx.listener(EventKinds::ALL, &["GID_b"], Some(10)).await);
+        tokio::pin!(all, limited);
+        assert!(next(&mut all).await.contains(": open"));
+        assert!(next(&mut limited).await.contains(": open"));
+        // More events while the replay is read: they come after it, once.
+        let bus = fx.bus.clone();
+        let publisher = tokio::spawn(async move {
+            for i in 31..=60 {
+                bus.publish(presence(if i % 3 == 0 { "GID_b" } else { "GID_a" }, i));
+                tokio::task::yield_now().await;
+            }
+            bus.publish(Event::Job {
+                id: "j".into(),
+                state: "running".into(),
+                counts: serde_json::json!({}),
+            });
         });
-        // 11 published, 4 kept: 7 missed, then ids 8 to 11.
-        let text = |e: SseEvent| format!("{e:?}");
-        let first = text(all.next().await.unwrap().unwrap());
-        assert!(
-            first.contains("lagged") && first.contains("missed\\\":7"),
-            "{first}"
-        );
-        let next = text(all.next().await.unwrap().unwrap());
-        assert!(next.contains("id: 8\\nevent: presence\\ndata: {"), "{next}");
-        let s = crate::metrics::parse_text(&metrics.encode().unwrap()).unwrap();
-        assert_eq!(s["csg_event_stream_lagged_events_total"], 7.0);
-        assert_eq!(s["csg_event_stream_listeners"], 3.0);
+        let mut ids = Vec::new();
+        while ids.len() < 51 {
+            let t = next(&mut all).await;
+            ids.push(id_of(&t).unwrap_or_else(|| panic!("{t}")));
+        }
+        assert_eq!(ids, (11..=61).collect::<Vec<i64>>());
+        // The limited token: only GID_b's events (every third), never the job.
+        let mut seen = Vec::new();
+        while seen.len() < 17 {
+            let t = next(&mut limited).await;
+            assert!(t.contains("GID_b") && !t.contains("GID_a"), "{t}");
+            seen.push(id_of(&t).unwrap());
+        }
+        assert_eq!(seen, (12..=60).step_by(3).collect::<Vec<i64>>());
+        publisher.await.unwrap();
+        // The body carries the same id.
+        fx.bus.publish(presence("GID_b", 99));
+        let t = next(&mut limited).await;
+        assert!(t.contains("\\\"event_id\\\":62"), "{t}");
+        fx.stop().await;
+    }
 
-        // The limited listener: its lag, then only GID_b's event (id 10), not the job.
-        assert!(text(limited.next().await.unwrap().unwrap()).contains("lagged"));
-        let b = text(limited.next().await.unwrap().unwrap());
-        assert!(b.contains("GID_b") && !b.contains("GID_a"), "{b}");
-        // The job-only listener: its lag, then the job.
-        assert!(text(jobs.next().await.unwrap().unwrap()).contains("lagged"));
-        let j = text(jobs.next().await.unwrap().unwrap());
-        assert!(j.contains("job") && !j.contains("presence"), "{j}");
+    /// A stream that falls behind the tail reads what it missed from the store: every event,
+    /// in order, none twice; the lag is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lagging_stream_catches_up_from_the_store() {
+        let fx = Fixture::new(4).await;
+        let s = events(fx.listener(EventKinds::ALL, &[], None).await);
+        tokio::pin!(s);
+        assert!(next(&mut s).await.contains(": open"));
+        for i in 1..=200 {
+            fx.bus.publish(presence("GID_a", i));
+        }
+        fx.logged(200).await;
+        let mut ids = Vec::new();
+        while ids.len() < 200 {
+            let t = next(&mut s).await;
+            ids.push(id_of(&t).unwrap_or_else(|| panic!("{t}")));
+        }
+        assert_eq!(ids, (1..=200).collect::<Vec<i64>>());
+        let m = crate::metrics::parse_text(&fx.metrics.encode().unwrap()).unwrap();
+        assert!(m["csg_event_stream_lagged_events_total"] > 0.0, "{m:?}");
+        fx.stop().await;
+    }
 
-        bus.close();
+    /// Resuming from an id the log no longer keeps opens with `replay_incomplete`, then gives
+    /// what is kept; an id the log never gave out is said so too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_from_before_retention_says_it_is_incomplete() {
+        let fx = Fixture::new(64).await;
+        for i in 1..=20 {
+            fx.bus.publish(presence("GID_a", i));
+        }
+        fx.logged(20).await;
+        // Keep the 5 newest.
+        assert_eq!(fx.store.event_log().prune_events(0, 5).await.unwrap(), 15);
+        let s = events(fx.listener(EventKinds::ALL, &[], Some(3)).await);
+        tokio::pin!(s);
+        assert!(next(&mut s).await.contains(": open"));
+        let n = next(&mut s).await;
         assert!(
-            limited.next().await.is_none(),
-            "closing the bus ends a stream"
+            n.contains("replay_incomplete") && n.contains("pruned_through\\\":15"),
+            "{n}"
         );
+        assert_eq!(id_of(&next(&mut s).await), Some(16));
+        // From the last kept id on: complete, no notice.
+        let s = events(fx.listener(EventKinds::ALL, &[], Some(15)).await);
+        tokio::pin!(s);
+        next(&mut s).await;
+        assert_eq!(id_of(&next(&mut s).await), Some(16));
+        let s = events(fx.listener(EventKinds::ALL, &[], Some(500)).await);
+        tokio::pin!(s);
+        next(&mut s).await;
+        let n = next(&mut s).await;
+        assert!(
+            n.contains("replay_incomplete") && n.contains("unknown"),
+            "{n}"
+        );
+        fx.bus.publish(presence("GID_a", 21));
+        assert_eq!(id_of(&next(&mut s).await), Some(21));
+        fx.bus.close();
+        assert!(s.next().await.is_none(), "closing the bus ends a stream");
+        fx.stop().await;
     }
 
     #[test]
-    fn types_parse_and_unknown_ones_are_refused() {
-        assert_eq!(parse_types(None).unwrap(), EventKinds::ALL);
-        let k = parse_types(Some("types=presence,job")).unwrap();
-        assert!(k.contains(EventKind::Presence) && !k.contains(EventKind::Call));
-        let k = parse_types(Some("types=call&types=job")).unwrap();
+    fn the_query_parses_and_bad_input_is_refused() {
+        assert_eq!(parse_query(None).unwrap().kinds, EventKinds::ALL);
+        let q = parse_query(Some("types=presence,job&last_event_id=42")).unwrap();
+        assert!(q.kinds.contains(EventKind::Presence) && !q.kinds.contains(EventKind::Call));
+        assert_eq!(q.last_event_id, Some(42));
+        let k = parse_query(Some("types=call&types=job")).unwrap().kinds;
         assert!(k.contains(EventKind::Call) && k.contains(EventKind::Job));
-        for bad in ["types=presence,nope", "type=job", "types="] {
-            assert_eq!(parse_types(Some(bad)).unwrap_err().status, 400, "{bad}");
+        for bad in [
+            "types=presence,nope",
+            "type=job",
+            "types=",
+            "last_event_id=-1",
+            "last_event_id=x",
+            "last_event_id=1&last_event_id=2",
+        ] {
+            assert_eq!(parse_query(Some(bad)).unwrap_err().status, 400, "{bad}");
         }
+        let mut h = HeaderMap::new();
+        assert_eq!(resume_from(&h, Some(3)).unwrap(), Some(3));
+        h.insert("last-event-id", HeaderValue::from_static("7"));
+        assert_eq!(
+            resume_from(&h, Some(3)).unwrap(),
+            Some(7),
+            "the header wins"
+        );
+        h.insert("last-event-id", HeaderValue::from_static(""));
+        assert_eq!(resume_from(&h, None).unwrap(), None);
+        h.insert("last-event-id", HeaderValue::from_static("abc"));
+        assert_eq!(resume_from(&h, None).unwrap_err().status, 400);
     }
 }

@@ -46,6 +46,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub regions: Regions,
     pub bus: crate::events::Bus,
+    /// The stored events, as `GET /v1/events` replays and follows them.
+    pub log: crate::eventlog::LogTail,
     pub metrics: crate::metrics::Metrics,
 }
 

@@ -35,6 +35,8 @@ pub struct Family {
     pub create: Option<&'static str>,
     pub update: Option<&'static str>,
     pub delete: &'static str,
+    /// The delete method's boolean options, taken from the DELETE's query (`?force=true`).
+    pub delete_flags: &'static [&'static str],
 }
 
 pub const NFS_EXPORTS: Family = Family {
@@ -45,6 +47,7 @@ pub const NFS_EXPORTS: Family = Family {
     create: Some("nfs.export.create"),
     update: Some("nfs.export.update"),
     delete: "nfs.export.delete",
+    delete_flags: &[],
 };
 
 pub const SMB_SHARES: Family = Family {
@@ -55,6 +58,7 @@ pub const SMB_SHARES: Family = Family {
     create: Some("smb.share.create"),
     update: Some("smb.share.update"),
     delete: "smb.share.delete",
+    delete_flags: &[],
 };
 
 pub const SMB_USERS: Family = Family {
@@ -65,6 +69,7 @@ pub const SMB_USERS: Family = Family {
     create: None,
     update: None,
     delete: "smb.user.delete",
+    delete_flags: &[],
 };
 
 pub const ISCSI_TARGETS: Family = Family {
@@ -75,6 +80,7 @@ pub const ISCSI_TARGETS: Family = Family {
     create: Some("iscsi.target.create"),
     update: Some("iscsi.target.update"),
     delete: "iscsi.target.delete",
+    delete_flags: &["force", "delete_backing_files"],
 };
 
 /// The HTTP status for an agent's error code, and whether the client may retry.
@@ -321,9 +327,12 @@ pub async fn delete(
     headers: HeaderMap,
     instance: String,
     name: String,
+    raw: Option<String>,
 ) -> Result<Response, Problem> {
     let token = authorize(&state, &headers, Scope::Read).await?;
     let key = idempotency_key(&headers)?;
+    let mut params = one(fam.key, &name);
+    params.extend(delete_options(fam, raw.as_deref())?);
     let ctx = Ctx {
         state,
         remote,
@@ -331,13 +340,7 @@ pub async fn delete(
         instance,
     };
     let answer = ctx
-        .call(
-            &token,
-            fam.delete,
-            one(fam.key, &name),
-            key,
-            "resource.delete",
-        )
+        .call(&token, fam.delete, params, key, "resource.delete")
         .await?;
     let result = result_of(&answer)?;
     if result.get("existed") == Some(&Value::Bool(false)) {
@@ -349,10 +352,47 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// A DELETE's query: the family's boolean options (`true` or `false`, each at most once), as
+/// the delete method's params. Anything else is refused before a call is made.
+pub fn delete_options(fam: &Family, raw: Option<&str>) -> Result<Map<String, Value>, Problem> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|e| Problem::bad_request(format!("query: {e}")))?;
+    let mut options = Map::new();
+    for (k, v) in pairs {
+        let shown = || k.chars().take(64).collect::<String>();
+        if !fam.delete_flags.contains(&k.as_str()) {
+            let known = if fam.delete_flags.is_empty() {
+                "none".to_owned()
+            } else {
+                fam.delete_flags.join(", ")
+            };
+            return Err(Problem::bad_request(format!(
+                "unknown query parameter {:?}; known: {known}",
+                shown()
+            )));
+        }
+        let flag = match v.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(Problem::bad_request(format!(
+                    "{}: true or false, not {:?}",
+                    shown(),
+                    v.chars().take(64).collect::<String>()
+                )))
+            }
+        };
+        if options.insert(k.clone(), Value::Bool(flag)).is_some() {
+            return Err(Problem::bad_request(format!("{} given twice", shown())));
+        }
+    }
+    Ok(options)
+}
+
 /// The routes' handlers, one set per family, with their OpenAPI descriptions.
 macro_rules! family_routes {
     ($fam:expr, $tag:literal, $list_path:literal, $one_path:literal,
-     $list:ident, $put:ident, $delete:ident) => {
+     $list:ident, $put:ident, $delete:ident $(, $delete_param:tt)*) => {
         #[utoipa::path(get, path = $list_path, tag = $tag,
             params(("id" = String, Path, description = "the instance id"),
                    ("limit" = Option<u32>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000),
@@ -412,10 +452,11 @@ macro_rules! family_routes {
         #[utoipa::path(delete, path = $one_path, tag = $tag,
             params(("id" = String, Path, description = "the instance id"),
                    ("name" = String, Path, description = "the resource's name"),
-                   ("Idempotency-Key" = Option<String>, Header, description = "the request id of the change")),
+                   ("Idempotency-Key" = Option<String>, Header, description = "the request id of the change")
+                   $(, $delete_param)*),
             responses(
                 (status = 204, description = "deleted"),
-                (status = 400, description = "bad Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+                (status = 400, description = "bad Idempotency-Key, or an unknown or bad query parameter", body = Problem, content_type = "application/problem+json"),
                 (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
                 (status = 403, description = "the token lacks the operate scope", body = Problem, content_type = "application/problem+json"),
                 (status = 404, description = "no such resource (or instance)", body = Problem, content_type = "application/problem+json"),
@@ -431,8 +472,9 @@ macro_rules! family_routes {
             Extension(remote): Extension<RemoteAddr>,
             headers: HeaderMap,
             Path((instance, name)): Path<(String, String)>,
+            RawQuery(raw): RawQuery,
         ) -> Result<Response, Problem> {
-            delete(&$fam, state, remote, headers, instance, name).await
+            delete(&$fam, state, remote, headers, instance, name, raw).await
         }
 
     };
@@ -502,7 +544,9 @@ family_routes!(
     "/v1/instances/{id}/iscsi/targets/{name}",
     iscsi_list,
     iscsi_put,
-    iscsi_delete
+    iscsi_delete,
+    ("force" = Option<bool>, Query, description = "delete even while initiators are logged in (their sessions are closed); without it such a target is 409"),
+    ("delete_backing_files" = Option<bool>, Query, description = "also remove the target's backing files (regular files inside a storage root only)")
 );
 family_get!(
     NFS_EXPORTS,
@@ -526,6 +570,31 @@ family_get!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_options_are_the_familys_flags_and_nothing_else() {
+        let got = delete_options(
+            &ISCSI_TARGETS,
+            Some("force=true&delete_backing_files=false"),
+        )
+        .unwrap();
+        assert_eq!(got["force"], Value::Bool(true));
+        assert_eq!(got["delete_backing_files"], Value::Bool(false));
+        assert!(delete_options(&ISCSI_TARGETS, None).unwrap().is_empty());
+        for bad in [
+            "force=yes",
+            "force=1",
+            "force=true&force=false",
+            "forced=true",
+            "force",
+        ] {
+            let p = delete_options(&ISCSI_TARGETS, Some(bad)).unwrap_err();
+            assert_eq!(p.status, 400, "{bad}");
+        }
+        let p = delete_options(&NFS_EXPORTS, Some("force=true")).unwrap_err();
+        assert_eq!(p.status, 400);
+        assert!(p.detail.contains("known: none"), "{}", p.detail);
+    }
 
     #[test]
     fn agent_codes_map_onto_statuses() {

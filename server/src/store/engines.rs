@@ -658,6 +658,11 @@ macro_rules! store_impl {
             ) -> Result<Vec<super::CallRecord>, StoreError> {
                 self.sql_claim_stale_calls(claim).await
             }
+
+            // --- event log ---
+            fn event_log(&self) -> &dyn super::EventLogStore {
+                self
+            }
         }
     };
 }

@@ -9,6 +9,7 @@
 mod calls;
 mod engines;
 mod error;
+mod eventlog;
 mod jobs;
 mod tokens;
 mod types;
@@ -26,6 +27,7 @@ pub use calls::{
 };
 pub use engines::{PgStore, SqliteStore};
 pub use error::StoreError;
+pub use eventlog::{with_id, EventLogStore, HookKinds, LogBounds, LogRow, NewLogEvent};
 pub use jobs::{
     ExecState, ExecUpdate, ExecutionRecord, JobCounts, JobFilter, JobRecord, JobState, JobStore,
     JobTransition, NewExecution, NewJob,
@@ -199,6 +201,10 @@ pub trait Store: Send + Sync {
     /// oldest first, and leases them until `lease_until_ms`: two replicas never take one call at
     /// once, and a claimer that dies leaves it to be taken again once its lease has passed.
     async fn claim_stale_calls(&self, claim: &StaleCalls) -> Result<Vec<CallRecord>, StoreError>;
+
+    // --- event log ---
+    /// The stored events and their webhook deliveries (store/eventlog.rs).
+    fn event_log(&self) -> &dyn EventLogStore;
 }
 
 /// Opens the store a URL names (`sqlite://PATH`, `postgres://…`) and brings its schema up to
