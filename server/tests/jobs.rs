@@ -29,8 +29,8 @@ use csg_consoled::jobs::model::JobRequest;
 use csg_consoled::jobs::{self, Runner, RunnerConfig};
 use csg_consoled::rpc::{CallSpec, Caller};
 use csg_consoled::store::{
-    self, ExecState, InstanceRow, JobRecord, JobState, JobTransition, NewToken, PageLimit,
-    Presence, Region, Scope, Store, StoreOptions, TokenName, TokenRecord, TokenSecret,
+    self, ExecState, ExecUpdate, InstanceRow, JobRecord, JobState, JobTransition, NewToken,
+    PageLimit, Presence, Region, Scope, Store, StoreOptions, TokenName, TokenRecord, TokenSecret,
 };
 use csg_protocol::envelope::{ErrorCode, Reply, RpcError};
 use csg_protocol::identity::{GroupId, InstanceId, RequestId};
@@ -797,6 +797,55 @@ async fn a_runner_that_dies_is_taken_over_and_nothing_runs_twice(fx: &Fixture) {
 
 /// A claim leaves out the jobs the runner holds already: they do not use up its room, so newer
 /// jobs are taken up to `max_jobs`.
+/// `GET /v1/jobs` counts its page in one query: the same counts as one query per job, for
+/// jobs in different states, and nothing for an unknown id.
+async fn a_page_of_jobs_is_counted_in_one_query(fx: &Fixture) {
+    let targets = ids("gw-", 5);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(fx.store.as_ref(), &refs, Presence::Online).await;
+    let a = create(fx.store.as_ref(), ping_job(&targets)).await;
+    let b = create(fx.store.as_ref(), ping_job(&targets[..3])).await;
+    let now = now_ms();
+    // b: two started, one of them succeeded, one failed.
+    let started = fx
+        .store
+        .jobs()
+        .start_executions(&b.id, &[0, 1], now)
+        .await
+        .unwrap();
+    assert_eq!(started.len(), 2);
+    let done = |state| ExecUpdate::Done {
+        state,
+        error_code: None,
+        error_message: None,
+        reply: None,
+    };
+    fx.store
+        .jobs()
+        .finish_executions(&b.id, &[(0, done(ExecState::Succeeded))], now)
+        .await
+        .unwrap();
+    let counts = fx
+        .store
+        .jobs()
+        .job_counts_of(&[a.id.as_str(), b.id.as_str(), "job-unknown"])
+        .await
+        .unwrap();
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    for id in [&a.id, &b.id] {
+        let one = fx.store.jobs().job_counts(id, None).await.unwrap();
+        assert_eq!(counts[id.as_str()], one, "{id}");
+    }
+    let cb = counts[b.id.as_str()];
+    assert_eq!(
+        (cb.total, cb.queued, cb.in_progress, cb.succeeded),
+        (3, 1, 1, 1),
+        "{cb:?}"
+    );
+    assert_eq!(counts[a.id.as_str()].queued, 5);
+    assert!(fx.store.jobs().job_counts_of(&[]).await.unwrap().is_empty());
+}
+
 async fn a_claim_takes_new_jobs_not_those_already_held(fx: &Fixture) {
     let targets = ids("gw-", 1);
     let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
@@ -1067,6 +1116,7 @@ async fn a_takeover_that_cannot_read_the_orphans_tries_again(fx: &Fixture) {
 }
 
 both_engines!(
+    a_page_of_jobs_is_counted_in_one_query,
     a_takeover_that_cannot_read_the_orphans_tries_again,
     a_claim_takes_new_jobs_not_those_already_held,
     an_in_progress_mutation_older_than_the_id_memory_is_not_sent_again,

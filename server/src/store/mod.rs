@@ -10,6 +10,7 @@ mod calls;
 mod engines;
 mod error;
 mod jobs;
+mod token_cache;
 mod tokens;
 mod types;
 mod webhooks;
@@ -28,6 +29,7 @@ pub use jobs::{
     ExecState, ExecUpdate, ExecutionRecord, JobCounts, JobFilter, JobRecord, JobState, JobStore,
     JobTransition, NewExecution, NewJob,
 };
+pub use token_cache::TOKEN_TTL;
 pub use tokens::{NewToken, Scope, TokenHash, TokenName, TokenRecord, TokenSecret};
 pub use types::{
     InstanceFilter, InstanceRow, Page, PageLimit, Presence, PresenceEvent, Region, StorageSummary,
@@ -104,7 +106,9 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Conflict`] when the name (or the secret) is taken.
     async fn create_token(&self, token: &NewToken) -> Result<TokenRecord, StoreError>;
 
-    /// The unrevoked token with this hash.
+    /// The unrevoked token with this hash. A token found is remembered for [`TOKEN_TTL`]: a
+    /// revocation made through another store (another replica, the `token revoke` command)
+    /// takes effect here within that time; one made through this store at once.
     async fn find_token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError>;
 
     /// Every token, revoked ones too, by name.
