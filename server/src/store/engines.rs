@@ -133,6 +133,9 @@ impl SqliteStore {
     }
 }
 
+/// A pooled PostgreSQL connection idle this long is checked (one round trip) before use.
+const PG_CHECK_IDLE: Duration = Duration::from_secs(1);
+
 /// PostgreSQL: one pool. Several replicas may share the database; migrations take sqlx's
 /// advisory lock, so replicas starting together migrate once.
 pub struct PgStore {
@@ -145,9 +148,20 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
-            // A connection may have died with a restarted server: check it before use, so a
-            // restart costs one failed attempt per connection at most, not a failed query.
-            .test_before_acquire(true)
+            // A connection may have died with a restarted server. sqlx checks each one as it
+            // goes back to the pool (a round trip, off the request's path) and closes those
+            // that fail; one idle for longer than PG_CHECK_IDLE (a server restart takes
+            // longer) is checked again before use. Checking every one before use would add a
+            // round trip to every query.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PG_CHECK_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await?;
         PG_MIGRATIONS.run(&pool).await?;
