@@ -92,7 +92,9 @@ impl RunnerConfig {
             claim_every: Duration::from_secs(1),
             event_every: Duration::from_millis(500),
             max_jobs: 16,
-            batch: 500,
+            // Fewer, larger round trips: a SQLite store shares its one writer with the
+            // heartbeat flush.
+            batch: 2000,
             drain: Duration::from_secs(5),
         }
     }
