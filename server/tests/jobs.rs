@@ -797,6 +797,43 @@ async fn a_runner_that_dies_is_taken_over_and_nothing_runs_twice(fx: &Fixture) {
 
 /// A claim leaves out the jobs the runner holds already: they do not use up its room, so newer
 /// jobs are taken up to `max_jobs`.
+/// With ticks and claims a minute apart, a job created in this process still runs to its end
+/// at once: creating it wakes the runner, a started job is looked at again at once, and so is a
+/// job whose last call under way has ended. (Waiting for the ticks, it would take minutes.)
+async fn a_job_made_here_runs_without_waiting_for_the_ticks(fx: &Fixture) {
+    let targets = ids("gw-", 20);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(fx.store.as_ref(), &refs, Presence::Online).await;
+    let gw = Arc::new(Gateways::default());
+    *gw.delay.lock().unwrap() = Duration::from_millis(5);
+    let bus = Bus::default();
+    let mut c = cfg("a");
+    c.tick = Duration::from_secs(60);
+    c.claim_every = Duration::from_secs(60);
+    let (stop, rx) = oneshot::channel();
+    let task = Runner::spawn(fx.store.clone(), Arc::new(Scripted(gw.clone())), bus, c, rx);
+    // The runner's first tick (and claim) comes at once: the job is made after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let j = create(fx.store.as_ref(), ping_job(&targets)).await;
+    let t0 = Instant::now();
+    wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Succeeded,
+        Duration::from_secs(10),
+    )
+    .await;
+    let took = t0.elapsed();
+    let _ = stop.send(());
+    task.await.unwrap();
+    let counts = fx.store.jobs().job_counts(&j.id, None).await.unwrap();
+    assert_eq!((counts.total, counts.succeeded), (20, 20), "{counts:?}");
+    for t in &targets {
+        assert_eq!(gw.calls_to(t), 1, "{t}");
+    }
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
 /// `GET /v1/jobs` counts its page in one query: the same counts as one query per job, for
 /// jobs in different states, and nothing for an unknown id.
 async fn a_page_of_jobs_is_counted_in_one_query(fx: &Fixture) {
@@ -1116,6 +1153,7 @@ async fn a_takeover_that_cannot_read_the_orphans_tries_again(fx: &Fixture) {
 }
 
 both_engines!(
+    a_job_made_here_runs_without_waiting_for_the_ticks,
     a_page_of_jobs_is_counted_in_one_query,
     a_takeover_that_cannot_read_the_orphans_tries_again,
     a_claim_takes_new_jobs_not_those_already_held,
