@@ -22,7 +22,8 @@
 #             (first page and a deep page), RSS;
 #   calls     when the routes exist: sys.ping through POST /v1/instances/{id}/calls next to
 #             csgctl's round trip (one real agent), and a job of sys.ping over the N simulated
-#             instances; otherwise "not measured: route absent".
+#             instances next to csgctl sending the same pings itself, all at once (the floor
+#             the broker and the simulator set); otherwise "not measured: route absent".
 # Then, on the first store: RSS of an idle service, with N and with --big known instances
 # (30 s heartbeats), and the RSS per known instance above the empty process.
 #
@@ -265,6 +266,16 @@ CONF
   fi
   if has_route jobs; then
     collect job --url "$api" --count "$count" --timeout 300
+    # The same sys.ping to every simulated agent from csgctl alone, all in flight at once: what
+    # the broker and the simulator allow on this machine, to read the job's time against.
+    for ((i = 0; i < count; i++)); do printf 'sim-%05d\n' "$i"; done >"$dir/ids-$s.txt"
+    t0=$(date +%s%N)
+    timeout 300 "$csgctl" call --instances-file "$dir/ids-$s.txt" sys.ping \
+      --concurrency "$count" --json >"$dir/fanout-$s.json" 2>"$dir/fanout-$s.err" || true
+    t1=$(date +%s%N)
+    add_row "$s: csgctl call of sys.ping to the same $count agents at once: time, answered ok" \
+      "$(((t1 - t0) / 1000000)) ms, $(grep -c '"ok":true' "$dir/fanout-$s.json" || true) ok" \
+      "the floor for the job"
   else
     add_row "$s: job of sys.ping over ${count} instances" "not measured: route absent" "≤ 2 s, 0 lost"
   fi

@@ -29,8 +29,8 @@ use csg_consoled::jobs::model::JobRequest;
 use csg_consoled::jobs::{self, Runner, RunnerConfig};
 use csg_consoled::rpc::{CallSpec, Caller};
 use csg_consoled::store::{
-    self, ExecState, InstanceRow, JobRecord, JobState, JobTransition, NewToken, PageLimit,
-    Presence, Region, Scope, Store, StoreOptions, TokenName, TokenRecord, TokenSecret,
+    self, ExecState, ExecUpdate, InstanceRow, JobRecord, JobState, JobTransition, NewToken,
+    PageLimit, Presence, Region, Scope, Store, StoreOptions, TokenName, TokenRecord, TokenSecret,
 };
 use csg_protocol::envelope::{ErrorCode, Reply, RpcError};
 use csg_protocol::identity::{GroupId, InstanceId, RequestId};
@@ -797,6 +797,92 @@ async fn a_runner_that_dies_is_taken_over_and_nothing_runs_twice(fx: &Fixture) {
 
 /// A claim leaves out the jobs the runner holds already: they do not use up its room, so newer
 /// jobs are taken up to `max_jobs`.
+/// With ticks and claims a minute apart, a job created in this process still runs to its end
+/// at once: creating it wakes the runner, a started job is looked at again at once, and so is a
+/// job whose last call under way has ended. (Waiting for the ticks, it would take minutes.)
+async fn a_job_made_here_runs_without_waiting_for_the_ticks(fx: &Fixture) {
+    let targets = ids("gw-", 20);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(fx.store.as_ref(), &refs, Presence::Online).await;
+    let gw = Arc::new(Gateways::default());
+    *gw.delay.lock().unwrap() = Duration::from_millis(5);
+    let bus = Bus::default();
+    let mut c = cfg("a");
+    c.tick = Duration::from_secs(60);
+    c.claim_every = Duration::from_secs(60);
+    let (stop, rx) = oneshot::channel();
+    let task = Runner::spawn(fx.store.clone(), Arc::new(Scripted(gw.clone())), bus, c, rx);
+    // The runner's first tick (and claim) comes at once: the job is made after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let j = create(fx.store.as_ref(), ping_job(&targets)).await;
+    let t0 = Instant::now();
+    wait_state(
+        fx.store.as_ref(),
+        &j.id,
+        JobState::Succeeded,
+        Duration::from_secs(10),
+    )
+    .await;
+    let took = t0.elapsed();
+    let _ = stop.send(());
+    task.await.unwrap();
+    let counts = fx.store.jobs().job_counts(&j.id, None).await.unwrap();
+    assert_eq!((counts.total, counts.succeeded), (20, 20), "{counts:?}");
+    for t in &targets {
+        assert_eq!(gw.calls_to(t), 1, "{t}");
+    }
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+/// `GET /v1/jobs` counts its page in one query: the same counts as one query per job, for
+/// jobs in different states, and nothing for an unknown id.
+async fn a_page_of_jobs_is_counted_in_one_query(fx: &Fixture) {
+    let targets = ids("gw-", 5);
+    let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    seed(fx.store.as_ref(), &refs, Presence::Online).await;
+    let a = create(fx.store.as_ref(), ping_job(&targets)).await;
+    let b = create(fx.store.as_ref(), ping_job(&targets[..3])).await;
+    let now = now_ms();
+    // b: two started, one of them succeeded, one failed.
+    let started = fx
+        .store
+        .jobs()
+        .start_executions(&b.id, &[0, 1], now)
+        .await
+        .unwrap();
+    assert_eq!(started.len(), 2);
+    let done = |state| ExecUpdate::Done {
+        state,
+        error_code: None,
+        error_message: None,
+        reply: None,
+    };
+    fx.store
+        .jobs()
+        .finish_executions(&b.id, &[(0, done(ExecState::Succeeded))], now)
+        .await
+        .unwrap();
+    let counts = fx
+        .store
+        .jobs()
+        .job_counts_of(&[a.id.as_str(), b.id.as_str(), "job-unknown"])
+        .await
+        .unwrap();
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    for id in [&a.id, &b.id] {
+        let one = fx.store.jobs().job_counts(id, None).await.unwrap();
+        assert_eq!(counts[id.as_str()], one, "{id}");
+    }
+    let cb = counts[b.id.as_str()];
+    assert_eq!(
+        (cb.total, cb.queued, cb.in_progress, cb.succeeded),
+        (3, 1, 1, 1),
+        "{cb:?}"
+    );
+    assert_eq!(counts[a.id.as_str()].queued, 5);
+    assert!(fx.store.jobs().job_counts_of(&[]).await.unwrap().is_empty());
+}
+
 async fn a_claim_takes_new_jobs_not_those_already_held(fx: &Fixture) {
     let targets = ids("gw-", 1);
     let refs: Vec<&str> = targets.iter().map(String::as_str).collect();
@@ -1067,6 +1153,8 @@ async fn a_takeover_that_cannot_read_the_orphans_tries_again(fx: &Fixture) {
 }
 
 both_engines!(
+    a_job_made_here_runs_without_waiting_for_the_ticks,
+    a_page_of_jobs_is_counted_in_one_query,
     a_takeover_that_cannot_read_the_orphans_tries_again,
     a_claim_takes_new_jobs_not_those_already_held,
     an_in_progress_mutation_older_than_the_id_memory_is_not_sent_again,

@@ -623,13 +623,15 @@ fn two_replicas_deliver_each_presence_change_once_and_stream_one_log() {
     // Resumed after the online: the offline and nothing before, on either replica, by header
     // or by query; a token of another group gets nothing of it.
     let online_id = &seen_a[0].0;
-    let resumed_b = stream_with(&b, 
+    let resumed_b = stream_with(
+        &b,
         "resume-b",
         "?types=presence",
         &reader,
         &format!("Last-Event-ID: {online_id}\n"),
     );
-    let resumed_a = stream(&a, 
+    let resumed_a = stream(
+        &a,
         "resume-a",
         &format!("?types=presence&last_event_id={online_id}"),
         &reader,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::PgServer;
 use csg_consoled::store::{
     self, AuditEvent, AuditFilter, CallInsert, CallRecord, CallState, InstanceFilter, InstanceRow,
-    JsonText, NewToken, PageLimit, Presence, PresenceEvent, Region, Scope, StaleCalls,
+    JsonText, NewToken, Page, PageLimit, Presence, PresenceEvent, Region, Scope, StaleCalls,
     StorageSummary, Store, StoreError, StoreOptions, TokenHash, TokenName, TokenSecret,
 };
 use csg_protocol::identity::{GroupId, InstanceId, RequestId};
@@ -83,6 +83,7 @@ macro_rules! both_engines {
 both_engines!(
     migrations_are_idempotent,
     upsert_then_read_back,
+    upserts_that_change_indexed_columns_are_written_in_full,
     keyset_paging_returns_each_row_once_under_every_filter,
     cursor_from_another_filter_is_refused,
     presence_events_newest_first,
@@ -212,6 +213,75 @@ async fn upsert_then_read_back(fx: &mut Fixture) {
         Some(newer)
     );
     s.upsert_instances(&[]).await.unwrap();
+}
+
+/// A batch mixing rows whose indexed columns (group, presence, drift) keep their values with
+/// rows that change them, and an older row: every row ends as the full write would leave it,
+/// and the indexed filters find the changed ones (SQLite writes the unchanged ones without
+/// touching its indexes).
+async fn upserts_that_change_indexed_columns_are_written_in_full(fx: &mut Fixture) {
+    let s = &fx.store;
+    let first: Vec<InstanceRow> = (0..600)
+        .map(|n| instance("cn-hangzhou", &format!("gw-{n:04}"), 10))
+        .collect();
+    s.upsert_instances(&first).await.unwrap();
+    let mut second: Vec<InstanceRow> = (0..600)
+        .map(|n| instance("cn-hangzhou", &format!("gw-{n:04}"), 20))
+        .collect();
+    second[3].presence = Presence::Stale;
+    second[3].reason = Some("missed".to_owned());
+    second[250].group_id = GroupId::new("GID_other").unwrap();
+    second[251].storage = Some(StorageSummary { count: 3, drift: 2 });
+    // Rows 500 on (the second statement) change nothing indexed. Older than the stored row:
+    // ignored.
+    second[7] = instance("cn-hangzhou", "gw-0007", 5);
+    second[7].presence = Presence::Offline;
+    s.upsert_instances(&second).await.unwrap();
+    for (n, want) in second.iter().enumerate() {
+        let want = if n == 7 { &first[7] } else { want };
+        assert_eq!(
+            s.get_instance(&want.region, &want.instance_id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(want),
+            "row {n}"
+        );
+    }
+    let ids_of = |page: Page<InstanceRow>| -> Vec<String> {
+        page.items
+            .into_iter()
+            .map(|r| r.instance_id.as_str().to_owned())
+            .collect()
+    };
+    let by = |f: InstanceFilter| {
+        let s = s.clone();
+        async move { ids_of(s.list_instances(&f, limit(1000), None).await.unwrap()) }
+    };
+    let stale = by(InstanceFilter {
+        presence: Some(Presence::Stale),
+        ..InstanceFilter::default()
+    })
+    .await;
+    assert_eq!(stale, vec!["gw-0003"]);
+    let other = by(InstanceFilter {
+        groups: vec![GroupId::new("GID_other").unwrap()],
+        ..InstanceFilter::default()
+    })
+    .await;
+    assert_eq!(other, vec!["gw-0250"]);
+    let drift = by(InstanceFilter {
+        drift: Some(true),
+        ..InstanceFilter::default()
+    })
+    .await;
+    assert_eq!(drift, vec!["gw-0251"]);
+    let online = by(InstanceFilter {
+        presence: Some(Presence::Online),
+        ..InstanceFilter::default()
+    })
+    .await;
+    assert_eq!(online.len(), 599);
 }
 
 fn fleet() -> Vec<InstanceRow> {

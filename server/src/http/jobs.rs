@@ -511,10 +511,14 @@ pub async fn list(
         .jobs()
         .list_jobs(&filter, limit_of(limit)?, cursor.as_deref())
         .await?;
-    let mut items = Vec::with_capacity(page.items.len());
-    for r in &page.items {
-        items.push(view_of(&state, r).await?);
-    }
+    // The page's counts in one query, not one per job.
+    let ids: Vec<&str> = page.items.iter().map(|r| r.id.as_str()).collect();
+    let mut counts = state.store.jobs().job_counts_of(&ids).await?;
+    let items = page
+        .items
+        .iter()
+        .map(|r| job_view(r, counts.remove(&r.id).unwrap_or_default()))
+        .collect::<Result<Vec<_>, Problem>>()?;
     Ok(Json(JobPage {
         items,
         next_cursor: page.next_cursor,
@@ -714,6 +718,7 @@ pub async fn resume(
         "is not paused",
     )
     .await?;
+    jobs::runner::wake();
     audit_job(
         &state,
         &job.region,

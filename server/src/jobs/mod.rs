@@ -318,6 +318,7 @@ pub async fn create_as(
         request_hash,
     };
     store.jobs().create_job(&job, &executions).await?;
+    runner::wake();
     store
         .jobs()
         .get_job(&id)

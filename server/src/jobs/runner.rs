@@ -9,12 +9,12 @@
 
 use crate::now_ms;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use csg_console::CallError;
 use csg_protocol::envelope::Reply;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
@@ -43,6 +43,18 @@ pub const RESEND_LIMIT: Duration = Duration::from_secs(540);
 /// The error code of an execution whose outcome is unknown (see [`RESEND_LIMIT`]).
 pub const UNKNOWN_OUTCOME: &str = "UNKNOWN_OUTCOME";
 
+/// Wakes the runners of this process: a job was created (or resumed) here, so it is claimed at
+/// once instead of at the next look (`claim_every`). Process-wide because the API and the
+/// runner share no handle; a runner of another region or store woken by it only costs one
+/// claim query. Jobs made on another replica are found by the periodic look. A counter in a
+/// watch channel, so a wake that comes while a runner is busy is not lost.
+static WAKE: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::channel(0).0);
+
+/// Tells this process's runners to look for jobs now.
+pub fn wake() {
+    WAKE.send_modify(|n| *n = n.wrapping_add(1));
+}
+
 /// How a runner behaves; the defaults suit a console.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -61,7 +73,8 @@ pub struct RunnerConfig {
     pub event_every: Duration,
     /// Jobs one runner owns at once.
     pub max_jobs: u32,
-    /// Executions started per job per tick at most.
+    /// Executions started per store round trip; a tick starts as many batches as the job's
+    /// rate and in-flight cap allow.
     pub batch: u32,
     /// How long a stopping runner waits for calls under way.
     pub drain: Duration,
@@ -80,7 +93,9 @@ impl RunnerConfig {
             claim_every: Duration::from_secs(1),
             event_every: Duration::from_millis(500),
             max_jobs: 16,
-            batch: 500,
+            // Fewer, larger round trips: a SQLite store shares its one writer with the
+            // heartbeat flush.
+            batch: 2000,
             drain: Duration::from_secs(5),
         }
     }
@@ -164,6 +179,7 @@ async fn run(
         unwritten: Vec::new(),
     };
     let mut last_claim: Option<Instant> = None;
+    let mut woken = WAKE.subscribe();
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -173,7 +189,27 @@ async fn run(
                 while let Some(more) = ctx.calls.try_join_next() {
                     batch.extend(more);
                 }
-                ctx.record(batch).await;
+                let settled = ctx.record(batch).await;
+                // A job whose last call under way just ended may be done (or have room for
+                // more): step it now rather than at the next tick.
+                for id in settled {
+                    if let Err(e) = ctx.step(&id).await {
+                        warn!(job = %id, error = %e, "jobs: step failed");
+                    }
+                }
+            }
+            Ok(()) = woken.changed() => {
+                last_claim = Some(Instant::now());
+                match ctx.claim().await {
+                    Ok(taken) => {
+                        for id in taken {
+                            if let Err(e) = ctx.step(&id).await {
+                                warn!(job = %id, error = %e, "jobs: step failed");
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "jobs: claiming failed"),
+                }
             }
             _ = tick.tick() => {
                 if last_claim.is_none_or(|t| t.elapsed() >= ctx.cfg.claim_every) {
@@ -196,7 +232,9 @@ async fn run(
     let deadline = tokio::time::Instant::now() + ctx.cfg.drain;
     while !ctx.calls.is_empty() {
         match tokio::time::timeout_at(deadline, ctx.calls.join_next()).await {
-            Ok(Some(Ok(done))) => ctx.record(vec![done]).await,
+            Ok(Some(Ok(done))) => {
+                ctx.record(vec![done]).await;
+            }
             Ok(Some(Err(_))) => {}
             Ok(None) | Err(_) => break,
         }
@@ -212,10 +250,11 @@ async fn run(
 }
 
 impl Ctx {
-    async fn claim(&mut self) -> Result<(), StoreError> {
+    /// Takes the jobs nobody runs; returns the ids taken.
+    async fn claim(&mut self) -> Result<Vec<String>, StoreError> {
         let room = self.cfg.max_jobs.saturating_sub(self.jobs.len() as u32);
         if room == 0 {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let now = now_ms();
         let held: Vec<String> = self.jobs.keys().cloned().collect();
@@ -231,6 +270,7 @@ impl Ctx {
                 &held,
             )
             .await?;
+        let mut taken = Vec::new();
         for record in claimed {
             if self.jobs.contains_key(&record.id) {
                 continue;
@@ -294,8 +334,9 @@ impl Ctx {
                 debug!(job = %id, seq = e.seq, "jobs: re-sending an in-progress execution");
                 self.send(&id, e);
             }
+            taken.push(id);
         }
-        Ok(())
+        Ok(taken)
     }
 
     /// A taken job's in-progress executions that may be sent again. A mutation first sent
@@ -407,7 +448,8 @@ impl Ctx {
         });
     }
 
-    async fn record(&mut self, batch: Vec<Done>) {
+    /// Writes the outcomes; returns the jobs that have no call under way any more.
+    async fn record(&mut self, batch: Vec<Done>) -> Vec<String> {
         let mut by_job: HashMap<String, Vec<(i64, ExecUpdate)>> = HashMap::new();
         for done in batch {
             let Some(update) = self.outcome(&done) else {
@@ -421,9 +463,18 @@ impl Ctx {
                 .or_default()
                 .push((done.seq, update));
         }
+        let mut settled = Vec::new();
         for (job_id, updates) in by_job {
+            if self
+                .jobs
+                .get(&job_id)
+                .is_some_and(|j| j.in_flight.is_empty())
+            {
+                settled.push(job_id.clone());
+            }
             self.write(job_id, updates).await;
         }
+        settled
     }
 
     fn outcome(&self, done: &Done) -> Option<ExecUpdate> {
@@ -483,7 +534,20 @@ impl Ctx {
         }
     }
 
+    /// Looks at a job and applies the engine's decision; a job that just started or moved to
+    /// its next wave is looked at again at once (it has executions to send), a few times at
+    /// most.
     async fn step(&mut self, id: &str) -> Result<(), StoreError> {
+        for _ in 0..3 {
+            if !self.step_once(id).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One look at a job; true when it should be looked at again at once.
+    async fn step_once(&mut self, id: &str) -> Result<bool, StoreError> {
         let lease = ms(self.cfg.lease);
         let renew_due = self
             .jobs
@@ -498,7 +562,7 @@ impl Ctx {
             if !kept {
                 warn!(job = %id, "jobs: lease lost to another runner");
                 self.let_go(id, false).await;
-                return Ok(());
+                return Ok(false);
             }
             if let Some(j) = self.jobs.get_mut(id) {
                 j.renewed = Instant::now();
@@ -506,11 +570,11 @@ impl Ctx {
         }
         let Some(record) = self.store.jobs().get_job(id).await? else {
             self.let_go(id, false).await;
-            return Ok(());
+            return Ok(false);
         };
         if record.lease_owner.as_deref() != Some(self.cfg.owner.as_str()) {
             self.let_go(id, false).await;
-            return Ok(());
+            return Ok(false);
         }
         // The counts change only through this runner (outcomes, starts, expiries) or with the
         // job's row (a cancel, a resume): read them again only then.
@@ -535,7 +599,7 @@ impl Ctx {
         let now = now_ms();
         let step = {
             let Some(job) = self.jobs.get_mut(id) else {
-                return Ok(());
+                return Ok(false);
             };
             job.record = record.clone();
             job.counts = Some((counts, wave_counts));
@@ -559,16 +623,19 @@ impl Ctx {
         // publishes nothing and keeps the job: the next tick reads the row again.
         match step {
             Step::Start => {
-                self.transition(
-                    id,
-                    &[JobState::Queued],
-                    JobState::Running,
-                    None,
-                    true,
-                    false,
-                    None,
-                )
-                .await?;
+                let started = self
+                    .transition(
+                        id,
+                        &[JobState::Queued],
+                        JobState::Running,
+                        None,
+                        true,
+                        false,
+                        None,
+                    )
+                    .await?;
+                self.changed(id);
+                return Ok(started);
             }
             Step::Settle => {
                 if self.jobs.get(id).is_some_and(|j| j.in_flight.is_empty()) {
@@ -586,11 +653,11 @@ impl Ctx {
                     if settled {
                         self.publish(id, record.state, counts, true);
                         self.let_go(id, true).await;
-                        return Ok(());
+                        return Ok(false);
                     }
                 } else {
                     // The calls under way mark the counts changed as they end.
-                    return Ok(());
+                    return Ok(false);
                 }
             }
             Step::ExpireQueued => {
@@ -610,13 +677,16 @@ impl Ctx {
                     info!(job = %id, state = state.as_str(), "jobs: job finished");
                     self.publish(id, state, counts, true);
                     self.let_go(id, true).await;
-                    return Ok(());
+                    return Ok(false);
                 }
             }
             Step::NextWave(w) => {
                 info!(job = %id, wave = w, "jobs: next wave");
-                self.transition(id, &running, JobState::Running, None, true, false, Some(w))
+                let moved = self
+                    .transition(id, &running, JobState::Running, None, true, false, Some(w))
                     .await?;
+                self.changed(id);
+                return Ok(moved);
             }
             Step::Pause(why) => {
                 let paused = self
@@ -634,19 +704,21 @@ impl Ctx {
                     info!(job = %id, reason = %why, "jobs: paused");
                     self.publish(id, JobState::Paused, counts, true);
                     self.let_go(id, true).await;
-                    return Ok(());
+                    return Ok(false);
                 }
             }
             Step::Send(room) => {
                 self.start_some(id, &record, room, now).await?;
-                return Ok(());
+                return Ok(false);
             }
-            Step::Wait => return Ok(()),
+            Step::Wait => return Ok(false),
         }
         self.changed(id);
-        Ok(())
+        Ok(false)
     }
 
+    /// Starts up to `room` due executions, as many as the rate allows, `batch` per round
+    /// trip.
     async fn start_some(
         &mut self,
         id: &str,
@@ -654,33 +726,40 @@ impl Ctx {
         room: usize,
         now: i64,
     ) -> Result<(), StoreError> {
-        let Some(job) = self.jobs.get_mut(id) else {
-            return Ok(());
-        };
-        let n = room
-            .min(job.bucket.available(now))
-            .min(self.cfg.batch as usize);
-        if n == 0 {
-            return Ok(());
+        let mut room = room;
+        loop {
+            let Some(job) = self.jobs.get_mut(id) else {
+                return Ok(());
+            };
+            let n = room
+                .min(job.bucket.available(now))
+                .min(self.cfg.batch as usize);
+            if n == 0 {
+                return Ok(());
+            }
+            let due = self
+                .store
+                .jobs()
+                .due_executions(id, &self.cfg.region, record.current_wave, now, n as u32)
+                .await?;
+            if due.is_empty() {
+                return Ok(());
+            }
+            let fewer = due.len() < n;
+            let seqs: Vec<i64> = due.iter().map(|e| e.seq).collect();
+            let started = self.store.jobs().start_executions(id, &seqs, now).await?;
+            room = room.saturating_sub(started.len());
+            if let Some(job) = self.jobs.get_mut(id) {
+                job.bucket.take(started.len(), now);
+                job.counts = None;
+            }
+            for e in started {
+                self.send(id, e);
+            }
+            if fewer {
+                return Ok(());
+            }
         }
-        let due = self
-            .store
-            .jobs()
-            .due_executions(id, &self.cfg.region, record.current_wave, now, n as u32)
-            .await?;
-        if due.is_empty() {
-            return Ok(());
-        }
-        let seqs: Vec<i64> = due.iter().map(|e| e.seq).collect();
-        let started = self.store.jobs().start_executions(id, &seqs, now).await?;
-        if let Some(job) = self.jobs.get_mut(id) {
-            job.bucket.take(started.len(), now);
-            job.counts = None;
-        }
-        for e in started {
-            self.send(id, e);
-        }
-        Ok(())
     }
 
     /// Publishes the job's state and counts when they changed, at most every `event_every`

@@ -14,6 +14,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite, Transaction};
 
+use super::token_cache::TokenCache;
 use super::tokens::{groups_from_text, groups_to_text, scopes_from_text, scopes_to_text};
 use super::types::{decode_cursor, encode_cursor, fingerprint_of};
 use super::{
@@ -42,6 +43,7 @@ const ROWS_PER_STATEMENT: usize = 500;
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
+    tokens: TokenCache,
 }
 
 impl SqliteStore {
@@ -79,7 +81,11 @@ impl SqliteStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(base.read_only(true))
             .await?;
-        Ok(SqliteStore { write, read })
+        Ok(SqliteStore {
+            write,
+            read,
+            tokens: TokenCache::default(),
+        })
     }
 
     async fn open_writer(
@@ -127,10 +133,14 @@ impl SqliteStore {
     }
 }
 
+/// A pooled PostgreSQL connection idle this long is checked (one round trip) before use.
+const PG_CHECK_IDLE: Duration = Duration::from_secs(1);
+
 /// PostgreSQL: one pool. Several replicas may share the database; migrations take sqlx's
 /// advisory lock, so replicas starting together migrate once.
 pub struct PgStore {
     pool: PgPool,
+    tokens: TokenCache,
 }
 
 impl PgStore {
@@ -138,13 +148,27 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
-            // A connection may have died with a restarted server: check it before use, so a
-            // restart costs one failed attempt per connection at most, not a failed query.
-            .test_before_acquire(true)
+            // A connection may have died with a restarted server. sqlx checks each one as it
+            // goes back to the pool (a round trip, off the request's path) and closes those
+            // that fail; one idle for longer than PG_CHECK_IDLE (a server restart takes
+            // longer) is checked again before use. Checking every one before use would add a
+            // round trip to every query.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PG_CHECK_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await?;
         PG_MIGRATIONS.run(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            tokens: TokenCache::default(),
+        })
     }
 
     pub(super) async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
@@ -203,6 +227,56 @@ fn newest_per_instance(rows: &[InstanceRow]) -> Vec<&InstanceRow> {
         }
     }
     out
+}
+
+/// Every column of a stored row, when it is not older than the stored one.
+const UPSERT_ALL: &str = " ON CONFLICT (region, instance_id) DO UPDATE SET \
+     group_id = excluded.group_id, presence = excluded.presence, \
+     since_ms = excluded.since_ms, reason = excluded.reason, \
+     last_seen_ms = excluded.last_seen_ms, agent_version = excluded.agent_version, \
+     heartbeat = excluded.heartbeat, storage = excluded.storage, \
+     updated_ms = excluded.updated_ms, drift = excluded.drift \
+     WHERE instances.updated_ms <= excluded.updated_ms";
+
+/// The columns no index holds, for a stored row whose indexed columns (`group_id`,
+/// `presence`, `drift`) keep their values; other rows are left alone.
+const UPSERT_UNINDEXED: &str = " ON CONFLICT (region, instance_id) DO UPDATE SET \
+     since_ms = excluded.since_ms, reason = excluded.reason, \
+     last_seen_ms = excluded.last_seen_ms, agent_version = excluded.agent_version, \
+     heartbeat = excluded.heartbeat, storage = excluded.storage, \
+     updated_ms = excluded.updated_ms \
+     WHERE instances.updated_ms <= excluded.updated_ms \
+     AND instances.group_id = excluded.group_id \
+     AND instances.presence = excluded.presence AND instances.drift = excluded.drift";
+
+/// `INSERT` of these rows, then `on_conflict`.
+fn upsert_statement<'a, DB>(rows: &'a [&'a InstanceRow], on_conflict: &str) -> QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q: QueryBuilder<DB> =
+        QueryBuilder::new(format!("INSERT INTO instances ({INSTANCE_WRITE_COLUMNS}) "));
+    q.push_values(rows, |mut b, r| {
+        b.push_bind(r.region.as_str())
+            .push_bind(r.instance_id.as_str())
+            .push_bind(r.group_id.as_str())
+            .push_bind(r.presence.as_str())
+            .push_bind(r.since_ms)
+            .push_bind(r.reason.as_deref())
+            .push_bind(r.last_seen_ms)
+            .push_bind(r.agent_version.as_deref())
+            .push_bind(r.heartbeat.as_ref().map(JsonText::as_str))
+            .push_bind(storage_text(r.storage))
+            .push_bind(r.updated_ms)
+            .push_bind(r.drift());
+    });
+    q.push(on_conflict);
+    q
 }
 
 fn instance_from<R: Row>(row: &R) -> Result<InstanceRow, StoreError>
@@ -289,34 +363,27 @@ macro_rules! store_impl {
                 let rows = newest_per_instance(rows);
                 let mut tx = self.begin_write().await?;
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                    let mut q: QueryBuilder<$db> = QueryBuilder::new(format!(
-                        "INSERT INTO instances ({INSTANCE_WRITE_COLUMNS}) "
-                    ));
-                    q.push_values(chunk, |mut b, r| {
-                        b.push_bind(r.region.as_str())
-                            .push_bind(r.instance_id.as_str())
-                            .push_bind(r.group_id.as_str())
-                            .push_bind(r.presence.as_str())
-                            .push_bind(r.since_ms)
-                            .push_bind(r.reason.as_deref())
-                            .push_bind(r.last_seen_ms)
-                            .push_bind(r.agent_version.as_deref())
-                            .push_bind(r.heartbeat.as_ref().map(JsonText::as_str))
-                            .push_bind(storage_text(r.storage))
-                            .push_bind(r.updated_ms)
-                            .push_bind(r.drift());
-                    });
-                    q.push(
-                        " ON CONFLICT (region, instance_id) DO UPDATE SET \
-                         group_id = excluded.group_id, presence = excluded.presence, \
-                         since_ms = excluded.since_ms, reason = excluded.reason, \
-                         last_seen_ms = excluded.last_seen_ms, \
-                         agent_version = excluded.agent_version, \
-                         heartbeat = excluded.heartbeat, storage = excluded.storage, \
-                         updated_ms = excluded.updated_ms, drift = excluded.drift \
-                         WHERE instances.updated_ms <= excluded.updated_ms",
-                    );
-                    q.build().execute(&mut *tx).await?;
+                    // SQLite rewrites the entries of every index whose columns an UPDATE
+                    // sets, changed or not (PostgreSQL compares the values). Most rows keep
+                    // their group, presence and drift, so on SQLite a first statement sets
+                    // only the other columns, for rows whose indexed ones are unchanged; when
+                    // it did not write every row of the chunk (a presence or group changed, a
+                    // row older than the stored one), the whole chunk is written again in
+                    // full, which gives the same rows as the full statement alone.
+                    if $engine == Engine::Sqlite {
+                        let written = upsert_statement::<$db>(chunk, UPSERT_UNINDEXED)
+                            .build()
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                        if written == chunk.len() as u64 {
+                            continue;
+                        }
+                    }
+                    upsert_statement::<$db>(chunk, UPSERT_ALL)
+                        .build()
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 tx.commit().await?;
                 Ok(())
@@ -514,13 +581,23 @@ macro_rules! store_impl {
                 &self,
                 hash: &TokenHash,
             ) -> Result<Option<TokenRecord>, StoreError> {
+                // Remembered for a moment (store/token_cache.rs): at most that late a
+                // revocation made elsewhere takes effect.
+                if let Some(token) = self.tokens.get(hash) {
+                    return Ok(Some(token));
+                }
+                let asked = Instant::now();
                 let mut q: QueryBuilder<$db> = QueryBuilder::new(
                     "SELECT name, scopes, groups, created_ms, revoked_ms FROM tokens \
                      WHERE revoked_ms IS NULL AND secret_hash = ",
                 );
                 q.push_bind(hash.as_bytes().to_vec());
                 let row = q.build().fetch_optional(self.reader()).await?;
-                row.as_ref().map(token_from).transpose()
+                let token = row.as_ref().map(token_from).transpose()?;
+                if let Some(t) = &token {
+                    self.tokens.put(*hash, asked, t.clone());
+                }
+                Ok(token)
             }
 
             async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
@@ -542,6 +619,7 @@ macro_rules! store_impl {
                     .push(" WHERE revoked_ms IS NULL AND name = ")
                     .push_bind(name.as_str());
                 let done = q.build().execute(self.writer()).await?;
+                self.tokens.clear();
                 Ok(done.rows_affected() == 1)
             }
 

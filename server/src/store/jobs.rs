@@ -346,6 +346,15 @@ pub trait JobStore: Send + Sync {
 
     /// Queued executions become `timed_out` (the job's deadline passed); how many.
     async fn expire_queued(&self, job_id: &str, now_ms: i64) -> Result<u64, StoreError>;
+
+    // --- counts of a page of jobs ---
+
+    /// The executions by state of each of these jobs, in one query (a page of the job list).
+    /// A job with no executions, or unknown, is absent from the answer.
+    async fn job_counts_of(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, JobCounts>, StoreError>;
 }
 
 fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
@@ -366,6 +375,9 @@ const EXEC_COLUMNS: &str = "job_id, seq, instance_id, group_id, wave, state, req
 
 // Executions per INSERT statement: 8 binds each, under both engines' bind limits.
 const EXECS_PER_STATEMENT: usize = 1000;
+
+// Jobs per counting query: one bind each.
+const JOBS_PER_COUNT: usize = 1000;
 
 // Outcomes per UPDATE statement: 7 binds each.
 const OUTCOMES_PER_STATEMENT: usize = 1000;
@@ -941,6 +953,34 @@ macro_rules! job_store_impl {
                     .push(" AND state = ")
                     .push_bind(ExecState::Queued.as_str());
                 Ok(q.build().execute(self.writer()).await?.rows_affected())
+            }
+
+            async fn job_counts_of(
+                &self,
+                ids: &[&str],
+            ) -> Result<std::collections::HashMap<String, JobCounts>, StoreError> {
+                let mut out = std::collections::HashMap::new();
+                // A page holds at most 1000 jobs: one bind each, under both engines' limits.
+                for chunk in ids.chunks(JOBS_PER_COUNT) {
+                    let mut q: QueryBuilder<$db> = QueryBuilder::new(
+                        "SELECT job_id, state, COUNT(*) AS n FROM job_executions \
+                         WHERE job_id IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    list.push_unseparated(") GROUP BY job_id, state");
+                    for row in &q.build().fetch_all(self.reader()).await? {
+                        let state = ExecState::parse(&row.try_get::<String, _>("state")?)
+                            .map_err(|e| corrupt("execution state", e))?;
+                        let n: i64 = row.try_get("n")?;
+                        out.entry(row.try_get::<String, _>("job_id")?)
+                            .or_insert_with(JobCounts::default)
+                            .add(state, u64::try_from(n).unwrap_or(0));
+                    }
+                }
+                Ok(out)
             }
         }
     };

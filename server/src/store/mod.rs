@@ -11,6 +11,7 @@ mod engines;
 mod error;
 mod eventlog;
 mod jobs;
+mod token_cache;
 mod tokens;
 mod types;
 mod webhooks;
@@ -32,6 +33,7 @@ pub use jobs::{
     ExecState, ExecUpdate, ExecutionRecord, JobCounts, JobFilter, JobRecord, JobState, JobStore,
     JobTransition, NewExecution, NewJob,
 };
+pub use token_cache::TOKEN_TTL;
 pub use tokens::{NewToken, Scope, TokenHash, TokenName, TokenRecord, TokenSecret};
 pub use types::{
     InstanceFilter, InstanceRow, Page, PageLimit, Presence, PresenceEvent, Region, StorageSummary,
@@ -108,7 +110,9 @@ pub trait Store: Send + Sync {
     /// [`StoreError::Conflict`] when the name (or the secret) is taken.
     async fn create_token(&self, token: &NewToken) -> Result<TokenRecord, StoreError>;
 
-    /// The unrevoked token with this hash.
+    /// The unrevoked token with this hash. A token found is remembered for [`TOKEN_TTL`]: a
+    /// revocation made through another store (another replica, the `token revoke` command)
+    /// takes effect here within that time; one made through this store at once.
     async fn find_token(&self, hash: &TokenHash) -> Result<Option<TokenRecord>, StoreError>;
 
     /// Every token, revoked ones too, by name.
