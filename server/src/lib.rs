@@ -14,7 +14,8 @@
 //! - `jobs`: one method over many gateways (a checked model, the engine's pure decisions, and
 //!   a runner that leases jobs in the store and calls through `rpc`);
 //! - `json`: JSON documents kept as text (a heartbeat is serialized once, when it arrives);
-//! - `http`: the API, reading the store; `tls`: its HTTPS; `config`: the service's TOML.
+//! - `http`: the API, reading the store; `tls`: its HTTPS; `config`: the service's TOML;
+//! - `web`: the web console's pages, served beside the API (sessions in the store).
 
 pub mod audit;
 pub mod calls;
@@ -29,6 +30,7 @@ pub mod rpc;
 pub mod sink;
 pub mod store;
 pub mod tls;
+pub mod web;
 pub mod webhooks;
 
 /// Now, in milliseconds since the Unix epoch: the store's time unit. A clock before 1970 reads

@@ -10,6 +10,7 @@ mod calls;
 mod engines;
 mod error;
 mod jobs;
+mod sessions;
 mod tokens;
 mod types;
 mod webhooks;
@@ -28,6 +29,7 @@ pub use jobs::{
     ExecState, ExecUpdate, ExecutionRecord, JobCounts, JobFilter, JobRecord, JobState, JobStore,
     JobTransition, NewExecution, NewJob,
 };
+pub use sessions::{FleetSummary, NewSession, SessionHash, SessionRecord, SessionSecret};
 pub use tokens::{NewToken, Scope, TokenHash, TokenName, TokenRecord, TokenSecret};
 pub use types::{
     InstanceFilter, InstanceRow, Page, PageLimit, Presence, PresenceEvent, Region, StorageSummary,
@@ -189,6 +191,34 @@ pub trait Store: Send + Sync {
     // --- jobs ---
     /// Jobs and their executions (store/jobs.rs).
     fn jobs(&self) -> &dyn JobStore;
+
+    // --- web console: sessions and the fleet's summary (SQL in store/sessions.rs) ---
+
+    /// Opens a session for the unrevoked token with hash `session.token`; false (nothing
+    /// stored) when there is no such token.
+    async fn create_session(&self, session: &NewSession) -> Result<bool, StoreError>;
+
+    /// The session with this hash, if it has not expired at `now_ms` and its token is
+    /// unrevoked.
+    async fn find_session(
+        &self,
+        hash: &SessionHash,
+        now_ms: i64,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Ends a session (nothing when there is none).
+    async fn delete_session(&self, hash: &SessionHash) -> Result<(), StoreError>;
+
+    /// Removes the sessions expired at `now_ms`; how many.
+    async fn delete_expired_sessions(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Gateways counted by presence and agent version, and those with drift, in one region
+    /// (or all) and any of `groups` (empty: every group).
+    async fn fleet_summary(
+        &self,
+        region: Option<&Region>,
+        groups: &[csg_protocol::identity::GroupId],
+    ) -> Result<FleetSummary, StoreError>;
 }
 
 /// Opens the store a URL names (`sqlite://PATH`, `postgres://…`) and brings its schema up to
