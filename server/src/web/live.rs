@@ -1,6 +1,6 @@
 //! `GET /ui/events`: the pages' live updates, as server-sent events. Each presence change the
-//! signed-in token may see becomes `event: presence` with what a row shows (`key`, `to`,
-//! `reason`, `since`); a page that fell behind gets `event: lagged` (it reloads); a session
+//! signed-in token may see becomes `event: presence` with what a row shows (`key`, `from`,
+//! `to`, `reason`, `since`); a page that fell behind gets `event: lagged` (it reloads); a session
 //! that ended (signed out, expired, its token revoked) gets `event: ended` within
 //! [`SESSION_RECHECK`] and the stream closes. Nothing compresses or buffers the stream
 //! (`X-Accel-Buffering: no` asks the same of a proxy); a comment every 15 s keeps it open.
@@ -43,6 +43,7 @@ fn presence_frame(p: &Published) -> Option<SseEvent> {
     let Event::Presence {
         region,
         instance_id,
+        from,
         to,
         reason,
         since_ms,
@@ -53,6 +54,7 @@ fn presence_frame(p: &Published) -> Option<SseEvent> {
     };
     let data = json!({
         "key": format!("{region}/{instance_id}"),
+        "from": from,
         "to": to,
         "reason": reason,
         "since": ago(now_ms(), *since_ms),

@@ -24,12 +24,29 @@
       if (since) { since.textContent = e.since; since.title = e.since_utc; }
       n.setAttribute("data-state", e.to);
     }
-    var text = document.querySelector("[data-presence-text]");
-    if (text && document.querySelector("[data-presence-badge][data-gw='" + e.key.replace(/'/g, "") + "']")) {
-      text.textContent = e.to;
+    // The fleet's counts follow (a gateway new to the console has no "from").
+    if (e.from && e.from !== e.to) {
+      var from = document.getElementById("n-" + e.from), to = document.getElementById("n-" + e.to);
+      if (from && to) {
+        from.textContent = String(Math.max(0, parseInt(from.textContent, 10) - 1));
+        to.textContent = String(parseInt(to.textContent, 10) + 1);
+      }
+    }
+    // The gateway page: its identity section too.
+    var badge = document.querySelector("[data-presence-badge]");
+    if (badge && badge.getAttribute("data-gw") === e.key) {
+      var text = document.querySelector("[data-presence-text]");
+      if (text) { text.textContent = e.to; }
+      var since = document.querySelector("dd [data-since]");
+      if (since) { since.textContent = e.since; since.title = e.since_utc; }
     }
   });
   // Behind the stream, or the session over: the page as the server has it now.
   es.addEventListener("lagged", function () { window.location.reload(); });
   es.addEventListener("ended", function () { es.close(); window.location.reload(); });
+  // Leaving the page closes the stream at once: a browser keeps only a few connections to one
+  // host, and streams of pages left behind (kept for the back button) would hold them. A page
+  // shown again from that cache reloads, to be live and current again.
+  window.addEventListener("pagehide", function () { es.close(); });
+  window.addEventListener("pageshow", function (ev) { if (ev.persisted) { window.location.reload(); } });
 })();
