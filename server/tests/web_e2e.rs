@@ -151,8 +151,8 @@ impl Browser {
         let t0 = Instant::now();
         loop {
             if let Ok(r) = http.get(format!("{root}/status")).send().await {
-                let v: Value = serde_json::from_str(&r.text().await.unwrap_or_default())
-                    .unwrap_or_default();
+                let v: Value =
+                    serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default();
                 if v["value"]["ready"] == true {
                     break;
                 }
@@ -386,7 +386,10 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
     assert_eq!(r.status(), 200);
     let h = r.headers().clone();
     let csp = h["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     assert_eq!(h["x-frame-options"], "DENY");
     assert_eq!(h["referrer-policy"], "no-referrer");
     let signin_cookie = h["set-cookie"].to_str().unwrap().to_owned();
@@ -434,7 +437,10 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
 
     // The empty fleet, signed in as the operator.
     sign_in(&b, &c, &operator).await;
-    assert_eq!(b.text(".empty h2").await.as_deref(), Some("No gateways yet"));
+    assert_eq!(
+        b.text(".empty h2").await.as_deref(),
+        Some("No gateways yet")
+    );
     b.screenshot("fleet-empty").await;
     step("fleet-empty");
 
@@ -449,9 +455,7 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
         .collect();
     let t0 = Instant::now();
     loop {
-        let page = c
-            .api(&http, "/v1/instances?presence=online", &admin)
-            .await;
+        let page = c.api(&http, "/v1/instances?presence=online", &admin).await;
         if page["items"].as_array().unwrap().len() == 2 {
             break;
         }
@@ -461,8 +465,12 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
     b.goto(&c.url("/ui/")).await;
     for id in ["gw-web-1", "gw-web-2"] {
         let key = format!("default/{id}");
-        b.until(&format!("{id} online"), TIMEOUT, &presence_is(&key, "online"))
-            .await;
+        b.until(
+            &format!("{id} online"),
+            TIMEOUT,
+            &presence_is(&key, "online"),
+        )
+        .await;
     }
     assert_eq!(b.text("#n-online").await.as_deref(), Some("2"));
     b.until(
@@ -495,7 +503,9 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
         killed.elapsed().max(shown).as_millis()
     );
     assert_eq!(
-        b.text("tr[data-gw='default/gw-web-1'] [data-presence]").await.as_deref(),
+        b.text("tr[data-gw='default/gw-web-1'] [data-presence]")
+            .await
+            .as_deref(),
         Some("online")
     );
     // The counts follow the row.
@@ -523,10 +533,19 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
     )
     .await;
     assert!(b.text("h1").await.unwrap().starts_with("gw-web-1"));
-    assert_eq!(b.text("[data-presence-badge]").await.as_deref(), Some("online"));
+    assert_eq!(
+        b.text("[data-presence-badge]").await.as_deref(),
+        Some("online")
+    );
     let host = b.text("section[aria-labelledby='h-host']").await.unwrap();
-    assert!(host.contains("Memory used") && host.contains("GiB"), "{host}");
-    let history = b.text("section[aria-labelledby='h-history']").await.unwrap();
+    assert!(
+        host.contains("Memory used") && host.contains("GiB"),
+        "{host}"
+    );
+    let history = b
+        .text("section[aria-labelledby='h-history']")
+        .await
+        .unwrap();
     assert!(history.contains("online"), "{history}");
     assert!(b.text("form[action$='/reconcile'] button").await.is_some());
     b.screenshot("gateway").await;
@@ -547,7 +566,10 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
     // A phone's width: the gateway page still reads.
     b.phone(Some((390, 844))).await;
     b.goto(&c.url("/ui/gateways/gw-web-2")).await;
-    assert_eq!(b.text("[data-presence-badge]").await.as_deref(), Some("offline"));
+    assert_eq!(
+        b.text("[data-presence-badge]").await.as_deref(),
+        Some("offline")
+    );
     assert!(b.text(".flash.warn").await.unwrap().contains("offline"));
     b.screenshot("gateway-offline-phone").await;
     step("gateway-offline-phone");
@@ -583,23 +605,23 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
     assert_eq!(b.run(post_forms).await, 0, "a read token sees a form");
     b.screenshot("gateway-read").await;
     step("gateway-read");
-    let calls_before = c
-        .api(&http, "/v1/instances/gw-web-1/calls", &admin)
-        .await["items"]
+    let calls_before = c.api(&http, "/v1/instances/gw-web-1/calls", &admin).await["items"]
         .as_array()
         .unwrap()
         .len();
     let csrf = csrf_on_page(&b).await;
     let path = "/ui/gateways/gw-web-1/reconcile";
-    assert_eq!(forged_post(&b, path, "region=default").await, 403, "without CSRF");
+    assert_eq!(
+        forged_post(&b, path, "region=default").await,
+        403,
+        "without CSRF"
+    );
     assert_eq!(
         forged_post(&b, path, &format!("region=default&csrf={csrf}")).await,
         403,
         "with the session's CSRF token"
     );
-    let calls_after = c
-        .api(&http, "/v1/instances/gw-web-1/calls", &admin)
-        .await["items"]
+    let calls_after = c.api(&http, "/v1/instances/gw-web-1/calls", &admin).await["items"]
         .as_array()
         .unwrap()
         .len();
@@ -627,7 +649,8 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
 
     // Revoking the token ends its session at once: the next page goes to sign in, and the
     // open stream ends.
-    c.command(&["token", "revoke", "--name", "web-reader"]).assert_code(0);
+    c.command(&["token", "revoke", "--name", "web-reader"])
+        .assert_code(0);
     b.goto(&c.url("/ui/")).await;
     assert!(b.current_url().await.ends_with("/ui/signin"));
 

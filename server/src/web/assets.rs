@@ -65,7 +65,10 @@ pub async fn serve(Path(name): Path<String>) -> Response {
         Some(a) => (
             StatusCode::OK,
             [
-                (header::CONTENT_TYPE, HeaderValue::from_static(a.content_type)),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(a.content_type),
+                ),
                 (
                     header::CACHE_CONTROL,
                     HeaderValue::from_static("public, max-age=31536000, immutable"),
@@ -90,6 +93,9 @@ mod tests {
         assert!(ASSETS.css.name.starts_with("console.") && ASSETS.css.name.ends_with(".css"));
         assert_ne!(hashed("a", "css", b"x"), hashed("a", "css", b"y"));
         let head = std::str::from_utf8(&HTMX[..400]).unwrap();
-        assert!(head.contains("htmx 2.0.4") && head.contains("0BSD"), "{head}");
+        assert!(
+            head.contains("htmx 2.0.4") && head.contains("0BSD"),
+            "{head}"
+        );
     }
 }

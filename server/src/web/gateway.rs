@@ -120,8 +120,14 @@ async fn locate(
                 .get_instance(&handle.region, &iid)
                 .await
                 .map_err(|e| PageError::from(e).by(&signed.token))?
-                .filter(|r| signed.token.groups.is_empty() || signed.token.groups.contains(&r.group_id))
-                .ok_or_else(|| by(Problem::not_found(format!("no instance {id} has been seen in region {name}"))))?;
+                .filter(|r| {
+                    signed.token.groups.is_empty() || signed.token.groups.contains(&r.group_id)
+                })
+                .ok_or_else(|| {
+                    by(Problem::not_found(format!(
+                        "no instance {id} has been seen in region {name}"
+                    )))
+                })?;
             Ok((row, handle))
         }
         None => visible_instance(state, &signed.token, id).await.map_err(by),
@@ -160,8 +166,12 @@ pub async fn page(
         .unwrap_or_default();
     let system = hb.get("system");
     let mem = match (
-        system.and_then(|s| s.get("mem_used")).and_then(Value::as_u64),
-        system.and_then(|s| s.get("mem_total")).and_then(Value::as_u64),
+        system
+            .and_then(|s| s.get("mem_used"))
+            .and_then(Value::as_u64),
+        system
+            .and_then(|s| s.get("mem_total"))
+            .and_then(Value::as_u64),
     ) {
         (Some(u), Some(t)) => format!("{} of {}", bytes(u), bytes(t)),
         _ => String::new(),
@@ -179,11 +189,13 @@ pub async fn page(
                         fs: text(d.get("fs")),
                         total: size(d.get("total")),
                         avail: size(d.get("avail")),
-                        used_pct: if total > 0 {
-                            format!("{}%", (total.saturating_sub(avail)) * 100 / total)
-                        } else {
-                            String::new()
-                        },
+                        // No percentage for a disk of size 0.
+                        used_pct: total
+                            .saturating_sub(avail)
+                            .saturating_mul(100)
+                            .checked_div(total)
+                            .map(|p| format!("{p}%"))
+                            .unwrap_or_default(),
                     }
                 })
                 .collect()
@@ -231,7 +243,11 @@ pub async fn page(
         })
     };
     let page = GatewayPage {
-        chrome: Chrome::new(row.instance_id.as_str(), Some(&signed.token), signed.csrf.clone()),
+        chrome: Chrome::new(
+            row.instance_id.as_str(),
+            Some(&signed.token),
+            signed.csrf.clone(),
+        ),
         key: format!("{}/{}", row.region, row.instance_id.as_str()),
         id: row.instance_id.as_str().to_owned(),
         region: row.region.as_str().to_owned(),
@@ -296,10 +312,7 @@ pub async fn page(
         broker_down,
         can_operate: signed.can(Scope::Operate),
         disabled,
-        action: format!(
-            "/ui/gateways/{}/reconcile",
-            row.instance_id.as_str()
-        ),
+        action: format!("/ui/gateways/{}/reconcile", row.instance_id.as_str()),
         sent: q.sent.filter(|s| s.len() <= 128),
     };
     Ok(render(&page))
@@ -348,7 +361,7 @@ pub async fn reconcile(
                 "The call was refused; sending it again is refused the same way until its cause changes."
             };
             PageError::Problem {
-                problem,
+                problem: Box::new(problem),
                 retry,
                 token: Some(signed.token.name.as_str().to_owned()),
             }

@@ -116,12 +116,17 @@ fn events(l: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     }))
 }
 
-pub async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, PageError> {
+pub async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, PageError> {
     let signed = session(&state, &headers)
         .await?
         .ok_or_else(|| refused(StatusCode::UNAUTHORIZED, "not signed in"))?;
     if !signed.can(Scope::Read) {
-        return Err(refused(StatusCode::FORBIDDEN, "the token lacks the read scope").by(&signed.token));
+        return Err(
+            refused(StatusCode::FORBIDDEN, "the token lacks the read scope").by(&signed.token),
+        );
     }
     let Some(hash) = super::session::cookie_value(&headers).map(|s: SessionSecret| s.hash()) else {
         return Err(refused(StatusCode::UNAUTHORIZED, "not signed in"));
@@ -136,11 +141,20 @@ pub async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Result
         every,
         rx: state.bus.subscribe(),
         closed: state.bus.close_signal(),
-        groups: signed.token.groups.iter().map(|g| g.as_str().to_owned()).collect(),
+        groups: signed
+            .token
+            .groups
+            .iter()
+            .map(|g| g.as_str().to_owned())
+            .collect(),
         ended: false,
     };
     let mut resp = Sse::new(events(listener))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive"))
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(15))
+                .text("keep-alive"),
+        )
         .into_response();
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -44,7 +44,10 @@ pub fn routes(request_timeout: Duration) -> Router<AppState> {
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/", get(fleet::page))
-        .route("/ui/signin", get(session::signin_form).post(session::signin))
+        .route(
+            "/ui/signin",
+            get(session::signin_form).post(session::signin),
+        )
         .route("/ui/signout", post(session::signout))
         .route("/ui/gateways/{id}", get(gateway::page))
         .route("/ui/gateways/{id}/reconcile", post(gateway::reconcile))

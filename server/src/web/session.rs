@@ -85,8 +85,7 @@ fn csrf_of(secret: &SessionSecret, purpose: &str) -> String {
 /// Equal without telling by its time how much of a guess was right.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
-        && a
-            .bytes()
+        && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
@@ -162,7 +161,7 @@ pub fn refused(status: StatusCode, detail: impl Into<String>) -> PageError {
         _ => "Refused",
     };
     PageError::Problem {
-        problem: Problem::new(status, "web-refused", title, detail),
+        problem: Box::new(Problem::new(status, "web-refused", title, detail)),
         retry: "Sending the same request again is refused the same way.",
         token: None,
     }
@@ -171,7 +170,10 @@ pub fn refused(status: StatusCode, detail: impl Into<String>) -> PageError {
 /// A form body (`application/x-www-form-urlencoded`), 400 when it does not read.
 pub fn form<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, PageError> {
     serde_urlencoded::from_bytes(body).map_err(|e| {
-        refused(StatusCode::BAD_REQUEST, format!("the form does not read: {e}"))
+        refused(
+            StatusCode::BAD_REQUEST,
+            format!("the form does not read: {e}"),
+        )
     })
 }
 
@@ -234,7 +236,13 @@ struct SigninForm {
     csrf: Option<String>,
 }
 
-async fn audit(state: &AppState, remote: Option<String>, token: Option<&str>, action: &str, outcome: &str) {
+async fn audit(
+    state: &AppState,
+    remote: Option<String>,
+    token: Option<&str>,
+    action: &str,
+    outcome: &str,
+) {
     let event = AuditEvent {
         at_ms: now_ms(),
         region: state.regions.home().region.clone(),
@@ -298,7 +306,14 @@ pub async fn signin(
     if !opened {
         return signin_refused(peer.as_deref(), "the token is unknown or revoked");
     }
-    audit(&state, remote.0, Some(token.name.as_str()), "web.signin", "ok").await;
+    audit(
+        &state,
+        remote.0,
+        Some(token.name.as_str()),
+        "web.signin",
+        "ok",
+    )
+    .await;
     let secure = https(peer.as_deref());
     let mut resp = Redirect::to("/ui/").into_response();
     let h = resp.headers_mut();
@@ -314,17 +329,13 @@ pub async fn signin(
 }
 
 /// The form again with the reason, as a 401 the audit of refusals records.
-fn signin_refused(
-    peer: Option<&ConnectInfo<PeerAddr>>,
-    why: &str,
-) -> Result<Response, PageError> {
+fn signin_refused(peer: Option<&ConnectInfo<PeerAddr>>, why: &str) -> Result<Response, PageError> {
     let mut resp = signin_page(peer, StatusCode::UNAUTHORIZED, Some(why.to_owned()))?;
-    resp.extensions_mut()
-        .insert(crate::http::problem::Refusal {
-            detail: format!("web sign-in: {why}"),
-            token_name: None,
-            audited: false,
-        });
+    resp.extensions_mut().insert(crate::http::problem::Refusal {
+        detail: format!("web sign-in: {why}"),
+        token_name: None,
+        audited: false,
+    });
     Ok(resp)
 }
 
@@ -345,7 +356,14 @@ pub async fn signout(
     // Any token that can read the pages can sign out.
     let signed = sender(&state, &headers, f.csrf.as_deref(), Scope::Read).await?;
     state.store.delete_session(&signed.secret.hash()).await?;
-    audit(&state, remote.0, Some(signed.token.name.as_str()), "web.signout", "ok").await;
+    audit(
+        &state,
+        remote.0,
+        Some(signed.token.name.as_str()),
+        "web.signout",
+        "ok",
+    )
+    .await;
     let mut resp = Redirect::to("/ui/signin").into_response();
     resp.headers_mut().insert(
         header::SET_COOKIE,
@@ -361,7 +379,10 @@ mod tests {
     #[test]
     fn cookies_are_found_by_name_and_csrf_tokens_differ_by_secret_and_purpose() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; csg_session=abc; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; csg_session=abc; b=2"),
+        );
         assert_eq!(cookie(&h, "csg_session"), Some("abc"));
         assert_eq!(cookie(&h, "csg_signin"), None);
         let s1 = SessionSecret::generate().unwrap();

@@ -61,7 +61,7 @@ pub enum PageError {
     Redirect(String),
     /// The problem as a page; `retry` says whether repeating the request is safe.
     Problem {
-        problem: Problem,
+        problem: Box<Problem>,
         retry: &'static str,
         token: Option<String>,
     },
@@ -76,7 +76,7 @@ impl PageError {
             "Retrying the same request gives the same answer."
         };
         PageError::Problem {
-            problem,
+            problem: Box::new(problem),
             retry,
             token: None,
         }
@@ -99,9 +99,7 @@ impl From<crate::store::StoreError> for PageError {
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         match self {
-            PageError::Redirect(to) => {
-                axum::response::Redirect::to(&to).into_response()
-            }
+            PageError::Redirect(to) => axum::response::Redirect::to(&to).into_response(),
             PageError::Problem {
                 problem,
                 retry,
