@@ -12,6 +12,8 @@
 // A test file: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -35,6 +37,11 @@ struct Consoled {
 
 impl Consoled {
     fn new(broker: &Broker) -> Consoled {
+        Self::with_store(broker, None)
+    }
+
+    /// The same on another store (PostgreSQL's URL).
+    fn with_store(broker: &Broker, store: Option<String>) -> Consoled {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("console.toml");
@@ -50,7 +57,7 @@ keep_alive_s = 5
 [http]
 listen = "127.0.0.1:{port}"
 [store]
-url = "sqlite://{db}"
+url = "{store}"
 [fleet]
 share_group = "{group}"
 default_interval_s = 1
@@ -58,7 +65,10 @@ default_interval_s = 1
             console = csg_e2e::unique("consoled"),
             url = broker.url(),
             protocol = csg_e2e::mqtt_protocol(),
-            db = dir.path().join("state/console.db").display(),
+            store = store.unwrap_or_else(|| format!(
+                "sqlite://{}",
+                dir.path().join("state/console.db").display()
+            )),
             group = csg_e2e::unique("web"),
         );
         std::fs::write(&config, toml).unwrap();
@@ -680,4 +690,111 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
     for a in &mut agents {
         a.signal(Signal::SIGTERM);
     }
+}
+
+/// The pages' states when a part is away: the region's broker (a banner on the fleet page; on
+/// the gateway page a banner and the reconcile button disabled, saying why), then the store (a
+/// 503 page saying that retrying is safe), and the pages again once the store is back (the
+/// session, kept in the store, still valid).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_say_when_the_broker_or_the_store_is_away() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut pg = tokio::task::spawn_blocking(common::PgServer::start)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("PostgreSQL did not start: {e}"));
+    let mut broker = Broker::start();
+    let mut c = Consoled::with_store(&broker, Some(pg.url()));
+    let operator = c.token("web-operator", "operate");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    c.start(&http).await;
+    let mut cfg = AgentConfig::new("gw-away-1", &broker.url());
+    cfg.heartbeat_interval_s = 1;
+    let mut agent = Agent::spawn(&cfg);
+    let t0 = Instant::now();
+    while c
+        .api(&http, "/v1/instances?presence=online", &operator)
+        .await["items"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            t0.elapsed() < TIMEOUT,
+            "the agent never online\n{}",
+            c.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let b = Browser::start(c.dir.path()).await;
+    sign_in(&b, &c, &operator).await;
+    b.goto(&c.url("/ui/gateways/gw-away-1")).await;
+    assert!(b
+        .text("form[action$='/reconcile'] button:not([disabled])")
+        .await
+        .is_some());
+
+    // The broker goes away: the fleet page names the region, the gateway page disables the
+    // button and says why.
+    broker.kill();
+    let t0 = Instant::now();
+    loop {
+        b.goto(&c.url("/ui/")).await;
+        if b.text(".flash.bad")
+            .await
+            .is_some_and(|t| t.contains("broker of region default"))
+        {
+            break;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "no broker banner\n{}", c.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.screenshot("fleet-broker-away").await;
+    b.goto(&c.url("/ui/gateways/gw-away-1")).await;
+    assert!(b
+        .text(".flash.bad")
+        .await
+        .unwrap()
+        .contains("is unreachable"));
+    assert!(b
+        .text("#why-disabled")
+        .await
+        .unwrap()
+        .contains("broker of region default is unreachable"));
+    assert!(b
+        .text("form[action$='/reconcile'] button[disabled]")
+        .await
+        .is_some());
+    b.screenshot("gateway-broker-away").await;
+
+    // The store goes away: a 503 page, retry safe, with Retry-After.
+    tokio::task::block_in_place(|| pg.kill());
+    b.goto(&c.url("/ui/")).await;
+    let h1 = b.text("h1").await.unwrap();
+    assert!(h1.contains("503"), "{h1}");
+    assert!(b.text(".retry").await.unwrap().contains("Retrying is safe"));
+    b.screenshot("store-away").await;
+
+    // Back: the same session reads the pages again.
+    tokio::task::block_in_place(|| pg.restart()).unwrap();
+    let t0 = Instant::now();
+    loop {
+        b.goto(&c.url("/ui/")).await;
+        if b.text("h1").await.as_deref() == Some("Fleet") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < TIMEOUT,
+            "the pages never came back\n{}",
+            c.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    b.close().await;
+    agent.signal(Signal::SIGTERM);
 }
