@@ -524,14 +524,31 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
     b.screenshot("fleet-offline").await;
     step("fleet-offline");
 
-    // The filter: offline gateways only (htmx swaps the table; the URL keeps the filter).
-    b.goto(&c.url("/ui/?presence=offline")).await;
+    // The filter: offline gateways only. Chosen in the form, htmx (under the pages' strict
+    // CSP) swaps the table in place and the URL keeps the filter; loaded by URL, the same.
+    let only_offline = "return document.querySelectorAll('tr[data-gw]').length === 1 && !!document.querySelector('tr[data-gw=\"default/gw-web-2\"]');";
+    b.run("var s = document.getElementById('presence'); s.value = 'offline'; s.dispatchEvent(new Event('change', {bubbles: true})); return true;").await;
     b.until(
-        "only the offline gateway listed",
+        "only the offline gateway listed, swapped in by htmx",
         TIMEOUT,
-        "return document.querySelectorAll('tr[data-gw]').length === 1 && !!document.querySelector('tr[data-gw=\"default/gw-web-2\"]');",
+        only_offline,
     )
     .await;
+    assert_eq!(
+        b.run("return window.__same_page || null;").await,
+        "yes",
+        "the filter reloaded the page instead of swapping the table"
+    );
+    assert!(
+        b.current_url()
+            .await
+            .ends_with("/ui/?q=&presence=offline&group=&version=&drift="),
+        "{}",
+        b.current_url().await
+    );
+    b.goto(&c.url("/ui/?presence=offline")).await;
+    b.until("only the offline gateway listed", TIMEOUT, only_offline)
+        .await;
 
     // The gateway page: identity, host figures, storage, history, and the operator's form.
     b.goto(&c.url("/ui/")).await;
