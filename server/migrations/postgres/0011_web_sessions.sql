@@ -8,3 +8,8 @@ CREATE TABLE web_sessions (
     expires_ms BIGINT NOT NULL
 );
 CREATE INDEX web_sessions_by_expiry ON web_sessions (expires_ms);
+
+-- The web console's fleet counts (by presence and agent version, and those with drift) read
+-- this index alone, never the rows with their heartbeat text: a scan of a few bytes per
+-- gateway instead of the whole table.
+CREATE INDEX instances_summary ON instances (region, presence, agent_version, drift, group_id);
