@@ -673,6 +673,16 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
     assert!(has("web.signin", Some("web-reader"), "ok"), "{audit}");
     assert!(has("web.signout", Some("web-operator"), "ok"), "{audit}");
     assert!(has("refused", Some("web-reader"), "403"), "{audit}");
+    assert!(
+        items.iter().any(|e| e["action"] == "refused"
+            && e["outcome"] == "401"
+            && e["params"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("web sign-in: the token is unknown"))),
+        "the wrong token's sign-in is not in the audit log: {audit}"
+    );
+    // Over plain HTTP the cookies are not Secure (the browser would drop them).
+    assert!(!signin_cookie.contains("Secure"), "{signin_cookie}");
 
     // Revoking the token ends its session at once: the next page goes to sign in, and the
     // open stream ends.
