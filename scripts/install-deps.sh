@@ -89,9 +89,12 @@ fi
 # prometheus: its promtool checks the console's /metrics text in the end-to-end test (the
 # server it also installs is stopped below).
 # curl is the HTTP client of the console service's tests, dev.sh and the system test.
+# chromium and chromium-driver: the web console's browser test (server/tests/web_e2e.rs) drives
+# headless Chromium through WebDriver; fonts-liberation gives its screenshots real text (a
+# recommendation of chromium, which --no-install-recommends leaves out).
 storage_pkgs=(samba smbclient tgt nfs-ganesha nfs-ganesha-vfs libnfs-utils libiscsi-bin dbus nfs-kernel-server
     lintian rpm systemd python3 python3-venv debootstrap systemd-container openssl iproute2 nftables socat postgresql
-    prometheus curl)
+    prometheus curl chromium chromium-driver fonts-liberation)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${storage_pkgs[@]}"; do

@@ -17,6 +17,7 @@
 //! - `json`: JSON documents kept as text (a heartbeat is serialized once, when it arrives);
 //! - `http`: the API, reading the store; `tls`: its HTTPS; `config`: the service's TOML;
 //!   `cli`: its command line.
+//! - `web`: the web console's pages, served beside the API (sessions in the store).
 
 pub mod audit;
 pub mod calls;
@@ -33,6 +34,7 @@ pub mod rpc;
 pub mod sink;
 pub mod store;
 pub mod tls;
+pub mod web;
 pub mod webhooks;
 
 /// Now, in milliseconds since the Unix epoch: the store's time unit. A clock before 1970 reads

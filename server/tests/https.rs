@@ -248,6 +248,21 @@ fn https_serves_the_configured_certificate_and_sighup_swaps_it_without_dropping_
     let anon = s.curl(&["/v1/instances"]);
     assert_ne!(anon.code(), Some(0), "no token must be refused");
     assert!(anon.stderr.contains("401"), "{}", anon.stderr);
+    // Over HTTPS the web console's cookies are Secure.
+    let signin = s.curl(&["/ui/signin"]);
+    assert_eq!(signin.code(), Some(0), "{}", signin.stderr);
+    let cookie = signin
+        .stderr
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("< set-cookie: csg_signin=")
+        })
+        .unwrap_or_else(|| panic!("no sign-in cookie:\n{}", signin.stderr));
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
     // Without the CA, curl refuses the certificate; plain HTTP gets no answer.
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "--max-time", "5"])

@@ -1737,3 +1737,107 @@ async fn event_log_bulk_of_10k_presence_events(fx: &mut Fixture) {
         replayed.as_millis()
     );
 }
+
+// --- web console: sessions and the fleet's summary ---
+
+both_engines!(
+    web_sessions_end_at_expiry_sign_out_and_revocation,
+    the_fleet_summary_counts_presence_versions_and_drift
+);
+
+async fn web_sessions_end_at_expiry_sign_out_and_revocation(fx: &mut Fixture) {
+    use store::{NewSession, SessionSecret};
+    let s = &fx.store;
+    let secret = TokenSecret::generate().unwrap();
+    let name = TokenName::new("web").unwrap();
+    s.create_token(&NewToken {
+        name: name.clone(),
+        hash: secret.hash(),
+        scopes: vec![Scope::Read],
+        groups: vec![],
+        created_ms: 1,
+    })
+    .await
+    .unwrap();
+    let open = |token: TokenHash, expires_ms: i64| {
+        let session = SessionSecret::generate().unwrap();
+        let new = NewSession {
+            hash: session.hash(),
+            token,
+            created_ms: 1_000,
+            expires_ms,
+        };
+        (session, new)
+    };
+
+    // A session of the token: found until it expires; its secret is not what is stored.
+    let (a, new_a) = open(secret.hash(), 10_000);
+    assert!(s.create_session(&new_a).await.unwrap());
+    let found = s.find_session(&a.hash(), 9_999).await.unwrap().unwrap();
+    assert_eq!(found.token.name, name);
+    assert_eq!((found.created_ms, found.expires_ms), (1_000, 10_000));
+    assert_eq!(s.find_session(&a.hash(), 10_000).await.unwrap(), None);
+    let other = SessionSecret::generate().unwrap();
+    assert_eq!(s.find_session(&other.hash(), 0).await.unwrap(), None);
+
+    // An unknown token opens nothing.
+    let (_, new_x) = open(TokenHash::of("csgc_wrong"), 10_000);
+    assert!(!s.create_session(&new_x).await.unwrap());
+
+    // Signing out ends one session; expiry removes the expired ones only.
+    let (b, new_b) = open(secret.hash(), 50_000);
+    let (c, new_c) = open(secret.hash(), 60_000);
+    assert!(s.create_session(&new_b).await.unwrap());
+    assert!(s.create_session(&new_c).await.unwrap());
+    s.delete_session(&b.hash()).await.unwrap();
+    assert_eq!(s.find_session(&b.hash(), 0).await.unwrap(), None);
+    assert_eq!(s.delete_expired_sessions(20_000).await.unwrap(), 1);
+    assert!(s.find_session(&c.hash(), 20_000).await.unwrap().is_some());
+
+    // Revoking the token ends its sessions at once, and it can open no more.
+    assert!(s.revoke_token(&name, 30_000).await.unwrap());
+    assert_eq!(s.find_session(&c.hash(), 20_000).await.unwrap(), None);
+    let (_, new_d) = open(secret.hash(), 90_000);
+    assert!(!s.create_session(&new_d).await.unwrap());
+}
+
+async fn the_fleet_summary_counts_presence_versions_and_drift(fx: &mut Fixture) {
+    let s = &fx.store;
+    let empty = s.fleet_summary(None, &[]).await.unwrap();
+    assert_eq!(empty.total, 0);
+    let mut rows = vec![
+        instance("r1", "a", 1),
+        instance("r1", "b", 1),
+        instance("r1", "c", 1),
+        instance("r2", "d", 1),
+    ];
+    rows[1].presence = Presence::Offline;
+    rows[1].agent_version = Some("0.2.0".to_owned());
+    rows[2].presence = Presence::Stale;
+    rows[2].agent_version = None;
+    rows[2].storage = Some(StorageSummary { count: 3, drift: 2 });
+    rows[3].group_id = GroupId::new("GID_other").unwrap();
+    s.upsert_instances(&rows).await.unwrap();
+
+    let all = s.fleet_summary(None, &[]).await.unwrap();
+    assert_eq!(
+        (all.total, all.online, all.stale, all.offline, all.drifting),
+        (4, 2, 1, 1, 1)
+    );
+    let versions: Vec<(Option<&str>, u64)> = all
+        .versions
+        .iter()
+        .map(|(v, n)| (v.as_deref(), *n))
+        .collect();
+    assert_eq!(
+        versions,
+        vec![(None, 1), (Some("0.1.0"), 2), (Some("0.2.0"), 1)]
+    );
+    let r1 = s.fleet_summary(Some(&region("r1")), &[]).await.unwrap();
+    assert_eq!((r1.total, r1.online), (3, 1));
+    let other = s
+        .fleet_summary(None, &[GroupId::new("GID_other").unwrap()])
+        .await
+        .unwrap();
+    assert_eq!((other.total, other.online, other.drifting), (1, 1, 0));
+}

@@ -139,17 +139,18 @@ impl Regions {
     }
 }
 
-/// The peer of a connection, plain TCP or HTTPS: what `into_make_service_with_connect_info`
-/// gives the handlers (axum knows a plain TCP listener's peer only as `SocketAddr`).
+/// The peer of a connection, plain TCP or HTTPS (the second field: true over HTTPS), what
+/// `into_make_service_with_connect_info` gives the handlers (axum knows a plain TCP
+/// listener's peer only as `SocketAddr`).
 #[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+pub struct PeerAddr(pub SocketAddr, pub bool);
 
 impl
     axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
     for PeerAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
+        PeerAddr(*stream.remote_addr(), false)
     }
 }
 
@@ -158,7 +159,7 @@ impl
     for PeerAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
+        PeerAddr(*stream.remote_addr(), true)
     }
 }
 
@@ -241,6 +242,7 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
     let metrics = state.metrics.clone();
     calling
         .merge(reading)
+        .merge(crate::web::routes(limits.request_timeout))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -364,7 +366,12 @@ async fn as_problem(resp: Response) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/"));
-    if json {
+    // The web console's pages answer their errors as pages.
+    let page = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if json || page {
         return resp;
     }
     let title = status.canonical_reason().unwrap_or("Error");

@@ -326,7 +326,7 @@ where
     Ok((event, row.try_get("id")?))
 }
 
-fn token_from<R: Row>(row: &R) -> Result<TokenRecord, StoreError>
+pub(super) fn token_from<R: Row>(row: &R) -> Result<TokenRecord, StoreError>
 where
     for<'r> &'r str: sqlx::ColumnIndex<R>,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -740,6 +740,39 @@ macro_rules! store_impl {
             // --- event log ---
             fn event_log(&self) -> &dyn super::EventLogStore {
                 self
+            }
+
+            // --- web console: sessions and the fleet's summary (SQL in store/sessions.rs) ---
+
+            async fn create_session(
+                &self,
+                session: &super::NewSession,
+            ) -> Result<bool, StoreError> {
+                self.sql_create_session(session).await
+            }
+
+            async fn find_session(
+                &self,
+                hash: &super::SessionHash,
+                now_ms: i64,
+            ) -> Result<Option<super::SessionRecord>, StoreError> {
+                self.sql_find_session(hash, now_ms).await
+            }
+
+            async fn delete_session(&self, hash: &super::SessionHash) -> Result<(), StoreError> {
+                self.sql_delete_session(hash).await
+            }
+
+            async fn delete_expired_sessions(&self, now_ms: i64) -> Result<u64, StoreError> {
+                self.sql_delete_expired_sessions(now_ms).await
+            }
+
+            async fn fleet_summary(
+                &self,
+                region: Option<&Region>,
+                groups: &[GroupId],
+            ) -> Result<super::FleetSummary, StoreError> {
+                self.sql_fleet_summary(region, groups).await
             }
         }
     };

@@ -11,6 +11,7 @@ mod engines;
 mod error;
 mod eventlog;
 mod jobs;
+mod sessions;
 mod token_cache;
 mod tokens;
 mod types;
@@ -33,6 +34,7 @@ pub use jobs::{
     ExecState, ExecUpdate, ExecutionRecord, JobCounts, JobFilter, JobRecord, JobState, JobStore,
     JobTransition, NewExecution, NewJob,
 };
+pub use sessions::{FleetSummary, NewSession, SessionHash, SessionRecord, SessionSecret};
 pub use token_cache::TOKEN_TTL;
 pub use tokens::{NewToken, Scope, TokenHash, TokenName, TokenRecord, TokenSecret};
 pub use types::{
@@ -209,6 +211,34 @@ pub trait Store: Send + Sync {
     // --- event log ---
     /// The stored events and their webhook deliveries (store/eventlog.rs).
     fn event_log(&self) -> &dyn EventLogStore;
+
+    // --- web console: sessions and the fleet's summary (SQL in store/sessions.rs) ---
+
+    /// Opens a session for the unrevoked token with hash `session.token`; false (nothing
+    /// stored) when there is no such token.
+    async fn create_session(&self, session: &NewSession) -> Result<bool, StoreError>;
+
+    /// The session with this hash, if it has not expired at `now_ms` and its token is
+    /// unrevoked.
+    async fn find_session(
+        &self,
+        hash: &SessionHash,
+        now_ms: i64,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Ends a session (nothing when there is none).
+    async fn delete_session(&self, hash: &SessionHash) -> Result<(), StoreError>;
+
+    /// Removes the sessions expired at `now_ms`; how many.
+    async fn delete_expired_sessions(&self, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Gateways counted by presence and agent version, and those with drift, in one region
+    /// (or all) and any of `groups` (empty: every group).
+    async fn fleet_summary(
+        &self,
+        region: Option<&Region>,
+        groups: &[csg_protocol::identity::GroupId],
+    ) -> Result<FleetSummary, StoreError>;
 }
 
 /// Opens the store a URL names (`sqlite://PATH`, `postgres://…`) and brings its schema up to

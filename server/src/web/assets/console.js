@@ -1,0 +1,52 @@
+// The csg console's live updates: one server-sent event stream per page (GET /ui/events);
+// each presence change redraws the rows and badges of that gateway, wherever they are on the
+// page (rows swapped in by htmx too, as they are looked up when an event comes). Without
+// JavaScript the pages still read; they are just not live.
+(function () {
+  "use strict";
+  var source = document.querySelector("[data-live]");
+  if (!source || !window.EventSource) { return; }
+  var live = document.getElementById("live");
+  function say(text) { if (live) { live.textContent = text; } }
+  var es = new EventSource(source.getAttribute("data-live"));
+  es.onopen = function () { say("live"); document.body.setAttribute("data-live-open", "1"); };
+  es.onerror = function () { say("live updates reconnecting…"); document.body.removeAttribute("data-live-open"); };
+  es.addEventListener("presence", function (m) {
+    var e;
+    try { e = JSON.parse(m.data); } catch (err) { return; }
+    var nodes = document.querySelectorAll("[data-gw]");
+    for (var i = 0; i < nodes.length; i++) {
+      var n = nodes[i];
+      if (n.getAttribute("data-gw") !== e.key) { continue; }
+      var badge = n.hasAttribute("data-presence-badge") ? n : n.querySelector("[data-presence]");
+      if (badge) { badge.textContent = e.to; badge.className = "presence p-" + e.to; }
+      var since = n.querySelector("[data-since]");
+      if (since) { since.textContent = e.since; since.title = e.since_utc; }
+      n.setAttribute("data-state", e.to);
+    }
+    // The fleet's counts follow (a gateway new to the console has no "from").
+    if (e.from && e.from !== e.to) {
+      var from = document.getElementById("n-" + e.from), to = document.getElementById("n-" + e.to);
+      if (from && to) {
+        from.textContent = String(Math.max(0, parseInt(from.textContent, 10) - 1));
+        to.textContent = String(parseInt(to.textContent, 10) + 1);
+      }
+    }
+    // The gateway page: its identity section too.
+    var badge = document.querySelector("[data-presence-badge]");
+    if (badge && badge.getAttribute("data-gw") === e.key) {
+      var text = document.querySelector("[data-presence-text]");
+      if (text) { text.textContent = e.to; }
+      var since = document.querySelector("dd [data-since]");
+      if (since) { since.textContent = e.since; since.title = e.since_utc; }
+    }
+  });
+  // Behind the stream, or the session over: the page as the server has it now.
+  es.addEventListener("lagged", function () { window.location.reload(); });
+  es.addEventListener("ended", function () { es.close(); window.location.reload(); });
+  // Leaving the page closes the stream at once: a browser keeps only a few connections to one
+  // host, and streams of pages left behind (kept for the back button) would hold them. A page
+  // shown again from that cache reloads, to be live and current again.
+  window.addEventListener("pagehide", function () { es.close(); });
+  window.addEventListener("pageshow", function (ev) { if (ev.persisted) { window.location.reload(); } });
+})();

@@ -1,0 +1,254 @@
+//! The fleet page: counts by presence, version and drift, and the table of gateways with its
+//! filter, text search and keyset paging (the store's `list_instances`, as the API lists).
+
+use askama::Template;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use csg_transport::LinkState;
+
+use super::session::reader;
+use super::view::{ago, render, utc, Chrome, PageError};
+use crate::http::instances::{parse_list_query, region_filter};
+use crate::http::problem::Problem;
+use crate::http::AppState;
+use crate::now_ms;
+use crate::store::{InstanceRow, PageLimit};
+
+/// Rows per page.
+pub const PAGE_ROWS: u32 = 50;
+
+/// The filter's values as the form shows them again.
+#[derive(Default)]
+pub struct FilterForm {
+    pub presence: String,
+    pub group: String,
+    pub version: String,
+    pub drift: String,
+    pub q: String,
+    pub region: String,
+}
+
+impl FilterForm {
+    /// The query of this filter, for links (paging keeps the filter).
+    fn query(&self) -> String {
+        let pairs: Vec<(&str, &str)> = [
+            ("presence", self.presence.as_str()),
+            ("group", self.group.as_str()),
+            ("version", self.version.as_str()),
+            ("drift", self.drift.as_str()),
+            ("q", self.q.as_str()),
+            ("region", self.region.as_str()),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.query().is_empty()
+    }
+}
+
+/// One row of the table.
+pub struct Row {
+    /// `region/instance`: what live updates find the row by.
+    pub key: String,
+    pub id: String,
+    pub href: String,
+    pub region: String,
+    pub group: String,
+    pub presence: &'static str,
+    pub since: String,
+    pub since_title: String,
+    pub last_seen: String,
+    pub version: String,
+    pub count: u64,
+    pub drift: u64,
+}
+
+pub fn gateway_href(region: &str, id: &str, several: bool) -> String {
+    let id_q = serde_urlencoded::to_string([("region", region)]).unwrap_or_default();
+    // Instance ids are checked ([A-Za-z0-9._-]), so they need no escaping in a path.
+    if several {
+        format!("/ui/gateways/{id}?{id_q}")
+    } else {
+        format!("/ui/gateways/{id}")
+    }
+}
+
+fn row(r: &InstanceRow, now: i64, several: bool) -> Row {
+    Row {
+        key: format!("{}/{}", r.region, r.instance_id.as_str()),
+        id: r.instance_id.as_str().to_owned(),
+        href: gateway_href(r.region.as_str(), r.instance_id.as_str(), several),
+        region: r.region.as_str().to_owned(),
+        group: r.group_id.as_str().to_owned(),
+        presence: r.presence.as_str(),
+        since: ago(now, r.since_ms),
+        since_title: utc(r.since_ms),
+        last_seen: r.last_seen_ms.map(|t| ago(now, t)).unwrap_or_default(),
+        version: r.agent_version.clone().unwrap_or_default(),
+        count: r.storage.map_or(0, |s| s.count),
+        drift: r.storage.map_or(0, |s| s.drift),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "fleet.html")]
+struct FleetPage {
+    chrome: Chrome,
+    total: u64,
+    online: u64,
+    stale: u64,
+    offline: u64,
+    drifting: u64,
+    versions: Vec<(String, u64)>,
+    rows: Vec<Row>,
+    next: Option<String>,
+    first: Option<String>,
+    f: FilterForm,
+    /// The regions served, when there are several (the filter offers them).
+    regions: Vec<String>,
+    /// Regions whose broker is unreachable, with why.
+    down: Vec<(String, String)>,
+    /// A filter that does not read: why (the table is empty).
+    error: Option<String>,
+}
+
+/// Regions whose broker link is not up, with its state.
+pub fn brokers_down(state: &AppState) -> Vec<(String, String)> {
+    state
+        .regions
+        .iter()
+        .filter_map(|r| match &*r.link.borrow() {
+            LinkState::Ready(_) => None,
+            LinkState::Down(Some(f)) => Some((r.region.as_str().to_owned(), f.describe())),
+            LinkState::Down(None) => Some((r.region.as_str().to_owned(), "connecting".to_owned())),
+        })
+        .collect()
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let signed = reader(&state, &headers).await?;
+    let token = &signed.token;
+    // The form sends every field; an empty one means "any".
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
+    let mut f = FilterForm::default();
+    let mut cursor: Option<String> = None;
+    let mut kept: Vec<(String, String)> = Vec::new();
+    for (k, v) in pairs {
+        if v.is_empty() {
+            continue;
+        }
+        match k.as_str() {
+            "presence" => f.presence.clone_from(&v),
+            "group" => f.group.clone_from(&v),
+            "version" => f.version.clone_from(&v),
+            "drift" => f.drift.clone_from(&v),
+            "q" => f.q.clone_from(&v),
+            "region" => f.region.clone_from(&v),
+            "cursor" => {
+                cursor = Some(v);
+                continue;
+            }
+            _ => {}
+        }
+        kept.push((k, v));
+    }
+    let several = state.regions.len() > 1;
+    let now = now_ms();
+    let mut page = FleetPage {
+        chrome: Chrome::new("Fleet", Some(token), signed.csrf.clone()),
+        total: 0,
+        online: 0,
+        stale: 0,
+        offline: 0,
+        drifting: 0,
+        versions: Vec::new(),
+        rows: Vec::new(),
+        next: None,
+        first: None,
+        regions: if several {
+            state
+                .regions
+                .iter()
+                .map(|r| r.region.as_str().to_owned())
+                .collect()
+        } else {
+            Vec::new()
+        },
+        down: brokers_down(&state),
+        error: None,
+        f,
+    };
+    let query = serde_urlencoded::to_string(&kept).unwrap_or_default();
+    let parsed = parse_list_query(Some(&query)).and_then(|mut q| {
+        q.filter.region = region_filter(&state, q.region.as_deref())?;
+        Ok(q)
+    });
+    let mut q = match parsed {
+        Ok(q) => q,
+        Err(p) => {
+            page.error = Some(p.detail);
+            return Ok(render(&page));
+        }
+    };
+    // A token limited to groups sees only theirs (the summary too).
+    if !token.groups.is_empty() {
+        if q.filter.groups.is_empty() {
+            q.filter.groups.clone_from(&token.groups);
+        } else {
+            q.filter.groups.retain(|g| token.groups.contains(g));
+            if q.filter.groups.is_empty() {
+                return Ok(render(&page));
+            }
+        }
+    }
+    let summary = state
+        .store
+        .fleet_summary(q.filter.region.as_ref(), &token.groups)
+        .await
+        .map_err(|e| PageError::from(e).by(token))?;
+    let limit = PageLimit::new(PAGE_ROWS).map_err(PageError::from)?;
+    let listed = state
+        .store
+        .list_instances(&q.filter, limit, cursor.as_deref())
+        .await;
+    let listed = match listed {
+        Ok(p) => p,
+        // A cursor from another filter, or a text too long: said on the page.
+        Err(crate::store::StoreError::Invalid(why)) => {
+            page.error = Some(why);
+            return Ok(render(&page));
+        }
+        Err(e) => return Err(PageError::reading(Problem::from(e)).by(token)),
+    };
+    page.total = summary.total;
+    page.online = summary.online;
+    page.stale = summary.stale;
+    page.offline = summary.offline;
+    page.drifting = summary.drifting;
+    page.versions = summary
+        .versions
+        .into_iter()
+        .map(|(v, n)| (v.unwrap_or_else(|| "unknown".to_owned()), n))
+        .collect();
+    page.rows = listed.items.iter().map(|r| row(r, now, several)).collect();
+    let base = page.f.query();
+    let sep = if base.is_empty() { "" } else { "&" };
+    page.next = listed.next_cursor.map(|c| {
+        let c = serde_urlencoded::to_string([("cursor", c.as_str())]).unwrap_or_default();
+        format!("/ui/?{base}{sep}{c}")
+    });
+    if cursor.is_some() {
+        page.first = Some(format!("/ui/?{base}"));
+    }
+    Ok(render(&page))
+}

@@ -1,0 +1,374 @@
+//! One gateway's page (read-only in this slice, but for `reconcile`): identity, presence and
+//! its history, host figures and storage from the last heartbeat, the calls made to it, and
+//! its live presence.
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Extension;
+use csg_transport::LinkState;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::fleet::gateway_href;
+use super::session::{form, reader, sender, Signed};
+use super::view::{ago, bytes, render, utc, Chrome, PageError};
+use crate::calls::{CallRequest, CallTimeout};
+use crate::http::calls::{failure_problem, parse_method, visible_instance};
+use crate::http::problem::Problem;
+use crate::http::{AppState, RegionHandle, RemoteAddr};
+use crate::now_ms;
+use crate::store::{InstanceRow, PageLimit, Presence, Scope};
+
+/// Presence changes and calls shown.
+const HISTORY_ROWS: u32 = 20;
+
+pub struct Transition {
+    pub state: &'static str,
+    pub reason: String,
+    pub at: String,
+}
+
+pub struct CallLine {
+    pub id: String,
+    pub method: String,
+    pub state: String,
+    pub outcome: String,
+    pub by: String,
+    pub at: String,
+}
+
+pub struct Disk {
+    pub mount: String,
+    pub fs: String,
+    pub total: String,
+    pub avail: String,
+    pub used_pct: String,
+}
+
+pub struct Family {
+    pub name: String,
+    pub count: String,
+    pub drift: String,
+    pub backend: String,
+    pub up: String,
+}
+
+#[derive(Template)]
+#[template(path = "gateway.html")]
+struct GatewayPage {
+    chrome: Chrome,
+    key: String,
+    id: String,
+    region: String,
+    group: String,
+    version: String,
+    presence: &'static str,
+    reason: String,
+    since: String,
+    since_ago: String,
+    last_seen: String,
+    uptime: String,
+    cpu: String,
+    load: String,
+    memory: String,
+    disks: Vec<Disk>,
+    count: u64,
+    drift: u64,
+    families: Vec<Family>,
+    history: Vec<Transition>,
+    calls: Vec<CallLine>,
+    /// The region's broker, when it is unreachable.
+    broker_down: Option<String>,
+    can_operate: bool,
+    /// Why actions are off (offline, broker down), when they are.
+    disabled: Option<String>,
+    action: String,
+    /// The request id of a reconcile just sent.
+    sent: Option<String>,
+}
+
+fn text(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn size(v: Option<&Value>) -> String {
+    v.and_then(Value::as_u64).map(bytes).unwrap_or_default()
+}
+
+/// The region a page or form names, or the one the gateway is found in.
+async fn locate(
+    state: &AppState,
+    signed: &Signed,
+    id: &str,
+    region: Option<&str>,
+) -> Result<(InstanceRow, RegionHandle), PageError> {
+    let by = |p: Problem| PageError::reading(p).by(&signed.token);
+    match region {
+        Some(name) => {
+            let handle = state.regions.named(name).map_err(by)?.clone();
+            let iid = csg_protocol::identity::InstanceId::new(id)
+                .map_err(|e| by(Problem::bad_request(format!("instance id: {e}"))))?;
+            let row = state
+                .store
+                .get_instance(&handle.region, &iid)
+                .await
+                .map_err(|e| PageError::from(e).by(&signed.token))?
+                .filter(|r| {
+                    signed.token.groups.is_empty() || signed.token.groups.contains(&r.group_id)
+                })
+                .ok_or_else(|| {
+                    by(Problem::not_found(format!(
+                        "no instance {id} has been seen in region {name}"
+                    )))
+                })?;
+            Ok((row, handle))
+        }
+        None => visible_instance(state, &signed.token, id).await.map_err(by),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct PageQuery {
+    region: Option<String>,
+    sent: Option<String>,
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let signed = reader(&state, &headers).await?;
+    let q: PageQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
+    let (row, handle) = locate(&state, &signed, &id, q.region.as_deref()).await?;
+    let limit = PageLimit::new(HISTORY_ROWS).map_err(PageError::from)?;
+    let history = state
+        .store
+        .list_presence_events(&row.region, &row.instance_id, limit, None)
+        .await?;
+    let calls = state
+        .store
+        .list_calls(&row.region, &row.instance_id, limit, None)
+        .await?;
+    let now = now_ms();
+    let hb: Map<String, Value> = row
+        .heartbeat
+        .as_ref()
+        .and_then(|h| serde_json::from_str(h.as_str()).ok())
+        .unwrap_or_default();
+    let system = hb.get("system");
+    let mem = match (
+        system
+            .and_then(|s| s.get("mem_used"))
+            .and_then(Value::as_u64),
+        system
+            .and_then(|s| s.get("mem_total"))
+            .and_then(Value::as_u64),
+    ) {
+        (Some(u), Some(t)) => format!("{} of {}", bytes(u), bytes(t)),
+        _ => String::new(),
+    };
+    let disks = hb
+        .get("disks")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    let total = d.get("total").and_then(Value::as_u64).unwrap_or(0);
+                    let avail = d.get("avail").and_then(Value::as_u64).unwrap_or(0);
+                    Disk {
+                        mount: text(d.get("mount")),
+                        fs: text(d.get("fs")),
+                        total: size(d.get("total")),
+                        avail: size(d.get("avail")),
+                        // No percentage for a disk of size 0.
+                        used_pct: total
+                            .saturating_sub(avail)
+                            .saturating_mul(100)
+                            .checked_div(total)
+                            .map(|p| format!("{p}%"))
+                            .unwrap_or_default(),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let services = hb.get("services").and_then(Value::as_object);
+    let families = hb
+        .get("storage")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(name, v)| {
+                    let svc = services.and_then(|s| s.get(name));
+                    Family {
+                        name: name.clone(),
+                        count: text(v.get("count")),
+                        drift: text(v.get("drift")),
+                        backend: text(svc.and_then(|s| s.get("backend"))),
+                        up: match svc.and_then(|s| s.get("up")).and_then(Value::as_bool) {
+                            Some(true) => "up".to_owned(),
+                            Some(false) => "down".to_owned(),
+                            None => String::new(),
+                        },
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let broker_down = match &*handle.link.borrow() {
+        LinkState::Ready(_) => None,
+        LinkState::Down(Some(f)) => Some(f.describe()),
+        LinkState::Down(None) => Some("connecting".to_owned()),
+    };
+    let disabled = if row.presence == Presence::Offline {
+        Some(format!(
+            "the gateway is offline (since {}); actions wait until it is back",
+            utc(row.since_ms)
+        ))
+    } else {
+        broker_down.as_ref().map(|why| {
+            format!(
+                "the broker of region {} is unreachable ({why}); nothing can be sent",
+                row.region
+            )
+        })
+    };
+    let page = GatewayPage {
+        chrome: Chrome::new(
+            row.instance_id.as_str(),
+            Some(&signed.token),
+            signed.csrf.clone(),
+        ),
+        key: format!("{}/{}", row.region, row.instance_id.as_str()),
+        id: row.instance_id.as_str().to_owned(),
+        region: row.region.as_str().to_owned(),
+        group: row.group_id.as_str().to_owned(),
+        version: row.agent_version.clone().unwrap_or_default(),
+        presence: row.presence.as_str(),
+        reason: row.reason.clone().unwrap_or_default(),
+        since: utc(row.since_ms),
+        since_ago: ago(now, row.since_ms),
+        last_seen: row
+            .last_seen_ms
+            .map(|t| format!("{} ({} ago)", utc(t), ago(now, t)))
+            .unwrap_or_default(),
+        uptime: hb
+            .get("uptime_s")
+            .and_then(Value::as_i64)
+            .map(|s| ago(s.saturating_mul(1000), 0))
+            .unwrap_or_default(),
+        cpu: system
+            .and_then(|s| s.get("cpu_pct"))
+            .and_then(Value::as_f64)
+            .map(|c| format!("{c:.1}%"))
+            .unwrap_or_default(),
+        load: text(system.and_then(|s| s.get("load1"))),
+        memory: mem,
+        disks,
+        count: row.storage.map_or(0, |s| s.count),
+        drift: row.storage.map_or(0, |s| s.drift),
+        families,
+        history: history
+            .items
+            .iter()
+            .map(|e| Transition {
+                state: e.state.as_str(),
+                reason: e.reason.clone().unwrap_or_default(),
+                at: utc(e.at_ms),
+            })
+            .collect(),
+        calls: calls
+            .items
+            .iter()
+            .map(|c| CallLine {
+                id: c.id.as_str().to_owned(),
+                method: c.method.clone(),
+                state: c.state.as_str().to_owned(),
+                outcome: c
+                    .reply
+                    .as_ref()
+                    .map(|r| {
+                        if r.get("error").is_some_and(|e| !e.is_null()) {
+                            text(r.get("error").and_then(|e| e.get("code")))
+                        } else {
+                            "ok".to_owned()
+                        }
+                    })
+                    .or_else(|| c.error.clone())
+                    .unwrap_or_default(),
+                by: c.token_name.clone().unwrap_or_default(),
+                at: utc(c.started_ms),
+            })
+            .collect(),
+        broker_down,
+        can_operate: signed.can(Scope::Operate),
+        disabled,
+        action: format!("/ui/gateways/{}/reconcile", row.instance_id.as_str()),
+        sent: q.sent.filter(|s| s.len() <= 128),
+    };
+    Ok(render(&page))
+}
+
+#[derive(Deserialize)]
+struct ReconcileForm {
+    csrf: Option<String>,
+    region: Option<String>,
+}
+
+/// `sys.reconcile` on the gateway (operate scope, CSRF checked first), then back to its page
+/// naming the call.
+pub async fn reconcile(
+    State(state): State<AppState>,
+    Extension(remote): Extension<RemoteAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let f: ReconcileForm = form(&body)?;
+    let signed = sender(&state, &headers, f.csrf.as_deref(), Scope::Operate).await?;
+    let (row, handle) = locate(&state, &signed, &id, f.region.as_deref()).await?;
+    let params = Map::new();
+    let method = parse_method("sys.reconcile", &params)
+        .map_err(|p| PageError::reading(p).by(&signed.token))?;
+    let answer = handle
+        .calls
+        .call(CallRequest {
+            instance: row.instance_id.clone(),
+            group: Some(row.group_id.clone()),
+            method,
+            params,
+            id: None,
+            timeout: CallTimeout::default(),
+            token_name: Some(signed.token.name.as_str().to_owned()),
+            remote_addr: remote.0,
+            action: "web.reconcile",
+        })
+        .await
+        .map_err(|e| {
+            let problem = failure_problem(e).audited();
+            let retry = if problem.retryable == Some(true) {
+                "Retrying is safe: the gateway remembers the request and will not run it twice."
+            } else {
+                "The call was refused; sending it again is refused the same way until its cause changes."
+            };
+            PageError::Problem {
+                problem: Box::new(problem),
+                retry,
+                token: Some(signed.token.name.as_str().to_owned()),
+            }
+        })?;
+    let several = state.regions.len() > 1;
+    let mut to = gateway_href(row.region.as_str(), row.instance_id.as_str(), several);
+    to.push(if several { '&' } else { '?' });
+    to.push_str(&serde_urlencoded::to_string([("sent", answer.id.as_str())]).unwrap_or_default());
+    Ok(Redirect::to(&to).into_response())
+}

@@ -1,0 +1,827 @@
+//! The web console in a real browser: Debian's Chromium, headless, driven through WebDriver
+//! (chromedriver) against the real `csg-consoled` binary, a real Mosquitto and real agents.
+//!
+//! The WebDriver client is the few commands the test needs, spoken over the `reqwest` client
+//! the service already builds with (rustls, no OpenSSL, no second crypto provider).
+//! Screenshots of every page land in `target/web-screenshots/` as PNG files.
+//!
+//! Needs `chromium` and `chromium-driver` (scripts/install-deps.sh) and the agent built
+//! (`cargo build -p csg-agent --bins`). A browser or daemon that cannot start fails the test
+//! with the reason.
+
+// A test file: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use csg_e2e::broker::free_port;
+use csg_e2e::process::{self, child_env, ChildGuard};
+use csg_e2e::{Agent, AgentConfig, Broker, TIMEOUT};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+const CONSOLED: &str = env!("CARGO_BIN_EXE_csg-consoled");
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Consoled {
+    dir: TempDir,
+    config: PathBuf,
+    port: u16,
+    child: Option<ChildGuard>,
+}
+
+impl Consoled {
+    fn new(broker: &Broker) -> Consoled {
+        Self::with_store(broker, None)
+    }
+
+    /// The same on another store (PostgreSQL's URL).
+    fn with_store(broker: &Broker, store: Option<String>) -> Consoled {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("console.toml");
+        let toml = format!(
+            r#"
+[identity]
+group_id = "GID_console"
+console_id = "{console}"
+[mqtt]
+url = "{url}"
+protocol = "{protocol}"
+keep_alive_s = 5
+[http]
+listen = "127.0.0.1:{port}"
+[store]
+url = "{store}"
+[fleet]
+share_group = "{group}"
+default_interval_s = 1
+"#,
+            console = csg_e2e::unique("consoled"),
+            url = broker.url(),
+            protocol = csg_e2e::mqtt_protocol(),
+            store = store.unwrap_or_else(|| format!(
+                "sqlite://{}",
+                dir.path().join("state/console.db").display()
+            )),
+            group = csg_e2e::unique("web"),
+        );
+        std::fs::write(&config, toml).unwrap();
+        Consoled {
+            dir,
+            config,
+            port,
+            child: None,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> process::CmdOutput {
+        let mut cmd = Command::new(CONSOLED);
+        cmd.args(args).arg("--config").arg(&self.config);
+        child_env(&mut cmd);
+        process::run(cmd, TIMEOUT)
+    }
+
+    fn token(&self, name: &str, scope: &str) -> String {
+        let out = self.command(&["token", "create", "--name", name, "--scope", scope]);
+        out.assert_code(0);
+        out.stdout.trim().to_owned()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    async fn start(&mut self, http: &reqwest::Client) {
+        let mut cmd = Command::new(CONSOLED);
+        cmd.arg("--config").arg(&self.config);
+        child_env(&mut cmd);
+        self.child = Some(
+            ChildGuard::spawn("csg-consoled", cmd, self.dir.path())
+                .unwrap_or_else(|e| panic!("csg-consoled does not start: {e}")),
+        );
+        let t0 = Instant::now();
+        loop {
+            if let Ok(r) = http.get(self.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                t0.elapsed() < TIMEOUT,
+                "csg-consoled never ready\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        self.child.as_ref().map(ChildGuard::log).unwrap_or_default()
+    }
+
+    async fn api(&self, http: &reqwest::Client, path: &str, token: &str) -> Value {
+        let r = http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        serde_json::from_str(&r.text().await.unwrap()).unwrap()
+    }
+}
+
+/// A WebDriver session on chromedriver, and the chromedriver process.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    _driver: ChildGuard,
+    shots: PathBuf,
+}
+
+impl Browser {
+    async fn start(dir: &Path) -> Browser {
+        let port = free_port();
+        let mut cmd = Command::new("chromedriver");
+        cmd.arg(format!("--port={port}"));
+        let driver = ChildGuard::spawn("chromedriver", cmd, dir).unwrap_or_else(|e| {
+            panic!("chromedriver does not start ({e}); install chromium-driver (scripts/install-deps.sh)")
+        });
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let root = format!("http://127.0.0.1:{port}");
+        let t0 = Instant::now();
+        loop {
+            if let Ok(r) = http.get(format!("{root}/status")).send().await {
+                let v: Value =
+                    serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default();
+                if v["value"]["ready"] == true {
+                    break;
+                }
+            }
+            assert!(
+                t0.elapsed() < TIMEOUT,
+                "chromedriver never ready\n{}",
+                driver.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,900",
+                         "--user-data-dir=".to_owned() + &dir.join("profile").display().to_string()],
+            }
+        }}});
+        let r = http
+            .post(format!("{root}/session"))
+            .body(caps.to_string())
+            .send()
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        let id = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("Chromium does not start: {v}\n{}", driver.log()))
+            .to_owned();
+        let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/web-screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        Browser {
+            http,
+            base: format!("{root}/session/{id}"),
+            _driver: driver,
+            shots,
+        }
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let r = req.send().await.unwrap();
+        let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert!(
+            v["value"].get("error").is_none(),
+            "WebDriver {path}: {}",
+            v["value"]
+        );
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+            .await;
+    }
+
+    async fn current_url(&self) -> String {
+        self.cmd(reqwest::Method::GET, "/url", None)
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn run(&self, script: &str) -> Value {
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// The text of the first element matching `css`, or `None`.
+    async fn text(&self, css: &str) -> Option<String> {
+        let s = format!(
+            "var e = document.querySelector({}); return e ? e.textContent.trim() : null;",
+            Value::from(css)
+        );
+        self.run(&s).await.as_str().map(str::to_owned)
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_owned()
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.find(css).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{e}/click"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{e}/value"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
+    /// The viewport of a phone (`Some((width, height))`, CSS pixels) or the window's again
+    /// (`None`), through Chromium's device emulation (resizing a headless window can stall).
+    async fn phone(&self, size: Option<(u32, u32)>) {
+        let (cmd, params) = match size {
+            Some((w, h)) => (
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": w, "height": h, "deviceScaleFactor": 1, "mobile": true}),
+            ),
+            None => ("Emulation.clearDeviceMetricsOverride", json!({})),
+        };
+        self.cmd(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            Some(json!({"cmd": cmd, "params": params})),
+        )
+        .await;
+    }
+
+    async fn screenshot(&self, name: &str) {
+        use base64::Engine as _;
+        let v = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// Polls `check` until it holds, or panics saying what was awaited.
+    async fn until(&self, what: &str, limit: Duration, script: &str) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            if self.run(script).await == Value::Bool(true) {
+                return t0.elapsed();
+            }
+            assert!(t0.elapsed() < limit, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn close(&self) {
+        let _ = self.http.delete(&self.base).send().await;
+    }
+}
+
+fn presence_is(key: &str, state: &str) -> String {
+    format!(
+        "var e = document.querySelector('tr[data-gw=\"{key}\"] [data-presence]'); return !!e && e.textContent.trim() === '{state}';"
+    )
+}
+
+/// The value of a form's hidden `csrf` field on the page the browser shows.
+async fn csrf_on_page(b: &Browser) -> String {
+    b.text("input[name=csrf]").await;
+    b.run("return document.querySelector('input[name=csrf]').value;")
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A POST the page's script sends (same origin, the session cookie included); its status.
+async fn forged_post(b: &Browser, path: &str, body: &str) -> u64 {
+    let script = format!(
+        "return fetch({}, {{method: 'POST', headers: {{'content-type': 'application/x-www-form-urlencoded'}}, body: {}, redirect: 'manual'}}).then(r => r.status);",
+        Value::from(path),
+        Value::from(body)
+    );
+    b.run(&script).await.as_u64().unwrap()
+}
+
+async fn sign_in(b: &Browser, c: &Consoled, token: &str) {
+    b.goto(&c.url("/ui/")).await;
+    assert!(
+        b.current_url().await.ends_with("/ui/signin"),
+        "not sent to sign in: {}",
+        b.current_url().await
+    );
+    b.type_into("#token", token).await;
+    b.click("form[action='/ui/signin'] button").await;
+    b.until(
+        "the fleet page after signing in",
+        TIMEOUT,
+        "return location.pathname === '/ui/' && !!document.querySelector('h1') && document.querySelector('h1').textContent === 'Fleet';",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens_changes() {
+    // reqwest is built without a crypto provider (the build has one, ring): the test names it
+    // (it speaks plain HTTP on loopback only).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let broker = Broker::start();
+    let mut c = Consoled::new(&broker);
+    let operator = c.token("web-operator", "operate");
+    let reader = c.token("web-reader", "read");
+    let admin = c.token("web-admin", "admin");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    c.start(&http).await;
+
+    // Headers and cookies, as any client sees them.
+    let r = http.get(c.url("/ui/signin")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    let signin_cookie = h["set-cookie"].to_str().unwrap().to_owned();
+    assert!(signin_cookie.contains("HttpOnly") && signin_cookie.contains("SameSite=Strict"));
+    let html = r.text().await.unwrap();
+    let asset = |ext: &str| {
+        let at = html.find(&format!(".{ext}\"")).unwrap();
+        let start = html[..at].rfind('"').unwrap() + 1;
+        html[start..at + ext.len() + 1].to_owned()
+    };
+    for url in [asset("css"), asset("js")] {
+        let r = http.get(c.url(&url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        assert_eq!(
+            r.headers()["cache-control"],
+            "public, max-age=31536000, immutable",
+            "{url}"
+        );
+    }
+    // A sign-in without the form's CSRF token is refused before the token is looked at.
+    let r = http
+        .post(c.url("/ui/signin"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={operator}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // A page without a session goes to sign in; a POST without one is refused.
+    let r = http.get(c.url("/ui/")).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/signin");
+    let r = http
+        .post(c.url("/ui/gateways/gw-web-1/reconcile"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("csrf=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let b = Browser::start(c.dir.path()).await;
+    let began = Instant::now();
+    let step = |what: &str| eprintln!("{:>6} ms  {what}", began.elapsed().as_millis());
+
+    // The empty fleet, signed in as the operator.
+    sign_in(&b, &c, &operator).await;
+    assert_eq!(
+        b.text(".empty h2").await.as_deref(),
+        Some("No gateways yet")
+    );
+    b.screenshot("fleet-empty").await;
+    step("fleet-empty");
+
+    // Two agents come online and are listed online.
+    let mut agents: Vec<Agent> = ["gw-web-1", "gw-web-2"]
+        .iter()
+        .map(|id| {
+            let mut cfg = AgentConfig::new(id, &broker.url());
+            cfg.heartbeat_interval_s = 1;
+            Agent::spawn(&cfg)
+        })
+        .collect();
+    let t0 = Instant::now();
+    loop {
+        let page = c.api(&http, "/v1/instances?presence=online", &admin).await;
+        if page["items"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "agents never online\n{}", c.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.goto(&c.url("/ui/")).await;
+    for id in ["gw-web-1", "gw-web-2"] {
+        let key = format!("default/{id}");
+        b.until(
+            &format!("{id} online"),
+            TIMEOUT,
+            &presence_is(&key, "online"),
+        )
+        .await;
+    }
+    assert_eq!(b.text("#n-online").await.as_deref(), Some("2"));
+    b.until(
+        "the live stream open",
+        TIMEOUT,
+        "return document.getElementById('live').textContent === 'live';",
+    )
+    .await;
+    b.screenshot("fleet").await;
+    step("fleet");
+
+    // Killed, the agent's Will turns its row offline on the open page, without a reload.
+    b.run("window.__same_page = 'yes'; return true;").await;
+    let killed = Instant::now();
+    agents[1].kill9();
+    let shown = b
+        .until(
+            "gw-web-2 shown offline without a reload",
+            Duration::from_secs(30),
+            &presence_is("default/gw-web-2", "offline"),
+        )
+        .await;
+    assert_eq!(
+        b.run("return window.__same_page || null;").await,
+        "yes",
+        "the page reloaded"
+    );
+    eprintln!(
+        "an agent killed: its row offline on the open page {} ms later",
+        killed.elapsed().max(shown).as_millis()
+    );
+    assert_eq!(
+        b.text("tr[data-gw='default/gw-web-1'] [data-presence]")
+            .await
+            .as_deref(),
+        Some("online")
+    );
+    // The counts follow the row.
+    assert_eq!(b.text("#n-offline").await.as_deref(), Some("1"));
+    assert_eq!(b.text("#n-online").await.as_deref(), Some("1"));
+    b.screenshot("fleet-offline").await;
+    step("fleet-offline");
+
+    // The filter: offline gateways only. Chosen in the form, htmx (under the pages' strict
+    // CSP) swaps the table in place and the URL keeps the filter; loaded by URL, the same.
+    let only_offline = "return document.querySelectorAll('tr[data-gw]').length === 1 && !!document.querySelector('tr[data-gw=\"default/gw-web-2\"]');";
+    b.run("var s = document.getElementById('presence'); s.value = 'offline'; s.dispatchEvent(new Event('change', {bubbles: true})); return true;").await;
+    b.until(
+        "only the offline gateway listed, swapped in by htmx",
+        TIMEOUT,
+        only_offline,
+    )
+    .await;
+    assert_eq!(
+        b.run("return window.__same_page || null;").await,
+        "yes",
+        "the filter reloaded the page instead of swapping the table"
+    );
+    assert!(
+        b.current_url()
+            .await
+            .ends_with("/ui/?q=&presence=offline&group=&version=&drift="),
+        "{}",
+        b.current_url().await
+    );
+    b.goto(&c.url("/ui/?presence=offline")).await;
+    b.until("only the offline gateway listed", TIMEOUT, only_offline)
+        .await;
+
+    // The gateway page: identity, host figures, storage, history, and the operator's form.
+    b.goto(&c.url("/ui/")).await;
+    b.click("tr[data-gw='default/gw-web-1'] a").await;
+    b.until(
+        "the gateway page",
+        TIMEOUT,
+        "return location.pathname === '/ui/gateways/gw-web-1';",
+    )
+    .await;
+    assert!(b.text("h1").await.unwrap().starts_with("gw-web-1"));
+    assert_eq!(
+        b.text("[data-presence-badge]").await.as_deref(),
+        Some("online")
+    );
+    let host = b.text("section[aria-labelledby='h-host']").await.unwrap();
+    assert!(
+        host.contains("Memory used") && host.contains("GiB"),
+        "{host}"
+    );
+    let history = b
+        .text("section[aria-labelledby='h-history']")
+        .await
+        .unwrap();
+    assert!(history.contains("online"), "{history}");
+    assert!(b.text("form[action$='/reconcile'] button").await.is_some());
+    b.screenshot("gateway").await;
+    step("gateway");
+    // Reconcile through the form: sent, and listed among the calls.
+    b.click("form[action$='/reconcile'] button").await;
+    b.until(
+        "the reconcile sent",
+        Duration::from_secs(40),
+        "return !!document.querySelector('.flash.ok');",
+    )
+    .await;
+    let calls = b.text("section[aria-labelledby='h-calls']").await.unwrap();
+    assert!(calls.contains("sys.reconcile"), "{calls}");
+    b.screenshot("gateway-reconciled").await;
+    step("gateway-reconciled");
+
+    // A phone's width: the gateway page still reads.
+    b.phone(Some((390, 844))).await;
+    b.goto(&c.url("/ui/gateways/gw-web-2")).await;
+    assert_eq!(
+        b.text("[data-presence-badge]").await.as_deref(),
+        Some("offline")
+    );
+    assert!(b.text(".flash.warn").await.unwrap().contains("offline"));
+    b.screenshot("gateway-offline-phone").await;
+    step("gateway-offline-phone");
+    b.phone(None).await;
+
+    // Sign out: the session is gone, pages go to sign in.
+    b.goto(&c.url("/ui/")).await;
+    b.click("form[action='/ui/signout'] button").await;
+    b.until(
+        "the sign-in page after signing out",
+        TIMEOUT,
+        "return location.pathname === '/ui/signin';",
+    )
+    .await;
+    // A wrong token: refused, said on the form.
+    b.type_into("#token", "csgc_not-a-token").await;
+    b.click("form[action='/ui/signin'] button").await;
+    b.until(
+        "the refusal on the form",
+        TIMEOUT,
+        "return !!document.getElementById('signin-error');",
+    )
+    .await;
+    b.screenshot("signin-refused").await;
+    step("signin-refused");
+
+    // The read token: every page, no form that changes anything, and forged POSTs refused.
+    sign_in(&b, &c, &reader).await;
+    let post_forms = "return document.querySelectorAll('form[method=post]:not([action=\"/ui/signout\"])').length;";
+    assert_eq!(b.run(post_forms).await, 0);
+    b.goto(&c.url("/ui/gateways/gw-web-1")).await;
+    assert!(b.text("h1").await.unwrap().starts_with("gw-web-1"));
+    assert_eq!(b.run(post_forms).await, 0, "a read token sees a form");
+    b.screenshot("gateway-read").await;
+    step("gateway-read");
+    let calls_before = c.api(&http, "/v1/instances/gw-web-1/calls", &admin).await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    let csrf = csrf_on_page(&b).await;
+    let path = "/ui/gateways/gw-web-1/reconcile";
+    assert_eq!(
+        forged_post(&b, path, "region=default").await,
+        403,
+        "without CSRF"
+    );
+    assert_eq!(
+        forged_post(&b, path, &format!("region=default&csrf={csrf}")).await,
+        403,
+        "with the session's CSRF token"
+    );
+    let calls_after = c.api(&http, "/v1/instances/gw-web-1/calls", &admin).await["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(calls_before, calls_after, "a read token's POST made a call");
+    // A gateway never seen: a 404 page.
+    b.goto(&c.url("/ui/gateways/gw-never-seen")).await;
+    assert!(b.text("h1").await.unwrap().contains("404"));
+    b.screenshot("not-found").await;
+    step("not-found");
+
+    // The audit log has the sign-ins and the refusals.
+    let audit = c.api(&http, "/v1/audit?limit=100", &admin).await;
+    let items = audit["items"].as_array().unwrap();
+    let has = |action: &str, token: Option<&str>, outcome: &str| {
+        items.iter().any(|e| {
+            e["action"] == action
+                && token.is_none_or(|t| e["token_name"] == t)
+                && e["outcome"] == outcome
+        })
+    };
+    assert!(has("web.signin", Some("web-operator"), "ok"), "{audit}");
+    assert!(has("web.signin", Some("web-reader"), "ok"), "{audit}");
+    assert!(has("web.signout", Some("web-operator"), "ok"), "{audit}");
+    assert!(has("refused", Some("web-reader"), "403"), "{audit}");
+    assert!(
+        items.iter().any(|e| e["action"] == "refused"
+            && e["outcome"] == "401"
+            && e["params"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("web sign-in: the token is unknown"))),
+        "the wrong token's sign-in is not in the audit log: {audit}"
+    );
+    // Over plain HTTP the cookies are not Secure (the browser would drop them).
+    assert!(!signin_cookie.contains("Secure"), "{signin_cookie}");
+
+    // Revoking the token ends its session at once: the next page goes to sign in, and the
+    // open stream ends.
+    c.command(&["token", "revoke", "--name", "web-reader"])
+        .assert_code(0);
+    b.goto(&c.url("/ui/")).await;
+    assert!(b.current_url().await.ends_with("/ui/signin"));
+
+    // The fleet at a phone's width, signed in again (last: leaving this page under Chromium's
+    // device emulation can stall the next navigation for a minute).
+    sign_in(&b, &c, &admin).await;
+    b.phone(Some((390, 844))).await;
+    b.goto(&c.url("/ui/")).await;
+    b.until(
+        "the fleet at a phone's width",
+        TIMEOUT,
+        &presence_is("default/gw-web-2", "offline"),
+    )
+    .await;
+    b.screenshot("fleet-phone").await;
+    step("fleet-phone");
+    // A dozen pages with live streams, opened one after another, do not stall: each page's
+    // stream closes when it is left (a browser holds six connections to a host; streams of
+    // pages left open would make the seventh page wait for a minute).
+    assert!(
+        began.elapsed() < Duration::from_secs(45),
+        "the pages took {} ms",
+        began.elapsed().as_millis()
+    );
+
+    b.close().await;
+    for a in &mut agents {
+        a.signal(Signal::SIGTERM);
+    }
+}
+
+/// The pages' states when a part is away: the region's broker (a banner on the fleet page; on
+/// the gateway page a banner and the reconcile button disabled, saying why), then the store (a
+/// 503 page saying that retrying is safe), and the pages again once the store is back (the
+/// session, kept in the store, still valid).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_say_when_the_broker_or_the_store_is_away() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut pg = tokio::task::spawn_blocking(common::PgServer::start)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("PostgreSQL did not start: {e}"));
+    let mut broker = Broker::start();
+    let mut c = Consoled::with_store(&broker, Some(pg.url()));
+    let operator = c.token("web-operator", "operate");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    c.start(&http).await;
+    let mut cfg = AgentConfig::new("gw-away-1", &broker.url());
+    cfg.heartbeat_interval_s = 1;
+    let mut agent = Agent::spawn(&cfg);
+    let t0 = Instant::now();
+    while c
+        .api(&http, "/v1/instances?presence=online", &operator)
+        .await["items"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            t0.elapsed() < TIMEOUT,
+            "the agent never online\n{}",
+            c.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let b = Browser::start(c.dir.path()).await;
+    sign_in(&b, &c, &operator).await;
+    b.goto(&c.url("/ui/gateways/gw-away-1")).await;
+    assert!(b
+        .text("form[action$='/reconcile'] button:not([disabled])")
+        .await
+        .is_some());
+
+    // The broker goes away: the fleet page names the region, the gateway page disables the
+    // button and says why.
+    broker.kill();
+    let t0 = Instant::now();
+    loop {
+        b.goto(&c.url("/ui/")).await;
+        if b.text(".flash.bad")
+            .await
+            .is_some_and(|t| t.contains("broker of region default"))
+        {
+            break;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "no broker banner\n{}", c.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.screenshot("fleet-broker-away").await;
+    b.goto(&c.url("/ui/gateways/gw-away-1")).await;
+    assert!(b
+        .text(".flash.bad")
+        .await
+        .unwrap()
+        .contains("is unreachable"));
+    assert!(b
+        .text("#why-disabled")
+        .await
+        .unwrap()
+        .contains("broker of region default is unreachable"));
+    assert!(b
+        .text("form[action$='/reconcile'] button[disabled]")
+        .await
+        .is_some());
+    b.screenshot("gateway-broker-away").await;
+
+    // The store goes away: a 503 page, retry safe, with Retry-After.
+    tokio::task::block_in_place(|| pg.kill());
+    b.goto(&c.url("/ui/")).await;
+    let h1 = b.text("h1").await.unwrap();
+    assert!(h1.contains("503"), "{h1}");
+    assert!(b.text(".retry").await.unwrap().contains("Retrying is safe"));
+    b.screenshot("store-away").await;
+
+    // Back: the same session reads the pages again.
+    tokio::task::block_in_place(|| pg.restart()).unwrap();
+    let t0 = Instant::now();
+    loop {
+        b.goto(&c.url("/ui/")).await;
+        if b.text("h1").await.as_deref() == Some("Fleet") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < TIMEOUT,
+            "the pages never came back\n{}",
+            c.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    b.close().await;
+    agent.signal(Signal::SIGTERM);
+}
