@@ -1,6 +1,7 @@
-//! One gateway's page (read-only in this slice, but for `reconcile`): identity, presence and
-//! its history, host figures and storage from the last heartbeat, the calls made to it, and
-//! its live presence.
+//! One gateway's page: identity, presence and its history, host figures and storage from the
+//! last heartbeat with a live chart of CPU and memory, the resources and capabilities the agent
+//! reports (read through the call path, [`super::resources`]), the calls made to it, its live
+//! presence, and `reconcile`.
 
 use askama::Template;
 use axum::body::Bytes;
@@ -21,6 +22,8 @@ use crate::http::problem::Problem;
 use crate::http::{AppState, RegionHandle, RemoteAddr};
 use crate::now_ms;
 use crate::store::{InstanceRow, PageLimit, Presence, Scope};
+
+use super::resources::{Capabilities, Section, KINDS};
 
 /// Presence changes and calls shown.
 const HISTORY_ROWS: u32 = 20;
@@ -88,6 +91,19 @@ struct GatewayPage {
     action: String,
     /// The request id of a reconcile just sent.
     sent: Option<String>,
+    /// What a form just did (`NFS export vol1 created`).
+    done: Option<String>,
+    /// The resources, when the gateway could be asked (not offline, its broker up).
+    sections: Vec<Section>,
+    /// The agent's capabilities, or why they could not be read; `None` when not asked.
+    caps: Option<Result<Capabilities, String>>,
+    /// Where forms and the chart's data are.
+    base: String,
+    /// `?region=…` for links, with several regions.
+    rq: String,
+    /// The chart's first point (the last heartbeat), as `x,y` pairs of the SVG.
+    cpu_now: String,
+    mem_now: String,
 }
 
 fn text(v: Option<&Value>) -> String {
@@ -138,10 +154,26 @@ async fn locate(
 struct PageQuery {
     region: Option<String>,
     sent: Option<String>,
+    done: Option<String>,
+    kind: Option<String>,
+    name: Option<String>,
+}
+
+/// The flash line for what a form did, from its redirect's query (only known verbs and kinds
+/// are shown, so a crafted link cannot write arbitrary text on the page).
+fn done_text(q: &PageQuery) -> Option<String> {
+    let verb = match q.done.as_deref()? {
+        v @ ("created" | "updated" | "unchanged" | "deleted") => v,
+        _ => return None,
+    };
+    let kind = KINDS.iter().find(|k| Some(k.slug) == q.kind.as_deref())?;
+    let name: String = q.name.as_deref()?.chars().take(64).collect();
+    Some(format!("{} {name} {verb}.", kind.one))
 }
 
 pub async fn page(
     State(state): State<AppState>,
+    Extension(remote): Extension<RemoteAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
@@ -202,7 +234,7 @@ pub async fn page(
         })
         .unwrap_or_default();
     let services = hb.get("services").and_then(Value::as_object);
-    let families = hb
+    let families: Vec<Family> = hb
         .get("storage")
         .and_then(Value::as_object)
         .map(|m| {
@@ -242,6 +274,33 @@ pub async fn page(
             )
         })
     };
+    // The agent is asked only when it can answer: offline or behind a broker that is away, the
+    // sections say so instead of waiting for a timeout.
+    let (caps, sections) = if disabled.is_none() {
+        let names: Vec<String> = families.iter().map(|f| f.name.clone()).collect();
+        let (caps, sections) =
+            super::resources::read_all(&state, &remote, &signed.token, &row, &names).await;
+        (Some(caps), sections)
+    } else {
+        (None, Vec::new())
+    };
+    let point = super::resources::host_point(&row);
+    let y = |k: &str| {
+        point
+            .get(k)
+            .and_then(Value::as_f64)
+            .map(|v| format!("{:.1}", 100.0 - v.clamp(0.0, 100.0)))
+    };
+    let several = state.regions.len() > 1;
+    let rq = if several {
+        format!(
+            "?{}",
+            serde_urlencoded::to_string([("region", row.region.as_str())]).unwrap_or_default()
+        )
+    } else {
+        String::new()
+    };
+    let done = done_text(&q);
     let page = GatewayPage {
         chrome: Chrome::new(
             row.instance_id.as_str(),
@@ -314,6 +373,13 @@ pub async fn page(
         disabled,
         action: format!("/ui/gateways/{}/reconcile", row.instance_id.as_str()),
         sent: q.sent.filter(|s| s.len() <= 128),
+        done,
+        sections,
+        caps,
+        base: format!("/ui/gateways/{}", row.instance_id.as_str()),
+        rq,
+        cpu_now: y("cpu_pct").map(|y| format!("300,{y}")).unwrap_or_default(),
+        mem_now: y("mem_pct").map(|y| format!("300,{y}")).unwrap_or_default(),
     };
     Ok(render(&page))
 }
