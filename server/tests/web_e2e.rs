@@ -598,6 +598,11 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
         Some("offline")
     );
     assert!(b.text(".flash.warn").await.unwrap().contains("offline"));
+    assert!(b
+        .text("#res-off")
+        .await
+        .unwrap()
+        .contains("the gateway is offline"));
     b.screenshot("gateway-offline-phone").await;
     step("gateway-offline-phone");
     b.phone(None).await;
@@ -793,6 +798,13 @@ async fn the_pages_say_when_the_broker_or_the_store_is_away() {
         .await
         .unwrap()
         .contains("broker of region default is unreachable"));
+    // The resources are not asked for; the section says why, and no form is offered.
+    assert!(b
+        .text("#res-off")
+        .await
+        .unwrap()
+        .contains("broker of region default is unreachable"));
+    assert!(b.text("a[data-new]").await.is_none());
     assert!(b
         .text("form[action$='/reconcile'] button[disabled]")
         .await
@@ -972,6 +984,8 @@ async fn the_gateway_pages_forms_create_list_and_delete_resources() {
             .contains("Documents"),
         "smbd's registry lacks the share"
     );
+    b.run("document.getElementById('h-res').scrollIntoView(); return true;")
+        .await;
     b.screenshot("gateway-resources").await;
 
     // A path that does not exist: the agent's INVALID_PARAMS next to the path field, the

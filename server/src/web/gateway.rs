@@ -28,6 +28,9 @@ use super::resources::{Capabilities, Section, KINDS};
 /// Presence changes and calls shown.
 const HISTORY_ROWS: u32 = 20;
 
+/// Calls read to find the last changes among them.
+const CALLS_READ: u32 = 200;
+
 pub struct Transition {
     pub state: &'static str,
     pub reason: String,
@@ -186,9 +189,16 @@ pub async fn page(
         .store
         .list_presence_events(&row.region, &row.instance_id, limit, None)
         .await?;
+    // The changes made to it: reads (this page's own among them, a few per load) would push
+    // them out of sight, so the last calls are read and their reads left out.
     let calls = state
         .store
-        .list_calls(&row.region, &row.instance_id, limit, None)
+        .list_calls(
+            &row.region,
+            &row.instance_id,
+            PageLimit::new(CALLS_READ).map_err(PageError::from)?,
+            None,
+        )
         .await?;
     let now = now_ms();
     let hb: Map<String, Value> = row
@@ -289,7 +299,8 @@ pub async fn page(
         point
             .get(k)
             .and_then(Value::as_f64)
-            .map(|v| format!("{:.1}", 100.0 - v.clamp(0.0, 100.0)))
+            // 0–100 % drawn from y = 95 up to y = 5, so 0 and 100 stay in sight.
+            .map(|v| format!("{:.1}", 95.0 - 0.9 * v.clamp(0.0, 100.0)))
     };
     let several = state.regions.len() > 1;
     let rq = if several {
@@ -348,6 +359,11 @@ pub async fn page(
         calls: calls
             .items
             .iter()
+            .filter(|c| {
+                csg_protocol::methods::schema::kind(&c.method)
+                    != Some(csg_protocol::methods::Kind::Read)
+            })
+            .take(HISTORY_ROWS as usize)
             .map(|c| CallLine {
                 id: c.id.as_str().to_owned(),
                 method: c.method.clone(),

@@ -374,7 +374,35 @@ fn fields_of(k: &Kind, schema: &Value) -> Vec<Field> {
                 hint.push(format!("default {}", scalar(d)));
             }
             if input == "json" {
-                hint.push("JSON".to_owned());
+                // What goes in it: a list's entries' members, the required ones first.
+                let item = s.get("items").map(|i| resolved(schema, i));
+                let members = item
+                    .and_then(|i| i.get("properties"))
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        let req: Vec<&str> = item
+                            .and_then(|i| i.get("required"))
+                            .and_then(Value::as_array)
+                            .map(|a| a.iter().filter_map(Value::as_str).collect())
+                            .unwrap_or_default();
+                        let mut names: Vec<&String> = m.keys().collect();
+                        names.sort_by_key(|n| {
+                            (
+                                n.as_str() != "match" && n.as_str() != "name",
+                                !req.contains(&n.as_str()),
+                            )
+                        });
+                        names
+                            .iter()
+                            .map(|n| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    });
+                hint.push(match members {
+                    Some(m) => format!("a JSON list of objects ({m})"),
+                    None if t.iter().any(|x| x == "array") => "a JSON list".to_owned(),
+                    None => "JSON".to_owned(),
+                });
             }
             Field {
                 name: name.clone(),
@@ -387,13 +415,15 @@ fn fields_of(k: &Kind, schema: &Value) -> Vec<Field> {
             }
         })
         .collect();
+    // The key, then the required members in the schema's `required` order, then the rest.
     let rank = |f: &Field| {
         if f.name == k.api.key {
             0
-        } else if f.required {
-            1
         } else {
-            2
+            required
+                .iter()
+                .position(|r| *r == f.name)
+                .map_or(usize::MAX, |i| i + 1)
         }
     };
     fields.sort_by_key(rank);

@@ -67,8 +67,9 @@
       for (var j = 0; j < points.length; j++) {
         var v = points[j][key];
         if (typeof v !== "number") { continue; }
-        var x = points.length === 1 ? 300 : (300 * j) / (points.length - 1);
-        out.push(x.toFixed(1) + "," + (100 - Math.max(0, Math.min(100, v))).toFixed(1));
+        // The newest on the right edge; MAX points fill the width (2 s apart at most).
+        var x = 300 - (300 * (points.length - 1 - j)) / (MAX - 1);
+        out.push(x.toFixed(1) + "," + (95 - 0.9 * Math.max(0, Math.min(100, v))).toFixed(1));
       }
       lines[i].setAttribute("points", out.join(" "));
     }
