@@ -984,6 +984,36 @@ async fn the_gateway_pages_forms_create_list_and_delete_resources() {
             .contains("Documents"),
         "smbd's registry lacks the share"
     );
+    // Changed through its form, filled with what the agent holds: the name fixed.
+    b.click("table[data-kind='smb-shares'] tr[data-name='docs'] a[href$='/edit']")
+        .await;
+    b.until(
+        "the change form",
+        TIMEOUT,
+        "var n = document.getElementById('f-name'); return !!n && n.readOnly && n.value === 'docs';",
+    )
+    .await;
+    assert_eq!(
+        b.run("return document.getElementById('f-comment').value;")
+            .await,
+        "Documents"
+    );
+    b.run("document.getElementById('f-comment').value = ''; return true;")
+        .await;
+    b.type_into("#f-comment", "Shared documents").await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "the share updated",
+        Duration::from_secs(40),
+        "var d = document.getElementById('done'); return !!d && d.textContent.indexOf('SMB share docs updated') >= 0;",
+    )
+    .await;
+    assert!(
+        smbd.net_conf(&["showshare", "docs"])
+            .stdout
+            .contains("Shared documents"),
+        "smbd's registry lacks the new comment"
+    );
     b.run("document.getElementById('h-res').scrollIntoView(); return true;")
         .await;
     b.screenshot("gateway-resources").await;
@@ -1087,6 +1117,29 @@ async fn the_gateway_pages_forms_create_list_and_delete_resources() {
         .api(&http, &format!("/v1/instances/{id}/nfs/exports"), &admin)
         .await;
     assert_eq!(list["exports"], json!([]), "{list}");
+
+    // A form sent without the session's CSRF token (another site's, say) is refused and
+    // sends nothing; a deletion too.
+    let forged = format!(
+        "mode=create&f.name=vol9&f.path={}&f.clients=%5B%7B%22match%22%3A%2210.0.0.0%2F8%22%7D%5D",
+        root.join("vol1").display()
+    );
+    let path = format!("/ui/gateways/{id}/resources/nfs-exports");
+    assert_eq!(forged_post(&b, &path, &forged).await, 403);
+    let path = format!("/ui/gateways/{id}/resources/smb-shares/docs/delete");
+    assert_eq!(forged_post(&b, &path, "confirm=yes").await, 403);
+    let list = c
+        .api(&http, &format!("/v1/instances/{id}/nfs/exports"), &admin)
+        .await;
+    assert_eq!(list["exports"], json!([]), "{list}");
+    let shares = c
+        .api(&http, &format!("/v1/instances/{id}/smb/shares"), &admin)
+        .await;
+    assert_eq!(
+        shares["shares"].as_array().map(Vec::len),
+        Some(1),
+        "{shares}"
+    );
 
     // The chart gains a point per heartbeat while the page is open.
     b.until(

@@ -165,10 +165,10 @@ struct PageQuery {
 /// The flash line for what a form did, from its redirect's query (only known verbs and kinds
 /// are shown, so a crafted link cannot write arbitrary text on the page).
 fn done_text(q: &PageQuery) -> Option<String> {
-    let verb = match q.done.as_deref()? {
-        v @ ("created" | "updated" | "unchanged" | "deleted") => v,
-        _ => return None,
-    };
+    let verb = q.done.as_deref()?;
+    if !["created", "updated", "unchanged", "deleted"].contains(&verb) {
+        return None;
+    }
     let kind = KINDS.iter().find(|k| Some(k.slug) == q.kind.as_deref())?;
     let name: String = q.name.as_deref()?.chars().take(64).collect();
     Some(format!("{} {name} {verb}.", kind.one))

@@ -9,12 +9,11 @@
 
 use askama::Template;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Json};
 use futures_util::future::join_all;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::fleet::gateway_href;
@@ -352,9 +351,10 @@ fn fields_of(k: &Kind, schema: &Value) -> Vec<Field> {
                 "bool"
             } else if has("integer") && !has("array") && !has("object") {
                 "number"
-            } else if has("string") && !has("array") && !has("object") {
-                "text"
-            } else if s.get("enum").is_some() || s.get("oneOf").is_some() {
+            } else if (has("string") && !has("array") && !has("object"))
+                || s.get("enum").is_some()
+                || s.get("oneOf").is_some()
+            {
                 "text"
             } else {
                 "json"
@@ -494,10 +494,7 @@ fn params_of(fields: &mut [Field], pairs: &[(String, String)]) -> Option<Map<Str
 pub fn member_named(message: &str) -> Option<String> {
     let mut m = message.trim();
     // The console's prefix, then a method's (`nfs.export.create: `).
-    loop {
-        let Some((head, rest)) = m.split_once(": ") else {
-            break;
-        };
+    while let Some((head, rest)) = m.split_once(": ") {
         let is_prefix = head == "params"
             || head == "INVALID_PARAMS"
             || head == "BAD_REQUEST"
@@ -524,7 +521,6 @@ struct FormPage {
     chrome: Chrome,
     id: String,
     back: String,
-    region: String,
     label: String,
     action: String,
     /// `create` or `update`.
@@ -540,23 +536,11 @@ struct DeletePage {
     chrome: Chrome,
     id: String,
     back: String,
-    region: String,
     label: String,
     name: String,
     action: String,
     flags: Vec<&'static str>,
     error: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-struct RegionQuery {
-    region: Option<String>,
-}
-
-fn region_q(raw: Option<&str>) -> Option<String> {
-    serde_urlencoded::from_str::<RegionQuery>(raw.unwrap_or(""))
-        .ok()
-        .and_then(|q| q.region)
 }
 
 /// The gateway a form is about, visible to the token; its actions must be possible now.
@@ -630,7 +614,6 @@ fn form_page(
         chrome: Chrome::new(label.clone(), Some(&signed.token), signed.csrf.clone()),
         id: row.instance_id.as_str().to_owned(),
         back,
-        region: row.region.as_str().to_owned(),
         label,
         action: format!(
             "/ui/gateways/{}/resources/{}",
@@ -816,8 +799,7 @@ pub async fn save(
                 .as_ref()
                 .and_then(|e| e.get("message"))
                 .and_then(Value::as_str)
-                .map(str::to_owned)
-                .unwrap_or_else(|| p.detail.clone());
+                .map_or_else(|| p.detail.clone(), str::to_owned);
             let invalid = p.status != 409;
             match member_named(&message)
                 .filter(|_| invalid)
@@ -874,7 +856,6 @@ fn delete_page(
         chrome: Chrome::new(label.clone(), Some(&signed.token), signed.csrf.clone()),
         id: row.instance_id.as_str().to_owned(),
         back,
-        region: row.region.as_str().to_owned(),
         label,
         name: name.to_owned(),
         action: format!(
@@ -966,10 +947,8 @@ pub async fn host(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    RawQuery(raw): RawQuery,
 ) -> Result<Response, PageError> {
     let signed = reader(&state, &headers).await?;
-    let _ = region_q(raw.as_deref());
     let (row, _) = visible_instance(&state, &signed.token, &id)
         .await
         .map_err(|p| PageError::reading(p).by(&signed.token))?;
