@@ -1075,6 +1075,23 @@ async fn the_gateway_pages_forms_create_list_and_delete_resources() {
         "var e = document.querySelector(\".field[data-field='clients'] .error-text\"); return !!e && e.textContent.indexOf('not JSON') === 0;",
     )
     .await;
+    // A member no field of the form holds (a misspelt key inside the clients' JSON): the
+    // message above the form, the fields unmarked.
+    b.run("document.getElementById('f-clients').value = ''; return true;")
+        .await;
+    b.type_into("#f-clients", r#"[{"match": "10.0.0.0/8", "mode": "rw"}]"#)
+        .await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "the unknown member above the form",
+        TIMEOUT,
+        "var e = document.getElementById('form-error'); return !!e && e.textContent.indexOf('mode') >= 0;",
+    )
+    .await;
+    assert!(b.text(".field .error-text").await.is_none());
+    b.phone(Some((390, 844))).await;
+    b.screenshot("gateway-form-phone").await;
+    b.phone(None).await;
     let list = c
         .api(&http, &format!("/v1/instances/{id}/nfs/exports"), &admin)
         .await;
