@@ -394,8 +394,13 @@ pub async fn page(
         caps,
         base: format!("/ui/gateways/{}", row.instance_id.as_str()),
         rq,
-        cpu_now: y("cpu_pct").map(|y| format!("300,{y}")).unwrap_or_default(),
-        mem_now: y("mem_pct").map(|y| format!("300,{y}")).unwrap_or_default(),
+        // A short stroke at the right edge: one point alone draws nothing.
+        cpu_now: y("cpu_pct")
+            .map(|y| format!("295,{y} 300,{y}"))
+            .unwrap_or_default(),
+        mem_now: y("mem_pct")
+            .map(|y| format!("295,{y} 300,{y}"))
+            .unwrap_or_default(),
     };
     Ok(render(&page))
 }

@@ -71,6 +71,8 @@
         var x = 300 - (300 * (points.length - 1 - j)) / (MAX - 1);
         out.push(x.toFixed(1) + "," + (95 - 0.9 * Math.max(0, Math.min(100, v))).toFixed(1));
       }
+      // One point alone draws nothing: a short stroke at the right edge shows it.
+      if (out.length === 1) { out.unshift("295.0," + out[0].split(",")[1]); }
       lines[i].setAttribute("points", out.join(" "));
     }
     svg.setAttribute("data-points", String(points.length));
