@@ -893,14 +893,18 @@ async fn the_gateway_pages_forms_create_list_and_delete_resources() {
     sign_in(&b, &c, &operator).await;
     let page = c.url(&format!("/ui/gateways/{id}"));
     // The first heartbeat names the families; the page lists a section for each.
+    // The page loads them from the agent after it has loaded itself (htmx swaps them in).
+    let both = "return !!document.getElementById('h-nfs-exports') && !!document.getElementById('h-smb-shares');";
     let t0 = Instant::now();
-    loop {
+    'sections: loop {
         b.goto(&page).await;
-        if b.text("#h-nfs-exports").await.is_some() && b.text("#h-smb-shares").await.is_some() {
-            break;
+        for _ in 0..30 {
+            if b.run(both).await == Value::Bool(true) {
+                break 'sections;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(t0.elapsed() < TIMEOUT, "no resource sections\n{}", c.log());
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // The capabilities, collapsed until opened.
     assert_eq!(
@@ -935,6 +939,12 @@ async fn the_gateway_pages_forms_create_list_and_delete_resources() {
     )
     .await;
     assert!(b.current_url().await.contains("done=created"));
+    b.until(
+        "the vol1 row of nfs-exports",
+        TIMEOUT,
+        "return !!document.querySelector(\"table[data-kind='nfs-exports'] tr[data-name='vol1']\");",
+    )
+    .await;
     let row = b
         .text("table[data-kind='nfs-exports'] tr[data-name='vol1']")
         .await
@@ -973,6 +983,12 @@ async fn the_gateway_pages_forms_create_list_and_delete_resources() {
         "var d = document.getElementById('done'); return !!d && d.textContent.indexOf('SMB share docs created') >= 0;",
     )
     .await;
+    b.until(
+        "the docs row of smb-shares",
+        TIMEOUT,
+        "return !!document.querySelector(\"table[data-kind='smb-shares'] tr[data-name='docs']\");",
+    )
+    .await;
     let row = b
         .text("table[data-kind='smb-shares'] tr[data-name='docs']")
         .await
@@ -1006,6 +1022,12 @@ async fn the_gateway_pages_forms_create_list_and_delete_resources() {
         "the share updated",
         Duration::from_secs(40),
         "var d = document.getElementById('done'); return !!d && d.textContent.indexOf('SMB share docs updated') >= 0;",
+    )
+    .await;
+    b.until(
+        "the docs row of smb-shares",
+        TIMEOUT,
+        "return !!document.querySelector(\"table[data-kind='smb-shares'] tr[data-name='docs']\");",
     )
     .await;
     assert!(
@@ -1099,6 +1121,12 @@ async fn the_gateway_pages_forms_create_list_and_delete_resources() {
 
     // Deleting asks first: without the box ticked nothing happens; ticked, it is gone.
     b.goto(&page).await;
+    b.until(
+        "the vol1 row of nfs-exports",
+        TIMEOUT,
+        "return !!document.querySelector(\"table[data-kind='nfs-exports'] tr[data-name='vol1']\");",
+    )
+    .await;
     b.click("table[data-kind='nfs-exports'] tr[data-name='vol1'] a[href$='/delete']")
         .await;
     b.until(
@@ -1124,6 +1152,12 @@ async fn the_gateway_pages_forms_create_list_and_delete_resources() {
         "vol1 deleted",
         Duration::from_secs(40),
         "var d = document.getElementById('done'); return !!d && d.textContent.indexOf('NFS export vol1 deleted') >= 0;",
+    )
+    .await;
+    b.until(
+        "the resources loaded",
+        TIMEOUT,
+        "return !!document.getElementById('h-nfs-exports');",
     )
     .await;
     assert!(b
@@ -1170,6 +1204,14 @@ async fn the_gateway_pages_forms_create_list_and_delete_resources() {
         .await;
     assert!(points.as_str().unwrap().split(' ').count() >= 3, "{points}");
     b.screenshot("gateway-chart").await;
+
+    // Without JavaScript the gateway page links to the resources' own page.
+    b.goto(&format!("{page}/resources")).await;
+    assert_eq!(b.text("h1").await.as_deref(), Some("gw-forms-1: resources"));
+    assert!(b
+        .text("table[data-kind='smb-shares'] tr[data-name='docs']")
+        .await
+        .is_some());
 
     // The changes are audited as the web's, with the operator's name.
     let audit = c.api(&http, "/v1/audit?limit=100", &admin).await;

@@ -1,7 +1,8 @@
 //! One gateway's page: identity, presence and its history, host figures and storage from the
-//! last heartbeat with a live chart of CPU and memory, the resources and capabilities the agent
-//! reports (read through the call path, [`super::resources`]), the calls made to it, its live
-//! presence, and `reconcile`.
+//! last heartbeat with a live chart of CPU and memory, the changes made to it, its live
+//! presence, and `reconcile`. The resources and capabilities the agent reports are a page of
+//! their own ([`super::resources`]) that this one loads into itself when it can: reading them
+//! asks the agent, and the page must not wait on a gateway that does not answer.
 
 use askama::Template;
 use axum::body::Bytes;
@@ -23,7 +24,7 @@ use crate::http::{AppState, RegionHandle, RemoteAddr};
 use crate::now_ms;
 use crate::store::{InstanceRow, PageLimit, Presence, Scope};
 
-use super::resources::{Capabilities, Section, KINDS};
+use super::resources::KINDS;
 
 /// Presence changes and calls shown.
 const HISTORY_ROWS: u32 = 20;
@@ -96,10 +97,6 @@ struct GatewayPage {
     sent: Option<String>,
     /// What a form just did (`NFS export vol1 created`).
     done: Option<String>,
-    /// The resources, when the gateway could be asked (not offline, its broker up).
-    sections: Vec<Section>,
-    /// The agent's capabilities, or why they could not be read; `None` when not asked.
-    caps: Option<Result<Capabilities, String>>,
     /// Where forms and the chart's data are.
     base: String,
     /// `?region=…` for links, with several regions.
@@ -176,7 +173,6 @@ fn done_text(q: &PageQuery) -> Option<String> {
 
 pub async fn page(
     State(state): State<AppState>,
-    Extension(remote): Extension<RemoteAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
@@ -284,16 +280,6 @@ pub async fn page(
             )
         })
     };
-    // The agent is asked only when it can answer: offline or behind a broker that is away, the
-    // sections say so instead of waiting for a timeout.
-    let (caps, sections) = if disabled.is_none() {
-        let names: Vec<String> = families.iter().map(|f| f.name.clone()).collect();
-        let (caps, sections) =
-            super::resources::read_all(&state, &remote, &signed.token, &row, &names).await;
-        (Some(caps), sections)
-    } else {
-        (None, Vec::new())
-    };
     let point = super::resources::host_point(&row);
     let y = |k: &str| {
         point
@@ -390,8 +376,6 @@ pub async fn page(
         action: format!("/ui/gateways/{}/reconcile", row.instance_id.as_str()),
         sent: q.sent.filter(|s| s.len() <= 128),
         done,
-        sections,
-        caps,
         base: format!("/ui/gateways/{}", row.instance_id.as_str()),
         rq,
         // A short stroke at the right edge: one point alone draws nothing.

@@ -54,6 +54,7 @@ pub fn routes(request_timeout: Duration) -> Router<AppState> {
         .route("/ui/gateways/{id}/reconcile", post(gateway::reconcile))
         // --- a gateway's resources, their forms, and its chart's data ---
         .route("/ui/gateways/{id}/host.json", get(resources::host))
+        .route("/ui/gateways/{id}/resources", get(resources::section))
         .route("/ui/gateways/{id}/resources/{kind}", post(resources::save))
         .route(
             "/ui/gateways/{id}/resources/{kind}/new",

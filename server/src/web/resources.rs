@@ -283,6 +283,61 @@ pub async fn read_all(
     (caps, sections)
 }
 
+#[derive(Template)]
+#[template(path = "gateway_resources.html")]
+struct ResourcesPage {
+    chrome: Chrome,
+    id: String,
+    back: String,
+    base: String,
+    rq: String,
+    can_operate: bool,
+    sections: Vec<Section>,
+    caps: Result<Capabilities, String>,
+}
+
+/// `GET …/resources`: the resources of each family the last heartbeat names, and the
+/// capabilities, as the agent reports them now. The gateway page swaps this page's
+/// `#resources` into itself once it has loaded (htmx), and links to it without JavaScript.
+pub async fn section(
+    State(state): State<AppState>,
+    Extension(remote): Extension<RemoteAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let signed = reader(&state, &headers).await?;
+    let (row, back) = gateway(&state, &signed, &id).await?;
+    let families: Vec<String> = row
+        .heartbeat
+        .as_ref()
+        .and_then(|h| serde_json::from_str::<Value>(h.as_str()).ok())
+        .and_then(|hb| {
+            hb.get("storage")
+                .and_then(Value::as_object)
+                .map(|m| m.keys().cloned().collect())
+        })
+        .unwrap_or_default();
+    let (caps, sections) = read_all(&state, &remote, &signed.token, &row, &families).await;
+    let rq = back
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    Ok(render(&ResourcesPage {
+        chrome: Chrome::new(
+            format!("{id}: resources"),
+            Some(&signed.token),
+            signed.csrf.clone(),
+        ),
+        id: row.instance_id.as_str().to_owned(),
+        back,
+        base: format!("/ui/gateways/{}", row.instance_id.as_str()),
+        rq,
+        can_operate: signed.can(Scope::Operate),
+        sections,
+        caps,
+    }))
+}
+
 // --- forms ---
 
 /// One input of a form.
