@@ -645,7 +645,6 @@ fn form_fields(k: &Kind, caps: &Value) -> Result<Vec<Field>, PageError> {
     Ok(fields_of(k, schema))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn form_page(
     signed: &Signed,
     k: &Kind,
@@ -917,7 +916,7 @@ fn delete_page(
             "/ui/gateways/{}/resources/{}/{}/delete",
             row.instance_id.as_str(),
             k.slug,
-            utf8_path(name)
+            path_segment(name)
         ),
         flags: k.api.delete_flags.to_vec(),
         error,
@@ -925,7 +924,7 @@ fn delete_page(
 }
 
 /// A name as a path segment (names are checked by the agent; this only keeps the URL whole).
-fn utf8_path(name: &str) -> String {
+fn path_segment(name: &str) -> String {
     serde_urlencoded::to_string([("", name)])
         .map(|s| s.trim_start_matches('=').replace('+', "%20"))
         .unwrap_or_default()
