@@ -598,6 +598,11 @@ async fn the_web_console_signs_in_shows_the_fleet_live_and_refuses_a_read_tokens
         Some("offline")
     );
     assert!(b.text(".flash.warn").await.unwrap().contains("offline"));
+    assert!(b
+        .text("#res-off")
+        .await
+        .unwrap()
+        .contains("the gateway is offline"));
     b.screenshot("gateway-offline-phone").await;
     step("gateway-offline-phone");
     b.phone(None).await;
@@ -793,6 +798,13 @@ async fn the_pages_say_when_the_broker_or_the_store_is_away() {
         .await
         .unwrap()
         .contains("broker of region default is unreachable"));
+    // The resources are not asked for; the section says why, and no form is offered.
+    assert!(b
+        .text("#res-off")
+        .await
+        .unwrap()
+        .contains("broker of region default is unreachable"));
+    assert!(b.text("a[data-new]").await.is_none());
     assert!(b
         .text("form[action$='/reconcile'] button[disabled]")
         .await
@@ -824,4 +836,394 @@ async fn the_pages_say_when_the_broker_or_the_store_is_away() {
     }
     b.close().await;
     agent.signal(Signal::SIGTERM);
+}
+
+/// The resource forms in the browser: one real agent serving NFS (the kernel backend over the
+/// harness's exportfs stub, as `calls_e2e` does: this kernel has no nfsd) and SMB (a real
+/// smbd); an export and a share created through the forms and listed with no drift, a bad
+/// path's error next to the path field, a deletion confirmed, the capabilities and the chart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_pages_forms_create_list_and_delete_resources() {
+    use csg_e2e::exportfs_stub::ExportfsStub;
+    use csg_e2e::smbd::Smbd;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let broker = Broker::start();
+    let mut c = Consoled::new(&broker);
+    let operator = c.token("forms-operator", "operate");
+    let admin = c.token("forms-admin", "admin");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    c.start(&http).await;
+
+    let smbd = Smbd::start();
+    let work = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(work.path()).unwrap();
+    std::fs::create_dir_all(base.join("state")).unwrap();
+    let root = std::fs::canonicalize(smbd.root()).unwrap();
+    for d in ["vol1", "docs"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let stub = ExportfsStub::new(&base);
+    let id = "gw-forms-1";
+    let mut cfg = AgentConfig::new(id, &broker.url());
+    cfg.heartbeat_interval_s = 1;
+    smbd.configure(&mut cfg, &base.join("state"));
+    cfg.nfs = Some(stub.nfs_section());
+    let _agent = Agent::spawn(&cfg);
+    let t0 = Instant::now();
+    loop {
+        let page = c.api(&http, "/v1/instances?presence=online", &admin).await;
+        let storage = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["instance_id"] == id);
+        if storage {
+            break;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "agent never online\n{}", c.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let b = Browser::start(c.dir.path()).await;
+    sign_in(&b, &c, &operator).await;
+    let page = c.url(&format!("/ui/gateways/{id}"));
+    // The first heartbeat names the families; the page lists a section for each.
+    // The page loads them from the agent after it has loaded itself (htmx swaps them in).
+    let both = "return !!document.getElementById('h-nfs-exports') && !!document.getElementById('h-smb-shares');";
+    let t0 = Instant::now();
+    'sections: loop {
+        b.goto(&page).await;
+        for _ in 0..30 {
+            if b.run(both).await == Value::Bool(true) {
+                break 'sections;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "no resource sections\n{}", c.log());
+    }
+    // The capabilities, collapsed until opened.
+    assert_eq!(
+        b.run("return document.getElementById('caps').open;").await,
+        false
+    );
+    let caps = b.text("#caps").await.unwrap();
+    assert!(
+        caps.contains("1.1") && caps.contains("kernel") && caps.contains("samba"),
+        "{caps}"
+    );
+    assert!(caps.contains("max_reply_bytes"), "{caps}");
+
+    // An export created through the form: listed with no drift, the stub's file has it.
+    b.click("a[data-new='nfs-exports']").await;
+    b.until(
+        "the new export form",
+        TIMEOUT,
+        "return !!document.getElementById('f-path');",
+    )
+    .await;
+    b.type_into("#f-name", "vol1").await;
+    b.type_into("#f-path", &root.join("vol1").display().to_string())
+        .await;
+    b.type_into("#f-clients", r#"[{"match": "10.0.0.0/8", "access": "rw"}]"#)
+        .await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "back on the gateway page with vol1 created",
+        Duration::from_secs(40),
+        "var d = document.getElementById('done'); return !!d && d.textContent.indexOf('NFS export vol1 created') >= 0;",
+    )
+    .await;
+    assert!(b.current_url().await.contains("done=created"));
+    b.until(
+        "the vol1 row of nfs-exports",
+        TIMEOUT,
+        "return !!document.querySelector(\"table[data-kind='nfs-exports'] tr[data-name='vol1']\");",
+    )
+    .await;
+    let row = b
+        .text("table[data-kind='nfs-exports'] tr[data-name='vol1']")
+        .await
+        .unwrap();
+    assert!(row.contains("present") && row.contains("none"), "{row}");
+    assert!(
+        stub.file().unwrap_or_default().contains("/vol1"),
+        "{:?}",
+        stub.file()
+    );
+    let api = c
+        .api(
+            &http,
+            &format!("/v1/instances/{id}/nfs/exports/vol1"),
+            &admin,
+        )
+        .await;
+    assert_eq!(api["drift"], json!([]), "{api}");
+
+    // An SMB share on the real smbd, the same way.
+    b.click("a[data-new='smb-shares']").await;
+    b.until(
+        "the new share form",
+        TIMEOUT,
+        "return !!document.getElementById('f-path');",
+    )
+    .await;
+    b.type_into("#f-name", "docs").await;
+    b.type_into("#f-path", &root.join("docs").display().to_string())
+        .await;
+    b.type_into("#f-comment", "Documents").await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "the share created",
+        Duration::from_secs(40),
+        "var d = document.getElementById('done'); return !!d && d.textContent.indexOf('SMB share docs created') >= 0;",
+    )
+    .await;
+    b.until(
+        "the docs row of smb-shares",
+        TIMEOUT,
+        "return !!document.querySelector(\"table[data-kind='smb-shares'] tr[data-name='docs']\");",
+    )
+    .await;
+    let row = b
+        .text("table[data-kind='smb-shares'] tr[data-name='docs']")
+        .await
+        .unwrap();
+    assert!(row.contains("present") && row.contains("none"), "{row}");
+    assert!(
+        smbd.net_conf(&["showshare", "docs"])
+            .stdout
+            .contains("Documents"),
+        "smbd's registry lacks the share"
+    );
+    // Changed through its form, filled with what the agent holds: the name fixed.
+    b.click("table[data-kind='smb-shares'] tr[data-name='docs'] a[href$='/edit']")
+        .await;
+    b.until(
+        "the change form",
+        TIMEOUT,
+        "var n = document.getElementById('f-name'); return !!n && n.readOnly && n.value === 'docs';",
+    )
+    .await;
+    assert_eq!(
+        b.run("return document.getElementById('f-comment').value;")
+            .await,
+        "Documents"
+    );
+    b.run("document.getElementById('f-comment').value = ''; return true;")
+        .await;
+    b.type_into("#f-comment", "Shared documents").await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "the share updated",
+        Duration::from_secs(40),
+        "var d = document.getElementById('done'); return !!d && d.textContent.indexOf('SMB share docs updated') >= 0;",
+    )
+    .await;
+    b.until(
+        "the docs row of smb-shares",
+        TIMEOUT,
+        "return !!document.querySelector(\"table[data-kind='smb-shares'] tr[data-name='docs']\");",
+    )
+    .await;
+    assert!(
+        smbd.net_conf(&["showshare", "docs"])
+            .stdout
+            .contains("Shared documents"),
+        "smbd's registry lacks the new comment"
+    );
+    b.run("document.getElementById('h-res').scrollIntoView(); return true;")
+        .await;
+    b.screenshot("gateway-resources").await;
+
+    // A path that does not exist: the agent's INVALID_PARAMS next to the path field, the
+    // values kept, nothing created.
+    b.click("a[data-new='nfs-exports']").await;
+    b.until(
+        "the new export form",
+        TIMEOUT,
+        "return !!document.getElementById('f-path');",
+    )
+    .await;
+    let missing = root.join("nope").display().to_string();
+    b.type_into("#f-name", "vol2").await;
+    b.type_into("#f-path", &missing).await;
+    b.type_into("#f-clients", r#"[{"match": "10.0.0.0/8"}]"#)
+        .await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "the error next to the path field",
+        Duration::from_secs(40),
+        "return !!document.querySelector(\".field[data-field='path'] .error-text\");",
+    )
+    .await;
+    let err = b
+        .text(".field[data-field='path'] .error-text")
+        .await
+        .unwrap();
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(b
+        .text(".field[data-field='name'] .error-text")
+        .await
+        .is_none());
+    assert!(b.text("#form-error").await.is_none());
+    assert_eq!(
+        b.run("return document.getElementById('f-path').value;")
+            .await,
+        Value::from(missing.clone())
+    );
+    assert_eq!(
+        b.run("return document.getElementById('f-path').getAttribute('aria-invalid');")
+            .await,
+        "true"
+    );
+    b.screenshot("gateway-form-error").await;
+    // A member the form does not have (a key inside the clients' JSON) goes next to the
+    // field that holds it; JSON that does not read is refused before anything is sent.
+    b.run("document.getElementById('f-path').value = ''; return true;")
+        .await;
+    b.type_into("#f-path", &root.join("vol1").display().to_string())
+        .await;
+    b.run("document.getElementById('f-clients').value = '[{oops'; return true;")
+        .await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "the JSON error next to clients",
+        TIMEOUT,
+        "var e = document.querySelector(\".field[data-field='clients'] .error-text\"); return !!e && e.textContent.indexOf('not JSON') === 0;",
+    )
+    .await;
+    // A member no field of the form holds (a misspelt key inside the clients' JSON): the
+    // message above the form, the fields unmarked.
+    b.run("document.getElementById('f-clients').value = ''; return true;")
+        .await;
+    b.type_into("#f-clients", r#"[{"match": "10.0.0.0/8", "mode": "rw"}]"#)
+        .await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "the unknown member above the form",
+        TIMEOUT,
+        "var e = document.getElementById('form-error'); return !!e && e.textContent.indexOf('mode') >= 0;",
+    )
+    .await;
+    assert!(b.text(".field .error-text").await.is_none());
+    b.phone(Some((390, 844))).await;
+    b.screenshot("gateway-form-phone").await;
+    b.phone(None).await;
+    let list = c
+        .api(&http, &format!("/v1/instances/{id}/nfs/exports"), &admin)
+        .await;
+    assert_eq!(list["exports"].as_array().unwrap().len(), 1, "{list}");
+
+    // Deleting asks first: without the box ticked nothing happens; ticked, it is gone.
+    b.goto(&page).await;
+    b.until(
+        "the vol1 row of nfs-exports",
+        TIMEOUT,
+        "return !!document.querySelector(\"table[data-kind='nfs-exports'] tr[data-name='vol1']\");",
+    )
+    .await;
+    b.click("table[data-kind='nfs-exports'] tr[data-name='vol1'] a[href$='/delete']")
+        .await;
+    b.until(
+        "the confirmation",
+        TIMEOUT,
+        "return !!document.getElementById('confirm');",
+    )
+    .await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "asked to tick the box",
+        TIMEOUT,
+        "var e = document.querySelector('.flash.bad'); return !!e && e.textContent.indexOf('Tick the box') >= 0;",
+    )
+    .await;
+    let list = c
+        .api(&http, &format!("/v1/instances/{id}/nfs/exports"), &admin)
+        .await;
+    assert_eq!(list["exports"].as_array().unwrap().len(), 1, "{list}");
+    b.click("#confirm").await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "vol1 deleted",
+        Duration::from_secs(40),
+        "var d = document.getElementById('done'); return !!d && d.textContent.indexOf('NFS export vol1 deleted') >= 0;",
+    )
+    .await;
+    b.until(
+        "the resources loaded",
+        TIMEOUT,
+        "return !!document.getElementById('h-nfs-exports');",
+    )
+    .await;
+    assert!(b
+        .text("table[data-kind='nfs-exports'] tr[data-name='vol1']")
+        .await
+        .is_none());
+    let list = c
+        .api(&http, &format!("/v1/instances/{id}/nfs/exports"), &admin)
+        .await;
+    assert_eq!(list["exports"], json!([]), "{list}");
+
+    // A form sent without the session's CSRF token (another site's, say) is refused and
+    // sends nothing; a deletion too.
+    let forged = format!(
+        "mode=create&f.name=vol9&f.path={}&f.clients=%5B%7B%22match%22%3A%2210.0.0.0%2F8%22%7D%5D",
+        root.join("vol1").display()
+    );
+    let path = format!("/ui/gateways/{id}/resources/nfs-exports");
+    assert_eq!(forged_post(&b, &path, &forged).await, 403);
+    let path = format!("/ui/gateways/{id}/resources/smb-shares/docs/delete");
+    assert_eq!(forged_post(&b, &path, "confirm=yes").await, 403);
+    let list = c
+        .api(&http, &format!("/v1/instances/{id}/nfs/exports"), &admin)
+        .await;
+    assert_eq!(list["exports"], json!([]), "{list}");
+    let shares = c
+        .api(&http, &format!("/v1/instances/{id}/smb/shares"), &admin)
+        .await;
+    assert_eq!(
+        shares["shares"].as_array().map(Vec::len),
+        Some(1),
+        "{shares}"
+    );
+
+    // The chart gains a point per heartbeat while the page is open.
+    b.until(
+        "three points on the chart",
+        Duration::from_secs(20),
+        "var s = document.getElementById('host-chart'); return parseInt(s.getAttribute('data-points') || '0', 10) >= 3;",
+    )
+    .await;
+    let points = b
+        .run("return document.querySelector('#host-chart polyline.cpu').getAttribute('points');")
+        .await;
+    assert!(points.as_str().unwrap().split(' ').count() >= 3, "{points}");
+    b.screenshot("gateway-chart").await;
+
+    // Without JavaScript the gateway page links to the resources' own page.
+    b.goto(&format!("{page}/resources")).await;
+    assert_eq!(b.text("h1").await.as_deref(), Some("gw-forms-1: resources"));
+    assert!(b
+        .text("table[data-kind='smb-shares'] tr[data-name='docs']")
+        .await
+        .is_some());
+
+    // The changes are audited as the web's, with the operator's name.
+    let audit = c.api(&http, "/v1/audit?limit=100", &admin).await;
+    let actions: Vec<String> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["token_name"] == "forms-operator")
+        .map(|e| e["action"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for a in ["web.resource.create", "web.resource.delete"] {
+        assert!(actions.iter().any(|x| x == a), "{a} not in {actions:?}");
+    }
+    b.close().await;
 }

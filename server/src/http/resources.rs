@@ -147,16 +147,17 @@ fn second_id(key: &RequestId) -> Result<RequestId, Problem> {
     })
 }
 
-struct Ctx {
-    state: AppState,
-    remote: RemoteAddr,
-    headers: HeaderMap,
-    instance: String,
+/// What a resource call needs besides its params: the service, the client's address and the
+/// gateway (the API's routes and the web console's forms both go through it).
+pub struct Ctx {
+    pub state: AppState,
+    pub remote: RemoteAddr,
+    pub instance: String,
 }
 
 impl Ctx {
     /// One call through the call path.
-    async fn call(
+    pub async fn call(
         &self,
         token: &crate::store::TokenRecord,
         method: &str,
@@ -188,7 +189,7 @@ impl Ctx {
     }
 }
 
-fn result_of(answer: &CallAnswer) -> Result<Value, Problem> {
+pub fn result_of(answer: &CallAnswer) -> Result<Value, Problem> {
     if answer.error_code.is_some() {
         return Err(agent_problem(answer));
     }
@@ -216,13 +217,12 @@ pub async fn list(
     if let Some(c) = cursor {
         params.insert("cursor".into(), Value::String(c));
     }
+    let key = idempotency_key(&headers)?;
     let ctx = Ctx {
         state,
         remote,
-        headers,
         instance,
     };
-    let key = idempotency_key(&ctx.headers)?;
     let answer = ctx.call(&token, fam.list, params, key, "read").await?;
     Ok(Json(result_of(&answer)?).into_response())
 }
@@ -239,13 +239,12 @@ pub async fn get(
     let Some(method) = fam.get else {
         return Err(Problem::not_found("no such route"));
     };
+    let key = idempotency_key(&headers)?;
     let ctx = Ctx {
         state,
         remote,
-        headers,
         instance,
     };
-    let key = idempotency_key(&ctx.headers)?;
     let answer = ctx
         .call(&token, method, one(fam.key, &name), key, "read")
         .await?;
@@ -284,29 +283,38 @@ pub async fn put(
     let ctx = Ctx {
         state,
         remote,
-        headers,
         instance,
     };
+    let (created, result) = put_spec(fam, &ctx, &token, spec, key, "resource.put").await?;
+    Ok(with_status(created, result))
+}
+
+/// The whole of a PUT once its spec names the resource: `set`, or `update` then `create` when
+/// the agent says `NOT_FOUND`. Whether it was created, and the agent's result.
+pub async fn put_spec(
+    fam: &Family,
+    ctx: &Ctx,
+    token: &crate::store::TokenRecord,
+    spec: Map<String, Value>,
+    key: Option<RequestId>,
+    action: &'static str,
+) -> Result<(bool, Value), Problem> {
     if let Some(set) = fam.set {
-        let answer = ctx.call(&token, set, spec, key, "resource.put").await?;
+        let answer = ctx.call(token, set, spec, key, action).await?;
         let result = result_of(&answer)?;
         let created = result.get("created") == Some(&Value::Bool(true));
-        return Ok(with_status(created, result));
+        return Ok((created, result));
     }
     let (Some(update), Some(create)) = (fam.update, fam.create) else {
         return Err(Problem::not_found("no such route"));
     };
     let second = key.as_ref().map(second_id).transpose()?;
-    let answer = ctx
-        .call(&token, update, spec.clone(), key, "resource.put")
-        .await?;
+    let answer = ctx.call(token, update, spec.clone(), key, action).await?;
     if answer.error_code.as_deref() != Some("NOT_FOUND") {
-        return Ok(with_status(false, result_of(&answer)?));
+        return Ok((false, result_of(&answer)?));
     }
-    let answer = ctx
-        .call(&token, create, spec, second, "resource.put")
-        .await?;
-    Ok(with_status(true, result_of(&answer)?))
+    let answer = ctx.call(token, create, spec, second, action).await?;
+    Ok((true, result_of(&answer)?))
 }
 
 fn with_status(created: bool, result: Value) -> Response {
@@ -336,12 +344,24 @@ pub async fn delete(
     let ctx = Ctx {
         state,
         remote,
-        headers,
         instance,
     };
-    let answer = ctx
-        .call(&token, fam.delete, params, key, "resource.delete")
-        .await?;
+    delete_named(fam, &ctx, &token, &name, params, key, "resource.delete").await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Deletes one (`params` names it, with the delete's options); a `NOT_FOUND` problem when the
+/// agent says it did not exist.
+pub async fn delete_named(
+    fam: &Family,
+    ctx: &Ctx,
+    token: &crate::store::TokenRecord,
+    name: &str,
+    params: Map<String, Value>,
+    key: Option<RequestId>,
+    action: &'static str,
+) -> Result<(), Problem> {
+    let answer = ctx.call(token, fam.delete, params, key, action).await?;
     let result = result_of(&answer)?;
     if result.get("existed") == Some(&Value::Bool(false)) {
         let mut p =
@@ -349,7 +369,7 @@ pub async fn delete(
         p.request_id = Some(answer.id.as_str().into());
         return Err(p);
     }
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(())
 }
 
 /// A DELETE's query: the family's boolean options (`true` or `false`, each at most once), as

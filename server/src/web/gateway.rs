@@ -1,6 +1,8 @@
-//! One gateway's page (read-only in this slice, but for `reconcile`): identity, presence and
-//! its history, host figures and storage from the last heartbeat, the calls made to it, and
-//! its live presence.
+//! One gateway's page: identity, presence and its history, host figures and storage from the
+//! last heartbeat with a live chart of CPU and memory, the changes made to it, its live
+//! presence, and `reconcile`. The resources and capabilities the agent reports are a page of
+//! their own ([`super::resources`]) that this one loads into itself when it can: reading them
+//! asks the agent, and the page must not wait on a gateway that does not answer.
 
 use askama::Template;
 use axum::body::Bytes;
@@ -22,8 +24,13 @@ use crate::http::{AppState, RegionHandle, RemoteAddr};
 use crate::now_ms;
 use crate::store::{InstanceRow, PageLimit, Presence, Scope};
 
+use super::resources::KINDS;
+
 /// Presence changes and calls shown.
 const HISTORY_ROWS: u32 = 20;
+
+/// Calls read to find the last changes among them.
+const CALLS_READ: u32 = 200;
 
 pub struct Transition {
     pub state: &'static str,
@@ -88,6 +95,15 @@ struct GatewayPage {
     action: String,
     /// The request id of a reconcile just sent.
     sent: Option<String>,
+    /// What a form just did (`NFS export vol1 created`).
+    done: Option<String>,
+    /// Where forms and the chart's data are.
+    base: String,
+    /// `?region=…` for links, with several regions.
+    rq: String,
+    /// The chart's first point (the last heartbeat), as `x,y` pairs of the SVG.
+    cpu_now: String,
+    mem_now: String,
 }
 
 fn text(v: Option<&Value>) -> String {
@@ -138,6 +154,21 @@ async fn locate(
 struct PageQuery {
     region: Option<String>,
     sent: Option<String>,
+    done: Option<String>,
+    kind: Option<String>,
+    name: Option<String>,
+}
+
+/// The flash line for what a form did, from its redirect's query (only known verbs and kinds
+/// are shown, so a crafted link cannot write arbitrary text on the page).
+fn done_text(q: &PageQuery) -> Option<String> {
+    let verb = q.done.as_deref()?;
+    if !["created", "updated", "unchanged", "deleted"].contains(&verb) {
+        return None;
+    }
+    let kind = KINDS.iter().find(|k| Some(k.slug) == q.kind.as_deref())?;
+    let name: String = q.name.as_deref()?.chars().take(64).collect();
+    Some(format!("{} {name} {verb}.", kind.one))
 }
 
 pub async fn page(
@@ -154,9 +185,16 @@ pub async fn page(
         .store
         .list_presence_events(&row.region, &row.instance_id, limit, None)
         .await?;
+    // The changes made to it: reads (this page's own among them, a few per load) would push
+    // them out of sight, so the last calls are read and their reads left out.
     let calls = state
         .store
-        .list_calls(&row.region, &row.instance_id, limit, None)
+        .list_calls(
+            &row.region,
+            &row.instance_id,
+            PageLimit::new(CALLS_READ).map_err(PageError::from)?,
+            None,
+        )
         .await?;
     let now = now_ms();
     let hb: Map<String, Value> = row
@@ -202,7 +240,7 @@ pub async fn page(
         })
         .unwrap_or_default();
     let services = hb.get("services").and_then(Value::as_object);
-    let families = hb
+    let families: Vec<Family> = hb
         .get("storage")
         .and_then(Value::as_object)
         .map(|m| {
@@ -242,6 +280,24 @@ pub async fn page(
             )
         })
     };
+    let point = super::resources::host_point(&row);
+    let y = |k: &str| {
+        point
+            .get(k)
+            .and_then(Value::as_f64)
+            // 0–100 % drawn from y = 95 up to y = 5, so 0 and 100 stay in sight.
+            .map(|v| format!("{:.1}", 95.0 - 0.9 * v.clamp(0.0, 100.0)))
+    };
+    let several = state.regions.len() > 1;
+    let rq = if several {
+        format!(
+            "?{}",
+            serde_urlencoded::to_string([("region", row.region.as_str())]).unwrap_or_default()
+        )
+    } else {
+        String::new()
+    };
+    let done = done_text(&q);
     let page = GatewayPage {
         chrome: Chrome::new(
             row.instance_id.as_str(),
@@ -289,6 +345,11 @@ pub async fn page(
         calls: calls
             .items
             .iter()
+            .filter(|c| {
+                csg_protocol::methods::schema::kind(&c.method)
+                    != Some(csg_protocol::methods::Kind::Read)
+            })
+            .take(HISTORY_ROWS as usize)
             .map(|c| CallLine {
                 id: c.id.as_str().to_owned(),
                 method: c.method.clone(),
@@ -314,6 +375,16 @@ pub async fn page(
         disabled,
         action: format!("/ui/gateways/{}/reconcile", row.instance_id.as_str()),
         sent: q.sent.filter(|s| s.len() <= 128),
+        done,
+        base: format!("/ui/gateways/{}", row.instance_id.as_str()),
+        rq,
+        // A short stroke at the right edge: one point alone draws nothing.
+        cpu_now: y("cpu_pct")
+            .map(|y| format!("295,{y} 300,{y}"))
+            .unwrap_or_default(),
+        mem_now: y("mem_pct")
+            .map(|y| format!("295,{y} 300,{y}"))
+            .unwrap_or_default(),
     };
     Ok(render(&page))
 }

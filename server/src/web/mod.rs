@@ -14,6 +14,7 @@ mod assets;
 mod fleet;
 mod gateway;
 mod live;
+mod resources;
 mod session;
 mod view;
 
@@ -51,6 +52,23 @@ pub fn routes(request_timeout: Duration) -> Router<AppState> {
         .route("/ui/signout", post(session::signout))
         .route("/ui/gateways/{id}", get(gateway::page))
         .route("/ui/gateways/{id}/reconcile", post(gateway::reconcile))
+        // --- a gateway's resources, their forms, and its chart's data ---
+        .route("/ui/gateways/{id}/host.json", get(resources::host))
+        .route("/ui/gateways/{id}/resources", get(resources::section))
+        .route("/ui/gateways/{id}/resources/{kind}", post(resources::save))
+        .route(
+            "/ui/gateways/{id}/resources/{kind}/new",
+            get(resources::new_form),
+        )
+        .route(
+            "/ui/gateways/{id}/resources/{kind}/{name}/edit",
+            get(resources::edit_form),
+        )
+        .route(
+            "/ui/gateways/{id}/resources/{kind}/{name}/delete",
+            get(resources::confirm_delete).post(resources::delete),
+        )
+        // --- end of a gateway's resources ---
         // The timeout bounds the wait for a response's head; the stream's body outlives it.
         .route("/ui/events", get(live::stream))
         .layer(TimeoutLayer::with_status_code(

@@ -50,3 +50,50 @@
   window.addEventListener("pagehide", function () { es.close(); });
   window.addEventListener("pageshow", function (ev) { if (ev.persisted) { window.location.reload(); } });
 })();
+// The gateway page's chart: the last heartbeat's CPU and memory use, asked for every few
+// seconds (GET …/host.json); each new heartbeat adds a point, the oldest leave after 60. An
+// inline SVG redrawn from here, as the CSP allows no inline script.
+(function () {
+  "use strict";
+  var svg = document.querySelector("svg[data-chart]");
+  if (!svg || !window.fetch) { return; }
+  var url = svg.getAttribute("data-chart");
+  var last = document.getElementById("chart-last");
+  var points = [], MAX = 60, seen = null;
+  function draw() {
+    var lines = svg.querySelectorAll("polyline[data-series]");
+    for (var i = 0; i < lines.length; i++) {
+      var key = lines[i].getAttribute("data-series"), out = [];
+      for (var j = 0; j < points.length; j++) {
+        var v = points[j][key];
+        if (typeof v !== "number") { continue; }
+        // The newest on the right edge; MAX points fill the width (2 s apart at most).
+        var x = 300 - (300 * (points.length - 1 - j)) / (MAX - 1);
+        out.push(x.toFixed(1) + "," + (95 - 0.9 * Math.max(0, Math.min(100, v))).toFixed(1));
+      }
+      // One point alone draws nothing: a short stroke at the right edge shows it.
+      if (out.length === 1) { out.unshift("295.0," + out[0].split(",")[1]); }
+      lines[i].setAttribute("points", out.join(" "));
+    }
+    svg.setAttribute("data-points", String(points.length));
+  }
+  function poll() {
+    fetch(url, { credentials: "same-origin", headers: { accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (p) {
+        if (!p || p.at_ms === null || p.at_ms === seen) { return; }
+        seen = p.at_ms;
+        points.push(p);
+        if (points.length > MAX) { points.shift(); }
+        draw();
+        if (last) {
+          last.textContent = "last: CPU " + (p.cpu_pct === null ? "?" : p.cpu_pct.toFixed(1)) +
+            "%, memory " + (p.mem_pct === null ? "?" : p.mem_pct.toFixed(1)) + "%";
+        }
+      })
+      .catch(function () { /* the next tick tries again */ });
+  }
+  poll();
+  var timer = window.setInterval(poll, 2000);
+  window.addEventListener("pagehide", function () { window.clearInterval(timer); });
+})();
