@@ -11,8 +11,10 @@
 //!   content-type headers ([`security_headers`]).
 
 mod assets;
+mod audit;
 mod fleet;
 mod gateway;
+mod jobs;
 mod live;
 mod session;
 mod view;
@@ -51,6 +53,13 @@ pub fn routes(request_timeout: Duration) -> Router<AppState> {
         .route("/ui/signout", post(session::signout))
         .route("/ui/gateways/{id}", get(gateway::page))
         .route("/ui/gateways/{id}/reconcile", post(gateway::reconcile))
+        // Jobs and audit.
+        .route("/ui/jobs", get(jobs::list).post(jobs::create))
+        .route("/ui/jobs/new", get(jobs::new_form))
+        .route("/ui/jobs/{id}", get(jobs::page))
+        .route("/ui/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/ui/jobs/{id}/retry-failed", post(jobs::retry))
+        .route("/ui/audit", get(audit::page))
         // The timeout bounds the wait for a response's head; the stream's body outlives it.
         .route("/ui/events", get(live::stream))
         .layer(TimeoutLayer::with_status_code(
