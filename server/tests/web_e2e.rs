@@ -1038,7 +1038,7 @@ async fn jobs_start_from_the_fleet_filter_run_live_cancel_and_reach_the_audit_pa
     )
     .await;
     b.screenshot("audit").await;
-    for (action, n) in [("job.create", 2), ("job.cancel", 1), ("web.signin", 2)] {
+    for (action, n) in [("job.create", 2), ("job.cancel", 1), ("web.signin", 1)] {
         b.goto(&c.url(&format!("/ui/audit?action={action}&token=job-operator")))
             .await;
         let rows = b
@@ -1070,7 +1070,14 @@ async fn jobs_start_from_the_fleet_filter_run_live_cancel_and_reach_the_audit_pa
     b.goto(&job_url).await;
     assert!(b.text("form[action$='/retry-failed']").await.is_none());
     let csrf = csrf_on_page(&b).await;
-    let job_id = job_url.rsplit('/').next().unwrap().to_owned();
+    let job_id = job_url
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
     let body = format!(
         "csrf={csrf}&step=start&method=sys.ping&params=%7B%7D&rate=60&in_flight=1&timeout_s=30"
     );
