@@ -16,7 +16,7 @@ use crate::now_ms;
 use crate::store::{InstanceRow, PageLimit};
 
 /// Rows per page.
-pub const PAGE_ROWS: u32 = 50;
+pub const PAGE_ROWS: u32 = 100;
 
 /// The filter's values as the form shows them again.
 #[derive(Default)]

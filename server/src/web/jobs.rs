@@ -22,7 +22,7 @@ use super::view::{render, utc, Chrome, PageError};
 use crate::http::jobs::{
     audit_job, cancel_job, create_problem, job_view, retry_job, visible_job, JobOut,
 };
-use crate::http::problem::Problem;
+use crate::http::problem::{Problem, Refusal};
 use crate::http::{AppState, RemoteAddr};
 use crate::jobs::model::{JobRequest, SelectorIn, TargetIn};
 use crate::jobs::{self, CreateError};
@@ -642,10 +642,31 @@ pub async fn new_form(
     Ok(render(&page))
 }
 
-fn with_status(page: &NewJobPage, status: StatusCode) -> Response {
+/// The form shown again with what is wrong, as `status`; the audit of refusals records it
+/// under the token's name and the reason (not as an anonymous refusal without one).
+fn with_status(page: &NewJobPage, status: StatusCode, token: &TokenRecord) -> Response {
+    let e = &page.errors;
+    let detail = [
+        &e.method,
+        &e.params,
+        &e.rate,
+        &e.in_flight,
+        &e.timeout_s,
+        &e.general,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect::<Vec<_>>()
+    .join("; ");
     let mut r = render(page);
     if r.status() == StatusCode::OK {
         *r.status_mut() = status;
+        r.extensions_mut().insert(Refusal {
+            detail,
+            token_name: Some(token.name.as_str().to_owned()),
+            audited: false,
+        });
     }
     r
 }
@@ -665,7 +686,7 @@ pub async fn create(
         Ok(r) => r,
         Err(errors) => {
             let page = new_page(&state, &signed, f, errors, None);
-            return Ok(with_status(&page, StatusCode::BAD_REQUEST));
+            return Ok(with_status(&page, StatusCode::BAD_REQUEST, token));
         }
     };
     let region = match state.regions.chosen(req.region.as_deref(), "region") {
@@ -677,7 +698,7 @@ pub async fn create(
                 ..FieldErrors::default()
             };
             let page = new_page(&state, &signed, f, errors, None);
-            return Ok(with_status(&page, StatusCode::BAD_REQUEST));
+            return Ok(with_status(&page, StatusCode::BAD_REQUEST, token));
         }
     };
     let now = now_ms();
@@ -688,7 +709,7 @@ pub async fn create(
             let p = create_problem(e);
             let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
             let page = new_page(&state, &signed, f, spec_errors(p.detail), None);
-            return Ok(with_status(&page, status));
+            return Ok(with_status(&page, status, token));
         }
     };
     if f.step != "start" {
@@ -714,7 +735,7 @@ pub async fn create(
             ..FieldErrors::default()
         };
         let page = new_page(&state, &signed, f, errors, Some((0, Vec::new())));
-        return Ok(with_status(&page, StatusCode::UNPROCESSABLE_ENTITY));
+        return Ok(with_status(&page, StatusCode::UNPROCESSABLE_ENTITY, token));
     }
     let job = jobs::create_as(state.store.as_ref(), &region, plan, token, None, now, None)
         .await
