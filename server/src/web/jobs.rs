@@ -462,7 +462,7 @@ impl NewJobForm {
 }
 
 /// Which field a message is about, so the page shows it next to that field.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct FieldErrors {
     pub method: Option<String>,
     pub params: Option<String>,
@@ -501,7 +501,7 @@ struct NewJobPage {
 const METHODS: [&str; 4] = ["sys.ping", "sys.reconcile", "sys.info", "sys.health"];
 
 /// The request the form describes, or what is wrong with each field.
-fn request_of(f: &NewJobForm) -> Result<JobRequest, FieldErrors> {
+fn request_of(f: &NewJobForm) -> Result<JobRequest, Box<FieldErrors>> {
     let mut errors = FieldErrors::default();
     let method = f.method.trim().to_owned();
     if method.is_empty() {
@@ -552,7 +552,7 @@ fn request_of(f: &NewJobForm) -> Result<JobRequest, FieldErrors> {
         }
     };
     if errors.any() {
-        return Err(errors);
+        return Err(Box::new(errors));
     }
     Ok(JobRequest {
         region: (!f.region.is_empty()).then(|| f.region.clone()),
@@ -685,7 +685,7 @@ pub async fn create(
     let req = match request_of(&f) {
         Ok(r) => r,
         Err(errors) => {
-            let page = new_page(&state, &signed, f, errors, None);
+            let page = new_page(&state, &signed, f, *errors, None);
             return Ok(with_status(&page, StatusCode::BAD_REQUEST, token));
         }
     };
