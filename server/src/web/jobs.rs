@@ -356,7 +356,7 @@ fn change_refused(p: Problem, token: &TokenRecord) -> PageError {
         "The same request will be refused the same way until its cause changes."
     };
     PageError::Problem {
-        problem: Box::new(p.audited()),
+        problem: Box::new(p),
         retry,
         token: Some(token.name.as_str().to_owned()),
     }
