@@ -912,6 +912,11 @@ async fn jobs_start_from_the_fleet_filter_run_live_cancel_and_reach_the_audit_pa
         "var e = document.getElementById('err-params'); return !!e && e.textContent.indexOf('JSON object') >= 0;",
     )
     .await;
+    assert!(b
+        .text("main > p:nth-of-type(2)")
+        .await
+        .unwrap()
+        .contains("gateways with presence online"));
     b.screenshot("job-new-error").await;
     set_field(&b, "#params", "{}").await;
     // 30 a minute: one every 2 s, so the page is open while it runs.

@@ -596,7 +596,19 @@ fn new_page(
     errors: FieldErrors,
     preview: Option<(usize, Vec<String>)>,
 ) -> NewJobPage {
-    let probe = request_of(&f).ok();
+    // The selection from the filter alone, whatever is wrong with the other fields.
+    let probe = request_of(
+        &NewJobForm {
+            method: String::new(),
+            params: String::new(),
+            rate: String::new(),
+            in_flight: String::new(),
+            timeout_s: String::new(),
+            ..f.clone()
+        }
+        .defaults(),
+    )
+    .ok();
     let selection = probe.as_ref().map_or_else(
         || "the fleet page's filter".to_owned(),
         |r| target_text(&r.target),
