@@ -233,8 +233,7 @@ impl CallService {
         // answer from, and running it twice is harmless: its row is written while the request
         // is on its way instead of before, which takes a store round trip off its latency. A
         // mutation, or any call under a client's Idempotency-Key, is stored before it is sent.
-        let fresh_read =
-            req.id.is_none() && req.method.kind() == csg_protocol::methods::Kind::Read;
+        let fresh_read = req.id.is_none() && req.method.kind() == csg_protocol::methods::Kind::Read;
         let inserted = if fresh_read {
             CallInsert::Inserted
         } else {

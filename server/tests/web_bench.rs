@@ -1,6 +1,7 @@
 //! Server time of the web console's pages over a large fleet: N gateways (heartbeats of the
 //! protocol's example size) written to a SQLite store, the real `csg-consoled` on it, a signed-in
-//! client timing 20 loads of each page. A measurement, not a check: run it on purpose,
+//! client timing 20 loads of each page (the fleet, filtered, a gateway, the jobs list, a job of
+//! 100 executions, the new-job form, the audit log), and the bytes of each page and asset. A measurement, not a check: run it on purpose,
 //!
 //!     WEB_BENCH_N=50000 cargo nextest run -p csg-consoled --test web_bench --run-ignored only --no-capture
 //!
@@ -67,7 +68,8 @@ async fn fleet_and_gateway_pages_over_a_large_fleet() {
     st.create_token(&NewToken {
         name: TokenName::new("b").unwrap(),
         hash: secret.hash(),
-        scopes: vec![Scope::Read],
+        // Admin: every page (the audit log, the new-job form) and the API's job creation.
+        scopes: vec![Scope::Admin],
         groups: vec![],
         created_ms: 1,
     })
@@ -126,12 +128,60 @@ async fn fleet_and_gateway_pages_over_a_large_fleet() {
         .next()
         .unwrap()
         .to_owned();
+    // Two jobs over 100 gateways each, through the API, at a rate that leaves them running:
+    // a job's page shows a full page of executions, the list and the audit log have rows.
+    let ids: Vec<String> = (0..100).map(|i| format!("gw-{:06}", i * 7 + 1)).collect();
+    let mut job_id = String::new();
+    for _ in 0..2 {
+        let r = http
+            .post(format!("{base}/v1/jobs"))
+            .bearer_auth(secret.expose())
+            .header("content-type", "application/json")
+            .body(
+                json!({"method": "sys.ping", "target": {"instances": ids},
+                    "rate_per_minute": 1, "max_in_flight": 1, "execution_timeout_ms": 30000})
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        job_id = v["id"].as_str().unwrap().to_owned();
+    }
+    let job_path = format!("/ui/jobs/{job_id}");
+    let page = http
+        .get(format!("{base}/ui/"))
+        .header("cookie", &sess)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (at, _) in page.match_indices("/ui/assets/") {
+        let url = &page[at..at + page[at..].find('"').unwrap()];
+        let len = http
+            .get(format!("{base}{url}"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len();
+        eprintln!("asset {url}: {len} bytes");
+    }
     for path in [
         "/ui/",
         "/ui/?presence=offline",
         "/ui/?q=gw-0049",
         "/ui/?drift=true",
         "/ui/gateways/gw-000123",
+        "/ui/jobs",
+        job_path.as_str(),
+        "/ui/jobs/new?presence=online",
+        "/ui/audit",
     ] {
         let mut t = Vec::new();
         let mut bytes = 0;

@@ -1227,3 +1227,293 @@ async fn the_gateway_pages_forms_create_list_and_delete_resources() {
     }
     b.close().await;
 }
+
+/// Sets a form field's value in the page (clearing what the form had).
+async fn set_field(b: &Browser, css: &str, value: &str) {
+    let script = format!(
+        "var e = document.querySelector({}); e.value = {}; return true;",
+        Value::from(css),
+        Value::from(value)
+    );
+    assert_eq!(b.run(&script).await, Value::Bool(true));
+}
+
+/// The integer in the first element matching `css`.
+async fn number(b: &Browser, css: &str) -> u64 {
+    b.text(css)
+        .await
+        .unwrap_or_else(|| panic!("no {css}"))
+        .parse()
+        .unwrap()
+}
+
+/// Jobs from the fleet page's filter: a dry run naming the three gateways, then the job,
+/// followed to its end on the open page without a reload; a slow one cancelled; the jobs list;
+/// the audit page (the actions listed; refused to a token without the `audit` scope, with no
+/// link to it); a `read` token without any job form, its forged POSTs refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_start_from_the_fleet_filter_run_live_cancel_and_reach_the_audit_page() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let broker = Broker::start();
+    let mut c = Consoled::new(&broker);
+    let operator = c.token("job-operator", "operate");
+    let reader = c.token("job-reader", "read");
+    let admin = c.token("job-admin", "admin");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    c.start(&http).await;
+    let mut agents: Vec<Agent> = ["gw-job-1", "gw-job-2", "gw-job-3"]
+        .iter()
+        .map(|id| {
+            let mut cfg = AgentConfig::new(id, &broker.url());
+            cfg.heartbeat_interval_s = 1;
+            Agent::spawn(&cfg)
+        })
+        .collect();
+    let t0 = Instant::now();
+    loop {
+        let page = c.api(&http, "/v1/instances?presence=online", &admin).await;
+        if page["items"].as_array().unwrap().len() == 3 {
+            break;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "three agents never online: {page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let b = Browser::start(c.dir.path()).await;
+    sign_in(&b, &c, &operator).await;
+    // An operate token has no audit link, and the page refuses it.
+    assert!(b.text("nav a[href='/ui/audit']").await.is_none());
+    b.goto(&c.url("/ui/audit")).await;
+    let refusal = b.text("main").await.unwrap();
+    assert!(refusal.contains("audit scope"), "{refusal}");
+
+    // From the fleet's filter to a dry run naming the three, then the job.
+    b.goto(&c.url("/ui/?presence=online")).await;
+    assert_eq!(
+        b.text("#run-job").await.as_deref(),
+        Some("Run a method on these 3 gateways")
+    );
+    b.screenshot("jobs-fleet-run").await;
+    b.click("#run-job").await;
+    b.until(
+        "the new-job form",
+        TIMEOUT,
+        "return location.pathname === '/ui/jobs/new' && !!document.getElementById('dry-run');",
+    )
+    .await;
+    // Bad params: said next to the field, nothing started.
+    set_field(&b, "#params", "[1, 2]").await;
+    b.click("#dry-run").await;
+    b.until(
+        "the params' error next to the field",
+        TIMEOUT,
+        "var e = document.getElementById('err-params'); return !!e && e.textContent.indexOf('JSON object') >= 0;",
+    )
+    .await;
+    assert!(b
+        .text("main > p:nth-of-type(2)")
+        .await
+        .unwrap()
+        .contains("gateways with presence online"));
+    b.screenshot("job-new-error").await;
+    set_field(&b, "#params", "{}").await;
+    // 30 a minute: one every 2 s, so the page is open while it runs.
+    set_field(&b, "#rate", "30").await;
+    b.click("#dry-run").await;
+    b.until(
+        "the dry run's count",
+        TIMEOUT,
+        "var e = document.getElementById('preview-count'); return !!e && e.textContent === '3';",
+    )
+    .await;
+    let names = b
+        .run("return Array.from(document.querySelectorAll('ul.names li')).map(e => e.textContent).join(',');")
+        .await;
+    assert_eq!(names, "gw-job-1,gw-job-2,gw-job-3");
+    let jobs = c.api(&http, "/v1/jobs", &admin).await;
+    assert_eq!(
+        jobs["items"].as_array().unwrap().len(),
+        0,
+        "a dry run stores nothing"
+    );
+    b.screenshot("job-dry-run").await;
+    b.click("#confirm").await;
+    b.until(
+        "the job's page",
+        TIMEOUT,
+        "return location.pathname.indexOf('/ui/jobs/') === 0 && !!document.querySelector('[data-job-page]');",
+    )
+    .await;
+    let job_url = b.current_url().await;
+    // Marked: a reload would lose the mark.
+    b.run("window.__stay = 1; return true;").await;
+    let done_at_load = number(&b, "#c-done").await;
+    assert!(done_at_load < 3, "the job ended before its page was open");
+    b.screenshot("job-running").await;
+    let took = b
+        .until(
+            "the job succeeded on the open page",
+            Duration::from_secs(30),
+            "return document.getElementById('job-state').textContent === 'succeeded' \
+             && document.getElementById('c-succeeded').textContent === '3' \
+             && document.querySelectorAll('#execs .x-succeeded').length === 3 \
+             && document.getElementById('job-progress').value === 100;",
+        )
+        .await;
+    assert_eq!(
+        b.run("return window.__stay === 1;").await,
+        Value::Bool(true),
+        "the page reloaded"
+    );
+    eprintln!(
+        "the job finished on the open page {} ms after it opened",
+        took.as_millis()
+    );
+    b.screenshot("job-succeeded").await;
+
+    // A slow one (1 a minute: one gateway now, the others a minute apart), cancelled.
+    b.goto(&c.url("/ui/jobs/new?presence=online")).await;
+    set_field(&b, "#rate", "1").await;
+    b.click("#dry-run").await;
+    b.until(
+        "the second dry run",
+        TIMEOUT,
+        "return !!document.getElementById('confirm');",
+    )
+    .await;
+    b.click("#confirm").await;
+    b.until(
+        "the slow job's page with its cancel button",
+        TIMEOUT,
+        "return !!document.querySelector('[data-job-page]') && !!document.getElementById('cancel');",
+    )
+    .await;
+    let slow_url = b.current_url().await;
+    assert_ne!(slow_url, job_url);
+    b.click("#cancel").await;
+    b.until(
+        "the slow job cancelled",
+        TIMEOUT,
+        "return document.getElementById('job-state').textContent === 'cancelled' \
+         && parseInt(document.getElementById('c-cancelled').textContent, 10) >= 2 \
+         && !document.getElementById('cancel');",
+    )
+    .await;
+    b.screenshot("job-cancelled").await;
+    let jobs = c.api(&http, "/v1/jobs", &admin).await;
+    let states: Vec<&str> = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["cancelled", "succeeded"], "{jobs}");
+
+    b.goto(&c.url("/ui/jobs")).await;
+    assert_eq!(
+        b.run("return document.querySelectorAll('tr[data-job]').length;")
+            .await,
+        json!(2)
+    );
+    b.screenshot("jobs-list").await;
+    b.goto(&c.url("/ui/jobs?state=cancelled")).await;
+    assert_eq!(
+        b.run("return document.querySelectorAll('tr[data-job]').length;")
+            .await,
+        json!(1)
+    );
+    b.click("form[action='/ui/signout'] button").await;
+    b.until(
+        "signed out",
+        TIMEOUT,
+        "return location.pathname === '/ui/signin';",
+    )
+    .await;
+
+    // The audit page, for a token with the audit scope (admin holds it).
+    sign_in(&b, &c, &admin).await;
+    assert!(b.text("nav a[href='/ui/audit']").await.is_some());
+    b.click("nav a[href='/ui/audit']").await;
+    b.until(
+        "the audit page",
+        TIMEOUT,
+        "return location.pathname === '/ui/audit' && !!document.querySelector('table.audit');",
+    )
+    .await;
+    b.screenshot("audit").await;
+    for (action, n) in [("job.create", 2), ("job.cancel", 1), ("web.signin", 1)] {
+        b.goto(&c.url(&format!("/ui/audit?action={action}&token=job-operator")))
+            .await;
+        let rows = b
+            .run(&format!(
+                "return document.querySelectorAll('tr[data-action=\"{action}\"]').length;"
+            ))
+            .await;
+        assert_eq!(rows, json!(n), "{action}");
+    }
+    // A time range: everything so far is before now.
+    b.goto(&c.url("/ui/audit?since=2099-01-01T00:00")).await;
+    assert!(b.text(".empty").await.unwrap().contains("No audit event"));
+    b.goto(&c.url("/ui/audit?until=yesterday")).await;
+    assert!(b.text(".flash.bad").await.unwrap().contains("UTC"));
+    b.click("form[action='/ui/signout'] button").await;
+    b.until(
+        "signed out",
+        TIMEOUT,
+        "return location.pathname === '/ui/signin';",
+    )
+    .await;
+
+    // A read token: no job form anywhere, and its forged POSTs refused.
+    sign_in(&b, &c, &reader).await;
+    b.goto(&c.url("/ui/?presence=online")).await;
+    assert!(b.text("#run-job").await.is_none());
+    b.goto(&slow_url).await;
+    assert!(b.text("form[action$='/cancel']").await.is_none());
+    b.goto(&job_url).await;
+    assert!(b.text("form[action$='/retry-failed']").await.is_none());
+    let csrf = csrf_on_page(&b).await;
+    let job_id = job_url
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let body = format!(
+        "csrf={csrf}&step=start&method=sys.ping&params=%7B%7D&rate=60&in_flight=1&timeout_s=30"
+    );
+    assert_eq!(forged_post(&b, "/ui/jobs", &body).await, 403);
+    assert_eq!(
+        forged_post(
+            &b,
+            &format!("/ui/jobs/{job_id}/cancel"),
+            &format!("csrf={csrf}")
+        )
+        .await,
+        403
+    );
+    b.goto(&c.url("/ui/jobs/new")).await;
+    assert!(b.text("main").await.unwrap().contains("operate scope"));
+    b.screenshot("job-read-token").await;
+    let jobs = c.api(&http, "/v1/jobs", &admin).await;
+    assert_eq!(
+        jobs["items"].as_array().unwrap().len(),
+        2,
+        "nothing created"
+    );
+    let refused = c
+        .api(&http, "/v1/audit?action=refused&token=job-reader", &admin)
+        .await;
+    assert!(refused["items"].as_array().unwrap().len() >= 3, "{refused}");
+
+    b.close().await;
+    for a in &mut agents {
+        a.signal(Signal::SIGTERM);
+    }
+}

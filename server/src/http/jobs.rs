@@ -175,15 +175,13 @@ async fn existing_retry(
     state: &AppState,
     token: &TokenRecord,
     parent: &JobRecord,
-) -> Result<Option<Response>, Problem> {
+) -> Result<Option<JobOut>, Problem> {
     let Some(child_id) = &parent.retried_by else {
         return Ok(None);
     };
     let child = state.store.jobs().get_job(child_id).await?;
     match child {
-        Some(c) if may_see(state, token, &c) => Ok(Some(
-            (StatusCode::OK, Json(view_of(state, &c).await?)).into_response(),
-        )),
+        Some(c) if may_see(state, token, &c) => Ok(Some(view_of(state, &c).await?)),
         _ => Err(Problem::conflict(format!(
             "job {} has been retried already, as job {child_id}",
             parent.id
@@ -194,7 +192,7 @@ async fn existing_retry(
 /// Records a change to a job in the audit log (the log line and the store), as every change
 /// made through the console is. `detail` says which job (and its parent, method and redacted
 /// params where there are some).
-async fn audit_job(
+pub(crate) async fn audit_job(
     state: &AppState,
     region: &Region,
     token: &TokenRecord,
@@ -224,7 +222,7 @@ fn job_params(r: &JobRecord) -> Value {
     r.spec.get("params").cloned().unwrap_or(Value::Null)
 }
 
-fn job_view(r: &JobRecord, counts: JobCounts) -> Result<JobOut, Problem> {
+pub(crate) fn job_view(r: &JobRecord, counts: JobCounts) -> Result<JobOut, Problem> {
     let req: JobRequest = serde_json::from_value(r.spec.clone()).map_err(|e| {
         tracing::error!(job = %r.id, error = %e, "a stored job does not parse");
         Problem::internal()
@@ -277,13 +275,13 @@ fn execution_view(e: ExecutionRecord) -> ExecutionOut {
     }
 }
 
-async fn view_of(state: &AppState, r: &JobRecord) -> Result<JobOut, Problem> {
+pub(crate) async fn view_of(state: &AppState, r: &JobRecord) -> Result<JobOut, Problem> {
     let counts = state.store.jobs().job_counts(&r.id, None).await?;
     job_view(r, counts)
 }
 
 /// The job, if the token may see it; 404 otherwise (not telling which ids exist).
-async fn visible_job(
+pub(crate) async fn visible_job(
     state: &AppState,
     token: &TokenRecord,
     id: &str,
@@ -297,7 +295,7 @@ async fn visible_job(
     Ok(job)
 }
 
-fn create_problem(e: CreateError) -> Problem {
+pub(crate) fn create_problem(e: CreateError) -> Problem {
     match e {
         CreateError::Spec(SpecError::Invalid(m)) => Problem::bad_request(m),
         CreateError::Spec(SpecError::Method(m)) => Problem::unprocessable(m),
@@ -647,9 +645,20 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<JobOut>, Problem> {
     let token = authorize(&state, &headers, Scope::Operate).await?;
-    let job = visible_job(&state, &token, &id).await?;
+    cancel_job(&state, &token, &remote, &id).await
+}
+
+/// Cancels a job the token may see, audited as `job.cancel` (the API and the web console's
+/// button both come here).
+pub(crate) async fn cancel_job(
+    state: &AppState,
+    token: &TokenRecord,
+    remote: &RemoteAddr,
+    id: &str,
+) -> Result<Json<JobOut>, Problem> {
+    let job = visible_job(state, token, id).await?;
     let out = change(
-        &state,
+        state,
         &job,
         JobTransition {
             from: vec![JobState::Queued, JobState::Running, JobState::Paused],
@@ -665,10 +674,10 @@ pub async fn cancel(
     )
     .await?;
     audit_job(
-        &state,
+        state,
         &job.region,
-        &token,
-        &remote,
+        token,
+        remote,
         "job.cancel",
         Some(&job.method),
         json!({"job_id": job.id}),
@@ -763,10 +772,23 @@ pub async fn retry_failed(
 ) -> Result<Response, Problem> {
     let token = authorize(&state, &headers, Scope::Operate).await?;
     let key = idempotency_key(&headers)?;
-    let parent = visible_job(&state, &token, &id).await?;
+    let (status, out) = retry_job(&state, &token, &remote, &id, key).await?;
+    Ok((status, Json(out)).into_response())
+}
+
+/// A child job over the failures of job `id` (201), or the child its one retry made already
+/// (200); audited as `job.retry_failed` (the API and the web console's button both come here).
+pub(crate) async fn retry_job(
+    state: &AppState,
+    token: &TokenRecord,
+    remote: &RemoteAddr,
+    id: &str,
+    key: Option<IdempotencyKey>,
+) -> Result<(StatusCode, JobOut), Problem> {
+    let parent = visible_job(state, token, id).await?;
     // At most one child per job: a repeat (a client retrying, a second operator) gets it.
-    if let Some(out) = existing_retry(&state, &token, &parent).await? {
-        return Ok(out);
+    if let Some(out) = existing_retry(state, token, &parent).await? {
+        return Ok((StatusCode::OK, out));
     }
     if !parent.state.is_final() {
         return Err(Problem::conflict(format!(
@@ -784,7 +806,7 @@ pub async fn retry_failed(
     }
     let req = jobs::child_request(&parent, &failed)?;
     let now = now_ms();
-    let plan = jobs::plan(state.store.as_ref(), &parent.region, req, &token, now)
+    let plan = jobs::plan(state.store.as_ref(), &parent.region, req, token, now)
         .await
         .map_err(create_problem)?;
     let keyed = key.map(|key| Keyed {
@@ -800,7 +822,7 @@ pub async fn retry_failed(
         state.store.as_ref(),
         &parent.region,
         plan,
-        &token,
+        token,
         Some(parent.id.clone()),
         now,
         keyed,
@@ -810,26 +832,26 @@ pub async fn retry_failed(
         Ok(child) => child,
         // Another call retried it meanwhile: the child it made.
         Err(CreateError::Store(StoreError::Conflict(why))) => {
-            let parent = visible_job(&state, &token, &id).await?;
-            return match existing_retry(&state, &token, &parent).await? {
-                Some(out) => Ok(out),
+            let parent = visible_job(state, token, id).await?;
+            return match existing_retry(state, token, &parent).await? {
+                Some(out) => Ok((StatusCode::OK, out)),
                 None => Err(Problem::conflict(why)),
             };
         }
         Err(e) => return Err(create_problem(e)),
     };
     audit_job(
-        &state,
+        state,
         &child.region,
-        &token,
-        &remote,
+        token,
+        remote,
         "job.retry_failed",
         Some(&child.method),
         json!({"job_id": child.id, "parent_job_id": parent.id}),
     )
     .await;
     tracing::info!(job = %child.id, parent = %parent.id, by = %token.name, "retry job created");
-    Ok((StatusCode::CREATED, Json(view_of(&state, &child).await?)).into_response())
+    Ok((StatusCode::CREATED, view_of(state, &child).await?))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::now_ms;
 use crate::store::{InstanceRow, PageLimit};
 
 /// Rows per page.
-pub const PAGE_ROWS: u32 = 50;
+pub const PAGE_ROWS: u32 = 100;
 
 /// The filter's values as the form shows them again.
 #[derive(Default)]
@@ -115,6 +115,9 @@ struct FleetPage {
     down: Vec<(String, String)>,
     /// A filter that does not read: why (the table is empty).
     error: Option<String>,
+    /// "Run a method on these N gateways": the new-job form over this filter, and its text
+    /// (`operate` only).
+    run: Option<(String, String)>,
 }
 
 /// Regions whose broker link is not up, with its state.
@@ -128,6 +131,33 @@ pub fn brokers_down(state: &AppState) -> Vec<(String, String)> {
             LinkState::Down(None) => Some((r.region.as_str().to_owned(), "connecting".to_owned())),
         })
         .collect()
+}
+
+/// The link to start a job over the table's filter. The number is the summary's when the
+/// filter is one the counts answer (none, or presence alone); otherwise the form's dry run
+/// says how many.
+fn run_link(page: &FleetPage, base: &str) -> (String, String) {
+    let f = &page.f;
+    let others_empty =
+        f.group.is_empty() && f.version.is_empty() && f.drift.is_empty() && f.q.is_empty();
+    let n = match (others_empty, f.presence.as_str()) {
+        (true, "") => Some(page.total),
+        (true, "online") => Some(page.online),
+        (true, "stale") => Some(page.stale),
+        (true, "offline") => Some(page.offline),
+        _ => None,
+    };
+    let text = match n {
+        Some(1) => "Run a method on this 1 gateway".to_owned(),
+        Some(n) => format!("Run a method on these {n} gateways"),
+        None => "Run a method on the gateways matching this filter".to_owned(),
+    };
+    let href = if base.is_empty() {
+        "/ui/jobs/new".to_owned()
+    } else {
+        format!("/ui/jobs/new?{base}")
+    };
+    (href, text)
 }
 
 pub async fn page(
@@ -186,6 +216,7 @@ pub async fn page(
         },
         down: brokers_down(&state),
         error: None,
+        run: None,
         f,
     };
     let query = serde_urlencoded::to_string(&kept).unwrap_or_default();
@@ -242,6 +273,9 @@ pub async fn page(
         .collect();
     page.rows = listed.items.iter().map(|r| row(r, now, several)).collect();
     let base = page.f.query();
+    if signed.can(crate::store::Scope::Operate) && !page.rows.is_empty() {
+        page.run = Some(run_link(&page, &base));
+    }
     let sep = if base.is_empty() { "" } else { "&" };
     page.next = listed.next_cursor.map(|c| {
         let c = serde_urlencoded::to_string([("cursor", c.as_str())]).unwrap_or_default();

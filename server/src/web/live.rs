@@ -1,7 +1,7 @@
 //! `GET /ui/events`: the pages' live updates, as server-sent events. Each presence change the
 //! signed-in token may see becomes `event: presence` with what a row shows (`key`, `from`,
-//! `to`, `reason`, `since`); a page that fell behind gets `event: lagged` (it reloads); a session
-//! that ended (signed out, expired, its token revoked) gets `event: ended` within
+//! `to`, `reason`, `since`), and each job change `event: job` (`id`, `state`, `counts`); a
+//! page that fell behind gets `event: lagged` (it reloads); a session that ended (signed out, expired, its token revoked) gets `event: ended` within
 //! [`SESSION_RECHECK`] and the stream closes. Nothing compresses or buffers the stream
 //! (`X-Accel-Buffering: no` asks the same of a proxy); a comment every 15 s keeps it open.
 
@@ -68,6 +68,21 @@ fn presence_frame(p: &Published) -> Option<SseEvent> {
     )
 }
 
+/// A job's state and counts, for its page's progress (the runner publishes counts at most
+/// every `event_every`, 500 ms by default, and every change of state at once).
+fn job_frame(p: &Published) -> Option<SseEvent> {
+    let Event::Job { id, state, counts } = &p.event else {
+        return None;
+    };
+    let data = json!({"id": id, "state": state, "counts": counts});
+    Some(
+        SseEvent::default()
+            .id(p.event_id.to_string())
+            .event("job")
+            .data(data.to_string()),
+    )
+}
+
 fn events(l: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     // A comment first: the response head goes out with the first bytes of the body.
     let opened = stream::once(async { Ok(SseEvent::default().comment("open")) });
@@ -89,7 +104,7 @@ fn events(l: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
             match next {
                 Next::Got(Ok(p)) => {
                     if p.event.visible_to(&l.groups) {
-                        if let Some(frame) = presence_frame(&p) {
+                        if let Some(frame) = presence_frame(&p).or_else(|| job_frame(&p)) {
                             return Some((Ok(frame), l));
                         }
                     }

@@ -11,8 +11,10 @@
 //!   content-type headers ([`security_headers`]).
 
 mod assets;
+mod audit;
 mod fleet;
 mod gateway;
+mod jobs;
 mod live;
 mod resources;
 mod session;
@@ -69,6 +71,13 @@ pub fn routes(request_timeout: Duration) -> Router<AppState> {
             get(resources::confirm_delete).post(resources::delete),
         )
         // --- end of a gateway's resources ---
+        // Jobs and audit.
+        .route("/ui/jobs", get(jobs::list).post(jobs::create))
+        .route("/ui/jobs/new", get(jobs::new_form))
+        .route("/ui/jobs/{id}", get(jobs::page))
+        .route("/ui/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/ui/jobs/{id}/retry-failed", post(jobs::retry))
+        .route("/ui/audit", get(audit::page))
         // The timeout bounds the wait for a response's head; the stream's body outlives it.
         .route("/ui/events", get(live::stream))
         .layer(TimeoutLayer::with_status_code(

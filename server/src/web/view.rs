@@ -20,6 +20,8 @@ pub struct Chrome {
     /// `read`, `operate`, `admin` or `audit`: the strongest scope held.
     pub scope: &'static str,
     pub csrf: String,
+    /// Whether the token may read the audit log (the nav links it only then).
+    pub audit: bool,
 }
 
 impl Chrome {
@@ -32,6 +34,9 @@ impl Chrome {
             user: token.map(|t| t.name.as_str().to_owned()),
             scope: token.map_or("", |t| strongest(&t.scopes)),
             csrf,
+            audit: token.is_some_and(|t| {
+                t.groups.is_empty() && crate::http::auth::grants(&t.scopes, Scope::Audit)
+            }),
         }
     }
 }

@@ -1,7 +1,7 @@
 // The csg console's live updates: one server-sent event stream per page (GET /ui/events);
 // each presence change redraws the rows and badges of that gateway, wherever they are on the
-// page (rows swapped in by htmx too, as they are looked up when an event comes). Without
-// JavaScript the pages still read; they are just not live.
+// page (rows swapped in by htmx too, as they are looked up when an event comes), and each job
+// change its progress. Without JavaScript the pages still read; they are just not live.
 (function () {
   "use strict";
   var source = document.querySelector("[data-live]");
@@ -39,6 +39,47 @@
       if (text) { text.textContent = e.to; }
       var since = document.querySelector("dd [data-since]");
       if (since) { since.textContent = e.since; since.title = e.since_utc; }
+    }
+  });
+  // A job's progress: its page's counts, bar and state at once, and the rest of its page
+  // (executions, actions, times) fetched again and swapped in, at most once a second and at
+  // once when the job ends; the jobs list's state cells. No reload.
+  var bodyTimer = null;
+  function refreshJob() {
+    bodyTimer = null;
+    if (!window.htmx || !document.getElementById("job-body")) { return; }
+    window.htmx.ajax("GET", window.location.href, { target: "#job-body", select: "#job-body", swap: "outerHTML" });
+  }
+  es.addEventListener("job", function (m) {
+    var e;
+    try { e = JSON.parse(m.data); } catch (err) { return; }
+    var rows = document.querySelectorAll("[data-job]");
+    for (var i = 0; i < rows.length; i++) {
+      if (rows[i].getAttribute("data-job") !== e.id) { continue; }
+      var cell = rows[i].querySelector(".jstate");
+      if (cell) { cell.textContent = e.state; cell.className = "jstate j-" + e.state; }
+    }
+    var head = document.querySelector("[data-job-page]");
+    if (!head || head.getAttribute("data-job-page") !== e.id) { return; }
+    var c = e.counts || {};
+    var names = ["total", "queued", "in_progress", "succeeded", "failed", "timed_out", "rejected", "cancelled"];
+    for (var j = 0; j < names.length; j++) {
+      var n = document.getElementById("c-" + names[j]);
+      if (n && typeof c[names[j]] === "number") { n.textContent = String(c[names[j]]); }
+    }
+    var total = c.total || 0, done = total - (c.queued || 0) - (c.in_progress || 0);
+    var d = document.getElementById("c-done");
+    if (d) { d.textContent = String(done); }
+    var bar = document.getElementById("job-progress");
+    if (bar && total > 0) { var pct = Math.floor(done * 100 / total); bar.value = pct; bar.textContent = pct + "%"; }
+    var was = head.textContent;
+    head.textContent = e.state; head.className = "jstate j-" + e.state;
+    var ended = ["succeeded", "failed", "aborted", "cancelled"].indexOf(e.state) >= 0;
+    if (ended && was !== e.state) {
+      if (bodyTimer) { window.clearTimeout(bodyTimer); }
+      refreshJob();
+    } else if (!bodyTimer) {
+      bodyTimer = window.setTimeout(refreshJob, 1000);
     }
   });
   // Behind the stream, or the session over: the page as the server has it now.
