@@ -306,6 +306,20 @@ fn events(l: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
 }
 
 /// The stored events, replayed from `Last-Event-ID` and followed live, as server-sent events.
+/// One server-sent event of `GET /v1/events`, as an event-stream parser reads it: the
+/// document's schema of that route describes each event (OpenAPI 3.1 has no item schema for
+/// streams), so a checker reading the stream validates every event against this.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct StreamEvent {
+    /// `presence`, `call`, `job`, `replay_incomplete` or `revoked`.
+    pub event: Option<String>,
+    /// The event id (the event log's), for `Last-Event-ID`.
+    pub id: Option<String>,
+    /// The event as JSON.
+    pub data: String,
+}
+
 #[utoipa::path(
     get,
     path = "/v1/events",
@@ -316,7 +330,7 @@ fn events(l: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
         ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id: every stored event after it the token may see, then the live ones"),
     ),
     responses(
-        (status = 200, description = "a stream of server-sent events: `event:` presence, call, job, replay_incomplete (first, when the events after Last-Event-ID are no longer all kept) or revoked (last); `id:` the event id; `data:` the event as JSON", content_type = "text/event-stream", body = String),
+        (status = 200, description = "a stream of server-sent events: `event:` presence, call, job, replay_incomplete (first, when the events after Last-Event-ID are no longer all kept) or revoked (last); `id:` the event id; `data:` the event as JSON", content_type = "text/event-stream", body = StreamEvent),
         (status = 400, description = "an unknown type or parameter, or a bad event id", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "no valid token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "the token lacks the read scope", body = Problem, content_type = "application/problem+json"),

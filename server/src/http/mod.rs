@@ -397,7 +397,7 @@ async fn as_problem(resp: Response) -> Response {
           resources::smb_user_list, resources::smb_user_put, resources::smb_user_delete,
           resources::iscsi_list, resources::iscsi_get, resources::iscsi_put, resources::iscsi_delete,
           jobs::create, jobs::list, jobs::get, jobs::executions, jobs::cancel, jobs::resume, jobs::retry_failed),
-    components(schemas(Problem, Ready, RegionReady, instances::InstancePage, instances::InstanceDetail,
+    components(schemas(Problem, Ready, RegionReady, events::StreamEvent, instances::InstancePage, instances::InstanceDetail,
           webhooks::DeliveryPage,
           calls::CallBody, calls::ReplyEnvelope, calls::CallOut, calls::CallPage,
           audit::AuditOut, audit::AuditPage,
