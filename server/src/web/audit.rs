@@ -30,7 +30,7 @@ pub struct AuditForm {
 
 impl AuditForm {
     fn query(&self) -> String {
-        let pairs: Vec<(&str, &str)> = [
+        super::view::query_of(&[
             ("token", self.token.as_str()),
             ("action", self.action.as_str()),
             ("instance", self.instance.as_str()),
@@ -38,11 +38,7 @@ impl AuditForm {
             ("since", self.since.as_str()),
             ("until", self.until.as_str()),
             ("region", self.region.as_str()),
-        ]
-        .into_iter()
-        .filter(|(_, v)| !v.is_empty())
-        .collect();
-        serde_urlencoded::to_string(pairs).unwrap_or_default()
+        ])
     }
 }
 

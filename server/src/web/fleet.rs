@@ -32,18 +32,14 @@ pub struct FilterForm {
 impl FilterForm {
     /// The query of this filter, for links (paging keeps the filter).
     fn query(&self) -> String {
-        let pairs: Vec<(&str, &str)> = [
+        super::view::query_of(&[
             ("presence", self.presence.as_str()),
             ("group", self.group.as_str()),
             ("version", self.version.as_str()),
             ("drift", self.drift.as_str()),
             ("q", self.q.as_str()),
             ("region", self.region.as_str()),
-        ]
-        .into_iter()
-        .filter(|(_, v)| !v.is_empty())
-        .collect();
-        serde_urlencoded::to_string(pairs).unwrap_or_default()
+        ])
     }
 
     pub fn is_empty(&self) -> bool {

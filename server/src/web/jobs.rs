@@ -446,18 +446,14 @@ impl NewJobForm {
 
     /// The fleet filter's query, to go back to the same table.
     fn fleet_query(&self) -> String {
-        let pairs: Vec<(&str, &str)> = [
+        super::view::query_of(&[
             ("presence", self.presence.as_str()),
             ("group", self.group.as_str()),
             ("version", self.version.as_str()),
             ("drift", self.drift.as_str()),
             ("q", self.q.as_str()),
             ("region", self.region.as_str()),
-        ]
-        .into_iter()
-        .filter(|(_, v)| !v.is_empty())
-        .collect();
-        serde_urlencoded::to_string(pairs).unwrap_or_default()
+        ])
     }
 }
 

@@ -208,6 +208,13 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// A query string of the members that are set (empty ones left out), for links that keep a
+/// page's filter.
+pub fn query_of(pairs: &[(&str, &str)]) -> String {
+    let set: Vec<&(&str, &str)> = pairs.iter().filter(|(_, v)| !v.is_empty()).collect();
+    serde_urlencoded::to_string(set).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
