@@ -14,8 +14,8 @@ use crate::fleet::driver::{Batch, Clock, FleetSink, Seen, SharedFleet, SinkError
 use crate::fleet::{Beat, Instance, Liveness, PresenceEvent, PresenceView, Reason, Restored};
 use crate::metrics::Metrics;
 use crate::store::{
-    self, InstanceFilter, InstanceRow, PageLimit, Presence, Region, StorageSummary, Store,
-    StoreError,
+    self, InstanceFilter, InstanceOrder, InstanceRow, PageLimit, Presence, Region, StorageSummary,
+    Store, StoreError,
 };
 
 /// A [`FleetSink`] backed by a [`Store`].
@@ -87,7 +87,11 @@ impl StoreSink {
             ..InstanceFilter::default()
         };
         let limit = PageLimit::new(PageLimit::MAX)?;
-        Ok(self.store.list_instances(&filter, limit, None).await?.items)
+        Ok(self
+            .store
+            .list_instances(&filter, InstanceOrder::default(), limit, None)
+            .await?
+            .items)
     }
 
     /// The stored groups of gateways the fleet has no group for, a page of ids per query.
@@ -226,7 +230,7 @@ pub async fn restore_fleet(
     let mut restored = 0;
     loop {
         let page = store
-            .list_instances(&filter, limit, cursor.as_deref())
+            .list_instances(&filter, InstanceOrder::default(), limit, cursor.as_deref())
             .await?;
         {
             let mut f = crate::fleet::driver::lock(fleet);

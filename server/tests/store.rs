@@ -11,12 +11,19 @@ use std::time::{Duration, Instant};
 
 use common::PgServer;
 use csg_consoled::store::{
-    self, AuditEvent, AuditFilter, CallInsert, CallRecord, CallState, InstanceFilter, InstanceRow,
-    JsonText, NewToken, Page, PageLimit, Presence, PresenceEvent, Region, Scope, StaleCalls,
-    StorageSummary, Store, StoreError, StoreOptions, TokenHash, TokenName, TokenSecret,
+    self, AuditEvent, AuditFilter, CallInsert, CallRecord, CallState, InstanceFilter,
+    InstanceOrder, InstanceRow, JsonText, NewToken, Page, PageLimit, Presence, PresenceEvent,
+    Region, Scope, SortKey, StaleCalls, StorageSummary, Store, StoreError, StoreOptions, TokenHash,
+    TokenName, TokenSecret,
 };
 use csg_protocol::identity::{GroupId, InstanceId, RequestId};
 use serde_json::json;
+
+/// The list's default order (region, then instance id).
+const ORDER: InstanceOrder = InstanceOrder {
+    key: SortKey::Id,
+    descending: false,
+};
 
 enum Backing {
     Sqlite(tempfile::TempDir),
@@ -85,6 +92,7 @@ both_engines!(
     upsert_then_read_back,
     upserts_that_change_indexed_columns_are_written_in_full,
     keyset_paging_returns_each_row_once_under_every_filter,
+    keyset_paging_in_every_order_returns_each_row_once,
     cursor_from_another_filter_is_refused,
     presence_events_newest_first,
     tokens_store_only_a_hash,
@@ -232,6 +240,11 @@ async fn upserts_that_change_indexed_columns_are_written_in_full(fx: &mut Fixtur
     second[3].reason = Some("missed".to_owned());
     second[250].group_id = GroupId::new("GID_other").unwrap();
     second[251].storage = Some(StorageSummary { count: 3, drift: 2 });
+    // An upgrade, a version gone (none reported) and a presence start moved without a change
+    // of state: columns the orders' indexes hold.
+    second[260].agent_version = Some("0.9.0".to_owned());
+    second[261].agent_version = None;
+    second[262].since_ms = 99;
     // Rows 500 on (the second statement) change nothing indexed. Older than the stored row:
     // ignored.
     second[7] = instance("cn-hangzhou", "gw-0007", 5);
@@ -256,7 +269,13 @@ async fn upserts_that_change_indexed_columns_are_written_in_full(fx: &mut Fixtur
     };
     let by = |f: InstanceFilter| {
         let s = s.clone();
-        async move { ids_of(s.list_instances(&f, limit(1000), None).await.unwrap()) }
+        async move {
+            ids_of(
+                s.list_instances(&f, ORDER, limit(1000), None)
+                    .await
+                    .unwrap(),
+            )
+        }
     };
     let stale = by(InstanceFilter {
         presence: Some(Presence::Stale),
@@ -282,6 +301,22 @@ async fn upserts_that_change_indexed_columns_are_written_in_full(fx: &mut Fixtur
     })
     .await;
     assert_eq!(online.len(), 599);
+    // The orders' indexes hold the new values: the first rows by version and by since.
+    let first_of = |order: &str| {
+        let s = s.clone();
+        let order = InstanceOrder::parse(order).unwrap();
+        async move {
+            ids_of(
+                s.list_instances(&InstanceFilter::default(), order, limit(2), None)
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    assert_eq!(first_of("version").await, vec!["gw-0261", "gw-0000"]);
+    assert_eq!(first_of("-version").await, vec!["gw-0260", "gw-0599"]);
+    assert_eq!(first_of("since").await, vec!["gw-0262", "gw-0000"]);
+    assert_eq!(first_of("-presence").await, vec!["gw-0003", "gw-0599"]);
 }
 
 fn fleet() -> Vec<InstanceRow> {
@@ -402,7 +437,7 @@ async fn keyset_paging_returns_each_row_once_under_every_filter(fx: &mut Fixture
         loop {
             let page = fx
                 .store
-                .list_instances(&filter, limit(37), cursor.as_deref())
+                .list_instances(&filter, ORDER, limit(37), cursor.as_deref())
                 .await
                 .unwrap();
             assert!(page.items.len() <= 37);
@@ -422,6 +457,109 @@ async fn keyset_paging_returns_each_row_once_under_every_filter(fx: &mut Fixture
     }
 }
 
+/// The key `order` sorts a row by, then its region and id, in the store's terms: presence
+/// online, stale, offline; no version reads as "".
+fn order_key(order: InstanceOrder, r: &InstanceRow) -> (i64, String, String, String) {
+    let (n, t) = match order.key {
+        SortKey::Id => (0, String::new()),
+        SortKey::Group => (0, r.group_id.to_string()),
+        SortKey::Presence => (
+            match r.presence {
+                Presence::Online => 0,
+                Presence::Stale => 1,
+                Presence::Offline => 2,
+            },
+            String::new(),
+        ),
+        SortKey::Since => (r.since_ms, String::new()),
+        SortKey::Version => (0, r.agent_version.clone().unwrap_or_default()),
+        SortKey::Drift => (r.drift(), String::new()),
+    };
+    (n, t, r.region.to_string(), r.instance_id.to_string())
+}
+
+async fn keyset_paging_in_every_order_returns_each_row_once(fx: &mut Fixture) {
+    let mut rows = fleet();
+    // Orders with many ties (three presences, two versions) and a missing version.
+    for (i, r) in rows.iter_mut().enumerate() {
+        r.since_ms = 1_000 + (i as i64 % 13) * 7;
+        if i % 17 == 0 {
+            r.agent_version = None;
+        }
+    }
+    fx.store.upsert_instances(&rows).await.unwrap();
+    let filters = [
+        InstanceFilter::default(),
+        InstanceFilter {
+            presence: Some(Presence::Stale),
+            ..Default::default()
+        },
+        InstanceFilter {
+            groups: vec![GroupId::new("GID_b").unwrap()],
+            drift: Some(false),
+            ..Default::default()
+        },
+    ];
+    for key in SortKey::ALL {
+        for descending in [false, true] {
+            let order = InstanceOrder { key, descending };
+            for filter in &filters {
+                let mut want: Vec<&InstanceRow> =
+                    rows.iter().filter(|r| matches(filter, r)).collect();
+                want.sort_by_key(|r| order_key(order, r));
+                if descending {
+                    want.reverse();
+                }
+                let want: Vec<String> = want.iter().map(|r| r.instance_id.to_string()).collect();
+                let mut got: Vec<String> = Vec::new();
+                let mut cursor: Option<String> = None;
+                loop {
+                    let page = fx
+                        .store
+                        .list_instances(filter, order, limit(37), cursor.as_deref())
+                        .await
+                        .unwrap();
+                    got.extend(page.items.iter().map(|r| r.instance_id.to_string()));
+                    assert!(got.len() <= rows.len(), "paging does not end: {order}");
+                    match page.next_cursor {
+                        Some(c) => cursor = Some(c),
+                        None => break,
+                    }
+                }
+                assert_eq!(got, want, "order {order}, filter {filter:?}");
+            }
+        }
+    }
+    // A cursor made under one order is refused under another, and under its reverse.
+    let first = fx
+        .store
+        .list_instances(
+            &InstanceFilter::default(),
+            InstanceOrder::parse("since").unwrap(),
+            limit(10),
+            None,
+        )
+        .await
+        .unwrap();
+    let cursor = first.next_cursor.unwrap();
+    for other in ["id", "-since", "version"] {
+        let err = fx
+            .store
+            .list_instances(
+                &InstanceFilter::default(),
+                InstanceOrder::parse(other).unwrap(),
+                limit(10),
+                Some(&cursor),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{other}: {err:?}");
+    }
+    for bad in ["", "-", "--since", "last_seen", "Since", "since "] {
+        assert!(InstanceOrder::parse(bad).is_err(), "{bad:?} parsed");
+    }
+}
+
 async fn cursor_from_another_filter_is_refused(fx: &mut Fixture) {
     fx.store.upsert_instances(&fleet()).await.unwrap();
     let online = InstanceFilter {
@@ -430,7 +568,7 @@ async fn cursor_from_another_filter_is_refused(fx: &mut Fixture) {
     };
     let page = fx
         .store
-        .list_instances(&online, limit(10), None)
+        .list_instances(&online, ORDER, limit(10), None)
         .await
         .unwrap();
     let cursor = page.next_cursor.unwrap();
@@ -440,19 +578,19 @@ async fn cursor_from_another_filter_is_refused(fx: &mut Fixture) {
     };
     let err = fx
         .store
-        .list_instances(&offline, limit(10), Some(&cursor))
+        .list_instances(&offline, ORDER, limit(10), Some(&cursor))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
     // The same filter takes it, whatever the page size.
     fx.store
-        .list_instances(&online, limit(500), Some(&cursor))
+        .list_instances(&online, ORDER, limit(500), Some(&cursor))
         .await
         .unwrap();
     for garbage in ["", "x", "eyJmIjoiYSIsImsiOjF9", &"A".repeat(5000)] {
         let err = fx
             .store
-            .list_instances(&online, limit(10), Some(garbage))
+            .list_instances(&online, ORDER, limit(10), Some(garbage))
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Invalid(_)), "{garbage}: {err:?}");
@@ -675,7 +813,7 @@ async fn bulk_upsert_of_10k_rows(fx: &mut Fixture) {
     let all = InstanceFilter::default();
     let first = fx
         .store
-        .list_instances(&all, limit(100), None)
+        .list_instances(&all, ORDER, limit(100), None)
         .await
         .unwrap();
     let started = Instant::now();
@@ -688,7 +826,7 @@ async fn bulk_upsert_of_10k_rows(fx: &mut Fixture) {
         }
         let page = fx
             .store
-            .list_instances(&all, limit(100), Some(&c))
+            .list_instances(&all, ORDER, limit(100), Some(&c))
             .await
             .unwrap();
         n += page.items.len();
@@ -703,7 +841,7 @@ async fn bulk_upsert_of_10k_rows(fx: &mut Fixture) {
         for _ in 0..20 {
             let page = fx
                 .store
-                .list_instances(&all, limit(100), cursor)
+                .list_instances(&all, ORDER, limit(100), cursor)
                 .await
                 .unwrap();
             assert_eq!(page.items.len(), 100);
@@ -753,7 +891,7 @@ async fn postgres_killed_is_unavailable_and_restarted_works_again() {
     assert!(err.is_unavailable(), "{err:?}");
     let err = fx
         .store
-        .list_instances(&InstanceFilter::default(), limit(10), None)
+        .list_instances(&InstanceFilter::default(), ORDER, limit(10), None)
         .await
         .unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
@@ -789,7 +927,7 @@ async fn postgres_killed_is_unavailable_and_restarted_works_again() {
         .unwrap();
     let page = fx
         .store
-        .list_instances(&InstanceFilter::default(), limit(10), None)
+        .list_instances(&InstanceFilter::default(), ORDER, limit(10), None)
         .await
         .unwrap();
     assert_eq!(page.items.len(), 2);
@@ -817,7 +955,7 @@ async fn sqlite_locked_by_another_writer_is_unavailable() {
         .unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
     // Readers are not blocked by a writer (WAL).
-    s.list_instances(&InstanceFilter::default(), limit(10), None)
+    s.list_instances(&InstanceFilter::default(), ORDER, limit(10), None)
         .await
         .unwrap();
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();

@@ -1517,3 +1517,260 @@ async fn jobs_start_from_the_fleet_filter_run_live_cancel_and_reach_the_audit_pa
         a.signal(Signal::SIGTERM);
     }
 }
+
+/// The instance ids in the fleet table, top to bottom.
+async fn table_ids(b: &Browser) -> Vec<String> {
+    let v = b
+        .run("return Array.from(document.querySelectorAll('table.gateways tbody th a')).map(a => a.textContent.trim());")
+        .await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Clicks the header link of a column and waits for the table sorted that way.
+async fn sort_by(b: &Browser, label: &str, state: &str) {
+    let script = format!(
+        "return Array.from(document.querySelectorAll('table.gateways thead th')).find(th => th.textContent.trim().startsWith({l}));",
+        l = Value::from(label)
+    );
+    let th = b.run(&script).await;
+    let e = th[ELEMENT]
+        .as_str()
+        .unwrap_or_else(|| panic!("no header {label}"));
+    let link = b
+        .cmd(
+            reqwest::Method::POST,
+            &format!("/element/{e}/element"),
+            Some(json!({"using": "css selector", "value": "a"})),
+        )
+        .await;
+    let link = link[ELEMENT].as_str().unwrap().to_owned();
+    b.cmd(
+        reqwest::Method::POST,
+        &format!("/element/{link}/click"),
+        Some(json!({})),
+    )
+    .await;
+    b.until(
+        &format!("the table sorted by {label}, {state}"),
+        TIMEOUT,
+        &format!(
+            "return Array.from(document.querySelectorAll('table.gateways thead th')).some(th => th.textContent.trim().startsWith({l}) && th.getAttribute('aria-sort') === {s});",
+            l = Value::from(label),
+            s = Value::from(state)
+        ),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_table_sorts_by_its_columns_pages_in_that_order_and_keeps_it_when_filtered() {
+    use csg_consoled::store::{self, InstanceRow, Presence, Region, StorageSummary};
+    use csg_protocol::identity::{GroupId, InstanceId};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let broker = Broker::start();
+    let mut c = Consoled::new(&broker);
+    let reader = c.token("web-sort", "read");
+    // 150 gateways known from before, offline, each with its own time of going offline, a
+    // version (or none), a drift and a group; one real agent online besides.
+    let rows: Vec<InstanceRow> = (0..150i64)
+        .map(|i| InstanceRow {
+            region: Region::new("default").unwrap(),
+            instance_id: InstanceId::new(format!("gw-sort-{i:03}")).unwrap(),
+            group_id: GroupId::new(format!("GID_g{}", i % 3)).unwrap(),
+            presence: Presence::Offline,
+            since_ms: 1_764_000_000_000 + ((i * 37) % 150) * 1000,
+            reason: Some("went away".into()),
+            last_seen_ms: Some(1_764_000_000_000),
+            agent_version: match i % 3 {
+                0 => Some("0.1.0".into()),
+                1 => Some("0.2.0".into()),
+                _ => None,
+            },
+            heartbeat: None,
+            storage: Some(StorageSummary {
+                count: 2,
+                drift: if i % 7 == 0 { (i % 4 + 1) as u64 } else { 0 },
+            }),
+            updated_ms: 1,
+        })
+        .collect();
+    let db = c.dir.path().join("state/console.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    let st = store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    st.upsert_instances(&rows).await.unwrap();
+    st.close().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    c.start(&http).await;
+    let mut cfg = AgentConfig::new("gw-sort-live", &broker.url());
+    cfg.heartbeat_interval_s = 1;
+    let _agent = Agent::spawn(&cfg);
+    let t0 = Instant::now();
+    while c.api(&http, "/v1/instances?presence=online", &reader).await["items"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(t0.elapsed() < TIMEOUT, "the agent never online");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The expected orders, from the rows as written (ties by region, then id).
+    let ids_by = |key: &dyn Fn(&InstanceRow) -> (i64, String), rev: bool| -> Vec<String> {
+        let mut v: Vec<&InstanceRow> = rows.iter().collect();
+        v.sort_by_key(|r| (key(r), r.instance_id.to_string()));
+        if rev {
+            v.reverse();
+        }
+        v.iter().map(|r| r.instance_id.to_string()).collect()
+    };
+    let since_asc = ids_by(&|r| (r.since_ms, String::new()), false);
+    let since_desc = ids_by(&|r| (r.since_ms, String::new()), true);
+
+    let b = Browser::start(c.dir.path()).await;
+    sign_in(&b, &c, &reader).await;
+    // By region and id at first; the live agent's id sorts after the seeded ones.
+    let ids = table_ids(&b).await;
+    assert_eq!(ids.len(), 100);
+    assert_eq!(ids[0], "gw-sort-000");
+    assert_eq!(
+        b.run(
+            "return document.querySelector('table.gateways thead th').getAttribute('aria-sort');"
+        )
+        .await,
+        "ascending"
+    );
+
+    // Since, ascending (the first click), then descending; the second page goes on in order.
+    sort_by(&b, "Since", "ascending").await;
+    assert!(
+        b.current_url().await.contains("sort=since"),
+        "{}",
+        b.current_url().await
+    );
+    let ids = table_ids(&b).await;
+    // The live agent changed presence now: it comes last in ascending order.
+    assert_eq!(ids[..], since_asc[..100]);
+    sort_by(&b, "Since", "descending").await;
+    let ids = table_ids(&b).await;
+    assert_eq!(ids[0], "gw-sort-live", "the newest change first");
+    assert_eq!(ids[1..], since_desc[..99]);
+    b.screenshot("fleet-sorted").await;
+    b.click("nav.pager a[rel=next]").await;
+    b.until(
+        "the second page",
+        TIMEOUT,
+        "return location.search.indexOf('cursor=') >= 0 && !!document.querySelector('nav.pager a:not([rel])');",
+    )
+    .await;
+    assert!(
+        b.current_url().await.contains("sort=-since"),
+        "{}",
+        b.current_url().await
+    );
+    let ids = table_ids(&b).await;
+    assert_eq!(ids[..], since_desc[99..], "page 2 in the same order");
+
+    // A filter keeps the order: drift only, still newest change first.
+    b.goto(&c.url("/ui/?sort=-since")).await;
+    b.run("var s = document.getElementById('drift'); s.value = 'true'; s.dispatchEvent(new Event('change', {bubbles: true}));")
+        .await;
+    b.until(
+        "the drift filter applied",
+        TIMEOUT,
+        "return location.search.indexOf('drift=true') >= 0;",
+    )
+    .await;
+    let want: Vec<String> = since_desc
+        .iter()
+        .filter(|id| {
+            let i: i64 = id[8..].parse().unwrap();
+            i % 7 == 0
+        })
+        .cloned()
+        .collect();
+    b.until(
+        "the filtered rows",
+        TIMEOUT,
+        &format!(
+            "return document.querySelectorAll('table.gateways tbody tr').length === {};",
+            want.len()
+        ),
+    )
+    .await;
+    assert_eq!(table_ids(&b).await, want);
+    assert!(b.current_url().await.contains("sort=-since"));
+
+    // Drift: most first; presence: offline first, then the online agent first.
+    b.goto(&c.url("/ui/")).await;
+    sort_by(&b, "Drift", "descending").await;
+    let drift_desc = ids_by(&|r| (r.drift(), String::new()), true);
+    // The live agent (no drift) sorts among the seeded ones without: left out of the match.
+    let seeded: Vec<String> = table_ids(&b)
+        .await
+        .into_iter()
+        .filter(|id| id != "gw-sort-live")
+        .collect();
+    assert_eq!(seeded[..99], drift_desc[..99]);
+    sort_by(&b, "Presence", "descending").await;
+    assert_eq!(table_ids(&b).await[0], "gw-sort-149");
+    sort_by(&b, "Presence", "ascending").await;
+    assert_eq!(table_ids(&b).await[0], "gw-sort-live");
+    // Version: none reported first, then 0.1.0, 0.2.0.
+    sort_by(&b, "Version", "ascending").await;
+    let ids = table_ids(&b).await;
+    assert_eq!(ids[0], "gw-sort-002");
+    assert!(ids[..50]
+        .iter()
+        .all(|id| id[8..].parse::<i64>().unwrap() % 3 == 2));
+    b.screenshot("fleet-sorted-version").await;
+
+    // The same orders through the API; a bad order is refused, naming the known ones.
+    let page = c
+        .api(
+            &http,
+            "/v1/instances?sort=-since&limit=3&fields=presence",
+            &reader,
+        )
+        .await;
+    let got: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "gw-sort-live",
+            since_desc[0].as_str(),
+            since_desc[1].as_str()
+        ]
+    );
+    let r = http
+        .get(c.url("/v1/instances?sort=last_seen"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("id, group, presence, since, version, drift"),
+        "{text}"
+    );
+    // On the page: said where the table would be.
+    b.goto(&c.url("/ui/?sort=bogus")).await;
+    let flash = b.text("#fleet .flash").await.unwrap_or_default();
+    assert!(flash.contains("sort"), "{flash}");
+    b.close().await;
+}

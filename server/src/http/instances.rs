@@ -14,7 +14,8 @@ use super::auth::authorize;
 use super::problem::Problem;
 use super::AppState;
 use crate::store::{
-    InstanceFilter, InstanceRow, JsonText, PageLimit, Presence, Region, Scope, TokenRecord,
+    InstanceFilter, InstanceOrder, InstanceRow, JsonText, PageLimit, Presence, Region, Scope,
+    TokenRecord,
 };
 
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -29,6 +30,8 @@ pub struct ListQuery {
     pub fields: Option<Fields>,
     /// `region=`: checked against the regions served by the handler.
     pub region: Option<String>,
+    /// `sort=`: the order of the list (by region and instance id without it).
+    pub order: InstanceOrder,
 }
 
 /// The top-level members of an instance a list may be narrowed to (`fields=presence,host`);
@@ -90,6 +93,7 @@ pub fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, Problem> {
     let mut limit: Option<String> = None;
     let mut presence: Option<String> = None;
     let mut drift: Option<String> = None;
+    let mut sort: Option<String> = None;
     for (k, v) in pairs {
         match k.as_str() {
             "presence" => {
@@ -132,9 +136,13 @@ pub fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, Problem> {
                 once(&q.region, "region")?;
                 q.region = Some(v);
             }
+            "sort" => {
+                once(&sort, "sort")?;
+                sort = Some(v);
+            }
             other => {
                 return Err(Problem::bad_request(format!(
-                    "unknown query parameter {:?}; known: presence, group, version, drift, q, id, region, fields, limit, cursor",
+                    "unknown query parameter {:?}; known: presence, group, version, drift, q, id, region, sort, fields, limit, cursor",
                     other.chars().take(64).collect::<String>()
                 )))
             }
@@ -152,6 +160,9 @@ pub fn parse_list_query(raw: Option<&str>) -> Result<ListQuery, Problem> {
             "false" => false,
             _ => return Err(Problem::bad_request("drift: true or false")),
         });
+    }
+    if let Some(s) = sort {
+        q.order = InstanceOrder::parse(&s).map_err(|e| Problem::bad_request(e.to_string()))?;
     }
     if let Some(l) = limit {
         let n: u32 = l.parse().map_err(|_| {
@@ -327,7 +338,8 @@ pub fn region_filter(state: &AppState, named: Option<&str>) -> Result<Option<Reg
         ("drift" = Option<bool>, Query, description = "true: only gateways with drift; false: only those without"),
         ("q" = Option<String>, Query, description = "a case-sensitive substring of the instance id"),
         ("id" = Option<Vec<String>>, Query, description = "exactly these instance ids (repeatable, at most 1000)"),
-        ("region" = Option<String>, Query, description = "one region served by this console; without it, every region (in region, then instance id order)"),
+        ("region" = Option<String>, Query, description = "one region served by this console; without it, every region"),
+        ("sort" = Option<String>, Query, description = "the order: id (region, then instance id; the default), group, presence (online, stale, offline), since (when the presence last changed), version or drift; a leading - for descending. Ties are ordered by region and instance id, in the same direction", pattern = "^-?(id|group|presence|since|version|drift)$"),
         ("fields" = Option<String>, Query, description = "comma-separated members to return (instance_id always): group_id, region, presence, last_seen_ms, agent_version, host, storage"),
         ("limit" = Option<u32>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "the previous page's next_cursor"),
@@ -361,7 +373,7 @@ pub async fn list(
     };
     let page = state
         .store
-        .list_instances(&q.filter, limit, q.cursor.as_deref())
+        .list_instances(&q.filter, q.order, limit, q.cursor.as_deref())
         .await?;
     let items = page
         .items

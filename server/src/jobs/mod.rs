@@ -18,8 +18,8 @@ use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
 use crate::store::{
-    ExecState, InstanceFilter, JobRecord, NewExecution, NewJob, PageLimit, Presence, Region, Store,
-    StoreError, TokenName, TokenRecord,
+    ExecState, InstanceFilter, InstanceOrder, JobRecord, NewExecution, NewJob, PageLimit, Presence,
+    Region, Store, StoreError, TokenName, TokenRecord,
 };
 use model::{JobRequest, JobSpec, SpecError, TargetIn, MAX_TARGETS};
 pub use runner::{Runner, RunnerConfig};
@@ -145,7 +145,12 @@ pub async fn resolve(
         let mut cursor: Option<String> = None;
         loop {
             let page = store
-                .list_instances(&filter, page_limit, cursor.as_deref())
+                .list_instances(
+                    &filter,
+                    InstanceOrder::default(),
+                    page_limit,
+                    cursor.as_deref(),
+                )
                 .await?;
             found.extend(page.items.into_iter().map(|r| Target {
                 instance_id: r.instance_id,

@@ -16,11 +16,11 @@ use sqlx::{Postgres, QueryBuilder, Row, Sqlite, Transaction};
 
 use super::token_cache::TokenCache;
 use super::tokens::{groups_from_text, groups_to_text, scopes_from_text, scopes_to_text};
-use super::types::{decode_cursor, encode_cursor, fingerprint_of};
+use super::types::{decode_cursor, encode_cursor, fingerprint_of, SortValue};
 use super::{
-    Engine, InstanceFilter, InstanceRow, JsonText, NewToken, Page, PageLimit, Presence,
-    PresenceEvent, Region, StorageSummary, Store, StoreError, StoreOptions, TokenHash, TokenName,
-    TokenRecord,
+    Engine, InstanceFilter, InstanceOrder, InstanceRow, JsonText, NewToken, Page, PageLimit,
+    Presence, PresenceEvent, Region, SortKey, StorageSummary, Store, StoreError, StoreOptions,
+    TokenHash, TokenName, TokenRecord,
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -229,6 +229,20 @@ fn newest_per_instance(rows: &[InstanceRow]) -> Vec<&InstanceRow> {
     out
 }
 
+/// The column of a sort key, which its index (migration 0012) begins with, so the planner
+/// walks that index; `None` for the primary key's order. `SortKey::value_of` computes the
+/// same value from a row, for the cursor.
+fn sort_expression(key: SortKey) -> Option<&'static str> {
+    match key {
+        SortKey::Id => None,
+        SortKey::Group => Some("group_id"),
+        SortKey::Presence => Some("presence_rank"),
+        SortKey::Since => Some("since_ms"),
+        SortKey::Version => Some("version_key"),
+        SortKey::Drift => Some("drift"),
+    }
+}
+
 /// Every column of a stored row, when it is not older than the stored one.
 const UPSERT_ALL: &str = " ON CONFLICT (region, instance_id) DO UPDATE SET \
      group_id = excluded.group_id, presence = excluded.presence, \
@@ -239,15 +253,18 @@ const UPSERT_ALL: &str = " ON CONFLICT (region, instance_id) DO UPDATE SET \
      WHERE instances.updated_ms <= excluded.updated_ms";
 
 /// The columns no index holds, for a stored row whose indexed columns (`group_id`,
-/// `presence`, `drift`) keep their values; other rows are left alone.
+/// `presence`, `since_ms`, `agent_version`, `drift`) keep their values; other rows are left
+/// alone. (Those change with a presence, a group, an upgrade or a change of drift; the
+/// columns set here change with every heartbeat.)
 const UPSERT_UNINDEXED: &str = " ON CONFLICT (region, instance_id) DO UPDATE SET \
-     since_ms = excluded.since_ms, reason = excluded.reason, \
-     last_seen_ms = excluded.last_seen_ms, agent_version = excluded.agent_version, \
+     reason = excluded.reason, last_seen_ms = excluded.last_seen_ms, \
      heartbeat = excluded.heartbeat, storage = excluded.storage, \
      updated_ms = excluded.updated_ms \
      WHERE instances.updated_ms <= excluded.updated_ms \
      AND instances.group_id = excluded.group_id \
-     AND instances.presence = excluded.presence AND instances.drift = excluded.drift";
+     AND instances.presence = excluded.presence AND instances.drift = excluded.drift \
+     AND instances.since_ms = excluded.since_ms \
+     AND instances.agent_version IS excluded.agent_version";
 
 /// `INSERT` of these rows, then `on_conflict`.
 fn upsert_statement<'a, DB>(rows: &'a [&'a InstanceRow], on_conflict: &str) -> QueryBuilder<'a, DB>
@@ -365,7 +382,7 @@ macro_rules! store_impl {
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                     // SQLite rewrites the entries of every index whose columns an UPDATE
                     // sets, changed or not (PostgreSQL compares the values). Most rows keep
-                    // their group, presence and drift, so on SQLite a first statement sets
+                    // their indexed columns, so on SQLite a first statement sets
                     // only the other columns, for rows whose indexed ones are unchanged; when
                     // it did not write every row of the chunk (a presence or group changed, a
                     // row older than the stored one), the whole chunk is written again in
@@ -407,13 +424,17 @@ macro_rules! store_impl {
             async fn list_instances(
                 &self,
                 filter: &InstanceFilter,
+                order: InstanceOrder,
                 limit: PageLimit,
                 cursor: Option<&str>,
             ) -> Result<Page<InstanceRow>, StoreError> {
                 filter.check()?;
-                let fingerprint = filter.fingerprint();
-                let after: Option<(String, String)> =
+                // The order is part of what a cursor was made under: a key from one order
+                // resumes nowhere sensible in another.
+                let fingerprint = format!("{}.{}", filter.fingerprint(), order.as_param());
+                let after: Option<(Option<SortValue>, String, String)> =
                     cursor.map(|c| decode_cursor(c, &fingerprint)).transpose()?;
+                let expr = sort_expression(order.key);
                 let mut q: QueryBuilder<$db> = QueryBuilder::new(format!(
                     "SELECT {INSTANCE_COLUMNS} FROM instances WHERE 1 = 1"
                 ));
@@ -456,16 +477,45 @@ macro_rules! store_impl {
                         .push_bind(text.as_str())
                         .push(") > 0");
                 }
-                // Keyset paging: the primary key's index finds where the page starts, so page
-                // 1000 costs what page 1 does (OFFSET would read and drop every row before it).
-                if let Some((region, id)) = after {
-                    q.push(" AND (region, instance_id) > (")
-                        .push_bind(region)
-                        .push(", ")
-                        .push_bind(id)
-                        .push(")");
+                // Keyset paging: the order's index finds where the page starts, so page 1000
+                // costs what page 1 does (OFFSET would read and drop every row before it).
+                let (cmp, dir) = if order.descending {
+                    (" < ", " DESC")
+                } else {
+                    (" > ", "")
+                };
+                if let Some((value, region, id)) = after {
+                    // One row-value comparison, the order's index columns in its order.
+                    q.push(" AND (");
+                    if let Some(e) = expr {
+                        q.push(e).push(", ");
+                    }
+                    q.push("region, instance_id)").push(cmp).push("(");
+                    match (expr, value) {
+                        (None, None) => {}
+                        (Some(_), Some(SortValue::Int(v))) => {
+                            q.push_bind(v).push(", ");
+                        }
+                        (Some(_), Some(SortValue::Text(v))) => {
+                            q.push_bind(v).push(", ");
+                        }
+                        _ => {
+                            return Err(StoreError::Invalid(
+                                "cursor: made for another order; start again without it".to_owned(),
+                            ))
+                        }
+                    }
+                    q.push_bind(region).push(", ").push_bind(id).push(")");
                 }
-                q.push(" ORDER BY region, instance_id LIMIT ")
+                q.push(" ORDER BY ");
+                if let Some(e) = expr {
+                    q.push(e).push(dir).push(", ");
+                }
+                q.push("region")
+                    .push(dir)
+                    .push(", instance_id")
+                    .push(dir)
+                    .push(" LIMIT ")
                     .push_bind(i64::from(limit.get()) + 1);
                 let rows = q.build().fetch_all(self.reader()).await?;
                 let mut items = rows
@@ -477,7 +527,11 @@ macro_rules! store_impl {
                     items.last().map(|last| {
                         encode_cursor(
                             &fingerprint,
-                            (last.region.as_str(), last.instance_id.as_str()),
+                            (
+                                order.key.value_of(last),
+                                last.region.as_str(),
+                                last.instance_id.as_str(),
+                            ),
                         )
                     })
                 } else {

@@ -38,7 +38,8 @@ pub use sessions::{FleetSummary, NewSession, SessionHash, SessionRecord, Session
 pub use token_cache::TOKEN_TTL;
 pub use tokens::{NewToken, Scope, TokenHash, TokenName, TokenRecord, TokenSecret};
 pub use types::{
-    InstanceFilter, InstanceRow, Page, PageLimit, Presence, PresenceEvent, Region, StorageSummary,
+    InstanceFilter, InstanceOrder, InstanceRow, Page, PageLimit, Presence, PresenceEvent, Region,
+    SortKey, StorageSummary,
 };
 pub use webhooks::{Attempt, DeliveryFilter, DeliveryRow, DeliveryState, NewDelivery};
 
@@ -88,11 +89,13 @@ pub trait Store: Send + Sync {
         id: &InstanceId,
     ) -> Result<Option<InstanceRow>, StoreError>;
 
-    /// One page of instances in (region, instance_id) order, after `cursor` (which must come
-    /// from the previous page of the same filter).
+    /// One page of instances in `order` (then region and instance id, which make every key
+    /// unique), after `cursor` (which must come from the previous page of the same filter and
+    /// order).
     async fn list_instances(
         &self,
         filter: &InstanceFilter,
+        order: InstanceOrder,
         limit: PageLimit,
         cursor: Option<&str>,
     ) -> Result<Page<InstanceRow>, StoreError>;

@@ -13,7 +13,7 @@ use crate::http::instances::{parse_list_query, region_filter};
 use crate::http::problem::Problem;
 use crate::http::AppState;
 use crate::now_ms;
-use crate::store::{InstanceRow, PageLimit};
+use crate::store::{InstanceOrder, InstanceRow, PageLimit, SortKey};
 
 /// Rows per page.
 pub const PAGE_ROWS: u32 = 100;
@@ -27,10 +27,12 @@ pub struct FilterForm {
     pub drift: String,
     pub q: String,
     pub region: String,
+    /// The table's order as `sort=` writes it (`-since`); empty: by region and id.
+    pub sort: String,
 }
 
 impl FilterForm {
-    /// The query of this filter, for links (paging keeps the filter).
+    /// The query of this filter, without the order (the new-job form takes the filter only).
     fn query(&self) -> String {
         super::view::query_of(&[
             ("presence", self.presence.as_str()),
@@ -45,6 +47,83 @@ impl FilterForm {
     pub fn is_empty(&self) -> bool {
         self.query().is_empty()
     }
+
+    /// The query of this view, filter and order, for the pager's links.
+    fn view_query(&self) -> String {
+        let base = self.query();
+        let sort = super::view::query_of(&[("sort", self.sort.as_str())]);
+        match (base.is_empty(), sort.is_empty()) {
+            (_, true) => base,
+            (true, false) => sort,
+            (false, false) => format!("{base}&{sort}"),
+        }
+    }
+}
+
+/// A sortable column's header: its link, and its state for `aria-sort`.
+pub struct SortHead {
+    pub label: &'static str,
+    pub href: String,
+    /// `ascending`, `descending` or `none` (`aria-sort`'s words).
+    pub state: &'static str,
+    /// What the link does, for its title and screen readers.
+    pub hint: String,
+}
+
+/// The columns the table sorts by, with the direction a first click gives: the one an
+/// operator looks for first (offline first, most drift first); a second click reverses it.
+const SORTABLE: [(SortKey, &str, bool); 6] = [
+    (SortKey::Id, "Instance", false),
+    (SortKey::Group, "Group", false),
+    (SortKey::Presence, "Presence", true),
+    (SortKey::Since, "Since", false),
+    (SortKey::Version, "Version", false),
+    (SortKey::Drift, "Drift", true),
+];
+
+fn sort_heads(f: &FilterForm, current: InstanceOrder) -> Vec<SortHead> {
+    let base = f.query();
+    SORTABLE
+        .iter()
+        .map(|&(key, label, first_descending)| {
+            let active = current.key == key;
+            let next = InstanceOrder {
+                key,
+                descending: if active {
+                    !current.descending
+                } else {
+                    first_descending
+                },
+            };
+            // The default order needs no parameter: "/ui/" stays the plain fleet page.
+            let sort = if next == InstanceOrder::default() {
+                String::new()
+            } else {
+                super::view::query_of(&[("sort", next.as_param().as_str())])
+            };
+            let query = match (base.is_empty(), sort.is_empty()) {
+                (true, true) => String::new(),
+                (false, true) => format!("?{base}"),
+                (true, false) => format!("?{sort}"),
+                (false, false) => format!("?{base}&{sort}"),
+            };
+            let way = if next.descending {
+                "descending"
+            } else {
+                "ascending"
+            };
+            SortHead {
+                label,
+                href: format!("/ui/{query}"),
+                state: match (active, current.descending) {
+                    (false, _) => "none",
+                    (true, false) => "ascending",
+                    (true, true) => "descending",
+                },
+                hint: format!("Sort by {}, {way}", label.to_lowercase()),
+            }
+        })
+        .collect()
 }
 
 /// One row of the table.
@@ -105,6 +184,8 @@ struct FleetPage {
     next: Option<String>,
     first: Option<String>,
     f: FilterForm,
+    /// The sortable columns' headers.
+    heads: Vec<SortHead>,
     /// The regions served, when there are several (the filter offers them).
     regions: Vec<String>,
     /// Regions whose broker is unreachable, with why.
@@ -180,6 +261,7 @@ pub async fn page(
             "drift" => f.drift.clone_from(&v),
             "q" => f.q.clone_from(&v),
             "region" => f.region.clone_from(&v),
+            "sort" => f.sort.clone_from(&v),
             "cursor" => {
                 cursor = Some(v);
                 continue;
@@ -213,6 +295,7 @@ pub async fn page(
         down: brokers_down(&state),
         error: None,
         run: None,
+        heads: sort_heads(&f, InstanceOrder::default()),
         f,
     };
     let query = serde_urlencoded::to_string(&kept).unwrap_or_default();
@@ -227,6 +310,7 @@ pub async fn page(
             return Ok(render(&page));
         }
     };
+    page.heads = sort_heads(&page.f, q.order);
     // A token limited to groups sees only theirs (the summary too).
     if !token.groups.is_empty() {
         if q.filter.groups.is_empty() {
@@ -246,7 +330,7 @@ pub async fn page(
     let limit = PageLimit::new(PAGE_ROWS).map_err(PageError::from)?;
     let listed = state
         .store
-        .list_instances(&q.filter, limit, cursor.as_deref())
+        .list_instances(&q.filter, q.order, limit, cursor.as_deref())
         .await;
     let listed = match listed {
         Ok(p) => p,
@@ -272,13 +356,14 @@ pub async fn page(
     if signed.can(crate::store::Scope::Operate) && !page.rows.is_empty() {
         page.run = Some(run_link(&page, &base));
     }
-    let sep = if base.is_empty() { "" } else { "&" };
+    let view = page.f.view_query();
+    let sep = if view.is_empty() { "" } else { "&" };
     page.next = listed.next_cursor.map(|c| {
         let c = serde_urlencoded::to_string([("cursor", c.as_str())]).unwrap_or_default();
-        format!("/ui/?{base}{sep}{c}")
+        format!("/ui/?{view}{sep}{c}")
     });
     if cursor.is_some() {
-        page.first = Some(format!("/ui/?{base}"));
+        page.first = Some(format!("/ui/?{view}"));
     }
     Ok(render(&page))
 }
