@@ -457,9 +457,9 @@ async fn keyset_paging_returns_each_row_once_under_every_filter(fx: &mut Fixture
     }
 }
 
-/// The key `order` sorts a row by, then its region and id, in the store's terms: presence
-/// online, stale, offline; no version reads as "".
-fn order_key(order: InstanceOrder, r: &InstanceRow) -> (i64, String, String, String) {
+/// The key `order` sorts a row by: its region, the order's value in the store's terms (presence
+/// online, stale, offline; no version reads as ""), its id.
+fn order_key(order: InstanceOrder, r: &InstanceRow) -> (String, i64, String, String) {
     let (n, t) = match order.key {
         SortKey::Id => (0, String::new()),
         SortKey::Group => (0, r.group_id.to_string()),
@@ -475,7 +475,7 @@ fn order_key(order: InstanceOrder, r: &InstanceRow) -> (i64, String, String, Str
         SortKey::Version => (0, r.agent_version.clone().unwrap_or_default()),
         SortKey::Drift => (r.drift(), String::new()),
     };
-    (n, t, r.region.to_string(), r.instance_id.to_string())
+    (r.region.to_string(), n, t, r.instance_id.to_string())
 }
 
 async fn keyset_paging_in_every_order_returns_each_row_once(fx: &mut Fixture) {
@@ -497,6 +497,16 @@ async fn keyset_paging_in_every_order_returns_each_row_once(fx: &mut Fixture) {
         InstanceFilter {
             groups: vec![GroupId::new("GID_b").unwrap()],
             drift: Some(false),
+            ..Default::default()
+        },
+        // One region: the region leaves the comparison.
+        InstanceFilter {
+            region: Some(region("cn-shanghai")),
+            ..Default::default()
+        },
+        InstanceFilter {
+            region: Some(region("cn-hangzhou")),
+            presence: Some(Presence::Online),
             ..Default::default()
         },
     ];

@@ -5,10 +5,16 @@
 //!
 //!     WEB_BENCH_N=50000 cargo nextest run -p csg-consoled --test web_bench --run-ignored only --no-capture
 //!
+//! `WEB_BENCH_STORE=postgres` runs it on a private PostgreSQL instead. The fleet page is timed
+//! in each order the table sorts by, on its first page and on one half-way through the fleet
+//! (its cursor taken from the API, which pages the same query).
+//!
 //! and read its lines (p50 and p95 of the time to the whole response, and its size).
 
 // A benchmark: a failed unwrap stops it, with its location.
 #![allow(clippy::unwrap_used)]
+
+mod common;
 use csg_consoled::store::{
     self, InstanceRow, JsonText, NewToken, Presence, Region, Scope, StorageSummary, TokenName,
     TokenSecret,
@@ -31,8 +37,21 @@ async fn fleet_and_gateway_pages_over_a_large_fleet() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.db");
-    let url = format!("sqlite://{}", db.display());
+    let pg = match std::env::var("WEB_BENCH_STORE").as_deref() {
+        Ok("postgres") => Some(
+            tokio::task::spawn_blocking(common::PgServer::start)
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("PostgreSQL did not start: {e}")),
+        ),
+        Ok("sqlite") | Err(_) => None,
+        Ok(other) => panic!("WEB_BENCH_STORE={other}: sqlite or postgres"),
+    };
+    let url = match &pg {
+        Some(server) => server.url(),
+        None => format!("sqlite://{}", dir.path().join("c.db").display()),
+    };
+    let engine = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
     let st = store::open(&url).await.unwrap();
     let hb = json!({"v":1,"type":"heartbeat","instance_id":"gw","group_id":"GID_csg","seq":42,"ts_ms":1764133100000u64,
         "agent_version":"0.1.0","uptime_s":1260,"interval_s":30,
@@ -49,10 +68,15 @@ async fn fleet_and_gateway_pages_over_a_large_fleet() {
             } else {
                 Presence::Online
             },
-            since_ms: 1_764_000_000_000,
+            // Each its own time of the last change, in no relation to its id.
+            since_ms: 1_764_000_000_000 + ((i * 7919) % n) as i64 * 1000,
             reason: Some("connected".into()),
             last_seen_ms: Some(1_764_000_000_000),
-            agent_version: Some(if i % 3 == 0 { "0.1.0" } else { "0.2.0" }.into()),
+            agent_version: match i % 7 {
+                0 => None,
+                1 | 2 => Some("0.1.0".into()),
+                _ => Some("0.2.0".into()),
+            },
             heartbeat: Some(JsonText::of(&hb).unwrap()),
             storage: Some(StorageSummary {
                 count: 3,
@@ -150,6 +174,29 @@ async fn fleet_and_gateway_pages_over_a_large_fleet() {
         job_id = v["id"].as_str().unwrap().to_owned();
     }
     let job_path = format!("/ui/jobs/{job_id}");
+    // The fleet page half-way through the fleet in each order: the cursor after n/2 rows, as
+    // the API pages the same query (a page's cursor is bound to its filter and order only).
+    let mut deep: Vec<String> = Vec::new();
+    for sort in ["id", "-since", "version", "-presence", "-drift"] {
+        let mut cursor: Option<String> = None;
+        for _ in 0..(n / 2 / 1000).max(1) {
+            let mut q = format!("/v1/instances?sort={sort}&limit=1000&fields=presence");
+            if let Some(c) = &cursor {
+                q.push_str(&format!("&cursor={c}"));
+            }
+            let r = http
+                .get(format!("{base}{q}"))
+                .bearer_auth(secret.expose())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{q}");
+            let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            cursor = v["next_cursor"].as_str().map(str::to_owned);
+        }
+        let c = cursor.unwrap();
+        deep.push(format!("/ui/?sort={sort}&cursor={c}"));
+    }
     let page = http
         .get(format!("{base}/ui/"))
         .header("cookie", &sess)
@@ -177,6 +224,17 @@ async fn fleet_and_gateway_pages_over_a_large_fleet() {
         "/ui/?presence=offline",
         "/ui/?q=gw-0049",
         "/ui/?drift=true",
+        "/ui/?sort=-since",
+        "/ui/?sort=version",
+        "/ui/?sort=-presence",
+        "/ui/?sort=-drift",
+        "/ui/?sort=group&presence=offline",
+        "/ui/?sort=-since&drift=true",
+        deep[0].as_str(),
+        deep[1].as_str(),
+        deep[2].as_str(),
+        deep[3].as_str(),
+        deep[4].as_str(),
         "/ui/gateways/gw-000123",
         "/ui/jobs",
         job_path.as_str(),
@@ -194,12 +252,28 @@ async fn fleet_and_gateway_pages_over_a_large_fleet() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), 200);
-            bytes = r.bytes().await.unwrap().len();
+            let body = r.bytes().await.unwrap();
+            bytes = body.len();
+            // A fleet page timed must be one that lists gateways, not one that says why not.
+            if path.starts_with("/ui/?") || path == "/ui/" {
+                let text = String::from_utf8_lossy(&body);
+                assert!(
+                    text.contains("data-gw="),
+                    "{path}: no rows\n{}",
+                    text.find("flash")
+                        .map_or("", |at| &text[at..(at + 300).min(text.len())])
+                );
+            }
             t.push(t1.elapsed().as_secs_f64() * 1000.0);
         }
         t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        // A deep page's cursor is long and says nothing to a reader: its order and depth do.
+        let shown = match path.find("&cursor=") {
+            Some(at) => format!("{} (page {} of 100 rows)", &path[..at], n / 2 / 100 + 1),
+            None => path.to_owned(),
+        };
         eprintln!(
-            "N={n} {path}: p50 {:.1} ms, p95 {:.1} ms, {bytes} bytes",
+            "{engine} N={n} {shown}: p50 {:.1} ms, p95 {:.1} ms, {bytes} bytes",
             t[10], t[18]
         );
     }

@@ -326,7 +326,8 @@ pub fn region_filter(state: &AppState, named: Option<&str>) -> Result<Option<Reg
     })
 }
 
-/// A page of instances, in instance id order (region first when several are listed).
+/// A page of instances, in the order `sort=` names (instance id by default; region first when
+/// several are listed).
 #[utoipa::path(
     get,
     path = "/v1/instances",
@@ -339,7 +340,7 @@ pub fn region_filter(state: &AppState, named: Option<&str>) -> Result<Option<Reg
         ("q" = Option<String>, Query, description = "a case-sensitive substring of the instance id"),
         ("id" = Option<Vec<String>>, Query, description = "exactly these instance ids (repeatable, at most 1000)"),
         ("region" = Option<String>, Query, description = "one region served by this console; without it, every region"),
-        ("sort" = Option<String>, Query, description = "the order: id (region, then instance id; the default), group, presence (online, stale, offline), since (when the presence last changed), version or drift; a leading - for descending. Ties are ordered by region and instance id, in the same direction", pattern = "^-?(id|group|presence|since|version|drift)$"),
+        ("sort" = Option<String>, Query, description = "the order: id (region, then instance id; the default), group, presence (online, stale, offline), since (when the presence last changed), version or drift; a leading - for descending. Ties are ordered by instance id in the same direction; several regions listed are in region order first", pattern = "^-?(id|group|presence|since|version|drift)$"),
         ("fields" = Option<String>, Query, description = "comma-separated members to return (instance_id always): group_id, region, presence, last_seen_ms, agent_version, host, storage"),
         ("limit" = Option<u32>, Query, description = "1 to 1000, default 100", minimum = 1, maximum = 1000),
         ("cursor" = Option<String>, Query, description = "the previous page's next_cursor"),

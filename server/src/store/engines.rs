@@ -229,8 +229,8 @@ fn newest_per_instance(rows: &[InstanceRow]) -> Vec<&InstanceRow> {
     out
 }
 
-/// The column of a sort key, which its index (migration 0012) begins with, so the planner
-/// walks that index; `None` for the primary key's order. `SortKey::value_of` computes the
+/// The column of a sort key, which its index (migration 0012) holds after the region, so the
+/// planner walks that index; `None` for the primary key's order. `SortKey::value_of` computes the
 /// same value from a row, for the cursor.
 fn sort_expression(key: SortKey) -> Option<&'static str> {
     match key {
@@ -477,20 +477,31 @@ macro_rules! store_impl {
                         .push_bind(text.as_str())
                         .push(") > 0");
                 }
-                // Keyset paging: the order's index finds where the page starts, so page 1000
-                // costs what page 1 does (OFFSET would read and drop every row before it).
+                // Keyset paging: the order's index (region, its column, instance id) finds
+                // where the page starts, so page 1000 costs what page 1 does (OFFSET would read
+                // and drop every row before it). With the region fixed by the filter (the
+                // usual list: a console lists its own region) the index is walked after the
+                // region's equality, so the region leaves the comparison and the order.
                 let (cmp, dir) = if order.descending {
                     (" < ", " DESC")
                 } else {
                     (" > ", "")
                 };
+                let mut columns: Vec<&str> = Vec::with_capacity(3);
+                if filter.region.is_none() {
+                    columns.push("region");
+                }
+                columns.extend(expr);
+                columns.push("instance_id");
                 if let Some((value, region, id)) = after {
-                    // One row-value comparison, the order's index columns in its order.
-                    q.push(" AND (");
-                    if let Some(e) = expr {
-                        q.push(e).push(", ");
+                    q.push(" AND (")
+                        .push(columns.join(", "))
+                        .push(")")
+                        .push(cmp)
+                        .push("(");
+                    if filter.region.is_none() {
+                        q.push_bind(region).push(", ");
                     }
-                    q.push("region, instance_id)").push(cmp).push("(");
                     match (expr, value) {
                         (None, None) => {}
                         (Some(_), Some(SortValue::Int(v))) => {
@@ -505,16 +516,16 @@ macro_rules! store_impl {
                             ))
                         }
                     }
-                    q.push_bind(region).push(", ").push_bind(id).push(")");
+                    q.push_bind(id).push(")");
                 }
-                q.push(" ORDER BY ");
-                if let Some(e) = expr {
-                    q.push(e).push(dir).push(", ");
-                }
-                q.push("region")
-                    .push(dir)
-                    .push(", instance_id")
-                    .push(dir)
+                q.push(" ORDER BY ")
+                    .push(
+                        columns
+                            .iter()
+                            .map(|c| format!("{c}{dir}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    )
                     .push(" LIMIT ")
                     .push_bind(i64::from(limit.get()) + 1);
                 let rows = q.build().fetch_all(self.reader()).await?;
