@@ -54,10 +54,11 @@ async fn fleet_and_gateway_pages_over_a_large_fleet() {
     let engine = if pg.is_some() { "PostgreSQL" } else { "SQLite" };
     let st = store::open(&url).await.unwrap();
     let hb = json!({"v":1,"type":"heartbeat","instance_id":"gw","group_id":"GID_csg","seq":42,"ts_ms":1764133100000u64,
-        "agent_version":"0.1.0","uptime_s":1260,"interval_s":30,
+        "agent_version":"0.1.0","uptime_s":1260,"interval_s":3600,
         "system":{"cpu_pct":3.5,"load1":0.12,"mem_total":4111450112u64,"mem_used":612352000u64},
         "disks":[{"mount":"/","fs":"ext4","total":31526481920u64,"avail":20112343040u64}],
         "services":{},"storage":{}});
+    let now = csg_consoled::now_ms();
     let rows: Vec<InstanceRow> = (0..n)
         .map(|i| InstanceRow {
             region: Region::new("default").unwrap(),
@@ -71,7 +72,9 @@ async fn fleet_and_gateway_pages_over_a_large_fleet() {
             // Each its own time of the last change, in no relation to its id.
             since_ms: 1_764_000_000_000 + ((i * 7919) % n) as i64 * 1000,
             reason: Some("connected".into()),
-            last_seen_ms: Some(1_764_000_000_000),
+            // Heard from just now, heartbeating hourly: the online stay online while the pages
+            // are timed (a presence changing under the cursor would move the rows timed).
+            last_seen_ms: Some(now),
             agent_version: match i % 7 {
                 0 => None,
                 1 | 2 => Some("0.1.0".into()),
