@@ -217,9 +217,23 @@ fn entries_of(k: &Kind, result: &Value) -> (Vec<Entry>, String) {
     (entries, backend)
 }
 
-/// A problem from the call path as one line for the page.
+/// A problem from the call path as one line for the page: what happened, its code (the
+/// agent's, else the console's status) and whether reading again is worth it. A read changes
+/// nothing, so sending it again is always safe; only a timeout, a busy or absent agent or
+/// broker may answer otherwise the next time.
 fn said(p: &Problem) -> String {
-    p.detail.clone()
+    let code = p
+        .agent_error
+        .as_ref()
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("{} {}", p.status, p.title), str::to_owned);
+    let retry = if p.retryable == Some(true) || matches!(p.status, 502..=504) {
+        "Reading again is safe (a read changes nothing) and may succeed."
+    } else {
+        "Reading again is safe (a read changes nothing) but is answered the same until its cause changes."
+    };
+    format!("{} (code {code}). {retry}", p.detail)
 }
 
 /// What the gateway page shows of the agent: its capabilities and each configured family's
