@@ -1628,7 +1628,7 @@ document.querySelectorAll('body *').forEach(function (e) {
   }
   out.push('outside the viewport (' + Math.round(r.left) + '..' + Math.round(r.right) + ' of ' + w + '): ' + desc(e));
 });
-return out;
+return {violations: out, texts: done.size};
 "#;
 
 /// What has the keyboard's focus, and whether its focus shows (an outline or a shadow).
@@ -1661,10 +1661,13 @@ impl Browser {
         .await;
     }
 
-    /// The page's accessibility violations ([`A11Y_CHECK`]).
+    /// The page's accessibility violations ([`A11Y_CHECK`]). The check must have seen the
+    /// page's text (a check over nothing passes anything).
     async fn violations(&self) -> Vec<String> {
-        self.run(A11Y_CHECK)
-            .await
+        let v = self.run(A11Y_CHECK).await;
+        let texts = v["texts"].as_u64().unwrap();
+        assert!(texts >= 5, "the check saw {texts} texts: {v}");
+        v["violations"]
             .as_array()
             .unwrap()
             .iter()
@@ -1739,7 +1742,10 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
     }
     assert!(at_token, "Tab never reached the token field");
     let focus = b.run(FOCUSED).await;
-    assert_eq!(focus["shown"], true, "the token field's focus is not shown: {focus}");
+    assert_eq!(
+        focus["shown"], true,
+        "the token field's focus is not shown: {focus}"
+    );
     b.keys(&admin).await;
     b.keys(ENTER).await;
     b.until(
@@ -1758,7 +1764,10 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
     assert_eq!(first["shown"], true, "{first}");
     b.keys(TAB).await;
     let second = b.run(FOCUSED).await;
-    assert_eq!(second["nav"], true, "the nav does not follow the skip link: {second}");
+    assert_eq!(
+        second["nav"], true,
+        "the nav does not follow the skip link: {second}"
+    );
     let mut stops = vec![first, second];
     let mut on_row = false;
     for _ in 0..40 {
@@ -1778,7 +1787,10 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
         .map(|s| s["tag"].as_str().unwrap().to_owned())
         .collect();
     for tag in ["a", "button", "input", "select"] {
-        assert!(kinds.contains(tag), "no {tag} among the Tab stops: {stops:?}");
+        assert!(
+            kinds.contains(tag),
+            "no {tag} among the Tab stops: {stops:?}"
+        );
     }
     let gw_link = stops.last().unwrap()["href"].as_str().unwrap().to_owned();
     b.keys(ENTER).await;
@@ -1799,7 +1811,10 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
     let inside = b
         .run("return !!document.activeElement.closest('main');")
         .await;
-    assert_eq!(inside, true, "Tab after the skip link is not in the content");
+    assert_eq!(
+        inside, true,
+        "Tab after the skip link is not in the content"
+    );
 
     // A job with a failure: `nfs.export.get` of an export that does not exist yet is the
     // agent's NOT_FOUND (failed, not retried).
@@ -1889,7 +1904,11 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
         }
         b.screenshot(&format!("a11y-signin-{width}")).await;
     }
-    assert!(report.is_empty(), "accessibility violations:\n{}", report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "accessibility violations:\n{}",
+        report.join("\n")
+    );
 
     // The checks can fail: a page given an unlabelled input, a duplicate id, faint text, a
     // second h1 and a box wider than the screen reports each.
@@ -1925,8 +1944,11 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
     b.goto(&c.url(&format!("/ui/gateways/{nfs_id}/resources/nfs-exports/new")))
         .await;
     b.type_into("#f-name", "vol-a11y").await;
-    b.type_into("#f-path", &dirs.root().join("vol-a11y").display().to_string())
-        .await;
+    b.type_into(
+        "#f-path",
+        &dirs.root().join("vol-a11y").display().to_string(),
+    )
+    .await;
     b.type_into("#f-clients", r#"[{"match": "10.0.0.0/8", "access": "rw"}]"#)
         .await;
     std::fs::create_dir_all(dirs.root().join("vol-a11y")).unwrap();
@@ -1974,7 +1996,10 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
     // "Retry the 1 failed" pressed on the job's page, now that the export exists: the child
     // job's page opens and its execution runs to success.
     b.goto(&failed_job).await;
-    assert_eq!(b.text("#retry").await.as_deref(), Some("Retry the 1 failed"));
+    assert_eq!(
+        b.text("#retry").await.as_deref(),
+        Some("Retry the 1 failed")
+    );
     b.click("#retry").await;
     b.until(
         "the retry's page, its execution succeeded",
@@ -2051,7 +2076,9 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
     let took = t0.elapsed();
     let said = b.text("#res-error").await.unwrap();
     assert!(
-        said.contains("(code ") && said.contains("Reading again is safe") && said.contains("may succeed"),
+        said.contains("(code ")
+            && said.contains("Reading again is safe")
+            && said.contains("may succeed"),
         "{said}"
     );
     assert!(took < Duration::from_secs(20), "took {took:?}");
@@ -2064,7 +2091,10 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
         if page["items"].as_array().unwrap().len() == 1 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(200), "never offline: {page}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(200),
+            "never offline: {page}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -2082,7 +2112,7 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
     b.run(&format!(
         "var d = document.createElement('div'); d.id = 'probe'; d.setAttribute('data-loading', 'Reading from the agent…');\
          d.setAttribute('hx-get', '/ui/gateways/{slow_id}/resources'); d.setAttribute('hx-trigger', 'load');\
-         document.querySelector('main').appendChild(d); htmx.process(d); return true;"
+         var r = document.getElementById('resources'); r.parentNode.insertBefore(d, r); htmx.process(d); d.scrollIntoView(); return true;"
     ))
     .await;
     b.until(

@@ -233,7 +233,14 @@ fn said(p: &Problem) -> String {
     } else {
         "Reading again is safe (a read changes nothing) but is answered the same until its cause changes."
     };
-    format!("{} (code {code}). {retry}", p.detail)
+    // The call path's timeout speaks to an API client (the request id to retry a change
+    // with); a read on the page is simply sent again.
+    let what = if p.status == 504 {
+        "the agent did not answer within the call path's timeout"
+    } else {
+        p.detail.as_str()
+    };
+    format!("{what} (code {code}). {retry}")
 }
 
 /// What the gateway page shows of the agent: its capabilities and each configured family's
