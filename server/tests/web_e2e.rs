@@ -1389,7 +1389,8 @@ async fn jobs_start_from_the_fleet_filter_run_live_cancel_and_reach_the_audit_pa
     b.until(
         "the slow job's page with its cancel button",
         TIMEOUT,
-        "return !!document.querySelector('[data-job-page]') && !!document.getElementById('cancel');",
+        "return !!document.querySelector('[data-job-page]') && !!document.getElementById('cancel') \
+         && document.body.hasAttribute('data-job-read');",
     )
     .await;
     let slow_url = b.current_url().await;
@@ -1996,6 +1997,14 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
     // "Retry the 1 failed" pressed on the job's page, now that the export exists: the child
     // job's page opens and its execution runs to success.
     b.goto(&failed_job).await;
+    // Once live, the page reads itself again (it may have been rendered before the stream
+    // opened); the button is pressed after that.
+    b.until(
+        "the job's page live and read again",
+        TIMEOUT,
+        "return document.body.hasAttribute('data-job-read');",
+    )
+    .await;
     assert_eq!(
         b.text("#retry").await.as_deref(),
         Some("Retry the 1 failed")

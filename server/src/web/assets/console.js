@@ -247,7 +247,8 @@
 })();
 // A job page opened while its job moved on (or ended) before the live stream was open would
 // miss those events and stay as it was rendered: once the stream is open, the page is read
-// again, once, and its state and body replaced.
+// again, once, and its state and body replaced if they changed (`data-job-read` on the body
+// says it was done).
 (function () {
   "use strict";
   var head = document.querySelector("[data-job-page]");
@@ -263,12 +264,13 @@
         var state = doc.getElementById("job-state"), body = doc.getElementById("job-body");
         var here = document.getElementById("job-body");
         if (state) { head.textContent = state.textContent; head.className = state.className; }
-        if (body && here) {
+        if (body && here && body.textContent !== here.textContent) {
           here.replaceWith(document.importNode(body, true));
           if (window.htmx) { window.htmx.process(document.getElementById("job-body")); }
         }
       })
-      .catch(function () { /* the live events carry on */ });
+      .catch(function () { /* the live events carry on */ })
+      .then(function () { document.body.setAttribute("data-job-read", "1"); });
   });
   watch.observe(document.body, { attributes: true, attributeFilter: ["data-live-open"] });
 })();
