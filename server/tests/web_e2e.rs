@@ -1662,6 +1662,24 @@ impl Browser {
         .await;
     }
 
+    /// The whole page, not only the viewport (Chromium's own capture, through CDP).
+    async fn screenshot_page(&self, name: &str) {
+        use base64::Engine as _;
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/goog/cdp/execute",
+                Some(json!({"cmd": "Page.captureScreenshot",
+                            "params": {"format": "png", "captureBeyondViewport": true}})),
+            )
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v["data"].as_str().unwrap())
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+
     /// The page's accessibility violations ([`A11Y_CHECK`]). The check must have seen the
     /// page's text (a check over nothing passes anything).
     async fn violations(&self) -> Vec<String> {
@@ -1884,7 +1902,7 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
             if !v.is_empty() {
                 report.push(format!("{name} at {width}:\n  {}", v.join("\n  ")));
             }
-            b.screenshot(&format!("a11y-{name}-{width}")).await;
+            b.screenshot_page(&format!("a11y-{name}-{width}")).await;
         }
     }
     // Sign-in, signed out (at the phone's width still, then at 1280 px).
@@ -1903,7 +1921,7 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
         if !v.is_empty() {
             report.push(format!("signin at {width}:\n  {}", v.join("\n  ")));
         }
-        b.screenshot(&format!("a11y-signin-{width}")).await;
+        b.screenshot_page(&format!("a11y-signin-{width}")).await;
     }
     assert!(
         report.is_empty(),
@@ -1938,6 +1956,25 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
         );
     }
     sign_in(&b, &c, &admin).await;
+
+    // A form refused for its fields (the required ones left empty): the messages next to
+    // them pass the checks too, at both widths.
+    b.goto(&c.url(&format!("/ui/gateways/{nfs_id}/resources/nfs-exports/new")))
+        .await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "the fields' errors",
+        TIMEOUT,
+        "return document.querySelectorAll('.field .error-text').length >= 2;",
+    )
+    .await;
+    for (width, size) in [("phone", Some((375, 812))), ("1280", None)] {
+        b.phone(size).await;
+        let v = b.violations().await;
+        assert!(v.is_empty(), "the form's errors at {width}: {v:?}");
+        b.screenshot_page(&format!("a11y-gateway-form-error-{width}"))
+            .await;
+    }
 
     // A form that posts: its button disabled and "Sending…" while the post is out (the
     // stub's reexport made slow), a second submit stopped; one create reaches the console.
@@ -2075,6 +2112,8 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
         "var r = document.getElementById('resources'); return !!r && r.getAttribute('aria-busy') === 'true' && r.textContent.indexOf('Reading from the agent') >= 0;",
     )
     .await;
+    let v = b.violations().await;
+    assert!(v.is_empty(), "the read in flight: {v:?}");
     b.screenshot("a11y-gateway-loading").await;
     b.until(
         "the resources' failure said",
@@ -2092,6 +2131,8 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
     );
     assert!(took < Duration::from_secs(20), "took {took:?}");
     eprintln!("the stopped agent's resources failed on the page after {took:?}: {said}");
+    let v = b.violations().await;
+    assert!(v.is_empty(), "the failed read: {v:?}");
     b.screenshot("a11y-gateway-timeout").await;
     slow_agent.signal(Signal::SIGKILL);
     let t0 = Instant::now();
@@ -2135,6 +2176,8 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
         said.contains("503") && said.contains("offline") && said.contains("etry"),
         "{said}"
     );
+    let v = b.violations().await;
+    assert!(v.is_empty(), "the refused read: {v:?}");
     b.screenshot("a11y-gateway-refused").await;
 
     b.close().await;
