@@ -1695,6 +1695,38 @@ impl Browser {
     }
 }
 
+/// Notes, under `key` in the page's session storage (kept across the navigation), how the form
+/// `css` looked just after it was submitted: its submit buttons disabled, its "Sending…"
+/// note, `aria-busy`, and whether a second submit got through. The listener is on the window,
+/// so it runs after the page's own (on the document), and looks once their work is done.
+async fn watch_submit(b: &Browser, css: &str, key: &str) {
+    let script = format!(
+        "var f = document.querySelector({css}), key = {key};\
+         window.addEventListener('submit', function (ev) {{ if (ev.target !== f) {{ return; }} setTimeout(function () {{\
+           var buttons = Array.from(f.querySelectorAll('button[type=submit]')), note = f.querySelector('.sending');\
+           var again = false; var watch = function (e) {{ again = !e.defaultPrevented; }};\
+           window.addEventListener('submit', watch); f.requestSubmit(); window.removeEventListener('submit', watch);\
+           sessionStorage.setItem(key, JSON.stringify({{disabled: buttons.length > 0 && buttons.every(function (x) {{ return x.disabled; }}),\
+             note: note ? note.textContent : null, busy: f.getAttribute('aria-busy'), second_sent: again}}));\
+         }}, 0); }}, {{once: true}});\
+         return !!f;",
+        css = Value::from(css),
+        key = Value::from(key),
+    );
+    assert_eq!(b.run(&script).await, Value::Bool(true), "no form {css}");
+}
+
+/// What [`watch_submit`] noted under `key`.
+async fn submit_seen(b: &Browser, key: &str) -> Value {
+    let v = b
+        .run(&format!(
+            "return sessionStorage.getItem({});",
+            Value::from(key)
+        ))
+        .await;
+    serde_json::from_str(v.as_str().expect("the submit was not observed in flight")).unwrap()
+}
+
 /// Every page, at 1280 px and at a phone's width, passes the accessibility checks (and a
 /// page made to fail them is reported); the keyboard alone signs in, skips to the content,
 /// shows its focus and opens a gateway; the gateway's resources say they are loading, and
@@ -1847,6 +1879,9 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
         "var e = document.getElementById('preview-count'); return !!e && e.textContent === '1';",
     )
     .await;
+    // Starting it: the form's buttons disabled while the post is out; a second submit (a
+    // double click) starts nothing more.
+    watch_submit(&b, "form.job-form", "start").await;
     b.click("#confirm").await;
     let t0 = Instant::now();
     while b.run("var s = document.getElementById('job-state'); return !!s && ['failed', 'succeeded'].indexOf(s.textContent) >= 0;").await != Value::Bool(true) {
@@ -1863,6 +1898,12 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
         "{main}"
     );
     let failed_job = b.current_url().await;
+    assert_eq!(
+        submit_seen(&b, "start").await,
+        json!({"disabled": true, "note": "Sending…", "busy": "true", "second_sent": false})
+    );
+    let jobs = c.api(&http, "/v1/jobs", &admin).await;
+    assert_eq!(jobs["items"].as_array().unwrap().len(), 1, "{jobs}");
 
     // The pages checked: each at 1280 px, then at a phone's width.
     let nfs_page = c.url(&format!("/ui/gateways/{nfs_id}"));
@@ -1990,19 +2031,7 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
     b.type_into("#f-clients", r#"[{"match": "10.0.0.0/8", "access": "rw"}]"#)
         .await;
     std::fs::create_dir_all(dirs.root().join("vol-a11y")).unwrap();
-    // What the page looked like 200 ms into the post, kept across the navigation.
-    b.run(
-        "var f = document.querySelector('form.resource');\
-         f.addEventListener('submit', function () { setTimeout(function () {\
-           var btn = f.querySelector('button[type=submit]'), note = f.querySelector('.sending');\
-           var again = false; var watch = function (e) { again = !e.defaultPrevented; };\
-           document.addEventListener('submit', watch); f.requestSubmit(); document.removeEventListener('submit', watch);\
-           sessionStorage.setItem('in-flight', JSON.stringify({disabled: btn.disabled, note: note ? note.textContent : null,\
-             busy: f.getAttribute('aria-busy'), second_sent: again}));\
-         }, 200); });\
-         return true;",
-    )
-    .await;
+    watch_submit(&b, "form.resource", "create").await;
     b.click("form.resource button[type=submit]").await;
     b.until(
         "vol-a11y created",
@@ -2010,15 +2039,8 @@ async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser()
         "var d = document.getElementById('done'); return !!d && d.textContent.indexOf('NFS export vol-a11y created') >= 0;",
     )
     .await;
-    let seen: Value = serde_json::from_str(
-        b.run("return sessionStorage.getItem('in-flight');")
-            .await
-            .as_str()
-            .expect("the submit was not observed in flight"),
-    )
-    .unwrap();
     assert_eq!(
-        seen,
+        submit_seen(&b, "create").await,
         json!({"disabled": true, "note": "Sending…", "busy": "true", "second_sent": false})
     );
     stub.set_reexport_delay(Duration::ZERO);

@@ -212,7 +212,9 @@
   // be left out of it).
   document.addEventListener("submit", function (ev) {
     var form = ev.target;
-    if (!(form instanceof HTMLFormElement) || form.method.toLowerCase() !== "post") { return; }
+    // The attribute, not `form.method`: a field named "method" (the job form has one) hides
+    // the form's property.
+    if (!(form instanceof HTMLFormElement) || (form.getAttribute("method") || "").toLowerCase() !== "post") { return; }
     if (form.hasAttribute("data-sending")) { ev.preventDefault(); return; }
     if (ev.defaultPrevented) { return; }
     form.setAttribute("data-sending", "1");
