@@ -1389,7 +1389,8 @@ async fn jobs_start_from_the_fleet_filter_run_live_cancel_and_reach_the_audit_pa
     b.until(
         "the slow job's page with its cancel button",
         TIMEOUT,
-        "return !!document.querySelector('[data-job-page]') && !!document.getElementById('cancel');",
+        "return !!document.querySelector('[data-job-page]') && !!document.getElementById('cancel') \
+         && document.body.hasAttribute('data-job-read');",
     )
     .await;
     let slow_url = b.current_url().await;
@@ -1516,6 +1517,692 @@ async fn jobs_start_from_the_fleet_filter_run_live_cancel_and_reach_the_audit_pa
     for a in &mut agents {
         a.signal(Signal::SIGTERM);
     }
+}
+
+/// The accessibility checks run in the page (WebDriver's execute/sync): a list of violations,
+/// empty when the page passes. Names of inputs and buttons, unique ids, images and SVG named
+/// or hidden, one h1, the document's language; the contrast of every visible text against
+/// its effective background (WCAG 2's relative luminance; 4.5:1, 3:1 for large text); no
+/// sideways scroll of the page and nothing outside the viewport but inside a box that scrolls.
+const A11Y_CHECK: &str = r#"
+var out = [];
+function vis(e) {
+  if (e.checkVisibility && !e.checkVisibility({visibilityProperty: true, opacityProperty: true})) { return false; }
+  var r = e.getBoundingClientRect();
+  return r.width > 0 && r.height > 0;
+}
+function desc(e) {
+  var s = e.tagName.toLowerCase();
+  if (e.id) { s += '#' + e.id; }
+  if (e.getAttribute('name')) { s += '[name=' + e.getAttribute('name') + ']'; }
+  if (e.className && typeof e.className === 'string') { s += '.' + e.className.trim().split(/\s+/).join('.'); }
+  var t = (e.textContent || '').trim().replace(/\s+/g, ' ').slice(0, 40);
+  return t ? s + ' "' + t + '"' : s;
+}
+function textOf(id) { var e = document.getElementById(id); return e ? e.textContent.trim() : ''; }
+function named(e) {
+  if ((e.getAttribute('aria-label') || '').trim()) { return true; }
+  var lb = e.getAttribute('aria-labelledby');
+  if (lb && lb.split(/\s+/).map(textOf).join('')) { return true; }
+  if (e.id) {
+    var ls = document.querySelectorAll('label[for="' + CSS.escape(e.id) + '"]');
+    for (var i = 0; i < ls.length; i++) { if (ls[i].textContent.trim()) { return true; } }
+  }
+  var p = e.closest('label');
+  if (p && p.textContent.trim()) { return true; }
+  if (e.tagName === 'BUTTON' && e.textContent.trim()) { return true; }
+  if (e.tagName === 'INPUT' && /^(submit|button|reset)$/.test(e.type) && e.value.trim()) { return true; }
+  return false;
+}
+document.querySelectorAll('input:not([type=hidden]), select, textarea, button').forEach(function (e) {
+  if (vis(e) && !named(e)) { out.push('no accessible name: ' + desc(e)); }
+});
+document.querySelectorAll('a[href]').forEach(function (e) {
+  if (vis(e) && !e.textContent.trim() && !(e.getAttribute('aria-label') || '').trim()) { out.push('a link without text: ' + desc(e)); }
+});
+var seen = {};
+document.querySelectorAll('[id]').forEach(function (e) {
+  if (seen[e.id]) { out.push('duplicate id: ' + e.id); }
+  seen[e.id] = true;
+});
+document.querySelectorAll('img').forEach(function (e) {
+  if (!e.hasAttribute('alt') && !e.getAttribute('aria-label') && e.getAttribute('aria-hidden') !== 'true') { out.push('an image without alt: ' + desc(e)); }
+});
+document.querySelectorAll('svg').forEach(function (e) {
+  var hidden = e.getAttribute('aria-hidden') === 'true' || /^(presentation|none)$/.test(e.getAttribute('role') || '');
+  var name = (e.getAttribute('aria-label') || '').trim() || (e.getAttribute('aria-labelledby') || '').split(/\s+/).map(textOf).join('');
+  if (!hidden && !name) { out.push('an svg neither named nor hidden: ' + desc(e)); }
+});
+var h1 = Array.prototype.filter.call(document.querySelectorAll('h1'), vis).length;
+if (h1 !== 1) { out.push('h1 count ' + h1 + ', not one'); }
+if (!(document.documentElement.getAttribute('lang') || '').trim()) { out.push('html has no lang'); }
+
+function rgba(s) {
+  var m = /rgba?\(([^)]+)\)/.exec(s);
+  if (!m) { return null; }
+  var p = m[1].split(/[\s,\/]+/).filter(Boolean).map(parseFloat);
+  return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+}
+function over(top, under) {
+  var a = top[3];
+  return [top[0] * a + under[0] * (1 - a), top[1] * a + under[1] * (1 - a), top[2] * a + under[2] * (1 - a), 1];
+}
+function background(e) {
+  var layers = [];
+  for (var n = e; n && n.nodeType === 1; n = n.parentElement) {
+    var c = rgba(getComputedStyle(n).backgroundColor);
+    if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) { break; } }
+  }
+  var b = [255, 255, 255, 1];
+  for (var i = layers.length - 1; i >= 0; i--) { b = over(layers[i], b); }
+  return b;
+}
+function lum(c) {
+  var v = [c[0], c[1], c[2]].map(function (x) { x /= 255; return x <= 0.03928 ? x / 12.92 : Math.pow((x + 0.055) / 1.055, 2.4); });
+  return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2];
+}
+function ratio(a, b) { var x = lum(a), y = lum(b); return (Math.max(x, y) + 0.05) / (Math.min(x, y) + 0.05); }
+var walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+var done = new Set();
+for (var t = walker.nextNode(); t; t = walker.nextNode()) {
+  var el = t.parentElement;
+  if (!el || done.has(el) || !t.textContent.trim() || /^(SCRIPT|STYLE|OPTION|TEMPLATE)$/.test(el.tagName) || !vis(el)) { continue; }
+  done.add(el);
+  var s = getComputedStyle(el);
+  var bg = background(el);
+  var fg = over(rgba(s.color) || [0, 0, 0, 1], bg);
+  var size = parseFloat(s.fontSize), bold = parseInt(s.fontWeight, 10) >= 700;
+  var need = (size >= 24 || (bold && size >= 18.66)) ? 3 : 4.5;
+  var r = ratio(fg, bg);
+  if (r < need) { out.push('contrast ' + r.toFixed(2) + ' < ' + need + ': ' + desc(el) + ' (' + s.color + ' on rgb(' + bg.slice(0, 3).map(Math.round).join(', ') + '))'); }
+}
+
+var w = window.innerWidth;
+if (document.documentElement.scrollWidth > w) { out.push('the page scrolls sideways: ' + document.documentElement.scrollWidth + ' > ' + w); }
+document.querySelectorAll('body *').forEach(function (e) {
+  if (!vis(e)) { return; }
+  var r = e.getBoundingClientRect();
+  if (r.width <= 1 && r.height <= 1) { return; }
+  if (r.left >= -1 && r.right <= w + 1) { return; }
+  for (var p = e.parentElement; p && p !== document.body; p = p.parentElement) {
+    if (getComputedStyle(p).overflowX !== 'visible') { return; }
+  }
+  out.push('outside the viewport (' + Math.round(r.left) + '..' + Math.round(r.right) + ' of ' + w + '): ' + desc(e));
+});
+return {violations: out, texts: done.size};
+"#;
+
+/// What has the keyboard's focus, and whether its focus shows (an outline or a shadow).
+const FOCUSED: &str = r#"
+var e = document.activeElement;
+if (!e || e === document.body) { return {tag: 'body', shown: false}; }
+var s = getComputedStyle(e);
+var shown = (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) || (s.boxShadow && s.boxShadow !== 'none');
+return {tag: e.tagName.toLowerCase(), id: e.id, cls: String(e.className || ''), text: (e.textContent || '').trim().slice(0, 60),
+        href: e.getAttribute('href'), nav: !!e.closest('nav'), row: !!e.closest('tr[data-gw]'), shown: !!shown};
+"#;
+
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
+
+impl Browser {
+    /// Keys pressed and released one after another on whatever has the focus (WebDriver's
+    /// actions), as a keyboard user would.
+    async fn keys(&self, keys: &str) {
+        let mut acts = Vec::new();
+        for ch in keys.chars() {
+            acts.push(json!({"type": "keyDown", "value": ch.to_string()}));
+            acts.push(json!({"type": "keyUp", "value": ch.to_string()}));
+        }
+        self.cmd(
+            reqwest::Method::POST,
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": acts}]})),
+        )
+        .await;
+    }
+
+    /// The whole page, not only the viewport (Chromium's own capture, through CDP).
+    async fn screenshot_page(&self, name: &str) {
+        use base64::Engine as _;
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/goog/cdp/execute",
+                Some(json!({"cmd": "Page.captureScreenshot",
+                            "params": {"format": "png", "captureBeyondViewport": true}})),
+            )
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v["data"].as_str().unwrap())
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+
+    /// The page's accessibility violations ([`A11Y_CHECK`]). The check must have seen the
+    /// page's text (a check over nothing passes anything).
+    async fn violations(&self) -> Vec<String> {
+        let v = self.run(A11Y_CHECK).await;
+        let texts = v["texts"].as_u64().unwrap();
+        assert!(texts >= 5, "the check saw {texts} texts: {v}");
+        v["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// Notes, under `key` in the page's session storage (kept across the navigation), how the form
+/// `css` looked just after it was submitted: its submit buttons disabled, its "Sending…"
+/// note, `aria-busy`, and whether a second submit got through. The listener is on the window,
+/// so it runs after the page's own (on the document), and looks once their work is done.
+async fn watch_submit(b: &Browser, css: &str, key: &str) {
+    let script = format!(
+        "var f = document.querySelector({css}), key = {key};\
+         window.addEventListener('submit', function (ev) {{ if (ev.target !== f) {{ return; }} setTimeout(function () {{\
+           var buttons = Array.from(f.querySelectorAll('button[type=submit]')), note = f.querySelector('.sending');\
+           var again = false; var watch = function (e) {{ again = !e.defaultPrevented; }};\
+           window.addEventListener('submit', watch); f.requestSubmit(); window.removeEventListener('submit', watch);\
+           sessionStorage.setItem(key, JSON.stringify({{disabled: buttons.length > 0 && buttons.every(function (x) {{ return x.disabled; }}),\
+             note: note ? note.textContent : null, busy: f.getAttribute('aria-busy'), second_sent: again}}));\
+         }}, 0); }}, {{once: true}});\
+         return !!f;",
+        css = Value::from(css),
+        key = Value::from(key),
+    );
+    assert_eq!(b.run(&script).await, Value::Bool(true), "no form {css}");
+}
+
+/// What [`watch_submit`] noted under `key`.
+async fn submit_seen(b: &Browser, key: &str) -> Value {
+    let v = b
+        .run(&format!(
+            "return sessionStorage.getItem({});",
+            Value::from(key)
+        ))
+        .await;
+    serde_json::from_str(v.as_str().expect("the submit was not observed in flight")).unwrap()
+}
+
+/// Every page, at 1280 px and at a phone's width, passes the accessibility checks (and a
+/// page made to fail them is reported); the keyboard alone signs in, skips to the content,
+/// shows its focus and opens a gateway; the gateway's resources say they are loading, and
+/// what failed (with the code and whether reading again is safe) when the agent does not
+/// answer or the console refuses; a posting form cannot be sent twice and works without
+/// JavaScript; "Retry failed" pressed on a job's page runs the retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_is_accessible_says_its_states_and_retries_from_the_browser() {
+    use csg_e2e::exportfs_stub::ExportfsStub;
+    use csg_e2e::StorageDirs;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let broker = Broker::start();
+    let mut c = Consoled::new(&broker);
+    let admin = c.token("a11y-admin", "admin");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    c.start(&http).await;
+
+    // One agent serving NFS (the kernel backend over the harness's exportfs stub: this
+    // kernel has no nfsd), and one plain agent that is later stopped (SIGSTOP): it stays
+    // connected, so it looks online, but answers nothing.
+    let dirs = StorageDirs::new();
+    let stub = ExportfsStub::new(dirs.base());
+    let nfs_id = "gw-a11y-nfs";
+    let mut cfg = AgentConfig::new(nfs_id, &broker.url());
+    cfg.heartbeat_interval_s = 1;
+    cfg.storage = Some(dirs.section());
+    cfg.nfs = Some(stub.nfs_section());
+    let _nfs_agent = Agent::spawn(&cfg);
+    let slow_id = "gw-a11y-slow";
+    let mut cfg = AgentConfig::new(slow_id, &broker.url());
+    cfg.heartbeat_interval_s = 1;
+    // The broker keeps a stopped client for 1.5 keep-alives: long enough to look online.
+    cfg.keep_alive_s = 120;
+    let mut slow_agent = Agent::spawn(&cfg);
+    let t0 = Instant::now();
+    loop {
+        let page = c.api(&http, "/v1/instances?presence=online", &admin).await;
+        if page["items"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "agents never online: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let b = Browser::start(c.dir.path()).await;
+
+    // Signing in with the keyboard alone: Tab to the token field, type, Enter.
+    b.goto(&c.url("/ui/signin")).await;
+    let mut at_token = false;
+    for _ in 0..6 {
+        if b.run("return document.activeElement && document.activeElement.id === 'token';")
+            .await
+            == Value::Bool(true)
+        {
+            at_token = true;
+            break;
+        }
+        b.keys(TAB).await;
+    }
+    assert!(at_token, "Tab never reached the token field");
+    let focus = b.run(FOCUSED).await;
+    assert_eq!(
+        focus["shown"], true,
+        "the token field's focus is not shown: {focus}"
+    );
+    b.keys(&admin).await;
+    b.keys(ENTER).await;
+    b.until(
+        "the fleet after signing in with the keyboard",
+        TIMEOUT,
+        "return location.pathname === '/ui/' && !!document.querySelector('h1') && document.querySelector('h1').textContent === 'Fleet';",
+    )
+    .await;
+
+    // From the page's start: the skip link first, then the navigation; every stop's focus
+    // shown, to the first gateway's link, which Enter opens.
+    b.goto(&c.url("/ui/")).await;
+    b.keys(TAB).await;
+    let first = b.run(FOCUSED).await;
+    assert_eq!(first["text"], "Skip to content", "{first}");
+    assert_eq!(first["shown"], true, "{first}");
+    b.keys(TAB).await;
+    let second = b.run(FOCUSED).await;
+    assert_eq!(
+        second["nav"], true,
+        "the nav does not follow the skip link: {second}"
+    );
+    let mut stops = vec![first, second];
+    let mut on_row = false;
+    for _ in 0..40 {
+        b.keys(TAB).await;
+        let f = b.run(FOCUSED).await;
+        assert_eq!(f["shown"], true, "focus not shown on {f}");
+        let row = f["row"] == true && f["tag"] == "a";
+        stops.push(f);
+        if row {
+            on_row = true;
+            break;
+        }
+    }
+    assert!(on_row, "Tab never reached a gateway's link: {stops:?}");
+    let kinds: std::collections::BTreeSet<String> = stops
+        .iter()
+        .map(|s| s["tag"].as_str().unwrap().to_owned())
+        .collect();
+    for tag in ["a", "button", "input", "select"] {
+        assert!(
+            kinds.contains(tag),
+            "no {tag} among the Tab stops: {stops:?}"
+        );
+    }
+    let gw_link = stops.last().unwrap()["href"].as_str().unwrap().to_owned();
+    b.keys(ENTER).await;
+    b.until(
+        "the gateway page opened with Enter",
+        TIMEOUT,
+        &format!(
+            "return location.pathname === {} && !!document.querySelector('h1.gw-title');",
+            Value::from(gw_link.split('?').next().unwrap())
+        ),
+    )
+    .await;
+    // The skip link moves the focus to the content.
+    b.goto(&c.url("/ui/jobs")).await;
+    b.keys(TAB).await;
+    b.keys(ENTER).await;
+    b.keys(TAB).await;
+    let inside = b
+        .run("return !!document.activeElement.closest('main');")
+        .await;
+    assert_eq!(
+        inside, true,
+        "Tab after the skip link is not in the content"
+    );
+
+    // A job with a failure: `nfs.export.get` of an export that does not exist yet is the
+    // agent's NOT_FOUND (failed, not retried).
+    b.goto(&c.url(&format!("/ui/jobs/new?q={nfs_id}"))).await;
+    set_field(&b, "#method", "nfs.export.get").await;
+    set_field(&b, "#params", r#"{"name": "vol-a11y"}"#).await;
+    b.click("#dry-run").await;
+    b.until(
+        "the dry run",
+        TIMEOUT,
+        "var e = document.getElementById('preview-count'); return !!e && e.textContent === '1';",
+    )
+    .await;
+    // Starting it: the form's buttons disabled while the post is out; a second submit (a
+    // double click) starts nothing more.
+    watch_submit(&b, "form.job-form", "start").await;
+    b.click("#confirm").await;
+    let t0 = Instant::now();
+    while b.run("var s = document.getElementById('job-state'); return !!s && ['failed', 'succeeded'].indexOf(s.textContent) >= 0;").await != Value::Bool(true) {
+        if t0.elapsed() > Duration::from_secs(30) {
+            let jobs = c.api(&http, "/v1/jobs", &admin).await;
+            panic!("never ended: {jobs}\n{}", b.text("main").await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let main = b.text("main").await.unwrap();
+    assert!(
+        b.text("#job-state").await.as_deref() == Some("failed") && b.text("#retry").await.is_some(),
+        "{main}"
+    );
+    let failed_job = b.current_url().await;
+    assert_eq!(
+        submit_seen(&b, "start").await,
+        json!({"disabled": true, "note": "Sending…", "busy": "true", "second_sent": false})
+    );
+    let jobs = c.api(&http, "/v1/jobs", &admin).await;
+    assert_eq!(jobs["items"].as_array().unwrap().len(), 1, "{jobs}");
+
+    // The pages checked: each at 1280 px, then at a phone's width.
+    let nfs_page = c.url(&format!("/ui/gateways/{nfs_id}"));
+    let pages: Vec<(&str, String)> = vec![
+        ("fleet", c.url("/ui/")),
+        ("gateway", nfs_page.clone()),
+        (
+            "gateway-new",
+            c.url(&format!("/ui/gateways/{nfs_id}/resources/nfs-exports/new")),
+        ),
+        (
+            "gateway-delete",
+            c.url(&format!(
+                "/ui/gateways/{nfs_id}/resources/nfs-exports/vol-a11y/delete"
+            )),
+        ),
+        ("jobs", c.url("/ui/jobs")),
+        ("job-new", c.url("/ui/jobs/new?presence=online")),
+        ("job", failed_job.clone()),
+        ("audit", c.url("/ui/audit")),
+        ("error", c.url("/ui/gateways/gw-never-seen")),
+    ];
+    let mut report = Vec::new();
+    for (width, size) in [("1280", None), ("phone", Some((375, 812)))] {
+        b.phone(size).await;
+        for (name, url) in &pages {
+            b.goto(url).await;
+            if *name == "gateway" {
+                b.until(
+                    "the resources loaded",
+                    Duration::from_secs(15),
+                    "return !!document.getElementById('h-nfs-exports');",
+                )
+                .await;
+            }
+            let v = b.violations().await;
+            if !v.is_empty() {
+                report.push(format!("{name} at {width}:\n  {}", v.join("\n  ")));
+            }
+            b.screenshot_page(&format!("a11y-{name}-{width}")).await;
+        }
+    }
+    // Sign-in, signed out (at the phone's width still, then at 1280 px).
+    b.goto(&c.url("/ui/jobs")).await;
+    b.click("form[action='/ui/signout'] button").await;
+    b.until(
+        "signed out",
+        TIMEOUT,
+        "return location.pathname === '/ui/signin';",
+    )
+    .await;
+    for (width, size) in [("phone", Some((375, 812))), ("1280", None)] {
+        b.phone(size).await;
+        b.goto(&c.url("/ui/signin")).await;
+        let v = b.violations().await;
+        if !v.is_empty() {
+            report.push(format!("signin at {width}:\n  {}", v.join("\n  ")));
+        }
+        b.screenshot_page(&format!("a11y-signin-{width}")).await;
+    }
+    assert!(
+        report.is_empty(),
+        "accessibility violations:\n{}",
+        report.join("\n")
+    );
+
+    // The checks can fail: a page given an unlabelled input, a duplicate id, faint text, a
+    // second h1 and a box wider than the screen reports each.
+    b.run(
+        "var m = document.querySelector('main');\
+         var i = document.createElement('input'); i.id = 'bad-input'; m.appendChild(i);\
+         var p = document.createElement('p'); p.id = 'bad-twice'; p.textContent = 'faint text'; p.style.color = '#aaaaaa'; m.appendChild(p);\
+         m.appendChild(p.cloneNode(true));\
+         var h = document.createElement('h1'); h.textContent = 'A second title'; m.appendChild(h);\
+         var d = document.createElement('div'); d.textContent = 'too wide'; d.style.width = '3000px'; m.appendChild(d);\
+         return true;",
+    )
+    .await;
+    let v = b.violations().await;
+    for expected in [
+        "no accessible name: input#bad-input",
+        "duplicate id: bad-twice",
+        "contrast 2.32 < 4.5: p#bad-twice",
+        "h1 count 2",
+        "the page scrolls sideways",
+        "outside the viewport",
+    ] {
+        assert!(
+            v.iter().any(|x| x.contains(expected)),
+            "the check missed {expected:?}: {v:?}"
+        );
+    }
+    sign_in(&b, &c, &admin).await;
+
+    // A form refused for its fields (the required ones left empty): the messages next to
+    // them pass the checks too, at both widths.
+    b.goto(&c.url(&format!("/ui/gateways/{nfs_id}/resources/nfs-exports/new")))
+        .await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "the fields' errors",
+        TIMEOUT,
+        "return document.querySelectorAll('.field .error-text').length >= 2;",
+    )
+    .await;
+    for (width, size) in [("phone", Some((375, 812))), ("1280", None)] {
+        b.phone(size).await;
+        let v = b.violations().await;
+        assert!(v.is_empty(), "the form's errors at {width}: {v:?}");
+        b.screenshot_page(&format!("a11y-gateway-form-error-{width}"))
+            .await;
+    }
+
+    // A form that posts: its button disabled and "Sending…" while the post is out (the
+    // stub's reexport made slow), a second submit stopped; one create reaches the console.
+    stub.set_reexport_delay(Duration::from_secs(2));
+    b.goto(&c.url(&format!("/ui/gateways/{nfs_id}/resources/nfs-exports/new")))
+        .await;
+    b.type_into("#f-name", "vol-a11y").await;
+    b.type_into(
+        "#f-path",
+        &dirs.root().join("vol-a11y").display().to_string(),
+    )
+    .await;
+    b.type_into("#f-clients", r#"[{"match": "10.0.0.0/8", "access": "rw"}]"#)
+        .await;
+    std::fs::create_dir_all(dirs.root().join("vol-a11y")).unwrap();
+    watch_submit(&b, "form.resource", "create").await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "vol-a11y created",
+        Duration::from_secs(40),
+        "var d = document.getElementById('done'); return !!d && d.textContent.indexOf('NFS export vol-a11y created') >= 0;",
+    )
+    .await;
+    assert_eq!(
+        submit_seen(&b, "create").await,
+        json!({"disabled": true, "note": "Sending…", "busy": "true", "second_sent": false})
+    );
+    stub.set_reexport_delay(Duration::ZERO);
+    let creates = c
+        .api(&http, "/v1/audit?action=web.resource.create", &admin)
+        .await;
+    assert_eq!(
+        creates["items"].as_array().unwrap().len(),
+        1,
+        "one create for one press: {creates}"
+    );
+
+    // "Retry the 1 failed" pressed on the job's page, now that the export exists: the child
+    // job's page opens and its execution runs to success.
+    b.goto(&failed_job).await;
+    // Once live, the page reads itself again (it may have been rendered before the stream
+    // opened); the button is pressed after that.
+    b.until(
+        "the job's page live and read again",
+        TIMEOUT,
+        "return document.body.hasAttribute('data-job-read');",
+    )
+    .await;
+    assert_eq!(
+        b.text("#retry").await.as_deref(),
+        Some("Retry the 1 failed")
+    );
+    b.click("#retry").await;
+    b.until(
+        "the retry's page, its execution succeeded",
+        Duration::from_secs(30),
+        "var s = document.getElementById('job-state'); return !!s && location.href !== '' && s.textContent === 'succeeded' \
+         && document.getElementById('c-succeeded').textContent === '1' \
+         && document.querySelectorAll('#execs .x-succeeded').length === 1;",
+    )
+    .await;
+    let child = b.current_url().await;
+    assert_ne!(child, failed_job);
+    let parent_id = failed_job
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap();
+    assert_eq!(
+        b.run(&format!(
+            "return !!document.querySelector(\"a[href='/ui/jobs/{parent_id}']\");"
+        ))
+        .await,
+        Value::Bool(true),
+        "the child does not name its parent"
+    );
+    b.screenshot("job-retried").await;
+
+    // Without JavaScript a form still posts: the deletion, confirmed, with scripts off.
+    b.goto(&c.url(&format!(
+        "/ui/gateways/{nfs_id}/resources/nfs-exports/vol-a11y/delete"
+    )))
+    .await;
+    b.cmd(
+        reqwest::Method::POST,
+        "/goog/cdp/execute",
+        Some(json!({"cmd": "Emulation.setScriptExecutionDisabled", "params": {"value": true}})),
+    )
+    .await;
+    b.click("#confirm").await;
+    b.click("form.resource button[type=submit]").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.cmd(
+        reqwest::Method::POST,
+        "/goog/cdp/execute",
+        Some(json!({"cmd": "Emulation.setScriptExecutionDisabled", "params": {"value": false}})),
+    )
+    .await;
+    b.until(
+        "vol-a11y deleted without JavaScript",
+        Duration::from_secs(20),
+        "var d = document.getElementById('done'); return !!d && d.textContent.indexOf('NFS export vol-a11y deleted') >= 0;",
+    )
+    .await;
+
+    // The slow gateway: stopped, it looks online but answers nothing. Its page says the
+    // resources are being read (busy), then, at the call path's deadline, what failed.
+    slow_agent.signal(Signal::SIGSTOP);
+    let t0 = Instant::now();
+    b.goto(&c.url(&format!("/ui/gateways/{slow_id}"))).await;
+    b.until(
+        "the resources loading",
+        TIMEOUT,
+        "var r = document.getElementById('resources'); return !!r && r.getAttribute('aria-busy') === 'true' && r.textContent.indexOf('Reading from the agent') >= 0;",
+    )
+    .await;
+    let v = b.violations().await;
+    assert!(v.is_empty(), "the read in flight: {v:?}");
+    b.screenshot("a11y-gateway-loading").await;
+    b.until(
+        "the resources' failure said",
+        Duration::from_secs(25),
+        "var r = document.getElementById('res-error'); return !!r && r.closest('[aria-busy=true]') === null;",
+    )
+    .await;
+    let took = t0.elapsed();
+    let said = b.text("#res-error").await.unwrap();
+    assert!(
+        said.contains("(code ")
+            && said.contains("Reading again is safe")
+            && said.contains("may succeed"),
+        "{said}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    eprintln!("the stopped agent's resources failed on the page after {took:?}: {said}");
+    let v = b.violations().await;
+    assert!(v.is_empty(), "the failed read: {v:?}");
+    b.screenshot("a11y-gateway-timeout").await;
+    slow_agent.signal(Signal::SIGKILL);
+    let t0 = Instant::now();
+    loop {
+        let page = c.api(&http, "/v1/instances?presence=offline", &admin).await;
+        if page["items"].as_array().unwrap().len() == 1 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(200),
+            "never offline: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The console refusing the read (the gateway offline now: 503): the section says the
+    // status, the console's reason and whether a retry is safe, never loading for ever. The
+    // section is added to an open page as the gateway page has it, pointed at the offline
+    // gateway, since a page is not offered the read of an offline gateway.
+    b.goto(&nfs_page).await;
+    b.until(
+        "the page ready",
+        TIMEOUT,
+        "return !!window.htmx && !!document.getElementById('h-nfs-exports');",
+    )
+    .await;
+    b.run(&format!(
+        "var d = document.createElement('div'); d.id = 'probe'; d.setAttribute('data-loading', 'Reading from the agent…');\
+         d.setAttribute('hx-get', '/ui/gateways/{slow_id}/resources'); d.setAttribute('hx-trigger', 'load');\
+         var r = document.getElementById('resources'); r.parentNode.insertBefore(d, r); htmx.process(d); d.scrollIntoView(); return true;"
+    ))
+    .await;
+    b.until(
+        "the refusal said in place",
+        TIMEOUT,
+        "var d = document.getElementById('probe'); return !!d && d.getAttribute('aria-busy') === 'false' && !!d.querySelector('[role=alert]');",
+    )
+    .await;
+    let said = b.text("#probe").await.unwrap();
+    assert!(
+        said.contains("503") && said.contains("offline") && said.contains("etry"),
+        "{said}"
+    );
+    let v = b.violations().await;
+    assert!(v.is_empty(), "the refused read: {v:?}");
+    b.screenshot("a11y-gateway-refused").await;
+
+    b.close().await;
 }
 
 /// The instance ids in the fleet table, top to bottom.

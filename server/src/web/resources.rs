@@ -217,9 +217,35 @@ fn entries_of(k: &Kind, result: &Value) -> (Vec<Entry>, String) {
     (entries, backend)
 }
 
-/// A problem from the call path as one line for the page.
+/// A problem from the call path as one line for the page: what happened, its code (the
+/// agent's, else the console's status) and whether reading again is worth it. A read changes
+/// nothing, so sending it again is always safe; only a timeout, a busy or absent agent or
+/// broker may answer otherwise the next time.
 fn said(p: &Problem) -> String {
-    p.detail.clone()
+    let code = p
+        .agent_error
+        .as_ref()
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("{} {}", p.status, p.title), str::to_owned);
+    let retry = if p.retryable == Some(true) || matches!(p.status, 502..=504) {
+        "Reading again is safe (a read changes nothing) and may succeed."
+    } else {
+        "Reading again is safe (a read changes nothing) but is answered the same until its cause changes."
+    };
+    // The call path's timeout speaks to an API client (the request id to retry a change
+    // with); a read on the page is simply sent again.
+    let what = if p.status == 504 {
+        "the agent did not answer within the call path's timeout"
+    } else {
+        p.detail.as_str()
+    };
+    // An agent's error reads "CODE: message" already.
+    if what.starts_with(&format!("{code}: ")) {
+        format!("{what}. {retry}")
+    } else {
+        format!("{what} (code {code}). {retry}")
+    }
 }
 
 /// What the gateway page shows of the agent: its capabilities and each configured family's
@@ -1037,6 +1063,41 @@ pub fn host_point(row: &InstanceRow) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_read_says_its_code_and_whether_reading_again_may_help() {
+        let timeout = said(&Problem::gateway_timeout(
+            "no reply within the timeout",
+            "r-1",
+        ));
+        assert_eq!(
+            timeout,
+            "the agent did not answer within the call path's timeout (code 504 Gateway timeout). \
+             Reading again is safe (a read changes nothing) and may succeed."
+        );
+        let mut refused = Problem::not_found("no export vol9");
+        let mut agent = Problem::not_found("NOT_FOUND: no export vol9");
+        agent.agent_error = Some(Box::new(
+            serde_json::json!({"code": "NOT_FOUND", "message": "no export vol9"}),
+        ));
+        assert!(said(&agent).starts_with("NOT_FOUND: no export vol9. Reading again is safe"));
+        refused.agent_error = Some(Box::new(
+            serde_json::json!({"code": "NOT_FOUND", "message": "no export vol9"}),
+        ));
+        let s = said(&refused);
+        assert!(s.starts_with("no export vol9 (code NOT_FOUND). "), "{s}");
+        assert!(
+            s.ends_with("answered the same until its cause changes."),
+            "{s}"
+        );
+        let away = said(&Problem::unavailable(
+            "the broker of region eu is unreachable",
+        ));
+        assert!(
+            s != away && away.contains("(code 503 ") && away.ends_with("may succeed."),
+            "{away}"
+        );
+    }
 
     #[test]
     fn the_member_a_message_names() {

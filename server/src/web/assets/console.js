@@ -138,3 +138,141 @@
   var timer = window.setInterval(poll, 2000);
   window.addEventListener("pagehide", function () { window.clearInterval(timer); });
 })();
+// Clear states. A section htmx loads (`data-loading`, the gateway's resources) says what it
+// waits for and is marked busy while the request is out; if the request fails (an error
+// status, no answer, the 30 s timeout of its hx-request) it says so in its place, with the
+// status and whether reading again is safe, so it never stays on "loading". A form that posts
+// disables its buttons while the post is out and says so, so a second press sends nothing;
+// without JavaScript the forms post as they are.
+(function () {
+  "use strict";
+  function loader(ev) {
+    var el = ev.detail && ev.detail.elt;
+    return el && el.hasAttribute && el.hasAttribute("data-loading") ? el : null;
+  }
+  function show(el, cls, role, text, again) {
+    var p = document.createElement("p");
+    p.className = cls;
+    p.setAttribute("role", role);
+    p.textContent = text;
+    if (again) {
+      var a = document.createElement("a");
+      a.href = window.location.href;
+      a.textContent = "Read again";
+      p.appendChild(document.createTextNode(" "));
+      p.appendChild(a);
+    }
+    el.textContent = "";
+    el.appendChild(p);
+  }
+  document.addEventListener("htmx:beforeRequest", function (ev) {
+    var el = loader(ev);
+    if (!el) { return; }
+    el.setAttribute("aria-busy", "true");
+    show(el, "loading muted", "status", el.getAttribute("data-loading"), false);
+  });
+  function failed(el, text) {
+    el.setAttribute("aria-busy", "false");
+    el.setAttribute("data-failed", "1");
+    show(el, "flash bad", "alert", text, true);
+  }
+  // The console's error page names the status, the problem and whether a retry is safe.
+  document.addEventListener("htmx:responseError", function (ev) {
+    var el = loader(ev);
+    if (!el) { return; }
+    var xhr = ev.detail.xhr, said = "", retry = "";
+    try {
+      var doc = new DOMParser().parseFromString(xhr.responseText, "text/html");
+      var box = doc.querySelector(".error");
+      if (box) {
+        var ps = box.querySelectorAll("p");
+        said = ps.length > 0 ? ps[0].textContent.trim() : "";
+        var r = box.querySelector(".retry");
+        retry = r ? r.textContent.trim() : "";
+      }
+    } catch (err) { /* said stays empty: the status alone is shown */ }
+    failed(el, "Could not be read: the console answered " + xhr.status + " " + xhr.statusText +
+      (said ? " (" + said + ")" : "") + ". " + (retry || "Reading again is safe: a read changes nothing."));
+  });
+  document.addEventListener("htmx:sendError", function (ev) {
+    var el = loader(ev);
+    if (el) { failed(el, "Could not be read: the console did not answer (the network or the console is down). Reading again is safe: a read changes nothing."); }
+  });
+  document.addEventListener("htmx:timeout", function (ev) {
+    var el = loader(ev);
+    if (el) { failed(el, "Could not be read: no answer within 30 s. Reading again is safe: a read changes nothing."); }
+  });
+  document.addEventListener("htmx:afterRequest", function (ev) {
+    var el = loader(ev);
+    if (el && el.isConnected && !el.hasAttribute("data-failed")) { el.removeAttribute("aria-busy"); }
+  });
+
+  // Forms that post. The buttons are disabled just after the submit event, once the browser
+  // has read the form (a disabled button's name and value, such as the job form's step, would
+  // be left out of it).
+  document.addEventListener("submit", function (ev) {
+    var form = ev.target;
+    // The attribute, not `form.method`: a field named "method" (the job form has one) hides
+    // the form's property.
+    if (!(form instanceof HTMLFormElement) || (form.getAttribute("method") || "").toLowerCase() !== "post") { return; }
+    if (form.hasAttribute("data-sending")) { ev.preventDefault(); return; }
+    if (ev.defaultPrevented) { return; }
+    form.setAttribute("data-sending", "1");
+    form.setAttribute("aria-busy", "true");
+    var at = ev.submitter || null;
+    window.setTimeout(function () {
+      var buttons = form.querySelectorAll("button, input[type=submit]");
+      for (var i = 0; i < buttons.length; i++) {
+        if (buttons[i].type === "submit") { buttons[i].disabled = true; }
+      }
+      var note = document.createElement("span");
+      note.className = "sending";
+      note.setAttribute("role", "status");
+      note.textContent = "Sending…";
+      var last = at || buttons[buttons.length - 1];
+      if (last && last.parentNode) { last.parentNode.insertBefore(note, last.nextSibling); } else { form.appendChild(note); }
+    }, 0);
+  });
+  // A page shown again from the back-forward cache gets its forms back.
+  window.addEventListener("pageshow", function (ev) {
+    if (!ev.persisted) { return; }
+    var forms = document.querySelectorAll("form[data-sending]");
+    for (var i = 0; i < forms.length; i++) {
+      forms[i].removeAttribute("data-sending");
+      forms[i].removeAttribute("aria-busy");
+      var b = forms[i].querySelectorAll("button[type=submit], input[type=submit]");
+      for (var j = 0; j < b.length; j++) { b[j].disabled = false; }
+      var n = forms[i].querySelectorAll(".sending");
+      for (var k = 0; k < n.length; k++) { n[k].remove(); }
+    }
+  });
+})();
+// A job page opened while its job moved on (or ended) before the live stream was open would
+// miss those events and stay as it was rendered: once the stream is open, the page is read
+// again, once, and its state and body replaced if they changed (`data-job-read` on the body
+// says it was done).
+(function () {
+  "use strict";
+  var head = document.querySelector("[data-job-page]");
+  if (!head || !window.MutationObserver || !window.fetch || !window.DOMParser) { return; }
+  var watch = new MutationObserver(function () {
+    if (!document.body.hasAttribute("data-live-open")) { return; }
+    watch.disconnect();
+    fetch(window.location.href, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (!html) { return; }
+        var doc = new DOMParser().parseFromString(html, "text/html");
+        var state = doc.getElementById("job-state"), body = doc.getElementById("job-body");
+        var here = document.getElementById("job-body");
+        if (state) { head.textContent = state.textContent; head.className = state.className; }
+        if (body && here && body.textContent !== here.textContent) {
+          here.replaceWith(document.importNode(body, true));
+          if (window.htmx) { window.htmx.process(document.getElementById("job-body")); }
+        }
+      })
+      .catch(function () { /* the live events carry on */ })
+      .then(function () { document.body.setAttribute("data-job-read", "1"); });
+  });
+  watch.observe(document.body, { attributes: true, attributeFilter: ["data-live-open"] });
+})();
