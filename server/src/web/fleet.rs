@@ -116,6 +116,28 @@ struct FleetPage {
     run: Option<(String, String)>,
 }
 
+/// The table's rows alone (`fleet_rows.html`, which the fleet page includes), answered to the page's own
+/// refresh: the request carries [`ROWS_HEADER`] and the page's whole query, the answer
+/// [`ROWS_HEADER`] too (a page answered instead, say for a filter that does not read, is left
+/// alone by the script). The counts are not read for it: they are most of the page's time,
+/// and the page keeps them live from its events.
+#[derive(Template)]
+#[template(path = "fleet_rows.html")]
+struct FleetRows {
+    rows: Vec<Row>,
+    regions: Vec<String>,
+}
+
+/// Names the rows-only request and its answer.
+pub const ROWS_HEADER: &str = "x-fleet-rows";
+
+fn rows_only(rows: Vec<Row>, regions: Vec<String>) -> Response {
+    let mut resp = render(&FleetRows { rows, regions });
+    resp.headers_mut()
+        .insert(ROWS_HEADER, axum::http::HeaderValue::from_static("1"));
+    resp
+}
+
 /// Regions whose broker link is not up, with its state.
 pub fn brokers_down(state: &AppState) -> Vec<(String, String)> {
     state
@@ -238,11 +260,16 @@ pub async fn page(
             }
         }
     }
-    let summary = state
-        .store
-        .fleet_summary(q.filter.region.as_ref(), &token.groups)
-        .await
-        .map_err(|e| PageError::from(e).by(token))?;
+    let rows_wanted = headers.contains_key(ROWS_HEADER);
+    let summary = if rows_wanted {
+        Default::default()
+    } else {
+        state
+            .store
+            .fleet_summary(q.filter.region.as_ref(), &token.groups)
+            .await
+            .map_err(|e| PageError::from(e).by(token))?
+    };
     let limit = PageLimit::new(PAGE_ROWS).map_err(PageError::from)?;
     let listed = state
         .store
@@ -257,6 +284,10 @@ pub async fn page(
         }
         Err(e) => return Err(PageError::reading(Problem::from(e)).by(token)),
     };
+    if rows_wanted {
+        let rows = listed.items.iter().map(|r| row(r, now, several)).collect();
+        return Ok(rows_only(rows, page.regions));
+    }
     page.total = summary.total;
     page.online = summary.online;
     page.stale = summary.stale;
@@ -281,4 +312,36 @@ pub async fn page(
         page.first = Some(format!("/ui/?{base}"));
     }
     Ok(render(&page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rows_block_renders_the_rows_alone() {
+        let r = Row {
+            key: "default/gw-1".into(),
+            id: "gw-1".into(),
+            href: "/ui/gateways/gw-1".into(),
+            region: "default".into(),
+            group: "GID_a".into(),
+            presence: "online",
+            since: "3 s".into(),
+            since_title: "t".into(),
+            last_seen: "1 s".into(),
+            version: "0.1.0".into(),
+            count: 2,
+            drift: 1,
+        };
+        let html = FleetRows {
+            rows: vec![r],
+            regions: Vec::new(),
+        }
+        .render()
+        .unwrap();
+        assert!(html.contains("<tr data-gw=\"default/gw-1\">"), "{html}");
+        assert!(html.contains("has-drift"), "{html}");
+        assert!(!html.contains("<tbody") && !html.contains("<html"), "{html}");
+    }
 }

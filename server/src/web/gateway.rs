@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
 use csg_transport::LinkState;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::fleet::gateway_href;
@@ -47,6 +47,7 @@ pub struct CallLine {
     pub at: String,
 }
 
+#[derive(Serialize)]
 pub struct Disk {
     pub mount: String,
     pub fs: String,
@@ -71,19 +72,12 @@ struct GatewayPage {
     id: String,
     region: String,
     group: String,
-    version: String,
     presence: &'static str,
     reason: String,
     since: String,
     since_ago: String,
-    last_seen: String,
-    uptime: String,
-    cpu: String,
-    load: String,
-    memory: String,
-    disks: Vec<Disk>,
-    count: u64,
-    drift: u64,
+    /// Version, last heartbeat, host figures, disks, resources and drift.
+    fig: Figures,
     families: Vec<Family>,
     history: Vec<Transition>,
     calls: Vec<CallLine>,
@@ -150,6 +144,93 @@ async fn locate(
     }
 }
 
+/// What the page shows from the gateway's row and its last heartbeat that moves with each
+/// heartbeat: written here for the page and for `host.json`, which the page's script asks for
+/// every 2 s (the chart's poll) to redraw them, so both say the same in the same words.
+#[derive(Serialize)]
+pub struct Figures {
+    pub version: String,
+    /// `2026-12-05 19:42:49 UTC (3 s ago)`.
+    pub last_seen: String,
+    pub uptime: String,
+    pub cpu: String,
+    pub load: String,
+    pub memory: String,
+    pub disks: Vec<Disk>,
+    pub count: u64,
+    pub drift: u64,
+}
+
+/// The last heartbeat as stored (an object; empty when there is none or it does not read).
+pub fn heartbeat(row: &InstanceRow) -> Map<String, Value> {
+    row.heartbeat
+        .as_ref()
+        .and_then(|h| serde_json::from_str(h.as_str()).ok())
+        .unwrap_or_default()
+}
+
+pub fn figures(row: &InstanceRow, hb: &Map<String, Value>, now: i64) -> Figures {
+    let system = hb.get("system");
+    let memory = match (
+        system
+            .and_then(|s| s.get("mem_used"))
+            .and_then(Value::as_u64),
+        system
+            .and_then(|s| s.get("mem_total"))
+            .and_then(Value::as_u64),
+    ) {
+        (Some(u), Some(t)) => format!("{} of {}", bytes(u), bytes(t)),
+        _ => String::new(),
+    };
+    let disks = hb
+        .get("disks")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    let total = d.get("total").and_then(Value::as_u64).unwrap_or(0);
+                    let avail = d.get("avail").and_then(Value::as_u64).unwrap_or(0);
+                    Disk {
+                        mount: text(d.get("mount")),
+                        fs: text(d.get("fs")),
+                        total: size(d.get("total")),
+                        avail: size(d.get("avail")),
+                        // No percentage for a disk of size 0.
+                        used_pct: total
+                            .saturating_sub(avail)
+                            .saturating_mul(100)
+                            .checked_div(total)
+                            .map(|p| format!("{p}%"))
+                            .unwrap_or_default(),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Figures {
+        version: row.agent_version.clone().unwrap_or_default(),
+        last_seen: row
+            .last_seen_ms
+            .map(|t| format!("{} ({} ago)", utc(t), ago(now, t)))
+            .unwrap_or_default(),
+        uptime: hb
+            .get("uptime_s")
+            .and_then(Value::as_i64)
+            .map(|s| ago(s.saturating_mul(1000), 0))
+            .unwrap_or_default(),
+        cpu: system
+            .and_then(|s| s.get("cpu_pct"))
+            .and_then(Value::as_f64)
+            .map(|c| format!("{c:.1}%"))
+            .unwrap_or_default(),
+        load: text(system.and_then(|s| s.get("load1"))),
+        memory,
+        disks,
+        count: row.storage.map_or(0, |s| s.count),
+        drift: row.storage.map_or(0, |s| s.drift),
+    }
+}
+
 #[derive(Deserialize, Default)]
 struct PageQuery {
     region: Option<String>,
@@ -197,48 +278,8 @@ pub async fn page(
         )
         .await?;
     let now = now_ms();
-    let hb: Map<String, Value> = row
-        .heartbeat
-        .as_ref()
-        .and_then(|h| serde_json::from_str(h.as_str()).ok())
-        .unwrap_or_default();
-    let system = hb.get("system");
-    let mem = match (
-        system
-            .and_then(|s| s.get("mem_used"))
-            .and_then(Value::as_u64),
-        system
-            .and_then(|s| s.get("mem_total"))
-            .and_then(Value::as_u64),
-    ) {
-        (Some(u), Some(t)) => format!("{} of {}", bytes(u), bytes(t)),
-        _ => String::new(),
-    };
-    let disks = hb
-        .get("disks")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|d| {
-                    let total = d.get("total").and_then(Value::as_u64).unwrap_or(0);
-                    let avail = d.get("avail").and_then(Value::as_u64).unwrap_or(0);
-                    Disk {
-                        mount: text(d.get("mount")),
-                        fs: text(d.get("fs")),
-                        total: size(d.get("total")),
-                        avail: size(d.get("avail")),
-                        // No percentage for a disk of size 0.
-                        used_pct: total
-                            .saturating_sub(avail)
-                            .saturating_mul(100)
-                            .checked_div(total)
-                            .map(|p| format!("{p}%"))
-                            .unwrap_or_default(),
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let hb = heartbeat(&row);
+    let fig = figures(&row, &hb, now);
     let services = hb.get("services").and_then(Value::as_object);
     let families: Vec<Family> = hb
         .get("storage")
@@ -308,30 +349,11 @@ pub async fn page(
         id: row.instance_id.as_str().to_owned(),
         region: row.region.as_str().to_owned(),
         group: row.group_id.as_str().to_owned(),
-        version: row.agent_version.clone().unwrap_or_default(),
         presence: row.presence.as_str(),
         reason: row.reason.clone().unwrap_or_default(),
         since: utc(row.since_ms),
         since_ago: ago(now, row.since_ms),
-        last_seen: row
-            .last_seen_ms
-            .map(|t| format!("{} ({} ago)", utc(t), ago(now, t)))
-            .unwrap_or_default(),
-        uptime: hb
-            .get("uptime_s")
-            .and_then(Value::as_i64)
-            .map(|s| ago(s.saturating_mul(1000), 0))
-            .unwrap_or_default(),
-        cpu: system
-            .and_then(|s| s.get("cpu_pct"))
-            .and_then(Value::as_f64)
-            .map(|c| format!("{c:.1}%"))
-            .unwrap_or_default(),
-        load: text(system.and_then(|s| s.get("load1"))),
-        memory: mem,
-        disks,
-        count: row.storage.map_or(0, |s| s.count),
-        drift: row.storage.map_or(0, |s| s.drift),
+        fig,
         families,
         history: history
             .items
