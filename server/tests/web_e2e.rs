@@ -1730,6 +1730,24 @@ async fn the_fleet_rows_and_the_gateway_page_follow_the_agents_without_a_reload(
         0,
         "no row moved in under the reader"
     );
+    // The counts are the fleet's, not the filter's: both new gateways add to them.
+    b.until("3 gateways counted", TIMEOUT, &text_is("#n-total", "3"))
+        .await;
+    assert_eq!(b.text("#n-online").await.as_deref(), Some("3"));
+    // The drift count, which no event carries, follows with the counts read every sixth
+    // refresh; the answer to such a refresh carries them.
+    let counted = b
+        .run("return fetch(location.href, {headers: {'x-fleet-rows': 'counts'}}).then(function (r) { return r.headers.get('x-fleet-counts'); });")
+        .await;
+    let counted: Value = serde_json::from_str(counted.as_str().unwrap()).unwrap();
+    assert_eq!(counted["drift"], 1, "{counted}");
+    assert_eq!(counted["total"], 3, "{counted}");
+    b.until(
+        "the drift count at 1 on the open page",
+        Duration::from_secs(40),
+        &text_is("#n-drift", "1"),
+    )
+    .await;
     assert_eq!(b.run("return window.__kept;").await, "yes", "no reload");
     b.screenshot("fleet-new-gateway").await;
     b.click("#new-gateways-link").await;

@@ -3,7 +3,7 @@
 
 use askama::Template;
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use csg_transport::LinkState;
 
@@ -116,11 +116,13 @@ struct FleetPage {
     run: Option<(String, String)>,
 }
 
-/// The table's rows alone (`fleet_rows.html`, which the fleet page includes), answered to the page's own
-/// refresh: the request carries [`ROWS_HEADER`] and the page's whole query, the answer
-/// [`ROWS_HEADER`] too (a page answered instead, say for a filter that does not read, is left
-/// alone by the script). The counts are not read for it: they are most of the page's time,
-/// and the page keeps them live from its events.
+/// The table's rows alone (`fleet_rows.html`, which the fleet page includes), answered to the
+/// page's own refresh: the request carries [`ROWS_HEADER`] and the page's whole query, the
+/// answer [`ROWS_HEADER`] too (a page answered instead, say for a filter that does not read,
+/// is left alone by the script). The counts are most of the page's time and the page keeps
+/// its presence counts live from its events, so they are read only when asked for
+/// (`x-fleet-rows: counts`, one refresh in six), for the drift and version counts, and
+/// answered as JSON in [`COUNTS_HEADER`].
 #[derive(Template)]
 #[template(path = "fleet_rows.html")]
 struct FleetRows {
@@ -130,11 +132,24 @@ struct FleetRows {
 
 /// Names the rows-only request and its answer.
 pub const ROWS_HEADER: &str = "x-fleet-rows";
+/// The counts with the rows, when asked for.
+pub const COUNTS_HEADER: &str = "x-fleet-counts";
 
-fn rows_only(rows: Vec<Row>, regions: Vec<String>) -> Response {
+fn rows_only(rows: Vec<Row>, regions: Vec<String>, counts: Option<&FleetPage>) -> Response {
     let mut resp = render(&FleetRows { rows, regions });
-    resp.headers_mut()
-        .insert(ROWS_HEADER, axum::http::HeaderValue::from_static("1"));
+    let h = resp.headers_mut();
+    h.insert(ROWS_HEADER, HeaderValue::from_static("1"));
+    if let Some(p) = counts {
+        let json = serde_json::json!({
+            "total": p.total, "online": p.online, "stale": p.stale, "offline": p.offline,
+            "drift": p.drifting, "versions": p.versions,
+        });
+        // Version strings are the agents' own: one that cannot be a header value leaves the
+        // counts out rather than failing the rows.
+        if let Ok(v) = HeaderValue::from_str(&json.to_string()) {
+            h.insert(COUNTS_HEADER, v);
+        }
+    }
     resp
 }
 
@@ -260,8 +275,8 @@ pub async fn page(
             }
         }
     }
-    let rows_wanted = headers.contains_key(ROWS_HEADER);
-    let summary = if rows_wanted {
+    let rows_wanted = headers.get(ROWS_HEADER).map(HeaderValue::as_bytes);
+    let summary = if rows_wanted == Some(b"1") {
         Default::default()
     } else {
         state
@@ -284,10 +299,6 @@ pub async fn page(
         }
         Err(e) => return Err(PageError::reading(Problem::from(e)).by(token)),
     };
-    if rows_wanted {
-        let rows = listed.items.iter().map(|r| row(r, now, several)).collect();
-        return Ok(rows_only(rows, page.regions));
-    }
     page.total = summary.total;
     page.online = summary.online;
     page.stale = summary.stale;
@@ -298,6 +309,11 @@ pub async fn page(
         .into_iter()
         .map(|(v, n)| (v.unwrap_or_else(|| "unknown".to_owned()), n))
         .collect();
+    if let Some(asked) = rows_wanted {
+        let rows = listed.items.iter().map(|r| row(r, now, several)).collect();
+        let counts = (asked != b"1").then_some(&page);
+        return Ok(rows_only(rows, page.regions.clone(), counts));
+    }
     page.rows = listed.items.iter().map(|r| row(r, now, several)).collect();
     let base = page.f.query();
     if signed.can(crate::store::Scope::Operate) && !page.rows.is_empty() {

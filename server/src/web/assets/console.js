@@ -10,7 +10,10 @@
   function say(text) { if (live) { live.textContent = text; } }
   var es = new EventSource(source.getAttribute("data-live"));
   es.onopen = function () { say("live"); document.body.setAttribute("data-live-open", "1"); };
-  es.onerror = function () { say("live updates reconnecting…"); document.body.removeAttribute("data-live-open"); };
+  // Once the stream has broken, a gateway without "from" may be one a restarted service hears
+  // of again, not a new one: from then on they are neither counted nor said new.
+  var interrupted = false;
+  es.onerror = function () { interrupted = true; say("live updates reconnecting…"); document.body.removeAttribute("data-live-open"); };
   // A presence change redraws every row and badge of that gateway.
   function apply(e) {
     var nodes = document.querySelectorAll("[data-gw]");
@@ -49,7 +52,7 @@
     return true;
   }
   function noteNew(e) {
-    if (!notice || e.from || fresh[e.key] || shown(e.key) || !matches(e)) { return; }
+    if (!notice || e.from || interrupted || fresh[e.key] || shown(e.key) || !matches(e)) { return; }
     fresh[e.key] = true;
     freshN += 1;
     var p = document.createElement("p");
@@ -76,13 +79,22 @@
     apply(e);
     if (missed) { missed.push(e); }
     noteNew(e);
-    // The fleet's counts follow (a gateway new to the console has no "from").
-    if (e.from && e.from !== e.to) {
-      var from = document.getElementById("n-" + e.from), to = document.getElementById("n-" + e.to);
-      if (from && to) {
-        from.textContent = String(Math.max(0, parseInt(from.textContent, 10) - 1));
-        to.textContent = String(parseInt(to.textContent, 10) + 1);
+    // The fleet's counts follow, when the gateway is in the region they are of; a gateway new
+    // to the console (no "from") adds to the total and its state.
+    var bump = function (id, by) {
+      var n = document.getElementById("n-" + id);
+      if (n) { n.textContent = String(Math.max(0, parseInt(n.textContent, 10) + by)); }
+    };
+    var region = new URLSearchParams(window.location.search).get("region");
+    var ours = !region || e.key.indexOf(region + "/") === 0;
+    if (ours && e.from && e.from !== e.to) {
+      if (document.getElementById("n-" + e.from) && document.getElementById("n-" + e.to)) {
+        bump(e.from, -1);
+        bump(e.to, 1);
       }
+    } else if (ours && !e.from && !interrupted && document.getElementById("n-total")) {
+      bump("total", 1);
+      bump(e.to, 1);
     }
     // The gateway page: its identity section too.
     var badge = document.querySelector("[data-presence-badge]");
@@ -103,6 +115,36 @@
   // selection is in the table, while the filter is being typed or htmx is loading a view, and
   // while the tab is hidden (shown again: at once).
   var EVERY = 5000, typedAt = 0, refreshed = 0;
+  // The counts: the service reads them for one refresh in six (30 s), for the drift and
+  // version counts the events do not carry (they are most of a page's time to read).
+  function counts(json) {
+    var c;
+    try { c = JSON.parse(json); } catch (err) { return; }
+    ["total", "online", "stale", "offline", "drift"].forEach(function (k) {
+      var n = document.getElementById("n-" + k);
+      if (n && typeof c[k] === "number") { n.textContent = String(c[k]); }
+    });
+    var box = document.querySelector(".counts .versions");
+    if (!box || !c.versions) { return; }
+    var old = box.querySelector("ul, p");
+    var list;
+    if (c.versions.length === 0) {
+      list = document.createElement("p");
+      list.className = "muted";
+      list.textContent = "none reported yet";
+    } else {
+      list = document.createElement("ul");
+      c.versions.forEach(function (v) {
+        var li = document.createElement("li"), code = document.createElement("span");
+        code.className = "mono";
+        code.textContent = v[0];
+        li.appendChild(code);
+        li.appendChild(document.createTextNode(": " + v[1]));
+        list.appendChild(li);
+      });
+    }
+    if (old) { box.replaceChild(list, old); } else { box.appendChild(list); }
+  }
   function rowsNow() { return document.querySelector("#fleet table.gateways tbody"); }
   function paused(body) {
     if (document.visibilityState !== "visible" || !body || missed) { return true; }
@@ -117,8 +159,13 @@
     if (!window.fetch || !window.DOMParser || paused(body)) { return; }
     var url = here();
     missed = [];
-    fetch(url, { credentials: "same-origin", redirect: "manual", headers: { "x-fleet-rows": "1" } })
-      .then(function (r) { return r.ok && r.headers.get("x-fleet-rows") === "1" ? r.text() : null; })
+    var ask = refreshed % 6 === 5 ? "counts" : "1", counted = null;
+    fetch(url, { credentials: "same-origin", redirect: "manual", headers: { "x-fleet-rows": ask } })
+      .then(function (r) {
+        if (!r.ok || r.headers.get("x-fleet-rows") !== "1") { return null; }
+        counted = r.headers.get("x-fleet-counts");
+        return r.text();
+      })
       .then(function (html) {
         var again = missed || [];
         missed = null;
@@ -137,6 +184,7 @@
           }
         }
         for (var a = 0; a < again.length; a++) { apply(again[a]); }
+        if (counted) { counts(counted); }
         refreshed += 1;
         body.setAttribute("data-refreshed", String(refreshed));
       })
