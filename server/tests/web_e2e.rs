@@ -1774,6 +1774,8 @@ async fn the_fleet_rows_and_the_gateway_page_follow_the_agents_without_a_reload(
     )
     .await;
     assert_eq!(b.text("[data-fig=count]").await.as_deref(), Some("1"));
+    let nfs_drift = "[data-fig-families] tr td:nth-of-type(4)";
+    assert_eq!(b.text(nfs_drift).await.as_deref(), Some("1"));
     assert_eq!(
         b.text("[data-fig=version]").await.as_deref(),
         Some(csg_e2e::WORKSPACE_VERSION)
@@ -1803,6 +1805,7 @@ async fn the_fleet_rows_and_the_gateway_page_follow_the_agents_without_a_reload(
             .await,
         ""
     );
+    assert_eq!(b.text(nfs_drift).await.as_deref(), Some("0"));
     assert_eq!(b.run("return window.__kept;").await, "yes", "no reload");
     b.screenshot("gateway-live").await;
 

@@ -56,6 +56,7 @@ pub struct Disk {
     pub used_pct: String,
 }
 
+#[derive(Serialize)]
 pub struct Family {
     pub name: String,
     pub count: String,
@@ -78,7 +79,6 @@ struct GatewayPage {
     since_ago: String,
     /// Version, last heartbeat, host figures, disks, resources and drift.
     fig: Figures,
-    families: Vec<Family>,
     history: Vec<Transition>,
     calls: Vec<CallLine>,
     /// The region's broker, when it is unreachable.
@@ -144,7 +144,7 @@ async fn locate(
     }
 }
 
-/// What the page shows from the gateway's row and its last heartbeat that moves with each
+/// What the page shows from the gateway's row and its last heartbeat, which moves with each
 /// heartbeat: written here for the page and for `host.json`, which the page's script asks for
 /// every 2 s (the chart's poll) to redraw them, so both say the same in the same words.
 #[derive(Serialize)]
@@ -159,6 +159,8 @@ pub struct Figures {
     pub disks: Vec<Disk>,
     pub count: u64,
     pub drift: u64,
+    /// Per storage family: backend, service up or down, resources, drift.
+    pub families: Vec<Family>,
 }
 
 /// The last heartbeat as stored (an object; empty when there is none or it does not read).
@@ -207,6 +209,29 @@ pub fn figures(row: &InstanceRow, hb: &Map<String, Value>, now: i64) -> Figures 
                 .collect()
         })
         .unwrap_or_default();
+    let services = hb.get("services").and_then(Value::as_object);
+    let families: Vec<Family> = hb
+        .get("storage")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(name, v)| {
+                    let svc = services.and_then(|s| s.get(name));
+                    Family {
+                        name: name.clone(),
+                        count: text(v.get("count")),
+                        drift: text(v.get("drift")),
+                        backend: text(svc.and_then(|s| s.get("backend"))),
+                        up: match svc.and_then(|s| s.get("up")).and_then(Value::as_bool) {
+                            Some(true) => "up".to_owned(),
+                            Some(false) => "down".to_owned(),
+                            None => String::new(),
+                        },
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Figures {
         version: row.agent_version.clone().unwrap_or_default(),
         last_seen: row
@@ -228,6 +253,7 @@ pub fn figures(row: &InstanceRow, hb: &Map<String, Value>, now: i64) -> Figures 
         disks,
         count: row.storage.map_or(0, |s| s.count),
         drift: row.storage.map_or(0, |s| s.drift),
+        families,
     }
 }
 
@@ -280,29 +306,6 @@ pub async fn page(
     let now = now_ms();
     let hb = heartbeat(&row);
     let fig = figures(&row, &hb, now);
-    let services = hb.get("services").and_then(Value::as_object);
-    let families: Vec<Family> = hb
-        .get("storage")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(name, v)| {
-                    let svc = services.and_then(|s| s.get(name));
-                    Family {
-                        name: name.clone(),
-                        count: text(v.get("count")),
-                        drift: text(v.get("drift")),
-                        backend: text(svc.and_then(|s| s.get("backend"))),
-                        up: match svc.and_then(|s| s.get("up")).and_then(Value::as_bool) {
-                            Some(true) => "up".to_owned(),
-                            Some(false) => "down".to_owned(),
-                            None => String::new(),
-                        },
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     let broker_down = match &*handle.link.borrow() {
         LinkState::Ready(_) => None,
         LinkState::Down(Some(f)) => Some(f.describe()),
@@ -354,7 +357,6 @@ pub async fn page(
         since: utc(row.since_ms),
         since_ago: ago(now, row.since_ms),
         fig,
-        families,
         history: history
             .items
             .iter()

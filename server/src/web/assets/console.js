@@ -278,7 +278,26 @@
     }
     svg.setAttribute("data-points", String(points.length));
   }
-  var disksSeen = null;
+  // A table of the figures (disks, storage families), drawn again when its rows change: the
+  // first cell a row header, the others text (`num` cells right-aligned).
+  var tablesSeen = {};
+  function table(name, items, cells) {
+    var body = document.querySelector("[data-fig-" + name + "]"), seen = JSON.stringify(items || []);
+    if (!body || tablesSeen[name] === seen) { return; }
+    tablesSeen[name] = seen;
+    body.textContent = "";
+    (items || []).forEach(function (d) {
+      var tr = document.createElement("tr");
+      cells(d).forEach(function (c, i) {
+        var td = document.createElement(i === 0 ? "th" : "td");
+        if (i === 0) { td.scope = "row"; }
+        if (c[0]) { td.className = c[0]; }
+        td.textContent = c[1];
+        tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+  }
   function figures(f) {
     var cells = document.querySelectorAll("[data-fig]");
     for (var i = 0; i < cells.length; i++) {
@@ -288,22 +307,11 @@
     }
     var drift = document.querySelector("[data-fig=drift]");
     if (drift && drift.parentNode) { drift.parentNode.className = f.drift > 0 ? "has-drift" : ""; }
-    var disks = document.querySelector("[data-fig-disks]"), seen = JSON.stringify(f.disks || []);
-    if (!disks || seen === disksSeen) { return; }
-    disksSeen = seen;
-    disks.textContent = "";
-    (f.disks || []).forEach(function (d) {
-      var tr = document.createElement("tr");
-      var th = document.createElement("th");
-      th.scope = "row"; th.className = "mono"; th.textContent = d.mount;
-      tr.appendChild(th);
-      [["", d.fs], ["num", d.total], ["num", d.avail], ["num", d.used_pct]].forEach(function (c) {
-        var td = document.createElement("td");
-        if (c[0]) { td.className = c[0]; }
-        td.textContent = c[1];
-        tr.appendChild(td);
-      });
-      disks.appendChild(tr);
+    table("disks", f.disks, function (d) {
+      return [["mono", d.mount], ["", d.fs], ["num", d.total], ["num", d.avail], ["num", d.used_pct]];
+    });
+    table("families", f.families, function (d) {
+      return [["", d.name], ["", d.backend], ["", d.up], ["num", d.count], ["num", d.drift]];
     });
   }
   function poll() {
