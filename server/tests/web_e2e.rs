@@ -1644,7 +1644,9 @@ async fn the_fleet_rows_and_the_gateway_page_follow_the_agents_without_a_reload(
         .put(c.url("/v1/instances/gw-live-1/nfs/exports/vol1"))
         .bearer_auth(&operator)
         .header("content-type", "application/json")
-        .body(json!({"path": vol1, "clients": [{"match": "10.0.0.0/8", "access": "rw"}]}).to_string())
+        .body(
+            json!({"path": vol1, "clients": [{"match": "10.0.0.0/8", "access": "rw"}]}).to_string(),
+        )
         .send()
         .await
         .unwrap();
@@ -1658,7 +1660,13 @@ async fn the_fleet_rows_and_the_gateway_page_follow_the_agents_without_a_reload(
         .await;
     eprintln!("resources 0 → 1 on the open page after {took:?}");
     assert_eq!(b.run("return window.__kept;").await, "yes", "no reload");
-    assert!(b.run(&format!("return {REFRESHED};")).await.as_i64().unwrap() >= 1);
+    assert!(
+        b.run(&format!("return {REFRESHED};"))
+            .await
+            .as_i64()
+            .unwrap()
+            >= 1
+    );
     assert_eq!(
         b.run("return document.activeElement.id;").await,
         "q",
@@ -1691,10 +1699,17 @@ async fn the_fleet_rows_and_the_gateway_page_follow_the_agents_without_a_reload(
     // leaving the table lets it go on.
     b.run("document.querySelector('#fleet tbody a').focus(); return true;")
         .await;
-    let before = b.run(&format!("return {REFRESHED};")).await.as_i64().unwrap();
+    let before = b
+        .run(&format!("return {REFRESHED};"))
+        .await
+        .as_i64()
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(
-        b.run(&format!("return {REFRESHED};")).await.as_i64().unwrap(),
+        b.run(&format!("return {REFRESHED};"))
+            .await
+            .as_i64()
+            .unwrap(),
         before,
         "no refresh while the focus is in the table"
     );
@@ -1725,8 +1740,10 @@ async fn the_fleet_rows_and_the_gateway_page_follow_the_agents_without_a_reload(
         "{notice}"
     );
     assert_eq!(
-        b.run("return document.querySelectorAll('#fleet tr[data-gw=\"default/gw-live-2\"]').length;")
-            .await,
+        b.run(
+            "return document.querySelectorAll('#fleet tr[data-gw=\"default/gw-live-2\"]').length;"
+        )
+        .await,
         0,
         "no row moved in under the reader"
     );
@@ -1759,8 +1776,10 @@ async fn the_fleet_rows_and_the_gateway_page_follow_the_agents_without_a_reload(
     .await;
     assert!(b.current_url().await.contains("q=gw-live"));
     assert_eq!(
-        b.run("return document.querySelectorAll('#fleet tr[data-gw=\"default/gw-other-1\"]').length;")
-            .await,
+        b.run(
+            "return document.querySelectorAll('#fleet tr[data-gw=\"default/gw-other-1\"]').length;"
+        )
+        .await,
         0
     );
     assert_eq!(b.text("#new-gateways").await.as_deref(), Some(""));

@@ -358,6 +358,9 @@ mod tests {
         .unwrap();
         assert!(html.contains("<tr data-gw=\"default/gw-1\">"), "{html}");
         assert!(html.contains("has-drift"), "{html}");
-        assert!(!html.contains("<tbody") && !html.contains("<html"), "{html}");
+        assert!(
+            !html.contains("<tbody") && !html.contains("<html"),
+            "{html}"
+        );
     }
 }
