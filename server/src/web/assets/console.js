@@ -108,7 +108,7 @@
   // The fleet's rows stay current (last seen, version, resources, drift): every 5 s while the
   // tab is shown, the page asks for its own URL again (the same filter, page and order: every
   // parameter it has) with `x-fleet-rows: 1`, and the server answers the rows alone, without
-  // the counts (most of a page's time; they are live from the events). Each row on screen takes
+  // the counts (most of a page's time; presence moves them from the events). Each row takes
   // the cells of its gateway from the answer, but the first (its link, which never changes and
   // may hold the focus); rows are neither added nor removed, so the table does not move under
   // the reader (new gateways are said above it). Paused while the pointer, the focus or a
@@ -172,8 +172,8 @@
         // Another view meanwhile (a filter, a page): these rows are not its.
         if (html === null || rowsNow() !== body || here() !== url) { return; }
         var doc = new DOMParser().parseFromString("<table><tbody>" + html + "</tbody></table>", "text/html");
-        var got = {}, fresh = doc.querySelectorAll("tr[data-gw]");
-        for (var i = 0; i < fresh.length; i++) { got[fresh[i].getAttribute("data-gw")] = fresh[i]; }
+        var got = {}, answered = doc.querySelectorAll("tr[data-gw]");
+        for (var i = 0; i < answered.length; i++) { got[answered[i].getAttribute("data-gw")] = answered[i]; }
         var rows = body.querySelectorAll("tr[data-gw]");
         for (var j = 0; j < rows.length; j++) {
           var n = got[rows[j].getAttribute("data-gw")];
