@@ -335,7 +335,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_rows_block_renders_the_rows_alone() {
+    fn the_rows_template_renders_the_rows_alone() {
         let r = Row {
             key: "default/gw-1".into(),
             id: "gw-1".into(),
