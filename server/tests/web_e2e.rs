@@ -2461,3 +2461,319 @@ async fn the_fleet_table_sorts_by_its_columns_pages_in_that_order_and_keeps_it_w
     assert!(flash.contains("sort"), "{flash}");
     b.close().await;
 }
+
+/// The cell of a fleet row by its column among the row's `td`s (1: group, … 6: resources,
+/// 7: drift; one region, so no region column).
+fn cell(key: &str, nth: u32) -> String {
+    format!("tr[data-gw=\"{key}\"] td:nth-of-type({nth})")
+}
+
+/// How many times the fleet table's rows were refreshed (-1: no table), as a JS expression.
+const REFRESHED: &str = "(function () { var t = document.querySelector('#fleet tbody'); return t ? parseInt(t.getAttribute('data-refreshed') || '0', 10) : -1; })()";
+
+/// A script that holds when the element's text is `want`.
+fn text_is(css: &str, want: &str) -> String {
+    format!(
+        "var e = document.querySelector({}); return !!e && e.textContent.trim() === {};",
+        Value::from(css),
+        Value::from(want)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_rows_and_the_gateway_page_follow_the_agents_without_a_reload() {
+    use csg_e2e::exportfs_stub::ExportfsStub;
+    use csg_e2e::StorageSection;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let broker = Broker::start();
+    let mut c = Consoled::new(&broker);
+    let operator = c.token("live-operator", "operate");
+    let admin = c.token("live-admin", "admin");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    c.start(&http).await;
+
+    // A gateway with NFS on the kernel backend over the exportfs stub (as calls_e2e.rs: this
+    // kernel has no nfsd), heartbeats every second: its resources and drift are real changes
+    // its agent reports.
+    let work = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(work.path()).unwrap();
+    for d in ["srv/vol1", "state"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+    }
+    let stub = ExportfsStub::new(&base);
+    let agent = |id: &str, nfs: bool| {
+        let mut cfg = AgentConfig::new(id, &broker.url());
+        cfg.heartbeat_interval_s = 1;
+        if nfs {
+            cfg.storage = Some(StorageSection::new(&base.join("srv"), &base.join("state")));
+            cfg.nfs = Some(stub.nfs_section());
+        }
+        Agent::spawn(&cfg)
+    };
+    let online = |ids: &'static [&'static str]| {
+        let c = &c;
+        let http = &http;
+        let admin = &admin;
+        async move {
+            let t0 = Instant::now();
+            loop {
+                let page = c.api(http, "/v1/instances?presence=online", admin).await;
+                let items = page["items"].as_array().unwrap();
+                if ids
+                    .iter()
+                    .all(|id| items.iter().any(|i| i["instance_id"] == *id))
+                {
+                    return;
+                }
+                assert!(t0.elapsed() < TIMEOUT, "{ids:?} never online\n{}", c.log());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let mut agents = vec![agent("gw-live-1", true)];
+    online(&["gw-live-1"]).await;
+
+    let b = Browser::start(c.dir.path()).await;
+    sign_in(&b, &c, &operator).await;
+    let key = "default/gw-live-1";
+    // A filter in the URL: the rows' refresh asks for this very view.
+    b.goto(&c.url("/ui/?q=gw-live")).await;
+    b.until(
+        "gw-live-1 listed with its first heartbeat's storage",
+        TIMEOUT,
+        &text_is(&cell(key, 6), "0"),
+    )
+    .await;
+    assert_eq!(b.text(&cell(key, 7)).await.as_deref(), Some("0"));
+    assert_eq!(
+        b.text(&cell(key, 5)).await.as_deref(),
+        Some(csg_e2e::WORKSPACE_VERSION)
+    );
+    // The rows alone, as the page's refresh asks for them: the same filter, no counts, no
+    // page around them, marked as rows.
+    let rows = b
+        .run(
+            "return fetch(location.href, {headers: {'x-fleet-rows': '1'}}).then(function (r) { return r.text().then(function (t) { return [r.headers.get('x-fleet-rows'), t]; }); });",
+        )
+        .await;
+    assert_eq!(rows[0], "1", "{rows}");
+    let html = rows[1].as_str().unwrap();
+    assert!(html.contains(&format!("data-gw=\"{key}\"")), "{html}");
+    assert!(
+        !html.contains("<html") && !html.contains("n-online") && !html.contains("<tbody"),
+        "{html}"
+    );
+    let plain = b
+        .run("return fetch(location.href).then(function (r) { return r.headers.get('x-fleet-rows'); });")
+        .await;
+    assert_eq!(plain, Value::Null, "a page without the header is the page");
+
+    // The page is marked (a reload would lose the mark) and the search box holds the focus.
+    b.run("window.__kept = 'yes'; return true;").await;
+    b.click("#q").await;
+    assert_eq!(
+        b.run("return document.activeElement.id;").await,
+        "q",
+        "the search box has the focus"
+    );
+
+    // An export created through the API: the next heartbeat counts it, the row follows.
+    let vol1 = base.join("srv/vol1").display().to_string();
+    let r = http
+        .put(c.url("/v1/instances/gw-live-1/nfs/exports/vol1"))
+        .bearer_auth(&operator)
+        .header("content-type", "application/json")
+        .body(
+            json!({"path": vol1, "clients": [{"match": "10.0.0.0/8", "access": "rw"}]}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let took = b
+        .until(
+            "the row's resources cell at 1 without a reload",
+            Duration::from_secs(20),
+            &text_is(&cell(key, 6), "1"),
+        )
+        .await;
+    eprintln!("resources 0 → 1 on the open page after {took:?}");
+    assert_eq!(b.run("return window.__kept;").await, "yes", "no reload");
+    assert!(
+        b.run(&format!("return {REFRESHED};"))
+            .await
+            .as_i64()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(
+        b.run("return document.activeElement.id;").await,
+        "q",
+        "a refresh leaves the focus in the search box"
+    );
+    assert_eq!(b.text(&cell(key, 7)).await.as_deref(), Some("0"));
+
+    // Drift: the stub's export table loses the export (as if someone ran `exportfs -u`); the
+    // agent finds it missing at its next heartbeat, and the row says so.
+    let etab = stub.etab();
+    assert!(etab.contains("/vol1"), "{etab}");
+    std::fs::write(stub.dir.join("etab"), "").unwrap();
+    b.until(
+        "the row's drift at 1",
+        Duration::from_secs(20),
+        &text_is(&cell(key, 7), "1"),
+    )
+    .await;
+    assert_eq!(
+        b.run(&format!(
+            "return document.querySelector({}).classList.contains('has-drift');",
+            Value::from(cell(key, 7))
+        ))
+        .await,
+        true
+    );
+    assert_eq!(b.run("return window.__kept;").await, "yes", "no reload");
+
+    // The focus on a link in the table pauses the refresh (a swap must not take it away);
+    // leaving the table lets it go on.
+    b.run("document.querySelector('#fleet tbody a').focus(); return true;")
+        .await;
+    let before = b
+        .run(&format!("return {REFRESHED};"))
+        .await
+        .as_i64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        b.run(&format!("return {REFRESHED};"))
+            .await
+            .as_i64()
+            .unwrap(),
+        before,
+        "no refresh while the focus is in the table"
+    );
+    b.click("#q").await;
+    b.until(
+        "a refresh once the focus left the table",
+        Duration::from_secs(10),
+        &format!("return {REFRESHED} > {before};"),
+    )
+    .await;
+
+    // Two gateways new to the console: one matches the page's filter (`gw-live`), one does
+    // not. The page says "1 new gateway", adds no row under the reader, and its link loads
+    // the view again, with the new row.
+    agents.push(agent("gw-other-1", false));
+    agents.push(agent("gw-live-2", false));
+    online(&["gw-other-1", "gw-live-2"]).await;
+    b.until(
+        "the notice of a new gateway",
+        TIMEOUT,
+        "var n = document.getElementById('new-gateways'); return !!n && n.textContent.indexOf('new gateway') >= 0;",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let notice = b.text("#new-gateways").await.unwrap();
+    assert!(
+        notice.starts_with("1 new gateway since this page was loaded."),
+        "{notice}"
+    );
+    assert_eq!(
+        b.run(
+            "return document.querySelectorAll('#fleet tr[data-gw=\"default/gw-live-2\"]').length;"
+        )
+        .await,
+        0,
+        "no row moved in under the reader"
+    );
+    // The counts are the fleet's, not the filter's: both new gateways add to them.
+    b.until("3 gateways counted", TIMEOUT, &text_is("#n-total", "3"))
+        .await;
+    assert_eq!(b.text("#n-online").await.as_deref(), Some("3"));
+    // The drift count, which no event carries, follows with the counts read every sixth
+    // refresh; the answer to such a refresh carries them.
+    let counted = b
+        .run("return fetch(location.href, {headers: {'x-fleet-rows': 'counts'}}).then(function (r) { return r.headers.get('x-fleet-counts'); });")
+        .await;
+    let counted: Value = serde_json::from_str(counted.as_str().unwrap()).unwrap();
+    assert_eq!(counted["drift"], 1, "{counted}");
+    assert_eq!(counted["total"], 3, "{counted}");
+    b.until(
+        "the drift count at 1 on the open page",
+        Duration::from_secs(40),
+        &text_is("#n-drift", "1"),
+    )
+    .await;
+    assert_eq!(b.run("return window.__kept;").await, "yes", "no reload");
+    b.screenshot("fleet-new-gateway").await;
+    b.click("#new-gateways-link").await;
+    b.until(
+        "the view loaded again with gw-live-2",
+        TIMEOUT,
+        "return !window.__kept && !!document.querySelector('#fleet tr[data-gw=\"default/gw-live-2\"]');",
+    )
+    .await;
+    assert!(b.current_url().await.contains("q=gw-live"));
+    assert_eq!(
+        b.run(
+            "return document.querySelectorAll('#fleet tr[data-gw=\"default/gw-other-1\"]').length;"
+        )
+        .await,
+        0
+    );
+    assert_eq!(b.text("#new-gateways").await.as_deref(), Some(""));
+
+    // The gateway page: its last heartbeat, resources and drift follow the chart's poll.
+    b.goto(&c.url("/ui/gateways/gw-live-1")).await;
+    b.until(
+        "the gateway page with its drift",
+        TIMEOUT,
+        &text_is("[data-fig=drift]", "1"),
+    )
+    .await;
+    assert_eq!(b.text("[data-fig=count]").await.as_deref(), Some("1"));
+    let nfs_drift = "[data-fig-families] tr td:nth-of-type(4)";
+    assert_eq!(b.text(nfs_drift).await.as_deref(), Some("1"));
+    assert_eq!(
+        b.text("[data-fig=version]").await.as_deref(),
+        Some(csg_e2e::WORKSPACE_VERSION)
+    );
+    b.run("window.__kept = 'yes'; return true;").await;
+    let seen = b.text("[data-fig=last_seen]").await.unwrap();
+    assert!(seen.contains("UTC"), "{seen}");
+    b.until(
+        "a newer last heartbeat on the page",
+        TIMEOUT,
+        &format!(
+            "var e = document.querySelector('[data-fig=last_seen]'); return !!e && e.textContent.slice(0, 23) !== {};",
+            Value::from(&seen[..23])
+        ),
+    )
+    .await;
+    // The export back in the table: drift 0 without a reload.
+    std::fs::write(stub.dir.join("etab"), &etab).unwrap();
+    b.until(
+        "the gateway page's drift back at 0",
+        Duration::from_secs(20),
+        &text_is("[data-fig=drift]", "0"),
+    )
+    .await;
+    assert_eq!(
+        b.run("return document.querySelector('[data-fig=drift]').parentNode.className;")
+            .await,
+        ""
+    );
+    assert_eq!(b.text(nfs_drift).await.as_deref(), Some("0"));
+    assert_eq!(b.run("return window.__kept;").await, "yes", "no reload");
+    b.screenshot("gateway-live").await;
+
+    b.close().await;
+    for a in &mut agents {
+        a.signal(Signal::SIGTERM);
+    }
+}

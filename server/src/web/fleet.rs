@@ -3,7 +3,7 @@
 
 use askama::Template;
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use csg_transport::LinkState;
 
@@ -197,6 +197,43 @@ struct FleetPage {
     run: Option<(String, String)>,
 }
 
+/// The table's rows alone (`fleet_rows.html`, which the fleet page includes), answered to the
+/// page's own refresh: the request carries [`ROWS_HEADER`] and the page's whole query, the
+/// answer [`ROWS_HEADER`] too (a page answered instead, say for a filter that does not read,
+/// is left alone by the script). The counts are most of the page's time and the page keeps
+/// its presence counts live from its events, so they are read only when asked for
+/// (`x-fleet-rows: counts`, one refresh in six), for the drift and version counts, and
+/// answered as JSON in [`COUNTS_HEADER`].
+#[derive(Template)]
+#[template(path = "fleet_rows.html")]
+struct FleetRows {
+    rows: Vec<Row>,
+    regions: Vec<String>,
+}
+
+/// Names the rows-only request and its answer.
+pub const ROWS_HEADER: &str = "x-fleet-rows";
+/// The counts with the rows, when asked for.
+pub const COUNTS_HEADER: &str = "x-fleet-counts";
+
+fn rows_only(rows: Vec<Row>, regions: Vec<String>, counts: Option<&FleetPage>) -> Response {
+    let mut resp = render(&FleetRows { rows, regions });
+    let h = resp.headers_mut();
+    h.insert(ROWS_HEADER, HeaderValue::from_static("1"));
+    if let Some(p) = counts {
+        let json = serde_json::json!({
+            "total": p.total, "online": p.online, "stale": p.stale, "offline": p.offline,
+            "drift": p.drifting, "versions": p.versions,
+        });
+        // Version strings are the agents' own: one that cannot be a header value leaves the
+        // counts out rather than failing the rows.
+        if let Ok(v) = HeaderValue::from_str(&json.to_string()) {
+            h.insert(COUNTS_HEADER, v);
+        }
+    }
+    resp
+}
+
 /// Regions whose broker link is not up, with its state.
 pub fn brokers_down(state: &AppState) -> Vec<(String, String)> {
     state
@@ -322,11 +359,16 @@ pub async fn page(
             }
         }
     }
-    let summary = state
-        .store
-        .fleet_summary(q.filter.region.as_ref(), &token.groups)
-        .await
-        .map_err(|e| PageError::from(e).by(token))?;
+    let rows_wanted = headers.get(ROWS_HEADER).map(HeaderValue::as_bytes);
+    let summary = if rows_wanted == Some(b"1") {
+        Default::default()
+    } else {
+        state
+            .store
+            .fleet_summary(q.filter.region.as_ref(), &token.groups)
+            .await
+            .map_err(|e| PageError::from(e).by(token))?
+    };
     let limit = PageLimit::new(PAGE_ROWS).map_err(PageError::from)?;
     let listed = state
         .store
@@ -351,6 +393,11 @@ pub async fn page(
         .into_iter()
         .map(|(v, n)| (v.unwrap_or_else(|| "unknown".to_owned()), n))
         .collect();
+    if let Some(asked) = rows_wanted {
+        let rows = listed.items.iter().map(|r| row(r, now, several)).collect();
+        let counts = (asked != b"1").then_some(&page);
+        return Ok(rows_only(rows, page.regions.clone(), counts));
+    }
     page.rows = listed.items.iter().map(|r| row(r, now, several)).collect();
     let base = page.f.query();
     if signed.can(crate::store::Scope::Operate) && !page.rows.is_empty() {
@@ -366,4 +413,39 @@ pub async fn page(
         page.first = Some(format!("/ui/?{view}"));
     }
     Ok(render(&page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rows_template_renders_the_rows_alone() {
+        let r = Row {
+            key: "default/gw-1".into(),
+            id: "gw-1".into(),
+            href: "/ui/gateways/gw-1".into(),
+            region: "default".into(),
+            group: "GID_a".into(),
+            presence: "online",
+            since: "3 s".into(),
+            since_title: "t".into(),
+            last_seen: "1 s".into(),
+            version: "0.1.0".into(),
+            count: 2,
+            drift: 1,
+        };
+        let html = FleetRows {
+            rows: vec![r],
+            regions: Vec::new(),
+        }
+        .render()
+        .unwrap();
+        assert!(html.contains("<tr data-gw=\"default/gw-1\">"), "{html}");
+        assert!(html.contains("has-drift"), "{html}");
+        assert!(
+            !html.contains("<tbody") && !html.contains("<html"),
+            "{html}"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
 use csg_transport::LinkState;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::fleet::gateway_href;
@@ -47,6 +47,7 @@ pub struct CallLine {
     pub at: String,
 }
 
+#[derive(Serialize)]
 pub struct Disk {
     pub mount: String,
     pub fs: String,
@@ -55,6 +56,7 @@ pub struct Disk {
     pub used_pct: String,
 }
 
+#[derive(Serialize)]
 pub struct Family {
     pub name: String,
     pub count: String,
@@ -71,20 +73,12 @@ struct GatewayPage {
     id: String,
     region: String,
     group: String,
-    version: String,
     presence: &'static str,
     reason: String,
     since: String,
     since_ago: String,
-    last_seen: String,
-    uptime: String,
-    cpu: String,
-    load: String,
-    memory: String,
-    disks: Vec<Disk>,
-    count: u64,
-    drift: u64,
-    families: Vec<Family>,
+    /// Version, last heartbeat, host figures, disks, resources and drift.
+    fig: Figures,
     history: Vec<Transition>,
     calls: Vec<CallLine>,
     /// The region's broker, when it is unreachable.
@@ -150,60 +144,36 @@ async fn locate(
     }
 }
 
-#[derive(Deserialize, Default)]
-struct PageQuery {
-    region: Option<String>,
-    sent: Option<String>,
-    done: Option<String>,
-    kind: Option<String>,
-    name: Option<String>,
+/// What the page shows from the gateway's row and its last heartbeat, which moves with each
+/// heartbeat: written here for the page and for `host.json`, which the page's script asks for
+/// every 2 s (the chart's poll) to redraw them, so both say the same in the same words.
+#[derive(Serialize)]
+pub struct Figures {
+    pub version: String,
+    /// `2026-12-05 19:42:49 UTC (3 s ago)`.
+    pub last_seen: String,
+    pub uptime: String,
+    pub cpu: String,
+    pub load: String,
+    pub memory: String,
+    pub disks: Vec<Disk>,
+    pub count: u64,
+    pub drift: u64,
+    /// Per storage family: backend, service up or down, resources, drift.
+    pub families: Vec<Family>,
 }
 
-/// The flash line for what a form did, from its redirect's query (only known verbs and kinds
-/// are shown, so a crafted link cannot write arbitrary text on the page).
-fn done_text(q: &PageQuery) -> Option<String> {
-    let verb = q.done.as_deref()?;
-    if !["created", "updated", "unchanged", "deleted"].contains(&verb) {
-        return None;
-    }
-    let kind = KINDS.iter().find(|k| Some(k.slug) == q.kind.as_deref())?;
-    let name: String = q.name.as_deref()?.chars().take(64).collect();
-    Some(format!("{} {name} {verb}.", kind.one))
-}
-
-pub async fn page(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, PageError> {
-    let signed = reader(&state, &headers).await?;
-    let q: PageQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
-    let (row, handle) = locate(&state, &signed, &id, q.region.as_deref()).await?;
-    let limit = PageLimit::new(HISTORY_ROWS).map_err(PageError::from)?;
-    let history = state
-        .store
-        .list_presence_events(&row.region, &row.instance_id, limit, None)
-        .await?;
-    // The changes made to it: reads (this page's own among them, a few per load) would push
-    // them out of sight, so the last calls are read and their reads left out.
-    let calls = state
-        .store
-        .list_calls(
-            &row.region,
-            &row.instance_id,
-            PageLimit::new(CALLS_READ).map_err(PageError::from)?,
-            None,
-        )
-        .await?;
-    let now = now_ms();
-    let hb: Map<String, Value> = row
-        .heartbeat
+/// The last heartbeat as stored (an object; empty when there is none or it does not read).
+pub fn heartbeat(row: &InstanceRow) -> Map<String, Value> {
+    row.heartbeat
         .as_ref()
         .and_then(|h| serde_json::from_str(h.as_str()).ok())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+pub fn figures(row: &InstanceRow, hb: &Map<String, Value>, now: i64) -> Figures {
     let system = hb.get("system");
-    let mem = match (
+    let memory = match (
         system
             .and_then(|s| s.get("mem_used"))
             .and_then(Value::as_u64),
@@ -262,6 +232,80 @@ pub async fn page(
                 .collect()
         })
         .unwrap_or_default();
+    Figures {
+        version: row.agent_version.clone().unwrap_or_default(),
+        last_seen: row
+            .last_seen_ms
+            .map(|t| format!("{} ({} ago)", utc(t), ago(now, t)))
+            .unwrap_or_default(),
+        uptime: hb
+            .get("uptime_s")
+            .and_then(Value::as_i64)
+            .map(|s| ago(s.saturating_mul(1000), 0))
+            .unwrap_or_default(),
+        cpu: system
+            .and_then(|s| s.get("cpu_pct"))
+            .and_then(Value::as_f64)
+            .map(|c| format!("{c:.1}%"))
+            .unwrap_or_default(),
+        load: text(system.and_then(|s| s.get("load1"))),
+        memory,
+        disks,
+        count: row.storage.map_or(0, |s| s.count),
+        drift: row.storage.map_or(0, |s| s.drift),
+        families,
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct PageQuery {
+    region: Option<String>,
+    sent: Option<String>,
+    done: Option<String>,
+    kind: Option<String>,
+    name: Option<String>,
+}
+
+/// The flash line for what a form did, from its redirect's query (only known verbs and kinds
+/// are shown, so a crafted link cannot write arbitrary text on the page).
+fn done_text(q: &PageQuery) -> Option<String> {
+    let verb = q.done.as_deref()?;
+    if !["created", "updated", "unchanged", "deleted"].contains(&verb) {
+        return None;
+    }
+    let kind = KINDS.iter().find(|k| Some(k.slug) == q.kind.as_deref())?;
+    let name: String = q.name.as_deref()?.chars().take(64).collect();
+    Some(format!("{} {name} {verb}.", kind.one))
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, PageError> {
+    let signed = reader(&state, &headers).await?;
+    let q: PageQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
+    let (row, handle) = locate(&state, &signed, &id, q.region.as_deref()).await?;
+    let limit = PageLimit::new(HISTORY_ROWS).map_err(PageError::from)?;
+    let history = state
+        .store
+        .list_presence_events(&row.region, &row.instance_id, limit, None)
+        .await?;
+    // The changes made to it: reads (this page's own among them, a few per load) would push
+    // them out of sight, so the last calls are read and their reads left out.
+    let calls = state
+        .store
+        .list_calls(
+            &row.region,
+            &row.instance_id,
+            PageLimit::new(CALLS_READ).map_err(PageError::from)?,
+            None,
+        )
+        .await?;
+    let now = now_ms();
+    let hb = heartbeat(&row);
+    let fig = figures(&row, &hb, now);
     let broker_down = match &*handle.link.borrow() {
         LinkState::Ready(_) => None,
         LinkState::Down(Some(f)) => Some(f.describe()),
@@ -308,31 +352,11 @@ pub async fn page(
         id: row.instance_id.as_str().to_owned(),
         region: row.region.as_str().to_owned(),
         group: row.group_id.as_str().to_owned(),
-        version: row.agent_version.clone().unwrap_or_default(),
         presence: row.presence.as_str(),
         reason: row.reason.clone().unwrap_or_default(),
         since: utc(row.since_ms),
         since_ago: ago(now, row.since_ms),
-        last_seen: row
-            .last_seen_ms
-            .map(|t| format!("{} ({} ago)", utc(t), ago(now, t)))
-            .unwrap_or_default(),
-        uptime: hb
-            .get("uptime_s")
-            .and_then(Value::as_i64)
-            .map(|s| ago(s.saturating_mul(1000), 0))
-            .unwrap_or_default(),
-        cpu: system
-            .and_then(|s| s.get("cpu_pct"))
-            .and_then(Value::as_f64)
-            .map(|c| format!("{c:.1}%"))
-            .unwrap_or_default(),
-        load: text(system.and_then(|s| s.get("load1"))),
-        memory: mem,
-        disks,
-        count: row.storage.map_or(0, |s| s.count),
-        drift: row.storage.map_or(0, |s| s.drift),
-        families,
+        fig,
         history: history
             .items
             .iter()

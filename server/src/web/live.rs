@@ -1,6 +1,6 @@
 //! `GET /ui/events`: the pages' live updates, as server-sent events. Each presence change the
-//! signed-in token may see becomes `event: presence` with what a row shows (`key`, `from`,
-//! `to`, `reason`, `since`), and each job change `event: job` (`id`, `state`, `counts`); a
+//! signed-in token may see becomes `event: presence` with what a row shows (`key`, `group`,
+//! `from`, `to`, `reason`, `since`), and each job change `event: job` (`id`, `state`, `counts`); a
 //! page that fell behind gets `event: lagged` (it reloads); a session that ended (signed out, expired, its token revoked) gets `event: ended` within
 //! [`SESSION_RECHECK`] and the stream closes. Nothing compresses or buffers the stream
 //! (`X-Accel-Buffering: no` asks the same of a proxy); a comment every 15 s keeps it open.
@@ -43,6 +43,7 @@ fn presence_frame(p: &Published) -> Option<SseEvent> {
     let Event::Presence {
         region,
         instance_id,
+        group_id,
         from,
         to,
         reason,
@@ -54,6 +55,8 @@ fn presence_frame(p: &Published) -> Option<SseEvent> {
     };
     let data = json!({
         "key": format!("{region}/{instance_id}"),
+        // A page tells by it whether a gateway new to the console matches its filter.
+        "group": group_id,
         "from": from,
         "to": to,
         "reason": reason,

@@ -26,6 +26,7 @@ use crate::http::resources::{
     SMB_USERS,
 };
 use crate::http::{AppState, RemoteAddr};
+use crate::now_ms;
 use crate::store::{InstanceRow, Presence, Scope, TokenRecord};
 
 /// One kind of resource as the pages name it.
@@ -1022,7 +1023,9 @@ pub async fn delete(
 }
 
 /// `GET …/host.json`: the last heartbeat's time, CPU and memory use, for the page's chart
-/// (console.js asks every few seconds and keeps the recent points).
+/// (console.js asks every few seconds and keeps the recent points), and `figures`: the
+/// page's version, last heartbeat, host figures, disks, resources and drift as the page
+/// writes them, which the same poll redraws (no second request).
 pub async fn host(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -1032,7 +1035,12 @@ pub async fn host(
     let (row, _) = visible_instance(&state, &signed.token, &id)
         .await
         .map_err(|p| PageError::reading(p).by(&signed.token))?;
-    Ok(Json(host_point(&row)).into_response())
+    let mut point = host_point(&row);
+    let figures = super::gateway::figures(&row, &super::gateway::heartbeat(&row), now_ms());
+    if let (Some(p), Ok(f)) = (point.as_object_mut(), serde_json::to_value(figures)) {
+        p.insert("figures".to_owned(), f);
+    }
+    Ok(Json(point).into_response())
 }
 
 /// One point of the chart from a gateway's last heartbeat: `{at_ms, cpu_pct, mem_pct,

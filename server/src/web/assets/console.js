@@ -10,10 +10,12 @@
   function say(text) { if (live) { live.textContent = text; } }
   var es = new EventSource(source.getAttribute("data-live"));
   es.onopen = function () { say("live"); document.body.setAttribute("data-live-open", "1"); };
-  es.onerror = function () { say("live updates reconnecting…"); document.body.removeAttribute("data-live-open"); };
-  es.addEventListener("presence", function (m) {
-    var e;
-    try { e = JSON.parse(m.data); } catch (err) { return; }
+  // Once the stream has broken, a gateway without "from" may be one a restarted service hears
+  // of again, not a new one: from then on they are neither counted nor said new.
+  var interrupted = false;
+  es.onerror = function () { interrupted = true; say("live updates reconnecting…"); document.body.removeAttribute("data-live-open"); };
+  // A presence change redraws every row and badge of that gateway.
+  function apply(e) {
     var nodes = document.querySelectorAll("[data-gw]");
     for (var i = 0; i < nodes.length; i++) {
       var n = nodes[i];
@@ -24,13 +26,75 @@
       if (since) { since.textContent = e.since; since.title = e.since_utc; }
       n.setAttribute("data-state", e.to);
     }
-    // The fleet's counts follow (a gateway new to the console has no "from").
-    if (e.from && e.from !== e.to) {
-      var from = document.getElementById("n-" + e.from), to = document.getElementById("n-" + e.to);
-      if (from && to) {
-        from.textContent = String(Math.max(0, parseInt(from.textContent, 10) - 1));
-        to.textContent = String(parseInt(to.textContent, 10) + 1);
+  }
+  function shown(key) {
+    var rows = document.querySelectorAll("#fleet tr[data-gw]");
+    for (var i = 0; i < rows.length; i++) { if (rows[i].getAttribute("data-gw") === key) { return true; } }
+    return false;
+  }
+  // Presence changes met while a refresh of the rows is on its way: applied again to the rows
+  // it brings, which the server may have read before them.
+  var missed = null;
+  // Gateways new to the console (a presence event without "from") that the page does not show
+  // and whose region, id, group and presence match the page's filter: the page says how many,
+  // with a link to the view loaded again, rather than moving the table under the reader. The
+  // version and drift are not known before a gateway's first heartbeat: not checked.
+  var notice = document.getElementById("new-gateways");
+  var fresh = {}, freshN = 0;
+  function here() { return window.location.href.split("#")[0]; }
+  function matches(e) {
+    var q = new URLSearchParams(window.location.search);
+    var at = e.key.indexOf("/"), region = e.key.slice(0, at), id = e.key.slice(at + 1);
+    if (q.get("presence") && q.get("presence") !== e.to) { return false; }
+    if (q.get("q") && id.indexOf(q.get("q")) < 0) { return false; }
+    if (q.get("region") && q.get("region") !== region) { return false; }
+    if (q.get("group") && q.get("group") !== e.group) { return false; }
+    return true;
+  }
+  function noteNew(e) {
+    if (!notice || e.from || interrupted || fresh[e.key] || shown(e.key) || !matches(e)) { return; }
+    fresh[e.key] = true;
+    freshN += 1;
+    var p = document.createElement("p");
+    p.className = "flash ok";
+    p.appendChild(document.createTextNode(freshN + (freshN === 1 ? " new gateway" : " new gateways") + " since this page was loaded. "));
+    var a = document.createElement("a");
+    a.id = "new-gateways-link";
+    a.href = here();
+    a.textContent = "Load the view again";
+    p.appendChild(a);
+    notice.textContent = "";
+    notice.appendChild(p);
+  }
+  // A filter or a page swapped in by htmx is a view loaded now: nothing new since.
+  // (Before the swap: a pager link that asked is gone after it, and its events with it.)
+  document.addEventListener("htmx:beforeSwap", function (ev) {
+    var d = ev.detail;
+    if (!notice || !d || d.shouldSwap === false || !d.target || d.target.id !== "fleet") { return; }
+    fresh = {}; freshN = 0; notice.textContent = "";
+  });
+  es.addEventListener("presence", function (m) {
+    var e;
+    try { e = JSON.parse(m.data); } catch (err) { return; }
+    apply(e);
+    if (missed) { missed.push(e); }
+    noteNew(e);
+    // The fleet's counts follow, when the gateway is in the region they are of; a gateway new
+    // to the console (no "from") adds to the total and its state.
+    var bump = function (id, by) {
+      var n = document.getElementById("n-" + id);
+      if (n) { n.textContent = String(Math.max(0, parseInt(n.textContent, 10) + by)); }
+    };
+    var region = new URLSearchParams(window.location.search).get("region");
+    var ours = !region || e.key.indexOf(region + "/") === 0;
+    if (ours && e.from && e.from !== e.to) {
+      if (document.getElementById("n-" + e.from) && document.getElementById("n-" + e.to)) {
+        bump(e.from, -1);
+        bump(e.to, 1);
       }
+    } else if (ours && !e.from && !interrupted && document.getElementById("n-total")) {
+      bump("total", 1);
+      bump(e.to, 1);
     }
     // The gateway page: its identity section too.
     var badge = document.querySelector("[data-presence-badge]");
@@ -41,6 +105,99 @@
       if (since) { since.textContent = e.since; since.title = e.since_utc; }
     }
   });
+  // The fleet's rows stay current (last seen, version, resources, drift): every 5 s while the
+  // tab is shown, the page asks for its own URL again (the same filter, page and order: every
+  // parameter it has) with `x-fleet-rows: 1`, and the server answers the rows alone, without
+  // the counts (most of a page's time; presence moves them from the events). Each row takes
+  // the cells of its gateway from the answer, but the first (its link, which never changes and
+  // may hold the focus); rows are neither added nor removed, so the table does not move under
+  // the reader (new gateways are said above it). Paused while the pointer, the focus or a
+  // selection is in the table, while the filter is being typed or htmx is loading a view, and
+  // while the tab is hidden (shown again: at once).
+  var EVERY = 5000, typedAt = 0, refreshed = 0;
+  // The counts: the service reads them for one refresh in six (30 s), for the drift and
+  // version counts the events do not carry (they are most of a page's time to read).
+  function counts(json) {
+    var c;
+    try { c = JSON.parse(json); } catch (err) { return; }
+    ["total", "online", "stale", "offline", "drift"].forEach(function (k) {
+      var n = document.getElementById("n-" + k);
+      if (n && typeof c[k] === "number") { n.textContent = String(c[k]); }
+    });
+    var box = document.querySelector(".counts .versions");
+    if (!box || !c.versions) { return; }
+    var old = box.querySelector("ul, p");
+    var list;
+    if (c.versions.length === 0) {
+      list = document.createElement("p");
+      list.className = "muted";
+      list.textContent = "none reported yet";
+    } else {
+      list = document.createElement("ul");
+      c.versions.forEach(function (v) {
+        var li = document.createElement("li"), code = document.createElement("span");
+        code.className = "mono";
+        code.textContent = v[0];
+        li.appendChild(code);
+        li.appendChild(document.createTextNode(": " + v[1]));
+        list.appendChild(li);
+      });
+    }
+    if (old) { box.replaceChild(list, old); } else { box.appendChild(list); }
+  }
+  function rowsNow() { return document.querySelector("#fleet table.gateways tbody"); }
+  function paused(body) {
+    if (document.visibilityState !== "visible" || !body || missed) { return true; }
+    var t = body.parentNode;
+    if (t.matches(":hover") || t.contains(document.activeElement)) { return true; }
+    var sel = window.getSelection ? window.getSelection() : null;
+    if (sel && !sel.isCollapsed && sel.anchorNode && t.contains(sel.anchorNode)) { return true; }
+    return Date.now() - typedAt < 2000 || !!document.querySelector(".htmx-request");
+  }
+  function refresh() {
+    var body = rowsNow();
+    if (!window.fetch || !window.DOMParser || paused(body)) { return; }
+    var url = here();
+    missed = [];
+    var ask = refreshed % 6 === 5 ? "counts" : "1", counted = null;
+    fetch(url, { credentials: "same-origin", redirect: "manual", headers: { "x-fleet-rows": ask } })
+      .then(function (r) {
+        if (!r.ok || r.headers.get("x-fleet-rows") !== "1") { return null; }
+        counted = r.headers.get("x-fleet-counts");
+        return r.text();
+      })
+      .then(function (html) {
+        var again = missed || [];
+        missed = null;
+        // Another view meanwhile (a filter, a page): these rows are not its.
+        if (html === null || rowsNow() !== body || here() !== url) { return; }
+        var doc = new DOMParser().parseFromString("<table><tbody>" + html + "</tbody></table>", "text/html");
+        var got = {}, answered = doc.querySelectorAll("tr[data-gw]");
+        for (var i = 0; i < answered.length; i++) { got[answered[i].getAttribute("data-gw")] = answered[i]; }
+        var rows = body.querySelectorAll("tr[data-gw]");
+        for (var j = 0; j < rows.length; j++) {
+          var n = got[rows[j].getAttribute("data-gw")];
+          if (!n || n.children.length !== rows[j].children.length) { continue; }
+          for (var k = 1; k < n.children.length; k++) {
+            var old = rows[j].children[k];
+            if (old.outerHTML !== n.children[k].outerHTML) { old.replaceWith(document.importNode(n.children[k], true)); }
+          }
+        }
+        for (var a = 0; a < again.length; a++) { apply(again[a]); }
+        if (counted) { counts(counted); }
+        refreshed += 1;
+        body.setAttribute("data-refreshed", String(refreshed));
+      })
+      .catch(function () { missed = null; });
+  }
+  if (document.getElementById("fleet")) {
+    document.addEventListener("input", function (ev) {
+      if (ev.target && ev.target.closest && ev.target.closest("form.filter")) { typedAt = Date.now(); }
+    });
+    var rowsTimer = window.setInterval(refresh, EVERY);
+    document.addEventListener("visibilitychange", function () { if (document.visibilityState === "visible") { refresh(); } });
+    window.addEventListener("pagehide", function () { window.clearInterval(rowsTimer); });
+  }
   // A job's progress: its page's counts, bar and state at once, and the rest of its page
   // (executions, actions, times) fetched again and swapped in, at most once a second and at
   // once when the job ends; the jobs list's state cells. No reload.
@@ -93,7 +250,10 @@
 })();
 // The gateway page's chart: the last heartbeat's CPU and memory use, asked for every few
 // seconds (GET …/host.json); each new heartbeat adds a point, the oldest leave after 60. An
-// inline SVG redrawn from here, as the CSP allows no inline script.
+// inline SVG redrawn from here, as the CSP allows no inline script. The same answer carries
+// the page's figures as the server writes them (version, last heartbeat, uptime, CPU, load,
+// memory, disks, resources and drift): they are redrawn from it, with no request of their own.
+// Nothing is asked while the tab is hidden.
 (function () {
   "use strict";
   var svg = document.querySelector("svg[data-chart]");
@@ -118,10 +278,48 @@
     }
     svg.setAttribute("data-points", String(points.length));
   }
+  // A table of the figures (disks, storage families), drawn again when its rows change: the
+  // first cell a row header, the others text (`num` cells right-aligned).
+  var tablesSeen = {};
+  function table(name, items, cells) {
+    var body = document.querySelector("[data-fig-" + name + "]"), seen = JSON.stringify(items || []);
+    if (!body || tablesSeen[name] === seen) { return; }
+    tablesSeen[name] = seen;
+    body.textContent = "";
+    (items || []).forEach(function (d) {
+      var tr = document.createElement("tr");
+      cells(d).forEach(function (c, i) {
+        var td = document.createElement(i === 0 ? "th" : "td");
+        if (i === 0) { td.scope = "row"; }
+        if (c[0]) { td.className = c[0]; }
+        td.textContent = c[1];
+        tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+  }
+  function figures(f) {
+    var cells = document.querySelectorAll("[data-fig]");
+    for (var i = 0; i < cells.length; i++) {
+      var v = f[cells[i].getAttribute("data-fig")];
+      if (v === undefined || v === null) { continue; }
+      if (cells[i].textContent !== String(v)) { cells[i].textContent = String(v); }
+    }
+    var drift = document.querySelector("[data-fig=drift]");
+    if (drift && drift.parentNode) { drift.parentNode.className = f.drift > 0 ? "has-drift" : ""; }
+    table("disks", f.disks, function (d) {
+      return [["mono", d.mount], ["", d.fs], ["num", d.total], ["num", d.avail], ["num", d.used_pct]];
+    });
+    table("families", f.families, function (d) {
+      return [["", d.name], ["", d.backend], ["", d.up], ["num", d.count], ["num", d.drift]];
+    });
+  }
   function poll() {
+    if (document.visibilityState === "hidden") { return; }
     fetch(url, { credentials: "same-origin", headers: { accept: "application/json" } })
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (p) {
+        if (p && p.figures) { figures(p.figures); }
         if (!p || p.at_ms === null || p.at_ms === seen) { return; }
         seen = p.at_ms;
         points.push(p);
