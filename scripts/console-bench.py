@@ -345,6 +345,14 @@ def cmd_calls(a):
     api = Api(a.url, a.token)
     path = f"/v1/instances/{a.instance}/calls"
     body = {"method": "sys.ping", "params": {}, "timeout_ms": 5000}
+    # The agent answers csgctl once it is connected; the service knows it after its presence
+    # is ingested (the next flush, 500 ms): wait for that, up to 15 s, before timing calls.
+    deadline = time.monotonic() + 15
+    while True:
+        status, reply = api.json("GET", f"/v1/instances/{a.instance}")
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     status, reply = api.json("POST", path, body)
     if status != 200:
         fail(f"POST {path}: {status} {reply}")
