@@ -1,15 +1,18 @@
 //! Server time of the web console's pages over a large fleet: N gateways (heartbeats of the
-//! protocol's example size) written to a SQLite store, the real `csg-consoled` on it, a signed-in
-//! client timing 20 loads of each page (the fleet, filtered, a gateway, the jobs list, a job of
-//! 100 executions, the new-job form, the audit log), and the bytes of each page and asset. A measurement, not a check: run it on purpose,
+//! protocol's example size) written to a store, the real `csg-consoled` on it, a signed-in
+//! client timing each page. Two measurements, not checks; run them on purpose,
 //!
-//!     WEB_BENCH_N=50000 cargo nextest run -p csg-consoled --test web_bench --run-ignored only --no-capture
+//!     WEB_BENCH_N=50000 cargo nextest run --release -p csg-consoled --test web_bench --run-ignored only --no-capture
 //!
-//! `WEB_BENCH_STORE=postgres` runs it on a private PostgreSQL instead. The fleet page is timed
-//! in each order the table sorts by, on its first page and on one half-way through the fleet
-//! (its cursor taken from the API, which pages the same query).
+//! and read their lines (p50 and p95 of the time to the whole response, and its size):
+//! - 20 loads of each page (the fleet, filtered, searched, in each order the table sorts by on
+//!   its first page and half-way through the fleet, a gateway, the jobs list, a job of 100
+//!   executions, the new-job form, the audit log), and the bytes of each page and asset;
+//! - 50 loads of the fleet page and 50 of its rows alone (`x-fleet-rows: 1`, what an open page
+//!   asks for every 5 s), unfiltered, offline only and searched.
 //!
-//! and read its lines (p50 and p95 of the time to the whole response, and its size).
+//! `WEB_BENCH_STORE=postgres` runs them on a private PostgreSQL instead of SQLite. A search
+//! for `gw-0049` needs at least 5,000 gateways to match.
 
 // A benchmark: a failed unwrap stops it, with its location.
 #![allow(clippy::unwrap_used)]
@@ -27,9 +30,24 @@ use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a benchmark: WEB_BENCH_N=50000 … --run-ignored only --no-capture"]
-async fn fleet_and_gateway_pages_over_a_large_fleet() {
+/// A signed-in client of a real `csg-consoled` over a store of `n` gateways.
+struct Bench {
+    n: usize,
+    engine: &'static str,
+    http: reqwest::Client,
+    base: String,
+    /// The session's cookie (`name=value`).
+    sess: String,
+    secret: TokenSecret,
+    _child: ChildGuard,
+    _broker: Broker,
+    _pg: Option<common::PgServer>,
+    _dir: tempfile::TempDir,
+}
+
+/// `WEB_BENCH_N` gateways (10,000 without it) on `WEB_BENCH_STORE` (sqlite, the default, or
+/// postgres), the release or test profile's `csg-consoled` on them, an `admin` signed in.
+async fn start_bench() -> Bench {
     // reqwest is built without a crypto provider; it speaks plain HTTP on loopback here.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let n: usize = std::env::var("WEB_BENCH_N")
@@ -110,7 +128,7 @@ async fn fleet_and_gateway_pages_over_a_large_fleet() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_csg-consoled"));
     cmd.arg("--config").arg(&cfg);
     child_env(&mut cmd);
-    let _c = ChildGuard::spawn("csg-consoled", cmd, dir.path()).unwrap();
+    let child = ChildGuard::spawn("csg-consoled", cmd, dir.path()).unwrap();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -155,6 +173,26 @@ async fn fleet_and_gateway_pages_over_a_large_fleet() {
         .next()
         .unwrap()
         .to_owned();
+    Bench {
+        n,
+        engine,
+        http,
+        base,
+        sess,
+        secret,
+        _child: child,
+        _broker: broker,
+        _pg: pg,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: WEB_BENCH_N=50000 … --run-ignored only --no-capture"]
+async fn fleet_and_gateway_pages_over_a_large_fleet() {
+    let b = start_bench().await;
+    let (n, engine, secret) = (b.n, b.engine, &b.secret);
+    let (http, base, sess) = (b.http.clone(), b.base.clone(), b.sess.clone());
     // Two jobs over 100 gateways each, through the API, at a rate that leaves them running:
     // a job's page shows a full page of executions, the list and the audit log have rows.
     let ids: Vec<String> = (0..100).map(|i| format!("gw-{:06}", i * 7 + 1)).collect();
@@ -279,5 +317,44 @@ async fn fleet_and_gateway_pages_over_a_large_fleet() {
             "{engine} N={n} {shown}: p50 {:.1} ms, p95 {:.1} ms, {bytes} bytes",
             t[10], t[18]
         );
+    }
+}
+
+/// What the fleet page's own refresh costs the server: 50 loads of the fleet page and 50 of
+/// its rows alone (`x-fleet-rows: 1`, what the open page asks for every 5 s), unfiltered,
+/// offline only, and a text search.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: WEB_BENCH_N=50000 … --run-ignored only --no-capture"]
+async fn the_fleet_pages_rows_alone_against_the_whole_page() {
+    let b = start_bench().await;
+    for path in ["/ui/", "/ui/?presence=offline", "/ui/?q=gw-0049"] {
+        for rows in [false, true] {
+            let mut t = Vec::new();
+            let mut bytes = 0;
+            for _ in 0..50 {
+                let mut req = b
+                    .http
+                    .get(format!("{}{path}", b.base))
+                    .header("cookie", &b.sess);
+                if rows {
+                    req = req.header("x-fleet-rows", "1");
+                }
+                let t1 = Instant::now();
+                let r = req.send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                assert_eq!(r.headers().contains_key("x-fleet-rows"), rows);
+                bytes = r.bytes().await.unwrap().len();
+                t.push(t1.elapsed().as_secs_f64() * 1000.0);
+            }
+            t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            eprintln!(
+                "{} N={} {path} {}: p50 {:.1} ms, p95 {:.1} ms, {bytes} bytes",
+                b.engine,
+                b.n,
+                if rows { "rows alone" } else { "whole page" },
+                t[25],
+                t[47]
+            );
+        }
     }
 }
