@@ -2351,6 +2351,13 @@ async fn the_fleet_table_sorts_by_its_columns_pages_in_that_order_and_keeps_it_w
     let ids = table_ids(&b).await;
     assert_eq!(ids[0], "gw-sort-live", "the newest change first");
     assert_eq!(ids[1..], since_desc[..99]);
+    // The table came in by htmx; the page's stream goes on, and its caption says so.
+    b.until(
+        "the swapped table's caption saying the page is live",
+        TIMEOUT,
+        "var e = document.getElementById('live'); return !!e && e.textContent === 'live';",
+    )
+    .await;
     b.screenshot("fleet-sorted").await;
     b.click("nav.pager a[rel=next]").await;
     b.until(

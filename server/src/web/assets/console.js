@@ -6,8 +6,16 @@
   "use strict";
   var source = document.querySelector("[data-live]");
   if (!source || !window.EventSource) { return; }
-  var live = document.getElementById("live");
-  function say(text) { if (live) { live.textContent = text; } }
+  // The stream's state, said in the table's caption. The caption is looked up each time and
+  // said again after htmx swaps the table (a sort, a filter, a page): the new one comes from
+  // the server saying "live updates off", while this page's stream goes on.
+  var state = null;
+  function say(text) {
+    state = text;
+    var live = document.getElementById("live");
+    if (live) { live.textContent = text; }
+  }
+  document.body.addEventListener("htmx:afterSettle", function () { if (state) { say(state); } });
   var es = new EventSource(source.getAttribute("data-live"));
   es.onopen = function () { say("live"); document.body.setAttribute("data-live-open", "1"); };
   // Once the stream has broken, a gateway without "from" may be one a restarted service hears
