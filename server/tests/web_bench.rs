@@ -11,6 +11,11 @@
 //! - 50 loads of the fleet page and 50 of its rows alone (`x-fleet-rows: 1`, what an open page
 //!   asks for every 5 s), unfiltered, offline only and searched.
 //!
+//! - a fleet going offline at once: `WEB_BENCH_OFFLINE` (1000) simulated agents (`csg-sim`)
+//!   killed together, the broker publishing their Wills; the time from the kill to each
+//!   gateway's offline event on the fleet page's own stream (`/ui/events`, the signed-in
+//!   session's), which the open page redraws its rows and counts from.
+//!
 //! `WEB_BENCH_STORE=postgres` runs them on a private PostgreSQL instead of SQLite. A search
 //! for `gw-0049` needs at least 5,000 gateways to match.
 
@@ -40,7 +45,7 @@ struct Bench {
     sess: String,
     secret: TokenSecret,
     _child: ChildGuard,
-    _broker: Broker,
+    broker: Broker,
     _pg: Option<common::PgServer>,
     _dir: tempfile::TempDir,
 }
@@ -181,7 +186,7 @@ async fn start_bench() -> Bench {
         sess,
         secret,
         _child: child,
-        _broker: broker,
+        broker,
         _pg: pg,
         _dir: dir,
     }
@@ -357,4 +362,112 @@ async fn the_fleet_pages_rows_alone_against_the_whole_page() {
             );
         }
     }
+}
+
+/// A fleet going offline at once: from the kill of `WEB_BENCH_OFFLINE` simulated agents (their
+/// Wills published by the broker) to each one's offline event on the page's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: WEB_BENCH_OFFLINE=1000 … --run-ignored only --no-capture"]
+async fn a_fleet_going_offline_at_once_reaches_the_pages_stream() {
+    let b = start_bench().await;
+    let count: usize = std::env::var("WEB_BENCH_OFFLINE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut cmd = Command::new(csg_e2e::bins::sim());
+    cmd.arg("--broker")
+        .arg(b.broker.url())
+        .args([
+            "--count",
+            &count.to_string(),
+            "--prefix",
+            "will-",
+            "--heartbeat-s",
+            "5",
+        ])
+        .args(["--report-ms", "0"]);
+    child_env(&mut cmd);
+    let mut sim = ChildGuard::spawn("csg-sim", cmd, b._dir.path()).unwrap();
+    // Every simulated gateway online in the service first.
+    let t0 = Instant::now();
+    loop {
+        let mut online = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q =
+                "/v1/instances?presence=online&q=will-&limit=1000&fields=presence".to_owned();
+            if let Some(c) = &cursor {
+                q.push_str(&format!("&cursor={c}"));
+            }
+            let r = b
+                .http
+                .get(format!("{}{q}", b.base))
+                .bearer_auth(b.secret.expose())
+                .send()
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            online += v["items"].as_array().map_or(0, Vec::len);
+            cursor = v["next_cursor"].as_str().map(str::to_owned);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        if online == count {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{online} of {count} simulated gateways online"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("{count} simulated gateways online after {:?}", t0.elapsed());
+    // The page's stream, as the open fleet page holds it.
+    let mut stream = b
+        .http
+        .get(format!("{}/ui/events", b.base))
+        .header("cookie", &b.sess)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let reader = tokio::spawn(async move {
+        let mut text = String::new();
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            // One event ends with a blank line; an offline event of a simulated gateway counts.
+            while let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                if event.contains("event: presence")
+                    && event.contains("\"to\":\"offline\"")
+                    && event.contains("will-")
+                {
+                    let _ = tx.send(Instant::now());
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    sim.kill9();
+    let mut at: Vec<f64> = Vec::with_capacity(count);
+    while at.len() < count {
+        match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(t)) => at.push(t.duration_since(killed).as_secs_f64() * 1000.0),
+            _ => panic!("{} of {count} offline events within 60 s", at.len()),
+        }
+    }
+    reader.abort();
+    at.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    eprintln!(
+        "{} N={} {count} gateways killed at once: offline on the page's stream first {:.0} ms, p50 {:.0} ms, p99 {:.0} ms, last {:.0} ms",
+        b.engine,
+        b.n,
+        at[0],
+        at[count / 2],
+        at[count * 99 / 100],
+        at[count - 1]
+    );
 }
