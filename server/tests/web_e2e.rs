@@ -2784,3 +2784,372 @@ async fn the_fleet_rows_and_the_gateway_page_follow_the_agents_without_a_reload(
         a.signal(Signal::SIGTERM);
     }
 }
+
+/// The iSCSI target and SMB user forms in the browser against one agent with the tgt backend
+/// on a private, real tgtd (its own control socket and portal) and Samba on a private, real
+/// smbd: a target with a file LUN created through the form, listed with no drift and present in
+/// tgtd (`tgtadm --op show`); a bad IQN refused with the agent's message next to the IQN field
+/// and nothing created; the target deleted through the confirmation (its backing file too) and
+/// gone from the page, the API and tgtd. Then an SMB user set through its form (in smbd's
+/// passdb, its Unix account made), a short password refused next to its field and never shown
+/// back, and the user deleted through the confirmation (gone from the passdb and the system).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_iscsi_target_and_smb_user_forms_create_list_refuse_and_delete_on_real_daemons() {
+    use csg_e2e::smbd::{Smbd, TestUsers};
+    use csg_e2e::tgtd::Tgtd;
+
+    const PREFIX: &str = "iqn.2026-11.test.web";
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let broker = Broker::start();
+    let mut c = Consoled::new(&broker);
+    let operator = c.token("iscsi-operator", "operate");
+    let admin = c.token("iscsi-admin", "admin");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    c.start(&http).await;
+
+    let tgtd = Tgtd::start();
+    let smbd = Smbd::start();
+    let mut users = TestUsers::new();
+    let work = tempfile::tempdir().unwrap();
+    let state = std::fs::canonicalize(work.path()).unwrap().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // The LUN's file lives under the storage root smbd's shares use (one root for both).
+    let root = std::fs::canonicalize(smbd.root()).unwrap();
+    let id = "gw-iscsi-web";
+    let mut cfg = AgentConfig::new(id, &broker.url());
+    cfg.heartbeat_interval_s = 1;
+    smbd.configure(&mut cfg, &state);
+    cfg.iscsi = Some(tgtd.iscsi_section(PREFIX));
+    let _agent = Agent::spawn(&cfg);
+    let t0 = Instant::now();
+    loop {
+        let page = c.api(&http, "/v1/instances?presence=online", &admin).await;
+        if page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["instance_id"] == id)
+        {
+            break;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "agent never online\n{}", c.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let b = Browser::start(c.dir.path()).await;
+    sign_in(&b, &c, &operator).await;
+    let page = c.url(&format!("/ui/gateways/{id}"));
+    // The section appears once a heartbeat has named the family.
+    let t0 = Instant::now();
+    'section: loop {
+        b.goto(&page).await;
+        for _ in 0..30 {
+            if b.run("return !!document.getElementById('h-iscsi-targets') && !!document.getElementById('h-smb-users');")
+                .await
+                == Value::Bool(true)
+            {
+                break 'section;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "no iSCSI section\n{}", c.log());
+    }
+    let caps = b.text("#caps").await.unwrap();
+    assert!(caps.contains("tgt") && caps.contains("samba"), "{caps}");
+
+    // A target with a file LUN (created sparse by the agent) and one initiator.
+    let img = root.join("web1.img").display().to_string();
+    let iqn = format!("{PREFIX}:web1");
+    b.click("a[data-new='iscsi-targets']").await;
+    b.until(
+        "the new target form",
+        TIMEOUT,
+        "return !!document.getElementById('f-luns') && !!document.getElementById('f-iqn');",
+    )
+    .await;
+    b.type_into("#f-name", "web1").await;
+    set_field(
+        &b,
+        "#f-luns",
+        &json!([{"lun": 1, "path": img, "size_bytes": 8 << 20}]).to_string(),
+    )
+    .await;
+    set_field(&b, "#f-initiators", r#"["iqn.2026-11.test.client:c1"]"#).await;
+    b.screenshot("iscsi-form").await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "back on the gateway page with web1 created",
+        Duration::from_secs(40),
+        "var d = document.getElementById('done'); return !!d && d.textContent.indexOf('iSCSI target web1 created') >= 0;",
+    )
+    .await;
+    b.until(
+        "the web1 row of iscsi-targets",
+        TIMEOUT,
+        "return !!document.querySelector(\"table[data-kind='iscsi-targets'] tr[data-name='web1']\");",
+    )
+    .await;
+    let row = b
+        .text("table[data-kind='iscsi-targets'] tr[data-name='web1']")
+        .await
+        .unwrap();
+    assert!(row.contains("present") && row.contains("none"), "{row}");
+    let api = c
+        .api(
+            &http,
+            &format!("/v1/instances/{id}/iscsi/targets/web1"),
+            &admin,
+        )
+        .await;
+    assert_eq!(api["drift"], json!([]), "{api}");
+    let shown = tgtd.show();
+    assert!(shown.contains(&iqn), "tgtd lacks {iqn}:\n{shown}");
+    assert!(shown.contains(&img), "tgtd lacks the LUN {img}:\n{shown}");
+    assert!(
+        shown.contains("iqn.2026-11.test.client:c1"),
+        "tgtd lacks the initiator:\n{shown}"
+    );
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 8 << 20);
+    b.run("document.getElementById('h-iscsi-targets').scrollIntoView(); return true;")
+        .await;
+    b.screenshot("iscsi-listed").await;
+
+    // An IQN with upper case: the agent's INVALID_PARAMS next to the IQN field, the values
+    // kept, nothing created in tgtd.
+    b.click("a[data-new='iscsi-targets']").await;
+    b.until(
+        "the new target form",
+        TIMEOUT,
+        "return !!document.getElementById('f-iqn');",
+    )
+    .await;
+    let bad = "iqn.2026-11.test.web:Bad_Name";
+    b.type_into("#f-name", "web2").await;
+    b.type_into("#f-iqn", bad).await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "the error next to the IQN field",
+        Duration::from_secs(40),
+        "return !!document.querySelector(\".field[data-field='iqn'] .error-text\");",
+    )
+    .await;
+    let err = b
+        .text(".field[data-field='iqn'] .error-text")
+        .await
+        .unwrap();
+    assert!(
+        err.contains("is invalid") && err.contains("lowercase"),
+        "{err}"
+    );
+    assert!(b
+        .text(".field[data-field='name'] .error-text")
+        .await
+        .is_none());
+    assert_eq!(
+        b.run("return document.getElementById('f-iqn').value;")
+            .await,
+        Value::from(bad)
+    );
+    assert_eq!(
+        b.run("return document.getElementById('f-iqn').getAttribute('aria-invalid');")
+            .await,
+        "true"
+    );
+    b.screenshot("iscsi-form-error").await;
+    let list = c
+        .api(&http, &format!("/v1/instances/{id}/iscsi/targets"), &admin)
+        .await;
+    assert_eq!(list["targets"].as_array().unwrap().len(), 1, "{list}");
+    assert!(!tgtd.show().contains("web2"));
+
+    // Deleted through the confirmation, its backing file with it.
+    b.goto(&page).await;
+    b.until(
+        "the web1 row of iscsi-targets",
+        TIMEOUT,
+        "return !!document.querySelector(\"table[data-kind='iscsi-targets'] tr[data-name='web1']\");",
+    )
+    .await;
+    b.click("table[data-kind='iscsi-targets'] tr[data-name='web1'] a[href$='/delete']")
+        .await;
+    b.until(
+        "the confirmation",
+        TIMEOUT,
+        "return !!document.getElementById('confirm') && !!document.getElementById('o-delete_backing_files');",
+    )
+    .await;
+    b.click("#confirm").await;
+    b.click("#o-delete_backing_files").await;
+    b.screenshot("iscsi-delete").await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "web1 deleted",
+        Duration::from_secs(40),
+        "var d = document.getElementById('done'); return !!d && d.textContent.indexOf('iSCSI target web1 deleted') >= 0;",
+    )
+    .await;
+    b.until(
+        "the resources loaded",
+        TIMEOUT,
+        "return !!document.getElementById('h-iscsi-targets');",
+    )
+    .await;
+    assert!(b
+        .text("table[data-kind='iscsi-targets'] tr[data-name='web1']")
+        .await
+        .is_none());
+    let list = c
+        .api(&http, &format!("/v1/instances/{id}/iscsi/targets"), &admin)
+        .await;
+    assert_eq!(list["targets"], json!([]), "{list}");
+    let shown = tgtd.show();
+    assert!(!shown.contains(&iqn), "tgtd still has {iqn}:\n{shown}");
+    assert!(!Path::new(&img).exists(), "{img} left behind");
+
+    // An SMB user set through its form: in smbd's passdb, its Unix account made by the agent.
+    let alice = users.name("alice");
+    let secret = "Web-user-pass-1234";
+    b.click("a[data-new='smb-users']").await;
+    b.until(
+        "the new user form",
+        TIMEOUT,
+        "var p = document.getElementById('f-password'); return !!p && p.type === 'password' && !!document.getElementById('f-username');",
+    )
+    .await;
+    b.type_into("#f-username", &alice).await;
+    b.type_into("#f-password", secret).await;
+    b.click("form.resource button[type=submit]").await;
+    let done = format!("SMB user {alice} created");
+    b.until(
+        "the user created",
+        Duration::from_secs(40),
+        &format!(
+            "var d = document.getElementById('done'); return !!d && d.textContent.indexOf({}) >= 0;",
+            Value::from(done.as_str())
+        ),
+    )
+    .await;
+    let user_row = format!("table[data-kind='smb-users'] tr[data-name='{alice}']");
+    b.until(
+        "the user's row",
+        TIMEOUT,
+        &format!(
+            "return !!document.querySelector({});",
+            Value::from(user_row.as_str())
+        ),
+    )
+    .await;
+    let row = b.text(&user_row).await.unwrap();
+    assert!(row.contains("none"), "{row}");
+    assert!(
+        smbd.passdb_users().contains(&alice),
+        "{:?}",
+        smbd.passdb_users()
+    );
+    assert!(TestUsers::exists(&alice));
+    let api = c
+        .api(&http, &format!("/v1/instances/{id}/smb/users"), &admin)
+        .await;
+    let entry = api["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == alice.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{alice} not listed: {api}"));
+    assert_eq!(entry["drift"], json!([]), "{entry}");
+    assert!(!api.to_string().contains(secret));
+    b.run("document.getElementById('h-smb-users').scrollIntoView(); return true;")
+        .await;
+    b.screenshot("smb-user-listed").await;
+
+    // A password too short: the agent's INVALID_PARAMS next to the password field, the
+    // password neither echoed nor written back into the form, no user made.
+    let bob = users.name("bob");
+    b.click("a[data-new='smb-users']").await;
+    b.until(
+        "the new user form",
+        TIMEOUT,
+        "return !!document.getElementById('f-password');",
+    )
+    .await;
+    b.type_into("#f-username", &bob).await;
+    b.type_into("#f-password", "Short1").await;
+    b.click("form.resource button[type=submit]").await;
+    b.until(
+        "the error next to the password field",
+        Duration::from_secs(40),
+        "return !!document.querySelector(\".field[data-field='password'] .error-text\");",
+    )
+    .await;
+    let err = b
+        .text(".field[data-field='password'] .error-text")
+        .await
+        .unwrap();
+    assert!(err.contains("password"), "{err}");
+    assert!(!err.contains("Short1"), "the password echoed: {err}");
+    assert_eq!(
+        b.run("return document.getElementById('f-password').value;")
+            .await,
+        ""
+    );
+    assert_eq!(
+        b.run("return document.getElementById('f-username').value;")
+            .await,
+        Value::from(bob.as_str())
+    );
+    let html = b.run("return document.documentElement.outerHTML;").await;
+    assert!(!html.as_str().unwrap().contains("Short1"));
+    b.screenshot("smb-user-form-error").await;
+    assert!(!smbd.passdb_users().contains(&bob));
+    assert!(!TestUsers::exists(&bob));
+
+    // Deleted through the confirmation: gone from the page, the passdb and the system.
+    b.goto(&page).await;
+    b.until(
+        "the user's row",
+        TIMEOUT,
+        &format!(
+            "return !!document.querySelector({});",
+            Value::from(user_row.as_str())
+        ),
+    )
+    .await;
+    b.click(&format!("{user_row} a[href$='/delete']")).await;
+    b.until(
+        "the confirmation",
+        TIMEOUT,
+        "return !!document.getElementById('confirm');",
+    )
+    .await;
+    b.click("#confirm").await;
+    b.click("form.resource button[type=submit]").await;
+    let done = format!("SMB user {alice} deleted");
+    b.until(
+        "the user deleted",
+        Duration::from_secs(40),
+        &format!(
+            "var d = document.getElementById('done'); return !!d && d.textContent.indexOf({}) >= 0;",
+            Value::from(done.as_str())
+        ),
+    )
+    .await;
+    b.until(
+        "the resources loaded",
+        TIMEOUT,
+        "return !!document.getElementById('h-smb-users');",
+    )
+    .await;
+    assert!(b.text(&user_row).await.is_none());
+    assert!(
+        !smbd.passdb_users().contains(&alice),
+        "{:?}",
+        smbd.passdb_users()
+    );
+    assert!(!TestUsers::exists(&alice));
+    b.close().await;
+}
