@@ -254,14 +254,8 @@ pub async fn page(
     };
     page.lines = listed.items.iter().map(line).collect();
     let base = page.f.query();
-    let sep = if base.is_empty() { "" } else { "&" };
-    page.next = listed.next_cursor.map(|c| {
-        let c = serde_urlencoded::to_string([("cursor", c.as_str())]).unwrap_or_default();
-        format!("/ui/audit?{base}{sep}{c}")
-    });
-    if cursor.is_some() {
-        page.first = Some(format!("/ui/audit?{base}"));
-    }
+    (page.next, page.first) =
+        super::view::pager("/ui/audit", &base, listed.next_cursor, cursor.is_some());
     Ok(render(&page))
 }
 

@@ -34,6 +34,12 @@ pub struct FilterForm {
 impl FilterForm {
     /// The query of this filter, without the order (the new-job form takes the filter only).
     fn query(&self) -> String {
+        self.query_with_sort("")
+    }
+
+    /// The query of this filter in the order `sort` (`sort=` as the URL writes it; empty: the
+    /// default order, no parameter), for the pager's and the headers' links.
+    fn query_with_sort(&self, sort: &str) -> String {
         super::view::query_of(&[
             ("presence", self.presence.as_str()),
             ("group", self.group.as_str()),
@@ -41,22 +47,12 @@ impl FilterForm {
             ("drift", self.drift.as_str()),
             ("q", self.q.as_str()),
             ("region", self.region.as_str()),
+            ("sort", sort),
         ])
     }
 
     pub fn is_empty(&self) -> bool {
         self.query().is_empty()
-    }
-
-    /// The query of this view, filter and order, for the pager's links.
-    fn view_query(&self) -> String {
-        let base = self.query();
-        let sort = super::view::query_of(&[("sort", self.sort.as_str())]);
-        match (base.is_empty(), sort.is_empty()) {
-            (_, true) => base,
-            (true, false) => sort,
-            (false, false) => format!("{base}&{sort}"),
-        }
     }
 }
 
@@ -82,7 +78,6 @@ const SORTABLE: [(SortKey, &str, bool); 6] = [
 ];
 
 fn sort_heads(f: &FilterForm, current: InstanceOrder) -> Vec<SortHead> {
-    let base = f.query();
     SORTABLE
         .iter()
         .map(|&(key, label, first_descending)| {
@@ -99,13 +94,13 @@ fn sort_heads(f: &FilterForm, current: InstanceOrder) -> Vec<SortHead> {
             let sort = if next == InstanceOrder::default() {
                 String::new()
             } else {
-                super::view::query_of(&[("sort", next.as_param().as_str())])
+                next.as_param()
             };
-            let query = match (base.is_empty(), sort.is_empty()) {
-                (true, true) => String::new(),
-                (false, true) => format!("?{base}"),
-                (true, false) => format!("?{sort}"),
-                (false, false) => format!("?{base}&{sort}"),
+            let query = f.query_with_sort(&sort);
+            let query = if query.is_empty() {
+                query
+            } else {
+                format!("?{query}")
             };
             let way = if next.descending {
                 "descending"
@@ -403,15 +398,12 @@ pub async fn page(
     if signed.can(crate::store::Scope::Operate) && !page.rows.is_empty() {
         page.run = Some(run_link(&page, &base));
     }
-    let view = page.f.view_query();
-    let sep = if view.is_empty() { "" } else { "&" };
-    page.next = listed.next_cursor.map(|c| {
-        let c = serde_urlencoded::to_string([("cursor", c.as_str())]).unwrap_or_default();
-        format!("/ui/?{view}{sep}{c}")
-    });
-    if cursor.is_some() {
-        page.first = Some(format!("/ui/?{view}"));
-    }
+    (page.next, page.first) = super::view::pager(
+        "/ui/",
+        &page.f.query_with_sort(&page.f.sort),
+        listed.next_cursor,
+        cursor.is_some(),
+    );
     Ok(render(&page))
 }
 

@@ -176,14 +176,8 @@ pub async fn list(
     } else {
         serde_urlencoded::to_string([("state", st.as_str())]).unwrap_or_default()
     };
-    let sep = if base.is_empty() { "" } else { "&" };
-    page.next = listed.next_cursor.map(|c| {
-        let c = serde_urlencoded::to_string([("cursor", c.as_str())]).unwrap_or_default();
-        format!("/ui/jobs?{base}{sep}{c}")
-    });
-    if cursor.is_some() {
-        page.first = Some(format!("/ui/jobs?{base}"));
-    }
+    (page.next, page.first) =
+        super::view::pager("/ui/jobs", &base, listed.next_cursor, cursor.is_some());
     Ok(render(&page))
 }
 

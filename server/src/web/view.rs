@@ -215,6 +215,23 @@ pub fn query_of(pairs: &[(&str, &str)]) -> String {
     serde_urlencoded::to_string(set).unwrap_or_default()
 }
 
+/// A list page's pager: "Next page" (the store's cursor after `query`, the page's filter) and
+/// "First page" (when this page was reached by a cursor), both on `path`.
+pub fn pager(
+    path: &str,
+    query: &str,
+    next_cursor: Option<String>,
+    paged: bool,
+) -> (Option<String>, Option<String>) {
+    let sep = if query.is_empty() { "" } else { "&" };
+    let next = next_cursor.map(|c| {
+        let c = serde_urlencoded::to_string([("cursor", c.as_str())]).unwrap_or_default();
+        format!("{path}?{query}{sep}{c}")
+    });
+    let first = paged.then(|| format!("{path}?{query}"));
+    (next, first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
