@@ -14,8 +14,8 @@ use crate::fleet::driver::{Batch, Clock, FleetSink, Seen, SharedFleet, SinkError
 use crate::fleet::{Beat, Instance, Liveness, PresenceEvent, PresenceView, Reason, Restored};
 use crate::metrics::Metrics;
 use crate::store::{
-    self, InstanceFilter, InstanceOrder, InstanceRow, PageLimit, Presence, Region, StorageSummary,
-    Store, StoreError,
+    self, HostSample, InstanceFilter, InstanceOrder, InstanceRow, PageLimit, Presence, Region,
+    StorageSummary, Store, StoreError,
 };
 
 /// A [`FleetSink`] backed by a [`Store`].
@@ -65,6 +65,10 @@ pub fn row_of(i: &Instance, region: &Region, group: GroupId, now_ms: i64) -> Ins
             drift: i.storage.drift,
         }),
         updated_ms: now_ms,
+        sample: i
+            .heartbeat
+            .as_ref()
+            .map(|h| HostSample::of(h.ts_ms, h.host.cpu_pct, h.host.mem_used, h.host.mem_total)),
     }
 }
 

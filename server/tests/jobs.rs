@@ -275,6 +275,7 @@ fn row(id: &str, presence: Presence, updated_ms: i64) -> InstanceRow {
         heartbeat: None,
         storage: None,
         updated_ms,
+        sample: None,
     }
 }
 

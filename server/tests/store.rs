@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::PgServer;
 use csg_consoled::store::{
-    self, AuditEvent, AuditFilter, CallInsert, CallRecord, CallState, InstanceFilter,
+    self, AuditEvent, AuditFilter, CallInsert, CallRecord, CallState, HostSample, InstanceFilter,
     InstanceOrder, InstanceRow, JsonText, NewToken, Page, PageLimit, Presence, PresenceEvent,
     Region, Scope, SortKey, StaleCalls, StorageSummary, Store, StoreError, StoreOptions, TokenHash,
     TokenName, TokenSecret,
@@ -91,6 +91,7 @@ both_engines!(
     migrations_are_idempotent,
     upsert_then_read_back,
     upserts_that_change_indexed_columns_are_written_in_full,
+    host_samples_keep_the_last_sixty_once_each_in_time_order,
     keyset_paging_returns_each_row_once_under_every_filter,
     keyset_paging_in_every_order_returns_each_row_once,
     cursor_from_another_filter_is_refused,
@@ -102,6 +103,59 @@ both_engines!(
     stale_pending_calls_are_claimed_once_and_leased,
     the_sweeper_resends_young_calls_and_ends_the_rest_unknown,
 );
+
+async fn host_samples_keep_the_last_sixty_once_each_in_time_order(fx: &mut Fixture) {
+    let s = &fx.store;
+    let sample = |n: u64| HostSample::of(1_764_979_200_000 + n * 1000, n as f32, n, 100);
+    let (r, a) = (region("cn-hangzhou"), InstanceId::new("gw-a").unwrap());
+    assert_eq!(s.host_samples(&r, &a).await.unwrap(), vec![]);
+    for n in 0..70u64 {
+        let mut row = instance("cn-hangzhou", "gw-a", 10 + n as i64);
+        row.sample = Some(sample(n));
+        // Every third write moves an indexed column (on SQLite, the full statement's path);
+        // the row beside it in the batch changes its presence every time, so the chunk is
+        // written again in full after the first statement wrote gw-a: its sample is appended
+        // once all the same.
+        if n % 3 == 0 {
+            row.since_ms = n as i64;
+        }
+        let mut b = instance("cn-hangzhou", "gw-b", 10 + n as i64);
+        b.presence = if n % 2 == 0 {
+            Presence::Online
+        } else {
+            Presence::Stale
+        };
+        s.upsert_instances(&[row.clone(), b]).await.unwrap();
+        // The same heartbeat written again (a presence change, another replica): not twice.
+        if n % 5 == 0 {
+            row.updated_ms += 1;
+            row.presence = Presence::Stale;
+            s.upsert_instances(&[row]).await.unwrap();
+        }
+    }
+    // A row with no heartbeat leaves the samples; one older than the stored row is ignored,
+    // its sample too.
+    s.upsert_instances(&[instance("cn-hangzhou", "gw-a", 1_000)])
+        .await
+        .unwrap();
+    let mut old = instance("cn-hangzhou", "gw-a", 5);
+    old.sample = Some(sample(500));
+    s.upsert_instances(&[old]).await.unwrap();
+    let got = s.host_samples(&r, &a).await.unwrap();
+    let want: Vec<HostSample> = (10..70).map(sample).collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        s.host_samples(&r, &InstanceId::new("gw-b").unwrap())
+            .await
+            .unwrap(),
+        vec![]
+    );
+    // Another region's gateway of the same id is another gateway.
+    assert_eq!(
+        s.host_samples(&region("cn-shanghai"), &a).await.unwrap(),
+        vec![]
+    );
+}
 
 /// The URL of a second, empty database beside the fixture's.
 async fn fresh_database(fx: &Fixture) -> String {
@@ -135,6 +189,7 @@ fn instance(r: &str, id: &str, updated_ms: i64) -> InstanceRow {
         heartbeat: Some(JsonText::of(&json!({"seq": updated_ms, "load": [0.5, 0.25]})).unwrap()),
         storage: Some(StorageSummary { count: 3, drift: 0 }),
         updated_ms,
+        sample: None,
     }
 }
 

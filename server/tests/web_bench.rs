@@ -109,6 +109,7 @@ async fn start_bench() -> Bench {
                 drift: u64::from(i % 50 == 0),
             }),
             updated_ms: 1,
+            sample: None,
         })
         .collect();
     for c in rows.chunks(5000) {

@@ -2283,6 +2283,7 @@ async fn the_fleet_table_sorts_by_its_columns_pages_in_that_order_and_keeps_it_w
                 drift: if i % 7 == 0 { (i % 4 + 1) as u64 } else { 0 },
             }),
             updated_ms: 1,
+            sample: None,
         })
         .collect();
     let db = c.dir.path().join("state/console.db");

@@ -133,7 +133,25 @@ pub struct LastBeat {
     pub interval_s: u64,
     /// The whole heartbeat, compact JSON made once when it arrived.
     pub text: JsonText,
+    /// Its host figures, for the gateway's chart (the store keeps the recent ones).
+    #[serde(skip)]
+    pub host: HostFigures,
 }
+
+/// A heartbeat's CPU and memory figures, as it said them.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+pub struct HostFigures {
+    /// 0 to 100.
+    pub cpu_pct: f32,
+    /// Bytes.
+    pub mem_used: u64,
+    /// Bytes.
+    pub mem_total: u64,
+}
+
+// `LastBeat` is compared whole (tests, the fleet's merges); a NaN CPU figure cannot come from
+// a heartbeat (JSON has no NaN), so equality of the figures is an equivalence here.
+impl Eq for HostFigures {}
 
 /// The members of a stored heartbeat the fleet needs, read without the rest.
 #[derive(Deserialize)]
@@ -147,6 +165,8 @@ struct BeatParts {
     interval_s: u64,
     #[serde(default)]
     storage: BTreeMap<String, FamilySummary>,
+    #[serde(default)]
+    system: HostFigures,
 }
 
 impl Beat {
@@ -162,6 +182,11 @@ impl Beat {
                 uptime_s: hb.uptime_s,
                 interval_s: hb.interval_s,
                 text: JsonText::of(hb)?,
+                host: HostFigures {
+                    cpu_pct: hb.system.cpu_pct,
+                    mem_used: hb.system.mem_used,
+                    mem_total: hb.system.mem_total,
+                },
             },
         })
     }
@@ -180,6 +205,7 @@ impl Beat {
                 uptime_s: p.uptime_s,
                 interval_s: p.interval_s,
                 text,
+                host: p.system,
             },
         })
     }

@@ -18,9 +18,9 @@ use super::token_cache::TokenCache;
 use super::tokens::{groups_from_text, groups_to_text, scopes_from_text, scopes_to_text};
 use super::types::{decode_cursor, encode_cursor, fingerprint_of, SortValue};
 use super::{
-    Engine, InstanceFilter, InstanceOrder, InstanceRow, JsonText, NewToken, Page, PageLimit,
-    Presence, PresenceEvent, Region, SortKey, StorageSummary, Store, StoreError, StoreOptions,
-    TokenHash, TokenName, TokenRecord,
+    Engine, HostSample, InstanceFilter, InstanceOrder, InstanceRow, JsonText, NewToken, Page,
+    PageLimit, Presence, PresenceEvent, Region, SortKey, StorageSummary, Store, StoreError,
+    StoreOptions, TokenHash, TokenName, TokenRecord,
 };
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -31,9 +31,9 @@ const INSTANCE_COLUMNS: &str = "region, instance_id, group_id, presence, since_m
 
 /// The columns written: those read, and `drift` (kept apart so it can be filtered on).
 const INSTANCE_WRITE_COLUMNS: &str = "region, instance_id, group_id, presence, since_ms, reason, \
-     last_seen_ms, agent_version, heartbeat, storage, updated_ms, drift";
+     last_seen_ms, agent_version, heartbeat, storage, updated_ms, drift, recent";
 
-// Rows per INSERT statement: 12 binds each, well under SQLite's 32766 and PostgreSQL's 65535.
+// Rows per INSERT statement: 13 binds each, well under SQLite's 32766 and PostgreSQL's 65535.
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// SQLite: one file in WAL mode. Writes go through a pool of one connection and begin with
@@ -243,28 +243,58 @@ fn sort_expression(key: SortKey) -> Option<&'static str> {
     }
 }
 
-/// Every column of a stored row, when it is not older than the stored one.
-const UPSERT_ALL: &str = " ON CONFLICT (region, instance_id) DO UPDATE SET \
-     group_id = excluded.group_id, presence = excluded.presence, \
-     since_ms = excluded.since_ms, reason = excluded.reason, \
-     last_seen_ms = excluded.last_seen_ms, agent_version = excluded.agent_version, \
-     heartbeat = excluded.heartbeat, storage = excluded.storage, \
-     updated_ms = excluded.updated_ms, drift = excluded.drift \
-     WHERE instances.updated_ms <= excluded.updated_ms";
+/// Every column of a stored row, when it is not older than the stored one; its host sample
+/// is appended to the recent ones ([`recent_set`]).
+fn upsert_all(engine: Engine) -> String {
+    format!(
+        " ON CONFLICT (region, instance_id) DO UPDATE SET \
+         group_id = excluded.group_id, presence = excluded.presence, \
+         since_ms = excluded.since_ms, reason = excluded.reason, \
+         last_seen_ms = excluded.last_seen_ms, agent_version = excluded.agent_version, \
+         heartbeat = excluded.heartbeat, storage = excluded.storage, \
+         updated_ms = excluded.updated_ms, drift = excluded.drift, {} \
+         WHERE instances.updated_ms <= excluded.updated_ms",
+        recent_set(engine)
+    )
+}
 
 /// The columns no index holds, for a stored row whose indexed columns (`group_id`,
 /// `presence`, `since_ms`, `agent_version`, `drift`) keep their values; other rows are left
 /// alone. (Those change with a presence, a group, an upgrade or a change of drift; the
-/// columns set here change with every heartbeat.)
-const UPSERT_UNINDEXED: &str = " ON CONFLICT (region, instance_id) DO UPDATE SET \
-     reason = excluded.reason, last_seen_ms = excluded.last_seen_ms, \
-     heartbeat = excluded.heartbeat, storage = excluded.storage, \
-     updated_ms = excluded.updated_ms \
-     WHERE instances.updated_ms <= excluded.updated_ms \
-     AND instances.group_id = excluded.group_id \
-     AND instances.presence = excluded.presence AND instances.drift = excluded.drift \
-     AND instances.since_ms = excluded.since_ms \
-     AND instances.agent_version IS excluded.agent_version";
+/// columns set here change with every heartbeat.) SQLite's alone: see `upsert_instances`.
+fn upsert_unindexed() -> String {
+    format!(
+        " ON CONFLICT (region, instance_id) DO UPDATE SET \
+         reason = excluded.reason, last_seen_ms = excluded.last_seen_ms, \
+         heartbeat = excluded.heartbeat, storage = excluded.storage, \
+         updated_ms = excluded.updated_ms, {} \
+         WHERE instances.updated_ms <= excluded.updated_ms \
+         AND instances.group_id = excluded.group_id \
+         AND instances.presence = excluded.presence AND instances.drift = excluded.drift \
+         AND instances.since_ms = excluded.since_ms \
+         AND instances.agent_version IS excluded.agent_version",
+        recent_set(Engine::Sqlite)
+    )
+}
+
+/// `recent` (migration 0013) with the row's sample appended and the oldest cut past
+/// [`HostSample::KEPT`]: a row written without a new heartbeat (a presence, a replica's
+/// rewrite) carries the sample already last, or none, and leaves the column as it is.
+fn recent_set(engine: Engine) -> String {
+    let (len, keep) = (HostSample::LEN, HostSample::LEN * HostSample::KEPT);
+    match engine {
+        Engine::Sqlite => format!(
+            "recent = CASE WHEN excluded.recent = '' \
+             OR substr(instances.recent, -{len}) = excluded.recent THEN instances.recent \
+             ELSE substr(instances.recent || excluded.recent, -{keep}) END"
+        ),
+        Engine::Postgres => format!(
+            "recent = CASE WHEN excluded.recent = '' \
+             OR right(instances.recent, {len}) = excluded.recent THEN instances.recent \
+             ELSE right(instances.recent || excluded.recent, {keep}) END"
+        ),
+    }
+}
 
 /// `INSERT` of these rows, then `on_conflict`.
 fn upsert_statement<'a, DB>(rows: &'a [&'a InstanceRow], on_conflict: &str) -> QueryBuilder<'a, DB>
@@ -273,6 +303,7 @@ where
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     Option<String>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     Option<i64>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
@@ -290,7 +321,8 @@ where
             .push_bind(r.heartbeat.as_ref().map(JsonText::as_str))
             .push_bind(storage_text(r.storage))
             .push_bind(r.updated_ms)
-            .push_bind(r.drift());
+            .push_bind(r.drift())
+            .push_bind(r.sample.map(|h| h.encode()).unwrap_or_default());
     });
     q.push(on_conflict);
     q
@@ -320,6 +352,7 @@ where
         heartbeat: json_text("heartbeat", row.try_get("heartbeat")?)?,
         storage: storage_of(row.try_get("storage")?)?,
         updated_ms: row.try_get("updated_ms")?,
+        sample: None,
     })
 }
 
@@ -378,6 +411,7 @@ macro_rules! store_impl {
                     return Ok(());
                 }
                 let rows = newest_per_instance(rows);
+                let all = upsert_all($engine);
                 let mut tx = self.begin_write().await?;
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                     // SQLite rewrites the entries of every index whose columns an UPDATE
@@ -388,7 +422,7 @@ macro_rules! store_impl {
                     // row older than the stored one), the whole chunk is written again in
                     // full, which gives the same rows as the full statement alone.
                     if $engine == Engine::Sqlite {
-                        let written = upsert_statement::<$db>(chunk, UPSERT_UNINDEXED)
+                        let written = upsert_statement::<$db>(chunk, &upsert_unindexed())
                             .build()
                             .execute(&mut *tx)
                             .await?
@@ -397,7 +431,7 @@ macro_rules! store_impl {
                             continue;
                         }
                     }
-                    upsert_statement::<$db>(chunk, UPSERT_ALL)
+                    upsert_statement::<$db>(chunk, &all)
                         .build()
                         .execute(&mut *tx)
                         .await?;
@@ -419,6 +453,21 @@ macro_rules! store_impl {
                     .push_bind(id.as_str());
                 let row = q.build().fetch_optional(self.reader()).await?;
                 row.as_ref().map(instance_from).transpose()
+            }
+
+            async fn host_samples(
+                &self,
+                region: &Region,
+                id: &InstanceId,
+            ) -> Result<Vec<HostSample>, StoreError> {
+                let mut q: QueryBuilder<$db> =
+                    QueryBuilder::new("SELECT recent FROM instances WHERE region = ");
+                q.push_bind(region.as_str())
+                    .push(" AND instance_id = ")
+                    .push_bind(id.as_str());
+                let text: Option<String> =
+                    q.build_query_scalar().fetch_optional(self.reader()).await?;
+                Ok(text.map(|t| HostSample::parse_all(&t)).unwrap_or_default())
             }
 
             async fn list_instances(
@@ -865,6 +914,7 @@ mod tests {
             heartbeat: None,
             storage: None,
             updated_ms,
+            sample: None,
         }
     }
 

@@ -38,8 +38,8 @@ pub use sessions::{FleetSummary, NewSession, SessionHash, SessionRecord, Session
 pub use token_cache::TOKEN_TTL;
 pub use tokens::{NewToken, Scope, TokenHash, TokenName, TokenRecord, TokenSecret};
 pub use types::{
-    InstanceFilter, InstanceOrder, InstanceRow, Page, PageLimit, Presence, PresenceEvent, Region,
-    SortKey, StorageSummary,
+    HostSample, InstanceFilter, InstanceOrder, InstanceRow, Page, PageLimit, Presence,
+    PresenceEvent, Region, SortKey, StorageSummary,
 };
 pub use webhooks::{Attempt, DeliveryFilter, DeliveryRow, DeliveryState, NewDelivery};
 
@@ -88,6 +88,14 @@ pub trait Store: Send + Sync {
         region: &Region,
         id: &InstanceId,
     ) -> Result<Option<InstanceRow>, StoreError>;
+
+    /// A gateway's last [`HostSample::KEPT`] heartbeats' host figures, oldest first (none for
+    /// a gateway not stored).
+    async fn host_samples(
+        &self,
+        region: &Region,
+        id: &InstanceId,
+    ) -> Result<Vec<HostSample>, StoreError>;
 
     /// One page of instances in `order` (then region and instance id, which make every key
     /// unique), after `cursor` (which must come from the previous page of the same filter and
