@@ -1192,17 +1192,42 @@ async fn the_gateway_pages_forms_create_list_and_delete_resources() {
         "{shares}"
     );
 
-    // The chart gains a point per heartbeat while the page is open.
-    b.until(
-        "three points on the chart",
-        Duration::from_secs(20),
-        "var s = document.getElementById('host-chart'); return parseInt(s.getAttribute('data-points') || '0', 10) >= 3;",
-    )
-    .await;
+    // The chart opens with the heartbeats before the page was loaded (the store keeps a
+    // gateway's last 60; this agent has sent one a second all along), in time order, and
+    // gains a point per heartbeat while the page is open.
+    b.goto(&page).await;
+    let given = b
+        .run("return JSON.parse(document.getElementById('host-chart').getAttribute('data-points-json'));")
+        .await;
+    let given = given.as_array().unwrap();
+    assert!(given.len() >= 5, "{given:?}");
+    assert!(given.len() <= 60, "{}", given.len());
+    let times: Vec<u64> = given.iter().map(|p| p["ts_ms"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    assert!(given
+        .iter()
+        .all(|p| (0.0..=100.0).contains(&p["cpu_pct"].as_f64().unwrap())));
     let points = b
         .run("return document.querySelector('#host-chart polyline.cpu').getAttribute('points');")
         .await;
-    assert!(points.as_str().unwrap().split(' ').count() >= 3, "{points}");
+    assert!(
+        points.as_str().unwrap().split(' ').count() >= given.len(),
+        "{points}"
+    );
+    let span = b.text("#chart-span").await.unwrap();
+    assert!(
+        span.starts_with(&format!("{} heartbeats, ", given.len())) && span.ends_with(" UTC"),
+        "{span}"
+    );
+    b.until(
+        "a point more on the chart",
+        Duration::from_secs(20),
+        &format!(
+            "var s = document.getElementById('host-chart'); return parseInt(s.getAttribute('data-points') || '0', 10) > {};",
+            given.len().min(59)
+        ),
+    )
+    .await;
     b.screenshot("gateway-chart").await;
 
     // Without JavaScript the gateway page links to the resources' own page.

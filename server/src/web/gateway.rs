@@ -22,7 +22,7 @@ use crate::http::calls::{failure_problem, parse_method, visible_instance};
 use crate::http::problem::Problem;
 use crate::http::{AppState, RegionHandle, RemoteAddr};
 use crate::now_ms;
-use crate::store::{InstanceRow, PageLimit, Presence, Scope};
+use crate::store::{HostSample, InstanceRow, PageLimit, Presence, Scope};
 
 use super::resources::KINDS;
 
@@ -95,9 +95,80 @@ struct GatewayPage {
     base: String,
     /// `?region=…` for links, with several regions.
     rq: String,
-    /// The chart's first point (the last heartbeat), as `x,y` pairs of the SVG.
-    cpu_now: String,
-    mem_now: String,
+    /// The chart of the recent heartbeats.
+    chart: Chart,
+}
+
+/// The gateway page's chart of its recent heartbeats' CPU and memory use, drawn here so it is
+/// there without the script, which goes on from the same points ([`Chart::points`]).
+pub struct Chart {
+    /// `x,y` pairs of the SVG (300 × 100), the newest on the right edge, [`HostSample::KEPT`]
+    /// points filling the width.
+    pub cpu: String,
+    pub mem: String,
+    /// The points as JSON (`[{ts_ms, cpu_pct, mem_pct}]`, oldest first), for the script.
+    pub points: String,
+    /// `12 heartbeats, 19:12:03 to 19:17:33 UTC`, or that there is none yet.
+    pub span: String,
+    /// Points drawn, and at most ([`HostSample::KEPT`]).
+    pub count: usize,
+    pub kept: usize,
+}
+
+impl Chart {
+    pub fn of(samples: &[HostSample]) -> Chart {
+        let n = samples.len();
+        let line = |value: fn(&HostSample) -> Option<u16>| {
+            let mut out: Vec<String> = samples
+                .iter()
+                .enumerate()
+                .filter_map(|(j, s)| {
+                    let v = f64::from(value(s)?.min(1000)) / 10.0;
+                    let x = 300.0 - 300.0 * (n - 1 - j) as f64 / (HostSample::KEPT - 1) as f64;
+                    // 0–100 % drawn from y = 95 up to y = 5, so 0 and 100 stay in sight.
+                    Some(format!("{x:.1},{:.1}", 95.0 - 0.9 * v))
+                })
+                .collect();
+            // One point alone draws nothing: a short stroke at the right edge shows it.
+            if let [only] = out.as_slice() {
+                let y = only.split_once(',').map_or("", |(_, y)| y);
+                out.insert(0, format!("295.0,{y}"));
+            }
+            out.join(" ")
+        };
+        let points: Vec<Value> = samples
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "ts_ms": s.ts_ms,
+                    "cpu_pct": f64::from(s.cpu_permille) / 10.0,
+                    "mem_pct": s.mem_permille.map(|m| f64::from(m) / 10.0),
+                })
+            })
+            .collect();
+        let clock = |ms: u64| {
+            let t = utc(i64::try_from(ms).unwrap_or(i64::MAX));
+            // `2026-12-05 19:42:49 UTC`: the time of day, the day being the page's.
+            t.get(11..19).map(str::to_owned).unwrap_or(t)
+        };
+        let span = match samples {
+            [] => "no heartbeat yet".to_owned(),
+            [one] => format!("1 heartbeat, {} UTC", clock(one.ts_ms)),
+            [first, .., last] => format!(
+                "{n} heartbeats, {} to {} UTC",
+                clock(first.ts_ms),
+                clock(last.ts_ms)
+            ),
+        };
+        Chart {
+            cpu: line(|s| Some(s.cpu_permille)),
+            mem: line(|s| s.mem_permille),
+            points: Value::Array(points).to_string(),
+            span,
+            count: n,
+            kept: HostSample::KEPT,
+        }
+    }
 }
 
 fn text(v: Option<&Value>) -> String {
@@ -324,14 +395,14 @@ pub async fn page(
             )
         })
     };
-    let point = super::resources::host_point(&row);
-    let y = |k: &str| {
-        point
-            .get(k)
-            .and_then(Value::as_f64)
-            // 0–100 % drawn from y = 95 up to y = 5, so 0 and 100 stay in sight.
-            .map(|v| format!("{:.1}", 95.0 - 0.9 * v.clamp(0.0, 100.0)))
-    };
+    let mut samples = state
+        .store
+        .host_samples(&row.region, &row.instance_id)
+        .await?;
+    // A row written before the store kept samples has its last heartbeat alone.
+    if samples.is_empty() {
+        samples.extend(super::resources::host_sample(&row));
+    }
     let several = state.regions.len() > 1;
     let rq = if several {
         format!(
@@ -402,13 +473,7 @@ pub async fn page(
         done,
         base: format!("/ui/gateways/{}", row.instance_id.as_str()),
         rq,
-        // A short stroke at the right edge: one point alone draws nothing.
-        cpu_now: y("cpu_pct")
-            .map(|y| format!("295,{y} 300,{y}"))
-            .unwrap_or_default(),
-        mem_now: y("mem_pct")
-            .map(|y| format!("295,{y} 300,{y}"))
-            .unwrap_or_default(),
+        chart: Chart::of(&samples),
     };
     Ok(render(&page))
 }
@@ -466,4 +531,59 @@ pub async fn reconcile(
     to.push(if several { '&' } else { '?' });
     to.push_str(&serde_urlencoded::to_string([("sent", answer.id.as_str())]).unwrap_or_default());
     Ok(Redirect::to(&to).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: u64, cpu: f32, mem: Option<u64>) -> HostSample {
+        // 19:42:00 UTC on 2026-12-05, a heartbeat every 30 s.
+        let t = 1_796_499_720_000 + n * 30_000;
+        match mem {
+            Some(m) => HostSample::of(t, cpu, m, 100),
+            None => HostSample::of(t, cpu, 0, 0),
+        }
+    }
+
+    #[test]
+    fn the_chart_draws_the_recent_heartbeats_newest_on_the_right_edge() {
+        let none = Chart::of(&[]);
+        assert_eq!((none.cpu.as_str(), none.mem.as_str()), ("", ""));
+        assert_eq!(none.points, "[]");
+        assert_eq!(none.span, "no heartbeat yet");
+
+        // One point alone: a short stroke at the right edge; a memory size not reported
+        // draws no memory line.
+        let one = Chart::of(&[sample(0, 50.0, None)]);
+        assert_eq!(one.cpu, "295.0,50.0 300.0,50.0");
+        assert_eq!(one.mem, "");
+        assert_eq!(one.count, 1);
+        assert_eq!(one.span, "1 heartbeat, 19:42:00 UTC");
+        assert_eq!(
+            one.points,
+            r#"[{"cpu_pct":50.0,"mem_pct":null,"ts_ms":1796499720000}]"#
+        );
+
+        let all: Vec<HostSample> = (0..60)
+            .map(|n| sample(n, n as f32, Some(100 - n)))
+            .collect();
+        let full = Chart::of(&all);
+        let xs: Vec<&str> = full
+            .cpu
+            .split(' ')
+            .map(|p| p.split_once(',').unwrap().0)
+            .collect();
+        assert_eq!(xs.len(), 60);
+        assert_eq!((xs[0], xs[59]), ("0.0", "300.0"));
+        // 0 % at y = 95, 100 % at y = 5; the first point's memory is 100 %.
+        assert!(full.cpu.starts_with("0.0,95.0 5.1,94.1 "), "{}", full.cpu);
+        assert!(full.mem.starts_with("0.0,5.0 "), "{}", full.mem);
+        assert_eq!(full.span, "60 heartbeats, 19:42:00 to 20:11:30 UTC");
+        assert_eq!(full.kept, 60);
+
+        // Fewer than the width: the newest still on the right edge, spaced as when full.
+        let two = Chart::of(&all[..2]);
+        assert_eq!(two.cpu, "294.9,95.0 300.0,94.1");
+    }
 }

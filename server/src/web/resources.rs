@@ -27,7 +27,7 @@ use crate::http::resources::{
 };
 use crate::http::{AppState, RemoteAddr};
 use crate::now_ms;
-use crate::store::{InstanceRow, Presence, Scope, TokenRecord};
+use crate::store::{HostSample, InstanceRow, Presence, Scope, TokenRecord};
 
 /// One kind of resource as the pages name it.
 pub struct Kind {
@@ -1043,29 +1043,31 @@ pub async fn host(
     Ok(Json(point).into_response())
 }
 
-/// One point of the chart from a gateway's last heartbeat: `{at_ms, cpu_pct, mem_pct,
-/// presence}` (the figures `null` when the heartbeat has none).
+/// One point of the chart from a gateway's last heartbeat: `{at_ms, ts_ms, cpu_pct, mem_pct,
+/// presence}`: `at_ms` when it arrived (the console's clock), `ts_ms` its own time, which the
+/// chart's points are known by (the figures `null` when there is no heartbeat).
 pub fn host_point(row: &InstanceRow) -> Value {
-    let hb: Value = row
-        .heartbeat
-        .as_ref()
-        .and_then(|h| serde_json::from_str(h.as_str()).ok())
-        .unwrap_or(Value::Null);
-    let system = hb.get("system");
-    let get = |k: &str| system.and_then(|s| s.get(k));
-    let mem_pct = match (
-        get("mem_used").and_then(Value::as_f64),
-        get("mem_total").and_then(Value::as_f64),
-    ) {
-        (Some(u), Some(t)) if t > 0.0 => Some((u / t * 1000.0).round() / 10.0),
-        _ => None,
-    };
+    let s = host_sample(row);
     serde_json::json!({
         "at_ms": row.last_seen_ms,
-        "cpu_pct": get("cpu_pct").and_then(Value::as_f64),
-        "mem_pct": mem_pct,
+        "ts_ms": s.map(|s| s.ts_ms),
+        "cpu_pct": s.map(|s| f64::from(s.cpu_permille) / 10.0),
+        "mem_pct": s.and_then(|s| s.mem_permille).map(|m| f64::from(m) / 10.0),
         "presence": row.presence.as_str(),
     })
+}
+
+/// The host figures of a gateway's last heartbeat, as the store keeps them for its chart.
+pub fn host_sample(row: &InstanceRow) -> Option<HostSample> {
+    let hb: Value = serde_json::from_str(row.heartbeat.as_ref()?.as_str()).ok()?;
+    let system = hb.get("system")?;
+    let get = |k: &str| system.get(k).and_then(Value::as_f64);
+    Some(HostSample::of(
+        hb.get("ts_ms")?.as_u64()?,
+        get("cpu_pct")? as f32,
+        get("mem_used").unwrap_or(0.0) as u64,
+        get("mem_total").unwrap_or(0.0) as u64,
+    ))
 }
 
 #[cfg(test)]

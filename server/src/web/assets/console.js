@@ -256,9 +256,11 @@
   window.addEventListener("pagehide", function () { es.close(); });
   window.addEventListener("pageshow", function (ev) { if (ev.persisted) { window.location.reload(); } });
 })();
-// The gateway page's chart: the last heartbeat's CPU and memory use, asked for every few
-// seconds (GET …/host.json); each new heartbeat adds a point, the oldest leave after 60. An
-// inline SVG redrawn from here, as the CSP allows no inline script. The same answer carries
+// The gateway page's chart: the recent heartbeats' CPU and memory use, drawn by the server
+// (the store keeps a gateway's last 60) and given here as `data-points-json`; the last
+// heartbeat is asked for every few seconds (GET …/host.json), each new one (by its own time,
+// `ts_ms`) adds a point and the oldest leave past `data-max`. An inline SVG redrawn from
+// here, as the CSP allows no inline script. The same answer carries
 // the page's figures as the server writes them (version, last heartbeat, uptime, CPU, load,
 // memory, disks, resources and drift): they are redrawn from it, with no request of their own.
 // Nothing is asked while the tab is hidden.
@@ -268,7 +270,11 @@
   if (!svg || !window.fetch) { return; }
   var url = svg.getAttribute("data-chart");
   var last = document.getElementById("chart-last");
-  var points = [], MAX = 60, seen = null;
+  var MAX = parseInt(svg.getAttribute("data-max") || "60", 10), points = [], seen = null;
+  var span = document.getElementById("chart-span");
+  try { points = JSON.parse(svg.getAttribute("data-points-json") || "[]"); } catch (err) { points = []; }
+  if (points.length) { seen = points[points.length - 1].ts_ms; }
+  function clock(ms) { return new Date(ms).toISOString().slice(11, 19); }
   function draw() {
     var lines = svg.querySelectorAll("polyline[data-series]");
     for (var i = 0; i < lines.length; i++) {
@@ -276,7 +282,7 @@
       for (var j = 0; j < points.length; j++) {
         var v = points[j][key];
         if (typeof v !== "number") { continue; }
-        // The newest on the right edge; MAX points fill the width (2 s apart at most).
+        // The newest on the right edge; MAX points fill the width (as the server draws them).
         var x = 300 - (300 * (points.length - 1 - j)) / (MAX - 1);
         out.push(x.toFixed(1) + "," + (95 - 0.9 * Math.max(0, Math.min(100, v))).toFixed(1));
       }
@@ -285,6 +291,11 @@
       lines[i].setAttribute("points", out.join(" "));
     }
     svg.setAttribute("data-points", String(points.length));
+    if (span && points.length) {
+      var n = points.length, first = points[0].ts_ms, end = points[n - 1].ts_ms;
+      span.textContent = n === 1 ? "1 heartbeat, " + clock(end) + " UTC" :
+        n + " heartbeats, " + clock(first) + " to " + clock(end) + " UTC";
+    }
   }
   // A table of the figures (disks, storage families), drawn again when its rows change: the
   // first cell a row header, the others text (`num` cells right-aligned).
@@ -328,8 +339,8 @@
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (p) {
         if (p && p.figures) { figures(p.figures); }
-        if (!p || p.at_ms === null || p.at_ms === seen) { return; }
-        seen = p.at_ms;
+        if (!p || typeof p.ts_ms !== "number" || p.ts_ms === seen) { return; }
+        seen = p.ts_ms;
         points.push(p);
         if (points.length > MAX) { points.shift(); }
         draw();
