@@ -326,6 +326,39 @@ impl Browser {
         }
     }
 
+    /// The handle of the window the commands go to.
+    async fn window(&self) -> String {
+        self.cmd(reqwest::Method::GET, "/window", None)
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// A second window (not a tab: each window's page stays shown), made the one the
+    /// commands go to; its handle.
+    async fn new_window(&self) -> String {
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/window/new",
+                Some(json!({"type": "window"})),
+            )
+            .await;
+        let handle = v["handle"].as_str().unwrap().to_owned();
+        self.switch_to(&handle).await;
+        handle
+    }
+
+    async fn switch_to(&self, handle: &str) {
+        self.cmd(
+            reqwest::Method::POST,
+            "/window",
+            Some(json!({"handle": handle})),
+        )
+        .await;
+    }
+
     async fn close(&self) {
         let _ = self.http.delete(&self.base).send().await;
     }
@@ -2743,6 +2776,11 @@ async fn the_fleet_rows_and_the_gateway_page_follow_the_agents_without_a_reload(
     )
     .await;
     assert_eq!(b.run("return window.__kept;").await, "yes", "no reload");
+    // By now refreshes have brought gw-live-2 among the view's rows too: counted once, as new.
+    assert_eq!(
+        b.run(NOTICE).await,
+        "1 new gateway since this page was loaded."
+    );
     b.screenshot("fleet-new-gateway").await;
     b.click("#new-gateways-link").await;
     b.until(
@@ -2804,6 +2842,253 @@ async fn the_fleet_rows_and_the_gateway_page_follow_the_agents_without_a_reload(
     assert_eq!(b.text(nfs_drift).await.as_deref(), Some("0"));
     assert_eq!(b.run("return window.__kept;").await, "yes", "no reload");
     b.screenshot("gateway-live").await;
+
+    b.close().await;
+    for a in &mut agents {
+        a.signal(Signal::SIGTERM);
+    }
+}
+
+/// A script that holds when the fleet row of `key` is marked as no longer in the page's view,
+/// visibly (its class, the note in its header cell, which a screen reader reads with the row)
+/// and with the presence `state`.
+fn marked_gone(key: &str, state: &str) -> String {
+    format!(
+        "var r = document.querySelector('#fleet tr[data-gw=\"{key}\"]'); if (!r) {{ return false; }} var n = r.querySelector('th .gone-note'); var p = r.querySelector('[data-presence]'); return r.classList.contains('gone') && !!n && n.textContent === 'no longer in this view' && p.textContent.trim() === '{state}';"
+    )
+}
+
+/// How many times the fleet's view was refreshed, rows or none (-1: no view), as a JS
+/// expression.
+const VIEW_REFRESHED: &str = "(function () { var v = document.getElementById('fleet'); return v ? parseInt(v.getAttribute('data-refreshed') || '0', 10) : -1; })()";
+
+/// The notice above the fleet's table, without its link ("" when there is none).
+const NOTICE: &str = "var n = document.getElementById('new-gateways'); var a = document.getElementById('new-gateways-link'); return n.textContent.replace(a ? a.textContent : '', '').trim();";
+
+/// Two fleet pages open side by side, one filtered to `online` and one to `offline`, while a
+/// gateway goes offline (its agent killed: its Will) and comes back: the online page marks its
+/// row as no longer in its view (and unmarks it once it is back), the offline page says that
+/// one gateway now matches it, and its link shows it. No row is added or removed under the
+/// reader, and neither page reloads until the link is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_page_marks_rows_that_left_its_view_and_counts_those_that_came_into_it() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let broker = Broker::start();
+    let mut c = Consoled::new(&broker);
+    let operator = c.token("rows-operator", "operate");
+    let admin = c.token("rows-admin", "admin");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    c.start(&http).await;
+
+    let ids = ["gw-rows-1", "gw-rows-2", "gw-rows-3"];
+    let spawn = |id: &str| {
+        let mut cfg = AgentConfig::new(id, &broker.url());
+        cfg.heartbeat_interval_s = 1;
+        Agent::spawn(&cfg)
+    };
+    let mut agents: Vec<Agent> = ids.iter().map(|id| spawn(id)).collect();
+    let online_count = |n: usize| {
+        let c = &c;
+        let http = &http;
+        let admin = &admin;
+        async move {
+            let t0 = Instant::now();
+            loop {
+                let page = c.api(http, "/v1/instances?presence=online", admin).await;
+                if page["items"].as_array().unwrap().len() == n {
+                    return;
+                }
+                assert!(t0.elapsed() < TIMEOUT, "never {n} online\n{}", c.log());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    online_count(3).await;
+
+    let b = Browser::start(c.dir.path()).await;
+    sign_in(&b, &c, &operator).await;
+    let live_open = "return document.body.hasAttribute('data-live-open');";
+
+    // The first window: the page filtered to offline, which has no row yet.
+    let offline_win = b.window().await;
+    b.goto(&c.url("/ui/?presence=offline")).await;
+    b.until(
+        "the offline view, empty, its stream open",
+        TIMEOUT,
+        "return !!document.querySelector('#fleet p.empty') && document.querySelectorAll('#fleet tr[data-gw]').length === 0 && document.body.hasAttribute('data-live-open');",
+    )
+    .await;
+    b.run("window.__kept = 'yes'; return true;").await;
+
+    // The second window: the page filtered to online, its three rows; a refresh of an
+    // unchanged view marks nothing and says nothing.
+    let online_win = b.new_window().await;
+    b.goto(&c.url("/ui/?presence=online")).await;
+    b.until(
+        "the three gateways listed online",
+        TIMEOUT,
+        "return document.querySelectorAll('#fleet tr[data-gw]').length === 3;",
+    )
+    .await;
+    b.until("the online page's stream open", TIMEOUT, live_open)
+        .await;
+    b.until(
+        "a refresh of the online page",
+        Duration::from_secs(20),
+        &format!("return {VIEW_REFRESHED} >= 1;"),
+    )
+    .await;
+    assert_eq!(b.run(NOTICE).await, "", "nothing differs yet");
+    assert_eq!(
+        b.run("return document.querySelectorAll('#fleet tr.gone, #fleet .gone-note').length;")
+            .await,
+        0
+    );
+    b.run("window.__kept = 'yes'; return true;").await;
+
+    // gw-rows-2 killed: its Will turns it offline. On the online page its row stays where it
+    // is, marked, and the notice says one row shown no longer matches.
+    let key = "default/gw-rows-2";
+    agents[1].kill9();
+    b.until(
+        "gw-rows-2's row marked as no longer in the online view",
+        Duration::from_secs(30),
+        &marked_gone(key, "offline"),
+    )
+    .await;
+    let at = b
+        .run(&format!("return {VIEW_REFRESHED};"))
+        .await
+        .as_i64()
+        .unwrap();
+    b.until(
+        "a refresh after the row was marked",
+        Duration::from_secs(20),
+        &format!("return {VIEW_REFRESHED} > {at};"),
+    )
+    .await;
+    // The answer lacks the row: still marked, as the answer's (`data-absent`), not only the
+    // event's.
+    assert_eq!(b.run(&marked_gone(key, "offline")).await, true);
+    assert_eq!(
+        b.run(&format!(
+            "return document.querySelector('#fleet tr[data-gw=\"{key}\"]').hasAttribute('data-absent');"
+        ))
+        .await,
+        true
+    );
+    assert_eq!(
+        b.run("return Array.prototype.map.call(document.querySelectorAll('#fleet tr[data-gw]'), function (r) { return r.getAttribute('data-gw') + (r.classList.contains('gone') ? ' gone' : ''); }).join(',');")
+            .await,
+        "default/gw-rows-1,default/gw-rows-2 gone,default/gw-rows-3",
+        "no row added or removed, one marked"
+    );
+    assert_eq!(
+        b.run(NOTICE).await,
+        "1 gateway shown no longer matches this view."
+    );
+    // The row's header cell (what a screen reader says with the row) carries the note.
+    assert_eq!(
+        b.text(&format!("#fleet tr[data-gw=\"{key}\"] th"))
+            .await
+            .as_deref(),
+        Some("gw-rows-2 no longer in this view")
+    );
+    assert_eq!(b.run("return window.__kept;").await, "yes", "no reload");
+    // The marked row and the notice keep the pages' accessibility (the dimmed row's contrast).
+    let v = b.violations().await;
+    assert!(v.is_empty(), "the marked row: {v:?}");
+    b.screenshot("fleet-row-gone").await;
+
+    // The offline page: one gateway now matches it; no row moved in, no reload.
+    b.switch_to(&offline_win).await;
+    b.until(
+        "the offline page's notice",
+        Duration::from_secs(30),
+        &format!(
+            "return (function () {{ {NOTICE} }})() === '1 gateway now matches this view and is not shown.';"
+        ),
+    )
+    .await;
+    assert_eq!(
+        b.run("return document.querySelectorAll('#fleet tr[data-gw]').length;")
+            .await,
+        0,
+        "no row moved in under the reader"
+    );
+    assert_eq!(
+        b.text("#new-gateways-link").await.as_deref(),
+        Some("Show the current rows")
+    );
+    assert_eq!(
+        b.run("return document.getElementById('new-gateways').getAttribute('aria-live');")
+            .await,
+        "polite"
+    );
+    assert_eq!(b.run("return window.__kept;").await, "yes", "no reload");
+    let v = b.violations().await;
+    assert!(v.is_empty(), "the notice: {v:?}");
+    b.screenshot("fleet-now-matching").await;
+    b.click("#new-gateways-link").await;
+    b.until(
+        "the offline view loaded again, with gw-rows-2",
+        TIMEOUT,
+        &format!(
+            "return !window.__kept && document.querySelectorAll('#fleet tr[data-gw]').length === 1 && (function () {{ {} }})();",
+            presence_is(key, "offline")
+        ),
+    )
+    .await;
+    assert!(b.current_url().await.ends_with("/ui/?presence=offline"));
+    assert_eq!(b.run(NOTICE).await, "");
+    b.until(
+        "the reloaded offline page's stream open",
+        TIMEOUT,
+        live_open,
+    )
+    .await;
+    b.run("window.__kept = 'yes'; return true;").await;
+
+    // gw-rows-2 back: the online page unmarks its row once a refresh has it again, and says
+    // nothing any more; the offline page marks it.
+    agents[1] = spawn("gw-rows-2");
+    online_count(3).await;
+    b.until(
+        "gw-rows-2's row marked on the offline page",
+        Duration::from_secs(30),
+        &marked_gone(key, "online"),
+    )
+    .await;
+    b.until(
+        "the offline page's notice of its row",
+        Duration::from_secs(20),
+        &format!(
+            "return (function () {{ {NOTICE} }})() === '1 gateway shown no longer matches this view.';"
+        ),
+    )
+    .await;
+    assert_eq!(b.run("return window.__kept;").await, "yes", "no reload");
+    b.switch_to(&online_win).await;
+    b.until(
+        "gw-rows-2's row unmarked on the online page, the notice gone",
+        Duration::from_secs(30),
+        &format!(
+            "return document.querySelectorAll('#fleet tr.gone, #fleet .gone-note, #fleet tr[data-absent]').length === 0 && (function () {{ {} }})() && (function () {{ {NOTICE} }})() === '';",
+            presence_is(key, "online")
+        ),
+    )
+    .await;
+    assert_eq!(
+        b.text(&format!("#fleet tr[data-gw=\"{key}\"] th"))
+            .await
+            .as_deref(),
+        Some("gw-rows-2")
+    );
+    assert_eq!(b.run("return window.__kept;").await, "yes", "no reload");
 
     b.close().await;
     for a in &mut agents {

@@ -22,7 +22,9 @@
   // of again, not a new one: from then on they are neither counted nor said new.
   var interrupted = false;
   es.onerror = function () { interrupted = true; say("live updates reconnecting…"); document.body.removeAttribute("data-live-open"); };
-  // A presence change redraws every row and badge of that gateway.
+  // A presence change redraws every row and badge of that gateway; a fleet row is marked
+  // again (see `mark`), and a gateway the view lacks is forgotten once its presence is not the
+  // filter's.
   function apply(e) {
     var nodes = document.querySelectorAll("[data-gw]");
     for (var i = 0; i < nodes.length; i++) {
@@ -33,6 +35,12 @@
       var since = n.querySelector("[data-since]");
       if (since) { since.textContent = e.since; since.title = e.since_utc; }
       n.setAttribute("data-state", e.to);
+      if (n.matches("#fleet tr")) { mark(n); }
+    }
+    var w = wanted();
+    if (w && e.to !== w) {
+      delete extra[e.key];
+      if (fresh[e.key]) { delete fresh[e.key]; freshN -= 1; }
     }
   }
   function shown(key) {
@@ -43,13 +51,23 @@
   // Presence changes met while a refresh of the rows is on its way: applied again to the rows
   // it brings, which the server may have read before them.
   var missed = null;
-  // Gateways new to the console (a presence event without "from") that the page does not show
-  // and whose region, id, group and presence match the page's filter: the page says how many,
-  // with a link to the view loaded again, rather than moving the table under the reader. The
-  // version and drift are not known before a gateway's first heartbeat: not checked.
+  // The page's view (its filter, order and page) changes under its rows: a gateway goes
+  // offline on a page filtered to `online`, a new one sorts in. The table stays as loaded, so
+  // it does not move under the reader; what differs is said instead:
+  // - a row the last refresh's answer lacks (it no longer matches the filter, or moved off
+  //   this page in its order), or whose presence is no longer the filter's, is marked "no
+  //   longer in this view" (a note in its row header, which a screen reader reads with the
+  //   row, and the row dimmed), and unmarked once an answer has it again;
+  // - gateways in that answer that the table lacks, and gateways new to the console (a
+  //   presence event without "from") that the page does not show and whose region, id, group
+  //   and presence match the filter (the version and drift are not known before a gateway's
+  //   first heartbeat: not checked), are counted in the polite live region above the table,
+  //   with the marked rows and a link to the view loaded again. A gateway is counted once
+  //   (new, if it is both).
   var notice = document.getElementById("new-gateways");
-  var fresh = {}, freshN = 0;
+  var fresh = {}, freshN = 0, extra = {}, told = "";
   function here() { return window.location.href.split("#")[0]; }
+  function wanted() { return new URLSearchParams(window.location.search).get("presence") || ""; }
   function matches(e) {
     var q = new URLSearchParams(window.location.search);
     var at = e.key.indexOf("/"), region = e.key.slice(0, at), id = e.key.slice(at + 1);
@@ -59,27 +77,62 @@
     if (q.get("group") && q.get("group") !== e.group) { return false; }
     return true;
   }
+  var GONE = "no longer in this view";
+  function mark(row) {
+    var badge = row.querySelector("[data-presence]"), w = wanted();
+    var out = row.hasAttribute("data-absent") || (!!w && !!badge && badge.textContent.trim() !== w);
+    var note = row.querySelector(".gone-note"), head = row.firstElementChild;
+    if (out === !!note || !head) { return; }
+    if (out) {
+      row.classList.add("gone");
+      row.title = "No longer in this view: it no longer matches the filter, or it moved off this page in its order";
+      note = document.createElement("span");
+      note.className = "gone-note";
+      note.textContent = GONE;
+      head.appendChild(document.createTextNode(" "));
+      head.appendChild(note);
+    } else {
+      row.classList.remove("gone");
+      row.removeAttribute("title");
+      if (note.previousSibling && note.previousSibling.nodeType === 3) { note.previousSibling.remove(); }
+      note.remove();
+    }
+  }
+  // The notice is written only when its text changes: a live region says again what is
+  // written into it.
+  function tell() {
+    if (!notice) { return; }
+    var now = 0, gone = document.querySelectorAll("#fleet tr.gone").length, parts = [];
+    for (var k in extra) { if (!fresh[k]) { now += 1; } }
+    if (freshN > 0) { parts.push(freshN + (freshN === 1 ? " new gateway" : " new gateways") + " since this page was loaded."); }
+    if (now > 0) { parts.push(now + (now === 1 ? " gateway now matches this view and is not shown." : " gateways now match this view and are not shown.")); }
+    if (gone > 0) { parts.push(gone + (gone === 1 ? " gateway shown no longer matches this view." : " gateways shown no longer match this view.")); }
+    var text = parts.join(" ");
+    if (text === told) { return; }
+    told = text;
+    notice.textContent = "";
+    if (!text) { return; }
+    var p = document.createElement("p");
+    p.className = "flash ok";
+    p.appendChild(document.createTextNode(text + " "));
+    var a = document.createElement("a");
+    a.id = "new-gateways-link";
+    a.href = here();
+    a.textContent = "Show the current rows";
+    p.appendChild(a);
+    notice.appendChild(p);
+  }
   function noteNew(e) {
     if (!notice || e.from || interrupted || fresh[e.key] || shown(e.key) || !matches(e)) { return; }
     fresh[e.key] = true;
     freshN += 1;
-    var p = document.createElement("p");
-    p.className = "flash ok";
-    p.appendChild(document.createTextNode(freshN + (freshN === 1 ? " new gateway" : " new gateways") + " since this page was loaded. "));
-    var a = document.createElement("a");
-    a.id = "new-gateways-link";
-    a.href = here();
-    a.textContent = "Load the view again";
-    p.appendChild(a);
-    notice.textContent = "";
-    notice.appendChild(p);
   }
-  // A filter or a page swapped in by htmx is a view loaded now: nothing new since.
+  // A filter or a page swapped in by htmx is a view loaded now: nothing differs yet.
   // (Before the swap: a pager link that asked is gone after it, and its events with it.)
   document.addEventListener("htmx:beforeSwap", function (ev) {
     var d = ev.detail;
     if (!notice || !d || d.shouldSwap === false || !d.target || d.target.id !== "fleet") { return; }
-    fresh = {}; freshN = 0; notice.textContent = "";
+    fresh = {}; freshN = 0; extra = {}; told = ""; notice.textContent = "";
   });
   es.addEventListener("presence", function (m) {
     var e;
@@ -87,6 +140,7 @@
     apply(e);
     if (missed) { missed.push(e); }
     noteNew(e);
+    tell();
     // The fleet's counts follow, when the gateway is in the region they are of; a gateway new
     // to the console (no "from") adds to the total and its state.
     var bump = function (id, by) {
@@ -119,9 +173,11 @@
   // the counts (most of a page's time; presence moves them from the events). Each row takes
   // the cells of its gateway from the answer, but the first (its link, which never changes and
   // may hold the focus); rows are neither added nor removed, so the table does not move under
-  // the reader (new gateways are said above it). Paused while the pointer, the focus or a
-  // selection is in the table, while the filter is being typed or htmx is loading a view, and
-  // while the tab is hidden (shown again: at once).
+  // the reader: rows the answer lacks are marked, and its rows the table lacks are counted
+  // above it (see `mark` and `tell`). A view with no row yet ("No gateway matches this
+  // filter") is asked for too: gateways may come to match it. Paused while the pointer, the
+  // focus or a selection is in the table, while the filter is being typed or htmx is loading a
+  // view, and while the tab is hidden (shown again: at once).
   var EVERY = 5000, typedAt = 0, refreshed = 0;
   // The counts: the service reads them for one refresh in six (30 s), for the drift and
   // version counts the events do not carry (they are most of a page's time to read).
@@ -153,18 +209,24 @@
     }
     if (old) { box.replaceChild(list, old); } else { box.appendChild(list); }
   }
-  function rowsNow() { return document.querySelector("#fleet table.gateways tbody"); }
-  function paused(body) {
-    if (document.visibilityState !== "visible" || !body || missed) { return true; }
-    var t = body.parentNode;
-    if (t.matches(":hover") || t.contains(document.activeElement)) { return true; }
+  // The view: the section the table is in, when it holds the table or says that no gateway
+  // matches (or none is known yet); not when it says that the filter does not read. htmx
+  // swaps the whole section for another view.
+  function viewNow() {
+    var v = document.getElementById("fleet");
+    return v && v.querySelector("table.gateways tbody, .empty") ? v : null;
+  }
+  function paused(view) {
+    if (document.visibilityState !== "visible" || !view || missed) { return true; }
+    var t = view.querySelector("table.gateways");
+    if (t && (t.matches(":hover") || t.contains(document.activeElement))) { return true; }
     var sel = window.getSelection ? window.getSelection() : null;
-    if (sel && !sel.isCollapsed && sel.anchorNode && t.contains(sel.anchorNode)) { return true; }
+    if (t && sel && !sel.isCollapsed && sel.anchorNode && t.contains(sel.anchorNode)) { return true; }
     return Date.now() - typedAt < 2000 || !!document.querySelector(".htmx-request");
   }
   function refresh() {
-    var body = rowsNow();
-    if (!window.fetch || !window.DOMParser || paused(body)) { return; }
+    var view = viewNow();
+    if (!window.fetch || !window.DOMParser || paused(view)) { return; }
     var url = here();
     missed = [];
     var ask = refreshed % 6 === 5 ? "counts" : "1", counted = null;
@@ -178,23 +240,34 @@
         var again = missed || [];
         missed = null;
         // Another view meanwhile (a filter, a page): these rows are not its.
-        if (html === null || rowsNow() !== body || here() !== url) { return; }
+        if (html === null || viewNow() !== view || here() !== url) { return; }
         var doc = new DOMParser().parseFromString("<table><tbody>" + html + "</tbody></table>", "text/html");
         var got = {}, answered = doc.querySelectorAll("tr[data-gw]");
         for (var i = 0; i < answered.length; i++) { got[answered[i].getAttribute("data-gw")] = answered[i]; }
-        var rows = body.querySelectorAll("tr[data-gw]");
+        var body = view.querySelector("table.gateways tbody");
+        var rows = body ? body.querySelectorAll("tr[data-gw]") : [], have = {};
         for (var j = 0; j < rows.length; j++) {
-          var n = got[rows[j].getAttribute("data-gw")];
-          if (!n || n.children.length !== rows[j].children.length) { continue; }
+          var key = rows[j].getAttribute("data-gw"), n = got[key];
+          have[key] = true;
+          if (!n) { rows[j].setAttribute("data-absent", "1"); continue; }
+          rows[j].removeAttribute("data-absent");
+          if (n.children.length !== rows[j].children.length) { continue; }
           for (var k = 1; k < n.children.length; k++) {
             var old = rows[j].children[k];
             if (old.outerHTML !== n.children[k].outerHTML) { old.replaceWith(document.importNode(n.children[k], true)); }
           }
         }
+        extra = {};
+        for (var g in got) { if (!have[g]) { extra[g] = true; } }
+        // The events met meanwhile are newer than the answer, or as new: they have the last
+        // word on presence (and so on a row's mark, and on a gateway the view lacks).
         for (var a = 0; a < again.length; a++) { apply(again[a]); }
+        for (var m = 0; m < rows.length; m++) { mark(rows[m]); }
+        tell();
         if (counted) { counts(counted); }
         refreshed += 1;
-        body.setAttribute("data-refreshed", String(refreshed));
+        view.setAttribute("data-refreshed", String(refreshed));
+        if (body) { body.setAttribute("data-refreshed", String(refreshed)); }
       })
       .catch(function () { missed = null; });
   }
