@@ -730,17 +730,17 @@ fn a_group_limited_token_streams_the_events_of_the_jobs_it_created_and_no_other(
     };
     assert_eq!(
         jobs_on(&all),
-        [a1.clone(), b1.clone(), a2.clone()],
+        [a1.as_str(), b1.as_str(), a2.as_str()],
         "{}",
         all.text()
     );
     assert_eq!(
         jobs_on(&of_alice),
-        [a1.clone(), a2.clone()],
+        [a1.as_str(), a2.as_str()],
         "{}",
         of_alice.text()
     );
-    assert_eq!(jobs_on(&of_bob), [b1.clone()], "{}", of_bob.text());
+    assert_eq!(jobs_on(&of_bob), [b1.as_str()], "{}", of_bob.text());
     assert!(ended(&of_alice, &a1), "{}", of_alice.text());
     for e in of_alice.events() {
         let mut keys: Vec<&str> = e
