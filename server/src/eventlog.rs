@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tracing::{info, warn};
 
-use crate::events::{Bus, Event, EventKind, Published};
+use crate::events::{Bus, Event, EventKind, Published, Viewer};
 use crate::store::{HookKinds, LogBounds, NewLogEvent, Store, StoreError};
 
 /// Events waiting to be logged: as many as the fleet keeps for its own sink, so a region
@@ -115,19 +115,22 @@ pub struct Entry {
     pub id: i64,
     pub kind: EventKind,
     pub group_id: Option<String>,
+    /// A job event's: the token that created the job (`None` for the other kinds, and for a
+    /// job event logged before the log kept it).
+    pub created_by: Option<String>,
     /// `{"event_id": id, …}`: the body clients get.
     pub body: String,
 }
 
 impl Entry {
-    /// Whether a token limited to `groups` (empty: every group) may see it: as
-    /// [`Event::visible_to`], from the stored group.
-    pub fn visible_to(&self, groups: &[impl AsRef<str>]) -> bool {
-        groups.is_empty()
-            || self
-                .group_id
-                .as_deref()
-                .is_some_and(|g| groups.iter().any(|t| t.as_ref() == g))
+    /// Whether `viewer` may see it: as [`Event::visible_to`], from the stored group and
+    /// creator.
+    pub fn visible_to(&self, viewer: &Viewer) -> bool {
+        viewer.sees(
+            self.kind,
+            self.group_id.as_deref(),
+            self.created_by.as_deref(),
+        )
     }
 
     fn of(row: crate::store::LogRow) -> Option<Self> {
@@ -136,6 +139,7 @@ impl Entry {
             id: row.id,
             kind,
             group_id: row.group_id,
+            created_by: row.created_by,
             body: crate::store::with_id(row.id, &row.data),
         })
     }
@@ -262,6 +266,7 @@ fn new_log_event(p: &Published, origin: &str) -> Option<NewLogEvent> {
         region,
         instance_id,
         group_id: p.event.group_id().map(str::to_owned),
+        created_by: p.event.created_by().map(str::to_owned),
         presence,
         data,
         origin: origin.to_owned(),
@@ -487,6 +492,7 @@ mod tests {
             id: "j".into(),
             state: "running".into(),
             counts: serde_json::json!({}),
+            created_by: "team-a".into(),
         });
         // Stopping logs what the queue still holds.
         service.stop().await;
@@ -505,6 +511,12 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&first[0].body).unwrap();
         assert_eq!(v["event_id"], 1);
         assert_eq!(v["instance_id"], "gw-0");
+        // The job's creator is logged beside it, for the streams' filter, not in its body.
+        let (job, complete) = tail.after(n as i64).await.unwrap();
+        assert!(complete);
+        assert_eq!(job[0].created_by.as_deref(), Some("team-a"));
+        assert!(!job[0].body.contains("team-a"), "{}", job[0].body);
+        assert!(first[0].created_by.is_none());
         store.close().await;
     }
 }

@@ -55,6 +55,11 @@ pub enum Event {
         id: String,
         state: String,
         counts: serde_json::Value,
+        /// The token that created the job: a token limited to groups sees the jobs it created,
+        /// and their events. Not sent: the event log keeps it beside the event (its own
+        /// column), and clients know a job's creator from the job itself.
+        #[serde(skip)]
+        created_by: String,
     },
 }
 
@@ -146,15 +151,52 @@ impl Event {
         }
     }
 
-    /// Whether a token limited to `groups` (empty: every group) may see it. A limited token
-    /// sees only events of gateways in its groups: not jobs (which may touch other groups'
-    /// gateways), not gateways of unknown group.
-    pub fn visible_to(&self, groups: &[impl AsRef<str>]) -> bool {
-        if groups.is_empty() {
+    /// The token that created the job a job event is about; `None` for the other kinds.
+    pub fn created_by(&self) -> Option<&str> {
+        match self {
+            Event::Job { created_by, .. } => Some(created_by),
+            Event::Presence { .. } | Event::Call { .. } => None,
+        }
+    }
+
+    /// Whether `viewer` may see it ([`Viewer::sees`]).
+    pub fn visible_to(&self, viewer: &Viewer) -> bool {
+        viewer.sees(self.kind(), self.group_id(), self.created_by())
+    }
+}
+
+/// Who an event stream is for: its token's name and the groups the token is limited to
+/// (none: every group).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Viewer {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+impl Viewer {
+    pub fn of(token: &crate::store::TokenRecord) -> Self {
+        Self {
+            name: token.name.as_str().to_owned(),
+            groups: token.groups.iter().map(|g| g.as_str().to_owned()).collect(),
+        }
+    }
+
+    /// The one rule of what a stream passes, from what is known of an event: its kind, the
+    /// group of its gateway and, for a job, the token that created the job. A token limited to
+    /// groups sees the events of its groups' gateways (not those of a gateway whose group is
+    /// not known yet) and the events of the jobs it created, as it may see those jobs and no
+    /// other (`GET /v1/jobs`); not another token's job, even over its own gateways. Any other
+    /// token sees everything.
+    pub fn sees(&self, kind: EventKind, group_id: Option<&str>, created_by: Option<&str>) -> bool {
+        if self.groups.is_empty() {
             return true;
         }
-        self.group_id()
-            .is_some_and(|g| groups.iter().any(|t| t.as_ref() == g))
+        match kind {
+            EventKind::Job => created_by == Some(self.name.as_str()),
+            EventKind::Presence | EventKind::Call => {
+                group_id.is_some_and(|g| self.groups.iter().any(|t| t == g))
+            }
+        }
     }
 }
 
@@ -289,21 +331,61 @@ mod tests {
         assert!(EventKinds::parse([]).is_err());
     }
 
-    #[test]
-    fn group_limited_listeners_see_only_their_gateways() {
-        let none: [&str; 0] = [];
-        assert!(presence(Some("GID_a")).visible_to(&none));
-        assert!(presence(None).visible_to(&none));
-        assert!(presence(Some("GID_a")).visible_to(&["GID_a"]));
-        assert!(!presence(Some("GID_b")).visible_to(&["GID_a"]));
-        assert!(!presence(None).visible_to(&["GID_a"]));
-        let job = Event::Job {
+    fn viewer(name: &str, groups: &[&str]) -> Viewer {
+        Viewer {
+            name: name.into(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        }
+    }
+
+    fn job(created_by: &str) -> Event {
+        Event::Job {
             id: "j".into(),
             state: "running".into(),
-            counts: serde_json::json!({}),
-        };
-        assert!(!job.visible_to(&["GID_a"]));
-        assert!(job.visible_to(&none));
+            counts: serde_json::json!({"succeeded": 1}),
+            created_by: created_by.into(),
+        }
+    }
+
+    #[test]
+    fn group_limited_listeners_see_only_their_gateways() {
+        let all = viewer("ops", &[]);
+        assert!(presence(Some("GID_a")).visible_to(&all));
+        assert!(presence(None).visible_to(&all));
+        let a = viewer("team-a", &["GID_a"]);
+        assert!(presence(Some("GID_a")).visible_to(&a));
+        assert!(!presence(Some("GID_b")).visible_to(&a));
+        assert!(!presence(None).visible_to(&a));
+        assert!(viewer("team-ab", &["GID_b", "GID_a"]).sees(EventKind::Call, Some("GID_a"), None));
+    }
+
+    /// A token limited to groups sees the events of the jobs it created, and only those:
+    /// not another token's job (over the same groups or not), not a job whose creator is not
+    /// known (a job event logged before the log kept it). Group membership says nothing of a
+    /// job.
+    #[test]
+    fn group_limited_listeners_see_the_jobs_they_created_and_no_other() {
+        let a = viewer("team-a", &["GID_a"]);
+        assert!(job("team-a").visible_to(&a));
+        assert!(!job("team-a2").visible_to(&a));
+        assert!(!job("ops").visible_to(&a));
+        assert!(!a.sees(EventKind::Job, None, None));
+        assert!(!a.sees(EventKind::Job, Some("GID_a"), Some("ops")));
+        // The name alone does not make a presence or call event visible.
+        assert!(!a.sees(EventKind::Presence, None, Some("team-a")));
+        // Unlimited tokens see every job's events.
+        assert!(job("team-a").visible_to(&viewer("ops", &[])));
+        assert!(job("anyone").visible_to(&viewer("ops", &[])));
+    }
+
+    /// The creator stays off the wire: a job event's JSON is as documented.
+    #[test]
+    fn a_job_events_json_does_not_carry_its_creator() {
+        let v = serde_json::to_value(job("team-a")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "job", "id": "j", "state": "running", "counts": {"succeeded": 1}})
+        );
     }
 
     #[tokio::test]

@@ -372,7 +372,10 @@ impl Metrics {
             loop {
                 match rx.recv().await {
                     Ok(p) => {
-                        if let crate::events::Event::Job { id, state, counts } = &p.event {
+                        if let crate::events::Event::Job {
+                            id, state, counts, ..
+                        } = &p.event
+                        {
                             let counts: Vec<(&str, u64)> = counts
                                 .as_object()
                                 .map(|m| {

@@ -430,11 +430,19 @@ async fn a_job_sends_each_gateway_once_within_its_rate_and_cap(fx: &Fixture) {
     assert_eq!(page.items.len(), 5);
     assert_eq!(page.items[0].reply, Some(json!({"pong": true})));
     assert_eq!(page.items[0].attempts, 1);
-    // Progress was published, the last event saying succeeded with every count.
+    // Progress was published, the last event saying succeeded with every count; each names
+    // the job's creator (what a token limited to groups is filtered by).
     let mut last = None;
     while let Ok(e) = events.try_recv() {
-        if let Event::Job { id, state, counts } = &e.event {
+        if let Event::Job {
+            id,
+            state,
+            counts,
+            created_by,
+        } = &e.event
+        {
             if *id == j.id {
+                assert_eq!(*created_by, j.created_by);
                 last = Some((state.clone(), counts.clone()));
             }
         }

@@ -665,3 +665,110 @@ fn two_replicas_deliver_each_presence_change_once_and_stream_one_log() {
     assert!(a.stop().is_some_and(|s| s.success()));
     assert!(b.stop().is_some_and(|s| s.success()));
 }
+
+/// Job events per token: two tokens limited to the same group each run a job over the group's
+/// gateway (a real agent answers `sys.ping`). Each token's stream carries the events of the
+/// jobs it created, live and replayed from `Last-Event-ID`, never the other's; a token of every
+/// group gets all of them. The bodies are as documented: the creator is not in them.
+#[test]
+fn a_group_limited_token_streams_the_events_of_the_jobs_it_created_and_no_other() {
+    let broker = Broker::start();
+    let mut c = consoled(&broker, "");
+    let reader = c.token_with(&["--name", "reader", "--scope", "read"]);
+    let limited =
+        |name: &str| c.token_with(&["--name", name, "--scope", "operate", "--group", "GID_csg"]);
+    let (alice, bob) = (limited("alice"), limited("bob"));
+    c.start();
+    let mut cfg = AgentConfig::new("gw-own-1", &broker.url());
+    cfg.heartbeat_interval_s = 1;
+    let mut agent = Agent::spawn(&cfg);
+    wait_for(TIMEOUT, || {
+        c.json("/v1/instances?id=gw-own-1", &reader)["items"][0]["presence"]["state"] == "online"
+    })
+    .unwrap_or_else(|| panic!("the agent never came online\n{}", c.log()));
+
+    let all = stream(&c, "jobs-all", "?types=job", &reader);
+    let of_alice = stream(&c, "jobs-alice", "?types=job", &alice);
+    let of_bob = stream(&c, "jobs-bob", "?types=job", &bob);
+    // A job started and run to its end.
+    let run = |token: &str| -> String {
+        let body = serde_json::json!({"method": "sys.ping", "params": {},
+            "target": {"instances": ["gw-own-1"]}, "rate_per_minute": 6000, "max_in_flight": 1,
+            "execution_timeout_ms": 10000});
+        let id = c
+            .request("POST", "/v1/jobs", Some(&body), &[], Some(token))
+            .assert_ok(201)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        wait_for(TIMEOUT, || {
+            c.json(&format!("/v1/jobs/{id}"), token)["state"] == "succeeded"
+        })
+        .unwrap_or_else(|| panic!("job {id} never succeeded\n{}", c.log()));
+        id
+    };
+    let (a1, b1, a2) = (run(&alice), run(&bob), run(&alice));
+    let ended = |s: &Stream, job: &str| {
+        s.events()
+            .iter()
+            .any(|e| e.data["id"] == job && e.data["state"] == "succeeded")
+    };
+    // Events come in the log's order: once a job's end is on a stream, every earlier event
+    // the stream was to carry is on it too.
+    for (s, last) in [(&all, &a2), (&of_alice, &a2), (&of_bob, &b1)] {
+        wait_for(TIMEOUT, || ended(s, last))
+            .unwrap_or_else(|| panic!("{last} never ended on the stream: {}", s.text()));
+    }
+    let jobs_on = |s: &Stream| -> Vec<String> {
+        let mut ids: Vec<String> = s
+            .events()
+            .iter()
+            .map(|e| e.data["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.dedup();
+        ids
+    };
+    assert_eq!(
+        jobs_on(&all),
+        [a1.as_str(), b1.as_str(), a2.as_str()],
+        "{}",
+        all.text()
+    );
+    assert_eq!(
+        jobs_on(&of_alice),
+        [a1.as_str(), a2.as_str()],
+        "{}",
+        of_alice.text()
+    );
+    assert_eq!(jobs_on(&of_bob), [b1.as_str()], "{}", of_bob.text());
+    assert!(ended(&of_alice, &a1), "{}", of_alice.text());
+    for e in of_alice.events() {
+        let mut keys: Vec<&str> = e
+            .data
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["counts", "event_id", "id", "state", "type"], "{e:?}");
+        assert_eq!(e.event, "job");
+    }
+
+    // Replayed from the start of the log: the same events under the same ids, nothing of bob's.
+    let replayed = stream_with(
+        &c,
+        "jobs-alice-replay",
+        "?types=job",
+        &alice,
+        "Last-Event-ID: 0\n",
+    );
+    wait_for(TIMEOUT, || ended(&replayed, &a2))
+        .unwrap_or_else(|| panic!("the replay never reached {a2}: {}", replayed.text()));
+    let seen = |s: &Stream| -> Vec<(Option<String>, Value)> {
+        s.events().into_iter().map(|e| (e.id, e.data)).collect()
+    };
+    assert_eq!(seen(&replayed), seen(&of_alice));
+    agent.kill9();
+    assert!(c.stop().is_some_and(|s| s.success()));
+}

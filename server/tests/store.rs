@@ -1709,6 +1709,7 @@ fn log_presence(instance: &str, to: &str, since_ms: i64, origin: &str) -> store:
         region: Some("r1".into()),
         instance_id: Some(instance.into()),
         group_id: Some("GID_a".into()),
+        created_by: None,
         presence: Some((to.into(), since_ms)),
         data: format!("{{\"type\":\"presence\",\"instance_id\":\"{instance}\",\"to\":\"{to}\"}}"),
         origin: origin.into(),
@@ -1722,10 +1723,25 @@ fn log_call(n: i64, origin: &str) -> store::NewLogEvent {
         region: Some("r1".into()),
         instance_id: Some("gw-1".into()),
         group_id: Some("GID_a".into()),
+        created_by: None,
         presence: None,
         data: format!("{{\"type\":\"call\",\"n\":{n}}}"),
         origin: origin.into(),
         at_ms: 1_000 + n,
+    }
+}
+
+fn log_job(created_by: &str, origin: &str) -> store::NewLogEvent {
+    store::NewLogEvent {
+        kind: "job",
+        region: None,
+        instance_id: None,
+        group_id: None,
+        created_by: Some(created_by.into()),
+        presence: None,
+        data: "{\"type\":\"job\",\"id\":\"j-1\",\"state\":\"running\"}".into(),
+        origin: origin.into(),
+        at_ms: 1_005,
     }
 }
 
@@ -1757,6 +1773,7 @@ async fn event_log_dedupes_presence_across_replicas_and_delivers_once(fx: &mut F
                 log_presence("gw-1", "offline", 10, "a"),
                 log_presence("gw-1", "online", 20, "a"),
                 log_call(1, "a"),
+                log_job("team-a", "a"),
                 log_presence("gw-1", "stale", 31, "a"),
             ],
             &hooks,
@@ -1787,11 +1804,17 @@ async fn event_log_dedupes_presence_across_replicas_and_delivers_once(fx: &mut F
     let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
     assert_eq!(
         kinds,
-        ["presence", "presence", "call", "presence", "call", "presence"]
+        ["presence", "presence", "call", "job", "presence", "call", "presence"]
     );
     assert!(rows.windows(2).all(|w| w[0].id < w[1].id));
-    // 4 presence events × 2 hooks + 2 calls × 1 hook.
-    assert_eq!(fx.store.pending_deliveries().await.unwrap().0, 10);
+    // The job's creator is kept beside it (its column), for the streams' filter.
+    let creators: Vec<Option<&str>> = rows.iter().map(|r| r.created_by.as_deref()).collect();
+    assert_eq!(
+        creators,
+        [None, None, None, Some("team-a"), None, None, None]
+    );
+    // 4 presence events × 2 hooks + 2 calls and a job × 1 hook.
+    assert_eq!(fx.store.pending_deliveries().await.unwrap().0, 11);
     let claimed = fx
         .store
         .claim_due_deliveries(i64::MAX / 2, i64::MAX / 2 + 1, 100)

@@ -1577,6 +1577,200 @@ async fn jobs_start_from_the_fleet_filter_run_live_cancel_and_reach_the_audit_pa
     }
 }
 
+/// A token limited to a group, with the operate scope: its fleet filter runs a job over its
+/// group's gateways only (the other group's is online too, and not counted), and the job's page
+/// shows its progress and its end live, without a reload. Another token of the same group ran a
+/// job over the same gateways while the session's stream was open: never announced on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_limited_tokens_job_page_follows_its_job_live_and_no_other_job_is_announced() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let broker = Broker::start();
+    let mut c = Consoled::new(&broker);
+    let limited = |name: &str| {
+        let out = c.command(&[
+            "token", "create", "--name", name, "--scope", "operate", "--group", "GID_csg",
+        ]);
+        out.assert_code(0);
+        out.stdout.trim().to_owned()
+    };
+    let (ours, peer) = (limited("team-op"), limited("team-peer"));
+    let admin = c.token("team-admin", "admin");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    c.start(&http).await;
+    let mut agents: Vec<Agent> = ["gw-team-1", "gw-team-2", "gw-team-3", "gw-else-1"]
+        .iter()
+        .map(|id| {
+            let mut cfg = AgentConfig::new(id, &broker.url());
+            cfg.heartbeat_interval_s = 1;
+            if id.starts_with("gw-else") {
+                cfg.group_id = "GID_else".into();
+            }
+            Agent::spawn(&cfg)
+        })
+        .collect();
+    let t0 = Instant::now();
+    while c.api(&http, "/v1/instances?presence=online", &admin).await["items"]
+        .as_array()
+        .unwrap()
+        .len()
+        < 4
+    {
+        assert!(t0.elapsed() < TIMEOUT, "four agents never online");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let b = Browser::start(c.dir.path()).await;
+    sign_in(&b, &c, &ours).await;
+    // The session's own stream, read beside the pages (the same cookie, so the same events the
+    // pages get), from before the other token's job to after this token's job ended.
+    let cookies = b.cmd(reqwest::Method::GET, "/cookie", None).await;
+    let session = cookies
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "csg_session")
+        .unwrap_or_else(|| panic!("no session cookie: {cookies}"))["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut events = reqwest::Client::new()
+        .get(c.url("/ui/events"))
+        .header("cookie", format!("csg_session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let recorder = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(chunk)) = events.chunk().await {
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk));
+            }
+        })
+    };
+    let heard = |s: &str| seen.lock().unwrap().contains(s);
+    let t0 = Instant::now();
+    while !heard(": open") {
+        assert!(t0.elapsed() < TIMEOUT, "the session's stream never opened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The other token's job over the same gateways, run to its end through the API.
+    let body = json!({"method": "sys.ping", "params": {}, "target": {"selector": {"group": ["GID_csg"]}},
+                      "rate_per_minute": 6000, "max_in_flight": 3, "execution_timeout_ms": 10000});
+    let r = http
+        .post(c.url("/v1/jobs"))
+        .bearer_auth(&peer)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let other: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let other = other["id"].as_str().unwrap().to_owned();
+    let t0 = Instant::now();
+    while c.api(&http, &format!("/v1/jobs/{other}"), &admin).await["state"] != "succeeded" {
+        assert!(t0.elapsed() < TIMEOUT, "the other token's job never ended");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // From the fleet's filter: this token's three gateways, not the other group's.
+    b.goto(&c.url("/ui/?presence=online")).await;
+    assert_eq!(
+        b.text("#run-job").await.as_deref(),
+        Some("Run a method on these 3 gateways")
+    );
+    b.click("#run-job").await;
+    b.until(
+        "the new-job form",
+        TIMEOUT,
+        "return location.pathname === '/ui/jobs/new' && !!document.getElementById('dry-run');",
+    )
+    .await;
+    // 12 a minute: one every 5 s, so the page is open while it runs.
+    set_field(&b, "#rate", "12").await;
+    b.click("#dry-run").await;
+    b.until(
+        "the dry run's count",
+        TIMEOUT,
+        "var e = document.getElementById('preview-count'); return !!e && e.textContent === '3';",
+    )
+    .await;
+    b.click("#confirm").await;
+    b.until(
+        "the job's page",
+        TIMEOUT,
+        "return !!document.querySelector('[data-job-page]') && document.body.hasAttribute('data-job-read');",
+    )
+    .await;
+    let job = b
+        .run("return document.querySelector('[data-job-page]').getAttribute('data-job-page');")
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Marked: a reload would lose the mark.
+    b.run("window.__stay = 1; return true;").await;
+    let done_at_load = number(&b, "#c-done").await;
+    assert!(
+        done_at_load < 2,
+        "the job went too far before its page was open"
+    );
+    b.until(
+        "the job's progress on the open page",
+        Duration::from_secs(30),
+        &format!(
+            "return document.getElementById('job-state').textContent === 'running' \
+             && parseInt(document.getElementById('c-done').textContent, 10) > {done_at_load} \
+             && document.getElementById('job-progress').value < 100;"
+        ),
+    )
+    .await;
+    b.screenshot("job-group-limited-running").await;
+    b.until(
+        "the job succeeded on the open page",
+        Duration::from_secs(60),
+        "return document.getElementById('job-state').textContent === 'succeeded' \
+         && document.getElementById('c-succeeded').textContent === '3' \
+         && document.querySelectorAll('#execs .x-succeeded').length === 3 \
+         && document.getElementById('job-progress').value === 100;",
+    )
+    .await;
+    assert_eq!(
+        b.run("return window.__stay === 1;").await,
+        Value::Bool(true),
+        "the page reloaded"
+    );
+    b.screenshot("job-group-limited-succeeded").await;
+
+    // The session's stream had this job's events to its end, in the log's order after every
+    // event of the other token's job: none of those was on it.
+    let end = format!("\"id\":\"{job}\",\"state\":\"succeeded\"");
+    let t0 = Instant::now();
+    while !heard(&end) {
+        assert!(
+            t0.elapsed() < TIMEOUT,
+            "the job's end never on the session's stream: {}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!heard(&other), "{}", seen.lock().unwrap());
+    recorder.abort();
+    b.close().await;
+    for a in &mut agents {
+        a.signal(Signal::SIGTERM);
+    }
+}
+
 /// The accessibility checks run in the page (WebDriver's execute/sync): a list of violations,
 /// empty when the page passes. Names of inputs and buttons, unique ids, images and SVG named
 /// or hidden, one h1, the document's language; the contrast of every visible text against

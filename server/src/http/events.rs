@@ -35,7 +35,7 @@ use super::auth::{authorize, presented_hash};
 use super::problem::Problem;
 use super::AppState;
 use crate::eventlog::{Entry, LogTail};
-use crate::events::EventKinds;
+use crate::events::{EventKinds, Viewer};
 use crate::metrics::StreamGuard;
 use crate::store::{LogBounds, Scope, Store, TokenHash};
 
@@ -142,7 +142,7 @@ struct Listener {
     notice: Option<SseEvent>,
     closed: watch::Receiver<bool>,
     kinds: EventKinds,
-    groups: Vec<String>,
+    viewer: Viewer,
     metrics: crate::metrics::Metrics,
     _open: StreamGuard,
     /// Set when the `revoked` event was sent: the stream ends after it.
@@ -197,7 +197,7 @@ fn start_after(asked: i64, b: LogBounds) -> (i64, Option<SseEvent>) {
 
 impl Listener {
     fn wants(&self, e: &Entry) -> bool {
-        self.kinds.contains(e.kind) && e.visible_to(&self.groups)
+        self.kinds.contains(e.kind) && e.visible_to(&self.viewer)
     }
 }
 
@@ -373,7 +373,7 @@ pub async fn stream(
         notice,
         closed: state.bus.close_signal(),
         kinds: query.kinds,
-        groups: token.groups.iter().map(|g| g.as_str().to_owned()).collect(),
+        viewer: Viewer::of(&token),
         metrics: state.metrics.clone(),
         _open: state.metrics.stream_opened(),
     };
@@ -468,7 +468,7 @@ mod tests {
         async fn listener(
             &self,
             kinds: EventKinds,
-            groups: &[&str],
+            viewer: Viewer,
             resume: Option<i64>,
         ) -> Listener {
             let rx = self.log.subscribe();
@@ -490,7 +490,7 @@ mod tests {
                 notice,
                 closed: self.bus.close_signal(),
                 kinds,
-                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+                viewer,
                 metrics: self.metrics.clone(),
                 _open: self.metrics.stream_opened(),
             }
@@ -501,6 +501,14 @@ mod tests {
                 s.stop().await;
             }
             self.store.close().await;
+        }
+    }
+
+    /// A token named `name` limited to `groups` (none: every group).
+    fn viewer(name: &str, groups: &[&str]) -> Viewer {
+        Viewer {
+            name: name.to_owned(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
         }
     }
 
@@ -542,7 +550,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let mut l = fx.listener(EventKinds::ALL, &[], None).await;
+        let mut l = fx.listener(EventKinds::ALL, viewer("ops", &[]), None).await;
         l.recheck = Some(Recheck {
             store: fx.store.clone(),
             hash: secret.hash(),
@@ -575,8 +583,14 @@ mod tests {
                 .publish(presence(if i % 3 == 0 { "GID_b" } else { "GID_a" }, i));
         }
         fx.logged(30).await;
-        let all = events(fx.listener(EventKinds::ALL, &[], Some(10)).await);
-        let limited = events(fx.listener(EventKinds::ALL, &["GID_b"], Some(10)).await);
+        let all = events(
+            fx.listener(EventKinds::ALL, viewer("ops", &[]), Some(10))
+                .await,
+        );
+        let limited = events(
+            fx.listener(EventKinds::ALL, viewer("team-b", &["GID_b"]), Some(10))
+                .await,
+        );
         tokio::pin!(all, limited);
         assert!(next(&mut all).await.contains(": open"));
         assert!(next(&mut limited).await.contains(": open"));
@@ -591,6 +605,7 @@ mod tests {
                 id: "j".into(),
                 state: "running".into(),
                 counts: serde_json::json!({}),
+                created_by: "ops".into(),
             });
         });
         let mut ids = Vec::new();
@@ -615,12 +630,69 @@ mod tests {
         fx.stop().await;
     }
 
+    fn job(id: &str, state: &str, created_by: &str) -> Event {
+        Event::Job {
+            id: id.into(),
+            state: state.into(),
+            counts: serde_json::json!({"succeeded": 0}),
+            created_by: created_by.into(),
+        }
+    }
+
+    /// A token limited to groups gets, beside its groups' gateways, the events of the jobs it
+    /// created, replayed from the store and then live; never another token's job (one of the
+    /// same groups included). The body is the documented one: the creator is not in it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_limited_token_gets_the_events_of_its_own_jobs_replayed_and_live() {
+        let fx = Fixture::new(64).await;
+        fx.bus.publish(job("j-a", "running", "team-a"));
+        fx.bus.publish(job("j-b", "running", "team-b"));
+        fx.bus.publish(presence("GID_a", 1));
+        fx.bus.publish(job("j-ops", "running", "ops"));
+        fx.bus.publish(job("j-a", "succeeded", "team-a"));
+        fx.logged(5).await;
+        let team_a = || viewer("team-a", &["GID_a"]);
+        let jobs = EventKinds::parse(["job"]).unwrap();
+        let all = events(fx.listener(EventKinds::ALL, team_a(), Some(0)).await);
+        let only_jobs = events(fx.listener(jobs, team_a(), Some(0)).await);
+        let ops = events(fx.listener(jobs, viewer("ops", &[]), Some(0)).await);
+        tokio::pin!(all, only_jobs, ops);
+        for s in [&mut all, &mut only_jobs, &mut ops] {
+            assert!(next(s).await.contains(": open"));
+        }
+        let first = next(&mut all).await;
+        assert_eq!(id_of(&first), Some(1), "{first}");
+        assert!(
+            first.contains("j-a") && !first.contains("team-a") && !first.contains("created_by"),
+            "{first}"
+        );
+        for want in [3, 5] {
+            assert_eq!(id_of(&next(&mut all).await), Some(want));
+        }
+        for want in [1, 5] {
+            assert_eq!(id_of(&next(&mut only_jobs).await), Some(want));
+        }
+        // An unlimited token gets every job's events.
+        for want in [1, 2, 4, 5] {
+            assert_eq!(id_of(&next(&mut ops).await), Some(want));
+        }
+        // Live: another token's job passes by, the token's next job comes through.
+        fx.bus.publish(job("j-b", "succeeded", "team-b"));
+        fx.bus.publish(job("j-a2", "running", "team-a"));
+        for s in [&mut all, &mut only_jobs] {
+            let t = next(s).await;
+            assert!(id_of(&t) == Some(7) && t.contains("j-a2"), "{t}");
+        }
+        assert_eq!(id_of(&next(&mut ops).await), Some(6));
+        fx.stop().await;
+    }
+
     /// A stream that falls behind the tail reads what it missed from the store: every event,
     /// in order, none twice; the lag is counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lagging_stream_catches_up_from_the_store() {
         let fx = Fixture::new(4).await;
-        let s = events(fx.listener(EventKinds::ALL, &[], None).await);
+        let s = events(fx.listener(EventKinds::ALL, viewer("ops", &[]), None).await);
         tokio::pin!(s);
         assert!(next(&mut s).await.contains(": open"));
         for i in 1..=200 {
@@ -649,7 +721,10 @@ mod tests {
         fx.logged(20).await;
         // Keep the 5 newest.
         assert_eq!(fx.store.event_log().prune_events(0, 5).await.unwrap(), 15);
-        let s = events(fx.listener(EventKinds::ALL, &[], Some(3)).await);
+        let s = events(
+            fx.listener(EventKinds::ALL, viewer("ops", &[]), Some(3))
+                .await,
+        );
         tokio::pin!(s);
         assert!(next(&mut s).await.contains(": open"));
         let n = next(&mut s).await;
@@ -659,11 +734,17 @@ mod tests {
         );
         assert_eq!(id_of(&next(&mut s).await), Some(16));
         // From the last kept id on: complete, no notice.
-        let s = events(fx.listener(EventKinds::ALL, &[], Some(15)).await);
+        let s = events(
+            fx.listener(EventKinds::ALL, viewer("ops", &[]), Some(15))
+                .await,
+        );
         tokio::pin!(s);
         next(&mut s).await;
         assert_eq!(id_of(&next(&mut s).await), Some(16));
-        let s = events(fx.listener(EventKinds::ALL, &[], Some(500)).await);
+        let s = events(
+            fx.listener(EventKinds::ALL, viewer("ops", &[]), Some(500))
+                .await,
+        );
         tokio::pin!(s);
         next(&mut s).await;
         let n = next(&mut s).await;

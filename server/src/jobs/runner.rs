@@ -784,6 +784,7 @@ impl Ctx {
             id: id.to_owned(),
             state: state.as_str().to_owned(),
             counts: serde_json::to_value(counts).unwrap_or_default(),
+            created_by: job.record.created_by.clone(),
         });
     }
 }

@@ -24,6 +24,9 @@ pub struct NewLogEvent {
     pub region: Option<String>,
     pub instance_id: Option<String>,
     pub group_id: Option<String>,
+    /// Job events: the token that created the job, what a token limited to groups is
+    /// filtered by for them (it sees the jobs it created). Never in `data`.
+    pub created_by: Option<String>,
     /// Presence only: the state entered and since when.
     pub presence: Option<(String, i64)>,
     /// The event as a JSON object, without its id.
@@ -39,6 +42,9 @@ pub struct LogRow {
     pub id: i64,
     pub kind: String,
     pub group_id: Option<String>,
+    /// Job events: the token that created the job (`None` for one logged before migration
+    /// 0014).
+    pub created_by: Option<String>,
     /// The event as a JSON object, without its id.
     pub data: String,
     pub at_ms: i64,
@@ -142,14 +148,15 @@ macro_rules! event_log_impl {
                         }
                     }
                     let mut q: QueryBuilder<$db> = QueryBuilder::new(
-                        "INSERT INTO event_log (kind, region, instance_id, group_id, presence_to, \
-                         since_ms, origin, at_ms, data) ",
+                        "INSERT INTO event_log (kind, region, instance_id, group_id, created_by, \
+                         presence_to, since_ms, origin, at_ms, data) ",
                     );
                     q.push_values([e], |mut b, e| {
                         b.push_bind(e.kind)
                             .push_bind(e.region.as_deref())
                             .push_bind(e.instance_id.as_deref())
                             .push_bind(e.group_id.as_deref())
+                            .push_bind(e.created_by.as_deref())
                             .push_bind(e.presence.as_ref().map(|p| p.0.as_str()))
                             .push_bind(e.presence.as_ref().map(|p| p.1))
                             .push_bind(e.origin.as_str())
@@ -192,7 +199,7 @@ macro_rules! event_log_impl {
                 limit: u32,
             ) -> Result<Vec<LogRow>, StoreError> {
                 let mut q: QueryBuilder<$db> = QueryBuilder::new(
-                    "SELECT id, kind, group_id, data, at_ms FROM event_log WHERE id > ",
+                    "SELECT id, kind, group_id, created_by, data, at_ms FROM event_log WHERE id > ",
                 );
                 q.push_bind(after)
                     .push(" ORDER BY id LIMIT ")
@@ -204,6 +211,7 @@ macro_rules! event_log_impl {
                             id: r.try_get("id")?,
                             kind: r.try_get("kind")?,
                             group_id: r.try_get("group_id")?,
+                            created_by: r.try_get("created_by")?,
                             data: r.try_get("data")?,
                             at_ms: r.try_get("at_ms")?,
                         })

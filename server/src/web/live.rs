@@ -1,8 +1,10 @@
 //! `GET /ui/events`: the pages' live updates, as server-sent events. Each presence change the
 //! signed-in token may see becomes `event: presence` with what a row shows (`key`, `group`,
-//! `from`, `to`, `reason`, `since`), and each job change `event: job` (`id`, `state`, `counts`); a
-//! page that fell behind gets `event: lagged` (it reloads); a session that ended (signed out, expired, its token revoked) gets `event: ended` within
-//! [`SESSION_RECHECK`] and the stream closes. Nothing compresses or buffers the stream
+//! `from`, `to`, `reason`, `since`), and each change of a job it may see `event: job` (`id`,
+//! `state`, `counts`): every job for a token of every group, the jobs it created for a token
+//! limited to groups ([`Viewer::sees`]). A page that fell behind gets `event: lagged` (it
+//! reloads); a session that ended (signed out, expired, its token revoked) gets `event: ended`
+//! within [`SESSION_RECHECK`] and the stream closes. Nothing compresses or buffers the stream
 //! (`X-Accel-Buffering: no` asks the same of a proxy); a comment every 15 s keeps it open.
 
 use std::convert::Infallible;
@@ -20,7 +22,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::session::{refused, session};
 use super::view::{ago, utc, PageError};
-use crate::events::{Event, Published};
+use crate::events::{Event, Published, Viewer};
 use crate::http::AppState;
 use crate::now_ms;
 use crate::store::{Scope, SessionHash, SessionSecret, Store};
@@ -34,7 +36,7 @@ struct Listener {
     every: tokio::time::Interval,
     rx: broadcast::Receiver<Arc<Published>>,
     closed: watch::Receiver<bool>,
-    groups: Vec<String>,
+    viewer: Viewer,
     ended: bool,
 }
 
@@ -74,7 +76,10 @@ fn presence_frame(p: &Published) -> Option<SseEvent> {
 /// A job's state and counts, for its page's progress (the runner publishes counts at most
 /// every `event_every`, 500 ms by default, and every change of state at once).
 fn job_frame(p: &Published) -> Option<SseEvent> {
-    let Event::Job { id, state, counts } = &p.event else {
+    let Event::Job {
+        id, state, counts, ..
+    } = &p.event
+    else {
         return None;
     };
     let data = json!({"id": id, "state": state, "counts": counts});
@@ -106,7 +111,7 @@ fn events(l: Listener) -> impl Stream<Item = Result<SseEvent, Infallible>> {
             };
             match next {
                 Next::Got(Ok(p)) => {
-                    if p.event.visible_to(&l.groups) {
+                    if p.event.visible_to(&l.viewer) {
                         if let Some(frame) = presence_frame(&p).or_else(|| job_frame(&p)) {
                             return Some((Ok(frame), l));
                         }
@@ -159,12 +164,7 @@ pub async fn stream(
         every,
         rx: state.bus.subscribe(),
         closed: state.bus.close_signal(),
-        groups: signed
-            .token
-            .groups
-            .iter()
-            .map(|g| g.as_str().to_owned())
-            .collect(),
+        viewer: Viewer::of(&signed.token),
         ended: false,
     };
     let mut resp = Sse::new(events(listener))
