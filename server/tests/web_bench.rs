@@ -24,8 +24,8 @@
 
 mod common;
 use csg_consoled::store::{
-    self, InstanceRow, JsonText, NewToken, Presence, Region, Scope, StorageSummary, TokenName,
-    TokenSecret,
+    self, HostSample, InstanceRow, JsonText, NewToken, Presence, Region, Scope, StorageSummary,
+    TokenName, TokenSecret,
 };
 use csg_e2e::broker::free_port;
 use csg_e2e::process::{child_env, ChildGuard};
@@ -109,11 +109,23 @@ async fn start_bench() -> Bench {
                 drift: u64::from(i % 50 == 0),
             }),
             updated_ms: 1,
-            sample: None,
+            sample: Some(HostSample::of(1_764_133_100_000, 3.5, 612_352_000, 4_111_450_112)),
         })
         .collect();
     for c in rows.chunks(5000) {
         st.upsert_instances(c).await.unwrap();
+    }
+    // The gateway page timed shows a full chart: its row written with 60 heartbeats.
+    let mut timed = rows[123].clone();
+    for k in 1..HostSample::KEPT as i64 {
+        timed.updated_ms = 1 + k;
+        timed.sample = Some(HostSample::of(
+            1_764_133_100_000 + k as u64 * 3_600_000,
+            (k % 50) as f32,
+            612_352_000 + k as u64 * 1_000_000,
+            4_111_450_112,
+        ));
+        st.upsert_instances(std::slice::from_ref(&timed)).await.unwrap();
     }
     let secret = TokenSecret::generate().unwrap();
     st.create_token(&NewToken {
