@@ -105,10 +105,11 @@ both_engines!(
 );
 
 async fn host_samples_keep_the_last_sixty_once_each_in_time_order(fx: &mut Fixture) {
+    const NOW: u64 = 1_764_979_300_000;
     let s = &fx.store;
     let sample = |n: u64| HostSample::of(1_764_979_200_000 + n * 1000, n as f32, n, 100);
     let (r, a) = (region("cn-hangzhou"), InstanceId::new("gw-a").unwrap());
-    assert_eq!(s.host_samples(&r, &a).await.unwrap(), vec![]);
+    assert_eq!(s.host_samples(&r, &a, NOW).await.unwrap(), vec![]);
     for n in 0..70u64 {
         let mut row = instance("cn-hangzhou", "gw-a", 10 + n as i64);
         row.sample = Some(sample(n));
@@ -141,18 +142,20 @@ async fn host_samples_keep_the_last_sixty_once_each_in_time_order(fx: &mut Fixtu
     let mut old = instance("cn-hangzhou", "gw-a", 5);
     old.sample = Some(sample(500));
     s.upsert_instances(&[old]).await.unwrap();
-    let got = s.host_samples(&r, &a).await.unwrap();
+    let got = s.host_samples(&r, &a, NOW).await.unwrap();
     let want: Vec<HostSample> = (10..70).map(sample).collect();
     assert_eq!(got, want);
     assert_eq!(
-        s.host_samples(&r, &InstanceId::new("gw-b").unwrap())
+        s.host_samples(&r, &InstanceId::new("gw-b").unwrap(), NOW)
             .await
             .unwrap(),
         vec![]
     );
     // Another region's gateway of the same id is another gateway.
     assert_eq!(
-        s.host_samples(&region("cn-shanghai"), &a).await.unwrap(),
+        s.host_samples(&region("cn-shanghai"), &a, NOW)
+            .await
+            .unwrap(),
         vec![]
     );
 }

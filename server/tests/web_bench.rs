@@ -109,7 +109,12 @@ async fn start_bench() -> Bench {
                 drift: u64::from(i % 50 == 0),
             }),
             updated_ms: 1,
-            sample: Some(HostSample::of(1_764_133_100_000, 3.5, 612_352_000, 4_111_450_112)),
+            sample: Some(HostSample::of(
+                1_764_133_100_000,
+                3.5,
+                612_352_000,
+                4_111_450_112,
+            )),
         })
         .collect();
     for c in rows.chunks(5000) {
@@ -120,12 +125,14 @@ async fn start_bench() -> Bench {
     for k in 1..HostSample::KEPT as i64 {
         timed.updated_ms = 1 + k;
         timed.sample = Some(HostSample::of(
-            1_764_133_100_000 + k as u64 * 3_600_000,
+            u64::try_from(now).unwrap() - (60 - k as u64) * 3_600_000,
             (k % 50) as f32,
             612_352_000 + k as u64 * 1_000_000,
             4_111_450_112,
         ));
-        st.upsert_instances(std::slice::from_ref(&timed)).await.unwrap();
+        st.upsert_instances(std::slice::from_ref(&timed))
+            .await
+            .unwrap();
     }
     let secret = TokenSecret::generate().unwrap();
     st.create_token(&NewToken {

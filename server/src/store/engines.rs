@@ -459,6 +459,7 @@ macro_rules! store_impl {
                 &self,
                 region: &Region,
                 id: &InstanceId,
+                now_ms: u64,
             ) -> Result<Vec<HostSample>, StoreError> {
                 let mut q: QueryBuilder<$db> =
                     QueryBuilder::new("SELECT recent FROM instances WHERE region = ");
@@ -467,7 +468,9 @@ macro_rules! store_impl {
                     .push_bind(id.as_str());
                 let text: Option<String> =
                     q.build_query_scalar().fetch_optional(self.reader()).await?;
-                Ok(text.map(|t| HostSample::parse_all(&t)).unwrap_or_default())
+                Ok(text
+                    .map(|t| HostSample::parse_all(&t, now_ms))
+                    .unwrap_or_default())
             }
 
             async fn list_instances(

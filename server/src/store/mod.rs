@@ -90,11 +90,12 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<InstanceRow>, StoreError>;
 
     /// A gateway's last [`HostSample::KEPT`] heartbeats' host figures, oldest first (none for
-    /// a gateway not stored).
+    /// a gateway not stored); their times placed near `now_ms` ([`HostSample::parse_all`]).
     async fn host_samples(
         &self,
         region: &Region,
         id: &InstanceId,
+        now_ms: u64,
     ) -> Result<Vec<HostSample>, StoreError>;
 
     /// One page of instances in `order` (then region and instance id, which make every key

@@ -369,13 +369,16 @@ pub struct PresenceEvent {
     pub at_ms: i64,
 }
 
-/// One heartbeat's host figures, for a gateway's chart: the agent's time, CPU and memory use
-/// in tenths of a percent. The store keeps a gateway's last [`HostSample::KEPT`] in one text
-/// column, each in [`HostSample::LEN`] characters of base 36 (the time in 9, CPU and memory in
-/// 2 each, `zz` for a memory size not reported): fixed widths, so the store can append one and
-/// cut the oldest with string functions alone, and a cut never falls inside one.
+/// One heartbeat's host figures, for a gateway's chart: the agent's time (whole seconds), CPU
+/// and memory use in tenths of a percent. The store keeps a gateway's last
+/// [`HostSample::KEPT`] in one text column, each in [`HostSample::LEN`] characters of base 36:
+/// the time in 4 (seconds modulo 36⁴, about 19 days: the full time is the latest such second
+/// near the reader's clock), CPU and memory in 2 each (`zz` for a memory size not reported).
+/// Fixed widths, so the store appends one and cuts the oldest with string functions alone, and
+/// a cut never falls inside one; few characters, as every heartbeat's write carries them all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostSample {
+    /// A whole second, in milliseconds.
     pub ts_ms: u64,
     /// 0 to 1000.
     pub cpu_permille: u16,
@@ -385,17 +388,19 @@ pub struct HostSample {
 
 impl HostSample {
     /// Characters of one sample in the stored text.
-    pub const LEN: usize = 13;
+    pub const LEN: usize = 8;
     /// Samples kept per gateway: the web chart's width.
     pub const KEPT: usize = 60;
+    /// The stored time's period, in seconds (36⁴: 19.4 days).
+    const PERIOD_S: u64 = 36 * 36 * 36 * 36;
     const NONE: u16 = 36 * 36 - 1;
     const DIGITS: &'static [u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 
-    /// From a heartbeat's figures: CPU in percent, memory used and total in bytes.
+    /// From a heartbeat's time and figures: CPU in percent, memory used and total in bytes.
     pub fn of(ts_ms: u64, cpu_pct: f32, mem_used: u64, mem_total: u64) -> Self {
         let permille = |f: f64| (f * 10.0).round().clamp(0.0, 1000.0) as u16;
         Self {
-            ts_ms,
+            ts_ms: ts_ms / 1000 * 1000,
             cpu_permille: if cpu_pct.is_finite() {
                 permille(f64::from(cpu_pct))
             } else {
@@ -409,53 +414,55 @@ impl HostSample {
     /// The stored form: [`HostSample::LEN`] characters.
     pub fn encode(&self) -> String {
         let mut out = [b'0'; Self::LEN];
-        // 36^9 ms is past the year 5000: a time never overflows its 9 characters.
-        let mut t = self.ts_ms.min(36u64.pow(9) - 1);
-        for slot in out[..9].iter_mut().rev() {
-            *slot = Self::DIGITS[(t % 36) as usize];
-            t /= 36;
-        }
-        let two = |slot: &mut [u8], v: u16| {
-            slot[0] = Self::DIGITS[usize::from(v / 36)];
-            slot[1] = Self::DIGITS[usize::from(v % 36)];
+        let put = |slot: &mut [u8], mut v: u64| {
+            for d in slot.iter_mut().rev() {
+                *d = Self::DIGITS[(v % 36) as usize];
+                v /= 36;
+            }
         };
-        two(&mut out[9..11], self.cpu_permille.min(1000));
-        two(
-            &mut out[11..13],
-            self.mem_permille.map_or(Self::NONE, |m| m.min(1000)),
+        put(&mut out[..4], self.ts_ms / 1000 % Self::PERIOD_S);
+        put(&mut out[4..6], u64::from(self.cpu_permille.min(1000)));
+        put(
+            &mut out[6..8],
+            u64::from(self.mem_permille.map_or(Self::NONE, |m| m.min(1000))),
         );
         out.iter().map(|&b| char::from(b)).collect()
     }
 
-    fn decode(s: &[u8]) -> Option<Self> {
+    /// One stored sample; its time the latest second of its residue at or before `ref_s`.
+    fn decode(s: &[u8], ref_s: u64) -> Option<Self> {
         let digit = |b: u8| Self::DIGITS.iter().position(|&d| d == b).map(|d| d as u64);
         let num = |bytes: &[u8]| {
             bytes
                 .iter()
                 .try_fold(0u64, |acc, &b| Some(acc * 36 + digit(b)?))
         };
-        let cpu = u16::try_from(num(&s[9..11])?).ok()?;
-        let mem = u16::try_from(num(&s[11..13])?).ok()?;
+        let cpu = u16::try_from(num(&s[4..6])?).ok()?;
+        let mem = u16::try_from(num(&s[6..8])?).ok()?;
         if cpu > 1000 || (mem > 1000 && mem != Self::NONE) {
             return None;
         }
+        let t = num(&s[..4])?;
+        let back = (ref_s % Self::PERIOD_S + Self::PERIOD_S - t) % Self::PERIOD_S;
         Some(Self {
-            ts_ms: num(&s[..9])?,
+            ts_ms: ref_s.checked_sub(back)? * 1000,
             cpu_permille: cpu,
             mem_permille: (mem != Self::NONE).then_some(mem),
         })
     }
 
-    /// A stored text's samples, oldest first, each time once (two replicas may append the
-    /// same heartbeat, or theirs out of order); what does not read as a sample is skipped.
-    pub fn parse_all(text: &str) -> Vec<HostSample> {
+    /// A stored text's samples, oldest first, each once (two replicas may append the same
+    /// heartbeat, or theirs out of order); what does not read as a sample is skipped. Times are
+    /// placed at or before a day past `now_ms` (the agent's clock may run ahead of ours).
+    pub fn parse_all(text: &str, now_ms: u64) -> Vec<HostSample> {
+        let ref_s = now_ms / 1000 + 86_400;
         let mut out: Vec<HostSample> = text
             .as_bytes()
             .chunks_exact(Self::LEN)
-            .filter_map(Self::decode)
+            .filter_map(|c| Self::decode(c, ref_s))
             .collect();
-        out.sort_by_key(|s| s.ts_ms);
-        out.dedup_by_key(|s| s.ts_ms);
+        out.sort_by_key(|s| (s.ts_ms, s.cpu_permille, s.mem_permille));
+        out.dedup();
         out
     }
 }
@@ -464,27 +471,33 @@ impl HostSample {
 mod host_sample_tests {
     use super::HostSample;
 
+    const NOW: u64 = 1_764_979_260_000;
+
     #[test]
     fn samples_keep_their_figures_through_the_stored_text_in_time_order_once_each() {
         let a = HostSample::of(1_764_979_200_123, 12.34, 512, 1024);
-        let b = HostSample::of(1_764_979_201_000, 100.0, 0, 0);
-        let c = HostSample::of(0, -3.0, 2048, 1024);
+        let b = HostSample::of(1_764_979_201_999, 100.0, 0, 0);
+        // A gateway whose clock runs ahead of ours by an hour.
+        let c = HostSample::of(NOW + 3_600_000, -3.0, 2048, 1024);
+        // 18 days old: still placed right.
+        let d = HostSample::of(NOW - 18 * 86_400_000, 1.0, 1, 2);
+        assert_eq!(a.ts_ms, 1_764_979_200_000);
         assert_eq!(a.cpu_permille, 123);
         assert_eq!(a.mem_permille, Some(500));
         assert_eq!(b.mem_permille, None);
         assert_eq!((c.cpu_permille, c.mem_permille), (0, Some(1000)));
-        for s in [a, b, c] {
+        for s in [a, b, c, d] {
             assert_eq!(s.encode().len(), HostSample::LEN);
         }
-        let text = format!("{}{}{}{}", b.encode(), a.encode(), b.encode(), c.encode());
-        assert_eq!(HostSample::parse_all(&text), vec![c, a, b]);
+        let text: String = [b, a, b, c, d].iter().map(HostSample::encode).collect();
+        assert_eq!(HostSample::parse_all(&text, NOW), vec![d, a, b, c]);
         // A sample that does not read (a digit out of range, a stray byte, a short tail) is
         // left out, the others kept.
-        let bad = format!("{}zzzzzzzzzzzzz{}ab", a.encode(), b.encode());
-        assert_eq!(HostSample::parse_all(&bad), vec![a, b]);
+        let bad = format!("{}zzzzzzzz{}ab", a.encode(), b.encode());
+        assert_eq!(HostSample::parse_all(&bad, NOW), vec![a, b]);
         let mut stray = a.encode();
         stray.replace_range(0..1, "!");
-        assert_eq!(HostSample::parse_all(&stray), vec![]);
+        assert_eq!(HostSample::parse_all(&stray, NOW), vec![]);
         assert_eq!(HostSample::of(1, f32::NAN, 1, 1).cpu_permille, 0);
     }
 }

@@ -397,7 +397,11 @@ pub async fn page(
     };
     let mut samples = state
         .store
-        .host_samples(&row.region, &row.instance_id)
+        .host_samples(
+            &row.region,
+            &row.instance_id,
+            u64::try_from(now).unwrap_or(0),
+        )
         .await?;
     // A row written before the store kept samples has its last heartbeat alone.
     if samples.is_empty() {
