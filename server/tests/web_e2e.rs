@@ -1577,6 +1577,190 @@ async fn jobs_start_from_the_fleet_filter_run_live_cancel_and_reach_the_audit_pa
     }
 }
 
+/// The value of the form field matching `css`.
+async fn value_of(b: &Browser, css: &str) -> String {
+    let s = format!(
+        "var e = document.querySelector({}); return e ? e.value : null;",
+        Value::from(css)
+    );
+    b.run(&s)
+        .await
+        .as_str()
+        .unwrap_or_else(|| panic!("no {css}"))
+        .to_owned()
+}
+
+/// Rolling a change out over four gateways from the new-job form: the rollout's fields (closed,
+/// their defaults said); values the API refuses (a rate of 0, a threshold of 150 %) said next
+/// to their fields, kept, nothing created; the dry run's wave sizes; the job started with a
+/// first wave of one gateway at 100 %, its waves as the API stores them, followed to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_rolls_out_in_waves_set_in_the_form() {
+    use csg_e2e::exportfs_stub::ExportfsStub;
+    use csg_e2e::StorageDirs;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let broker = Broker::start();
+    let mut c = Consoled::new(&broker);
+    let operator = c.token("wave-operator", "operate");
+    let admin = c.token("wave-admin", "admin");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    c.start(&http).await;
+    // Four gateways: the first (in id order, so the first wave's) serves no NFS; the other
+    // three serve it (the kernel backend over the harness's exportfs stub, as calls_e2e.rs:
+    // this kernel has no nfsd).
+    let mut kept = Vec::new();
+    let mut agents: Vec<Agent> = ["gw-wave-1", "gw-wave-2", "gw-wave-3", "gw-wave-4"]
+        .iter()
+        .map(|id| {
+            let mut cfg = AgentConfig::new(id, &broker.url());
+            cfg.heartbeat_interval_s = 1;
+            if *id != "gw-wave-1" {
+                let dirs = StorageDirs::new();
+                let stub = ExportfsStub::new(dirs.base());
+                cfg.storage = Some(dirs.section());
+                cfg.nfs = Some(stub.nfs_section());
+                kept.push((dirs, stub));
+            }
+            Agent::spawn(&cfg)
+        })
+        .collect();
+    let t0 = Instant::now();
+    loop {
+        let page = c.api(&http, "/v1/instances?presence=online", &admin).await;
+        if page["items"].as_array().unwrap().len() == 4 {
+            break;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "four agents never online: {page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let b = Browser::start(c.dir.path()).await;
+    sign_in(&b, &c, &operator).await;
+
+    // The rollout: closed, saying what its empty fields mean.
+    b.goto(&c.url("/ui/jobs/new?presence=online")).await;
+    assert_eq!(
+        b.run("return document.querySelector('#rollout details').open;")
+            .await,
+        json!(false)
+    );
+    let summary = b.text("#rollout-summary").await.unwrap();
+    assert_eq!(
+        summary,
+        "600 a minute, at most 10 in flight, 30 s an execution, 3 attempts, deadline in 24 h, \
+         no waves, no abort rule"
+    );
+    b.click("#rollout-summary").await;
+    b.until(
+        "the rollout open",
+        TIMEOUT,
+        "return document.querySelector('#rollout details').open && document.getElementById('w1_size').offsetWidth > 0;",
+    )
+    .await;
+    assert_eq!(
+        b.run("return document.getElementById('rate').placeholder;")
+            .await,
+        json!("600")
+    );
+    b.screenshot("job-rollout").await;
+
+    // Out of the API's range: each said next to its field, the values kept, nothing created.
+    b.type_into("#rate", "0").await;
+    b.type_into("#w1_size", "1").await;
+    b.type_into("#w1_pct", "150").await;
+    b.click("#dry-run").await;
+    b.until(
+        "the refusals next to their fields",
+        TIMEOUT,
+        "var r = document.getElementById('err-rate'), w = document.getElementById('err-w1_pct'); \
+         return !!r && !!w;",
+    )
+    .await;
+    assert_eq!(
+        b.text("#err-rate").await.unwrap(),
+        "rate_per_minute: 1 to 1000000, got 0"
+    );
+    assert_eq!(
+        b.text("#err-w1_pct").await.unwrap(),
+        "waves[0].success_threshold_pct: a percentage, 0 to 100"
+    );
+    assert_eq!(
+        b.run(
+            "return [document.getElementById('rate').getAttribute('aria-invalid'), \
+               document.getElementById('rate').getAttribute('aria-describedby'), \
+               document.querySelector('#rollout details').open];"
+        )
+        .await,
+        json!(["true", "err-rate", true])
+    );
+    assert_eq!(value_of(&b, "#rate").await, "0");
+    assert_eq!(value_of(&b, "#w1_size").await, "1");
+    assert_eq!(value_of(&b, "#w1_pct").await, "150");
+    assert!(b.text("#err-in_flight").await.is_none());
+    assert!(b.text("#preview").await.is_none(), "no dry run answered");
+    b.screenshot_page("job-rollout-refused").await;
+    let jobs = c.api(&http, "/v1/jobs", &admin).await;
+    assert_eq!(jobs["items"], json!([]), "nothing created");
+
+    // A first wave of one gateway at 100 %, 30 a minute: the dry run says the waves' sizes.
+    set_field(&b, "#rate", "30").await;
+    set_field(&b, "#w1_pct", "100").await;
+    b.click("#dry-run").await;
+    b.until(
+        "the dry run's count",
+        TIMEOUT,
+        "var e = document.getElementById('preview-count'); return !!e && e.textContent === '4';",
+    )
+    .await;
+    let waves = b
+        .run("return Array.from(document.querySelectorAll('#preview-waves li')).map(e => e.textContent);")
+        .await;
+    assert_eq!(
+        waves,
+        json!([
+            "wave 1: 1 gateway, going on at 100 % succeeded",
+            "wave 2 (the rest): 3 gateways"
+        ])
+    );
+    assert!(b.text("#err-rate").await.is_none());
+    b.screenshot_page("job-rollout-dry-run").await;
+    assert_eq!(c.api(&http, "/v1/jobs", &admin).await["items"], json!([]));
+    b.click("#confirm").await;
+    b.until(
+        "the job's page",
+        TIMEOUT,
+        "return !!document.querySelector('[data-job-page]');",
+    )
+    .await;
+    let jobs = c.api(&http, "/v1/jobs", &admin).await;
+    let job = &jobs["items"][0];
+    assert_eq!(
+        job["waves"],
+        json!([{"count": 1, "success_threshold_pct": 100}]),
+        "{job}"
+    );
+    assert_eq!(job["rate_per_minute"], 30);
+    assert_eq!(job["max_in_flight"], 10);
+    assert_eq!(job["execution_timeout_ms"], 30_000);
+    assert_eq!(job["abort"], Value::Null);
+    b.until(
+        "the job succeeded on its page",
+        Duration::from_secs(40),
+        "return document.getElementById('job-state').textContent === 'succeeded' \
+         && document.getElementById('c-succeeded').textContent === '4';",
+    )
+    .await;
+
+    b.close().await;
+    for a in &mut agents {
+        a.signal(Signal::SIGTERM);
+    }
+}
+
 /// A token limited to a group, with the operate scope: its fleet filter runs a job over its
 /// group's gateways only (the other group's is online too, and not counted), and the job's page
 /// shows its progress and its end live, without a reload. Another token of the same group ran a

@@ -4,6 +4,8 @@
 //! Planning and creation are the API's (`http::jobs`, the `jobs` module): the same checks, the
 //! same audit record (`job.create`).
 
+use std::collections::BTreeMap;
+
 use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -11,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
 use csg_protocol::identity::GroupId;
+use csg_protocol::methods::ALL;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -20,15 +23,28 @@ use super::view::{render, Chrome, PageError};
 use crate::http::jobs::{audit_job, create_problem};
 use crate::http::problem::Refusal;
 use crate::http::{AppState, RemoteAddr};
-use crate::jobs::model::{JobRequest, SelectorIn, TargetIn};
-use crate::jobs::{self, CreateError};
+use crate::jobs::model::{
+    AbortIn, FailureType, JobRequest, JobSpec, RetryIn, SelectorIn, SpecError, TargetIn, WaveIn,
+    DEFAULT_DEADLINE,
+};
+use crate::jobs::{self, engine, CreateError};
 use crate::now_ms;
 use crate::store::{Scope, TokenRecord};
 
 /// Gateways a dry run names on the page (it counts them all).
 const PREVIEW_LIST: usize = 100;
 
-/// The new-job form's fields, as sent and as shown again.
+/// What an empty field stands for where the API has no default (`rate_per_minute`,
+/// `max_in_flight` and `execution_timeout_ms` are required there); the form shows them in the
+/// fields.
+const DEFAULT_RATE: u32 = 600;
+const DEFAULT_IN_FLIGHT: u32 = 10;
+const DEFAULT_TIMEOUT_S: u64 = 30;
+/// A wave's threshold left empty: every execution of the wave must succeed.
+const DEFAULT_WAVE_PCT: u32 = 100;
+
+/// The new-job form's fields, as sent and as shown again. The rollout's are text as typed:
+/// empty is the default, and what does not read is said next to the field.
 #[derive(Deserialize, Default, Clone)]
 pub struct NewJobForm {
     #[serde(default)]
@@ -40,12 +56,40 @@ pub struct NewJobForm {
     pub method: String,
     #[serde(default)]
     pub params: String,
+    // The rollout.
     #[serde(default)]
     pub rate: String,
     #[serde(default)]
     pub in_flight: String,
     #[serde(default)]
     pub timeout_s: String,
+    /// Attempts in all (the retry policy's `max_attempts`).
+    #[serde(default)]
+    pub attempts: String,
+    /// Hours from now, or a UTC time (`2026-12-31T18:00`, as `datetime-local` writes it).
+    #[serde(default)]
+    pub deadline: String,
+    /// The first wave: its size, `count` or `percent`, and its success threshold (%).
+    #[serde(default)]
+    pub w1_size: String,
+    #[serde(default)]
+    pub w1_unit: String,
+    #[serde(default)]
+    pub w1_pct: String,
+    #[serde(default)]
+    pub w2_size: String,
+    #[serde(default)]
+    pub w2_unit: String,
+    #[serde(default)]
+    pub w2_pct: String,
+    /// The abort rule: which failures count (empty: no rule), above which share, once how many
+    /// have run.
+    #[serde(default)]
+    pub abort_type: String,
+    #[serde(default)]
+    pub abort_pct: String,
+    #[serde(default)]
+    pub abort_min: String,
     // The fleet page's filter.
     #[serde(default)]
     pub presence: String,
@@ -70,9 +114,6 @@ impl NewJobForm {
         };
         fill(&mut self.method, "sys.ping");
         fill(&mut self.params, "{}");
-        fill(&mut self.rate, "600");
-        fill(&mut self.in_flight, "10");
-        fill(&mut self.timeout_s, "30");
         self
     }
 
@@ -87,29 +128,122 @@ impl NewJobForm {
             ("region", self.region.as_str()),
         ])
     }
+
+    /// The rollout's fields as typed (empty ones left at their defaults).
+    fn rollout(&self) -> [&str; 11] {
+        [
+            &self.rate,
+            &self.in_flight,
+            &self.timeout_s,
+            &self.attempts,
+            &self.deadline,
+            &self.w1_size,
+            &self.w1_pct,
+            &self.w2_size,
+            &self.w2_pct,
+            &self.abort_type,
+            &self.abort_pct,
+        ]
+        .map(|s| s.trim())
+    }
+
+    /// The fleet filter as the job's selector, or what is wrong with it.
+    fn selector(&self) -> Result<SelectorIn, String> {
+        let mut sel = SelectorIn {
+            presence: (!self.presence.is_empty()).then(|| self.presence.clone()),
+            version: (!self.version.is_empty()).then(|| self.version.clone()),
+            q: (!self.q.is_empty()).then(|| self.q.clone()),
+            ..SelectorIn::default()
+        };
+        if !self.group.is_empty() {
+            let g = GroupId::new(self.group.as_str())
+                .map_err(|e| format!("the filter's group: {e}"))?;
+            sel.group.push(g);
+        }
+        sel.drift = match self.drift.as_str() {
+            "" => None,
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => return Err("the filter's drift: true or false".to_owned()),
+        };
+        Ok(sel)
+    }
 }
 
-/// Which field a message is about, so the page shows it next to that field.
+/// The fields of the form whose messages are shown next to them (by their `name`), and
+/// `general` for what is about the whole request.
+const FIELDS: [&str; 17] = [
+    "method",
+    "params",
+    "rate",
+    "in_flight",
+    "timeout_s",
+    "attempts",
+    "deadline",
+    "w1_size",
+    "w1_pct",
+    "w2_size",
+    "w2_pct",
+    "abort_type",
+    "abort_pct",
+    "abort_min",
+    "w1_unit",
+    "w2_unit",
+    "general",
+];
+
+/// What is wrong, by field, so the page shows each message next to its field.
 #[derive(Debug, Default)]
 pub struct FieldErrors {
-    pub method: Option<String>,
-    pub params: Option<String>,
-    pub rate: Option<String>,
-    pub in_flight: Option<String>,
-    pub timeout_s: Option<String>,
-    /// About the whole request (the selection, the protocol's refusal of the params).
-    pub general: Option<String>,
+    by_field: BTreeMap<String, String>,
 }
 
 impl FieldErrors {
-    fn any(&self) -> bool {
-        self.method.is_some()
-            || self.params.is_some()
-            || self.rate.is_some()
-            || self.in_flight.is_some()
-            || self.timeout_s.is_some()
-            || self.general.is_some()
+    /// The message about `field`, if any.
+    pub fn get(&self, field: &str) -> Option<&String> {
+        self.by_field.get(field)
     }
+
+    /// Says `message` about `field`, unless something was said about it already (the first
+    /// reason is the one to fix first).
+    fn set(&mut self, field: &str, message: impl Into<String>) {
+        self.by_field
+            .entry(field.to_owned())
+            .or_insert_with(|| message.into());
+    }
+
+    fn any(&self) -> bool {
+        !self.by_field.is_empty()
+    }
+
+    fn general(message: impl Into<String>) -> Self {
+        let mut e = FieldErrors::default();
+        e.set("general", message);
+        e
+    }
+
+    /// Whether the rollout's fields have something wrong (the rollout is then shown open).
+    fn in_rollout(&self) -> bool {
+        self.by_field
+            .keys()
+            .any(|k| !matches!(k.as_str(), "method" | "params" | "general"))
+    }
+
+    /// Every message, for the audit record of the refusal.
+    fn detail(&self) -> String {
+        self.by_field
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// A dry run's answer: how many gateways, the first of them, and each wave's size.
+pub struct Preview {
+    pub total: usize,
+    pub names: Vec<String>,
+    pub waves: Vec<String>,
 }
 
 #[derive(Template)]
@@ -119,102 +253,339 @@ struct NewJobPage {
     f: NewJobForm,
     selection: String,
     errors: FieldErrors,
-    /// After a dry run: how many, and the first of them.
-    preview: Option<(usize, Vec<String>)>,
+    preview: Option<Preview>,
     back: String,
-    methods: Vec<&'static str>,
+    methods: &'static [&'static str],
+    /// The rollout's fields shown (something set in them, or wrong).
+    rollout_open: bool,
+    /// The rollout as the form stands, in a line (what the empty fields mean included).
+    rollout_summary: String,
+    default_attempts: u32,
+    default_deadline_h: u64,
 }
 
-/// Methods offered in the form's list (any the protocol knows is accepted).
-const METHODS: [&str; 4] = ["sys.ping", "sys.reconcile", "sys.info", "sys.health"];
-
-/// The request the form describes, or what is wrong with each field.
-fn request_of(f: &NewJobForm) -> Result<JobRequest, Box<FieldErrors>> {
-    let mut errors = FieldErrors::default();
-    let method = f.method.trim().to_owned();
-    if method.is_empty() {
-        errors.method = Some("name a method, such as sys.ping".to_owned());
+/// A whole number typed in `field`: `None` when empty; what is wrong said next to it.
+fn whole(e: &mut FieldErrors, field: &str, text: &str) -> Option<u64> {
+    let t = text.trim();
+    if t.is_empty() {
+        return None;
     }
-    let params: Map<String, Value> = match serde_json::from_str::<Value>(f.params.trim()) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            errors.params = Some("a JSON object, such as {} or {\"name\": \"x\"}".to_owned());
-            Map::new()
-        }
-        Err(e) => {
-            errors.params = Some(format!("not JSON: {e}"));
-            Map::new()
-        }
-    };
-    let number = |s: &str, slot: &mut Option<String>, what: &str| -> u64 {
-        match s.trim().parse::<u64>() {
-            Ok(n) => n,
-            Err(_) => {
-                *slot = Some(format!("{what}: a whole number"));
-                0
-            }
-        }
-    };
-    let rate = number(&f.rate, &mut errors.rate, "rate");
-    let in_flight = number(&f.in_flight, &mut errors.in_flight, "in flight");
-    let timeout_s = number(&f.timeout_s, &mut errors.timeout_s, "timeout");
-    let mut sel = SelectorIn {
-        presence: (!f.presence.is_empty()).then(|| f.presence.clone()),
-        version: (!f.version.is_empty()).then(|| f.version.clone()),
-        q: (!f.q.is_empty()).then(|| f.q.clone()),
-        ..SelectorIn::default()
-    };
-    if !f.group.is_empty() {
-        match GroupId::new(f.group.as_str()) {
-            Ok(g) => sel.group.push(g),
-            Err(e) => errors.general = Some(format!("the filter's group: {e}")),
-        }
-    }
-    sel.drift = match f.drift.as_str() {
-        "" => None,
-        "true" => Some(true),
-        "false" => Some(false),
-        _ => {
-            errors.general = Some("the filter's drift: true or false".to_owned());
+    match t.parse::<u64>() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            e.set(field, "a whole number, such as 10");
             None
         }
+    }
+}
+
+/// As [`whole`], for a field the API takes as a 32-bit number (a larger one is out of its
+/// range, which the API's check says).
+fn whole32(e: &mut FieldErrors, field: &str, text: &str) -> Option<u32> {
+    whole(e, field, text).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// One wave from its fields; `None` when they are all empty.
+fn wave_of(e: &mut FieldErrors, n: u32, size: &str, unit: &str, pct: &str) -> Option<WaveIn> {
+    let size_field = format!("w{n}_size");
+    let size = whole32(e, &size_field, size);
+    let pct = whole32(e, &format!("w{n}_pct"), pct);
+    let Some(size) = size else {
+        if pct.is_some() {
+            e.set(
+                &size_field,
+                "give the wave's size, or leave its threshold empty",
+            );
+        }
+        return None;
     };
-    if errors.any() {
-        return Err(Box::new(errors));
+    let (percent, count) = match unit {
+        "" | "count" => (None, Some(size)),
+        "percent" => (Some(size), None),
+        _ => {
+            e.set(&format!("w{n}_unit"), "gateways or %");
+            return None;
+        }
+    };
+    Some(WaveIn {
+        percent,
+        count,
+        success_threshold_pct: pct.unwrap_or(DEFAULT_WAVE_PCT),
+    })
+}
+
+/// The deadline typed: hours from `now_ms`, or a UTC time; ms since the Unix epoch.
+fn deadline_of(e: &mut FieldErrors, text: &str, now_ms: i64) -> Option<i64> {
+    let t = text.trim();
+    if t.is_empty() {
+        return None;
+    }
+    if let Ok(h) = t.parse::<f64>() {
+        if h.is_finite() {
+            // Out of range (past, or beyond 30 days) is the API's check to say.
+            return Some(now_ms.saturating_add((h * 3_600_000.0).round() as i64));
+        }
+    }
+    match super::audit::parse_utc(t) {
+        Some(ms) => Some(ms),
+        None => {
+            e.set(
+                "deadline",
+                "hours from now (such as 6), or a UTC time (such as 2026-12-31T18:00)",
+            );
+            None
+        }
+    }
+}
+
+/// The request the form describes (its params given), as the API's own type; or what does
+/// not read in each field. Ranges are not checked here: that is the API's ([`spec_errors`]).
+fn request_of(
+    f: &NewJobForm,
+    params: Map<String, Value>,
+    now_ms: i64,
+) -> Result<JobRequest, Box<FieldErrors>> {
+    let mut e = FieldErrors::default();
+    let method = f.method.trim().to_owned();
+    if method.is_empty() {
+        e.set("method", "choose a method, such as sys.ping");
+    }
+    let rate = whole32(&mut e, "rate", &f.rate).unwrap_or(DEFAULT_RATE);
+    let in_flight = whole32(&mut e, "in_flight", &f.in_flight).unwrap_or(DEFAULT_IN_FLIGHT);
+    let timeout_s = whole(&mut e, "timeout_s", &f.timeout_s).unwrap_or(DEFAULT_TIMEOUT_S);
+    let retry = whole32(&mut e, "attempts", &f.attempts).map(|n| RetryIn {
+        max_attempts: n,
+        ..RetryIn::default()
+    });
+    let deadline_ms = deadline_of(&mut e, &f.deadline, now_ms);
+    let first = wave_of(&mut e, 1, &f.w1_size, &f.w1_unit, &f.w1_pct);
+    let second = wave_of(&mut e, 2, &f.w2_size, &f.w2_unit, &f.w2_pct);
+    if first.is_none() && second.is_some() {
+        e.set("w1_size", "give the first wave before a second one");
+    }
+    let waves: Vec<WaveIn> = first.into_iter().chain(second).collect();
+    let abort_pct = whole32(&mut e, "abort_pct", &f.abort_pct);
+    let abort_min = whole32(&mut e, "abort_min", &f.abort_min);
+    let abort = match f.abort_type.as_str() {
+        "" => {
+            if abort_pct.is_some() || abort_min.is_some() {
+                e.set(
+                    "abort_type",
+                    "choose which failures count, or leave the rule's fields empty",
+                );
+            }
+            None
+        }
+        t => match serde_json::from_value::<FailureType>(Value::String(t.to_owned())) {
+            Ok(failure_type) => {
+                for (field, text) in [("abort_pct", &f.abort_pct), ("abort_min", &f.abort_min)] {
+                    if text.trim().is_empty() {
+                        e.set(field, "required with a failure type");
+                    }
+                }
+                match (abort_pct, abort_min) {
+                    (Some(threshold_pct), Some(min_executed)) => Some(AbortIn {
+                        failure_type,
+                        threshold_pct,
+                        min_executed,
+                    }),
+                    _ => None,
+                }
+            }
+            Err(_) => {
+                e.set("abort_type", "failed, rejected, timed_out or any");
+                None
+            }
+        },
+    };
+    let target = match f.selector() {
+        Ok(s) => TargetIn::Selector(s),
+        Err(why) => {
+            e.set("general", why);
+            TargetIn::Selector(SelectorIn::default())
+        }
+    };
+    if e.any() {
+        return Err(Box::new(e));
     }
     Ok(JobRequest {
         region: (!f.region.is_empty()).then(|| f.region.clone()),
         method,
         params,
-        target: TargetIn::Selector(sel),
-        // Out of range is the job spec's to say (it names the field and the range).
-        rate_per_minute: u32::try_from(rate).unwrap_or(u32::MAX),
-        max_in_flight: u32::try_from(in_flight).unwrap_or(u32::MAX),
-        waves: Vec::new(),
-        abort: None,
+        target,
+        rate_per_minute: rate,
+        max_in_flight: in_flight,
+        waves,
+        abort,
         execution_timeout_ms: timeout_s.saturating_mul(1000),
-        retry: None,
-        deadline_ms: None,
+        retry,
+        deadline_ms,
     })
 }
 
-/// The job spec's refusal, next to the field it names when it names one.
-fn spec_errors(message: String) -> FieldErrors {
+/// The form's field an API message is about (the API names its fields first: `rate_per_minute:
+/// 1 to 1000000, got 0`, `waves[1].success_threshold_pct: …`), and the message as shown there.
+fn field_of(message: &str) -> Option<(&'static str, String)> {
+    let (name, _) = message.split_once(':')?;
+    let field = match name {
+        "rate_per_minute" => "rate",
+        "max_in_flight" => "in_flight",
+        "execution_timeout_ms" => "timeout_s",
+        "retry.max_attempts" => "attempts",
+        "deadline_ms" => "deadline",
+        "waves[0].percent" | "waves[0].count" => "w1_size",
+        "waves[0].success_threshold_pct" => "w1_pct",
+        "waves[1].percent" | "waves[1].count" => "w2_size",
+        "waves[1].success_threshold_pct" => "w2_pct",
+        "abort.threshold_pct" => "abort_pct",
+        "abort.min_executed" => "abort_min",
+        _ => return None,
+    };
+    // The API counts in ms since the Unix epoch and in ms; the form in hours and seconds.
+    let shown = match field {
+        "deadline" => format!("from 1 second to 30 days from now ({message})"),
+        "timeout_s" => format!("from 1 to 3600 seconds ({message})"),
+        _ => message.to_owned(),
+    };
+    Some((field, shown))
+}
+
+/// A value the API's checks take, in place of one they refused, so the request is checked
+/// again for the other fields.
+fn put_back(req: &mut JobRequest, field: &str) {
+    match field {
+        "rate" => req.rate_per_minute = 1,
+        "in_flight" => req.max_in_flight = 1,
+        "timeout_s" => req.execution_timeout_ms = 1000,
+        "attempts" => req.retry = None,
+        "deadline" => req.deadline_ms = None,
+        "w1_size" | "w2_size" | "w1_pct" | "w2_pct" => {
+            let i = usize::from(field.starts_with("w2"));
+            if let Some(w) = req.waves.get_mut(i) {
+                if field.ends_with("_pct") {
+                    w.success_threshold_pct = 0;
+                } else if w.percent.is_some() {
+                    w.percent = Some(1);
+                } else {
+                    w.count = Some(1);
+                }
+            }
+        }
+        "abort_pct" | "abort_min" => {
+            if let Some(a) = req.abort.as_mut() {
+                if field == "abort_pct" {
+                    a.threshold_pct = 0;
+                } else {
+                    a.min_executed = 1;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every refusal of the API's own checks (`JobSpec::parse`, the code `POST /v1/jobs` runs),
+/// each next to its field. The checks stop at the first refusal, so the refused value is put
+/// back to one they take and the request checked again: one round trip shows every field out
+/// of range, not the first alone.
+fn spec_errors(mut req: JobRequest, now_ms: i64) -> FieldErrors {
     let mut e = FieldErrors::default();
-    if message.contains("rate_per_minute") {
-        e.rate = Some(message);
-    } else if message.contains("max_in_flight") {
-        e.in_flight = Some(message);
-    } else if message.contains("execution_timeout_ms") {
-        e.timeout_s = Some(message);
-    } else if message.contains("method") {
-        e.method = Some(message);
-    } else if message.contains("param") {
-        e.params = Some(message);
-    } else {
-        e.general = Some(message);
+    // Each round settles one field for good; a few more than there are fields is a bound.
+    for _ in 0..FIELDS.len() {
+        match JobSpec::parse(req.clone(), now_ms) {
+            Ok(_) => break,
+            Err(SpecError::Method(m)) => {
+                let field = if m.starts_with("unknown method") {
+                    "method"
+                } else {
+                    "params"
+                };
+                e.set(field, m);
+                // Known to pass, so the rest is checked too.
+                req.method = "sys.ping".to_owned();
+                req.params = Map::new();
+            }
+            Err(SpecError::Invalid(m)) => match field_of(&m) {
+                Some((field, shown)) if e.get(field).is_none() => {
+                    e.set(field, shown);
+                    put_back(&mut req, field);
+                }
+                _ => {
+                    e.set("general", m);
+                    break;
+                }
+            },
+        }
     }
     e
+}
+
+/// The rollout in a line: what is typed, and the default of what is not.
+fn rollout_summary(f: &NewJobForm) -> String {
+    let or = |s: &str, d: String| {
+        if s.trim().is_empty() {
+            d
+        } else {
+            s.trim().to_owned()
+        }
+    };
+    let mut parts = vec![
+        format!("{} a minute", or(&f.rate, DEFAULT_RATE.to_string())),
+        format!(
+            "at most {} in flight",
+            or(&f.in_flight, DEFAULT_IN_FLIGHT.to_string())
+        ),
+        format!(
+            "{} s an execution",
+            or(&f.timeout_s, DEFAULT_TIMEOUT_S.to_string())
+        ),
+        format!(
+            "{} attempts",
+            or(&f.attempts, RetryIn::default().max_attempts.to_string())
+        ),
+    ];
+    let deadline = f.deadline.trim();
+    parts.push(if deadline.is_empty() {
+        format!("deadline in {} h", DEFAULT_DEADLINE.as_secs() / 3600)
+    } else if deadline.parse::<f64>().is_ok() {
+        format!("deadline in {deadline} h")
+    } else {
+        format!("deadline {deadline} UTC")
+    });
+    let wave = |size: &str, unit: &str, pct: &str| {
+        let size = size.trim();
+        let unit = match (unit, size) {
+            ("percent", _) => " %",
+            (_, "1") => " gateway",
+            _ => " gateways",
+        };
+        format!(
+            "{size}{unit} at {} %",
+            or(pct, DEFAULT_WAVE_PCT.to_string())
+        )
+    };
+    parts.push(match (f.w1_size.trim(), f.w2_size.trim()) {
+        ("", "") => "no waves".to_owned(),
+        (_, "") => format!(
+            "waves: {}, then the rest",
+            wave(&f.w1_size, &f.w1_unit, &f.w1_pct)
+        ),
+        _ => format!(
+            "waves: {}, {}, then the rest",
+            wave(&f.w1_size, &f.w1_unit, &f.w1_pct),
+            wave(&f.w2_size, &f.w2_unit, &f.w2_pct)
+        ),
+    });
+    parts.push(if f.abort_type.is_empty() {
+        "no abort rule".to_owned()
+    } else {
+        format!(
+            "abort when more than {} % {}",
+            f.abort_pct.trim(),
+            f.abort_type.replace('_', " ")
+        )
+    });
+    parts.join(", ")
 }
 
 fn new_page(
@@ -222,24 +593,12 @@ fn new_page(
     signed: &Signed,
     f: NewJobForm,
     errors: FieldErrors,
-    preview: Option<(usize, Vec<String>)>,
+    preview: Option<Preview>,
 ) -> NewJobPage {
     // The selection from the filter alone, whatever is wrong with the other fields.
-    let probe = request_of(
-        &NewJobForm {
-            method: String::new(),
-            params: String::new(),
-            rate: String::new(),
-            in_flight: String::new(),
-            timeout_s: String::new(),
-            ..f.clone()
-        }
-        .defaults(),
-    )
-    .ok();
-    let selection = probe.as_ref().map_or_else(
-        || "the fleet page's filter".to_owned(),
-        |r| target_text(&r.target),
+    let selection = f.selector().map_or_else(
+        |_| "the fleet page's filter".to_owned(),
+        |s| target_text(&TargetIn::Selector(s)),
     );
     let region = if state.regions.len() > 1 && !f.region.is_empty() {
         format!(" in region {}", f.region)
@@ -250,6 +609,8 @@ fn new_page(
     NewJobPage {
         chrome: Chrome::new("Start a job", Some(&signed.token), signed.csrf.clone()),
         selection: format!("{selection}{region}"),
+        rollout_open: errors.in_rollout() || f.rollout().iter().any(|s| !s.is_empty()),
+        rollout_summary: rollout_summary(&f),
         errors,
         preview,
         back: if fleet_q.is_empty() {
@@ -257,7 +618,9 @@ fn new_page(
         } else {
             format!("/ui/?{fleet_q}")
         },
-        methods: METHODS.to_vec(),
+        methods: ALL,
+        default_attempts: RetryIn::default().max_attempts,
+        default_deadline_h: DEFAULT_DEADLINE.as_secs() / 3600,
         f,
     }
 }
@@ -285,20 +648,7 @@ pub async fn new_form(
 /// The form shown again with what is wrong, as `status`; the audit of refusals records it
 /// under the token's name and the reason (not as an anonymous refusal without one).
 fn with_status(page: &NewJobPage, status: StatusCode, token: &TokenRecord) -> Response {
-    let e = &page.errors;
-    let detail = [
-        &e.method,
-        &e.params,
-        &e.rate,
-        &e.in_flight,
-        &e.timeout_s,
-        &e.general,
-    ]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect::<Vec<_>>()
-    .join("; ");
+    let detail = page.errors.detail();
     let mut r = render(page);
     if r.status() == StatusCode::OK {
         *r.status_mut() = status;
@@ -309,6 +659,50 @@ fn with_status(page: &NewJobPage, status: StatusCode, token: &TokenRecord) -> Re
         });
     }
     r
+}
+
+/// The params the form gives: its JSON object.
+fn params_of(f: &NewJobForm) -> Result<Map<String, Value>, Box<FieldErrors>> {
+    let text = f.params.trim();
+    if text.is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Box::new({
+            let mut e = FieldErrors::default();
+            e.set("params", "a JSON object, such as {} or {\"name\": \"x\"}");
+            e
+        })),
+        Err(err) => Err(Box::new({
+            let mut e = FieldErrors::default();
+            e.set("params", format!("not JSON: {err}"));
+            e
+        })),
+    }
+}
+
+/// Each wave's size for `total` gateways, as the job would make them (the engine's own
+/// assignment), in words.
+fn wave_sizes(spec: &JobSpec, total: usize) -> Vec<String> {
+    if spec.waves.is_empty() {
+        return Vec::new();
+    }
+    let (assigned, last) = engine::assign_waves(total, &spec.waves);
+    (0..=last)
+        .map(|w| {
+            let n = assigned.iter().filter(|a| **a == w).count();
+            let gateways = if n == 1 { "gateway" } else { "gateways" };
+            match spec.waves.get(w as usize) {
+                Some(wave) => format!(
+                    "wave {}: {n} {gateways}, going on at {} % succeeded",
+                    w + 1,
+                    wave.success_threshold.get()
+                ),
+                None => format!("wave {} (the rest): {n} {gateways}", w + 1),
+            }
+        })
+        .collect()
 }
 
 /// `POST /ui/jobs`: `step=preview` is the API's dry run (nothing stored); `step=start` plans
@@ -322,59 +716,69 @@ pub async fn create(
     let f: NewJobForm = form(&body)?;
     let signed = sender(&state, &headers, f.csrf.as_deref(), Scope::Operate).await?;
     let token = &signed.token;
-    let req = match request_of(&f) {
+    let now = now_ms();
+    let read = params_of(&f).and_then(|p| request_of(&f, p, now));
+    let req = match read {
         Ok(r) => r,
         Err(errors) => {
             let page = new_page(&state, &signed, f, *errors, None);
             return Ok(with_status(&page, StatusCode::BAD_REQUEST, token));
         }
     };
+    // The API's checks, every field's refusal at once (400 out of range, 422 the protocol's).
+    let refused = spec_errors(req.clone(), now);
+    if refused.any() {
+        let status = if refused.in_rollout() || refused.get("general").is_some() {
+            StatusCode::BAD_REQUEST
+        } else {
+            // The protocol's refusal of the method or its params alone.
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        let page = new_page(&state, &signed, f, refused, None);
+        return Ok(with_status(&page, status, token));
+    }
     let region = match state.regions.chosen(req.region.as_deref(), "region") {
         Ok(h) => h.region.clone(),
         // Several regions and none chosen in the fleet filter, or one not served.
         Err(p) => {
-            let errors = FieldErrors {
-                general: Some(format!("{}; choose one in the fleet filter", p.detail)),
-                ..FieldErrors::default()
-            };
+            let errors =
+                FieldErrors::general(format!("{}; choose one in the fleet filter", p.detail));
             let page = new_page(&state, &signed, f, errors, None);
             return Ok(with_status(&page, StatusCode::BAD_REQUEST, token));
         }
     };
-    let now = now_ms();
     let plan = match jobs::plan(state.store.as_ref(), &region, req, token, now).await {
         Ok(p) => p,
         Err(CreateError::Store(e)) => return Err(PageError::from(e).by(token)),
         Err(e) => {
             let p = create_problem(e);
             let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
-            let page = new_page(&state, &signed, f, spec_errors(p.detail), None);
+            let page = new_page(&state, &signed, f, FieldErrors::general(p.detail), None);
             return Ok(with_status(&page, status, token));
         }
     };
     if f.step != "start" {
-        let total = plan.targets.len();
-        let names = plan
-            .targets
-            .iter()
-            .take(PREVIEW_LIST)
-            .map(|t| t.instance_id.as_str().to_owned())
-            .collect();
-        let page = new_page(
-            &state,
-            &signed,
-            f,
-            FieldErrors::default(),
-            Some((total, names)),
-        );
+        let preview = Preview {
+            total: plan.targets.len(),
+            names: plan
+                .targets
+                .iter()
+                .take(PREVIEW_LIST)
+                .map(|t| t.instance_id.as_str().to_owned())
+                .collect(),
+            waves: wave_sizes(&plan.spec, plan.targets.len()),
+        };
+        let page = new_page(&state, &signed, f, FieldErrors::default(), Some(preview));
         return Ok(render(&page));
     }
     if plan.targets.is_empty() {
-        let errors = FieldErrors {
-            general: Some("no gateway matches the filter now; nothing was started".to_owned()),
-            ..FieldErrors::default()
+        let errors = FieldErrors::general("no gateway matches the filter now; nothing was started");
+        let preview = Preview {
+            total: 0,
+            names: Vec::new(),
+            waves: Vec::new(),
         };
-        let page = new_page(&state, &signed, f, errors, Some((0, Vec::new())));
+        let page = new_page(&state, &signed, f, errors, Some(preview));
         return Ok(with_status(&page, StatusCode::UNPROCESSABLE_ENTITY, token));
     }
     let job = jobs::create_as(state.store.as_ref(), &region, plan, token, None, now, None)
@@ -398,30 +802,233 @@ pub async fn create(
 mod tests {
     use super::*;
 
+    const NOW: i64 = 1_765_000_000_000;
+
+    fn read(f: &NewJobForm) -> Result<JobRequest, Box<FieldErrors>> {
+        params_of(f).and_then(|p| request_of(f, p, NOW))
+    }
+
+    fn keys(e: &FieldErrors) -> Vec<&str> {
+        e.by_field.keys().map(String::as_str).collect()
+    }
+
     #[test]
-    fn the_form_reads_into_a_selector_request_or_says_which_field_is_wrong() {
+    fn an_empty_rollout_is_the_apis_defaults_over_the_filters_selector() {
         let f = NewJobForm {
             presence: "online".into(),
             drift: "true".into(),
             ..NewJobForm::default()
         }
         .defaults();
-        let r = request_of(&f).unwrap();
+        let r = read(&f).unwrap();
         assert_eq!(r.method, "sys.ping");
-        assert_eq!(r.execution_timeout_ms, 30_000);
-        match r.target {
+        assert_eq!(
+            (r.rate_per_minute, r.max_in_flight, r.execution_timeout_ms),
+            (600, 10, 30_000)
+        );
+        assert!(r.waves.is_empty() && r.abort.is_none());
+        assert_eq!((r.retry, r.deadline_ms), (None, None));
+        match &r.target {
             TargetIn::Selector(s) => {
                 assert_eq!(s.presence.as_deref(), Some("online"));
                 assert_eq!(s.drift, Some(true));
             }
             TargetIn::Instances(_) => panic!("a selector"),
         }
-        let bad = NewJobForm {
-            params: "[1]".into(),
-            rate: "fast".into(),
+        assert!(spec_errors(r, NOW).by_field.is_empty());
+        assert_eq!(
+            rollout_summary(&f),
+            "600 a minute, at most 10 in flight, 30 s an execution, 3 attempts, \
+             deadline in 24 h, no waves, no abort rule"
+        );
+    }
+
+    #[test]
+    fn the_rollout_fields_map_onto_the_apis_request() {
+        let f = NewJobForm {
+            rate: "30".into(),
+            in_flight: " 2 ".into(),
+            timeout_s: "45".into(),
+            attempts: "5".into(),
+            deadline: "2".into(),
+            w1_size: "1".into(),
+            w1_unit: "count".into(),
+            w1_pct: "100".into(),
+            w2_size: "25".into(),
+            w2_unit: "percent".into(),
+            abort_type: "timed_out".into(),
+            abort_pct: "10".into(),
+            abort_min: "5".into(),
+            ..NewJobForm::default()
+        }
+        .defaults();
+        let r = read(&f).unwrap();
+        assert_eq!(
+            (r.rate_per_minute, r.max_in_flight, r.execution_timeout_ms),
+            (30, 2, 45_000)
+        );
+        assert_eq!(
+            r.waves,
+            [
+                WaveIn {
+                    percent: None,
+                    count: Some(1),
+                    success_threshold_pct: 100
+                },
+                // An empty threshold: all of the wave.
+                WaveIn {
+                    percent: Some(25),
+                    count: None,
+                    success_threshold_pct: 100
+                },
+            ]
+        );
+        assert_eq!(
+            r.abort,
+            Some(AbortIn {
+                failure_type: FailureType::TimedOut,
+                threshold_pct: 10,
+                min_executed: 5
+            })
+        );
+        assert_eq!(
+            r.retry,
+            Some(RetryIn {
+                max_attempts: 5,
+                ..RetryIn::default()
+            })
+        );
+        assert_eq!(r.deadline_ms, Some(NOW + 2 * 3_600_000));
+        // As the API would store it: the same JSON a client sends.
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["waves"][0],
+            json!({"count": 1, "success_threshold_pct": 100})
+        );
+        assert_eq!(json["abort"]["failure_type"], "timed_out");
+        let (spec, _) = JobSpec::parse(r, NOW).unwrap();
+        assert_eq!(
+            wave_sizes(&spec, 4),
+            [
+                "wave 1: 1 gateway, going on at 100 % succeeded",
+                "wave 2: 1 gateway, going on at 100 % succeeded",
+                "wave 3 (the rest): 2 gateways",
+            ]
+        );
+        assert!(
+            rollout_summary(&f).contains("waves: 1 gateway at 100 %, 25 % at 100 %, then the rest")
+        );
+        // A UTC time, as `datetime-local` writes it.
+        let at = NewJobForm {
+            deadline: "2025-12-06T18:00".into(),
             ..f
         };
-        let e = request_of(&bad).unwrap_err();
-        assert!(e.params.is_some() && e.rate.is_some() && e.method.is_none());
+        assert_eq!(read(&at).unwrap().deadline_ms, Some(1_765_044_000_000));
+    }
+
+    #[test]
+    fn what_does_not_read_is_said_next_to_its_field() {
+        let f = NewJobForm {
+            rate: "fast".into(),
+            w1_pct: "90".into(),
+            w2_size: "3".into(),
+            deadline: "soon".into(),
+            abort_min: "4".into(),
+            ..NewJobForm::default()
+        }
+        .defaults();
+        let e = read(&f).unwrap_err();
+        assert_eq!(
+            keys(&e),
+            ["abort_type", "deadline", "rate", "w1_size"],
+            "{}",
+            e.detail()
+        );
+        assert_eq!(e.get("rate").unwrap(), "a whole number, such as 10");
+        assert!(e.in_rollout());
+        let abort = NewJobForm {
+            abort_type: "any".into(),
+            ..NewJobForm::default()
+        }
+        .defaults();
+        let e = read(&abort).unwrap_err();
+        assert_eq!(keys(&e), ["abort_min", "abort_pct"]);
+        let e = read(&NewJobForm {
+            params: "[1]".into(),
+            abort_type: "sometimes".into(),
+            ..NewJobForm::default()
+        })
+        .unwrap_err();
+        assert_eq!(keys(&e), ["params"], "the params first");
+        assert!(!e.in_rollout());
+    }
+
+    #[test]
+    fn every_refusal_of_the_apis_checks_lands_next_to_its_field_at_once() {
+        let f = NewJobForm {
+            rate: "0".into(),
+            timeout_s: "0".into(),
+            deadline: "1000".into(),
+            w1_size: "150".into(),
+            w1_unit: "percent".into(),
+            w1_pct: "150".into(),
+            abort_type: "any".into(),
+            abort_pct: "101".into(),
+            abort_min: "0".into(),
+            attempts: "11".into(),
+            ..NewJobForm::default()
+        }
+        .defaults();
+        let e = spec_errors(read(&f).unwrap(), NOW);
+        assert_eq!(
+            keys(&e),
+            [
+                "abort_min",
+                "abort_pct",
+                "attempts",
+                "deadline",
+                "rate",
+                "timeout_s",
+                "w1_pct",
+                "w1_size"
+            ],
+            "{}",
+            e.detail()
+        );
+        // The API's own words.
+        assert_eq!(
+            e.get("rate").unwrap(),
+            "rate_per_minute: 1 to 1000000, got 0"
+        );
+        assert_eq!(
+            e.get("w1_pct").unwrap(),
+            "waves[0].success_threshold_pct: a percentage, 0 to 100"
+        );
+        assert!(e
+            .get("deadline")
+            .unwrap()
+            .starts_with("from 1 second to 30 days from now (deadline_ms: "));
+        // The protocol's refusal of the method or its params, with the rest checked too.
+        let e = spec_errors(
+            read(&NewJobForm {
+                method: "sys.nope".into(),
+                in_flight: "0".into(),
+                ..NewJobForm::default()
+            })
+            .unwrap(),
+            NOW,
+        );
+        assert_eq!(keys(&e), ["in_flight", "method"]);
+        let e = spec_errors(
+            read(&NewJobForm {
+                method: "sys.ping".into(),
+                params: r#"{"x": 1}"#.into(),
+                ..NewJobForm::default()
+            })
+            .unwrap(),
+            NOW,
+        );
+        assert_eq!(keys(&e), ["params"]);
+        assert!(!e.in_rollout());
     }
 }
