@@ -1593,9 +1593,12 @@ async fn value_of(b: &Browser, css: &str) -> String {
 /// Rolling a change out over four gateways from the new-job form: the rollout's fields (closed,
 /// their defaults said); values the API refuses (a rate of 0, a threshold of 150 %) said next
 /// to their fields, kept, nothing created; the dry run's wave sizes; the job started with a
-/// first wave of one gateway at 100 %, its waves as the API stores them, followed to its end.
+/// first wave of one gateway at 100 %, its waves as the API stores them. The first wave's
+/// gateway serves no NFS, so `nfs.export.list` fails there and the job pauses: its page says
+/// why; a `read` token sees no Resume button and its forged resume is refused; "Resume" runs
+/// the rest to the end on the open page, and is audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_rolls_out_in_waves_set_in_the_form() {
+async fn a_job_rolls_out_in_waves_pauses_on_a_failed_wave_and_resumes_from_its_page() {
     use csg_e2e::exportfs_stub::ExportfsStub;
     use csg_e2e::StorageDirs;
 
@@ -1603,6 +1606,7 @@ async fn a_job_rolls_out_in_waves_set_in_the_form() {
     let broker = Broker::start();
     let mut c = Consoled::new(&broker);
     let operator = c.token("wave-operator", "operate");
+    let reader = c.token("wave-reader", "read");
     let admin = c.token("wave-admin", "admin");
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -1707,6 +1711,8 @@ async fn a_job_rolls_out_in_waves_set_in_the_form() {
     assert_eq!(jobs["items"], json!([]), "nothing created");
 
     // A first wave of one gateway at 100 %, 30 a minute: the dry run says the waves' sizes.
+    set_field(&b, "#method", "nfs.export.list").await;
+    set_field(&b, "#params", r#"{"limit": 10}"#).await;
     set_field(&b, "#rate", "30").await;
     set_field(&b, "#w1_pct", "100").await;
     b.click("#dry-run").await;
@@ -1747,13 +1753,135 @@ async fn a_job_rolls_out_in_waves_set_in_the_form() {
     assert_eq!(job["max_in_flight"], 10);
     assert_eq!(job["execution_timeout_ms"], 30_000);
     assert_eq!(job["abort"], Value::Null);
+    assert_eq!(job["params"], json!({"limit": 10}));
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let job_url = c.url(&format!("/ui/jobs/{job_id}"));
+
+    // The first wave's gateway has no NFS (UNKNOWN_METHOD: rejected): 0 of 1, below 100 %.
     b.until(
-        "the job succeeded on its page",
-        Duration::from_secs(40),
-        "return document.getElementById('job-state').textContent === 'succeeded' \
-         && document.getElementById('c-succeeded').textContent === '4';",
+        "the job paused on its page, saying why",
+        Duration::from_secs(30),
+        "return document.getElementById('job-state').textContent === 'paused' \
+         && !!document.getElementById('paused-why') && !!document.getElementById('resume');",
     )
     .await;
+    assert_eq!(
+        b.text("#paused-why").await.unwrap(),
+        "Paused after wave 1 of 2: 0 of 1 succeeded (0 %), below its threshold of 100 %. \
+         Resuming sends wave 2 (3 gateways); cancelling stops the job here."
+    );
+    assert_eq!(b.text("#job-wave").await.unwrap(), "wave 1 of 2");
+    assert_eq!(b.text("#resume").await.unwrap(), "Resume with wave 2");
+    let waves = b
+        .run("return Array.from(document.querySelectorAll('#waves tbody tr')).map(r => Array.from(r.children).map(c => c.textContent.trim()).join('|'));")
+        .await;
+    assert_eq!(
+        waves,
+        json!([
+            "1|1 gateway|1|100 %|paused|0 of 1 succeeded (0 %)",
+            "2|the rest|3|none (the last)|waiting|"
+        ])
+    );
+    let states = b
+        .run("return Array.from(document.querySelectorAll('#execs tbody tr')).map(r => r.getAttribute('data-exec') + ':' + r.querySelector('.xstate').textContent);")
+        .await;
+    assert_eq!(
+        states,
+        json!([
+            "gw-wave-1:rejected",
+            "gw-wave-2:queued",
+            "gw-wave-3:queued",
+            "gw-wave-4:queued"
+        ])
+    );
+    let api_job = c.api(&http, &format!("/v1/jobs/{job_id}"), &admin).await;
+    assert_eq!(api_job["state"], "paused");
+    assert_eq!(api_job["current_wave"], 0);
+    b.screenshot_page("job-paused").await;
+    b.click("form[action='/ui/signout'] button").await;
+    b.until(
+        "signed out",
+        TIMEOUT,
+        "return location.pathname === '/ui/signin';",
+    )
+    .await;
+
+    // A read token: the paused job and why, no Resume; its forged resume refused.
+    sign_in(&b, &c, &reader).await;
+    b.goto(&job_url).await;
+    assert!(b.text("#paused-why").await.is_some());
+    assert!(b.text("#resume").await.is_none());
+    assert!(b.text("form[action$='/resume']").await.is_none());
+    let csrf = csrf_on_page(&b).await;
+    assert_eq!(
+        forged_post(
+            &b,
+            &format!("/ui/jobs/{job_id}/resume"),
+            &format!("csrf={csrf}")
+        )
+        .await,
+        403
+    );
+    b.screenshot("job-paused-read-token").await;
+    let api_job = c.api(&http, &format!("/v1/jobs/{job_id}"), &admin).await;
+    assert_eq!(
+        api_job["state"], "paused",
+        "the forged resume changed nothing"
+    );
+    b.click("form[action='/ui/signout'] button").await;
+    b.until(
+        "signed out",
+        TIMEOUT,
+        "return location.pathname === '/ui/signin';",
+    )
+    .await;
+
+    // Resumed: the second wave (30 a minute, so it runs for seconds) to the end, live.
+    sign_in(&b, &c, &operator).await;
+    b.goto(&job_url).await;
+    b.click("#resume").await;
+    b.until(
+        "the job's page again, resumed",
+        TIMEOUT,
+        "return !!document.querySelector('[data-job-page]') && location.search.indexOf('flash=resumed') >= 0;",
+    )
+    .await;
+    b.run("window.__stay = 1; return true;").await;
+    let done_at_load = number(&b, "#c-done").await;
+    assert!(done_at_load < 4, "the job ended before its page was open");
+    assert!(b.text("#paused-why").await.is_none());
+    assert!(b.text("#resume").await.is_none());
+    b.until(
+        "the job's end on the open page",
+        Duration::from_secs(40),
+        "return document.getElementById('job-state').textContent === 'failed' \
+         && document.getElementById('c-succeeded').textContent === '3' \
+         && document.getElementById('job-wave').textContent === 'wave 2 of 2' \
+         && document.querySelectorAll('#execs .x-succeeded').length === 3 \
+         && document.querySelector('#waves tr[data-wave=\"2\"] .wstate').textContent === 'done';",
+    )
+    .await;
+    assert_eq!(
+        b.run("return window.__stay === 1;").await,
+        Value::Bool(true),
+        "the page reloaded"
+    );
+    assert_eq!(
+        b.text("#waves tr[data-wave='2'] td:last-child")
+            .await
+            .unwrap(),
+        "3 of 3 succeeded (100 %)"
+    );
+    b.screenshot_page("job-resumed-ended").await;
+    let resumed = c
+        .api(
+            &http,
+            "/v1/audit?action=job.resume&token=wave-operator",
+            &admin,
+        )
+        .await;
+    assert_eq!(resumed["items"].as_array().unwrap().len(), 1, "{resumed}");
+    assert_eq!(resumed["items"][0]["params"]["job_id"], job_id.as_str());
 
     b.close().await;
     for a in &mut agents {

@@ -1,9 +1,10 @@
 //! The jobs pages: the list (state filter, keyset paging, newest first), one job (its spec,
-//! counts, a progress bar, its executions paged, live from the job events), cancelling one and
-//! retrying its failures. Starting one is [`super::job_form`].
+//! counts, its waves, a progress bar, its executions paged, live from the job events),
+//! cancelling one, resuming a paused one and retrying its failures. Starting one is
+//! [`super::job_form`].
 //!
-//! Cancel and retry are the API's (`http::jobs`): the same checks, the same audit records
-//! (`job.cancel`, `job.retry_failed`).
+//! Cancel, resume and retry are the API's (`http::jobs`): the same checks, the same audit
+//! records (`job.cancel`, `job.resume`, `job.retry_failed`).
 
 use askama::Template;
 use axum::body::Bytes;
@@ -18,11 +19,14 @@ use serde_json::Value;
 use super::fleet::gateway_href;
 use super::session::{form, reader, sender};
 use super::view::{render, utc, Chrome, PageError};
-use crate::http::jobs::{cancel_job, job_view, retry_job, visible_job, JobOut};
+use crate::http::jobs::{cancel_job, job_view, resume_job, retry_job, visible_job, JobOut};
 use crate::http::problem::Problem;
 use crate::http::{AppState, RemoteAddr};
-use crate::jobs::model::TargetIn;
-use crate::store::{JobCounts, JobFilter, JobState, PageLimit, Scope, TokenRecord};
+use crate::jobs::engine;
+use crate::jobs::model::{FailureType, JobSpec, TargetIn, WaveSize};
+use crate::store::{
+    JobCounts, JobFilter, JobRecord, JobState, PageLimit, Scope, StoreError, TokenRecord,
+};
 
 /// Jobs and executions a page.
 const PAGE_ROWS: u32 = 50;
@@ -203,8 +207,139 @@ struct JobPage {
     next: Option<String>,
     first: Option<String>,
     can_operate: bool,
-    /// What the page was reached by: a job just started, cancelled or retried.
+    /// What the page was reached by: a job just started, cancelled, resumed or retried.
     flash: Option<String>,
+    /// Its waves, when it declared some (a job without is one wave of all).
+    waves: Vec<WaveLine>,
+    /// Paused: which wave fell short, by how much, and what resuming sends.
+    paused: Option<String>,
+    /// The wave a resume sends, from 1.
+    resume_wave: u32,
+    /// The abort rule, in words (empty: none).
+    abort: String,
+    deadline: String,
+}
+
+/// One wave of a job as its page shows it. Waves are numbered from 1 on the pages (the API
+/// and the store number them from 0).
+pub struct WaveLine {
+    pub n: u32,
+    /// As declared: `1 gateway`, `25 %`, or `the rest`.
+    pub declared: String,
+    /// Its executions.
+    pub gateways: usize,
+    /// The share that must succeed for the job to go on (the last wave has none).
+    pub threshold: Option<u32>,
+    /// `waiting`, `running`, `paused`, `done`, `stopped` (the job was cancelled or aborted
+    /// in it) or `not sent` (the job ended before it).
+    pub status: &'static str,
+    /// For a wave sent: `1 of 3 succeeded (33 %)`.
+    pub result: String,
+}
+
+/// `s` succeeded of the wave's executions but the cancelled, and the share, in per cent.
+fn succeeded_of(c: &JobCounts) -> (u64, u64, u64) {
+    let counted = c.total.saturating_sub(c.cancelled);
+    let pct = c
+        .succeeded
+        .saturating_mul(100)
+        .checked_div(counted)
+        .unwrap_or(0);
+    (c.succeeded, counted, pct)
+}
+
+/// A job's waves: the sizes as the engine cut them at creation, and the counts of each wave
+/// sent so far (one count a wave, at most 21).
+async fn waves_of(
+    state: &AppState,
+    record: &JobRecord,
+    job: &JobOut,
+) -> Result<Vec<WaveLine>, StoreError> {
+    if job.waves.is_empty() {
+        return Ok(Vec::new());
+    }
+    let spec = match JobSpec::from_stored(&record.spec, record.created_ms) {
+        Ok((spec, _)) => spec,
+        Err(e) => {
+            // The job page shows the rest; the runner says the same when it loads the job.
+            tracing::error!(job = %record.id, error = %e, "a stored job does not parse");
+            return Ok(Vec::new());
+        }
+    };
+    let total = usize::try_from(job.counts.total).unwrap_or(usize::MAX);
+    let (assigned, last) = engine::assign_waves(total, &spec.waves);
+    let mut lines = Vec::new();
+    for w in 0..=last {
+        let current = record.current_wave;
+        let status = match (w.cmp(&current), record.state) {
+            (std::cmp::Ordering::Less, _) => "done",
+            (std::cmp::Ordering::Equal, JobState::Queued) => "waiting",
+            (std::cmp::Ordering::Equal, JobState::Running) => "running",
+            (std::cmp::Ordering::Equal, JobState::Paused) => "paused",
+            (std::cmp::Ordering::Equal, JobState::Succeeded | JobState::Failed) => "done",
+            (std::cmp::Ordering::Equal, _) => "stopped",
+            (std::cmp::Ordering::Greater, s) if s.is_final() => "not sent",
+            (std::cmp::Ordering::Greater, _) => "waiting",
+        };
+        let result = if w <= current && record.state != JobState::Queued {
+            let c = state.store.jobs().job_counts(&record.id, Some(w)).await?;
+            let (ok, counted, pct) = succeeded_of(&c);
+            format!("{ok} of {counted} succeeded ({pct} %)")
+        } else {
+            String::new()
+        };
+        let wave = spec.waves.get(w as usize);
+        lines.push(WaveLine {
+            n: w + 1,
+            declared: match wave.map(|x| x.size) {
+                Some(WaveSize::Count(1)) => "1 gateway".to_owned(),
+                Some(WaveSize::Count(n)) => format!("{n} gateways"),
+                Some(WaveSize::Percent(p)) => format!("{p} %"),
+                None => "the rest".to_owned(),
+            },
+            gateways: assigned.iter().filter(|a| **a == w).count(),
+            threshold: wave.map(|x| x.success_threshold.get()),
+            status,
+            result,
+        });
+    }
+    Ok(lines)
+}
+
+/// Why a paused job paused: the wave that fell short, its share succeeded and its threshold.
+fn pause_text(waves: &[WaveLine], current: u32) -> Option<String> {
+    let w = waves.get(current as usize)?;
+    let next = waves.get(current as usize + 1)?;
+    let gateways = if next.gateways == 1 {
+        "gateway"
+    } else {
+        "gateways"
+    };
+    Some(format!(
+        "Paused after wave {} of {}: {}, below its threshold of {} %. Resuming sends wave {} \
+         ({} {gateways}); cancelling stops the job here.",
+        w.n,
+        waves.len(),
+        w.result,
+        w.threshold.unwrap_or(0),
+        next.n,
+        next.gateways,
+    ))
+}
+
+fn abort_text(job: &JobOut) -> String {
+    job.abort.map_or_else(String::new, |a| {
+        let what = match a.failure_type {
+            FailureType::Failed => "failed",
+            FailureType::Rejected => "rejected",
+            FailureType::TimedOut => "timed out",
+            FailureType::Any => "failed, rejected or timed out",
+        };
+        format!(
+            "when more than {} % of those executed {what}, once at least {} have run",
+            a.threshold_pct, a.min_executed
+        )
+    })
 }
 
 pub(super) fn target_text(t: &TargetIn) -> String {
@@ -283,6 +418,12 @@ pub async fn page(
     };
     let several = state.regions.len() > 1;
     let (done, pct) = progress(&job.counts);
+    let waves = waves_of(&state, &record, &job)
+        .await
+        .map_err(|e| PageError::from(e).by(token))?;
+    let paused = (record.state == JobState::Paused)
+        .then(|| pause_text(&waves, record.current_wave))
+        .flatten();
     let page = JobPage {
         chrome: Chrome::new(format!("Job {}", job.id), Some(token), signed.csrf.clone()),
         params: serde_json::to_string_pretty(&Value::Object(job.params.clone()))
@@ -301,7 +442,7 @@ pub async fn page(
             .map(|e| ExecLine {
                 href: gateway_href(record.region.as_str(), e.instance_id.as_str(), several),
                 instance: e.instance_id.as_str().to_owned(),
-                wave: e.wave,
+                wave: e.wave + 1,
                 state: e.state.as_str(),
                 request_id: e.request_id.as_str().to_owned(),
                 attempts: e.attempts,
@@ -320,6 +461,11 @@ pub async fn page(
         first: q.cursor.as_ref().map(|_| job_href(&record.id)),
         can_operate: signed.can(Scope::Operate),
         flash: q.flash.filter(|f| f.len() <= 200),
+        waves,
+        paused,
+        resume_wave: record.current_wave.saturating_add(1).min(record.last_wave) + 1,
+        abort: abort_text(&job),
+        deadline: utc(job.deadline_ms),
         job,
     };
     Ok(render(&page))
@@ -364,6 +510,24 @@ pub async fn cancel(
         .await
         .map_err(|p| change_refused(p, &signed.token))?;
     Ok(Redirect::to(&with_flash(&id, "cancelled")).into_response())
+}
+
+/// `POST /ui/jobs/{id}/resume`: as `POST /v1/jobs/{id}/resume` (the same code and audit
+/// record, `job.resume`), back to the job's page.
+pub async fn resume(
+    State(state): State<AppState>,
+    Extension(remote): Extension<RemoteAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let f: CsrfForm = form(&body)?;
+    let signed = sender(&state, &headers, f.csrf.as_deref(), Scope::Operate).await?;
+    // The job page shows the outcome, read again.
+    let _resumed = resume_job(&state, &signed.token, &remote, &id)
+        .await
+        .map_err(|p| change_refused(p, &signed.token))?;
+    Ok(Redirect::to(&with_flash(&id, "resumed")).into_response())
 }
 
 /// `POST /ui/jobs/{id}/retry-failed`: as `POST /v1/jobs/{id}/retry-failed`; on to the child.

@@ -77,6 +77,7 @@ pub fn routes(request_timeout: Duration) -> Router<AppState> {
         .route("/ui/jobs/new", get(job_form::new_form))
         .route("/ui/jobs/{id}", get(jobs::page))
         .route("/ui/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/ui/jobs/{id}/resume", post(jobs::resume))
         .route("/ui/jobs/{id}/retry-failed", post(jobs::retry))
         .route("/ui/audit", get(audit::page))
         // The timeout bounds the wait for a response's head; the stream's body outlives it.
