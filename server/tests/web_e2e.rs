@@ -1592,7 +1592,9 @@ async fn value_of(b: &Browser, css: &str) -> String {
 
 /// Rolling a change out over four gateways from the new-job form: the rollout's fields (closed,
 /// their defaults said); values the API refuses (a rate of 0, a threshold of 150 %) said next
-/// to their fields, kept, nothing created; the dry run's wave sizes; the job started with a
+/// to their fields, kept, nothing created; a method chosen (with JavaScript, and with the
+/// "Choose" button) showing one field a member of its params, a required one left empty and a
+/// member the protocol refuses said next to their fields; the dry run's wave sizes; the job started with a
 /// first wave of one gateway at 100 %, its waves as the API stores them. The first wave's
 /// gateway serves no NFS, so `nfs.export.list` fails there and the job pauses: its page says
 /// why; a `read` token sees no Resume button and its forged resume is refused; "Resume" runs
@@ -1644,6 +1646,12 @@ async fn a_job_rolls_out_in_waves_pauses_on_a_failed_wave_and_resumes_from_its_p
     }
     let b = Browser::start(c.dir.path()).await;
     sign_in(&b, &c, &operator).await;
+
+    // A method and its members in the form's address (a link, a bookmark): their fields filled.
+    b.goto(&c.url("/ui/jobs/new?presence=online&method=nfs.export.delete&f.name=vol1"))
+        .await;
+    assert_eq!(value_of(&b, "#method").await, "nfs.export.delete");
+    assert_eq!(value_of(&b, "#f-name").await, "vol1");
 
     // The rollout: closed, saying what its empty fields mean.
     b.goto(&c.url("/ui/jobs/new?presence=online")).await;
@@ -1710,10 +1718,103 @@ async fn a_job_rolls_out_in_waves_pauses_on_a_failed_wave_and_resumes_from_its_p
     let jobs = c.api(&http, "/v1/jobs", &admin).await;
     assert_eq!(jobs["items"], json!([]), "nothing created");
 
-    // A first wave of one gateway at 100 %, 30 a minute: the dry run says the waves' sizes.
-    set_field(&b, "#method", "nfs.export.list").await;
-    set_field(&b, "#params", r#"{"limit": 10}"#).await;
+    // A method chosen (the select's change, with JavaScript): one field a member of its
+    // params, from the protocol's schema; the values typed so far kept.
+    assert!(
+        b.text("#method-params").await.is_none(),
+        "sys.ping takes none"
+    );
+    assert_eq!(
+        b.text("#hint-params").await.as_deref(),
+        Some("sys.ping takes no params")
+    );
+    b.run(
+        "var m = document.getElementById('method'); m.value = 'nfs.export.delete'; \
+         m.dispatchEvent(new Event('change', {bubbles: true})); return true;",
+    )
+    .await;
+    b.until(
+        "nfs.export.delete's fields",
+        TIMEOUT,
+        "return !!document.querySelector('#method-params [data-field=\"name\"]');",
+    )
+    .await;
+    assert_eq!(
+        b.text("#method-params label[for='f-name']").await.unwrap(),
+        "name (required)"
+    );
+    assert_eq!(value_of(&b, "#method").await, "nfs.export.delete");
+    assert_eq!(
+        value_of(&b, "#rate").await,
+        "0",
+        "the rollout's values kept"
+    );
+    assert!(
+        b.text("#err-rate").await.is_none(),
+        "choosing checks nothing"
+    );
+    // Its required member left empty: said next to its field, nothing sent.
     set_field(&b, "#rate", "30").await;
+    b.click("#dry-run").await;
+    b.until(
+        "the required member said next to its field",
+        TIMEOUT,
+        "var e = document.getElementById('e-name'); return !!e && e.textContent === 'required';",
+    )
+    .await;
+    assert!(b.text("#preview").await.is_none());
+    // Without JavaScript's help: the "Choose" button.
+    set_field(&b, "#method", "nfs.export.list").await;
+    b.click("#choose").await;
+    b.until(
+        "nfs.export.list's fields",
+        TIMEOUT,
+        "return !!document.getElementById('f-limit') && !!document.getElementById('f-cursor') \
+         && !document.getElementById('f-name');",
+    )
+    .await;
+    assert_eq!(
+        b.text("[data-field='limit'] .hint").await.as_deref(),
+        Some("1 to 1000")
+    );
+    // A member the protocol refuses: its message next to its field, the values kept.
+    set_field(&b, "#f-limit", "5000").await;
+    b.click("#dry-run").await;
+    b.until(
+        "the protocol's refusal next to the limit",
+        TIMEOUT,
+        "return !!document.getElementById('e-limit');",
+    )
+    .await;
+    assert_eq!(
+        b.text("#e-limit").await.unwrap(),
+        "nfs.export.list: limit 5000 is out of range; it must be from 1 to 1000"
+    );
+    assert_eq!(
+        b.run("return document.getElementById('f-limit').getAttribute('aria-invalid');")
+            .await,
+        json!("true")
+    );
+    assert_eq!(value_of(&b, "#f-limit").await, "5000");
+    assert_eq!(value_of(&b, "#w1_pct").await, "150");
+    assert!(b.text("#err-w1_pct").await.is_some());
+    assert!(b.text("#preview").await.is_none());
+    b.screenshot_page("job-method-fields-refused").await;
+    // The form with its fields, the rollout open and refusals shown passes the accessibility
+    // checks, at 1280 px and at a phone's width.
+    assert_eq!(b.violations().await, Vec::<String>::new());
+    b.phone(Some((390, 844))).await;
+    assert_eq!(
+        b.violations().await,
+        Vec::<String>::new(),
+        "at a phone's width"
+    );
+    b.screenshot_page("job-method-fields-phone").await;
+    b.phone(None).await;
+    assert_eq!(c.api(&http, "/v1/jobs", &admin).await["items"], json!([]));
+
+    // A first wave of one gateway at 100 %, 30 a minute: the dry run says the waves' sizes.
+    set_field(&b, "#f-limit", "10").await;
     set_field(&b, "#w1_pct", "100").await;
     b.click("#dry-run").await;
     b.until(
@@ -1798,6 +1899,14 @@ async fn a_job_rolls_out_in_waves_pauses_on_a_failed_wave_and_resumes_from_its_p
     assert_eq!(api_job["state"], "paused");
     assert_eq!(api_job["current_wave"], 0);
     b.screenshot_page("job-paused").await;
+    assert_eq!(b.violations().await, Vec::<String>::new());
+    b.phone(Some((390, 844))).await;
+    assert_eq!(
+        b.violations().await,
+        Vec::<String>::new(),
+        "at a phone's width"
+    );
+    b.phone(None).await;
     b.click("form[action='/ui/signout'] button").await;
     b.until(
         "signed out",

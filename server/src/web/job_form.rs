@@ -1,5 +1,7 @@
 //! The new-job form (`GET /ui/jobs/new`, `POST /ui/jobs`): a job over the fleet page's filter,
-//! a dry run first, then confirm.
+//! a dry run first, then confirm. A method's params are one field per member of its params
+//! schema, from the console's own protocol crate (the resource forms' code:
+//! [`resources::method_fields`]), beside a JSON text area for the rest.
 //!
 //! Planning and creation are the API's (`http::jobs`, the `jobs` module): the same checks, the
 //! same audit record (`job.create`).
@@ -18,6 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::jobs::{change_refused, target_text, with_flash};
+use super::resources::{self, member_named, Field};
 use super::session::{form, reader, sender, Signed};
 use super::view::{render, Chrome, PageError};
 use crate::http::jobs::{audit_job, create_problem};
@@ -49,7 +52,8 @@ const DEFAULT_WAVE_PCT: u32 = 100;
 pub struct NewJobForm {
     #[serde(default)]
     pub csrf: Option<String>,
-    /// `preview` (a dry run) or `start`.
+    /// `choose` (the form again, with the chosen method's fields), `preview` (a dry run) or
+    /// `start`.
     #[serde(default)]
     pub step: String,
     #[serde(default)]
@@ -216,6 +220,12 @@ impl FieldErrors {
         !self.by_field.is_empty()
     }
 
+    fn merge(&mut self, other: FieldErrors) {
+        for (k, v) in other.by_field {
+            self.set(&k, v);
+        }
+    }
+
     fn general(message: impl Into<String>) -> Self {
         let mut e = FieldErrors::default();
         e.set("general", message);
@@ -255,7 +265,16 @@ struct NewJobPage {
     errors: FieldErrors,
     preview: Option<Preview>,
     back: String,
-    methods: &'static [&'static str],
+    /// Every method the protocol knows, by family.
+    method_groups: Vec<(&'static str, Vec<&'static str>)>,
+    /// Whether the form's method is one of them (another is kept, and refused by the API).
+    method_known: bool,
+    /// The method's params, one field each (none: the method takes none, or is unknown).
+    fields: Vec<Field>,
+    /// The JSON text area shown open beside the fields (something in it, or wrong).
+    params_open: bool,
+    /// Reached by "Choose": the first field takes the focus.
+    chosen: bool,
     /// The rollout's fields shown (something set in them, or wrong).
     rollout_open: bool,
     /// The rollout as the form stands, in a line (what the empty fields mean included).
@@ -588,10 +607,42 @@ fn rollout_summary(f: &NewJobForm) -> String {
     parts.join(", ")
 }
 
+/// The protocol's methods by family (`sys` first), as the form offers them.
+fn method_groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut groups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for family in ["sys", "nfs", "smb", "iscsi"] {
+        let names: Vec<&'static str> = ALL
+            .iter()
+            .copied()
+            .filter(|m| m.split('.').next() == Some(family))
+            .collect();
+        if !names.is_empty() {
+            groups.push((family, names));
+        }
+    }
+    groups
+}
+
+/// The method's fields with the values sent (`f.{member}`), unchecked: the form shown again
+/// as it was (a secret is never written back).
+fn fields_as_sent(method: &str, pairs: &[(String, String)]) -> Vec<Field> {
+    let mut fields = resources::method_fields(method.trim()).unwrap_or_default();
+    for fl in &mut fields {
+        if fl.input != "password" {
+            let key = format!("f.{}", fl.name);
+            if let Some((_, v)) = pairs.iter().find(|(k, _)| *k == key) {
+                fl.value = v.clone();
+            }
+        }
+    }
+    fields
+}
+
 fn new_page(
     state: &AppState,
     signed: &Signed,
     f: NewJobForm,
+    fields: Vec<Field>,
     errors: FieldErrors,
     preview: Option<Preview>,
 ) -> NewJobPage {
@@ -611,14 +662,18 @@ fn new_page(
         selection: format!("{selection}{region}"),
         rollout_open: errors.in_rollout() || f.rollout().iter().any(|s| !s.is_empty()),
         rollout_summary: rollout_summary(&f),
-        errors,
         preview,
         back: if fleet_q.is_empty() {
             "/ui/".to_owned()
         } else {
             format!("/ui/?{fleet_q}")
         },
-        methods: ALL,
+        method_groups: method_groups(),
+        method_known: ALL.contains(&f.method.as_str()),
+        params_open: errors.get("params").is_some() || !matches!(f.params.trim(), "" | "{}"),
+        chosen: f.step == "choose",
+        fields,
+        errors,
         default_attempts: RetryIn::default().max_attempts,
         default_deadline_h: DEFAULT_DEADLINE.as_secs() / 3600,
         f,
@@ -639,16 +694,25 @@ pub async fn new_form(
         )
         .by(&signed.token));
     }
-    let f: NewJobForm =
-        serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
-    let page = new_page(&state, &signed, f.defaults(), FieldErrors::default(), None);
+    let query = raw.as_deref().unwrap_or("");
+    let f: NewJobForm = serde_urlencoded::from_str(query).unwrap_or_default();
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    let f = f.defaults();
+    let fields = fields_as_sent(&f.method, &pairs);
+    let page = new_page(&state, &signed, f, fields, FieldErrors::default(), None);
     Ok(render(&page))
 }
 
 /// The form shown again with what is wrong, as `status`; the audit of refusals records it
 /// under the token's name and the reason (not as an anonymous refusal without one).
 fn with_status(page: &NewJobPage, status: StatusCode, token: &TokenRecord) -> Response {
-    let detail = page.errors.detail();
+    let mut detail = page.errors.detail();
+    for fl in &page.fields {
+        if let Some(e) = &fl.error {
+            let sep = if detail.is_empty() { "" } else { "; " };
+            detail.push_str(&format!("{sep}f.{}: {e}", fl.name));
+        }
+    }
     let mut r = render(page);
     if r.status() == StatusCode::OK {
         *r.status_mut() = status;
@@ -661,24 +725,47 @@ fn with_status(page: &NewJobPage, status: StatusCode, token: &TokenRecord) -> Re
     r
 }
 
-/// The params the form gives: its JSON object.
-fn params_of(f: &NewJobForm) -> Result<Map<String, Value>, Box<FieldErrors>> {
+/// The members the JSON text area gives (empty: none), or why it does not read.
+fn params_json(f: &NewJobForm) -> Result<Map<String, Value>, String> {
     let text = f.params.trim();
     if text.is_empty() {
         return Ok(Map::new());
     }
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(Box::new({
-            let mut e = FieldErrors::default();
-            e.set("params", "a JSON object, such as {} or {\"name\": \"x\"}");
-            e
-        })),
-        Err(err) => Err(Box::new({
-            let mut e = FieldErrors::default();
-            e.set("params", format!("not JSON: {err}"));
-            e
-        })),
+        Ok(_) => Err("a JSON object, such as {} or {\"name\": \"x\"}".to_owned()),
+        Err(err) => Err(format!("not JSON: {err}")),
+    }
+}
+
+/// The params the form gives: the JSON text area's members, then each field filled in (in
+/// place of the same member in the JSON). A required member the JSON gives is not required
+/// of its field. `None` when something does not read (said in the fields and `errors`).
+fn params_of(
+    f: &NewJobForm,
+    fields: &mut [Field],
+    pairs: &[(String, String)],
+    errors: &mut FieldErrors,
+) -> Option<Map<String, Value>> {
+    let json = params_json(f);
+    if let Ok(m) = &json {
+        for fl in fields.iter_mut() {
+            if m.contains_key(&fl.name) {
+                fl.required = false;
+            }
+        }
+    }
+    let typed = resources::params_of(fields, pairs);
+    match (json, typed) {
+        (Ok(mut m), Some(typed)) => {
+            m.extend(typed);
+            Some(m)
+        }
+        (Err(why), _) => {
+            errors.set("params", why);
+            None
+        }
+        (Ok(_), None) => None,
     }
 }
 
@@ -716,25 +803,48 @@ pub async fn create(
     let f: NewJobForm = form(&body)?;
     let signed = sender(&state, &headers, f.csrf.as_deref(), Scope::Operate).await?;
     let token = &signed.token;
+    // The method's fields (`f.{member}`), which the struct above leaves out.
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    if f.step == "choose" {
+        let fields = fields_as_sent(&f.method, &pairs);
+        let page = new_page(&state, &signed, f, fields, FieldErrors::default(), None);
+        return Ok(render(&page));
+    }
+    let mut fields = resources::method_fields(f.method.trim()).unwrap_or_default();
     let now = now_ms();
-    let read = params_of(&f).and_then(|p| request_of(&f, p, now));
+    let mut errors = FieldErrors::default();
+    let params = params_of(&f, &mut fields, &pairs, &mut errors);
+    let read = request_of(&f, params.clone().unwrap_or_default(), now);
     let req = match read {
-        Ok(r) => r,
-        Err(errors) => {
-            let page = new_page(&state, &signed, f, *errors, None);
+        Ok(r) if params.is_some() && !errors.any() => r,
+        Ok(_) => {
+            let page = new_page(&state, &signed, f, fields, errors, None);
+            return Ok(with_status(&page, StatusCode::BAD_REQUEST, token));
+        }
+        Err(more) => {
+            errors.merge(*more);
+            let page = new_page(&state, &signed, f, fields, errors, None);
             return Ok(with_status(&page, StatusCode::BAD_REQUEST, token));
         }
     };
     // The API's checks, every field's refusal at once (400 out of range, 422 the protocol's).
-    let refused = spec_errors(req.clone(), now);
-    if refused.any() {
+    let mut refused = spec_errors(req.clone(), now);
+    // The protocol's refusal naming one member (`limit 5000 is out of range…`): next to its
+    // field, when the form has one.
+    if let Some(m) = refused.by_field.remove("params") {
+        match member_named(&m).and_then(|n| fields.iter_mut().find(|fl| fl.name == n)) {
+            Some(fl) => fl.error = Some(m),
+            None => refused.set("params", m),
+        }
+    }
+    if refused.any() || fields.iter().any(|fl| fl.error.is_some()) {
         let status = if refused.in_rollout() || refused.get("general").is_some() {
             StatusCode::BAD_REQUEST
         } else {
             // The protocol's refusal of the method or its params alone.
             StatusCode::UNPROCESSABLE_ENTITY
         };
-        let page = new_page(&state, &signed, f, refused, None);
+        let page = new_page(&state, &signed, f, fields, refused, None);
         return Ok(with_status(&page, status, token));
     }
     let region = match state.regions.chosen(req.region.as_deref(), "region") {
@@ -743,7 +853,7 @@ pub async fn create(
         Err(p) => {
             let errors =
                 FieldErrors::general(format!("{}; choose one in the fleet filter", p.detail));
-            let page = new_page(&state, &signed, f, errors, None);
+            let page = new_page(&state, &signed, f, fields, errors, None);
             return Ok(with_status(&page, StatusCode::BAD_REQUEST, token));
         }
     };
@@ -753,7 +863,14 @@ pub async fn create(
         Err(e) => {
             let p = create_problem(e);
             let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
-            let page = new_page(&state, &signed, f, FieldErrors::general(p.detail), None);
+            let page = new_page(
+                &state,
+                &signed,
+                f,
+                fields,
+                FieldErrors::general(p.detail),
+                None,
+            );
             return Ok(with_status(&page, status, token));
         }
     };
@@ -768,7 +885,14 @@ pub async fn create(
                 .collect(),
             waves: wave_sizes(&plan.spec, plan.targets.len()),
         };
-        let page = new_page(&state, &signed, f, FieldErrors::default(), Some(preview));
+        let page = new_page(
+            &state,
+            &signed,
+            f,
+            fields,
+            FieldErrors::default(),
+            Some(preview),
+        );
         return Ok(render(&page));
     }
     if plan.targets.is_empty() {
@@ -778,7 +902,7 @@ pub async fn create(
             names: Vec::new(),
             waves: Vec::new(),
         };
-        let page = new_page(&state, &signed, f, errors, Some(preview));
+        let page = new_page(&state, &signed, f, fields, errors, Some(preview));
         return Ok(with_status(&page, StatusCode::UNPROCESSABLE_ENTITY, token));
     }
     let job = jobs::create_as(state.store.as_ref(), &region, plan, token, None, now, None)
@@ -805,7 +929,12 @@ mod tests {
     const NOW: i64 = 1_765_000_000_000;
 
     fn read(f: &NewJobForm) -> Result<JobRequest, Box<FieldErrors>> {
-        params_of(f).and_then(|p| request_of(f, p, NOW))
+        let params = params_json(f).map_err(|why| {
+            let mut e = FieldErrors::default();
+            e.set("params", why);
+            Box::new(e)
+        })?;
+        request_of(f, params, NOW)
     }
 
     fn keys(e: &FieldErrors) -> Vec<&str> {
@@ -961,6 +1090,70 @@ mod tests {
         .unwrap_err();
         assert_eq!(keys(&e), ["params"], "the params first");
         assert!(!e.in_rollout());
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_methods_fields_and_its_json_make_its_params() {
+        let f = NewJobForm {
+            method: "nfs.export.list".into(),
+            params: r#"{"cursor": "abc", "limit": 5}"#.into(),
+            ..NewJobForm::default()
+        };
+        let mut fields = resources::method_fields(&f.method).unwrap();
+        let mut e = FieldErrors::default();
+        // A field filled in takes the place of the JSON's member; an empty one leaves it.
+        let p = params_of(
+            &f,
+            &mut fields,
+            &pairs(&[("f.limit", "10"), ("f.cursor", "")]),
+            &mut e,
+        )
+        .unwrap();
+        assert_eq!(Value::Object(p), json!({"cursor": "abc", "limit": 10}));
+        // A required member the JSON gives is not required of its field.
+        let delete = NewJobForm {
+            method: "nfs.export.delete".into(),
+            params: r#"{"name": "vol1"}"#.into(),
+            ..NewJobForm::default()
+        };
+        let mut fields = resources::method_fields(&delete.method).unwrap();
+        let p = params_of(&delete, &mut fields, &pairs(&[("f.name", "")]), &mut e).unwrap();
+        assert_eq!(Value::Object(p), json!({"name": "vol1"}));
+        let mut fields = resources::method_fields(&delete.method).unwrap();
+        let none = NewJobForm {
+            params: String::new(),
+            ..delete
+        };
+        assert!(params_of(&none, &mut fields, &pairs(&[("f.name", "")]), &mut e).is_none());
+        assert_eq!(fields[0].error.as_deref(), Some("required"));
+        assert!(!e.any());
+        // The protocol's refusal of a member names it, for its field.
+        let req = read(&NewJobForm {
+            method: "nfs.export.list".into(),
+            params: r#"{"limit": 5000}"#.into(),
+            ..NewJobForm::default()
+        })
+        .unwrap();
+        let refused = spec_errors(req, NOW);
+        let m = refused.get("params").unwrap();
+        assert_eq!(
+            m,
+            "nfs.export.list: limit 5000 is out of range; it must be from 1 to 1000"
+        );
+        assert_eq!(member_named(m).as_deref(), Some("limit"));
+        let groups = method_groups();
+        assert_eq!(groups[0].0, "sys");
+        assert_eq!(
+            groups.iter().map(|g| g.1.len()).sum::<usize>(),
+            ALL.len(),
+            "every method offered"
+        );
     }
 
     #[test]

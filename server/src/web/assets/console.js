@@ -523,6 +523,14 @@
       if (last && last.parentNode) { last.parentNode.insertBefore(note, last.nextSibling); } else { form.appendChild(note); }
     }, 0);
   });
+  // The new-job form's method: choosing one shows its params' fields at once, as its
+  // "Choose" button does without JavaScript (the form posted with step=choose, values kept).
+  document.addEventListener("change", function (ev) {
+    var sel = ev.target;
+    if (!(sel instanceof HTMLSelectElement) || !sel.hasAttribute("data-choose") || !sel.form) { return; }
+    var button = document.getElementById(sel.getAttribute("data-choose"));
+    if (button && sel.form.requestSubmit) { sel.form.requestSubmit(button); }
+  });
   // A page shown again from the back-forward cache gets its forms back.
   window.addEventListener("pageshow", function (ev) {
     if (!ev.persisted) { return; }
