@@ -1813,10 +1813,11 @@ async fn a_job_rolls_out_in_waves_pauses_on_a_failed_wave_and_resumes_from_its_p
     b.phone(None).await;
     assert_eq!(c.api(&http, "/v1/jobs", &admin).await["items"], json!([]));
 
-    // A first wave of one gateway at 100 %, 30 a minute: the dry run says the waves' sizes.
-    set_field(&b, "#f-limit", "10").await;
+    // A first wave of one gateway at 100 %, 30 a minute: the dry run (Enter in a field: the
+    // dry run, not the form's first button, "Choose") says the waves' sizes.
     set_field(&b, "#w1_pct", "100").await;
-    b.click("#dry-run").await;
+    set_field(&b, "#f-limit", "").await;
+    b.type_into("#f-limit", &format!("10{ENTER}")).await;
     b.until(
         "the dry run's count",
         TIMEOUT,

@@ -134,7 +134,7 @@ impl NewJobForm {
     }
 
     /// The rollout's fields as typed (empty ones left at their defaults).
-    fn rollout(&self) -> [&str; 11] {
+    fn rollout(&self) -> [&str; 12] {
         [
             &self.rate,
             &self.in_flight,
@@ -147,6 +147,7 @@ impl NewJobForm {
             &self.w2_pct,
             &self.abort_type,
             &self.abort_pct,
+            &self.abort_min,
         ]
         .map(|s| s.trim())
     }
@@ -174,27 +175,9 @@ impl NewJobForm {
     }
 }
 
-/// The fields of the form whose messages are shown next to them (by their `name`), and
-/// `general` for what is about the whole request.
-const FIELDS: [&str; 17] = [
-    "method",
-    "params",
-    "rate",
-    "in_flight",
-    "timeout_s",
-    "attempts",
-    "deadline",
-    "w1_size",
-    "w1_pct",
-    "w2_size",
-    "w2_pct",
-    "abort_type",
-    "abort_pct",
-    "abort_min",
-    "w1_unit",
-    "w2_unit",
-    "general",
-];
+/// Rounds of the API's checks at most: each settles one field of the rollout for good (there
+/// are 11, and the method), so this is a bound that is never reached.
+const CHECK_ROUNDS: usize = 16;
 
 /// What is wrong, by field, so the page shows each message next to its field.
 #[derive(Debug, Default)]
@@ -509,8 +492,7 @@ fn put_back(req: &mut JobRequest, field: &str) {
 /// of range, not the first alone.
 fn spec_errors(mut req: JobRequest, now_ms: i64) -> FieldErrors {
     let mut e = FieldErrors::default();
-    // Each round settles one field for good; a few more than there are fields is a bound.
-    for _ in 0..FIELDS.len() {
+    for _ in 0..CHECK_ROUNDS {
         match JobSpec::parse(req.clone(), now_ms) {
             Ok(_) => break,
             Err(SpecError::Method(m)) => {

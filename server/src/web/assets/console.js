@@ -531,6 +531,17 @@
     var button = document.getElementById(sel.getAttribute("data-choose"));
     if (button && sel.form.requestSubmit) { sel.form.requestSubmit(button); }
   });
+  // Enter in one of the new-job form's fields is a dry run (`data-enter` names its button),
+  // not "Choose", the form's first button (which it is without JavaScript: the form comes
+  // back as it was, nothing checked or sent).
+  document.addEventListener("keydown", function (ev) {
+    var input = ev.target;
+    if (ev.key !== "Enter" || !(input instanceof HTMLInputElement) || !input.form) { return; }
+    var id = input.form.getAttribute("data-enter"), button = id && document.getElementById(id);
+    if (!button || !input.form.requestSubmit) { return; }
+    ev.preventDefault();
+    input.form.requestSubmit(button);
+  });
   // A page shown again from the back-forward cache gets its forms back.
   window.addEventListener("pageshow", function (ev) {
     if (!ev.persisted) { return; }
