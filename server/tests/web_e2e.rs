@@ -1578,6 +1578,428 @@ async fn jobs_start_from_the_fleet_filter_run_live_cancel_and_reach_the_audit_pa
     }
 }
 
+/// The value of the form field matching `css`.
+async fn value_of(b: &Browser, css: &str) -> String {
+    let s = format!(
+        "var e = document.querySelector({}); return e ? e.value : null;",
+        Value::from(css)
+    );
+    b.run(&s)
+        .await
+        .as_str()
+        .unwrap_or_else(|| panic!("no {css}"))
+        .to_owned()
+}
+
+/// Rolling a change out over four gateways from the new-job form: the rollout's fields (closed,
+/// their defaults said); values the API refuses (a rate of 0, a threshold of 150 %) said next
+/// to their fields, kept, nothing created; a method chosen (with JavaScript, and with the
+/// "Choose" button) showing one field a member of its params, a required one left empty and a
+/// member the protocol refuses said next to their fields; the dry run's wave sizes; the job started with a
+/// first wave of one gateway at 100 %, its waves as the API stores them. The first wave's
+/// gateway serves no NFS, so `nfs.export.list` fails there and the job pauses: its page says
+/// why; a `read` token sees no Resume button and its forged resume is refused; "Resume" runs
+/// the rest to the end on the open page, and is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_rolls_out_in_waves_pauses_on_a_failed_wave_and_resumes_from_its_page() {
+    use csg_e2e::exportfs_stub::ExportfsStub;
+    use csg_e2e::StorageDirs;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let broker = Broker::start();
+    let mut c = Consoled::new(&broker);
+    let operator = c.token("wave-operator", "operate");
+    let reader = c.token("wave-reader", "read");
+    let admin = c.token("wave-admin", "admin");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    c.start(&http).await;
+    // Four gateways: the first (in id order, so the first wave's) serves no NFS; the other
+    // three serve it (the kernel backend over the harness's exportfs stub, as calls_e2e.rs:
+    // this kernel has no nfsd).
+    let mut kept = Vec::new();
+    let mut agents: Vec<Agent> = ["gw-wave-1", "gw-wave-2", "gw-wave-3", "gw-wave-4"]
+        .iter()
+        .map(|id| {
+            let mut cfg = AgentConfig::new(id, &broker.url());
+            cfg.heartbeat_interval_s = 1;
+            if *id != "gw-wave-1" {
+                let dirs = StorageDirs::new();
+                let stub = ExportfsStub::new(dirs.base());
+                cfg.storage = Some(dirs.section());
+                cfg.nfs = Some(stub.nfs_section());
+                kept.push((dirs, stub));
+            }
+            Agent::spawn(&cfg)
+        })
+        .collect();
+    let t0 = Instant::now();
+    loop {
+        let page = c.api(&http, "/v1/instances?presence=online", &admin).await;
+        if page["items"].as_array().unwrap().len() == 4 {
+            break;
+        }
+        assert!(t0.elapsed() < TIMEOUT, "four agents never online: {page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let b = Browser::start(c.dir.path()).await;
+    sign_in(&b, &c, &operator).await;
+
+    // A method and its members in the form's address (a link, a bookmark): their fields filled.
+    b.goto(&c.url("/ui/jobs/new?presence=online&method=nfs.export.delete&f.name=vol1"))
+        .await;
+    assert_eq!(value_of(&b, "#method").await, "nfs.export.delete");
+    assert_eq!(value_of(&b, "#f-name").await, "vol1");
+
+    // The rollout: closed, saying what its empty fields mean.
+    b.goto(&c.url("/ui/jobs/new?presence=online")).await;
+    assert_eq!(
+        b.run("return document.querySelector('#rollout details').open;")
+            .await,
+        json!(false)
+    );
+    let summary = b.text("#rollout-summary").await.unwrap();
+    assert_eq!(
+        summary,
+        "600 a minute, at most 10 in flight, 30 s an execution, 3 attempts, deadline in 24 h, \
+         no waves, no abort rule"
+    );
+    b.click("#rollout-summary").await;
+    b.until(
+        "the rollout open",
+        TIMEOUT,
+        "return document.querySelector('#rollout details').open && document.getElementById('w1_size').offsetWidth > 0;",
+    )
+    .await;
+    assert_eq!(
+        b.run("return document.getElementById('rate').placeholder;")
+            .await,
+        json!("600")
+    );
+    b.screenshot("job-rollout").await;
+
+    // Out of the API's range: each said next to its field, the values kept, nothing created.
+    b.type_into("#rate", "0").await;
+    b.type_into("#w1_size", "1").await;
+    b.type_into("#w1_pct", "150").await;
+    b.click("#dry-run").await;
+    b.until(
+        "the refusals next to their fields",
+        TIMEOUT,
+        "var r = document.getElementById('err-rate'), w = document.getElementById('err-w1_pct'); \
+         return !!r && !!w;",
+    )
+    .await;
+    assert_eq!(
+        b.text("#err-rate").await.unwrap(),
+        "rate_per_minute: 1 to 1000000, got 0"
+    );
+    assert_eq!(
+        b.text("#err-w1_pct").await.unwrap(),
+        "waves[0].success_threshold_pct: a percentage, 0 to 100"
+    );
+    assert_eq!(
+        b.run(
+            "return [document.getElementById('rate').getAttribute('aria-invalid'), \
+               document.getElementById('rate').getAttribute('aria-describedby'), \
+               document.querySelector('#rollout details').open];"
+        )
+        .await,
+        json!(["true", "err-rate", true])
+    );
+    assert_eq!(value_of(&b, "#rate").await, "0");
+    assert_eq!(value_of(&b, "#w1_size").await, "1");
+    assert_eq!(value_of(&b, "#w1_pct").await, "150");
+    assert!(b.text("#err-in_flight").await.is_none());
+    assert!(b.text("#preview").await.is_none(), "no dry run answered");
+    b.screenshot_page("job-rollout-refused").await;
+    let jobs = c.api(&http, "/v1/jobs", &admin).await;
+    assert_eq!(jobs["items"], json!([]), "nothing created");
+
+    // A method chosen (the select's change, with JavaScript): one field a member of its
+    // params, from the protocol's schema; the values typed so far kept.
+    assert!(
+        b.text("#method-params").await.is_none(),
+        "sys.ping takes none"
+    );
+    assert_eq!(
+        b.text("#hint-params").await.as_deref(),
+        Some("sys.ping takes no params")
+    );
+    b.run(
+        "var m = document.getElementById('method'); m.value = 'nfs.export.delete'; \
+         m.dispatchEvent(new Event('change', {bubbles: true})); return true;",
+    )
+    .await;
+    b.until(
+        "nfs.export.delete's fields",
+        TIMEOUT,
+        "return !!document.querySelector('#method-params [data-field=\"name\"]');",
+    )
+    .await;
+    assert_eq!(
+        b.text("#method-params label[for='f-name']").await.unwrap(),
+        "name (required)"
+    );
+    assert_eq!(value_of(&b, "#method").await, "nfs.export.delete");
+    assert_eq!(
+        value_of(&b, "#rate").await,
+        "0",
+        "the rollout's values kept"
+    );
+    assert!(
+        b.text("#err-rate").await.is_none(),
+        "choosing checks nothing"
+    );
+    // Its required member left empty: said next to its field, nothing sent.
+    set_field(&b, "#rate", "30").await;
+    b.click("#dry-run").await;
+    b.until(
+        "the required member said next to its field",
+        TIMEOUT,
+        "var e = document.getElementById('e-name'); return !!e && e.textContent === 'required';",
+    )
+    .await;
+    assert!(b.text("#preview").await.is_none());
+    // Without JavaScript's help: the "Choose" button.
+    set_field(&b, "#method", "nfs.export.list").await;
+    b.click("#choose").await;
+    b.until(
+        "nfs.export.list's fields",
+        TIMEOUT,
+        "return !!document.getElementById('f-limit') && !!document.getElementById('f-cursor') \
+         && !document.getElementById('f-name');",
+    )
+    .await;
+    assert_eq!(
+        b.text("[data-field='limit'] .hint").await.as_deref(),
+        Some("1 to 1000")
+    );
+    // A member the protocol refuses: its message next to its field, the values kept.
+    set_field(&b, "#f-limit", "5000").await;
+    b.click("#dry-run").await;
+    b.until(
+        "the protocol's refusal next to the limit",
+        TIMEOUT,
+        "return !!document.getElementById('e-limit');",
+    )
+    .await;
+    assert_eq!(
+        b.text("#e-limit").await.unwrap(),
+        "nfs.export.list: limit 5000 is out of range; it must be from 1 to 1000"
+    );
+    assert_eq!(
+        b.run("return document.getElementById('f-limit').getAttribute('aria-invalid');")
+            .await,
+        json!("true")
+    );
+    assert_eq!(value_of(&b, "#f-limit").await, "5000");
+    assert_eq!(value_of(&b, "#w1_pct").await, "150");
+    assert!(b.text("#err-w1_pct").await.is_some());
+    assert!(b.text("#preview").await.is_none());
+    b.screenshot_page("job-method-fields-refused").await;
+    // The form with its fields, the rollout open and refusals shown passes the accessibility
+    // checks, at 1280 px and at a phone's width.
+    assert_eq!(b.violations().await, Vec::<String>::new());
+    b.phone(Some((390, 844))).await;
+    assert_eq!(
+        b.violations().await,
+        Vec::<String>::new(),
+        "at a phone's width"
+    );
+    b.screenshot_page("job-method-fields-phone").await;
+    b.phone(None).await;
+    assert_eq!(c.api(&http, "/v1/jobs", &admin).await["items"], json!([]));
+
+    // A first wave of one gateway at 100 %, 30 a minute: the dry run (Enter in a field: the
+    // dry run, not the form's first button, "Choose") says the waves' sizes.
+    set_field(&b, "#w1_pct", "100").await;
+    set_field(&b, "#f-limit", "").await;
+    b.type_into("#f-limit", &format!("10{ENTER}")).await;
+    b.until(
+        "the dry run's count",
+        TIMEOUT,
+        "var e = document.getElementById('preview-count'); return !!e && e.textContent === '4';",
+    )
+    .await;
+    let waves = b
+        .run("return Array.from(document.querySelectorAll('#preview-waves li')).map(e => e.textContent);")
+        .await;
+    assert_eq!(
+        waves,
+        json!([
+            "wave 1: 1 gateway, going on at 100 % succeeded",
+            "wave 2 (the rest): 3 gateways"
+        ])
+    );
+    assert!(b.text("#err-rate").await.is_none());
+    b.screenshot_page("job-rollout-dry-run").await;
+    assert_eq!(c.api(&http, "/v1/jobs", &admin).await["items"], json!([]));
+    b.click("#confirm").await;
+    b.until(
+        "the job's page",
+        TIMEOUT,
+        "return !!document.querySelector('[data-job-page]');",
+    )
+    .await;
+    let jobs = c.api(&http, "/v1/jobs", &admin).await;
+    let job = &jobs["items"][0];
+    assert_eq!(
+        job["waves"],
+        json!([{"count": 1, "success_threshold_pct": 100}]),
+        "{job}"
+    );
+    assert_eq!(job["rate_per_minute"], 30);
+    assert_eq!(job["max_in_flight"], 10);
+    assert_eq!(job["execution_timeout_ms"], 30_000);
+    assert_eq!(job["abort"], Value::Null);
+    assert_eq!(job["params"], json!({"limit": 10}));
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let job_url = c.url(&format!("/ui/jobs/{job_id}"));
+
+    // The first wave's gateway has no NFS (UNKNOWN_METHOD: rejected): 0 of 1, below 100 %.
+    b.until(
+        "the job paused on its page, saying why",
+        Duration::from_secs(30),
+        "return document.getElementById('job-state').textContent === 'paused' \
+         && !!document.getElementById('paused-why') && !!document.getElementById('resume');",
+    )
+    .await;
+    assert_eq!(
+        b.text("#paused-why").await.unwrap(),
+        "Paused after wave 1 of 2: 0 of 1 succeeded (0 %), below its threshold of 100 %. \
+         Resuming sends wave 2 (3 gateways); cancelling stops the job here."
+    );
+    assert_eq!(b.text("#job-wave").await.unwrap(), "wave 1 of 2");
+    assert_eq!(b.text("#resume").await.unwrap(), "Resume with wave 2");
+    let waves = b
+        .run("return Array.from(document.querySelectorAll('#waves tbody tr')).map(r => Array.from(r.children).map(c => c.textContent.trim()).join('|'));")
+        .await;
+    assert_eq!(
+        waves,
+        json!([
+            "1|1 gateway|1|100 %|paused|0 of 1 succeeded (0 %)",
+            "2|the rest|3|none (the last)|waiting|"
+        ])
+    );
+    let states = b
+        .run("return Array.from(document.querySelectorAll('#execs tbody tr')).map(r => r.getAttribute('data-exec') + ':' + r.querySelector('.xstate').textContent);")
+        .await;
+    assert_eq!(
+        states,
+        json!([
+            "gw-wave-1:rejected",
+            "gw-wave-2:queued",
+            "gw-wave-3:queued",
+            "gw-wave-4:queued"
+        ])
+    );
+    let api_job = c.api(&http, &format!("/v1/jobs/{job_id}"), &admin).await;
+    assert_eq!(api_job["state"], "paused");
+    assert_eq!(api_job["current_wave"], 0);
+    b.screenshot_page("job-paused").await;
+    assert_eq!(b.violations().await, Vec::<String>::new());
+    b.phone(Some((390, 844))).await;
+    assert_eq!(
+        b.violations().await,
+        Vec::<String>::new(),
+        "at a phone's width"
+    );
+    b.phone(None).await;
+    b.click("form[action='/ui/signout'] button").await;
+    b.until(
+        "signed out",
+        TIMEOUT,
+        "return location.pathname === '/ui/signin';",
+    )
+    .await;
+
+    // A read token: the paused job and why, no Resume; its forged resume refused.
+    sign_in(&b, &c, &reader).await;
+    b.goto(&job_url).await;
+    assert!(b.text("#paused-why").await.is_some());
+    assert!(b.text("#resume").await.is_none());
+    assert!(b.text("form[action$='/resume']").await.is_none());
+    let csrf = csrf_on_page(&b).await;
+    assert_eq!(
+        forged_post(
+            &b,
+            &format!("/ui/jobs/{job_id}/resume"),
+            &format!("csrf={csrf}")
+        )
+        .await,
+        403
+    );
+    b.screenshot("job-paused-read-token").await;
+    let api_job = c.api(&http, &format!("/v1/jobs/{job_id}"), &admin).await;
+    assert_eq!(
+        api_job["state"], "paused",
+        "the forged resume changed nothing"
+    );
+    b.click("form[action='/ui/signout'] button").await;
+    b.until(
+        "signed out",
+        TIMEOUT,
+        "return location.pathname === '/ui/signin';",
+    )
+    .await;
+
+    // Resumed: the second wave (30 a minute, so it runs for seconds) to the end, live.
+    sign_in(&b, &c, &operator).await;
+    b.goto(&job_url).await;
+    b.click("#resume").await;
+    b.until(
+        "the job's page again, resumed",
+        TIMEOUT,
+        "return !!document.querySelector('[data-job-page]') && location.search.indexOf('flash=resumed') >= 0;",
+    )
+    .await;
+    b.run("window.__stay = 1; return true;").await;
+    let done_at_load = number(&b, "#c-done").await;
+    assert!(done_at_load < 4, "the job ended before its page was open");
+    assert!(b.text("#paused-why").await.is_none());
+    assert!(b.text("#resume").await.is_none());
+    b.until(
+        "the job's end on the open page",
+        Duration::from_secs(40),
+        "return document.getElementById('job-state').textContent === 'failed' \
+         && document.getElementById('c-succeeded').textContent === '3' \
+         && document.getElementById('job-wave').textContent === 'wave 2 of 2' \
+         && document.querySelectorAll('#execs .x-succeeded').length === 3 \
+         && document.querySelector('#waves tr[data-wave=\"2\"] .wstate').textContent === 'done';",
+    )
+    .await;
+    assert_eq!(
+        b.run("return window.__stay === 1;").await,
+        Value::Bool(true),
+        "the page reloaded"
+    );
+    assert_eq!(
+        b.text("#waves tr[data-wave='2'] td:last-child")
+            .await
+            .unwrap(),
+        "3 of 3 succeeded (100 %)"
+    );
+    b.screenshot_page("job-resumed-ended").await;
+    let resumed = c
+        .api(
+            &http,
+            "/v1/audit?action=job.resume&token=wave-operator",
+            &admin,
+        )
+        .await;
+    assert_eq!(resumed["items"].as_array().unwrap().len(), 1, "{resumed}");
+    assert_eq!(resumed["items"][0]["params"]["job_id"], job_id.as_str());
+
+    b.close().await;
+    for a in &mut agents {
+        a.signal(Signal::SIGTERM);
+    }
+}
+
 /// A token limited to a group, with the operate scope: its fleet filter runs a job over its
 /// group's gateways only (the other group's is online too, and not counted), and the job's page
 /// shows its progress and its end live, without a reload. Another token of the same group ran a

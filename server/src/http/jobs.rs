@@ -711,9 +711,20 @@ pub async fn resume(
     Path(id): Path<String>,
 ) -> Result<Json<JobOut>, Problem> {
     let token = authorize(&state, &headers, Scope::Operate).await?;
-    let job = visible_job(&state, &token, &id).await?;
+    resume_job(&state, &token, &remote, &id).await
+}
+
+/// Resumes a paused job the token may see with its next wave, audited as `job.resume` (the
+/// API and the web console's button both come here).
+pub(crate) async fn resume_job(
+    state: &AppState,
+    token: &TokenRecord,
+    remote: &RemoteAddr,
+    id: &str,
+) -> Result<Json<JobOut>, Problem> {
+    let job = visible_job(state, token, id).await?;
     let out = change(
-        &state,
+        state,
         &job,
         JobTransition {
             from: vec![JobState::Paused],
@@ -729,10 +740,10 @@ pub async fn resume(
     .await?;
     jobs::runner::wake();
     audit_job(
-        &state,
+        state,
         &job.region,
-        &token,
-        &remote,
+        token,
+        remote,
         "job.resume",
         Some(&job.method),
         json!({"job_id": job.id}),

@@ -1,38 +1,35 @@
 //! The jobs pages: the list (state filter, keyset paging, newest first), one job (its spec,
-//! counts, a progress bar, its executions paged, live from the job events), and starting a
-//! job over the fleet page's filter (a dry run first, then confirm), cancelling one and
-//! retrying its failures.
+//! counts, its waves, a progress bar, its executions paged, live from the job events),
+//! cancelling one, resuming a paused one and retrying its failures. Starting one is
+//! [`super::job_form`].
 //!
-//! Planning, creation, cancel and retry are the API's (`http::jobs`, the `jobs` module): the
-//! same checks, the same audit records (`job.create`, `job.cancel`, `job.retry_failed`).
+//! Cancel, resume and retry are the API's (`http::jobs`): the same checks, the same audit
+//! records (`job.cancel`, `job.resume`, `job.retry_failed`).
 
 use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
 use csg_protocol::identity::{GroupId, InstanceId};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use super::fleet::gateway_href;
-use super::session::{form, reader, sender, Signed};
+use super::session::{form, reader, sender};
 use super::view::{render, utc, Chrome, PageError};
-use crate::http::jobs::{
-    audit_job, cancel_job, create_problem, job_view, retry_job, visible_job, JobOut,
-};
-use crate::http::problem::{Problem, Refusal};
+use crate::http::jobs::{cancel_job, job_view, resume_job, retry_job, visible_job, JobOut};
+use crate::http::problem::Problem;
 use crate::http::{AppState, RemoteAddr};
-use crate::jobs::model::{JobRequest, SelectorIn, TargetIn};
-use crate::jobs::{self, CreateError};
-use crate::now_ms;
-use crate::store::{JobCounts, JobFilter, JobState, PageLimit, Scope, TokenRecord};
+use crate::jobs::engine;
+use crate::jobs::model::{FailureType, JobSpec, TargetIn, WaveSize};
+use crate::store::{
+    JobCounts, JobFilter, JobRecord, JobState, PageLimit, Scope, StoreError, TokenRecord,
+};
 
 /// Jobs and executions a page.
 const PAGE_ROWS: u32 = 50;
-/// Gateways a dry run names on the page (it counts them all).
-const PREVIEW_LIST: usize = 100;
 
 const JOB_STATES: [&str; 7] = [
     "queued",
@@ -210,11 +207,142 @@ struct JobPage {
     next: Option<String>,
     first: Option<String>,
     can_operate: bool,
-    /// What the page was reached by: a job just started, cancelled or retried.
+    /// What the page was reached by: a job just started, cancelled, resumed or retried.
     flash: Option<String>,
+    /// Its waves, when it declared some (a job without is one wave of all).
+    waves: Vec<WaveLine>,
+    /// Paused: which wave fell short, by how much, and what resuming sends.
+    paused: Option<String>,
+    /// The wave a resume sends, from 1.
+    resume_wave: u32,
+    /// The abort rule, in words (empty: none).
+    abort: String,
+    deadline: String,
 }
 
-fn target_text(t: &TargetIn) -> String {
+/// One wave of a job as its page shows it. Waves are numbered from 1 on the pages (the API
+/// and the store number them from 0).
+pub struct WaveLine {
+    pub n: u32,
+    /// As declared: `1 gateway`, `25 %`, or `the rest`.
+    pub declared: String,
+    /// Its executions.
+    pub gateways: usize,
+    /// The share that must succeed for the job to go on (the last wave has none).
+    pub threshold: Option<u32>,
+    /// `waiting`, `running`, `paused`, `done`, `stopped` (the job was cancelled or aborted
+    /// in it) or `not sent` (the job ended before it).
+    pub status: &'static str,
+    /// For a wave sent: `1 of 3 succeeded (33 %)`.
+    pub result: String,
+}
+
+/// `s` succeeded of the wave's executions but the cancelled, and the share, in per cent.
+fn succeeded_of(c: &JobCounts) -> (u64, u64, u64) {
+    let counted = c.total.saturating_sub(c.cancelled);
+    let pct = c
+        .succeeded
+        .saturating_mul(100)
+        .checked_div(counted)
+        .unwrap_or(0);
+    (c.succeeded, counted, pct)
+}
+
+/// A job's waves: the sizes as the engine cut them at creation, and the counts of each wave
+/// sent so far (one count a wave, at most 21).
+async fn waves_of(
+    state: &AppState,
+    record: &JobRecord,
+    job: &JobOut,
+) -> Result<Vec<WaveLine>, StoreError> {
+    if job.waves.is_empty() {
+        return Ok(Vec::new());
+    }
+    let spec = match JobSpec::from_stored(&record.spec, record.created_ms) {
+        Ok((spec, _)) => spec,
+        Err(e) => {
+            // The job page shows the rest; the runner says the same when it loads the job.
+            tracing::error!(job = %record.id, error = %e, "a stored job does not parse");
+            return Ok(Vec::new());
+        }
+    };
+    let total = usize::try_from(job.counts.total).unwrap_or(usize::MAX);
+    let (assigned, last) = engine::assign_waves(total, &spec.waves);
+    let mut lines = Vec::new();
+    for w in 0..=last {
+        let current = record.current_wave;
+        let status = match (w.cmp(&current), record.state) {
+            (std::cmp::Ordering::Less, _) => "done",
+            (std::cmp::Ordering::Equal, JobState::Queued) => "waiting",
+            (std::cmp::Ordering::Equal, JobState::Running) => "running",
+            (std::cmp::Ordering::Equal, JobState::Paused) => "paused",
+            (std::cmp::Ordering::Equal, JobState::Succeeded | JobState::Failed) => "done",
+            (std::cmp::Ordering::Equal, _) => "stopped",
+            (std::cmp::Ordering::Greater, s) if s.is_final() => "not sent",
+            (std::cmp::Ordering::Greater, _) => "waiting",
+        };
+        let result = if w <= current && record.state != JobState::Queued {
+            let c = state.store.jobs().job_counts(&record.id, Some(w)).await?;
+            let (ok, counted, pct) = succeeded_of(&c);
+            format!("{ok} of {counted} succeeded ({pct} %)")
+        } else {
+            String::new()
+        };
+        let wave = spec.waves.get(w as usize);
+        lines.push(WaveLine {
+            n: w + 1,
+            declared: match wave.map(|x| x.size) {
+                Some(WaveSize::Count(1)) => "1 gateway".to_owned(),
+                Some(WaveSize::Count(n)) => format!("{n} gateways"),
+                Some(WaveSize::Percent(p)) => format!("{p} %"),
+                None => "the rest".to_owned(),
+            },
+            gateways: assigned.iter().filter(|a| **a == w).count(),
+            threshold: wave.map(|x| x.success_threshold.get()),
+            status,
+            result,
+        });
+    }
+    Ok(lines)
+}
+
+/// Why a paused job paused: the wave that fell short, its share succeeded and its threshold.
+fn pause_text(waves: &[WaveLine], current: u32) -> Option<String> {
+    let w = waves.get(current as usize)?;
+    let next = waves.get(current as usize + 1)?;
+    let gateways = if next.gateways == 1 {
+        "gateway"
+    } else {
+        "gateways"
+    };
+    Some(format!(
+        "Paused after wave {} of {}: {}, below its threshold of {} %. Resuming sends wave {} \
+         ({} {gateways}); cancelling stops the job here.",
+        w.n,
+        waves.len(),
+        w.result,
+        w.threshold.unwrap_or(0),
+        next.n,
+        next.gateways,
+    ))
+}
+
+fn abort_text(job: &JobOut) -> String {
+    job.abort.map_or_else(String::new, |a| {
+        let what = match a.failure_type {
+            FailureType::Failed => "failed",
+            FailureType::Rejected => "rejected",
+            FailureType::TimedOut => "timed out",
+            FailureType::Any => "failed, rejected or timed out",
+        };
+        format!(
+            "when more than {} % of those executed {what}, once at least {} have run",
+            a.threshold_pct, a.min_executed
+        )
+    })
+}
+
+pub(super) fn target_text(t: &TargetIn) -> String {
     match t {
         TargetIn::Instances(ids) => format!(
             "{} listed: {}",
@@ -290,6 +418,12 @@ pub async fn page(
     };
     let several = state.regions.len() > 1;
     let (done, pct) = progress(&job.counts);
+    let waves = waves_of(&state, &record, &job)
+        .await
+        .map_err(|e| PageError::from(e).by(token))?;
+    let paused = (record.state == JobState::Paused)
+        .then(|| pause_text(&waves, record.current_wave))
+        .flatten();
     let page = JobPage {
         chrome: Chrome::new(format!("Job {}", job.id), Some(token), signed.csrf.clone()),
         params: serde_json::to_string_pretty(&Value::Object(job.params.clone()))
@@ -308,7 +442,7 @@ pub async fn page(
             .map(|e| ExecLine {
                 href: gateway_href(record.region.as_str(), e.instance_id.as_str(), several),
                 instance: e.instance_id.as_str().to_owned(),
-                wave: e.wave,
+                wave: e.wave + 1,
                 state: e.state.as_str(),
                 request_id: e.request_id.as_str().to_owned(),
                 attempts: e.attempts,
@@ -327,6 +461,11 @@ pub async fn page(
         first: q.cursor.as_ref().map(|_| job_href(&record.id)),
         can_operate: signed.can(Scope::Operate),
         flash: q.flash.filter(|f| f.len() <= 200),
+        waves,
+        paused,
+        resume_wave: record.current_wave.saturating_add(1).min(record.last_wave) + 1,
+        abort: abort_text(&job),
+        deadline: utc(job.deadline_ms),
         job,
     };
     Ok(render(&page))
@@ -337,13 +476,13 @@ struct CsrfForm {
     csrf: Option<String>,
 }
 
-fn with_flash(id: &str, text: &str) -> String {
+pub(super) fn with_flash(id: &str, text: &str) -> String {
     let f = serde_urlencoded::to_string([("flash", text)]).unwrap_or_default();
     format!("{}?{f}", job_href(id))
 }
 
 /// A change refused or failed, as a page saying whether to repeat it.
-fn change_refused(p: Problem, token: &TokenRecord) -> PageError {
+pub(super) fn change_refused(p: Problem, token: &TokenRecord) -> PageError {
     let retry = if p.status == 503 {
         "Retrying is safe: nothing was changed. Try again in a few seconds."
     } else {
@@ -373,6 +512,24 @@ pub async fn cancel(
     Ok(Redirect::to(&with_flash(&id, "cancelled")).into_response())
 }
 
+/// `POST /ui/jobs/{id}/resume`: as `POST /v1/jobs/{id}/resume` (the same code and audit
+/// record, `job.resume`), back to the job's page.
+pub async fn resume(
+    State(state): State<AppState>,
+    Extension(remote): Extension<RemoteAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, PageError> {
+    let f: CsrfForm = form(&body)?;
+    let signed = sender(&state, &headers, f.csrf.as_deref(), Scope::Operate).await?;
+    // The job page shows the outcome, read again.
+    let _resumed = resume_job(&state, &signed.token, &remote, &id)
+        .await
+        .map_err(|p| change_refused(p, &signed.token))?;
+    Ok(Redirect::to(&with_flash(&id, "resumed")).into_response())
+}
+
 /// `POST /ui/jobs/{id}/retry-failed`: as `POST /v1/jobs/{id}/retry-failed`; on to the child.
 pub async fn retry(
     State(state): State<AppState>,
@@ -390,401 +547,12 @@ pub async fn retry(
     Ok(Redirect::to(&with_flash(&child.id, &text)).into_response())
 }
 
-/// The new-job form's fields, as sent and as shown again.
-#[derive(Deserialize, Default, Clone)]
-pub struct NewJobForm {
-    #[serde(default)]
-    pub csrf: Option<String>,
-    /// `preview` (a dry run) or `start`.
-    #[serde(default)]
-    pub step: String,
-    #[serde(default)]
-    pub method: String,
-    #[serde(default)]
-    pub params: String,
-    #[serde(default)]
-    pub rate: String,
-    #[serde(default)]
-    pub in_flight: String,
-    #[serde(default)]
-    pub timeout_s: String,
-    // The fleet page's filter.
-    #[serde(default)]
-    pub presence: String,
-    #[serde(default)]
-    pub group: String,
-    #[serde(default)]
-    pub version: String,
-    #[serde(default)]
-    pub drift: String,
-    #[serde(default)]
-    pub q: String,
-    #[serde(default)]
-    pub region: String,
-}
-
-impl NewJobForm {
-    fn defaults(mut self) -> Self {
-        let fill = |s: &mut String, v: &str| {
-            if s.is_empty() {
-                *s = v.to_owned();
-            }
-        };
-        fill(&mut self.method, "sys.ping");
-        fill(&mut self.params, "{}");
-        fill(&mut self.rate, "600");
-        fill(&mut self.in_flight, "10");
-        fill(&mut self.timeout_s, "30");
-        self
-    }
-
-    /// The fleet filter's query, to go back to the same table.
-    fn fleet_query(&self) -> String {
-        super::view::query_of(&[
-            ("presence", self.presence.as_str()),
-            ("group", self.group.as_str()),
-            ("version", self.version.as_str()),
-            ("drift", self.drift.as_str()),
-            ("q", self.q.as_str()),
-            ("region", self.region.as_str()),
-        ])
-    }
-}
-
-/// Which field a message is about, so the page shows it next to that field.
-#[derive(Debug, Default)]
-pub struct FieldErrors {
-    pub method: Option<String>,
-    pub params: Option<String>,
-    pub rate: Option<String>,
-    pub in_flight: Option<String>,
-    pub timeout_s: Option<String>,
-    /// About the whole request (the selection, the protocol's refusal of the params).
-    pub general: Option<String>,
-}
-
-impl FieldErrors {
-    fn any(&self) -> bool {
-        self.method.is_some()
-            || self.params.is_some()
-            || self.rate.is_some()
-            || self.in_flight.is_some()
-            || self.timeout_s.is_some()
-            || self.general.is_some()
-    }
-}
-
-#[derive(Template)]
-#[template(path = "job_new.html")]
-struct NewJobPage {
-    chrome: Chrome,
-    f: NewJobForm,
-    selection: String,
-    errors: FieldErrors,
-    /// After a dry run: how many, and the first of them.
-    preview: Option<(usize, Vec<String>)>,
-    back: String,
-    methods: Vec<&'static str>,
-}
-
-/// Methods offered in the form's list (any the protocol knows is accepted).
-const METHODS: [&str; 4] = ["sys.ping", "sys.reconcile", "sys.info", "sys.health"];
-
-/// The request the form describes, or what is wrong with each field.
-fn request_of(f: &NewJobForm) -> Result<JobRequest, Box<FieldErrors>> {
-    let mut errors = FieldErrors::default();
-    let method = f.method.trim().to_owned();
-    if method.is_empty() {
-        errors.method = Some("name a method, such as sys.ping".to_owned());
-    }
-    let params: Map<String, Value> = match serde_json::from_str::<Value>(f.params.trim()) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => {
-            errors.params = Some("a JSON object, such as {} or {\"name\": \"x\"}".to_owned());
-            Map::new()
-        }
-        Err(e) => {
-            errors.params = Some(format!("not JSON: {e}"));
-            Map::new()
-        }
-    };
-    let number = |s: &str, slot: &mut Option<String>, what: &str| -> u64 {
-        match s.trim().parse::<u64>() {
-            Ok(n) => n,
-            Err(_) => {
-                *slot = Some(format!("{what}: a whole number"));
-                0
-            }
-        }
-    };
-    let rate = number(&f.rate, &mut errors.rate, "rate");
-    let in_flight = number(&f.in_flight, &mut errors.in_flight, "in flight");
-    let timeout_s = number(&f.timeout_s, &mut errors.timeout_s, "timeout");
-    let mut sel = SelectorIn {
-        presence: (!f.presence.is_empty()).then(|| f.presence.clone()),
-        version: (!f.version.is_empty()).then(|| f.version.clone()),
-        q: (!f.q.is_empty()).then(|| f.q.clone()),
-        ..SelectorIn::default()
-    };
-    if !f.group.is_empty() {
-        match GroupId::new(f.group.as_str()) {
-            Ok(g) => sel.group.push(g),
-            Err(e) => errors.general = Some(format!("the filter's group: {e}")),
-        }
-    }
-    sel.drift = match f.drift.as_str() {
-        "" => None,
-        "true" => Some(true),
-        "false" => Some(false),
-        _ => {
-            errors.general = Some("the filter's drift: true or false".to_owned());
-            None
-        }
-    };
-    if errors.any() {
-        return Err(Box::new(errors));
-    }
-    Ok(JobRequest {
-        region: (!f.region.is_empty()).then(|| f.region.clone()),
-        method,
-        params,
-        target: TargetIn::Selector(sel),
-        // Out of range is the job spec's to say (it names the field and the range).
-        rate_per_minute: u32::try_from(rate).unwrap_or(u32::MAX),
-        max_in_flight: u32::try_from(in_flight).unwrap_or(u32::MAX),
-        waves: Vec::new(),
-        abort: None,
-        execution_timeout_ms: timeout_s.saturating_mul(1000),
-        retry: None,
-        deadline_ms: None,
-    })
-}
-
-/// The job spec's refusal, next to the field it names when it names one.
-fn spec_errors(message: String) -> FieldErrors {
-    let mut e = FieldErrors::default();
-    if message.contains("rate_per_minute") {
-        e.rate = Some(message);
-    } else if message.contains("max_in_flight") {
-        e.in_flight = Some(message);
-    } else if message.contains("execution_timeout_ms") {
-        e.timeout_s = Some(message);
-    } else if message.contains("method") {
-        e.method = Some(message);
-    } else if message.contains("param") {
-        e.params = Some(message);
-    } else {
-        e.general = Some(message);
-    }
-    e
-}
-
-fn new_page(
-    state: &AppState,
-    signed: &Signed,
-    f: NewJobForm,
-    errors: FieldErrors,
-    preview: Option<(usize, Vec<String>)>,
-) -> NewJobPage {
-    // The selection from the filter alone, whatever is wrong with the other fields.
-    let probe = request_of(
-        &NewJobForm {
-            method: String::new(),
-            params: String::new(),
-            rate: String::new(),
-            in_flight: String::new(),
-            timeout_s: String::new(),
-            ..f.clone()
-        }
-        .defaults(),
-    )
-    .ok();
-    let selection = probe.as_ref().map_or_else(
-        || "the fleet page's filter".to_owned(),
-        |r| target_text(&r.target),
-    );
-    let region = if state.regions.len() > 1 && !f.region.is_empty() {
-        format!(" in region {}", f.region)
-    } else {
-        String::new()
-    };
-    let fleet_q = f.fleet_query();
-    NewJobPage {
-        chrome: Chrome::new("Start a job", Some(&signed.token), signed.csrf.clone()),
-        selection: format!("{selection}{region}"),
-        errors,
-        preview,
-        back: if fleet_q.is_empty() {
-            "/ui/".to_owned()
-        } else {
-            format!("/ui/?{fleet_q}")
-        },
-        methods: METHODS.to_vec(),
-        f,
-    }
-}
-
-/// `GET /ui/jobs/new?{fleet filter}`: the form, over the fleet page's filter.
-pub async fn new_form(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, PageError> {
-    let signed = reader(&state, &headers).await?;
-    if !signed.can(Scope::Operate) {
-        return Err(super::session::refused(
-            StatusCode::FORBIDDEN,
-            "starting a job needs the operate scope",
-        )
-        .by(&signed.token));
-    }
-    let f: NewJobForm =
-        serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).unwrap_or_default();
-    let page = new_page(&state, &signed, f.defaults(), FieldErrors::default(), None);
-    Ok(render(&page))
-}
-
-/// The form shown again with what is wrong, as `status`; the audit of refusals records it
-/// under the token's name and the reason (not as an anonymous refusal without one).
-fn with_status(page: &NewJobPage, status: StatusCode, token: &TokenRecord) -> Response {
-    let e = &page.errors;
-    let detail = [
-        &e.method,
-        &e.params,
-        &e.rate,
-        &e.in_flight,
-        &e.timeout_s,
-        &e.general,
-    ]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect::<Vec<_>>()
-    .join("; ");
-    let mut r = render(page);
-    if r.status() == StatusCode::OK {
-        *r.status_mut() = status;
-        r.extensions_mut().insert(Refusal {
-            detail,
-            token_name: Some(token.name.as_str().to_owned()),
-            audited: false,
-        });
-    }
-    r
-}
-
-/// `POST /ui/jobs`: `step=preview` is the API's dry run (nothing stored); `step=start` plans
-/// again (the fleet may have changed since) and creates the job, then its page.
-pub async fn create(
-    State(state): State<AppState>,
-    Extension(remote): Extension<RemoteAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, PageError> {
-    let f: NewJobForm = form(&body)?;
-    let signed = sender(&state, &headers, f.csrf.as_deref(), Scope::Operate).await?;
-    let token = &signed.token;
-    let req = match request_of(&f) {
-        Ok(r) => r,
-        Err(errors) => {
-            let page = new_page(&state, &signed, f, *errors, None);
-            return Ok(with_status(&page, StatusCode::BAD_REQUEST, token));
-        }
-    };
-    let region = match state.regions.chosen(req.region.as_deref(), "region") {
-        Ok(h) => h.region.clone(),
-        // Several regions and none chosen in the fleet filter, or one not served.
-        Err(p) => {
-            let errors = FieldErrors {
-                general: Some(format!("{}; choose one in the fleet filter", p.detail)),
-                ..FieldErrors::default()
-            };
-            let page = new_page(&state, &signed, f, errors, None);
-            return Ok(with_status(&page, StatusCode::BAD_REQUEST, token));
-        }
-    };
-    let now = now_ms();
-    let plan = match jobs::plan(state.store.as_ref(), &region, req, token, now).await {
-        Ok(p) => p,
-        Err(CreateError::Store(e)) => return Err(PageError::from(e).by(token)),
-        Err(e) => {
-            let p = create_problem(e);
-            let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::BAD_REQUEST);
-            let page = new_page(&state, &signed, f, spec_errors(p.detail), None);
-            return Ok(with_status(&page, status, token));
-        }
-    };
-    if f.step != "start" {
-        let total = plan.targets.len();
-        let names = plan
-            .targets
-            .iter()
-            .take(PREVIEW_LIST)
-            .map(|t| t.instance_id.as_str().to_owned())
-            .collect();
-        let page = new_page(
-            &state,
-            &signed,
-            f,
-            FieldErrors::default(),
-            Some((total, names)),
-        );
-        return Ok(render(&page));
-    }
-    if plan.targets.is_empty() {
-        let errors = FieldErrors {
-            general: Some("no gateway matches the filter now; nothing was started".to_owned()),
-            ..FieldErrors::default()
-        };
-        let page = new_page(&state, &signed, f, errors, Some((0, Vec::new())));
-        return Ok(with_status(&page, StatusCode::UNPROCESSABLE_ENTITY, token));
-    }
-    let job = jobs::create_as(state.store.as_ref(), &region, plan, token, None, now, None)
-        .await
-        .map_err(|e| change_refused(create_problem(e), token))?;
-    audit_job(
-        &state,
-        &job.region,
-        token,
-        &remote,
-        "job.create",
-        Some(&job.method),
-        json!({"job_id": job.id, "params": job.spec.get("params"), "via": "web"}),
-    )
-    .await;
-    tracing::info!(job = %job.id, by = %token.name, method = %job.method, "job created (web)");
-    Ok(Redirect::to(&with_flash(&job.id, "started")).into_response())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_form_reads_into_a_selector_request_or_says_which_field_is_wrong() {
-        let f = NewJobForm {
-            presence: "online".into(),
-            drift: "true".into(),
-            ..NewJobForm::default()
-        }
-        .defaults();
-        let r = request_of(&f).unwrap();
-        assert_eq!(r.method, "sys.ping");
-        assert_eq!(r.execution_timeout_ms, 30_000);
-        match r.target {
-            TargetIn::Selector(s) => {
-                assert_eq!(s.presence.as_deref(), Some("online"));
-                assert_eq!(s.drift, Some(true));
-            }
-            TargetIn::Instances(_) => panic!("a selector"),
-        }
-        let bad = NewJobForm {
-            params: "[1]".into(),
-            rate: "fast".into(),
-            ..f
-        };
-        let e = request_of(&bad).unwrap_err();
-        assert!(e.params.is_some() && e.rate.is_some() && e.method.is_none());
+    fn progress_counts_the_finished_executions() {
         let c = JobCounts {
             total: 4,
             succeeded: 1,

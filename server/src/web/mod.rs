@@ -14,6 +14,7 @@ mod assets;
 mod audit;
 mod fleet;
 mod gateway;
+mod job_form;
 mod jobs;
 mod live;
 mod resources;
@@ -72,10 +73,11 @@ pub fn routes(request_timeout: Duration) -> Router<AppState> {
         )
         // --- end of a gateway's resources ---
         // Jobs and audit.
-        .route("/ui/jobs", get(jobs::list).post(jobs::create))
-        .route("/ui/jobs/new", get(jobs::new_form))
+        .route("/ui/jobs", get(jobs::list).post(job_form::create))
+        .route("/ui/jobs/new", get(job_form::new_form))
         .route("/ui/jobs/{id}", get(jobs::page))
         .route("/ui/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/ui/jobs/{id}/resume", post(jobs::resume))
         .route("/ui/jobs/{id}/retry-failed", post(jobs::retry))
         .route("/ui/audit", get(audit::page))
         // The timeout bounds the wait for a response's head; the stream's body outlives it.

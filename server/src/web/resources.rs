@@ -6,6 +6,8 @@
 //! The forms are built from the agent's own params schemas (`sys.capabilities`, protocol 1.1):
 //! one input per top-level member of the create method, so a field the agent gains shows up
 //! without a change here, and an `INVALID_PARAMS` naming a member lands next to its input.
+//! The new-job form's per-method fields are built by the same code ([`method_fields`]), from
+//! the console's own protocol crate's schemas.
 
 use askama::Template;
 use axum::body::Bytes;
@@ -407,9 +409,26 @@ fn types(s: &Value) -> Vec<String> {
     }
 }
 
-/// The form's fields, one per member of the params schema: the key first, then the required
-/// ones, then the rest, each in the schema's order.
-fn fields_of(k: &Kind, schema: &Value) -> Vec<Field> {
+/// The fields of a method's params as the console's own protocol crate describes them (the
+/// schemas an agent of this build hands in `sys.capabilities`), for a form that is about no
+/// one gateway (a job's); `None` when the protocol has no such method. A resource family's
+/// method puts its key first, as its resource form does.
+pub fn method_fields(method: &str) -> Option<Vec<Field>> {
+    let schema = csg_protocol::methods::schema::describe(method)?.params;
+    let key = KINDS
+        .iter()
+        .find(|k| {
+            let a = k.api;
+            [a.list, a.delete].contains(&method)
+                || [a.get, a.set, a.create, a.update].contains(&Some(method))
+        })
+        .map(|k| k.api.key);
+    Some(fields_of(key, &schema))
+}
+
+/// The form's fields, one per member of the params schema: the key (when given) first, then
+/// the required ones, then the rest, each in the schema's order.
+fn fields_of(key: Option<&str>, schema: &Value) -> Vec<Field> {
     let props = schema
         .get("properties")
         .and_then(Value::as_object)
@@ -447,6 +466,11 @@ fn fields_of(k: &Kind, schema: &Value) -> Vec<Field> {
                     "one of {}",
                     e.iter().map(scalar).collect::<Vec<_>>().join(", ")
                 ));
+            }
+            if input == "number" {
+                if let (Some(lo), Some(hi)) = (s.get("minimum"), s.get("maximum")) {
+                    hint.push(format!("{} to {}", scalar(lo), scalar(hi)));
+                }
             }
             if let Some(d) = schema
                 .get("properties")
@@ -499,7 +523,7 @@ fn fields_of(k: &Kind, schema: &Value) -> Vec<Field> {
         .collect();
     // The key, then the required members in the schema's `required` order, then the rest.
     let rank = |f: &Field| {
-        if f.name == k.api.key {
+        if Some(f.name.as_str()) == key {
             0
         } else {
             required
@@ -522,7 +546,7 @@ fn shown(input: &str, v: &Value) -> String {
 }
 
 /// The submitted values as params, or the fields with what is wrong next to each.
-fn params_of(fields: &mut [Field], pairs: &[(String, String)]) -> Option<Map<String, Value>> {
+pub fn params_of(fields: &mut [Field], pairs: &[(String, String)]) -> Option<Map<String, Value>> {
     let mut params = Map::new();
     let mut ok = true;
     for f in fields.iter_mut() {
@@ -669,7 +693,7 @@ fn form_fields(k: &Kind, caps: &Value) -> Result<Vec<Field>, PageError> {
             k.create_method()
         )))
     })?;
-    Ok(fields_of(k, schema))
+    Ok(fields_of(Some(k.api.key), schema))
 }
 
 fn form_page(
@@ -1133,6 +1157,27 @@ mod tests {
     }
 
     #[test]
+    fn a_methods_fields_come_from_the_protocols_own_schema() {
+        let list = method_fields("nfs.export.list").unwrap();
+        let names: Vec<&str> = list.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["cursor", "limit"]);
+        let limit = &list[1];
+        assert_eq!((limit.input, limit.required), ("number", false));
+        assert_eq!(limit.hint, "1 to 1000");
+        let delete = method_fields("nfs.export.delete").unwrap();
+        assert_eq!(delete.len(), 1);
+        assert!(delete[0].name == "name" && delete[0].required);
+        // The key first, as on the resource form.
+        let user = method_fields("smb.user.set").unwrap();
+        assert_eq!(user[0].name, "username");
+        assert!(user
+            .iter()
+            .any(|f| f.name == "password" && f.input == "password"));
+        assert!(method_fields("sys.ping").unwrap().is_empty());
+        assert!(method_fields("sys.nope").is_none());
+    }
+
+    #[test]
     fn a_form_reads_its_values_by_the_schema() {
         let schema = serde_json::json!({
             "properties": {
@@ -1144,7 +1189,7 @@ mod tests {
             },
             "required": ["name", "path", "clients"],
         });
-        let mut fields = fields_of(&KINDS[0], &schema);
+        let mut fields = fields_of(Some(KINDS[0].api.key), &schema);
         assert_eq!(fields[0].name, "name");
         let pairs: Vec<(String, String)> = [
             ("f.name", "vol1"),

@@ -523,6 +523,25 @@
       if (last && last.parentNode) { last.parentNode.insertBefore(note, last.nextSibling); } else { form.appendChild(note); }
     }, 0);
   });
+  // The new-job form's method: choosing one shows its params' fields at once, as its
+  // "Choose" button does without JavaScript (the form posted with step=choose, values kept).
+  document.addEventListener("change", function (ev) {
+    var sel = ev.target;
+    if (!(sel instanceof HTMLSelectElement) || !sel.hasAttribute("data-choose") || !sel.form) { return; }
+    var button = document.getElementById(sel.getAttribute("data-choose"));
+    if (button && sel.form.requestSubmit) { sel.form.requestSubmit(button); }
+  });
+  // Enter in one of the new-job form's fields is a dry run (`data-enter` names its button),
+  // not "Choose", the form's first button (which it is without JavaScript: the form comes
+  // back as it was, nothing checked or sent).
+  document.addEventListener("keydown", function (ev) {
+    var input = ev.target;
+    if (ev.key !== "Enter" || !(input instanceof HTMLInputElement) || !input.form) { return; }
+    var id = input.form.getAttribute("data-enter"), button = id && document.getElementById(id);
+    if (!button || !input.form.requestSubmit) { return; }
+    ev.preventDefault();
+    input.form.requestSubmit(button);
+  });
   // A page shown again from the back-forward cache gets its forms back.
   window.addEventListener("pageshow", function (ev) {
     if (!ev.persisted) { return; }
