@@ -224,6 +224,9 @@ pub struct RawFleet {
     pub stale_after_intervals: u32,
     pub default_interval_s: u64,
     pub flush_ms: u64,
+    /// Whether each heartbeat's write keeps its host figures among the gateway's last 60
+    /// (the web console's chart); off, the write is smaller (docs/performance.md).
+    pub host_samples: bool,
 }
 
 impl Default for RawFleet {
@@ -234,6 +237,7 @@ impl Default for RawFleet {
             stale_after_intervals: f.stale_after_missed,
             default_interval_s: f.default_interval_s,
             flush_ms: 500,
+            host_samples: true,
         }
     }
 }
@@ -265,6 +269,8 @@ pub struct Config {
     pub share_group: ShareGroup,
     pub fleet: FleetConfig,
     pub flush_every: Duration,
+    /// `[fleet] host_samples`.
+    pub host_samples: bool,
     /// Where `/metrics` is served alone; `None`: on the API's listener.
     pub metrics_listen: Option<SocketAddr>,
     pub webhooks: Vec<crate::webhooks::Webhook>,
@@ -513,6 +519,7 @@ impl RawConfig {
                     stale_after_missed: self.fleet.stale_after_intervals,
                 },
                 flush_every: Duration::from_millis(self.fleet.flush_ms),
+                host_samples: self.fleet.host_samples,
                 metrics_listen,
                 webhooks,
                 events,

@@ -451,6 +451,7 @@ async fn start_region(
         clock: clock.clone(),
         bus: bus.clone(),
         metrics: metrics.clone(),
+        host_samples: config.host_samples,
     };
     let (stop_fleet, stop_rx) = oneshot::channel();
     let flush_every = config.flush_every;

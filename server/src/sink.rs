@@ -25,6 +25,8 @@ pub struct StoreSink {
     pub clock: Clock,
     pub bus: Bus,
     pub metrics: Metrics,
+    /// `[fleet] host_samples`: rows carry their heartbeat's host figures for the chart.
+    pub host_samples: bool,
 }
 
 fn presence(l: Liveness) -> Presence {
@@ -48,8 +50,14 @@ fn ms(v: u64) -> i64 {
 
 /// The row of one gateway; `group` when the fleet has not learnt it (a gateway heard of by
 /// presence only since this process started). The heartbeat's text was made when it arrived;
-/// nothing is serialized here.
-pub fn row_of(i: &Instance, region: &Region, group: GroupId, now_ms: i64) -> InstanceRow {
+/// nothing is serialized here. `samples`: the row carries its heartbeat's host figures.
+pub fn row_of(
+    i: &Instance,
+    region: &Region,
+    group: GroupId,
+    now_ms: i64,
+    samples: bool,
+) -> InstanceRow {
     InstanceRow {
         region: region.clone(),
         instance_id: i.instance_id.clone(),
@@ -68,6 +76,7 @@ pub fn row_of(i: &Instance, region: &Region, group: GroupId, now_ms: i64) -> Ins
         sample: i
             .heartbeat
             .as_ref()
+            .filter(|_| samples)
             .map(|h| HostSample::of(h.ts_ms, h.host.cpu_pct, h.host.mem_used, h.host.mem_total)),
     }
 }
@@ -134,7 +143,7 @@ impl StoreSink {
             .iter()
             .filter_map(|i| {
                 let group = known(i).or_else(|| stored.get(&i.instance_id).cloned())?;
-                Some(row_of(i, &self.region, group, now))
+                Some(row_of(i, &self.region, group, now, self.host_samples))
             })
             .collect();
         if !rows.is_empty() {
@@ -318,6 +327,7 @@ mod tests {
             clock: clock.clone(),
             bus,
             metrics: metrics.clone(),
+            host_samples: true,
         };
         let fleet: SharedFleet =
             Arc::new(Mutex::new(Fleet::new("default", FleetConfig::default())));
@@ -347,6 +357,23 @@ mod tests {
             samples["csg_store_write_duration_seconds_count{outcome=\"ok\"}"], 1.0,
             "{text}"
         );
+        // Its host figures among the gateway's samples, for the chart.
+        let want = vec![HostSample::of(999_000, 1.0, 50, 100)];
+        assert_eq!(
+            store.host_samples(&region, &id, 1_000_000).await.unwrap(),
+            want
+        );
+        // `[fleet] host_samples = false`: the next heartbeat's write carries none.
+        sink.host_samples = false;
+        driver::lock(&fleet).on_heartbeat(&id, heartbeat("gw-1", 2, 1_001_000), 999_700);
+        driver::flush(&fleet, &mut sink, 999_800).await;
+        let row = store.get_instance(&region, &id).await.unwrap().unwrap();
+        assert_eq!(row.heartbeat.unwrap().to_value().unwrap()["seq"], 2);
+        assert_eq!(
+            store.host_samples(&region, &id, 1_000_000).await.unwrap(),
+            want
+        );
+        sink.host_samples = true;
 
         // A new process: the fleet knows nothing; a Will arrives.
         let fleet: SharedFleet =
@@ -389,6 +416,7 @@ mod tests {
             clock: Arc::new(move || now),
             bus: crate::events::Bus::default(),
             metrics: Metrics::new(),
+            host_samples: true,
         }
     }
 

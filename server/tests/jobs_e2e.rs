@@ -96,6 +96,7 @@ impl Side {
             clock: clock.clone(),
             bus: bus.clone(),
             metrics: metrics.clone(),
+            host_samples: true,
         };
         let (fleet_stop, rx) = oneshot::channel();
         let fleet_task = tokio::spawn(driver::run(
