@@ -403,9 +403,12 @@ pub async fn page(
             u64::try_from(now).unwrap_or(0),
         )
         .await?;
-    // A row written before the store kept samples has its last heartbeat alone.
-    if samples.is_empty() {
-        samples.extend(super::resources::host_sample(&row));
+    // The samples draw the recent past only when they reach the last heartbeat (read just
+    // before them, so they may have one more): a row written before the store kept them, or
+    // since `[fleet] host_samples` was turned off, has the last heartbeat alone.
+    let last = super::resources::host_sample(&row);
+    if samples.last().map(|s| s.ts_ms) < last.map(|s| s.ts_ms) {
+        samples = last.into_iter().collect();
     }
     let several = state.regions.len() > 1;
     let rq = if several {
